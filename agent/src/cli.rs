@@ -1,0 +1,63 @@
+//! Command-line interface.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// Palisade: per-container syscall telemetry from eBPF, served to Prometheus.
+///
+/// Every number is keyed by the kernel's cgroup v2 id and labelled with the container's name
+/// (Docker, podman, containerd, CRI-O, Kubernetes pods, systemd units, or the cgroup path).
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, name every cgroup and serve per-container metrics.
+    #[command(after_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
+    /// Show which kernel hooks, maps and cgroup layout this host offers, and what the agent
+    /// will use. Exits 1 when the agent cannot run here.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML configuration file (see --print-config for every key and its default).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for /metrics and /healthz [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Trace only cgroups whose container name or cgroup path matches GLOB (repeatable);
+    /// replaces `syscalls.cgroups` from the config.
+    #[arg(long = "cgroup", value_name = "GLOB")]
+    pub cgroups: Vec<String>,
+    /// Log format [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Once serving, write the listen address to FILE (removed on exit).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Print the default configuration (commented YAML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+const AGENT_EXAMPLES: &str = "\
+Examples:
+  palisade agent                                  trace every cgroup, serve 127.0.0.1:9477
+  palisade agent --listen 0.0.0.0:9477            let a remote Prometheus scrape it
+  palisade agent --cgroup 'web-*' --cgroup '/system.slice/*.service'
+  palisade agent --print-config > palisade.yaml   start from the documented defaults
+  curl -s localhost:9477/metrics | grep palisade_syscalls_total
+
+Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN). SIGTERM or SIGINT detaches everything.";

@@ -1,0 +1,127 @@
+//! `palisade doctor`: what this host offers and what the agent will use.
+use std::fmt::Write as _;
+
+use crate::features::Report;
+
+/// What each feature is for in the agent, and whether the agent needs it.
+fn role(feature: &str) -> (&'static str, bool) {
+    match feature {
+        "raw_tracepoint" => ("syscall telemetry (sys_enter/sys_exit)", true),
+        "tracepoint" => ("cgroup discovery events (else periodic rescans)", false),
+        "ring_buffer" => ("event delivery to userspace", true),
+        "cgroup_v2" => ("container identity (cgroup v2 ids)", true),
+        "cgroup_v1" => ("resource readings on hybrid hosts", false),
+        "cgroup_skb" => ("network flow accounting (planned)", false),
+        "cgroup_sock_addr" => ("network policy: connect/bind (planned)", false),
+        "sock_ops" => ("TCP lifecycle (planned)", false),
+        "send_signal" => ("run-time kill enforcement (planned)", false),
+        "seccomp" => ("launcher syscall filters (planned)", false),
+        "btf" => ("optional: fentry/LSM upgrades", false),
+        "fentry" => ("optional upgrade; raw tracepoints used instead", false),
+        "bpf_lsm" => ("optional upgrade; not required", false),
+        "kprobe" => ("optional; not used", false),
+        _ => ("", false),
+    }
+}
+
+/// The table `palisade doctor` prints.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cgroup layout: {}   unified hierarchy: {}",
+        report
+            .layout
+            .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+        report
+            .unified_root
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<17} {:<5} {:<48} {}",
+        "FEATURE", "OK", "USED FOR", "DETAIL"
+    );
+    let mut missing_required = Vec::new();
+    for f in &report.features {
+        let (role, required) = role(f.name);
+        let ok = if f.available { "yes" } else { "no" };
+        let _ = writeln!(out, "{:<17} {:<5} {:<48} {}", f.name, ok, role, f.detail);
+        if required && !f.available {
+            missing_required.push(f.name);
+        }
+    }
+    let _ = writeln!(out);
+    if missing_required.is_empty() {
+        let discovery = if report.get("tracepoint").is_some_and(|f| f.available) {
+            "cgroup:cgroup_mkdir/rmdir tracepoints + periodic rescans"
+        } else {
+            "periodic rescans only (classic tracepoints unavailable)"
+        };
+        let _ = writeln!(
+            out,
+            "agent: will run. syscalls via raw tracepoints; cgroup discovery via {discovery}."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "agent: cannot run here; missing required features: {}",
+            missing_required.join(", ")
+        );
+    }
+    let _ = writeln!(out, "(probed in {} ms)", report.elapsed_ms);
+    out
+}
+
+/// Exit status for `palisade doctor`: 0 when the agent can run.
+pub fn exit_code(report: &Report) -> i32 {
+    let ok = report
+        .features
+        .iter()
+        .all(|f| f.available || !role(f.name).1);
+    if ok { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Feature;
+
+    fn report(available: &[(&'static str, bool)]) -> Report {
+        Report {
+            features: available
+                .iter()
+                .map(|(n, a)| Feature {
+                    name: n,
+                    available: *a,
+                    detail: "d".into(),
+                })
+                .collect(),
+            layout: Some(crate::cgroupfs::Layout::Hybrid),
+            unified_root: Some("/sys/fs/cgroup/unified".into()),
+            elapsed_ms: 3,
+        }
+    }
+
+    #[test]
+    fn required_features_decide_the_verdict() {
+        let ok = report(&[
+            ("raw_tracepoint", true),
+            ("ring_buffer", true),
+            ("cgroup_v2", true),
+            ("fentry", false),
+            ("tracepoint", true),
+        ]);
+        assert_eq!(exit_code(&ok), 0);
+        let text = render(&ok);
+        assert!(text.contains("cgroup layout: hybrid"), "{text}");
+        assert!(text.contains("agent: will run"), "{text}");
+        assert!(text.contains("fentry            no"), "{text}");
+
+        let bad = report(&[("raw_tracepoint", false), ("ring_buffer", true)]);
+        assert_eq!(exit_code(&bad), 1);
+        assert!(render(&bad).contains("missing required features: raw_tracepoint"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Kernel feature probes: each feature is tried (a tiny program loaded and, where harmless,
+//! attached and detached), never guessed from the kernel version.
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    Btf, EbpfLoader,
+    maps::MapType,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry, KProbe, Lsm,
+        RawTracePoint, SockOps, TracePoint,
+    },
+};
+
+use crate::{
+    cgroupfs::{Layout, Mounts},
+    kernel::{PROBES_OBJECT, describe_program_error},
+};
+
+/// One probed feature.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    /// Stable name, also the `feature` label of `palisade_kernel_feature`.
+    pub name: &'static str,
+    pub available: bool,
+    /// Why not, or what was found.
+    pub detail: String,
+}
+
+/// Everything `probe_all` learned.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub features: Vec<Feature>,
+    pub layout: Option<Layout>,
+    pub unified_root: Option<PathBuf>,
+    pub elapsed_ms: u128,
+}
+
+impl Report {
+    pub fn get(&self, name: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.name == name)
+    }
+}
+
+/// A scratch cgroup for attach probes, removed on drop.
+struct ScratchCgroup {
+    path: PathBuf,
+    dir: std::fs::File,
+}
+
+impl ScratchCgroup {
+    fn create(root: &Path) -> Result<Self, String> {
+        let path = root.join(format!("palisade-probe-{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        match std::fs::File::open(&path) {
+            Ok(dir) => Ok(Self { path, dir }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(format!("open {}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+impl Drop for ScratchCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn feature(name: &'static str, r: Result<String, String>) -> Feature {
+    match r {
+        Ok(detail) => Feature {
+            name,
+            available: true,
+            detail,
+        },
+        Err(detail) => Feature {
+            name,
+            available: false,
+            detail,
+        },
+    }
+}
+
+fn prog<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("no program {name} in the probe object"))
+}
+
+fn err(e: aya::programs::ProgramError) -> String {
+    describe_program_error(&e)
+}
+
+/// Probes everything. Never fails: a probe that cannot run reports "not available" and why.
+pub fn probe_all() -> Report {
+    let start = Instant::now();
+    let mut features = Vec::new();
+    let mounts = Mounts::detect().ok();
+    let layout = mounts.as_ref().map(|m| m.layout);
+    let unified_root = mounts.as_ref().and_then(|m| m.unified.clone());
+
+    let btf = Btf::from_sys_fs();
+    features.push(feature(
+        "btf",
+        btf.as_ref()
+            .map(|_| "/sys/kernel/btf/vmlinux".to_owned())
+            .map_err(|e| {
+                format!("no kernel BTF ({e}); optional: only fentry/LSM upgrades need it")
+            }),
+    ));
+
+    let mut ebpf = match EbpfLoader::new().btf(btf.as_ref().ok()).load(PROBES_OBJECT) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            features.push(Feature {
+                name: "bpf",
+                available: false,
+                detail: format!("loading the probe object failed: {e}"),
+            });
+            None
+        }
+    };
+    let scratch = unified_root
+        .as_deref()
+        .map(ScratchCgroup::create)
+        .unwrap_or_else(|| Err("no cgroup v2 hierarchy".to_owned()));
+
+    if let Some(ebpf) = ebpf.as_mut() {
+        features.push(feature(
+            "raw_tracepoint",
+            (|| {
+                let p: &mut RawTracePoint = prog(ebpf, "probe_raw_tracepoint")?
+                    .try_into()
+                    .map_err(err)?;
+                p.load().map_err(err)?;
+                let link = p.attach("sys_enter").map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("sys_enter attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "tracepoint",
+            (|| {
+                let p: &mut TracePoint = prog(ebpf, "probe_tracepoint")?.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let link = p.attach("sched", "sched_process_exec").map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("sched:sched_process_exec attach ok".to_owned())
+            })(),
+        ));
+        let cg = scratch.as_ref().map(|s| s.dir.as_fd());
+        features.push(feature(
+            "cgroup_skb",
+            (|| {
+                let p: &mut CgroupSkb = prog(ebpf, "probe_cgroup_skb")?.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let link = p
+                    .attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                    .map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("ingress attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "cgroup_sock_addr",
+            (|| {
+                let p: &mut CgroupSockAddr = prog(ebpf, "probe_cgroup_sock_addr")?
+                    .try_into()
+                    .map_err(err)?;
+                p.load().map_err(err)?;
+                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("connect4 attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "sock_ops",
+            (|| {
+                let p: &mut SockOps = prog(ebpf, "probe_sock_ops")?.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "send_signal",
+            (|| {
+                let p: &mut RawTracePoint =
+                    prog(ebpf, "probe_send_signal")?.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                Ok("bpf_send_signal accepted by the verifier".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "fentry",
+            (|| {
+                let btf = btf.as_ref().map_err(|e| format!("needs BTF: {e}"))?;
+                let p: &mut FEntry = prog(ebpf, "probe_fentry")?.try_into().map_err(err)?;
+                p.load("bpf_fentry_test1", btf).map_err(err)?;
+                let link = p.attach().map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("bpf_fentry_test1 attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "bpf_lsm",
+            (|| {
+                let btf = btf.as_ref().map_err(|e| format!("needs BTF: {e}"))?;
+                let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+                let p: &mut Lsm = prog(ebpf, "probe_lsm")?.try_into().map_err(err)?;
+                p.load("file_open", btf).map_err(err)?;
+                if !lsms.split(',').any(|l| l.trim() == "bpf") {
+                    return Err(format!(
+                        "program loads but `bpf` is not in the active LSMs ({}); boot with lsm=...,bpf",
+                        lsms.trim()
+                    ));
+                }
+                let link = p.attach().map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("file_open attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "kprobe",
+            (|| {
+                let p: &mut KProbe = prog(ebpf, "probe_kprobe")?.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let link = p.attach("bpf_fentry_test1", 0).map_err(err)?;
+                p.detach(link).map_err(err)?;
+                Ok("bpf_fentry_test1 attach ok".to_owned())
+            })(),
+        ));
+    }
+    drop(ebpf);
+    drop(scratch);
+
+    features.push(feature(
+        "ring_buffer",
+        match aya::sys::is_map_supported(MapType::RingBuf) {
+            Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF".to_owned()),
+            Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported".to_owned()),
+            Err(e) => Err(format!("probe failed: {e}")),
+        },
+    ));
+    features.push(feature(
+        "cgroup_v1",
+        match &mounts {
+            Some(m) if !m.v1.is_empty() => Ok(format!("{} v1 hierarchies", m.v1.len())),
+            Some(_) => Err("no v1 hierarchy mounted".to_owned()),
+            None => Err("cannot read /proc/self/mountinfo".to_owned()),
+        },
+    ));
+    features.push(feature(
+        "cgroup_v2",
+        match &unified_root {
+            Some(p) => Ok(format!("unified hierarchy at {}", p.display())),
+            None => Err("no cgroup2 mount".to_owned()),
+        },
+    ));
+    features.push(feature("seccomp", probe_seccomp()));
+    Report {
+        features,
+        layout,
+        unified_root,
+        elapsed_ms: start.elapsed().as_millis(),
+    }
+}
+
+/// Seccomp filter mode with the actions the launcher uses.
+fn probe_seccomp() -> Result<String, String> {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    let mut missing = Vec::new();
+    for (name, action) in [
+        ("errno", libc::SECCOMP_RET_ERRNO),
+        ("kill_process", libc::SECCOMP_RET_KILL_PROCESS),
+        ("log", libc::SECCOMP_RET_LOG),
+        ("user_notif", libc::SECCOMP_RET_USER_NOTIF),
+    ] {
+        let a: u32 = action;
+        // SAFETY: SECCOMP_GET_ACTION_AVAIL only reads the u32 we point at.
+        let r =
+            unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &raw const a) };
+        if r != 0 {
+            if name == "errno" {
+                return Err(format!(
+                    "seccomp filters unavailable: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() {
+        Ok("filter mode; errno, kill_process, log, user_notif".to_owned())
+    } else {
+        Ok(format!(
+            "filter mode; missing actions: {}",
+            missing.join(", ")
+        ))
+    }
+}

@@ -1,0 +1,86 @@
+//! The kernel side: loading and attaching Palisade's eBPF programs, and the actor that owns the
+//! loaded object (nobody else touches maps).
+mod actor;
+mod loader;
+
+pub use actor::{CgroupChange, KernelHandle, KernelSnapshot, spawn};
+pub use loader::{LoadOptions, load};
+
+/// The compiled eBPF objects, built by build.rs with the nightly toolchain.
+pub static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
+pub static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "loading the eBPF object failed: {0} (run `palisade doctor` to see what this kernel allows)"
+    )]
+    Object(#[source] aya::EbpfError),
+    #[error(
+        "the eBPF object has no program `{0}` (build mismatch; rebuild with `cargo xtask run`)"
+    )]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}` (build mismatch; rebuild with `cargo xtask run`)")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the kernel refused program {program}: {detail} (run `palisade doctor`)")]
+    Program {
+        program: &'static str,
+        detail: String,
+    },
+    #[error("attaching {program} to {target} failed: {detail} (run `palisade doctor`)")]
+    Attach {
+        program: &'static str,
+        target: String,
+        detail: String,
+    },
+    #[error("the kernel actor has stopped")]
+    ActorGone,
+}
+
+/// One line out of a program error: the errno and, for verifier rejections, the verifier's last
+/// message (the full log goes to the debug log).
+pub fn describe_program_error(e: &aya::programs::ProgramError) -> String {
+    use aya::programs::ProgramError;
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(verifier_log = %log, "verifier output");
+            let last = log
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("processed ")
+                        && !l.starts_with("verification time")
+                })
+                .unwrap_or("");
+            if last.is_empty() {
+                format!("{io_error}")
+            } else {
+                format!("{io_error}; verifier: {last}")
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `palisade`: wiring only; each subsystem lives in its own module.
+mod agent;
+mod cgroupfs;
+mod cli;
+mod config;
+mod doctor;
+mod features;
+mod identity;
+mod kernel;
+mod logging;
+mod metrics;
+mod model;
+mod server;
+mod syscalls;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::{
+    cli::{AgentArgs, Cli, Command},
+    config::{Config, ConfigError, Pattern},
+};
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap uses).
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => agent_main(args),
+        Command::Doctor => doctor_main(),
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("palisade: error: {msg}");
+    ExitCode::from(code)
+}
+
+/// The configuration from the file (or defaults) with command-line overrides applied.
+fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    if !args.cgroups.is_empty() {
+        config.syscalls.cgroups = args
+            .cgroups
+            .iter()
+            .map(|g| {
+                Pattern::new(g).map_err(|message| ConfigError::Flag {
+                    flag: "--cgroup",
+                    message,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(config)
+}
+
+fn agent_main(args: AgentArgs) -> ExitCode {
+    if args.print_config {
+        print!("{}", Config::DEFAULT_YAML);
+        return ExitCode::SUCCESS;
+    }
+    let config = match effective_config(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(agent::run(config, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_FAILURE, e),
+    }
+}
+
+fn doctor_main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "palisade: warning: not root; most probes need CAP_BPF/CAP_SYS_ADMIN and will fail"
+        );
+    }
+    let report = features::probe_all();
+    print!("{}", doctor::render(&report));
+    ExitCode::from(doctor::exit_code(&report) as u8)
+}

@@ -1,0 +1,123 @@
+//! Per-cgroup numbers as last read from the kernel, kept past a cgroup's removal until its grace
+//! period ends (so the final values can be scraped).
+use std::collections::{BTreeMap, HashMap};
+
+use palisade_common::{SyscallStats, loss};
+
+use crate::kernel::KernelSnapshot;
+
+#[derive(Debug, Default, Clone)]
+pub struct CgroupStats {
+    /// Syscall number → totals.
+    pub syscalls: BTreeMap<u32, SyscallStats>,
+    /// (syscall number, errno) → failed calls.
+    pub errnos: BTreeMap<(u32, u32), u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    pub by_cgroup: HashMap<u64, CgroupStats>,
+    pub losses: [u64; loss::COUNT as usize],
+    pub stats_entries: usize,
+    pub errno_entries: usize,
+}
+
+impl Model {
+    /// Replaces the numbers of every cgroup present in `snap`. Cgroups absent from it keep their
+    /// last numbers (they were reaped earlier and are waiting out their grace period).
+    pub fn apply(&mut self, snap: &KernelSnapshot) {
+        let mut fresh: HashMap<u64, CgroupStats> = HashMap::new();
+        for (key, stats) in &snap.syscalls {
+            fresh
+                .entry(key.cgroup_id)
+                .or_default()
+                .syscalls
+                .insert(key.nr, *stats);
+        }
+        for (key, count) in &snap.errnos {
+            fresh
+                .entry(key.cgroup_id)
+                .or_default()
+                .errnos
+                .insert((key.nr, key.errno), *count);
+        }
+        self.by_cgroup.extend(fresh);
+        self.losses = snap.losses;
+        // Entries present after this pass's reaping.
+        let reaped: std::collections::HashSet<u64> = snap.reaped.iter().copied().collect();
+        self.stats_entries = snap
+            .syscalls
+            .iter()
+            .filter(|(k, _)| !reaped.contains(&k.cgroup_id))
+            .count();
+        self.errno_entries = snap
+            .errnos
+            .iter()
+            .filter(|(k, _)| !reaped.contains(&k.cgroup_id))
+            .count();
+    }
+
+    pub fn forget(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.by_cgroup.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_common::{ErrnoKey, SyscallKey};
+
+    use super::*;
+
+    fn key(cgroup_id: u64, nr: u32) -> SyscallKey {
+        SyscallKey {
+            cgroup_id,
+            nr,
+            _pad: 0,
+        }
+    }
+
+    fn stats(calls: u64) -> SyscallStats {
+        SyscallStats {
+            calls,
+            ..SyscallStats::ZERO
+        }
+    }
+
+    #[test]
+    fn apply_replaces_present_and_keeps_reaped() {
+        let mut m = Model::default();
+        let snap = KernelSnapshot {
+            syscalls: vec![(key(1, 110), stats(5)), (key(2, 3), stats(7))],
+            errnos: vec![(
+                ErrnoKey {
+                    cgroup_id: 2,
+                    nr: 3,
+                    errno: 9,
+                },
+                7,
+            )],
+            reaped: vec![2],
+            ..Default::default()
+        };
+        m.apply(&snap);
+        assert_eq!(m.by_cgroup[&1].syscalls[&110].calls, 5);
+        assert_eq!(m.by_cgroup[&2].errnos[&(3, 9)], 7);
+        assert_eq!(
+            m.stats_entries, 1,
+            "reaped entries are gone from the kernel"
+        );
+        assert_eq!(m.errno_entries, 0);
+        // next pass: cgroup 2 was reaped, so it is absent; its final numbers stay
+        let snap = KernelSnapshot {
+            syscalls: vec![(key(1, 110), stats(9))],
+            ..Default::default()
+        };
+        m.apply(&snap);
+        assert_eq!(m.by_cgroup[&1].syscalls[&110].calls, 9);
+        assert_eq!(m.by_cgroup[&2].syscalls[&3].calls, 7);
+        m.forget(&[2]);
+        assert!(!m.by_cgroup.contains_key(&2));
+    }
+}

@@ -1,0 +1,106 @@
+//! The kernel/user contract of Palisade.
+//!
+//! Every type that crosses the kernel/user boundary lives here: map keys and values, ring-buffer
+//! events, map and program names, global-variable names and the indices of the loss counters.
+//! All types are `#[repr(C)]` and padding-free (explicit `_pad` fields, `u32` flags instead of
+//! `bool`) so both sides agree byte for byte; `tests::sizes` pins every size.
+#![no_std]
+
+pub mod names;
+pub mod syscalls;
+
+pub use syscalls::*;
+
+/// Indices into the per-CPU `LOSS_COUNTERS` array. Every place the kernel side can lose data has
+/// its own slot; userspace sums the CPUs and exports `palisade_kernel_lost_total{reason}`.
+pub mod loss {
+    /// `SYSCALL_STATS` was full: a (cgroup, syscall) pair could not be inserted.
+    pub const SYSCALL_STATS_FULL: u32 = 0;
+    /// `SYSCALL_ERRNOS` was full: a (cgroup, syscall, errno) triple could not be inserted.
+    pub const SYSCALL_ERRNOS_FULL: u32 = 1;
+    /// The `EVENTS` ring buffer had no room for an event.
+    pub const RINGBUF_FULL: u32 = 2;
+    /// A syscall exit had no matching entry timestamp (the thread's slot was taken by another
+    /// thread, the syscall started before the agent attached, or seccomp refused it before the
+    /// `sys_enter` tracepoint). The call and its errno are still counted; only its latency is
+    /// missing from the histogram.
+    pub const SYSCALL_UNTIMED: u32 = 3;
+    /// Number of slots in `LOSS_COUNTERS`.
+    pub const COUNT: u32 = 4;
+
+    /// Stable label values for each slot, in index order.
+    pub const REASONS: [&str; COUNT as usize] = [
+        "syscall_stats_map_full",
+        "syscall_errno_map_full",
+        "ringbuf_full",
+        "syscall_untimed",
+    ];
+}
+
+/// Ring-buffer event kinds (`EventHeader::kind`).
+pub mod event_kind {
+    /// A cgroup was created in the unified hierarchy ([`crate::CgroupEvent`]).
+    pub const CGROUP_MKDIR: u32 = 1;
+    /// A cgroup was removed from the unified hierarchy ([`crate::CgroupEvent`]).
+    pub const CGROUP_RMDIR: u32 = 2;
+}
+
+/// Longest cgroup path (bytes, without the NUL) carried in a [`CgroupEvent`]. Longer paths are
+/// cut and flagged with [`CgroupEvent::truncated`]; userspace then resolves the id itself.
+pub const CGROUP_PATH_MAX: usize = 512;
+
+/// A cgroup was created or removed in the unified (cgroup v2) hierarchy.
+///
+/// Sent on the `EVENTS` ring buffer from the `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir`
+/// tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// Depth below the root (the root is level 0).
+    pub level: u32,
+    /// The cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Bytes of `path` used (without the NUL).
+    pub path_len: u32,
+    /// 1 when the kernel's path was longer than [`CGROUP_PATH_MAX`] and was cut (a `u32`, not a
+    /// `bool`, so the type has no invalid bit patterns and no padding).
+    pub truncated: u32,
+    /// Path relative to the hierarchy root, e.g. `/system.slice/foo.service`.
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, has no padding (checked by `tests::sizes`) and
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for crate::SyscallKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::SyscallStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::ErrnoKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::ThreadSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::CgroupEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        // Sizes are part of the kernel/user contract; a change here must change both sides.
+        assert_eq!(size_of::<SyscallKey>(), 16);
+        assert_eq!(size_of::<ErrnoKey>(), 16);
+        assert_eq!(size_of::<SyscallStats>(), 16 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<SyscallStats>(), 256);
+        assert_eq!(size_of::<ThreadSlot>(), 16);
+        assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
+        assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
+    }
+}

@@ -1,0 +1,44 @@
+//! Names of maps, programs and globals in the eBPF object, shared so a rename breaks the build.
+
+/// Per-CPU hash: [`crate::SyscallKey`] → [`crate::SyscallStats`].
+pub const MAP_SYSCALL_STATS: &str = "SYSCALL_STATS";
+/// Per-CPU hash: [`crate::ErrnoKey`] → `u64` count.
+pub const MAP_SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
+/// Array: `tid & THREAD_SLOT_MASK` → [`crate::ThreadSlot`] (syscall entry timestamps).
+pub const MAP_THREAD_SLOTS: &str = "THREAD_SLOTS";
+/// Hash: cgroup id (`u64`) → `u32` 1, the traced set when `FILTER_ENABLED` is 1.
+pub const MAP_CGROUP_FILTER: &str = "CGROUP_FILTER";
+/// Per-CPU array: [`crate::loss`] index → `u64` count.
+pub const MAP_LOSS_COUNTERS: &str = "LOSS_COUNTERS";
+/// Ring buffer of rare events ([`crate::CgroupEvent`], ...).
+pub const MAP_EVENTS: &str = "EVENTS";
+
+/// Raw tracepoint program on `sys_enter`.
+pub const PROG_SYS_ENTER: &str = "sys_enter";
+/// Raw tracepoint program on `sys_exit`.
+pub const PROG_SYS_EXIT: &str = "sys_exit";
+/// Classic tracepoint program on `cgroup:cgroup_mkdir`.
+pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
+/// Classic tracepoint program on `cgroup:cgroup_rmdir`.
+pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
+
+/// Global `u32`: 1 = only count cgroups present in `CGROUP_FILTER`, 0 = count all.
+pub const GLOBAL_FILTER_ENABLED: &str = "FILTER_ENABLED";
+/// Global `u32`: `THREAD_SLOTS` size minus one (the size is a power of two).
+pub const GLOBAL_THREAD_SLOT_MASK: &str = "THREAD_SLOT_MASK";
+/// Global `u64`: byte offset of the syscall number (`orig_ax`) in `struct pt_regs`.
+pub const GLOBAL_PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
+/// Global `u32`: syscall numbers that never return (`exit`, `exit_group`); counted at entry.
+pub const GLOBAL_NR_EXIT: &str = "NR_EXIT";
+/// See [`GLOBAL_NR_EXIT`].
+pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
+/// Global `u32`: hierarchy id of the unified (cgroup v2) hierarchy in `cgroup:*` tracepoints.
+pub const GLOBAL_UNIFIED_HIERARCHY: &str = "UNIFIED_HIERARCHY";
+/// Globals `u32`: field offsets in the `cgroup:cgroup_mkdir`/`rmdir` records, read from tracefs.
+pub const GLOBAL_CG_OFF_ROOT: &str = "CG_OFF_ROOT";
+/// See [`GLOBAL_CG_OFF_ROOT`].
+pub const GLOBAL_CG_OFF_LEVEL: &str = "CG_OFF_LEVEL";
+/// See [`GLOBAL_CG_OFF_ROOT`].
+pub const GLOBAL_CG_OFF_ID: &str = "CG_OFF_ID";
+/// See [`GLOBAL_CG_OFF_ROOT`].
+pub const GLOBAL_CG_OFF_PATH: &str = "CG_OFF_PATH";

@@ -1,0 +1,180 @@
+//! Syscall telemetry types and the latency-bucket rule shared by kernel and user side.
+
+/// Number of latency buckets per (cgroup, syscall).
+///
+/// Bucket 0 holds latencies `<= 2^HIST_BASE_SHIFT` ns; bucket `i` (1 ≤ i < HIST_BUCKETS-1)
+/// holds `(2^(HIST_BASE_SHIFT+i-1), 2^(HIST_BASE_SHIFT+i)]` ns; the last bucket holds everything
+/// above `2^(HIST_BASE_SHIFT+HIST_BUCKETS-2)` ns (34.4 s). Upper bounds are inclusive, exactly
+/// like Prometheus `le` bounds, so the conversion is lossless.
+pub const HIST_BUCKETS: usize = 30;
+/// log2 of the upper bound of bucket 0, in ns (128 ns).
+pub const HIST_BASE_SHIFT: u32 = 7;
+
+/// Key of `SYSCALL_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyscallKey {
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Syscall number (native ABI of the host).
+    pub nr: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+}
+
+/// Value of `SYSCALL_STATS` (one copy per CPU; userspace sums them). 256 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallStats {
+    /// Completed calls (plus `exit`/`exit_group`, counted at entry because they never return).
+    pub calls: u64,
+    /// Sum of the latencies recorded in `hist`, in ns.
+    pub time_ns: u64,
+    /// Latency histogram, see [`HIST_BUCKETS`]. Only calls whose entry was seen are timed, so the
+    /// sum of `hist` can be below `calls` (the difference is counted in `loss::SYSCALL_UNTIMED`).
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+impl SyscallStats {
+    /// All counters zero.
+    pub const ZERO: Self = Self {
+        calls: 0,
+        time_ns: 0,
+        hist: [0; HIST_BUCKETS],
+    };
+}
+
+/// Key of `SYSCALL_ERRNOS`: a failed syscall of one cgroup with one errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrnoKey {
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Syscall number.
+    pub nr: u32,
+    /// Positive errno (the syscall returned `-errno`).
+    pub errno: u32,
+}
+
+/// One entry of `THREAD_SLOTS`: the syscall a thread is in and when it entered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSlot {
+    /// Thread id owning the slot (slots are indexed by `tid & mask`; a mismatch means another
+    /// thread took the slot and the call is counted untimed).
+    pub tid: u32,
+    /// Syscall number seen at entry.
+    pub nr: u32,
+    /// `bpf_ktime_get_ns()` at entry; 0 when the slot is free.
+    pub start_ns: u64,
+}
+
+/// Number of significant bits of `x` (`64 - x.leading_zeros()`), written as a fixed sequence of
+/// compares so the BPF backend and verifier see straight-line code.
+#[inline(always)]
+pub const fn bit_width(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x >= 1 << 32 {
+        n += 32;
+        x >>= 32;
+    }
+    if x >= 1 << 16 {
+        n += 16;
+        x >>= 16;
+    }
+    if x >= 1 << 8 {
+        n += 8;
+        x >>= 8;
+    }
+    if x >= 1 << 4 {
+        n += 4;
+        x >>= 4;
+    }
+    if x >= 1 << 2 {
+        n += 2;
+        x >>= 2;
+    }
+    if x >= 1 << 1 {
+        n += 1;
+        x >>= 1;
+    }
+    n + x as u32
+}
+
+/// Histogram bucket of a latency in ns (see [`HIST_BUCKETS`]).
+#[inline(always)]
+pub const fn latency_bucket(ns: u64) -> usize {
+    if ns <= 1 << HIST_BASE_SHIFT {
+        return 0;
+    }
+    // ceil(log2(ns)) for ns >= 2
+    let b = bit_width(ns - 1) - HIST_BASE_SHIFT;
+    if b as usize >= HIST_BUCKETS - 1 {
+        HIST_BUCKETS - 1
+    } else {
+        b as usize
+    }
+}
+
+/// Inclusive upper bound of bucket `i` in ns, or `None` for the overflow bucket.
+pub const fn bucket_upper_bound_ns(i: usize) -> Option<u64> {
+    if i >= HIST_BUCKETS - 1 {
+        None
+    } else {
+        Some(1u64 << (HIST_BASE_SHIFT + i as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_width_matches_leading_zeros() {
+        let mut x = 0u64;
+        while x < 5000 {
+            assert_eq!(bit_width(x), 64 - x.leading_zeros(), "{x}");
+            x += 1;
+        }
+        for s in 0..64 {
+            for d in [-1i64, 0, 1] {
+                let v = (1u64 << s).wrapping_add(d as u64);
+                assert_eq!(bit_width(v), 64 - v.leading_zeros(), "{v}");
+            }
+        }
+        assert_eq!(bit_width(u64::MAX), 64);
+    }
+
+    #[test]
+    fn buckets_have_inclusive_upper_bounds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(128), 0);
+        assert_eq!(latency_bucket(129), 1);
+        assert_eq!(latency_bucket(256), 1);
+        assert_eq!(latency_bucket(257), 2);
+        // every value lands in the first bucket whose bound is >= the value
+        for ns in [
+            1u64,
+            100,
+            200,
+            1000,
+            4096,
+            4097,
+            1 << 20,
+            (1 << 35) - 1,
+            1 << 35,
+        ] {
+            let b = latency_bucket(ns);
+            let ub = bucket_upper_bound_ns(b).unwrap_or(u64::MAX);
+            assert!(ns <= ub, "{ns} in bucket {b} above bound {ub}");
+            if b > 0 {
+                let prev = bucket_upper_bound_ns(b - 1).unwrap_or(0);
+                assert!(ns > prev, "{ns} belongs below bucket {b}");
+            }
+        }
+        assert_eq!(latency_bucket((1 << 35) + 1), HIST_BUCKETS - 1);
+        assert_eq!(latency_bucket(u64::MAX), HIST_BUCKETS - 1);
+        assert_eq!(bucket_upper_bound_ns(HIST_BUCKETS - 2), Some(1 << 35));
+        assert_eq!(bucket_upper_bound_ns(HIST_BUCKETS - 1), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! Cgroup lifecycle: `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir` classic tracepoints, filtered
+//! to the unified hierarchy, sent to userspace on the `EVENTS` ring buffer.
+//!
+//! Field offsets come from tracefs `format` files at load time (globals below); the defaults are
+//! the layout seen on 6.x kernels.
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::bpf_probe_read_kernel_str_bytes,
+    macros::{map, tracepoint},
+    maps::RingBuf,
+    programs::TracePointContext,
+};
+use palisade_common::{
+    CGROUP_PATH_MAX, CgroupEvent,
+    event_kind::{CGROUP_MKDIR, CGROUP_RMDIR},
+    loss::RINGBUF_FULL,
+};
+
+use crate::loss;
+
+#[unsafe(no_mangle)]
+static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CG_OFF_ROOT: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static CG_OFF_LEVEL: Global<u32> = Global::new(12);
+#[unsafe(no_mangle)]
+static CG_OFF_ID: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static CG_OFF_PATH: Global<u32> = Global::new(24);
+
+/// Rare events for userspace. 256 KiB holds ~480 cgroup events between two polls.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    match try_cgroup_event(&ctx, CGROUP_MKDIR) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint(category = "cgroup", name = "cgroup_rmdir")]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    match try_cgroup_event(&ctx, CGROUP_RMDIR) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_cgroup_event(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
+    // SAFETY: offsets come from the tracepoint's format file; read_at uses bpf_probe_read_kernel.
+    let root: i32 = unsafe { ctx.read_at(CG_OFF_ROOT.load() as usize) }.map_err(|_| 0u32)?;
+    if root as u32 != UNIFIED_HIERARCHY.load() {
+        return Ok(0);
+    }
+    let Some(mut entry) = EVENTS.reserve::<CgroupEvent>(0) else {
+        loss::count(RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size;
+    // every field is written before submit.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).level = ctx
+            .read_at::<i32>(CG_OFF_LEVEL.load() as usize)
+            .unwrap_or(-1) as u32;
+        (*ev).cgroup_id = ctx.read_at::<u64>(CG_OFF_ID.load() as usize).unwrap_or(0);
+        (*ev).truncated = 0;
+        (*ev).path_len = 0;
+        // __data_loc: low 16 bits offset of the string from the record start, high 16 bits length
+        // (including the NUL).
+        let loc: u32 = ctx.read_at(CG_OFF_PATH.load() as usize).unwrap_or(0);
+        let off = (loc & 0xffff) as usize;
+        let len = (loc >> 16) as usize;
+        let src = (ctx.as_ptr() as *const u8).add(off);
+        if let Ok(s) = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).path) {
+            (*ev).path_len = s.len() as u32;
+        }
+        if len > CGROUP_PATH_MAX {
+            (*ev).truncated = 1;
+        }
+    }
+    entry.submit(0);
+    Ok(0)
+}

@@ -1,0 +1,19 @@
+//! Palisade's kernel programs: one module per hook family, maps next to the programs that own
+//! them, thin entry points that call a fallible `try_*` body.
+#![no_std]
+#![no_main]
+
+mod cgroups;
+mod loss;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL is required by the helpers we call from tracing programs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

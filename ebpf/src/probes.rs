@@ -1,0 +1,83 @@
+//! Tiny programs `palisade doctor` loads (and where it is harmless, attaches) one kind at a time
+//! to learn what this kernel allows. Each does nothing observable.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::bpf_send_signal,
+    macros::{
+        cgroup_skb, cgroup_sock_addr, fentry, kprobe, lsm, map, raw_tracepoint, sock_ops,
+        tracepoint,
+    },
+    maps::Array,
+    programs::{
+        FEntryContext, LsmContext, ProbeContext, RawTracePointContext, SkBuffContext,
+        SockAddrContext, SockOpsContext, TracePointContext,
+    },
+};
+
+/// Never holds the magic value; it only keeps the verifier from pruning the helper call.
+#[map(name = "PROBE_ARMED")]
+static PROBE_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn probe_raw_tracepoint(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn probe_tracepoint(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[cgroup_skb]
+pub fn probe_cgroup_skb(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn probe_cgroup_sock_addr(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+#[sock_ops]
+pub fn probe_sock_ops(_ctx: SockOpsContext) -> u32 {
+    1
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn probe_send_signal(_ctx: RawTracePointContext) -> i32 {
+    if let Some(v) = PROBE_ARMED.get(0)
+        && *v == 0x5ee_d0ff
+    {
+        // SAFETY: never reached (the map value stays 0); the call is here so the verifier
+        // checks that this program type may use the helper.
+        unsafe { bpf_send_signal(9) };
+    }
+    0
+}
+
+#[fentry(function = "bpf_fentry_test1")]
+pub fn probe_fentry(_ctx: FEntryContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_open")]
+pub fn probe_lsm(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[kprobe]
+pub fn probe_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

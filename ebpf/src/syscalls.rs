@@ -1,0 +1,213 @@
+//! Syscall telemetry: `sys_enter`/`sys_exit` raw tracepoints aggregated per (cgroup, syscall).
+//!
+//! Hot path budget: at entry one array store (the thread's slot); at exit one array load, one
+//! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
+//! buffer traffic.
+use aya_ebpf::{
+    Global,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+use palisade_common::{
+    ErrnoKey, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
+    loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
+};
+
+use crate::loss;
+
+/// 1: count only cgroups listed in `CGROUP_FILTER`.
+#[unsafe(no_mangle)]
+static FILTER_ENABLED: Global<u32> = Global::new(0);
+/// `THREAD_SLOTS` size - 1 (size is a power of two; userspace sets both).
+#[unsafe(no_mangle)]
+static THREAD_SLOT_MASK: Global<u32> = Global::new(65535);
+/// Offset of the syscall number in `struct pt_regs` (x86_64: `orig_ax`).
+#[unsafe(no_mangle)]
+static PT_REGS_NR_OFFSET: Global<u64> = Global::new(120);
+/// Syscalls that never return; counted at entry.
+#[unsafe(no_mangle)]
+static NR_EXIT: Global<u32> = Global::new(60);
+#[unsafe(no_mangle)]
+static NR_EXIT_GROUP: Global<u32> = Global::new(231);
+
+#[map(name = "SYSCALL_STATS")]
+static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
+    PerCpuHashMap::with_max_entries(10240, 0);
+
+#[map(name = "SYSCALL_ERRNOS")]
+static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+#[map(name = "THREAD_SLOTS")]
+static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(65536, 0);
+
+#[map(name = "CGROUP_FILTER")]
+static CGROUP_FILTER: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+const MAX_ERRNO: i64 = 4095;
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    match try_sys_enter(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    match try_sys_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn selected(cgroup_id: u64) -> bool {
+    // SAFETY: read-only lookup; the value is not kept.
+    FILTER_ENABLED.load() == 0 || unsafe { CGROUP_FILTER.get(&cgroup_id) }.is_some()
+}
+
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    // sys_enter(struct pt_regs *regs, long id)
+    let nr: i64 = ctx.arg(1);
+    if nr < 0 {
+        return Ok(0);
+    }
+    let nr = nr as u32;
+    if nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
+        // These never reach sys_exit: count them now, untimed and without errno.
+        // SAFETY: helper without preconditions.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        if selected(cgroup_id) {
+            account(cgroup_id, nr, None);
+        }
+        return Ok(0);
+    }
+    if FILTER_ENABLED.load() != 0 {
+        // SAFETY: helper without preconditions.
+        if !selected(unsafe { bpf_get_current_cgroup_id() }) {
+            return Ok(0);
+        }
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let slot = THREAD_SLOTS
+        .get_ptr_mut(tid & THREAD_SLOT_MASK.load())
+        .ok_or(0)?;
+    // SAFETY: `slot` points into an array map value owned by this map for the program's lifetime.
+    // Two threads whose ids collide modulo the slot count may race on it; `tid` is checked at
+    // exit, so a collision at worst makes one call untimed (counted in SYSCALL_UNTIMED).
+    unsafe {
+        (*slot).tid = tid;
+        (*slot).nr = nr;
+        (*slot).start_ns = bpf_ktime_get_ns();
+    }
+    Ok(0)
+}
+
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    // sys_exit(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut timed = None;
+    let mut nr = u32::MAX;
+    if let Some(slot) = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load()) {
+        // SAFETY: see try_sys_enter.
+        unsafe {
+            if (*slot).tid == tid && (*slot).start_ns != 0 {
+                nr = (*slot).nr;
+                timed = Some(now.saturating_sub((*slot).start_ns));
+                (*slot).start_ns = 0;
+            }
+        }
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !selected(cgroup_id) {
+        return Ok(0);
+    }
+    if timed.is_none() {
+        // No entry seen: read the syscall number from the saved registers (arch ABI layout).
+        let regs: u64 = ctx.arg(0);
+        // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
+        let raw: i64 =
+            unsafe { bpf_probe_read_kernel((regs + PT_REGS_NR_OFFSET.load()) as *const i64) }
+                .map_err(|_| 0)?;
+        if raw < 0 {
+            return Ok(0);
+        }
+        nr = raw as u32;
+        loss::count(SYSCALL_UNTIMED);
+    }
+    account(cgroup_id, nr, timed);
+    if (-MAX_ERRNO..0).contains(&ret) {
+        count_errno(cgroup_id, nr, (-ret) as u32);
+    }
+    Ok(0)
+}
+
+/// Counts one call of `nr` in `cgroup_id`, with its latency when known.
+#[inline(always)]
+fn account(cgroup_id: u64, nr: u32, latency_ns: Option<u64>) {
+    let key = SyscallKey {
+        cgroup_id,
+        nr,
+        _pad: 0,
+    };
+    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            // First call of this pair: insert zeroes (a racing insert on another CPU is fine,
+            // BPF_NOEXIST makes the loser's insert fail and the lookup below finds the winner's).
+            let _ = SYSCALL_STATS.insert(&key, &SyscallStats::ZERO, BPF_NOEXIST as u64);
+            match SYSCALL_STATS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    loss::count(SYSCALL_STATS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: `stats` is this CPU's copy of a per-CPU hash value; nothing else writes it while
+    // this program runs on this CPU.
+    unsafe {
+        (*stats).calls += 1;
+        if let Some(ns) = latency_ns {
+            (*stats).time_ns += ns;
+            let b = latency_bucket(ns);
+            if let Some(slot) = (*stats).hist.get_mut(b) {
+                *slot += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count_errno(cgroup_id: u64, nr: u32, errno: u32) {
+    let key = ErrnoKey {
+        cgroup_id,
+        nr,
+        errno,
+    };
+    let count = match SYSCALL_ERRNOS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = SYSCALL_ERRNOS.insert(&key, &0, BPF_NOEXIST as u64);
+            match SYSCALL_ERRNOS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    loss::count(SYSCALL_ERRNOS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: per-CPU value, see `account`.
+    unsafe { *count += 1 };
+}
