@@ -1,1 +1,206 @@
-fn main() {}
+//! Developer tasks. `cargo xtask <task>`:
+//!
+//! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
+//!   built against the nightly's own LLVM); idempotent and quick when already done.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `bench syscalls`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Palisade developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Setup, then build the agent (debug unless --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, release build, then run `palisade agent` with the default configuration.
+    /// Arguments after `--` go to the agent (e.g. `-- --listen 0.0.0.0:9477`).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests and the
+    /// privileged end-to-end tests (needs root).
+    Test {
+        /// Only run tests whose name contains this filter (passed to the test harness).
+        filter: Option<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on every crate, the eBPF crate included.
+    Lint,
+    /// Benchmarks, reported as ratios to a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build(release)),
+        Task::Run { args } => setup::run().and_then(|()| run_agent(&args)),
+        Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
+        Task::Lint => setup::run().and_then(|()| lint()),
+        Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Prints a step header.
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+/// Runs a command in the workspace root, failing with its name when it fails.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let start = Instant::now();
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    eprintln!("    ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+pub fn build(release: bool) -> Result<()> {
+    step(if release {
+        "building palisade (release)"
+    } else {
+        "building palisade (debug)"
+    });
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "palisade",
+        "--package",
+        "palisade-tests",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    exec(&mut cmd)
+}
+
+pub fn agent_bin(release: bool) -> PathBuf {
+    root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("palisade")
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    build(true)?;
+    let bin = agent_bin(true);
+    step(&format!(
+        "starting {} agent {}",
+        bin.display(),
+        args.join(" ")
+    ));
+    eprintln!(
+        "    metrics: http://127.0.0.1:9477/metrics (unless --listen says otherwise); Ctrl-C stops"
+    );
+    let status = Command::new(&bin)
+        .arg("agent")
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    if !status.success() {
+        bail!("palisade agent exited with {status}");
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    step("cargo fmt --check");
+    exec(cargo().args(["fmt", "--all", "--check"]))?;
+    // Default members: every crate but the eBPF one, which only builds for the bpf target.
+    step("clippy (host crates)");
+    exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    step("clippy (eBPF crate, nightly, bpfel-unknown-none)");
+    exec(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "palisade-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc_geteuid() } == 0;
+    if !root_user {
+        bail!(
+            "the privileged tests load eBPF programs and create cgroups: run `cargo xtask test` as root"
+        );
+    }
+    lint()?;
+    build(false)?;
+    step("unit and end-to-end tests");
+    let mut cmd = cargo();
+    cmd.args(["test"]).env("PALISADE_BIN", agent_bin(false));
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    exec(&mut cmd)
+}
+
+// libc is not a dependency of xtask; one extern declaration is enough.
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

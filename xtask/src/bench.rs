@@ -1,0 +1,119 @@
+//! Benchmarks, always as ratios to a baseline measured in the same run.
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+
+use crate::{agent_bin, build, exec, root, step};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// ns per syscall (getppid, 1-byte read) untraced, under bpftrace (empty, count per
+    /// cgroup+syscall, count+latency histogram) and under `palisade agent`, interleaved.
+    Syscalls {
+        /// Calls per measurement.
+        #[arg(short = 'n', long, default_value_t = 5_000_000)]
+        calls: u64,
+        /// Repetitions of every case (medians are reported).
+        #[arg(short, long, default_value_t = 5)]
+        reps: u32,
+    },
+}
+
+pub fn run(which: Bench) -> Result<()> {
+    match which {
+        Bench::Syscalls { calls, reps } => syscalls(calls, reps),
+    }
+}
+
+/// The shared peer scripts (`../shared/bench` next to the repository, or `$PALISADE_PEER_BENCH`).
+fn peer_bench_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("PALISADE_PEER_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/bench"));
+    if !dir.join("syscall_overhead.sh").exists() {
+        bail!(
+            "peer benchmark scripts not found in {}; set PALISADE_PEER_BENCH to the folder holding syscall_overhead.sh",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn syscalls(calls: u64, reps: u32) -> Result<()> {
+    let dir = peer_bench_dir()?;
+    build(true)?;
+    let tmp = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let raw = tmp.join("raw.tsv");
+    step(&format!(
+        "syscall overhead: n={calls} reps={reps}; cases base, bpftrace x3, palisade (full accounting, all cgroups)"
+    ));
+    exec(
+        Command::new("bash")
+            .arg(dir.join("syscall_overhead.sh"))
+            .args(["-n", &calls.to_string(), "-r", &reps.to_string(), "-o"])
+            .arg(&raw)
+            .arg("--")
+            .arg(agent_bin(true))
+            .args(["agent", "--listen", "127.0.0.1:0"]),
+    )?;
+
+    let text = std::fs::read_to_string(&raw).with_context(|| format!("read {}", raw.display()))?;
+    let mut by: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [_, case, mode, ns] = f.as_slice()
+            && let Ok(ns) = ns.parse::<f64>()
+        {
+            by.entry(((*mode).to_owned(), (*case).to_owned()))
+                .or_default()
+                .push(ns);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "\nadded cost per syscall (median ns over base) and Palisade's ratio to each bpftrace case:"
+    );
+    println!(
+        "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10}   {:>8} {:>8}",
+        "mode", "base", "bt_noop", "bt_count", "bt_lat", "palisade", "/count", "/lat"
+    );
+    for mode in ["getppid", "read"] {
+        let mut get = |case: &str| {
+            by.get_mut(&(mode.to_owned(), case.to_owned()))
+                .map_or(f64::NAN, |v| median(v))
+        };
+        let base = get("base");
+        let (noop, count, lat, agent) =
+            (get("bt_noop"), get("bt_count"), get("bt_lat"), get("agent"));
+        println!(
+            "{:<8} {:>8.1} {:>+10.1} {:>+10.1} {:>+10.1} {:>+10.1}   {:>8.2} {:>8.2}",
+            mode,
+            base,
+            noop - base,
+            count - base,
+            lat - base,
+            agent - base,
+            (agent - base) / (count - base),
+            (agent - base) / (lat - base)
+        );
+    }
+    println!(
+        "(/count < 1: Palisade adds less per syscall than bpftrace counting per cgroup+syscall,"
+    );
+    println!(" while also timing every call into a histogram and counting errors per errno)");
+    Ok(())
+}

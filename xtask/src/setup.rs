@@ -1,0 +1,186 @@
+//! `cargo xtask setup`: make a fresh machine able to build and test Palisade.
+//!
+//! Idempotent: every step checks first and only acts when something is missing, so a second
+//! run takes about a second. Steps:
+//! 1. Debian packages the tests and benchmarks need.
+//! 2. `rust-src` for the nightly toolchain (the eBPF crate is built with `-Z build-std=core`).
+//! 3. `bpf-linker` 0.13 linked against the LLVM that ships inside the nightly rustc, through a
+//!    prefix of symlinks kept under `~/.local/share/palisade/` (the binary's rpath points there).
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{exec, step};
+
+/// (package, why)
+const APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "prometheus",
+        "promtool: the tests check /metrics with `promtool check metrics`",
+    ),
+    ("bpftrace", "the peer in `cargo xtask bench syscalls`"),
+    ("gcc", "builds the benchmark's syscall loop"),
+    ("iproute2", "network namespaces in tests"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn run() -> Result<()> {
+    step("setup: Debian packages");
+    apt()?;
+    step("setup: nightly rust-src");
+    rust_src()?;
+    step("setup: bpf-linker");
+    bpf_linker()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(p, _)| {
+            let st = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !st.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "    ok: {}",
+            APT_PACKAGES
+                .iter()
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        eprintln!("    installing {p} ({why})");
+    }
+    exec(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update (root and network to the Debian mirror are needed)")?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get install")
+}
+
+fn rustup_nightly(args: &[&str]) -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly"]).args(args);
+    c
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context(
+        "no nightly toolchain (the eBPF crate needs it): `rustup toolchain install nightly`",
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("    ok");
+        return Ok(());
+    }
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly's LLVM shared library: (path, file name, major version).
+fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
+    let sysroot = output(&mut rustup_nightly(&["rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("read {}", lib.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // libLLVM.so.22.1-rust-1.97.0-nightly
+        if let Some(rest) = name.strip_prefix("libLLVM.so.")
+            && name.ends_with("-nightly")
+        {
+            let major = rest
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .with_context(|| format!("cannot read the LLVM version from {name}"))?;
+            return Ok((e.path(), name, major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.*-nightly in {}; is the nightly toolchain complete?",
+        lib.display()
+    )
+}
+
+fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+fn bpf_linker() -> Result<()> {
+    let (llvm, llvm_name, major) = nightly_llvm()?;
+    let prefix = home()?
+        .join(".local/share/palisade")
+        .join(format!("llvm-{llvm_name}"));
+    let marker = prefix.join("bpf-linker.installed");
+    let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major} {llvm_name}\n");
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works && std::fs::read_to_string(&marker).is_ok_and(|m| m == want) {
+        eprintln!("    ok: bpf-linker {BPF_LINKER_VERSION} on {llvm_name}");
+        return Ok(());
+    }
+    // The prefix: P/lib/libLLVM.so and P/lib/<versioned name>, both pointing into the sysroot.
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("mkdir {}", lib.display()))?;
+    for link in ["libLLVM.so", llvm_name.as_str()] {
+        let path = lib.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(&llvm, &path)
+            .with_context(|| format!("symlink {} -> {}", path.display(), llvm.display()))?;
+    }
+    eprintln!(
+        "    building bpf-linker {BPF_LINKER_VERSION} against {} (takes a few minutes, once)",
+        llvm.display()
+    );
+    exec(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--force", "--version"])
+            .arg(format!("^{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix)
+            // build with the machine's default toolchain, not this repository's pinned one
+            .current_dir(home()?),
+    )?;
+    std::fs::write(&marker, want).with_context(|| format!("write {}", marker.display()))?;
+    Ok(())
+}
