@@ -85,10 +85,9 @@ impl Shared {
         }
         if let Some(identity) = identity
             && self.selected(&identity)
+            && let Err(e) = self.kernel.select(identity.cgroup_id, true).await
         {
-            if let Err(e) = self.kernel.select(identity.cgroup_id, true).await {
-                warn!(error = %e, "cannot update the cgroup filter");
-            }
+            warn!(error = %e, "cannot update the cgroup filter");
         }
     }
 
@@ -148,10 +147,22 @@ impl Shared {
                     path
                 };
                 let inserted = st.registry.insert(cgroup_id, &path);
-                debug!(cgroup_id, path, ?inserted, "cgroup created");
                 let identity = (inserted == Inserted::New)
                     .then(|| st.registry.get(cgroup_id).cloned())
                     .flatten();
+                if let Some(i) = &identity {
+                    debug!(
+                        cgroup_id,
+                        path,
+                        container = %i.name,
+                        runtime = i.runtime.as_str(),
+                        container_id = i.container_id.as_deref().unwrap_or(""),
+                        pod_uid = i.pod_uid.as_deref().unwrap_or(""),
+                        "cgroup created"
+                    );
+                } else {
+                    debug!(cgroup_id, path, ?inserted, "cgroup event");
+                }
                 drop(st);
                 self.select_new(identity).await;
             }

@@ -82,7 +82,18 @@ impl Mounts {
                 "cgroup" => {
                     let controllers: Vec<String> = super_opts
                         .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
+                        .filter(|o| {
+                            // mount options that are not controllers (see cgroups(7))
+                            !matches!(
+                                *o,
+                                "rw" | "ro"
+                                    | "xattr"
+                                    | "noprefix"
+                                    | "clone_children"
+                                    | "cpuset_v2_mode"
+                                    | "favordynmods"
+                            ) && !o.starts_with("release_agent")
+                        })
                         .map(str::to_owned)
                         .collect();
                     v1.push((mount_point, controllers));
@@ -116,14 +127,6 @@ impl Mounts {
             return Ok(p.to_owned());
         }
         self.unified.clone().ok_or(CgroupfsError::NoUnified)
-    }
-
-    /// Mount point of the v1 hierarchy holding `controller` (e.g. `memory`).
-    pub fn v1_controller(&self, controller: &str) -> Option<&Path> {
-        self.v1
-            .iter()
-            .find(|(_, c)| c.iter().any(|x| x == controller))
-            .map(|(p, _)| p.as_path())
     }
 }
 
@@ -268,15 +271,23 @@ mod tests {
             m.unified.as_deref(),
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
+        let controllers = |dir: &str| {
+            m.v1.iter()
+                .find(|(p, _)| p == Path::new(dir))
+                .map(|(_, c)| c.join(","))
+        };
         assert_eq!(
-            m.v1_controller("memory"),
-            Some(Path::new("/sys/fs/cgroup/memory"))
+            controllers("/sys/fs/cgroup/memory").as_deref(),
+            Some("memory")
         );
         assert_eq!(
-            m.v1_controller("cpuacct"),
-            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+            controllers("/sys/fs/cgroup/cpu,cpuacct").as_deref(),
+            Some("cpu,cpuacct")
         );
-        assert_eq!(m.v1_controller("pids"), None);
+        assert_eq!(
+            controllers("/sys/fs/cgroup/systemd").as_deref(),
+            Some("name=systemd")
+        );
 
         let m = Mounts::parse(V2);
         assert_eq!(m.layout, Layout::V2);

@@ -41,8 +41,8 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<17} {:<5} {:<48} {}",
-        "FEATURE", "OK", "USED FOR", "DETAIL"
+        "{:<17} {:<5} {:<48} DETAIL",
+        "FEATURE", "OK", "USED FOR"
     );
     let mut missing_required = Vec::new();
     for f in &report.features {

@@ -158,7 +158,7 @@ pub fn probe_all() -> Report {
             (|| {
                 let p: &mut CgroupSkb = prog(ebpf, "probe_cgroup_skb")?.try_into().map_err(err)?;
                 p.load().map_err(err)?;
-                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
                 let link = p
                     .attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
                     .map_err(err)?;
@@ -173,7 +173,7 @@ pub fn probe_all() -> Report {
                     .try_into()
                     .map_err(err)?;
                 p.load().map_err(err)?;
-                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
                 let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
                 p.detach(link).map_err(err)?;
                 Ok("connect4 attach ok".to_owned())
@@ -184,7 +184,7 @@ pub fn probe_all() -> Report {
             (|| {
                 let p: &mut SockOps = prog(ebpf, "probe_sock_ops")?.try_into().map_err(err)?;
                 p.load().map_err(err)?;
-                let cg = cg.clone().map_err(|e| format!("attach not tried: {e}"))?;
+                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
                 let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
                 p.detach(link).map_err(err)?;
                 Ok("attach ok".to_owned())

@@ -68,7 +68,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn selected(cgroup_id: u64) -> bool {
     // SAFETY: read-only lookup; the value is not kept.
-    FILTER_ENABLED.load() == 0 || unsafe { CGROUP_FILTER.get(&cgroup_id) }.is_some()
+    FILTER_ENABLED.load() == 0 || unsafe { CGROUP_FILTER.get(cgroup_id) }.is_some()
 }
 
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
@@ -159,13 +159,13 @@ fn account(cgroup_id: u64, nr: u32, latency_ns: Option<u64>) {
         nr,
         _pad: 0,
     };
-    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
+    let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             // First call of this pair: insert zeroes (a racing insert on another CPU is fine,
             // BPF_NOEXIST makes the loser's insert fail and the lookup below finds the winner's).
-            let _ = SYSCALL_STATS.insert(&key, &SyscallStats::ZERO, BPF_NOEXIST as u64);
-            match SYSCALL_STATS.get_ptr_mut(&key) {
+            let _ = SYSCALL_STATS.insert(key, SyscallStats::ZERO, BPF_NOEXIST as u64);
+            match SYSCALL_STATS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     loss::count(SYSCALL_STATS_FULL);
@@ -195,11 +195,11 @@ fn count_errno(cgroup_id: u64, nr: u32, errno: u32) {
         nr,
         errno,
     };
-    let count = match SYSCALL_ERRNOS.get_ptr_mut(&key) {
+    let count = match SYSCALL_ERRNOS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
-            let _ = SYSCALL_ERRNOS.insert(&key, &0, BPF_NOEXIST as u64);
-            match SYSCALL_ERRNOS.get_ptr_mut(&key) {
+            let _ = SYSCALL_ERRNOS.insert(key, 0, BPF_NOEXIST as u64);
+            match SYSCALL_ERRNOS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     loss::count(SYSCALL_ERRNOS_FULL);

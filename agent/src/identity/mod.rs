@@ -102,10 +102,6 @@ impl Registry {
         self.by_id.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Identity> {
-        self.by_id.values()
-    }
-
     /// Adds a cgroup seen alive. A known id keeps its entry (a rescan racing an event is fine).
     pub fn insert(&mut self, id: u64, path: &str) -> Inserted {
         if let Some(known) = self.by_id.get_mut(&id) {

@@ -11,7 +11,8 @@ pub fn name(nr: u32) -> Cow<'static, str> {
     }
 }
 
-/// Number of a syscall by name (used by filters and tests).
+/// Number of a syscall by name.
+#[cfg(test)]
 pub fn number(name: &str) -> Option<u32> {
     x86_64::NAMES
         .iter()
