@@ -1,1 +1,582 @@
-//! Helpers shared by the privileged tests.
+//! Helpers shared by the privileged tests: a real agent process, test cgroups in the unified
+//! hierarchy, workloads placed in them before their first instruction, and a parser for the
+//! Prometheus text format.
+//!
+//! Every test owns its cgroups (named `palisade-test-<pid>-<tag>-<n>`) and its agent (listening
+//! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
+//! Helpers panic with a message instead of returning errors: they only run inside tests.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The `palisade` binary under test: `$PALISADE_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn palisade_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PALISADE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/palisade");
+    if !p.exists() {
+        panic!(
+            "palisade binary not found at {}; run the tests with `cargo xtask test` (or set PALISADE_BIN)",
+            p.display()
+        );
+    }
+    p
+}
+
+/// The workload binary built with these tests.
+/// The `syscall-workload` binary built with these tests (next to the test's `deps/` folder).
+pub fn workload_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+    let bin = dir.join("syscall-workload");
+    assert!(
+        bin.exists(),
+        "{} missing; build it with `cargo build -p palisade-tests --bins`",
+        bin.display()
+    );
+    bin
+}
+
+/// Privileged tests need root; they fail (not skip) without it.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test loads eBPF programs and creates cgroups: run it as root (cargo xtask test)"
+        );
+    }
+}
+
+/// Mount point of the unified (cgroup v2) hierarchy.
+pub fn unified_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_else(|e| panic!("read mountinfo: {e}"));
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect();
+    found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
+    found
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no cgroup2 mount on this host; the agent needs one"))
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A cgroup in the unified hierarchy owned by one test; removed (with its children, after
+/// killing what runs in them) on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Path relative to the unified root, e.g. `/palisade-test-123-exact-0` (the agent's name).
+    pub rel: String,
+    /// The cgroup v2 id (inode number).
+    pub id: u64,
+    owned: bool,
+}
+
+impl TestCgroup {
+    /// A fresh top-level test cgroup.
+    pub fn new(tag: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("palisade-test-{}-{tag}-{n}", std::process::id());
+        Self::create(&unified_root(), &name, format!("/{name}"))
+    }
+
+    /// A child cgroup (dropped on its own, or with its parent).
+    pub fn child(&self, name: &str) -> Self {
+        Self::create(&self.path, name, format!("{}/{name}", self.rel))
+    }
+
+    fn create(parent: &Path, name: &str, rel: String) -> Self {
+        let path = parent.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let id = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .ino();
+        Self {
+            path,
+            rel,
+            id,
+            owned: true,
+        }
+    }
+
+    /// Removes the cgroup now (it must be empty) and returns its id.
+    pub fn remove(mut self) -> u64 {
+        remove_tree(&self.path);
+        self.owned = false;
+        self.id
+    }
+
+    /// A command that moves itself into this cgroup before `exec`, so everything the program
+    /// does is accounted to the cgroup from its first instruction.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+        // functions (open, write, close) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs the workload binary with `args` in this cgroup and checks it succeeded.
+    pub fn run_workload(&self, args: &[&str]) {
+        let status = self
+            .command(workload_bin())
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("spawn workload in {}: {e}", self.rel));
+        assert!(status.success(), "workload {args:?} failed: {status}");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if self.owned {
+            remove_tree(&self.path);
+        }
+    }
+}
+
+/// Kills every process in the tree and removes it, children first.
+fn remove_tree(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: sending SIGKILL to a pid that lives in our own test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if std::fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("warning: could not remove test cgroup {}", path.display());
+}
+
+/// A running `palisade agent` with its own config, port and log.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
+    /// port, and waits until it serves.
+    pub fn start(config: &str, args: &[&str]) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cfg = dir.path().join("palisade.yaml");
+        std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        let ready = dir.path().join("ready");
+        let log = std::fs::File::create(dir.path().join("agent.log"))
+            .unwrap_or_else(|e| panic!("create log: {e}"));
+        let mut child = Command::new(palisade_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .args(args)
+            .env("RUST_LOG", "info,palisade=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", palisade_bin().display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "agent exited during start-up ({status}):\n{}",
+                    std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent not ready after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self { child, addr, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// GET `path` and return (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr)
+            .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.addr, self.log()));
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)
+            .unwrap_or_else(|e| panic!("send request: {e}"));
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)
+            .unwrap_or_else(|e| panic!("read response: {e}"));
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_owned())
+    }
+
+    /// The `/metrics` page (must answer 200).
+    pub fn scrape(&self) -> String {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(
+            code,
+            200,
+            "/metrics answered {code}: {body}\n{}",
+            self.log()
+        );
+        body
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.scrape())
+    }
+
+    /// Ids and names of the BPF maps and programs this agent holds open.
+    pub fn bpf_objects(&self) -> (Vec<(u32, String)>, Vec<u32>) {
+        let mut maps = Vec::new();
+        let mut progs = Vec::new();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for e in std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(id) = line.strip_prefix("map_id:") {
+                    if let Ok(id) = id.trim().parse::<u32>() {
+                        let name = aya::maps::MapInfo::from_id(id)
+                            .ok()
+                            .and_then(|i| i.name_as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        maps.push((id, name));
+                    }
+                } else if let Some(id) = line.strip_prefix("prog_id:")
+                    && let Ok(id) = id.trim().parse::<u32>()
+                {
+                    progs.push(id);
+                }
+            }
+        }
+        maps.sort();
+        maps.dedup();
+        progs.sort();
+        progs.dedup();
+        (maps, progs)
+    }
+
+    /// Cgroup ids that have at least one key in the agent's syscall maps.
+    pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
+        use aya::maps::{Map, MapData, PerCpuHashMap};
+        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
+        let mut ids = Vec::new();
+        for (id, name) in self.bpf_objects().0 {
+            if name != names::MAP_SYSCALL_STATS && name != names::MAP_SYSCALL_ERRNOS {
+                continue;
+            }
+            let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
+            if name == names::MAP_SYSCALL_STATS {
+                let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            } else {
+                let m: PerCpuHashMap<_, ErrnoKey, u64> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// SIGTERM and wait (at most 30 s); returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent ignored SIGTERM for 30 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line: {line}"));
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad value in {line}: {e}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').unwrap_or(rest);
+                    (name.to_owned(), parse_labels(body))
+                }
+            };
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        Self {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// Samples named `name` whose labels include all of `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The single sample matching, or `None`; panics when several match.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, labels);
+        assert!(
+            found.len() <= 1,
+            "{name}{labels:?} matches {} samples",
+            found.len()
+        );
+        found.first().map(|s| s.value)
+    }
+
+    /// Distinct values of `label` among samples of `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter_map(|s| s.labels.get(label).cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+fn parse_labels(body: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+        }
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            panic!("bad label set {body}");
+        }
+        let mut val = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => val.push('\n'),
+                    Some(o) => val.push(o),
+                    None => break,
+                },
+                '"' => break,
+                o => val.push(o),
+            }
+        }
+        out.insert(key.trim_start_matches(',').to_owned(), val);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    out
+}
+
+/// Runs `promtool check metrics` on an exposition and panics with its output on failure.
+pub fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}); install it with `cargo xtask setup` (Debian package prometheus)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap_or_else(|| panic!("promtool stdin"))
+        .write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("write to promtool: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exposition() {
+        let m = Metrics::parse(
+            "# HELP x y\n# TYPE x counter\nx{a=\"1\",b=\"q\\\"z\"} 3\ny 4.5\nh_bucket{le=\"+Inf\"} 2\n",
+        );
+        assert_eq!(m.value("x", &[("a", "1")]), Some(3.0));
+        assert_eq!(m.find("x", &[])[0].labels["b"], "q\"z");
+        assert_eq!(m.value("y", &[]), Some(4.5));
+        assert_eq!(m.value("h_bucket", &[("le", "+Inf")]), Some(2.0));
+        assert_eq!(m.value("x", &[("a", "2")]), None);
+    }
+}

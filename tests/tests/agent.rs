@@ -1,0 +1,385 @@
+//! Privileged end-to-end tests of `palisade agent`: real kernel, real cgroups, real promtool.
+//!
+//! Each test starts its own agent and its own cgroups, so the tests run in parallel.
+use std::time::Duration;
+
+use palisade_tests::{Agent, Metrics, TestCgroup, palisade_bin, promtool_check_metrics, wait_for};
+
+/// The test configuration: removed cgroups vanish at the next collection.
+const NO_GRACE: &str = "metrics:\n  series_grace_period: 0s\n";
+
+fn syscalls(m: &Metrics, container: &str, syscall: &str) -> Option<f64> {
+    m.value(
+        "palisade_syscalls_total",
+        &[("container", container), ("syscall", syscall)],
+    )
+}
+
+#[test]
+fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
+    let agent = Agent::start("", &[]);
+    let cg = TestCgroup::new("exact");
+    cg.run_workload(&["getppid", "10000", "close-bad", "1000"]);
+
+    let m = agent.metrics();
+    let name = cg.rel.as_str();
+    assert_eq!(syscalls(&m, name, "getppid"), Some(10_000.0), "{}", m.text);
+    assert_eq!(
+        m.value(
+            "palisade_syscall_errors_total",
+            &[
+                ("container", name),
+                ("syscall", "close"),
+                ("errno", "EBADF")
+            ]
+        ),
+        Some(1_000.0)
+    );
+    // close(-1) is the only failing close; the loader's successful closes add calls, not errors
+    let close_errors: f64 = m
+        .find(
+            "palisade_syscall_errors_total",
+            &[("container", name), ("syscall", "close")],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(close_errors, 1_000.0);
+    assert!(syscalls(&m, name, "close").unwrap_or(0.0) >= 1_000.0);
+    // every getppid was timed: the histogram counts exactly the calls
+    assert_eq!(
+        m.value(
+            "palisade_syscall_duration_seconds_count",
+            &[("container", name), ("syscall", "getppid")]
+        ),
+        Some(10_000.0)
+    );
+    assert_eq!(
+        m.value(
+            "palisade_syscall_duration_seconds_bucket",
+            &[("container", name), ("syscall", "getppid"), ("le", "+Inf")]
+        ),
+        Some(10_000.0)
+    );
+    let sum = m
+        .value(
+            "palisade_syscall_duration_seconds_sum",
+            &[("container", name), ("syscall", "getppid")],
+        )
+        .unwrap_or(0.0);
+    assert!(sum > 0.0 && sum < 1.0, "10k getppid took {sum} s in total");
+    // the process's exit_group is counted at entry
+    assert_eq!(syscalls(&m, name, "exit_group"), Some(1.0));
+    // the whole page is valid exposition format
+    promtool_check_metrics(&m.text);
+}
+
+#[test]
+fn final_counts_survive_the_cgroup_for_the_grace_period() {
+    let agent = Agent::start("metrics:\n  series_grace_period: 5m\n", &[]);
+    let cg = TestCgroup::new("grace");
+    let name = cg.rel.clone();
+    cg.run_workload(&["getppid", "4321"]);
+    cg.remove();
+    // removed before any scrape: the final numbers are still reported
+    let m = agent.metrics();
+    assert_eq!(syscalls(&m, &name, "getppid"), Some(4_321.0), "{}", m.text);
+    let removed = m
+        .value("palisade_cgroups", &[("state", "removed")])
+        .unwrap_or(0.0);
+    assert!(
+        removed >= 1.0,
+        "removed cgroups kept for the grace period: {removed}"
+    );
+}
+
+#[test]
+fn two_hundred_cgroups_appear_and_disappear_without_leaks() {
+    let agent = Agent::start(NO_GRACE, &[]);
+    let parent = TestCgroup::new("churn");
+    let children: Vec<TestCgroup> = (0..200).map(|i| parent.child(&format!("c{i}"))).collect();
+    for c in &children {
+        c.run_workload(&["getppid", "7"]);
+    }
+    let m = agent.metrics();
+    for c in &children {
+        assert_eq!(
+            syscalls(&m, &c.rel, "getppid"),
+            Some(7.0),
+            "{} missing",
+            c.rel
+        );
+    }
+    let ids: Vec<u64> = children.iter().map(|c| c.id).collect();
+    let in_maps = agent.cgroup_ids_in_maps();
+    assert!(
+        ids.iter().all(|id| in_maps.contains(id)),
+        "kernel maps hold entries of all 200 cgroups"
+    );
+
+    for c in children {
+        c.remove();
+    }
+    // the next collection reaps them: names gone from /metrics, no kernel entries left
+    let m = wait_for(
+        Duration::from_secs(20),
+        "removed cgroups to leave /metrics",
+        || {
+            let m = agent.metrics();
+            let left = m
+                .label_values("palisade_syscalls_total", "container")
+                .into_iter()
+                .filter(|c| c.starts_with(&format!("{}/", parent.rel)))
+                .count();
+            (left == 0).then_some(m)
+        },
+    );
+    let in_maps = agent.cgroup_ids_in_maps();
+    let leaked: Vec<&u64> = ids.iter().filter(|id| in_maps.contains(id)).collect();
+    assert!(
+        leaked.is_empty(),
+        "kernel entries leaked for {} cgroups",
+        leaked.len()
+    );
+    assert_eq!(m.value("palisade_identity_dropped_total", &[]), Some(0.0));
+    promtool_check_metrics(&m.text);
+}
+
+#[test]
+fn cgroup_filter_traces_only_the_selected_cgroups() {
+    // Created before the agent starts: the initial walk selects them, no race with events.
+    let selected = TestCgroup::new("filter-in");
+    let other = TestCgroup::new("filter-out");
+    let glob = format!("{}*", selected.rel);
+    let agent = Agent::start("", &["--cgroup", &glob]);
+    selected.run_workload(&["getppid", "123"]);
+    other.run_workload(&["getppid", "456"]);
+    let m = agent.metrics();
+    assert_eq!(syscalls(&m, &selected.rel, "getppid"), Some(123.0));
+    assert_eq!(
+        syscalls(&m, &other.rel, "getppid"),
+        None,
+        "unselected cgroup traced"
+    );
+    // a matching cgroup created while the agent runs is selected from its mkdir event
+    let pattern = format!("/palisade-test-{}-filter-late-*", std::process::id());
+    let agent2 = Agent::start("", &["--cgroup", &pattern]);
+    let late = TestCgroup::new("filter-late");
+    wait_for(
+        Duration::from_secs(10),
+        "the new cgroup to be selected",
+        || {
+            late.run_workload(&["getppid", "1"]);
+            syscalls(&agent2.metrics(), &late.rel, "getppid")
+        },
+    );
+    let before = syscalls(&agent2.metrics(), &late.rel, "getppid").unwrap_or(0.0);
+    late.run_workload(&["getppid", "50"]);
+    let after = syscalls(&agent2.metrics(), &late.rel, "getppid").unwrap_or(0.0);
+    assert_eq!(after - before, 50.0);
+}
+
+#[test]
+fn sigterm_detaches_everything_and_pins_nothing() {
+    let agent = Agent::start("", &[]);
+    let (maps, progs) = agent.bpf_objects();
+    assert!(
+        maps.iter().any(|(_, n)| n == "SYSCALL_STATS"),
+        "agent holds its maps: {maps:?}"
+    );
+    assert!(progs.len() >= 2, "sys_enter and sys_exit loaded: {progs:?}");
+    let status = agent.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    // The kernel frees programs asynchronously (RCU) once the last reference is gone.
+    wait_for(
+        Duration::from_secs(10),
+        "the agent's programs to be freed",
+        || {
+            let alive: Vec<(u32, String)> = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .filter(|p| progs.contains(&p.id()))
+                .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+                .collect();
+            eprintln!("still loaded: {alive:?}");
+            alive.is_empty().then_some(())
+        },
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/palisade").exists(),
+        "nothing pinned unless configured"
+    );
+}
+
+#[test]
+fn healthz_and_unknown_paths() {
+    let agent = Agent::start("", &[]);
+    assert_eq!(agent.get("/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(agent.get("/nope").0, 404);
+}
+
+/// Runs `palisade ARGS` to completion; returns (exit code, stderr).
+fn run_palisade(args: &[&str], uid: Option<u32>) -> (i32, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(palisade_bin());
+    cmd.args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run palisade {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected:\n{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
+}
+
+#[test]
+fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
+    palisade_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
+
+    // port in use: fails before any program is loaded
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let before = aya::programs::loaded_programs().count();
+    let (code, err) = run_palisade(&["agent", "--listen", &addr], None);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(&err, "address already in use");
+    assert!(err.contains("--listen"), "names the fix: {err}");
+    assert!(
+        aya::programs::loaded_programs().count() <= before,
+        "a failed start left programs loaded"
+    );
+
+    // unknown key, with file:line:column
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        "listen: 127.0.0.1:0\nsyscalls:\n  thread_slot: 4096\n",
+    )
+    .unwrap();
+    let (code, err) = run_palisade(&["agent", "--config", cfg.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert_one_line_error(
+        &err,
+        &format!("{}:3:3: unknown field `thread_slot`", cfg.display()),
+    );
+
+    // unreadable config
+    let (code, err) = run_palisade(&["agent", "--config", "/nonexistent/p.yaml"], None);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "cannot read config /nonexistent/p.yaml");
+
+    // unknown flag
+    let (code, err) = run_palisade(&["agent", "--no-such-flag"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unexpected argument '--no-such-flag'"),
+        "{err}"
+    );
+
+    // invalid glob
+    let (code, err) = run_palisade(&["agent", "--cgroup", "web-["], None);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "--cgroup: invalid glob `web-[`");
+
+    // not root
+    let (code, err) = run_palisade(&["agent", "--listen", "127.0.0.1:0"], Some(65534));
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "must run as root");
+}
+
+#[test]
+fn print_and_check_config() {
+    let out = std::process::Command::new(palisade_bin())
+        .args(["agent", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("listen: 127.0.0.1:9477"));
+    // what --print-config prints is a valid config
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(palisade_bin())
+        .args(["agent", "--check-config", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn doctor_reports_what_the_kernel_allows() {
+    palisade_tests::require_root();
+    let out = std::process::Command::new(palisade_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    for feature in [
+        "raw_tracepoint",
+        "tracepoint",
+        "cgroup_skb",
+        "cgroup_sock_addr",
+        "sock_ops",
+        "ring_buffer",
+        "send_signal",
+        "fentry",
+        "bpf_lsm",
+        "kprobe",
+        "btf",
+        "cgroup_v1",
+        "cgroup_v2",
+        "seccomp",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{feature} "))),
+            "doctor has no row for {feature}"
+        );
+    }
+    // the agent's required hooks are present on any host that runs these tests
+    assert!(
+        out.status.success(),
+        "doctor says the agent cannot run:\n{text}"
+    );
+    let row = |f: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{f} ")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        row("raw_tracepoint").contains(" yes "),
+        "{}",
+        row("raw_tracepoint")
+    );
+
+    // the agent exports the same answers
+    let agent = Agent::start("", &[]);
+    let m = agent.metrics();
+    for line in text.lines().skip(3) {
+        let mut cols = line.split_whitespace();
+        let (Some(feature), Some(ok)) = (cols.next(), cols.next()) else {
+            break;
+        };
+        let want = if ok == "yes" { 1.0 } else { 0.0 };
+        assert_eq!(
+            m.value("palisade_kernel_feature", &[("feature", feature)]),
+            Some(want),
+            "palisade_kernel_feature{{feature={feature}}}"
+        );
+    }
+}
