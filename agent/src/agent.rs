@@ -282,6 +282,9 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
         tracefs: tracefs.as_deref(),
     };
     let loaded = tokio::task::block_in_place(|| kernel::load(&opts))?;
+    if let Some(why) = &loaded.cgroup_cache_unavailable {
+        warn!(reason = %why, "per-thread cgroup cache off: every syscall exit asks the kernel for the cgroup id (slower)");
+    }
     match &loaded.cgroup_events_unavailable {
         None => info!("syscall tracing and cgroup events attached"),
         Some(why) => {

@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(size_of::<ErrnoKey>(), 16);
         assert_eq!(size_of::<SyscallStats>(), 16 + 8 * HIST_BUCKETS);
         assert_eq!(size_of::<SyscallStats>(), 256);
-        assert_eq!(size_of::<ThreadSlot>(), 16);
+        assert_eq!(size_of::<ThreadSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
     }

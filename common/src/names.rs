@@ -8,6 +8,8 @@ pub const MAP_SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 pub const MAP_THREAD_SLOTS: &str = "THREAD_SLOTS";
 /// Hash: cgroup id (`u64`) → `u32` 1, the traced set when `FILTER_ENABLED` is 1.
 pub const MAP_CGROUP_FILTER: &str = "CGROUP_FILTER";
+/// Array of `u32` switches set by userspace at run time (see [`crate::CONFIG_CGROUP_CACHE`]).
+pub const MAP_CONFIG: &str = "CONFIG";
 /// Per-CPU array: [`crate::loss`] index → `u64` count.
 pub const MAP_LOSS_COUNTERS: &str = "LOSS_COUNTERS";
 /// Ring buffer of rare events ([`crate::CgroupEvent`], ...).
@@ -21,6 +23,11 @@ pub const PROG_SYS_EXIT: &str = "sys_exit";
 pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
 /// Classic tracepoint program on `cgroup:cgroup_rmdir`.
 pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
+
+/// Classic tracepoint program on `sched:sched_process_fork` (thread-slot cache invalidation).
+pub const PROG_SLOT_FORK: &str = "slot_fork";
+/// Classic tracepoint program on `cgroup:cgroup_attach_task` (thread-slot cache update).
+pub const PROG_SLOT_ATTACH: &str = "slot_attach";
 
 /// Global `u32`: 1 = only count cgroups present in `CGROUP_FILTER`, 0 = count all.
 pub const GLOBAL_FILTER_ENABLED: &str = "FILTER_ENABLED";
@@ -42,3 +49,20 @@ pub const GLOBAL_CG_OFF_LEVEL: &str = "CG_OFF_LEVEL";
 pub const GLOBAL_CG_OFF_ID: &str = "CG_OFF_ID";
 /// See [`GLOBAL_CG_OFF_ROOT`].
 pub const GLOBAL_CG_OFF_PATH: &str = "CG_OFF_PATH";
+/// Globals `u32`: `clone`, `clone3`, `fork`, `vfork` numbers. A child's first return from them
+/// reaches `sys_exit` without a `sys_enter`; it is not a second call and is not counted.
+pub const GLOBAL_NR_CLONE: &str = "NR_CLONE";
+/// See [`GLOBAL_NR_CLONE`].
+pub const GLOBAL_NR_CLONE3: &str = "NR_CLONE3";
+/// See [`GLOBAL_NR_CLONE`].
+pub const GLOBAL_NR_FORK: &str = "NR_FORK";
+/// See [`GLOBAL_NR_CLONE`].
+pub const GLOBAL_NR_VFORK: &str = "NR_VFORK";
+/// Global `u32`: offset of `child_pid` in `sched:sched_process_fork` records.
+pub const GLOBAL_FORK_OFF_CHILD_PID: &str = "FORK_OFF_CHILD_PID";
+/// Globals `u32`: offsets of `dst_root`, `dst_id`, `pid` in `cgroup:cgroup_attach_task` records.
+pub const GLOBAL_ATTACH_OFF_ROOT: &str = "ATTACH_OFF_ROOT";
+/// See [`GLOBAL_ATTACH_OFF_ROOT`].
+pub const GLOBAL_ATTACH_OFF_ID: &str = "ATTACH_OFF_ID";
+/// See [`GLOBAL_ATTACH_OFF_ROOT`].
+pub const GLOBAL_ATTACH_OFF_PID: &str = "ATTACH_OFF_PID";

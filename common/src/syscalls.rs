@@ -56,7 +56,8 @@ pub struct ErrnoKey {
     pub errno: u32,
 }
 
-/// One entry of `THREAD_SLOTS`: the syscall a thread is in and when it entered.
+/// One entry of `THREAD_SLOTS`: the syscall a thread is in, when it entered, and the thread's
+/// cgroup v2 id (a cache, so the hot path skips `bpf_get_current_cgroup_id`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSlot {
@@ -65,9 +66,18 @@ pub struct ThreadSlot {
     pub tid: u32,
     /// Syscall number seen at entry.
     pub nr: u32,
-    /// `bpf_ktime_get_ns()` at entry; 0 when the slot is free.
+    /// `bpf_ktime_get_ns()` at entry; 0 when no syscall is in flight.
     pub start_ns: u64,
+    /// Cached cgroup v2 id of `tid`; 0 = unknown. Kept right by the `cgroup:cgroup_attach_task`
+    /// (migration) and `sched:sched_process_fork` (tid reuse) tracepoints; only used while
+    /// `CONFIG[CONFIG_CGROUP_CACHE]` is 1, which userspace sets once both are attached.
+    pub cgroup_id: u64,
 }
+
+/// Index in the `CONFIG` array: 1 = the per-thread cgroup cache is safe to use.
+pub const CONFIG_CGROUP_CACHE: u32 = 0;
+/// Entries in the `CONFIG` array.
+pub const CONFIG_ENTRIES: u32 = 1;
 
 /// Number of significant bits of `x` (`64 - x.leading_zeros()`), written as a fixed sequence of
 /// compares so the BPF backend and verifier see straight-line code.

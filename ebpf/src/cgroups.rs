@@ -16,10 +16,8 @@ use palisade_common::{
     loss::RINGBUF_FULL,
 };
 
-use crate::loss;
+use crate::{loss, syscalls::UNIFIED_HIERARCHY};
 
-#[unsafe(no_mangle)]
-static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static CG_OFF_ROOT: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]

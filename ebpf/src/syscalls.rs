@@ -2,7 +2,9 @@
 //!
 //! Hot path budget: at entry one array store (the thread's slot); at exit one array load, one
 //! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
-//! buffer traffic.
+//! buffer traffic. The thread's cgroup id is cached in its slot (the helper costs as much as the
+//! hash lookup); two classic tracepoints keep the cache right when a thread changes cgroup
+//! (`cgroup:cgroup_attach_task`) or a thread id is reused (`sched:sched_process_fork`).
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
@@ -10,12 +12,13 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{map, raw_tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use palisade_common::{
-    ErrnoKey, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
+    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ErrnoKey, SyscallKey, SyscallStats, ThreadSlot,
+    latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -35,6 +38,31 @@ static PT_REGS_NR_OFFSET: Global<u64> = Global::new(120);
 static NR_EXIT: Global<u32> = Global::new(60);
 #[unsafe(no_mangle)]
 static NR_EXIT_GROUP: Global<u32> = Global::new(231);
+
+/// Syscalls whose child side returns through `sys_exit` without an entry (fork family).
+#[unsafe(no_mangle)]
+static NR_CLONE: Global<u32> = Global::new(56);
+#[unsafe(no_mangle)]
+static NR_FORK: Global<u32> = Global::new(57);
+#[unsafe(no_mangle)]
+static NR_VFORK: Global<u32> = Global::new(58);
+#[unsafe(no_mangle)]
+static NR_CLONE3: Global<u32> = Global::new(435);
+/// Record offsets, read from tracefs at load time.
+#[unsafe(no_mangle)]
+static FORK_OFF_CHILD_PID: Global<u32> = Global::new(20);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_ROOT: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_ID: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_PID: Global<u32> = Global::new(24);
+/// Hierarchy id of the unified hierarchy (shared with cgroups.rs).
+#[unsafe(no_mangle)]
+pub static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
@@ -101,11 +129,69 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // Two threads whose ids collide modulo the slot count may race on it; `tid` is checked at
     // exit, so a collision at worst makes one call untimed (counted in SYSCALL_UNTIMED).
     unsafe {
-        (*slot).tid = tid;
+        if (*slot).tid != tid {
+            // Taking the slot over from another thread: its cached cgroup is not ours.
+            (*slot).tid = tid;
+            (*slot).cgroup_id = 0;
+        }
         (*slot).nr = nr;
         (*slot).start_ns = bpf_ktime_get_ns();
     }
     Ok(0)
+}
+
+#[inline(always)]
+fn cache_enabled() -> bool {
+    CONFIG.get(CONFIG_CGROUP_CACHE).is_some_and(|v| *v == 1)
+}
+
+/// A new thread may reuse the id of a dead one: forget what its slot cached.
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn slot_fork(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file; read_at uses bpf_probe_read_kernel.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_OFF_CHILD_PID.load() as usize) }) else {
+        return 0;
+    };
+    let child = child as u32;
+    if let Some(slot) = THREAD_SLOTS.get_ptr_mut(child & THREAD_SLOT_MASK.load()) {
+        // SAFETY: array map value; see try_sys_enter. The child has not run yet.
+        unsafe {
+            if (*slot).tid == child {
+                (*slot).tid = 0;
+                (*slot).cgroup_id = 0;
+                (*slot).start_ns = 0;
+            }
+        }
+    }
+    0
+}
+
+/// A thread moved to another cgroup: update its cached id (unified hierarchy only).
+#[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
+pub fn slot_attach(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file; read_at uses bpf_probe_read_kernel.
+    let (Ok(root), Ok(id), Ok(pid)) = (unsafe {
+        (
+            ctx.read_at::<i32>(ATTACH_OFF_ROOT.load() as usize),
+            ctx.read_at::<u64>(ATTACH_OFF_ID.load() as usize),
+            ctx.read_at::<i32>(ATTACH_OFF_PID.load() as usize),
+        )
+    }) else {
+        return 0;
+    };
+    if root as u32 != UNIFIED_HIERARCHY.load() {
+        return 0;
+    }
+    let pid = pid as u32;
+    if let Some(slot) = THREAD_SLOTS.get_ptr_mut(pid & THREAD_SLOT_MASK.load()) {
+        // SAFETY: array map value; see try_sys_enter.
+        unsafe {
+            if (*slot).tid == pid {
+                (*slot).cgroup_id = id;
+            }
+        }
+    }
+    0
 }
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
@@ -116,20 +202,23 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut timed = None;
     let mut nr = u32::MAX;
-    if let Some(slot) = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load()) {
+    let mut cached_cgroup = 0;
+    let slot = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load());
+    let cache = cache_enabled();
+    if let Some(slot) = slot {
         // SAFETY: see try_sys_enter.
         unsafe {
-            if (*slot).tid == tid && (*slot).start_ns != 0 {
-                nr = (*slot).nr;
-                timed = Some(now.saturating_sub((*slot).start_ns));
-                (*slot).start_ns = 0;
+            if (*slot).tid == tid {
+                if (*slot).start_ns != 0 {
+                    nr = (*slot).nr;
+                    timed = Some(now.saturating_sub((*slot).start_ns));
+                    (*slot).start_ns = 0;
+                }
+                if cache {
+                    cached_cgroup = (*slot).cgroup_id;
+                }
             }
         }
-    }
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !selected(cgroup_id) {
-        return Ok(0);
     }
     if timed.is_none() {
         // No entry seen: read the syscall number from the saved registers (arch ABI layout).
@@ -142,6 +231,35 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
             return Ok(0);
         }
         nr = raw as u32;
+        // A new child's first return from the fork family is not a call of its own.
+        if ret == 0
+            && (nr == NR_CLONE.load()
+                || nr == NR_CLONE3.load()
+                || nr == NR_FORK.load()
+                || nr == NR_VFORK.load())
+        {
+            return Ok(0);
+        }
+    }
+    let cgroup_id = if cached_cgroup != 0 {
+        cached_cgroup
+    } else {
+        // SAFETY: helper without preconditions.
+        let id = unsafe { bpf_get_current_cgroup_id() };
+        if cache && let Some(slot) = slot {
+            // SAFETY: see try_sys_enter.
+            unsafe {
+                if (*slot).tid == tid {
+                    (*slot).cgroup_id = id;
+                }
+            }
+        }
+        id
+    };
+    if !selected(cgroup_id) {
+        return Ok(0);
+    }
+    if timed.is_none() {
         loss::count(SYSCALL_UNTIMED);
     }
     account(cgroup_id, nr, timed);

@@ -75,6 +75,65 @@ fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
 }
 
 #[test]
+fn counts_follow_a_process_that_changes_cgroup() {
+    let agent = Agent::start("", &[]);
+    let a = TestCgroup::new("move-a");
+    let b = TestCgroup::new("move-b");
+    let b_dir = b.path.to_str().unwrap().to_owned();
+    a.run_workload(&[
+        "getppid",
+        "300",
+        "move",
+        &b_dir,
+        "getppid",
+        "200",
+        "close-bad",
+        "7",
+    ]);
+    let m = agent.metrics();
+    assert_eq!(syscalls(&m, &a.rel, "getppid"), Some(300.0), "{}", m.text);
+    assert_eq!(syscalls(&m, &b.rel, "getppid"), Some(200.0));
+    assert_eq!(
+        m.value(
+            "palisade_syscall_errors_total",
+            &[
+                ("container", &b.rel),
+                ("syscall", "close"),
+                ("errno", "EBADF")
+            ]
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        m.value(
+            "palisade_syscall_errors_total",
+            &[
+                ("container", &a.rel),
+                ("syscall", "close"),
+                ("errno", "EBADF")
+            ]
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_fork_is_one_call_not_two() {
+    let agent = Agent::start("", &[]);
+    let cg = TestCgroup::new("fork");
+    cg.run_workload(&["fork", "25"]);
+    let m = agent.metrics();
+    let forks: f64 = ["clone", "clone3", "fork", "vfork"]
+        .iter()
+        .filter_map(|s| syscalls(&m, &cg.rel, s))
+        .sum();
+    // the children's first return from clone is not a call of their own
+    assert_eq!(forks, 25.0, "{}", m.text);
+    // 25 children + the workload itself each end with exit_group
+    assert_eq!(syscalls(&m, &cg.rel, "exit_group"), Some(26.0));
+}
+
+#[test]
 fn final_counts_survive_the_cgroup_for_the_grace_period() {
     let agent = Agent::start("metrics:\n  series_grace_period: 5m\n", &[]);
     let cg = TestCgroup::new("grace");

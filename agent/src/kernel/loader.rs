@@ -8,9 +8,10 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::Array,
     programs::{RawTracePoint, TracePoint},
 };
-use palisade_common::names;
+use palisade_common::{CONFIG_CGROUP_CACHE, names};
 
 use super::{KernelError, PROGRAMS_OBJECT, describe_program_error};
 use crate::tracefs::Format;
@@ -31,6 +32,8 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// Why the cgroup lifecycle tracepoints are not attached (`None` when they are).
     pub cgroup_events_unavailable: Option<String>,
+    /// Why the per-thread cgroup id cache is off (`None` when it is on).
+    pub cgroup_cache_unavailable: Option<String>,
 }
 
 /// x86_64 ABI constants for the syscall programs.
@@ -39,6 +42,10 @@ mod abi {
     pub const PT_REGS_NR_OFFSET: u64 = 15 * 8;
     pub const NR_EXIT: u32 = 60;
     pub const NR_EXIT_GROUP: u32 = 231;
+    pub const NR_CLONE: u32 = 56;
+    pub const NR_FORK: u32 = 57;
+    pub const NR_VFORK: u32 = 58;
+    pub const NR_CLONE3: u32 = 435;
 }
 
 /// Hierarchy id of the unified (cgroup v2) hierarchy in `cgroup:*` tracepoint records: the
@@ -78,11 +85,28 @@ fn cgroup_offsets(tracefs: &Path) -> Result<CgroupOffsets, String> {
     Ok(o)
 }
 
+/// Offsets for the thread-slot cache tracepoints: (fork child_pid, attach dst_root, dst_id, pid).
+fn slot_offsets(tracefs: &Path) -> Result<(u32, u32, u32, u32), String> {
+    let fork = Format::read(tracefs, "sched", "sched_process_fork").map_err(|e| e.to_string())?;
+    let attach =
+        Format::read(tracefs, "cgroup", "cgroup_attach_task").map_err(|e| e.to_string())?;
+    let get = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
+    Ok((
+        get(&fork, "child_pid")?,
+        get(&attach, "dst_root")?,
+        get(&attach, "dst_id")?,
+        get(&attach, "pid")?,
+    ))
+}
+
 pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
-    let offsets = match opts.tracefs {
-        Some(t) => cgroup_offsets(t),
-        None => Err("tracefs is not available".to_owned()),
-    };
+    let no_tracefs = || "tracefs is not available".to_owned();
+    let offsets = opts
+        .tracefs
+        .map_or_else(|| Err(no_tracefs()), cgroup_offsets);
+    let slot = opts.tracefs.map_or_else(|| Err(no_tracefs()), slot_offsets);
+    let (fork_child, attach_root, attach_id, attach_pid) =
+        slot.as_ref().map_or((20, 8, 16, 24), |o| *o);
     let filter: u32 = opts.filter_enabled.into();
     let mask: u32 = opts.thread_slots - 1;
     let (root, level, id, path) = match &offsets {
@@ -107,10 +131,32 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .override_global(names::GLOBAL_CG_OFF_LEVEL, &level, true)
         .override_global(names::GLOBAL_CG_OFF_ID, &id, true)
         .override_global(names::GLOBAL_CG_OFF_PATH, &path, true)
+        .override_global(names::GLOBAL_NR_CLONE, &abi::NR_CLONE, true)
+        .override_global(names::GLOBAL_NR_CLONE3, &abi::NR_CLONE3, true)
+        .override_global(names::GLOBAL_NR_FORK, &abi::NR_FORK, true)
+        .override_global(names::GLOBAL_NR_VFORK, &abi::NR_VFORK, true)
+        .override_global(names::GLOBAL_FORK_OFF_CHILD_PID, &fork_child, true)
+        .override_global(names::GLOBAL_ATTACH_OFF_ROOT, &attach_root, true)
+        .override_global(names::GLOBAL_ATTACH_OFF_ID, &attach_id, true)
+        .override_global(names::GLOBAL_ATTACH_OFF_PID, &attach_pid, true)
         .map_max_entries(names::MAP_THREAD_SLOTS, opts.thread_slots)
         .map_max_entries(names::MAP_SYSCALL_STATS, opts.stats_max_entries)
         .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries);
     let mut ebpf = loader.load(PROGRAMS_OBJECT).map_err(KernelError::Object)?;
+
+    // The cache keepers go first: once the syscall programs run, every fork and migration must
+    // already be seen.
+    let cgroup_cache_unavailable = match slot {
+        Err(e) => Some(e),
+        Ok(_) => attach_tracepoints(
+            &mut ebpf,
+            &[
+                (names::PROG_SLOT_FORK, "sched", "sched_process_fork"),
+                (names::PROG_SLOT_ATTACH, "cgroup", "cgroup_attach_task"),
+            ],
+        )
+        .err(),
+    };
 
     for (prog, tp) in [
         (names::PROG_SYS_ENTER, "sys_enter"),
@@ -135,21 +181,44 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         })?;
     }
 
+    if cgroup_cache_unavailable.is_none() {
+        let mut config: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(names::MAP_CONFIG)
+                .ok_or(KernelError::MissingMap(names::MAP_CONFIG))?,
+        )
+        .map_err(|source| KernelError::Map {
+            map: names::MAP_CONFIG,
+            source,
+        })?;
+        config
+            .set(CONFIG_CGROUP_CACHE, 1, 0)
+            .map_err(|source| KernelError::Map {
+                map: names::MAP_CONFIG,
+                source,
+            })?;
+    }
+
     let cgroup_events_unavailable = match offsets {
         Err(e) => Some(e),
-        Ok(_) => attach_cgroup_events(&mut ebpf).err(),
+        Ok(_) => attach_tracepoints(
+            &mut ebpf,
+            &[
+                (names::PROG_CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
+                (names::PROG_CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
+            ],
+        )
+        .err(),
     };
     Ok(Loaded {
         ebpf,
         cgroup_events_unavailable,
+        cgroup_cache_unavailable,
     })
 }
 
-fn attach_cgroup_events(ebpf: &mut Ebpf) -> Result<(), String> {
-    for (prog, name) in [
-        (names::PROG_CGROUP_MKDIR, "cgroup_mkdir"),
-        (names::PROG_CGROUP_RMDIR, "cgroup_rmdir"),
-    ] {
+/// Loads and attaches optional classic tracepoint programs: (program, category, event).
+fn attach_tracepoints(ebpf: &mut Ebpf, progs: &[(&str, &str, &str)]) -> Result<(), String> {
+    for (prog, category, name) in progs {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
             .ok_or_else(|| format!("no program {prog}"))?
@@ -157,8 +226,12 @@ fn attach_cgroup_events(ebpf: &mut Ebpf) -> Result<(), String> {
             .map_err(|e| describe_program_error(&e))?;
         p.load()
             .map_err(|e| format!("loading {prog}: {}", describe_program_error(&e)))?;
-        p.attach("cgroup", name)
-            .map_err(|e| format!("attaching cgroup:{name}: {}", describe_program_error(&e)))?;
+        p.attach(category, name).map_err(|e| {
+            format!(
+                "attaching {category}:{name}: {}",
+                describe_program_error(&e)
+            )
+        })?;
     }
     Ok(())
 }

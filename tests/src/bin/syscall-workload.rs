@@ -1,8 +1,11 @@
 //! A workload with exactly known syscalls, for the privileged tests.
 //!
-//! `syscall-workload [getppid N] [close-bad N] [sleep-ms N]`: makes exactly N raw `getppid`
-//! calls, N `close(-1)` calls (each fails with EBADF), or sleeps. Steps run in order; nothing
-//! else in this program calls getppid or close(-1).
+//! `syscall-workload STEP ARG [STEP ARG]...`, steps run in order:
+//! - `getppid N`: exactly N raw `getppid` calls (nothing else here calls getppid);
+//! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
+//! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
+//! - `move DIR`: moves this process into the cgroup directory DIR;
+//! - `sleep-ms N`.
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -10,9 +13,16 @@ fn main() -> ExitCode {
     let mut it = args.chunks(2);
     for step in &mut it {
         let [what, n] = step else {
-            eprintln!("usage: syscall-workload [getppid N] [close-bad N] [sleep-ms N]");
+            eprintln!("usage: syscall-workload STEP ARG [STEP ARG]...");
             return ExitCode::from(2);
         };
+        if what == "move" {
+            if let Err(e) = std::fs::write(format!("{n}/cgroup.procs"), "0") {
+                eprintln!("syscall-workload: move to {n}: {e}");
+                return ExitCode::FAILURE;
+            }
+            continue;
+        }
         let Ok(n) = n.parse::<u64>() else {
             eprintln!("syscall-workload: bad count {n}");
             return ExitCode::from(2);
@@ -31,6 +41,28 @@ fn main() -> ExitCode {
                     if r != -1 {
                         eprintln!("syscall-workload: close(-1) returned {r}");
                         return ExitCode::FAILURE;
+                    }
+                }
+            }
+            "fork" => {
+                for _ in 0..n {
+                    // SAFETY: the child only calls _exit, which is async-signal-safe.
+                    let pid = unsafe { libc::fork() };
+                    match pid {
+                        -1 => {
+                            eprintln!(
+                                "syscall-workload: fork: {}",
+                                std::io::Error::last_os_error()
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                        // SAFETY: terminating the child without running any Rust code.
+                        0 => unsafe { libc::_exit(0) },
+                        pid => {
+                            let mut status = 0;
+                            // SAFETY: waiting for our own child with a valid status pointer.
+                            unsafe { libc::waitpid(pid, &raw mut status, 0) };
+                        }
                     }
                 }
             }
