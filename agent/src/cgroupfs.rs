@@ -303,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn a_named_v1_hierarchy_alone_does_not_make_a_host_hybrid() {
+        let text = format!(
+            "{V2}29 27 0:27 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd\n"
+        );
+        let m = Mounts::parse(&text);
+        assert_eq!(m.layout, Layout::V2);
+        assert_eq!(m.v1.len(), 1);
+    }
+
+    #[test]
     fn unescapes_mount_points() {
         assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape("/plain"), "/plain");

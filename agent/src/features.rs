@@ -95,6 +95,19 @@ fn err(e: aya::programs::ProgramError) -> String {
     describe_program_error(&e)
 }
 
+/// Features probed by loading a program from the probe object, in report order.
+const PROGRAM_FEATURES: [&str; 9] = [
+    "raw_tracepoint",
+    "tracepoint",
+    "cgroup_skb",
+    "cgroup_sock_addr",
+    "sock_ops",
+    "send_signal",
+    "fentry",
+    "bpf_lsm",
+    "kprobe",
+];
+
 /// Probes everything. Never fails: a probe that cannot run reports "not available" and why.
 pub fn probe_all() -> Report {
     let start = Instant::now();
@@ -116,11 +129,14 @@ pub fn probe_all() -> Report {
     let mut ebpf = match EbpfLoader::new().btf(btf.as_ref().ok()).load(PROBES_OBJECT) {
         Ok(e) => Some(e),
         Err(e) => {
-            features.push(Feature {
-                name: "bpf",
-                available: false,
-                detail: format!("loading the probe object failed: {e}"),
-            });
+            let why = format!("bpf() refused: {}", crate::kernel::error_chain(&e));
+            for name in PROGRAM_FEATURES {
+                features.push(Feature {
+                    name,
+                    available: false,
+                    detail: why.clone(),
+                });
+            }
             None
         }
     };

@@ -277,14 +277,9 @@ fn healthz_and_unknown_paths() {
 }
 
 /// Runs `palisade ARGS` to completion; returns (exit code, stderr).
-fn run_palisade(args: &[&str], uid: Option<u32>) -> (i32, String) {
-    use std::os::unix::process::CommandExt as _;
-    let mut cmd = std::process::Command::new(palisade_bin());
-    cmd.args(args);
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
-    let out = cmd
+fn run_palisade(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(palisade_bin())
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run palisade {args:?}: {e}"));
     (
@@ -301,6 +296,7 @@ fn assert_one_line_error(stderr: &str, needle: &str) {
 
 #[test]
 fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
+    use std::os::unix::process::CommandExt as _;
     palisade_tests::require_root();
     let dir = tempfile::tempdir().unwrap();
 
@@ -308,7 +304,7 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let before = aya::programs::loaded_programs().count();
-    let (code, err) = run_palisade(&["agent", "--listen", &addr], None);
+    let (code, err) = run_palisade(&["agent", "--listen", &addr]);
     assert_eq!(code, 1, "{err}");
     assert_one_line_error(&err, "address already in use");
     assert!(err.contains("--listen"), "names the fix: {err}");
@@ -324,7 +320,7 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
         "listen: 127.0.0.1:0\nsyscalls:\n  thread_slot: 4096\n",
     )
     .unwrap();
-    let (code, err) = run_palisade(&["agent", "--config", cfg.to_str().unwrap()], None);
+    let (code, err) = run_palisade(&["agent", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert_one_line_error(
         &err,
@@ -332,12 +328,12 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
     );
 
     // unreadable config
-    let (code, err) = run_palisade(&["agent", "--config", "/nonexistent/p.yaml"], None);
+    let (code, err) = run_palisade(&["agent", "--config", "/nonexistent/p.yaml"]);
     assert_eq!(code, 2);
     assert_one_line_error(&err, "cannot read config /nonexistent/p.yaml");
 
     // unknown flag
-    let (code, err) = run_palisade(&["agent", "--no-such-flag"], None);
+    let (code, err) = run_palisade(&["agent", "--no-such-flag"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("unexpected argument '--no-such-flag'"),
@@ -345,14 +341,116 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
     );
 
     // invalid glob
-    let (code, err) = run_palisade(&["agent", "--cgroup", "web-["], None);
+    let (code, err) = run_palisade(&["agent", "--cgroup", "web-["]);
     assert_eq!(code, 2);
     assert_one_line_error(&err, "--cgroup: invalid glob `web-[`");
 
-    // not root
-    let (code, err) = run_palisade(&["agent", "--listen", "127.0.0.1:0"], Some(65534));
+    // not root (from a copy the unprivileged user can reach: the checkout may sit in a 0700 dir)
+    use std::os::unix::fs::PermissionsExt as _;
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = open_dir.path().join("palisade");
+    std::fs::copy(palisade_bin(), &copy).unwrap();
+    let out = std::process::Command::new(&copy)
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let (code, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 1);
     assert_one_line_error(&err, "must run as root");
+}
+
+/// A command whose `bpf(2)` calls fail with EPERM (a seccomp filter installed in the child only),
+/// as on a host or container where the kernel refuses BPF.
+fn without_bpf(args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(palisade_bin());
+    cmd.args(args);
+    // SAFETY: between fork and exec the closure only calls prctl with a filter built in this
+    // stack frame (async-signal-safe, no allocation).
+    unsafe {
+        cmd.pre_exec(|| {
+            let filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == __NR_bpf fall through to EPERM, else skip to ALLOW
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_bpf as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &raw const prog,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("run palisade {args:?}: {e}"))
+}
+
+#[test]
+fn a_kernel_that_refuses_bpf_gets_one_line_and_a_doctor_verdict() {
+    palisade_tests::require_root();
+    let out = without_bpf(&["agent", "--listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("palisade: error: "), "{err}");
+    assert!(
+        last.contains("palisade doctor"),
+        "names the next step: {last}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+
+    let out = without_bpf(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "doctor must say the agent cannot run:\n{text}"
+    );
+    assert!(
+        text.contains("agent: cannot run here; missing required features: raw_tracepoint"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct Loaded {
 }
 
 /// x86_64 ABI constants for the syscall programs.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("syscall numbers, names and the pt_regs layout are only defined for x86_64");
 mod abi {
     /// `offsetof(struct pt_regs, orig_ax)`: 15 registers of 8 bytes precede it.
     pub const PT_REGS_NR_OFFSET: u64 = 15 * 8;

@@ -15,9 +15,10 @@ pub static PROBES_OBJECT: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
-        "loading the eBPF object failed: {0} (run `palisade doctor` to see what this kernel allows)"
+        "the kernel refused Palisade's eBPF object: {} (run `palisade doctor` to see what this kernel allows)",
+        error_chain(.0)
     )]
-    Object(#[source] aya::EbpfError),
+    Object(aya::EbpfError),
     #[error(
         "the eBPF object has no program `{0}` (build mismatch; rebuild with `cargo xtask run`)"
     )]
@@ -72,15 +73,21 @@ pub fn describe_program_error(e: &aya::programs::ProgramError) -> String {
                 format!("{io_error}; verifier: {last}")
             }
         }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
+        other => error_chain(other),
     }
+}
+
+/// An error and its sources on one line (`a: b: c`), skipping repeats.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = inner.source();
+    }
+    s
 }
