@@ -55,6 +55,8 @@ pub enum AgentError {
     },
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// Registry and numbers, behind one lock so a collection pass sees a consistent registry.
@@ -128,6 +130,28 @@ impl Shared {
         drop(st);
         for identity in new {
             self.select_new(identity).await;
+        }
+        Ok(())
+    }
+
+    /// Names a launcher workload and makes sure the kernel traces it (registering opts in, even
+    /// past a `--cgroup` filter). Returns once both are done.
+    pub async fn register_workload(
+        &self,
+        cgroup_id: u64,
+        path: &str,
+        name: &str,
+    ) -> Result<(), KernelError> {
+        let mut st = self.state.lock().await;
+        if st.registry.register_workload(cgroup_id, path, name) == Inserted::Dropped {
+            warn!(
+                cgroup_id,
+                name, "identity registry full; workload not named"
+            );
+        }
+        drop(st);
+        if !self.config.syscalls.cgroups.is_empty() {
+            self.kernel.select(cgroup_id, true).await?;
         }
         Ok(())
     }
@@ -244,6 +268,33 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     // Bind first: a busy port must fail before anything is loaded.
     let listener = bind(config.listen).await?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
+    let control_path = config.control_socket.clone();
+    let control = crate::control::bind(&control_path).await?;
+    let result = serve_all(
+        config,
+        ready_file,
+        listener,
+        listen_addr,
+        control,
+        mounts,
+        unified_root,
+    )
+    .await;
+    // Whatever happened after the bind, leave no socket file behind.
+    let _ = std::fs::remove_file(&control_path);
+    result
+}
+
+async fn serve_all(
+    config: Config,
+    ready_file: Option<PathBuf>,
+    listener: TcpListener,
+    listen_addr: SocketAddr,
+    control: tokio::net::UnixListener,
+    mounts: Mounts,
+    unified_root: PathBuf,
+) -> Result<(), AgentError> {
+    let control_path = config.control_socket.clone();
 
     let tracefs = match tracefs::ensure_mounted() {
         Ok((path, mounted)) => {
@@ -362,10 +413,12 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
         }
     }));
 
+    tasks.push(tokio::spawn(crate::control::serve(control, shared.clone())));
+
     if let Some(path) = &ready_file {
         write_ready(path, listen_addr)?;
     }
-    info!(listen = %listen_addr, "serving /metrics");
+    info!(listen = %listen_addr, control_socket = %control_path.display(), "serving /metrics");
     let served = server::serve(listener, shared.clone(), shutdown_signal()).await;
 
     for t in tasks {

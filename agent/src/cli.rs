@@ -34,6 +34,9 @@ pub struct AgentArgs {
     /// Address for /metrics and /healthz [default: 127.0.0.1:9477].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Control socket for workload registration [default: /run/palisade/agent.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     /// Trace only cgroups whose container name or cgroup path matches GLOB (repeatable);
     /// replaces `syscalls.cgroups` from the config.
     #[arg(long = "cgroup", value_name = "GLOB")]

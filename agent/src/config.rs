@@ -43,6 +43,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Log output: `text` for people, `json` for machines.
     pub log_format: LogFormat,
+    /// Root-only unix socket where `palisade run` registers workloads before they start.
+    pub control_socket: PathBuf,
     /// Mount point of the unified (cgroup v2) hierarchy. Found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
     pub syscalls: SyscallConfig,
@@ -55,6 +57,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
             log_format: LogFormat::Text,
+            control_socket: PathBuf::from("/run/palisade/agent.sock"),
             cgroup_root: None,
             syscalls: SyscallConfig::default(),
             metrics: MetricsConfig::default(),
@@ -334,6 +337,7 @@ mod tests {
         let c = Config::parse(Config::DEFAULT_YAML, Path::new("palisade.yaml")).unwrap();
         let d = Config::default();
         assert_eq!(c.listen, d.listen);
+        assert_eq!(c.control_socket, d.control_socket);
         assert_eq!(c.syscalls.stats_max_entries, d.syscalls.stats_max_entries);
         assert_eq!(c.syscalls.errno_max_entries, d.syscalls.errno_max_entries);
         assert_eq!(c.syscalls.thread_slots, d.syscalls.thread_slots);

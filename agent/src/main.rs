@@ -3,6 +3,7 @@ mod agent;
 mod cgroupfs;
 mod cli;
 mod config;
+mod control;
 mod doctor;
 mod features;
 mod identity;
@@ -48,6 +49,9 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(path) = &args.control_socket {
+        config.control_socket = path.clone();
     }
     if let Some(format) = args.log_format {
         config.log_format = format;

@@ -226,6 +226,8 @@ impl Agent {
             .arg(&cfg)
             .args(["--listen", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
+            .arg("--control-socket")
+            .arg(dir.path().join("agent.sock"))
             .args(args)
             .env("RUST_LOG", "info,palisade=debug")
             .stdin(Stdio::null())
@@ -257,6 +259,25 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// This agent's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// Sends one JSON request line on the control socket and returns the reply line.
+    pub fn control(&self, request: &str) -> String {
+        use std::{io::BufRead as _, os::unix::net::UnixStream};
+        let mut s = UnixStream::connect(self.control_socket())
+            .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
+        let mut line = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read reply: {e}"));
+        line.trim_end().to_owned()
     }
 
     pub fn log(&self) -> String {

@@ -270,6 +270,67 @@ fn sigterm_detaches_everything_and_pins_nothing() {
 }
 
 #[test]
+fn registered_workloads_are_named_and_traced_past_the_filter() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // a filter that selects nothing: registration must still trace the workload
+    let agent = Agent::start("", &["--cgroup", "nothing-matches-this"]);
+    let mode = std::fs::metadata(agent.control_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket is root-only");
+    assert!(
+        agent
+            .control(r#"{"op":"ping"}"#)
+            .starts_with(r#"{"ok":true"#)
+    );
+
+    let cg = TestCgroup::new("registered");
+    let req = format!(
+        r#"{{"op":"register","name":"web-0","cgroup_id":{},"cgroup_path":"{}"}}"#,
+        cg.id, cg.rel
+    );
+    assert_eq!(agent.control(&req), r#"{"ok":true}"#);
+    // acked before the workload starts: its very first calls are counted, under its name
+    cg.run_workload(&["getppid", "77"]);
+    let m = agent.metrics();
+    assert_eq!(syscalls(&m, "web-0", "getppid"), Some(77.0), "{}", m.text);
+    assert_eq!(syscalls(&m, &cg.rel, "getppid"), None);
+    assert_eq!(syscalls(&m, "web-0", "execve"), Some(1.0));
+
+    let bad = agent.control(r#"{"op":"register","name":"a/b","cgroup_id":1,"cgroup_path":"/x"}"#);
+    assert!(
+        bad.contains(r#""ok":false"#) && bad.contains("invalid workload name"),
+        "{bad}"
+    );
+    let bad = agent.control(r#"{"op":"launch"}"#);
+    assert!(bad.contains("bad request"), "{bad}");
+}
+
+#[test]
+fn a_second_agent_on_the_same_control_socket_is_refused() {
+    let agent = Agent::start("", &[]);
+    let socket = agent.control_socket();
+    let out = std::process::Command::new(palisade_bin())
+        .args(["agent", "--listen", "127.0.0.1:0", "--control-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another agent answers on the control socket"),
+        "{err}"
+    );
+    // the first agent still answers
+    assert!(
+        agent
+            .control(r#"{"op":"ping"}"#)
+            .starts_with(r#"{"ok":true"#)
+    );
+}
+
+#[test]
 fn healthz_and_unknown_paths() {
     let agent = Agent::start("", &[]);
     assert_eq!(agent.get("/healthz"), (200, "ok\n".to_owned()));
@@ -277,9 +338,18 @@ fn healthz_and_unknown_paths() {
 }
 
 /// Runs `palisade ARGS` to completion; returns (exit code, stderr).
+/// A control socket path no other agent uses (tests must not touch /run/palisade).
+fn scratch_socket() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("agent.sock").to_string_lossy().into_owned();
+    (dir, path)
+}
+
 fn run_palisade(args: &[&str]) -> (i32, String) {
+    let (_dir, socket) = scratch_socket();
     let out = std::process::Command::new(palisade_bin())
         .args(args)
+        .args(["--control-socket", &socket])
         .output()
         .unwrap_or_else(|e| panic!("run palisade {args:?}: {e}"));
     (
@@ -351,8 +421,15 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = open_dir.path().join("palisade");
     std::fs::copy(palisade_bin(), &copy).unwrap();
+    let (_sock_dir, socket) = scratch_socket();
     let out = std::process::Command::new(&copy)
-        .args(["agent", "--listen", "127.0.0.1:0"])
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-socket",
+            &socket,
+        ])
         .uid(65534)
         .gid(65534)
         .output()
@@ -369,8 +446,12 @@ fn bad_input_fails_fast_with_one_line_and_loads_nothing() {
 /// as on a host or container where the kernel refuses BPF.
 fn without_bpf(args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt as _;
+    let (_dir, socket) = scratch_socket();
     let mut cmd = std::process::Command::new(palisade_bin());
     cmd.args(args);
+    if args.first() == Some(&"agent") {
+        cmd.args(["--control-socket", &socket]);
+    }
     // SAFETY: between fork and exec the closure only calls prctl with a filter built in this
     // stack frame (async-signal-safe, no allocation).
     unsafe {

@@ -27,6 +27,9 @@ pub struct Identity {
     pub removed_at: Option<Instant>,
     /// True once the kernel map entries of a removed cgroup were read and deleted.
     pub reaped: bool,
+    /// Named by a registration (the launcher's handshake), not by the path rules; rescans and
+    /// repaired paths keep this name.
+    pub registered: bool,
 }
 
 impl Identity {
@@ -43,6 +46,7 @@ impl Identity {
                 name: path.to_owned(),
                 removed_at: None,
                 reaped: false,
+                registered: false,
             };
         }
         let PathIdentity {
@@ -60,6 +64,7 @@ impl Identity {
             name,
             removed_at: None,
             reaped: false,
+            registered: false,
         }
     }
 
@@ -107,11 +112,15 @@ impl Registry {
         if let Some(known) = self.by_id.get_mut(&id) {
             if known.path != path && !path.is_empty() {
                 // e.g. a truncated event path repaired by a rescan
-                let removed_at = known.removed_at;
-                let reaped = known.reaped;
-                *known = Identity::new(id, path);
-                known.removed_at = removed_at;
-                known.reaped = reaped;
+                let mut fresh = Identity::new(id, path);
+                fresh.removed_at = known.removed_at;
+                fresh.reaped = known.reaped;
+                if known.registered {
+                    fresh.registered = true;
+                    fresh.runtime = known.runtime;
+                    fresh.name = std::mem::take(&mut known.name);
+                }
+                *known = fresh;
             }
             return Inserted::Known;
         }
@@ -121,6 +130,18 @@ impl Registry {
         }
         self.by_id.insert(id, Identity::new(id, path));
         Inserted::New
+    }
+
+    /// Names cgroup `id` (at `path`) after a workload registered by the launcher; the name
+    /// replaces whatever the path rules said, in every metric and event from now on.
+    pub fn register_workload(&mut self, id: u64, path: &str, name: &str) -> Inserted {
+        let inserted = self.insert(id, path);
+        if let Some(i) = self.by_id.get_mut(&id) {
+            i.name = name.to_owned();
+            i.runtime = Runtime::Palisade;
+            i.registered = true;
+        }
+        inserted
     }
 
     /// Frees the oldest already-reaped removed entry, if any.
@@ -279,6 +300,23 @@ mod tests {
         assert_eq!(gone, vec![2]);
         assert!(!r.get(2).unwrap().is_live());
         assert_eq!(r.counts(), (2, 1));
+    }
+
+    #[test]
+    fn registered_names_win_over_path_rules_and_survive_repairs() {
+        let mut r = Registry::new(10);
+        assert_eq!(r.insert(8, "/palisade/x-1"), Inserted::New);
+        assert_eq!(
+            r.register_workload(8, "/palisade/x-1", "web-0"),
+            Inserted::Known
+        );
+        assert_eq!(r.get(8).unwrap().name, "web-0");
+        r.insert(8, "/palisade/x-1/");
+        assert_eq!(r.get(8).unwrap().name, "web-0");
+        assert_eq!(r.get(8).unwrap().runtime, Runtime::Palisade);
+        // registration before any event or walk
+        assert_eq!(r.register_workload(9, "/palisade/y", "db"), Inserted::New);
+        assert_eq!(r.get(9).unwrap().name, "db");
     }
 
     #[test]
