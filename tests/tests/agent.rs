@@ -134,6 +134,51 @@ fn a_fork_is_one_call_not_two() {
 }
 
 #[test]
+fn full_kernel_maps_are_counted_not_fatal() {
+    // Tiny tables: the machine's own syscalls fill them at once.
+    let agent = Agent::start(
+        "syscalls:\n  stats_max_entries: 16\n  errno_max_entries: 2\n",
+        &[],
+    );
+    let cg = TestCgroup::new("mapfull");
+    wait_for(
+        Duration::from_secs(20),
+        "the tables to fill and losses to be counted",
+        || {
+            cg.run_workload(&["getppid", "10", "close-bad", "10"]);
+            let m = agent.metrics();
+            let full = |reason| {
+                m.value("palisade_kernel_lost_total", &[("reason", reason)])
+                    .unwrap_or(0.0)
+            };
+            (full("syscall_stats_map_full") > 0.0 && full("syscall_errno_map_full") > 0.0)
+                .then_some(())
+        },
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_STATS")]),
+        Some(16.0)
+    );
+    assert_eq!(
+        m.value("palisade_bpf_map_capacity", &[("map", "SYSCALL_STATS")]),
+        Some(16.0)
+    );
+    assert!(m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_ERRNOS")]) <= Some(2.0));
+    // the agent keeps serving, and what is in the tables keeps counting
+    let total = |m: &Metrics| -> f64 {
+        m.find("palisade_syscalls_total", &[])
+            .iter()
+            .map(|s| s.value)
+            .sum()
+    };
+    let before = total(&m);
+    cg.run_workload(&["getppid", "10"]);
+    assert!(total(&agent.metrics()) > before);
+    promtool_check_metrics(&m.text);
+}
+
+#[test]
 fn final_counts_survive_the_cgroup_for_the_grace_period() {
     let agent = Agent::start("metrics:\n  series_grace_period: 5m\n", &[]);
     let cg = TestCgroup::new("grace");
