@@ -4,22 +4,25 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
 };
 
 use palisade_common::names;
 use tokio::{net::TcpListener, sync::mpsc};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    cgroupfs::{self, CgroupfsError, Mounts},
-    config::{Config, Pattern},
+    cgroupfs::{CgroupfsError, Mounts},
+    config::Config,
+    events::{self, Clock, Hub, sink},
     features,
-    identity::{Identity, Inserted, Registry},
-    kernel::{self, CgroupChange, KernelError, KernelHandle, LoadOptions},
+    identity::{Registry, names::Resolver},
+    kernel::{self, KernelError, LoadOptions},
     metrics::{Info, SelfMetrics},
     model::Model,
-    server, tracefs,
+    procs::ProcessTable,
+    resources, server,
+    state::{Shared, State},
+    tracefs,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,180 +60,8 @@ pub enum AgentError {
     Serve(std::io::Error),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
-}
-
-/// Registry and numbers, behind one lock so a collection pass sees a consistent registry.
-pub struct State {
-    pub registry: Registry,
-    pub model: Model,
-}
-
-/// What the HTTP handlers and background tasks share.
-pub struct Shared {
-    pub state: tokio::sync::Mutex<State>,
-    pub kernel: KernelHandle,
-    pub config: Config,
-    pub info: Info,
-    pub own: SelfMetrics,
-    pub unified_root: PathBuf,
-}
-
-impl Shared {
-    fn selected(&self, identity: &Identity) -> bool {
-        selected(&self.config.syscalls.cgroups, identity)
-    }
-
-    /// Tells the kernel to trace a newly known cgroup when a filter is set and it matches.
-    async fn select_new(&self, identity: Option<Identity>) {
-        if self.config.syscalls.cgroups.is_empty() {
-            return;
-        }
-        if let Some(identity) = identity
-            && self.selected(&identity)
-            && let Err(e) = self.kernel.select(identity.cgroup_id, true).await
-        {
-            warn!(error = %e, "cannot update the cgroup filter");
-        }
-    }
-
-    /// One collection pass: read the kernel maps, reap removed cgroups, name unknown ids, expire
-    /// old removals.
-    pub async fn collect(&self) -> Result<(), KernelError> {
-        let mut st = self.state.lock().await;
-        let reap = st.registry.unreaped();
-        let snap = self.kernel.collect(reap).await?;
-        let now = Instant::now();
-        let mut unknown: Vec<u64> = snap
-            .syscalls
-            .iter()
-            .map(|(k, _)| k.cgroup_id)
-            .chain(snap.errnos.iter().map(|(k, _)| k.cgroup_id))
-            .filter(|id| st.registry.get(*id).is_none())
-            .collect();
-        unknown.sort_unstable();
-        unknown.dedup();
-        let mut new = Vec::new();
-        for id in unknown {
-            // An event was lost or not yet processed: ask the kernel for the path by id.
-            match cgroupfs::resolve_id(&self.unified_root, id) {
-                Some(path) => {
-                    if st.registry.insert(id, &path) == Inserted::New {
-                        new.push(st.registry.get(id).cloned());
-                    }
-                }
-                None => st.registry.mark_removed(id, None, now),
-            }
-        }
-        st.model.apply(&snap);
-        st.registry.mark_reaped(&snap.reaped);
-        let expired = st
-            .registry
-            .expire(now, self.config.metrics.series_grace_period);
-        st.model.forget(&expired);
-        drop(st);
-        for identity in new {
-            self.select_new(identity).await;
-        }
-        Ok(())
-    }
-
-    /// Names a launcher workload and makes sure the kernel traces it (registering opts in, even
-    /// past a `--cgroup` filter). Returns once both are done.
-    pub async fn register_workload(
-        &self,
-        cgroup_id: u64,
-        path: &str,
-        name: &str,
-    ) -> Result<(), KernelError> {
-        let mut st = self.state.lock().await;
-        if st.registry.register_workload(cgroup_id, path, name) == Inserted::Dropped {
-            warn!(
-                cgroup_id,
-                name, "identity registry full; workload not named"
-            );
-        }
-        drop(st);
-        if !self.config.syscalls.cgroups.is_empty() {
-            self.kernel.select(cgroup_id, true).await?;
-        }
-        Ok(())
-    }
-
-    async fn apply_change(&self, change: CgroupChange) {
-        let now = Instant::now();
-        let mut st = self.state.lock().await;
-        match change {
-            CgroupChange::Created {
-                cgroup_id,
-                path,
-                truncated,
-            } => {
-                let path = if truncated {
-                    cgroupfs::resolve_id(&self.unified_root, cgroup_id).unwrap_or(path)
-                } else {
-                    path
-                };
-                let inserted = st.registry.insert(cgroup_id, &path);
-                let identity = (inserted == Inserted::New)
-                    .then(|| st.registry.get(cgroup_id).cloned())
-                    .flatten();
-                if let Some(i) = &identity {
-                    debug!(
-                        cgroup_id,
-                        path,
-                        container = %i.name,
-                        runtime = i.runtime.as_str(),
-                        container_id = i.container_id.as_deref().unwrap_or(""),
-                        pod_uid = i.pod_uid.as_deref().unwrap_or(""),
-                        "cgroup created"
-                    );
-                } else {
-                    debug!(cgroup_id, path, ?inserted, "cgroup event");
-                }
-                drop(st);
-                self.select_new(identity).await;
-            }
-            CgroupChange::Removed { cgroup_id, path } => {
-                debug!(cgroup_id, path, "cgroup removed");
-                st.registry.mark_removed(cgroup_id, Some(&path), now);
-            }
-        }
-    }
-
-    async fn rescan(&self) -> Result<(), AgentError> {
-        let root = self.unified_root.clone();
-        let walked = tokio::task::spawn_blocking(move || cgroupfs::walk(&root))
-            .await
-            .map_err(|e| AgentError::Walk {
-                root: self.unified_root.clone(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| AgentError::Walk {
-                root: self.unified_root.clone(),
-                source,
-            })?;
-        let mut st = self.state.lock().await;
-        let (added, removed) = st.registry.sync(&walked, Instant::now());
-        let new: Vec<Option<Identity>> = added
-            .iter()
-            .map(|id| st.registry.get(*id).cloned())
-            .collect();
-        drop(st);
-        if !added.is_empty() || !removed.is_empty() {
-            debug!(added = added.len(), removed = removed.len(), "rescan");
-        }
-        for identity in new {
-            self.select_new(identity).await;
-        }
-        Ok(())
-    }
-}
-
-fn selected(patterns: &[Pattern], identity: &Identity) -> bool {
-    patterns.is_empty()
-        || patterns
-            .iter()
-            .any(|p| p.is_match(&identity.name) || p.is_match(&identity.path))
+    #[error(transparent)]
+    EventLog(#[from] sink::SinkError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -270,12 +101,32 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
     let control_path = config.control_socket.clone();
     let control = crate::control::bind(&control_path).await?;
+    let event_log = config.events.output.as_ref().map(|p| {
+        if p.as_os_str() == "-" {
+            sink::Target::Stdout
+        } else {
+            sink::Target::File {
+                path: p.clone(),
+                max_bytes: config.events.max_file_mib << 20,
+                keep: config.events.keep_files,
+            }
+        }
+    });
+    if let Some(t) = &event_log
+        && let Err(e) = sink::check(t)
+    {
+        let _ = std::fs::remove_file(&control_path);
+        return Err(e.into());
+    }
     let result = serve_all(
         config,
         ready_file,
-        listener,
-        listen_addr,
-        control,
+        Listeners {
+            http: listener,
+            http_addr: listen_addr,
+            control,
+            event_log,
+        },
         mounts,
         unified_root,
     )
@@ -285,16 +136,28 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     result
 }
 
+/// What `run` opened before loading anything.
+struct Listeners {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    control: tokio::net::UnixListener,
+    event_log: Option<sink::Target>,
+}
+
 async fn serve_all(
     config: Config,
     ready_file: Option<PathBuf>,
-    listener: TcpListener,
-    listen_addr: SocketAddr,
-    control: tokio::net::UnixListener,
+    listeners: Listeners,
     mounts: Mounts,
     unified_root: PathBuf,
 ) -> Result<(), AgentError> {
     let control_path = config.control_socket.clone();
+    let Listeners {
+        http: listener,
+        http_addr: listen_addr,
+        control,
+        event_log,
+    } = listeners;
 
     let tracefs = match tracefs::ensure_mounted() {
         Ok((path, mounted)) => {
@@ -330,17 +193,20 @@ async fn serve_all(
         thread_slots: sc.thread_slots.0,
         stats_max_entries: sc.stats_max_entries.0,
         errno_max_entries: sc.errno_max_entries.0,
+        ring_buffer_bytes: config.events.kernel_buffer_kib << 10,
         tracefs: tracefs.as_deref(),
     };
     let loaded = tokio::task::block_in_place(|| kernel::load(&opts))?;
-    if let Some(why) = &loaded.cgroup_cache_unavailable {
-        warn!(reason = %why, "per-thread cgroup cache off: every syscall exit asks the kernel for the cgroup id (slower)");
-    }
-    match &loaded.cgroup_events_unavailable {
-        None => info!("syscall tracing and cgroup events attached"),
-        Some(why) => {
-            warn!(reason = %why, rescan_every = ?config.identity.rescan_interval, "cgroup:cgroup_mkdir/rmdir not attached; discovering cgroups by rescans")
+    for (hook, why) in &loaded.optional {
+        match why {
+            None => info!(hook = hook.as_str(), "attached"),
+            Some(why) => {
+                warn!(hook = hook.as_str(), reason = %why, "optional hook not attached; degraded (see `palisade doctor`)")
+            }
         }
+    }
+    if let Some(why) = &loaded.task_offsets_unavailable {
+        warn!(reason = %why, "no kernel BTF offsets: exec events lack arguments and parent, exit events lack status");
     }
     let ncpu = aya::util::nr_cpus().unwrap_or(1);
     info!(
@@ -352,7 +218,7 @@ async fn serve_all(
         "syscall maps sized"
     );
 
-    let (changes_tx, mut changes_rx) = mpsc::channel(4096);
+    let (changes_tx, mut changes_rx) = mpsc::channel(8192);
     let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, changes_tx)?;
 
     let info = Info {
@@ -362,22 +228,37 @@ async fn serve_all(
             (names::MAP_SYSCALL_ERRNOS, u64::from(sc.errno_max_entries.0)),
         ],
     };
+    let hub = Arc::new(Hub::new(config.events.queue));
     let shared = Arc::new(Shared {
         state: tokio::sync::Mutex::new(State {
             registry: Registry::new(config.identity.max_cgroups),
             model: Model::default(),
+            procs: ProcessTable::new(
+                config.processes.max_per_container,
+                config.processes.max_total,
+            ),
+            resolver: Resolver::new(config.identity.roots.clone()),
         }),
         kernel: kernel_handle.clone(),
         info,
         own: SelfMetrics::new()?,
+        resources: resources::Reader::new(
+            unified_root.clone(),
+            &mounts,
+            config.resources.cgroup_v1_root.as_deref(),
+        ),
         unified_root,
+        hub: hub.clone(),
         config,
     });
 
     // Initial walk after the tracepoints are attached, so no cgroup falls in between.
-    if let Err(e) = shared.rescan().await {
+    if let Err(source) = shared.rescan().await {
         kernel_handle.shutdown().await;
-        return Err(e);
+        return Err(AgentError::Walk {
+            root: shared.unified_root.clone(),
+            source,
+        });
     }
     {
         let st = shared.state.lock().await;
@@ -385,10 +266,14 @@ async fn serve_all(
     }
 
     let mut tasks = Vec::new();
+    if let Some(target) = event_log {
+        tasks.push(tokio::spawn(sink::run(target, hub.clone())));
+    }
     let s = shared.clone();
     tasks.push(tokio::spawn(async move {
-        while let Some(change) = changes_rx.recv().await {
-            s.apply_change(change).await;
+        while let Some(ev) = changes_rx.recv().await {
+            // Re-anchor monotonic → wall time per event (cheap; follows clock steps).
+            s.apply_event(ev, &Clock::now()).await;
         }
     }));
     let s = shared.clone();
@@ -424,6 +309,7 @@ async fn serve_all(
     for t in tasks {
         t.abort();
     }
+    let _ = events::EventType::ALL;
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
     if let Some(path) = &ready_file {
@@ -442,21 +328,4 @@ fn write_ready(path: &Path, addr: SocketAddr) -> Result<(), AgentError> {
             path: path.to_owned(),
             source,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_matches_names_and_paths() {
-        let id = Identity::new(5, "/palisade/web-0");
-        let pats = vec![Pattern::new("web-*").unwrap()];
-        assert!(selected(&pats, &id));
-        let pats = vec![Pattern::new("/palisade/*").unwrap()];
-        assert!(selected(&pats, &id));
-        let pats = vec![Pattern::new("db-*").unwrap()];
-        assert!(!selected(&pats, &id));
-        assert!(selected(&[], &id));
-    }
 }

@@ -24,7 +24,29 @@ pub enum Command {
     /// Show which kernel hooks, maps and cgroup layout this host offers, and what the agent
     /// will use. Exits 1 when the agent cannot run here.
     Doctor,
+    /// Follow a running agent's events (JSON, one per line) with optional filters.
+    #[command(after_help = EVENTS_EXAMPLES)]
+    Events(EventsArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of containers whose name or id matches GLOB (repeatable).
+    #[arg(long = "container", value_name = "GLOB")]
+    pub containers: Vec<String>,
+    /// Only these types (repeatable): exec, exit, oom, container_start, container_stop.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+    pub socket: PathBuf,
+}
+
+const EVENTS_EXAMPLES: &str = "\
+Examples:
+  palisade events                                   everything, as it happens
+  palisade events --type exec --container 'web-*'   execs in the web containers
+  palisade events --type oom | jq .container.name   who got OOM-killed";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -44,6 +66,10 @@ pub struct AgentArgs {
     /// Log format [default: text].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Write events (JSON lines) to FILE, rotated by size, or to stdout with `-`; replaces
+    /// `events.output` from the config.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
     /// Once serving, write the listen address to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -60,6 +86,7 @@ Examples:
   palisade agent                                  trace every cgroup, serve 127.0.0.1:9477
   palisade agent --listen 0.0.0.0:9477            let a remote Prometheus scrape it
   palisade agent --cgroup 'web-*' --cgroup '/system.slice/*.service'
+  palisade agent --events /var/log/palisade/events.jsonl
   palisade agent --print-config > palisade.yaml   start from the documented defaults
   curl -s localhost:9477/metrics | grep palisade_syscalls_total
 

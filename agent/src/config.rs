@@ -50,6 +50,9 @@ pub struct Config {
     pub syscalls: SyscallConfig,
     pub metrics: MetricsConfig,
     pub identity: IdentityConfig,
+    pub resources: ResourcesConfig,
+    pub events: EventsConfig,
+    pub processes: ProcessesConfig,
 }
 
 impl Default for Config {
@@ -62,6 +65,74 @@ impl Default for Config {
             syscalls: SyscallConfig::default(),
             metrics: MetricsConfig::default(),
             identity: IdentityConfig::default(),
+            resources: ResourcesConfig::default(),
+            events: EventsConfig::default(),
+            processes: ProcessesConfig::default(),
+        }
+    }
+}
+
+/// Resource readings from cgroupfs (cAdvisor-compatible `container_*` metrics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesConfig {
+    pub enabled: bool,
+    /// Directory holding the v1 controller hierarchies (`memory/`, `cpu,cpuacct/`, …) instead of
+    /// the mounts in /proc/self/mountinfo (for fixture trees).
+    pub cgroup_v1_root: Option<PathBuf>,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cgroup_v1_root: None,
+        }
+    }
+}
+
+/// The JSON event stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Event log: unset = none, `-` = stdout, else a file (rotated by size).
+    pub output: Option<PathBuf>,
+    /// Rotate the log file when it would pass this many MiB.
+    pub max_file_mib: u64,
+    /// Rotated files kept (`FILE.1` … `FILE.N`).
+    pub keep_files: u32,
+    /// Kernel ring buffer for events, KiB (a power of two, at least 4).
+    pub kernel_buffer_kib: u32,
+    /// Events a slow consumer (log, `palisade events`) may fall behind before it loses some
+    /// (counted in `palisade_events_dropped_total`).
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            output: None,
+            max_file_mib: 100,
+            keep_files: 5,
+            kernel_buffer_kib: 4096,
+            queue: 16_384,
+        }
+    }
+}
+
+/// The process table behind exit and OOM events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    pub max_per_container: usize,
+    pub max_total: usize,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        Self {
+            max_per_container: 4096,
+            max_total: 65_536,
         }
     }
 }
@@ -146,6 +217,12 @@ pub struct IdentityConfig {
     /// only discovery when the `cgroup:*` tracepoints are unavailable.
     #[serde(with = "duration")]
     pub rescan_interval: Duration,
+    /// How long a container's name is looked up on every pass before it counts as unresolved
+    /// (`palisade_identity_unresolved_total`); it is then retried once per window.
+    #[serde(with = "duration")]
+    pub name_resolution_window: Duration,
+    /// Where runtimes keep the files names are read from.
+    pub roots: crate::identity::names::NameRoots,
 }
 
 impl Default for IdentityConfig {
@@ -153,6 +230,8 @@ impl Default for IdentityConfig {
         Self {
             max_cgroups: 65_536,
             rescan_interval: Duration::from_secs(60),
+            name_resolution_window: Duration::from_secs(30),
+            roots: crate::identity::names::NameRoots::default(),
         }
     }
 }
@@ -292,6 +371,21 @@ impl Config {
                 message: "metrics.collect_interval must be at least 100ms".into(),
             });
         }
+        let kib = self.events.kernel_buffer_kib;
+        if !kib.is_power_of_two() || !(4..=1 << 20).contains(&kib) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "events.kernel_buffer_kib must be a power of two between 4 and 1048576 (got {kib})"
+                ),
+            });
+        }
+        if self.events.max_file_mib == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "events.max_file_mib must be at least 1".into(),
+            });
+        }
         if self.identity.rescan_interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -347,6 +441,19 @@ mod tests {
         assert_eq!(c.metrics.collect_interval, d.metrics.collect_interval);
         assert_eq!(c.identity.max_cgroups, d.identity.max_cgroups);
         assert_eq!(c.identity.rescan_interval, d.identity.rescan_interval);
+        assert_eq!(
+            c.identity.name_resolution_window,
+            d.identity.name_resolution_window
+        );
+        assert_eq!(c.identity.roots, d.identity.roots);
+        assert_eq!(c.resources.enabled, d.resources.enabled);
+        assert_eq!(c.events.output, d.events.output);
+        assert_eq!(c.events.max_file_mib, d.events.max_file_mib);
+        assert_eq!(c.events.keep_files, d.events.keep_files);
+        assert_eq!(c.events.kernel_buffer_kib, d.events.kernel_buffer_kib);
+        assert_eq!(c.events.queue, d.events.queue);
+        assert_eq!(c.processes.max_per_container, d.processes.max_per_container);
+        assert_eq!(c.processes.max_total, d.processes.max_total);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //!   The launcher waits for this reply before it execs the workload, so telemetry covers the
 //!   workload's first instruction.
 //!
+//! - `{"op":"subscribe","containers":["web-*"],"types":["exec","exit"]}` → `{"ok":true}`, then
+//!   one event per line (the README's event schema) until the client hangs up. Empty lists mean
+//!   everything. When the subscriber falls behind, a `{"type":"events_lost","count":N}` line
+//!   says how many events it missed.
+//!
 //! Errors reply `{"ok":false,"error":"..."}`; the connection stays open for further requests.
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -22,7 +27,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::agent::Shared;
+use crate::{
+    config::Pattern,
+    events::{EventType, Filter},
+    state::Shared,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -41,13 +50,41 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Ping,
+    Ping {},
     Register {
         name: String,
         cgroup_id: u64,
         /// Path relative to the unified root, e.g. `/palisade/web-0`.
         cgroup_path: String,
     },
+    Subscribe {
+        /// Globs over container names and ids.
+        #[serde(default)]
+        containers: Vec<String>,
+        /// Event types (`exec`, `exit`, `oom`, `container_start`, `container_stop`).
+        #[serde(default)]
+        types: Vec<String>,
+    },
+}
+
+/// Builds an event filter from a subscribe request.
+pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, String> {
+    let containers = containers
+        .iter()
+        .map(|g| Pattern::new(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let types = types
+        .iter()
+        .map(|t| {
+            EventType::parse(t).ok_or_else(|| {
+                format!(
+                    "unknown event type `{t}` (one of: {})",
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Filter { containers, types })
 }
 
 /// A reply on the control socket.
@@ -133,6 +170,10 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
             Err(e) => Reply::err(format!("bad request: {e}")),
+            Ok(Request::Subscribe { containers, types }) => match filter(&containers, &types) {
+                Ok(f) => return stream_events(write, f, &shared).await,
+                Err(e) => Reply::err(e),
+            },
             Ok(req) => handle(req, &shared).await,
         };
         let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
@@ -142,13 +183,40 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
     Ok(())
 }
 
+/// Acks a subscription, then writes matching events until the client hangs up.
+async fn stream_events(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    filter: Filter,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = shared.hub.subscribe();
+    write.write_all(b"{\"ok\":true}\n").await?;
+    loop {
+        let line = match rx.recv().await {
+            Ok(ev) if filter.matches(&ev) => serde_json::to_string(&*ev).ok(),
+            Ok(_) => None,
+            Err(RecvError::Lagged(n)) => {
+                shared.hub.count_dropped("subscriber", n);
+                Some(format!("{{\"type\":\"events_lost\",\"count\":{n}}}"))
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        if let Some(mut line) = line {
+            line.push('\n');
+            write.write_all(line.as_bytes()).await?;
+        }
+    }
+}
+
 async fn handle(req: Request, shared: &Shared) -> Reply {
     match req {
-        Request::Ping => Reply {
+        Request::Ping {} => Reply {
             ok: true,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             ..Reply::default()
         },
+        Request::Subscribe { .. } => Reply::err("subscribe is handled by the connection"),
         Request::Register {
             name,
             cgroup_id,
@@ -198,7 +266,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
-            Request::Ping
+            Request::Ping {}
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"ping","x":1}"#).is_err());

@@ -1,18 +1,24 @@
 //! `palisade`: wiring only; each subsystem lives in its own module.
 mod agent;
+mod btf;
 mod cgroupfs;
 mod cli;
 mod config;
 mod control;
 mod doctor;
+mod events;
 mod features;
 mod identity;
 mod kernel;
 mod logging;
 mod metrics;
 mod model;
+mod procs;
+mod resources;
 mod server;
+mod state;
 mod syscalls;
+mod tail;
 mod tracefs;
 
 use std::process::ExitCode;
@@ -33,6 +39,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent_main(args),
         Command::Doctor => doctor_main(),
+        Command::Events(args) => match tail::run(&args.socket, args.containers, args.types) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
     }
 }
 
@@ -52,6 +62,9 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
     }
     if let Some(path) = &args.control_socket {
         config.control_socket = path.clone();
+    }
+    if let Some(events) = &args.events {
+        config.events.output = Some(events.clone());
     }
     if let Some(format) = args.log_format {
         config.log_format = format;

@@ -2,9 +2,9 @@
 //! period ends (so the final values can be scraped).
 use std::collections::{BTreeMap, HashMap};
 
-use palisade_common::{SyscallStats, loss};
+use palisade_common::{ProcessCounts, SyscallStats, loss};
 
-use crate::kernel::KernelSnapshot;
+use crate::{kernel::KernelSnapshot, resources::Resources};
 
 #[derive(Debug, Default, Clone)]
 pub struct CgroupStats {
@@ -12,6 +12,14 @@ pub struct CgroupStats {
     pub syscalls: BTreeMap<u32, SyscallStats>,
     /// (syscall number, errno) → failed calls.
     pub errnos: BTreeMap<(u32, u32), u64>,
+    /// Forks, execs and exits counted in the kernel.
+    pub processes: Option<ProcessCounts>,
+    /// OOM kills seen by `oom:mark_victim` (counted in userspace from events).
+    pub oom_kills: u64,
+    /// Last cgroupfs reading (live cgroups only).
+    pub resources: Option<Resources>,
+    /// Unix time of the last resource reading.
+    pub last_seen: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -26,22 +34,37 @@ impl Model {
     /// Replaces the numbers of every cgroup present in `snap`. Cgroups absent from it keep their
     /// last numbers (they were reaped earlier and are waiting out their grace period).
     pub fn apply(&mut self, snap: &KernelSnapshot) {
-        let mut fresh: HashMap<u64, CgroupStats> = HashMap::new();
+        let mut syscalls: HashMap<u64, BTreeMap<u32, SyscallStats>> = HashMap::new();
+        let mut errnos: HashMap<u64, BTreeMap<(u32, u32), u64>> = HashMap::new();
         for (key, stats) in &snap.syscalls {
-            fresh
+            syscalls
                 .entry(key.cgroup_id)
                 .or_default()
-                .syscalls
                 .insert(key.nr, *stats);
         }
         for (key, count) in &snap.errnos {
-            fresh
+            errnos
                 .entry(key.cgroup_id)
                 .or_default()
-                .errnos
                 .insert((key.nr, key.errno), *count);
         }
-        self.by_cgroup.extend(fresh);
+        // Replace the kernel-sourced parts of every cgroup present in this snapshot; keep the
+        // userspace-sourced ones (OOM counts, resources).
+        let mut processes: HashMap<u64, ProcessCounts> = snap.processes.iter().copied().collect();
+        let present: std::collections::HashSet<u64> = syscalls
+            .keys()
+            .chain(errnos.keys())
+            .chain(processes.keys())
+            .copied()
+            .collect();
+        for id in present {
+            let e = self.by_cgroup.entry(id).or_default();
+            e.syscalls = syscalls.remove(&id).unwrap_or_default();
+            e.errnos = errnos.remove(&id).unwrap_or_default();
+            if let Some(p) = processes.remove(&id) {
+                e.processes = Some(p);
+            }
+        }
         self.losses = snap.losses;
         // Entries present after this pass's reaping.
         let reaped: std::collections::HashSet<u64> = snap.reaped.iter().copied().collect();

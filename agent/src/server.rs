@@ -11,7 +11,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::{agent::Shared, metrics};
+use crate::{metrics, state::Shared};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -42,10 +42,15 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>) -> Response {
     }
     let st = shared.state.lock().await;
     let rendered = metrics::render(
-        &st.model,
-        &st.registry,
-        &shared.info,
-        &shared.config.metrics,
+        &metrics::Inputs {
+            model: &st.model,
+            registry: &st.registry,
+            info: &shared.info,
+            cfg: &shared.config.metrics,
+            hub: Some(&shared.hub),
+            procs_evicted: st.procs.evicted_total,
+            procs_live: st.procs.len(),
+        },
         &shared.own,
     );
     drop(st);

@@ -7,8 +7,10 @@
 #![no_std]
 
 pub mod names;
+pub mod process;
 pub mod syscalls;
 
+pub use process::*;
 pub use syscalls::*;
 
 /// Indices into the per-CPU `LOSS_COUNTERS` array. Every place the kernel side can lose data has
@@ -43,6 +45,12 @@ pub mod event_kind {
     pub const CGROUP_MKDIR: u32 = 1;
     /// A cgroup was removed from the unified hierarchy ([`crate::CgroupEvent`]).
     pub const CGROUP_RMDIR: u32 = 2;
+    /// A process replaced its image ([`crate::ExecEvent`]).
+    pub const EXEC: u32 = 3;
+    /// A process (thread group) ended ([`crate::ExitEvent`]).
+    pub const EXIT: u32 = 4;
+    /// The OOM killer chose a victim ([`crate::OomEvent`]).
+    pub const OOM: u32 = 5;
 }
 
 /// Longest cgroup path (bytes, without the NUL) carried in a [`CgroupEvent`]. Longer paths are
@@ -84,6 +92,14 @@ mod pod {
     unsafe impl aya::Pod for crate::ThreadSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::CgroupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::ProcessCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::ExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::OomEvent {}
 }
 
 #[cfg(test)]
@@ -102,5 +118,18 @@ mod tests {
         assert_eq!(size_of::<ThreadSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
+        assert_eq!(size_of::<ProcessCounts>(), 48);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            72 + EXEC_FILENAME_MAX + EXEC_ARGS_MAX
+        );
+        assert_eq!(size_of::<ExitEvent>(), 64);
+        assert_eq!(size_of::<OomEvent>(), 48);
+        // every event starts with its kind
+        assert_eq!(core::mem::offset_of!(ExecEvent, kind), 0);
+        assert_eq!(core::mem::offset_of!(ExitEvent, kind), 0);
+        assert_eq!(core::mem::offset_of!(OomEvent, kind), 0);
+        assert_eq!(core::mem::offset_of!(CgroupEvent, kind), 0);
+        assert!(EXEC_ARGS_MAX.is_power_of_two() && EXEC_FILENAME_MAX.is_power_of_two());
     }
 }

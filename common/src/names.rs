@@ -24,8 +24,9 @@ pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
 /// Classic tracepoint program on `cgroup:cgroup_rmdir`.
 pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
 
-/// Classic tracepoint program on `sched:sched_process_fork` (thread-slot cache invalidation).
-pub const PROG_SLOT_FORK: &str = "slot_fork";
+/// Classic tracepoint program on `sched:sched_process_fork` (fork counts and thread-slot cache
+/// invalidation).
+pub const PROG_PROCESS_FORK: &str = "process_fork";
 /// Classic tracepoint program on `cgroup:cgroup_attach_task` (thread-slot cache update).
 pub const PROG_SLOT_ATTACH: &str = "slot_attach";
 
@@ -66,3 +67,42 @@ pub const GLOBAL_ATTACH_OFF_ROOT: &str = "ATTACH_OFF_ROOT";
 pub const GLOBAL_ATTACH_OFF_ID: &str = "ATTACH_OFF_ID";
 /// See [`GLOBAL_ATTACH_OFF_ROOT`].
 pub const GLOBAL_ATTACH_OFF_PID: &str = "ATTACH_OFF_PID";
+
+/// Per-CPU hash: cgroup id (`u64`) → [`crate::ProcessCounts`].
+pub const MAP_PROCESS_COUNTS: &str = "PROCESS_COUNTS";
+/// Classic tracepoint program on `sched:sched_process_exec`.
+pub const PROG_PROCESS_EXEC: &str = "process_exec";
+/// Classic tracepoint program on `sched:sched_process_exit`.
+pub const PROG_PROCESS_EXIT: &str = "process_exit";
+/// Classic tracepoint program on `oom:mark_victim`.
+pub const PROG_OOM_VICTIM: &str = "oom_victim";
+
+/// Global `u32`: 1 when the `TASK_OFF_*`/`MM_OFF_*` offsets below are valid (kernel BTF found).
+pub const GLOBAL_HAVE_TASK_OFFSETS: &str = "HAVE_TASK_OFFSETS";
+/// Globals `u32`: byte offsets in `struct task_struct`, from the kernel's BTF.
+pub const GLOBAL_TASK_OFF_MM: &str = "TASK_OFF_MM";
+/// See [`GLOBAL_TASK_OFF_MM`].
+pub const GLOBAL_TASK_OFF_REAL_PARENT: &str = "TASK_OFF_REAL_PARENT";
+/// See [`GLOBAL_TASK_OFF_MM`].
+pub const GLOBAL_TASK_OFF_TGID: &str = "TASK_OFF_TGID";
+/// See [`GLOBAL_TASK_OFF_MM`].
+pub const GLOBAL_TASK_OFF_EXIT_CODE: &str = "TASK_OFF_EXIT_CODE";
+/// See [`GLOBAL_TASK_OFF_MM`].
+pub const GLOBAL_TASK_OFF_START_TIME: &str = "TASK_OFF_START_TIME";
+/// Globals `u32`: byte offsets in `struct mm_struct`, from the kernel's BTF.
+pub const GLOBAL_MM_OFF_ARG_START: &str = "MM_OFF_ARG_START";
+/// See [`GLOBAL_MM_OFF_ARG_START`].
+pub const GLOBAL_MM_OFF_ARG_END: &str = "MM_OFF_ARG_END";
+/// Globals `u32`: record offsets of `sched:sched_process_exec` (filename, pid, old_pid).
+pub const GLOBAL_EXEC_OFF_FILENAME: &str = "EXEC_OFF_FILENAME";
+/// See [`GLOBAL_EXEC_OFF_FILENAME`].
+pub const GLOBAL_EXEC_OFF_OLD_PID: &str = "EXEC_OFF_OLD_PID";
+/// Global `u32`: offset of `group_dead` in `sched:sched_process_exit`, `u32::MAX` when the
+/// kernel's record has no such field (then a leader's exit ends the group).
+pub const GLOBAL_EXIT_OFF_GROUP_DEAD: &str = "EXIT_OFF_GROUP_DEAD";
+/// Globals `u32`: record offsets of `oom:mark_victim` (pid, uid, comm).
+pub const GLOBAL_OOM_OFF_PID: &str = "OOM_OFF_PID";
+/// See [`GLOBAL_OOM_OFF_PID`].
+pub const GLOBAL_OOM_OFF_UID: &str = "OOM_OFF_UID";
+/// See [`GLOBAL_OOM_OFF_PID`].
+pub const GLOBAL_OOM_OFF_COMM: &str = "OOM_OFF_COMM";

@@ -29,7 +29,7 @@ static CG_OFF_PATH: Global<u32> = Global::new(24);
 
 /// Rare events for userspace. 256 KiB holds ~480 cgroup events between two polls.
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {

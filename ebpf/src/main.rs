@@ -5,6 +5,7 @@
 
 mod cgroups;
 mod loss;
+mod process;
 mod syscalls;
 
 #[cfg(not(test))]

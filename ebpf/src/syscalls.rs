@@ -4,7 +4,8 @@
 //! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
 //! buffer traffic. The thread's cgroup id is cached in its slot (the helper costs as much as the
 //! hash lookup); two classic tracepoints keep the cache right when a thread changes cgroup
-//! (`cgroup:cgroup_attach_task`) or a thread id is reused (`sched:sched_process_fork`).
+//! (`cgroup:cgroup_attach_task`) or a thread id is reused (`sched:sched_process_fork`, whose
+//! program lives in process.rs and calls [`forget_slot`]).
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
@@ -49,8 +50,6 @@ static NR_VFORK: Global<u32> = Global::new(58);
 #[unsafe(no_mangle)]
 static NR_CLONE3: Global<u32> = Global::new(435);
 /// Record offsets, read from tracefs at load time.
-#[unsafe(no_mangle)]
-static FORK_OFF_CHILD_PID: Global<u32> = Global::new(20);
 #[unsafe(no_mangle)]
 static ATTACH_OFF_ROOT: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]
@@ -145,14 +144,10 @@ fn cache_enabled() -> bool {
     CONFIG.get(CONFIG_CGROUP_CACHE).is_some_and(|v| *v == 1)
 }
 
-/// A new thread may reuse the id of a dead one: forget what its slot cached.
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub fn slot_fork(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the format file; read_at uses bpf_probe_read_kernel.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_OFF_CHILD_PID.load() as usize) }) else {
-        return 0;
-    };
-    let child = child as u32;
+/// A new thread may reuse the id of a dead one: forget what its slot cached. Called from the
+/// `sched:sched_process_fork` program (process.rs) before the child runs.
+#[inline(always)]
+pub fn forget_slot(child: u32) {
     if let Some(slot) = THREAD_SLOTS.get_ptr_mut(child & THREAD_SLOT_MASK.load()) {
         // SAFETY: array map value; see try_sys_enter. The child has not run yet.
         unsafe {
@@ -163,7 +158,6 @@ pub fn slot_fork(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    0
 }
 
 /// A thread moved to another cgroup: update its cached id (unified hierarchy only).

@@ -3,14 +3,29 @@
 //! Fed by the initial walk of the unified hierarchy, `cgroup:cgroup_mkdir`/`rmdir` events and
 //! periodic rescans. Bounded: at most `max_cgroups` entries; removed cgroups stay for the grace
 //! period (so their final numbers can be scraped) and are then forgotten.
+pub mod names;
 pub mod rules;
 
 use std::{
-    collections::{HashMap, HashSet},
-    time::Instant,
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use rules::{PathIdentity, Runtime, classify};
+
+/// Where name resolution of a container cgroup stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// Nothing to look up (not a container runtime, or a registered workload).
+    NotNeeded,
+    /// Not found yet; try again at `next_try`.
+    Pending { next_try: Instant },
+    /// Found.
+    Done,
+    /// Not found within the resolution window (counted once); still retried now and then, so a
+    /// late name still updates the labels.
+    Unresolved { next_try: Instant },
+}
 
 /// One known cgroup.
 #[derive(Debug, Clone)]
@@ -30,6 +45,16 @@ pub struct Identity {
     /// Named by a registration (the launcher's handshake), not by the path rules; rescans and
     /// repaired paths keep this name.
     pub registered: bool,
+    /// Image, Kubernetes namespace and pod name, when the runtime's files tell.
+    pub image: String,
+    pub namespace: String,
+    pub pod: String,
+    pub naming: Naming,
+    pub first_seen: Instant,
+    /// When the cgroup was created, if the agent saw it happen (mkdir event).
+    pub created_at: Option<SystemTime>,
+    /// A `container_start` event was sent (at the first exec after creation).
+    pub started: bool,
 }
 
 impl Identity {
@@ -47,6 +72,13 @@ impl Identity {
                 removed_at: None,
                 reaped: false,
                 registered: false,
+                image: String::new(),
+                namespace: String::new(),
+                pod: String::new(),
+                naming: Naming::NotNeeded,
+                first_seen: Instant::now(),
+                created_at: None,
+                started: false,
             };
         }
         let PathIdentity {
@@ -61,11 +93,37 @@ impl Identity {
             runtime,
             container_id,
             pod_uid,
+            naming: if matches!(
+                runtime,
+                Runtime::Docker
+                    | Runtime::Podman
+                    | Runtime::Containerd
+                    | Runtime::CriO
+                    | Runtime::Cri
+                    | Runtime::Kubernetes
+            ) {
+                Naming::Pending {
+                    next_try: Instant::now(),
+                }
+            } else {
+                Naming::NotNeeded
+            },
             name,
             removed_at: None,
             reaped: false,
             registered: false,
+            image: String::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            first_seen: Instant::now(),
+            created_at: None,
+            started: false,
         }
+    }
+
+    /// The `id` of events and cAdvisor metrics: the runtime's container id, else the path.
+    pub fn display_id(&self) -> &str {
+        self.container_id.as_deref().unwrap_or(&self.path)
     }
 
     pub fn is_live(&self) -> bool {
@@ -88,6 +146,8 @@ pub struct Registry {
     max: usize,
     /// Cgroups not tracked because the registry was full.
     pub dropped_total: u64,
+    /// Container cgroups whose name was not found within the resolution window.
+    pub unresolved_total: u64,
 }
 
 impl Registry {
@@ -96,6 +156,7 @@ impl Registry {
             by_id: HashMap::new(),
             max,
             dropped_total: 0,
+            unresolved_total: 0,
         }
     }
 
@@ -105,6 +166,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Live (not removed) cgroups.
+    pub fn live(&self) -> impl Iterator<Item = &Identity> {
+        self.by_id.values().filter(|i| i.is_live())
     }
 
     /// Adds a cgroup seen alive. A known id keeps its entry (a rescan racing an event is fine).
@@ -119,7 +185,11 @@ impl Registry {
                     fresh.registered = true;
                     fresh.runtime = known.runtime;
                     fresh.name = std::mem::take(&mut known.name);
+                    fresh.naming = Naming::NotNeeded;
                 }
+                fresh.first_seen = known.first_seen;
+                fresh.created_at = known.created_at;
+                fresh.started = known.started;
                 *known = fresh;
             }
             return Inserted::Known;
@@ -140,8 +210,90 @@ impl Registry {
             i.name = name.to_owned();
             i.runtime = Runtime::Palisade;
             i.registered = true;
+            i.naming = Naming::NotNeeded;
         }
         inserted
+    }
+
+    /// Records that the agent saw the cgroup being created.
+    pub fn mark_created(&mut self, id: u64, at: SystemTime) {
+        if let Some(i) = self.by_id.get_mut(&id) {
+            i.created_at.get_or_insert(at);
+        }
+    }
+
+    /// Marks the first exec in a cgroup created while the agent watched; true when this is it
+    /// (the caller then sends `container_start`).
+    pub fn first_exec(&mut self, id: u64) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(i) if i.created_at.is_some() && !i.started && i.is_live() => {
+                i.started = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Live container cgroups whose names are due for a lookup.
+    pub fn due_for_naming(&self, now: Instant) -> Vec<Identity> {
+        self.by_id
+            .values()
+            .filter(|i| i.is_live())
+            .filter(|i| match i.naming {
+                Naming::Pending { next_try } | Naming::Unresolved { next_try } => next_try <= now,
+                Naming::NotNeeded | Naming::Done => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Applies a lookup result. Within `window` of first sight a miss is retried on every pass;
+    /// after it the cgroup is counted in `unresolved_total` once and retried every `window`.
+    pub fn apply_names(
+        &mut self,
+        id: u64,
+        found: Option<names::Resolved>,
+        now: Instant,
+        window: Duration,
+    ) {
+        let Some(i) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        match found {
+            Some(r) => {
+                if let Some(n) = r.name {
+                    i.name = n;
+                }
+                i.image = r.image.unwrap_or_default();
+                i.namespace = r.namespace.unwrap_or_default();
+                i.pod = r.pod.unwrap_or_default();
+                i.naming = Naming::Done;
+            }
+            None => {
+                let expired = now.duration_since(i.first_seen) >= window;
+                i.naming = match i.naming {
+                    Naming::Pending { .. } if expired => {
+                        self.unresolved_total += 1;
+                        Naming::Unresolved {
+                            next_try: now + window,
+                        }
+                    }
+                    Naming::Pending { .. } => Naming::Pending { next_try: now },
+                    _ => Naming::Unresolved {
+                        next_try: now + window,
+                    },
+                };
+            }
+        }
+    }
+
+    /// Live cgroups per runtime label.
+    pub fn live_by_runtime(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for i in self.by_id.values().filter(|i| i.is_live()) {
+            *m.entry(i.runtime.as_str()).or_default() += 1;
+        }
+        m
     }
 
     /// Frees the oldest already-reaped removed entry, if any.
@@ -317,6 +469,55 @@ mod tests {
         // registration before any event or walk
         assert_eq!(r.register_workload(9, "/palisade/y", "db"), Inserted::New);
         assert_eq!(r.get(9).unwrap().name, "db");
+    }
+
+    #[test]
+    fn naming_window_counts_unresolved_once_and_late_names_win() {
+        let id64 = "3f2a9c1b0e4d5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
+        let mut r = Registry::new(10);
+        r.insert(3, &format!("/docker/{id64}"));
+        r.insert(4, "/system.slice/x.service");
+        let t0 = r.get(3).unwrap().first_seen;
+        let w = Duration::from_secs(30);
+        assert_eq!(
+            r.due_for_naming(t0).len(),
+            1,
+            "only the container needs a name"
+        );
+        r.apply_names(3, None, t0 + Duration::from_secs(1), w);
+        assert!(matches!(r.get(3).unwrap().naming, Naming::Pending { .. }));
+        assert_eq!(r.unresolved_total, 0);
+        r.apply_names(3, None, t0 + w, w);
+        assert_eq!(r.unresolved_total, 1);
+        assert!(
+            r.due_for_naming(t0 + w).is_empty(),
+            "backs off after the window"
+        );
+        r.apply_names(3, None, t0 + w * 2, w);
+        assert_eq!(r.unresolved_total, 1, "counted once");
+        assert_eq!(r.due_for_naming(t0 + w * 3).len(), 1);
+        let late = names::Resolved {
+            name: Some("web".into()),
+            image: Some("nginx".into()),
+            namespace: None,
+            pod: None,
+        };
+        r.apply_names(3, Some(late), t0 + w * 3, w);
+        let i = r.get(3).unwrap();
+        assert_eq!((i.name.as_str(), i.image.as_str()), ("web", "nginx"));
+        assert_eq!(i.naming, Naming::Done);
+        assert_eq!(r.live_by_runtime().get("docker"), Some(&1));
+    }
+
+    #[test]
+    fn first_exec_only_for_cgroups_created_while_watching() {
+        let mut r = Registry::new(10);
+        r.insert(1, "/old");
+        r.insert(2, "/new");
+        r.mark_created(2, SystemTime::now());
+        assert!(!r.first_exec(1));
+        assert!(r.first_exec(2));
+        assert!(!r.first_exec(2));
     }
 
     #[test]

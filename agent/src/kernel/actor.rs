@@ -1,7 +1,7 @@
 //! The kernel actor: the only owner of the loaded [`aya::Ebpf`] and its maps.
 //!
 //! Other tasks send [`Command`]s carrying a `oneshot` reply. The actor also drains the `EVENTS`
-//! ring buffer and forwards cgroup lifecycle events as [`CgroupChange`]s. When the actor stops
+//! ring buffer and forwards cgroup lifecycle events as [`KernelEvent`]s. When the actor stops
 //! (on [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which
 //! detaches every program.
 use std::collections::HashSet;
@@ -10,37 +10,22 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use palisade_common::{
-    CGROUP_PATH_MAX, CgroupEvent, ErrnoKey, SyscallKey, SyscallStats, event_kind, loss, names,
-};
+use palisade_common::{ErrnoKey, ProcessCounts, SyscallKey, SyscallStats, loss, names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{mpsc, oneshot},
 };
 use tracing::{debug, warn};
 
-use super::KernelError;
-
-/// A cgroup appeared or vanished in the unified hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CgroupChange {
-    Created {
-        cgroup_id: u64,
-        path: String,
-        /// The kernel's path was longer than the event can carry.
-        truncated: bool,
-    },
-    Removed {
-        cgroup_id: u64,
-        path: String,
-    },
-}
+use super::{KernelError, events::KernelEvent};
 
 /// Everything the kernel counted, summed over CPUs.
 #[derive(Debug, Default, Clone)]
 pub struct KernelSnapshot {
     pub syscalls: Vec<(SyscallKey, SyscallStats)>,
     pub errnos: Vec<(ErrnoKey, u64)>,
+    /// Per-cgroup process counters.
+    pub processes: Vec<(u64, ProcessCounts)>,
     /// Indexed by `palisade_common::loss`.
     pub losses: [u64; loss::COUNT as usize],
     /// Entries in the stats and errno maps before reaping.
@@ -103,6 +88,7 @@ struct Actor {
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     filter: HashMap<MapData, u64, u32>,
     losses: PerCpuArray<MapData, u64>,
+    processes: PerCpuHashMap<MapData, u64, ProcessCounts>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -116,12 +102,13 @@ where
 /// Starts the actor on the current tokio runtime. Cgroup events go to `changes`.
 pub fn spawn(
     mut ebpf: Ebpf,
-    changes: mpsc::Sender<CgroupChange>,
+    changes: mpsc::Sender<KernelEvent>,
 ) -> Result<(KernelHandle, tokio::task::JoinHandle<()>), KernelError> {
     let stats = take(&mut ebpf, names::MAP_SYSCALL_STATS)?;
     let errnos = take(&mut ebpf, names::MAP_SYSCALL_ERRNOS)?;
     let filter = take(&mut ebpf, names::MAP_CGROUP_FILTER)?;
     let losses = take(&mut ebpf, names::MAP_LOSS_COUNTERS)?;
+    let processes = take(&mut ebpf, names::MAP_PROCESS_COUNTS)?;
     let ring: RingBuf<MapData> = take(&mut ebpf, names::MAP_EVENTS)?;
     // SAFETY: the RingBuf owns its map fd and its mmap for as long as it lives, and
     // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the RingBuf.
@@ -142,6 +129,7 @@ pub fn spawn(
         errnos,
         filter,
         losses,
+        processes,
     };
     let task = tokio::spawn(actor.run(rx, events, changes));
     Ok((KernelHandle { tx }, task))
@@ -152,7 +140,7 @@ impl Actor {
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut events: AsyncFd<RingBuf<MapData>>,
-        changes: mpsc::Sender<CgroupChange>,
+        changes: mpsc::Sender<KernelEvent>,
     ) {
         let mut shutdown_reply = None;
         loop {
@@ -173,7 +161,7 @@ impl Actor {
                     let ring = guard.get_inner_mut();
                     let mut batch = Vec::new();
                     while let Some(item) = ring.next() {
-                        if let Some(change) = parse_event(&item) {
+                        if let Some(change) = super::events::parse(&item) {
                             batch.push(change);
                         }
                     }
@@ -250,6 +238,24 @@ impl Actor {
         }
         snap.errno_entries = snap.errnos.len();
 
+        let mut dead_processes = Vec::new();
+        for item in self.processes.iter() {
+            let (cgroup_id, values) = item.map_err(map_err(names::MAP_PROCESS_COUNTS))?;
+            let mut sum = ProcessCounts::default();
+            for v in values.iter() {
+                sum.forks += v.forks;
+                sum.execs += v.execs;
+                sum.exits_ok += v.exits_ok;
+                sum.exits_error += v.exits_error;
+                sum.exits_signal += v.exits_signal;
+                sum.exits_unknown += v.exits_unknown;
+            }
+            if reap.contains(&cgroup_id) {
+                dead_processes.push(cgroup_id);
+            }
+            snap.processes.push((cgroup_id, sum));
+        }
+
         for (i, slot) in snap.losses.iter_mut().enumerate() {
             let values = self
                 .losses
@@ -269,38 +275,16 @@ impl Actor {
                 warn!(cgroup_id = key.cgroup_id, error = %e, "reaping an errno entry failed");
             }
         }
+        for id in &dead_processes {
+            if let Err(e) = self.processes.remove(id) {
+                warn!(cgroup_id = id, error = %e, "reaping process counters failed");
+            }
+        }
         for id in &reap {
             // Not an error when absent (the cgroup was never selected).
             let _ = self.filter.remove(id);
         }
         snap.reaped = reap.into_iter().collect();
         Ok(snap)
-    }
-}
-
-fn parse_event(bytes: &[u8]) -> Option<CgroupChange> {
-    if bytes.len() < size_of::<CgroupEvent>() {
-        warn!(len = bytes.len(), "short ring buffer record");
-        return None;
-    }
-    // SAFETY: the record holds at least size_of::<CgroupEvent>() bytes written by the kernel
-    // program; CgroupEvent is plain old data, read unaligned.
-    let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let len = (ev.path_len as usize).min(CGROUP_PATH_MAX);
-    let path = String::from_utf8_lossy(ev.path.get(..len).unwrap_or_default()).into_owned();
-    match ev.kind {
-        event_kind::CGROUP_MKDIR => Some(CgroupChange::Created {
-            cgroup_id: ev.cgroup_id,
-            path,
-            truncated: ev.truncated != 0,
-        }),
-        event_kind::CGROUP_RMDIR => Some(CgroupChange::Removed {
-            cgroup_id: ev.cgroup_id,
-            path,
-        }),
-        other => {
-            warn!(kind = other, "unknown ring buffer event");
-            None
-        }
     }
 }

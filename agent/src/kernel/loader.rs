@@ -1,9 +1,10 @@
 //! Load the programs object with this host's parameters and attach the hooks.
 //!
-//! Required hooks (raw tracepoints `sys_enter`/`sys_exit`) fail the load with a one-line error;
-//! optional ones (`cgroup:cgroup_mkdir`/`rmdir`) are logged and skipped, and the agent falls
-//! back to periodic rescans of the cgroup tree. Everything loaded is owned by the returned
-//! [`aya::Ebpf`]; dropping it detaches every link, so an error leaves nothing attached.
+//! Required hooks (raw tracepoints `sys_enter`/`sys_exit`) fail the load with a one-line error.
+//! Optional hook groups (classic tracepoints) are logged and skipped when the kernel refuses them
+//! or their record layout cannot be read; the agent then degrades as [`Hook`] documents.
+//! Everything loaded is owned by the returned [`aya::Ebpf`]; dropping it detaches every link,
+//! so an error leaves nothing attached.
 use std::path::Path;
 
 use aya::{
@@ -14,7 +15,7 @@ use aya::{
 use palisade_common::{CONFIG_CGROUP_CACHE, names};
 
 use super::{KernelError, PROGRAMS_OBJECT, describe_program_error};
-use crate::tracefs::Format;
+use crate::{btf::Btf, tracefs::Format};
 
 /// Host parameters baked into the programs at load time.
 #[derive(Debug, Clone)]
@@ -24,16 +25,44 @@ pub struct LoadOptions<'a> {
     pub thread_slots: u32,
     pub stats_max_entries: u32,
     pub errno_max_entries: u32,
-    /// tracefs mount, for the cgroup tracepoints' record layout; `None` skips them.
+    /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// tracefs mount, for the classic tracepoints' record layouts; `None` skips them.
     pub tracefs: Option<&'a Path>,
+}
+
+/// Optional hook groups, attached together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `sched_process_fork` + `cgroup_attach_task`: the per-thread cgroup id cache and fork
+    /// counts. Without it every syscall exit asks the kernel for the cgroup id (slower).
+    CgroupCache,
+    /// `cgroup_mkdir`/`cgroup_rmdir`: cgroup discovery events. Without it, rescans only.
+    CgroupEvents,
+    /// `sched_process_exec`/`sched_process_exit`: exec and exit events and counts.
+    ProcessEvents,
+    /// `oom:mark_victim`: OOM kill events.
+    OomEvents,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::CgroupCache => "cgroup_cache",
+            Hook::CgroupEvents => "cgroup_events",
+            Hook::ProcessEvents => "process_events",
+            Hook::OomEvents => "oom_events",
+        }
+    }
 }
 
 pub struct Loaded {
     pub ebpf: Ebpf,
-    /// Why the cgroup lifecycle tracepoints are not attached (`None` when they are).
-    pub cgroup_events_unavailable: Option<String>,
-    /// Why the per-thread cgroup id cache is off (`None` when it is on).
-    pub cgroup_cache_unavailable: Option<String>,
+    /// Each optional hook group and why it is not attached (`None` when it is).
+    pub optional: Vec<(Hook, Option<String>)>,
+    /// Why `task_struct`/`mm_struct` fields cannot be read (no BTF), if so: exec events then
+    /// lack arguments and parent, exit events lack status and lifetime.
+    pub task_offsets_unavailable: Option<String>,
 }
 
 /// x86_64 ABI constants for the syscall programs.
@@ -54,70 +83,177 @@ mod abi {
 /// default hierarchy always has id 0 (v1 hierarchies are numbered from 1, see /proc/cgroups).
 const UNIFIED_HIERARCHY_ID: u32 = 0;
 
-struct CgroupOffsets {
-    root: u32,
-    level: u32,
-    id: u32,
-    path: u32,
+/// Marks an optional record field that the kernel's format lacks.
+const ABSENT: u32 = u32::MAX;
+
+/// A record field a program needs: (global to set, field name, required).
+type Field = (&'static str, &'static str, bool);
+/// The fields of one tracepoint: (category, event, fields).
+type EventFields = (&'static str, &'static str, &'static [Field]);
+/// Globals to set: (global, offset).
+type Globals = Vec<(&'static str, u32)>;
+
+/// One optional group: its programs (program, category, event) and the record fields they need.
+struct Group {
+    hook: Hook,
+    programs: &'static [(&'static str, &'static str, &'static str)],
+    fields: &'static [EventFields],
 }
 
-fn cgroup_offsets(tracefs: &Path) -> Result<CgroupOffsets, String> {
-    let mkdir = Format::read(tracefs, "cgroup", "cgroup_mkdir").map_err(|e| e.to_string())?;
-    let rmdir = Format::read(tracefs, "cgroup", "cgroup_rmdir").map_err(|e| e.to_string())?;
-    let get = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
-    let o = CgroupOffsets {
-        root: get(&mkdir, "root")?,
-        level: get(&mkdir, "level")?,
-        id: get(&mkdir, "id")?,
-        path: get(&mkdir, "path")?,
-    };
-    // One program body serves both events: their layouts must agree.
-    for (field, off) in [
-        ("root", o.root),
-        ("level", o.level),
-        ("id", o.id),
-        ("path", o.path),
-    ] {
-        if get(&rmdir, field)? != off {
-            return Err(format!(
-                "cgroup_rmdir.{field} is not at the offset of cgroup_mkdir.{field}"
-            ));
+const GROUPS: &[Group] = &[
+    Group {
+        hook: Hook::CgroupCache,
+        programs: &[
+            (names::PROG_PROCESS_FORK, "sched", "sched_process_fork"),
+            (names::PROG_SLOT_ATTACH, "cgroup", "cgroup_attach_task"),
+        ],
+        fields: &[
+            (
+                "sched",
+                "sched_process_fork",
+                &[(names::GLOBAL_FORK_OFF_CHILD_PID, "child_pid", true)],
+            ),
+            (
+                "cgroup",
+                "cgroup_attach_task",
+                &[
+                    (names::GLOBAL_ATTACH_OFF_ROOT, "dst_root", true),
+                    (names::GLOBAL_ATTACH_OFF_ID, "dst_id", true),
+                    (names::GLOBAL_ATTACH_OFF_PID, "pid", true),
+                ],
+            ),
+        ],
+    },
+    Group {
+        hook: Hook::CgroupEvents,
+        programs: &[
+            (names::PROG_CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
+            (names::PROG_CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
+        ],
+        fields: &[
+            (
+                "cgroup",
+                "cgroup_mkdir",
+                &[
+                    (names::GLOBAL_CG_OFF_ROOT, "root", true),
+                    (names::GLOBAL_CG_OFF_LEVEL, "level", true),
+                    (names::GLOBAL_CG_OFF_ID, "id", true),
+                    (names::GLOBAL_CG_OFF_PATH, "path", true),
+                ],
+            ),
+            // One program body serves both: rmdir must have the same layout (checked below).
+        ],
+    },
+    Group {
+        hook: Hook::ProcessEvents,
+        programs: &[
+            (names::PROG_PROCESS_EXEC, "sched", "sched_process_exec"),
+            (names::PROG_PROCESS_EXIT, "sched", "sched_process_exit"),
+        ],
+        fields: &[
+            (
+                "sched",
+                "sched_process_exec",
+                &[
+                    (names::GLOBAL_EXEC_OFF_FILENAME, "filename", true),
+                    (names::GLOBAL_EXEC_OFF_OLD_PID, "old_pid", true),
+                ],
+            ),
+            (
+                "sched",
+                "sched_process_exit",
+                &[(names::GLOBAL_EXIT_OFF_GROUP_DEAD, "group_dead", false)],
+            ),
+        ],
+    },
+    Group {
+        hook: Hook::OomEvents,
+        programs: &[(names::PROG_OOM_VICTIM, "oom", "mark_victim")],
+        fields: &[(
+            "oom",
+            "mark_victim",
+            &[
+                (names::GLOBAL_OOM_OFF_PID, "pid", true),
+                (names::GLOBAL_OOM_OFF_UID, "uid", true),
+                (names::GLOBAL_OOM_OFF_COMM, "comm", true),
+            ],
+        )],
+    },
+];
+
+/// Reads the record offsets of a group: the globals to set, or why the group cannot run.
+fn group_offsets(tracefs: Option<&Path>, g: &Group) -> Result<Globals, String> {
+    let tracefs = tracefs.ok_or_else(|| "tracefs is not available".to_owned())?;
+    let mut out = Vec::new();
+    for (category, event, fields) in g.fields {
+        let f = Format::read(tracefs, category, event).map_err(|e| e.to_string())?;
+        for (global, field, required) in *fields {
+            match f.offset(field) {
+                Ok(off) => out.push((*global, off)),
+                Err(e) if *required => return Err(e.to_string()),
+                Err(_) => out.push((*global, ABSENT)),
+            }
         }
     }
-    Ok(o)
+    if g.hook == Hook::CgroupEvents {
+        let rmdir = Format::read(tracefs, "cgroup", "cgroup_rmdir").map_err(|e| e.to_string())?;
+        for (global, field) in [
+            (names::GLOBAL_CG_OFF_ROOT, "root"),
+            (names::GLOBAL_CG_OFF_LEVEL, "level"),
+            (names::GLOBAL_CG_OFF_ID, "id"),
+            (names::GLOBAL_CG_OFF_PATH, "path"),
+        ] {
+            let mkdir = out.iter().find(|(g, _)| *g == global).map(|(_, o)| *o);
+            if rmdir.offset(field).ok() != mkdir {
+                return Err(format!(
+                    "cgroup_rmdir.{field} is not where cgroup_mkdir.{field} is"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
-/// Offsets for the thread-slot cache tracepoints: (fork child_pid, attach dst_root, dst_id, pid).
-fn slot_offsets(tracefs: &Path) -> Result<(u32, u32, u32, u32), String> {
-    let fork = Format::read(tracefs, "sched", "sched_process_fork").map_err(|e| e.to_string())?;
-    let attach =
-        Format::read(tracefs, "cgroup", "cgroup_attach_task").map_err(|e| e.to_string())?;
-    let get = |f: &Format, name: &str| f.offset(name).map_err(|e| e.to_string());
-    Ok((
-        get(&fork, "child_pid")?,
-        get(&attach, "dst_root")?,
-        get(&attach, "dst_id")?,
-        get(&attach, "pid")?,
-    ))
+/// `task_struct`/`mm_struct` member offsets from the kernel's BTF.
+fn task_offsets() -> Result<Globals, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
+    let get = |ty: &str, m: &str| btf.member_offset(ty, m).map_err(|e| e.to_string());
+    Ok(vec![
+        (names::GLOBAL_TASK_OFF_MM, get("task_struct", "mm")?),
+        (
+            names::GLOBAL_TASK_OFF_REAL_PARENT,
+            get("task_struct", "real_parent")?,
+        ),
+        (names::GLOBAL_TASK_OFF_TGID, get("task_struct", "tgid")?),
+        (
+            names::GLOBAL_TASK_OFF_EXIT_CODE,
+            get("task_struct", "exit_code")?,
+        ),
+        (
+            names::GLOBAL_TASK_OFF_START_TIME,
+            get("task_struct", "start_time")?,
+        ),
+        (
+            names::GLOBAL_MM_OFF_ARG_START,
+            get("mm_struct", "arg_start")?,
+        ),
+        (names::GLOBAL_MM_OFF_ARG_END, get("mm_struct", "arg_end")?),
+    ])
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
-    let no_tracefs = || "tracefs is not available".to_owned();
-    let offsets = opts
-        .tracefs
-        .map_or_else(|| Err(no_tracefs()), cgroup_offsets);
-    let slot = opts.tracefs.map_or_else(|| Err(no_tracefs()), slot_offsets);
-    let (fork_child, attach_root, attach_id, attach_pid) =
-        slot.as_ref().map_or((20, 8, 16, 24), |o| *o);
+    let groups: Vec<(Hook, Result<Globals, String>)> = GROUPS
+        .iter()
+        .map(|g| (g.hook, group_offsets(opts.tracefs, g)))
+        .collect();
+    let task = task_offsets();
+    let have_task: u32 = task.is_ok().into();
+
     let filter: u32 = opts.filter_enabled.into();
     let mask: u32 = opts.thread_slots - 1;
-    let (root, level, id, path) = match &offsets {
-        Ok(o) => (o.root, o.level, o.id, o.path),
-        Err(_) => (8, 12, 16, 24),
-    };
     let mut loader = EbpfLoader::new();
     loader
-        // No CO-RE relocations are used; skip parsing the kernel's BTF.
+        // No CO-RE relocations are used; skip parsing the kernel's BTF here.
         .btf(None)
         .override_global(names::GLOBAL_FILTER_ENABLED, &filter, true)
         .override_global(names::GLOBAL_THREAD_SLOT_MASK, &mask, true)
@@ -128,37 +264,38 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         )
         .override_global(names::GLOBAL_NR_EXIT, &abi::NR_EXIT, true)
         .override_global(names::GLOBAL_NR_EXIT_GROUP, &abi::NR_EXIT_GROUP, true)
-        .override_global(names::GLOBAL_UNIFIED_HIERARCHY, &UNIFIED_HIERARCHY_ID, true)
-        .override_global(names::GLOBAL_CG_OFF_ROOT, &root, true)
-        .override_global(names::GLOBAL_CG_OFF_LEVEL, &level, true)
-        .override_global(names::GLOBAL_CG_OFF_ID, &id, true)
-        .override_global(names::GLOBAL_CG_OFF_PATH, &path, true)
         .override_global(names::GLOBAL_NR_CLONE, &abi::NR_CLONE, true)
         .override_global(names::GLOBAL_NR_CLONE3, &abi::NR_CLONE3, true)
         .override_global(names::GLOBAL_NR_FORK, &abi::NR_FORK, true)
         .override_global(names::GLOBAL_NR_VFORK, &abi::NR_VFORK, true)
-        .override_global(names::GLOBAL_FORK_OFF_CHILD_PID, &fork_child, true)
-        .override_global(names::GLOBAL_ATTACH_OFF_ROOT, &attach_root, true)
-        .override_global(names::GLOBAL_ATTACH_OFF_ID, &attach_id, true)
-        .override_global(names::GLOBAL_ATTACH_OFF_PID, &attach_pid, true)
+        .override_global(names::GLOBAL_UNIFIED_HIERARCHY, &UNIFIED_HIERARCHY_ID, true)
+        .override_global(names::GLOBAL_HAVE_TASK_OFFSETS, &have_task, true)
         .map_max_entries(names::MAP_THREAD_SLOTS, opts.thread_slots)
         .map_max_entries(names::MAP_SYSCALL_STATS, opts.stats_max_entries)
-        .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries);
+        .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries)
+        .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_bytes);
+    // Offsets of groups that cannot run keep the programs' defaults; those programs stay
+    // unattached anyway.
+    for (_, offsets) in &groups {
+        for (global, off) in offsets.iter().flatten() {
+            loader.override_global(global, off, true);
+        }
+    }
+    for (global, off) in task.iter().flatten() {
+        loader.override_global(global, off, true);
+    }
     let mut ebpf = loader.load(PROGRAMS_OBJECT).map_err(KernelError::Object)?;
 
-    // The cache keepers go first: once the syscall programs run, every fork and migration must
-    // already be seen.
-    let cgroup_cache_unavailable = match slot {
-        Err(e) => Some(e),
-        Ok(_) => attach_tracepoints(
-            &mut ebpf,
-            &[
-                (names::PROG_SLOT_FORK, "sched", "sched_process_fork"),
-                (names::PROG_SLOT_ATTACH, "cgroup", "cgroup_attach_task"),
-            ],
-        )
-        .err(),
-    };
+    // Optional groups first: once the syscall programs run, every fork and migration must
+    // already be seen by the cgroup cache keepers.
+    let mut optional = Vec::new();
+    for (g, (hook, offsets)) in GROUPS.iter().zip(groups) {
+        let why = match offsets {
+            Err(e) => Some(e),
+            Ok(_) => attach_tracepoints(&mut ebpf, g.programs).err(),
+        };
+        optional.push((hook, why));
+    }
 
     for (prog, tp) in [
         (names::PROG_SYS_ENTER, "sys_enter"),
@@ -183,42 +320,29 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         })?;
     }
 
-    if cgroup_cache_unavailable.is_none() {
+    let cache_on = optional
+        .iter()
+        .any(|(h, why)| *h == Hook::CgroupCache && why.is_none());
+    if cache_on {
+        let map_err = |source| KernelError::Map {
+            map: names::MAP_CONFIG,
+            source,
+        };
         let mut config: Array<_, u32> = Array::try_from(
             ebpf.map_mut(names::MAP_CONFIG)
                 .ok_or(KernelError::MissingMap(names::MAP_CONFIG))?,
         )
-        .map_err(|source| KernelError::Map {
-            map: names::MAP_CONFIG,
-            source,
-        })?;
-        config
-            .set(CONFIG_CGROUP_CACHE, 1, 0)
-            .map_err(|source| KernelError::Map {
-                map: names::MAP_CONFIG,
-                source,
-            })?;
+        .map_err(map_err)?;
+        config.set(CONFIG_CGROUP_CACHE, 1, 0).map_err(map_err)?;
     }
-
-    let cgroup_events_unavailable = match offsets {
-        Err(e) => Some(e),
-        Ok(_) => attach_tracepoints(
-            &mut ebpf,
-            &[
-                (names::PROG_CGROUP_MKDIR, "cgroup", "cgroup_mkdir"),
-                (names::PROG_CGROUP_RMDIR, "cgroup", "cgroup_rmdir"),
-            ],
-        )
-        .err(),
-    };
     Ok(Loaded {
         ebpf,
-        cgroup_events_unavailable,
-        cgroup_cache_unavailable,
+        optional,
+        task_offsets_unavailable: task.err(),
     })
 }
 
-/// Loads and attaches optional classic tracepoint programs: (program, category, event).
+/// Loads and attaches classic tracepoint programs: (program, category, event).
 fn attach_tracepoints(ebpf: &mut Ebpf, progs: &[(&str, &str, &str)]) -> Result<(), String> {
     for (prog, category, name) in progs {
         let p: &mut TracePoint = ebpf

@@ -1,9 +1,11 @@
 //! The kernel side: loading and attaching Palisade's eBPF programs, and the actor that owns the
 //! loaded object (nobody else touches maps).
 mod actor;
+pub mod events;
 mod loader;
 
-pub use actor::{CgroupChange, KernelHandle, KernelSnapshot, spawn};
+pub use actor::{KernelHandle, KernelSnapshot, spawn};
+pub use events::{CgroupChange, KernelEvent};
 pub use loader::{LoadOptions, load};
 
 /// The compiled eBPF objects, built by build.rs with the nightly toolchain.

@@ -5,17 +5,23 @@
 //! name), `syscall` (x86_64 name, or the number where unknown), `errno` (symbolic, e.g. EBADF).
 //! Cgroups that share a name (e.g. a container and a sub-cgroup the rules could not tell apart)
 //! are summed, so every label set appears once.
+mod containers;
 pub mod histogram;
+mod own;
+mod syscalls;
 
-use std::collections::BTreeMap;
-
-use palisade_common::{SyscallStats, loss};
 use prometheus::{
     Encoder as _, TextEncoder,
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::{config::MetricsConfig, features::Feature, identity::Registry, model::Model, syscalls};
+use crate::{
+    config::MetricsConfig,
+    events::Hub,
+    features::Feature,
+    identity::{Identity, Registry},
+    model::Model,
+};
 
 /// Static facts rendered on every scrape.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +61,7 @@ impl SelfMetrics {
     }
 }
 
-fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(crate) fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -67,7 +73,7 @@ fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+pub(crate) fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
     f.set_help(help.to_owned());
@@ -75,7 +81,7 @@ fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     f
 }
 
-fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(crate) fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut c = Counter::default();
     c.set_value(value);
     let mut m = Metric::from_label(label_pairs(labels));
@@ -83,7 +89,7 @@ fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
     m
 }
 
-fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
+pub(crate) fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(value);
     let mut m = Metric::from_label(label_pairs(labels));
@@ -91,7 +97,7 @@ fn gauge(labels: &[(&str, &str)], value: f64) -> Metric {
     m
 }
 
-fn histogram(labels: &[(&str, &str)], h: &histogram::PromHistogram) -> Metric {
+pub(crate) fn histogram(labels: &[(&str, &str)], h: &histogram::PromHistogram) -> Metric {
     let mut p = Histogram::default();
     p.set_sample_count(h.count);
     p.set_sample_sum(h.sum_seconds);
@@ -111,262 +117,120 @@ fn histogram(labels: &[(&str, &str)], h: &histogram::PromHistogram) -> Metric {
     m
 }
 
-#[derive(Default)]
-struct ContainerAgg {
-    syscalls: BTreeMap<u32, SyscallStats>,
-    errnos: BTreeMap<u32, BTreeMap<u32, u64>>,
+/// Everything one render reads.
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub registry: &'a Registry,
+    pub info: &'a Info,
+    pub cfg: &'a MetricsConfig,
+    pub hub: Option<&'a Hub>,
+    /// Process-table entries dropped to stay within bounds, and entries now.
+    pub procs_evicted: u64,
+    pub procs_live: usize,
 }
 
-fn add(into: &mut SyscallStats, s: &SyscallStats) {
-    into.calls += s.calls;
-    into.time_ns += s.time_ns;
-    for (a, b) in into.hist.iter_mut().zip(s.hist.iter()) {
-        *a += b;
+/// The cardinality cap shared by all per-container families.
+pub(crate) struct Budget {
+    left: usize,
+    pub dropped: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        Self {
+            left: max,
+            dropped: 0,
+        }
+    }
+
+    /// Takes `n` series if they fit; otherwise counts them as dropped.
+    pub fn take(&mut self, n: usize) -> bool {
+        if n <= self.left {
+            self.left -= n;
+            true
+        } else {
+            self.dropped += n;
+            false
+        }
     }
 }
 
-/// Sums the model by container name (cgroups the registry does not know are `other`).
-fn aggregate(model: &Model, registry: &Registry) -> BTreeMap<String, ContainerAgg> {
-    let mut out: BTreeMap<String, ContainerAgg> = BTreeMap::new();
-    for (id, stats) in &model.by_cgroup {
-        let name = registry.get(*id).map_or("other", |i| i.name.as_str());
-        let agg = out.entry(name.to_owned()).or_default();
-        for (nr, s) in &stats.syscalls {
-            add(agg.syscalls.entry(*nr).or_insert(SyscallStats::ZERO), s);
-        }
-        for ((nr, errno), n) in &stats.errnos {
-            *agg.errnos
-                .entry(*nr)
-                .or_default()
-                .entry(*errno)
-                .or_default() += n;
-        }
-    }
-    out
+/// Who per-container palisade_* series belong to: the container name plus, for Kubernetes,
+/// namespace and pod (left out when empty). Cgroups with the same key are summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ContainerKey {
+    pub name: String,
+    pub namespace: String,
+    pub pod: String,
 }
 
-/// The per-container families and the number of series the cap left out.
-fn container_families(
-    model: &Model,
-    registry: &Registry,
-    cfg: &MetricsConfig,
-) -> (Vec<MetricFamily>, usize) {
-    let mut calls = family(
-        "palisade_syscalls_total",
-        "Completed syscalls per container and syscall (exit and exit_group counted at entry).",
-        MetricType::COUNTER,
-    );
-    let mut errors = family(
-        "palisade_syscall_errors_total",
-        "Syscalls that returned an error, per container, syscall and errno.",
-        MetricType::COUNTER,
-    );
-    let mut duration = family(
-        "palisade_syscall_duration_seconds",
-        "Syscall latency from sys_enter to sys_exit, per container and syscall (log2 buckets).",
-        MetricType::HISTOGRAM,
-    );
-    let step = cfg.latency_bucket_step.0;
-    let hist_series = if cfg.syscall_latency {
-        histogram::series_per_histogram(step)
-    } else {
-        0
-    };
-    let mut budget = cfg.max_series;
-    let mut dropped = 0usize;
-    for (container, agg) in aggregate(model, registry) {
-        for (nr, stats) in &agg.syscalls {
-            let errnos = agg.errnos.get(nr);
-            let want = 1 + hist_series + errnos.map_or(0, BTreeMap::len);
-            if want > budget {
-                dropped += want;
-                continue;
-            }
-            budget -= want;
-            let name = syscalls::name(*nr);
-            let labels = [
-                ("container", container.as_str()),
-                ("syscall", name.as_ref()),
-            ];
-            calls
-                .mut_metric()
-                .push(counter(&labels, stats.calls as f64));
-            if cfg.syscall_latency {
-                let h = histogram::convert(&stats.hist, stats.time_ns, step);
-                duration.mut_metric().push(histogram(&labels, &h));
-            }
-            for (errno, n) in errnos.into_iter().flatten() {
-                let e = syscalls::errno_name(*errno);
-                errors.mut_metric().push(counter(
-                    &[
-                        ("container", container.as_str()),
-                        ("syscall", name.as_ref()),
-                        ("errno", e.as_ref()),
-                    ],
-                    *n as f64,
-                ));
-            }
-        }
-        // errnos of syscalls without a stats entry (its map was full): still worth showing
-        for (nr, per_errno) in &agg.errnos {
-            if agg.syscalls.contains_key(nr) {
-                continue;
-            }
-            let name = syscalls::name(*nr);
-            for (errno, n) in per_errno {
-                if budget == 0 {
-                    dropped += 1;
-                    continue;
-                }
-                budget -= 1;
-                let e = syscalls::errno_name(*errno);
-                errors.mut_metric().push(counter(
-                    &[
-                        ("container", container.as_str()),
-                        ("syscall", name.as_ref()),
-                        ("errno", e.as_ref()),
-                    ],
-                    *n as f64,
-                ));
-            }
+impl ContainerKey {
+    /// Unknown cgroups (the registry was full) are `other`.
+    pub fn of(identity: Option<&Identity>) -> Self {
+        match identity {
+            Some(i) => Self {
+                name: i.name.clone(),
+                namespace: i.namespace.clone(),
+                pod: i.pod.clone(),
+            },
+            None => Self {
+                name: "other".into(),
+                ..Self::default()
+            },
         }
     }
-    let mut fams = vec![calls, errors];
-    if cfg.syscall_latency {
-        fams.push(duration);
+
+    /// Labels, plus `extra` ones after them.
+    pub fn labels<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = vec![("container", self.name.as_str())];
+        if !self.namespace.is_empty() {
+            v.push(("namespace", self.namespace.as_str()));
+        }
+        if !self.pod.is_empty() {
+            v.push(("pod", self.pod.as_str()));
+        }
+        v.extend_from_slice(extra);
+        v
     }
-    (fams, dropped)
-}
-
-fn self_families(
-    model: &Model,
-    registry: &Registry,
-    info: &Info,
-    series_dropped: usize,
-) -> Vec<MetricFamily> {
-    let mut out = Vec::new();
-
-    let mut f = family(
-        "palisade_build_info",
-        "Palisade build: version and git commit (value is always 1).",
-        MetricType::GAUGE,
-    );
-    f.mut_metric().push(gauge(
-        &[
-            ("version", env!("CARGO_PKG_VERSION")),
-            (
-                "commit",
-                option_env!("PALISADE_GIT_COMMIT").unwrap_or("unknown"),
-            ),
-        ],
-        1.0,
-    ));
-    out.push(f);
-
-    let mut f = family(
-        "palisade_kernel_feature",
-        "Kernel features found by trying them at start (1 available, 0 not); see `palisade doctor`.",
-        MetricType::GAUGE,
-    );
-    for feat in &info.features {
-        f.mut_metric().push(gauge(
-            &[("feature", feat.name)],
-            if feat.available { 1.0 } else { 0.0 },
-        ));
-    }
-    out.push(f);
-
-    let mut f = family(
-        "palisade_kernel_lost_total",
-        "Data the kernel side could not record, by reason (map full, ring buffer full, untimed syscall).",
-        MetricType::COUNTER,
-    );
-    for (i, reason) in loss::REASONS.iter().enumerate() {
-        let v = model.losses.get(i).copied().unwrap_or(0);
-        f.mut_metric()
-            .push(counter(&[("reason", reason)], v as f64));
-    }
-    out.push(f);
-
-    let mut entries = family(
-        "palisade_bpf_map_entries",
-        "Entries in Palisade's kernel maps at the last read.",
-        MetricType::GAUGE,
-    );
-    let mut capacity = family(
-        "palisade_bpf_map_capacity",
-        "Capacity of Palisade's kernel maps (entries).",
-        MetricType::GAUGE,
-    );
-    for (map, cap) in &info.map_capacity {
-        let n = match *map {
-            palisade_common::names::MAP_SYSCALL_STATS => model.stats_entries,
-            palisade_common::names::MAP_SYSCALL_ERRNOS => model.errno_entries,
-            _ => continue,
-        };
-        entries.mut_metric().push(gauge(&[("map", map)], n as f64));
-        capacity
-            .mut_metric()
-            .push(gauge(&[("map", map)], *cap as f64));
-    }
-    out.push(entries);
-    out.push(capacity);
-
-    let (live, removed) = registry.counts();
-    let mut f = family(
-        "palisade_cgroups",
-        "Cgroups in the identity registry: live, or removed and kept for the grace period.",
-        MetricType::GAUGE,
-    );
-    f.mut_metric()
-        .push(gauge(&[("state", "live")], live as f64));
-    f.mut_metric()
-        .push(gauge(&[("state", "removed")], removed as f64));
-    out.push(f);
-
-    let mut f = family(
-        "palisade_identity_dropped_total",
-        "Cgroups not tracked because the identity registry was full (identity.max_cgroups).",
-        MetricType::COUNTER,
-    );
-    f.mut_metric()
-        .push(counter(&[], registry.dropped_total as f64));
-    out.push(f);
-
-    let mut f = family(
-        "palisade_series_dropped",
-        "Per-container series left out of this scrape by the cardinality cap (metrics.max_series).",
-        MetricType::GAUGE,
-    );
-    f.mut_metric().push(gauge(&[], series_dropped as f64));
-    out.push(f);
-    out
 }
 
 /// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
-pub fn render(
-    model: &Model,
-    registry: &Registry,
-    info: &Info,
-    cfg: &MetricsConfig,
-    own: &SelfMetrics,
-) -> Result<(String, usize), prometheus::Error> {
-    let (mut fams, dropped) = container_families(model, registry, cfg);
-    fams.extend(self_families(model, registry, info, dropped));
+pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
+    let mut budget = Budget::new(inp.cfg.max_series);
+    let mut fams = syscalls::families(inp, &mut budget);
+    fams.extend(containers::families(inp, &mut budget));
+    fams.extend(own::families(inp, budget.dropped));
     fams.extend(own.registry.gather());
     // The text encoder rejects empty families (e.g. no errors yet).
     fams.retain(|f| !f.get_metric().is_empty());
     let mut buf = Vec::with_capacity(64 * 1024);
     TextEncoder::new().encode(&fams, &mut buf)?;
-    Ok((String::from_utf8_lossy(&buf).into_owned(), dropped))
+    Ok((String::from_utf8_lossy(&buf).into_owned(), budget.dropped))
 }
 
 #[cfg(test)]
 mod tests {
-    use palisade_common::{HIST_BUCKETS, latency_bucket};
+    use palisade_common::{HIST_BUCKETS, SyscallStats, latency_bucket};
 
     use super::*;
     use crate::{config::Config, model::CgroupStats};
+
+    fn inputs<'a>(
+        model: &'a Model,
+        registry: &'a Registry,
+        info: &'a Info,
+        cfg: &'a MetricsConfig,
+    ) -> Inputs<'a> {
+        Inputs {
+            model,
+            registry,
+            info,
+            cfg,
+            hub: None,
+            procs_evicted: 0,
+            procs_live: 0,
+        }
+    }
 
     fn stats(latencies: &[u64]) -> SyscallStats {
         let mut s = SyscallStats::ZERO;
@@ -405,7 +269,7 @@ mod tests {
             }],
             map_capacity: vec![(palisade_common::names::MAP_SYSCALL_STATS, 10240)],
         };
-        render(&model, &registry, &info, cfg, &own).unwrap()
+        render(&inputs(&model, &registry, &info, cfg), &own).unwrap()
     }
 
     #[test]
@@ -487,14 +351,8 @@ mod tests {
         c.syscalls.insert(110, stats(&[100]));
         model.by_cgroup.insert(12, c);
         let own = SelfMetrics::new().unwrap();
-        let (text, _) = render(
-            &model,
-            &registry,
-            &Info::default(),
-            &Config::default().metrics,
-            &own,
-        )
-        .unwrap();
+        let cfg = Config::default().metrics;
+        let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
         assert!(
             text.contains(
                 "palisade_syscalls_total{container=\"nginx.service\",syscall=\"getppid\"} 4\n"

@@ -1,0 +1,337 @@
+//! A minimal reader of the kernel's BTF (/sys/kernel/btf/vmlinux): enough to find the byte
+//! offset of a struct member, including members inside anonymous structs and unions.
+//!
+//! The eBPF programs do not use CO-RE relocations (the Rust toolchain does not emit them), so the
+//! few kernel struct fields they read (`task_struct.exit_code`, `mm_struct.arg_start`, …) are
+//! located here at load time and passed in as globals. When BTF is missing, the programs are told
+//! so and skip those reads; the agent then falls back to /proc.
+use std::{collections::HashMap, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a BTF blob: {0}")]
+    Format(&'static str),
+    #[error("no struct `{0}` in the kernel BTF")]
+    NoStruct(String),
+    #[error("no member `{member}` in struct `{ty}`")]
+    NoMember { ty: String, member: String },
+    #[error("member `{member}` of struct `{ty}` is a bitfield")]
+    Bitfield { ty: String, member: String },
+}
+
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+    bitfield: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    Composite {
+        members: Vec<Member>,
+    },
+    /// typedef/const/volatile/restrict/type tag: points at another type.
+    Alias(u32),
+    Other,
+}
+
+/// The parsed type table (type id → type; id 0 is `void`).
+#[derive(Debug)]
+pub struct Btf {
+    types: Vec<Type>,
+    structs: HashMap<String, u32>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or(BtfError::Format("truncated"))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a little-endian BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.get(0..2) != Some(&[0x9f, 0xeb]) {
+            return Err(BtfError::Format(
+                "bad magic (big-endian BTF is not supported)",
+            ));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_bytes = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Format("type section out of range"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Format("string section out of range"))?;
+        let name = |off: u32| -> String {
+            let s = strings.get(off as usize..).unwrap_or_default();
+            let end = s.iter().position(|b| *b == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        };
+
+        let mut types = vec![Type::Other]; // id 0: void
+        let mut structs = HashMap::new();
+        let mut p = 0usize;
+        while p < types_bytes.len() {
+            let name_off = u32_at(types_bytes, p)?;
+            let info = u32_at(types_bytes, p + 4)?;
+            let size_or_type = u32_at(types_bytes, p + 8)?;
+            p += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            let id = types.len() as u32;
+            let ty = match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for i in 0..vlen {
+                        let m = p + i * 12;
+                        let off = u32_at(types_bytes, m + 8)?;
+                        let (bit_offset, bitfield) = if kind_flag {
+                            (off & 0x00ff_ffff, off >> 24 != 0)
+                        } else {
+                            (off, false)
+                        };
+                        members.push(Member {
+                            name: name(u32_at(types_bytes, m)?),
+                            type_id: u32_at(types_bytes, m + 4)?,
+                            bit_offset,
+                            bitfield,
+                        });
+                    }
+                    p += vlen * 12;
+                    let n = name(name_off);
+                    if kind == KIND_STRUCT && !n.is_empty() {
+                        structs.entry(n.clone()).or_insert(id);
+                    }
+                    Type::Composite { members }
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias(size_or_type)
+                }
+                _ => {
+                    p += match kind {
+                        1 => 4,               // INT
+                        3 => 12,              // ARRAY
+                        6 => vlen * 8,        // ENUM
+                        13 => vlen * 8,       // FUNC_PROTO
+                        14 => 4,              // VAR
+                        15 => vlen * 12,      // DATASEC
+                        17 => 4,              // DECL_TAG
+                        19 => vlen * 12,      // ENUM64
+                        2 | 7 | 12 | 16 => 0, // PTR, FWD, FUNC, FLOAT
+                        _ => return Err(BtfError::Format("unknown type kind")),
+                    };
+                    Type::Other
+                }
+            };
+            types.push(ty);
+        }
+        Ok(Self { types, structs })
+    }
+
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            match self.types.get(id as usize)? {
+                Type::Alias(next) => id = *next,
+                t => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `member` in `struct ty`, looking through anonymous struct/union members.
+    pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs
+            .get(ty)
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        let bits = self
+            .find(id, member, 0, 0)
+            .ok_or_else(|| BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            })?;
+        match bits {
+            (b, false) if b % 8 == 0 => Ok(b / 8),
+            _ => Err(BtfError::Bitfield {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            }),
+        }
+    }
+
+    fn find(&self, id: u32, member: &str, base: u32, depth: u32) -> Option<(u32, bool)> {
+        if depth > 8 {
+            return None;
+        }
+        let Some(Type::Composite { members, .. }) = self.resolve(id) else {
+            return None;
+        };
+        for m in members {
+            if m.name == member {
+                return Some((base + m.bit_offset, m.bitfield));
+            }
+        }
+        // anonymous members: search inside
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            if let Some(found) = self.find(m.type_id, member, base + m.bit_offset, depth + 1) {
+                return Some(found);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob: struct outer { int a; union { long b; int c; }; const inner d; }
+    /// with struct inner { int x; int y; } — offsets in bits.
+    fn blob() -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut s = |n: &str| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+            off
+        };
+        let (n_int, n_outer, n_inner, n_a, n_b, n_c, n_d, n_x, n_y) = (
+            s("int"),
+            s("outer"),
+            s("inner"),
+            s("a"),
+            s("b"),
+            s("c"),
+            s("d"),
+            s("x"),
+            s("y"),
+        );
+        let mut t = Vec::new();
+        let mut put = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        put(n_int);
+        put(1 << 24);
+        put(4);
+        put(32);
+        // 2: struct inner { int x @0; int y @32 }
+        put(n_inner);
+        put((4 << 24) | 2);
+        put(8);
+        put(n_x);
+        put(1);
+        put(0);
+        put(n_y);
+        put(1);
+        put(32);
+        // 3: const inner
+        put(0);
+        put(10 << 24);
+        put(2);
+        // 4: anonymous union { int b @0; int c @0 }
+        put(0);
+        put((5 << 24) | 2);
+        put(8);
+        put(n_b);
+        put(1);
+        put(0);
+        put(n_c);
+        put(1);
+        put(0);
+        // 5: struct outer { int a @0; union @64; const inner d @128 }
+        put(n_outer);
+        put((4 << 24) | 3);
+        put(24);
+        put(n_a);
+        put(1);
+        put(0);
+        put(0);
+        put(4);
+        put(64);
+        put(n_d);
+        put(3);
+        put(128);
+        let mut out = Vec::new();
+        out.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
+        out.extend_from_slice(&24u32.to_le_bytes()); // hdr_len
+        out.extend_from_slice(&0u32.to_le_bytes()); // type_off
+        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(t.len() as u32).to_le_bytes()); // str_off
+        out.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        out.extend_from_slice(&t);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "c").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "d").unwrap(), 16);
+        assert_eq!(btf.member_offset("inner", "y").unwrap(), 4);
+        assert!(matches!(
+            btf.member_offset("outer", "zz"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(Btf::parse(b"nope").is_err());
+    }
+
+    #[test]
+    fn reads_this_kernels_task_struct() {
+        // The development and CI kernels ship BTF; elsewhere this test has nothing to check.
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("no /sys/kernel/btf/vmlinux on this host; skipping the live check");
+            return;
+        };
+        for (ty, m) in [
+            ("task_struct", "exit_code"),
+            ("task_struct", "tgid"),
+            ("task_struct", "real_parent"),
+            ("task_struct", "start_time"),
+            ("task_struct", "mm"),
+            ("mm_struct", "arg_start"),
+            ("mm_struct", "arg_end"),
+        ] {
+            let off = btf.member_offset(ty, m).unwrap();
+            assert!(off > 0 && off < 16384, "{ty}.{m} at {off}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The JSON event stream: one schema (see the README's "Events"), one hub that fans out to the
+//! event log and to `palisade events` subscribers. Every loss point is counted.
+pub mod sink;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Event kinds (`type` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Exec,
+    Exit,
+    Oom,
+    ContainerStart,
+    ContainerStop,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Exec,
+        EventType::Exit,
+        EventType::Oom,
+        EventType::ContainerStart,
+        EventType::ContainerStop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Exec => "exec",
+            EventType::Exit => "exit",
+            EventType::Oom => "oom",
+            EventType::ContainerStart => "container_start",
+            EventType::ContainerStop => "container_stop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// The container an event belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// Runtime container id (64 hex) where known, else the cgroup path.
+    pub id: String,
+    pub name: String,
+    pub cgroup_id: u64,
+    pub runtime: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+}
+
+/// The process an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub comm: String,
+    /// Executable path as passed to exec ("" when the exec was not seen).
+    #[serde(default)]
+    pub exe: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The argument list was longer than the kernel event carries (1 KiB) and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
+}
+
+/// One event. Type-specific fields are present only for their types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    pub container: ContainerRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRef>,
+    /// `exit`: the exit status when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `exit`: the signal that killed the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `exit`: process lifetime; `container_stop`: time since the cgroup was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_seconds: Option<f64>,
+}
+
+/// RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// Converts kernel CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_at_mono_zero: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Self {
+            wall_at_mono_zero: SystemTime::now()
+                .checked_sub(mono)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        self.wall_at_mono_zero + Duration::from_nanos(ktime_ns)
+    }
+}
+
+/// Fans events out; counts what was published and what each consumer missed.
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+    published: [AtomicU64; EventType::ALL.len()],
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Hub {
+    /// `capacity`: events a slow consumer may fall behind before it loses some.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self {
+            tx,
+            published: Default::default(),
+            dropped: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn publish(&self, ev: Event) {
+        if let Some(i) = EventType::ALL.iter().position(|t| *t == ev.kind)
+            && let Some(c) = self.published.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        // No receiver is not an error: nobody asked for events.
+        let _ = self.tx.send(Arc::new(ev));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Records that consumer `sink` missed `n` events.
+    pub fn count_dropped(&self, sink: &'static str, n: u64) {
+        if let Ok(mut d) = self.dropped.lock() {
+            *d.entry(sink).or_default() += n;
+        }
+    }
+
+    /// (type, published) for every type.
+    pub fn published(&self) -> Vec<(EventType, u64)> {
+        EventType::ALL
+            .iter()
+            .zip(self.published.iter())
+            .map(|(t, c)| (*t, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// (sink, dropped), always listing the built-in sinks.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        let mut d = self.dropped.lock().map(|d| d.clone()).unwrap_or_default();
+        for sink in ["log", "subscriber"] {
+            d.entry(sink).or_default();
+        }
+        d.into_iter().collect()
+    }
+}
+
+/// A subscriber's filter: container name/path globs and event types (empty = all).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub containers: Vec<crate::config::Pattern>,
+    pub types: Vec<EventType>,
+}
+
+impl Filter {
+    pub fn matches(&self, ev: &Event) -> bool {
+        (self.types.is_empty() || self.types.contains(&ev.kind))
+            && (self.containers.is_empty()
+                || self
+                    .containers
+                    .iter()
+                    .any(|p| p.is_match(&ev.container.name) || p.is_match(&ev.container.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample(kind: EventType) -> Event {
+        Event {
+            kind,
+            time: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789)),
+            container: ContainerRef {
+                id: "/palisade/web-0".into(),
+                name: "web-0".into(),
+                cgroup_id: 42,
+                runtime: "palisade".into(),
+                image: String::new(),
+                namespace: String::new(),
+                pod: String::new(),
+            },
+            process: Some(ProcessRef {
+                pid: 7,
+                ppid: Some(1),
+                uid: 0,
+                comm: "true".into(),
+                exe: "/bin/true".into(),
+                args: vec!["/bin/true".into(), "a b".into()],
+                args_truncated: false,
+            }),
+            exit_code: (kind == EventType::Exit).then_some(3),
+            signal: None,
+            lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_stable_shape() {
+        let ev = sample(EventType::Exit);
+        let line = serde_json::to_string(&ev).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"exit","time":"2023-11-14T22:13:20.123456789Z","container":{"id":"/palisade/web-0","name":"web-0","cgroup_id":42,"runtime":"palisade"},"process":{"pid":7,"ppid":1,"uid":0,"comm":"true","exe":"/bin/true","args":["/bin/true","a b"]},"exit_code":3,"lifetime_seconds":0.25}"#
+        );
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ev);
+        for t in EventType::ALL {
+            let e = sample(t);
+            let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+    }
+
+    #[test]
+    fn filters_and_counts() {
+        let hub = Hub::new(16);
+        let mut rx = hub.subscribe();
+        hub.publish(sample(EventType::Exec));
+        hub.publish(sample(EventType::Exec));
+        hub.publish(sample(EventType::Oom));
+        assert_eq!(rx.try_recv().unwrap().kind, EventType::Exec);
+        let counts = hub.published();
+        assert!(counts.contains(&(EventType::Exec, 2)));
+        assert!(counts.contains(&(EventType::Oom, 1)));
+        hub.count_dropped("log", 3);
+        assert!(hub.dropped().contains(&("log", 3)));
+        assert!(hub.dropped().contains(&("subscriber", 0)));
+
+        let f = Filter {
+            containers: vec![crate::config::Pattern::new("web-*").unwrap()],
+            types: vec![EventType::Exit],
+        };
+        assert!(f.matches(&sample(EventType::Exit)));
+        assert!(!f.matches(&sample(EventType::Exec)));
+        let mut other = sample(EventType::Exit);
+        other.container.name = "db".into();
+        other.container.id = "/db".into();
+        assert!(!f.matches(&other));
+        assert!(Filter::default().matches(&other));
+    }
+
+    #[test]
+    fn monotonic_to_wall_clock() {
+        let c = Clock::now();
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        let ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
+        let d = c
+            .wall(ns)
+            .duration_since(SystemTime::now())
+            .unwrap_or_else(|e| e.duration());
+        assert!(d < Duration::from_secs(1), "{d:?}");
+    }
+}

@@ -1,0 +1,279 @@
+//! Per-container process and OOM families (palisade_*) and the cAdvisor-compatible resource
+//! families (container_*), which carry cAdvisor's labels: container, id (cgroup path), image,
+//! namespace, pod.
+use std::collections::BTreeMap;
+
+use palisade_common::ProcessCounts;
+use prometheus::proto::{Metric, MetricFamily, MetricType};
+
+use super::{Budget, ContainerKey, Inputs, counter, family, gauge};
+use crate::resources::Resources;
+
+#[derive(Default)]
+struct ProcAgg {
+    counts: ProcessCounts,
+    has_counts: bool,
+    ooms: u64,
+}
+
+fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
+    let mut agg: BTreeMap<ContainerKey, ProcAgg> = BTreeMap::new();
+    for (id, s) in &inp.model.by_cgroup {
+        if s.processes.is_none() && s.oom_kills == 0 {
+            continue;
+        }
+        let a = agg
+            .entry(ContainerKey::of(inp.registry.get(*id)))
+            .or_default();
+        if let Some(p) = &s.processes {
+            a.has_counts = true;
+            a.counts.forks += p.forks;
+            a.counts.execs += p.execs;
+            a.counts.exits_ok += p.exits_ok;
+            a.counts.exits_error += p.exits_error;
+            a.counts.exits_signal += p.exits_signal;
+            a.counts.exits_unknown += p.exits_unknown;
+        }
+        a.ooms += s.oom_kills;
+    }
+    let mut forks = family(
+        "palisade_process_forks_total",
+        "Tasks (processes and threads) created, per container.",
+        MetricType::COUNTER,
+    );
+    let mut execs = family(
+        "palisade_process_execs_total",
+        "Successful execs, per container.",
+        MetricType::COUNTER,
+    );
+    let mut exits = family(
+        "palisade_process_exits_total",
+        "Processes that ended, per container and reason (exited: status 0, failed: non-zero status, signaled: killed by a signal, unknown: no kernel BTF).",
+        MetricType::COUNTER,
+    );
+    let mut ooms = family(
+        "palisade_oom_kills_total",
+        "Processes the OOM killer chose, per container (oom:mark_victim).",
+        MetricType::COUNTER,
+    );
+    for (key, a) in &agg {
+        if a.has_counts && budget.take(6) {
+            let l = key.labels(&[]);
+            forks.mut_metric().push(counter(&l, a.counts.forks as f64));
+            execs.mut_metric().push(counter(&l, a.counts.execs as f64));
+            for (reason, n) in [
+                ("exited", a.counts.exits_ok),
+                ("failed", a.counts.exits_error),
+                ("signaled", a.counts.exits_signal),
+                ("unknown", a.counts.exits_unknown),
+            ] {
+                exits
+                    .mut_metric()
+                    .push(counter(&key.labels(&[("reason", reason)]), n as f64));
+            }
+        }
+        if a.ooms > 0 && budget.take(1) {
+            ooms.mut_metric()
+                .push(counter(&key.labels(&[]), a.ooms as f64));
+        }
+    }
+    vec![forks, execs, exits, ooms]
+}
+
+/// One cAdvisor family: name, help, type, and how to read it from a cgroup.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    value: fn(&Resources, &Extra) -> Option<f64>,
+}
+
+/// Values that do not come from cgroupfs.
+struct Extra {
+    ooms_seen: u64,
+    last_seen: Option<f64>,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "container_cpu_usage_seconds_total",
+        help: "Cumulative CPU time consumed, in seconds.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cpu_usage_seconds,
+    },
+    Spec {
+        name: "container_cpu_user_seconds_total",
+        help: "Cumulative user CPU time consumed, in seconds.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cpu_user_seconds,
+    },
+    Spec {
+        name: "container_cpu_system_seconds_total",
+        help: "Cumulative system CPU time consumed, in seconds.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cpu_system_seconds,
+    },
+    Spec {
+        name: "container_cpu_cfs_periods_total",
+        help: "Number of elapsed enforcement period intervals.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cfs_periods.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_cpu_cfs_throttled_periods_total",
+        help: "Number of throttled period intervals.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cfs_throttled_periods.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_cpu_cfs_throttled_seconds_total",
+        help: "Total time duration the container has been throttled, in seconds.",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.cfs_throttled_seconds,
+    },
+    Spec {
+        name: "container_memory_usage_bytes",
+        help: "Current memory usage in bytes, including all memory regardless of when it was accessed.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_usage_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_working_set_bytes",
+        help: "Current working set in bytes (usage minus inactive file cache).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_working_set_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_rss",
+        help: "Size of RSS (anonymous memory) in bytes.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_rss_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_cache",
+        help: "Number of bytes of page cache memory.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_cache_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_failcnt",
+        // cAdvisor types it as a counter; typed gauge here because the name has no `_total`
+        // (promtool rejects such counters) and the name is kept for dashboard compatibility.
+        help: "Number of times memory usage hit the limit (monotonic).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_failcnt.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_spec_memory_limit_bytes",
+        help: "Memory limit for the container in bytes (0: unlimited).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_limit_bytes.map(|l| l.unwrap_or(0) as f64),
+    },
+    Spec {
+        name: "container_spec_cpu_quota",
+        help: "CPU quota of the container, in microseconds per period (absent: unlimited).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.cpu_quota_us.flatten().map(|v| v as f64),
+    },
+    Spec {
+        name: "container_spec_cpu_period",
+        help: "CPU period of the container, in microseconds.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.cpu_period_us.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_oom_events_total",
+        help: "OOM kills in the container (memory.events oom_kill, else the kills seen by the agent).",
+        kind: MetricType::COUNTER,
+        value: |r, x| Some(r.oom_kills.unwrap_or(0).max(x.ooms_seen) as f64),
+    },
+    Spec {
+        name: "container_fs_reads_bytes_total",
+        help: "Cumulative bytes read from block devices (all devices).",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.fs_read_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_fs_writes_bytes_total",
+        help: "Cumulative bytes written to block devices (all devices).",
+        kind: MetricType::COUNTER,
+        value: |r, _| r.fs_write_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_processes",
+        help: "Number of processes running inside the container.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.processes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_threads",
+        help: "Number of threads running inside the container.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.threads.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_start_time_seconds",
+        help: "Start time of the container since unix epoch in seconds.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.start_time_seconds,
+    },
+    Spec {
+        name: "container_last_seen",
+        help: "Last time the container was seen by the agent, unix seconds.",
+        kind: MetricType::GAUGE,
+        value: |_, x| x.last_seen,
+    },
+];
+
+fn resource_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
+    let mut per_family: Vec<Vec<Metric>> = SPECS.iter().map(|_| Vec::new()).collect();
+    let mut rows: Vec<_> = inp
+        .model
+        .by_cgroup
+        .iter()
+        .filter_map(|(id, s)| Some((inp.registry.get(*id)?, s)))
+        .filter(|(i, s)| i.is_live() && s.resources.is_some())
+        .collect();
+    rows.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    for (identity, stats) in rows {
+        let Some(r) = &stats.resources else { continue };
+        let extra = Extra {
+            ooms_seen: stats.oom_kills,
+            last_seen: stats.last_seen,
+        };
+        let values: Vec<Option<f64>> = SPECS.iter().map(|s| (s.value)(r, &extra)).collect();
+        if !budget.take(values.iter().flatten().count()) {
+            continue;
+        }
+        let labels = [
+            ("container", identity.name.as_str()),
+            ("id", identity.path.as_str()),
+            ("image", identity.image.as_str()),
+            ("namespace", identity.namespace.as_str()),
+            ("pod", identity.pod.as_str()),
+        ];
+        for ((spec, v), out) in SPECS.iter().zip(values).zip(per_family.iter_mut()) {
+            if let Some(v) = v {
+                out.push(match spec.kind {
+                    MetricType::COUNTER => counter(&labels, v),
+                    _ => gauge(&labels, v),
+                });
+            }
+        }
+    }
+    SPECS
+        .iter()
+        .zip(per_family)
+        .map(|(s, metrics)| {
+            let mut f = family(s.name, s.help, s.kind);
+            *f.mut_metric() = metrics;
+            f
+        })
+        .collect()
+}
+
+pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
+    let mut v = process_families(inp, budget);
+    v.extend(resource_families(inp, budget));
+    v
+}
