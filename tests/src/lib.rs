@@ -89,7 +89,25 @@ pub struct TestCgroup {
     pub rel: String,
     /// The cgroup v2 id (inode number).
     pub id: u64,
+    /// v1 controller directories at the same relative path (hybrid hosts), joined by `command`.
+    pub v1: Vec<(String, PathBuf)>,
     owned: bool,
+}
+
+/// Mount point of a v1 controller (`memory`, `cpu`, …), if this host mounts it.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let opts = r.nth(1)?;
+        opts.split(',')
+            .any(|o| o == controller)
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap_or_default()))
+    })
 }
 
 impl TestCgroup {
@@ -115,40 +133,87 @@ impl TestCgroup {
             path,
             rel,
             id,
+            v1: Vec::new(),
             owned: true,
         }
     }
 
+    /// A fresh test cgroup that also has `controllers` (memory, cpu, …): on hybrid hosts a v1
+    /// directory at the same relative path per controller; on cgroup2-only hosts the controllers
+    /// are enabled for the root's children.
+    pub fn with_controllers(tag: &str, controllers: &[&str]) -> Self {
+        let mut cg = Self::new(tag);
+        for c in controllers {
+            match v1_mount(c) {
+                Some(mount) => {
+                    let dir = mount.join(cg.rel.trim_start_matches('/'));
+                    std::fs::create_dir(&dir)
+                        .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                    cg.v1.push(((*c).to_owned(), dir));
+                }
+                None => {
+                    let ctl = unified_root().join("cgroup.subtree_control");
+                    let on = std::fs::read_to_string(&ctl).unwrap_or_default();
+                    if !on.split_whitespace().any(|x| x == *c) {
+                        std::fs::write(&ctl, format!("+{c}"))
+                            .unwrap_or_else(|e| panic!("enable {c} in {}: {e}", ctl.display()));
+                    }
+                }
+            }
+        }
+        cg
+    }
+
+    /// Writes a controller file: the v1 directory of `controller` when there is one, else the
+    /// unified directory (use the v2 file name there).
+    pub fn set(&self, controller: &str, v1_file: &str, v2_file: &str, value: &str) {
+        let path = match self.v1.iter().find(|(c, _)| c == controller) {
+            Some((_, dir)) => dir.join(v1_file),
+            None => self.path.join(v2_file),
+        };
+        std::fs::write(&path, value)
+            .unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
+    }
+
     /// Removes the cgroup now (it must be empty) and returns its id.
     pub fn remove(mut self) -> u64 {
-        remove_tree(&self.path);
+        self.remove_all();
         self.owned = false;
         self.id
     }
 
-    /// A command that moves itself into this cgroup before `exec`, so everything the program
-    /// does is accounted to the cgroup from its first instruction.
+    fn remove_all(&self) {
+        remove_tree(&self.path);
+        for (_, dir) in &self.v1 {
+            remove_tree(dir);
+        }
+    }
+
+    /// A command that moves itself into this cgroup (and its v1 directories) before `exec`, so
+    /// everything the program does is accounted to the cgroup from its first instruction.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let procs = std::ffi::CString::new(
-            self.path
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let procs: Vec<std::ffi::CString> = std::iter::once(&self.path)
+            .chain(self.v1.iter().map(|(_, d)| d))
+            .map(|d| {
+                std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                    .unwrap_or_else(|e| panic!("cgroup path: {e}"))
+            })
+            .collect();
         let mut cmd = Command::new(program);
         // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
         // functions (open, write, close) on memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if r != 1 {
-                    return Err(std::io::Error::last_os_error());
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if r != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -170,7 +235,7 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         if self.owned {
-            remove_tree(&self.path);
+            self.remove_all();
         }
     }
 }
@@ -210,9 +275,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
+    pub fn with_events(config: &str, args: &[&str]) -> Self {
+        Self::start_inner(config, args, true)
+    }
+
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
+        Self::start_inner(config, args, false)
+    }
+
+    fn start_inner(config: &str, args: &[&str], events: bool) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("palisade.yaml");
@@ -228,6 +302,17 @@ impl Agent {
             .arg(&ready)
             .arg("--control-socket")
             .arg(dir.path().join("agent.sock"))
+            .args(if events {
+                vec![
+                    "--events".to_owned(),
+                    dir.path()
+                        .join("events.jsonl")
+                        .to_string_lossy()
+                        .into_owned(),
+                ]
+            } else {
+                vec![]
+            })
             .args(args)
             .env("RUST_LOG", "info,palisade=debug")
             .stdin(Stdio::null())
@@ -259,6 +344,28 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The event log (`--events`, JSON lines) of an agent started with [`Agent::with_events`].
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits until the event log holds at least `n` events matching `pred`, returns them.
+    pub fn wait_events(
+        &self,
+        n: usize,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        wait_for(Duration::from_secs(20), what, || {
+            let v: Vec<_> = self.events().into_iter().filter(|e| pred(e)).collect();
+            (v.len() >= n).then_some(v)
+        })
     }
 
     /// This agent's control socket.
@@ -354,17 +461,26 @@ impl Agent {
         (maps, progs)
     }
 
-    /// Cgroup ids that have at least one key in the agent's syscall maps.
+    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
+    /// errnos, process counters).
     pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
         use aya::maps::{Map, MapData, PerCpuHashMap};
         use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
         let mut ids = Vec::new();
         for (id, name) in self.bpf_objects().0 {
-            if name != names::MAP_SYSCALL_STATS && name != names::MAP_SYSCALL_ERRNOS {
+            if name != names::MAP_SYSCALL_STATS
+                && name != names::MAP_SYSCALL_ERRNOS
+                && name != names::MAP_PROCESS_COUNTS
+            {
                 continue;
             }
             let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
-            if name == names::MAP_SYSCALL_STATS {
+            if name == names::MAP_PROCESS_COUNTS {
+                let m: PerCpuHashMap<_, u64, palisade_common::ProcessCounts> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok));
+            } else if name == names::MAP_SYSCALL_STATS {
                 let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
                     PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
                         .unwrap_or_else(|e| panic!("map {id}: {e}"));
@@ -541,6 +657,81 @@ fn parse_labels(body: &str) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// podman flags that work on this project's hosts (runc, cgroupfs manager, no network).
+pub const PODMAN_FLAGS: &[&str] = &[
+    "--runtime",
+    "runc",
+    "--cgroup-manager=cgroupfs",
+    "--network",
+    "none",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// A podman container removed on drop.
+pub struct PodmanContainer(pub String);
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A local podman image holding busybox-static (Debian package), imported once per host.
+pub fn busybox_image() -> String {
+    const IMAGE: &str = "localhost/palisade-test-busybox:latest";
+    let have = Command::new("podman")
+        .args(["image", "exists", IMAGE])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run podman ({e}); install it with `cargo xtask setup`"));
+    if have.success() {
+        return IMAGE.to_owned();
+    }
+    let bb = Path::new("/bin/busybox");
+    assert!(
+        bb.exists(),
+        "/bin/busybox missing: install busybox-static (`cargo xtask setup`)"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let root = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    }
+    std::fs::copy(bb, root.join("bin/busybox")).unwrap_or_else(|e| panic!("copy busybox: {e}"));
+    for applet in ["sh", "sleep", "cat", "true"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .unwrap_or_else(|e| panic!("symlink: {e}"));
+    }
+    let tar = dir.path().join("rootfs.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tar of the busybox rootfs failed");
+    let out = Command::new("podman")
+        .arg("import")
+        .arg(&tar)
+        .arg(IMAGE)
+        .output()
+        .unwrap_or_else(|e| panic!("podman import: {e}"));
+    assert!(
+        out.status.success(),
+        "podman import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    IMAGE.to_owned()
 }
 
 /// Runs `promtool check metrics` on an exposition and panics with its output on failure.

@@ -24,6 +24,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "the peer in `cargo xtask bench syscalls`"),
     ("gcc", "builds the benchmark's syscall loop"),
     ("iproute2", "network namespaces in tests"),
+    ("podman", "real named containers in the naming tests"),
+    (
+        "busybox-static",
+        "the busybox image and rootfs of container tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

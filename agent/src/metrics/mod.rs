@@ -197,8 +197,10 @@ impl ContainerKey {
 /// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
 pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
     let mut budget = Budget::new(inp.cfg.max_series);
-    let mut fams = syscalls::families(inp, &mut budget);
-    fams.extend(containers::families(inp, &mut budget));
+    // Cheap, high-value families take the budget first; latency histograms (18 series per
+    // container and syscall) are the first to go when the cap bites.
+    let mut fams = containers::families(inp, &mut budget);
+    fams.extend(syscalls::families(inp, &mut budget));
     fams.extend(own::families(inp, budget.dropped));
     fams.extend(own.registry.gather());
     // The text encoder rejects empty families (e.g. no errors yet).
@@ -367,6 +369,61 @@ mod tests {
             1
         );
         let _ = HIST_BUCKETS;
+    }
+
+    #[test]
+    fn process_oom_and_cadvisor_families() {
+        let (mut model, mut registry) = fixture();
+        registry.apply_names(
+            10,
+            Some(crate::identity::names::Resolved {
+                name: Some("web".into()),
+                image: Some("nginx:1".into()),
+                namespace: Some("shop".into()),
+                pod: Some("cart".into()),
+            }),
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(1),
+        );
+        let e = model.by_cgroup.get_mut(&10).unwrap();
+        e.processes = Some(palisade_common::ProcessCounts {
+            forks: 4,
+            execs: 3,
+            exits_ok: 2,
+            exits_error: 1,
+            exits_signal: 0,
+            exits_unknown: 0,
+        });
+        e.oom_kills = 1;
+        e.resources = Some(crate::resources::Resources {
+            cpu_usage_seconds: Some(1.5),
+            memory_limit_bytes: Some(None),
+            cpu_quota_us: Some(None),
+            oom_kills: Some(0),
+            ..Default::default()
+        });
+        let own = SelfMetrics::new().unwrap();
+        let cfg = Config::default().metrics;
+        let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
+        let l = r#"container="web",namespace="shop",pod="cart""#;
+        for want in [
+            format!("palisade_process_execs_total{{{l}}} 3\n"),
+            format!("palisade_process_forks_total{{{l}}} 4\n"),
+            format!("palisade_process_exits_total{{{l},reason=\"failed\"}} 1\n"),
+            format!("palisade_oom_kills_total{{{l}}} 1\n"),
+            format!("palisade_syscalls_total{{{l},syscall=\"getppid\"}} 3\n"),
+            r#"container_cpu_usage_seconds_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1.5"#.to_owned() + "\n",
+            // unlimited memory is 0, an unlimited quota is absent, OOMs seen by the agent count
+            r#"container_spec_memory_limit_bytes{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 0"#.to_owned() + "\n",
+            r#"container_oom_events_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1"#.to_owned() + "\n",
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(!text.contains("container_spec_cpu_quota{"));
+        assert!(
+            !text.contains("container_memory_usage_bytes{"),
+            "absent values are left out"
+        );
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
 //! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
 //! - `move DIR`: moves this process into the cgroup directory DIR;
+//! - `burn-ms N`: spins until this process has used N ms of CPU time;
+//! - `alloc-mb N`: allocates and touches N MiB (to run into a memory limit);
+//! - `exit N`: exits with status N;
 //! - `sleep-ms N`.
 use std::process::ExitCode;
 
@@ -66,6 +69,36 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            "burn-ms" => {
+                let cpu = || {
+                    let mut ts = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    // SAFETY: clock_gettime writes the timespec we pass.
+                    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) };
+                    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+                };
+                let until = cpu() + n * 1_000_000;
+                let mut x = 0u64;
+                while cpu() < until {
+                    for i in 0..10_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+            }
+            "alloc-mb" => {
+                let mut chunks = Vec::new();
+                for _ in 0..n {
+                    let mut v = vec![0u8; 1 << 20];
+                    for b in v.iter_mut().step_by(4096) {
+                        *b = 1;
+                    }
+                    chunks.push(std::hint::black_box(v));
+                }
+                drop(chunks);
+            }
+            "exit" => return ExitCode::from(n as u8),
             "sleep-ms" => std::thread::sleep(std::time::Duration::from_millis(n)),
             other => {
                 eprintln!("syscall-workload: unknown step {other}");
