@@ -308,7 +308,10 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Container ids, one per test: the agents of tests running side by side see each other's
+/// cgroups, so no two tests may use the same id.
 const CID: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9";
+const K8S_CID: &str = "1b2c3d4e5f60718293a4b5c6d7e8f9011b2c3d4e5f60718293a4b5c6d7e8f901";
 
 #[test]
 fn a_docker_name_that_arrives_late_updates_the_labels() {
@@ -397,7 +400,7 @@ fn kubernetes_namespace_pod_and_container_from_kubelet_logs() {
     write(
         &roots
             .path()
-            .join(format!("log/containers/cart-7d9f_shop_app-{CID}.log")),
+            .join(format!("log/containers/cart-7d9f_shop_app-{K8S_CID}.log")),
         "",
     );
     let cfg = format!(
@@ -410,7 +413,7 @@ fn kubernetes_namespace_pod_and_container_from_kubelet_logs() {
     let kubepods = top.child("kubepods");
     let qos = kubepods.child("burstable");
     let pod = qos.child(&format!("pod{uid}"));
-    let c = pod.child(CID);
+    let c = pod.child(K8S_CID);
     c.run_workload(&["getppid", "3"]);
     let m = agent.metrics();
     assert_eq!(
