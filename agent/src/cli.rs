@@ -24,9 +24,23 @@ pub enum Command {
     /// Show which kernel hooks, maps and cgroup layout this host offers, and what the agent
     /// will use. Exits 1 when the agent cannot run here.
     Doctor,
+    /// Developer tools (used by `cargo xtask bench`).
+    #[command(hide = true, subcommand)]
+    Debug(DebugCommand),
     /// Follow a running agent's events (JSON, one per line) with optional filters.
     #[command(after_help = EVENTS_EXAMPLES)]
     Events(EventsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Time the userspace part of scrapes over a fixture tree of simulated containers.
+    ScrapeBench {
+        #[arg(long, default_value_t = 1000)]
+        containers: usize,
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+    },
 }
 
 #[derive(Debug, Args)]

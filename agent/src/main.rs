@@ -1,5 +1,6 @@
 //! `palisade`: wiring only; each subsystem lives in its own module.
 mod agent;
+mod benchmark;
 mod btf;
 mod cgroupfs;
 mod cli;
@@ -39,6 +40,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent_main(args),
         Command::Doctor => doctor_main(),
+        Command::Debug(cli::DebugCommand::ScrapeBench {
+            containers,
+            scrapes,
+        }) => match benchmark::run(containers, scrapes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
         Command::Events(args) => match tail::run(&args.socket, args.containers, args.types) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),

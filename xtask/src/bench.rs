@@ -18,11 +18,26 @@ pub enum Bench {
         #[arg(short, long, default_value_t = 5)]
         reps: u32,
     },
+    /// Userspace cost of a scrape (cgroupfs reads + render) with 0, 100 and 1,000 simulated
+    /// containers (fixture tree), and the exec events/s the pipeline sustains with zero loss.
+    Scrape {
+        /// Scrapes per size.
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+        /// Execs per loop in the event throughput part (two loops run in parallel).
+        #[arg(long, default_value_t = 5000)]
+        execs: u32,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Syscalls { calls, reps } => syscalls(calls, reps),
+        Bench::Scrape { scrapes, execs } => {
+            build(true)?;
+            crate::bench_agent::scrape(scrapes)?;
+            crate::bench_agent::exec_events(execs)
+        }
     }
 }
 
