@@ -2,7 +2,7 @@
 //! container + rendering) against a fixture cgroup tree of N simulated containers, without
 //! loading eBPF. `cargo xtask bench scrape` runs it at several sizes.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -85,7 +85,7 @@ pub fn run(containers: usize, scrapes: usize) -> Result<(), String> {
     result
 }
 
-fn run_in(root: &PathBuf, containers: usize, scrapes: usize) -> Result<(), String> {
+fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> {
     let cgroups = fixture(root, containers).map_err(|e| format!("fixture: {e}"))?;
     let config = Config::default();
     let mut registry = Registry::new(containers + 16);
@@ -105,7 +105,7 @@ fn run_in(root: &PathBuf, containers: usize, scrapes: usize) -> Result<(), Strin
         st.errnos.insert((0, 11), 3);
         model.by_cgroup.insert(*id, st);
     }
-    let reader = Reader::new(root.clone(), &Mounts::parse(""), Some(&root.join("no-v1")));
+    let reader = Reader::new(root.to_path_buf(), &Mounts::parse(""), Some(&root.join("no-v1")));
     let own = SelfMetrics::new().map_err(|e| e.to_string())?;
     let info = Info::default();
     let (mut bytes, mut series) = (0, 0);
