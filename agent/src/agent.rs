@@ -195,6 +195,8 @@ async fn serve_all(
         errno_max_entries: sc.errno_max_entries.0,
         ring_buffer_bytes: config.events.kernel_buffer_kib << 10,
         tracefs: tracefs.as_deref(),
+        network_root: config.network.enabled.then_some(unified_root.as_path()),
+        flow_entries: config.network.flow_entries.0,
     };
     let loaded = tokio::task::block_in_place(|| kernel::load(&opts))?;
     for (hook, why) in &loaded.optional {
@@ -238,6 +240,7 @@ async fn serve_all(
                 config.processes.max_total,
             ),
             resolver: Resolver::new(config.identity.roots.clone()),
+            net: crate::net::NetState::default(),
         }),
         kernel: kernel_handle.clone(),
         info,
@@ -292,7 +295,7 @@ async fn serve_all(
         let mut tick = tokio::time::interval(s.config.metrics.collect_interval);
         loop {
             tick.tick().await;
-            if let Err(e) = s.collect().await {
+            if let Err(e) = s.collect(true).await {
                 warn!(error = %e, "collection failed");
             }
         }

@@ -105,7 +105,11 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> 
         st.errnos.insert((0, 11), 3);
         model.by_cgroup.insert(*id, st);
     }
-    let reader = Reader::new(root.to_path_buf(), &Mounts::parse(""), Some(&root.join("no-v1")));
+    let reader = Reader::new(
+        root.to_path_buf(),
+        &Mounts::parse(""),
+        Some(&root.join("no-v1")),
+    );
     let own = SelfMetrics::new().map_err(|e| e.to_string())?;
     let info = Info::default();
     let (mut bytes, mut series) = (0, 0);
@@ -128,6 +132,8 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> 
                 hub: None,
                 procs_evicted: 0,
                 procs_live: 0,
+                net: None,
+                network: None,
             },
             &own,
         )

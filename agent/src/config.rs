@@ -53,6 +53,7 @@ pub struct Config {
     pub resources: ResourcesConfig,
     pub events: EventsConfig,
     pub processes: ProcessesConfig,
+    pub network: NetworkConfig,
 }
 
 impl Default for Config {
@@ -68,6 +69,49 @@ impl Default for Config {
             resources: ResourcesConfig::default(),
             events: EventsConfig::default(),
             processes: ProcessesConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+/// Network flows and TCP telemetry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub enabled: bool,
+    /// Flows the kernel table holds (LRU: the least recently active go first; counted in
+    /// `palisade_network_flows_evicted_total`).
+    pub flow_entries: Capacity,
+    /// A UDP flow with no packet for this long ends (its flow record is written).
+    #[serde(with = "duration")]
+    pub udp_idle_timeout: Duration,
+    /// A TCP flow with no packet and no close for this long is dropped from the table.
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Long flows get an interim flow record this often.
+    #[serde(with = "duration")]
+    pub report_interval: Duration,
+    /// Export `palisade_network_peer_bytes_total{container,direction,remote}` (remote as a CIDR).
+    pub per_peer_metrics: bool,
+    /// Prefix lengths the remote address is cut to for the `remote` label.
+    pub peer_prefix_v4: u8,
+    pub peer_prefix_v6: u8,
+    /// Most per-peer series; the rest are counted in `palisade_network_peer_series_dropped`.
+    pub max_peer_series: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            flow_entries: Capacity(65_536),
+            udp_idle_timeout: Duration::from_secs(30),
+            tcp_idle_timeout: Duration::from_secs(300),
+            report_interval: Duration::from_secs(60),
+            per_peer_metrics: false,
+            peer_prefix_v4: 24,
+            peer_prefix_v6: 64,
+            max_peer_series: 10_000,
         }
     }
 }
@@ -386,6 +430,13 @@ impl Config {
                 message: "events.max_file_mib must be at least 1".into(),
             });
         }
+        if self.network.peer_prefix_v4 > 32 || self.network.peer_prefix_v6 > 128 {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "network.peer_prefix_v4 must be at most 32 and peer_prefix_v6 at most 128"
+                    .into(),
+            });
+        }
         if self.identity.rescan_interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -454,6 +505,15 @@ mod tests {
         assert_eq!(c.events.queue, d.events.queue);
         assert_eq!(c.processes.max_per_container, d.processes.max_per_container);
         assert_eq!(c.processes.max_total, d.processes.max_total);
+        assert_eq!(c.network.enabled, d.network.enabled);
+        assert_eq!(c.network.flow_entries, d.network.flow_entries);
+        assert_eq!(c.network.udp_idle_timeout, d.network.udp_idle_timeout);
+        assert_eq!(c.network.tcp_idle_timeout, d.network.tcp_idle_timeout);
+        assert_eq!(c.network.report_interval, d.network.report_interval);
+        assert_eq!(c.network.per_peer_metrics, d.network.per_peer_metrics);
+        assert_eq!(c.network.peer_prefix_v4, d.network.peer_prefix_v4);
+        assert_eq!(c.network.peer_prefix_v6, d.network.peer_prefix_v6);
+        assert_eq!(c.network.max_peer_series, d.network.max_peer_series);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod kernel;
 mod logging;
 mod metrics;
 mod model;
+mod net;
 mod procs;
 mod resources;
 mod server;

@@ -2,7 +2,10 @@
 //! period ends (so the final values can be scraped).
 use std::collections::{BTreeMap, HashMap};
 
-use palisade_common::{ProcessCounts, SyscallStats, loss};
+use palisade_common::{
+    ProcessCounts, SyscallStats, loss,
+    net::{NetTotals, TcpCounts},
+};
 
 use crate::{kernel::KernelSnapshot, resources::Resources};
 
@@ -14,6 +17,9 @@ pub struct CgroupStats {
     pub errnos: BTreeMap<(u32, u32), u64>,
     /// Forks, execs and exits counted in the kernel.
     pub processes: Option<ProcessCounts>,
+    /// Network totals and TCP counters from the kernel.
+    pub net: Option<NetTotals>,
+    pub tcp: Option<TcpCounts>,
     /// OOM kills seen by `oom:mark_victim` (counted in userspace from events).
     pub oom_kills: u64,
     /// Last cgroupfs reading (live cgroups only).
@@ -28,6 +34,8 @@ pub struct Model {
     pub losses: [u64; loss::COUNT as usize],
     pub stats_entries: usize,
     pub errno_entries: usize,
+    /// Flows ever inserted into the kernel flow table.
+    pub flows_created: u64,
 }
 
 impl Model {
@@ -51,10 +59,15 @@ impl Model {
         // Replace the kernel-sourced parts of every cgroup present in this snapshot; keep the
         // userspace-sourced ones (OOM counts, resources).
         let mut processes: HashMap<u64, ProcessCounts> = snap.processes.iter().copied().collect();
+        let mut net: HashMap<u64, NetTotals> = snap.net.iter().copied().collect();
+        let mut tcp: HashMap<u64, TcpCounts> = snap.tcp.iter().copied().collect();
+        self.flows_created = snap.flows_created;
         let present: std::collections::HashSet<u64> = syscalls
             .keys()
             .chain(errnos.keys())
             .chain(processes.keys())
+            .chain(net.keys())
+            .chain(tcp.keys())
             .copied()
             .collect();
         for id in present {
@@ -63,6 +76,12 @@ impl Model {
             e.errnos = errnos.remove(&id).unwrap_or_default();
             if let Some(p) = processes.remove(&id) {
                 e.processes = Some(p);
+            }
+            if let Some(n) = net.remove(&id) {
+                e.net = Some(n);
+            }
+            if let Some(t) = tcp.remove(&id) {
+                e.tcp = Some(t);
             }
         }
         self.losses = snap.losses;

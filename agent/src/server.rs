@@ -32,7 +32,7 @@ pub async fn serve(
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> Response {
     let start = Instant::now();
     // Read the kernel now, so a scrape always sees current numbers.
-    if let Err(e) = shared.collect().await {
+    if let Err(e) = shared.collect(false).await {
         warn!(error = %e, "collection for scrape failed");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -50,6 +50,8 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>) -> Response {
             hub: Some(&shared.hub),
             procs_evicted: st.procs.evicted_total,
             procs_live: st.procs.len(),
+            net: shared.config.network.enabled.then_some(&st.net),
+            network: Some(&shared.config.network),
         },
         &shared.own,
     );

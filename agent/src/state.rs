@@ -29,6 +29,7 @@ pub struct State {
     pub model: Model,
     pub procs: ProcessTable,
     pub resolver: Resolver,
+    pub net: crate::net::NetState,
 }
 
 /// What the HTTP handlers, the control socket and background tasks share.
@@ -51,7 +52,7 @@ pub fn selected(patterns: &[Pattern], identity: &Identity) -> bool {
 }
 
 /// The `container` object of an event.
-pub fn container_ref(i: &Identity) -> ContainerRef {
+pub(crate) fn container_ref(i: &Identity) -> ContainerRef {
     ContainerRef {
         id: i.display_id().to_owned(),
         name: i.name.clone(),
@@ -77,7 +78,7 @@ fn process_ref(p: &Proc) -> ProcessRef {
 
 impl Shared {
     /// Tells the kernel to trace newly known cgroups when a filter is set and they match.
-    async fn select_new(&self, identities: Vec<Identity>) {
+    pub(crate) async fn select_new(&self, identities: Vec<Identity>) {
         if self.config.syscalls.cgroups.is_empty() {
             return;
         }
@@ -91,7 +92,7 @@ impl Shared {
     }
 
     /// The identity of `cgroup_id`, learning it from the kernel by id when no event told us.
-    fn identity_of(
+    pub(crate) fn identity_of(
         &self,
         st: &mut State,
         cgroup_id: u64,
@@ -107,18 +108,22 @@ impl Shared {
     }
 
     /// One collection pass: read the kernel maps, reap removed cgroups, name unknown ids, look up
-    /// container names, read cgroupfs, expire old removals.
-    pub async fn collect(&self) -> Result<(), KernelError> {
+    /// container names, read cgroupfs, expire old removals. `background` passes (not scrapes)
+    /// also walk the flow table: they end idle flows and write interim flow records.
+    pub async fn collect(&self, background: bool) -> Result<(), KernelError> {
         let now = Instant::now();
         let mut st = self.state.lock().await;
         let reap = st.registry.unreaped();
-        let snap = self.kernel.collect(reap).await?;
+        let flows = background && self.config.network.enabled;
+        let snap = self.kernel.collect(reap, flows).await?;
         let mut unknown: Vec<u64> = snap
             .syscalls
             .iter()
             .map(|(k, _)| k.cgroup_id)
             .chain(snap.errnos.iter().map(|(k, _)| k.cgroup_id))
             .chain(snap.processes.iter().map(|(id, _)| *id))
+            .chain(snap.net.iter().map(|(id, _)| *id))
+            .chain(snap.tcp.iter().map(|(id, _)| *id))
             .filter(|id| st.registry.get(*id).is_none())
             .collect();
         unknown.sort_unstable();
@@ -136,6 +141,7 @@ impl Shared {
             .registry
             .expire(now, self.config.metrics.series_grace_period);
         st.model.forget(&expired);
+        st.net.forget_cgroups(&expired);
 
         let window = self.config.identity.name_resolution_window;
         for identity in st.registry.due_for_naming(now) {
@@ -180,6 +186,9 @@ impl Shared {
             }
         }
         self.select_new(new).await;
+        if let Some(flows) = &snap.flows {
+            self.flow_pass(flows).await?;
+        }
         Ok(())
     }
 
@@ -207,9 +216,15 @@ impl Shared {
 
     /// Applies one kernel event and publishes what it means.
     pub async fn apply_event(&self, ev: KernelEvent, clock: &Clock) {
+        let ev = match ev {
+            KernelEvent::Tcp(t) => return self.on_tcp(t, clock).await,
+            KernelEvent::Dns(d) => return self.on_dns(d).await,
+            other => other,
+        };
         let mut new = Vec::new();
         let mut st = self.state.lock().await;
         match ev {
+            KernelEvent::Tcp(_) | KernelEvent::Dns(_) => {}
             KernelEvent::Cgroup(CgroupChange::Created {
                 cgroup_id,
                 path,
@@ -236,13 +251,12 @@ impl Shared {
                         .and_then(|c| SystemTime::now().duration_since(c).ok())
                         .map(|d| d.as_secs_f64());
                     let ev = Event {
-                        kind: EventType::ContainerStop,
-                        time: rfc3339(SystemTime::now()),
-                        container: container_ref(i),
-                        process: None,
-                        exit_code: None,
-                        signal: None,
                         lifetime_seconds: lifetime,
+                        ..Event::new(
+                            EventType::ContainerStop,
+                            rfc3339(SystemTime::now()),
+                            container_ref(i),
+                        )
                     };
                     self.hub.publish(ev);
                 }
@@ -281,23 +295,17 @@ impl Shared {
         let time = rfc3339(clock.wall(e.ktime_ns));
         if st.registry.first_exec(e.cgroup_id) {
             self.hub.publish(Event {
-                kind: EventType::ContainerStart,
-                time: time.clone(),
-                container: container_ref(&identity),
                 process: Some(process.clone()),
-                exit_code: None,
-                signal: None,
-                lifetime_seconds: None,
+                ..Event::new(
+                    EventType::ContainerStart,
+                    time.clone(),
+                    container_ref(&identity),
+                )
             });
         }
         self.hub.publish(Event {
-            kind: EventType::Exec,
-            time,
-            container: container_ref(&identity),
             process: Some(process),
-            exit_code: None,
-            signal: None,
-            lifetime_seconds: None,
+            ..Event::new(EventType::Exec, time, container_ref(&identity))
         });
     }
 
@@ -328,13 +336,15 @@ impl Shared {
             ExitStatus::Unknown => (None, None),
         };
         self.hub.publish(Event {
-            kind: EventType::Exit,
-            time: rfc3339(clock.wall(e.ktime_ns)),
-            container: container_ref(&identity),
             process: Some(process),
             exit_code,
             signal,
             lifetime_seconds: start.map(|s| e.ktime_ns.saturating_sub(s) as f64 / 1e9),
+            ..Event::new(
+                EventType::Exit,
+                rfc3339(clock.wall(e.ktime_ns)),
+                container_ref(&identity),
+            )
         });
     }
 
@@ -360,13 +370,12 @@ impl Shared {
         };
         warn!(container = %identity.name, pid = e.pid, comm = %e.comm, "OOM kill");
         self.hub.publish(Event {
-            kind: EventType::Oom,
-            time: rfc3339(clock.wall(e.ktime_ns)),
-            container: container_ref(&identity),
             process: Some(process),
-            exit_code: None,
-            signal: None,
-            lifetime_seconds: None,
+            ..Event::new(
+                EventType::Oom,
+                rfc3339(clock.wall(e.ktime_ns)),
+                container_ref(&identity),
+            )
         });
     }
 

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod names;
+pub mod net;
 pub mod process;
 pub mod syscalls;
 
@@ -51,6 +52,10 @@ pub mod event_kind {
     pub const EXIT: u32 = 4;
     /// The OOM killer chose a victim ([`crate::OomEvent`]).
     pub const OOM: u32 = 5;
+    /// A TCP connection was established, closed or failed ([`crate::net::TcpEvent`]).
+    pub const TCP: u32 = 6;
+    /// A DNS packet left a cgroup ([`crate::net::DnsEvent`]).
+    pub const DNS: u32 = 7;
 }
 
 /// Longest cgroup path (bytes, without the NUL) carried in a [`CgroupEvent`]. Longer paths are
@@ -100,6 +105,18 @@ mod pod {
     unsafe impl aya::Pod for crate::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::OomEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::NetTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::TcpCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::net::ListenKey {}
 }
 
 #[cfg(test)]
@@ -130,6 +147,14 @@ mod tests {
         assert_eq!(core::mem::offset_of!(ExitEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(OomEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(CgroupEvent, kind), 0);
+        assert_eq!(size_of::<net::FlowKey>(), 48);
+        assert_eq!(size_of::<net::FlowStats>(), 72);
+        assert_eq!(size_of::<net::NetTotals>(), 56);
+        assert_eq!(size_of::<net::TcpCounts>(), 40);
+        assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16);
+        assert_eq!(size_of::<net::DnsEvent>(), 8 + 48 + net::DNS_PAYLOAD_MAX);
+        assert_eq!(size_of::<net::SockInfo>(), 24);
+        assert_eq!(size_of::<net::ListenKey>(), 16);
         assert!(EXEC_ARGS_MAX.is_power_of_two() && EXEC_FILENAME_MAX.is_power_of_two());
     }
 }

@@ -106,3 +106,18 @@ pub const GLOBAL_OOM_OFF_PID: &str = "OOM_OFF_PID";
 pub const GLOBAL_OOM_OFF_UID: &str = "OOM_OFF_UID";
 /// See [`GLOBAL_OOM_OFF_PID`].
 pub const GLOBAL_OOM_OFF_COMM: &str = "OOM_OFF_COMM";
+
+/// LRU per-CPU hash: [`crate::net::FlowKey`] → [`crate::net::FlowStats`].
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Per-CPU hash: cgroup id → [`crate::net::NetTotals`].
+pub const MAP_NET_TOTALS: &str = "NET_TOTALS";
+/// Per-CPU hash: cgroup id → [`crate::net::TcpCounts`].
+pub const MAP_TCP_COUNTS: &str = "TCP_COUNTS";
+/// cgroup_skb programs on the unified root: packet accounting.
+pub const PROG_NET_EGRESS: &str = "net_egress";
+/// See [`PROG_NET_EGRESS`].
+pub const PROG_NET_INGRESS: &str = "net_ingress";
+/// sock_ops program on the unified root: TCP lifecycle.
+pub const PROG_TCP_OPS: &str = "tcp_ops";
+/// Per-CPU array: index 0 = flows inserted into `FLOWS` (for the eviction count).
+pub const MAP_NET_COUNTERS: &str = "NET_COUNTERS";

@@ -24,7 +24,7 @@ pub struct SyscallKey {
 
 /// Value of `SYSCALL_STATS` (one copy per CPU; userspace sums them). 256 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStats {
     /// Completed calls (plus `exit`/`exit_group`, counted at entry because they never return).
     pub calls: u64,

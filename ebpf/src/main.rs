@@ -5,6 +5,7 @@
 
 mod cgroups;
 mod loss;
+mod net;
 mod process;
 mod syscalls;
 

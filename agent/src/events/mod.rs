@@ -23,15 +23,17 @@ pub enum EventType {
     Oom,
     ContainerStart,
     ContainerStop,
+    Flow,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
         EventType::ContainerStart,
         EventType::ContainerStop,
+        EventType::Flow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +43,7 @@ impl EventType {
             EventType::Oom => "oom",
             EventType::ContainerStart => "container_start",
             EventType::ContainerStop => "container_stop",
+            EventType::Flow => "flow",
         }
     }
 
@@ -102,6 +105,25 @@ pub struct Event {
     /// `exit`: process lifetime; `container_stop`: time since the cgroup was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime_seconds: Option<f64>,
+    /// `flow`: the flow record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<crate::net::FlowRecord>,
+}
+
+impl Event {
+    /// An event with only the common fields set.
+    pub fn new(kind: EventType, time: String, container: ContainerRef) -> Self {
+        Self {
+            kind,
+            time,
+            container,
+            process: None,
+            exit_code: None,
+            signal: None,
+            lifetime_seconds: None,
+            flow: None,
+        }
+    }
 }
 
 /// RFC 3339 UTC with nanoseconds.
@@ -237,6 +259,7 @@ mod tests {
             exit_code: (kind == EventType::Exit).then_some(3),
             signal: None,
             lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
+            flow: None,
         }
     }
 

@@ -6,11 +6,15 @@
 //! detaches every program.
 use std::collections::HashSet;
 
+use aya::Pod;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use palisade_common::{ErrnoKey, ProcessCounts, SyscallKey, SyscallStats, loss, names};
+use palisade_common::{
+    ErrnoKey, ProcessCounts, SyscallKey, SyscallStats, loss, names,
+    net::{FlowKey, FlowStats, NetTotals, TcpCounts},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{mpsc, oneshot},
@@ -26,6 +30,13 @@ pub struct KernelSnapshot {
     pub errnos: Vec<(ErrnoKey, u64)>,
     /// Per-cgroup process counters.
     pub processes: Vec<(u64, ProcessCounts)>,
+    /// Per-cgroup network totals and TCP counters.
+    pub net: Vec<(u64, NetTotals)>,
+    pub tcp: Vec<(u64, TcpCounts)>,
+    /// The flow table, when asked for.
+    pub flows: Option<Vec<(FlowKey, FlowStats)>>,
+    /// Flows ever inserted into the flow table.
+    pub flows_created: u64,
     /// Indexed by `palisade_common::loss`.
     pub losses: [u64; loss::COUNT as usize],
     /// Entries in the stats and errno maps before reaping.
@@ -36,10 +47,17 @@ pub struct KernelSnapshot {
 }
 
 pub enum Command {
-    /// Read every map; delete the entries of the cgroups in `reap` after reading them.
+    /// Read every map (the flow table too when `flows`); delete the entries of the cgroups in
+    /// `reap` after reading them.
     Collect {
         reap: Vec<u64>,
+        flows: bool,
         reply: oneshot::Sender<Result<KernelSnapshot, KernelError>>,
+    },
+    /// Read and delete these flows.
+    TakeFlows {
+        keys: Vec<FlowKey>,
+        reply: oneshot::Sender<Vec<(FlowKey, FlowStats)>>,
     },
     /// Add or remove a cgroup from the traced set (only meaningful with a filter).
     Select { cgroup_id: u64, selected: bool },
@@ -54,13 +72,29 @@ pub struct KernelHandle {
 }
 
 impl KernelHandle {
-    pub async fn collect(&self, reap: Vec<u64>) -> Result<KernelSnapshot, KernelError> {
+    pub async fn collect(
+        &self,
+        reap: Vec<u64>,
+        flows: bool,
+    ) -> Result<KernelSnapshot, KernelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Collect { reap, reply })
+            .send(Command::Collect { reap, flows, reply })
             .await
             .map_err(|_| KernelError::ActorGone)?;
         rx.await.map_err(|_| KernelError::ActorGone)?
+    }
+
+    pub async fn take_flows(
+        &self,
+        keys: Vec<FlowKey>,
+    ) -> Result<Vec<(FlowKey, FlowStats)>, KernelError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TakeFlows { keys, reply })
+            .await
+            .map_err(|_| KernelError::ActorGone)?;
+        rx.await.map_err(|_| KernelError::ActorGone)
     }
 
     pub async fn select(&self, cgroup_id: u64, selected: bool) -> Result<(), KernelError> {
@@ -89,6 +123,11 @@ struct Actor {
     filter: HashMap<MapData, u64, u32>,
     losses: PerCpuArray<MapData, u64>,
     processes: PerCpuHashMap<MapData, u64, ProcessCounts>,
+    net: PerCpuHashMap<MapData, u64, NetTotals>,
+    tcp: PerCpuHashMap<MapData, u64, TcpCounts>,
+    /// LRU per-CPU hash; aya reads it through the per-CPU hash type.
+    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    net_counters: PerCpuArray<MapData, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -109,6 +148,10 @@ pub fn spawn(
     let filter = take(&mut ebpf, names::MAP_CGROUP_FILTER)?;
     let losses = take(&mut ebpf, names::MAP_LOSS_COUNTERS)?;
     let processes = take(&mut ebpf, names::MAP_PROCESS_COUNTS)?;
+    let net = take(&mut ebpf, names::MAP_NET_TOTALS)?;
+    let tcp = take(&mut ebpf, names::MAP_TCP_COUNTS)?;
+    let flows = take(&mut ebpf, names::MAP_FLOWS)?;
+    let net_counters = take(&mut ebpf, names::MAP_NET_COUNTERS)?;
     let ring: RingBuf<MapData> = take(&mut ebpf, names::MAP_EVENTS)?;
     // SAFETY: the RingBuf owns its map fd and its mmap for as long as it lives, and
     // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the RingBuf.
@@ -130,6 +173,10 @@ pub fn spawn(
         filter,
         losses,
         processes,
+        net,
+        tcp,
+        flows,
+        net_counters,
     };
     let task = tokio::spawn(actor.run(rx, events, changes));
     Ok((KernelHandle { tx }, task))
@@ -185,8 +232,11 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Collect { reap, reply } => {
-                let _ = reply.send(self.collect(&reap));
+            Command::Collect { reap, flows, reply } => {
+                let _ = reply.send(self.collect(&reap, flows));
+            }
+            Command::TakeFlows { keys, reply } => {
+                let _ = reply.send(self.take_flows(&keys));
             }
             Command::Select {
                 cgroup_id,
@@ -205,81 +255,58 @@ impl Actor {
         }
     }
 
-    fn collect(&mut self, reap: &[u64]) -> Result<KernelSnapshot, KernelError> {
+    fn collect(&mut self, reap: &[u64], flows: bool) -> Result<KernelSnapshot, KernelError> {
         let reap: HashSet<u64> = reap.iter().copied().collect();
         let mut snap = KernelSnapshot::default();
-        let map_err = |map| move |source| KernelError::Map { map, source };
 
-        let mut dead_stats = Vec::new();
-        for item in self.stats.iter() {
-            let (key, values) = item.map_err(map_err(names::MAP_SYSCALL_STATS))?;
-            let mut sum = SyscallStats::ZERO;
-            for v in values.iter() {
-                sum.calls += v.calls;
-                sum.time_ns += v.time_ns;
-                for (s, x) in sum.hist.iter_mut().zip(v.hist.iter()) {
-                    *s += x;
-                }
-            }
-            if reap.contains(&key.cgroup_id) {
-                dead_stats.push(key);
-            }
-            snap.syscalls.push((key, sum));
-        }
+        snap.syscalls = read_summed(&self.stats, names::MAP_SYSCALL_STATS, add_syscalls)?;
         snap.stats_entries = snap.syscalls.len();
-
-        let mut dead_errnos = Vec::new();
-        for item in self.errnos.iter() {
-            let (key, values) = item.map_err(map_err(names::MAP_SYSCALL_ERRNOS))?;
-            if reap.contains(&key.cgroup_id) {
-                dead_errnos.push(key);
-            }
-            snap.errnos.push((key, values.iter().sum()));
-        }
+        snap.errnos = read_summed(&self.errnos, names::MAP_SYSCALL_ERRNOS, |a, b| *a += b)?;
         snap.errno_entries = snap.errnos.len();
-
-        let mut dead_processes = Vec::new();
-        for item in self.processes.iter() {
-            let (cgroup_id, values) = item.map_err(map_err(names::MAP_PROCESS_COUNTS))?;
-            let mut sum = ProcessCounts::default();
-            for v in values.iter() {
-                sum.forks += v.forks;
-                sum.execs += v.execs;
-                sum.exits_ok += v.exits_ok;
-                sum.exits_error += v.exits_error;
-                sum.exits_signal += v.exits_signal;
-                sum.exits_unknown += v.exits_unknown;
-            }
-            if reap.contains(&cgroup_id) {
-                dead_processes.push(cgroup_id);
-            }
-            snap.processes.push((cgroup_id, sum));
+        snap.processes = read_summed(&self.processes, names::MAP_PROCESS_COUNTS, add_processes)?;
+        snap.net = read_summed(&self.net, names::MAP_NET_TOTALS, add_net)?;
+        snap.tcp = read_summed(&self.tcp, names::MAP_TCP_COUNTS, add_tcp)?;
+        if flows {
+            snap.flows = Some(read_summed(&self.flows, names::MAP_FLOWS, add_flow)?);
         }
-
+        snap.flows_created = self
+            .net_counters
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0);
         for (i, slot) in snap.losses.iter_mut().enumerate() {
             let values = self
                 .losses
                 .get(&(i as u32), 0)
-                .map_err(map_err(names::MAP_LOSS_COUNTERS))?;
+                .map_err(|source| KernelError::Map {
+                    map: names::MAP_LOSS_COUNTERS,
+                    source,
+                })?;
             *slot = values.iter().sum();
         }
 
-        // Delete after reading: removed cgroups get no new syscalls, so these are final.
-        for key in &dead_stats {
-            if let Err(e) = self.stats.remove(key) {
-                warn!(cgroup_id = key.cgroup_id, error = %e, "reaping a syscall entry failed");
-            }
-        }
-        for key in &dead_errnos {
-            if let Err(e) = self.errnos.remove(key) {
-                warn!(cgroup_id = key.cgroup_id, error = %e, "reaping an errno entry failed");
-            }
-        }
-        for id in &dead_processes {
-            if let Err(e) = self.processes.remove(id) {
-                warn!(cgroup_id = id, error = %e, "reaping process counters failed");
-            }
-        }
+        // Delete after reading: removed cgroups get no new events, so these values are final.
+        let dead = |id: &u64| reap.contains(id);
+        remove_all(
+            &mut self.stats,
+            snap.syscalls
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| dead(&k.cgroup_id)),
+        );
+        remove_all(
+            &mut self.errnos,
+            snap.errnos
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| dead(&k.cgroup_id)),
+        );
+        remove_all(
+            &mut self.processes,
+            snap.processes.iter().map(|(k, _)| *k).filter(dead),
+        );
+        remove_all(&mut self.net, snap.net.iter().map(|(k, _)| *k).filter(dead));
+        remove_all(&mut self.tcp, snap.tcp.iter().map(|(k, _)| *k).filter(dead));
         for id in &reap {
             // Not an error when absent (the cgroup was never selected).
             let _ = self.filter.remove(id);
@@ -287,4 +314,99 @@ impl Actor {
         snap.reaped = reap.into_iter().collect();
         Ok(snap)
     }
+
+    /// Reads and deletes flows (a closed connection, an idle UDP flow).
+    fn take_flows(&mut self, keys: &[FlowKey]) -> Vec<(FlowKey, FlowStats)> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Ok(values) = self.flows.get(k, 0) {
+                let mut sum = FlowStats::default();
+                for v in values.iter() {
+                    add_flow(&mut sum, v);
+                }
+                out.push((*k, sum));
+                let _ = self.flows.remove(k);
+            }
+        }
+        out
+    }
+}
+
+/// Every entry of a per-CPU hash, summed over CPUs with `add`.
+fn read_summed<K: Pod, V: Pod + Default>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    name: &'static str,
+    add: impl Fn(&mut V, &V),
+) -> Result<Vec<(K, V)>, KernelError> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, values) = item.map_err(|source| KernelError::Map { map: name, source })?;
+        let mut sum = V::default();
+        for v in values.iter() {
+            add(&mut sum, v);
+        }
+        out.push((key, sum));
+    }
+    Ok(out)
+}
+
+fn remove_all<K: Pod, V: Pod>(
+    map: &mut PerCpuHashMap<MapData, K, V>,
+    keys: impl Iterator<Item = K>,
+) {
+    for k in keys {
+        if let Err(e) = map.remove(&k) {
+            warn!(error = %e, "reaping a kernel map entry failed");
+        }
+    }
+}
+
+fn add_syscalls(a: &mut SyscallStats, b: &SyscallStats) {
+    a.calls += b.calls;
+    a.time_ns += b.time_ns;
+    for (x, y) in a.hist.iter_mut().zip(b.hist.iter()) {
+        *x += y;
+    }
+}
+
+fn add_processes(a: &mut ProcessCounts, b: &ProcessCounts) {
+    a.forks += b.forks;
+    a.execs += b.execs;
+    a.exits_ok += b.exits_ok;
+    a.exits_error += b.exits_error;
+    a.exits_signal += b.exits_signal;
+    a.exits_unknown += b.exits_unknown;
+}
+
+fn add_net(a: &mut NetTotals, b: &NetTotals) {
+    a.tx_bytes += b.tx_bytes;
+    a.rx_bytes += b.rx_bytes;
+    a.tx_packets += b.tx_packets;
+    a.rx_packets += b.rx_packets;
+    a.icmp_tx += b.icmp_tx;
+    a.icmp_rx += b.icmp_rx;
+    a.flows_created += b.flows_created;
+}
+
+fn add_tcp(a: &mut TcpCounts, b: &TcpCounts) {
+    a.outbound_established += b.outbound_established;
+    a.inbound_established += b.inbound_established;
+    a.refused += b.refused;
+    a.timeout += b.timeout;
+    a.retransmits += b.retransmits;
+}
+
+/// Per-CPU flow values: sums, the earliest first packet, the latest last one.
+pub fn add_flow(a: &mut FlowStats, b: &FlowStats) {
+    a.pkts_out += b.pkts_out;
+    a.pkts_in += b.pkts_in;
+    a.bytes_out += b.bytes_out;
+    a.bytes_in += b.bytes_in;
+    a.payload_out += b.payload_out;
+    a.payload_in += b.payload_in;
+    if b.first_ns != 0 && (a.first_ns == 0 || b.first_ns < a.first_ns) {
+        a.first_ns = b.first_ns;
+        a.flags = b.flags;
+    }
+    a.last_ns = a.last_ns.max(b.last_ns);
 }

@@ -2,6 +2,7 @@
 use palisade_common::{
     CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent, OomEvent,
     event_kind, exec_flags,
+    net::{DNS_PAYLOAD_MAX, DnsEvent, FlowKey, TcpEvent},
 };
 use tracing::warn;
 
@@ -82,12 +83,38 @@ pub struct Oom {
     pub comm: String,
 }
 
+/// A TCP connection was established, closed or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tcp {
+    /// One of `palisade_common::net::tcp_what`.
+    pub what: u32,
+    pub key: FlowKey,
+    pub cookie: u64,
+    pub ktime_ns: u64,
+    pub start_ns: u64,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// One of `palisade_common::net::direction`.
+    pub direction: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+}
+
+/// The start of a DNS message a cgroup sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    pub key: FlowKey,
+    pub payload: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     Cgroup(CgroupChange),
     Exec(Box<Exec>),
     Exit(Exit),
     Oom(Oom),
+    Tcp(Tcp),
+    Dns(Dns),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -194,6 +221,29 @@ pub fn parse(bytes: &[u8]) -> Option<KernelEvent> {
                 cgroup_id: ev.cgroup_id,
                 ktime_ns: ev.ktime_ns,
                 comm: cstr(&ev.comm, 16),
+            }))
+        }
+        event_kind::TCP => {
+            let ev: TcpEvent = read(bytes)?;
+            Some(KernelEvent::Tcp(Tcp {
+                what: ev.what,
+                key: ev.key,
+                cookie: ev.cookie,
+                ktime_ns: ev.ktime_ns,
+                start_ns: ev.start_ns,
+                bytes_received: ev.bytes_received,
+                bytes_acked: ev.bytes_acked,
+                direction: ev.direction,
+                srtt_us: ev.srtt_us,
+                total_retrans: ev.total_retrans,
+            }))
+        }
+        event_kind::DNS => {
+            let ev: DnsEvent = read(bytes)?;
+            let n = (ev.len as usize).min(DNS_PAYLOAD_MAX);
+            Some(KernelEvent::Dns(Dns {
+                key: ev.key,
+                payload: ev.payload.get(..n).unwrap_or_default().to_vec(),
             }))
         }
         other => {

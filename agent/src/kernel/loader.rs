@@ -10,7 +10,9 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, SockOps, TracePoint,
+    },
 };
 use palisade_common::{CONFIG_CGROUP_CACHE, names};
 
@@ -29,6 +31,10 @@ pub struct LoadOptions<'a> {
     pub ring_buffer_bytes: u32,
     /// tracefs mount, for the classic tracepoints' record layouts; `None` skips them.
     pub tracefs: Option<&'a Path>,
+    /// The unified hierarchy's root, where the network programs attach (`None`: no network).
+    pub network_root: Option<&'a Path>,
+    /// Capacity of the flow table.
+    pub flow_entries: u32,
 }
 
 /// Optional hook groups, attached together.
@@ -43,6 +49,9 @@ pub enum Hook {
     ProcessEvents,
     /// `oom:mark_victim`: OOM kill events.
     OomEvents,
+    /// `cgroup_skb` ingress/egress and `sock_ops` on the unified root: network flows, totals
+    /// and TCP lifecycle.
+    Network,
 }
 
 impl Hook {
@@ -52,6 +61,7 @@ impl Hook {
             Hook::CgroupEvents => "cgroup_events",
             Hook::ProcessEvents => "process_events",
             Hook::OomEvents => "oom_events",
+            Hook::Network => "network",
         }
     }
 }
@@ -273,7 +283,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .map_max_entries(names::MAP_THREAD_SLOTS, opts.thread_slots)
         .map_max_entries(names::MAP_SYSCALL_STATS, opts.stats_max_entries)
         .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries)
-        .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_bytes);
+        .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_bytes)
+        .map_max_entries(names::MAP_FLOWS, opts.flow_entries);
     // Offsets of groups that cannot run keep the programs' defaults; those programs stay
     // unattached anyway.
     for (_, offsets) in &groups {
@@ -320,6 +331,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         })?;
     }
 
+    optional.push((
+        Hook::Network,
+        match opts.network_root {
+            None => Some("network telemetry is disabled in the config".to_owned()),
+            Some(root) => attach_network(&mut ebpf, root).err(),
+        },
+    ));
+
     let cache_on = optional
         .iter()
         .any(|(h, why)| *h == Hook::CgroupCache && why.is_none());
@@ -340,6 +359,38 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         optional,
         task_offsets_unavailable: task.err(),
     })
+}
+
+/// Attaches the packet and TCP programs to the unified root, covering every cgroup below it,
+/// present and future. aya attaches through bpf links on this kernel; the kernel always gives
+/// cgroup links multi-attach semantics (other users' programs keep running) and rejects any
+/// flag, hence `Single`.
+fn attach_network(ebpf: &mut Ebpf, root: &Path) -> Result<(), String> {
+    let cg = std::fs::File::open(root).map_err(|e| format!("open {}: {e}", root.display()))?;
+    for (prog, attach) in [
+        (names::PROG_NET_EGRESS, CgroupSkbAttachType::Egress),
+        (names::PROG_NET_INGRESS, CgroupSkbAttachType::Ingress),
+    ] {
+        let p: &mut CgroupSkb = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("no program {prog}"))?
+            .try_into()
+            .map_err(|e| describe_program_error(&e))?;
+        p.load()
+            .map_err(|e| format!("loading {prog}: {}", describe_program_error(&e)))?;
+        p.attach(&cg, attach, CgroupAttachMode::Single)
+            .map_err(|e| format!("attaching {prog}: {}", describe_program_error(&e)))?;
+    }
+    let p: &mut SockOps = ebpf
+        .program_mut(names::PROG_TCP_OPS)
+        .ok_or_else(|| format!("no program {}", names::PROG_TCP_OPS))?
+        .try_into()
+        .map_err(|e| describe_program_error(&e))?;
+    p.load()
+        .map_err(|e| format!("loading sock_ops: {}", describe_program_error(&e)))?;
+    p.attach(&cg, CgroupAttachMode::Single)
+        .map_err(|e| format!("attaching sock_ops: {}", describe_program_error(&e)))?;
+    Ok(())
 }
 
 /// Loads and attaches classic tracepoint programs: (program, category, event).

@@ -67,6 +67,7 @@ pub fn describe_program_error(e: &aya::programs::ProgramError) -> String {
                     !l.is_empty()
                         && !l.starts_with("processed ")
                         && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
                 })
                 .unwrap_or("");
             if last.is_empty() {

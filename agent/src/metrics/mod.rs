@@ -7,6 +7,7 @@
 //! are summed, so every label set appears once.
 mod containers;
 pub mod histogram;
+mod network;
 mod own;
 mod syscalls;
 
@@ -127,6 +128,9 @@ pub struct Inputs<'a> {
     /// Process-table entries dropped to stay within bounds, and entries now.
     pub procs_evicted: u64,
     pub procs_live: usize,
+    /// Flow-level state (RTT histograms, per-peer totals), when network telemetry runs.
+    pub net: Option<&'a crate::net::NetState>,
+    pub network: Option<&'a crate::config::NetworkConfig>,
 }
 
 /// The cardinality cap shared by all per-container families.
@@ -200,6 +204,7 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     // Cheap, high-value families take the budget first; latency histograms (18 series per
     // container and syscall) are the first to go when the cap bites.
     let mut fams = containers::families(inp, &mut budget);
+    fams.extend(network::families(inp, &mut budget));
     fams.extend(syscalls::families(inp, &mut budget));
     fams.extend(own::families(inp, budget.dropped));
     fams.extend(own.registry.gather());
@@ -231,6 +236,8 @@ mod tests {
             hub: None,
             procs_evicted: 0,
             procs_live: 0,
+            net: None,
+            network: None,
         }
     }
 

@@ -1,0 +1,158 @@
+//! Network types: the flow table, per-cgroup totals and TCP counters, and TCP/DNS events.
+
+/// `FlowKey::family` values (the kernel's AF_* numbers).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `FlowKey::proto` values (IP protocol numbers).
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of `FLOWS`: one flow of one cgroup, seen from that cgroup's side. IPv4 addresses sit in
+/// the first 4 bytes of `laddr`/`raddr` (the rest zero); ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub family: u16,
+    pub proto: u8,
+    /// Always 0 (explicit padding).
+    pub _pad: u8,
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// Bit of [`FlowStats::flags`]: the first packet this CPU saw went out (egress).
+pub const FLOW_FIRST_EGRESS: u32 = 1;
+
+/// Value of `FLOWS` (one copy per CPU; userspace sums, takes the min of `first_ns` and the max
+/// of `last_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub pkts_out: u64,
+    pub pkts_in: u64,
+    /// IP bytes on the wire (headers included; segmentation offload counted per segment).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Transport payload bytes (TCP/UDP headers excluded).
+    pub payload_out: u64,
+    pub payload_in: u64,
+    /// CLOCK_MONOTONIC ns of the first and last packet on this CPU (0: none).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// [`FLOW_FIRST_EGRESS`] when this CPU's first packet was egress.
+    pub flags: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+}
+
+/// Per-cgroup network totals (`NET_TOTALS`, one copy per CPU). Bytes are IP bytes on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetTotals {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub icmp_tx: u64,
+    pub icmp_rx: u64,
+    /// New entries this cgroup put into the flow table (for the eviction count).
+    pub flows_created: u64,
+}
+
+/// Per-cgroup TCP counters (`TCP_COUNTS`, one copy per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounts {
+    /// Connections this cgroup opened that were established.
+    pub outbound_established: u64,
+    /// Connections this cgroup accepted.
+    pub inbound_established: u64,
+    /// Outbound connects answered with a reset (no SYN retransmitted).
+    pub refused: u64,
+    /// Outbound connects that failed after SYN retransmits.
+    pub timeout: u64,
+    pub retransmits: u64,
+}
+
+/// [`TcpEvent::what`] values.
+pub mod tcp_what {
+    /// The connection was established.
+    pub const ESTABLISHED: u32 = 1;
+    /// The connection closed after being established.
+    pub const CLOSED: u32 = 2;
+    /// An outbound connect failed (reset: refused; after SYN retransmits: timeout).
+    pub const FAILED: u32 = 3;
+}
+
+/// [`TcpEvent::direction`] values.
+pub mod direction {
+    pub const UNKNOWN: u32 = 0;
+    /// This cgroup connected.
+    pub const OUTBOUND: u32 = 1;
+    /// This cgroup accepted.
+    pub const INBOUND: u32 = 2;
+}
+
+/// A TCP connection changed (from `sock_ops`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpEvent {
+    /// `event_kind::TCP`.
+    pub kind: u32,
+    /// One of [`tcp_what`].
+    pub what: u32,
+    /// The flow as the flow table keys it (cgroup 0 when the socket's cgroup is unknown).
+    pub key: FlowKey,
+    pub cookie: u64,
+    pub ktime_ns: u64,
+    /// When the connect/accept happened (CLOCK_MONOTONIC ns), 0 when unknown.
+    pub start_ns: u64,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// One of [`direction`].
+    pub direction: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+}
+
+/// Most DNS message bytes copied into a [`DnsEvent`].
+pub const DNS_PAYLOAD_MAX: usize = 256;
+
+/// A UDP packet to port 53 left a cgroup (its payload, for the query name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    /// `event_kind::DNS`.
+    pub kind: u32,
+    /// Bytes of `payload` used.
+    pub len: u32,
+    pub key: FlowKey,
+    pub payload: [u8; DNS_PAYLOAD_MAX],
+}
+
+/// Value of `SOCK_INFO` (socket cookie → what `sock_ops` learned at connect/accept time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub cgroup_id: u64,
+    pub start_ns: u64,
+    /// One of [`direction`].
+    pub direction: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+}
+
+/// Key of `LISTENERS`: a listening port in a network namespace → the listener's cgroup, so an
+/// accepted connection (whose `sock_ops` callback runs in softirq) is attributed to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns_cookie: u64,
+    pub family: u32,
+    pub port: u32,
+}
