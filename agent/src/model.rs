@@ -34,8 +34,6 @@ pub struct Model {
     pub losses: [u64; loss::COUNT as usize],
     pub stats_entries: usize,
     pub errno_entries: usize,
-    /// Flows ever inserted into the kernel flow table.
-    pub flows_created: u64,
 }
 
 impl Model {
@@ -61,7 +59,6 @@ impl Model {
         let mut processes: HashMap<u64, ProcessCounts> = snap.processes.iter().copied().collect();
         let mut net: HashMap<u64, NetTotals> = snap.net.iter().copied().collect();
         let mut tcp: HashMap<u64, TcpCounts> = snap.tcp.iter().copied().collect();
-        self.flows_created = snap.flows_created;
         let present: std::collections::HashSet<u64> = syscalls
             .keys()
             .chain(errnos.keys())

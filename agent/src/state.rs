@@ -187,7 +187,7 @@ impl Shared {
         }
         self.select_new(new).await;
         if let Some(flows) = &snap.flows {
-            self.flow_pass(flows).await?;
+            self.flow_pass(flows, snap.flows_created).await?;
         }
         Ok(())
     }

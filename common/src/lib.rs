@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(size_of::<net::FlowStats>(), 72);
         assert_eq!(size_of::<net::NetTotals>(), 56);
         assert_eq!(size_of::<net::TcpCounts>(), 40);
-        assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16);
+        assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16 + 72);
         assert_eq!(size_of::<net::DnsEvent>(), 8 + 48 + net::DNS_PAYLOAD_MAX);
         assert_eq!(size_of::<net::SockInfo>(), 24);
         assert_eq!(size_of::<net::ListenKey>(), 16);

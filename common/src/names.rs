@@ -107,7 +107,7 @@ pub const GLOBAL_OOM_OFF_UID: &str = "OOM_OFF_UID";
 /// See [`GLOBAL_OOM_OFF_PID`].
 pub const GLOBAL_OOM_OFF_COMM: &str = "OOM_OFF_COMM";
 
-/// LRU per-CPU hash: [`crate::net::FlowKey`] → [`crate::net::FlowStats`].
+/// LRU hash: [`crate::net::FlowKey`] → [`crate::net::FlowStats`].
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Per-CPU hash: cgroup id → [`crate::net::NetTotals`].
 pub const MAP_NET_TOTALS: &str = "NET_TOTALS";

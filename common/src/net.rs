@@ -23,11 +23,15 @@ pub struct FlowKey {
     pub raddr: [u8; 16],
 }
 
-/// Bit of [`FlowStats::flags`]: the first packet this CPU saw went out (egress).
+/// Bit of [`FlowStats::flags`]: the flow's first packet went out (egress).
 pub const FLOW_FIRST_EGRESS: u32 = 1;
+/// Bit of [`FlowStats::flags`]: the entry was created mid-connection (its first packet was a TCP
+/// segment without SYN), so the counts miss the start: the flow was evicted from the full table
+/// earlier, or began before the agent.
+pub const FLOW_PARTIAL: u32 = 2;
 
-/// Value of `FLOWS` (one copy per CPU; userspace sums, takes the min of `first_ns` and the max
-/// of `last_ns`).
+/// Value of `FLOWS`, one shared copy per flow: counters are updated with atomic adds (a flow's
+/// packets may be handled on several CPUs at once); `first_ns`/`flags` are set at creation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -39,10 +43,10 @@ pub struct FlowStats {
     /// Transport payload bytes (TCP/UDP headers excluded).
     pub payload_out: u64,
     pub payload_in: u64,
-    /// CLOCK_MONOTONIC ns of the first and last packet on this CPU (0: none).
+    /// CLOCK_MONOTONIC ns of the first and last packet.
     pub first_ns: u64,
     pub last_ns: u64,
-    /// [`FLOW_FIRST_EGRESS`] when this CPU's first packet was egress.
+    /// [`FLOW_FIRST_EGRESS`], [`FLOW_PARTIAL`].
     pub flags: u32,
     /// Always 0 (explicit padding).
     pub _pad: u32,
@@ -116,8 +120,10 @@ pub struct TcpEvent {
     pub direction: u32,
     pub srtt_us: u32,
     pub total_retrans: u32,
-    /// Always 0 (explicit padding).
-    pub _pad: u32,
+    /// 1 when `flow` holds the flow table's final counts (the entry was found and removed).
+    pub has_flow: u32,
+    /// The connection's flow table entry at close (taken out of the table by `sock_ops`).
+    pub flow: FlowStats,
 }
 
 /// Most DNS message bytes copied into a [`DnsEvent`].

@@ -2,6 +2,9 @@
 //! them, thin entry points that call a fallible `try_*` body.
 #![no_std]
 #![no_main]
+// BPF atomic add (net.rs): core has no AtomicU64 for the bpf target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod cgroups;
 mod loss;

@@ -18,23 +18,38 @@ use aya_ebpf::{
         bpf_skb_cgroup_id, generated::bpf_skb_load_bytes,
     },
     macros::{cgroup_skb, map, sock_ops},
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{SkBuffContext, SockOpsContext},
 };
 use palisade_common::{
     event_kind,
     loss::RINGBUF_FULL,
     net::{
-        AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FLOW_FIRST_EGRESS, FlowKey, FlowStats,
-        IPPROTO_TCP, IPPROTO_UDP, ListenKey, NetTotals, SockInfo, TcpCounts, TcpEvent, direction,
-        tcp_what,
+        AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FLOW_FIRST_EGRESS, FLOW_PARTIAL, FlowKey,
+        FlowStats, IPPROTO_TCP, IPPROTO_UDP, ListenKey, NetTotals, SockInfo, TcpCounts, TcpEvent,
+        direction, tcp_what,
     },
 };
 
 use crate::{cgroups::EVENTS, loss};
 
+/// Adds to a shared counter in a map value (a BPF atomic add instruction). The bpf target
+/// has no `AtomicU64` in core, hence the intrinsic.
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points at an aligned u64 inside a map value that lives as long as the map;
+    // concurrent updates from other CPUs go through the same atomic instruction.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        )
+    };
+}
+
+/// Shared (not per-CPU) so `sock_ops` can hand a closed connection's final counts to userspace
+/// and remove the entry at once: closed flows never crowd live ones out of the LRU.
 #[map(name = "FLOWS")]
-static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
 
 #[map(name = "NET_TOTALS")]
 static NET_TOTALS: PerCpuHashMap<u64, NetTotals> = PerCpuHashMap::with_max_entries(4096, 0);
@@ -101,6 +116,8 @@ struct Parsed {
     headers: u32,
     /// Offset of the transport payload.
     payload_off: u32,
+    /// TCP flags byte (0 for other protocols).
+    tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -117,6 +134,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         dport: 0,
         headers: 0,
         payload_off: 0,
+        tcp_flags: 0,
     };
     let l4: u32;
     if protocol == ETH_P_IP {
@@ -150,6 +168,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             p.dport = u16::from_be_bytes([t[2], t[3]]);
             let doff = u32::from(t[12] >> 4) * 4;
             p.headers = l4 + doff;
+            p.tcp_flags = t[13];
         }
         IPPROTO_UDP => {
             let mut u = [0u8; 4];
@@ -219,11 +238,17 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     let f = match FLOWS.get_ptr_mut(key) {
         Some(f) => f,
         None => {
+            const SYN: u8 = 0x02;
+            let mut flags = if egress { FLOW_FIRST_EGRESS } else { 0 };
+            if p.proto == IPPROTO_TCP && p.tcp_flags & SYN == 0 {
+                flags |= FLOW_PARTIAL;
+            }
             let first = FlowStats {
                 first_ns: now,
-                flags: if egress { FLOW_FIRST_EGRESS } else { 0 },
+                flags,
                 ..FlowStats::default()
             };
+            // BPF_NOEXIST: a racing insert of the same flow on another CPU wins, we add to it.
             let _ = FLOWS.insert(key, first, BPF_NOEXIST as u64);
             // SAFETY: as above; the counter slot is this CPU's.
             unsafe {
@@ -238,23 +263,18 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             }
         }
     };
-    // SAFETY: this CPU's copy of the flow's per-CPU value.
+    // SAFETY: a shared map value; counters go through atomic adds, `last_ns` is a plain store
+    // (a racing store of a nearby timestamp is harmless).
     unsafe {
-        if (*f).first_ns == 0 {
-            (*f).first_ns = now;
-            if egress {
-                (*f).flags |= FLOW_FIRST_EGRESS;
-            }
-        }
         (*f).last_ns = now;
         if egress {
-            (*f).pkts_out += segs;
-            (*f).bytes_out += wire;
-            (*f).payload_out += payload;
+            atomic_add(&raw mut (*f).pkts_out, segs);
+            atomic_add(&raw mut (*f).bytes_out, wire);
+            atomic_add(&raw mut (*f).payload_out, payload);
         } else {
-            (*f).pkts_in += segs;
-            (*f).bytes_in += wire;
-            (*f).payload_in += payload;
+            atomic_add(&raw mut (*f).pkts_in, segs);
+            atomic_add(&raw mut (*f).bytes_in, wire);
+            atomic_add(&raw mut (*f).payload_in, payload);
         }
     }
     if egress && p.proto == IPPROTO_UDP && p.dport == 53 {
@@ -275,21 +295,23 @@ fn dns(ctx: &SkBuffContext, key: &FlowKey, off: u32, len: u32) {
     unsafe {
         (*ev).kind = event_kind::DNS;
         (*ev).key = *key;
-        // constant-size loads keep the verifier happy: the largest of a few sizes that fits
-        let buf = &raw mut (*ev).payload;
-        let n = if avail >= DNS_PAYLOAD_MAX && load(ctx, off, buf).is_some() {
-            DNS_PAYLOAD_MAX
-        } else if avail >= 128 && load(ctx, off, buf.cast::<[u8; 128]>()).is_some() {
-            128
-        } else if avail >= 64 && load(ctx, off, buf.cast::<[u8; 64]>()).is_some() {
-            64
-        } else if avail >= 32 && load(ctx, off, buf.cast::<[u8; 32]>()).is_some() {
-            32
-        } else {
+        // a variable size the verifier can bound: 12 (a DNS header) ..= DNS_PAYLOAD_MAX
+        let n = (avail as u32).min(DNS_PAYLOAD_MAX as u32);
+        if n < 12 {
             entry.discard(0);
             return;
-        };
-        (*ev).len = n as u32;
+        }
+        let r = bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off,
+            (&raw mut (*ev).payload).cast(),
+            n,
+        );
+        if r != 0 {
+            entry.discard(0);
+            return;
+        }
+        (*ev).len = n;
     }
     entry.submit(0);
 }
@@ -345,9 +367,17 @@ fn sock_key(ctx: &SockOpsContext, cgroup_id: u64) -> FlowKey {
             field!(remote_ip6, 2),
             field!(remote_ip6, 3),
         ];
-        for i in 0..4 {
-            k.laddr[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
-            k.raddr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+        // An IPv4-mapped address (::ffff:a.b.c.d) carries IPv4 packets: key it like them.
+        let ffff = 0xffffu32.to_be();
+        if l[0] == 0 && l[1] == 0 && l[2] == ffff && r[0] == 0 && r[1] == 0 && r[2] == ffff {
+            k.family = AF_INET;
+            k.laddr[..4].copy_from_slice(&l[3].to_ne_bytes());
+            k.raddr[..4].copy_from_slice(&r[3].to_ne_bytes());
+        } else {
+            for i in 0..4 {
+                k.laddr[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
+                k.raddr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+            }
         }
     }
     k
@@ -468,11 +498,22 @@ fn emit(ctx: &SockOpsContext, what: u32, cookie: u64, info: &SockInfo, now: u64)
     };
     let ev = entry.as_mut_ptr();
     let ops = ctx.ops;
+    let key = sock_key(ctx, info.cgroup_id);
     // SAFETY: reserved record we own until submit; context fields of a full socket.
     unsafe {
         (*ev).kind = event_kind::TCP;
         (*ev).what = what;
-        (*ev).key = sock_key(ctx, info.cgroup_id);
+        (*ev).key = key;
+        (*ev).has_flow = 0;
+        (*ev).flow = FlowStats::default();
+        if what != tcp_what::ESTABLISHED {
+            // The connection is over: hand its final counts over and free the entry.
+            if let Some(f) = FLOWS.get_ptr(key) {
+                (*ev).flow = *f;
+                (*ev).has_flow = 1;
+                let _ = FLOWS.remove(key);
+            }
+        }
         (*ev).cookie = cookie;
         (*ev).ktime_ns = now;
         (*ev).start_ns = info.start_ns;
@@ -481,7 +522,6 @@ fn emit(ctx: &SockOpsContext, what: u32, cookie: u64, info: &SockInfo, now: u64)
         (*ev).bytes_acked = (*ops).bytes_acked;
         (*ev).srtt_us = (*ops).srtt_us >> 3;
         (*ev).total_retrans = (*ops).total_retrans;
-        (*ev)._pad = 0;
     }
     entry.submit(0);
 }

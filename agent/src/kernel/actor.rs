@@ -125,8 +125,8 @@ struct Actor {
     processes: PerCpuHashMap<MapData, u64, ProcessCounts>,
     net: PerCpuHashMap<MapData, u64, NetTotals>,
     tcp: PerCpuHashMap<MapData, u64, TcpCounts>,
-    /// LRU per-CPU hash; aya reads it through the per-CPU hash type.
-    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    /// LRU hash; aya reads it through the hash type.
+    flows: HashMap<MapData, FlowKey, FlowStats>,
     net_counters: PerCpuArray<MapData, u64>,
 }
 
@@ -267,7 +267,14 @@ impl Actor {
         snap.net = read_summed(&self.net, names::MAP_NET_TOTALS, add_net)?;
         snap.tcp = read_summed(&self.tcp, names::MAP_TCP_COUNTS, add_tcp)?;
         if flows {
-            snap.flows = Some(read_summed(&self.flows, names::MAP_FLOWS, add_flow)?);
+            let mut all = Vec::new();
+            for item in self.flows.iter() {
+                all.push(item.map_err(|source| KernelError::Map {
+                    map: names::MAP_FLOWS,
+                    source,
+                })?);
+            }
+            snap.flows = Some(all);
         }
         snap.flows_created = self
             .net_counters
@@ -319,12 +326,8 @@ impl Actor {
     fn take_flows(&mut self, keys: &[FlowKey]) -> Vec<(FlowKey, FlowStats)> {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            if let Ok(values) = self.flows.get(k, 0) {
-                let mut sum = FlowStats::default();
-                for v in values.iter() {
-                    add_flow(&mut sum, v);
-                }
-                out.push((*k, sum));
+            if let Ok(v) = self.flows.get(k, 0) {
+                out.push((*k, v));
                 let _ = self.flows.remove(k);
             }
         }
@@ -394,19 +397,4 @@ fn add_tcp(a: &mut TcpCounts, b: &TcpCounts) {
     a.refused += b.refused;
     a.timeout += b.timeout;
     a.retransmits += b.retransmits;
-}
-
-/// Per-CPU flow values: sums, the earliest first packet, the latest last one.
-pub fn add_flow(a: &mut FlowStats, b: &FlowStats) {
-    a.pkts_out += b.pkts_out;
-    a.pkts_in += b.pkts_in;
-    a.bytes_out += b.bytes_out;
-    a.bytes_in += b.bytes_in;
-    a.payload_out += b.payload_out;
-    a.payload_in += b.payload_in;
-    if b.first_ns != 0 && (a.first_ns == 0 || b.first_ns < a.first_ns) {
-        a.first_ns = b.first_ns;
-        a.flags = b.flags;
-    }
-    a.last_ns = a.last_ns.max(b.last_ns);
 }

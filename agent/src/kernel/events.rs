@@ -2,7 +2,7 @@
 use palisade_common::{
     CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent, OomEvent,
     event_kind, exec_flags,
-    net::{DNS_PAYLOAD_MAX, DnsEvent, FlowKey, TcpEvent},
+    net::{DNS_PAYLOAD_MAX, DnsEvent, FlowKey, FlowStats, TcpEvent},
 };
 use tracing::warn;
 
@@ -98,6 +98,8 @@ pub struct Tcp {
     pub direction: u32,
     pub srtt_us: u32,
     pub total_retrans: u32,
+    /// The flow's final counts, taken out of the flow table by `sock_ops` at close.
+    pub flow: Option<FlowStats>,
 }
 
 /// The start of a DNS message a cgroup sent.
@@ -236,6 +238,7 @@ pub fn parse(bytes: &[u8]) -> Option<KernelEvent> {
                 direction: ev.direction,
                 srtt_us: ev.srtt_us,
                 total_retrans: ev.total_retrans,
+                flow: (ev.has_flow == 1).then_some(ev.flow),
             }))
         }
         event_kind::DNS => {

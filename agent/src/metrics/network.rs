@@ -148,11 +148,9 @@ fn peer_families(inp: &Inputs<'_>) -> Vec<MetricFamily> {
         "Flows the kernel's LRU flow table dropped to make room before they ended (network.flow_entries).",
         MetricType::COUNTER,
     );
-    let ev = inp
-        .model
-        .flows_created
-        .saturating_sub(net.deleted_total + net.live_flows as u64);
-    evicted.mut_metric().push(counter(&[], ev as f64));
+    evicted
+        .mut_metric()
+        .push(counter(&[], net.evicted_total as f64));
     let mut out = vec![flows, evicted];
     if cfg.per_peer_metrics {
         let mut peers = family(

@@ -29,14 +29,17 @@ impl Shared {
             return; // counted in the kernel; the record comes at the end
         }
         let key = normalize(t.key);
-        let taken = match self.kernel.take_flows(vec![key]).await {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %e, "cannot read a closed connection's flow");
-                return;
-            }
+        let stats = match t.flow {
+            // the usual case: sock_ops took the entry out of the table at close
+            Some(f) => f,
+            None => match self.kernel.take_flows(vec![key]).await {
+                Ok(v) => v.into_iter().next().map(|(_, f)| f).unwrap_or_default(),
+                Err(e) => {
+                    warn!(error = %e, "cannot read a closed connection's flow");
+                    return;
+                }
+            },
         };
-        let stats = taken.into_iter().next().map(|(_, f)| f).unwrap_or_default();
         let mut new = Vec::new();
         let mut st = self.state.lock().await;
         let cfg = &self.config.network;
@@ -70,11 +73,17 @@ impl Shared {
     pub(crate) async fn flow_pass(
         &self,
         flows: &[(FlowKey, palisade_common::net::FlowStats)],
+        created: u64,
     ) -> Result<(), KernelError> {
         let now = monotonic_ns();
         let clock = Clock::now();
         let cfg = &self.config.network;
-        let pass = self.state.lock().await.net.flow_pass(flows, now, cfg);
+        let pass = self
+            .state
+            .lock()
+            .await
+            .net
+            .flow_pass(flows, created, now, cfg);
         let ended = if pass.finish.is_empty() {
             Vec::new()
         } else {

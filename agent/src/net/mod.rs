@@ -16,8 +16,8 @@ use std::{
 use palisade_common::{
     HIST_BUCKETS, latency_bucket,
     net::{
-        AF_INET, AF_INET6, FLOW_FIRST_EGRESS, FlowKey, FlowStats, IPPROTO_TCP, IPPROTO_UDP,
-        direction, tcp_what,
+        AF_INET, AF_INET6, FLOW_FIRST_EGRESS, FLOW_PARTIAL, FlowKey, FlowStats, IPPROTO_TCP,
+        IPPROTO_UDP, direction, tcp_what,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,10 @@ pub struct FlowRecord {
     pub duration_seconds: f64,
     /// True when the flow is over; false for an interim record of a long flow.
     pub ended: bool,
+    /// The counts miss the flow's start: its entry was created mid-connection (evicted from a
+    /// full flow table earlier, or opened before the agent started).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpInfo>,
     /// Last DNS question the container sent on this flow (UDP/53).
@@ -151,6 +155,9 @@ pub struct NetState {
     pub deleted_total: u64,
     /// Entries in the flow table at the last flow pass.
     pub live_flows: usize,
+    /// Flows the kernel's LRU dropped before they ended, as of the last flow pass: inserted,
+    /// minus deleted by us, minus still there (kept monotonic).
+    pub evicted_total: u64,
 }
 
 /// What a flow pass decided: flows to take out of the kernel table, and interim records.
@@ -172,15 +179,20 @@ impl NetState {
         self.dns.insert(key, name);
     }
 
-    /// Looks at the whole flow table (`now`: CLOCK_MONOTONIC ns).
+    /// Looks at the whole flow table (`now`: CLOCK_MONOTONIC ns; `created`: flows ever
+    /// inserted, from the kernel's counter read with the table).
     pub fn flow_pass(
         &mut self,
         flows: &[(FlowKey, FlowStats)],
+        created: u64,
         now: u64,
         cfg: &NetworkConfig,
     ) -> FlowPass {
         let mut pass = FlowPass::default();
         self.live_flows = flows.len();
+        self.evicted_total = self
+            .evicted_total
+            .max(created.saturating_sub(self.deleted_total + flows.len() as u64));
         let ns = |d: Duration| d.as_nanos() as u64;
         let mut live_peers: HashMap<PeerKey, u64> = HashMap::new();
         for (k, f) in flows {
@@ -230,10 +242,10 @@ impl NetState {
         self.reported.remove(k);
         if cfg.per_peer_metrics {
             for (dir, bytes) in [("tx", f.bytes_out), ("rx", f.bytes_in)] {
-                *self
-                    .peers_final
-                    .entry(self.peer_key(k, dir, cfg))
-                    .or_default() += bytes;
+                let p = self.peer_key(k, dir, cfg);
+                *self.peers_final.entry(p.clone()).or_default() += bytes;
+                // visible now, not only after the next pass (which recomputes from the finals)
+                *self.peers.entry(p).or_default() += bytes;
             }
         }
     }
@@ -302,6 +314,7 @@ impl NetState {
             wire_bytes_in: f.bytes_in,
             duration_seconds: end.saturating_sub(start) as f64 / 1e9,
             ended,
+            partial: f.flags & FLOW_PARTIAL != 0,
             tcp: tcp_info,
             dns_query,
         }
@@ -387,6 +400,7 @@ mod tests {
             direction: direction::OUTBOUND,
             srtt_us: 250,
             total_retrans: 0,
+            flow: None,
         };
         let r = s.record(&key(IPPROTO_TCP), &f, Some(&t), true, 0);
         assert_eq!(r.direction, "outbound");
@@ -447,7 +461,7 @@ mod tests {
         };
         s.dns_seen(key(IPPROTO_UDP), "db.example.test".into());
         let flows = [(key(IPPROTO_UDP), udp), (key(IPPROTO_TCP), tcp)];
-        let pass = s.flow_pass(&flows, 100 * sec, &cfg);
+        let pass = s.flow_pass(&flows, 2, 100 * sec, &cfg);
         assert_eq!(
             pass.finish,
             vec![key(IPPROTO_UDP)],
@@ -461,13 +475,18 @@ mod tests {
         assert!(!pass.interim[0].ended);
         assert_eq!(pass.interim[0].tcp.as_ref().unwrap().result, "open");
         // no second interim record before another interval
-        assert!(s.flow_pass(&flows[1..], 101 * sec, &cfg).interim.is_empty());
+        assert!(
+            s.flow_pass(&flows[1..], 2, 101 * sec, &cfg)
+                .interim
+                .is_empty()
+        );
         let r = s.record(&key(IPPROTO_UDP), &udp, None, true, 100 * sec);
         assert_eq!((r.bytes_out, r.packets_out), (51_200, 100));
         assert_eq!(r.dns_query.as_deref(), Some("db.example.test"));
         assert_eq!(r.direction, "outbound");
         s.ended(&key(IPPROTO_UDP), &udp, &cfg);
-        s.flow_pass(&flows[1..], 102 * sec, &cfg);
+        s.flow_pass(&flows[1..], 5, 102 * sec, &cfg);
+        assert_eq!(s.evicted_total, 5 - 1 - 1, "5 created, 1 deleted, 1 live");
         assert_eq!(s.peers.get(&(7, "tx", "10.0.0.0/24".into())), Some(&54_000));
         assert_eq!(s.peers.get(&(7, "rx", "10.0.0.0/24".into())), Some(&10));
         assert_eq!(s.deleted_total, 1);

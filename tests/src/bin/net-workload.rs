@@ -1,0 +1,131 @@
+//! Network workloads with exactly known traffic, for the privileged network tests.
+//!
+//! - `serve-tcp ADDR N`: accepts N connections one after the other, reads each to EOF; prints
+//!   `listening` once bound and `received BYTES` at the end.
+//! - `send-tcp ADDR BYTES`: one connection, BYTES of payload, then close.
+//! - `connect ADDR`: one connect; exits 0 when refused, 1 when it succeeded.
+//! - `connects ADDR N`: N connect-and-close in a row.
+//! - `stream-tcp ADDR BYTES MS`: one connection sending BYTES over about MS milliseconds.
+//! - `send-udp ADDR N SIZE`: N datagrams of SIZE bytes.
+//! - `dns ADDR NAME`: one DNS query (type A) for NAME to ADDR.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+    time::Duration,
+};
+
+fn addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("bad address {s}: {e}"))
+}
+
+fn num(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|e| format!("bad number {s}: {e}"))
+}
+
+fn send_all(s: &mut TcpStream, mut bytes: u64) -> std::io::Result<()> {
+    let buf = [0x5au8; 65536];
+    while bytes > 0 {
+        let n = bytes.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..n])?;
+        bytes -= n as u64;
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<i32, String> {
+    let io = |e: std::io::Error| e.to_string();
+    match args {
+        [cmd, a, n] if cmd == "serve-tcp" => {
+            let l = TcpListener::bind(addr(a)?).map_err(io)?;
+            println!("listening");
+            std::io::stdout().flush().map_err(io)?;
+            let mut total = 0u64;
+            for _ in 0..num(n)? {
+                let (mut s, _) = l.accept().map_err(io)?;
+                let mut buf = [0u8; 65536];
+                loop {
+                    let r = s.read(&mut buf).map_err(io)?;
+                    if r == 0 {
+                        break;
+                    }
+                    total += r as u64;
+                }
+            }
+            println!("received {total}");
+            Ok(0)
+        }
+        [cmd, a, bytes] if cmd == "send-tcp" => {
+            let mut s = TcpStream::connect(addr(a)?).map_err(io)?;
+            send_all(&mut s, num(bytes)?).map_err(io)?;
+            s.shutdown(Shutdown::Write).map_err(io)?;
+            // wait for the peer's close so both ends finish cleanly
+            let mut sink = [0u8; 16];
+            let _ = s.read(&mut sink);
+            Ok(0)
+        }
+        [cmd, a, bytes, ms] if cmd == "stream-tcp" => {
+            let mut s = TcpStream::connect(addr(a)?).map_err(io)?;
+            let total = num(bytes)?;
+            let chunks = 20u64;
+            for i in 0..chunks {
+                let part = total / chunks + u64::from(i < total % chunks);
+                send_all(&mut s, part).map_err(io)?;
+                std::thread::sleep(Duration::from_millis(num(ms)? / chunks));
+            }
+            s.shutdown(Shutdown::Write).map_err(io)?;
+            let mut sink = [0u8; 16];
+            let _ = s.read(&mut sink);
+            Ok(0)
+        }
+        [cmd, a] if cmd == "connect" => match TcpStream::connect(addr(a)?) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(0),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Ok(1),
+        },
+        [cmd, a, n] if cmd == "connects" => {
+            let a = addr(a)?;
+            for _ in 0..num(n)? {
+                let s = TcpStream::connect(a).map_err(io)?;
+                s.shutdown(Shutdown::Write).map_err(io)?;
+                let mut sink = [0u8; 1];
+                let _ = (&s).read(&mut sink);
+            }
+            Ok(0)
+        }
+        [cmd, a, n, size] if cmd == "send-udp" => {
+            let u = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+            let buf = vec![0x33u8; num(size)? as usize];
+            for _ in 0..num(n)? {
+                u.send_to(&buf, addr(a)?).map_err(io)?;
+            }
+            Ok(0)
+        }
+        [cmd, a, name] if cmd == "dns" => {
+            let u = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+            let mut q = vec![0x4a, 0x11, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.') {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.extend_from_slice(&[0, 0, 1, 0, 1]);
+            u.send_to(&q, addr(a)?).map_err(io)?;
+            Ok(0)
+        }
+        _ => Err(
+            "usage: net-workload serve-tcp|send-tcp|stream-tcp|connect|connects|send-udp|dns ..."
+                .into(),
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("net-workload: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

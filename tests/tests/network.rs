@@ -1,0 +1,363 @@
+//! Privileged end-to-end tests of network flows: real cgroups, network namespaces and a veth
+//! pair created by the test, real traffic.
+//!
+//! Byte rule asserted here: flow records' `bytes_out`/`bytes_in` are transport payload bytes;
+//! `wire_bytes_*` and `palisade_network_bytes_total` are IP bytes including headers.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use palisade_tests::{Agent, Metrics, TestCgroup, TestNetns, net_workload_bin, wait_for};
+use serde_json::Value;
+
+/// Fast UDP flow ends, and a background pass every second, so records come quickly.
+const CFG: &str = "metrics:\n  collect_interval: 1s\nnetwork:\n  udp_idle_timeout: 1s\n";
+
+/// Starts a TCP server for `n` connections in `cg`/`ns` and waits until it listens.
+fn server(cg: &TestCgroup, ns: &TestNetns, addr: &str, n: u32) -> Child {
+    let mut child = cg
+        .command_in(ns, net_workload_bin())
+        .args(["serve-tcp", addr, &n.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn server: {e}"));
+    let out = child
+        .stdout
+        .as_mut()
+        .unwrap_or_else(|| panic!("server stdout"));
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("server: {e}"));
+    assert_eq!(line.trim(), "listening");
+    child
+}
+
+fn run(cg: &TestCgroup, ns: &TestNetns, args: &[&str]) -> i32 {
+    cg.command_in(ns, net_workload_bin())
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("net-workload {args:?}: {e}"))
+        .code()
+        .unwrap_or(-1)
+}
+
+fn finish(mut child: Child) -> String {
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("server: {e}"));
+    assert!(out.status.success(), "server failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flows(agent: &Agent, cg: &TestCgroup) -> Vec<Value> {
+    agent
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "flow" && e["container"]["cgroup_id"] == cg.id)
+        .collect()
+}
+
+fn conns(m: &Metrics, cg: &TestCgroup, dir: &str, result: &str) -> Option<f64> {
+    m.value(
+        "palisade_tcp_connections_total",
+        &[
+            ("container", &cg.rel),
+            ("direction", dir),
+            ("result", result),
+        ],
+    )
+}
+
+#[test]
+fn a_megabyte_over_a_veth_pair_is_one_flow_seen_from_both_ends() {
+    let agent = Agent::with_events(CFG, &[]);
+    let (nsa, nsb) = (TestNetns::new("veth-a"), TestNetns::new("veth-b"));
+    TestNetns::link(&nsa, "10.231.7.1", &nsb, "10.231.7.2");
+    let (client, srv) = (
+        TestCgroup::new("veth-client"),
+        TestCgroup::new("veth-server"),
+    );
+    let s = server(&srv, &nsb, "10.231.7.2:7000", 1);
+    assert_eq!(
+        run(&client, &nsa, &["send-tcp", "10.231.7.2:7000", "1000000"]),
+        0
+    );
+    assert!(finish(s).contains("received 1000000"));
+
+    let c = agent.wait_events(1, "the client's flow record", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == client.id
+    });
+    let sv = agent.wait_events(1, "the server's flow record", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == srv.id
+    });
+    let (c, sv) = (&c[0]["flow"], &sv[0]["flow"]);
+    assert_eq!(c["direction"], "outbound");
+    assert_eq!(c["protocol"], "tcp");
+    assert_eq!(c["remote"], "10.231.7.2:7000");
+    assert_eq!(c["bytes_out"], 1_000_000, "{c}");
+    assert_eq!(c["bytes_in"], 0);
+    assert_eq!(c["tcp"]["result"], "closed");
+    assert!(c["tcp"]["rtt_seconds"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(c["ended"].as_bool().unwrap_or(false));
+    assert_eq!(sv["direction"], "inbound");
+    assert_eq!(sv["local"], "10.231.7.2:7000");
+    assert_eq!(sv["bytes_in"], 1_000_000, "{sv}");
+    assert_eq!(sv["bytes_out"], 0);
+    // headers are on top of the payload, and both sides saw the same wire bytes
+    let wire = c["wire_bytes_out"].as_u64().unwrap();
+    assert!(wire > 1_000_000, "{wire}");
+    assert_eq!(sv["wire_bytes_in"], wire);
+    assert_eq!(c["packets_out"], sv["packets_in"]);
+
+    let m = agent.metrics();
+    assert_eq!(conns(&m, &client, "outbound", "established"), Some(1.0));
+    assert_eq!(conns(&m, &client, "inbound", "established"), Some(0.0));
+    assert_eq!(conns(&m, &srv, "inbound", "established"), Some(1.0));
+    assert_eq!(conns(&m, &srv, "outbound", "established"), Some(0.0));
+    let tx = m
+        .value(
+            "palisade_network_bytes_total",
+            &[("container", &client.rel), ("direction", "tx")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        tx >= wire as f64,
+        "container total {tx} covers the flow's {wire}"
+    );
+    assert_eq!(
+        m.find(
+            "palisade_tcp_rtt_seconds_count",
+            &[("container", &client.rel)]
+        )[0]
+        .value,
+        1.0
+    );
+    palisade_tests::promtool_check_metrics(&m.text);
+}
+
+#[test]
+fn loopback_traffic_between_two_containers_is_counted_once_per_side() {
+    let agent = Agent::with_events(CFG, &[]);
+    let ns = TestNetns::new("lo");
+    let (client, srv) = (TestCgroup::new("lo-client"), TestCgroup::new("lo-server"));
+    let s = server(&srv, &ns, "127.0.0.1:7001", 1);
+    assert_eq!(
+        run(&client, &ns, &["send-tcp", "127.0.0.1:7001", "300000"]),
+        0
+    );
+    assert!(finish(s).contains("received 300000"));
+    agent.wait_events(2, "both flow records", |e| {
+        e["type"] == "flow"
+            && (e["container"]["cgroup_id"] == client.id || e["container"]["cgroup_id"] == srv.id)
+    });
+    let m = agent.metrics();
+    let total = |cg: &TestCgroup, dir: &str| {
+        m.value(
+            "palisade_network_bytes_total",
+            &[("container", &cg.rel), ("direction", dir)],
+        )
+        .unwrap_or(0.0)
+    };
+    // what the client sent the server received, and the other way round: each byte once per side
+    assert_eq!(total(&client, "tx"), total(&srv, "rx"));
+    assert_eq!(total(&srv, "tx"), total(&client, "rx"));
+    assert!(total(&client, "tx") > 300_000.0);
+    let c = &flows(&agent, &client)[0]["flow"];
+    assert_eq!(
+        (c["direction"].as_str(), c["bytes_out"].as_u64()),
+        (Some("outbound"), Some(300_000))
+    );
+    let sv = &flows(&agent, &srv)[0]["flow"];
+    assert_eq!(
+        (sv["direction"].as_str(), sv["bytes_in"].as_u64()),
+        (Some("inbound"), Some(300_000))
+    );
+}
+
+#[test]
+fn a_connect_to_a_closed_port_is_one_refused_connection() {
+    let agent = Agent::with_events(CFG, &[]);
+    let ns = TestNetns::new("refused");
+    let cg = TestCgroup::new("refused");
+    assert_eq!(
+        run(&cg, &ns, &["connect", "127.0.0.1:1"]),
+        0,
+        "connect refused"
+    );
+    let r = agent.wait_events(1, "the failed flow record", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == cg.id
+    });
+    assert_eq!(r[0]["flow"]["tcp"]["result"], "refused");
+    assert_eq!(r[0]["flow"]["direction"], "outbound");
+    let m = agent.metrics();
+    assert_eq!(conns(&m, &cg, "outbound", "refused"), Some(1.0));
+    assert_eq!(conns(&m, &cg, "outbound", "established"), Some(0.0));
+    assert_eq!(conns(&m, &cg, "outbound", "timeout"), Some(0.0));
+}
+
+#[test]
+fn ten_thousand_short_connections_are_counted_exactly_beside_a_live_flow() {
+    // A small flow table: closed flows churn through it while a long flow stays live.
+    let agent = Agent::with_events(
+        &format!("{CFG}  flow_entries: 1024\n  report_interval: 1h\n"),
+        &[],
+    );
+    let ns = TestNetns::new("conns");
+    let (client, srv) = (
+        TestCgroup::new("conns-client"),
+        TestCgroup::new("conns-server"),
+    );
+    let (lc, ls) = (
+        TestCgroup::new("long-client"),
+        TestCgroup::new("long-server"),
+    );
+    let long_srv = server(&ls, &ns, "127.0.0.1:7003", 1);
+    let mut long = lc
+        .command_in(&ns, net_workload_bin())
+        .args(["stream-tcp", "127.0.0.1:7003", "2000000", "4000"])
+        .spawn()
+        .unwrap();
+    let s = server(&srv, &ns, "127.0.0.1:7002", 10_000);
+    assert_eq!(
+        run(&client, &ns, &["connects", "127.0.0.1:7002", "10000"]),
+        0
+    );
+    finish(s);
+    assert!(long.wait().unwrap().success());
+    assert!(finish(long_srv).contains("received 2000000"));
+
+    let m = wait_for(
+        Duration::from_secs(20),
+        "all 10,000 connections counted",
+        || {
+            let m = agent.metrics();
+            (conns(&m, &srv, "inbound", "established") == Some(10_000.0)).then_some(m)
+        },
+    );
+    assert_eq!(
+        conns(&m, &client, "outbound", "established"),
+        Some(10_000.0)
+    );
+    assert_eq!(conns(&m, &client, "outbound", "refused"), Some(0.0));
+    assert_eq!(conns(&m, &srv, "inbound", "established"), Some(10_000.0));
+    // the live flow's counts survived the churn of the LRU table
+    let r = agent.wait_events(1, "the long flow's record", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == lc.id
+    });
+    assert_eq!(r[0]["flow"]["bytes_out"], 2_000_000, "{}", r[0]);
+    assert!(r[0]["flow"].get("partial").is_none(), "{}", r[0]);
+    assert!(r[0]["flow"]["duration_seconds"].as_f64().unwrap() > 3.0);
+}
+
+#[test]
+fn a_full_flow_table_evicts_and_counts_it_while_totals_stay_exact() {
+    let agent = Agent::with_events(
+        "metrics:\n  collect_interval: 1s\nnetwork:\n  flow_entries: 64\n  udp_idle_timeout: 1h\n",
+        &[],
+    );
+    let ns = TestNetns::new("evict");
+    let cg = TestCgroup::new("evict");
+    // 300 UDP flows (one datagram each to a distinct port) into a 64-entry table
+    for port in 10_000..10_300 {
+        assert_eq!(
+            run(
+                &cg,
+                &ns,
+                &["send-udp", &format!("127.0.0.1:{port}"), "1", "100"]
+            ),
+            0
+        );
+    }
+    let m = agent.metrics();
+    // the per-container totals do not depend on the table: exact
+    assert_eq!(
+        m.value(
+            "palisade_network_packets_total",
+            &[("container", &cg.rel), ("direction", "tx")]
+        ),
+        Some(300.0)
+    );
+    assert_eq!(
+        m.value(
+            "palisade_network_bytes_total",
+            &[("container", &cg.rel), ("direction", "tx")]
+        ),
+        Some(300.0 * 128.0)
+    );
+    // at least ours were pushed out of the 64-entry table (the next flow pass counts them)
+    let m = wait_for(
+        Duration::from_secs(10),
+        "the evictions to be counted",
+        || {
+            let m = agent.metrics();
+            (m.value("palisade_network_flows_evicted_total", &[])
+                .unwrap_or(0.0)
+                >= 300.0 - 64.0)
+                .then_some(m)
+        },
+    );
+    assert!(m.value("palisade_network_flows", &[]).unwrap_or(99.0) <= 64.0);
+}
+
+#[test]
+fn udp_datagrams_and_dns_queries() {
+    let agent = Agent::with_events(&format!("{CFG}  per_peer_metrics: true\n"), &[]);
+    let ns = TestNetns::new("udp");
+    let cg = TestCgroup::new("udp");
+    assert_eq!(
+        run(&cg, &ns, &["send-udp", "127.0.0.1:9999", "100", "512"]),
+        0
+    );
+    assert_eq!(
+        run(&cg, &ns, &["dns", "127.0.0.1:53", "palisade-test.example"]),
+        0
+    );
+    let recs = agent.wait_events(2, "the UDP flow records", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == cg.id
+    });
+    let data = recs
+        .iter()
+        .find(|e| e["flow"]["remote"] == "127.0.0.1:9999")
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    let f = &data["flow"];
+    assert_eq!(f["protocol"], "udp");
+    assert_eq!(f["direction"], "outbound");
+    assert_eq!(f["packets_out"], 100);
+    assert_eq!(f["bytes_out"], 51_200, "512-byte payloads");
+    assert_eq!(
+        f["wire_bytes_out"],
+        100 * (512 + 8 + 20),
+        "plus UDP and IPv4 headers"
+    );
+    let dns = recs
+        .iter()
+        .find(|e| e["flow"]["remote"] == "127.0.0.1:53")
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(dns["flow"]["dns_query"], "palisade-test.example");
+    // per-peer bytes (opt-in): both flows went to 127.0.0.0/24; the DNS query is 39 bytes
+    let m = agent.metrics();
+    assert_eq!(
+        m.value(
+            "palisade_network_peer_bytes_total",
+            &[
+                ("container", &cg.rel),
+                ("direction", "tx"),
+                ("remote", "127.0.0.0/24")
+            ]
+        ),
+        Some((100 * (512 + 28) + 39 + 28) as f64),
+        "{}",
+        m.text
+            .lines()
+            .filter(|l| l.contains("peer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        m.value("palisade_network_peer_series_dropped", &[]),
+        Some(0.0)
+    );
+}
