@@ -44,7 +44,7 @@ fn run(cg: &TestCgroup, ns: &TestNetns, args: &[&str]) -> i32 {
         .unwrap_or(-1)
 }
 
-fn finish(mut child: Child) -> String {
+fn finish(child: Child) -> String {
     let out = child
         .wait_with_output()
         .unwrap_or_else(|e| panic!("server: {e}"));
