@@ -83,7 +83,7 @@ pub struct TcpCounts {
 
 /// [`TcpEvent::what`] values.
 pub mod tcp_what {
-    /// The connection was established.
+    /// The connection was established (counted in the kernel; not sent as an event).
     pub const ESTABLISHED: u32 = 1;
     /// The connection closed after being established.
     pub const CLOSED: u32 = 2;

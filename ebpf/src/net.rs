@@ -430,7 +430,6 @@ fn try_tcp_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
                 .copied()
                 .unwrap_or_default();
             tcp_counts(info.cgroup_id, |c| c.outbound_established += 1);
-            emit(ctx, tcp_what::ESTABLISHED, cookie, &info, now);
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let key = ListenKey {
@@ -451,7 +450,6 @@ fn try_tcp_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
             let _ = ctx
                 .set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG) as i32);
             tcp_counts(cg, |c| c.inbound_established += 1);
-            emit(ctx, tcp_what::ESTABLISHED, cookie, &info, now);
         }
         BPF_SOCK_OPS_RETRANS_CB => {
             // SAFETY: read-only lookup; copied out.

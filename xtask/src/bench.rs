@@ -28,11 +28,32 @@ pub enum Bench {
         #[arg(long, default_value_t = 5000)]
         execs: u32,
     },
+    /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
+    /// the agent, interleaved; medians and ratios.
+    Net {
+        /// MiB per bulk transfer.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        /// Connections per connection-rate run.
+        #[arg(long, default_value_t = 5000)]
+        connections: u32,
+        /// Repetitions of each case.
+        #[arg(short, long, default_value_t = 3)]
+        reps: u32,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Syscalls { calls, reps } => syscalls(calls, reps),
+        Bench::Net {
+            mib,
+            connections,
+            reps,
+        } => {
+            build(true)?;
+            crate::bench_agent::net(mib, connections, reps)
+        }
         Bench::Scrape { scrapes, execs } => {
             build(true)?;
             crate::bench_agent::scrape(scrapes)?;

@@ -181,3 +181,160 @@ pub fn exec_events(n: u32) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
+
+/// Starts a release agent with default settings in `dir`; returns it once it serves.
+fn start_agent(dir: &Path) -> Result<Child> {
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let mut agent = Command::new(agent_bin(true))
+        .args(["agent", "--listen", "127.0.0.1:0", "--control-socket"])
+        .arg(dir.join("agent.sock"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        if Instant::now() > deadline {
+            let _ = agent.kill();
+            bail!("agent did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(agent)
+}
+
+fn stop_agent(mut agent: Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+}
+
+/// One bulk transfer of `mib` MiB over loopback; returns MiB/s.
+fn bulk(workload: &Path, port: u16, mib: u64) -> Result<f64> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut srv = Command::new(workload)
+        .args(["serve-tcp", &addr, "1"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = srv.stdout.as_mut() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    }
+    let t = Instant::now();
+    let st = Command::new(workload)
+        .args(["send-tcp", &addr, &(mib << 20).to_string()])
+        .status()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = srv.wait();
+    if !st.success() {
+        bail!("bulk sender failed");
+    }
+    Ok(mib as f64 / secs)
+}
+
+/// `n` connections to a server accepting them; returns connections/s.
+fn conn_rate(workload: &Path, port: u16, n: u32) -> Result<f64> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut srv = Command::new(workload)
+        .args(["serve-tcp", &addr, &n.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = srv.stdout.as_mut() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    }
+    let t = Instant::now();
+    let st = Command::new(workload)
+        .args(["connects", &addr, &n.to_string()])
+        .status()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = srv.wait();
+    if !st.success() {
+        bail!("connection loop failed");
+    }
+    Ok(f64::from(n) / secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `cargo xtask bench net`.
+pub fn net(mib: u64, connections: u32, reps: u32) -> Result<()> {
+    step(&format!(
+        "loopback TCP: {mib} MiB bulk transfers and {connections}-connection runs, {reps} reps, without/with the agent"
+    ));
+    let workload = agent_bin(true).with_file_name("net-workload");
+    if !workload.exists() {
+        bail!(
+            "{} missing (built by `cargo xtask build --release`)",
+            workload.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("palisade-bench-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut port = 23_000u16 + (std::process::id() % 1000) as u16;
+    let mut next = || {
+        port += 1;
+        port
+    };
+    let (mut bulk_base, mut bulk_agent, mut conn_base, mut conn_agent) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..reps {
+        // alternate which case goes first, so drift does not favour one
+        for with_agent in if rep % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let agent = if with_agent {
+                Some(start_agent(&dir)?)
+            } else {
+                None
+            };
+            let b = bulk(&workload, next(), mib);
+            let c = conn_rate(&workload, next(), connections);
+            if let Some(a) = agent {
+                stop_agent(a);
+            }
+            let (b, c) = (b?, c?);
+            eprintln!("    rep {rep} agent={with_agent}: {b:.0} MiB/s, {c:.0} conn/s");
+            if with_agent {
+                bulk_agent.push(b);
+                conn_agent.push(c);
+            } else {
+                bulk_base.push(b);
+                conn_base.push(c);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (bb, ba, cb, ca) = (
+        median(bulk_base),
+        median(bulk_agent),
+        median(conn_base),
+        median(conn_agent),
+    );
+    println!(
+        "\n{:<22} {:>12} {:>12} {:>8}",
+        "", "without", "with agent", "ratio"
+    );
+    println!(
+        "{:<22} {bb:>12.0} {ba:>12.0} {:>8.3}",
+        "bulk TCP MiB/s",
+        ba / bb
+    );
+    println!(
+        "{:<22} {cb:>12.0} {ca:>12.0} {:>8.3}",
+        "connections/s",
+        ca / cb
+    );
+    println!(
+        "bulk throughput loss: {:.1}% (target <= 5%)",
+        (1.0 - ba / bb) * 100.0
+    );
+    Ok(())
+}

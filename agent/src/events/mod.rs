@@ -182,6 +182,12 @@ impl Hub {
         let _ = self.tx.send(Arc::new(ev));
     }
 
+    /// Whether anyone (event log, `palisade events`) would see a published event; producers
+    /// may skip building events nobody reads.
+    pub fn has_consumers(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }

@@ -47,6 +47,9 @@ impl Shared {
             st.net.rtt_sample(key.cgroup_id, t.srtt_us);
         }
         st.net.ended(&key, &stats, cfg);
+        if !self.hub.has_consumers() {
+            return; // counted; nobody reads flow records
+        }
         let record = st.net.record(&key, &stats, Some(&t), true, t.ktime_ns);
         let Some(identity) = self.identity_of(&mut st, key.cgroup_id, &mut new) else {
             return;
