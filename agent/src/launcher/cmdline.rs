@@ -256,7 +256,9 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
         mounts,
         ns: Namespaces::default(),
         resources: Resources::default(),
-        devices: plan::default_devices(),
+        devices: std::iter::once(plan::deny_all_devices())
+            .chain(plan::default_devices())
+            .collect(),
         seccomp: None,
         masked_paths: MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
         readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),

@@ -658,7 +658,10 @@ mod tests {
         assert_eq!(plan.process.args, ["sh"]);
         let oci = caps::oci_default();
         let c = plan.process.caps;
-        assert_eq!((c.bounding, c.effective, c.permitted, c.ambient), (oci, oci, oci, oci));
+        assert_eq!(
+            (c.bounding, c.effective, c.permitted, c.ambient),
+            (oci, oci, oci, oci)
+        );
         assert_eq!(c.inheritable, 0);
         assert!(plan.process.no_new_privs);
         assert_eq!(plan.process.rlimits[0].name, "RLIMIT_NOFILE");

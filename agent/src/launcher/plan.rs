@@ -134,6 +134,17 @@ impl DeviceRule {
     }
 }
 
+/// "Deny everything", the first rule of `runc spec`'s device list.
+pub fn deny_all_devices() -> DeviceRule {
+    DeviceRule {
+        allow: false,
+        kind: 'a',
+        major: None,
+        minor: None,
+        access: "rwm".into(),
+    }
+}
+
 /// Devices every container may use (as runc): null, zero, full, random, urandom, tty, the
 /// pty master and slaves.
 pub fn default_devices() -> Vec<DeviceRule> {
@@ -238,6 +249,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("`{s}` is not a size (try 256M or 1G)"));
+    }
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -331,7 +345,7 @@ mod tests {
         assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
         assert_eq!(parse_size("2T").unwrap(), 2 << 40);
         assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("lots").is_err());
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
         assert!(
             check_memory(1 << 20, "--memory")
                 .unwrap_err()

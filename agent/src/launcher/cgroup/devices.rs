@@ -96,6 +96,11 @@ fn program(rules: &[DeviceRule]) -> Vec<Insn> {
         }
         p.push(insn(MOV_K, 0, 0, 0, i32::from(rule.allow)));
         p.push(insn(EXIT, 0, 0, 0, 0));
+        if n == 0 {
+            // matches everything: earlier rules are overridden (and unreachable code is
+            // refused by the verifier)
+            return p;
+        }
     }
     p.push(insn(MOV_K, 0, 0, 0, 1));
     p.push(insn(EXIT, 0, 0, 0, 0));
@@ -170,9 +175,14 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
     if fd < 0 {
         let e = std::io::Error::last_os_error();
         let msg = String::from_utf8_lossy(&log);
+        let first = msg
+            .trim_end_matches('\0')
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return Err(format!(
-            "cannot load the device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {e}; {}",
-            msg.trim_end_matches('\0').trim()
+            "cannot load the device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {e} {first}"
         ));
     }
     // SAFETY: a fresh descriptor returned by bpf(2), owned here.
@@ -241,10 +251,13 @@ mod tests {
         assert_eq!(p[6].off, 3, "skip the major test and the verdict");
         assert_eq!(p[7].imm, 136);
         assert_eq!(p[8].imm, 1, "allow");
-        // deny-all is the last block before the default, with no tests
+        // deny-all ends the program: nothing after it could match
         let n = p.len();
-        assert_eq!((p[n - 4].code, p[n - 4].imm), (MOV_K, 0));
-        assert_eq!((p[n - 2].code, p[n - 2].imm), (MOV_K, 1));
+        assert_eq!((p[n - 2].code, p[n - 2].imm), (MOV_K, 0));
+        assert_eq!(p[n - 1].code, EXIT);
+        // without it, unmatched devices are allowed
+        let p = program(&default_devices());
+        assert_eq!((p[p.len() - 2].code, p[p.len() - 2].imm), (MOV_K, 1));
         assert_eq!(access_mask("rw"), 6);
     }
 }
