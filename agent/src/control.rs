@@ -41,7 +41,9 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Ping,
+    /// A struct variant (not a unit one) so that `deny_unknown_fields` rejects extra keys:
+    /// serde ignores unknown fields next to the tag of a unit variant.
+    Ping {},
     Register {
         name: String,
         cgroup_id: u64,
@@ -144,7 +146,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
 
 async fn handle(req: Request, shared: &Shared) -> Reply {
     match req {
-        Request::Ping => Reply {
+        Request::Ping {} => Reply {
             ok: true,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             ..Reply::default()
@@ -198,7 +200,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
-            Request::Ping
+            Request::Ping {}
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"ping","x":1}"#).is_err());

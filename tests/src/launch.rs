@@ -60,15 +60,15 @@ fn busybox() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("no /bin/busybox: install busybox-static (cargo xtask setup does)")
         });
-    let out = Command::new("file")
-        .arg("-L")
+    // ldd says "not a dynamic executable" (on stderr, exit 1) for a static binary
+    let out = Command::new("ldd")
         .arg(&bb)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("ldd: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.contains("dynamically linked"),
-        "{} is dynamically linked; install busybox-static",
+        text.contains("not a dynamic executable") || text.contains("statically linked"),
+        "{} is dynamically linked; install busybox-static (cargo xtask setup does)",
         bb.display()
     );
     bb

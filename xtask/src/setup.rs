@@ -24,6 +24,36 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "the peer in `cargo xtask bench syscalls`"),
     ("gcc", "builds the benchmark's syscall loop"),
     ("iproute2", "network namespaces in tests"),
+    (
+        "libseccomp-dev",
+        "the launcher compiles seccomp profiles with libseccomp (linked through pkg-config)",
+    ),
+    (
+        "pkg-config",
+        "finds libseccomp when building the libseccomp crate",
+    ),
+    (
+        "busybox-static",
+        "the launcher tests build root filesystems from the static /bin/busybox",
+    ),
+    ("runc", "a peer in `cargo xtask bench launch` (OCI runtime)"),
+    (
+        "crun",
+        "a peer in `cargo xtask bench launch` (OCI runtime, the target to beat)",
+    ),
+    (
+        "hyperfine",
+        "times the launches in `cargo xtask bench launch`",
+    ),
+    (
+        "jq",
+        "the peer benchmark scripts read and write JSON with it",
+    ),
+    ("bubblewrap", "a peer in `cargo xtask bench launch` (bwrap)"),
+    (
+        "python3",
+        "converts Docker's seccomp profile for the peer runtimes' bundles",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

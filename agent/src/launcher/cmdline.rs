@@ -8,14 +8,14 @@ use super::{
     json::{self, Field},
     plan::{
         self, DEFAULT_PATH, MASKED_PATHS, Mount, MountKind, Namespaces, Net, Plan, Process,
-        READONLY_PATHS, Resources, Seccomp,
+        READONLY_PATHS, Resources,
     },
-    seccomp::{self, Profile},
+    seccomp::{self, Compiled, Profile},
 };
 use crate::cli::RunArgs;
 
-/// Calls the launcher's init makes after it has confined itself; always allowed in the init's
-/// own filter, whatever the workload's profile says.
+/// Calls the launcher's init makes after it has confined itself (and the memory calls a free
+/// may make): its filter allows these and nothing else.
 pub const INIT_SYSCALLS: &[&str] = &[
     "rt_sigtimedwait",
     "rt_sigprocmask",
@@ -27,6 +27,9 @@ pub const INIT_SYSCALLS: &[&str] = &[
     "close",
     "exit",
     "exit_group",
+    "brk",
+    "munmap",
+    "madvise",
 ];
 
 const MS_STD: libc::c_ulong = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
@@ -111,20 +114,28 @@ pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, LaunchEr
     }
 }
 
-/// Compiles the workload's and the init's filters; unknown syscall names give one warning.
-pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Seccomp>, LaunchError> {
+/// The init's filter (compiled once per host, then cached).
+pub fn init_seccomp() -> Result<Compiled, LaunchError> {
+    let dir = Path::new(seccomp::CACHE_DIR);
+    seccomp::compile_cached(&seccomp::init_profile(INIT_SYSCALLS), dir).map_err(|e| {
+        LaunchError::Input {
+            what: "seccomp (the init's filter)".into(),
+            detail: e.to_string(),
+        }
+    })
+}
+
+/// Compiles the workload's filter (through the cache); unknown syscall names give one warning.
+pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Compiled>, LaunchError> {
     let Some(p) = profile else {
         return Ok(None);
     };
-    let workload = seccomp::compile(&p).map_err(|e| LaunchError::Input {
-        what: "seccomp".into(),
-        detail: e.to_string(),
-    })?;
-    let init =
-        seccomp::compile(&p.with_allowed(INIT_SYSCALLS)).map_err(|e| LaunchError::Input {
-            what: "seccomp (init filter)".into(),
+    let workload = seccomp::compile_cached(&p, Path::new(seccomp::CACHE_DIR)).map_err(|e| {
+        LaunchError::Input {
+            what: "seccomp".into(),
             detail: e.to_string(),
-        })?;
+        }
+    })?;
     if !workload.unknown.is_empty() {
         eprintln!(
             "palisade: warning: seccomp profile {}: {} syscall name(s) unknown to libseccomp {} skipped (their calls get the default action): {}",
@@ -134,7 +145,7 @@ pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Seccomp>, Laun
             workload.unknown.join(", ")
         );
     }
-    Ok(Some(Seccomp { workload, init }))
+    Ok(Some(workload))
 }
 
 fn libseccomp_version() -> String {
@@ -260,6 +271,7 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
             .chain(plan::default_devices())
             .collect(),
         seccomp: None,
+        init_seccomp: None,
         masked_paths: MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
         readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
         rootfs_propagation: libc::MS_PRIVATE | libc::MS_REC,

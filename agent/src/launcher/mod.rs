@@ -155,6 +155,7 @@ fn take_report(fd: &OwnedFd) -> Option<(u8, String)> {
 /// Runs `palisade run`; returns the exit status.
 pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     let mut plan = build_plan(args)?;
+    plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;
     let mounts = crate::cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
     let layout = cgroup::Layout::detect()?;

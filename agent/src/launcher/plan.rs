@@ -167,14 +167,6 @@ pub fn default_devices() -> Vec<DeviceRule> {
     ]
 }
 
-/// The filters: the workload's, and its init's (the same profile with the few calls the init
-/// needs always allowed).
-#[derive(Debug, Clone)]
-pub struct Seccomp {
-    pub workload: Compiled,
-    pub init: Compiled,
-}
-
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Base name; replicas are NAME-0 … NAME-{N-1}.
@@ -191,7 +183,10 @@ pub struct Plan {
     pub ns: Namespaces,
     pub resources: Resources,
     pub devices: Vec<DeviceRule>,
-    pub seccomp: Option<Seccomp>,
+    /// The workload's filter (`None`: unconfined).
+    pub seccomp: Option<Compiled>,
+    /// The init's own filter (an allow-list of the calls it makes), set just before launch.
+    pub init_seccomp: Option<Compiled>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
     /// Propagation of the container's mounts (`MS_PRIVATE|MS_REC` unless the bundle says).

@@ -4,8 +4,8 @@
 //! The init is forked, not exec'd: it blocks on a pipe until the launcher has placed it in the
 //! v1 cgroups and the agent has acknowledged the registration, then builds the namespaces'
 //! contents (cgroup namespace, hostname, loopback, mounts, pivot_root), forks the workload,
-//! confines itself (not dumpable, no capabilities, no_new_privs, the workload's seccomp profile
-//! plus the few calls it needs) and only then lets the workload exec. It forwards SIGHUP,
+//! confines itself (not dumpable, no capabilities, no_new_privs, a seccomp allow-list of the
+//! calls it makes) and only then lets the workload exec. It forwards SIGHUP,
 //! SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2, reaps every zombie, and exits with the
 //! workload's status (128+signal when killed). `PR_SET_PDEATHSIG` kills it, and with it the
 //! pid namespace, if the launcher dies.
@@ -329,7 +329,7 @@ fn init(args: InitArgs<'_>) -> ! {
         workload(plan, ready_r, report);
     }
     drop(ready_r);
-    if let Err(e) = confine_init(plan.seccomp.as_ref().map(|s| &s.init)) {
+    if let Err(e) = confine_init(plan.init_seccomp.as_ref()) {
         // SAFETY: the workload has not exec'd yet; it dies with us.
         unsafe { libc::kill(wpid, libc::SIGKILL) };
         fail("cannot confine the init", &e);
@@ -451,7 +451,7 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
             unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
         }
     };
-    let filter = plan.seccomp.as_ref().map(|s| &s.workload);
+    let filter = plan.seccomp.as_ref();
     if !p.no_new_privs {
         // without no_new_privs the filter needs CAP_SYS_ADMIN: load it while still privileged
         // (the remaining setup calls must then pass it), as runc does

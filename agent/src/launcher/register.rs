@@ -45,7 +45,7 @@ impl AgentConn {
             read: BufReader::new(read),
             pending: 0,
         };
-        conn.send(&Request::Ping)?;
+        conn.send(&Request::Ping {})?;
         conn.reply()?;
         Ok(conn)
     }

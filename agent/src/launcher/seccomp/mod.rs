@@ -9,10 +9,12 @@
 //! - `io_uring_setup`, `io_uring_enter` and `io_uring_register` fail with `EPERM` unless a rule
 //!   names them (io_uring performs operations without syscalls, out of the filter's sight);
 //! - syscall names libseccomp does not know are skipped and listed in one warning, as runc does.
+mod cache;
 mod compile;
 mod default;
 
-pub use compile::{Compiled, compile, load};
+pub use cache::{DIR as CACHE_DIR, compile_cached};
+pub use compile::{CompileError, Compiled, compile, load};
 pub use default::palisade_default;
 
 use super::{
@@ -102,23 +104,22 @@ impl Profile {
             .iter()
             .flat_map(|r| r.names.iter().map(String::as_str))
     }
+}
 
-    /// This profile with `names` always allowed (used for the launcher's own init, which needs
-    /// a handful of calls whatever the workload's profile says).
-    pub fn with_allowed(&self, names: &[&str]) -> Profile {
-        let mut p = self.clone();
-        for r in &mut p.rules {
-            r.names.retain(|n| !names.contains(&n.as_str()));
-        }
-        p.rules.retain(|r| !r.names.is_empty());
-        if !p.default_action.runs() {
-            p.rules.push(Rule {
-                names: names.iter().map(|s| (*s).to_owned()).collect(),
-                action: Action::Allow,
-                args: Vec::new(),
-            });
-        }
-        p
+/// The launcher's init once it has confined itself: only the calls it makes, `EPERM` for
+/// anything else, native ABI only (whatever the workload's profile is, even `unconfined`).
+pub fn init_profile(names: &[&str]) -> Profile {
+    Profile {
+        source: "init".into(),
+        default_action: Action::Errno(libc::EPERM as u16),
+        arches: Vec::new(),
+        rules: vec![Rule {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            action: Action::Allow,
+            args: Vec::new(),
+        }],
+        log: false,
+        spec_allow: false,
     }
 }
 
@@ -485,16 +486,12 @@ mod tests {
     }
 
     #[test]
-    fn init_allowances() {
-        let p = parse_str(
-            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["wait4","read"],"action":"SCMP_ACT_KILL"}]}"#,
-            &host(0),
-        )
-        .unwrap();
-        let q = p.with_allowed(&["wait4", "kill"]);
-        assert_eq!(q.rules[0].names, ["read"]);
-        assert_eq!(q.rules[1].names, ["wait4", "kill"]);
-        assert_eq!(q.rules[1].action, Action::Allow);
+    fn the_init_profile_is_an_allow_list() {
+        let p = init_profile(&["wait4", "kill"]);
+        assert_eq!(p.default_action, Action::Errno(1));
+        assert_eq!(p.rules[0].names, ["wait4", "kill"]);
+        assert!(p.arches.is_empty(), "native ABI only");
+        assert!(compile(&p).unwrap().program.len() < 20);
     }
 
     #[test]
