@@ -259,7 +259,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a size (try 256M or 1G)"))?;
     let bytes = n * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > 9.0e18 {
+    if !bytes.is_finite() || !(0.0..=9.0e18).contains(&bytes) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(bytes as u64)
