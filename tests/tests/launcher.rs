@@ -264,6 +264,27 @@ fn privileges_are_reduced() {
     assert_eq!(&lines[lines.len() - 3..], ["0", "0", "0"]);
     assert_clean(&name, None);
 
+    // the init (pid 1) keeps nothing either: no capabilities, no_new_privs, its own filter
+    let name = unique("init");
+    let out = run(&[
+        "--name",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status",
+    ]);
+    assert_eq!(
+        out.lines(),
+        [
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2"
+        ],
+        "{out}"
+    );
+
     let name = unique("user");
     let out = run(&[
         "--name",

@@ -154,6 +154,7 @@ fn take_report(fd: &OwnedFd) -> Option<(u8, String)> {
 
 /// Runs `palisade run`; returns the exit status.
 pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
+    validate::root()?;
     let mut plan = build_plan(args)?;
     plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;

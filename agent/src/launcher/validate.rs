@@ -5,18 +5,52 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{LaunchError, caps, plan::Plan};
+use super::{
+    LaunchError, caps,
+    plan::{Net, Plan},
+};
 
-pub fn check(plan: &Plan) -> Result<(), LaunchError> {
+pub fn root() -> Result<(), LaunchError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::Usage(
             "palisade run must run as root: it creates cgroups and namespaces (try `sudo palisade run ...`)"
                 .into(),
         ));
     }
+    Ok(())
+}
+
+pub fn check(plan: &Plan) -> Result<(), LaunchError> {
+    check_strings(plan)?;
     check_command(plan)?;
     check_rlimits(plan)?;
-    check_caps(plan)
+    check_caps(plan)?;
+    if let Net::Join(p) = &plan.ns.net
+        && !p.exists()
+    {
+        return Err(LaunchError::Usage(format!(
+            "linux.namespaces: the network namespace {} does not exist",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Strings handed to the kernel cannot hold NUL bytes (JSON can).
+fn check_strings(plan: &Plan) -> Result<(), LaunchError> {
+    let p = &plan.process;
+    for (what, list) in [("process.args", &p.args), ("process.env", &p.env)] {
+        if let Some(bad) = list.iter().find(|s| s.contains('\0')) {
+            return Err(LaunchError::Usage(format!(
+                "{what}: `{}` holds a NUL byte",
+                bad.replace('\0', "\\0")
+            )));
+        }
+    }
+    if p.cwd.contains('\0') {
+        return Err(LaunchError::Usage("process.cwd holds a NUL byte".into()));
+    }
+    Ok(())
 }
 
 /// Resolves `path` inside `root` as the kernel would after pivot_root: absolute symlinks
