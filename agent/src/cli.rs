@@ -104,7 +104,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
     /// Environment variable K=V for the workload (repeatable; `K` alone copies it from here).
-    /// The host environment is not passed on; PATH, HOME and HOSTNAME are set.
+    /// The host environment is not passed on; PATH and HOME are set.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
     /// Fail unless an agent answers on the control socket and registers the workload.
