@@ -5,8 +5,10 @@
 //!   `NAME signal N`; `all` = every call known here;
 //! - `int80 NR [ARG]`: an x86 32-bit call through `int 0x80`; prints its raw result;
 //! - `x32 NR`: an x32-ABI call (number | 0x40000000); prints `errno E` or the result;
-//! - `fork-bomb`: forks until refused; prints the number of children, exits 0;
-//! - `hog`: allocates and touches memory 1 MiB at a time, printing the MiB held, forever;
+//! - `fork-bomb`: forks until refused; prints the number of children, exits 0 (gives up with
+//!   exit 3 at 1,000 children, so a missing limit fails the test instead of the machine);
+//! - `hog`: allocates and touches memory 1 MiB at a time, printing the MiB held (gives up with
+//!   exit 3 at 1 GiB);
 //! - `spin`: burns CPU forever (prints `spinning` first).
 use std::{io::Write as _, process::ExitCode};
 
@@ -210,6 +212,10 @@ fn main() -> ExitCode {
                     break;
                 }
                 n += 1;
+                if n >= 1000 {
+                    let _ = writeln!(out, "no limit: {n} children");
+                    return ExitCode::from(3);
+                }
             }
             let _ = writeln!(out, "{n}");
         }
@@ -219,6 +225,9 @@ fn main() -> ExitCode {
                 held.push(vec![1u8; 1 << 20]);
                 let _ = writeln!(out, "{}", held.len());
                 let _ = out.flush();
+                if held.len() >= 1024 {
+                    return ExitCode::from(3);
+                }
             }
         }
         Some("spin") => {
