@@ -50,6 +50,8 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// A struct variant (not a unit one) so that `deny_unknown_fields` rejects extra keys:
+    /// serde ignores unknown fields next to the tag of a unit variant.
     Ping {},
     Register {
         name: String,

@@ -11,6 +11,7 @@ mod events;
 mod features;
 mod identity;
 mod kernel;
+mod launcher;
 mod logging;
 mod metrics;
 mod model;
@@ -37,7 +38,18 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `palisade run` keeps 0-124 for the workload's own status (as Docker does)
+            let run = std::env::args().nth(1).as_deref() == Some("run");
+            if run && e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(launcher::EXIT_USAGE);
+            }
+            e.exit()
+        }
+    };
     match cli.command {
         Command::Agent(args) => agent_main(args),
         Command::Doctor => doctor_main(),
@@ -51,6 +63,10 @@ fn main() -> ExitCode {
         Command::Events(args) => match tail::run(&args.socket, args.containers, args.types) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Command::Run(args) => match launcher::run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(e.exit_code(), e),
         },
     }
 }

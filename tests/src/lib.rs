@@ -5,6 +5,8 @@
 //! Every test owns its cgroups (named `palisade-test-<pid>-<tag>-<n>`) and its agent (listening
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
+pub mod launch;
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},

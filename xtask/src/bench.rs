@@ -41,6 +41,14 @@ pub enum Bench {
         #[arg(short, long, default_value_t = 3)]
         reps: u32,
     },
+    /// Start-to-exit time of /bin/true from the same OCI bundle with Docker's seccomp profile
+    /// under `palisade run`, `crun run` and `runc run` (plus spawn, unshare, bwrap), measured
+    /// with hyperfine in one run; prints palisade/crun and palisade/runc.
+    Launch {
+        /// Timed runs per case (after 3 warm-up runs).
+        #[arg(short, long, default_value_t = 50)]
+        runs: u32,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
@@ -59,17 +67,18 @@ pub fn run(which: Bench) -> Result<()> {
             crate::bench_agent::scrape(scrapes)?;
             crate::bench_agent::exec_events(execs)
         }
+        Bench::Launch { runs } => launch(runs),
     }
 }
 
 /// The shared peer scripts (`../shared/bench` next to the repository, or `$PALISADE_PEER_BENCH`).
-fn peer_bench_dir() -> Result<PathBuf> {
+fn peer_bench_dir(script: &str) -> Result<PathBuf> {
     let dir = std::env::var_os("PALISADE_PEER_BENCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/bench"));
-    if !dir.join("syscall_overhead.sh").exists() {
+    if !dir.join(script).exists() {
         bail!(
-            "peer benchmark scripts not found in {}; set PALISADE_PEER_BENCH to the folder holding syscall_overhead.sh",
+            "peer benchmark scripts not found in {}; set PALISADE_PEER_BENCH to the folder holding {script}",
             dir.display()
         );
     }
@@ -89,7 +98,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn syscalls(calls: u64, reps: u32) -> Result<()> {
-    let dir = peer_bench_dir()?;
+    let dir = peer_bench_dir("syscall_overhead.sh")?;
     build(true)?;
     let tmp = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -151,5 +160,100 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
         "(/count < 1: Palisade adds less per syscall than bpftrace counting per cgroup+syscall,"
     );
     println!(" while also timing every call into a histogram and counting errors per errno)");
+    Ok(())
+}
+
+/// Median seconds from a hyperfine JSON export.
+fn hyperfine_median(path: &std::path::Path) -> Result<f64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    v["results"][0]["median"]
+        .as_f64()
+        .with_context(|| format!("no median in {}", path.display()))
+}
+
+fn launch(runs: u32) -> Result<()> {
+    let dir = peer_bench_dir("launch_latency.sh")?;
+    build(true)?;
+    let tmp = std::env::temp_dir().join(format!("palisade-bench-launch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    step(&format!(
+        "launch latency: /bin/true from one bundle with Docker's seccomp profile; {runs} runs per case"
+    ));
+    // the agent socket points nowhere: this measures the launcher alone (one warning per run,
+    // which hyperfine discards)
+    let palisade = format!(
+        "{} run --name palisade-bench-launch --agent-socket {}/no-agent.sock --bundle @BUNDLE_SECCOMP@",
+        agent_bin(true).display(),
+        tmp.display()
+    );
+    exec(
+        Command::new("bash")
+            .arg(dir.join("launch_latency.sh"))
+            .args(["-r", &runs.to_string(), "-o"])
+            .arg(tmp.join("json"))
+            .arg("--")
+            .args(palisade.split(' ')),
+    )?;
+    // palisade caches compiled filters (/run/palisade/seccomp-cache): also time the first
+    // launch of a profile, when libseccomp compiles it, as crun and runc do on every launch
+    step("launch latency: palisade run with the filter cache emptied before every run");
+    let bundle = tmp.join("b");
+    exec(
+        Command::new("bash")
+            .arg(dir.join("make_bundle.sh"))
+            .arg(&bundle)
+            .arg("/bin/true"),
+    )?;
+    let cold_cmd = palisade.replace(
+        "@BUNDLE_SECCOMP@",
+        &bundle.join("seccomp").to_string_lossy(),
+    );
+    exec(
+        Command::new("hyperfine")
+            .args([
+                "-N",
+                "--style",
+                "basic",
+                "--runs",
+                &runs.to_string(),
+                "--warmup",
+                "3",
+            ])
+            .args([
+                "--prepare",
+                "rm -rf /run/palisade/seccomp-cache",
+                "--export-json",
+            ])
+            .arg(tmp.join("cold.json"))
+            .arg(&cold_cmd),
+    )?;
+    let median = |case: &str| hyperfine_median(&tmp.join("json").join(format!("{case}.json")));
+    let warm = median("extra")?;
+    let cold = hyperfine_median(&tmp.join("cold.json"))?;
+    println!("\nmedian start-to-exit of /bin/true, same bundle, Docker's seccomp profile:");
+    println!("  palisade run              {:8.2} ms", warm * 1e3);
+    println!(
+        "  palisade run, first run   {:8.2} ms   (filter compiled, cache empty)",
+        cold * 1e3
+    );
+    for peer in ["crun+seccomp", "runc+seccomp"] {
+        let short = peer.trim_end_matches("+seccomp");
+        match median(peer) {
+            Ok(m) => println!(
+                "  {short:<24}  {:8.2} ms   palisade/{short} = {:.2} (first run: {:.2})",
+                m * 1e3,
+                warm / m,
+                cold / m
+            ),
+            Err(e) => println!("  {peer}: no result ({e:#})"),
+        }
+    }
+    println!(
+        "(ratio < 1: palisade starts and reaps the workload faster; target: palisade <= crun)"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `bench syscalls`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `bench syscalls|launch`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},

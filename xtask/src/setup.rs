@@ -26,8 +26,34 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces in tests"),
     ("podman", "real named containers in the naming tests"),
     (
+        "libseccomp-dev",
+        "the launcher compiles seccomp profiles with libseccomp (linked through pkg-config)",
+    ),
+    (
+        "pkg-config",
+        "finds libseccomp when building the libseccomp crate",
+    ),
+    (
         "busybox-static",
-        "the busybox image and rootfs of container tests",
+        "the launcher tests build root filesystems from the static /bin/busybox",
+    ),
+    ("runc", "a peer in `cargo xtask bench launch` (OCI runtime)"),
+    (
+        "crun",
+        "a peer in `cargo xtask bench launch` (OCI runtime, the target to beat)",
+    ),
+    (
+        "hyperfine",
+        "times the launches in `cargo xtask bench launch`",
+    ),
+    (
+        "jq",
+        "the peer benchmark scripts read and write JSON with it",
+    ),
+    ("bubblewrap", "a peer in `cargo xtask bench launch` (bwrap)"),
+    (
+        "python3",
+        "converts Docker's seccomp profile for the peer runtimes' bundles",
     ),
 ];
 

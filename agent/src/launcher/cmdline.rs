@@ -1,0 +1,374 @@
+//! The command-line form (`palisade run --name web [--memory …] -- CMD`), the flags that
+//! override a bundle, and seccomp profile selection.
+use std::path::Path;
+
+use super::{
+    LaunchError, NetMode,
+    caps::{self, CapSets},
+    json::{self, Field},
+    plan::{
+        self, DEFAULT_PATH, MASKED_PATHS, Mount, MountKind, Namespaces, Net, Plan, Process,
+        READONLY_PATHS, Resources,
+    },
+    seccomp::{self, Compiled, Profile},
+};
+use crate::cli::RunArgs;
+
+/// Calls the launcher's init makes after it has confined itself (and the memory calls a free
+/// may make): its filter allows these and nothing else.
+pub const INIT_SYSCALLS: &[&str] = &[
+    "rt_sigtimedwait",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "restart_syscall",
+    "wait4",
+    "kill",
+    "write",
+    "close",
+    "exit",
+    "exit_group",
+    "brk",
+    "munmap",
+    "madvise",
+];
+
+const MS_STD: libc::c_ulong = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+
+fn mount(dest: &str, kind: MountKind, source: &str, flags: libc::c_ulong, data: &str) -> Mount {
+    Mount {
+        destination: dest.into(),
+        kind,
+        source: source.into(),
+        flags,
+        data: data.into(),
+        propagation: 0,
+    }
+}
+
+/// The mounts `runc spec` writes: /proc, /dev (tmpfs, populated with the default devices),
+/// /dev/pts, /dev/shm, /dev/mqueue, /sys read-only, /sys/fs/cgroup read-only.
+pub fn default_mounts() -> Vec<Mount> {
+    vec![
+        mount("/proc", MountKind::Proc, "proc", MS_STD, ""),
+        mount(
+            "/dev",
+            MountKind::Tmpfs,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            "mode=755,size=65536k",
+        ),
+        mount(
+            "/dev/pts",
+            MountKind::Devpts,
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        mount(
+            "/dev/shm",
+            MountKind::Tmpfs,
+            "shm",
+            MS_STD,
+            "mode=1777,size=65536k",
+        ),
+        mount("/dev/mqueue", MountKind::Mqueue, "mqueue", MS_STD, ""),
+        mount(
+            "/sys",
+            MountKind::Sysfs,
+            "sysfs",
+            MS_STD | libc::MS_RDONLY,
+            "",
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            MountKind::Cgroup,
+            "cgroup",
+            MS_STD | libc::MS_RELATIME | libc::MS_RDONLY,
+            "",
+        ),
+    ]
+}
+
+/// `default`, `unconfined` or a file.
+pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, LaunchError> {
+    match choice {
+        "default" => Ok(Some(seccomp::palisade_default())),
+        "unconfined" => Ok(None),
+        file => {
+            let path = Path::new(file);
+            let text = std::fs::read_to_string(path).map_err(|e| LaunchError::Input {
+                what: format!("cannot read the seccomp profile {file}"),
+                detail: format!("{e} (give `default`, `unconfined` or a readable JSON file)"),
+            })?;
+            let value = json::parse(&text).map_err(|e| LaunchError::Input {
+                what: format!("{file}:{}:{}", e.line(), e.column()),
+                detail: format!("invalid JSON: {e}"),
+            })?;
+            let p = seccomp::parse(Field::root(value), file, &seccomp::Host::detect(caps))
+                .map_err(|e| LaunchError::Input {
+                    what: format!("seccomp profile {file}"),
+                    detail: e.to_string(),
+                })?;
+            Ok(Some(p))
+        }
+    }
+}
+
+/// The init's filter (compiled once per host, then cached).
+pub fn init_seccomp() -> Result<Compiled, LaunchError> {
+    let dir = Path::new(seccomp::CACHE_DIR);
+    seccomp::compile_cached(&seccomp::init_profile(INIT_SYSCALLS), dir).map_err(|e| {
+        LaunchError::Input {
+            what: "seccomp (the init's filter)".into(),
+            detail: e.to_string(),
+        }
+    })
+}
+
+/// Compiles the workload's filter (through the cache); unknown syscall names give one warning.
+pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Compiled>, LaunchError> {
+    let Some(p) = profile else {
+        return Ok(None);
+    };
+    let workload = seccomp::compile_cached(&p, Path::new(seccomp::CACHE_DIR)).map_err(|e| {
+        LaunchError::Input {
+            what: "seccomp".into(),
+            detail: e.to_string(),
+        }
+    })?;
+    if !workload.unknown.is_empty() {
+        eprintln!(
+            "palisade: warning: seccomp profile {}: {} syscall name(s) unknown to libseccomp {} skipped (their calls get the default action): {}",
+            p.source,
+            workload.unknown.len(),
+            libseccomp_version(),
+            workload.unknown.join(", ")
+        );
+    }
+    Ok(Some(workload))
+}
+
+fn libseccomp_version() -> String {
+    libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn usage(msg: impl Into<String>) -> LaunchError {
+    LaunchError::Usage(msg.into())
+}
+
+/// The environment: `K=V` as given; `K` alone copies the launcher's value (skipped if unset).
+fn apply_env(env: &mut Vec<String>, flags: &[String]) {
+    for e in flags {
+        let entry = if e.contains('=') {
+            e.clone()
+        } else {
+            match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = entry.split('=').next().unwrap_or_default().to_owned();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+}
+
+/// The name given, or one derived from `fallback` (letters, digits, `-`, `_`, `.` kept).
+pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, LaunchError> {
+    let name = match given {
+        Some(n) => n.to_owned(),
+        None => {
+            let clean: String = fallback
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            clean.trim_start_matches('.').to_owned()
+        }
+    };
+    if !crate::control::valid_name(&name) || name.len() > 100 {
+        return Err(usage(format!(
+            "invalid workload name `{name}`: letters, digits, `-`, `_`, `.`, at most 100 (set it with --name)"
+        )));
+    }
+    Ok(name)
+}
+
+/// The command-line form.
+pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
+    let Some(program) = a.command.first() else {
+        return Err(usage(
+            "no command: put it after `--` (palisade run --name web -- /bin/sh -c 'echo hi'), or give --bundle DIR",
+        ));
+    };
+    let base = Path::new(program)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "workload".into());
+    let name = workload_name(a.name.as_deref(), &base)?;
+    let root = a
+        .rootfs
+        .as_ref()
+        .map(|r| {
+            std::fs::canonicalize(r).map_err(|e| LaunchError::Input {
+                what: format!("--rootfs {}", r.display()),
+                detail: format!("{e} (give an existing directory holding the workload's files)"),
+            })
+        })
+        .transpose()?;
+    if let Some(r) = &root
+        && !r.is_dir()
+    {
+        return Err(LaunchError::Input {
+            what: format!("--rootfs {}", r.display()),
+            detail: "not a directory".into(),
+        });
+    }
+    let cwd = match (&a.cwd, &root) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => "/".into(),
+        (None, None) => std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
+    };
+    let mut mounts = default_mounts();
+    if root.is_none() {
+        // the host's files: only a /proc that matches the new pid namespace
+        mounts.truncate(1);
+    }
+    let caps = CapSets::uniform(caps::oci_default());
+    let mut plan = Plan {
+        name,
+        replicas: a.replicas,
+        process: Process {
+            args: a.command.clone(),
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            cwd,
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            umask: None,
+            caps,
+            rlimits: Vec::new(),
+            no_new_privs: true,
+            oom_score_adj: None,
+        },
+        root_readonly: false,
+        root,
+        hostname: None,
+        domainname: None,
+        mounts,
+        ns: Namespaces::default(),
+        resources: Resources::default(),
+        devices: std::iter::once(plan::deny_all_devices())
+            .chain(plan::default_devices())
+            .collect(),
+        seccomp: None,
+        init_seccomp: None,
+        masked_paths: MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+        readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+        rootfs_propagation: libc::MS_PRIVATE | libc::MS_REC,
+    };
+    let profile = load_profile(a.seccomp.as_deref().unwrap_or("default"), caps.bounding)?;
+    apply_overrides(&mut plan, a, profile)?;
+    if !plan.process.env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = if plan.process.uid == 0 { "/root" } else { "/" };
+        plan.process.env.insert(1, format!("HOME={home}"));
+    }
+    Ok(plan)
+}
+
+/// Flags that replace what the plan (or the bundle) says. `profile` is the profile to use
+/// when --seccomp was given or in the command-line form.
+pub fn apply_overrides(
+    plan: &mut Plan,
+    a: &RunArgs,
+    profile: Option<Profile>,
+) -> Result<(), LaunchError> {
+    plan.replicas = a.replicas;
+    if let Some(m) = &a.memory {
+        let bytes = plan::parse_size(m).map_err(|e| usage(format!("--memory {e}")))?;
+        plan.resources.memory = Some(plan::check_memory(bytes, "--memory").map_err(usage)?);
+        plan.resources.memory_swap = None;
+    }
+    if let Some(c) = &a.cpus {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        plan.resources.cpu_quota = Some(plan::parse_cpus(c, cpus).map_err(usage)?);
+        plan.resources.cpu_period = Some(plan::CPU_PERIOD_US);
+    }
+    if let Some(p) = a.pids {
+        plan.resources.pids = Some(plan::check_pids(p, "--pids").map_err(usage)?);
+    }
+    match a.net {
+        Some(NetMode::None) => plan.ns.net = Net::New,
+        Some(NetMode::Host) => plan.ns.net = Net::Host,
+        None => {}
+    }
+    if let Some(h) = &a.hostname {
+        if !plan.ns.uts {
+            return Err(usage(
+                "--hostname needs a UTS namespace (the bundle's linux.namespaces has none)",
+            ));
+        }
+        if h.is_empty() || h.len() > 64 {
+            return Err(usage(format!("--hostname `{h}`: 1 to 64 characters")));
+        }
+        plan.hostname = Some(h.clone());
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = plan::parse_user(u).map_err(usage)?;
+        plan.process.uid = uid;
+        plan.process.gid = gid;
+        plan.process.additional_gids.clear();
+    }
+    if let Some(c) = &a.cwd {
+        if !c.starts_with('/') {
+            return Err(usage(format!("--cwd `{c}` must be an absolute path")));
+        }
+        plan.process.cwd = c.clone();
+    }
+    apply_env(&mut plan.process.env, &a.env);
+    if a.bundle.is_some() && !a.command.is_empty() {
+        plan.process.args = a.command.clone();
+    }
+    if a.bundle.is_none() || a.seccomp.is_some() {
+        plan.seccomp = compile_seccomp(profile)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(workload_name(Some("web"), "x").unwrap(), "web");
+        assert_eq!(workload_name(None, "true").unwrap(), "true");
+        assert_eq!(workload_name(None, "my app!").unwrap(), "my-app-");
+        assert!(workload_name(Some("a/b"), "x").is_err());
+        assert!(workload_name(Some(""), "x").is_err());
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut env = vec!["PATH=/bin".to_owned(), "A=1".to_owned()];
+        apply_env(&mut env, &["A=2".into(), "B=x=y".into()]);
+        assert_eq!(env, ["PATH=/bin", "A=2", "B=x=y"]);
+    }
+
+    #[test]
+    fn default_mounts_are_runc_specs() {
+        let m = default_mounts();
+        assert_eq!(m.len(), 7);
+        assert_eq!(m[5].destination, "/sys");
+        assert!(m[5].flags & libc::MS_RDONLY != 0);
+    }
+}

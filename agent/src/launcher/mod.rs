@@ -1,0 +1,335 @@
+//! `palisade run`: the launcher. Starts a workload (a command, or an OCI bundle) in a fresh
+//! cgroup with limits, new namespaces, capabilities dropped, no_new_privs and seccomp, and
+//! registers it with the agent before its first instruction.
+//!
+//! Order, so that bad input leaves nothing behind: build and validate the whole [`plan::Plan`]
+//! (bundle, limits, seccomp compiled, the command found in the rootfs, a running workload of
+//! the same name refused, the agent pinged with `--require-agent`); then create the cgroups,
+//! send the registrations, clone the inits (blocked), place them in the v1 cgroups, read the
+//! agent's answers, release them; then forward signals and wait; remove each workload's cgroups
+//! as soon as its init is gone.
+mod caps;
+mod cgroup;
+mod cmdline;
+mod json;
+mod mounts;
+mod oci;
+mod plan;
+mod process;
+mod register;
+mod seccomp;
+mod validate;
+
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::PathBuf,
+};
+
+use crate::cli::RunArgs;
+
+/// Where the agent listens unless `--agent-socket` says otherwise.
+const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/agent.sock";
+
+/// Exit status when `palisade run` itself fails (bad flags included).
+pub const EXIT_USAGE: u8 = process::EXIT_SETUP;
+
+/// `--net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetMode {
+    /// A new network namespace with only loopback, up.
+    None,
+    /// The host's network.
+    Host,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {detail}")]
+    Input { what: String, detail: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotExecutable(String),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("{0} (start `palisade agent`, point --agent-socket at it, or drop --require-agent)")]
+    Agent(String),
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+impl LaunchError {
+    /// 125 for the launcher's own failures, 126/127 for a command that cannot run (as Docker).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LaunchError::NotFound(_) => process::EXIT_NOT_FOUND,
+            LaunchError::NotExecutable(_) => process::EXIT_CANNOT_EXEC,
+            _ => process::EXIT_SETUP,
+        }
+    }
+}
+
+pub const HELP: &str = "\
+Examples:
+  palisade run --name web --memory 256M --cpus 0.5 --pids 128 --rootfs ./rootfs -- /bin/httpd -f
+  palisade run --name job --seccomp ./docker-default.json -- /usr/bin/make test
+  palisade run --bundle ./mybundle                  an OCI bundle, as `runc spec` makes it
+  palisade run --name web --replicas 3 --rootfs ./rootfs -- /bin/sh -c 'hostname'
+  palisade run --name batch --require-agent -- ./job.sh   refuse to run unaudited
+
+Isolation: new pid (the launcher's init is pid 1: it reaps zombies, forwards SIGHUP, SIGINT,
+SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2), mount, UTS, IPC and cgroup namespaces; --net none (the
+default) gives a network namespace with only loopback. With --rootfs the workload pivot_roots
+into it with fresh /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and
+/sys/fs/cgroup (read-only); without, it sees the host's files in a private mount namespace.
+Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_privs;
+devices: null, zero, full, random, urandom, tty, ptmx, pts only.
+
+Cgroups: /palisade/NAME in the unified hierarchy (the agent's `container` label) and, on
+hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit. If the
+launcher itself is SIGKILLed the workload dies with it and the empty cgroups stay until the
+next `palisade run` with the same name removes them.
+
+Exit status: the workload's (128+N when killed by signal N, as shells show it); with
+--replicas, the first non-zero one once all have exited. 125: palisade run failed (bad
+input, cgroups, agent); 126: the command cannot be executed; 127: it was not found.";
+
+/// The plan for these arguments: a bundle with flags on top, or the command-line form.
+fn build_plan(args: &RunArgs) -> Result<plan::Plan, LaunchError> {
+    match &args.bundle {
+        Some(dir) => oci::plan(args, dir),
+        None => cmdline::from_args(args),
+    }
+}
+
+/// One started replica.
+struct Running {
+    name: String,
+    cgroup: cgroup::Cgroup,
+    pid: i32,
+    go: Option<OwnedFd>,
+    report: OwnedFd,
+    status: Option<u8>,
+}
+
+/// Everything started so far; on an early return the children are killed and the cgroups
+/// removed.
+struct Started(Vec<Running>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for r in &mut self.0 {
+            if r.status.is_none() && r.pid > 0 {
+                // SAFETY: killing our own child (still blocked on its pipe) and reaping it.
+                unsafe {
+                    libc::kill(r.pid, libc::SIGKILL);
+                    libc::waitpid(r.pid, std::ptr::null_mut(), 0);
+                }
+            }
+            let _ = r.cgroup.remove();
+        }
+    }
+}
+
+/// Reads what a failed child reported (`CODE\tmessage`), without blocking.
+fn take_report(fd: &OwnedFd) -> Option<(u8, String)> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: non-blocking read into a local buffer.
+    let n = unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n <= 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(buf.get(..n as usize)?).into_owned();
+    let (code, msg) = text.split_once('\t')?;
+    Some((code.parse().ok()?, msg.to_owned()))
+}
+
+/// Runs `palisade run`; returns the exit status.
+pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
+    validate::root()?;
+    let mut plan = build_plan(args)?;
+    plan.init_seccomp = Some(cmdline::init_seccomp()?);
+    validate::check(&plan)?;
+    let mounts = crate::cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
+    let layout = cgroup::Layout::detect()?;
+    let v1_mounts = if layout.v2 {
+        Vec::new()
+    } else {
+        mounts::host_v1_mounts(&mounts)
+    };
+    if plan
+        .mounts
+        .iter()
+        .any(|m| m.kind == plan::MountKind::Cgroup)
+    {
+        // a cgroup mount shows the workload's own cgroups only inside a cgroup namespace
+        plan.ns.cgroup = true;
+    }
+    if plan.process.uid != 0 && plan.process.caps.ambient & !plan.process.caps.inheritable != 0 {
+        eprintln!(
+            "palisade: warning: process.capabilities.ambient: {} not in the inheritable set, so not raised (the kernel requires both)",
+            caps::names(plan.process.caps.ambient & !plan.process.caps.inheritable).join(", ")
+        );
+    }
+    let names = plan.names();
+    let mut stale = Vec::new();
+    for n in &names {
+        stale.push(cgroup::preflight(&layout, n)?);
+    }
+    let socket = args
+        .agent_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    let mut agent = match register::AgentConn::connect(&socket) {
+        Ok(c) => Some(c),
+        Err(e) if args.require_agent => return Err(LaunchError::Agent(e)),
+        Err(e) => {
+            eprintln!(
+                "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
+                plan.name
+            );
+            None
+        }
+    };
+
+    // From here on things exist; `Started` undoes them on an early return.
+    process::block_signals();
+    let mut started = Started(Vec::new());
+    let mut pipes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let cg = cgroup::Cgroup::create(&layout, name, &stale[i], &plan.resources, &plan.devices)?;
+        if let Some(a) = agent.as_mut()
+            && let Err(e) = a.register(name, cg.id, &cg.rel)
+        {
+            if args.require_agent {
+                started.0.push(placeholder(name, cg)?);
+                return Err(LaunchError::Agent(e));
+            }
+            eprintln!("palisade: warning: {e}; continuing without telemetry");
+            agent = None;
+        }
+        let spawn_err = |source| LaunchError::Spawn {
+            name: name.clone(),
+            source,
+        };
+        let (go_r, go_w) = process::pipe().map_err(spawn_err)?;
+        let (rep_r, rep_w) = process::pipe().map_err(spawn_err)?;
+        let init_args = process::InitArgs {
+            plan: &plan,
+            hostname: name,
+            v1_mounts: &v1_mounts,
+            go: go_r,
+            report: rep_w,
+            close: pipes.clone(),
+        };
+        let spawned = process::spawn_init(init_args, &cg.dir);
+        let mut running = Running {
+            name: name.clone(),
+            cgroup: cg,
+            pid: 0,
+            go: Some(go_w),
+            report: rep_r,
+            status: None,
+        };
+        pipes.push(running.report.as_raw_fd());
+        if let Some(go) = &running.go {
+            pipes.push(go.as_raw_fd());
+        }
+        let (pid, placement) = match spawned {
+            Ok(p) => p,
+            Err(e) => {
+                started.0.push(running);
+                return Err(spawn_err(e));
+            }
+        };
+        running.pid = pid;
+        let placed = running
+            .cgroup
+            .place(pid, placement == process::Placement::ByPid);
+        started.0.push(running);
+        placed?;
+    }
+    if let Some(a) = agent.as_mut() {
+        for r in &started.0 {
+            if let Err(e) = a.reply() {
+                if args.require_agent {
+                    return Err(LaunchError::Agent(e));
+                }
+                eprintln!("palisade: warning: {e}; {} runs without telemetry", r.name);
+                break;
+            }
+        }
+    }
+    for r in &mut started.0 {
+        if let Some(go) = r.go.take() {
+            // SAFETY: writing one byte from a static buffer to our pipe.
+            unsafe { libc::write(go.as_raw_fd(), b"1".as_ptr().cast(), 1) };
+        }
+    }
+    drop(agent);
+    Ok(wait_all(&mut started))
+}
+
+/// A cgroup created for a replica whose child was never started (for cleanup).
+fn placeholder(name: &str, cgroup: cgroup::Cgroup) -> Result<Running, LaunchError> {
+    let (r, _w) = process::pipe().map_err(|source| LaunchError::Spawn {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(Running {
+        name: name.to_owned(),
+        cgroup,
+        pid: 0,
+        go: None,
+        report: r,
+        status: Some(process::EXIT_SETUP),
+    })
+}
+
+/// Forwards signals and reaps the inits; removes each one's cgroups when it is gone. Returns
+/// the first non-zero status, in the order they happened, or 0.
+fn wait_all(started: &mut Started) -> u8 {
+    let mut first_failure = None;
+    while started.0.iter().any(|r| r.status.is_none()) {
+        let sig = process::wait_signal();
+        if sig != libc::SIGCHLD {
+            for r in started.0.iter().filter(|r| r.status.is_none()) {
+                // SAFETY: forwarding a signal to our own child.
+                unsafe { libc::kill(r.pid, sig) };
+            }
+            continue;
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid status pointer.
+            let pid = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            let Some(r) = started.0.iter_mut().find(|r| r.pid == pid) else {
+                continue;
+            };
+            let mut code = process::status_code(status);
+            if let Some((c, msg)) = take_report(&r.report) {
+                eprintln!("palisade: error: {}: {msg}", r.name);
+                code = c;
+            }
+            r.status = Some(code);
+            if let Err(e) = r.cgroup.remove() {
+                eprintln!("palisade: warning: {}: {e}", r.name);
+            }
+            if code != 0 && first_failure.is_none() {
+                first_failure = Some(code);
+            }
+        }
+    }
+    first_failure.unwrap_or(0)
+}

@@ -1,0 +1,544 @@
+//! The process tree: `palisade run` → init (pid 1 of a new pid namespace, placed in the
+//! workload cgroup by `CLONE_INTO_CGROUP`) → the workload.
+//!
+//! The init is forked, not exec'd: it blocks on a pipe until the launcher has placed it in the
+//! v1 cgroups and the agent has acknowledged the registration, then builds the namespaces'
+//! contents (cgroup namespace, hostname, loopback, mounts, pivot_root), forks the workload,
+//! confines itself (not dumpable, no capabilities, no_new_privs, a seccomp allow-list of the
+//! calls it makes) and only then lets the workload exec. It forwards SIGHUP,
+//! SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2, reaps every zombie, and exits with the
+//! workload's status (128+signal when killed). `PR_SET_PDEATHSIG` kills it, and with it the
+//! pid namespace, if the launcher dies.
+//!
+//! The launcher is single-threaded, so the forked children may allocate; nothing after the
+//! workload's seccomp filter allocates (a strict profile may deny brk/mmap).
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    path::Path,
+};
+
+use super::{
+    caps,
+    mounts::{self, V1Mounts},
+    plan::{Net, Plan},
+    seccomp::{self, Compiled},
+};
+
+/// Signals the launcher and the init forward; SIGCHLD is waited for with them.
+pub const FORWARDED: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Exit codes of setup failures inside the container (as Docker uses them).
+pub const EXIT_SETUP: u8 = 125;
+pub const EXIT_CANNOT_EXEC: u8 = 126;
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// The signal set the launcher blocks (and the init inherits and waits on).
+pub fn wait_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&raw mut set, *s);
+        }
+        set
+    }
+}
+
+/// Blocks the wait set (call before any child exists).
+pub fn block_signals() {
+    let set = wait_set();
+    // SAFETY: a valid, initialised set; the old mask is not needed.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+}
+
+/// Waits for one signal of the wait set; returns its number.
+pub fn wait_signal() -> i32 {
+    let set = wait_set();
+    loop {
+        // SAFETY: a valid set; no siginfo wanted.
+        let s = unsafe { libc::sigwaitinfo(&raw const set, std::ptr::null_mut()) };
+        if s > 0 {
+            return s;
+        }
+    }
+}
+
+/// Exit status as a shell shows it: the code, or 128+signal.
+pub fn status_code(status: i32) -> u8 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else if libc::WIFSIGNALED(status) {
+        (128 + libc::WTERMSIG(status)) as u8
+    } else {
+        EXIT_SETUP
+    }
+}
+
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: two fresh descriptors, owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What one replica's init needs besides the plan.
+pub struct InitArgs<'a> {
+    pub plan: &'a Plan,
+    pub hostname: &'a str,
+    pub v1_mounts: &'a V1Mounts,
+    /// Read end: one byte means go, end of file means give up.
+    pub go: OwnedFd,
+    /// Write end for setup error reports (`CODE\tmessage`).
+    pub report: OwnedFd,
+    /// Descriptors that belong to the launcher (other replicas' pipes), closed in the child.
+    pub close: Vec<RawFd>,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// How the child got into the unified cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// `CLONE_INTO_CGROUP`: it never ran outside.
+    Clone3,
+    /// The kernel lacks it: the launcher writes the pid to cgroup.procs before releasing it.
+    ByPid,
+}
+
+/// Forks the init into new namespaces (and, with clone3, straight into `cgroup_dir`).
+/// Returns (pid, placement) in the launcher; never returns in the child.
+pub fn spawn_init(args: InitArgs<'_>, cgroup_dir: &Path) -> std::io::Result<(i32, Placement)> {
+    let ns = &args.plan.ns;
+    let mut flags = libc::CLONE_NEWNS as u64;
+    if ns.pid {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
+    if ns.uts {
+        flags |= libc::CLONE_NEWUTS as u64;
+    }
+    if ns.ipc {
+        flags |= libc::CLONE_NEWIPC as u64;
+    }
+    if ns.net == Net::New {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let dir = std::fs::File::open(cgroup_dir)?;
+    let mut ca = CloneArgs {
+        flags: flags | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a new stack behaves like fork: the child continues here on a copy
+    // of this (single-threaded) process. `ca` is a valid clone_args of the size given.
+    let mut pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw mut ca,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let mut placement = Placement::Clone3;
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+        ) {
+            return Err(e);
+        }
+        placement = Placement::ByPid;
+        // SAFETY: clone without a new stack (fork semantics), as above.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags | libc::SIGCHLD as u64,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if pid == 0 {
+        drop(dir);
+        init(args);
+    }
+    Ok((pid as i32, placement))
+}
+
+/// Writes `CODE\tmessage` to the report pipe and exits with CODE.
+fn die(report: RawFd, code: u8, msg: &str) -> ! {
+    let line = format!("{code}\t{msg}");
+    // SAFETY: writing a local buffer to an open descriptor, then exiting without unwinding.
+    unsafe {
+        libc::write(report, line.as_ptr().cast(), line.len());
+        libc::_exit(i32::from(code))
+    }
+}
+
+fn last_err() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Brings `lo` up in a new network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a datagram socket used only for interface ioctls, closed below; `req` is a
+    // zeroed ifreq with the name set.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(last_err());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, b) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *b as libc::c_char;
+        }
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &raw mut req);
+        if r == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &raw mut req);
+        }
+        let e = last_err();
+        libc::close(s);
+        if r != 0 { Err(e) } else { Ok(()) }
+    }
+}
+
+fn join_netns(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: setns on an open namespace descriptor.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// The init: runs in the child of `spawn_init`, never returns.
+fn init(args: InitArgs<'_>) -> ! {
+    let report = args.report.as_raw_fd();
+    let plan = args.plan;
+    // SAFETY: prctl/setsid/umask/close with plain integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // out of the launcher's session: a terminal's ^C reaches the launcher only, which
+        // forwards it once
+        libc::setsid();
+        libc::umask(0);
+        for fd in &args.close {
+            libc::close(*fd);
+        }
+        if !plan.ns.pid {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer.
+    if unsafe { libc::read(args.go.as_raw_fd(), b.as_mut_ptr().cast(), 1) } != 1 {
+        // SAFETY: the launcher gave up before releasing us: leave quietly.
+        unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
+    }
+    drop(args.go);
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        die(report, EXIT_SETUP, &format!("{what}: {e}"))
+    };
+    // SAFETY: unshare with a namespace flag only.
+    if plan.ns.cgroup && unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        fail("cannot create the cgroup namespace", &last_err());
+    }
+    match &plan.ns.net {
+        Net::Join(p) => {
+            if let Err(e) = join_netns(p) {
+                fail(
+                    &format!("cannot join the network namespace {}", p.display()),
+                    &e,
+                );
+            }
+        }
+        Net::New => {
+            if let Err(e) = loopback_up() {
+                fail("cannot bring up loopback", &e);
+            }
+        }
+        Net::Host => {}
+    }
+    if plan.ns.uts {
+        let h = plan.hostname.as_deref().unwrap_or(args.hostname);
+        // SAFETY: a buffer and its length.
+        if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
+            fail(&format!("cannot set the hostname {h}"), &last_err());
+        }
+        if let Some(d) = &plan.domainname {
+            // SAFETY: a buffer and its length.
+            if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+                fail(&format!("cannot set the domain name {d}"), &last_err());
+            }
+        }
+    }
+    if let Err(e) = mounts::setup(plan, args.v1_mounts) {
+        fail("cannot set up the container's filesystem", &e);
+    }
+    let (ready_r, ready_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => fail("pipe", &e),
+    };
+    // SAFETY: fork in a single-threaded process; the child runs `workload` and never returns.
+    let wpid = unsafe { libc::fork() };
+    if wpid < 0 {
+        fail("cannot fork the workload", &last_err());
+    }
+    if wpid == 0 {
+        drop(ready_w);
+        workload(plan, ready_r, report);
+    }
+    drop(ready_r);
+    if let Err(e) = confine_init(plan.init_seccomp.as_ref()) {
+        // SAFETY: the workload has not exec'd yet; it dies with us.
+        unsafe { libc::kill(wpid, libc::SIGKILL) };
+        fail("cannot confine the init", &e);
+    }
+    // SAFETY: writing one byte from a local buffer.
+    unsafe { libc::write(ready_w.as_raw_fd(), b"1".as_ptr().cast(), 1) };
+    drop(ready_w);
+    drop(args.report);
+    reap(wpid)
+}
+
+/// The init keeps nothing the workload could borrow: not dumpable (no ptrace attach without
+/// CAP_SYS_PTRACE), no capabilities, no_new_privs, and a seccomp filter.
+fn confine_init(filter: Option<&Compiled>) -> std::io::Result<()> {
+    let last = caps::last_cap();
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    caps::drop_bounding(0, last)?;
+    caps::set(&caps::CapSets::default())?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(last_err());
+    }
+    if let Some(f) = filter {
+        seccomp::load(f)?;
+    }
+    Ok(())
+}
+
+/// pid 1's loop: forward signals to the workload, reap zombies, exit with the workload's status.
+fn reap(wpid: i32) -> ! {
+    loop {
+        let sig = wait_signal();
+        if sig == libc::SIGCHLD {
+            loop {
+                let mut status = 0;
+                // SAFETY: wait4 with a valid status pointer and no rusage.
+                let r = unsafe {
+                    libc::wait4(-1, &raw mut status, libc::WNOHANG, std::ptr::null_mut())
+                };
+                if r <= 0 {
+                    break;
+                }
+                if r == wpid {
+                    // SAFETY: exiting pid 1 ends the namespace; nothing to unwind.
+                    unsafe { libc::_exit(i32::from(status_code(status))) };
+                }
+            }
+        } else {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(wpid, sig) };
+        }
+    }
+}
+
+/// The workload: privileges, then exec. Runs in the init's child; never returns.
+fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
+    let p = &plan.process;
+    let fail = |code: u8, what: &str, e: &dyn std::fmt::Display| -> ! {
+        die(report, code, &format!("{what}: {e}"))
+    };
+    // Everything exec needs, prepared before the seccomp filter may forbid allocation.
+    let cs = |s: &str| CString::new(s).unwrap_or_default();
+    let argv_c: Vec<CString> = p.args.iter().map(|a| cs(a)).collect();
+    let envp_c: Vec<CString> = p.env.iter().map(|e| cs(e)).collect();
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let prog = p.args.first().map(String::as_str).unwrap_or_default();
+    let candidates: Vec<CString> = if prog.contains('/') {
+        vec![cs(prog)]
+    } else {
+        p.env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(super::plan::DEFAULT_PATH)
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cs(&format!("{d}/{prog}")))
+            .collect()
+    };
+    let cwd = cs(&p.cwd);
+    let last = caps::last_cap();
+
+    // SAFETY: resetting signal dispositions and the mask this process inherited.
+    unsafe {
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+    }
+    for r in &p.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: a valid rlimit value.
+        if unsafe { libc::setrlimit(r.resource, &raw const lim) } != 0 {
+            fail(EXIT_SETUP, &format!("setrlimit {}", r.name), &last_err());
+        }
+    }
+    if let Some(adj) = p.oom_score_adj
+        && let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+    {
+        fail(EXIT_SETUP, "oom_score_adj", &e);
+    }
+    let wait_ready = || {
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        if unsafe { libc::read(ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) } != 1 {
+            // SAFETY: the init failed; leave quietly (it reported why).
+            unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
+        }
+    };
+    let filter = plan.seccomp.as_ref();
+    if !p.no_new_privs {
+        // without no_new_privs the filter needs CAP_SYS_ADMIN: load it while still privileged
+        // (the remaining setup calls must then pass it), as runc does
+        wait_ready();
+        if let Some(f) = filter
+            && let Err(e) = seccomp::load(f)
+        {
+            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
+        }
+    }
+    if let Err(e) = caps::drop_bounding(p.caps.bounding, last) {
+        fail(
+            EXIT_SETUP,
+            "cannot drop capabilities from the bounding set",
+            &e,
+        );
+    }
+    let groups: Vec<libc::gid_t> = p.additional_gids.clone();
+    // SAFETY: prctl/setgroups/setgid/setuid with valid arguments; results checked.
+    unsafe {
+        libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            fail(EXIT_SETUP, "setgroups", &last_err());
+        }
+        if libc::setgid(p.gid) != 0 {
+            fail(EXIT_SETUP, &format!("setgid {}", p.gid), &last_err());
+        }
+        if libc::setuid(p.uid) != 0 {
+            fail(EXIT_SETUP, &format!("setuid {}", p.uid), &last_err());
+        }
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    }
+    if let Err(e) = caps::set(&p.caps) {
+        fail(EXIT_SETUP, "cannot set capabilities", &e);
+    }
+    if let Err(e) =
+        caps::raise_ambient(p.caps.ambient & p.caps.permitted & p.caps.inheritable, last)
+    {
+        fail(EXIT_SETUP, "cannot raise ambient capabilities", &e);
+    }
+    // SAFETY: umask/chdir with valid arguments.
+    unsafe {
+        libc::umask(p.umask.unwrap_or(0o022));
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(
+                EXIT_SETUP,
+                &format!("cannot enter the working directory {}", p.cwd),
+                &last_err(),
+            );
+        }
+    }
+    if p.no_new_privs {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            fail(EXIT_SETUP, "no_new_privs", &last_err());
+        }
+        wait_ready();
+        if let Some(f) = filter
+            && let Err(e) = seccomp::load(f)
+        {
+            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
+        }
+    }
+    drop(ready);
+    let mut denied = None;
+    for c in &candidates {
+        // SAFETY: NUL-terminated path and NULL-terminated argv/envp arrays that outlive the call.
+        unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let e = last_err();
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => {}
+            _ => denied = Some((c, e)),
+        }
+        if denied.is_some() {
+            break;
+        }
+    }
+    match denied {
+        Some((c, e)) => fail(
+            EXIT_CANNOT_EXEC,
+            &format!("cannot execute {}", c.to_string_lossy()),
+            &e,
+        ),
+        None => fail(
+            EXIT_NOT_FOUND,
+            &format!("command `{prog}` not found in the container"),
+            &"no such file",
+        ),
+    }
+}

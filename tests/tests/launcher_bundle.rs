@@ -1,0 +1,291 @@
+//! `palisade run --bundle`: OCI bundles as `runc spec` writes them, and bad input of every
+//! kind failing with one clear line before anything is created.
+use palisade_tests::launch::{Bundle, Rootfs, assert_clean, cgroup_dir, data_dir, run, unique};
+
+fn s(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_runc_spec_bundle_runs_with_its_configuration() {
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "hostname; touch /x 2>/dev/null || echo read-only-root; ulimit -n; ulimit -Hn; \
+         grep CapEff /proc/self/status; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+         cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; \
+         echo $FOO; pwd; exit 4",
+    ]);
+    b.config["process"]["env"] = serde_json::json!(["PATH=/bin", "FOO=bar"]);
+    b.config["process"]["cwd"] = "/tmp".into();
+    b.config["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1024}]);
+    b.config["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864});
+    b.config["linux"]["resources"]["pids"] = serde_json::json!({"limit": 50});
+    b.write();
+    let name = unique("bundle");
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 4, "{out}");
+    assert_eq!(
+        out.lines(),
+        [
+            "runc",
+            "read-only-root",
+            "512",
+            "1024",
+            "CapEff:\t0000000020000420",
+            "67108864",
+            "50",
+            "bar",
+            "/tmp"
+        ],
+        "{out}"
+    );
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
+#[test]
+fn a_bundle_with_no_capabilities_runs_with_none() {
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "grep -E '^Cap(Eff|Bnd):' /proc/self/status",
+    ]);
+    b.config["process"]["capabilities"] = serde_json::json!({});
+    b.write();
+    let name = unique("nocaps");
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.lines(),
+        ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"]
+    );
+    // an explicit set: CHOWN effective, CHOWN+KILL bounding
+    b.config["process"]["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_CHOWN", "CAP_KILL"], "permitted": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN"]});
+    b.config["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0});
+    b.write();
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    // root execs with its bounding set (no file capabilities needed)
+    assert_eq!(
+        out.lines(),
+        ["CapEff:\t0000000000000021", "CapBnd:\t0000000000000021"],
+        "{out}"
+    );
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
+#[test]
+fn flags_override_the_bundle() {
+    let b = Bundle::new(&["/bin/sh", "-c", "exit 9"]);
+    let name = unique("override");
+    let out = run(&[
+        "--bundle",
+        &s(&b.path),
+        "--name",
+        &name,
+        "--hostname",
+        "other",
+        "--env",
+        "X=1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "hostname; echo $X",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.lines(), ["other", "1"]);
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
+/// Runs `palisade run ARGS` expecting failure `code` with `needle` in a one-line error, then
+/// checks nothing of `name` exists.
+fn fails(args: &[&str], name: &str, code: i32, needle: &str) {
+    let out = run(args);
+    assert_eq!(out.code, code, "{args:?}\n{out}");
+    assert!(out.stderr.contains(needle), "{needle:?} not in:\n{out}");
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line\n{out}");
+    assert_clean(name, None);
+    for which in ["unified", "memory", "cpu", "pids"] {
+        assert!(!cgroup_dir(name, which).exists());
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_leaves_nothing_behind() {
+    let name = unique("bad");
+    let n = name.as_str();
+    fails(
+        &["--bundle", "/nonexistent/bundle", "--name", n],
+        n,
+        125,
+        "bundle /nonexistent/bundle",
+    );
+
+    let b = Bundle::new(&["/bin/true"]);
+    let bp = s(&b.path);
+    // unreadable config.json (a directory)
+    std::fs::remove_file(b.path.join("config.json")).unwrap();
+    std::fs::create_dir(b.path.join("config.json")).unwrap();
+    fails(&["--bundle", &bp, "--name", n], n, 125, "cannot read");
+    std::fs::remove_dir(b.path.join("config.json")).unwrap();
+
+    std::fs::write(
+        b.path.join("config.json"),
+        "{\n  \"process\": {\n    \"args\": [\"sh\",]\n}",
+    )
+    .unwrap();
+    fails(&["--bundle", &bp, "--name", n], n, 125, "config.json:3:");
+
+    let mut b = Bundle::new(&["/bin/true"]);
+    let bp = s(&b.path);
+    b.config["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    b.write();
+    fails(
+        &["--bundle", &bp, "--name", n],
+        n,
+        125,
+        "linux.sysctl: not supported",
+    );
+    b.config["linux"].as_object_mut().unwrap().remove("sysctl");
+    b.config["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1_000_000_000u64}]);
+    b.write();
+    fails(&["--bundle", &bp, "--name", n], n, 125, "CAP_SYS_RESOURCE");
+    b.config["process"]["rlimits"] = serde_json::json!([]);
+    b.config["process"]["args"] = serde_json::json!(["/bin/nope"]);
+    b.write();
+    fails(
+        &["--bundle", &bp, "--name", n],
+        n,
+        127,
+        "command `/bin/nope` not found in the rootfs",
+    );
+
+    let root = Rootfs::busybox();
+    let rp = s(&root.path);
+    fails(
+        &["--name", n, "--rootfs", &rp, "--", "nope"],
+        n,
+        127,
+        "searched PATH=",
+    );
+    std::fs::write(root.path.join("bin/script"), "#!/bin/sh\n").unwrap();
+    fails(
+        &["--name", n, "--rootfs", &rp, "--", "/bin/script"],
+        n,
+        126,
+        "is not executable",
+    );
+    fails(
+        &["--name", n, "--memory", "1M", "--", "/bin/true"],
+        n,
+        125,
+        "below the 6 MiB minimum",
+    );
+    fails(
+        &["--name", n, "--memory", "lots", "--", "/bin/true"],
+        n,
+        125,
+        "not a size",
+    );
+    fails(
+        &["--name", n, "--pids", "1", "--", "/bin/true"],
+        n,
+        125,
+        "below the minimum of 2",
+    );
+    fails(
+        &["--name", n, "--cpus", "0.001", "--", "/bin/true"],
+        n,
+        125,
+        "minimum of 0.01",
+    );
+    fails(
+        &["--name", n, "--cpus", "64", "--", "/bin/true"],
+        n,
+        125,
+        "CPUs this host has",
+    );
+    fails(
+        &["--name", n, "--user", "nobody", "--", "/bin/true"],
+        n,
+        125,
+        "UID:GID",
+    );
+    fails(
+        &[
+            "--name",
+            n,
+            "--rootfs",
+            "/nonexistent/root",
+            "--",
+            "/bin/true",
+        ],
+        n,
+        125,
+        "--rootfs /nonexistent/root",
+    );
+    fails(
+        &["--name", "a/b", "--", "/bin/true"],
+        "a-b",
+        125,
+        "invalid workload name",
+    );
+    fails(&["--name", n, "--bogus"], n, 125, "unexpected argument");
+
+    let dir = tempfile::tempdir().unwrap();
+    let prof = dir.path().join("p.json");
+    std::fs::write(
+        &prof,
+        "{\"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [}",
+    )
+    .unwrap();
+    fails(
+        &["--name", n, "--seccomp", &s(&prof), "--", "/bin/true"],
+        n,
+        125,
+        "p.json:2:",
+    );
+    std::fs::write(&prof, r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}"#).unwrap();
+    fails(
+        &["--name", n, "--seccomp", &s(&prof), "--", "/bin/true"],
+        n,
+        125,
+        "syscalls[0].action",
+    );
+}
+
+#[test]
+fn unknown_seccomp_names_are_listed_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let prof = dir.path().join("p.json");
+    std::fs::write(
+        &prof,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount", "frobnicate", "fly_away"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let name = unique("unknown");
+    let out = run(&["--name", &name, "--seccomp", &s(&prof), "--", "/bin/true"]);
+    assert_eq!(out.code, 0, "{out}");
+    let warn: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("seccomp profile"))
+        .collect();
+    assert_eq!(warn.len(), 1, "{out}");
+    assert!(
+        warn[0].contains("2 syscall name(s)") && warn[0].contains("fly_away, frobnicate"),
+        "{out}"
+    );
+    assert_clean(&name, None);
+    // and a bundle carrying Docker's profile warns the same way, and runs
+    let mut b = Bundle::new(&["/bin/true"]);
+    let text = std::fs::read_to_string(data_dir().join("docker-default-seccomp.json")).unwrap();
+    b.config["linux"]["seccomp"] = serde_json::from_str(&text).unwrap();
+    b.write();
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_clean(&name, Some(&b.rootfs()));
+}
