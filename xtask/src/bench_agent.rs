@@ -211,10 +211,23 @@ fn stop_agent(mut agent: Child) {
     let _ = agent.wait();
 }
 
+fn last_cpu() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
+}
+
+/// `taskset -c CPU PROGRAM`.
+fn pinned(cpu: usize, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpu.to_string()).arg(program);
+    c
+}
+
 /// One bulk transfer of `mib` MiB over loopback; returns MiB/s.
 fn bulk(workload: &Path, port: u16, mib: u64) -> Result<f64> {
     let addr = format!("127.0.0.1:{port}");
-    let mut srv = Command::new(workload)
+    // pinned: receiver on CPU 0, sender on the last CPU (the scheduler's placement otherwise
+    // swings loopback throughput by 3x on a 2-vCPU VM)
+    let mut srv = pinned(0, workload)
         .args(["serve-tcp", &addr, "1"])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -223,7 +236,7 @@ fn bulk(workload: &Path, port: u16, mib: u64) -> Result<f64> {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
     }
     let t = Instant::now();
-    let st = Command::new(workload)
+    let st = pinned(last_cpu(), workload)
         .args(["send-tcp", &addr, &(mib << 20).to_string()])
         .status()?;
     let secs = t.elapsed().as_secs_f64();
@@ -237,7 +250,7 @@ fn bulk(workload: &Path, port: u16, mib: u64) -> Result<f64> {
 /// `n` connections to a server accepting them; returns connections/s.
 fn conn_rate(workload: &Path, port: u16, n: u32) -> Result<f64> {
     let addr = format!("127.0.0.1:{port}");
-    let mut srv = Command::new(workload)
+    let mut srv = pinned(0, workload)
         .args(["serve-tcp", &addr, &n.to_string()])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -246,7 +259,7 @@ fn conn_rate(workload: &Path, port: u16, n: u32) -> Result<f64> {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
     }
     let t = Instant::now();
-    let st = Command::new(workload)
+    let st = pinned(last_cpu(), workload)
         .args(["connects", &addr, &n.to_string()])
         .status()?;
     let secs = t.elapsed().as_secs_f64();
@@ -312,6 +325,15 @@ pub fn net(mib: u64, connections: u32, reps: u32) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // ratios of the two cases within each repetition, then their median: robust to the drift
+    // between repetitions on a shared VM
+    let paired = |with: &[f64], without: &[f64]| {
+        median(with.iter().zip(without).map(|(a, b)| a / b).collect())
+    };
+    let (pb, pc) = (
+        paired(&bulk_agent, &bulk_base),
+        paired(&conn_agent, &conn_base),
+    );
     let (bb, ba, cb, ca) = (
         median(bulk_base),
         median(bulk_agent),
