@@ -62,6 +62,8 @@ pub enum AgentError {
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     EventLog(#[from] sink::SinkError),
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -268,6 +270,7 @@ async fn serve_all(
         info!(cgroups = st.registry.len(), "cgroup tree walked");
     }
 
+    let otlp = crate::otlp::start(&shared.config.otlp, hub.clone())?;
     let mut tasks = Vec::new();
     if let Some(target) = event_log {
         tasks.push(tokio::spawn(sink::run(target, hub.clone())));
@@ -315,6 +318,9 @@ async fn serve_all(
     let _ = events::EventType::ALL;
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
+    if let Some(o) = otlp {
+        tokio::task::block_in_place(|| o.shutdown());
+    }
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }

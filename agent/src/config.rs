@@ -54,6 +54,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub processes: ProcessesConfig,
     pub network: NetworkConfig,
+    /// OTLP log export of every event.
+    pub otlp: crate::otlp::OtlpConfig,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             processes: ProcessesConfig::default(),
             network: NetworkConfig::default(),
+            otlp: crate::otlp::OtlpConfig::default(),
         }
     }
 }
@@ -367,7 +370,7 @@ impl<'de> Deserialize<'de> for BucketStep {
 }
 
 /// Durations as humantime strings: `30s`, `5m`, `1h 30m`, `0s`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, de};
@@ -428,6 +431,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 message: "events.max_file_mib must be at least 1".into(),
+            });
+        }
+        if let Err(e) = crate::otlp::check(&self.otlp) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
             });
         }
         if self.network.peer_prefix_v4 > 32 || self.network.peer_prefix_v6 > 128 {
@@ -514,6 +523,11 @@ mod tests {
         assert_eq!(c.network.peer_prefix_v4, d.network.peer_prefix_v4);
         assert_eq!(c.network.peer_prefix_v6, d.network.peer_prefix_v6);
         assert_eq!(c.network.max_peer_series, d.network.max_peer_series);
+        assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
+        assert_eq!(c.otlp.protocol, d.otlp.protocol);
+        assert_eq!(c.otlp.timeout, d.otlp.timeout);
+        assert_eq!(c.otlp.events, d.otlp.events);
+        assert_eq!(c.otlp.headers, d.otlp.headers);
     }
 
     #[test]
