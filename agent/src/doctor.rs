@@ -11,7 +11,10 @@ fn role(feature: &str) -> (&'static str, bool) {
         "ring_buffer" => ("event delivery to userspace", true),
         "cgroup_v2" => ("container identity (cgroup v2 ids)", true),
         "cgroup_v1" => ("resource readings on hybrid hosts", false),
-        "cgroup_skb" => ("network totals and flows (else no network telemetry)", false),
+        "cgroup_skb" => (
+            "network totals and flows (else no network telemetry)",
+            false,
+        ),
         "cgroup_sock_addr" => ("network policy: connect/bind (planned)", false),
         "sock_ops" => ("TCP connections, RTT, flow records", false),
         "send_signal" => ("run-time kill enforcement (planned)", false),
