@@ -417,3 +417,27 @@ fn flow_records_are_exported_as_otlp_logs() {
     );
     drop(agent);
 }
+
+#[test]
+fn ipv6_flows_are_keyed_and_joined_like_ipv4() {
+    let agent = Agent::with_events(CFG, &[]);
+    let ns = TestNetns::new("v6");
+    let (client, srv) = (TestCgroup::new("v6-client"), TestCgroup::new("v6-server"));
+    let s = server(&srv, &ns, "[::1]:7005", 1);
+    assert_eq!(run(&client, &ns, &["send-tcp", "[::1]:7005", "123456"]), 0);
+    assert!(finish(s).contains("received 123456"));
+    let c = agent.wait_events(1, "the client's IPv6 flow", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == client.id
+    });
+    let f = &c[0]["flow"];
+    assert_eq!(f["remote"], "[::1]:7005");
+    assert_eq!(f["direction"], "outbound");
+    assert_eq!(
+        f["bytes_out"], 123_456,
+        "sock_ops' IPv6 key found the packets' flow: {f}"
+    );
+    assert!(f["packets_out"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(f["tcp"]["result"], "closed");
+    let m = agent.metrics();
+    assert_eq!(conns(&m, &srv, "inbound", "established"), Some(1.0));
+}
