@@ -149,6 +149,9 @@ pub struct NetState {
     pub rtt: HashMap<u64, RttHist>,
     /// Bytes of flows already ended, per peer (they are gone from the kernel table).
     peers_final: HashMap<PeerKey, u64>,
+    /// Bytes (out, in) of each live flow at the last pass, so a flow the kernel's LRU drops
+    /// still leaves its last known bytes in `peers_final` (per-peer counters never go down).
+    last_live: HashMap<FlowKey, (u64, u64)>,
     /// `peers_final` plus live flows, as of the last flow pass.
     pub peers: HashMap<PeerKey, u64>,
     /// Flows this module deleted from the kernel table.
@@ -218,6 +221,32 @@ impl NetState {
                 pass.interim_keys.push(*k);
             }
         }
+        // Flows the kernel's LRU dropped never "end" here: forget their interim-report times,
+        // and keep what they had carried in the per-peer totals.
+        let live: std::collections::HashSet<&FlowKey> = flows.iter().map(|(k, _)| k).collect();
+        self.reported.retain(|k, _| live.contains(k));
+        if cfg.per_peer_metrics {
+            let gone: Vec<(FlowKey, (u64, u64))> = self
+                .last_live
+                .iter()
+                .filter(|(k, _)| !live.contains(k))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            for (k, (out, inn)) in gone {
+                for (dir, bytes) in [("tx", out), ("rx", inn)] {
+                    *self
+                        .peers_final
+                        .entry(self.peer_key(&k, dir, cfg))
+                        .or_default() += bytes;
+                }
+            }
+            let finishing: std::collections::HashSet<&FlowKey> = pass.finish.iter().collect();
+            self.last_live = flows
+                .iter()
+                .filter(|(k, _)| !finishing.contains(k))
+                .map(|(k, f)| (*k, (f.bytes_out, f.bytes_in)))
+                .collect();
+        }
         if cfg.per_peer_metrics {
             let mut all = self.peers_final.clone();
             for (p, b) in live_peers {
@@ -240,6 +269,7 @@ impl NetState {
     pub fn ended(&mut self, k: &FlowKey, f: &FlowStats, cfg: &NetworkConfig) {
         self.deleted_total += 1;
         self.reported.remove(k);
+        self.last_live.remove(k);
         if cfg.per_peer_metrics {
             for (dir, bytes) in [("tx", f.bytes_out), ("rx", f.bytes_in)] {
                 let p = self.peer_key(k, dir, cfg);
@@ -254,6 +284,7 @@ impl NetState {
     pub fn forget_cgroups(&mut self, ids: &[u64]) {
         self.peers_final.retain(|(c, _, _), _| !ids.contains(c));
         self.peers.retain(|(c, _, _), _| !ids.contains(c));
+        self.last_live.retain(|k, _| !ids.contains(&k.cgroup_id));
         self.rtt.retain(|c, _| !ids.contains(c));
     }
 
@@ -488,6 +519,12 @@ mod tests {
         s.flow_pass(&flows[1..], 5, 102 * sec, &cfg);
         assert_eq!(s.evicted_total, 5 - 1 - 1, "5 created, 1 deleted, 1 live");
         assert_eq!(s.peers.get(&(7, "tx", "10.0.0.0/24".into())), Some(&54_000));
+        assert_eq!(s.peers.get(&(7, "rx", "10.0.0.0/24".into())), Some(&10));
+        // a flow evicted by the kernel (gone from the table without ending) is forgotten, and
+        // the bytes it carried stay counted
+        assert!(s.reported.contains_key(&key(IPPROTO_TCP)));
+        s.flow_pass(&[], 5, 103 * sec, &cfg);
+        assert!(s.reported.is_empty());
         assert_eq!(s.peers.get(&(7, "rx", "10.0.0.0/24".into())), Some(&10));
         assert_eq!(s.deleted_total, 1);
     }
