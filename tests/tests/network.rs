@@ -441,3 +441,37 @@ fn ipv6_flows_are_keyed_and_joined_like_ipv4() {
     let m = agent.metrics();
     assert_eq!(conns(&m, &srv, "inbound", "established"), Some(1.0));
 }
+
+#[test]
+fn a_long_flow_gets_interim_records_before_its_final_one() {
+    let agent = Agent::with_events(&format!("{CFG}  report_interval: 1s\n"), &[]);
+    let ns = TestNetns::new("interim");
+    let (client, srv) = (
+        TestCgroup::new("interim-client"),
+        TestCgroup::new("interim-server"),
+    );
+    let s = server(&srv, &ns, "127.0.0.1:7006", 1);
+    assert_eq!(
+        run(
+            &client,
+            &ns,
+            &["stream-tcp", "127.0.0.1:7006", "400000", "3000"]
+        ),
+        0
+    );
+    finish(s);
+    let recs = agent.wait_events(2, "interim and final records", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == client.id
+    });
+    let interim: Vec<&Value> = recs
+        .iter()
+        .filter(|e| e["flow"]["ended"] == false)
+        .collect();
+    let finals: Vec<&Value> = recs.iter().filter(|e| e["flow"]["ended"] == true).collect();
+    assert!(!interim.is_empty(), "{recs:?}");
+    assert_eq!(interim[0]["flow"]["tcp"]["result"], "open");
+    let partial = interim[0]["flow"]["bytes_out"].as_u64().unwrap();
+    assert!(partial > 0 && partial < 400_000, "interim bytes {partial}");
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0]["flow"]["bytes_out"], 400_000);
+}
