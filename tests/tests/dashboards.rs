@@ -1,7 +1,7 @@
 //! Checks of `dashboards/`: the Prometheus alerting rules pass `promtool check rules` and their
-//! unit tests, and every query in the Grafana dashboard and the rules names only metrics, labels
-//! and label values that `palisade agent` exports, so a typo in a query fails here rather than
-//! showing an empty panel or an alert that never fires.
+//! unit tests, and every query in the Grafana dashboards (every `dashboards/*.json`) and the rules
+//! is valid PromQL that names only metrics, labels and label values that `palisade agent` exports,
+//! so a typo in a query fails here rather than showing an empty panel or an alert that never fires.
 //!
 //! Unprivileged: needs only `promtool` (installed by `cargo xtask setup`, Debian package
 //! `prometheus`).
@@ -28,78 +28,247 @@ enum Kind {
     Histogram,
 }
 
+/// Labels with a closed set of values: a literal matcher on them must use one of these.
+type Values = &'static [(&'static str, &'static [&'static str])];
+
 /// An exported metric family.
 struct Metric {
     name: &'static str,
     kind: Kind,
     /// Its own labels; `instance` and `job` come from the scrape.
     labels: &'static [&'static str],
+    /// Its labels with a closed set of values. Per family: `reason` and `direction` mean
+    /// different things in different families.
+    values: Values,
 }
 
 const fn m(name: &'static str, kind: Kind, labels: &'static [&'static str]) -> Metric {
-    Metric { name, kind, labels }
+    mv(name, kind, labels, &[])
 }
+
+const fn mv(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    values: Values,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        values,
+    }
+}
+
+/// Per-container palisade_* families: the container name, plus `namespace` and `pod` for
+/// Kubernetes containers (absent otherwise).
+const CONTAINER: &[&str] = &["container", "namespace", "pod"];
+/// The cAdvisor-compatible container_* families: always all five (possibly empty).
+const CADVISOR: &[&str] = &["container", "id", "image", "namespace", "pod"];
+
+const LOST_REASONS: &[&str] = &[
+    "syscall_stats_map_full",
+    "syscall_errno_map_full",
+    "ringbuf_full",
+    "syscall_untimed",
+];
+const MAPS: &[&str] = &["SYSCALL_STATS", "SYSCALL_ERRNOS"];
+const CGROUP_STATES: &[&str] = &["live", "removed"];
+const FEATURES: &[&str] = &[
+    "btf",
+    "raw_tracepoint",
+    "tracepoint",
+    "cgroup_skb",
+    "cgroup_sock_addr",
+    "sock_ops",
+    "send_signal",
+    "fentry",
+    "bpf_lsm",
+    "kprobe",
+    "ring_buffer",
+    "cgroup_v1",
+    "cgroup_v2",
+    "seccomp",
+];
+const EXIT_REASONS: &[&str] = &["exited", "failed", "signaled", "unknown"];
+/// `direction` of the byte and packet families.
+const NET_DIRECTIONS: &[&str] = &["tx", "rx"];
+/// `direction` of `palisade_tcp_connections_total`.
+const TCP_DIRECTIONS: &[&str] = &["outbound", "inbound"];
+const TCP_RESULTS: &[&str] = &["established", "refused", "timeout"];
+const EVENT_TYPES: &[&str] = &[
+    "exec",
+    "exit",
+    "oom",
+    "container_start",
+    "container_stop",
+    "flow",
+];
+const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are
 /// added by Prometheus).
 const METRICS: &[Metric] = &[
+    // Syscalls (per container; `namespace` and `pod` for Kubernetes containers).
     m(
         "palisade_syscalls_total",
         Kind::Counter,
-        &["container", "syscall"],
+        &["container", "namespace", "pod", "syscall"],
     ),
     m(
         "palisade_syscall_errors_total",
         Kind::Counter,
-        &["container", "syscall", "errno"],
+        &["container", "namespace", "pod", "syscall", "errno"],
     ),
     m(
         "palisade_syscall_duration_seconds",
         Kind::Histogram,
-        &["container", "syscall"],
+        &["container", "namespace", "pod", "syscall"],
     ),
+    // Processes and OOM kills.
+    m("palisade_process_forks_total", Kind::Counter, CONTAINER),
+    m("palisade_process_execs_total", Kind::Counter, CONTAINER),
+    mv(
+        "palisade_process_exits_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "reason"],
+        &[("reason", EXIT_REASONS)],
+    ),
+    m("palisade_oom_kills_total", Kind::Counter, CONTAINER),
+    // Network.
+    mv(
+        "palisade_network_bytes_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "direction"],
+        &[("direction", NET_DIRECTIONS)],
+    ),
+    mv(
+        "palisade_network_packets_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "direction"],
+        &[("direction", NET_DIRECTIONS)],
+    ),
+    mv(
+        "palisade_network_icmp_packets_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "direction"],
+        &[("direction", NET_DIRECTIONS)],
+    ),
+    mv(
+        "palisade_tcp_connections_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "direction", "result"],
+        &[("direction", TCP_DIRECTIONS), ("result", TCP_RESULTS)],
+    ),
+    m("palisade_tcp_retransmits_total", Kind::Counter, CONTAINER),
+    m("palisade_tcp_rtt_seconds", Kind::Histogram, CONTAINER),
+    // Opt-in (network.per_peer_metrics); `remote` is a CIDR.
+    mv(
+        "palisade_network_peer_bytes_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "direction", "remote"],
+        &[("direction", NET_DIRECTIONS)],
+    ),
+    // cAdvisor-compatible resources.
+    m("container_cpu_usage_seconds_total", Kind::Counter, CADVISOR),
+    m("container_cpu_user_seconds_total", Kind::Counter, CADVISOR),
+    m(
+        "container_cpu_system_seconds_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m("container_cpu_cfs_periods_total", Kind::Counter, CADVISOR),
+    m(
+        "container_cpu_cfs_throttled_periods_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m(
+        "container_cpu_cfs_throttled_seconds_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m("container_oom_events_total", Kind::Counter, CADVISOR),
+    m("container_fs_reads_bytes_total", Kind::Counter, CADVISOR),
+    m("container_fs_writes_bytes_total", Kind::Counter, CADVISOR),
+    m("container_memory_usage_bytes", Kind::Gauge, CADVISOR),
+    m("container_memory_working_set_bytes", Kind::Gauge, CADVISOR),
+    m("container_memory_rss", Kind::Gauge, CADVISOR),
+    m("container_memory_cache", Kind::Gauge, CADVISOR),
+    m("container_memory_failcnt", Kind::Gauge, CADVISOR),
+    // 0 = unlimited.
+    m("container_spec_memory_limit_bytes", Kind::Gauge, CADVISOR),
+    m("container_spec_cpu_quota", Kind::Gauge, CADVISOR),
+    m("container_spec_cpu_period", Kind::Gauge, CADVISOR),
+    m("container_processes", Kind::Gauge, CADVISOR),
+    m("container_threads", Kind::Gauge, CADVISOR),
+    m("container_start_time_seconds", Kind::Gauge, CADVISOR),
+    m("container_last_seen", Kind::Gauge, CADVISOR),
+    // The agent itself.
     m("palisade_build_info", Kind::Gauge, &["version", "commit"]),
-    m("palisade_kernel_feature", Kind::Gauge, &["feature"]),
-    m("palisade_kernel_lost_total", Kind::Counter, &["reason"]),
-    m("palisade_bpf_map_entries", Kind::Gauge, &["map"]),
-    m("palisade_bpf_map_capacity", Kind::Gauge, &["map"]),
-    m("palisade_cgroups", Kind::Gauge, &["state"]),
+    mv(
+        "palisade_kernel_feature",
+        Kind::Gauge,
+        &["feature"],
+        &[("feature", FEATURES)],
+    ),
+    mv(
+        "palisade_kernel_lost_total",
+        Kind::Counter,
+        &["reason"],
+        &[("reason", LOST_REASONS)],
+    ),
+    mv(
+        "palisade_bpf_map_entries",
+        Kind::Gauge,
+        &["map"],
+        &[("map", MAPS)],
+    ),
+    mv(
+        "palisade_bpf_map_capacity",
+        Kind::Gauge,
+        &["map"],
+        &[("map", MAPS)],
+    ),
+    mv(
+        "palisade_cgroups",
+        Kind::Gauge,
+        &["state"],
+        &[("state", CGROUP_STATES)],
+    ),
     m("palisade_identity_dropped_total", Kind::Counter, &[]),
     m("palisade_series_dropped", Kind::Gauge, &[]),
     m("palisade_scrape_duration_seconds", Kind::Histogram, &[]),
+    m("palisade_network_flows", Kind::Gauge, &[]),
+    m("palisade_network_flows_evicted_total", Kind::Counter, &[]),
+    m("palisade_network_peer_series_dropped", Kind::Gauge, &[]),
+    m("palisade_containers", Kind::Gauge, &["runtime"]),
+    m("palisade_identity_unresolved_total", Kind::Counter, &[]),
+    mv(
+        "palisade_events_total",
+        Kind::Counter,
+        &["type"],
+        &[("type", EVENT_TYPES)],
+    ),
+    mv(
+        "palisade_events_dropped_total",
+        Kind::Counter,
+        &["sink"],
+        &[("sink", EVENT_SINKS)],
+    ),
+    m("palisade_process_table_entries", Kind::Gauge, &[]),
+    m("palisade_process_table_evicted_total", Kind::Counter, &[]),
 ];
 
-/// Labels with a closed set of values: a literal matcher on them must use one of these.
-const LABEL_VALUES: &[(&str, &[&str])] = &[
+/// Families only exported when turned on in the agent config: a panel showing one says so.
+const OPT_IN: &[(&str, &str)] = &[
     (
-        "reason",
-        &[
-            "syscall_stats_map_full",
-            "syscall_errno_map_full",
-            "ringbuf_full",
-            "syscall_untimed",
-        ],
+        "palisade_network_peer_bytes_total",
+        "network.per_peer_metrics",
     ),
-    ("map", &["SYSCALL_STATS", "SYSCALL_ERRNOS"]),
-    ("state", &["live", "removed"]),
     (
-        "feature",
-        &[
-            "btf",
-            "raw_tracepoint",
-            "tracepoint",
-            "cgroup_skb",
-            "cgroup_sock_addr",
-            "sock_ops",
-            "send_signal",
-            "fentry",
-            "bpf_lsm",
-            "kprobe",
-            "ring_buffer",
-            "cgroup_v1",
-            "cgroup_v2",
-            "seccomp",
-        ],
+        "palisade_network_peer_series_dropped",
+        "network.per_peer_metrics",
     ),
 ];
 
@@ -385,6 +554,21 @@ fn family(name: &str) -> Option<(&'static Metric, bool)> {
     None
 }
 
+/// The labels a queried series name may carry and the closed value sets among them, or `None`
+/// when the agent does not export it. `extra` names non-Palisade metrics (with only target
+/// labels).
+fn labels_of(metric: &str, extra: &[&str]) -> Option<(Vec<&'static str>, Values)> {
+    if extra.contains(&metric) {
+        return Some((TARGET_LABELS.to_vec(), &[]));
+    }
+    let (family, bucket) = family(metric)?;
+    let mut l: Vec<&str> = family.labels.iter().chain(TARGET_LABELS).copied().collect();
+    if bucket {
+        l.push("le");
+    }
+    Some((l, family.values))
+}
+
 /// Checks every selector of `expr` against what the agent exports; returns the problems found.
 /// `extra` names non-Palisade metrics the file may use (with only target labels).
 fn check_expr(expr: &str, extra: &[&str]) -> Vec<String> {
@@ -406,15 +590,7 @@ fn check_expr(expr: &str, extra: &[&str]) -> Vec<String> {
                 }
             },
         };
-        let labels: Vec<&str> = if extra.contains(&metric.as_str()) {
-            TARGET_LABELS.to_vec()
-        } else if let Some((family, bucket)) = family(&metric) {
-            let mut l: Vec<&str> = family.labels.iter().chain(TARGET_LABELS).copied().collect();
-            if bucket {
-                l.push("le");
-            }
-            l
-        } else {
+        let Some((labels, values)) = labels_of(&metric, extra) else {
             problems.push(format!(
                 "`{metric}` is not exported by palisade agent (in `{expr}`)"
             ));
@@ -436,11 +612,12 @@ fn check_expr(expr: &str, extra: &[&str]) -> Vec<String> {
             if !(op == "=" || op == "=~") || !literal {
                 continue;
             }
-            if let Some((_, allowed)) = LABEL_VALUES.iter().find(|(l, _)| l == label) {
+            if let Some((_, allowed)) = values.iter().find(|(l, _)| l == label) {
                 for alt in value.split('|') {
                     if !allowed.contains(&alt) {
                         problems.push(format!(
-                            "`{label}` is never \"{alt}\" (one of {allowed:?}) in `{expr}`"
+                            "`{metric}`: `{label}` is never \"{alt}\" (one of {allowed:?}) in \
+                             `{expr}`"
                         ));
                     }
                 }
@@ -477,6 +654,49 @@ fn scanner_finds_metrics_and_labels() {
     assert!(!check_expr(r#"palisade_kernel_lost_total{reason="map_full"}"#, &[]).is_empty());
     assert!(!check_expr("up == 0", &[]).is_empty());
     assert!(check_expr(r#"up{job="palisade"} == 0"#, &["up"]).is_empty());
+
+    // Closed label values are per family: `reason` and `direction` differ between families.
+    assert!(check_expr(r#"palisade_process_exits_total{reason="signaled"}"#, &[]).is_empty());
+    assert!(
+        !check_expr(
+            r#"palisade_process_exits_total{reason="ringbuf_full"}"#,
+            &[]
+        )
+        .is_empty()
+    );
+    assert!(!check_expr(r#"palisade_kernel_lost_total{reason="failed"}"#, &[]).is_empty());
+    assert!(
+        check_expr(
+            r#"palisade_tcp_connections_total{direction="outbound", result=~"refused|timeout"}"#,
+            &[]
+        )
+        .is_empty()
+    );
+    assert!(!check_expr(r#"palisade_tcp_connections_total{direction="tx"}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_tcp_connections_total{result="reset"}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_network_bytes_total{direction="inbound"}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_events_dropped_total{sink="kafka"}"#, &[]).is_empty());
+    // Label sets: cAdvisor families have `id` and `image`, palisade_* ones do not.
+    assert!(check_expr(r#"container_memory_rss{image=~"nginx.*", id!=""}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_oom_kills_total{image="nginx"}"#, &[]).is_empty());
+    assert!(
+        check_expr(
+            r#"palisade_oom_kills_total{namespace="shop", pod="a"}"#,
+            &[]
+        )
+        .is_empty()
+    );
+    assert!(!check_expr(r#"palisade_network_flows{container="x"}"#, &[]).is_empty());
+    assert!(check_expr(r#"palisade_tcp_rtt_seconds_bucket{le="0.001"}"#, &[]).is_empty());
+    assert!(!check_expr("container_memory_cache_bytes", &[]).is_empty());
+    // A series that is new in the window (`unless ... offset`).
+    assert!(
+        check_expr(
+            "palisade_oom_kills_total > 0 unless palisade_oom_kills_total offset 5m",
+            &[]
+        )
+        .is_empty()
+    );
 }
 
 // --- Alerting rules ------------------------------------------------------------------------------
@@ -544,6 +764,26 @@ fn rules_query_only_exported_metrics() {
     assert!(problems.is_empty(), "{RULES}:\n{}", problems.join("\n"));
 }
 
+/// For each `alertname: <name>` case of a promtool test file: whether it expects alerts
+/// (`exp_alerts:` followed by a list) or none (`exp_alerts: []`).
+fn alert_cases(tests: &str, name: &str) -> Vec<bool> {
+    let key = format!("alertname: {name}");
+    let lines: Vec<&str> = tests.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != key {
+            continue;
+        }
+        let exp = lines
+            .get(i + 1)
+            .map(|l| l.trim())
+            .filter(|l| l.starts_with("exp_alerts:"))
+            .unwrap_or_else(|| panic!("`{key}` is not followed by `exp_alerts:`"));
+        out.push(exp != "exp_alerts: []");
+    }
+    out
+}
+
 #[test]
 fn every_alert_is_documented_and_tested() {
     let text = read(RULES);
@@ -565,7 +805,23 @@ fn every_alert_is_documented_and_tested() {
             tests.contains(&format!("alertname: {name}\n")),
             "alert {name} has no case in {RULES_TEST}"
         );
+        // A case where it fires and one where it must not.
+        let cases = alert_cases(&tests, &name);
+        assert!(
+            cases.contains(&true),
+            "alert {name} never fires in {RULES_TEST}"
+        );
+        assert!(
+            cases.contains(&false),
+            "alert {name} has no case in {RULES_TEST} where it must not fire"
+        );
         assert!(names.insert(name.clone()), "alert {name} defined twice");
+    }
+    for group in ["palisade-agent", "palisade-containers"] {
+        assert!(
+            text.contains(&format!("  - name: {group}\n")),
+            "{RULES} lacks group {group}"
+        );
     }
     for expected in [
         "PalisadeAgentDown",
@@ -574,17 +830,124 @@ fn every_alert_is_documented_and_tested() {
         "PalisadeMapNearlyFull",
         "PalisadeSeriesDropped",
         "PalisadeIdentityRegistryFull",
+        "ContainerOOMKilled",
+        "ContainerCPUThrottled",
+        "ContainerMemoryNearLimit",
+        "ContainerTCPConnectFailures",
+        "PalisadeEventsDropped",
+        "PalisadeFlowTableEvicting",
     ] {
         assert!(names.contains(expected), "{RULES} lacks alert {expected}");
     }
 }
 
-// --- Grafana dashboard -------------------------------------------------------------------------
+// --- Grafana dashboards ------------------------------------------------------------------------
 
-const DASHBOARD: &str = "dashboards/palisade-syscalls.json";
+/// What a dashboard promises. Every `dashboards/*.json` is listed here, and every check below runs
+/// over all of them.
+struct DashboardSpec {
+    file: &'static str,
+    uid: &'static str,
+    title: &'static str,
+    /// Query variables besides `datasource`, each `label_values(<selector>, <name>)`.
+    variables: &'static [&'static str],
+    /// The metric the `container` variable lists the containers of.
+    container_metric: &'static str,
+    /// Panels it must have (titles).
+    panels: &'static [&'static str],
+}
 
-fn dashboard() -> Value {
-    serde_json::from_str(&read(DASHBOARD)).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"))
+const DASHBOARDS: &[DashboardSpec] = &[
+    DashboardSpec {
+        file: "dashboards/palisade-syscalls.json",
+        uid: "palisade-syscalls",
+        title: "Palisade / Syscalls per container",
+        variables: &["instance", "container"],
+        container_metric: "palisade_syscalls_total",
+        panels: &[
+            "Syscall rate per container (top 10)",
+            "Error rate per container by errno",
+            "Error ratio",
+            "Agent health",
+            "Kernel lost by reason",
+            "Kernel map fill ratio",
+            "Series dropped",
+            "Scrape duration p99",
+            "Kernel features",
+        ],
+    },
+    DashboardSpec {
+        file: "dashboards/palisade-containers.json",
+        uid: "palisade-containers",
+        title: "Palisade / Containers",
+        variables: &["instance", "namespace", "container"],
+        container_metric: "container_cpu_usage_seconds_total",
+        panels: &[
+            "Resources",
+            "CPU cores used (top 10)",
+            "CPU throttling ratio",
+            "Memory working set vs limit",
+            "Memory RSS / cache / usage",
+            "Filesystem read / write rate",
+            "Processes / threads",
+            "OOM events",
+            "Processes",
+            "Exec rate (top 10)",
+            "Exits by reason",
+            "Fork rate (top 10)",
+            "OOM kills",
+            "Network",
+            "Network bytes tx / rx",
+            "Network packets tx / rx",
+            "TCP connections by direction and result",
+            "Failed TCP connects (refused + timeout)",
+            "TCP retransmit rate",
+            "TCP RTT p50 / p99",
+            "Top remote peers (opt-in)",
+            "Agent",
+            "Flow table size and evictions",
+            "Events published by type",
+            "Events dropped by sink",
+            "Unresolved container names",
+            "Containers by runtime",
+            "Process table",
+        ],
+    },
+];
+
+/// Grafana's own variables, which the dashboards may use anywhere.
+const GRAFANA_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"];
+
+/// Every `dashboards/*.json`, as a path from the repository root, sorted.
+fn dashboard_files() -> Vec<String> {
+    let dir = repo_root().join("dashboards");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .map(|n| format!("dashboards/{n}"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no dashboards/*.json");
+    files
+}
+
+/// Every dashboard: its path and parsed JSON.
+fn dashboards() -> Vec<(String, Value)> {
+    dashboard_files()
+        .into_iter()
+        .map(|f| {
+            let d = serde_json::from_str(&read(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            (f, d)
+        })
+        .collect()
+}
+
+fn spec(file: &str) -> &'static DashboardSpec {
+    DASHBOARDS
+        .iter()
+        .find(|s| s.file == file)
+        .unwrap_or_else(|| panic!("{file} is not listed in DASHBOARDS in {}", file!()))
 }
 
 /// `"$datasource"`, `"${datasource}"` or `{"type": "prometheus", "uid": "${datasource}"}`.
@@ -620,137 +983,251 @@ fn all_panels(d: &Value) -> Vec<&Value> {
     out
 }
 
-#[test]
-fn dashboard_identity_and_variables() {
-    let d = dashboard();
-    assert_eq!(d["uid"], "palisade-syscalls");
-    assert_eq!(d["title"], "Palisade / Syscalls per container");
-    assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "schemaVersion");
+/// The query of a template variable (a string, or `{"query": ...}`).
+fn variable_query(v: &Value) -> Option<&str> {
+    v["query"].as_str().or_else(|| v["query"]["query"].as_str())
+}
 
-    let vars = d["templating"]["list"].as_array().expect("templating.list");
-    let var = |name: &str| {
-        vars.iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("{DASHBOARD}: no template variable `{name}`"))
-    };
-    let ds = var("datasource");
-    assert_eq!(ds["type"], "datasource");
-    assert_eq!(ds["query"], "prometheus");
-
-    for name in ["instance", "container"] {
-        let v = var(name);
-        assert_eq!(v["type"], "query", "variable {name}");
-        assert!(
-            is_datasource_variable(&v["datasource"]),
-            "variable {name} uses $datasource"
-        );
-        assert_eq!(v["multi"], true, "variable {name} is multi-select");
-        assert_eq!(v["includeAll"], true, "variable {name} includes All");
-        let query = v["query"]
-            .as_str()
-            .or_else(|| v["query"]["query"].as_str())
-            .unwrap_or_else(|| panic!("variable {name} has no query"));
-        let inner = query
-            .strip_prefix("label_values(")
-            .and_then(|q| q.strip_suffix(&format!(", {name})")))
-            .unwrap_or_else(|| {
-                panic!("variable {name}: expected label_values(..., {name}), got {query}")
-            });
-        let problems = check_expr(inner, &[]);
-        assert!(
-            problems.is_empty(),
-            "variable {name}:\n{}",
-            problems.join("\n")
-        );
+/// The names of the variables `$name`, `${name}` and `${name:format}` used in `s`.
+fn variable_refs(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '$' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if chars.get(i) == Some(&'{') {
+            i += 1;
+        }
+        let start = i;
+        while i < chars.len() && is_ident(chars[i]) && chars[i] != ':' {
+            i += 1;
+        }
+        if i > start {
+            out.push(chars[start..i].iter().collect());
+        }
     }
-    let container = var("container");
-    let q = container["query"]["query"].as_str().unwrap();
-    assert!(
-        q.contains("palisade_syscalls_total"),
-        "container variable: {q}"
+    out
+}
+
+#[test]
+fn every_dashboard_is_listed_once() {
+    let files = dashboard_files();
+    let listed: BTreeSet<&str> = DASHBOARDS.iter().map(|s| s.file).collect();
+    assert_eq!(
+        listed.len(),
+        DASHBOARDS.len(),
+        "a dashboard is listed twice"
+    );
+    let found: BTreeSet<&str> = files.iter().map(String::as_str).collect();
+    assert_eq!(
+        found,
+        listed,
+        "dashboards/*.json and DASHBOARDS in {} differ",
+        file!()
+    );
+    let uids: BTreeSet<&str> = DASHBOARDS.iter().map(|s| s.uid).collect();
+    assert_eq!(
+        uids.len(),
+        DASHBOARDS.len(),
+        "dashboard uids are not unique"
     );
 }
 
 #[test]
-fn dashboard_panels_use_the_datasource_variable_and_exported_metrics() {
-    let d = dashboard();
-    let panels = all_panels(&d);
-    let mut ids = BTreeSet::new();
-    let mut problems = Vec::new();
-    let mut queries = 0;
-    for p in &panels {
-        let title = p["title"].as_str().unwrap_or("<untitled>");
-        let id = p["id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("panel {title} has no id"));
-        assert!(ids.insert(id), "panel id {id} ({title}) is not unique");
-        if p["type"] == "row" {
-            continue;
-        }
-        if !is_datasource_variable(&p["datasource"]) {
-            problems.push(format!(
-                "panel {title}: datasource is {}, not ${{datasource}}",
-                p["datasource"]
-            ));
-        }
-        let targets = p["targets"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if targets.is_empty() {
-            problems.push(format!("panel {title}: no targets"));
-        }
-        for t in targets {
-            if let Some(ds) = t.get("datasource")
-                && !is_datasource_variable(ds)
-            {
-                problems.push(format!("panel {title}: a target's datasource is {ds}"));
-            }
-            match t["expr"].as_str() {
-                Some(expr) if !expr.trim().is_empty() => {
-                    queries += 1;
-                    problems.extend(
-                        check_expr(expr, &[])
-                            .into_iter()
-                            .map(|e| format!("panel {title}: {e}")),
-                    );
-                }
-                _ => problems.push(format!("panel {title}: target {} has no expr", t["refId"])),
-            }
-        }
-    }
-    assert!(problems.is_empty(), "{DASHBOARD}:\n{}", problems.join("\n"));
-    assert!(queries >= 10, "{DASHBOARD}: only {queries} queries");
-
-    // The panels the dashboard promises.
-    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
-    for expected in [
-        "Syscall rate per container (top 10)",
-        "Error rate per container by errno",
-        "Error ratio",
-        "Agent health",
-        "Kernel lost by reason",
-        "Kernel map fill ratio",
-        "Series dropped",
-        "Scrape duration p99",
-        "Kernel features",
-    ] {
+fn dashboard_identity_and_variables() {
+    for (file, d) in dashboards() {
+        let spec = spec(&file);
+        assert_eq!(d["uid"], spec.uid, "{file}: uid");
+        assert_eq!(d["title"], spec.title, "{file}: title");
         assert!(
-            titles.contains(&expected),
-            "{DASHBOARD}: no panel {expected:?}"
+            d["schemaVersion"].as_u64().unwrap() >= 36,
+            "{file}: schemaVersion"
         );
+
+        let vars = d["templating"]["list"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: no templating.list"));
+        let var = |name: &str| {
+            vars.iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{file}: no template variable `{name}`"))
+        };
+        let ds = var("datasource");
+        assert_eq!(ds["type"], "datasource", "{file}: datasource variable");
+        assert_eq!(ds["query"], "prometheus", "{file}: datasource variable");
+        for name in spec.variables {
+            var(name);
+        }
+
+        // Every query variable, promised or not: label_values(<selector>, <name>) over a label the
+        // selector's metric has, multi-select with an All of `.*` (so All also keeps series
+        // without the label, e.g. containers outside Kubernetes have no `namespace`).
+        for v in vars.iter().filter(|v| v["type"] != "datasource") {
+            let name = v["name"].as_str().unwrap_or("<unnamed>");
+            assert_eq!(v["type"], "query", "{file}: variable {name}");
+            assert!(
+                is_datasource_variable(&v["datasource"]),
+                "{file}: variable {name} uses $datasource"
+            );
+            assert_eq!(v["multi"], true, "{file}: variable {name} is multi-select");
+            assert_eq!(
+                v["includeAll"], true,
+                "{file}: variable {name} includes All"
+            );
+            assert_eq!(v["allValue"], ".*", "{file}: variable {name}: All is `.*`");
+            let query =
+                variable_query(v).unwrap_or_else(|| panic!("{file}: variable {name} has no query"));
+            let inner = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(&format!(", {name})")))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{file}: variable {name}: expected label_values(..., {name}), got {query}"
+                    )
+                });
+            let problems = check_expr(inner, &[]);
+            assert!(
+                problems.is_empty(),
+                "{file}: variable {name}:\n{}",
+                problems.join("\n")
+            );
+            let sels = selectors(inner);
+            assert_eq!(sels.len(), 1, "{file}: variable {name}: one selector");
+            let metric = sels[0].metric.as_deref().unwrap_or_default();
+            let (labels, _) = labels_of(metric, &[]).unwrap();
+            assert!(
+                labels.contains(&name),
+                "{file}: variable {name}: `{metric}` has no label `{name}`"
+            );
+            if name == "container" {
+                assert_eq!(
+                    metric, spec.container_metric,
+                    "{file}: container variable: {query}"
+                );
+            }
+        }
     }
 }
 
 #[test]
-fn dashboard_covers_every_exported_metric() {
-    let d = dashboard();
+fn dashboard_panels_use_the_datasource_variable_and_exported_metrics() {
+    for (file, d) in dashboards() {
+        let spec = spec(&file);
+        let panels = all_panels(&d);
+        let variables: BTreeSet<&str> = d["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str())
+            .chain(GRAFANA_VARIABLES.iter().copied())
+            .collect();
+        let mut ids = BTreeSet::new();
+        let mut problems = Vec::new();
+        let mut queries = 0;
+        for p in &panels {
+            let title = p["title"].as_str().unwrap_or("<untitled>");
+            let id = p["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{file}: panel {title} has no id"));
+            assert!(
+                ids.insert(id),
+                "{file}: panel id {id} ({title}) is not unique"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            if !is_datasource_variable(&p["datasource"]) {
+                problems.push(format!(
+                    "panel {title}: datasource is {}, not ${{datasource}}",
+                    p["datasource"]
+                ));
+            }
+            let description = p["description"].as_str().unwrap_or_default();
+            if description.trim().is_empty() {
+                problems.push(format!("panel {title}: no description"));
+            }
+            let targets = p["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if targets.is_empty() {
+                problems.push(format!("panel {title}: no targets"));
+            }
+            for t in targets {
+                if let Some(ds) = t.get("datasource")
+                    && !is_datasource_variable(ds)
+                {
+                    problems.push(format!("panel {title}: a target's datasource is {ds}"));
+                }
+                let Some(expr) = t["expr"].as_str().filter(|e| !e.trim().is_empty()) else {
+                    problems.push(format!("panel {title}: target {} has no expr", t["refId"]));
+                    continue;
+                };
+                queries += 1;
+                problems.extend(
+                    check_expr(expr, &[])
+                        .into_iter()
+                        .map(|e| format!("panel {title}: {e}")),
+                );
+                // Template variables exist and only stand inside regex matchers (see
+                // grafana_to_promql), where All's `.*` and multi-value `(a|b)` fit.
+                let in_matchers: Vec<String> = selectors(expr)
+                    .iter()
+                    .flat_map(|s| s.matchers.iter())
+                    .filter(|(_, op, _)| op == "=~" || op == "!~")
+                    .flat_map(|(_, _, v)| variable_refs(v))
+                    .collect();
+                for name in variable_refs(expr) {
+                    if !variables.contains(name.as_str()) {
+                        problems.push(format!("panel {title}: no variable `${name}` in `{expr}`"));
+                    } else if !GRAFANA_VARIABLES.contains(&name.as_str())
+                        && !in_matchers.contains(&name)
+                    {
+                        problems.push(format!(
+                            "panel {title}: `${name}` outside a =~ matcher in `{expr}`"
+                        ));
+                    }
+                }
+                // Opt-in families are empty by default: the panel says how to turn them on.
+                for sel in selectors(expr) {
+                    if let Some((_, setting)) = OPT_IN
+                        .iter()
+                        .find(|(m, _)| sel.metric.as_deref() == Some(*m))
+                        && !description.contains(setting)
+                    {
+                        problems.push(format!(
+                            "panel {title}: shows an opt-in family, its description does not \
+                             name `{setting}`"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
+        assert!(queries >= 10, "{file}: only {queries} queries");
+
+        // The panels the dashboard promises.
+        let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+        for expected in spec.panels {
+            assert!(titles.contains(expected), "{file}: no panel {expected:?}");
+        }
+    }
+}
+
+#[test]
+fn dashboards_cover_every_exported_metric() {
     let mut used = BTreeSet::new();
-    for p in all_panels(&d) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            for sel in selectors(t["expr"].as_str().unwrap_or_default()) {
-                if let Some((family, _)) = sel.metric.as_deref().and_then(family) {
-                    used.insert(family.name);
+    for (_, d) in dashboards() {
+        for p in all_panels(&d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                for sel in selectors(t["expr"].as_str().unwrap_or_default()) {
+                    if let Some((family, _)) = sel.metric.as_deref().and_then(family) {
+                        used.insert(family.name);
+                    }
                 }
             }
         }
@@ -760,12 +1237,15 @@ fn dashboard_covers_every_exported_metric() {
         .map(|m| m.name)
         .filter(|n| !used.contains(n))
         .collect();
-    assert!(missing.is_empty(), "{DASHBOARD} never shows {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "no dashboard in dashboards/ shows {missing:?}"
+    );
 }
 
 /// A Grafana query with its variables replaced by values Prometheus accepts: durations for
 /// `$__rate_interval`, `$__interval` and `$__range`, `.*` for the template variables (which the
-/// dashboard only uses inside `=~` matchers).
+/// dashboards only use inside `=~` matchers).
 fn grafana_to_promql(expr: &str) -> String {
     let expr = expr
         .replace("$__rate_interval", "5m")
@@ -798,31 +1278,40 @@ fn grafana_to_promql(expr: &str) -> String {
 
 #[test]
 fn dashboard_queries_are_valid_promql() {
-    let d = dashboard();
-    let mut exprs: Vec<String> = Vec::new();
-    for p in all_panels(&d) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            exprs.extend(t["expr"].as_str().map(str::to_owned));
+    // Each query becomes a recording rule, so `promtool check rules` parses it offline: one group
+    // per dashboard, named after its file.
+    let mut rules = String::from("groups:\n");
+    for (file, d) in dashboards() {
+        let mut exprs: Vec<String> = Vec::new();
+        for p in all_panels(&d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                exprs.extend(t["expr"].as_str().map(str::to_owned));
+            }
         }
-    }
-    for v in d["templating"]["list"].as_array().into_iter().flatten() {
-        let query = v["query"].as_str().or_else(|| v["query"]["query"].as_str());
-        if let Some(inner) = query
-            .and_then(|q| q.strip_prefix("label_values("))
-            .and_then(|q| q.rsplit_once(',').map(|(sel, _)| sel.to_owned()))
-        {
-            exprs.push(inner);
+        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+            if let Some(inner) = variable_query(v)
+                .and_then(|q| q.strip_prefix("label_values("))
+                .and_then(|q| q.rsplit_once(',').map(|(sel, _)| sel.to_owned()))
+            {
+                exprs.push(inner);
+            }
         }
-    }
-    assert!(!exprs.is_empty(), "{DASHBOARD}: no queries");
+        assert!(!exprs.is_empty(), "{file}: no queries");
 
-    // Each query becomes a recording rule, so `promtool check rules` parses it offline.
-    let mut rules = String::from("groups:\n  - name: palisade-dashboard-queries\n    rules:\n");
-    for (n, expr) in exprs.iter().enumerate() {
-        let promql = grafana_to_promql(expr).replace('\'', "''");
-        rules.push_str(&format!(
-            "      - record: palisade_dashboard:query_{n}\n        expr: '{promql}'\n"
-        ));
+        let stem: String = Path::new(&file)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .chars()
+            .map(|c| if is_ident(c) { c } else { '_' })
+            .collect();
+        rules.push_str(&format!("  - name: {file}\n    rules:\n"));
+        for (n, expr) in exprs.iter().enumerate() {
+            let promql = grafana_to_promql(expr).replace('\'', "''");
+            rules.push_str(&format!(
+                "      - record: dashboard:{stem}:query_{n}\n        expr: '{promql}'\n"
+            ));
+        }
     }
 
     let path = std::env::temp_dir().join(format!(
