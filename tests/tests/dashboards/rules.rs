@@ -1,0 +1,148 @@
+//! The alerting rules: promtool checks and unit tests, exported metrics only, and every alert
+//! documented and tested both firing and not firing.
+
+use std::collections::BTreeSet;
+
+use crate::{promql::check_expr, promtool, read};
+
+// --- Alerting rules ------------------------------------------------------------------------------
+
+const RULES: &str = "dashboards/alerts/palisade.rules.yml";
+const RULES_TEST: &str = "dashboards/alerts/palisade.rules.test.yml";
+
+#[test]
+fn promtool_check_rules() {
+    promtool(&["check", "rules", RULES]);
+}
+
+#[test]
+fn promtool_rule_unit_tests() {
+    promtool(&["test", "rules", RULES_TEST]);
+}
+
+/// The value of every `expr:` in a rules file, single-line or block scalar (`|`, `>`).
+fn rule_exprs(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        i += 1;
+        let Some(rest) = trimmed.strip_prefix("expr:") else {
+            continue;
+        };
+        let rest = rest.trim();
+        if rest.starts_with('|') || rest.starts_with('>') {
+            let indent = line.len() - trimmed.len();
+            let mut block = String::new();
+            while i < lines.len() {
+                let l = lines[i];
+                let t = l.trim_start();
+                if !t.is_empty() && l.len() - t.len() <= indent {
+                    break;
+                }
+                block.push_str(t);
+                block.push('\n');
+                i += 1;
+            }
+            out.push(block);
+        } else {
+            let unquoted = rest
+                .strip_prefix('\'')
+                .and_then(|r| r.strip_suffix('\''))
+                .map(|r| r.replace("''", "'"))
+                .unwrap_or_else(|| rest.to_owned());
+            out.push(unquoted);
+        }
+    }
+    out
+}
+
+#[test]
+fn rules_query_only_exported_metrics() {
+    let text = read(RULES);
+    let exprs = rule_exprs(&text);
+    let alerts = text.matches("- alert:").count();
+    assert!(alerts > 0, "no alerts in {RULES}");
+    assert_eq!(exprs.len(), alerts, "every alert in {RULES} has one expr");
+    let problems: Vec<String> = exprs.iter().flat_map(|e| check_expr(e, &["up"])).collect();
+    assert!(problems.is_empty(), "{RULES}:\n{}", problems.join("\n"));
+}
+
+/// For each `alertname: <name>` case of a promtool test file: whether it expects alerts
+/// (`exp_alerts:` followed by a list) or none (`exp_alerts: []`).
+fn alert_cases(tests: &str, name: &str) -> Vec<bool> {
+    let key = format!("alertname: {name}");
+    let lines: Vec<&str> = tests.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != key {
+            continue;
+        }
+        let exp = lines
+            .get(i + 1)
+            .map(|l| l.trim())
+            .filter(|l| l.starts_with("exp_alerts:"))
+            .unwrap_or_else(|| panic!("`{key}` is not followed by `exp_alerts:`"));
+        out.push(exp != "exp_alerts: []");
+    }
+    out
+}
+
+#[test]
+fn every_alert_is_documented_and_tested() {
+    let text = read(RULES);
+    let tests = read(RULES_TEST);
+    let mut names = BTreeSet::new();
+    for block in text.split("- alert:").skip(1) {
+        let name = block
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        for key in ["severity:", "summary:", "description:"] {
+            assert!(
+                block.contains(key),
+                "alert {name} in {RULES} has no `{key}`"
+            );
+        }
+        assert!(
+            tests.contains(&format!("alertname: {name}\n")),
+            "alert {name} has no case in {RULES_TEST}"
+        );
+        // A case where it fires and one where it must not.
+        let cases = alert_cases(&tests, &name);
+        assert!(
+            cases.contains(&true),
+            "alert {name} never fires in {RULES_TEST}"
+        );
+        assert!(
+            cases.contains(&false),
+            "alert {name} has no case in {RULES_TEST} where it must not fire"
+        );
+        assert!(names.insert(name.clone()), "alert {name} defined twice");
+    }
+    for group in ["palisade-agent", "palisade-containers"] {
+        assert!(
+            text.contains(&format!("  - name: {group}\n")),
+            "{RULES} lacks group {group}"
+        );
+    }
+    for expected in [
+        "PalisadeAgentDown",
+        "PalisadeKernelMapFull",
+        "PalisadeRingBufferLoss",
+        "PalisadeMapNearlyFull",
+        "PalisadeSeriesDropped",
+        "PalisadeIdentityRegistryFull",
+        "ContainerOOMKilled",
+        "ContainerCPUThrottled",
+        "ContainerMemoryNearLimit",
+        "ContainerTCPConnectFailures",
+        "PalisadeEventsDropped",
+        "PalisadeFlowTableEvicting",
+    ] {
+        assert!(names.contains(expected), "{RULES} lacks alert {expected}");
+    }
+}
