@@ -85,8 +85,16 @@ const EVENT_TYPES: &[&str] = &[
     "container_start",
     "container_stop",
     "flow",
+    "policy_violation",
 ];
 const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
+/// `action` of `palisade_policy_violations_total`, what happened (`taken::name` in
+/// `common/src/policy.rs`): errno, kill and drop were blocked (enforce mode), would_block is audit
+/// mode, log was reported only.
+const POLICY_ACTIONS: &[&str] = &["errno", "kill", "drop", "would_block", "log"];
+const POLICY_MODES: &[&str] = &["audit", "enforce"];
+/// Enforcement hook groups, attached while some policy needs them.
+const POLICY_HOOKS: &[&str] = &["syscalls", "exec", "egress", "ingress"];
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are
 /// added by Prometheus).
@@ -240,6 +248,30 @@ pub(crate) const METRICS: &[Metric] = &[
     ),
     m("palisade_process_table_entries", Kind::Gauge, &[]),
     m("palisade_process_table_evicted_total", Kind::Counter, &[]),
+    // Policies (`policy.paths`, `palisade run --policy`). `container` is the container name only
+    // (no namespace or pod). A violation series appears at its first violation; hook_attached and
+    // events_lost exist while the policy programs are loaded (some policy exists).
+    mv(
+        "palisade_policy_violations_total",
+        Kind::Counter,
+        &["policy", "rule", "action", "container"],
+        &[("action", POLICY_ACTIONS)],
+    ),
+    m("palisade_policy_reloads_total", Kind::Counter, &[]),
+    m("palisade_policy_reload_errors_total", Kind::Counter, &[]),
+    mv(
+        "palisade_policy_cgroups",
+        Kind::Gauge,
+        &["policy", "mode"],
+        &[("mode", POLICY_MODES)],
+    ),
+    mv(
+        "palisade_policy_hook_attached",
+        Kind::Gauge,
+        &["hook"],
+        &[("hook", POLICY_HOOKS)],
+    ),
+    m("palisade_policy_events_lost_total", Kind::Counter, &[]),
 ];
 
 /// Families only exported when turned on in the agent config: a panel showing one says so.

@@ -87,6 +87,27 @@ const DASHBOARDS: &[DashboardSpec] = &[
             "Process table",
         ],
     },
+    DashboardSpec {
+        file: "dashboards/palisade-policy.json",
+        uid: "palisade-policy",
+        title: "Palisade / Policy",
+        variables: &["instance", "policy", "container"],
+        container_metric: "palisade_policy_violations_total",
+        panels: &[
+            "Violations",
+            "Violations over the range",
+            "Violations by policy and rule",
+            "Violations by action",
+            "Violations by container (top 10)",
+            "Top rules over the range",
+            "Policies",
+            "Cgroups per policy: enforce vs audit",
+            "Hooks attached",
+            "Agent",
+            "Policy reloads and reload errors",
+            "Violation events published and lost",
+        ],
+    },
 ];
 
 /// Grafana's own variables, which the dashboards may use anywhere.

@@ -166,6 +166,16 @@ pub(crate) fn selectors(expr: &str) -> Vec<Selector> {
             while i < chars.len() && chars[i] != '\n' {
                 i += 1;
             }
+        } else if c == '$' {
+            // A Grafana variable outside a string (`offset $__range`): not a metric.
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                skip_group(&chars, &mut i, '{', '}', expr);
+            } else {
+                while i < chars.len() && is_ident(chars[i]) {
+                    i += 1;
+                }
+            }
         } else if c == '{' {
             out.push(Selector {
                 metric: None,
@@ -344,6 +354,25 @@ fn scanner_finds_metrics_and_labels() {
     assert!(!check_expr(r#"palisade_network_flows{container="x"}"#, &[]).is_empty());
     assert!(check_expr(r#"palisade_tcp_rtt_seconds_bucket{le="0.001"}"#, &[]).is_empty());
     assert!(!check_expr("container_memory_cache_bytes", &[]).is_empty());
+    // Grafana variables outside strings are not metrics.
+    assert_eq!(
+        selectors("x{a=~\"$a\"} unless x offset $__range or y offset ${__interval}").len(),
+        3
+    );
+    // Policy families: `action`, `mode` and `hook` are closed sets, `container` comes alone.
+    assert!(
+        check_expr(
+            r#"palisade_policy_violations_total{action=~"errno|kill|drop", container="web-0"}"#,
+            &[]
+        )
+        .is_empty()
+    );
+    assert!(!check_expr(r#"palisade_policy_violations_total{action="deny"}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_policy_violations_total{pod="web-0"}"#, &[]).is_empty());
+    assert!(!check_expr(r#"palisade_policy_cgroups{mode="enforcing"}"#, &[]).is_empty());
+    // `syscall` is the hook of a violation event, the hook group is `syscalls`.
+    assert!(!check_expr(r#"palisade_policy_hook_attached{hook="syscall"}"#, &[]).is_empty());
+    assert!(check_expr(r#"palisade_events_total{type="policy_violation"}"#, &[]).is_empty());
     // A series that is new in the window (`unless ... offset`).
     assert!(
         check_expr(

@@ -123,7 +123,7 @@ fn every_alert_is_documented_and_tested() {
         );
         assert!(names.insert(name.clone()), "alert {name} defined twice");
     }
-    for group in ["palisade-agent", "palisade-containers"] {
+    for group in ["palisade-agent", "palisade-containers", "palisade-policy"] {
         assert!(
             text.contains(&format!("  - name: {group}\n")),
             "{RULES} lacks group {group}"
@@ -142,6 +142,11 @@ fn every_alert_is_documented_and_tested() {
         "ContainerTCPConnectFailures",
         "PalisadeEventsDropped",
         "PalisadeFlowTableEvicting",
+        "PolicyViolation",
+        "PolicyWouldBlock",
+        "PolicyLogViolation",
+        "PolicyReloadFailed",
+        "PolicyEventsLost",
     ] {
         assert!(names.contains(expected), "{RULES} lacks alert {expected}");
     }
