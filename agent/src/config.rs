@@ -54,6 +54,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub processes: ProcessesConfig,
     pub network: NetworkConfig,
+    pub policy: crate::policy::PolicyConfig,
 }
 
 impl Default for Config {
@@ -70,6 +71,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             processes: ProcessesConfig::default(),
             network: NetworkConfig::default(),
+            policy: crate::policy::PolicyConfig::default(),
         }
     }
 }
@@ -437,6 +439,12 @@ impl Config {
                     .into(),
             });
         }
+        if let Err(message) = self.policy.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            });
+        }
         if self.identity.rescan_interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -514,6 +522,11 @@ mod tests {
         assert_eq!(c.network.peer_prefix_v4, d.network.peer_prefix_v4);
         assert_eq!(c.network.peer_prefix_v6, d.network.peer_prefix_v6);
         assert_eq!(c.network.max_peer_series, d.network.max_peer_series);
+        assert_eq!(c.policy.paths, d.policy.paths);
+        assert_eq!(c.policy.pin_dir, d.policy.pin_dir);
+        assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
+        assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
+        assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
     }
 
     #[test]

@@ -281,13 +281,13 @@ impl NetRule {
             return false;
         }
         let mut left = u32::from(self.prefix);
-        for i in 0..16 {
+        for (a, b) in addr.iter().zip(self.addr.iter()) {
             if left == 0 {
                 return true;
             }
             let bits = if left >= 8 { 8 } else { left };
             let mask: u8 = (0xffu16 << (8 - bits)) as u8;
-            if addr[i] & mask != self.addr[i] & mask {
+            if a & mask != b & mask {
                 return false;
             }
             left -= bits;

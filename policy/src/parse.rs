@@ -784,7 +784,7 @@ fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {
     }
     if let Some(c) = &r.cpu {
         let q = (c.value * 100_000.0).round();
-        if !c.value.is_finite() || q < 1_000.0 || q > 100_000_000.0 {
+        if !c.value.is_finite() || !(1_000.0..=100_000_000.0).contains(&q) {
             ctx.err(c, "cpu must be from 0.01 to 1000 CPUs");
         } else {
             out.cpu_quota_us = Some(q as u64);

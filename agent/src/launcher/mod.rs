@@ -15,6 +15,7 @@ mod json;
 mod mounts;
 mod oci;
 mod plan;
+mod policy;
 mod process;
 mod register;
 mod seccomp;
@@ -156,6 +157,15 @@ fn take_report(fd: &OwnedFd) -> Option<(u8, String)> {
 pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     validate::root()?;
     let mut plan = build_plan(args)?;
+    let policy = match &args.policy {
+        Some(file) => Some(policy::prepare(
+            file,
+            &plan.names(),
+            &mut plan,
+            args.seccomp.is_some(),
+        )?),
+        None => None,
+    };
     plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;
     let mounts = crate::cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
@@ -196,6 +206,12 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
                 "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
                 plan.name
             );
+            if let Some(p) = policy.as_ref().filter(|p| !p.needs_agent.is_empty()) {
+                eprintln!(
+                    "palisade: warning: without the agent, the exec and network rules of policy {} are not enforced and no violation is reported",
+                    p.needs_agent.join(", ")
+                );
+            }
             None
         }
     };
@@ -207,7 +223,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     for (i, name) in names.iter().enumerate() {
         let cg = cgroup::Cgroup::create(&layout, name, &stale[i], &plan.resources, &plan.devices)?;
         if let Some(a) = agent.as_mut()
-            && let Err(e) = a.register(name, cg.id, &cg.rel)
+            && let Err(e) = a.register(name, cg.id, &cg.rel, policy.as_ref().map(|p| &p.wire))
         {
             if args.require_agent {
                 started.0.push(placeholder(name, cg)?);
