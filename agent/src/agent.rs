@@ -64,6 +64,8 @@ pub enum AgentError {
     EventLog(#[from] sink::SinkError),
     #[error("policy files rejected:\n{0}")]
     Policy(String),
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -285,6 +287,7 @@ async fn serve_all(
     // Policies apply once every cgroup is known (adopted pinned state stays in force until then).
     shared.policy_sync().await;
 
+    let otlp = crate::otlp::start(&shared.config.otlp, hub.clone())?;
     let mut tasks = Vec::new();
     if let Some(target) = event_log {
         tasks.push(tokio::spawn(sink::run(target, hub.clone())));
@@ -334,6 +337,9 @@ async fn serve_all(
     let _ = events::EventType::ALL;
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
+    if let Some(o) = otlp {
+        tokio::task::block_in_place(|| o.shutdown());
+    }
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }

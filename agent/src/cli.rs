@@ -149,6 +149,10 @@ pub struct AgentArgs {
     /// `events.output` from the config.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Push events as OTLP logs to this collector (e.g. http://127.0.0.1:4318); replaces
+    /// `otlp.endpoint` from the config.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Once serving, write the listen address to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,

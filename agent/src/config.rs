@@ -55,6 +55,8 @@ pub struct Config {
     pub processes: ProcessesConfig,
     pub network: NetworkConfig,
     pub policy: crate::policy::PolicyConfig,
+    /// OTLP log export of every event.
+    pub otlp: crate::otlp::OtlpConfig,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             processes: ProcessesConfig::default(),
             network: NetworkConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
+            otlp: crate::otlp::OtlpConfig::default(),
         }
     }
 }
@@ -369,7 +372,7 @@ impl<'de> Deserialize<'de> for BucketStep {
 }
 
 /// Durations as humantime strings: `30s`, `5m`, `1h 30m`, `0s`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, de};
@@ -430,6 +433,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 message: "events.max_file_mib must be at least 1".into(),
+            });
+        }
+        if let Err(e) = crate::otlp::check(&self.otlp) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
             });
         }
         if self.network.peer_prefix_v4 > 32 || self.network.peer_prefix_v6 > 128 {
@@ -527,6 +536,11 @@ mod tests {
         assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
         assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
         assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
+        assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
+        assert_eq!(c.otlp.protocol, d.otlp.protocol);
+        assert_eq!(c.otlp.timeout, d.otlp.timeout);
+        assert_eq!(c.otlp.events, d.otlp.events);
+        assert_eq!(c.otlp.headers, d.otlp.headers);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod logging;
 mod metrics;
 mod model;
 mod net;
+mod otlp;
 mod policy;
 mod procs;
 mod resources;
@@ -118,6 +119,13 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
     }
     if let Some(path) = &args.control_socket {
         config.control_socket = path.clone();
+    }
+    if let Some(url) = &args.otlp_endpoint {
+        config.otlp.endpoint = Some(url.clone());
+        crate::otlp::check(&config.otlp).map_err(|e| ConfigError::Flag {
+            flag: "--otlp-endpoint",
+            message: e.to_string(),
+        })?;
     }
     if let Some(events) = &args.events {
         config.events.output = Some(events.clone());

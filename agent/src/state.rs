@@ -153,6 +153,9 @@ impl Shared {
         st.net.forget_cgroups(&expired);
 
         let window = self.config.identity.name_resolution_window;
+        // a fresh `now`: cgroups learned during this pass (or just before it took the lock)
+        // are due at once
+        let now = Instant::now();
         for identity in st.registry.due_for_naming(now) {
             let found = st.resolver.resolve(&identity);
             st.registry

@@ -66,6 +66,19 @@ pub struct NetTotals {
     pub flows_created: u64,
 }
 
+impl NetTotals {
+    /// Adds `o`'s counters (summing CPUs or cgroups that share a name).
+    pub fn merge(&mut self, o: &Self) {
+        self.tx_bytes += o.tx_bytes;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.rx_packets += o.rx_packets;
+        self.icmp_tx += o.icmp_tx;
+        self.icmp_rx += o.icmp_rx;
+        self.flows_created += o.flows_created;
+    }
+}
+
 /// Per-cgroup TCP counters (`TCP_COUNTS`, one copy per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,6 +92,17 @@ pub struct TcpCounts {
     /// Outbound connects that failed after SYN retransmits.
     pub timeout: u64,
     pub retransmits: u64,
+}
+
+impl TcpCounts {
+    /// Adds `o`'s counters (summing CPUs or cgroups that share a name).
+    pub fn merge(&mut self, o: &Self) {
+        self.outbound_established += o.outbound_established;
+        self.inbound_established += o.inbound_established;
+        self.refused += o.refused;
+        self.timeout += o.timeout;
+        self.retransmits += o.retransmits;
+    }
 }
 
 /// [`TcpEvent::what`] values.

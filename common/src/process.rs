@@ -18,6 +18,18 @@ pub struct ProcessCounts {
     pub exits_unknown: u64,
 }
 
+impl ProcessCounts {
+    /// Adds `o`'s counters (summing CPUs or cgroups that share a name).
+    pub fn merge(&mut self, o: &Self) {
+        self.forks += o.forks;
+        self.execs += o.execs;
+        self.exits_ok += o.exits_ok;
+        self.exits_error += o.exits_error;
+        self.exits_signal += o.exits_signal;
+        self.exits_unknown += o.exits_unknown;
+    }
+}
+
 /// Longest exec filename kept (bytes, NUL included); longer ones are cut and flagged.
 pub const EXEC_FILENAME_MAX: usize = 256;
 /// Most bytes of the NUL-separated argument block kept; longer ones are cut and flagged.

@@ -42,6 +42,15 @@ impl SyscallStats {
         time_ns: 0,
         hist: [0; HIST_BUCKETS],
     };
+
+    /// Adds `o`'s counters (summing CPUs or cgroups that share a name).
+    pub fn merge(&mut self, o: &Self) {
+        self.calls += o.calls;
+        self.time_ns += o.time_ns;
+        for (a, b) in self.hist.iter_mut().zip(o.hist.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// Key of `SYSCALL_ERRNOS`: a failed syscall of one cgroup with one errno.

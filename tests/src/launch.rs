@@ -218,7 +218,9 @@ pub fn run_cmd(args: &[&str]) -> Command {
     {
         c.args(["--agent-socket", "/nonexistent/palisade-test-agent.sock"]);
     }
-    c.args(args).stdin(Stdio::null());
+    // Workloads inherit the launcher's directory unless a rootfs or --cwd says otherwise: run
+    // from `/`, which every user may enter (the checkout may sit in a 0700 directory).
+    c.args(args).stdin(Stdio::null()).current_dir("/");
     c
 }
 

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use palisade_tests::{Agent, Metrics, TestCgroup, TestNetns, net_workload_bin, wait_for};
+use palisade_tests::{
+    Agent, Metrics, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr, wait_for,
+};
 use serde_json::Value;
 
 /// Fast UDP flow ends, and a background pass every second, so records come quickly.
@@ -360,4 +362,82 @@ fn udp_datagrams_and_dns_queries() {
         m.value("palisade_network_peer_series_dropped", &[]),
         Some(0.0)
     );
+}
+
+#[test]
+fn flow_records_are_exported_as_otlp_logs() {
+    let otlp = OtlpReceiver::start();
+    let agent = Agent::start(
+        &format!("{CFG}otlp:\n  protocol: http/json\n  events: [flow]\n"),
+        &["--otlp-endpoint", &otlp.endpoint()],
+    );
+    let ns = TestNetns::new("otlp");
+    let (client, srv) = (
+        TestCgroup::new("otlp-client"),
+        TestCgroup::new("otlp-server"),
+    );
+    let s = server(&srv, &ns, "127.0.0.1:7004", 1);
+    assert_eq!(
+        run(&client, &ns, &["send-tcp", "127.0.0.1:7004", "100000"]),
+        0
+    );
+    finish(s);
+    let (path, rec, resource) = wait_for(
+        Duration::from_secs(20),
+        "the flow's OTLP log record",
+        || {
+            otlp.records().into_iter().find(|(_, r, _)| {
+                otlp_attr(r, "container.name") == Some(Value::from(client.rel.clone()))
+            })
+        },
+    );
+    assert_eq!(path, "/v1/logs");
+    assert_eq!(otlp_attr(&rec, "event.name"), Some(Value::from("flow")));
+    assert_eq!(
+        otlp_attr(&rec, "network.transport"),
+        Some(Value::from("tcp"))
+    );
+    assert_eq!(
+        otlp_attr(&rec, "network.io.direction"),
+        Some(Value::from("outbound"))
+    );
+    assert_eq!(
+        otlp_attr(&resource, "service.name"),
+        Some(Value::from("palisade"))
+    );
+    // the body is the event, as the event log writes it
+    let body: Value = serde_json::from_str(rec["body"]["stringValue"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "flow");
+    assert_eq!(body["flow"]["bytes_out"], 100_000);
+    // only the configured types are exported
+    assert!(
+        otlp.records()
+            .iter()
+            .all(|(_, r, _)| otlp_attr(r, "event.name") == Some(Value::from("flow")))
+    );
+    drop(agent);
+}
+
+#[test]
+fn ipv6_flows_are_keyed_and_joined_like_ipv4() {
+    let agent = Agent::with_events(CFG, &[]);
+    let ns = TestNetns::new("v6");
+    let (client, srv) = (TestCgroup::new("v6-client"), TestCgroup::new("v6-server"));
+    let s = server(&srv, &ns, "[::1]:7005", 1);
+    assert_eq!(run(&client, &ns, &["send-tcp", "[::1]:7005", "123456"]), 0);
+    assert!(finish(s).contains("received 123456"));
+    let c = agent.wait_events(1, "the client's IPv6 flow", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == client.id
+    });
+    let f = &c[0]["flow"];
+    assert_eq!(f["remote"], "[::1]:7005");
+    assert_eq!(f["direction"], "outbound");
+    assert_eq!(
+        f["bytes_out"], 123_456,
+        "sock_ops' IPv6 key found the packets' flow: {f}"
+    );
+    assert!(f["packets_out"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(f["tcp"]["result"], "closed");
+    let m = agent.metrics();
+    assert_eq!(conns(&m, &srv, "inbound", "established"), Some(1.0));
 }

@@ -259,13 +259,17 @@ impl Actor {
         let reap: HashSet<u64> = reap.iter().copied().collect();
         let mut snap = KernelSnapshot::default();
 
-        snap.syscalls = read_summed(&self.stats, names::MAP_SYSCALL_STATS, add_syscalls)?;
+        snap.syscalls = read_summed(&self.stats, names::MAP_SYSCALL_STATS, SyscallStats::merge)?;
         snap.stats_entries = snap.syscalls.len();
         snap.errnos = read_summed(&self.errnos, names::MAP_SYSCALL_ERRNOS, |a, b| *a += b)?;
         snap.errno_entries = snap.errnos.len();
-        snap.processes = read_summed(&self.processes, names::MAP_PROCESS_COUNTS, add_processes)?;
-        snap.net = read_summed(&self.net, names::MAP_NET_TOTALS, add_net)?;
-        snap.tcp = read_summed(&self.tcp, names::MAP_TCP_COUNTS, add_tcp)?;
+        snap.processes = read_summed(
+            &self.processes,
+            names::MAP_PROCESS_COUNTS,
+            ProcessCounts::merge,
+        )?;
+        snap.net = read_summed(&self.net, names::MAP_NET_TOTALS, NetTotals::merge)?;
+        snap.tcp = read_summed(&self.tcp, names::MAP_TCP_COUNTS, TcpCounts::merge)?;
         if flows {
             let mut all = Vec::new();
             for item in self.flows.iter() {
@@ -362,39 +366,4 @@ fn remove_all<K: Pod, V: Pod>(
             warn!(error = %e, "reaping a kernel map entry failed");
         }
     }
-}
-
-fn add_syscalls(a: &mut SyscallStats, b: &SyscallStats) {
-    a.calls += b.calls;
-    a.time_ns += b.time_ns;
-    for (x, y) in a.hist.iter_mut().zip(b.hist.iter()) {
-        *x += y;
-    }
-}
-
-fn add_processes(a: &mut ProcessCounts, b: &ProcessCounts) {
-    a.forks += b.forks;
-    a.execs += b.execs;
-    a.exits_ok += b.exits_ok;
-    a.exits_error += b.exits_error;
-    a.exits_signal += b.exits_signal;
-    a.exits_unknown += b.exits_unknown;
-}
-
-fn add_net(a: &mut NetTotals, b: &NetTotals) {
-    a.tx_bytes += b.tx_bytes;
-    a.rx_bytes += b.rx_bytes;
-    a.tx_packets += b.tx_packets;
-    a.rx_packets += b.rx_packets;
-    a.icmp_tx += b.icmp_tx;
-    a.icmp_rx += b.icmp_rx;
-    a.flows_created += b.flows_created;
-}
-
-fn add_tcp(a: &mut TcpCounts, b: &TcpCounts) {
-    a.outbound_established += b.outbound_established;
-    a.inbound_established += b.inbound_established;
-    a.refused += b.refused;
-    a.timeout += b.timeout;
-    a.retransmits += b.retransmits;
 }

@@ -27,12 +27,7 @@ fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> 
             .or_default();
         if let Some(p) = &s.processes {
             a.has_counts = true;
-            a.counts.forks += p.forks;
-            a.counts.execs += p.execs;
-            a.counts.exits_ok += p.exits_ok;
-            a.counts.exits_error += p.exits_error;
-            a.counts.exits_signal += p.exits_signal;
-            a.counts.exits_unknown += p.exits_unknown;
+            a.counts.merge(p);
         }
         a.ooms += s.oom_kills;
     }

@@ -217,7 +217,10 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     fams.retain(|f| !f.get_metric().is_empty());
     let mut buf = Vec::with_capacity(64 * 1024);
     TextEncoder::new().encode(&fams, &mut buf)?;
-    Ok((String::from_utf8_lossy(&buf).into_owned(), budget.dropped))
+    // The encoder writes UTF-8; a lossy conversion would rescan the whole (MiB-sized) page.
+    let text = String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Ok((text, budget.dropped))
 }
 
 #[cfg(test)]

@@ -15,23 +15,6 @@ struct Agg {
     rtt: Option<RttHist>,
 }
 
-fn add_net(a: &mut NetTotals, b: &NetTotals) {
-    a.tx_bytes += b.tx_bytes;
-    a.rx_bytes += b.rx_bytes;
-    a.tx_packets += b.tx_packets;
-    a.rx_packets += b.rx_packets;
-    a.icmp_tx += b.icmp_tx;
-    a.icmp_rx += b.icmp_rx;
-}
-
-fn add_tcp(a: &mut TcpCounts, b: &TcpCounts) {
-    a.outbound_established += b.outbound_established;
-    a.inbound_established += b.inbound_established;
-    a.refused += b.refused;
-    a.timeout += b.timeout;
-    a.retransmits += b.retransmits;
-}
-
 pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
     let mut agg: BTreeMap<ContainerKey, Agg> = BTreeMap::new();
     for (id, s) in &inp.model.by_cgroup {
@@ -43,10 +26,10 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
             .entry(ContainerKey::of(inp.registry.get(*id)))
             .or_default();
         if let Some(n) = &s.net {
-            add_net(a.net.get_or_insert_with(NetTotals::default), n);
+            a.net.get_or_insert_with(NetTotals::default).merge(n);
         }
         if let Some(t) = &s.tcp {
-            add_tcp(a.tcp.get_or_insert_with(TcpCounts::default), t);
+            a.tcp.get_or_insert_with(TcpCounts::default).merge(t);
         }
         if let Some(r) = rtt {
             let h = a.rtt.get_or_insert_with(RttHist::default);

@@ -12,14 +12,6 @@ struct Agg {
     errnos: BTreeMap<u32, BTreeMap<u32, u64>>,
 }
 
-fn add(into: &mut SyscallStats, s: &SyscallStats) {
-    into.calls += s.calls;
-    into.time_ns += s.time_ns;
-    for (a, b) in into.hist.iter_mut().zip(s.hist.iter()) {
-        *a += b;
-    }
-}
-
 fn aggregate(inp: &Inputs<'_>) -> BTreeMap<ContainerKey, Agg> {
     let mut out: BTreeMap<ContainerKey, Agg> = BTreeMap::new();
     for (id, stats) in &inp.model.by_cgroup {
@@ -30,7 +22,10 @@ fn aggregate(inp: &Inputs<'_>) -> BTreeMap<ContainerKey, Agg> {
             .entry(ContainerKey::of(inp.registry.get(*id)))
             .or_default();
         for (nr, s) in &stats.syscalls {
-            add(agg.syscalls.entry(*nr).or_insert(SyscallStats::ZERO), s);
+            agg.syscalls
+                .entry(*nr)
+                .or_insert(SyscallStats::ZERO)
+                .merge(s);
         }
         for ((nr, errno), n) in &stats.errnos {
             *agg.errnos

@@ -1,0 +1,276 @@
+//! OTLP log export: every event on the Hub (flow records, exec/exit/OOM, container start/stop,
+//! and whatever else is published) becomes one OpenTelemetry log record, pushed over OTLP/HTTP
+//! (JSON or protobuf) in batches by the SDK's own exporter thread.
+//!
+//! A record's body is the event's JSON (the same line the event log writes), its event name the
+//! event type, and the fields people filter on are attributes with OpenTelemetry semantic names
+//! (`container.id`, `container.name`, `k8s.namespace.name`, `process.pid`, …).
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use opentelemetry::{
+    KeyValue,
+    logs::{AnyValue, Logger as _, LoggerProvider as _, Severity},
+};
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::{Resource, logs::SdkLoggerProvider};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{info, warn};
+
+use crate::events::{Event, EventType, Hub};
+
+/// `otlp:` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Collector base URL, e.g. `http://127.0.0.1:4318` (`/v1/logs` is appended). Unset: off.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`.
+    pub protocol: OtlpProtocol,
+    /// Extra HTTP headers (e.g. an auth token).
+    pub headers: BTreeMap<String, String>,
+    /// Per-request timeout.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// Event types to export (empty: all).
+    pub events: Vec<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::Protobuf,
+            headers: BTreeMap::new(),
+            timeout: Duration::from_secs(10),
+            events: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    Protobuf,
+    #[serde(rename = "http/json")]
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error(
+        "otlp.endpoint `{0}` must start with http:// (TLS is not supported; use a local collector)"
+    )]
+    Endpoint(String),
+    #[error("otlp.events: unknown event type `{0}`")]
+    EventType(String),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Build(String),
+}
+
+/// The running exporter; `shutdown` flushes what is queued.
+pub struct Exporter {
+    provider: SdkLoggerProvider,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Exporter {
+    pub fn shutdown(self) {
+        self.task.abort();
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            warn!(error = %e, "OTLP flush at shutdown failed");
+        }
+    }
+}
+
+/// Validates the configuration (endpoint scheme, event types) without starting anything.
+pub fn check(cfg: &OtlpConfig) -> Result<Vec<EventType>, OtlpError> {
+    if let Some(e) = &cfg.endpoint
+        && !e.starts_with("http://")
+    {
+        return Err(OtlpError::Endpoint(e.clone()));
+    }
+    cfg.events
+        .iter()
+        .map(|t| EventType::parse(t).ok_or_else(|| OtlpError::EventType(t.clone())))
+        .collect()
+}
+
+/// Starts exporting when an endpoint is configured.
+pub fn start(cfg: &OtlpConfig, hub: Arc<Hub>) -> Result<Option<Exporter>, OtlpError> {
+    let types = check(cfg)?;
+    let Some(endpoint) = &cfg.endpoint else {
+        return Ok(None);
+    };
+    let url = format!("{}/v1/logs", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::LogExporter::builder()
+        .with_http()
+        .with_endpoint(url.clone())
+        .with_protocol(match cfg.protocol {
+            OtlpProtocol::Protobuf => Protocol::HttpBinary,
+            OtlpProtocol::Json => Protocol::HttpJson,
+        })
+        .with_timeout(cfg.timeout)
+        .with_headers(cfg.headers.clone().into_iter().collect())
+        .build()
+        .map_err(|e| OtlpError::Build(e.to_string()))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let provider = SdkLoggerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name("palisade")
+                .with_attributes([
+                    KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                    KeyValue::new("host.name", host),
+                ])
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build();
+    let logger = provider.logger("palisade");
+    let mut rx = hub.subscribe();
+    let task = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if types.is_empty() || types.contains(&ev.kind) => {
+                    let mut r = logger.create_log_record();
+                    fill(&mut r, &ev);
+                    logger.emit(r);
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => hub.count_dropped("otlp", n),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    info!(endpoint = %url, protocol = ?cfg.protocol, "exporting events as OTLP logs");
+    Ok(Some(Exporter { provider, task }))
+}
+
+fn fill(r: &mut impl opentelemetry::logs::LogRecord, ev: &Event) {
+    r.set_event_name(ev.kind.as_str());
+    if let Ok(t) = humantime::parse_rfc3339(&ev.time) {
+        r.set_timestamp(t);
+    }
+    let (sev, text) = match ev.kind {
+        EventType::Oom => (Severity::Warn, "WARN"),
+        _ => (Severity::Info, "INFO"),
+    };
+    r.set_severity_number(sev);
+    r.set_severity_text(text);
+    r.set_body(AnyValue::from(
+        serde_json::to_string(ev).unwrap_or_default(),
+    ));
+    for (k, v) in attributes(ev) {
+        r.add_attribute(k, v);
+    }
+}
+
+/// The attributes of an event's log record.
+pub fn attributes(ev: &Event) -> Vec<(&'static str, AnyValue)> {
+    let c = &ev.container;
+    let mut a: Vec<(&'static str, AnyValue)> = vec![
+        ("event.name", ev.kind.as_str().into()),
+        ("container.id", c.id.clone().into()),
+        ("container.name", c.name.clone().into()),
+        ("container.runtime", c.runtime.clone().into()),
+        ("palisade.cgroup_id", AnyValue::Int(c.cgroup_id as i64)),
+    ];
+    for (k, v) in [
+        ("container.image.name", &c.image),
+        ("k8s.namespace.name", &c.namespace),
+        ("k8s.pod.name", &c.pod),
+    ] {
+        if !v.is_empty() {
+            a.push((k, v.clone().into()));
+        }
+    }
+    if let Some(p) = &ev.process {
+        a.push(("process.pid", AnyValue::Int(i64::from(p.pid))));
+        if !p.exe.is_empty() {
+            a.push(("process.executable.path", p.exe.clone().into()));
+        }
+    }
+    if let Some(code) = ev.exit_code {
+        a.push(("process.exit.code", AnyValue::Int(i64::from(code))));
+    }
+    if let Some(f) = &ev.flow {
+        a.push(("network.transport", f.protocol.clone().into()));
+        a.push(("network.io.direction", f.direction.clone().into()));
+        a.push(("palisade.flow.local", f.local.clone().into()));
+        a.push(("palisade.flow.remote", f.remote.clone().into()));
+        a.push(("palisade.flow.bytes_out", AnyValue::Int(f.bytes_out as i64)));
+        a.push(("palisade.flow.bytes_in", AnyValue::Int(f.bytes_in as i64)));
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ContainerRef, ProcessRef};
+
+    #[test]
+    fn config_checks() {
+        let cfg = OtlpConfig {
+            endpoint: Some("https://collector:4318".into()),
+            ..OtlpConfig::default()
+        };
+        assert!(matches!(check(&cfg), Err(OtlpError::Endpoint(_))));
+        let cfg = OtlpConfig {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            events: vec!["flow".into(), "exec".into()],
+            ..OtlpConfig::default()
+        };
+        assert_eq!(check(&cfg).unwrap(), vec![EventType::Flow, EventType::Exec]);
+        let cfg = OtlpConfig {
+            events: vec!["flows".into()],
+            ..OtlpConfig::default()
+        };
+        assert!(matches!(check(&cfg), Err(OtlpError::EventType(_))));
+    }
+
+    #[test]
+    fn attributes_use_semantic_names() {
+        let ev = Event {
+            process: Some(ProcessRef {
+                pid: 9,
+                ppid: None,
+                uid: 0,
+                comm: "sh".into(),
+                exe: "/bin/sh".into(),
+                args: vec![],
+                args_truncated: false,
+            }),
+            exit_code: Some(2),
+            ..Event::new(
+                EventType::Exit,
+                "2026-01-01T00:00:00Z".into(),
+                ContainerRef {
+                    id: "abc".into(),
+                    name: "web".into(),
+                    cgroup_id: 5,
+                    runtime: "docker".into(),
+                    image: "nginx".into(),
+                    namespace: String::new(),
+                    pod: String::new(),
+                },
+            )
+        };
+        let a = attributes(&ev);
+        let get = |k| a.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("container.name"),
+            Some(AnyValue::from("web".to_owned()))
+        );
+        assert_eq!(
+            get("container.image.name"),
+            Some(AnyValue::from("nginx".to_owned()))
+        );
+        assert_eq!(get("process.exit.code"), Some(AnyValue::Int(2)));
+        assert_eq!(get("palisade.cgroup_id"), Some(AnyValue::Int(5)));
+        assert!(get("k8s.pod.name").is_none(), "empty values are left out");
+    }
+}
