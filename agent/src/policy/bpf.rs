@@ -123,6 +123,8 @@ pub struct Kernel {
     /// LRU hash, read through the hash type.
     pub violations: HashMap<MapData, ViolationKey, ViolationState>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// Kept open: programs loaded later refer to every map by its descriptor.
+    _config: Array<MapData, u64>,
     links: BTreeMap<Hook, Vec<PinnedLink>>,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
@@ -244,6 +246,7 @@ impl Kernel {
             rules: take(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            _config: config,
             ebpf,
             opts,
             links: BTreeMap::new(),

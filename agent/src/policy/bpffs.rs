@@ -11,7 +11,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
 
 fn on_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// The nearest existing ancestor of `p` (itself included).

@@ -45,7 +45,7 @@ pub enum Cmd {
     Remove(u64),
     Sync(Vec<TargetInfo>),
     Register {
-        target: TargetInfo,
+        target: Box<TargetInfo>,
         launched: Option<Launched>,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -99,7 +99,7 @@ impl Handle {
         launched: Option<Launched>,
     ) -> Result<(), String> {
         self.ask(|reply| Cmd::Register {
-            target,
+            target: Box::new(target),
             launched,
             reply,
         })
@@ -322,7 +322,7 @@ fn handle(e: &mut Engine, cmd: Cmd, reloads: &mut u64, reload_errors: &mut u64) 
             if let Some(l) = launched {
                 e.launched.insert(id, l);
             }
-            e.upsert(vec![target]);
+            e.upsert(vec![*target]);
             let r = if e.synced { e.reconcile() } else { Ok(()) };
             let _ = reply.send(r);
         }

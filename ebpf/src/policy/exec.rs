@@ -29,9 +29,20 @@ static POLICY_EXEC_CONF: Array<ExecConf> = Array::with_max_entries(256, 0);
 #[map(name = "POLICY_EXEC")]
 static POLICY_EXEC: HashMap<ExecKey, ExecRule> = HashMap::with_max_entries(8192, 0);
 
-/// The exec path, copied out of the record once.
+/// Per-CPU scratch: the exec path, copied out of the record once, and what the lookups found.
+/// The findings live in map memory, not in registers, so the verifier sees the same state
+/// after a hit and after a miss and checks the path walk in linear time.
+#[repr(C)]
+pub struct Scratch {
+    path: [u8; POLICY_PATH_MAX],
+    /// First deny rule found (0: none).
+    deny: u32,
+    /// 1 when an allow pattern matched.
+    allowed: u32,
+}
+
 #[map(name = "POLICY_SCRATCH")]
-static POLICY_SCRATCH: PerCpuArray<[u8; POLICY_PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
+static POLICY_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const SIGKILL: u32 = 9;
 
@@ -42,21 +53,17 @@ pub fn policy_exec(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// What the lookups found.
-struct Found {
-    deny: u32,
-    allowed: bool,
-}
-
 #[inline(always)]
-fn look(slot: u32, kind: u32, hash: u64, f: &mut Found) {
+fn look(slot: u32, kind: u32, hash: u64, f: *mut Scratch) {
     let key = ExecKey { slot, kind, hash };
-    // SAFETY: read-only lookup, copied out.
-    if let Some(r) = unsafe { POLICY_EXEC.get(key) }.copied() {
-        if r.allow == 1 {
-            f.allowed = true;
-        } else if f.deny == 0 {
-            f.deny = r.rule;
+    // SAFETY: read-only lookup; `f` is this CPU's scratch value.
+    unsafe {
+        if let Some(r) = POLICY_EXEC.get(key) {
+            if r.allow == 1 {
+                (*f).allowed = 1;
+            } else if (*f).deny == 0 {
+                (*f).deny = r.rule;
+            }
         }
     }
 }
@@ -78,14 +85,15 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: `__data_loc`: the string starts at the low 16 bits' offset in the record.
     let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     // SAFETY: `buf` is this CPU's scratch value; the helper bounds the copy by its size.
-    let len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut *buf) } {
+    let len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut (*buf).path) } {
         Ok(s) => s.len(),
         Err(_) => return Ok(0),
     };
-    let mut f = Found {
-        deny: 0,
-        allowed: false,
-    };
+    // SAFETY: this CPU's scratch value.
+    unsafe {
+        (*buf).deny = 0;
+        (*buf).allowed = 0;
+    }
     let mut h = FNV_OFFSET;
     let mut base = FNV_OFFSET;
     let mut dir = FNV_OFFSET;
@@ -94,9 +102,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
             break;
         }
         // SAFETY: i < POLICY_PATH_MAX, within this CPU's scratch value.
-        let b = unsafe { (*buf)[i] };
+        let b = unsafe { (*buf).path[i] };
         if b == b'/' {
-            look(p.slot, exec_kind::TREE, h, &mut f);
+            look(p.slot, exec_kind::TREE, h, buf);
             dir = h;
             base = FNV_OFFSET;
         } else {
@@ -104,12 +112,14 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         h = fnv_step(h, b);
     }
-    look(p.slot, exec_kind::EXACT, h, &mut f);
-    look(p.slot, exec_kind::DIR, dir, &mut f);
-    look(p.slot, exec_kind::BASENAME, base, &mut f);
-    let id = if f.deny != 0 {
-        f.deny
-    } else if conf.allow_list == 1 && !f.allowed {
+    look(p.slot, exec_kind::EXACT, h, buf);
+    look(p.slot, exec_kind::DIR, dir, buf);
+    look(p.slot, exec_kind::BASENAME, base, buf);
+    // SAFETY: this CPU's scratch value.
+    let (deny, allowed) = unsafe { ((*buf).deny, (*buf).allowed) };
+    let id = if deny != 0 {
+        deny
+    } else if conf.allow_list == 1 && allowed == 0 {
         conf.default_rule
     } else {
         return Ok(0);
@@ -126,7 +136,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
             nr: 0,
             errno: 0,
             net: None,
-            path: Some(buf as *const u8),
+            // SAFETY: the path field of this CPU's scratch value.
+            path: Some(unsafe { (*buf).path.as_ptr() }),
         },
     );
     if t == taken::KILL {
