@@ -6,6 +6,7 @@
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod launch;
+pub mod policy;
 
 use std::{
     collections::BTreeMap,
@@ -698,6 +699,12 @@ impl Agent {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// SIGKILL: the agent gets no chance to clean anything up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait (at most 30 s); returns the exit status.

@@ -8,6 +8,8 @@
 //! - `stream-tcp ADDR BYTES MS`: one connection sending BYTES over about MS milliseconds.
 //! - `send-udp ADDR N SIZE`: N datagrams of SIZE bytes.
 //! - `dns ADDR NAME`: one DNS query (type A) for NAME to ADDR.
+//! - `try-connect ADDR`: one TCP connect; prints `connected`, or `error N` (the errno).
+//! - `try-bind ADDR`: binds a TCP socket; prints `bound`, or `error N`.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -98,6 +100,20 @@ fn run(args: &[String]) -> Result<i32, String> {
             let buf = vec![0x33u8; num(size)? as usize];
             for _ in 0..num(n)? {
                 u.send_to(&buf, addr(a)?).map_err(io)?;
+            }
+            Ok(0)
+        }
+        [cmd, a] if cmd == "try-connect" => {
+            match TcpStream::connect(addr(a)?) {
+                Ok(_) => println!("connected"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+            }
+            Ok(0)
+        }
+        [cmd, a] if cmd == "try-bind" => {
+            match TcpListener::bind(addr(a)?) {
+                Ok(_) => println!("bound"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
             }
             Ok(0)
         }
