@@ -2,8 +2,6 @@
 //! rules through the policy raw tracepoints and `bpf_send_signal`, network rules through
 //! `cgroup_sock_addr`, resources through cgroupfs, audit mode, mode switches and rate limits.
 //! Each test has its own agent, pin directory, cgroups and network namespace.
-use std::process::Command;
-
 use palisade_tests::{
     Agent, TestCgroup, TestNetns, net_workload_bin,
     policy::{Setup, cli, violations, wait_applied},
@@ -44,7 +42,7 @@ fn net(cg: &TestCgroup, ns: &TestNetns, args: &[&str]) -> String {
 }
 
 /// A listener in `ns` (outside any policy cgroup) on `port`, until dropped.
-struct Listener(std::process::Child);
+struct Listener(std::process::Child, Option<TestCgroup>);
 
 impl Listener {
     fn start(ns: &TestNetns, port: u16) -> Self {
@@ -61,8 +59,7 @@ impl Listener {
             .read_line(&mut line)
             .unwrap_or_else(|e| panic!("listener: {e}"));
         assert_eq!(line.trim(), "listening");
-        std::mem::forget(cg);
-        Self(c)
+        Self(c, Some(cg))
     }
 }
 
@@ -70,6 +67,7 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        drop(self.1.take());
     }
 }
 
@@ -324,6 +322,4 @@ fn resources_are_applied_to_a_running_containers_cgroup() {
         "67108864"
     );
     assert_eq!(read("pids", "pids.max", "pids.max"), "40");
-    drop(agent);
-    let _ = Command::new("true").status();
 }

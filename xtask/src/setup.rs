@@ -55,6 +55,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3",
         "converts Docker's seccomp profile for the peer runtimes' bundles",
     ),
+    (
+        "python3-yaml",
+        "the policy JSON Schema test reads the example policies",
+    ),
+    (
+        "python3-jsonschema",
+        "the policy JSON Schema test validates the examples against policy/schema.json",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
