@@ -285,7 +285,7 @@ async fn serve_all(
         info!(cgroups = st.registry.len(), "cgroup tree walked");
     }
     // Policies apply once every cgroup is known (adopted pinned state stays in force until then).
-    shared.policy_sync().await;
+    shared.policy_sync(true).await;
 
     let otlp = crate::otlp::start(&shared.config.otlp, hub.clone())?;
     let mut tasks = Vec::new();

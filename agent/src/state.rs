@@ -198,7 +198,7 @@ impl Shared {
             }
         }
         self.select_new(new).await;
-        self.policy_sync().await;
+        self.policy_sync(false).await;
         if let Some(flows) = &snap.flows {
             self.flow_pass(flows, snap.flows_created).await?;
         }
@@ -206,9 +206,9 @@ impl Shared {
     }
 
     /// Gives the policy engine every live cgroup (names may have changed since it last saw
-    /// them); skipped when no policy exists.
-    pub async fn policy_sync(&self) {
-        if !self.policy.active() {
+    /// them); skipped when no policy exists unless `always` (the first sync at start-up).
+    pub async fn policy_sync(&self, always: bool) {
+        if !always && !self.policy.active() {
             return;
         }
         let live = {

@@ -223,10 +223,13 @@ impl Engine {
                     "no policy left: enforcement detached and unpinned"
                 );
             }
+            // a later load starts from empty maps: forget every id and slot
             self.assigned.clear();
             self.applied.clear();
             self.slots = Slots::default();
             self.slot_exec.clear();
+            self.ids = Ids::default();
+            self.resources.clear();
             return Ok(());
         }
         self.ensure_kernel()?;

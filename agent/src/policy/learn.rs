@@ -69,6 +69,12 @@ pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result
             }
         }
     }
+    tracing::info!(
+        container,
+        seconds = window.as_secs_f64(),
+        cgroups = cgroups.len(),
+        "learning started"
+    );
     let mut l = Learned::default();
     let deadline = tokio::time::Instant::now() + window;
     loop {
