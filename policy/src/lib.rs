@@ -9,7 +9,9 @@ pub mod compile;
 pub mod errno;
 pub mod learn;
 pub mod model;
+mod network;
 pub mod parse;
+mod raw;
 pub mod syscalls;
 
 pub use model::{Mode, Policy, PolicySet, Target};

@@ -4,23 +4,22 @@
 //! typo is an error at its position), keeping the position of each value that needs checking
 //! ([`Spanned`]); then each value is validated and the first problem of each document is
 //! reported at the position of the value at fault.
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::{
     errno,
     model::{
-        ArgCond, ArgOp, Direction, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc,
-        Mode, NetAction, NetRule, Network, Policy, PolicySet, Proto, Resources, Selector,
-        SysAction, SyscallEntry, Syscalls,
+        ArgCond, ArgOp, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc, Mode,
+        Network, Policy, PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
     },
+    network::direction,
+    raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
     syscalls,
 };
+
+pub use crate::network::parse_cidr;
 
 pub const API_VERSION: &str = "palisade.dev/v1";
 pub const KIND: &str = "Policy";
@@ -43,163 +42,14 @@ impl std::fmt::Display for Diagnostic {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct PolicyErrors(pub Vec<Diagnostic>);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawDoc {
-    api_version: Spanned<String>,
-    kind: Spanned<String>,
-    metadata: RawMeta,
-    spec: Spanned<RawSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMeta {
-    name: Spanned<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    description: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    selector: Spanned<RawSelector>,
-    #[serde(default)]
-    mode: Option<Spanned<String>>,
-    #[serde(default)]
-    syscalls: Option<Spanned<RawSyscalls>>,
-    #[serde(default)]
-    exec: Option<Spanned<RawExec>>,
-    #[serde(default)]
-    network: Option<RawNetwork>,
-    #[serde(default)]
-    resources: Option<RawResources>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSelector {
-    workload: Option<Spanned<String>>,
-    container: Option<Spanned<String>>,
-    runtime: Option<Spanned<String>>,
-    namespace: Option<Spanned<String>>,
-    pod: Option<Spanned<String>>,
-    cgroup: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSyscalls {
-    allow: Option<Vec<Spanned<RawSyscallEntry>>>,
-    deny: Option<Vec<Spanned<RawSyscallEntry>>>,
-    action: Option<Spanned<String>>,
-    errno: Option<Spanned<RawErrno>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawErrno {
-    Number(u32),
-    Name(String),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawSyscallEntry {
-    Name(String),
-    Rule(RawSyscallRule),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSyscallRule {
-    #[serde(default)]
-    name: Option<String>,
-    names: Vec<String>,
-    #[serde(default)]
-    args: Vec<RawArg>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawArg {
-    index: u32,
-    op: String,
-    value: u64,
-    #[serde(default, alias = "value_two")]
-    value_two: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExec {
-    #[serde(default)]
-    allow: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    deny: Option<Vec<Spanned<String>>>,
-    action: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    egress: Option<Spanned<RawDirection>>,
-    ingress: Option<Spanned<RawDirection>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDirection {
-    default: Option<Spanned<String>>,
-    #[serde(default)]
-    rules: Vec<Spanned<RawNetRule>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetRule {
-    #[serde(default)]
-    name: Option<String>,
-    action: Spanned<String>,
-    #[serde(default)]
-    cidr: Option<Spanned<String>>,
-    #[serde(default)]
-    ports: Vec<Spanned<RawPort>>,
-    #[serde(default)]
-    protocol: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPort {
-    Number(u32),
-    Range(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawResources {
-    memory: Option<Spanned<RawSize>>,
-    cpu: Option<Spanned<f64>>,
-    pids: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(u64),
-    Text(String),
-}
-
 /// Collects the problems of one document; the validated value is built alongside.
-struct Ctx<'a> {
-    file: &'a str,
-    errors: Vec<Diagnostic>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) errors: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
-    fn loc<T>(&self, s: &Spanned<T>) -> Loc {
+    pub(crate) fn loc<T>(&self, s: &Spanned<T>) -> Loc {
         Loc {
             file: self.file.to_owned(),
             line: s.referenced.line(),
@@ -207,7 +57,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+    pub(crate) fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         let loc = self.loc(at);
         self.errors.push(Diagnostic {
             loc,
@@ -617,153 +467,6 @@ fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec> {
         action,
         loc: ctx.loc(e),
     })
-}
-
-fn net_action(ctx: &mut Ctx<'_>, s: &Spanned<String>, default: bool) -> Option<NetAction> {
-    match s.value.as_str() {
-        "allow" => Some(NetAction::Allow),
-        "deny" => Some(NetAction::Deny),
-        "log" if !default => Some(NetAction::Log),
-        other => {
-            ctx.err(
-                s,
-                if default {
-                    format!("unknown default `{other}` (allow or deny)")
-                } else {
-                    format!("unknown action `{other}` (allow, deny or log)")
-                },
-            );
-            None
-        }
-    }
-}
-
-fn direction(ctx: &mut Ctx<'_>, d: &Spanned<RawDirection>, which: &str) -> Option<Direction> {
-    let r = &d.value;
-    let default = match &r.default {
-        None => NetAction::Allow,
-        Some(s) => net_action(ctx, s, true)?,
-    };
-    let mut rules = Vec::new();
-    let mut kernel_rules = 0usize;
-    for (i, nr) in r.rules.iter().enumerate() {
-        let x = &nr.value;
-        let Some(action) = net_action(ctx, &x.action, false) else {
-            continue;
-        };
-        let cidr = match &x.cidr {
-            None => None,
-            Some(c) => match parse_cidr(&c.value) {
-                Ok(v) => v,
-                Err(m) => {
-                    ctx.err(c, m);
-                    continue;
-                }
-            },
-        };
-        let mut ports = Vec::new();
-        for p in &x.ports {
-            match port_range(&p.value) {
-                Ok(r) => ports.push(r),
-                Err(m) => ctx.err(p, m),
-            }
-        }
-        let proto = match x.protocol.as_ref().map(|p| p.value.as_str()) {
-            None | Some("any") => Proto::Any,
-            Some("tcp") => Proto::Tcp,
-            Some("udp") => Proto::Udp,
-            Some(other) => {
-                if let Some(p) = &x.protocol {
-                    ctx.err(p, format!("unknown protocol `{other}` (tcp, udp or any)"));
-                }
-                continue;
-            }
-        };
-        kernel_rules += ports.len().max(1);
-        let rule = x
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("network.{which}[{i}]"));
-        rules.push(NetRule {
-            rule,
-            action,
-            cidr,
-            ports,
-            proto,
-            loc: ctx.loc(nr),
-        });
-    }
-    if kernel_rules > palisade_common::policy::MAX_NET_RULES {
-        ctx.err(
-            d,
-            format!(
-                "{kernel_rules} {which} rules (one per port range); the kernel table holds {}: merge CIDRs or port ranges",
-                palisade_common::policy::MAX_NET_RULES
-            ),
-        );
-    }
-    Some(Direction {
-        default,
-        default_rule: format!("network.{which}.default"),
-        rules,
-        loc: ctx.loc(d),
-    })
-}
-
-/// `10.0.0.0/8`, `10.1.2.3` (a /32), `::1/128`, `0.0.0.0/0`; the host bits must be zero.
-pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
-    if s == "any" || s == "*" {
-        return Ok(None);
-    }
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("`{s}` is not an address or CIDR (e.g. 10.0.0.0/8, ::1/128)"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 = match len {
-        None => max,
-        Some(l) => l
-            .parse()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
-    };
-    let bytes: Vec<u8> = match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    for (i, b) in bytes.iter().enumerate() {
-        let used = (u32::from(len)).saturating_sub(i as u32 * 8).min(8);
-        let host_mask = if used >= 8 { 0 } else { 0xffu8 >> used };
-        if b & host_mask != 0 {
-            return Err(format!(
-                "`{s}` has host bits set after the /{len} prefix (did you mean the network address?)"
-            ));
-        }
-    }
-    Ok(Some((addr, len)))
-}
-
-fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
-    let one = |n: u32| u16::try_from(n).ok().filter(|n| *n > 0);
-    match p {
-        RawPort::Number(n) => one(*n)
-            .map(|n| (n, n))
-            .ok_or_else(|| format!("port {n} is out of range (1 to 65535)")),
-        RawPort::Range(s) => {
-            let (a, b) = s.split_once('-').unwrap_or((s, s));
-            let parse = |x: &str| x.trim().parse::<u32>().ok().and_then(one);
-            match (parse(a), parse(b)) {
-                (Some(a), Some(b)) if a <= b => Ok((a, b)),
-                _ => Err(format!(
-                    "`{s}` is not a port or range (e.g. 443 or \"8000-8100\", ports 1 to 65535)"
-                )),
-            }
-        }
-    }
 }
 
 fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {

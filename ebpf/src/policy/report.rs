@@ -157,11 +157,10 @@ pub fn report(
             None => NetTuple::default(),
         };
         (*ev).path_len = 0;
-        if let Some(src) = detail.path {
-            if let Ok(s) = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut (*ev).path)
-            {
-                (*ev).path_len = s.len().min(POLICY_PATH_MAX) as u32;
-            }
+        if let Some(src) = detail.path
+            && let Ok(s) = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut (*ev).path)
+        {
+            (*ev).path_len = s.len().min(POLICY_PATH_MAX) as u32;
         }
     }
     entry.submit(0);
