@@ -57,8 +57,10 @@ pub enum BpfError {
 /// Hook groups, attached only while some cgroup needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
-    /// `sys_enter`/`sys_exit` raw tracepoints (every syscall on the host pays a lookup).
+    /// `sys_enter` raw tracepoint (every syscall on the host pays a lookup).
     Syscalls,
+    /// `sys_exit` raw tracepoint: seccomp denials of launched workloads.
+    Seccomp,
     /// `sched:sched_process_exec`.
     Exec,
     /// connect4/6, sendmsg4/6 on the unified root.
@@ -68,11 +70,18 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::Syscalls, Hook::Exec, Hook::Egress, Hook::Ingress];
+    pub const ALL: [Hook; 5] = [
+        Hook::Syscalls,
+        Hook::Seccomp,
+        Hook::Exec,
+        Hook::Egress,
+        Hook::Ingress,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Hook::Syscalls => "syscalls",
+            Hook::Seccomp => "seccomp",
             Hook::Exec => "exec",
             Hook::Egress => "egress",
             Hook::Ingress => "ingress",
@@ -81,7 +90,8 @@ impl Hook {
 
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Hook::Syscalls => &[names::PROG_POLICY_SYS_ENTER, names::PROG_POLICY_SYS_EXIT],
+            Hook::Syscalls => &[names::PROG_POLICY_SYS_ENTER],
+            Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
             Hook::Exec => &[names::PROG_POLICY_EXEC],
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,

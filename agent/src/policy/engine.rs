@@ -346,8 +346,11 @@ impl Engine {
         let all = self.assigned.values().chain(self.foreign.values());
         let flags = all.fold(0, |f, p| f | p.flags);
         let mut want = Vec::new();
-        if flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) != 0 {
+        if flags & cgroup_flags::SYSCALLS != 0 {
             want.push(Hook::Syscalls);
+        }
+        if flags & cgroup_flags::SECCOMP != 0 {
+            want.push(Hook::Seccomp);
         }
         if flags & cgroup_flags::EXEC != 0 {
             want.push(Hook::Exec);

@@ -52,7 +52,7 @@ pub(crate) fn families(s: &Snapshot, budget: &mut Budget) -> Vec<MetricFamily> {
     if s.loaded {
         let mut f = family(
             "palisade_policy_hook_attached",
-            "Enforcement hook groups attached now (1) or not (0): syscalls, exec, egress, ingress.",
+            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, ingress.",
             MetricType::GAUGE,
         );
         for (hook, on) in &s.hooks {
