@@ -138,6 +138,10 @@ mod pod {
     unsafe impl aya::Pod for crate::policy::ViolationState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::EnterSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ArgKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ArgRule {}
 }
 
 #[cfg(test)]
@@ -190,6 +194,10 @@ mod tests {
         assert_eq!(size_of::<ViolationKey>(), 16);
         assert_eq!(size_of::<ViolationState>(), 24);
         assert_eq!(size_of::<NetTuple>(), 40);
+        assert_eq!(size_of::<ArgCond>(), 24);
+        assert_eq!(size_of::<ArgAlt>(), 8 + 24 * MAX_ARG_CONDS);
+        assert_eq!(size_of::<ArgRule>(), 8 + size_of::<ArgAlt>() * MAX_ARG_ALTS);
+        assert_eq!(size_of::<ArgKey>(), 8);
         assert_eq!(
             size_of::<PolicyEvent>(),
             32 + 24 + 16 + 40 + 8 + POLICY_PATH_MAX

@@ -128,6 +128,8 @@ pub const MAP_NET_COUNTERS: &str = "NET_COUNTERS";
 pub const MAP_POLICY_CGROUPS: &str = "POLICY_CGROUPS";
 /// Array: slot → [`crate::policy::SyscallVerdicts`].
 pub const MAP_POLICY_SYSCALLS: &str = "POLICY_SYSCALLS";
+/// Hash: [`crate::policy::ArgKey`] → [`crate::policy::ArgRule`] (run-time argument checks).
+pub const MAP_POLICY_ARGS: &str = "POLICY_ARGS";
 /// Array: `tid & mask` → [`crate::policy::EnterSlot`].
 pub const MAP_POLICY_ENTER: &str = "POLICY_ENTER";
 /// Array: slot → [`crate::policy::ExecConf`].
@@ -148,9 +150,10 @@ pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
 pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
 
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 11] = [
+pub const POLICY_MAPS: [&str; 12] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
+    MAP_POLICY_ARGS,
     MAP_POLICY_ENTER,
     MAP_POLICY_EXEC_CONF,
     MAP_POLICY_EXEC,

@@ -122,3 +122,52 @@ fn exec_lookup_keys() {
     assert_eq!(keys[4], (exec_kind::DIR, fnv(b"/usr/bin")));
     assert_eq!(keys[5], (exec_kind::BASENAME, fnv(b"nc")));
 }
+
+#[test]
+fn argument_rules() {
+    let cond = |index, op, value, value_two| ArgCond {
+        index,
+        op,
+        value,
+        value_two,
+    };
+    let mut r = ArgRule {
+        alts: 2,
+        ..ArgRule::default()
+    };
+    r.alt[0] = ArgAlt {
+        rule: 5,
+        count: 2,
+        conds: [
+            cond(0, arg_op::MASKED_EQ, 0x10, 0x10),
+            cond(1, arg_op::GT, 7, 0),
+            ArgCond::default(),
+            ArgCond::default(),
+            ArgCond::default(),
+            ArgCond::default(),
+        ],
+    };
+    r.alt[1].rule = 6;
+    r.alt[1].count = 1;
+    r.alt[1].conds[0] = cond(5, arg_op::EQ, 42, 0);
+    assert_eq!(r.violated(&[0x11, 8, 0, 0, 0, 0], 1), Some(5));
+    assert_eq!(
+        r.violated(&[0x11, 7, 0, 0, 0, 0], 1),
+        None,
+        "both must hold"
+    );
+    assert_eq!(r.violated(&[0, 0, 0, 0, 0, 42], 1), Some(6));
+    r.match_allows = 1;
+    assert_eq!(r.violated(&[0x11, 8, 0, 0, 0, 0], 1), None, "allowed");
+    assert_eq!(r.violated(&[0, 0, 0, 0, 0, 0], 1), Some(1));
+    for (op, a, b, want) in [
+        (arg_op::NE, 1, 2, true),
+        (arg_op::LT, 1, 2, true),
+        (arg_op::LE, 2, 2, true),
+        (arg_op::GE, 1, 2, false),
+        (arg_op::EQ, u64::MAX, u64::MAX, true),
+    ] {
+        assert_eq!(cond(0, op, b, 0).holds(&[a, 0, 0, 0, 0, 0]), want, "{op}");
+    }
+    assert!(!cond(9, arg_op::EQ, 0, 0).holds(&[0; 6]));
+}

@@ -105,13 +105,14 @@ fn may_overlap(a: &Selector, b: &Selector) -> bool {
 
 fn policy_warnings(p: &Policy, out: &mut Vec<Diagnostic>) {
     if let Some(s) = &p.syscalls {
-        for e in &s.entries {
-            if !e.args.is_empty() {
+        for (nr, n) in conditional_alternatives(s) {
+            if n > palisade_common::policy::MAX_ARG_ALTS {
                 out.push(Diagnostic {
-                    loc: e.loc.clone(),
+                    loc: s.loc.clone(),
                     message: format!(
-                        "rule `{}` has argument conditions: they are enforced by the seccomp filter of workloads started with `palisade run --policy`; containers Palisade did not start are not checked against this rule",
-                        e.rule
+                        "{n} rules with argument conditions name syscall {}: the seccomp filter of a launched workload checks them all, the run-time hook only the first {}",
+                        syscalls::name(nr).unwrap_or("?"),
+                        palisade_common::policy::MAX_ARG_ALTS
                     ),
                 });
             }
@@ -151,7 +152,6 @@ fn policy_warnings(p: &Policy, out: &mut Vec<Diagnostic>) {
                 }
             }
         }
-        let _ = syscalls::all;
     }
     if let Some(e) = &p.exec
         && let Some(allow) = &e.allow
@@ -196,6 +196,17 @@ fn policy_warnings(p: &Policy, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+}
+
+/// (syscall number, rules with argument conditions naming it).
+fn conditional_alternatives(s: &crate::model::Syscalls) -> Vec<(u32, usize)> {
+    let mut counts: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    for e in s.entries.iter().filter(|e| !e.args.is_empty()) {
+        for nr in &e.nrs {
+            *counts.entry(*nr).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
 }
 
 fn action_word(a: NetAction) -> &'static str {

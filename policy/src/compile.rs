@@ -9,12 +9,14 @@
 use std::net::IpAddr;
 
 use palisade_common::policy::{
-    ExecConf, ExecRule, MAX_NET_RULES, MAX_SYSCALLS, NetRule as KRule, NetRuleSet, RuleInfo,
-    SyscallVerdicts, VERDICT_CONDITIONAL, action, cgroup_flags, exec_kind, fnv, mode,
+    ArgAlt, ArgCond as KCond, ArgRule, ExecConf, ExecRule, MAX_ARG_ALTS, MAX_NET_RULES,
+    MAX_SYSCALLS, NetRule as KRule, NetRuleSet, RuleInfo, SyscallVerdicts, VERDICT_CONDITIONAL,
+    action, arg_op, cgroup_flags, exec_kind, fnv, mode,
 };
 
 use crate::model::{
-    ArgCond, Direction, ExecAction, ExecKind, ListKind, Mode, NetAction, Policy, SysAction,
+    ArgCond, ArgOp, Direction, ExecAction, ExecKind, ListKind, Mode, NetAction, Policy, SysAction,
+    Syscalls,
 };
 
 /// A rule as the kernel needs it described (the id allocator stores it).
@@ -52,6 +54,8 @@ pub struct Tables {
     /// `palisade_common::policy::cgroup_flags` this slot needs (without `SECCOMP`).
     pub flags: u32,
     pub verdicts: Box<SyscallVerdicts>,
+    /// Argument checks of conditional verdicts: (syscall number, rule).
+    pub args: Vec<(u32, ArgRule)>,
     pub exec_conf: ExecConf,
     /// (kind, hash, rule)
     pub exec: Vec<(u32, u64, ExecRule)>,
@@ -95,6 +99,7 @@ pub fn compile(
     let mut t = Tables {
         flags: 0,
         verdicts: Box::new(SyscallVerdicts::ZERO),
+        args: Vec::new(),
         exec_conf: ExecConf::default(),
         exec: Vec::new(),
         egress: NetRuleSet::EMPTY,
@@ -102,9 +107,11 @@ pub fn compile(
         notes: Vec::new(),
     };
     let mut best = vec![0u32; MAX_SYSCALLS];
+    // the policy whose conditional rule holds each conditional verdict
+    let mut cond_src: Vec<Option<usize>> = vec![None; MAX_SYSCALLS];
     let mut have_allow_list = false;
     let (mut have_egress, mut have_ingress) = (None::<&str>, None::<&str>);
-    for (p, m) in policies {
+    for (pi, (p, m)) in policies.iter().enumerate() {
         let m = *m;
         let desc = |rule: &str, a: u32, errno: u32| RuleDesc {
             policy: p.name.clone(),
@@ -134,6 +141,7 @@ pub fn compile(
                 *slot = r;
                 t.verdicts.rule[nr as usize] =
                     rid | if conditional { VERDICT_CONDITIONAL } else { 0 };
+                cond_src[nr as usize] = conditional.then_some(pi);
             };
             match s.list {
                 ListKind::Deny => {
@@ -230,11 +238,84 @@ pub fn compile(
             *set = rule_set(d, &mut |rule: &str, a: u32| id(&desc(rule, a, 0)));
         }
     }
+    for (nr, src) in cond_src.iter().enumerate() {
+        let Some(pi) = src else { continue };
+        let Some((p, m)) = policies.get(*pi) else {
+            continue;
+        };
+        let Some(s) = &p.syscalls else { continue };
+        let (a, errno) = sys_action(s.action);
+        let mut rid = |rule: &str| {
+            id(&RuleDesc {
+                policy: p.name.clone(),
+                rule: rule.to_owned(),
+                action: a,
+                errno,
+                mode: mode_number(*m),
+            })
+        };
+        let (rule, dropped) = arg_rule(s, nr as u32, &mut rid);
+        if dropped > 0 {
+            t.notes.push(format!(
+                "{}: {dropped} argument alternatives of syscall {nr} beyond {MAX_ARG_ALTS} not checked at run time",
+                p.name
+            ));
+        }
+        t.args.push((nr as u32, rule));
+    }
     // keep `exec` deterministic and free of duplicates (deny entries first win in the kernel
     // anyway: the map holds one value per key, so prefer deny)
     t.exec.sort_by_key(|(k, h, r)| (*k, *h, r.allow));
     t.exec.dedup_by_key(|(k, h, _)| (*k, *h));
     t
+}
+
+fn op_number(o: ArgOp) -> u32 {
+    match o {
+        ArgOp::Eq => arg_op::EQ,
+        ArgOp::Ne => arg_op::NE,
+        ArgOp::Lt => arg_op::LT,
+        ArgOp::Le => arg_op::LE,
+        ArgOp::Gt => arg_op::GT,
+        ArgOp::Ge => arg_op::GE,
+        ArgOp::MaskedEq => arg_op::MASKED_EQ,
+    }
+}
+
+/// The run-time argument check of syscall `nr` in `s`; also how many alternatives did not fit.
+fn arg_rule(s: &Syscalls, nr: u32, id: &mut dyn FnMut(&str) -> Option<u16>) -> (ArgRule, usize) {
+    let mut r = ArgRule {
+        match_allows: u32::from(s.list == ListKind::Allow),
+        ..ArgRule::default()
+    };
+    let alts: Vec<_> = s
+        .entries
+        .iter()
+        .filter(|e| e.nrs.contains(&nr) && !e.args.is_empty())
+        .collect();
+    for (slot, e) in r.alt.iter_mut().zip(&alts) {
+        let mut alt = ArgAlt {
+            rule: if s.list == ListKind::Deny {
+                id(&e.rule).map_or(0, u32::from)
+            } else {
+                0
+            },
+            count: 0,
+            ..ArgAlt::default()
+        };
+        for (k, c) in alt.conds.iter_mut().zip(&e.args) {
+            *k = KCond {
+                index: c.index,
+                op: op_number(c.op),
+                value: c.value,
+                value_two: c.value_two,
+            };
+            alt.count += 1;
+        }
+        *slot = alt;
+        r.alts += 1;
+    }
+    (r, alts.len().saturating_sub(MAX_ARG_ALTS))
 }
 
 fn kind_number(k: ExecKind) -> u32 {

@@ -253,6 +253,16 @@ fn compiles_deny_and_allow_lists_into_verdicts() {
     assert_eq!(t.verdicts.rule[nr("mount")], 1);
     assert_eq!(t.verdicts.rule[nr("unshare")], 2 | VERDICT_CONDITIONAL);
     assert_eq!(t.verdicts.rule[nr("read")], 0);
+    // the run-time check of the conditional verdict
+    assert_eq!(t.args.len(), 1);
+    let (n, r) = &t.args[0];
+    assert_eq!(*n as usize, nr("unshare"));
+    assert_eq!(
+        (r.alts, r.match_allows, r.alt[0].rule, r.alt[0].count),
+        (1, 0, 2, 1)
+    );
+    assert_eq!(r.violated(&[1, 0, 0, 0, 0, 0], 0), Some(2));
+    assert_eq!(r.violated(&[2, 0, 0, 0, 0, 0], 0), None);
 
     let a = one(
         "  syscalls:\n    allow: [read, write, {names: [ioctl], args: [{index: 1, op: eq, value: 5}]}]\n",
@@ -262,6 +272,14 @@ fn compiles_deny_and_allow_lists_into_verdicts() {
     assert_eq!(t.verdicts.rule[nr("read")], 0);
     assert_eq!(t.verdicts.rule[nr("mount")] & VERDICT_RULE, 1);
     assert_eq!(t.verdicts.rule[nr("ioctl")], 1 | VERDICT_CONDITIONAL);
+    let (_, r) = &t.args[0];
+    assert_eq!(r.match_allows, 1);
+    assert_eq!(
+        r.violated(&[0, 5, 0, 0, 0, 0], 1),
+        None,
+        "ioctl(_, 5) allowed"
+    );
+    assert_eq!(r.violated(&[0, 6, 0, 0, 0, 0], 1), Some(1));
 
     // two policies: the stronger verdict wins (kill in enforce over audit log)
     let log = one("  mode: audit\n  syscalls:\n    action: log\n    deny: [mount, chroot]\n");

@@ -323,3 +323,43 @@ fn resources_are_applied_to_a_running_containers_cgroup() {
     );
     assert_eq!(read("pids", "pids.max", "pids.max"), "40");
 }
+
+#[test]
+fn argument_conditions_are_checked_at_run_time() {
+    let cg = TestCgroup::new("pol-args");
+    let s = Setup::new(&policy(
+        "odd-fds",
+        &cg,
+        "enforce",
+        "  syscalls:\n    action: log\n    deny:\n      - name: close-huge-fd\n        names: [close]\n        args: [{index: 0, op: gt, value: 1000000}]\n",
+    ));
+    let agent = s.agent("");
+    wait_applied(&agent, "odd-fds", cg.id, &["syscalls"]);
+    // close(-1): the register holds 2^64-1, above the bound; other closes are not reported
+    cg.run_workload(&["close-bad", "5", "getppid", "1"]);
+    let v = violations(&agent, cg.id, 5);
+    assert!(
+        v.iter().all(|e| e["violation"]["rule"] == "close-huge-fd"),
+        "{v:?}"
+    );
+    assert!(
+        v.iter().all(|e| e["violation"]["syscall"] == "close"),
+        "{v:?}"
+    );
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "exactly 5 on /metrics",
+        || (violation_count(&agent, "odd-fds", "log", &cg) == 5.0).then_some(()),
+    );
+    let other = cg
+        .command("/bin/sh")
+        .args(["-c", "exec 3</dev/null; exec 3<&-; true"])
+        .status()
+        .unwrap_or_else(|e| panic!("sh: {e}"));
+    assert!(other.success());
+    assert_eq!(
+        violation_count(&agent, "odd-fds", "log", &cg),
+        5.0,
+        "closing fd 3 is allowed"
+    );
+}

@@ -23,8 +23,8 @@ use aya::{
 use palisade_common::{
     names,
     policy::{
-        CgroupPolicy, ExecConf, ExecKey, ExecRule, NetRuleSet, POLICY_ABI, RuleInfo,
-        SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecRule, NetRuleSet, POLICY_ABI,
+        RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
     },
 };
 
@@ -126,6 +126,7 @@ pub struct Kernel {
     opts: Options,
     pub cgroups: HashMap<MapData, u64, CgroupPolicy>,
     pub syscalls: Array<MapData, SyscallVerdicts>,
+    pub args: HashMap<MapData, ArgKey, ArgRule>,
     pub exec_conf: Array<MapData, ExecConf>,
     pub exec: HashMap<MapData, ExecKey, ExecRule>,
     pub net: Array<MapData, NetRuleSet>,
@@ -146,6 +147,7 @@ fn expected_value_size(map: &str) -> Option<u32> {
     Some(match map {
         names::MAP_POLICY_CGROUPS => size_of::<CgroupPolicy>(),
         names::MAP_POLICY_SYSCALLS => size_of::<SyscallVerdicts>(),
+        names::MAP_POLICY_ARGS => size_of::<ArgRule>(),
         names::MAP_POLICY_EXEC_CONF => size_of::<ExecConf>(),
         names::MAP_POLICY_EXEC => size_of::<ExecRule>(),
         names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
@@ -250,6 +252,7 @@ impl Kernel {
         let k = Kernel {
             cgroups: take(&mut ebpf, names::MAP_POLICY_CGROUPS)?,
             syscalls: take(&mut ebpf, names::MAP_POLICY_SYSCALLS)?,
+            args: take(&mut ebpf, names::MAP_POLICY_ARGS)?,
             exec_conf: take(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
             exec: take(&mut ebpf, names::MAP_POLICY_EXEC)?,
             net: take(&mut ebpf, names::MAP_POLICY_NET)?,

@@ -9,7 +9,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use palisade_common::policy::{
-    CgroupPolicy, ExecConf, ExecKey, NetRuleSet, SyscallVerdicts, cgroup_flags,
+    ArgKey, CgroupPolicy, ExecConf, ExecKey, NetRuleSet, SyscallVerdicts, cgroup_flags,
 };
 use palisade_policy::{
     Mode, Policy, PolicySet, Target,
@@ -97,6 +97,7 @@ pub struct Engine {
     pub foreign: HashMap<u64, CgroupPolicy>,
     slots: Slots,
     slot_exec: HashMap<u32, Vec<ExecKey>>,
+    slot_args: HashMap<u32, Vec<ArgKey>>,
     pub ids: Ids,
     /// Policies (by name) applied to each cgroup, for status and the cgroups gauge.
     pub applied: HashMap<u64, Vec<(String, Mode)>>,
@@ -130,6 +131,7 @@ impl Engine {
             foreign: HashMap::new(),
             slots: Slots::default(),
             slot_exec: HashMap::new(),
+            slot_args: HashMap::new(),
             ids: Ids::default(),
             applied: HashMap::new(),
             resources: HashMap::new(),
@@ -181,6 +183,10 @@ impl Engine {
             self.slot_exec.entry(key.slot).or_default().push(key);
             self.slots.used.insert(key.slot);
         }
+        for key in k.args.keys().flatten() {
+            self.slot_args.entry(key.slot).or_default().push(key);
+            self.slots.used.insert(key.slot);
+        }
         for id in 1..MAX_RULES {
             if let Ok(info) = k.rules.get(&id, 0) {
                 self.ids.adopt(id as u16, &info);
@@ -228,6 +234,7 @@ impl Engine {
             self.applied.clear();
             self.slots = Slots::default();
             self.slot_exec.clear();
+            self.slot_args.clear();
             self.ids = Ids::default();
             self.resources.clear();
             return Ok(());
@@ -294,9 +301,13 @@ impl Engine {
                         .slots
                         .free(&busy)
                         .ok_or("every policy slot is in use (256 distinct effective policies)")?;
-                    let old = self.slot_exec.remove(&s).unwrap_or_default();
+                    let old = (
+                        self.slot_exec.remove(&s).unwrap_or_default(),
+                        self.slot_args.remove(&s).unwrap_or_default(),
+                    );
                     let written = write_slot(k, s, t, &old)?;
-                    self.slot_exec.insert(s, written);
+                    self.slot_exec.insert(s, written.0);
+                    self.slot_args.insert(s, written.1);
                     self.slots.by_key.insert(key, s);
                     self.slots.used.insert(s);
                     busy.insert(s);
@@ -339,7 +350,10 @@ impl Engine {
             .filter(|s| !referenced.contains(s))
             .collect();
         for s in unused {
-            let old = self.slot_exec.remove(&s).unwrap_or_default();
+            let old = (
+                self.slot_exec.remove(&s).unwrap_or_default(),
+                self.slot_args.remove(&s).unwrap_or_default(),
+            );
             clear_slot(k, s, &old);
             self.slots.release(s);
         }
@@ -465,13 +479,11 @@ impl Engine {
     }
 }
 
-/// Writes one slot's tables; returns the exec keys now in the map for it.
-fn write_slot(
-    k: &mut Kernel,
-    slot: u32,
-    t: &Tables,
-    old: &[ExecKey],
-) -> Result<Vec<ExecKey>, String> {
+/// The hash keys a slot owns: exec patterns and argument checks.
+type SlotKeys = (Vec<ExecKey>, Vec<ArgKey>);
+
+/// Writes one slot's tables; returns the hash keys now in the maps for it.
+fn write_slot(k: &mut Kernel, slot: u32, t: &Tables, old: &SlotKeys) -> Result<SlotKeys, String> {
     let e = |what: &str, err: aya::maps::MapError| format!("{what} table: {err}");
     k.syscalls
         .set(slot, *t.verdicts, 0)
@@ -479,8 +491,17 @@ fn write_slot(
     k.exec_conf
         .set(slot, t.exec_conf, 0)
         .map_err(|x| e("exec", x))?;
-    for key in old {
+    for key in &old.0 {
         let _ = k.exec.remove(key);
+    }
+    for key in &old.1 {
+        let _ = k.args.remove(key);
+    }
+    let mut args = Vec::new();
+    for (nr, rule) in &t.args {
+        let key = ArgKey { slot, nr: *nr };
+        k.args.insert(key, rule, 0).map_err(|x| e("argument", x))?;
+        args.push(key);
     }
     let mut keys = Vec::new();
     for (kind, hash, rule) in &t.exec {
@@ -498,14 +519,17 @@ fn write_slot(
     k.net
         .set(slot * 2 + 1, t.ingress, 0)
         .map_err(|x| e("network", x))?;
-    Ok(keys)
+    Ok((keys, args))
 }
 
-fn clear_slot(k: &mut Kernel, slot: u32, exec: &[ExecKey]) {
+fn clear_slot(k: &mut Kernel, slot: u32, old: &SlotKeys) {
     let _ = k.syscalls.set(slot, SyscallVerdicts::ZERO, 0);
     let _ = k.exec_conf.set(slot, ExecConf::default(), 0);
-    for key in exec {
+    for key in &old.0 {
         let _ = k.exec.remove(key);
+    }
+    for key in &old.1 {
+        let _ = k.args.remove(key);
     }
     let _ = k.net.set(slot * 2, NetRuleSet::EMPTY, 0);
     let _ = k.net.set(slot * 2 + 1, NetRuleSet::EMPTY, 0);

@@ -97,6 +97,15 @@ pub fn key(t: &Tables) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     t.flags.hash(&mut h);
     t.verdicts.rule.hash(&mut h);
+    for (nr, r) in &t.args {
+        (nr, r.alts, r.match_allows).hash(&mut h);
+        for a in &r.alt {
+            (a.rule, a.count).hash(&mut h);
+            for c in &a.conds {
+                (c.index, c.op, c.value, c.value_two).hash(&mut h);
+            }
+        }
+    }
     (t.exec_conf.allow_list, t.exec_conf.default_rule).hash(&mut h);
     for (k, x, r) in &t.exec {
         (k, x, r.rule, r.allow).hash(&mut h);

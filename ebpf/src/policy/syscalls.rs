@@ -9,6 +9,7 @@
 //! - Launched workloads (`SECCOMP` flag): their seccomp filter refuses `errno` rules before the
 //!   `sys_enter` tracepoint, so `sys_exit` sees a denied syscall number it never saw enter, with
 //!   the rule's errno as result: that is a seccomp denial, reported with `errno`.
+use aya_ebpf::maps::HashMap;
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -17,8 +18,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
-    EnterSlot, MAX_SYSCALLS, SyscallVerdicts, VERDICT_CONDITIONAL, VERDICT_RULE, action,
-    cgroup_flags, taken, what,
+    ArgKey, ArgRule, EnterSlot, MAX_SYSCALLS, SyscallVerdicts, VERDICT_CONDITIONAL, VERDICT_RULE,
+    action, cgroup_flags, taken, what,
 };
 
 use crate::report::{Detail, Subject, policy_of, report, rule};
@@ -32,6 +33,10 @@ static POLICY_ENTER_MASK: Global<u32> = Global::new(16383);
 
 #[map(name = "POLICY_SYSCALLS")]
 static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0);
+
+/// Argument checks of conditional verdicts, by (slot, syscall).
+#[map(name = "POLICY_ARGS")]
+static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
 
 #[map(name = "POLICY_ENTER")]
 static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
@@ -48,6 +53,23 @@ fn verdict(slot: u32, nr: u64) -> u16 {
         Some(v) => v.rule.get(nr as usize).copied().unwrap_or(0),
         None => 0,
     }
+}
+
+/// Offsets of the six argument registers in `struct pt_regs` (x86_64: di, si, dx, r10, r8, r9).
+const ARG_OFFSETS: [u64; 6] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
+
+/// The rule a call violates by its arguments (`None`: it does not).
+#[inline(always)]
+fn by_arguments(ctx: &RawTracePointContext, slot: u32, nr: u32, default_rule: u32) -> Option<u32> {
+    // SAFETY: read-only lookup; the value is read in place.
+    let r = unsafe { POLICY_ARGS.get(ArgKey { slot, nr }) }?;
+    let regs: u64 = ctx.arg(0);
+    let mut args = [0u64; 6];
+    for (a, off) in args.iter_mut().zip(ARG_OFFSETS) {
+        // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
+        *a = unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0);
+    }
+    r.violated(&args, default_rule)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -75,7 +97,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if v == 0 {
         return Ok(0);
     }
-    let id = u32::from(v & VERDICT_RULE);
+    let mut id = u32::from(v & VERDICT_RULE);
     let info = rule(id).ok_or(0)?;
     if p.flags & cgroup_flags::SECCOMP != 0 {
         if v & VERDICT_CONDITIONAL != 0 {
@@ -89,16 +111,23 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
                     (*slot).nr = nr as u32;
                 }
             }
+            if info.action != action::LOG {
+                return Ok(0);
+            }
+        } else if info.action != action::LOG {
+            // errno/kill rules never get here (the filter refused them); log rules do
             return Ok(0);
         }
-        // errno/kill rules never get here (the filter refused them); log rules do
-        if info.action != action::LOG {
-            return Ok(0);
-        }
-    } else if v & VERDICT_CONDITIONAL != 0 {
-        // argument conditions are only enforced by a launched workload's seccomp filter
-        return Ok(0);
     }
+    if v & VERDICT_CONDITIONAL != 0 {
+        match by_arguments(ctx, p.slot, nr as u32, id) {
+            Some(r) => id = r,
+            None => return Ok(0),
+        }
+    }
+    let Some(info) = rule(id) else {
+        return Ok(0);
+    };
     let t = info.taken_runtime();
     report(
         what::SYSCALL,
