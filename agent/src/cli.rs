@@ -113,7 +113,8 @@ pub struct EventsArgs {
     /// Only events of containers whose name or id matches GLOB (repeatable).
     #[arg(long = "container", value_name = "GLOB")]
     pub containers: Vec<String>,
-    /// Only these types (repeatable): exec, exit, oom, container_start, container_stop.
+    /// Only these types (repeatable): exec, exit, oom, container_start, container_stop, flow,
+    /// policy_violation.
     #[arg(long = "type", value_name = "TYPE")]
     pub types: Vec<String>,
     /// The agent's control socket.

@@ -103,6 +103,12 @@ fn a_launched_workload_is_denied_mount_and_unshare_by_seccomp_and_each_denial_is
         "127.0.0.1:9",
     ]);
     assert_eq!(out.stdout.trim(), "error 111", "{out}");
+    // network rules need the agent: without one the launch is refused, nothing runs
+    let lonely = unique("polrun");
+    let out = run(&["--name", &lonely, "--policy", &s(&file), "--", "/bin/true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("enforced by the agent"), "{out}");
+    palisade_tests::launch::assert_clean(&lonely, None);
     // --seccomp and a policy's syscall rules are two filters: refused before anything starts
     let out = run(&[
         "--name",

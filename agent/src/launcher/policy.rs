@@ -22,7 +22,8 @@ use crate::policy::LaunchPolicy;
 pub struct ForLaunch {
     /// For the registration (the agent validates and enforces it).
     pub wire: LaunchPolicy,
-    /// Policies with exec or network rules, or syscall rules to report: they need the agent.
+    /// Policies with exec or network rules in enforce mode: only the agent enforces those, so
+    /// the launch is refused without one.
     pub needs_agent: Vec<String>,
 }
 
@@ -191,10 +192,8 @@ pub fn prepare(
     let needs_agent = picked
         .iter()
         .filter(|p| {
-            p.exec.is_some()
-                || p.network.egress.is_some()
-                || p.network.ingress.is_some()
-                || p.syscalls.is_some()
+            p.mode == Mode::Enforce
+                && (p.exec.is_some() || p.network.egress.is_some() || p.network.ingress.is_some())
         })
         .map(|p| p.name.clone())
         .collect();
