@@ -363,3 +363,58 @@ fn argument_conditions_are_checked_at_run_time() {
         "closing fd 3 is allowed"
     );
 }
+
+#[test]
+fn incoming_connections_a_rule_denies_are_dropped() {
+    let server = TestCgroup::new("pol-in");
+    let ns = TestNetns::new("pol-in");
+    let s = Setup::new(&policy(
+        "fenced-in",
+        &server,
+        "enforce",
+        "  network:\n    ingress:\n      default: allow\n      rules:\n        - {name: no-local-7501, action: deny, cidr: 127.0.0.0/8, ports: [7501], protocol: tcp}\n",
+    ));
+    let agent = s.agent("");
+    wait_applied(&agent, "fenced-in", server.id, &["ingress"]);
+    // the listeners are in the policy's cgroup; binding works (other sources may connect)
+    let start = |port: u16| {
+        let mut c = server
+            .command_in(&ns, net_workload_bin())
+            .args(["serve-tcp", &format!("127.0.0.1:{port}"), "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("server: {e}"));
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        std::io::BufReader::new(c.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("server: {e}"));
+        assert_eq!(line.trim(), "listening");
+        c
+    };
+    let (mut denied, mut allowed) = (start(7501), start(7502));
+    let client = TestCgroup::new("pol-in-client");
+    // a dropped SYN never completes; the allowed port answers at once
+    assert_eq!(
+        net(&client, &ns, &["try-connect", "127.0.0.1:7501", "1500"]),
+        "timeout"
+    );
+    assert_eq!(
+        net(&client, &ns, &["try-connect", "127.0.0.1:7502", "5000"]),
+        "connected"
+    );
+    let v = violations(&agent, server.id, 1);
+    let x = &v[0]["violation"];
+    assert_eq!(x["hook"], "ingress");
+    assert_eq!(x["action"], "drop");
+    assert_eq!(x["rule"], "no-local-7501");
+    assert_eq!(x["network"]["local"], "127.0.0.1:7501");
+    assert!(
+        v[0]["process"].is_null(),
+        "a packet has no process: {}",
+        v[0]
+    );
+    let _ = denied.kill();
+    let _ = denied.wait();
+    let _ = allowed.wait();
+}

@@ -8,7 +8,8 @@
 //! - `stream-tcp ADDR BYTES MS`: one connection sending BYTES over about MS milliseconds.
 //! - `send-udp ADDR N SIZE`: N datagrams of SIZE bytes.
 //! - `dns ADDR NAME`: one DNS query (type A) for NAME to ADDR.
-//! - `try-connect ADDR`: one TCP connect; prints `connected`, or `error N` (the errno).
+//! - `try-connect ADDR [MS]`: one TCP connect (given up after MS ms); prints `connected`,
+//!   `timeout`, or `error N` (the errno).
 //! - `try-bind ADDR`: binds a TCP socket; prints `bound`, or `error N`.
 use std::{
     io::{Read, Write},
@@ -103,9 +104,14 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             Ok(0)
         }
-        [cmd, a] if cmd == "try-connect" => {
-            match TcpStream::connect(addr(a)?) {
+        [cmd, a, rest @ ..] if cmd == "try-connect" && rest.len() <= 1 => {
+            let r = match rest.first() {
+                Some(ms) => TcpStream::connect_timeout(&addr(a)?, Duration::from_millis(num(ms)?)),
+                None => TcpStream::connect(addr(a)?),
+            };
+            match r {
                 Ok(_) => println!("connected"),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("timeout"),
                 Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
             }
             Ok(0)
