@@ -554,7 +554,10 @@ impl Agent {
     pub fn events(&self) -> Vec<serde_json::Value> {
         let text =
             std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
-        text.lines()
+        // the agent may be writing the last line right now: only complete lines count
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
             .collect()
     }
