@@ -2,7 +2,7 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `fuzz`, `bench syscalls|launch`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod bench_policy;
 mod setup;
 
 #[derive(Parser)]
