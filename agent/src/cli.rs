@@ -47,25 +47,31 @@ pub enum PolicyCommand {
     /// Exits 2 when a file is invalid.
     #[command(after_help = POLICY_EXAMPLES)]
     Check {
+        /// Policy files or directories (every *.yaml / *.yml inside).
         #[arg(value_name = "FILE", required = true)]
         files: Vec<PathBuf>,
     },
     /// What the agent enforces: policies, their modes and the cgroups they apply to.
     Status {
+        /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
         socket: PathBuf,
     },
     /// Switch a policy between audit (report only) and enforce, without a restart.
     Mode {
+        /// The policy's name (metadata.name).
         name: String,
+        /// `audit` (report what would be blocked) or `enforce`.
         #[arg(value_parser = ["audit", "enforce"])]
         mode: String,
+        /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
         socket: PathBuf,
     },
     /// Reload the policy files now (as SIGHUP does); an invalid file is rejected and the
     /// previous policies stay.
     Reload {
+        /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
         socket: PathBuf,
     },
@@ -85,6 +91,7 @@ pub enum PolicyCommand {
         /// Name of the policy written [default: CONTAINER-learned].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
         socket: PathBuf,
     },
