@@ -62,6 +62,8 @@ pub enum AgentError {
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     EventLog(#[from] sink::SinkError),
+    #[error("policy files rejected:\n{0}")]
+    Policy(String),
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpError),
 }
@@ -98,6 +100,8 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     }
     let mounts = Mounts::detect()?;
     let unified_root = mounts.unified_root(config.cgroup_root.as_deref())?;
+    // Invalid policy files stop the start-up before anything exists.
+    let policies = crate::policy::load_initial(&config.policy).map_err(AgentError::Policy)?;
     // Bind first: a busy port must fail before anything is loaded.
     let listener = bind(config.listen).await?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
@@ -131,6 +135,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
         },
         mounts,
         unified_root,
+        policies,
     )
     .await;
     // Whatever happened after the bind, leave no socket file behind.
@@ -152,6 +157,7 @@ async fn serve_all(
     listeners: Listeners,
     mounts: Mounts,
     unified_root: PathBuf,
+    policies: palisade_policy::PolicySet,
 ) -> Result<(), AgentError> {
     let control_path = config.control_socket.clone();
     let Listeners {
@@ -233,6 +239,14 @@ async fn serve_all(
         ],
     };
     let hub = Arc::new(Hub::new(config.events.queue));
+    let (policy, policy_task) = crate::policy::start(crate::policy::Start {
+        cfg: config.policy.clone(),
+        set: policies,
+        unified_root: unified_root.clone(),
+        tracefs: tracefs.clone(),
+        mounts: mounts.clone(),
+        hub: hub.clone(),
+    });
     let shared = Arc::new(Shared {
         state: tokio::sync::Mutex::new(State {
             registry: Registry::new(config.identity.max_cgroups),
@@ -254,6 +268,7 @@ async fn serve_all(
         ),
         unified_root,
         hub: hub.clone(),
+        policy: policy.clone(),
         config,
     });
 
@@ -269,6 +284,8 @@ async fn serve_all(
         let st = shared.state.lock().await;
         info!(cgroups = st.registry.len(), "cgroup tree walked");
     }
+    // Policies apply once every cgroup is known (adopted pinned state stays in force until then).
+    shared.policy_sync(true).await;
 
     let otlp = crate::otlp::start(&shared.config.otlp, hub.clone())?;
     let mut tasks = Vec::new();
@@ -305,6 +322,8 @@ async fn serve_all(
     }));
 
     tasks.push(tokio::spawn(crate::control::serve(control, shared.clone())));
+    tasks.push(policy_task);
+    tasks.push(tokio::spawn(reload_on_sighup(policy)));
 
     if let Some(path) = &ready_file {
         write_ready(path, listen_addr)?;
@@ -324,8 +343,26 @@ async fn serve_all(
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
-    info!("eBPF programs detached; nothing pinned; bye");
+    if shared.config.policy.pin_dir.join("maps").exists() {
+        info!(pin_dir = %shared.config.policy.pin_dir.display(), "telemetry detached; policy enforcement stays pinned (`palisade agent --cleanup` removes it); bye");
+    } else {
+        info!("eBPF programs detached; nothing pinned; bye");
+    }
     served.map_err(AgentError::Serve)
+}
+
+/// SIGHUP reloads the policy files (an invalid file is rejected; the previous policies stay).
+async fn reload_on_sighup(policy: crate::policy::Handle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; reload with `palisade policy reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading policies");
+        // the policy task logs each error with its file:line:column
+        let _ = policy.reload().await;
+    }
 }
 
 /// Writes the listen address atomically (tests and service managers wait for this file).

@@ -134,6 +134,7 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> 
                 procs_live: 0,
                 net: None,
                 network: None,
+                policy: None,
             },
             &own,
         )

@@ -35,7 +35,74 @@ pub enum Command {
     /// registered with the agent before it runs.
     #[command(after_help = crate::launcher::HELP)]
     Run(RunArgs),
+    /// Policies: validate files, see and switch what a running agent enforces, learn a policy
+    /// from a running workload.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files or directories: errors as file:line:column, conflicts explained.
+    /// Exits 2 when a file is invalid.
+    #[command(after_help = POLICY_EXAMPLES)]
+    Check {
+        /// Policy files or directories (every *.yaml / *.yml inside).
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// What the agent enforces: policies, their modes and the cgroups they apply to.
+    Status {
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        socket: PathBuf,
+    },
+    /// Switch a policy between audit (report only) and enforce, without a restart.
+    Mode {
+        /// The policy's name (metadata.name).
+        name: String,
+        /// `audit` (report what would be blocked) or `enforce`.
+        #[arg(value_parser = ["audit", "enforce"])]
+        mode: String,
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        socket: PathBuf,
+    },
+    /// Reload the policy files now (as SIGHUP does); an invalid file is rejected and the
+    /// previous policies stay.
+    Reload {
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        socket: PathBuf,
+    },
+    /// Record what a container does for a while and write the smallest policy that allows it.
+    Learn {
+        /// Container name or id (a glob).
+        #[arg(long, value_name = "NAME")]
+        container: String,
+        /// How long to watch.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, value_enum, default_value = "policy")]
+        format: crate::policy::cli::LearnFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Name of the policy written [default: CONTAINER-learned].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        socket: PathBuf,
+    },
+}
+
+const POLICY_EXAMPLES: &str = "\
+Examples:
+  palisade policy check policy/examples/          every policy file in a directory
+  palisade policy learn --container web --duration 2m -o web.yaml
+  palisade policy mode web enforce                after watching it in audit mode
+  palisade run --name web-0 --policy web.yaml -- /usr/sbin/nginx";
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
@@ -53,7 +120,8 @@ pub struct EventsArgs {
     /// Only events of containers whose name or id matches GLOB (repeatable).
     #[arg(long = "container", value_name = "GLOB")]
     pub containers: Vec<String>,
-    /// Only these types (repeatable): exec, exit, oom, container_start, container_stop.
+    /// Only these types (repeatable): exec, exit, oom, container_start, container_stop, flow,
+    /// policy_violation.
     #[arg(long = "type", value_name = "TYPE")]
     pub types: Vec<String>,
     /// The agent's control socket.
@@ -99,9 +167,13 @@ pub struct AgentArgs {
     /// Print the default configuration (commented YAML) and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Validate the configuration and exit.
+    /// Validate the configuration (and the policy files it names) and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Remove the pinned policy enforcement state (`policy.pin_dir`), print what was removed,
+    /// and exit.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 /// `palisade run`: flags override what a bundle's config.json says.
@@ -157,6 +229,11 @@ pub struct RunArgs {
     /// The agent's control socket [default: /run/palisade/agent.sock].
     #[arg(long, value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,
+    /// Policy file: the policy selecting this workload (by workload name or cgroup path)
+    /// becomes its seccomp filter (syscall rules), its cgroup limits (resources) and, through
+    /// the agent, its exec and network rules, all in force from its first instruction.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The command and its arguments (after `--`); with --bundle, replaces process.args.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

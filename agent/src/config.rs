@@ -54,6 +54,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub processes: ProcessesConfig,
     pub network: NetworkConfig,
+    pub policy: crate::policy::PolicyConfig,
     /// OTLP log export of every event.
     pub otlp: crate::otlp::OtlpConfig,
 }
@@ -72,6 +73,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             processes: ProcessesConfig::default(),
             network: NetworkConfig::default(),
+            policy: crate::policy::PolicyConfig::default(),
             otlp: crate::otlp::OtlpConfig::default(),
         }
     }
@@ -446,6 +448,12 @@ impl Config {
                     .into(),
             });
         }
+        if let Err(message) = self.policy.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            });
+        }
         if self.identity.rescan_interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -523,6 +531,11 @@ mod tests {
         assert_eq!(c.network.peer_prefix_v4, d.network.peer_prefix_v4);
         assert_eq!(c.network.peer_prefix_v6, d.network.peer_prefix_v6);
         assert_eq!(c.network.max_peer_series, d.network.max_peer_series);
+        assert_eq!(c.policy.paths, d.policy.paths);
+        assert_eq!(c.policy.pin_dir, d.policy.pin_dir);
+        assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
+        assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
+        assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
         assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
         assert_eq!(c.otlp.protocol, d.otlp.protocol);
         assert_eq!(c.otlp.timeout, d.otlp.timeout);

@@ -13,6 +13,11 @@
 //!   everything. When the subscriber falls behind, a `{"type":"events_lost","count":N}` line
 //!   says how many events it missed.
 //!
+//! - Policies: `{"op":"policy_status"}`, `{"op":"policy_mode","name":"web","mode":"audit"}`,
+//!   `{"op":"policy_reload"}`, `{"op":"policy_learn","container":"web","duration_ms":60000}`
+//!   (answers when the window is over) → `{"ok":true,"data":...}`. A `register` may carry the
+//!   workload's `policy` (see `crate::policy::LaunchPolicy`), enforced before the reply.
+//!
 //! Errors reply `{"ok":false,"error":"..."}`; the connection stays open for further requests.
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -58,6 +63,9 @@ pub enum Request {
         cgroup_id: u64,
         /// Path relative to the unified root, e.g. `/palisade/web-0`.
         cgroup_path: String,
+        /// The workload's policies (`palisade run --policy`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<crate::policy::LaunchPolicy>,
     },
     Subscribe {
         /// Globs over container names and ids.
@@ -66,6 +74,18 @@ pub enum Request {
         /// Event types (`exec`, `exit`, `oom`, `container_start`, `container_stop`).
         #[serde(default)]
         types: Vec<String>,
+    },
+    PolicyStatus {},
+    PolicyMode {
+        name: String,
+        /// `audit` or `enforce`.
+        mode: String,
+    },
+    PolicyReload {},
+    PolicyLearn {
+        /// Glob over container names and ids.
+        container: String,
+        duration_ms: u64,
     },
 }
 
@@ -97,6 +117,9 @@ pub struct Reply {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Policy operations' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -223,6 +246,7 @@ async fn handle(req: Request, shared: &Shared) -> Reply {
             name,
             cgroup_id,
             cgroup_path,
+            policy,
         } => {
             if !valid_name(&name) {
                 return Reply::err(format!(
@@ -239,12 +263,52 @@ async fn handle(req: Request, shared: &Shared) -> Reply {
                 .await
             {
                 Ok(()) => {
+                    if let Err(e) =
+                        crate::policy::on_register(shared, cgroup_id, policy.as_ref()).await
+                    {
+                        return Reply::err(format!("policy: {e}"));
+                    }
                     info!(container = %name, cgroup_id, cgroup_path, "workload registered");
                     Reply::ok()
                 }
                 Err(e) => Reply::err(e.to_string()),
             }
         }
+        Request::PolicyStatus {} => data(shared.policy.status().await),
+        Request::PolicyMode { name, mode } => match palisade_policy::Mode::parse(&mode) {
+            None => Reply::err(format!("unknown mode `{mode}` (audit or enforce)")),
+            Some(m) => data(
+                shared
+                    .policy
+                    .mode(name, m)
+                    .await
+                    .map(|()| serde_json::Value::Null),
+            ),
+        },
+        Request::PolicyReload {} => data(shared.policy.reload().await.map(serde_json::Value::from)),
+        Request::PolicyLearn {
+            container,
+            duration_ms,
+        } => data(
+            crate::policy::learn::learn(
+                shared,
+                &container,
+                std::time::Duration::from_millis(duration_ms),
+            )
+            .await
+            .map(|l| crate::policy::learn::to_json(&l)),
+        ),
+    }
+}
+
+fn data(r: Result<serde_json::Value, String>) -> Reply {
+    match r {
+        Ok(d) => Reply {
+            ok: true,
+            data: (!d.is_null()).then_some(d),
+            ..Reply::default()
+        },
+        Err(e) => Reply::err(e),
     }
 }
 
@@ -263,7 +327,8 @@ mod tests {
             Request::Register {
                 name: "web-0".into(),
                 cgroup_id: 7,
-                cgroup_path: "/palisade/web-0".into()
+                cgroup_path: "/palisade/web-0".into(),
+                policy: None,
             }
         );
         assert_eq!(

@@ -17,6 +17,7 @@ mod metrics;
 mod model;
 mod net;
 mod otlp;
+mod policy;
 mod procs;
 mod resources;
 mod server;
@@ -69,6 +70,36 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(e.exit_code(), e),
         },
+        Command::Policy(cmd) => policy_main(cmd),
+    }
+}
+
+fn policy_main(cmd: cli::PolicyCommand) -> ExitCode {
+    use cli::PolicyCommand as P;
+    let r = match cmd {
+        P::Check { files } => return ExitCode::from(policy::cli::check(&files)),
+        P::Status { socket } => policy::cli::status(&socket),
+        P::Mode { name, mode, socket } => policy::cli::mode(&socket, &name, &mode),
+        P::Reload { socket } => policy::cli::reload(&socket),
+        P::Learn {
+            container,
+            duration,
+            format,
+            output,
+            name,
+            socket,
+        } => policy::cli::learn(&policy::cli::LearnArgs {
+            socket: &socket,
+            container: &container,
+            duration,
+            format,
+            output: output.as_deref(),
+            name: name.as_deref(),
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_FAILURE, e),
     }
 }
 
@@ -126,6 +157,18 @@ fn agent_main(args: AgentArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if args.cleanup {
+        return match policy::cleanup(&config.policy) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        };
+    }
+    if let Err(e) = policy::load_initial(&config.policy) {
+        return fail(EXIT_USAGE, format!("policy files rejected:\n{e}"));
+    }
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;

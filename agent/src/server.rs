@@ -40,6 +40,13 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>) -> Response {
         )
             .into_response();
     }
+    shared.policy.sweep().await;
+    let policy = shared
+        .policy
+        .snapshot
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
     let st = shared.state.lock().await;
     let rendered = metrics::render(
         &metrics::Inputs {
@@ -52,6 +59,7 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>) -> Response {
             procs_live: st.procs.len(),
             net: shared.config.network.enabled.then_some(&st.net),
             network: Some(&shared.config.network),
+            policy: Some(&policy),
         },
         &shared.own,
     );

@@ -42,6 +42,8 @@ pub struct Shared {
     pub unified_root: PathBuf,
     pub hub: Arc<Hub>,
     pub resources: resources::Reader,
+    /// The policy engine (idle when no policy exists).
+    pub policy: crate::policy::Handle,
 }
 
 pub fn selected(patterns: &[Pattern], identity: &Identity) -> bool {
@@ -79,6 +81,13 @@ fn process_ref(p: &Proc) -> ProcessRef {
 impl Shared {
     /// Tells the kernel to trace newly known cgroups when a filter is set and they match.
     pub(crate) async fn select_new(&self, identities: Vec<Identity>) {
+        if self.policy.active() && !identities.is_empty() {
+            let t = identities
+                .iter()
+                .map(crate::policy::TargetInfo::of)
+                .collect();
+            self.policy.send(crate::policy::Cmd::Upsert(t)).await;
+        }
         if self.config.syscalls.cgroups.is_empty() {
             return;
         }
@@ -189,10 +198,27 @@ impl Shared {
             }
         }
         self.select_new(new).await;
+        self.policy_sync(false).await;
         if let Some(flows) = &snap.flows {
             self.flow_pass(flows, snap.flows_created).await?;
         }
         Ok(())
+    }
+
+    /// Gives the policy engine every live cgroup (names may have changed since it last saw
+    /// them); skipped when no policy exists unless `always` (the first sync at start-up).
+    pub async fn policy_sync(&self, always: bool) {
+        if !always && !self.policy.active() {
+            return;
+        }
+        let live = {
+            let st = self.state.lock().await;
+            st.registry
+                .live()
+                .map(crate::policy::TargetInfo::of)
+                .collect()
+        };
+        self.policy.send(crate::policy::Cmd::Sync(live)).await;
     }
 
     /// Names a launcher workload and makes sure the kernel traces it (registering opts in, even
@@ -246,6 +272,12 @@ impl Shared {
             }
             KernelEvent::Cgroup(CgroupChange::Removed { cgroup_id, path }) => {
                 debug!(cgroup_id, path, "cgroup removed");
+                if self.policy.active() {
+                    let p = self.policy.clone();
+                    tokio::spawn(
+                        async move { p.send(crate::policy::Cmd::Remove(cgroup_id)).await },
+                    );
+                }
                 st.registry
                     .mark_removed(cgroup_id, Some(&path), Instant::now());
                 if let Some(i) = st.registry.get(cgroup_id).filter(|i| i.started) {

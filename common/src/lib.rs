@@ -8,6 +8,7 @@
 
 pub mod names;
 pub mod net;
+pub mod policy;
 pub mod process;
 pub mod syscalls;
 
@@ -117,6 +118,30 @@ mod pod {
     unsafe impl aya::Pod for crate::net::SockInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::net::ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::CgroupPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::SyscallVerdicts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ExecConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ExecKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ExecRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::NetRuleSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::RuleInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ViolationKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ViolationState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::EnterSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ArgKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::ArgRule {}
 }
 
 #[cfg(test)]
@@ -156,5 +181,26 @@ mod tests {
         assert_eq!(size_of::<net::SockInfo>(), 24);
         assert_eq!(size_of::<net::ListenKey>(), 16);
         assert!(EXEC_ARGS_MAX.is_power_of_two() && EXEC_FILENAME_MAX.is_power_of_two());
+        use policy::*;
+        assert_eq!(size_of::<CgroupPolicy>(), 8);
+        assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS);
+        assert_eq!(size_of::<EnterSlot>(), 8);
+        assert_eq!(size_of::<ExecConf>(), 8);
+        assert_eq!(size_of::<ExecKey>(), 16);
+        assert_eq!(size_of::<ExecRule>(), 8);
+        assert_eq!(size_of::<NetRule>(), 32);
+        assert_eq!(size_of::<NetRuleSet>(), 16 + 32 * MAX_NET_RULES);
+        assert_eq!(size_of::<RuleInfo>(), 16 + 2 * RULE_NAME_MAX);
+        assert_eq!(size_of::<ViolationKey>(), 16);
+        assert_eq!(size_of::<ViolationState>(), 24);
+        assert_eq!(size_of::<NetTuple>(), 40);
+        assert_eq!(size_of::<ArgCond>(), 24);
+        assert_eq!(size_of::<ArgAlt>(), 8 + 24 * MAX_ARG_CONDS);
+        assert_eq!(size_of::<ArgRule>(), 8 + size_of::<ArgAlt>() * MAX_ARG_ALTS);
+        assert_eq!(size_of::<ArgKey>(), 8);
+        assert_eq!(
+            size_of::<PolicyEvent>(),
+            32 + 24 + 16 + 40 + 8 + POLICY_PATH_MAX
+        );
     }
 }

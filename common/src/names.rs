@@ -121,3 +121,63 @@ pub const PROG_NET_INGRESS: &str = "net_ingress";
 pub const PROG_TCP_OPS: &str = "tcp_ops";
 /// Per-CPU array: index 0 = flows inserted into `FLOWS` (for the eviction count).
 pub const MAP_NET_COUNTERS: &str = "NET_COUNTERS";
+
+// The policy object (`palisade-policy`): every map below is pinned under the pin directory.
+
+/// Hash: cgroup id → [`crate::policy::CgroupPolicy`].
+pub const MAP_POLICY_CGROUPS: &str = "POLICY_CGROUPS";
+/// Array: slot → [`crate::policy::SyscallVerdicts`].
+pub const MAP_POLICY_SYSCALLS: &str = "POLICY_SYSCALLS";
+/// Hash: [`crate::policy::ArgKey`] → [`crate::policy::ArgRule`] (run-time argument checks).
+pub const MAP_POLICY_ARGS: &str = "POLICY_ARGS";
+/// Array: `tid & mask` → [`crate::policy::EnterSlot`].
+pub const MAP_POLICY_ENTER: &str = "POLICY_ENTER";
+/// Array: slot → [`crate::policy::ExecConf`].
+pub const MAP_POLICY_EXEC_CONF: &str = "POLICY_EXEC_CONF";
+/// Hash: [`crate::policy::ExecKey`] → [`crate::policy::ExecRule`].
+pub const MAP_POLICY_EXEC: &str = "POLICY_EXEC";
+/// Array: `slot * 2 + direction` → [`crate::policy::NetRuleSet`].
+pub const MAP_POLICY_NET: &str = "POLICY_NET";
+/// Array: rule id → [`crate::policy::RuleInfo`].
+pub const MAP_POLICY_RULES: &str = "POLICY_RULES";
+/// LRU hash: [`crate::policy::ViolationKey`] → [`crate::policy::ViolationState`].
+pub const MAP_POLICY_VIOLATIONS: &str = "POLICY_VIOLATIONS";
+/// Array of `u64` settings ([`crate::policy::config`]).
+pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
+/// Ring buffer of [`crate::policy::PolicyEvent`]s.
+pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
+/// Per-CPU array: index 0 = violation events lost to a full ring buffer.
+pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
+
+/// Every pinned map of the policy object.
+pub const POLICY_MAPS: [&str; 12] = [
+    MAP_POLICY_CGROUPS,
+    MAP_POLICY_SYSCALLS,
+    MAP_POLICY_ARGS,
+    MAP_POLICY_ENTER,
+    MAP_POLICY_EXEC_CONF,
+    MAP_POLICY_EXEC,
+    MAP_POLICY_NET,
+    MAP_POLICY_RULES,
+    MAP_POLICY_VIOLATIONS,
+    MAP_POLICY_CONFIG,
+    MAP_POLICY_EVENTS,
+    MAP_POLICY_LOSS,
+];
+
+/// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
+pub const PROG_POLICY_SYS_ENTER: &str = "policy_sys_enter";
+pub const PROG_POLICY_SYS_EXIT: &str = "policy_sys_exit";
+pub const PROG_POLICY_EXEC: &str = "policy_exec";
+pub const PROG_POLICY_CONNECT4: &str = "policy_connect4";
+pub const PROG_POLICY_CONNECT6: &str = "policy_connect6";
+pub const PROG_POLICY_SENDMSG4: &str = "policy_sendmsg4";
+pub const PROG_POLICY_SENDMSG6: &str = "policy_sendmsg6";
+pub const PROG_POLICY_BIND4: &str = "policy_bind4";
+pub const PROG_POLICY_BIND6: &str = "policy_bind6";
+pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
+
+/// Globals of the policy object.
+pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";
+pub const GLOBAL_POLICY_EXEC_OFF_FILENAME: &str = "POLICY_EXEC_OFF_FILENAME";
+pub const GLOBAL_POLICY_ENTER_MASK: &str = "POLICY_ENTER_MASK";

@@ -6,6 +6,7 @@
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod launch;
+pub mod policy;
 
 use std::{
     collections::BTreeMap,
@@ -553,7 +554,10 @@ impl Agent {
     pub fn events(&self) -> Vec<serde_json::Value> {
         let text =
             std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
-        text.lines()
+        // the agent may be writing the last line right now: only complete lines count
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
             .collect()
     }
@@ -698,6 +702,12 @@ impl Agent {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// SIGKILL: the agent gets no chance to clean anything up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait (at most 30 s); returns the exit status.

@@ -41,6 +41,16 @@ pub enum Bench {
         #[arg(short, long, default_value_t = 3)]
         reps: u32,
     },
+    /// What the policy sys_enter hook adds per syscall (cgroups without and with a policy),
+    /// as paired differences against the same agent with the hook detached.
+    Policy {
+        /// Calls per measurement.
+        #[arg(short = 'n', long, default_value_t = 2_000_000)]
+        calls: u64,
+        /// Paired rounds (medians are reported).
+        #[arg(short, long, default_value_t = 15)]
+        rounds: u32,
+    },
     /// Start-to-exit time of /bin/true from the same OCI bundle with Docker's seccomp profile
     /// under `palisade run`, `crun run` and `runc run` (plus spawn, unshare, bwrap), measured
     /// with hyperfine in one run; prints palisade/crun and palisade/runc.
@@ -68,6 +78,10 @@ pub fn run(which: Bench) -> Result<()> {
             crate::bench_agent::exec_events(execs)
         }
         Bench::Launch { runs } => launch(runs),
+        Bench::Policy { calls, rounds } => {
+            build(true)?;
+            crate::bench_policy::policy(calls, rounds)
+        }
     }
 }
 

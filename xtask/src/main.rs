@@ -2,7 +2,7 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `bench syscalls|launch`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod bench_policy;
 mod setup;
 
 #[derive(Parser)]
@@ -46,6 +47,11 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings on every crate, the eBPF crate included.
     Lint,
+    /// Fuzz the policy parser (cargo fuzz, nightly) for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 30)]
+        seconds: u32,
+    },
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Lint => setup::run().and_then(|()| lint()),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };
     match r {
@@ -197,7 +204,46 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    exec(&mut cmd)
+    exec(&mut cmd)?;
+    if filter.is_none() {
+        fuzz(30)?;
+    }
+    Ok(())
+}
+
+/// Runs the policy parser fuzz target for `seconds`, from the committed seeds (new inputs go
+/// to a scratch corpus, crashes to fuzz/artifacts/).
+fn fuzz(seconds: u32) -> Result<()> {
+    step(&format!(
+        "fuzzing the policy parser for {seconds} s (cargo fuzz, nightly)"
+    ));
+    let corpus = std::env::temp_dir().join(format!("palisade-fuzz-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&corpus).with_context(|| format!("mkdir {}", corpus.display()))?;
+    let r = exec(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "fuzz",
+            ])
+            .arg("policy_parser")
+            .arg(&corpus)
+            .arg("fuzz/seeds/policy_parser")
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args([
+                "-max_len=4096",
+                "-timeout=10",
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ]),
+    );
+    let _ = std::fs::remove_dir_all(&corpus);
+    r
 }
 
 // libc is not a dependency of xtask; one extern declaration is enough.

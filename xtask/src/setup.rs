@@ -6,6 +6,7 @@
 //! 2. `rust-src` for the nightly toolchain (the eBPF crate is built with `-Z build-std=core`).
 //! 3. `bpf-linker` 0.13 linked against the LLVM that ships inside the nightly rustc, through a
 //!    prefix of symlinks kept under `~/.local/share/palisade/` (the binary's rpath points there).
+//! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -55,6 +56,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3",
         "converts Docker's seccomp profile for the peer runtimes' bundles",
     ),
+    (
+        "python3-yaml",
+        "the policy JSON Schema test reads the example policies",
+    ),
+    (
+        "python3-jsonschema",
+        "the policy JSON Schema test validates the examples against policy/schema.json",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -66,7 +75,28 @@ pub fn run() -> Result<()> {
     rust_src()?;
     step("setup: bpf-linker");
     bpf_linker()?;
+    step("setup: cargo-fuzz");
+    cargo_fuzz()?;
     Ok(())
+}
+
+/// `cargo install cargo-fuzz` unless `cargo fuzz` already works.
+fn cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        eprintln!("    ok");
+        return Ok(());
+    }
+    eprintln!("    installing cargo-fuzz (a few minutes, once)");
+    exec(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            // the machine's default toolchain, not this repository's pinned one
+            .current_dir(home()?),
+    )
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -24,16 +24,18 @@ pub enum EventType {
     ContainerStart,
     ContainerStop,
     Flow,
+    PolicyViolation,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
         EventType::ContainerStart,
         EventType::ContainerStop,
         EventType::Flow,
+        EventType::PolicyViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +46,7 @@ impl EventType {
             EventType::ContainerStart => "container_start",
             EventType::ContainerStop => "container_stop",
             EventType::Flow => "flow",
+            EventType::PolicyViolation => "policy_violation",
         }
     }
 
@@ -108,6 +111,9 @@ pub struct Event {
     /// `flow`: the flow record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<crate::net::FlowRecord>,
+    /// `policy_violation`: which policy and rule, what happened, and to what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<crate::policy::Violation>,
 }
 
 impl Event {
@@ -122,6 +128,7 @@ impl Event {
             signal: None,
             lifetime_seconds: None,
             flow: None,
+            violation: None,
         }
     }
 }
@@ -266,6 +273,7 @@ mod tests {
             signal: None,
             lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
             flow: None,
+            violation: None,
         }
     }
 

@@ -13,6 +13,9 @@ pub static PROGRAMS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
 pub static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-probes"));
+/// The enforcement programs (policies), loaded by `crate::policy::bpf`.
+pub static POLICY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-policy"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

@@ -15,6 +15,7 @@ mod json;
 mod mounts;
 mod oci;
 mod plan;
+mod policy;
 mod process;
 mod register;
 mod seccomp;
@@ -156,6 +157,15 @@ fn take_report(fd: &OwnedFd) -> Option<(u8, String)> {
 pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     validate::root()?;
     let mut plan = build_plan(args)?;
+    let policy = match &args.policy {
+        Some(file) => Some(policy::prepare(
+            file,
+            &plan.names(),
+            &mut plan,
+            args.seccomp.is_some(),
+        )?),
+        None => None,
+    };
     plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;
     let mounts = crate::cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
@@ -188,9 +198,20 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
         .agent_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+    // exec and network rules only exist in the agent: without it they would silently not apply
+    let policy_needs_agent = policy.as_ref().filter(|p| !p.needs_agent.is_empty());
+    let require_agent = args.require_agent || policy_needs_agent.is_some();
     let mut agent = match register::AgentConn::connect(&socket) {
         Ok(c) => Some(c),
-        Err(e) if args.require_agent => return Err(LaunchError::Agent(e)),
+        Err(e) if require_agent => {
+            return Err(LaunchError::Agent(match policy_needs_agent {
+                Some(p) => format!(
+                    "{e}; the exec and network rules of policy {} are enforced by the agent",
+                    p.needs_agent.join(", ")
+                ),
+                None => e,
+            }));
+        }
         Err(e) => {
             eprintln!(
                 "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
@@ -207,9 +228,9 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     for (i, name) in names.iter().enumerate() {
         let cg = cgroup::Cgroup::create(&layout, name, &stale[i], &plan.resources, &plan.devices)?;
         if let Some(a) = agent.as_mut()
-            && let Err(e) = a.register(name, cg.id, &cg.rel)
+            && let Err(e) = a.register(name, cg.id, &cg.rel, policy.as_ref().map(|p| &p.wire))
         {
-            if args.require_agent {
+            if require_agent {
                 started.0.push(placeholder(name, cg)?);
                 return Err(LaunchError::Agent(e));
             }
@@ -260,7 +281,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     if let Some(a) = agent.as_mut() {
         for r in &started.0 {
             if let Err(e) = a.reply() {
-                if args.require_agent {
+                if require_agent {
                     return Err(LaunchError::Agent(e));
                 }
                 eprintln!("palisade: warning: {e}; {} runs without telemetry", r.name);

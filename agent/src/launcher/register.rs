@@ -66,11 +66,13 @@ impl AgentConn {
         name: &str,
         cgroup_id: u64,
         cgroup_path: &str,
+        policy: Option<&crate::policy::LaunchPolicy>,
     ) -> Result<(), String> {
         self.send(&Request::Register {
             name: name.to_owned(),
             cgroup_id,
             cgroup_path: cgroup_path.to_owned(),
+            policy: policy.cloned(),
         })
     }
 

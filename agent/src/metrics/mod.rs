@@ -131,10 +131,12 @@ pub struct Inputs<'a> {
     /// Flow-level state (RTT histograms, per-peer totals), when network telemetry runs.
     pub net: Option<&'a crate::net::NetState>,
     pub network: Option<&'a crate::config::NetworkConfig>,
+    /// Policy counters and state, when the agent enforces policies.
+    pub policy: Option<&'a crate::policy::Snapshot>,
 }
 
 /// The cardinality cap shared by all per-container families.
-pub(crate) struct Budget {
+pub struct Budget {
     left: usize,
     pub dropped: usize,
 }
@@ -205,6 +207,9 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     // container and syscall) are the first to go when the cap bites.
     let mut fams = containers::families(inp, &mut budget);
     fams.extend(network::families(inp, &mut budget));
+    if let Some(p) = inp.policy {
+        fams.extend(crate::policy::metrics::families(p, &mut budget));
+    }
     fams.extend(syscalls::families(inp, &mut budget));
     fams.extend(own::families(inp, budget.dropped));
     fams.extend(own.registry.gather());
@@ -241,6 +246,7 @@ mod tests {
             procs_live: 0,
             net: None,
             network: None,
+            policy: None,
         }
     }
 

@@ -8,6 +8,9 @@
 //! - `stream-tcp ADDR BYTES MS`: one connection sending BYTES over about MS milliseconds.
 //! - `send-udp ADDR N SIZE`: N datagrams of SIZE bytes.
 //! - `dns ADDR NAME`: one DNS query (type A) for NAME to ADDR.
+//! - `try-connect ADDR [MS]`: one TCP connect (given up after MS ms); prints `connected`,
+//!   `timeout`, or `error N` (the errno).
+//! - `try-bind ADDR`: binds a TCP socket; prints `bound`, or `error N`.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -98,6 +101,25 @@ fn run(args: &[String]) -> Result<i32, String> {
             let buf = vec![0x33u8; num(size)? as usize];
             for _ in 0..num(n)? {
                 u.send_to(&buf, addr(a)?).map_err(io)?;
+            }
+            Ok(0)
+        }
+        [cmd, a, rest @ ..] if cmd == "try-connect" && rest.len() <= 1 => {
+            let r = match rest.first() {
+                Some(ms) => TcpStream::connect_timeout(&addr(a)?, Duration::from_millis(num(ms)?)),
+                None => TcpStream::connect(addr(a)?),
+            };
+            match r {
+                Ok(_) => println!("connected"),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("timeout"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+            }
+            Ok(0)
+        }
+        [cmd, a] if cmd == "try-bind" => {
+            match TcpListener::bind(addr(a)?) {
+                Ok(_) => println!("bound"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
             }
             Ok(0)
         }

@@ -1,0 +1,226 @@
+//! `palisade run --policy FILE`: the policy selecting the workload becomes its seccomp filter
+//! (syscall rules, enforce mode), its cgroup limits (resources; flags win) and, sent with the
+//! registration, its exec and network rules, which the agent puts in force before the
+//! workload's first instruction.
+use std::path::Path;
+
+use palisade_policy::{
+    Mode, Policy, Target,
+    compile::seccomp_rules,
+    model::{ArgOp, SysAction},
+};
+
+use super::{
+    LaunchError,
+    plan::{CPU_PERIOD_US, Plan},
+    seccomp::{Action, ArgCmp, Op, Profile, Rule},
+};
+use crate::policy::LaunchPolicy;
+
+/// What the launcher does with a policy file.
+#[derive(Debug)]
+pub struct ForLaunch {
+    /// For the registration (the agent validates and enforces it).
+    pub wire: LaunchPolicy,
+    /// Policies with exec or network rules in enforce mode: only the agent enforces those, so
+    /// the launch is refused without one.
+    pub needs_agent: Vec<String>,
+}
+
+fn input(what: String, detail: String) -> LaunchError {
+    LaunchError::Input { what, detail }
+}
+
+fn action(a: SysAction) -> Action {
+    match a {
+        SysAction::Errno(e) => Action::Errno(e),
+        SysAction::Kill => Action::KillProcess,
+        SysAction::Log => Action::Log,
+    }
+}
+
+fn op(o: ArgOp) -> Op {
+    match o {
+        ArgOp::Eq => Op::Eq,
+        ArgOp::Ne => Op::Ne,
+        ArgOp::Lt => Op::Lt,
+        ArgOp::Le => Op::Le,
+        ArgOp::Gt => Op::Gt,
+        ArgOp::Ge => Op::Ge,
+        ArgOp::MaskedEq => Op::MaskedEq,
+    }
+}
+
+/// The seccomp profile of a policy's syscall rules (enforce mode only).
+pub fn profile(p: &Policy, source: &str) -> Option<Profile> {
+    let r = seccomp_rules(p)?;
+    Some(Profile {
+        source: format!("policy {} ({source})", p.name),
+        default_action: r.default.map_or(Action::Allow, action),
+        arches: Vec::new(),
+        rules: r
+            .rules
+            .into_iter()
+            .map(|(names, a, args)| Rule {
+                names,
+                action: a.map_or(Action::Allow, action),
+                args: args
+                    .iter()
+                    .map(|c| ArgCmp {
+                        index: c.index,
+                        value: c.value,
+                        value_two: c.value_two,
+                        op: op(c.op),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        log: false,
+        spec_allow: false,
+    })
+}
+
+/// Reads `file`, picks the policies selecting the workloads `names`, and applies them to
+/// `plan` (seccomp, limits). `seccomp_flag`: `--seccomp` was given too.
+pub fn prepare(
+    file: &Path,
+    names: &[String],
+    plan: &mut Plan,
+    seccomp_flag: bool,
+) -> Result<ForLaunch, LaunchError> {
+    let source = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        input(
+            format!("cannot read the policy {source}"),
+            format!("{e} (give a policy file; see `palisade policy check`)"),
+        )
+    })?;
+    let all = palisade_policy::parse_str(&text, &source)
+        .map_err(|e| input(format!("policy {source}"), format!("invalid:\n{e}")))?;
+    let mut picked: Option<Vec<&Policy>> = None;
+    for n in names {
+        let path = format!("/palisade/{n}");
+        let t = Target {
+            name: n,
+            runtime: "palisade",
+            path: &path,
+            workload: true,
+            ..Target::default()
+        };
+        let these: Vec<&Policy> = all.iter().filter(|p| p.selector.matches(&t)).collect();
+        match &picked {
+            None => picked = Some(these),
+            Some(first)
+                if first
+                    .iter()
+                    .map(|p| &p.name)
+                    .eq(these.iter().map(|p| &p.name)) => {}
+            Some(_) => {
+                return Err(input(
+                    format!("policy {source}"),
+                    format!(
+                        "replicas are selected by different policies (at {n}); give them one policy"
+                    ),
+                ));
+            }
+        }
+    }
+    let picked = picked.unwrap_or_default();
+    if picked.is_empty() {
+        return Err(input(
+            format!("policy {source}"),
+            format!(
+                "no policy selects workload {} (selectors: {})",
+                names.first().map(String::as_str).unwrap_or("?"),
+                all.iter()
+                    .map(|p| format!("{}: {}", p.name, p.selector.describe()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let with_syscalls: Vec<&&Policy> = picked
+        .iter()
+        .filter(|p| p.syscalls.is_some() && p.mode == Mode::Enforce)
+        .collect();
+    if with_syscalls.len() > 1 {
+        return Err(input(
+            format!("policy {source}"),
+            format!(
+                "policies {} both have syscall rules; a workload has one seccomp filter from its policy",
+                with_syscalls
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    let mut seccomp = false;
+    if let Some(p) = with_syscalls.first().and_then(|p| profile(p, &source)) {
+        if seccomp_flag {
+            return Err(LaunchError::Usage(format!(
+                "--seccomp and the syscall rules of policy {} both define the seccomp filter; give one",
+                with_syscalls.first().map_or("", |p| p.name.as_str())
+            )));
+        }
+        plan.seccomp = super::cmdline::compile_seccomp(Some(p))?;
+        seccomp = true;
+    }
+    let limits = picked
+        .iter()
+        .filter(|p| p.mode == Mode::Enforce)
+        .fold(palisade_policy::model::Resources::default(), |a, p| {
+            a.stricter(p.resources)
+        });
+    let r = &mut plan.resources;
+    if r.memory.is_none()
+        && let Some(m) = limits.memory
+    {
+        r.memory = Some(m);
+        r.memory_swap = None;
+    }
+    if r.cpu_quota.is_none()
+        && let Some(q) = limits.cpu_quota_us
+    {
+        r.cpu_quota = Some(q);
+        r.cpu_period = Some(CPU_PERIOD_US);
+    }
+    if r.pids.is_none() {
+        r.pids = limits.pids;
+    }
+    let needs_agent = picked
+        .iter()
+        .filter(|p| {
+            p.mode == Mode::Enforce
+                && (p.exec.is_some() || p.network.egress.is_some() || p.network.ingress.is_some())
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    Ok(ForLaunch {
+        wire: LaunchPolicy {
+            source,
+            text,
+            names: picked.iter().map(|p| p.name.clone()).collect(),
+            seccomp,
+        },
+        needs_agent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_becomes_a_seccomp_profile() {
+        let text = "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {name: w}\nspec:\n  selector: {workload: \"w-*\"}\n  syscalls:\n    deny: [mount, {names: [unshare], args: [{index: 0, op: masked_eq, value: 0x20000, value_two: 0x20000}]}]\n";
+        let p = palisade_policy::parse_str(text, "t.yaml").unwrap();
+        let prof = profile(&p[0], "t.yaml").unwrap();
+        assert_eq!(prof.default_action, Action::Allow);
+        assert_eq!(prof.rules[0].action, Action::Errno(1));
+        assert_eq!(prof.rules[1].args[0].op, Op::MaskedEq);
+        let c = super::super::seccomp::compile(&prof).unwrap();
+        assert!(c.unknown.is_empty());
+    }
+}

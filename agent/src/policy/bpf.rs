@@ -1,0 +1,401 @@
+//! The kernel side of policies: the `palisade-policy` object with its maps pinned under the pin
+//! directory (`maps/`), hook groups attached on demand through links pinned under `links/`.
+//!
+//! A new agent loads the object with every map reused from its pin (aya opens a pinned map
+//! instead of creating one), and adopts the pinned links of each hook group instead of
+//! attaching duplicates: enforcement never stops across an agent restart, `kill -9` included.
+//! Detaching a group unpins its links; with nothing left to enforce the whole directory goes.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+        TracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+use palisade_common::{
+    names,
+    policy::{
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecRule, NetRuleSet, POLICY_ABI,
+        RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
+    },
+};
+
+use crate::kernel::{describe_program_error, error_chain};
+
+/// Slots (distinct effective policies at once) the tables hold.
+pub const MAX_SLOTS: u32 = 256;
+/// Rule ids (`POLICY_RULES` entries); id 0 is never used.
+pub const MAX_RULES: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("cannot prepare the pin directory {path}: {detail}")]
+    PinDir { path: PathBuf, detail: String },
+    #[error(
+        "pinned policy state at {path} is from another Palisade version ({detail}); remove it with `palisade agent --cleanup`"
+    )]
+    Incompatible { path: PathBuf, detail: String },
+    #[error("the kernel refused the policy object: {0} (see `palisade doctor`)")]
+    Load(String),
+    #[error("policy map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error("attaching {program}: {detail}")]
+    Attach {
+        program: &'static str,
+        detail: String,
+    },
+}
+
+/// Hook groups, attached only while some cgroup needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    /// `sys_enter` raw tracepoint (every syscall on the host pays a lookup).
+    Syscalls,
+    /// `sys_exit` raw tracepoint: seccomp denials of launched workloads.
+    Seccomp,
+    /// `sched:sched_process_exec`.
+    Exec,
+    /// connect4/6, sendmsg4/6 on the unified root.
+    Egress,
+    /// bind4/6 and cgroup_skb ingress on the unified root.
+    Ingress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 5] = [
+        Hook::Syscalls,
+        Hook::Seccomp,
+        Hook::Exec,
+        Hook::Egress,
+        Hook::Ingress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Syscalls => "syscalls",
+            Hook::Seccomp => "seccomp",
+            Hook::Exec => "exec",
+            Hook::Egress => "egress",
+            Hook::Ingress => "ingress",
+        }
+    }
+
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Hook::Syscalls => &[names::PROG_POLICY_SYS_ENTER],
+            Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
+            Hook::Exec => &[names::PROG_POLICY_EXEC],
+            Hook::Egress => &[
+                names::PROG_POLICY_CONNECT4,
+                names::PROG_POLICY_CONNECT6,
+                names::PROG_POLICY_SENDMSG4,
+                names::PROG_POLICY_SENDMSG6,
+            ],
+            Hook::Ingress => &[
+                names::PROG_POLICY_BIND4,
+                names::PROG_POLICY_BIND6,
+                names::PROG_POLICY_INGRESS,
+            ],
+        }
+    }
+}
+
+/// Host parameters for the programs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    /// Root of the unified hierarchy (network hooks attach there).
+    pub unified_root: PathBuf,
+    /// Offset of `filename` in `sched:sched_process_exec` records (`None`: no exec rules).
+    pub exec_filename_offset: Option<u32>,
+    pub burst: u64,
+    pub interval_ns: u64,
+}
+
+/// The loaded object, its maps and the hook groups' links.
+pub struct Kernel {
+    ebpf: Ebpf,
+    opts: Options,
+    pub cgroups: HashMap<MapData, u64, CgroupPolicy>,
+    pub syscalls: Array<MapData, SyscallVerdicts>,
+    pub args: HashMap<MapData, ArgKey, ArgRule>,
+    pub exec_conf: Array<MapData, ExecConf>,
+    pub exec: HashMap<MapData, ExecKey, ExecRule>,
+    pub net: Array<MapData, NetRuleSet>,
+    pub rules: Array<MapData, RuleInfo>,
+    /// LRU hash, read through the hash type.
+    pub violations: HashMap<MapData, ViolationKey, ViolationState>,
+    pub loss: PerCpuArray<MapData, u64>,
+    /// Kept open: programs loaded later refer to every map by its descriptor.
+    _config: Array<MapData, u64>,
+    links: BTreeMap<Hook, Vec<PinnedLink>>,
+    /// Whether the maps existed before this agent (state adopted from a previous one).
+    pub adopted: bool,
+}
+
+/// The expected value size of each pinned map (a pinned map of another layout is refused).
+fn expected_value_size(map: &str) -> Option<u32> {
+    use std::mem::size_of;
+    Some(match map {
+        names::MAP_POLICY_CGROUPS => size_of::<CgroupPolicy>(),
+        names::MAP_POLICY_SYSCALLS => size_of::<SyscallVerdicts>(),
+        names::MAP_POLICY_ARGS => size_of::<ArgRule>(),
+        names::MAP_POLICY_EXEC_CONF => size_of::<ExecConf>(),
+        names::MAP_POLICY_EXEC => size_of::<ExecRule>(),
+        names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
+        names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
+        names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
+        _ => return None,
+    } as u32)
+}
+
+fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::Map {
+        map: name,
+        detail: "missing from the object (rebuild)".into(),
+    })?;
+    T::try_from(map).map_err(|e| BpfError::Map {
+        map: name,
+        detail: e.to_string(),
+    })
+}
+
+impl Kernel {
+    /// Loads the object, reusing pinned maps; adopts pinned links lazily (see [`Kernel::want`]).
+    pub fn load(opts: Options) -> Result<(Self, RingBuf<MapData>), BpfError> {
+        crate::policy::bpffs::ensure(&opts.pin_dir)?;
+        let maps = maps_dir(&opts.pin_dir);
+        let pin_err = |e: std::io::Error| BpfError::PinDir {
+            path: opts.pin_dir.clone(),
+            detail: e.to_string(),
+        };
+        std::fs::create_dir_all(&maps).map_err(pin_err)?;
+        std::fs::create_dir_all(links_dir(&opts.pin_dir)).map_err(pin_err)?;
+        let adopted = maps.join(names::MAP_POLICY_CGROUPS).exists();
+        for m in names::POLICY_MAPS {
+            let path = maps.join(m);
+            if let (true, Some(want)) = (path.exists(), expected_value_size(m)) {
+                let info = MapInfo::from_pin(&path).map_err(|e| BpfError::Incompatible {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+                if info.value_size() != want {
+                    return Err(BpfError::Incompatible {
+                        path,
+                        detail: format!("{m} values are {} bytes, not {want}", info.value_size()),
+                    });
+                }
+            }
+        }
+        let nr_offset: u64 = 15 * 8;
+        let off = opts.exec_filename_offset.unwrap_or(8);
+        let mask: u32 = 16383;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(None)
+            .override_global(names::GLOBAL_POLICY_NR_OFFSET, &nr_offset, true)
+            .override_global(names::GLOBAL_POLICY_EXEC_OFF_FILENAME, &off, true)
+            .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true);
+        let paths: Vec<(&str, PathBuf)> = names::POLICY_MAPS
+            .iter()
+            .map(|m| (*m, maps.join(m)))
+            .collect();
+        for (m, p) in &paths {
+            loader.map_pin_path(m, p.as_path());
+        }
+        let mut ebpf = loader
+            .load(crate::kernel::POLICY_OBJECT)
+            .map_err(|e| BpfError::Load(error_chain(&e)))?;
+        let mut config: Array<MapData, u64> = take(&mut ebpf, names::MAP_POLICY_CONFIG)?;
+        let map_err = |map, e: aya::maps::MapError| BpfError::Map {
+            map,
+            detail: e.to_string(),
+        };
+        let abi = config
+            .get(&cfg::ABI, 0)
+            .map_err(|e| map_err(names::MAP_POLICY_CONFIG, e))?;
+        if abi != 0 && abi != u64::from(POLICY_ABI) {
+            return Err(BpfError::Incompatible {
+                path: opts.pin_dir.clone(),
+                detail: format!("table layout {abi}, this agent uses {POLICY_ABI}"),
+            });
+        }
+        for (i, v) in [
+            (cfg::ABI, u64::from(POLICY_ABI)),
+            (cfg::BURST, opts.burst),
+            (cfg::INTERVAL_NS, opts.interval_ns),
+        ] {
+            config
+                .set(i, v, 0)
+                .map_err(|e| map_err(names::MAP_POLICY_CONFIG, e))?;
+        }
+        let events: RingBuf<MapData> = take(&mut ebpf, names::MAP_POLICY_EVENTS)?;
+        let k = Kernel {
+            cgroups: take(&mut ebpf, names::MAP_POLICY_CGROUPS)?,
+            syscalls: take(&mut ebpf, names::MAP_POLICY_SYSCALLS)?,
+            args: take(&mut ebpf, names::MAP_POLICY_ARGS)?,
+            exec_conf: take(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
+            exec: take(&mut ebpf, names::MAP_POLICY_EXEC)?,
+            net: take(&mut ebpf, names::MAP_POLICY_NET)?,
+            rules: take(&mut ebpf, names::MAP_POLICY_RULES)?,
+            violations: take(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
+            loss: take(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            _config: config,
+            ebpf,
+            opts,
+            links: BTreeMap::new(),
+            adopted,
+        };
+        Ok((k, events))
+    }
+
+    /// Hook groups currently attached.
+    pub fn attached(&self) -> Vec<Hook> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
+    pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, String)> {
+        let mut failed = Vec::new();
+        for h in Hook::ALL {
+            let has = self.links.contains_key(&h);
+            if want.contains(&h) && !has {
+                match self.attach(h) {
+                    Ok(links) => {
+                        self.links.insert(h, links);
+                    }
+                    Err(e) => failed.push((h, e.to_string())),
+                }
+            } else if !want.contains(&h) && has {
+                for l in self.links.remove(&h).unwrap_or_default() {
+                    if let Err(e) = l.unpin() {
+                        tracing::warn!(hook = h.as_str(), error = %e, "unpinning a link failed");
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// The links of `h`: adopted from their pins, or attached and pinned now.
+    fn attach(&mut self, h: Hook) -> Result<Vec<PinnedLink>, BpfError> {
+        let mut out = Vec::new();
+        for prog in h.programs() {
+            let pin = links_dir(&self.opts.pin_dir).join(prog);
+            if pin.exists() {
+                match PinnedLink::from_pin(&pin) {
+                    Ok(l) => {
+                        out.push(l);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(link = %pin.display(), error = %e, "stale pinned link replaced");
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
+            }
+            let link = self.attach_one(prog)?;
+            let pinned = link.pin(&pin).map_err(|e| BpfError::Attach {
+                program: prog,
+                detail: format!("pin {}: {e}", pin.display()),
+            })?;
+            out.push(pinned);
+        }
+        Ok(out)
+    }
+
+    fn attach_one(&mut self, prog: &'static str) -> Result<FdLink, BpfError> {
+        let att = |detail: String| BpfError::Attach {
+            program: prog,
+            detail,
+        };
+        let root = &self.opts.unified_root;
+        let cg = || File::open(root).map_err(|e| att(format!("open {}: {e}", root.display())));
+        let p = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| att("missing from the object (rebuild)".into()))?;
+        let perr = |e: aya::programs::ProgramError| att(describe_program_error(&e));
+        let lerr = |e: aya::programs::links::LinkError| att(e.to_string());
+        match prog {
+            names::PROG_POLICY_SYS_ENTER | names::PROG_POLICY_SYS_EXIT => {
+                let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
+                if p.fd().is_err() {
+                    p.load().map_err(perr)?;
+                }
+                let tp = if prog == names::PROG_POLICY_SYS_ENTER {
+                    "sys_enter"
+                } else {
+                    "sys_exit"
+                };
+                let id = p.attach(tp).map_err(perr)?;
+                Ok(p.take_link(id).map_err(perr)?.into())
+            }
+            names::PROG_POLICY_EXEC => {
+                if self.opts.exec_filename_offset.is_none() {
+                    return Err(att("tracefs is not available (exec record layout)".into()));
+                }
+                let p: &mut TracePoint = p.try_into().map_err(perr)?;
+                if p.fd().is_err() {
+                    p.load().map_err(perr)?;
+                }
+                let id = p.attach("sched", "sched_process_exec").map_err(perr)?;
+                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
+            }
+            names::PROG_POLICY_INGRESS => {
+                let p: &mut CgroupSkb = p.try_into().map_err(perr)?;
+                if p.fd().is_err() {
+                    p.load().map_err(perr)?;
+                }
+                let id = p
+                    .attach(
+                        cg()?,
+                        CgroupSkbAttachType::Ingress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(perr)?;
+                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
+            }
+            _ => {
+                let p: &mut CgroupSockAddr = p.try_into().map_err(perr)?;
+                if p.fd().is_err() {
+                    p.load().map_err(perr)?;
+                }
+                let id = p.attach(cg()?, CgroupAttachMode::Single).map_err(perr)?;
+                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
+            }
+        }
+    }
+
+    /// Violation events lost to a full ring buffer.
+    pub fn lost(&self) -> u64 {
+        self.loss.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Detaches everything and removes the pin directory (nothing left to enforce).
+    pub fn remove(mut self) -> Vec<PathBuf> {
+        let _ = self.want(&[]);
+        let dir = self.opts.pin_dir.clone();
+        drop(self);
+        crate::policy::bpffs::remove_tree(&dir)
+    }
+}

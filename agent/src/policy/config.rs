@@ -1,0 +1,59 @@
+//! The `policy:` section of the agent's configuration.
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer, de};
+
+/// Policies: where they are, where enforcement state is pinned, how violations are reported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Policy files or directories (every `*.yaml`/`*.yml` inside). Empty: no policies from
+    /// files (workloads started with `palisade run --policy` still bring their own).
+    pub paths: Vec<PathBuf>,
+    /// bpffs directory where enforcement programs' links and maps are pinned, so enforcement
+    /// survives an agent restart; `palisade agent --cleanup` removes it.
+    pub pin_dir: PathBuf,
+    /// How often the files are checked for changes (0s: only on SIGHUP or `palisade policy
+    /// reload`).
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
+    /// Violation events per (container, rule): at most `rate_limit_burst` per
+    /// `rate_limit_interval`; the rest are counted and reported as `suppressed`.
+    pub rate_limit_burst: u64,
+    #[serde(deserialize_with = "duration")]
+    pub rate_limit_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            pin_dir: PathBuf::from("/sys/fs/bpf/palisade"),
+            watch_interval: Duration::from_secs(2),
+            rate_limit_burst: 10,
+            rate_limit_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| de::Error::custom(format!("invalid duration `{s}`: {e} (e.g. 2s, 1m)")))
+}
+
+impl PolicyConfig {
+    /// Checks that need more than one field; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.pin_dir.is_absolute() {
+            return Err("policy.pin_dir must be an absolute path on bpffs".into());
+        }
+        if self.rate_limit_burst == 0 {
+            return Err("policy.rate_limit_burst must be at least 1".into());
+        }
+        if self.rate_limit_interval < Duration::from_millis(10) {
+            return Err("policy.rate_limit_interval must be at least 10ms".into());
+        }
+        Ok(())
+    }
+}

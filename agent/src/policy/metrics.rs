@@ -1,0 +1,72 @@
+//! Policy metric families (rendered with the others on `/metrics`).
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::Snapshot;
+use crate::metrics::{Budget, counter, family, gauge};
+
+pub(crate) fn families(s: &Snapshot, budget: &mut Budget) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let mut f = family(
+        "palisade_policy_violations_total",
+        "Policy violations by policy, rule, what happened (errno, kill, log, drop, would_block) and container; every violation counts, rate-limited events or not.",
+        MetricType::COUNTER,
+    );
+    if budget.take(s.violations.len()) {
+        for ((policy, rule, action, container), n) in &s.violations {
+            f.mut_metric().push(counter(
+                &[
+                    ("policy", policy),
+                    ("rule", rule),
+                    ("action", action),
+                    ("container", container),
+                ],
+                *n as f64,
+            ));
+        }
+    }
+    out.push(f);
+    let mut f = family(
+        "palisade_policy_reloads_total",
+        "Policy files reloaded (SIGHUP, file change, `palisade policy reload`).",
+        MetricType::COUNTER,
+    );
+    f.mut_metric().push(counter(&[], s.reloads as f64));
+    out.push(f);
+    let mut f = family(
+        "palisade_policy_reload_errors_total",
+        "Reloads rejected because a policy file was invalid (the previous policies stayed in force).",
+        MetricType::COUNTER,
+    );
+    f.mut_metric().push(counter(&[], s.reload_errors as f64));
+    out.push(f);
+    let mut f = family(
+        "palisade_policy_cgroups",
+        "Cgroups each policy applies to, with its current mode.",
+        MetricType::GAUGE,
+    );
+    for ((policy, mode), n) in &s.cgroups {
+        f.mut_metric()
+            .push(gauge(&[("policy", policy), ("mode", mode)], *n as f64));
+    }
+    out.push(f);
+    if s.loaded {
+        let mut f = family(
+            "palisade_policy_hook_attached",
+            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, ingress.",
+            MetricType::GAUGE,
+        );
+        for (hook, on) in &s.hooks {
+            f.mut_metric()
+                .push(gauge(&[("hook", hook)], if *on { 1.0 } else { 0.0 }));
+        }
+        out.push(f);
+        let mut f = family(
+            "palisade_policy_events_lost_total",
+            "Violation events lost to a full ring buffer (the counts stay exact).",
+            MetricType::COUNTER,
+        );
+        f.mut_metric().push(counter(&[], s.lost as f64));
+        out.push(f);
+    }
+    out
+}

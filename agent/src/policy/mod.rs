@@ -1,0 +1,133 @@
+//! Policies in the agent: the engine that applies them to cgroups (kernel tables of the
+//! `palisade-policy` object, pinned; cgroupfs limits), violations as events and metrics, the
+//! control-socket operations (`palisade policy status|mode|reload|learn`) and their clients.
+//!
+//! The policy format, validation and compilation live in the `palisade-policy` crate.
+pub mod bpf;
+pub mod bpffs;
+pub mod cli;
+mod config;
+mod engine;
+pub mod learn;
+pub mod metrics;
+mod report;
+mod resources;
+mod tables;
+mod task;
+mod violation;
+
+use std::sync::Arc;
+
+pub use config::PolicyConfig;
+pub use engine::{Launched, TargetInfo};
+use serde::{Deserialize, Serialize};
+pub use task::{Cmd, Handle, Snapshot};
+pub use violation::Violation;
+
+use crate::{events::Hub, state::Shared};
+
+/// The policies a launcher sends with a registration: the policy file's text, which of its
+/// policies select the workload, and whether its seccomp filter carries their syscall rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchPolicy {
+    /// The file's path (for messages).
+    pub source: String,
+    pub text: String,
+    pub names: Vec<String>,
+    pub seccomp: bool,
+}
+
+impl LaunchPolicy {
+    /// The selected policies, validated again by the agent.
+    pub fn policies(&self) -> Result<Vec<palisade_policy::Policy>, String> {
+        let all =
+            palisade_policy::parse_str(&self.text, &self.source).map_err(|e| e.to_string())?;
+        let picked: Vec<_> = all
+            .into_iter()
+            .filter(|p| self.names.contains(&p.name))
+            .collect();
+        if picked.len() != self.names.len() {
+            return Err(format!(
+                "the registration names policies {:?} that {} does not hold",
+                self.names, self.source
+            ));
+        }
+        Ok(picked)
+    }
+}
+
+/// Reads the configured policy files (at start-up: errors stop the agent).
+pub fn load_initial(cfg: &PolicyConfig) -> Result<palisade_policy::PolicySet, String> {
+    if cfg.paths.is_empty() {
+        return Ok(palisade_policy::PolicySet::default());
+    }
+    palisade_policy::load_paths(&cfg.paths).map_err(|e| e.to_string())
+}
+
+/// Everything the engine needs from the agent's start-up.
+pub struct Start {
+    pub cfg: PolicyConfig,
+    pub set: palisade_policy::PolicySet,
+    pub unified_root: std::path::PathBuf,
+    pub tracefs: Option<std::path::PathBuf>,
+    pub mounts: crate::cgroupfs::Mounts,
+    pub hub: Arc<Hub>,
+}
+
+/// Starts the policy task.
+pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
+    let exec_offset = s.tracefs.as_deref().and_then(|t| {
+        crate::tracefs::Format::read(t, "sched", "sched_process_exec")
+            .and_then(|f| f.offset("filename"))
+            .ok()
+    });
+    let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
+    let exits = s.hub.subscribe();
+    let engine = engine::Engine::new(s.cfg, s.unified_root, exec_offset, s.hub, writer);
+    task::spawn(engine, s.set, exits)
+}
+
+/// A registration: applies the workload's policies (its own and any file policy selecting
+/// it) before the launcher lets it run.
+pub async fn on_register(
+    shared: &Shared,
+    cgroup_id: u64,
+    policy: Option<&LaunchPolicy>,
+) -> Result<(), String> {
+    let launched = match policy {
+        Some(lp) => Some(Launched {
+            policies: lp.policies()?,
+            seccomp: lp.seccomp,
+        }),
+        None => None,
+    };
+    if launched.is_none() && !shared.policy.active() {
+        return Ok(());
+    }
+    let target = {
+        let st = shared.state.lock().await;
+        st.registry.get(cgroup_id).map(TargetInfo::of)
+    };
+    let Some(target) = target else {
+        return Err(format!("cgroup {cgroup_id} is not known to the agent"));
+    };
+    shared.policy.register(target, launched).await
+}
+
+/// `palisade agent --cleanup`: removes the pinned enforcement state and says what went.
+pub fn cleanup(cfg: &PolicyConfig) -> Result<String, String> {
+    let removed = bpffs::cleanup(&cfg.pin_dir)?;
+    if removed.is_empty() {
+        return Ok(format!("nothing pinned at {}", cfg.pin_dir.display()));
+    }
+    let mut out = String::new();
+    for p in &removed {
+        out.push_str(&format!("removed {}\n", p.display()));
+    }
+    out.push_str(&format!(
+        "{} pinned objects removed; policy enforcement detached",
+        removed.len()
+    ));
+    Ok(out)
+}

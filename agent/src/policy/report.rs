@@ -1,0 +1,240 @@
+//! Violations to events and counts.
+//!
+//! The kernel counts every violation exactly (`POLICY_VIOLATIONS.total`, per cgroup, rule and
+//! outcome) and sends an event only when the rate limit admits it. Each event carries the total
+//! at that moment, so the number of violations since the previous event of the same key is
+//! exact: it becomes the event's `suppressed`. A periodic sweep adds the totals to
+//! `palisade_policy_violations_total` and sends one summary event (no `process`, just
+//! `suppressed`) for violations no event reported once the key has been quiet for a window.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Instant, SystemTime},
+};
+
+use palisade_common::policy::{PolicyEvent, ViolationKey, mode, what};
+
+use super::{
+    bpf::Kernel,
+    engine::TargetInfo,
+    tables::Ids,
+    violation::{self, Violation},
+};
+use crate::events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, rfc3339};
+
+/// (policy, rule, action, container)
+pub type CountKey = (String, String, String, String);
+
+#[derive(Debug, Default)]
+pub struct Reporter {
+    /// `palisade_policy_violations_total`.
+    pub counts: BTreeMap<CountKey, u64>,
+    /// Kernel totals already counted / already reported by an event, per key.
+    swept: HashMap<ViolationKey, u64>,
+    reported: HashMap<ViolationKey, (u64, Instant)>,
+    /// What each key is about, for summary events.
+    last: HashMap<ViolationKey, Violation>,
+}
+
+fn container_of(targets: &HashMap<u64, TargetInfo>, cgroup_id: u64) -> ContainerRef {
+    match targets.get(&cgroup_id) {
+        Some(t) => t.container.clone(),
+        None => ContainerRef {
+            id: format!("cgroup:{cgroup_id}"),
+            name: format!("cgroup:{cgroup_id}"),
+            cgroup_id,
+            runtime: "cgroup".into(),
+            image: String::new(),
+            namespace: String::new(),
+            pod: String::new(),
+        },
+    }
+}
+
+fn names(ids: &Ids, k: Option<&Kernel>, rule: u32) -> (String, String, String) {
+    if let Some(d) = ids.desc(rule) {
+        let m = if d.mode == mode::AUDIT {
+            "audit"
+        } else {
+            "enforce"
+        };
+        return (d.policy.clone(), d.rule.clone(), m.into());
+    }
+    // an id this agent never allocated (adopted state): the kernel's own description
+    if let Some(info) = k.and_then(|k| k.rules.get(&rule, 0).ok()) {
+        let s = |b: &[u8]| {
+            let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).into_owned()
+        };
+        let m = if info.mode == mode::AUDIT {
+            "audit"
+        } else {
+            "enforce"
+        };
+        return (s(&info.policy), s(&info.rule), m.into());
+    }
+    (String::from("?"), format!("rule {rule}"), String::from("?"))
+}
+
+impl Reporter {
+    /// One kernel record → one `policy_violation` event.
+    pub fn on_record(
+        &mut self,
+        ev: &PolicyEvent,
+        ids: &Ids,
+        k: Option<&Kernel>,
+        targets: &HashMap<u64, TargetInfo>,
+        hub: &Hub,
+    ) {
+        let key = ViolationKey {
+            cgroup_id: ev.cgroup_id,
+            rule: ev.rule,
+            action: ev.action,
+        };
+        let (prev, _) = self
+            .reported
+            .get(&key)
+            .copied()
+            .unwrap_or((0, Instant::now()));
+        let suppressed = ev.total.saturating_sub(prev).saturating_sub(1);
+        self.reported
+            .insert(key, (prev.max(ev.total), Instant::now()));
+        let (policy, rule, m) = names(ids, k, ev.rule);
+        let exec = violation::path(ev);
+        let v = Violation {
+            policy,
+            rule,
+            action: violation::action_name(ev.action).to_owned(),
+            mode: m,
+            hook: violation::hook_name(ev.what).to_owned(),
+            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP).then(|| {
+                palisade_policy::syscalls::name(ev.nr)
+                    .map_or_else(|| ev.nr.to_string(), str::to_owned)
+            }),
+            errno: (ev.errno != 0).then(|| crate::syscalls::errno_name(ev.errno).into_owned()),
+            exec: exec.clone(),
+            network: violation::network(ev.what, &ev.net),
+            suppressed,
+        };
+        let container = container_of(targets, ev.cgroup_id);
+        tracing::info!(container = %container.name, policy = %v.policy, rule = %v.rule, action = %v.action, hook = %v.hook, pid = ev.pid, "policy violation");
+        let process = (ev.pid != 0).then(|| ProcessRef {
+            pid: ev.pid,
+            ppid: None,
+            uid: ev.uid,
+            comm: violation::comm(&ev.comm),
+            exe: exec.unwrap_or_default(),
+            args: Vec::new(),
+            args_truncated: false,
+        });
+        self.last.insert(key, v.clone());
+        hub.publish(Event {
+            process,
+            violation: Some(v),
+            ..Event::new(
+                EventType::PolicyViolation,
+                rfc3339(Clock::now().wall(ev.ktime_ns)),
+                container,
+            )
+        });
+    }
+
+    /// A violation seen in userspace (a launched workload killed by its seccomp filter).
+    pub fn userspace(
+        &mut self,
+        v: Violation,
+        container: ContainerRef,
+        process: ProcessRef,
+        hub: &Hub,
+    ) {
+        *self
+            .counts
+            .entry((
+                v.policy.clone(),
+                v.rule.clone(),
+                v.action.clone(),
+                container.name.clone(),
+            ))
+            .or_default() += 1;
+        hub.publish(Event {
+            process: Some(process),
+            violation: Some(v),
+            ..Event::new(
+                EventType::PolicyViolation,
+                rfc3339(SystemTime::now()),
+                container,
+            )
+        });
+    }
+
+    /// Adds the kernel's totals to the counters; sends summaries for quiet keys with
+    /// unreported violations; forgets the keys of cgroups that are gone (`all`: every key).
+    pub fn sweep(
+        &mut self,
+        k: &Kernel,
+        ids: &Ids,
+        targets: &HashMap<u64, TargetInfo>,
+        hub: &Hub,
+        all: bool,
+    ) {
+        let entries: Vec<_> = k.violations.iter().flatten().collect();
+        for (key, state) in entries {
+            let before = self.swept.get(&key).copied().unwrap_or(0);
+            let delta = if state.total >= before {
+                state.total - before
+            } else {
+                state.total
+            };
+            self.swept.insert(key, state.total);
+            let container = container_of(targets, key.cgroup_id);
+            if delta > 0 {
+                let (policy, rule, _) = names(ids, Some(k), key.rule);
+                *self
+                    .counts
+                    .entry((
+                        policy,
+                        rule,
+                        violation::action_name(key.action).to_owned(),
+                        container.name.clone(),
+                    ))
+                    .or_default() += delta;
+            }
+            if let Some((reported, at)) = self.reported.get(&key).copied()
+                && state.total > reported
+                && (all || at.elapsed() >= std::time::Duration::from_secs(1))
+                && let Some(mut v) = self.last.get(&key).cloned()
+            {
+                v.suppressed = state.total - reported;
+                self.reported.insert(key, (state.total, Instant::now()));
+                hub.publish(Event {
+                    violation: Some(v),
+                    ..Event::new(
+                        EventType::PolicyViolation,
+                        rfc3339(SystemTime::now()),
+                        container,
+                    )
+                });
+            }
+        }
+        if all {
+            self.swept.clear();
+            self.reported.clear();
+            self.last.clear();
+        }
+    }
+
+    /// Forgets kernel keys of removed cgroups (their counts stay in `counts`).
+    pub fn forget_dead(&mut self, k: &mut Kernel, targets: &HashMap<u64, TargetInfo>) {
+        let dead: Vec<ViolationKey> = k
+            .violations
+            .keys()
+            .flatten()
+            .filter(|key| !targets.contains_key(&key.cgroup_id))
+            .collect();
+        for key in dead {
+            let _ = k.violations.remove(&key);
+            self.swept.remove(&key);
+            self.reported.remove(&key);
+            self.last.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Violation events: the `violation` object of a `policy_violation` event, and the decoding of
+//! the kernel's [`PolicyEvent`] records.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use palisade_common::{
+    net::{AF_INET, AF_INET6},
+    policy::{NetTuple, POLICY_PATH_MAX, PolicyEvent, taken, what},
+};
+use serde::{Deserialize, Serialize};
+
+/// The 5-tuple of a network violation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRef {
+    /// `egress` (connect, sendmsg) or `ingress` (bind, incoming connection).
+    pub direction: String,
+    pub protocol: String,
+    /// `addr:port` (IPv6 as `[addr]:port`); empty when not known (a bind has no remote).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote: String,
+}
+
+/// The `violation` object of a `policy_violation` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub policy: String,
+    pub rule: String,
+    /// What happened: `errno` (the call failed), `kill`, `log`, `drop` (an incoming connection
+    /// request was dropped), `would_block` (audit mode).
+    pub action: String,
+    /// `audit` or `enforce` when it happened.
+    pub mode: String,
+    /// Which hook saw it: `syscall`, `seccomp` (refused by a launched workload's filter),
+    /// `exec`, `connect`, `sendmsg`, `bind`, `ingress`.
+    pub hook: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// The errno the call got (`seccomp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    /// The executable, as given to execve (`exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRef>,
+    /// Violations of this rule in this container not reported one by one (rate limit) since the
+    /// previous event for them. An event with no `process` only carries this count.
+    #[serde(default)]
+    pub suppressed: u64,
+}
+
+pub fn hook_name(w: u32) -> &'static str {
+    match w {
+        what::SYSCALL => "syscall",
+        what::SECCOMP => "seccomp",
+        what::EXEC => "exec",
+        what::CONNECT => "connect",
+        what::SENDMSG => "sendmsg",
+        what::BIND => "bind",
+        what::INGRESS => "ingress",
+        _ => "unknown",
+    }
+}
+
+fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
+    match family {
+        AF_INET => {
+            let a = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
+            format!("{a}:{port}")
+        }
+        AF_INET6 => format!("[{}]:{port}", Ipv6Addr::from(*addr)),
+        _ => String::new(),
+    }
+}
+
+/// The network part of a record.
+pub fn network(w: u32, t: &NetTuple) -> Option<NetworkRef> {
+    let direction = match w {
+        what::CONNECT | what::SENDMSG => "egress",
+        what::BIND | what::INGRESS => "ingress",
+        _ => return None,
+    };
+    let protocol = match t.proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        0 => "any".to_owned(),
+        p => p.to_string(),
+    };
+    let local = if t.lport != 0 || w == what::BIND || w == what::INGRESS {
+        endpoint(t.family, &t.laddr, t.lport)
+    } else {
+        String::new()
+    };
+    let remote = if w == what::BIND {
+        String::new()
+    } else {
+        endpoint(t.family, &t.raddr, t.rport)
+    };
+    Some(NetworkRef {
+        direction: direction.to_owned(),
+        protocol,
+        local,
+        remote,
+    })
+}
+
+/// A ring-buffer record as a [`PolicyEvent`] (`None` when short).
+pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
+    if bytes.len() < size_of::<PolicyEvent>() {
+        tracing::warn!(len = bytes.len(), "short policy event");
+        return None;
+    }
+    // SAFETY: at least size_of::<PolicyEvent>() bytes; the type is plain old data written by
+    // the kernel program; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PolicyEvent>()) })
+}
+
+/// The exec path of a record.
+pub fn path(ev: &PolicyEvent) -> Option<String> {
+    (ev.what == what::EXEC).then(|| {
+        let b = &ev.path[..(ev.path_len as usize).min(POLICY_PATH_MAX)];
+        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    })
+}
+
+/// `comm` as text.
+pub fn comm(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+pub fn action_name(a: u32) -> &'static str {
+    taken::name(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_tuples_render() {
+        let mut t = NetTuple {
+            family: AF_INET,
+            proto: 6,
+            rport: 22,
+            ..NetTuple::default()
+        };
+        t.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let n = network(what::CONNECT, &t).unwrap();
+        assert_eq!(n.direction, "egress");
+        assert_eq!(n.remote, "127.0.0.1:22");
+        assert_eq!(n.local, "");
+        let b = NetTuple {
+            family: AF_INET6,
+            proto: 17,
+            lport: 53,
+            ..NetTuple::default()
+        };
+        let n = network(what::BIND, &b).unwrap();
+        assert_eq!(n.local, "[::]:53");
+        assert_eq!(n.protocol, "udp");
+        assert!(network(what::EXEC, &b).is_none());
+    }
+
+    #[test]
+    fn violation_json_shape() {
+        let v = Violation {
+            policy: "web".into(),
+            rule: "syscalls.deny[0]".into(),
+            action: "errno".into(),
+            mode: "enforce".into(),
+            hook: "seccomp".into(),
+            syscall: Some("mount".into()),
+            errno: Some("EPERM".into()),
+            exec: None,
+            network: None,
+            suppressed: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"policy":"web","rule":"syscalls.deny[0]","action":"errno","mode":"enforce","hook":"seccomp","syscall":"mount","errno":"EPERM","suppressed":0}"#
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! Policy enforcement: the tables userspace writes for the `palisade-policy` object, the
+//! violation records it sends back, and the small pure functions both sides share (rule
+//! matching, rate limiting, path hashing) so their logic is unit-tested on the host.
+//!
+//! Layout: a cgroup id maps to a [`CgroupPolicy`] (a *slot* and the hook families it needs); a
+//! slot indexes per-slot tables (syscall verdicts, exec configuration, network rule sets) that
+//! several cgroups with the same effective policy share. Every rule has an id (≥ 1) whose
+//! [`RuleInfo`] (action, mode, errno, names) lives in `POLICY_RULES`, so a mode switch rewrites
+//! one entry per rule and the pinned state names its own rules across agent restarts.
+
+mod args;
+
+pub use args::*;
+
+/// Version of this layout; pinned state of another version is refused (run `--cleanup`).
+pub const POLICY_ABI: u32 = 1;
+
+/// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
+pub const MAX_SYSCALLS: usize = 512;
+/// Rules per network rule set (one set per slot and direction).
+pub const MAX_NET_RULES: usize = 16;
+/// Bytes of a policy or rule name kept in [`RuleInfo`] (NUL-padded).
+pub const RULE_NAME_MAX: usize = 64;
+/// Longest exec path carried in a [`PolicyEvent`] and hashed for exec rules.
+pub const POLICY_PATH_MAX: usize = 256;
+
+/// Bit of a [`SyscallVerdicts`] entry: the rule has argument conditions (evaluated by the
+/// seccomp filter of a launched workload; see the README for the run-time limitation).
+pub const VERDICT_CONDITIONAL: u16 = 0x8000;
+/// Mask of the rule id in a [`SyscallVerdicts`] entry.
+pub const VERDICT_RULE: u16 = 0x7fff;
+
+/// [`CgroupPolicy::flags`] bits: the hook families a cgroup's slot uses.
+pub mod cgroup_flags {
+    /// Syscall rules, checked at `sys_enter` (run-time path).
+    pub const SYSCALLS: u32 = 1;
+    /// Exec rules, checked at `sched_process_exec`.
+    pub const EXEC: u32 = 2;
+    /// Egress rules, checked at connect/sendmsg.
+    pub const EGRESS: u32 = 4;
+    /// Ingress rules, checked at bind and on incoming TCP connection requests.
+    pub const INGRESS: u32 = 8;
+    /// A workload started by `palisade run` whose seccomp filter enforces the slot's `errno`
+    /// and `kill` syscall rules: `sys_exit` reports the calls the filter refused.
+    pub const SECCOMP: u32 = 16;
+}
+
+/// Configured rule actions ([`RuleInfo::action`]).
+pub mod action {
+    /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch).
+    pub const ERRNO: u32 = 1;
+    /// Syscalls and execs: SIGKILL the process.
+    pub const KILL: u32 = 2;
+    /// Report only.
+    pub const LOG: u32 = 3;
+    /// Network: refuse (EPERM for connect/sendmsg/bind, drop for incoming connections).
+    pub const DENY: u32 = 4;
+    /// Network: allow.
+    pub const ALLOW: u32 = 5;
+}
+
+/// What happened ([`PolicyEvent::action`], the `action` label of violations).
+pub mod taken {
+    /// The call failed with an errno (seccomp, or EPERM from a network hook).
+    pub const ERRNO: u32 = 1;
+    pub const KILL: u32 = 2;
+    pub const LOG: u32 = 3;
+    /// Audit mode: it would have been blocked.
+    pub const WOULD_BLOCK: u32 = 4;
+    /// An incoming packet was dropped.
+    pub const DROP: u32 = 5;
+
+    /// Stable label values, indexed by the constants above.
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            ERRNO => "errno",
+            KILL => "kill",
+            LOG => "log",
+            WOULD_BLOCK => "would_block",
+            DROP => "drop",
+            _ => "unknown",
+        }
+    }
+}
+
+/// [`RuleInfo::mode`] values.
+pub mod mode {
+    pub const ENFORCE: u32 = 1;
+    pub const AUDIT: u32 = 2;
+}
+
+/// [`PolicyEvent::what`] values: which hook saw the violation.
+pub mod what {
+    /// A syscall seen at `sys_enter` (run-time path).
+    pub const SYSCALL: u32 = 1;
+    /// A syscall the launch-time seccomp filter refused (seen at `sys_exit`).
+    pub const SECCOMP: u32 = 2;
+    pub const EXEC: u32 = 3;
+    pub const CONNECT: u32 = 4;
+    pub const SENDMSG: u32 = 5;
+    pub const BIND: u32 = 6;
+    /// An incoming TCP connection request.
+    pub const INGRESS: u32 = 7;
+}
+
+/// [`ExecKey::kind`] values: how an exec pattern is matched.
+pub mod exec_kind {
+    /// The whole path (`/usr/bin/nc`).
+    pub const EXACT: u32 = 1;
+    /// Files directly in a directory (`/usr/bin/*`): hash of the directory.
+    pub const DIR: u32 = 2;
+    /// Anything below a directory (`/opt/app/**`): hash of the directory.
+    pub const TREE: u32 = 3;
+    /// Any path with this file name (`**/nc`): hash of the name.
+    pub const BASENAME: u32 = 4;
+}
+
+/// Value of `POLICY_CGROUPS` (cgroup id → policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPolicy {
+    pub slot: u32,
+    /// [`cgroup_flags`] bits.
+    pub flags: u32,
+}
+
+/// Value of `POLICY_SYSCALLS` (slot → verdict per syscall number): 0 = no rule, else the rule
+/// id, with [`VERDICT_CONDITIONAL`] when the rule has argument conditions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallVerdicts {
+    pub rule: [u16; MAX_SYSCALLS],
+}
+
+impl SyscallVerdicts {
+    pub const ZERO: Self = Self {
+        rule: [0; MAX_SYSCALLS],
+    };
+}
+
+/// Value of `POLICY_ENTER` (thread slot): the last syscall a thread entered, so `sys_exit` can
+/// tell a call the seccomp filter refused (no entry seen) from one that ran.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnterSlot {
+    pub tid: u32,
+    pub nr: u32,
+}
+
+/// Value of `POLICY_EXEC_CONF` (slot → exec configuration).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecConf {
+    /// 1: an exec no allow pattern matches is a violation of `default_rule`.
+    pub allow_list: u32,
+    pub default_rule: u32,
+}
+
+/// Key of `POLICY_EXEC` (one exec pattern of a slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecKey {
+    pub slot: u32,
+    /// One of [`exec_kind`].
+    pub kind: u32,
+    /// [`fnv`] hash of the path, directory or name (see [`exec_kind`]).
+    pub hash: u64,
+}
+
+/// Value of `POLICY_EXEC`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRule {
+    /// The deny rule's id (0 for an allow pattern).
+    pub rule: u32,
+    /// 1 for an allow pattern. A path matching both an allow and a deny pattern is denied.
+    pub allow: u32,
+}
+
+/// One network rule: remote prefix, port range and protocol. IPv4 addresses sit in the first
+/// 4 bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    pub addr: [u8; 16],
+    /// `AF_INET`, `AF_INET6`, or 0 for both (then `prefix` is 0).
+    pub family: u16,
+    /// Prefix length in bits.
+    pub prefix: u8,
+    /// IP protocol (6 TCP, 17 UDP), 0 for any.
+    pub proto: u8,
+    /// Port range, inclusive (egress: the remote port; ingress: the local port).
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// [`action::ALLOW`], [`action::DENY`] or [`action::LOG`] (allowed and reported).
+    pub action: u32,
+    pub rule: u32,
+}
+
+/// Value of `POLICY_NET` (index `slot * 2 + direction`): rules in order, the first match
+/// decides; none matching means `default_action` (reported as `default_rule` when it denies).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRuleSet {
+    pub count: u32,
+    pub default_action: u32,
+    pub default_rule: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+    pub rules: [NetRule; MAX_NET_RULES],
+}
+
+/// Direction index into `POLICY_NET`.
+pub const NET_EGRESS: u32 = 0;
+pub const NET_INGRESS: u32 = 1;
+
+impl NetRuleSet {
+    pub const EMPTY: Self = Self {
+        count: 0,
+        default_action: action::ALLOW,
+        default_rule: 0,
+        _pad: 0,
+        rules: [NetRule {
+            addr: [0; 16],
+            family: 0,
+            prefix: 0,
+            proto: 0,
+            port_lo: 0,
+            port_hi: 0,
+            action: 0,
+            rule: 0,
+        }; MAX_NET_RULES],
+    };
+
+    /// (action, rule id) for a connection to/from `addr`:`port` over `proto`.
+    #[inline(always)]
+    pub fn evaluate(&self, family: u16, addr: &[u8; 16], port: u16, proto: u8) -> (u32, u32) {
+        let n = self.count as usize;
+        for i in 0..MAX_NET_RULES {
+            if i >= n {
+                break;
+            }
+            let r = &self.rules[i];
+            if r.matches_port(port, proto) && r.matches_addr(family, addr) {
+                return (r.action, r.rule);
+            }
+        }
+        (self.default_action, self.default_rule)
+    }
+
+    /// (action, rule id) for binding local `port`: allowed when some remote address could still
+    /// reach it. A rule for every address decides; an allow for some addresses allows; a deny
+    /// for some addresses does not decide.
+    #[inline(always)]
+    pub fn bind_verdict(&self, port: u16, proto: u8) -> (u32, u32) {
+        let n = self.count as usize;
+        for i in 0..MAX_NET_RULES {
+            if i >= n {
+                break;
+            }
+            let r = &self.rules[i];
+            if !r.matches_port(port, proto) {
+                continue;
+            }
+            if r.prefix == 0 || r.action != action::DENY {
+                return (r.action, r.rule);
+            }
+        }
+        (self.default_action, self.default_rule)
+    }
+}
+
+impl NetRule {
+    #[inline(always)]
+    pub fn matches_port(&self, port: u16, proto: u8) -> bool {
+        (self.proto == 0 || self.proto == proto) && port >= self.port_lo && port <= self.port_hi
+    }
+
+    #[inline(always)]
+    pub fn matches_addr(&self, family: u16, addr: &[u8; 16]) -> bool {
+        if self.family == 0 {
+            return true;
+        }
+        if self.family != family {
+            return false;
+        }
+        let mut left = u32::from(self.prefix);
+        for (a, b) in addr.iter().zip(self.addr.iter()) {
+            if left == 0 {
+                return true;
+            }
+            let bits = if left >= 8 { 8 } else { left };
+            let mask: u8 = (0xffu16 << (8 - bits)) as u8;
+            if a & mask != b & mask {
+                return false;
+            }
+            left -= bits;
+        }
+        true
+    }
+}
+
+/// Value of `POLICY_RULES` (rule id → what it does and what it is called).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// One of [`action`].
+    pub action: u32,
+    /// One of [`mode`]; 0 for an unused id.
+    pub mode: u32,
+    /// The errno of an [`action::ERRNO`] rule.
+    pub errno: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+    /// NUL-padded policy and rule names.
+    pub policy: [u8; RULE_NAME_MAX],
+    pub rule: [u8; RULE_NAME_MAX],
+}
+
+impl RuleInfo {
+    pub const EMPTY: Self = Self {
+        action: 0,
+        mode: 0,
+        errno: 0,
+        _pad: 0,
+        policy: [0; RULE_NAME_MAX],
+        rule: [0; RULE_NAME_MAX],
+    };
+
+    /// What a run-time hook does about a syscall or exec this rule denies.
+    #[inline(always)]
+    pub fn taken_runtime(&self) -> u32 {
+        if self.action == action::LOG {
+            taken::LOG
+        } else if self.mode == mode::AUDIT {
+            taken::WOULD_BLOCK
+        } else if self.action == action::KILL {
+            taken::KILL
+        } else {
+            // a tracepoint cannot make a call fail: `errno` is reported only at run time
+            taken::LOG
+        }
+    }
+
+    /// What a network hook does about a connection this rule (or default) decided; `None`
+    /// when it is simply allowed.
+    #[inline(always)]
+    pub fn taken_network(&self, rule_action: u32, refuse: u32) -> Option<u32> {
+        match rule_action {
+            action::DENY if self.mode == mode::AUDIT => Some(taken::WOULD_BLOCK),
+            action::DENY => Some(refuse),
+            action::LOG => Some(taken::LOG),
+            _ => None,
+        }
+    }
+}
+
+/// Key of `POLICY_VIOLATIONS`: one rule in one cgroup with one outcome.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViolationKey {
+    pub cgroup_id: u64,
+    pub rule: u32,
+    /// One of [`taken`].
+    pub action: u32,
+}
+
+/// Value of `POLICY_VIOLATIONS`: the exact count and the event rate limiter's window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViolationState {
+    /// Every violation (updated atomically).
+    pub total: u64,
+    /// Start of the current window (CLOCK_MONOTONIC ns) and events sent in it.
+    pub window_start: u64,
+    pub in_window: u64,
+}
+
+/// Fixed-window rate limit: whether one more event may be sent at `now`. At most `burst`
+/// events per `interval_ns`; the rest are only counted (`total`) and reported as `suppressed`
+/// on the next event or by userspace's periodic sweep.
+#[inline(always)]
+pub fn admit(s: &mut ViolationState, now: u64, burst: u64, interval_ns: u64) -> bool {
+    if now.wrapping_sub(s.window_start) >= interval_ns || s.window_start == 0 {
+        s.window_start = now;
+        s.in_window = 0;
+    }
+    if s.in_window < burst {
+        s.in_window += 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// The 5-tuple of a network violation (ports in host byte order; IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetTuple {
+    pub family: u16,
+    pub proto: u8,
+    /// Always 0 (explicit padding).
+    pub _pad: u8,
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// A violation, sent on `POLICY_EVENTS` (subject to the rate limit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyEvent {
+    /// One of [`what`].
+    pub what: u32,
+    pub rule: u32,
+    /// One of [`taken`].
+    pub action: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Syscall number (syscall and seccomp violations).
+    pub nr: u32,
+    /// The errno the call got (seccomp), else 0.
+    pub errno: u32,
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// `ViolationState::total` after this violation (userspace derives `suppressed`).
+    pub total: u64,
+    pub comm: [u8; 16],
+    pub net: NetTuple,
+    /// Bytes of `path` used (exec violations).
+    pub path_len: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+    pub path: [u8; POLICY_PATH_MAX],
+}
+
+/// Indices of `POLICY_CONFIG` (`u64` values userspace sets).
+pub mod config {
+    /// Events per rate-limit window and key.
+    pub const BURST: u32 = 0;
+    /// Rate-limit window, ns.
+    pub const INTERVAL_NS: u32 = 1;
+    /// `POLICY_ABI` of the tables.
+    pub const ABI: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// FNV-1a, 64 bits: the exec path hash (cheap in eBPF, one multiply per byte).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline(always)]
+pub fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+}
+
+/// FNV-1a of `bytes`.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for b in bytes {
+        h = fnv_step(h, *b);
+    }
+    h
+}
+
+/// Calls `f(kind, hash)` for every exec table key an exec of `path` looks up, as the kernel
+/// does: the whole path, the directory of the file, each ancestor directory (for `DIR/**`) and
+/// the file name.
+pub fn exec_lookups(path: &[u8], mut f: impl FnMut(u32, u64)) {
+    let mut h = FNV_OFFSET;
+    let mut base = FNV_OFFSET;
+    let mut dir = FNV_OFFSET;
+    for &b in path.iter().take(POLICY_PATH_MAX) {
+        if b == 0 {
+            break;
+        }
+        if b == b'/' {
+            f(exec_kind::TREE, h);
+            dir = h;
+            base = FNV_OFFSET;
+        } else {
+            base = fnv_step(base, b);
+        }
+        h = fnv_step(h, b);
+    }
+    f(exec_kind::EXACT, h);
+    f(exec_kind::DIR, dir);
+    f(exec_kind::BASENAME, base);
+}
+
+#[cfg(test)]
+mod tests;

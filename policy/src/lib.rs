@@ -1,0 +1,21 @@
+//! Palisade policies: the YAML format (`apiVersion: palisade.dev/v1`, `kind: Policy`), its
+//! validation with `file:line:column` errors, conflict checks, selectors, compilation to the
+//! kernel tables of `palisade-policy` and to seccomp rules, and learned policies.
+//!
+//! Pure logic, no kernel access: the agent loads the tables, the launcher builds the filter,
+//! and the fuzz target (`fuzz/`) drives [`parse::parse_str`].
+pub mod check;
+pub mod compile;
+pub mod errno;
+pub mod learn;
+pub mod model;
+mod network;
+pub mod parse;
+mod raw;
+pub mod syscalls;
+
+pub use model::{Mode, Policy, PolicySet, Target};
+pub use parse::{Diagnostic, PolicyErrors, load_paths, parse_str};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,582 @@
+//! YAML → validated [`Policy`]s, every error with `file:line:column`.
+//!
+//! Two stages: serde-saphyr reads the documents into raw structs (`deny_unknown_fields`, so a
+//! typo is an error at its position), keeping the position of each value that needs checking
+//! ([`Spanned`]); then each value is validated and the first problem of each document is
+//! reported at the position of the value at fault.
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Spanned;
+
+use crate::{
+    errno,
+    model::{
+        ArgCond, ArgOp, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc, Mode,
+        Network, Policy, PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
+    },
+    network::direction,
+    raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
+    syscalls,
+};
+
+pub use crate::network::parse_cidr;
+
+pub const API_VERSION: &str = "palisade.dev/v1";
+pub const KIND: &str = "Policy";
+
+/// One problem, at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub loc: Loc,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.loc, self.message)
+    }
+}
+
+/// Why a policy file or set was rejected: every error found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct PolicyErrors(pub Vec<Diagnostic>);
+
+/// Collects the problems of one document; the validated value is built alongside.
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn loc<T>(&self, s: &Spanned<T>) -> Loc {
+        Loc {
+            file: self.file.to_owned(),
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
+    }
+
+    pub(crate) fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        let loc = self.loc(at);
+        self.errors.push(Diagnostic {
+            loc,
+            message: message.into(),
+        });
+    }
+
+    fn glob(&mut self, s: &Option<Spanned<String>>) -> Option<Glob> {
+        let s = s.as_ref()?;
+        match Glob::new(&s.value) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.err(s, e);
+                None
+            }
+        }
+    }
+}
+
+/// Parses the text of one file (one or more `---`-separated documents).
+pub fn parse_str(text: &str, file: &str) -> Result<Vec<Policy>, PolicyErrors> {
+    let docs: Vec<Spanned<RawDoc>> = serde_saphyr::from_multiple(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        PolicyErrors(vec![Diagnostic {
+            loc: Loc {
+                file: file.to_owned(),
+                line,
+                column,
+            },
+            message: first_message_line(&e.to_string()),
+        }])
+    })?;
+    let mut ctx = Ctx {
+        file,
+        errors: Vec::new(),
+    };
+    let mut out = Vec::new();
+    if docs.is_empty() {
+        ctx.errors.push(Diagnostic {
+            loc: Loc {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+            },
+            message: format!("no policy in this file (a document needs apiVersion: {API_VERSION} and kind: {KIND})"),
+        });
+    }
+    for d in docs {
+        let loc = ctx.loc(&d);
+        if let Some(p) = document(&mut ctx, d.value, loc) {
+            out.push(p);
+        }
+    }
+    if ctx.errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(PolicyErrors(ctx.errors))
+    }
+}
+
+/// serde-saphyr renders `error: line L column C: message` and a snippet; keep the message.
+fn first_message_line(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or(rendered).trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.split_once(": ") {
+        Some((pos, rest)) if pos.starts_with("line ") => rest.to_owned(),
+        _ => first.to_owned(),
+    }
+}
+
+fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
+    let before = ctx.errors.len();
+    if d.api_version.value != API_VERSION {
+        ctx.err(
+            &d.api_version,
+            format!(
+                "unsupported apiVersion `{}` (this Palisade reads {API_VERSION})",
+                d.api_version.value
+            ),
+        );
+    }
+    if d.kind.value != KIND {
+        ctx.err(
+            &d.kind,
+            format!("unsupported kind `{}` (expected {KIND})", d.kind.value),
+        );
+    }
+    let name = d.metadata.name.value.clone();
+    if !valid_name(&name) {
+        ctx.err(
+            &d.metadata.name,
+            format!("invalid policy name `{name}` (letters, digits, `-`, `_`, `.`; at most 63)"),
+        );
+    }
+    let spec_loc = d.spec.referenced;
+    let spec = d.spec.value;
+    let mode = match &spec.mode {
+        None => Mode::Enforce,
+        Some(m) => Mode::parse(&m.value).unwrap_or_else(|| {
+            ctx.err(m, format!("unknown mode `{}` (audit or enforce)", m.value));
+            Mode::Audit
+        }),
+    };
+    let s = &spec.selector.value;
+    let selector = Selector {
+        workload: ctx.glob(&s.workload),
+        container: ctx.glob(&s.container),
+        runtime: ctx.glob(&s.runtime),
+        namespace: ctx.glob(&s.namespace),
+        pod: ctx.glob(&s.pod),
+        cgroup: ctx.glob(&s.cgroup),
+    };
+    if [
+        &s.workload,
+        &s.container,
+        &s.runtime,
+        &s.namespace,
+        &s.pod,
+        &s.cgroup,
+    ]
+    .iter()
+    .all(|f| f.is_none())
+    {
+        ctx.err(
+            &spec.selector,
+            "an empty selector would select every cgroup, the host's included; say what it selects (use `cgroup: \"/*\"` if you mean everything)",
+        );
+    }
+    let syscalls = spec.syscalls.as_ref().and_then(|s| syscall_rules(ctx, s));
+    let exec = spec.exec.as_ref().and_then(|e| exec_rules(ctx, e));
+    let network = match &spec.network {
+        None => Network::default(),
+        Some(n) => Network {
+            egress: n.egress.as_ref().and_then(|d| direction(ctx, d, "egress")),
+            ingress: n
+                .ingress
+                .as_ref()
+                .and_then(|d| direction(ctx, d, "ingress")),
+        },
+    };
+    let resources = spec
+        .resources
+        .as_ref()
+        .map(|r| resources(ctx, r))
+        .unwrap_or_default();
+    if spec.syscalls.is_none()
+        && spec.exec.is_none()
+        && network.egress.is_none()
+        && network.ingress.is_none()
+        && resources.is_empty()
+    {
+        ctx.errors.push(Diagnostic {
+            loc: Loc {
+                file: ctx.file.to_owned(),
+                line: spec_loc.line(),
+                column: spec_loc.column(),
+            },
+            message: "the policy has no rules (give syscalls, exec, network or resources)".into(),
+        });
+    }
+    (ctx.errors.len() == before).then(|| Policy {
+        name,
+        mode,
+        selector,
+        syscalls,
+        exec,
+        network,
+        resources,
+        loc,
+    })
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < palisade_common::policy::RULE_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn syscall_rules(ctx: &mut Ctx<'_>, s: &Spanned<RawSyscalls>) -> Option<Syscalls> {
+    let r = &s.value;
+    let (list, entries) = match (&r.allow, &r.deny) {
+        (Some(a), None) => (ListKind::Allow, a),
+        (None, Some(d)) => (ListKind::Deny, d),
+        (Some(_), Some(_)) => {
+            ctx.err(s, "give either `allow` (an allow-list: everything else is denied) or `deny` (a deny-list), not both");
+            return None;
+        }
+        (None, None) => {
+            ctx.err(s, "give `allow` (an allow-list) or `deny` (a deny-list)");
+            return None;
+        }
+    };
+    let action = match &r.action {
+        None => SysAction::Errno(libc_eperm()),
+        Some(a) => match a.value.as_str() {
+            "errno" => SysAction::Errno(libc_eperm()),
+            "kill" => SysAction::Kill,
+            "log" => SysAction::Log,
+            other => {
+                ctx.err(a, format!("unknown action `{other}` (errno, kill or log)"));
+                return None;
+            }
+        },
+    };
+    let action = match (&r.errno, action) {
+        (None, a) => a,
+        (Some(e), SysAction::Errno(_)) => {
+            let n = match &e.value {
+                RawErrno::Number(n) => Some(*n),
+                RawErrno::Name(s) => errno::number(s),
+            };
+            match n
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| (1..4096).contains(n))
+            {
+                Some(n) => SysAction::Errno(n),
+                None => {
+                    ctx.err(e, "unknown errno (a name like EPERM, EACCES, ENOSYS, or a number from 1 to 4095)");
+                    return None;
+                }
+            }
+        }
+        (Some(e), _) => {
+            ctx.err(e, "`errno` goes with `action: errno` only");
+            return None;
+        }
+    };
+    let prefix = match list {
+        ListKind::Allow => "syscalls.allow",
+        ListKind::Deny => "syscalls.deny",
+    };
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let loc = ctx.loc(e);
+        let (rule, names, raw_args) = match &e.value {
+            RawSyscallEntry::Name(n) => (format!("{prefix}[{i}]"), vec![n.clone()], &[][..]),
+            RawSyscallEntry::Rule(r) => (
+                r.name.clone().unwrap_or_else(|| format!("{prefix}[{i}]")),
+                r.names.clone(),
+                &r.args[..],
+            ),
+        };
+        if names.is_empty() {
+            ctx.err(e, "a rule needs at least one syscall name");
+            continue;
+        }
+        if !valid_name(&rule) && !rule.starts_with(prefix) {
+            ctx.err(
+                e,
+                format!("invalid rule name `{rule}` (letters, digits, `-`, `_`, `.`)"),
+            );
+            continue;
+        }
+        let mut nrs = Vec::new();
+        for n in &names {
+            match syscalls::number(n) {
+                Some(nr) => nrs.push(nr),
+                None => ctx.err(
+                    e,
+                    match syscalls::closest(n) {
+                        Some(c) => format!("unknown syscall `{n}` (did you mean `{c}`?)"),
+                        None => {
+                            format!("unknown syscall `{n}` (x86_64 names, as in `man 2 syscalls`)")
+                        }
+                    },
+                ),
+            }
+        }
+        let mut args = Vec::new();
+        let mut seen = [false; 6];
+        for a in raw_args {
+            let op = match a.op.as_str() {
+                "eq" | "SCMP_CMP_EQ" => ArgOp::Eq,
+                "ne" | "SCMP_CMP_NE" => ArgOp::Ne,
+                "lt" | "SCMP_CMP_LT" => ArgOp::Lt,
+                "le" | "SCMP_CMP_LE" => ArgOp::Le,
+                "gt" | "SCMP_CMP_GT" => ArgOp::Gt,
+                "ge" | "SCMP_CMP_GE" => ArgOp::Ge,
+                "masked_eq" | "SCMP_CMP_MASKED_EQ" => ArgOp::MaskedEq,
+                other => {
+                    ctx.err(e, format!("unknown argument operator `{other}` (eq, ne, lt, le, gt, ge, masked_eq)"));
+                    continue;
+                }
+            };
+            let Some(slot) = seen.get_mut(a.index as usize) else {
+                ctx.err(
+                    e,
+                    format!("argument index {} is out of range (0 to 5)", a.index),
+                );
+                continue;
+            };
+            if *slot {
+                ctx.err(e, format!("two conditions on argument {}: conditions of one rule must all hold, so use masked_eq, or write a second rule for the alternative", a.index));
+                continue;
+            }
+            *slot = true;
+            args.push(ArgCond {
+                index: a.index,
+                op,
+                value: a.value,
+                value_two: a.value_two,
+            });
+        }
+        out.push(SyscallEntry {
+            rule,
+            names,
+            nrs,
+            args,
+            loc,
+        });
+    }
+    Some(Syscalls {
+        list,
+        action,
+        entries: out,
+        loc: ctx.loc(s),
+    })
+}
+
+fn libc_eperm() -> u16 {
+    1
+}
+
+/// `/x/y` exact, `/x/*` directory, `/x/**` tree, `**/name` file name.
+pub fn exec_pattern(text: &str) -> Result<(ExecKind, String), String> {
+    let wild = |s: &str| s.contains(['*', '?', '[', ']', '{', '}']);
+    let forms = "supported forms: /path/to/file, /dir/* (files in /dir), /dir/** (anything below /dir), **/name (any path ending in /name)";
+    if let Some(name) = text.strip_prefix("**/") {
+        if name.is_empty() || name.contains('/') || wild(name) {
+            return Err(format!("`{text}`: {forms}"));
+        }
+        return Ok((ExecKind::Basename, name.to_owned()));
+    }
+    if !text.starts_with('/') {
+        return Err(format!(
+            "`{text}` is not an absolute path ({forms}); exec paths are matched as given to execve"
+        ));
+    }
+    if let Some(dir) = text.strip_suffix("/**") {
+        if wild(dir) {
+            return Err(format!("`{text}`: {forms}"));
+        }
+        return Ok((ExecKind::Tree, dir.to_owned()));
+    }
+    if let Some(dir) = text.strip_suffix("/*") {
+        if wild(dir) {
+            return Err(format!("`{text}`: {forms}"));
+        }
+        return Ok((ExecKind::Dir, dir.to_owned()));
+    }
+    if wild(text) || text.ends_with('/') {
+        return Err(format!("`{text}`: {forms}"));
+    }
+    if text.len() >= palisade_common::policy::POLICY_PATH_MAX {
+        return Err(format!(
+            "`{text}` is longer than the 255 bytes the kernel compares"
+        ));
+    }
+    Ok((ExecKind::Exact, text.to_owned()))
+}
+
+fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec> {
+    let r = &e.value;
+    let action = match &r.action {
+        None => ExecAction::Kill,
+        Some(a) => match a.value.as_str() {
+            "kill" => ExecAction::Kill,
+            "log" => ExecAction::Log,
+            other => {
+                ctx.err(a, format!("unknown exec action `{other}` (kill or log)"));
+                return None;
+            }
+        },
+    };
+    if r.allow.is_none() && r.deny.is_none() {
+        ctx.err(
+            e,
+            "give `allow` (only these may run) and/or `deny` (these may not)",
+        );
+        return None;
+    }
+    let mut patterns = |list: &Option<Vec<Spanned<String>>>| -> Vec<ExecPattern> {
+        let mut out = Vec::new();
+        for p in list.iter().flatten() {
+            match exec_pattern(&p.value) {
+                Ok((kind, key)) => out.push(ExecPattern {
+                    text: p.value.clone(),
+                    kind,
+                    key,
+                    loc: ctx.loc(p),
+                }),
+                Err(m) => ctx.err(p, m),
+            }
+        }
+        out
+    };
+    let allow = r.allow.is_some().then(|| patterns(&r.allow));
+    let deny = patterns(&r.deny);
+    Some(Exec {
+        allow,
+        deny,
+        action,
+        loc: ctx.loc(e),
+    })
+}
+
+fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {
+    let mut out = Resources::default();
+    if let Some(m) = &r.memory {
+        let bytes = match &m.value {
+            RawSize::Bytes(b) => Ok(*b),
+            RawSize::Text(t) => parse_size(t),
+        };
+        match bytes {
+            Ok(b) if b >= 6 << 20 => out.memory = Some(b),
+            Ok(_) => ctx.err(
+                m,
+                "memory below the 6 MiB minimum (the workload could not start)",
+            ),
+            Err(e) => ctx.err(m, e),
+        }
+    }
+    if let Some(c) = &r.cpu {
+        let q = (c.value * 100_000.0).round();
+        if !c.value.is_finite() || !(1_000.0..=100_000_000.0).contains(&q) {
+            ctx.err(c, "cpu must be from 0.01 to 1000 CPUs");
+        } else {
+            out.cpu_quota_us = Some(q as u64);
+        }
+    }
+    if let Some(p) = &r.pids {
+        if p.value < 2 {
+            ctx.err(p, "pids must be at least 2");
+        } else {
+            out.pids = Some(p.value);
+        }
+    }
+    out
+}
+
+/// `256M`, `1G`, `512Ki`, `1048576`: binary multiples.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "ki" | "kib" | "kb" => 10,
+        "m" | "mi" | "mib" | "mb" => 20,
+        "g" | "gi" | "gib" | "gb" => 30,
+        _ => return Err(format!("`{s}`: unknown unit (use K, M or G)")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 256M)"))?;
+    let b = n * (1u64 << shift) as f64;
+    if !b.is_finite() || !(0.0..9.0e18).contains(&b) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(b as u64)
+}
+
+/// Reads files and directories (every `*.yaml`/`*.yml` inside, sorted) into one set, checking
+/// the set as a whole too (names unique).
+pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(rd) => {
+                    let mut v: Vec<PathBuf> = rd
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                        .collect();
+                    v.sort();
+                    files.extend(v);
+                }
+                Err(e) => errors.push(io_diag(p, &e)),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut set = PolicySet::default();
+    for f in &files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Ok(text) => match parse_str(&text, &name) {
+                Ok(ps) => set.policies.extend(ps),
+                Err(e) => errors.extend(e.0),
+            },
+            Err(e) => errors.push(io_diag(f, &e)),
+        }
+        set.files.push(name);
+    }
+    errors.extend(crate::check::set_errors(&set));
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+fn io_diag(p: &Path, e: &std::io::Error) -> Diagnostic {
+    Diagnostic {
+        loc: Loc {
+            file: p.display().to_string(),
+            line: 0,
+            column: 0,
+        },
+        message: format!("cannot read: {e}"),
+    }
+}

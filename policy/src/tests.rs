@@ -1,0 +1,351 @@
+//! Parser, checks, selectors and compiler.
+use std::collections::HashMap;
+
+use palisade_common::policy::{VERDICT_CONDITIONAL, VERDICT_RULE, action, cgroup_flags};
+
+use crate::{
+    check,
+    compile::{self, RuleDesc},
+    learn,
+    model::{ExecKind, ListKind, Mode, NetAction, SysAction, Target},
+    parse::{self, exec_pattern, parse_cidr},
+};
+
+const HEAD: &str = "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: t\nspec:\n  selector:\n    workload: w\n";
+
+fn parse(text: &str) -> Result<Vec<crate::Policy>, Vec<String>> {
+    parse::parse_str(text, "p.yaml").map_err(|e| e.0.iter().map(ToString::to_string).collect())
+}
+
+fn one(body: &str) -> crate::Policy {
+    let mut v = parse(&format!("{HEAD}{body}")).unwrap_or_else(|e| panic!("{e:?}"));
+    v.remove(0)
+}
+
+fn err(body: &str) -> String {
+    let e = parse(&format!("{HEAD}{body}")).expect_err("should be rejected");
+    e.join("\n")
+}
+
+#[test]
+fn the_examples_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let set = crate::load_paths(&[dir]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.policies.len(), 4);
+    let web = set.get("web").unwrap();
+    assert_eq!(web.mode, Mode::Enforce);
+    let s = web.syscalls.as_ref().unwrap();
+    assert_eq!(s.list, ListKind::Deny);
+    assert_eq!(s.action, SysAction::Errno(1));
+    assert_eq!(s.entries[2].rule, "no-new-namespaces");
+    assert_eq!(s.entries[2].args[0].value, 0x7e02_0000);
+    let e = web.exec.as_ref().unwrap();
+    assert_eq!(e.allow.as_ref().unwrap().len(), 3);
+    assert_eq!(e.deny[0].kind, ExecKind::Basename);
+    let eg = web.network.egress.as_ref().unwrap();
+    assert_eq!(eg.default, NetAction::Deny);
+    assert_eq!(eg.rules[1].ports, vec![(8080, 8080), (9000, 9100)]);
+    assert_eq!(web.resources.memory, Some(256 << 20));
+    assert_eq!(web.resources.cpu_quota_us, Some(50_000));
+    assert_eq!(set.get("docker-audit").unwrap().mode, Mode::Audit);
+}
+
+#[test]
+fn errors_point_at_the_value() {
+    let e = err("  syscalls:\n    deny: [mount, mnt]\n");
+    assert!(e.starts_with("p.yaml:9:"), "{e}");
+    assert!(e.contains("unknown syscall `mnt`"), "{e}");
+    let e = err("  syscalls:\n    deny: [mout]\n");
+    assert!(e.contains("did you mean `mount`"), "{e}");
+    let e = err("  mode: strict\n  exec:\n    deny: [/x]\n");
+    assert!(e.starts_with("p.yaml:8:9: unknown mode `strict`"), "{e}");
+    let e = err("  exec:\n    deny: [\"/usr/*/nc\"]\n");
+    assert!(e.starts_with("p.yaml:9:"), "{e}");
+    assert!(e.contains("supported forms"), "{e}");
+    let e =
+        err("  network:\n    egress:\n      rules:\n        - {action: deny, cidr: 10.0.0.1/8}\n");
+    assert!(e.starts_with("p.yaml:11:"), "{e}");
+    assert!(e.contains("host bits"), "{e}");
+    let e =
+        err("  network:\n    egress:\n      rules:\n        - {action: deny, ports: [70000]}\n");
+    assert!(e.contains("out of range"), "{e}");
+    // unknown keys are errors with their position
+    let e = err("  syscalls:\n    deny: [mount]\n    acton: kill\n");
+    assert!(e.starts_with("p.yaml:10:5:"), "{e}");
+    assert!(e.contains("unknown field `acton`"), "{e}");
+    let e = err("  syscalls:\n    deny: [mount]\n    action: kill\n    errno: EPERM\n");
+    assert!(e.contains("`errno` goes with `action: errno`"), "{e}");
+    let e = err("  syscalls:\n    allow: [read]\n    deny: [mount]\n");
+    assert!(e.contains("not both"), "{e}");
+    let e = err(
+        "  syscalls:\n    deny:\n      - names: [unshare]\n        args: [{index: 0, op: eq, value: 1}, {index: 0, op: eq, value: 2}]\n",
+    );
+    assert!(e.contains("two conditions on argument 0"), "{e}");
+    let e = err("  resources:\n    memory: 1M\n");
+    assert!(e.contains("6 MiB"), "{e}");
+    // several errors at once
+    let e = err("  mode: x\n  syscalls:\n    deny: [nope]\n");
+    assert_eq!(e.lines().count(), 2, "{e}");
+}
+
+#[test]
+fn documents_need_version_kind_selector_and_rules() {
+    let e = parse("apiVersion: palisade.dev/v2\nkind: Policy\nmetadata: {name: a}\nspec: {selector: {workload: x}, exec: {deny: [/x]}}\n").unwrap_err();
+    assert!(
+        e[0].starts_with("p.yaml:1:13: unsupported apiVersion"),
+        "{e:?}"
+    );
+    let e = parse("apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {name: a}\nspec: {selector: {}, exec: {deny: [/x]}}\n").unwrap_err();
+    assert!(e[0].contains("empty selector"), "{e:?}");
+    let e = parse("apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {name: a}\nspec: {selector: {pod: x}}\n").unwrap_err();
+    assert!(e[0].contains("no rules"), "{e:?}");
+    let e = parse("").unwrap_err();
+    assert!(e[0].contains("no policy"), "{e:?}");
+    let e = parse("- not a mapping\n").unwrap_err();
+    assert!(e[0].starts_with("p.yaml:1:"), "{e:?}");
+}
+
+#[test]
+fn conflicts_are_explained() {
+    let text = format!(
+        "{HEAD}  network:\n    egress:\n      rules:\n        - {{action: deny, cidr: 10.0.0.0/8}}\n        - {{action: allow, cidr: 10.1.0.0/16, ports: [80]}}\n  exec:\n    allow: [/bin/*]\n    deny: [/bin/*]\n---\n{}",
+        HEAD.replace("name: t", "name: u") + "  exec:\n    allow: [/usr/bin/*]\n"
+    );
+    let set = crate::PolicySet {
+        policies: parse(&text).unwrap(),
+        files: vec![],
+    };
+    let w: Vec<String> = check::warnings(&set)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let all = w.join("\n");
+    assert!(
+        all.contains("rule `network.egress[1]` (allow) never applies: `network.egress[0]`"),
+        "{all}"
+    );
+    assert!(all.contains("both allowed"), "{all}");
+    assert!(all.contains("both have an exec allow-list"), "{all}");
+    // duplicate names are errors
+    let dup = format!("{HEAD}  exec:\n    deny: [/x]\n---\n{HEAD}  exec:\n    deny: [/y]\n");
+    let set = crate::PolicySet {
+        policies: parse(&dup).unwrap(),
+        files: vec![],
+    };
+    let e = check::set_errors(&set);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].to_string().starts_with("p.yaml:"), "{}", e[0]);
+}
+
+#[test]
+fn selectors_combine_with_and() {
+    let p = one("    runtime: palisade\n  exec:\n    deny: [/x]\n");
+    let mut t = Target {
+        name: "w",
+        runtime: "palisade",
+        path: "/palisade/w",
+        workload: true,
+        ..Target::default()
+    };
+    assert!(p.selector.matches(&t));
+    t.runtime = "docker";
+    assert!(!p.selector.matches(&t));
+    t.runtime = "palisade";
+    t.workload = false;
+    assert!(
+        !p.selector.matches(&t),
+        "workload: selects launcher workloads only"
+    );
+    let p = one("  exec:\n    deny: [/x]\n").selector.clone();
+    let _ = p;
+    let q = parse::parse_str(
+        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {name: c}\nspec:\n  selector: {container: \"3f2a*\", cgroup: \"/docker/*\"}\n  exec: {deny: [/x]}\n",
+        "c.yaml",
+    )
+    .unwrap();
+    let t = Target {
+        name: "web",
+        container_id: Some("3f2a9c"),
+        path: "/docker/3f2a9c",
+        ..Target::default()
+    };
+    assert!(q[0].selector.matches(&t), "container matches the id too");
+}
+
+#[test]
+fn exec_patterns_match_like_the_kernel() {
+    let pat = |s: &str| {
+        let (kind, key) = exec_pattern(s).unwrap();
+        crate::model::ExecPattern {
+            text: s.into(),
+            kind,
+            key,
+            loc: Default::default(),
+        }
+    };
+    assert!(pat("/usr/bin/*").matches("/usr/bin/nc"));
+    assert!(!pat("/usr/bin/*").matches("/usr/bin/x/nc"));
+    assert!(pat("/opt/**").matches("/opt/a/b/c"));
+    assert!(!pat("/opt/**").matches("/optx/a"));
+    assert!(pat("**/nc").matches("/bin/nc"));
+    assert!(pat("**/nc").matches("nc"));
+    assert!(!pat("**/nc").matches("/bin/ncat"));
+    assert!(pat("/bin/true").matches("/bin/true"));
+    assert!(exec_pattern("relative").is_err());
+    assert!(exec_pattern("/a/*.sh").is_err());
+    // the kernel's lookups find exactly these patterns' keys
+    let mut keys = Vec::new();
+    palisade_common::policy::exec_lookups(b"/usr/bin/nc", |k, h| keys.push((k, h)));
+    for p in ["/usr/bin/*", "/usr/**", "/**", "**/nc", "/usr/bin/nc"] {
+        let x = pat(p);
+        let kind = match x.kind {
+            ExecKind::Exact => palisade_common::policy::exec_kind::EXACT,
+            ExecKind::Dir => palisade_common::policy::exec_kind::DIR,
+            ExecKind::Tree => palisade_common::policy::exec_kind::TREE,
+            ExecKind::Basename => palisade_common::policy::exec_kind::BASENAME,
+        };
+        let h = palisade_common::policy::fnv(x.key.as_bytes());
+        assert!(keys.contains(&(kind, h)), "{p}");
+        assert!(x.matches("/usr/bin/nc"), "{p}");
+    }
+}
+
+#[test]
+fn cidrs() {
+    assert_eq!(parse_cidr("any").unwrap(), None);
+    assert_eq!(
+        parse_cidr("10.0.0.0/8").unwrap(),
+        Some(("10.0.0.0".parse().unwrap(), 8))
+    );
+    assert_eq!(
+        parse_cidr("10.1.2.3").unwrap(),
+        Some(("10.1.2.3".parse().unwrap(), 32))
+    );
+    assert!(parse_cidr("10.1.2.3/33").is_err());
+    assert!(parse_cidr("fd00::1/8").is_err());
+    assert!(parse_cidr("fd00::/8").is_ok());
+}
+
+/// An id allocator for tests: sequential, remembering descriptions.
+fn ids() -> (HashMap<u16, RuleDesc>, impl FnMut(&RuleDesc) -> Option<u16>) {
+    let map = HashMap::new();
+    let mut next = 0u16;
+    let mut known: Vec<RuleDesc> = Vec::new();
+    (map, move |d: &RuleDesc| {
+        if let Some(i) = known.iter().position(|k| k == d) {
+            return Some(i as u16 + 1);
+        }
+        known.push(d.clone());
+        next += 1;
+        Some(next)
+    })
+}
+
+#[test]
+fn compiles_deny_and_allow_lists_into_verdicts() {
+    let nr = |n| crate::syscalls::number(n).unwrap() as usize;
+    let p = one(
+        "  syscalls:\n    action: kill\n    deny:\n      - mount\n      - {names: [unshare], args: [{index: 0, op: masked_eq, value: 1, value_two: 1}]}\n",
+    );
+    let (_, mut id) = ids();
+    let t = compile::compile(&[(&p, Mode::Enforce)], &mut id);
+    assert_eq!(t.flags, cgroup_flags::SYSCALLS);
+    assert_eq!(t.verdicts.rule[nr("mount")], 1);
+    assert_eq!(t.verdicts.rule[nr("unshare")], 2 | VERDICT_CONDITIONAL);
+    assert_eq!(t.verdicts.rule[nr("read")], 0);
+    // the run-time check of the conditional verdict
+    assert_eq!(t.args.len(), 1);
+    let (n, r) = &t.args[0];
+    assert_eq!(*n as usize, nr("unshare"));
+    assert_eq!(
+        (r.alts, r.match_allows, r.alt[0].rule, r.alt[0].count),
+        (1, 0, 2, 1)
+    );
+    assert_eq!(r.violated(&[1, 0, 0, 0, 0, 0], 0), Some(2));
+    assert_eq!(r.violated(&[2, 0, 0, 0, 0, 0], 0), None);
+
+    let a = one(
+        "  syscalls:\n    allow: [read, write, {names: [ioctl], args: [{index: 1, op: eq, value: 5}]}]\n",
+    );
+    let (_, mut id) = ids();
+    let t = compile::compile(&[(&a, Mode::Enforce)], &mut id);
+    assert_eq!(t.verdicts.rule[nr("read")], 0);
+    assert_eq!(t.verdicts.rule[nr("mount")] & VERDICT_RULE, 1);
+    assert_eq!(t.verdicts.rule[nr("ioctl")], 1 | VERDICT_CONDITIONAL);
+    let (_, r) = &t.args[0];
+    assert_eq!(r.match_allows, 1);
+    assert_eq!(
+        r.violated(&[0, 5, 0, 0, 0, 0], 1),
+        None,
+        "ioctl(_, 5) allowed"
+    );
+    assert_eq!(r.violated(&[0, 6, 0, 0, 0, 0], 1), Some(1));
+
+    // two policies: the stronger verdict wins (kill in enforce over audit log)
+    let log = one("  mode: audit\n  syscalls:\n    action: log\n    deny: [mount, chroot]\n");
+    let (_, mut id) = ids();
+    let t = compile::compile(&[(&log, Mode::Audit), (&p, Mode::Enforce)], &mut id);
+    let mount = t.verdicts.rule[nr("mount")];
+    let chroot = t.verdicts.rule[nr("chroot")];
+    assert_ne!(mount, chroot);
+    assert_eq!(
+        chroot, 2,
+        "only the audit policy names chroot (its second rule)"
+    );
+    assert_eq!(mount, 3, "the enforce policy's kill rule wins for mount");
+}
+
+#[test]
+fn compiles_exec_and_network() {
+    let p = one(
+        "  exec:\n    action: log\n    allow: [/bin/*]\n    deny: [/bin/nc]\n  network:\n    egress:\n      default: deny\n      rules:\n        - {action: allow, cidr: 127.0.0.1, ports: [80, \"8000-8001\"], protocol: tcp}\n",
+    );
+    let (_, mut id) = ids();
+    let t = compile::compile(&[(&p, Mode::Enforce)], &mut id);
+    assert_eq!(t.flags, cgroup_flags::EXEC | cgroup_flags::EGRESS);
+    assert_eq!(t.exec_conf.allow_list, 1);
+    assert_eq!(t.exec.len(), 2);
+    assert_eq!(t.egress.count, 2, "one kernel rule per port range");
+    assert_eq!(t.egress.default_action, action::DENY);
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[127, 0, 0, 1]);
+    assert_eq!(t.egress.evaluate(2, &a, 8001, 6).0, action::ALLOW);
+    assert_eq!(t.egress.evaluate(2, &a, 8002, 6).0, action::DENY);
+    assert_eq!(t.egress.evaluate(2, &a, 80, 17).0, action::DENY);
+}
+
+#[test]
+fn seccomp_rules_follow_the_list_kind() {
+    let p = one("  syscalls:\n    allow: [read]\n");
+    let r = compile::seccomp_rules(&p).unwrap();
+    assert_eq!(r.default, Some(SysAction::Errno(1)));
+    assert_eq!(r.rules[0].1, None);
+    let audit = one("  mode: audit\n  syscalls:\n    deny: [mount]\n");
+    assert!(compile::seccomp_rules(&audit).is_none(), "audit: no filter");
+}
+
+#[test]
+fn learned_policies_parse_back() {
+    let mut l = learn::Learned::default();
+    for s in ["read", "write", "execve", "exit_group"] {
+        l.syscalls.insert(s.into());
+    }
+    l.refused.insert("mount".into());
+    l.execs.insert("/bin/true".into());
+    l.egress
+        .insert(("127.0.0.1".parse().unwrap(), 8080, "tcp".into()));
+    l.ingress.insert((9000, "tcp".into()));
+    let y = learn::policy_yaml("web-learned", "web", &l, "60s");
+    let p = parse::parse_str(&y, "learned.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+    let s = p[0].syscalls.as_ref().unwrap();
+    assert_eq!(s.list, ListKind::Allow);
+    assert_eq!(s.entries.len(), 4);
+    assert!(y.contains("# Always refused with EPERM while learning"));
+    let j: serde_json::Value = serde_json::from_str(&learn::oci_seccomp(&l)).unwrap();
+    assert_eq!(j["syscalls"][0]["names"].as_array().unwrap().len(), 4);
+    // nothing but syscalls learned: still a valid policy
+    let mut l2 = learn::Learned::default();
+    l2.syscalls.insert("read".into());
+    let y = learn::policy_yaml("x", "y", &l2, "1s");
+    parse::parse_str(&y, "l2.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+}

@@ -1,0 +1,146 @@
+//! Helpers for the policy tests: a pin directory of the test's own under bpffs (never the real
+//! `/sys/fs/bpf/palisade`), an agent configured with policy files, and waits on what the agent
+//! says it enforces (its control socket), never on time.
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::{Agent, wait_for};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// `/sys/fs/bpf/palisade-test-<pid>-<n>`, removed (unpinning everything) on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/palisade-test-{}-{n}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn remove_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                remove_tree(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        remove_tree(&self.0);
+    }
+}
+
+/// A policy directory and the agent configuration that points at it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub pins: PinDir,
+}
+
+impl Setup {
+    /// Writes `policy` (YAML) as `policy.yaml` in a fresh directory.
+    pub fn new(policy: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        std::fs::write(dir.path().join("policy.yaml"), policy)
+            .unwrap_or_else(|e| panic!("write policy: {e}"));
+        Self {
+            dir,
+            pins: PinDir::new(),
+        }
+    }
+
+    pub fn policy_file(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// The agent configuration: these policies, this pin directory, `extra` YAML keys under
+    /// `policy:` (indented by 2), passes every second.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "metrics:\n  collect_interval: 1s\npolicy:\n  paths: [{}]\n  pin_dir: {}\n  watch_interval: 0s\n{extra}",
+            self.policy_file().display(),
+            self.pins.0.display()
+        )
+    }
+
+    pub fn agent(&self, extra: &str) -> Agent {
+        Agent::with_events(&self.config(extra), &[])
+    }
+}
+
+/// The agent's `policy_status` answer.
+pub fn status(agent: &Agent) -> serde_json::Value {
+    let line = agent.control(r#"{"op":"policy_status"}"#);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("status reply {line}: {e}"));
+    assert_eq!(v["ok"], true, "{line}");
+    v["data"].clone()
+}
+
+/// Waits until policy `name` applies to cgroup `cgroup_id` and the hooks in `hooks` are attached.
+pub fn wait_applied(agent: &Agent, name: &str, cgroup_id: u64, hooks: &[&str]) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("policy {name} on cgroup {cgroup_id}"),
+        || {
+            let s = status(agent);
+            let on = s["policies"].as_array()?.iter().any(|p| {
+                p["name"] == name
+                    && p["cgroups"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["cgroup_id"] == cgroup_id))
+            });
+            let attached = hooks.iter().all(|h| {
+                s["hooks"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == h))
+            });
+            (on && attached).then_some(())
+        },
+    );
+}
+
+/// Violation events of cgroup `cgroup_id` (waits for at least `n`).
+pub fn violations(agent: &Agent, cgroup_id: u64, n: usize) -> Vec<serde_json::Value> {
+    agent
+        .wait_events(n, "policy violations", |e| {
+            e["type"] == "policy_violation" && e["container"]["cgroup_id"] == cgroup_id
+        })
+        .into_iter()
+        .collect()
+}
+
+/// `palisade policy ARGS --socket <agent's>`: (exit code, stdout, stderr).
+pub fn cli(agent: &Agent, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(crate::palisade_bin())
+        .arg("policy")
+        .args(args)
+        .arg("--socket")
+        .arg(agent.control_socket())
+        .output()
+        .unwrap_or_else(|e| panic!("palisade policy: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

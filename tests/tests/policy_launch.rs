@@ -1,0 +1,232 @@
+//! Policies at launch: `palisade run --policy` turns syscall rules into the seccomp filter
+//! (denials reported as violations), network rules are in force before the first
+//! instruction, and `palisade policy learn` writes a policy the workload runs under, which
+//! refuses one extra syscall.
+use std::process::{Command, Stdio};
+
+use palisade_tests::{
+    Agent,
+    launch::{probe_bin, run, unique},
+    net_workload_bin, palisade_bin,
+    policy::PinDir,
+    wait_for,
+};
+
+fn agent(pins: &PinDir) -> Agent {
+    Agent::with_events(
+        &format!(
+            "metrics:\n  collect_interval: 1s\npolicy:\n  pin_dir: {}\n",
+            pins.0.display()
+        ),
+        &[],
+    )
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_launched_workload_is_denied_mount_and_unshare_by_seccomp_and_each_denial_is_reported() {
+    let pins = PinDir::new();
+    let agent = agent(&pins);
+    let sock = s(&agent.control_socket());
+    let (name, net_name) = (unique("polrun"), unique("polrun"));
+    let prefix = name.rsplit_once('-').map_or(name.as_str(), |(a, _)| a);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("run.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {{name: confined}}\nspec:\n  selector: {{workload: \"{prefix}-*\"}}\n  syscalls:\n    action: errno\n    errno: EPERM\n    deny: [mount, unshare]\n  network:\n    egress:\n      rules: [{{action: deny, ports: [9], protocol: tcp}}]\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let probe = s(&probe_bin());
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &s(&file),
+        "--",
+        &probe,
+        "syscalls",
+        "mount",
+        "unshare-newuts",
+        "getpid",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let lines = out.lines();
+    assert!(lines.contains(&"mount 1"), "{out}");
+    assert!(lines.contains(&"unshare-newuts 1"), "{out}");
+    assert!(lines.contains(&"getpid 0"), "{out}");
+    let v = agent.wait_events(2, "the seccomp denials", |e| {
+        e["type"] == "policy_violation" && e["container"]["name"] == name.as_str()
+    });
+    let mut calls: Vec<&str> = v
+        .iter()
+        .map(|e| {
+            let x = &e["violation"];
+            assert_eq!(x["hook"], "seccomp", "{e}");
+            assert_eq!(x["action"], "errno", "{e}");
+            assert_eq!(x["errno"], "EPERM", "{e}");
+            assert_eq!(x["policy"], "confined", "{e}");
+            x["syscall"].as_str().unwrap_or("")
+        })
+        .collect();
+    calls.sort();
+    assert_eq!(calls, ["mount", "unshare"]);
+    // the network rule is in force from the first instruction (nothing listens: 111 without it)
+    let out = run(&[
+        "--name",
+        &net_name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &s(&file),
+        "--",
+        &s(&net_workload_bin()),
+        "try-connect",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(out.stdout.trim(), "error 1", "{out}");
+    let out = run(&[
+        "--name",
+        &unique("free"),
+        "--",
+        &s(&net_workload_bin()),
+        "try-connect",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(out.stdout.trim(), "error 111", "{out}");
+    // network rules need the agent: without one the launch is refused, nothing runs
+    let lonely = unique("polrun");
+    let out = run(&["--name", &lonely, "--policy", &s(&file), "--", "/bin/true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("enforced by the agent"), "{out}");
+    palisade_tests::launch::assert_clean(&lonely, None);
+    // --seccomp and a policy's syscall rules are two filters: refused before anything starts
+    let out = run(&[
+        "--name",
+        &name,
+        "--seccomp",
+        "default",
+        "--policy",
+        &s(&file),
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("give one"), "{out}");
+}
+
+#[test]
+fn a_learned_policy_lets_the_workload_run_and_refuses_one_extra_syscall() {
+    let pins = PinDir::new();
+    let agent = agent(&pins);
+    let sock = s(&agent.control_socket());
+    let name = unique("learn");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let learned = dir.path().join("learned.yaml");
+    let oci = dir.path().join("learned.json");
+    let learn = |out: &std::path::Path, format: &str| {
+        Command::new(palisade_bin())
+            .args(["policy", "learn", "--container", &name, "--duration", "4s"])
+            .args(["--format", format, "-o"])
+            .arg(out)
+            .args(["--socket", &sock])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("learn: {e}"))
+    };
+    let (l1, l2) = (learn(&learned, "policy"), learn(&oci, "oci-seccomp"));
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "both learning windows",
+        || (agent.log().matches("learning started").count() == 2).then_some(()),
+    );
+    let probe = s(&probe_bin());
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--",
+        &probe,
+        "syscalls",
+        "getpid",
+    ]);
+    assert_eq!(out.lines(), ["getpid 0"], "{out}");
+    for l in [l1, l2] {
+        let o = l.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(&learned).unwrap_or_else(|e| panic!("{e}"));
+    for must in ["- getpid", "- execve", "- exit_group", &probe] {
+        assert!(text.contains(must), "learned policy lacks {must}:\n{text}");
+    }
+    assert!(!text.contains("- getcwd"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&oci).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("OCI profile: {e}"));
+    assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
+    assert!(
+        json["syscalls"][0]["names"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n == "getpid"))
+    );
+    let check = Command::new(palisade_bin())
+        .args(["policy", "check"])
+        .arg(&learned)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // under its learned policy the workload works...
+    let pol = s(&learned);
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &pol,
+        "--",
+        &probe,
+        "syscalls",
+        "getpid",
+    ]);
+    assert_eq!((out.code, out.lines()), (0, vec!["getpid 0"]), "{out}");
+    // ...and one extra syscall is refused (EPERM) and reported
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &pol,
+        "--",
+        &probe,
+        "syscalls",
+        "getpid",
+        "getcwd",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.lines(), ["getpid 0", "getcwd 1"], "{out}");
+    let v = agent.wait_events(1, "the refused getcwd", |e| {
+        e["type"] == "policy_violation" && e["violation"]["syscall"] == "getcwd"
+    });
+    assert_eq!(v[0]["violation"]["hook"], "seccomp");
+    assert_eq!(v[0]["violation"]["rule"], "syscalls.allow");
+    assert_eq!(v[0]["container"]["name"], name.as_str());
+}

@@ -1,0 +1,159 @@
+//! `cargo xtask bench policy`: what the policy `sys_enter` hook adds to every syscall, in a
+//! cgroup without a policy (one hash miss) and in one with a syscall policy (the verdict
+//! lookup of an allowed call). One release agent; each round measures both cgroups with the
+//! hook detached and attached (`palisade policy reload` of a file selecting nothing, then the
+//! policy cgroup), so drift between rounds cancels in the paired differences.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{agent_bin, root, step};
+
+fn unified_root() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .min_by_key(|p| p != Path::new("/sys/fs/cgroup"))
+        .context("no cgroup2 mount")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// ns per call of `calls` getppid calls in `cgroup`, pinned to the last CPU.
+fn run(cgroup: &Path, calls: u64) -> Result<f64> {
+    let workload = root().join("target/release/syscall-workload");
+    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    let start = Instant::now();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec taskset -c {cpu} {} getppid {calls}",
+            cgroup.display(),
+            workload.display()
+        ))
+        .status()?;
+    if !st.success() {
+        bail!("workload failed: {st}");
+    }
+    Ok(start.elapsed().as_nanos() as f64 / calls as f64)
+}
+
+fn select(dir: &Path, socket: &Path, glob: &str) -> Result<()> {
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {{name: bench}}\nspec:\n  selector: {{cgroup: \"{glob}\"}}\n  syscalls:\n    action: kill\n    deny: [mount]\n"
+        ),
+    )?;
+    let out = Command::new(agent_bin(true))
+        .args(["policy", "reload", "--socket"])
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        bail!("reload: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // until the hook is attached or detached as asked
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Ok(())
+}
+
+pub fn policy(calls: u64, rounds: u32) -> Result<()> {
+    step(&format!(
+        "policy sys_enter hook: {rounds} paired rounds of {calls} getppid calls"
+    ));
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("palisade-bench-policy-{pid}"));
+    std::fs::create_dir_all(&dir)?;
+    let uni = unified_root()?;
+    let (plain, pol) = (
+        uni.join(format!("palisade-bench-plain-{pid}")),
+        uni.join(format!("palisade-bench-policy-{pid}")),
+    );
+    for c in [&plain, &pol] {
+        std::fs::create_dir_all(c)?;
+    }
+    let socket = dir.join("agent.sock");
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\ncontrol_socket: {}\npolicy:\n  paths: [{}]\n  pin_dir: /sys/fs/bpf/palisade-bench-{pid}\n  watch_interval: 0s\n",
+            socket.display(),
+            dir.join("policy.yaml").display()
+        ),
+    )?;
+    select_file_only(&dir)?;
+    let ready = dir.join("ready");
+    let mut agent = Command::new(agent_bin(true))
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                bail!("agent did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pol_glob = format!("/palisade-bench-policy-{pid}");
+        let (mut base, mut d_plain, mut d_pol) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            select(&dir, &socket, "/no-such-cgroup")?;
+            let (a, b) = (run(&plain, calls)?, run(&pol, calls)?);
+            select(&dir, &socket, &pol_glob)?;
+            let (c, d) = (run(&plain, calls)?, run(&pol, calls)?);
+            base.push((a + b) / 2.0);
+            d_plain.push(c - a);
+            d_pol.push(d - b);
+        }
+        let b = median(base);
+        let (p, q) = (median(d_plain), median(d_pol));
+        println!("\nagent running, policy hook detached: {b:.1} ns/call (getppid)");
+        println!(
+            "added by the hook, cgroup without a policy:       {p:+.1} ns/call ({:+.1}%)",
+            p / b * 100.0
+        );
+        println!(
+            "added by the hook, cgroup with a syscall policy:  {q:+.1} ns/call ({:+.1}%)",
+            q / b * 100.0
+        );
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+    let _ = Command::new(agent_bin(true))
+        .args(["agent", "--cleanup", "--config"])
+        .arg(&cfg)
+        .output();
+    for c in [&plain, &pol] {
+        let _ = std::fs::remove_dir(c);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The file the agent starts with (selects nothing).
+fn select_file_only(dir: &Path) -> Result<()> {
+    std::fs::write(
+        dir.join("policy.yaml"),
+        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {name: bench}\nspec:\n  selector: {cgroup: \"/no-such-cgroup\"}\n  syscalls:\n    deny: [mount]\n",
+    )?;
+    Ok(())
+}
