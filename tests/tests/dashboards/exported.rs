@@ -94,7 +94,7 @@ const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
 const POLICY_ACTIONS: &[&str] = &["errno", "kill", "drop", "would_block", "log"];
 const POLICY_MODES: &[&str] = &["audit", "enforce"];
 /// Enforcement hook groups, attached while some policy needs them.
-const POLICY_HOOKS: &[&str] = &["syscalls", "exec", "egress", "ingress"];
+const POLICY_HOOKS: &[&str] = &["syscalls", "seccomp", "exec", "egress", "ingress"];
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are
 /// added by Prometheus).
