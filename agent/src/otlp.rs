@@ -155,7 +155,7 @@ fn fill(r: &mut impl opentelemetry::logs::LogRecord, ev: &Event) {
         r.set_timestamp(t);
     }
     let (sev, text) = match ev.kind {
-        EventType::Oom => (Severity::Warn, "WARN"),
+        EventType::Oom | EventType::PolicyViolation => (Severity::Warn, "WARN"),
         _ => (Severity::Info, "INFO"),
     };
     r.set_severity_number(sev);
@@ -203,6 +203,37 @@ pub fn attributes(ev: &Event) -> Vec<(&'static str, AnyValue)> {
         a.push(("palisade.flow.remote", f.remote.clone().into()));
         a.push(("palisade.flow.bytes_out", AnyValue::Int(f.bytes_out as i64)));
         a.push(("palisade.flow.bytes_in", AnyValue::Int(f.bytes_in as i64)));
+    }
+    if let Some(v) = &ev.violation {
+        for (k, val) in [
+            ("palisade.policy.name", &v.policy),
+            ("palisade.policy.rule", &v.rule),
+            ("palisade.policy.action", &v.action),
+            ("palisade.policy.mode", &v.mode),
+            ("palisade.policy.hook", &v.hook),
+        ] {
+            a.push((k, val.clone().into()));
+        }
+        if let Some(s) = &v.syscall {
+            a.push(("palisade.policy.syscall", s.clone().into()));
+        }
+        if let Some(e) = &v.exec {
+            a.push(("palisade.policy.exec", e.clone().into()));
+        }
+        if let Some(n) = &v.network {
+            a.push(("network.transport", n.protocol.clone().into()));
+            a.push((
+                "palisade.policy.network.direction",
+                n.direction.clone().into(),
+            ));
+            if !n.remote.is_empty() {
+                a.push(("palisade.policy.network.remote", n.remote.clone().into()));
+            }
+        }
+        a.push((
+            "palisade.policy.suppressed",
+            AnyValue::Int(v.suppressed as i64),
+        ));
     }
     a
 }

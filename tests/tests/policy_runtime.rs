@@ -3,7 +3,7 @@
 //! `cgroup_sock_addr`, resources through cgroupfs, audit mode, mode switches and rate limits.
 //! Each test has its own agent, pin directory, cgroups and network namespace.
 use palisade_tests::{
-    Agent, TestCgroup, TestNetns, net_workload_bin,
+    Agent, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr,
     policy::{Setup, cli, violations, wait_applied},
     wait_for, workload_bin,
 };
@@ -203,7 +203,11 @@ fn audit_mode_blocks_nothing_and_reports_everything() {
     let _l = Listener::start(&ns, 7302);
     let body = "  syscalls:\n    action: kill\n    deny: [getppid]\n  exec:\n    action: kill\n    deny: [/bin/true]\n  network:\n    egress:\n      rules:\n        - {action: deny, ports: [7302]}\n";
     let s = Setup::new(&policy("watch", &cg, "audit", body));
-    let agent = s.agent("");
+    let otlp = OtlpReceiver::start();
+    let agent = s.agent(&format!(
+        "otlp:\n  endpoint: {}\n  protocol: http/json\n  events: [policy_violation]\n",
+        otlp.endpoint()
+    ));
     wait_applied(&agent, "watch", cg.id, &["syscalls", "exec", "egress"]);
     cg.run_workload(&["getppid", "1"]);
     let st = cg
@@ -227,6 +231,51 @@ fn audit_mode_blocks_nothing_and_reports_everything() {
     hooks.sort();
     assert_eq!(hooks, ["connect", "exec", "syscall"]);
     assert_eq!(violation_count(&agent, "watch", "would_block", &cg), 3.0);
+    // The same three as OTLP log records (WARN), with the policy as attributes.
+    let records = wait_for(
+        std::time::Duration::from_secs(20),
+        "three OTLP violation records",
+        || {
+            let r: Vec<_> = otlp
+                .records()
+                .into_iter()
+                .filter(|(_, r, _)| otlp_attr(r, "container.name") == Some(cg.rel.clone().into()))
+                .collect();
+            (r.len() >= 3).then_some(r)
+        },
+    );
+    let mut hooks: Vec<String> = records
+        .iter()
+        .map(|(path, r, _)| {
+            assert_eq!(path, "/v1/logs");
+            assert_eq!(r["severityText"], "WARN", "{r}");
+            assert_eq!(
+                otlp_attr(r, "event.name"),
+                Some("policy_violation".into()),
+                "{r}"
+            );
+            assert_eq!(
+                otlp_attr(r, "palisade.policy.name"),
+                Some("watch".into()),
+                "{r}"
+            );
+            assert_eq!(
+                otlp_attr(r, "palisade.policy.action"),
+                Some("would_block".into()),
+                "{r}"
+            );
+            assert_eq!(
+                otlp_attr(r, "palisade.policy.mode"),
+                Some("audit".into()),
+                "{r}"
+            );
+            otlp_attr(r, "palisade.policy.hook")
+                .and_then(|h| h.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    hooks.sort();
+    assert_eq!(hooks, ["connect", "exec", "syscall"]);
 }
 
 #[test]

@@ -9,10 +9,11 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod exported;
 mod grafana;
 mod promql;
 mod rules;
+
+use palisade_tests::catalog as exported;
 
 use std::{
     ffi::OsStr,

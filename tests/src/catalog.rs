@@ -1,9 +1,10 @@
 //! The metric families `palisade agent` exports: names, types, labels and the closed sets of
-//! label values, the contract every query in `dashboards/` is checked against.
+//! label values: the contract every query in `dashboards/` is checked against (test
+//! `dashboards`), and that a live agent's `/metrics` is checked against (test `exported_metrics`).
 
 /// The type of an exported metric family.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
     Counter,
     Gauge,
     /// Queried as `<name>_bucket` (with `le`), `<name>_sum` and `<name>_count`.
@@ -11,17 +12,17 @@ enum Kind {
 }
 
 /// Labels with a closed set of values: a literal matcher on them must use one of these.
-type Values = &'static [(&'static str, &'static [&'static str])];
+pub type Values = &'static [(&'static str, &'static [&'static str])];
 
 /// An exported metric family.
-pub(crate) struct Metric {
-    pub(crate) name: &'static str,
-    kind: Kind,
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
     /// Its own labels; `instance` and `job` come from the scrape.
-    labels: &'static [&'static str],
+    pub labels: &'static [&'static str],
     /// Its labels with a closed set of values. Per family: `reason` and `direction` mean
     /// different things in different families.
-    values: Values,
+    pub values: Values,
 }
 
 const fn m(name: &'static str, kind: Kind, labels: &'static [&'static str]) -> Metric {
@@ -98,7 +99,7 @@ const POLICY_HOOKS: &[&str] = &["syscalls", "seccomp", "exec", "egress", "ingres
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are
 /// added by Prometheus).
-pub(crate) const METRICS: &[Metric] = &[
+pub const METRICS: &[Metric] = &[
     // Syscalls (per container; `namespace` and `pod` for Kubernetes containers).
     m(
         "palisade_syscalls_total",
@@ -275,7 +276,7 @@ pub(crate) const METRICS: &[Metric] = &[
 ];
 
 /// Families only exported when turned on in the agent config: a panel showing one says so.
-pub(crate) const OPT_IN: &[(&str, &str)] = &[
+pub const OPT_IN: &[(&str, &str)] = &[
     (
         "palisade_network_peer_bytes_total",
         "network.per_peer_metrics",
@@ -287,9 +288,9 @@ pub(crate) const OPT_IN: &[(&str, &str)] = &[
 ];
 
 /// Labels every series gets from the Prometheus scrape.
-const TARGET_LABELS: &[&str] = &["instance", "job"];
+pub const TARGET_LABELS: &[&str] = &["instance", "job"];
 /// The exported family a queried series name belongs to, and whether it is a histogram bucket.
-pub(crate) fn family(name: &str) -> Option<(&'static Metric, bool)> {
+pub fn family(name: &str) -> Option<(&'static Metric, bool)> {
     if let Some(m) = METRICS
         .iter()
         .find(|m| m.name == name && m.kind != Kind::Histogram)
@@ -311,7 +312,7 @@ pub(crate) fn family(name: &str) -> Option<(&'static Metric, bool)> {
 /// The labels a queried series name may carry and the closed value sets among them, or `None`
 /// when the agent does not export it. `extra` names non-Palisade metrics (with only target
 /// labels).
-pub(crate) fn labels_of(metric: &str, extra: &[&str]) -> Option<(Vec<&'static str>, Values)> {
+pub fn labels_of(metric: &str, extra: &[&str]) -> Option<(Vec<&'static str>, Values)> {
     if extra.contains(&metric) {
         return Some((TARGET_LABELS.to_vec(), &[]));
     }
