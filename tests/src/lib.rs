@@ -19,7 +19,6 @@ pub use otlp::{OtlpReceiver, otlp_attr};
 pub use podman::{PODMAN_FLAGS, PodmanContainer, busybox_image};
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},

@@ -6,7 +6,7 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use crate::SEQ;
+use crate::{SEQ, workload_bin};
 
 /// A network namespace owned by one test (`ip netns`), loopback up; removed on drop.
 pub struct TestNetns {
