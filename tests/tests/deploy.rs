@@ -59,7 +59,17 @@ fn daemonset_runs_the_agent_with_what_it_needs() {
             .unwrap_or_else(|| panic!("no {k}"))
             .clone()
     };
-    let (cm, ds) = (kind("ConfigMap"), kind("DaemonSet"));
+    let config_map = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+            .clone()
+    };
+    let (cm, policies, ds) = (
+        config_map("palisade"),
+        config_map("palisade-policies"),
+        kind("DaemonSet"),
+    );
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"], true);
     let c = &spec["containers"][0];
@@ -70,12 +80,36 @@ fn daemonset_runs_the_agent_with_what_it_needs() {
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
-    // the shipped configuration and flags are accepted by the real binary
+    // the shipped configuration, policies and flags are accepted by the real binary (the
+    // policy directory is where the policies ConfigMap is mounted)
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("palisade.yaml");
     let text = cm["data"]["palisade.yaml"].as_str().unwrap();
-    std::fs::write(&cfg, text).unwrap();
+    let policy_dir = "/etc/palisade/policies";
+    assert!(text.contains(policy_dir), "{text}");
+    let local_policies = dir.path().join("policies");
+    std::fs::create_dir(&local_policies).unwrap();
+    let files = policies["data"].as_object().unwrap();
+    assert!(!files.is_empty());
+    for (name, body) in files {
+        std::fs::write(local_policies.join(name), body.as_str().unwrap()).unwrap();
+    }
+    std::fs::write(
+        &cfg,
+        text.replace(policy_dir, &local_policies.to_string_lossy()),
+    )
+    .unwrap();
     check_config(&args, &cfg);
+    let out = std::process::Command::new(palisade_bin())
+        .args(["policy", "check"])
+        .arg(&local_policies)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "palisade policy check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // the port Prometheus scrapes is the one the agent listens on, and /healthz is served
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
     assert!(text.contains(&format!("listen: 0.0.0.0:{port}")), "{text}");
@@ -95,6 +129,7 @@ fn daemonset_runs_the_agent_with_what_it_needs() {
         "/sys/kernel/tracing",
         "/sys/kernel/btf",
         "/run/palisade",
+        policy_dir,
     ] {
         assert!(mounts.contains(&p), "{p} not mounted: {mounts:?}");
     }
