@@ -1,0 +1,127 @@
+//! Config parsing: defaults, every key, and errors with file:line:column.
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.yaml"))
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.listen, "127.0.0.1:9477".parse().unwrap());
+    assert_eq!(c.syscalls.thread_slots, PowerOfTwo(65_536));
+    assert_eq!(c.metrics.series_grace_period, Duration::from_secs(60));
+}
+
+#[test]
+fn shipped_default_file_parses_to_the_defaults() {
+    let c = Config::parse(Config::DEFAULT_YAML, Path::new("palisade.yaml")).unwrap();
+    let d = Config::default();
+    assert_eq!(c.listen, d.listen);
+    assert_eq!(c.control_socket, d.control_socket);
+    assert_eq!(c.syscalls.stats_max_entries, d.syscalls.stats_max_entries);
+    assert_eq!(c.syscalls.errno_max_entries, d.syscalls.errno_max_entries);
+    assert_eq!(c.syscalls.thread_slots, d.syscalls.thread_slots);
+    assert_eq!(c.metrics.max_series, d.metrics.max_series);
+    assert_eq!(c.metrics.latency_bucket_step, d.metrics.latency_bucket_step);
+    assert_eq!(c.metrics.series_grace_period, d.metrics.series_grace_period);
+    assert_eq!(c.metrics.collect_interval, d.metrics.collect_interval);
+    assert_eq!(c.identity.max_cgroups, d.identity.max_cgroups);
+    assert_eq!(c.identity.rescan_interval, d.identity.rescan_interval);
+    assert_eq!(
+        c.identity.name_resolution_window,
+        d.identity.name_resolution_window
+    );
+    assert_eq!(c.identity.roots, d.identity.roots);
+    assert_eq!(c.resources.enabled, d.resources.enabled);
+    assert_eq!(c.events.output, d.events.output);
+    assert_eq!(c.events.max_file_mib, d.events.max_file_mib);
+    assert_eq!(c.events.keep_files, d.events.keep_files);
+    assert_eq!(c.events.kernel_buffer_kib, d.events.kernel_buffer_kib);
+    assert_eq!(c.events.queue, d.events.queue);
+    assert_eq!(c.processes.max_per_container, d.processes.max_per_container);
+    assert_eq!(c.processes.max_total, d.processes.max_total);
+    assert_eq!(c.network.enabled, d.network.enabled);
+    assert_eq!(c.network.flow_entries, d.network.flow_entries);
+    assert_eq!(c.network.udp_idle_timeout, d.network.udp_idle_timeout);
+    assert_eq!(c.network.tcp_idle_timeout, d.network.tcp_idle_timeout);
+    assert_eq!(c.network.report_interval, d.network.report_interval);
+    assert_eq!(c.network.per_peer_metrics, d.network.per_peer_metrics);
+    assert_eq!(c.network.peer_prefix_v4, d.network.peer_prefix_v4);
+    assert_eq!(c.network.peer_prefix_v6, d.network.peer_prefix_v6);
+    assert_eq!(c.network.max_peer_series, d.network.max_peer_series);
+    assert_eq!(c.policy.paths, d.policy.paths);
+    assert_eq!(c.policy.pin_dir, d.policy.pin_dir);
+    assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
+    assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
+    assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
+    assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
+    assert_eq!(c.otlp.protocol, d.otlp.protocol);
+    assert_eq!(c.otlp.timeout, d.otlp.timeout);
+    assert_eq!(c.otlp.events, d.otlp.events);
+    assert_eq!(c.otlp.headers, d.otlp.headers);
+}
+
+#[test]
+fn unknown_key_reports_file_line_column() {
+    let e = parse("listen: 127.0.0.1:9000\nsyscalls:\n  thread_slot: 1024\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("test.yaml:3:3: unknown field `thread_slot`"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "one line: {msg}");
+}
+
+#[test]
+fn bad_values_report_their_position() {
+    let e = parse("syscalls:\n  thread_slots: 1000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("test.yaml:2:"), "{e}");
+    assert!(e.contains("power of two"), "{e}");
+
+    let e = parse("metrics:\n  series_grace_period: soon\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("test.yaml:2:"), "{e}");
+    assert!(e.contains("invalid duration `soon`"), "{e}");
+
+    let e = parse("syscalls:\n  cgroups: ['web-[']\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("test.yaml:2:"), "{e}");
+    assert!(e.contains("invalid glob"), "{e}");
+
+    let e = parse("listen: not-an-address\n").unwrap_err().to_string();
+    assert!(e.starts_with("test.yaml:1:"), "{e}");
+
+    let e = parse("log_format: xml\n").unwrap_err().to_string();
+    assert!(e.starts_with("test.yaml:1:"), "{e}");
+}
+
+#[test]
+fn cross_field_validation() {
+    let e = parse("metrics:\n  collect_interval: 1ms\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("collect_interval must be at least 100ms"), "{e}");
+}
+
+#[test]
+fn unreadable_file_names_path() {
+    let e = Config::load(Path::new("/nonexistent/palisade.yaml")).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("/nonexistent/palisade.yaml"), "{msg}");
+    assert!(msg.contains("--config"), "{msg}");
+}
+
+#[test]
+fn patterns_match_names_and_paths() {
+    let p = Pattern::new("web-*").unwrap();
+    assert!(p.is_match("web-0"));
+    assert!(!p.is_match("db-0"));
+    let p = Pattern::new("/system.slice/*.service").unwrap();
+    assert!(p.is_match("/system.slice/nginx.service"));
+    assert!(Pattern::new("").is_err());
+}
