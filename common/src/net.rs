@@ -113,6 +113,11 @@ pub mod tcp_what {
     pub const CLOSED: u32 = 2;
     /// An outbound connect failed (reset: refused; after SYN retransmits: timeout).
     pub const FAILED: u32 = 3;
+    /// The connection was established and ended without an orderly close: it went to CLOSE
+    /// straight from ESTABLISHED or CLOSE_WAIT (a reset sent or received, or the kernel gave up
+    /// after retransmission or keepalive timeouts). A reset after this side's own FIN is
+    /// [`CLOSED`].
+    pub const RESET: u32 = 4;
 }
 
 /// [`TcpEvent::direction`] values.

@@ -71,8 +71,10 @@ const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
 
 /// Looks `key` up, inserting zeroes first when absent. `None`: the map is full.
 #[inline(always)]
@@ -479,6 +481,9 @@ fn try_tcp_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
                     }
                 });
                 emit(ctx, tcp_what::FAILED, cookie, &info, now);
+            } else if old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT {
+                // No FIN exchange on this side's way out: a reset (or a kernel timeout).
+                emit(ctx, tcp_what::RESET, cookie, &info, now);
             } else {
                 emit(ctx, tcp_what::CLOSED, cookie, &info, now);
             }

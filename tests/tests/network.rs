@@ -180,6 +180,74 @@ fn loopback_traffic_between_two_containers_is_counted_once_per_side() {
 }
 
 #[test]
+fn a_reset_connection_is_reported_as_reset_on_both_sides_and_a_closed_one_as_closed() {
+    let agent = Agent::with_events(CFG, &[]);
+    let ns = TestNetns::new("reset");
+    let (client, srv) = (TestCgroup::new("rst-client"), TestCgroup::new("rst-server"));
+    // the server reads 5,000 bytes and resets the connection (SO_LINGER 0)
+    let mut s = srv
+        .command_in(&ns, net_workload_bin())
+        .args(["serve-reset", "127.0.0.1:7003", "5000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn server: {e}"));
+    let mut line = String::new();
+    BufReader::new(s.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("server: {e}"));
+    assert_eq!(line.trim(), "listening");
+    let out = client
+        .command_in(&ns, net_workload_bin())
+        .args(["send-until-reset", "127.0.0.1:7003", "5000"])
+        .output()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "reset");
+    assert!(s.wait().is_ok_and(|st| st.success()), "server failed");
+    // an orderly connection in the same cgroups afterwards
+    let srv2 = server(&srv, &ns, "127.0.0.1:7004", 1);
+    assert_eq!(run(&client, &ns, &["send-tcp", "127.0.0.1:7004", "100"]), 0);
+    finish(srv2);
+
+    agent.wait_events(4, "four flow records", |e| {
+        e["type"] == "flow"
+            && (e["container"]["cgroup_id"] == client.id || e["container"]["cgroup_id"] == srv.id)
+    });
+    for cg in [&client, &srv] {
+        let mut results: Vec<(String, u64, u64)> = flows(&agent, cg)
+            .iter()
+            .map(|e| {
+                let f = &e["flow"];
+                (
+                    f["tcp"]["result"].as_str().unwrap_or("").to_owned(),
+                    f["bytes_out"].as_u64().unwrap_or(0),
+                    f["bytes_in"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        results.sort();
+        let (out, inn) = if cg.id == client.id {
+            (5000, 0)
+        } else {
+            (0, 5000)
+        };
+        let (out2, in2) = if cg.id == client.id {
+            (100, 0)
+        } else {
+            (0, 100)
+        };
+        assert_eq!(
+            results,
+            [
+                ("closed".to_owned(), out2, in2),
+                ("reset".to_owned(), out, inn)
+            ],
+            "flow records of {}",
+            cg.rel
+        );
+    }
+}
+
+#[test]
 fn a_connect_to_a_closed_port_is_one_refused_connection() {
     let agent = Agent::with_events(CFG, &[]);
     let ns = TestNetns::new("refused");

@@ -43,7 +43,7 @@ impl Shared {
         let mut new = Vec::new();
         let mut st = self.state.lock().await;
         let cfg = &self.config.network;
-        if t.what == tcp_what::CLOSED {
+        if t.what == tcp_what::CLOSED || t.what == tcp_what::RESET {
             st.net.rtt_sample(key.cgroup_id, t.srtt_us);
         }
         st.net.ended(&key, &stats, cfg);

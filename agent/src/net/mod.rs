@@ -27,8 +27,9 @@ use crate::{config::NetworkConfig, kernel::events::Tcp};
 /// TCP details of a flow record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TcpInfo {
-    /// `closed` (established, then closed), `refused`, `timeout` (connect failed), `open`
-    /// (interim record), `idle` (dropped after `tcp_idle_timeout` without a close).
+    /// `closed` (established, then closed), `reset` (established, then reset or aborted),
+    /// `refused`, `timeout` (connect failed), `open` (interim record), `idle` (dropped after
+    /// `tcp_idle_timeout` without a close).
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_seconds: Option<f64>,
@@ -312,6 +313,7 @@ impl NetState {
                 result: match t.what {
                     tcp_what::FAILED if t.total_retrans == 0 => "refused",
                     tcp_what::FAILED => "timeout",
+                    tcp_what::RESET => "reset",
                     _ => "closed",
                 }
                 .to_owned(),
@@ -453,6 +455,13 @@ mod tests {
                 .result,
             "refused"
         );
+        let reset = Tcp {
+            what: tcp_what::RESET,
+            ..t.clone()
+        };
+        let r = s.record(&key(IPPROTO_TCP), &f, Some(&reset), true, 0);
+        assert_eq!(r.tcp.unwrap().result, "reset");
+        assert_eq!(r.bytes_out, 1_000_000, "a reset flow keeps its counts");
         let timeout = Tcp {
             what: tcp_what::FAILED,
             total_retrans: 3,

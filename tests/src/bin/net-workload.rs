@@ -11,9 +11,14 @@
 //! - `try-connect ADDR [MS]`: one TCP connect (given up after MS ms); prints `connected`,
 //!   `timeout`, or `error N` (the errno).
 //! - `try-bind ADDR`: binds a TCP socket; prints `bound`, or `error N`.
+//! - `serve-reset ADDR BYTES`: accepts one connection, reads exactly BYTES, then resets it
+//!   (`SO_LINGER` 0 and close); prints `listening` once bound.
+//! - `send-until-reset ADDR BYTES`: one connection, BYTES of payload, then reads until the peer
+//!   ends it; prints `reset` (exit 0) or `eof` (exit 1).
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
     process::ExitCode,
     time::Duration,
 };
@@ -80,6 +85,50 @@ fn run(args: &[String]) -> Result<i32, String> {
             let mut sink = [0u8; 16];
             let _ = s.read(&mut sink);
             Ok(0)
+        }
+        [cmd, a, bytes] if cmd == "serve-reset" => {
+            let l = TcpListener::bind(addr(a)?).map_err(io)?;
+            println!("listening");
+            std::io::stdout().flush().map_err(io)?;
+            let (mut s, _) = l.accept().map_err(io)?;
+            let mut buf = vec![0u8; usize::try_from(num(bytes)?).map_err(|e| e.to_string())?];
+            s.read_exact(&mut buf).map_err(io)?;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid socket and a correctly sized option value.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            drop(s); // close with linger 0: a reset instead of a FIN
+            Ok(0)
+        }
+        [cmd, a, bytes] if cmd == "send-until-reset" => {
+            let mut s = TcpStream::connect(addr(a)?).map_err(io)?;
+            send_all(&mut s, num(bytes)?).map_err(io)?;
+            let mut sink = [0u8; 16];
+            match s.read(&mut sink) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    println!("reset");
+                    Ok(0)
+                }
+                Ok(0) => {
+                    println!("eof");
+                    Ok(1)
+                }
+                Ok(_) => Err("unexpected data from the peer".into()),
+                Err(e) => Err(e.to_string()),
+            }
         }
         [cmd, a] if cmd == "connect" => match TcpStream::connect(addr(a)?) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(0),
