@@ -121,6 +121,9 @@ pub const PROG_NET_INGRESS: &str = "net_ingress";
 pub const PROG_TCP_OPS: &str = "tcp_ops";
 /// Per-CPU array: index 0 = flows inserted into `FLOWS` (for the eviction count).
 pub const MAP_NET_COUNTERS: &str = "NET_COUNTERS";
+/// LRU hash: [`crate::net::ListenKey`] → the listener's cgroup id (filled by `sock_ops` at
+/// `listen()`, and by the agent at start for sockets already listening).
+pub const MAP_LISTENERS: &str = "LISTENERS";
 
 // The policy object (`palisade-policy`): every map below is pinned under the pin directory.
 

@@ -248,6 +248,35 @@ fn a_reset_connection_is_reported_as_reset_on_both_sides_and_a_closed_one_as_clo
 }
 
 #[test]
+fn a_listener_from_before_the_agent_has_its_accepted_connections_attributed() {
+    let ns = TestNetns::new("early");
+    let (client, srv) = (
+        TestCgroup::new("early-client"),
+        TestCgroup::new("early-server"),
+    );
+    // listening before any agent runs: sock_ops never sees this listen()
+    let s = server(&srv, &ns, "127.0.0.1:7005", 1);
+    let agent = Agent::with_events(CFG, &[]);
+    assert_eq!(
+        run(&client, &ns, &["send-tcp", "127.0.0.1:7005", "2000"]),
+        0
+    );
+    assert!(finish(s).contains("received 2000"));
+    agent.wait_events(1, "the server's flow record", |e| {
+        e["type"] == "flow" && e["container"]["cgroup_id"] == srv.id
+    });
+    let sv = &flows(&agent, &srv)[0]["flow"];
+    assert_eq!(
+        (sv["direction"].as_str(), sv["bytes_in"].as_u64()),
+        (Some("inbound"), Some(2000)),
+        "{sv}"
+    );
+    let m = agent.metrics();
+    assert_eq!(conns(&m, &srv, "inbound", "established"), Some(1.0));
+    assert_eq!(conns(&m, &client, "outbound", "established"), Some(1.0));
+}
+
+#[test]
 fn a_connect_to_a_closed_port_is_one_refused_connection() {
     let agent = Agent::with_events(CFG, &[]);
     let ns = TestNetns::new("refused");

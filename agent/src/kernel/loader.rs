@@ -335,7 +335,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         Hook::Network,
         match opts.network_root {
             None => Some("network telemetry is disabled in the config".to_owned()),
-            Some(root) => attach_network(&mut ebpf, root).err(),
+            Some(root) => attach_network(&mut ebpf, root)
+                .map(|()| crate::net::listeners::seed(&mut ebpf, root))
+                .err(),
         },
     ));
 
