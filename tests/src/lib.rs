@@ -400,10 +400,25 @@ impl Agent {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        wait_for(Duration::from_secs(20), what, || {
-            let v: Vec<_> = self.events().into_iter().filter(|e| pred(e)).collect();
-            (v.len() >= n).then_some(v)
-        })
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = self.events();
+            let v: Vec<_> = all.iter().filter(|e| pred(e)).cloned().collect();
+            if v.len() >= n {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out after 20s waiting for {what}: {} of {n} matching events ({} events in all): {v:?}\nagent log (last lines):\n{}",
+                    v.len(),
+                    all.len(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// This agent's control socket.

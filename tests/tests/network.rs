@@ -557,9 +557,13 @@ fn a_long_flow_gets_interim_records_before_its_final_one() {
         0
     );
     finish(s);
-    let recs = agent.wait_events(2, "interim and final records", |e| {
-        e["type"] == "flow" && e["container"]["cgroup_id"] == client.id
+    // the final record ends the flow's records: wait for it, then look at all of them
+    agent.wait_events(1, "the final record", |e| {
+        e["type"] == "flow"
+            && e["container"]["cgroup_id"] == client.id
+            && e["flow"]["ended"] == true
     });
+    let recs = flows(&agent, &client);
     let interim: Vec<&Value> = recs
         .iter()
         .filter(|e| e["flow"]["ended"] == false)
