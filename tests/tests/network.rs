@@ -276,6 +276,57 @@ fn a_listener_from_before_the_agent_has_its_accepted_connections_attributed() {
     assert_eq!(conns(&m, &client, "outbound", "established"), Some(1.0));
 }
 
+/// An agent whose event consumer falls behind (collections every 100 ms hold the state while
+/// they read the kernel) under a flood of connection events keeps serving: the flood is
+/// counted exactly, and a flow after it still gets its record and the metrics still answer.
+#[test]
+fn an_event_flood_with_frequent_collections_never_stalls_the_agent() {
+    let agent = Agent::with_events(
+        "metrics:\n  collect_interval: 100ms\nnetwork:\n  udp_idle_timeout: 1s\n",
+        &[],
+    );
+    let ns = TestNetns::new("flood");
+    let (client, srv) = (
+        TestCgroup::new("flood-client"),
+        TestCgroup::new("flood-server"),
+    );
+    let n = 20_000;
+    let s = server(&srv, &ns, "127.0.0.1:7007", n);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = agent.scrape();
+            }
+        });
+        let code = run(
+            &client,
+            &ns,
+            &["connects", "127.0.0.1:7007", &n.to_string()],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(code, 0);
+    });
+    finish(s);
+    assert_eq!(
+        run(&client, &ns, &["send-udp", "127.0.0.1:9998", "3", "100"]),
+        0
+    );
+    agent.wait_events(1, "the UDP flow record after the flood", |e| {
+        e["type"] == "flow"
+            && e["container"]["cgroup_id"] == client.id
+            && e["flow"]["protocol"] == "udp"
+    });
+    let m = wait_for(Duration::from_secs(20), "the flood counted", || {
+        let m = agent.metrics();
+        (conns(&m, &client, "outbound", "established") == Some(f64::from(n))).then_some(m)
+    });
+    assert_eq!(
+        conns(&m, &srv, "inbound", "established"),
+        Some(f64::from(n))
+    );
+}
+
 #[test]
 fn a_connect_to_a_closed_port_is_one_refused_connection() {
     let agent = Agent::with_events(CFG, &[]);

@@ -4,7 +4,7 @@
 //! ring buffer and forwards cgroup lifecycle events as [`KernelEvent`]s. When the actor stops
 //! (on [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which
 //! detaches every program.
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use aya::Pod;
 use aya::{
@@ -22,6 +22,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{KernelError, events::KernelEvent};
+
+/// Events read from the ring buffer that may wait in the actor for the consumer; past this the
+/// actor stops reading the ring buffer until the consumer catches up.
+const PENDING_MAX: usize = 16_384;
 
 /// Everything the kernel counted, summed over CPUs.
 #[derive(Debug, Default, Clone)]
@@ -190,8 +194,15 @@ impl Actor {
         changes: mpsc::Sender<KernelEvent>,
     ) {
         let mut shutdown_reply = None;
+        // Events read from the ring buffer and not yet handed on. The actor never waits for
+        // room in `changes` while a command is waiting: the consumer of `changes` may itself be
+        // waiting for a command's reply (a closed connection's flow), or for the state lock a
+        // collection holds while it waits for its reply. When `pending` is full the ring
+        // buffer is left to fill, and the kernel counts what it cannot queue (`ringbuf_full`).
+        let mut pending: VecDeque<KernelEvent> = VecDeque::new();
         loop {
             tokio::select! {
+                biased;
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown { reply }) => {
@@ -200,24 +211,39 @@ impl Actor {
                     }
                     Some(cmd) => self.handle(cmd),
                 },
-                guard = events.readable_mut() => {
+                permit = changes.reserve(), if !pending.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(ev) = pending.pop_front() {
+                            permit.send(ev);
+                        }
+                        while let Some(ev) = pending.pop_front() {
+                            match changes.try_send(ev) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(ev)) => {
+                                    pending.push_front(ev);
+                                    break;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => pending.clear(),
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        debug!("kernel event receiver gone");
+                        pending.clear();
+                    }
+                },
+                guard = events.readable_mut(), if pending.len() < PENDING_MAX => {
                     let Ok(mut guard) = guard else {
                         warn!("ring buffer poll failed; cgroup events now come from rescans only");
                         break;
                     };
                     let ring = guard.get_inner_mut();
-                    let mut batch = Vec::new();
                     while let Some(item) = ring.next() {
                         if let Some(change) = super::events::parse(&item) {
-                            batch.push(change);
+                            pending.push_back(change);
                         }
                     }
                     guard.clear_ready();
-                    for change in batch {
-                        if changes.send(change).await.is_err() {
-                            debug!("cgroup change receiver gone");
-                        }
-                    }
                 }
             }
         }
