@@ -141,6 +141,10 @@ impl Shared {
         for id in unknown {
             // An event was lost or not yet processed: ask the kernel for the path by id.
             if self.identity_of(&mut st, id, &mut new).is_none() {
+                debug!(
+                    cgroup_id = id,
+                    "unknown cgroup not found by id: taken for removed"
+                );
                 st.registry.mark_removed(id, None, now);
             }
         }
@@ -265,6 +269,16 @@ impl Shared {
                     path
                 };
                 if st.registry.insert(cgroup_id, &path) == Inserted::New {
+                    new.extend(st.registry.get(cgroup_id).cloned());
+                }
+                // Taken for removed before its event arrived (a collection could not find it
+                // by id): it exists, so it is live again.
+                if st.registry.get(cgroup_id).is_some_and(|i| !i.is_live())
+                    && cgroupfs::cgroup_id(&self.unified_root.join(path.trim_start_matches('/')))
+                        .is_ok_and(|id| id == cgroup_id)
+                    && st.registry.revive(cgroup_id)
+                {
+                    debug!(cgroup_id, path, "cgroup revived by its creation event");
                     new.extend(st.registry.get(cgroup_id).cloned());
                 }
                 st.registry.mark_created(cgroup_id, SystemTime::now());
@@ -417,11 +431,12 @@ impl Shared {
     /// Reconciles the registry with a walk of the unified hierarchy.
     pub async fn rescan(&self) -> std::io::Result<()> {
         let root = self.unified_root.clone();
+        let started = Instant::now();
         let walked = tokio::task::spawn_blocking(move || cgroupfs::walk(&root))
             .await
             .map_err(std::io::Error::other)??;
         let mut st = self.state.lock().await;
-        let (added, removed) = st.registry.sync(&walked, Instant::now());
+        let (added, removed) = st.registry.sync(&walked, started, Instant::now());
         let new: Vec<Identity> = added
             .iter()
             .filter_map(|id| st.registry.get(*id).cloned())

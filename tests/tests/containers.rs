@@ -439,14 +439,34 @@ fn kubernetes_namespace_pod_and_container_from_kubelet_logs() {
     let s = m.find("container_cpu_usage_seconds_total", &[("id", &c.rel)]);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].labels["pod"], "cart-7d9f");
-    assert_eq!(
-        m.value("palisade_containers", &[("runtime", "cri")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        m.value("palisade_containers", &[("runtime", "kubernetes")]),
-        Some(1.0)
-    );
+    // the pod's cgroup ran nothing: it is known from its creation event, which the agent may
+    // apply just after this scrape
+    let by_runtime = |m: &Metrics| -> Vec<String> {
+        m.text
+            .lines()
+            .filter(|l| l.starts_with("palisade_containers{"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let counted = |m: &Metrics| {
+        m.value("palisade_containers", &[("runtime", "cri")]) == Some(1.0)
+            && m.value("palisade_containers", &[("runtime", "kubernetes")]) == Some(1.0)
+    };
+    if !counted(&m) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = agent.metrics();
+            if counted(&m) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "one cri container and one kubernetes pod: {:?}",
+                by_runtime(&m)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]

@@ -323,6 +323,18 @@ impl Registry {
         }
     }
 
+    /// Takes back a removal (the cgroup turned out to exist); true when `id` was removed.
+    pub fn revive(&mut self, id: u64) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(i) if !i.is_live() => {
+                i.removed_at = None;
+                i.reaped = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removed cgroups whose kernel entries still need reaping.
     pub fn unreaped(&self) -> Vec<u64> {
         self.by_id
@@ -354,9 +366,16 @@ impl Registry {
         expired
     }
 
-    /// Reconciles with a full walk: adds what is missing, marks removed what is gone.
-    /// Returns (added ids, removed ids).
-    pub fn sync(&mut self, walked: &[(u64, String)], now: Instant) -> (Vec<u64>, Vec<u64>) {
+    /// Reconciles with a full walk that started at `walk_started`: adds what is missing, marks
+    /// removed what is gone. Only entries known before the walk started can be gone: one that
+    /// an event or a collection added meanwhile may have been created after the walk passed
+    /// its parent. Returns (added ids, removed ids).
+    pub fn sync(
+        &mut self,
+        walked: &[(u64, String)],
+        walk_started: Instant,
+        now: Instant,
+    ) -> (Vec<u64>, Vec<u64>) {
         let seen: HashSet<u64> = walked.iter().map(|(id, _)| *id).collect();
         let mut added = Vec::new();
         for (id, path) in walked {
@@ -367,7 +386,7 @@ impl Registry {
         let gone: Vec<u64> = self
             .by_id
             .values()
-            .filter(|i| i.is_live() && !seen.contains(&i.cgroup_id))
+            .filter(|i| i.is_live() && i.first_seen < walk_started && !seen.contains(&i.cgroup_id))
             .map(|i| i.cgroup_id)
             .collect();
         for id in &gone {
@@ -444,14 +463,21 @@ mod tests {
     #[test]
     fn sync_adds_and_removes() {
         let mut r = Registry::new(100);
-        let t = Instant::now();
         r.insert(1, "/");
         r.insert(2, "/old");
-        let (added, gone) = r.sync(&[(1, "/".into()), (3, "/new".into())], t);
+        let walk_started = Instant::now();
+        // added by an event while the walk ran: not in the walk, but not gone either
+        r.insert(4, "/during");
+        let (added, gone) = r.sync(
+            &[(1, "/".into()), (3, "/new".into())],
+            walk_started,
+            Instant::now(),
+        );
         assert_eq!(added, vec![3]);
         assert_eq!(gone, vec![2]);
         assert!(!r.get(2).unwrap().is_live());
-        assert_eq!(r.counts(), (2, 1));
+        assert!(r.get(4).unwrap().is_live());
+        assert_eq!(r.counts(), (3, 1));
     }
 
     #[test]

@@ -194,23 +194,17 @@ impl Actor {
         changes: mpsc::Sender<KernelEvent>,
     ) {
         let mut shutdown_reply = None;
-        // Events read from the ring buffer and not yet handed on. The actor never waits for
-        // room in `changes` while a command is waiting: the consumer of `changes` may itself be
-        // waiting for a command's reply (a closed connection's flow), or for the state lock a
-        // collection holds while it waits for its reply. When `pending` is full the ring
-        // buffer is left to fill, and the kernel counts what it cannot queue (`ringbuf_full`).
+        // Events read from the ring buffer and not yet handed on. While `changes` has room they
+        // are handed on before the next command is answered (so a collection sees the cgroups
+        // created before it), but the actor never waits for room while a command is waiting:
+        // the consumer of `changes` may itself be waiting for a command's reply (a closed
+        // connection's flow), or for the state lock a collection holds while it waits for its
+        // reply. When `pending` is full the ring buffer is left to fill, and the kernel counts
+        // what it cannot queue (`ringbuf_full`).
         let mut pending: VecDeque<KernelEvent> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
-                cmd = rx.recv() => match cmd {
-                    None => break,
-                    Some(Command::Shutdown { reply }) => {
-                        shutdown_reply = Some(reply);
-                        break;
-                    }
-                    Some(cmd) => self.handle(cmd),
-                },
                 permit = changes.reserve(), if !pending.is_empty() => match permit {
                     Ok(permit) => {
                         if let Some(ev) = pending.pop_front() {
@@ -231,6 +225,14 @@ impl Actor {
                         debug!("kernel event receiver gone");
                         pending.clear();
                     }
+                },
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown { reply }) => {
+                        shutdown_reply = Some(reply);
+                        break;
+                    }
+                    Some(cmd) => self.handle(cmd),
                 },
                 guard = events.readable_mut(), if pending.len() < PENDING_MAX => {
                     let Ok(mut guard) = guard else {
