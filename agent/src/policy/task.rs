@@ -211,6 +211,11 @@ async fn run(
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
+                // Violations already queued are reported first, while the rules and cgroups
+                // they name are still known: a removed cgroup (or a reload) forgets them.
+                if let Some(r) = ring.as_mut() {
+                    report_queued(&mut e, r.get_mut());
+                }
                 handle(&mut e, cmd, &mut reloads, &mut reload_errors);
             }
             guard = readable(&mut ring) => {
@@ -219,17 +224,8 @@ async fn run(
                     ring = None;
                     continue;
                 };
-                let r = guard.get_inner_mut();
-                let mut records = Vec::new();
-                while let Some(item) = r.next() {
-                    if let Some(ev) = violation::decode(&item) {
-                        records.push(ev);
-                    }
-                }
+                report_queued(&mut e, guard.get_inner_mut());
                 guard.clear_ready();
-                for ev in &records {
-                    e.report.on_record(ev, &e.ids, e.kernel.as_ref(), &e.targets, &e.hub);
-                }
             }
             ev = exits.recv() => match ev {
                 Ok(ev) => sigsys(&mut e, &ev),
@@ -248,6 +244,20 @@ async fn run(
             }
         }
         refresh(&e, &snapshot, reloads, reload_errors);
+    }
+}
+
+/// Reports every violation record waiting in the ring buffer.
+fn report_queued(e: &mut Engine, r: &mut RingBuf<MapData>) {
+    let mut records = Vec::new();
+    while let Some(item) = r.next() {
+        if let Some(ev) = violation::decode(&item) {
+            records.push(ev);
+        }
+    }
+    for ev in &records {
+        e.report
+            .on_record(ev, &e.ids, e.kernel.as_ref(), &e.targets, &e.hub);
     }
 }
 
