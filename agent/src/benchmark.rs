@@ -28,7 +28,7 @@ fn fixture(root: &Path, n: usize) -> std::io::Result<Vec<(u64, String)>> {
         // distinct 12-char prefixes: the short id is the container name
         let id = format!("{i:012x}{:052x}", 0);
         let rel = format!("/system.slice/docker-{id}.scope");
-        let dir = root.join(rel.trim_start_matches('/'));
+        let dir = crate::cgroupfs::dir(root, &rel);
         std::fs::create_dir_all(&dir)?;
         let files = [
             (

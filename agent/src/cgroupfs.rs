@@ -167,6 +167,12 @@ fn check_cgroup2(p: &Path) -> Result<(), CgroupfsError> {
     Ok(())
 }
 
+/// The directory of the cgroup at `rel` (a path like `/system.slice/x.service`, as the
+/// registry keeps it) under a hierarchy mounted at `mount`.
+pub fn dir(mount: &Path, rel: &str) -> PathBuf {
+    mount.join(rel.trim_start_matches('/'))
+}
+
 /// The cgroup v2 id of a cgroup directory (its inode number).
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())

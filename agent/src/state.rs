@@ -274,7 +274,7 @@ impl Shared {
                 // Taken for removed before its event arrived (a collection could not find it
                 // by id): it exists, so it is live again.
                 if st.registry.get(cgroup_id).is_some_and(|i| !i.is_live())
-                    && cgroupfs::cgroup_id(&self.unified_root.join(path.trim_start_matches('/')))
+                    && cgroupfs::cgroup_id(&cgroupfs::dir(&self.unified_root, &path))
                         .is_ok_and(|id| id == cgroup_id)
                     && st.registry.revive(cgroup_id)
                 {

@@ -134,9 +134,7 @@ pub fn scan(unified_root: &Path) -> Vec<(ListenKey, u64)> {
             };
             let Some(id) = std::fs::read_to_string(format!("/proc/{owner}/cgroup"))
                 .ok()
-                .and_then(|c| {
-                    unified_path(&c).map(|p| unified_root.join(p.trim_start_matches('/')))
-                })
+                .and_then(|c| unified_path(&c).map(|p| crate::cgroupfs::dir(unified_root, p)))
                 .and_then(|dir| crate::cgroupfs::cgroup_id(&dir).ok())
             else {
                 continue;
