@@ -14,7 +14,7 @@ mod podman;
 pub mod policy;
 
 pub use metrics::{Metrics, Sample, promtool_check_metrics};
-pub use netns::{TestNetns, net_workload_bin};
+pub use netns::{TestNetns, net_workload_bin, start_server};
 pub use otlp::{OtlpReceiver, otlp_attr};
 pub use podman::{PODMAN_FLAGS, PodmanContainer, busybox_image};
 
@@ -400,25 +400,25 @@ impl Agent {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let all = self.events();
-            let v: Vec<_> = all.iter().filter(|e| pred(e)).cloned().collect();
-            if v.len() >= n {
-                return v;
-            }
-            if Instant::now() > deadline {
+        let matching = || -> Vec<serde_json::Value> {
+            self.events().into_iter().filter(|e| pred(e)).collect()
+        };
+        wait_for_explained(
+            Duration::from_secs(20),
+            what,
+            || Some(matching()).filter(|v| v.len() >= n),
+            || {
+                let v = matching();
                 let log = self.log();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                panic!(
-                    "timed out after 20s waiting for {what}: {} of {n} matching events ({} events in all): {v:?}\nagent log (last lines):\n{}",
+                format!(
+                    "{} of {n} matching events ({} events in all): {v:?}\nagent log (last lines):\n{}",
                     v.len(),
-                    all.len(),
+                    self.events().len(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                )
+            },
+        )
     }
 
     /// This agent's control socket.
@@ -593,14 +593,26 @@ impl Drop for Agent {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(timeout, what, f, String::new)
+}
+
+/// Like [`wait_for`]; on timeout the panic message also says what `explain` finds instead.
+pub fn wait_for_explained<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            let seen = explain();
+            let sep = if seen.is_empty() { "" } else { ": " };
+            panic!("timed out after {timeout:?} waiting for {what}{sep}{seen}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,12 +1,13 @@
 //! Network namespaces owned by one test, and the `net-workload` binary that runs in them.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::atomic::Ordering,
 };
 
-use crate::{SEQ, workload_bin};
+use crate::{SEQ, TestCgroup, workload_bin};
 
 /// A network namespace owned by one test (`ip netns`), loopback up; removed on drop.
 pub struct TestNetns {
@@ -82,4 +83,26 @@ impl Drop for TestNetns {
 /// The `net-workload` binary built with these tests.
 pub fn net_workload_bin() -> PathBuf {
     workload_bin().with_file_name("net-workload")
+}
+
+/// Starts `net-workload ARGS` (a `serve-*` command) in `cg` and `netns`, and returns once it
+/// says it listens.
+pub fn start_server(cg: &TestCgroup, netns: &TestNetns, args: &[&str]) -> Child {
+    let mut child = cg
+        .command_in(netns, net_workload_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn net-workload {args:?}: {e}"));
+    let mut line = String::new();
+    BufReader::new(
+        child
+            .stdout
+            .as_mut()
+            .unwrap_or_else(|| panic!("server stdout")),
+    )
+    .read_line(&mut line)
+    .unwrap_or_else(|e| panic!("server {args:?}: {e}"));
+    assert_eq!(line.trim(), "listening", "server {args:?}");
+    child
 }

@@ -4,7 +4,9 @@
 //! at the same relative path on hybrid hosts (the agent reads v1 there).
 use std::{path::Path, time::Duration};
 
-use palisade_tests::{Agent, Metrics, TestCgroup, promtool_check_metrics, wait_for, workload_bin};
+use palisade_tests::{
+    Agent, Metrics, TestCgroup, promtool_check_metrics, wait_for, wait_for_explained, workload_bin,
+};
 use serde_json::Value;
 
 fn in_cgroup<'a>(cg: &'a TestCgroup) -> impl Fn(&Value) -> bool + 'a {
@@ -453,19 +455,12 @@ fn kubernetes_namespace_pod_and_container_from_kubelet_logs() {
             && m.value("palisade_containers", &[("runtime", "kubernetes")]) == Some(1.0)
     };
     if !counted(&m) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let m = agent.metrics();
-            if counted(&m) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "one cri container and one kubernetes pod: {:?}",
-                by_runtime(&m)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_explained(
+            Duration::from_secs(10),
+            "one cri container and one kubernetes pod",
+            || counted(&agent.metrics()).then_some(()),
+            || format!("{:?}", by_runtime(&agent.metrics())),
+        );
     }
 }
 

@@ -11,7 +11,6 @@
 //! Privileged: root, real kernel, a v1 cpu+memory cgroup (hybrid hosts) or the unified one.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader},
     process::Stdio,
     time::Duration,
 };
@@ -21,7 +20,7 @@ use palisade_tests::{
     catalog::{self, Kind, METRICS},
     net_workload_bin,
     policy::{Setup, violations, wait_applied},
-    promtool_check_metrics, wait_for, workload_bin,
+    promtool_check_metrics, start_server, wait_for, workload_bin,
 };
 
 /// The declared `# TYPE` of each catalog kind.
@@ -90,22 +89,6 @@ fn problems(page: &Metrics) -> Vec<String> {
     out
 }
 
-/// A TCP server for one connection in `cg`/`ns`, started and listening.
-fn serve_once(cg: &TestCgroup, ns: &TestNetns, addr: &str) -> std::process::Child {
-    let mut child = cg
-        .command_in(ns, net_workload_bin())
-        .args(["serve-tcp", addr, "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn server: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("server: {e}"));
-    assert_eq!(line.trim(), "listening");
-    child
-}
-
 fn succeeds(cmd: &mut std::process::Command, what: &str) {
     let st = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(st.success(), "{what}: {st}");
@@ -144,7 +127,7 @@ fn every_exported_series_matches_the_catalog_and_every_family_is_exported() {
     ]);
     violations(&agent, cg.id, 1);
     // TCP established (with an RTT sample) and refused, UDP, ICMP.
-    let server = serve_once(&cg, &ns, "127.0.0.1:7411");
+    let server = start_server(&cg, &ns, &["serve-tcp", "127.0.0.1:7411", "1"]);
     succeeds(
         cg.command_in(&ns, net_workload_bin())
             .args(["send-tcp", "127.0.0.1:7411", "100000"]),

@@ -3,14 +3,11 @@
 //!
 //! Byte rule asserted here: flow records' `bytes_out`/`bytes_in` are transport payload bytes;
 //! `wire_bytes_*` and `palisade_network_bytes_total` are IP bytes including headers.
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{process::Child, time::Duration};
 
 use palisade_tests::{
-    Agent, Metrics, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr, wait_for,
+    Agent, Metrics, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr, start_server,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -19,22 +16,7 @@ const CFG: &str = "metrics:\n  collect_interval: 1s\nnetwork:\n  udp_idle_timeou
 
 /// Starts a TCP server for `n` connections in `cg`/`ns` and waits until it listens.
 fn server(cg: &TestCgroup, ns: &TestNetns, addr: &str, n: u32) -> Child {
-    let mut child = cg
-        .command_in(ns, net_workload_bin())
-        .args(["serve-tcp", addr, &n.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn server: {e}"));
-    let out = child
-        .stdout
-        .as_mut()
-        .unwrap_or_else(|| panic!("server stdout"));
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("server: {e}"));
-    assert_eq!(line.trim(), "listening");
-    child
+    start_server(cg, ns, &["serve-tcp", addr, &n.to_string()])
 }
 
 fn run(cg: &TestCgroup, ns: &TestNetns, args: &[&str]) -> i32 {
@@ -185,17 +167,7 @@ fn a_reset_connection_is_reported_as_reset_on_both_sides_and_a_closed_one_as_clo
     let ns = TestNetns::new("reset");
     let (client, srv) = (TestCgroup::new("rst-client"), TestCgroup::new("rst-server"));
     // the server reads 5,000 bytes and resets the connection (SO_LINGER 0)
-    let mut s = srv
-        .command_in(&ns, net_workload_bin())
-        .args(["serve-reset", "127.0.0.1:7003", "5000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn server: {e}"));
-    let mut line = String::new();
-    BufReader::new(s.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("server: {e}"));
-    assert_eq!(line.trim(), "listening");
+    let mut s = start_server(&srv, &ns, &["serve-reset", "127.0.0.1:7003", "5000"]);
     let out = client
         .command_in(&ns, net_workload_bin())
         .args(["send-until-reset", "127.0.0.1:7003", "5000"])

@@ -5,7 +5,7 @@
 use palisade_tests::{
     Agent, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr,
     policy::{Setup, cli, violations, wait_applied},
-    wait_for, workload_bin,
+    start_server, wait_for, workload_bin,
 };
 
 fn policy(name: &str, cgroup: &TestCgroup, mode: &str, body: &str) -> String {
@@ -47,18 +47,7 @@ struct Listener(std::process::Child, Option<TestCgroup>);
 impl Listener {
     fn start(ns: &TestNetns, port: u16) -> Self {
         let cg = TestCgroup::new("pol-listener");
-        let mut c = cg
-            .command_in(ns, net_workload_bin())
-            .args(["serve-tcp", &format!("127.0.0.1:{port}"), "100"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("listener: {e}"));
-        let mut line = String::new();
-        use std::io::BufRead as _;
-        std::io::BufReader::new(c.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("listener: {e}"));
-        assert_eq!(line.trim(), "listening");
+        let c = start_server(&cg, ns, &["serve-tcp", &format!("127.0.0.1:{port}"), "100"]);
         Self(c, Some(cg))
     }
 }
@@ -427,19 +416,11 @@ fn incoming_connections_a_rule_denies_are_dropped() {
     wait_applied(&agent, "fenced-in", server.id, &["ingress"]);
     // the listeners are in the policy's cgroup; binding works (other sources may connect)
     let start = |port: u16| {
-        let mut c = server
-            .command_in(&ns, net_workload_bin())
-            .args(["serve-tcp", &format!("127.0.0.1:{port}"), "1"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("server: {e}"));
-        let mut line = String::new();
-        use std::io::BufRead as _;
-        std::io::BufReader::new(c.stdout.as_mut().unwrap_or_else(|| panic!("stdout")))
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("server: {e}"));
-        assert_eq!(line.trim(), "listening");
-        c
+        start_server(
+            &server,
+            &ns,
+            &["serve-tcp", &format!("127.0.0.1:{port}"), "1"],
+        )
     };
     let (mut denied, mut allowed) = (start(7501), start(7502));
     let client = TestCgroup::new("pol-in-client");

@@ -41,13 +41,19 @@ fn send_all(s: &mut TcpStream, mut bytes: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Binds a TCP listener and says so (`listening`) for the test waiting on it.
+fn listen(a: &str) -> Result<TcpListener, String> {
+    let l = TcpListener::bind(addr(a)?).map_err(|e| e.to_string())?;
+    println!("listening");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    Ok(l)
+}
+
 fn run(args: &[String]) -> Result<i32, String> {
     let io = |e: std::io::Error| e.to_string();
     match args {
         [cmd, a, n] if cmd == "serve-tcp" => {
-            let l = TcpListener::bind(addr(a)?).map_err(io)?;
-            println!("listening");
-            std::io::stdout().flush().map_err(io)?;
+            let l = listen(a)?;
             let mut total = 0u64;
             for _ in 0..num(n)? {
                 let (mut s, _) = l.accept().map_err(io)?;
@@ -87,9 +93,7 @@ fn run(args: &[String]) -> Result<i32, String> {
             Ok(0)
         }
         [cmd, a, bytes] if cmd == "serve-reset" => {
-            let l = TcpListener::bind(addr(a)?).map_err(io)?;
-            println!("listening");
-            std::io::stdout().flush().map_err(io)?;
+            let l = listen(a)?;
             let (mut s, _) = l.accept().map_err(io)?;
             let mut buf = vec![0u8; usize::try_from(num(bytes)?).map_err(|e| e.to_string())?];
             s.read_exact(&mut buf).map_err(io)?;
