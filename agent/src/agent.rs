@@ -10,8 +10,9 @@ use palisade_common::names;
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{info, warn};
 
+use palisade_cgroupfs::{CgroupfsError, Mounts};
+
 use crate::{
-    cgroupfs::{CgroupfsError, Mounts},
     config::Config,
     events::{self, Clock, Hub, sink},
     features,

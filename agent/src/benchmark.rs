@@ -8,8 +8,9 @@ use std::{
 
 use palisade_common::{SyscallStats, latency_bucket};
 
+use palisade_cgroupfs::Mounts;
+
 use crate::{
-    cgroupfs::Mounts,
     config::Config,
     identity::Registry,
     metrics::{self, Info, Inputs, SelfMetrics},
@@ -28,7 +29,7 @@ fn fixture(root: &Path, n: usize) -> std::io::Result<Vec<(u64, String)>> {
         // distinct 12-char prefixes: the short id is the container name
         let id = format!("{i:012x}{:052x}", 0);
         let rel = format!("/system.slice/docker-{id}.scope");
-        let dir = crate::cgroupfs::dir(root, &rel);
+        let dir = palisade_cgroupfs::dir(root, &rel);
         std::fs::create_dir_all(&dir)?;
         let files = [
             (

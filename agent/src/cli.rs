@@ -54,7 +54,7 @@ pub enum PolicyCommand {
     /// What the agent enforces: policies, their modes and the cgroups they apply to.
     Status {
         /// The agent's control socket.
-        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Switch a policy between audit (report only) and enforce, without a restart.
@@ -65,14 +65,14 @@ pub enum PolicyCommand {
         #[arg(value_parser = ["audit", "enforce"])]
         mode: String,
         /// The agent's control socket.
-        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Reload the policy files now (as SIGHUP does); an invalid file is rejected and the
     /// previous policies stay.
     Reload {
         /// The agent's control socket.
-        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Record what a container does for a while and write the smallest policy that allows it.
@@ -92,7 +92,7 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// The agent's control socket.
-        #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+        #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
 }
@@ -125,7 +125,7 @@ pub struct EventsArgs {
     #[arg(long = "type", value_name = "TYPE")]
     pub types: Vec<String>,
     /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = "/run/palisade/agent.sock")]
+    #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 

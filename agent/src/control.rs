@@ -1,31 +1,12 @@
-//! The agent's control socket: a root-only unix socket speaking one JSON object per line.
-//!
-//! Requests (`op` selects the kind) and replies:
-//! - `{"op":"ping"}` → `{"ok":true,"version":"0.1.0"}`
-//! - `{"op":"register","name":"web-0","cgroup_id":1234,"cgroup_path":"/palisade/web-0"}` →
-//!   `{"ok":true}` once the cgroup is named `web-0` in the registry and traced by the kernel
-//!   programs (also when a `--cgroup` filter would not select it: registering is opting in).
-//!   The launcher waits for this reply before it execs the workload, so telemetry covers the
-//!   workload's first instruction.
-//!
-//! - `{"op":"subscribe","containers":["web-*"],"types":["exec","exit"]}` → `{"ok":true}`, then
-//!   one event per line (the README's event schema) until the client hangs up. Empty lists mean
-//!   everything. When the subscriber falls behind, a `{"type":"events_lost","count":N}` line
-//!   says how many events it missed.
-//!
-//! - Policies: `{"op":"policy_status"}`, `{"op":"policy_mode","name":"web","mode":"audit"}`,
-//!   `{"op":"policy_reload"}`, `{"op":"policy_learn","container":"web","duration_ms":60000}`
-//!   (answers when the window is over) → `{"ok":true,"data":...}`. A `register` may carry the
-//!   workload's `policy` (see `crate::policy::LaunchPolicy`), enforced before the reply.
-//!
-//! Errors reply `{"ok":false,"error":"..."}`; the connection stays open for further requests.
+//! The agent's side of the control socket (the protocol is `palisade_proto`'s): accepts
+//! connections and answers each request, or streams events to a subscriber.
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
+use palisade_proto::{Reply, Request, valid_name};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -51,44 +32,6 @@ pub enum ControlError {
     },
 }
 
-/// A request on the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// A struct variant (not a unit one) so that `deny_unknown_fields` rejects extra keys:
-    /// serde ignores unknown fields next to the tag of a unit variant.
-    Ping {},
-    Register {
-        name: String,
-        cgroup_id: u64,
-        /// Path relative to the unified root, e.g. `/palisade/web-0`.
-        cgroup_path: String,
-        /// The workload's policies (`palisade run --policy`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        policy: Option<crate::policy::LaunchPolicy>,
-    },
-    Subscribe {
-        /// Globs over container names and ids.
-        #[serde(default)]
-        containers: Vec<String>,
-        /// Event types (`exec`, `exit`, `oom`, `container_start`, `container_stop`).
-        #[serde(default)]
-        types: Vec<String>,
-    },
-    PolicyStatus {},
-    PolicyMode {
-        name: String,
-        /// `audit` or `enforce`.
-        mode: String,
-    },
-    PolicyReload {},
-    PolicyLearn {
-        /// Glob over container names and ids.
-        container: String,
-        duration_ms: u64,
-    },
-}
-
 /// Builds an event filter from a subscribe request.
 pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, String> {
     let containers = containers
@@ -107,46 +50,6 @@ pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, String>
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Filter { containers, types })
-}
-
-/// A reply on the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Policy operations' answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-}
-
-impl Reply {
-    fn ok() -> Self {
-        Self {
-            ok: true,
-            ..Self::default()
-        }
-    }
-
-    fn err(msg: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(msg.into()),
-            ..Self::default()
-        }
-    }
-}
-
-/// Workload names: what a container name may hold.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !name.starts_with('.')
 }
 
 /// Binds the socket (root-only, 0600). A stale socket file is replaced; a live one is an error.
@@ -296,65 +199,16 @@ async fn handle(req: Request, shared: &Shared) -> Reply {
                 std::time::Duration::from_millis(duration_ms),
             )
             .await
-            .map(|l| crate::policy::learn::to_json(&l)),
+            .and_then(|l| {
+                serde_json::to_value(crate::policy::learn::to_wire(&l)).map_err(|e| e.to_string())
+            }),
         ),
     }
 }
 
 fn data(r: Result<serde_json::Value, String>) -> Reply {
     match r {
-        Ok(d) => Reply {
-            ok: true,
-            data: (!d.is_null()).then_some(d),
-            ..Reply::default()
-        },
+        Ok(d) => Reply::data(d),
         Err(e) => Reply::err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_format() {
-        let r: Request = serde_json::from_str(
-            r#"{"op":"register","name":"web-0","cgroup_id":7,"cgroup_path":"/palisade/web-0"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            Request::Register {
-                name: "web-0".into(),
-                cgroup_id: 7,
-                cgroup_path: "/palisade/web-0".into(),
-                policy: None,
-            }
-        );
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
-            Request::Ping {}
-        );
-        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"ping","x":1}"#).is_err());
-        assert_eq!(
-            serde_json::to_string(&Reply::ok()).unwrap(),
-            r#"{"ok":true}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Reply::err("no")).unwrap(),
-            r#"{"ok":false,"error":"no"}"#
-        );
-    }
-
-    #[test]
-    fn workload_names() {
-        assert!(valid_name("web-0"));
-        assert!(valid_name("db_primary.1"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a/b"));
-        assert!(!valid_name(".hidden"));
-        assert!(!valid_name("x y"));
-        assert!(!valid_name(&"a".repeat(129)));
     }
 }

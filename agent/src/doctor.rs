@@ -102,7 +102,7 @@ mod tests {
                     detail: "d".into(),
                 })
                 .collect(),
-            layout: Some(crate::cgroupfs::Layout::Hybrid),
+            layout: Some(palisade_cgroupfs::Layout::Hybrid),
             unified_root: Some("/sys/fs/cgroup/unified".into()),
             elapsed_ms: 3,
         }

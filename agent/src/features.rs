@@ -15,10 +15,9 @@ use aya::{
     },
 };
 
-use crate::{
-    cgroupfs::{Layout, Mounts},
-    kernel::{PROBES_OBJECT, describe_program_error},
-};
+use palisade_cgroupfs::{Layout, Mounts};
+
+use crate::kernel::{PROBES_OBJECT, describe_program_error};
 
 /// One probed feature.
 #[derive(Debug, Clone)]

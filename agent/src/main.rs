@@ -2,7 +2,6 @@
 mod agent;
 mod benchmark;
 mod btf;
-mod cgroupfs;
 mod cli;
 mod config;
 mod control;
@@ -22,7 +21,6 @@ mod procs;
 mod resources;
 mod server;
 mod state;
-mod syscalls;
 mod tail;
 mod tracefs;
 

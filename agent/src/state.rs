@@ -8,8 +8,9 @@ use std::{
 
 use tracing::{debug, warn};
 
+use palisade_cgroupfs as cgroupfs;
+
 use crate::{
-    cgroupfs,
     config::{Config, Pattern},
     events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, rfc3339},
     identity::{Identity, Inserted, Registry, names::Resolver},

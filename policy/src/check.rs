@@ -2,10 +2,11 @@
 //! conflicts (a rule that never applies, two allow-lists on one container, ...).
 use std::net::IpAddr;
 
+use palisade_syscalls as syscalls;
+
 use crate::{
     model::{ListKind, NetAction, NetRule, Policy, PolicySet, Proto, Selector},
     parse::Diagnostic,
-    syscalls,
 };
 
 /// Errors of the set as a whole: two policies with one name.

@@ -6,13 +6,11 @@
 //! and the fuzz target (`fuzz/`) drives [`parse::parse_str`].
 pub mod check;
 pub mod compile;
-pub mod errno;
 pub mod learn;
 pub mod model;
 mod network;
 pub mod parse;
 mod raw;
-pub mod syscalls;
 
 pub use model::{Mode, Policy, PolicySet, Target};
 pub use parse::{Diagnostic, PolicyErrors, load_paths, parse_str};

@@ -6,17 +6,16 @@
 //! reported at the position of the value at fault.
 use std::path::{Path, PathBuf};
 
+use palisade_syscalls::{self as syscalls, errno};
 use serde_saphyr::Spanned;
 
 use crate::{
-    errno,
     model::{
         ArgCond, ArgOp, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc, Mode,
         Network, Policy, PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
     },
     network::direction,
     raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
-    syscalls,
 };
 
 pub use crate::network::parse_cidr;

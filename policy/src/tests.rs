@@ -243,7 +243,7 @@ fn ids() -> (HashMap<u16, RuleDesc>, impl FnMut(&RuleDesc) -> Option<u16>) {
 
 #[test]
 fn compiles_deny_and_allow_lists_into_verdicts() {
-    let nr = |n| crate::syscalls::number(n).unwrap() as usize;
+    let nr = |n| palisade_syscalls::number(n).unwrap() as usize;
     let p = one(
         "  syscalls:\n    action: kill\n    deny:\n      - mount\n      - {names: [unshare], args: [{index: 0, op: masked_eq, value: 1, value_two: 1}]}\n",
     );

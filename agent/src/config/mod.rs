@@ -64,7 +64,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
             log_format: LogFormat::Text,
-            control_socket: PathBuf::from("/run/palisade/agent.sock"),
+            control_socket: PathBuf::from(palisade_proto::DEFAULT_SOCKET),
             cgroup_root: None,
             syscalls: SyscallConfig::default(),
             metrics: MetricsConfig::default(),

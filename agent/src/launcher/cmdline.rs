@@ -193,7 +193,7 @@ pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, Laun
             clean.trim_start_matches('.').to_owned()
         }
     };
-    if !crate::control::valid_name(&name) || name.len() > 100 {
+    if !palisade_proto::valid_name(&name) || name.len() > 100 {
         return Err(usage(format!(
             "invalid workload name `{name}`: letters, digits, `-`, `_`, `.`, at most 100 (set it with --name)"
         )));

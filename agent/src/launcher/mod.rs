@@ -28,9 +28,6 @@ use std::{
 
 use crate::cli::RunArgs;
 
-/// Where the agent listens unless `--agent-socket` says otherwise.
-const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/agent.sock";
-
 /// Exit status when `palisade run` itself fails (bad flags included).
 pub const EXIT_USAGE: u8 = process::EXIT_SETUP;
 
@@ -168,7 +165,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     };
     plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;
-    let mounts = crate::cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
+    let mounts = palisade_cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
     let layout = cgroup::Layout::detect()?;
     let v1_mounts = if layout.v2 {
         Vec::new()
@@ -197,13 +194,14 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     let socket = args
         .agent_socket
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(palisade_proto::DEFAULT_SOCKET));
     // exec and network rules only exist in the agent: without it they would silently not apply
     let policy_needs_agent = policy.as_ref().filter(|p| !p.needs_agent.is_empty());
     let require_agent = args.require_agent || policy_needs_agent.is_some();
     let mut agent = match register::AgentConn::connect(&socket) {
         Ok(c) => Some(c),
         Err(e) if require_agent => {
+            let e = agent_error(&e);
             return Err(LaunchError::Agent(match policy_needs_agent {
                 Some(p) => format!(
                     "{e}; the exec and network rules of policy {} are enforced by the agent",
@@ -213,6 +211,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
             }));
         }
         Err(e) => {
+            let e = agent_error(&e);
             eprintln!(
                 "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
                 plan.name
@@ -230,6 +229,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
         if let Some(a) = agent.as_mut()
             && let Err(e) = a.register(name, cg.id, &cg.rel, policy.as_ref().map(|p| &p.wire))
         {
+            let e = agent_error(&e);
             if require_agent {
                 started.0.push(placeholder(name, cg)?);
                 return Err(LaunchError::Agent(e));
@@ -281,6 +281,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     if let Some(a) = agent.as_mut() {
         for r in &started.0 {
             if let Err(e) = a.reply() {
+                let e = agent_error(&e);
                 if require_agent {
                     return Err(LaunchError::Agent(e));
                 }
@@ -297,6 +298,16 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     }
     drop(agent);
     Ok(wait_all(&mut started))
+}
+
+/// What the agent said (or why it said nothing), as the launcher reports it.
+fn agent_error(e: &palisade_proto::ClientError) -> String {
+    match e {
+        palisade_proto::ClientError::Refused { path, message } => {
+            format!("agent on {} refused: {message}", path.display())
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A cgroup created for a replica whose child was never started (for cleanup).

@@ -428,7 +428,7 @@ pub fn setup(plan: &Plan, v1: &V1Mounts) -> Result<()> {
 }
 
 /// The host's v1 hierarchies (directory name under /sys/fs/cgroup, mount options).
-pub fn host_v1_mounts(mounts: &crate::cgroupfs::Mounts) -> V1Mounts {
+pub fn host_v1_mounts(mounts: &palisade_cgroupfs::Mounts) -> V1Mounts {
     mounts
         .v1
         .iter()

@@ -15,7 +15,7 @@ use super::{
     plan::{CPU_PERIOD_US, Plan},
     seccomp::{Action, ArgCmp, Op, Profile, Rule},
 };
-use crate::policy::LaunchPolicy;
+use palisade_proto::LaunchPolicy;
 
 /// What the launcher does with a policy file.
 #[derive(Debug)]

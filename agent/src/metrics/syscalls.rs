@@ -67,7 +67,7 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
             if !budget.take(1 + hist_series + errnos.map_or(0, BTreeMap::len)) {
                 continue;
             }
-            let name = crate::syscalls::name(*nr);
+            let name = palisade_syscalls::label(*nr);
             let labels = key.labels(&[("syscall", name.as_ref())]);
             calls
                 .mut_metric()
@@ -77,7 +77,7 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
                 duration.mut_metric().push(super::histogram(&labels, &h));
             }
             for (errno, n) in errnos.into_iter().flatten() {
-                let e = crate::syscalls::errno_name(*errno);
+                let e = palisade_syscalls::errno::label(*errno);
                 let labels = key.labels(&[("syscall", name.as_ref()), ("errno", e.as_ref())]);
                 errors.mut_metric().push(counter(&labels, *n as f64));
             }
@@ -87,12 +87,12 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
             if agg.syscalls.contains_key(nr) {
                 continue;
             }
-            let name = crate::syscalls::name(*nr);
+            let name = palisade_syscalls::label(*nr);
             for (errno, n) in per_errno {
                 if !budget.take(1) {
                     continue;
                 }
-                let e = crate::syscalls::errno_name(*errno);
+                let e = palisade_syscalls::errno::label(*errno);
                 let labels = key.labels(&[("syscall", name.as_ref()), ("errno", e.as_ref())]);
                 errors.mut_metric().push(counter(&labels, *n as f64));
             }

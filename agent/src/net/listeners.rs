@@ -134,8 +134,8 @@ pub fn scan(unified_root: &Path) -> Vec<(ListenKey, u64)> {
             };
             let Some(id) = std::fs::read_to_string(format!("/proc/{owner}/cgroup"))
                 .ok()
-                .and_then(|c| unified_path(&c).map(|p| crate::cgroupfs::dir(unified_root, p)))
-                .and_then(|dir| crate::cgroupfs::cgroup_id(&dir).ok())
+                .and_then(|c| unified_path(&c).map(|p| palisade_cgroupfs::dir(unified_root, p)))
+                .and_then(|dir| palisade_cgroupfs::cgroup_id(&dir).ok())
             else {
                 continue;
             };

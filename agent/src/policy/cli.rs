@@ -1,13 +1,11 @@
 //! `palisade policy ...`: `check` works on files alone; `status`, `mode`, `reload` and `learn`
 //! talk to a running agent over its control socket.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use crate::control::{Reply, Request};
+use palisade_proto::{Reply, Request};
 
 /// Exit codes: 0 valid, 2 invalid (as `--check-config`).
 pub fn check(files: &[PathBuf]) -> u8 {
@@ -71,30 +69,15 @@ pub fn check(files: &[PathBuf]) -> u8 {
     }
 }
 
-/// One request, one reply (`timeout` for the reply).
-pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "no agent answers on {} ({e}); start `palisade agent` or give --socket",
-            socket.display()
-        )
-    })?;
-    let _ = s.set_read_timeout(Some(timeout));
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    line.push('\n');
-    s.write_all(line.as_bytes())
-        .map_err(|e| format!("agent on {}: {e}", socket.display()))?;
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(|e| format!("agent on {} did not answer: {e}", socket.display()))?;
-    let reply: Reply = serde_json::from_str(&answer)
-        .map_err(|e| format!("unexpected answer from {}: {e}", socket.display()))?;
-    if reply.ok {
-        Ok(reply)
-    } else {
-        Err(reply.error.unwrap_or_else(|| "refused".into()))
-    }
+/// One request, one reply (`timeout` for each step); errors as the CLI prints them.
+fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
+    palisade_proto::call(socket, req, timeout).map_err(|e| {
+        if e.is_unreachable() {
+            format!("{e}; start `palisade agent` or give --socket")
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -166,7 +149,10 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), String> {
         },
         a.duration + Duration::from_secs(60),
     )?;
-    let l = super::learn::from_json(&r.data.unwrap_or_default())?;
+    let l = from_wire(
+        r.data_as::<palisade_proto::Learned>()
+            .map_err(|e| format!("unexpected learn answer: {e}"))?,
+    );
     let text = match a.format {
         LearnFormat::Policy => {
             let base: String = a
@@ -204,4 +190,23 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), String> {
         l.ingress.len()
     );
     Ok(())
+}
+
+/// The agent's answer as the policy writer takes it.
+fn from_wire(w: palisade_proto::Learned) -> palisade_policy::learn::Learned {
+    palisade_policy::learn::Learned {
+        syscalls: w.syscalls.into_iter().collect(),
+        refused: w.refused.into_iter().collect(),
+        execs: w.execs.into_iter().collect(),
+        egress: w
+            .egress
+            .into_iter()
+            .map(|p| (p.addr, p.port, p.protocol))
+            .collect(),
+        ingress: w
+            .ingress
+            .into_iter()
+            .map(|p| (p.port, p.protocol))
+            .collect(),
+    }
 }

@@ -139,7 +139,7 @@ pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result
                 if dc == 0 {
                     continue;
                 }
-                let name = crate::syscalls::name(nr).into_owned();
+                let name = palisade_syscalls::label(nr).into_owned();
                 if name.parse::<u32>().is_ok() {
                     continue;
                 }
@@ -174,52 +174,27 @@ pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result
 }
 
 /// The learned data as the control socket sends it.
-pub fn to_json(l: &Learned) -> serde_json::Value {
-    serde_json::json!({
-        "syscalls": l.syscalls,
-        "refused": l.refused,
-        "execs": l.execs,
-        "egress": l.egress.iter().map(|(a, p, pr)| serde_json::json!({"addr": a.to_string(), "port": p, "protocol": pr})).collect::<Vec<_>>(),
-        "ingress": l.ingress.iter().map(|(p, pr)| serde_json::json!({"port": p, "protocol": pr})).collect::<Vec<_>>(),
-    })
-}
-
-/// Back from JSON (the client side).
-pub fn from_json(v: &serde_json::Value) -> Result<Learned, String> {
-    let strings = |k: &str| -> BTreeSet<String> {
-        v[k].as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
+pub fn to_wire(l: &Learned) -> palisade_proto::Learned {
+    palisade_proto::Learned {
+        syscalls: l.syscalls.iter().cloned().collect(),
+        refused: l.refused.iter().cloned().collect(),
+        execs: l.execs.iter().cloned().collect(),
+        egress: l
+            .egress
+            .iter()
+            .map(|(addr, port, protocol)| palisade_proto::Peer {
+                addr: *addr,
+                port: *port,
+                protocol: protocol.clone(),
             })
-            .unwrap_or_default()
-    };
-    let mut l = Learned {
-        syscalls: strings("syscalls"),
-        refused: strings("refused"),
-        execs: strings("execs"),
-        ..Learned::default()
-    };
-    for e in v["egress"].as_array().into_iter().flatten() {
-        let a: IpAddr = e["addr"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad learned address")?;
-        let p = e["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or("bad port")?;
-        l.egress
-            .insert((a, p, e["protocol"].as_str().unwrap_or("tcp").to_owned()));
+            .collect(),
+        ingress: l
+            .ingress
+            .iter()
+            .map(|(port, protocol)| palisade_proto::Port {
+                port: *port,
+                protocol: protocol.clone(),
+            })
+            .collect(),
     }
-    for e in v["ingress"].as_array().into_iter().flatten() {
-        let p = e["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or("bad port")?;
-        l.ingress
-            .insert((p, e["protocol"].as_str().unwrap_or("tcp").to_owned()));
-    }
-    Ok(l)
 }

@@ -20,41 +20,26 @@ use std::sync::Arc;
 
 pub use config::PolicyConfig;
 pub use engine::{Launched, TargetInfo};
-use serde::{Deserialize, Serialize};
+use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
 pub use violation::Violation;
 
 use crate::{events::Hub, state::Shared};
 
-/// The policies a launcher sends with a registration: the policy file's text, which of its
-/// policies select the workload, and whether its seccomp filter carries their syscall rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LaunchPolicy {
-    /// The file's path (for messages).
-    pub source: String,
-    pub text: String,
-    pub names: Vec<String>,
-    pub seccomp: bool,
-}
-
-impl LaunchPolicy {
-    /// The selected policies, validated again by the agent.
-    pub fn policies(&self) -> Result<Vec<palisade_policy::Policy>, String> {
-        let all =
-            palisade_policy::parse_str(&self.text, &self.source).map_err(|e| e.to_string())?;
-        let picked: Vec<_> = all
-            .into_iter()
-            .filter(|p| self.names.contains(&p.name))
-            .collect();
-        if picked.len() != self.names.len() {
-            return Err(format!(
-                "the registration names policies {:?} that {} does not hold",
-                self.names, self.source
-            ));
-        }
-        Ok(picked)
+/// The selected policies of a registration, validated again by the agent.
+pub fn launch_policies(lp: &LaunchPolicy) -> Result<Vec<palisade_policy::Policy>, String> {
+    let all = palisade_policy::parse_str(&lp.text, &lp.source).map_err(|e| e.to_string())?;
+    let picked: Vec<_> = all
+        .into_iter()
+        .filter(|p| lp.names.contains(&p.name))
+        .collect();
+    if picked.len() != lp.names.len() {
+        return Err(format!(
+            "the registration names policies {:?} that {} does not hold",
+            lp.names, lp.source
+        ));
     }
+    Ok(picked)
 }
 
 /// Reads the configured policy files (at start-up: errors stop the agent).
@@ -71,7 +56,7 @@ pub struct Start {
     pub set: palisade_policy::PolicySet,
     pub unified_root: std::path::PathBuf,
     pub tracefs: Option<std::path::PathBuf>,
-    pub mounts: crate::cgroupfs::Mounts,
+    pub mounts: palisade_cgroupfs::Mounts,
     pub hub: Arc<Hub>,
 }
 
@@ -97,7 +82,7 @@ pub async fn on_register(
 ) -> Result<(), String> {
     let launched = match policy {
         Some(lp) => Some(Launched {
-            policies: lp.policies()?,
+            policies: launch_policies(lp)?,
             seccomp: lp.seccomp,
         }),
         None => None,

@@ -106,11 +106,9 @@ impl Reporter {
             action: violation::action_name(ev.action).to_owned(),
             mode: m,
             hook: violation::hook_name(ev.what).to_owned(),
-            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP).then(|| {
-                palisade_policy::syscalls::name(ev.nr)
-                    .map_or_else(|| ev.nr.to_string(), str::to_owned)
-            }),
-            errno: (ev.errno != 0).then(|| crate::syscalls::errno_name(ev.errno).into_owned()),
+            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
+                .then(|| palisade_syscalls::label(ev.nr).into_owned()),
+            errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
             exec: exec.clone(),
             network: violation::network(ev.what, &ev.net),
             suppressed,

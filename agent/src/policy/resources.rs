@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use palisade_policy::model::Resources;
 
-use crate::cgroupfs::Mounts;
+use palisade_cgroupfs::Mounts;
 
 /// Where limits go.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::cgroupfs::Mounts;
+use palisade_cgroupfs::Mounts;
 
 /// One cgroup's resource readings. `None`: not available here (file or controller missing).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -90,12 +90,12 @@ impl Reader {
     }
 
     fn v2(&self, rel: &str, file: &str) -> Option<String> {
-        read(&crate::cgroupfs::dir(&self.unified, rel).join(file))
+        read(&palisade_cgroupfs::dir(&self.unified, rel).join(file))
     }
 
     fn v1(&self, ctrl: &str, rel: &str, file: &str) -> Option<String> {
         let mount = self.v1.get(ctrl)?;
-        read(&crate::cgroupfs::dir(mount, rel).join(file))
+        read(&palisade_cgroupfs::dir(mount, rel).join(file))
     }
 
     /// Reads everything available for the cgroup at `rel` (relative to the unified root).
@@ -104,7 +104,7 @@ impl Reader {
 
         use parse::*;
         let mut r = Resources {
-            start_time_seconds: std::fs::metadata(crate::cgroupfs::dir(&self.unified, rel))
+            start_time_seconds: std::fs::metadata(palisade_cgroupfs::dir(&self.unified, rel))
                 .ok()
                 .map(|m| m.ctime() as f64 + m.ctime_nsec() as f64 / 1e9),
             ..Resources::default()

@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::plan::{DeviceRule, Resources};
-use crate::cgroupfs::{Layout as HostLayout, Mounts};
+use palisade_cgroupfs::{Layout as HostLayout, Mounts};
 
 /// The parent of every workload cgroup, in every hierarchy.
 pub const PARENT: &str = "palisade";
@@ -27,7 +27,7 @@ pub const PARENT: &str = "palisade";
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(transparent)]
-    Host(#[from] crate::cgroupfs::CgroupfsError),
+    Host(#[from] palisade_cgroupfs::CgroupfsError),
     #[error(
         "a workload named {name} is already running: {path} holds processes {pids}; stop it or pick another --name"
     )]

@@ -1,0 +1,243 @@
+//! The agent's control socket: a root-only unix socket speaking one JSON object per line.
+//! The agent serves it; `palisade run` (registrations), `palisade events` (subscriptions) and
+//! `palisade policy ...` (status, mode, reload, learn) are its clients, all through [`Conn`].
+//!
+//! Requests (`op` selects the kind) and replies:
+//! - `{"op":"ping"}` → `{"ok":true,"version":"0.1.0"}`
+//! - `{"op":"register","name":"web-0","cgroup_id":1234,"cgroup_path":"/palisade/web-0"}` →
+//!   `{"ok":true}` once the cgroup is named `web-0` in the registry and traced by the kernel
+//!   programs (also when a `--cgroup` filter would not select it: registering is opting in).
+//!   The launcher waits for this reply before it execs the workload, so telemetry covers the
+//!   workload's first instruction. A `register` may carry the workload's `policy`
+//!   ([`LaunchPolicy`]), enforced before the reply.
+//! - `{"op":"subscribe","containers":["web-*"],"types":["exec","exit"]}` → `{"ok":true}`, then
+//!   one event per line (the README's event schema) until the client hangs up. Empty lists mean
+//!   everything. When the subscriber falls behind, a `{"type":"events_lost","count":N}` line
+//!   says how many events it missed.
+//! - Policies: `{"op":"policy_status"}`, `{"op":"policy_mode","name":"web","mode":"audit"}`,
+//!   `{"op":"policy_reload"}`, `{"op":"policy_learn","container":"web","duration_ms":60000}`
+//!   (answers when the window is over, with a [`Learned`]) → `{"ok":true,"data":...}`.
+//!
+//! Errors reply `{"ok":false,"error":"..."}`; the connection stays open for further requests.
+mod client;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{ClientError, Conn, call};
+
+/// Where the agent listens unless configured otherwise (`control_socket`, `--agent-socket`,
+/// `--socket`).
+pub const DEFAULT_SOCKET: &str = "/run/palisade/agent.sock";
+
+/// Longest workload name (a cgroup directory and a `container` label).
+pub const MAX_NAME: usize = 128;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// A struct variant (not a unit one) so that `deny_unknown_fields` rejects extra keys:
+    /// serde ignores unknown fields next to the tag of a unit variant.
+    Ping {},
+    Register {
+        name: String,
+        cgroup_id: u64,
+        /// Path relative to the unified root, e.g. `/palisade/web-0`.
+        cgroup_path: String,
+        /// The workload's policies (`palisade run --policy`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<LaunchPolicy>,
+    },
+    Subscribe {
+        /// Globs over container names and ids.
+        #[serde(default)]
+        containers: Vec<String>,
+        /// Event types (`exec`, `exit`, `oom`, `container_start`, `container_stop`, ...).
+        #[serde(default)]
+        types: Vec<String>,
+    },
+    PolicyStatus {},
+    PolicyMode {
+        name: String,
+        /// `audit` or `enforce`.
+        mode: String,
+    },
+    PolicyReload {},
+    PolicyLearn {
+        /// Glob over container names and ids.
+        container: String,
+        duration_ms: u64,
+    },
+}
+
+/// A reply on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Policy operations' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A successful reply carrying `data` (left out when null).
+    pub fn data(d: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            data: (!d.is_null()).then_some(d),
+            ..Self::default()
+        }
+    }
+
+    /// The data as `T` (`T::default()`-like null when absent is the caller's choice).
+    pub fn data_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.data.clone().unwrap_or_default())
+    }
+}
+
+/// The policies a launcher sends with a registration: the policy file's text, which of its
+/// policies select the workload, and whether its seccomp filter carries their syscall rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchPolicy {
+    /// The file's path (for messages).
+    pub source: String,
+    pub text: String,
+    pub names: Vec<String>,
+    pub seccomp: bool,
+}
+
+/// What `policy_learn` answers: what the containers did during the window.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Learned {
+    /// Syscalls that ran (at least one call did not fail with EPERM).
+    pub syscalls: Vec<String>,
+    /// Syscalls every call of which failed with EPERM (already refused).
+    pub refused: Vec<String>,
+    /// Programs executed (paths).
+    pub execs: Vec<String>,
+    /// Peers connected to (or sent to first).
+    pub egress: Vec<Peer>,
+    /// Local ports that accepted connections or datagrams.
+    pub ingress: Vec<Port>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub port: u16,
+    pub protocol: String,
+}
+
+/// Workload names: what a container name may hold (a cgroup directory name and a label value).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"register","name":"web-0","cgroup_id":7,"cgroup_path":"/palisade/web-0"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Register {
+                name: "web-0".into(),
+                cgroup_id: 7,
+                cgroup_path: "/palisade/web-0".into(),
+                policy: None,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
+            Request::Ping {}
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"ping","x":1}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Reply::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Reply::err("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Reply::data(serde_json::Value::Null)).unwrap(),
+            r#"{"ok":true}"#
+        );
+    }
+
+    #[test]
+    fn learned_round_trip() {
+        let l = Learned {
+            syscalls: vec!["read".into()],
+            refused: vec![],
+            execs: vec!["/bin/true".into()],
+            egress: vec![Peer {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 53,
+                protocol: "udp".into(),
+            }],
+            ingress: vec![Port {
+                port: 80,
+                protocol: "tcp".into(),
+            }],
+        };
+        let r = Reply::data(serde_json::to_value(&l).unwrap());
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            text.contains(r#"{"addr":"10.0.0.1","port":53,"protocol":"udp"}"#),
+            "{text}"
+        );
+        let back: Reply = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.data_as::<Learned>().unwrap(), l);
+    }
+
+    #[test]
+    fn workload_names() {
+        assert!(valid_name("web-0"));
+        assert!(valid_name("db_primary.1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("x y"));
+        assert!(!valid_name(&"a".repeat(129)));
+    }
+}
