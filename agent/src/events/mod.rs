@@ -1,6 +1,8 @@
 //! The JSON event stream: one schema (see the README's "Events"), one hub that fans out to the
 //! event log and to `palisade events` subscribers. Every loss point is counted.
+mod flow;
 pub mod sink;
+mod violation;
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +15,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+pub use flow::{FlowRecord, TcpInfo};
+pub use violation::{NetworkRef, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,10 +115,10 @@ pub struct Event {
     pub lifetime_seconds: Option<f64>,
     /// `flow`: the flow record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow: Option<crate::net::FlowRecord>,
+    pub flow: Option<FlowRecord>,
     /// `policy_violation`: which policy and rule, what happened, and to what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub violation: Option<crate::policy::Violation>,
+    pub violation: Option<Violation>,
 }
 
 impl Event {
@@ -225,26 +230,8 @@ impl Hub {
     }
 }
 
-/// A subscriber's filter: container name/path globs and event types (empty = all).
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub containers: Vec<crate::config::Pattern>,
-    pub types: Vec<EventType>,
-}
-
-impl Filter {
-    pub fn matches(&self, ev: &Event) -> bool {
-        (self.types.is_empty() || self.types.contains(&ev.kind))
-            && (self.containers.is_empty()
-                || self
-                    .containers
-                    .iter()
-                    .any(|p| p.is_match(&ev.container.name) || p.is_match(&ev.container.id)))
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample(kind: EventType) -> Event {
@@ -296,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn filters_and_counts() {
+    fn counts() {
         let hub = Hub::new(16);
         let mut rx = hub.subscribe();
         hub.publish(sample(EventType::Exec));
@@ -309,18 +296,6 @@ mod tests {
         hub.count_dropped("log", 3);
         assert!(hub.dropped().contains(&("log", 3)));
         assert!(hub.dropped().contains(&("subscriber", 0)));
-
-        let f = Filter {
-            containers: vec![crate::config::Pattern::new("web-*").unwrap()],
-            types: vec![EventType::Exit],
-        };
-        assert!(f.matches(&sample(EventType::Exit)));
-        assert!(!f.matches(&sample(EventType::Exec)));
-        let mut other = sample(EventType::Exit);
-        other.container.name = "db".into();
-        other.container.id = "/db".into();
-        assert!(!f.matches(&other));
-        assert!(Filter::default().matches(&other));
     }
 
     #[test]

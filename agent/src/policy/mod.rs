@@ -22,7 +22,6 @@ pub use config::PolicyConfig;
 pub use engine::{Launched, TargetInfo};
 use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
-pub use violation::Violation;
 
 use crate::{events::Hub, state::Shared};
 

@@ -13,13 +13,8 @@ use std::{
 
 use palisade_common::policy::{PolicyEvent, ViolationKey, mode, what};
 
-use super::{
-    bpf::Kernel,
-    engine::TargetInfo,
-    tables::Ids,
-    violation::{self, Violation},
-};
-use crate::events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, rfc3339};
+use super::{bpf::Kernel, engine::TargetInfo, tables::Ids, violation};
+use crate::events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, Violation, rfc3339};
 
 /// (policy, rule, action, container)
 pub type CountKey = (String, String, String, String);

@@ -22,9 +22,9 @@ use tracing::{info, warn};
 
 use super::{
     engine::{Engine, Launched, TargetInfo},
-    violation::{self, Violation},
+    violation,
 };
-use crate::events::{Event, EventType, ProcessRef};
+use crate::events::{Event, EventType, ProcessRef, Violation};
 
 /// What `/metrics` shows about policies (refreshed by the task).
 #[derive(Debug, Clone, Default)]

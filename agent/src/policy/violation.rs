@@ -6,49 +6,8 @@ use palisade_common::{
     net::{AF_INET, AF_INET6},
     policy::{NetTuple, POLICY_PATH_MAX, PolicyEvent, taken, what},
 };
-use serde::{Deserialize, Serialize};
 
-/// The 5-tuple of a network violation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRef {
-    /// `egress` (connect, sendmsg) or `ingress` (bind, incoming connection).
-    pub direction: String,
-    pub protocol: String,
-    /// `addr:port` (IPv6 as `[addr]:port`); empty when not known (a bind has no remote).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub local: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub remote: String,
-}
-
-/// The `violation` object of a `policy_violation` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Violation {
-    pub policy: String,
-    pub rule: String,
-    /// What happened: `errno` (the call failed), `kill`, `log`, `drop` (an incoming connection
-    /// request was dropped), `would_block` (audit mode).
-    pub action: String,
-    /// `audit` or `enforce` when it happened.
-    pub mode: String,
-    /// Which hook saw it: `syscall`, `seccomp` (refused by a launched workload's filter),
-    /// `exec`, `connect`, `sendmsg`, `bind`, `ingress`.
-    pub hook: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub syscall: Option<String>,
-    /// The errno the call got (`seccomp`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errno: Option<String>,
-    /// The executable, as given to execve (`exec`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkRef>,
-    /// Violations of this rule in this container not reported one by one (rate limit) since the
-    /// previous event for them. An event with no `process` only carries this count.
-    #[serde(default)]
-    pub suppressed: u64,
-}
+use crate::events::NetworkRef;
 
 pub fn hook_name(w: u32) -> &'static str {
     match w {
@@ -162,25 +121,5 @@ mod tests {
         assert_eq!(n.local, "[::]:53");
         assert_eq!(n.protocol, "udp");
         assert!(network(what::EXEC, &b).is_none());
-    }
-
-    #[test]
-    fn violation_json_shape() {
-        let v = Violation {
-            policy: "web".into(),
-            rule: "syscalls.deny[0]".into(),
-            action: "errno".into(),
-            mode: "enforce".into(),
-            hook: "seccomp".into(),
-            syscall: Some("mount".into()),
-            errno: Some("EPERM".into()),
-            exec: None,
-            network: None,
-            suppressed: 0,
-        };
-        assert_eq!(
-            serde_json::to_string(&v).unwrap(),
-            r#"{"policy":"web","rule":"syscalls.deny[0]","action":"errno","mode":"enforce","hook":"seccomp","syscall":"mount","errno":"EPERM","suppressed":0}"#
-        );
     }
 }

@@ -1,5 +1,7 @@
 //! The agent's side of the control socket (the protocol is `palisade_proto`'s): accepts
 //! connections and answers each request, or streams events to a subscriber.
+mod filter;
+
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -13,11 +15,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{
-    config::Pattern,
-    events::{EventType, Filter},
-    state::Shared,
-};
+use self::filter::{Filter, filter};
+use crate::state::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -30,26 +29,6 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Builds an event filter from a subscribe request.
-pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, String> {
-    let containers = containers
-        .iter()
-        .map(|g| Pattern::new(g))
-        .collect::<Result<Vec<_>, _>>()?;
-    let types = types
-        .iter()
-        .map(|t| {
-            EventType::parse(t).ok_or_else(|| {
-                format!(
-                    "unknown event type `{t}` (one of: {})",
-                    EventType::ALL.map(EventType::as_str).join(", ")
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Filter { containers, types })
 }
 
 /// Binds the socket (root-only, 0600). A stale socket file is replaced; a live one is an error.
