@@ -120,9 +120,9 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
     }
     if let Some(url) = &args.otlp_endpoint {
         config.otlp.endpoint = Some(url.clone());
-        crate::otlp::check(&config.otlp).map_err(|e| ConfigError::Flag {
+        config.otlp.event_types().map_err(|e| ConfigError::Flag {
             flag: "--otlp-endpoint",
-            message: e.to_string(),
+            source: e.into(),
         })?;
     }
     if let Some(events) = &args.events {
@@ -136,9 +136,9 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
             .cgroups
             .iter()
             .map(|g| {
-                Pattern::new(g).map_err(|message| ConfigError::Flag {
+                Pattern::new(g).map_err(|e| ConfigError::Flag {
                     flag: "--cgroup",
-                    message,
+                    source: e.into(),
                 })
             })
             .collect::<Result<_, _>>()?;

@@ -5,7 +5,7 @@
 //! A record's body is the event's JSON (the same line the event log writes), its event name the
 //! event type, and the fields people filter on are attributes with OpenTelemetry semantic names
 //! (`container.id`, `container.name`, `k8s.namespace.name`, `process.pid`, …).
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use opentelemetry::{
     KeyValue,
@@ -13,59 +13,20 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::{Resource, logs::SdkLoggerProvider};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
-use crate::events::{Event, EventType, Hub};
-
-/// `otlp:` in the configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpConfig {
-    /// Collector base URL, e.g. `http://127.0.0.1:4318` (`/v1/logs` is appended). Unset: off.
-    pub endpoint: Option<String>,
-    /// `http/protobuf` or `http/json`.
-    pub protocol: OtlpProtocol,
-    /// Extra HTTP headers (e.g. an auth token).
-    pub headers: BTreeMap<String, String>,
-    /// Per-request timeout.
-    #[serde(with = "crate::config::duration")]
-    pub timeout: Duration,
-    /// Event types to export (empty: all).
-    pub events: Vec<String>,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            protocol: OtlpProtocol::Protobuf,
-            headers: BTreeMap::new(),
-            timeout: Duration::from_secs(10),
-            events: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum OtlpProtocol {
-    #[serde(rename = "http/protobuf")]
-    Protobuf,
-    #[serde(rename = "http/json")]
-    Json,
-}
+use crate::{
+    config::{Invalid, OtlpConfig, OtlpProtocol},
+    events::{Event, EventType, Hub},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
-    #[error(
-        "otlp.endpoint `{0}` must start with http:// (TLS is not supported; use a local collector)"
-    )]
-    Endpoint(String),
-    #[error("otlp.events: unknown event type `{0}`")]
-    EventType(String),
+    #[error(transparent)]
+    Config(#[from] Invalid),
     #[error("cannot build the OTLP exporter: {0}")]
-    Build(String),
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// The running exporter; `shutdown` flushes what is queued.
@@ -83,22 +44,9 @@ impl Exporter {
     }
 }
 
-/// Validates the configuration (endpoint scheme, event types) without starting anything.
-pub fn check(cfg: &OtlpConfig) -> Result<Vec<EventType>, OtlpError> {
-    if let Some(e) = &cfg.endpoint
-        && !e.starts_with("http://")
-    {
-        return Err(OtlpError::Endpoint(e.clone()));
-    }
-    cfg.events
-        .iter()
-        .map(|t| EventType::parse(t).ok_or_else(|| OtlpError::EventType(t.clone())))
-        .collect()
-}
-
 /// Starts exporting when an endpoint is configured.
 pub fn start(cfg: &OtlpConfig, hub: Arc<Hub>) -> Result<Option<Exporter>, OtlpError> {
-    let types = check(cfg)?;
+    let types = cfg.event_types()?;
     let Some(endpoint) = &cfg.endpoint else {
         return Ok(None);
     };
@@ -112,8 +60,7 @@ pub fn start(cfg: &OtlpConfig, hub: Arc<Hub>) -> Result<Option<Exporter>, OtlpEr
         })
         .with_timeout(cfg.timeout)
         .with_headers(cfg.headers.clone().into_iter().collect())
-        .build()
-        .map_err(|e| OtlpError::Build(e.to_string()))?;
+        .build()?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
@@ -242,26 +189,6 @@ pub fn attributes(ev: &Event) -> Vec<(&'static str, AnyValue)> {
 mod tests {
     use super::*;
     use crate::events::{ContainerRef, ProcessRef};
-
-    #[test]
-    fn config_checks() {
-        let cfg = OtlpConfig {
-            endpoint: Some("https://collector:4318".into()),
-            ..OtlpConfig::default()
-        };
-        assert!(matches!(check(&cfg), Err(OtlpError::Endpoint(_))));
-        let cfg = OtlpConfig {
-            endpoint: Some("http://127.0.0.1:4318".into()),
-            events: vec!["flow".into(), "exec".into()],
-            ..OtlpConfig::default()
-        };
-        assert_eq!(check(&cfg).unwrap(), vec![EventType::Flow, EventType::Exec]);
-        let cfg = OtlpConfig {
-            events: vec!["flows".into()],
-            ..OtlpConfig::default()
-        };
-        assert!(matches!(check(&cfg), Err(OtlpError::EventType(_))));
-    }
 
     #[test]
     fn attributes_use_semantic_names() {

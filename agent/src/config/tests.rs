@@ -1,4 +1,6 @@
 //! Config parsing: defaults, every key, and errors with file:line:column.
+use std::time::Duration;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -1,6 +1,6 @@
 //! What a `palisade events` subscriber asked for.
 use crate::{
-    config::Pattern,
+    config::{Pattern, PatternError},
     events::{Event, EventType},
 };
 
@@ -22,22 +22,24 @@ impl Filter {
     }
 }
 
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("unknown event type `{0}` (one of: {all})", all = EventType::ALL.map(EventType::as_str).join(", "))]
+    Type(String),
+}
+
 /// Builds an event filter from a subscribe request.
-pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, String> {
+pub fn filter(containers: &[String], types: &[String]) -> Result<Filter, FilterError> {
     let containers = containers
         .iter()
         .map(|g| Pattern::new(g))
         .collect::<Result<Vec<_>, _>>()?;
     let types = types
         .iter()
-        .map(|t| {
-            EventType::parse(t).ok_or_else(|| {
-                format!(
-                    "unknown event type `{t}` (one of: {})",
-                    EventType::ALL.map(EventType::as_str).join(", ")
-                )
-            })
-        })
+        .map(|t| EventType::parse(t).ok_or_else(|| FilterError::Type(t.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Filter { containers, types })
 }
@@ -64,6 +66,7 @@ mod tests {
         assert!(
             filter(&[], &["nope".into()])
                 .unwrap_err()
+                .to_string()
                 .contains("unknown event type `nope`")
         );
     }

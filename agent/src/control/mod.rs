@@ -79,7 +79,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
             Err(e) => Reply::err(format!("bad request: {e}")),
             Ok(Request::Subscribe { containers, types }) => match filter(&containers, &types) {
                 Ok(f) => return stream_events(write, f, &shared).await,
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(e.to_string()),
             },
             Ok(req) => handle(req, &shared).await,
         };

@@ -16,26 +16,7 @@ use std::{
 use serde::Deserialize;
 
 use super::{Identity, Runtime};
-
-/// Where runtimes keep their files.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NameRoots {
-    pub docker: PathBuf,
-    pub podman: Vec<PathBuf>,
-    /// Parent of kubelet's `pods/` and `containers/` log directories.
-    pub kubernetes_logs: PathBuf,
-}
-
-impl Default for NameRoots {
-    fn default() -> Self {
-        Self {
-            docker: PathBuf::from("/var/lib/docker"),
-            podman: vec![PathBuf::from("/var/lib/containers/storage")],
-            kubernetes_logs: PathBuf::from("/var/log"),
-        }
-    }
-}
+use crate::config::NameRoots;
 
 /// What the files say about one cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -19,13 +19,15 @@ use palisade_policy::{
 use tracing::{info, warn};
 
 use super::{
-    PolicyConfig,
     bpf::{Hook, Kernel, MAX_RULES, Options},
     report::Reporter,
     resources::Writer,
     tables::{self, Ids, Slots},
 };
-use crate::events::{ContainerRef, Hub};
+use crate::{
+    config::PolicyConfig,
+    events::{ContainerRef, Hub},
+};
 
 /// A cgroup as policies see it.
 #[derive(Debug, Clone, PartialEq)]

@@ -54,7 +54,7 @@ fn endpoint(s: &str) -> Option<(IpAddr, u16)> {
 
 /// Learns for `window`; `container` is a glob over container names and ids.
 pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result<Learned, String> {
-    let pat = Pattern::new(container)?;
+    let pat = Pattern::new(container).map_err(|e| e.to_string())?;
     let matches = |name: &str, id: &str| pat.is_match(name) || pat.is_match(id);
     let mut rx = shared.hub.subscribe();
     shared.collect(false).await.map_err(|e| e.to_string())?;

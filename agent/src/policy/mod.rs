@@ -6,7 +6,6 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod cli;
-mod config;
 mod engine;
 pub mod learn;
 pub mod metrics;
@@ -18,12 +17,11 @@ mod violation;
 
 use std::sync::Arc;
 
-pub use config::PolicyConfig;
 pub use engine::{Launched, TargetInfo};
 use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
 
-use crate::{events::Hub, state::Shared};
+use crate::{config::PolicyConfig, events::Hub, state::Shared};
 
 /// The selected policies of a registration, validated again by the agent.
 pub fn launch_policies(lp: &LaunchPolicy) -> Result<Vec<palisade_policy::Policy>, String> {

@@ -1,7 +1,9 @@
 //! The `policy:` section of the agent's configuration.
 use std::{path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
+
+use super::{Invalid, duration};
 
 /// Policies: where they are, where enforcement state is pinned, how violations are reported.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,12 +17,12 @@ pub struct PolicyConfig {
     pub pin_dir: PathBuf,
     /// How often the files are checked for changes (0s: only on SIGHUP or `palisade policy
     /// reload`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub watch_interval: Duration,
     /// Violation events per (container, rule): at most `rate_limit_burst` per
     /// `rate_limit_interval`; the rest are counted and reported as `suppressed`.
     pub rate_limit_burst: u64,
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub rate_limit_interval: Duration,
 }
 
@@ -36,23 +38,26 @@ impl Default for PolicyConfig {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| de::Error::custom(format!("invalid duration `{s}`: {e} (e.g. 2s, 1m)")))
-}
-
 impl PolicyConfig {
     /// Checks that need more than one field; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !self.pin_dir.is_absolute() {
-            return Err("policy.pin_dir must be an absolute path on bpffs".into());
+            return Err(Invalid::new(
+                "policy.pin_dir",
+                "must be an absolute path on bpffs",
+            ));
         }
         if self.rate_limit_burst == 0 {
-            return Err("policy.rate_limit_burst must be at least 1".into());
+            return Err(Invalid::new(
+                "policy.rate_limit_burst",
+                "must be at least 1",
+            ));
         }
         if self.rate_limit_interval < Duration::from_millis(10) {
-            return Err("policy.rate_limit_interval must be at least 10ms".into());
+            return Err(Invalid::new(
+                "policy.rate_limit_interval",
+                "must be at least 10ms",
+            ));
         }
         Ok(())
     }
