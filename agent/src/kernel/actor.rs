@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{KernelError, events::KernelEvent};
+use super::{KernelError, events::KernelEvent, take_map};
 
 /// Events read from the ring buffer that may wait in the actor for the consumer; past this the
 /// actor stops reading the ring buffer until the consumer catches up.
@@ -134,29 +134,21 @@ struct Actor {
     net_counters: PerCpuArray<MapData, u64>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| KernelError::Map { map: name, source })
-}
-
 /// Starts the actor on the current tokio runtime. Cgroup events go to `changes`.
 pub fn spawn(
     mut ebpf: Ebpf,
     changes: mpsc::Sender<KernelEvent>,
 ) -> Result<(KernelHandle, tokio::task::JoinHandle<()>), KernelError> {
-    let stats = take(&mut ebpf, names::MAP_SYSCALL_STATS)?;
-    let errnos = take(&mut ebpf, names::MAP_SYSCALL_ERRNOS)?;
-    let filter = take(&mut ebpf, names::MAP_CGROUP_FILTER)?;
-    let losses = take(&mut ebpf, names::MAP_LOSS_COUNTERS)?;
-    let processes = take(&mut ebpf, names::MAP_PROCESS_COUNTS)?;
-    let net = take(&mut ebpf, names::MAP_NET_TOTALS)?;
-    let tcp = take(&mut ebpf, names::MAP_TCP_COUNTS)?;
-    let flows = take(&mut ebpf, names::MAP_FLOWS)?;
-    let net_counters = take(&mut ebpf, names::MAP_NET_COUNTERS)?;
-    let ring: RingBuf<MapData> = take(&mut ebpf, names::MAP_EVENTS)?;
+    let stats = take_map(&mut ebpf, names::MAP_SYSCALL_STATS)?;
+    let errnos = take_map(&mut ebpf, names::MAP_SYSCALL_ERRNOS)?;
+    let filter = take_map(&mut ebpf, names::MAP_CGROUP_FILTER)?;
+    let losses = take_map(&mut ebpf, names::MAP_LOSS_COUNTERS)?;
+    let processes = take_map(&mut ebpf, names::MAP_PROCESS_COUNTS)?;
+    let net = take_map(&mut ebpf, names::MAP_NET_TOTALS)?;
+    let tcp = take_map(&mut ebpf, names::MAP_TCP_COUNTS)?;
+    let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
+    let net_counters = take_map(&mut ebpf, names::MAP_NET_COUNTERS)?;
+    let ring: RingBuf<MapData> = take_map(&mut ebpf, names::MAP_EVENTS)?;
     // SAFETY: the RingBuf owns its map fd and its mmap for as long as it lives, and
     // `as_raw_fd` always returns that same descriptor; the AsyncFd owns the RingBuf.
     let events =

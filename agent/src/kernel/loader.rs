@@ -336,7 +336,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         match opts.network_root {
             None => Some("network telemetry is disabled in the config".to_owned()),
             Some(root) => attach_network(&mut ebpf, root)
-                .map(|()| crate::net::listeners::seed(&mut ebpf, root))
+                .map(|()| super::listeners::seed(&mut ebpf, root))
                 .err(),
         },
     ));

@@ -2,6 +2,7 @@
 //! loaded object (nobody else touches maps).
 mod actor;
 pub mod events;
+mod listeners;
 mod loader;
 
 pub use actor::{KernelHandle, KernelSnapshot, spawn};
@@ -49,6 +50,15 @@ pub enum KernelError {
     },
     #[error("the kernel actor has stopped")]
     ActorGone,
+}
+
+/// Takes map `name` out of a loaded object as the map type `T`.
+pub fn take_map<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| KernelError::Map { map: name, source })
 }
 
 /// One line out of a program error: the errno and, for verifier rejections, the verifier's last

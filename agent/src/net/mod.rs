@@ -6,7 +6,6 @@
 //! packet programs counted, and accumulates what must survive a flow's deletion.
 pub mod dns;
 mod flows;
-pub mod listeners;
 
 use std::{
     collections::HashMap,

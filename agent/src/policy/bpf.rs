@@ -28,7 +28,7 @@ use palisade_common::{
     },
 };
 
-use crate::kernel::{describe_program_error, error_chain};
+use crate::kernel::{KernelError, describe_program_error, error_chain, take_map};
 
 /// Slots (distinct effective policies at once) the tables hold.
 pub const MAX_SLOTS: u32 = 256;
@@ -47,6 +47,8 @@ pub enum BpfError {
     Load(String),
     #[error("policy map {map}: {detail}")]
     Map { map: &'static str, detail: String },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     #[error("attaching {program}: {detail}")]
     Attach {
         program: &'static str,
@@ -165,20 +167,6 @@ fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(BpfError::Map {
-        map: name,
-        detail: "missing from the object (rebuild)".into(),
-    })?;
-    T::try_from(map).map_err(|e| BpfError::Map {
-        map: name,
-        detail: e.to_string(),
-    })
-}
-
 impl Kernel {
     /// Loads the object, reusing pinned maps; adopts pinned links lazily (see [`Kernel::want`]).
     pub fn load(opts: Options) -> Result<(Self, RingBuf<MapData>), BpfError> {
@@ -225,7 +213,7 @@ impl Kernel {
         let mut ebpf = loader
             .load(crate::kernel::POLICY_OBJECT)
             .map_err(|e| BpfError::Load(error_chain(&e)))?;
-        let mut config: Array<MapData, u64> = take(&mut ebpf, names::MAP_POLICY_CONFIG)?;
+        let mut config: Array<MapData, u64> = take_map(&mut ebpf, names::MAP_POLICY_CONFIG)?;
         let map_err = |map, e: aya::maps::MapError| BpfError::Map {
             map,
             detail: e.to_string(),
@@ -248,17 +236,17 @@ impl Kernel {
                 .set(i, v, 0)
                 .map_err(|e| map_err(names::MAP_POLICY_CONFIG, e))?;
         }
-        let events: RingBuf<MapData> = take(&mut ebpf, names::MAP_POLICY_EVENTS)?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, names::MAP_POLICY_EVENTS)?;
         let k = Kernel {
-            cgroups: take(&mut ebpf, names::MAP_POLICY_CGROUPS)?,
-            syscalls: take(&mut ebpf, names::MAP_POLICY_SYSCALLS)?,
-            args: take(&mut ebpf, names::MAP_POLICY_ARGS)?,
-            exec_conf: take(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
-            exec: take(&mut ebpf, names::MAP_POLICY_EXEC)?,
-            net: take(&mut ebpf, names::MAP_POLICY_NET)?,
-            rules: take(&mut ebpf, names::MAP_POLICY_RULES)?,
-            violations: take(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
-            loss: take(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            cgroups: take_map(&mut ebpf, names::MAP_POLICY_CGROUPS)?,
+            syscalls: take_map(&mut ebpf, names::MAP_POLICY_SYSCALLS)?,
+            args: take_map(&mut ebpf, names::MAP_POLICY_ARGS)?,
+            exec_conf: take_map(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
+            exec: take_map(&mut ebpf, names::MAP_POLICY_EXEC)?,
+            net: take_map(&mut ebpf, names::MAP_POLICY_NET)?,
+            rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
+            violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
+            loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
             _config: config,
             ebpf,
             opts,
