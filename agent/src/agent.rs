@@ -14,16 +14,12 @@ use palisade_cgroupfs::{CgroupfsError, Mounts};
 
 use crate::{
     config::Config,
-    events::{self, Clock, Hub, sink},
+    control::{self, ControlError},
+    events::{Hub, sink},
     features,
-    identity::{Registry, names::Resolver},
     kernel::{self, KernelError, LoadOptions},
     metrics::{Info, SelfMetrics},
-    model::Model,
-    procs::ProcessTable,
-    resources, server,
-    state::{Shared, State},
-    tracefs,
+    resources, server, state, tracefs,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +41,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("cannot walk the cgroup tree at {root}: {source}")]
-    Walk {
-        root: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Walk(state::StateError),
     #[error("metrics setup: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot write the ready file {path}: {source}")]
@@ -60,7 +53,7 @@ pub enum AgentError {
     #[error("http server: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] ControlError),
     #[error(transparent)]
     EventLog(#[from] sink::SinkError),
     #[error("policy files rejected:\n{0}")]
@@ -107,7 +100,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     let listener = bind(config.listen).await?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
     let control_path = config.control_socket.clone();
-    let control = crate::control::bind(&control_path).await?;
+    let control = control::bind(&control_path).await?;
     let event_log = config.events.output.as_ref().map(|p| {
         if p.as_os_str() == "-" {
             sink::Target::Stdout
@@ -229,8 +222,10 @@ async fn serve_all(
         "syscall maps sized"
     );
 
-    let (changes_tx, mut changes_rx) = mpsc::channel(8192);
-    let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, changes_tx)?;
+    // The kernel's ordered output (events, snapshots) to the state owner; a full channel
+    // leaves the ring buffer to fill, where the kernel counts what it cannot queue.
+    let (kernel_out_tx, kernel_out) = mpsc::channel(8192);
+    let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, kernel_out_tx)?;
 
     let info = Info {
         features: report.features.clone(),
@@ -248,18 +243,13 @@ async fn serve_all(
         mounts: mounts.clone(),
         hub: hub.clone(),
     });
-    let shared = Arc::new(Shared {
-        state: tokio::sync::Mutex::new(State {
-            registry: Registry::new(config.identity.max_cgroups),
-            model: Model::default(),
-            procs: ProcessTable::new(
-                config.processes.max_per_container,
-                config.processes.max_total,
-            ),
-            resolver: Resolver::new(config.identity.roots.clone()),
-            net: crate::net::NetState::default(),
-        }),
+    let otlp_cfg = config.otlp.clone();
+    let pin_dir = config.policy.pin_dir.clone();
+    let (state, state_task) = state::spawn(state::Parts {
         kernel: kernel_handle.clone(),
+        kernel_out,
+        policy: policy.clone(),
+        hub: hub.clone(),
         info,
         own: SelfMetrics::new()?,
         resources: resources::Reader::new(
@@ -267,75 +257,51 @@ async fn serve_all(
             &mounts,
             config.resources.cgroup_v1_root.as_deref(),
         ),
-        unified_root,
-        hub: hub.clone(),
-        policy: policy.clone(),
+        unified_root: unified_root.clone(),
         config,
     });
 
-    // Initial walk after the tracepoints are attached, so no cgroup falls in between.
-    if let Err(source) = shared.rescan().await {
-        kernel_handle.shutdown().await;
-        return Err(AgentError::Walk {
-            root: shared.unified_root.clone(),
-            source,
-        });
+    // Initial walk after the tracepoints are attached, so no cgroup falls in between; the
+    // owner then gives the policy task every cgroup (adopted pinned state stays in force until
+    // then).
+    match state.rescan().await {
+        Ok(n) => info!(cgroups = n, "cgroup tree walked"),
+        Err(e) => {
+            kernel_handle.shutdown().await;
+            return Err(AgentError::Walk(e));
+        }
     }
-    {
-        let st = shared.state.lock().await;
-        info!(cgroups = st.registry.len(), "cgroup tree walked");
-    }
-    // Policies apply once every cgroup is known (adopted pinned state stays in force until then).
-    shared.policy_sync(true).await;
 
-    let otlp = crate::otlp::start(&shared.config.otlp, hub.clone())?;
-    let mut tasks = Vec::new();
+    let otlp = crate::otlp::start(&otlp_cfg, hub.clone())?;
+    let mut tasks = vec![state_task];
     if let Some(target) = event_log {
         tasks.push(tokio::spawn(sink::run(target, hub.clone())));
     }
-    let s = shared.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(ev) = changes_rx.recv().await {
-            // Re-anchor monotonic → wall time per event (cheap; follows clock steps).
-            s.apply_event(ev, &Clock::now()).await;
-        }
-    }));
-    let s = shared.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.config.identity.rescan_interval);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = s.rescan().await {
-                warn!(error = %e, "rescan failed");
-            }
-        }
-    }));
-    let s = shared.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.config.metrics.collect_interval);
-        loop {
-            tick.tick().await;
-            if let Err(e) = s.collect(true).await {
-                warn!(error = %e, "collection failed");
-            }
-        }
-    }));
-
-    tasks.push(tokio::spawn(crate::control::serve(control, shared.clone())));
+    tasks.push(tokio::spawn(control::serve(
+        control,
+        control::Context {
+            state: state.clone(),
+            policy: policy.clone(),
+            hub: hub.clone(),
+        },
+    )));
     tasks.push(policy_task);
-    tasks.push(tokio::spawn(reload_on_sighup(policy)));
+    tasks.push(tokio::spawn(reload_on_sighup(policy.clone())));
 
     if let Some(path) = &ready_file {
         write_ready(path, listen_addr)?;
     }
     info!(listen = %listen_addr, control_socket = %control_path.display(), "serving /metrics");
-    let served = server::serve(listener, shared.clone(), shutdown_signal()).await;
+    let served = server::serve(
+        listener,
+        server::Context { state, policy },
+        shutdown_signal(),
+    )
+    .await;
 
     for t in tasks {
         t.abort();
     }
-    let _ = events::EventType::ALL;
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
     if let Some(o) = otlp {
@@ -344,8 +310,8 @@ async fn serve_all(
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
-    if shared.config.policy.pin_dir.join("maps").exists() {
-        info!(pin_dir = %shared.config.policy.pin_dir.display(), "telemetry detached; policy enforcement stays pinned (`palisade agent --cleanup` removes it); bye");
+    if pin_dir.join("maps").exists() {
+        info!(pin_dir = %pin_dir.display(), "telemetry detached; policy enforcement stays pinned (`palisade agent --cleanup` removes it); bye");
     } else {
         info!("eBPF programs detached; nothing pinned; bye");
     }

@@ -1,6 +1,7 @@
 //! The agent's side of the control socket (the protocol is `palisade_proto`'s): accepts
 //! connections and answers each request, or streams events to a subscriber.
 mod filter;
+mod learn;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -13,10 +14,18 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use self::filter::{Filter, filter};
-use crate::state::Shared;
+use crate::{events::Hub, policy, state::StateHandle};
+
+/// What the control socket answers from: the state owner, the policy task, the event hub.
+#[derive(Clone)]
+pub struct Context {
+    pub state: StateHandle,
+    pub policy: policy::Handle,
+    pub hub: Arc<Hub>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -52,13 +61,13 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub async fn serve(listener: UnixListener, ctx: Context) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = shared.clone();
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, shared).await {
+                    if let Err(e) = connection(stream, ctx).await {
                         debug!(error = %e, "control connection ended");
                     }
                 });
@@ -71,17 +80,17 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
             Err(e) => Reply::err(format!("bad request: {e}")),
             Ok(Request::Subscribe { containers, types }) => match filter(&containers, &types) {
-                Ok(f) => return stream_events(write, f, &shared).await,
+                Ok(f) => return stream_events(write, f, &ctx.hub).await,
                 Err(e) => Reply::err(e.to_string()),
             },
-            Ok(req) => handle(req, &shared).await,
+            Ok(req) => handle(req, &ctx).await,
         };
         let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
         out.push('\n');
@@ -94,17 +103,17 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
 async fn stream_events(
     mut write: tokio::net::unix::OwnedWriteHalf,
     filter: Filter,
-    shared: &Shared,
+    hub: &Hub,
 ) -> std::io::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = shared.hub.subscribe();
+    let mut rx = hub.subscribe();
     write.write_all(b"{\"ok\":true}\n").await?;
     loop {
         let line = match rx.recv().await {
             Ok(ev) if filter.matches(&ev) => serde_json::to_string(&*ev).ok(),
             Ok(_) => None,
             Err(RecvError::Lagged(n)) => {
-                shared.hub.count_dropped("subscriber", n);
+                hub.count_dropped("subscriber", n);
                 Some(format!("{{\"type\":\"events_lost\",\"count\":{n}}}"))
             }
             Err(RecvError::Closed) => return Ok(()),
@@ -116,7 +125,7 @@ async fn stream_events(
     }
 }
 
-async fn handle(req: Request, shared: &Shared) -> Reply {
+async fn handle(req: Request, ctx: &Context) -> Reply {
     match req {
         Request::Ping {} => Reply {
             ok: true,
@@ -140,48 +149,43 @@ async fn handle(req: Request, shared: &Shared) -> Reply {
                     "cgroup_path `{cgroup_path}` must be relative to the unified root and start with `/`"
                 ));
             }
-            match shared
-                .register_workload(cgroup_id, &cgroup_path, &name)
+            let launched = match policy.as_ref().map(policy::launched).transpose() {
+                Ok(l) => l,
+                Err(e) => return Reply::err(format!("policy: {e}")),
+            };
+            match ctx
+                .state
+                .register(name, cgroup_id, cgroup_path, launched)
                 .await
             {
-                Ok(()) => {
-                    if let Err(e) =
-                        crate::policy::on_register(shared, cgroup_id, policy.as_ref()).await
-                    {
-                        return Reply::err(format!("policy: {e}"));
-                    }
-                    info!(container = %name, cgroup_id, cgroup_path, "workload registered");
-                    Reply::ok()
-                }
+                Ok(()) => Reply::ok(),
                 Err(e) => Reply::err(e.to_string()),
             }
         }
-        Request::PolicyStatus {} => data(shared.policy.status().await),
+        Request::PolicyStatus {} => data(ctx.policy.status().await),
         Request::PolicyMode { name, mode } => match palisade_policy::Mode::parse(&mode) {
             None => Reply::err(format!("unknown mode `{mode}` (audit or enforce)")),
             Some(m) => data(
-                shared
-                    .policy
+                ctx.policy
                     .mode(name, m)
                     .await
                     .map(|()| serde_json::Value::Null),
             ),
         },
-        Request::PolicyReload {} => data(shared.policy.reload().await.map(serde_json::Value::from)),
+        Request::PolicyReload {} => data(ctx.policy.reload().await.map(serde_json::Value::from)),
         Request::PolicyLearn {
             container,
             duration_ms,
-        } => data(
-            crate::policy::learn::learn(
-                shared,
-                &container,
-                std::time::Duration::from_millis(duration_ms),
-            )
-            .await
-            .and_then(|l| {
-                serde_json::to_value(crate::policy::learn::to_wire(&l)).map_err(|e| e.to_string())
-            }),
-        ),
+        } => match learn::learn(
+            ctx,
+            &container,
+            std::time::Duration::from_millis(duration_ms),
+        )
+        .await
+        {
+            Ok(l) => Reply::data(serde_json::to_value(l).unwrap_or_default()),
+            Err(e) => Reply::err(e.to_string()),
+        },
     }
 }
 

@@ -1,10 +1,14 @@
 //! The kernel actor: the only owner of the loaded [`aya::Ebpf`] and its maps.
 //!
-//! Other tasks send [`Command`]s carrying a `oneshot` reply. The actor also drains the `EVENTS`
-//! ring buffer and forwards cgroup lifecycle events as [`KernelEvent`]s. When the actor stops
-//! (on [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which
-//! detaches every program.
-use std::collections::{HashSet, VecDeque};
+//! It takes [`Command`]s and produces one ordered stream of [`Output`]s: the ring buffer's
+//! events, and the answers to commands (map snapshots, flows taken out of the table), each
+//! after every event read before it. The state owner consumes that stream and never waits for
+//! the actor: it sends commands and goes on, so the actor may wait for room in the stream
+//! without any cycle of waits (a full stream leaves the ring buffer to fill, and the kernel
+//! counts what it cannot queue as `ringbuf_full`). When the actor stops (on
+//! [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which detaches
+//! every program.
+use std::collections::HashSet;
 
 use aya::Pod;
 use aya::{
@@ -13,7 +17,7 @@ use aya::{
 };
 use palisade_common::{
     ErrnoKey, ProcessCounts, SyscallKey, SyscallStats, loss, names,
-    net::{FlowKey, FlowStats, NetTotals, TcpCounts},
+    net::{FlowKey, FlowStats, NetTotals, TcpCounts, tcp_what},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -21,11 +25,14 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{KernelError, events::KernelEvent, take_map};
+use super::{
+    KernelError,
+    events::{KernelEvent, Tcp},
+    take_map,
+};
 
-/// Events read from the ring buffer that may wait in the actor for the consumer; past this the
-/// actor stops reading the ring buffer until the consumer catches up.
-const PENDING_MAX: usize = 16_384;
+/// Ring-buffer records handed on before the actor looks at its commands again.
+const BATCH: usize = 256;
 
 /// Everything the kernel counted, summed over CPUs.
 #[derive(Debug, Default, Clone)]
@@ -52,68 +59,62 @@ pub struct KernelSnapshot {
 
 pub enum Command {
     /// Read every map (the flow table too when `flows`); delete the entries of the cgroups in
-    /// `reap` after reading them.
-    Collect {
-        reap: Vec<u64>,
-        flows: bool,
-        reply: oneshot::Sender<Result<KernelSnapshot, KernelError>>,
+    /// `reap` after reading them. Answered by [`Output::Snapshot`].
+    Collect { reap: Vec<u64>, flows: bool },
+    /// Read and delete these flows. Answered by [`Output::Taken`].
+    TakeFlows(Vec<FlowKey>),
+    /// Add cgroups to the traced set (only meaningful with a filter); `done` once they are in.
+    Select {
+        ids: Vec<u64>,
+        done: Option<oneshot::Sender<()>>,
     },
-    /// Read and delete these flows.
-    TakeFlows {
-        keys: Vec<FlowKey>,
-        reply: oneshot::Sender<Vec<(FlowKey, FlowStats)>>,
-    },
-    /// Add or remove a cgroup from the traced set (only meaningful with a filter).
-    Select { cgroup_id: u64, selected: bool },
     /// Detach everything and stop; replies when done.
     Shutdown { reply: oneshot::Sender<()> },
 }
 
-/// Cheap, cloneable way to talk to the actor.
+/// What the actor hands on, in the order it happened.
+#[derive(Debug)]
+pub enum Output {
+    Event(KernelEvent),
+    Snapshot(Result<KernelSnapshot, KernelError>),
+    Taken(Vec<(FlowKey, FlowStats)>),
+}
+
+/// Cheap, cloneable way to talk to the actor. Sending never waits: the channel is unbounded
+/// because its only regular sender, the state owner, must never block on the actor (which may
+/// be blocked handing it output). It stays short: the owner sends at most one command per
+/// message it consumes, and the actor reads its commands before every batch of events.
 #[derive(Clone)]
 pub struct KernelHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl KernelHandle {
-    pub async fn collect(
-        &self,
-        reap: Vec<u64>,
-        flows: bool,
-    ) -> Result<KernelSnapshot, KernelError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Collect { reap, flows, reply })
-            .await
-            .map_err(|_| KernelError::ActorGone)?;
-        rx.await.map_err(|_| KernelError::ActorGone)?
+    fn send(&self, cmd: Command) -> Result<(), KernelError> {
+        self.tx.send(cmd).map_err(|_| KernelError::ActorGone)
     }
 
-    pub async fn take_flows(
-        &self,
-        keys: Vec<FlowKey>,
-    ) -> Result<Vec<(FlowKey, FlowStats)>, KernelError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::TakeFlows { keys, reply })
-            .await
-            .map_err(|_| KernelError::ActorGone)?;
-        rx.await.map_err(|_| KernelError::ActorGone)
+    pub fn collect(&self, reap: Vec<u64>, flows: bool) -> Result<(), KernelError> {
+        self.send(Command::Collect { reap, flows })
     }
 
-    pub async fn select(&self, cgroup_id: u64, selected: bool) -> Result<(), KernelError> {
-        self.tx
-            .send(Command::Select {
-                cgroup_id,
-                selected,
-            })
-            .await
-            .map_err(|_| KernelError::ActorGone)
+    pub fn take_flows(&self, keys: Vec<FlowKey>) -> Result<(), KernelError> {
+        self.send(Command::TakeFlows(keys))
+    }
+
+    /// Selects `ids`; the receiver resolves once the filter holds them.
+    pub fn select(&self, ids: Vec<u64>) -> Result<oneshot::Receiver<()>, KernelError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Select {
+            ids,
+            done: Some(done),
+        })?;
+        Ok(rx)
     }
 
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+        if self.send(Command::Shutdown { reply }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -134,10 +135,10 @@ struct Actor {
     net_counters: PerCpuArray<MapData, u64>,
 }
 
-/// Starts the actor on the current tokio runtime. Cgroup events go to `changes`.
+/// Starts the actor on the current tokio runtime; its output goes to `out`.
 pub fn spawn(
     mut ebpf: Ebpf,
-    changes: mpsc::Sender<KernelEvent>,
+    out: mpsc::Sender<Output>,
 ) -> Result<(KernelHandle, tokio::task::JoinHandle<()>), KernelError> {
     let stats = take_map(&mut ebpf, names::MAP_SYSCALL_STATS)?;
     let errnos = take_map(&mut ebpf, names::MAP_SYSCALL_ERRNOS)?;
@@ -161,7 +162,7 @@ pub fn spawn(
                 }),
             }
         })?;
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::unbounded_channel();
     let actor = Actor {
         ebpf,
         stats,
@@ -174,70 +175,63 @@ pub fn spawn(
         flows,
         net_counters,
     };
-    let task = tokio::spawn(actor.run(rx, events, changes));
+    let task = tokio::spawn(actor.run(rx, events, out));
     Ok((KernelHandle { tx }, task))
 }
 
 impl Actor {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: mpsc::UnboundedReceiver<Command>,
         mut events: AsyncFd<RingBuf<MapData>>,
-        changes: mpsc::Sender<KernelEvent>,
+        out: mpsc::Sender<Output>,
     ) {
         let mut shutdown_reply = None;
-        // Events read from the ring buffer and not yet handed on. While `changes` has room they
-        // are handed on before the next command is answered (so a collection sees the cgroups
-        // created before it), but the actor never waits for room while a command is waiting:
-        // the consumer of `changes` may itself be waiting for a command's reply (a closed
-        // connection's flow), or for the state lock a collection holds while it waits for its
-        // reply. When `pending` is full the ring buffer is left to fill, and the kernel counts
-        // what it cannot queue (`ringbuf_full`).
-        let mut pending: VecDeque<KernelEvent> = VecDeque::new();
-        loop {
+        'run: loop {
             tokio::select! {
                 biased;
-                permit = changes.reserve(), if !pending.is_empty() => match permit {
-                    Ok(permit) => {
-                        if let Some(ev) = pending.pop_front() {
-                            permit.send(ev);
-                        }
-                        while let Some(ev) = pending.pop_front() {
-                            match changes.try_send(ev) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(ev)) => {
-                                    pending.push_front(ev);
-                                    break;
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => pending.clear(),
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        debug!("kernel event receiver gone");
-                        pending.clear();
-                    }
-                },
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown { reply }) => {
                         shutdown_reply = Some(reply);
                         break;
                     }
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => {
+                        if let Some(o) = self.handle(cmd)
+                            && out.send(o).await.is_err()
+                        {
+                            break;
+                        }
+                    }
                 },
-                guard = events.readable_mut(), if pending.len() < PENDING_MAX => {
+                guard = events.readable_mut() => {
                     let Ok(mut guard) = guard else {
                         warn!("ring buffer poll failed; cgroup events now come from rescans only");
                         break;
                     };
+                    let mut batch = Vec::with_capacity(BATCH);
                     let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        if let Some(change) = super::events::parse(&item) {
-                            pending.push_back(change);
+                    let mut drained = true;
+                    while batch.len() < BATCH {
+                        let Some(item) = ring.next() else { break };
+                        if let Some(ev) = super::events::parse(&item) {
+                            batch.push(ev);
+                        }
+                        if batch.len() == BATCH {
+                            drained = false;
                         }
                     }
-                    guard.clear_ready();
+                    if drained {
+                        guard.clear_ready();
+                    }
+                    drop(guard);
+                    for ev in batch {
+                        let ev = self.complete(ev);
+                        if out.send(Output::Event(ev)).await.is_err() {
+                            debug!("kernel output receiver gone");
+                            break 'run;
+                        }
+                    }
                 }
             }
         }
@@ -250,28 +244,34 @@ impl Actor {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    fn handle(&mut self, cmd: Command) -> Option<Output> {
         match cmd {
-            Command::Collect { reap, flows, reply } => {
-                let _ = reply.send(self.collect(&reap, flows));
-            }
-            Command::TakeFlows { keys, reply } => {
-                let _ = reply.send(self.take_flows(&keys));
-            }
-            Command::Select {
-                cgroup_id,
-                selected,
-            } => {
-                let r = if selected {
-                    self.filter.insert(cgroup_id, 1, 0)
-                } else {
-                    self.filter.remove(&cgroup_id)
-                };
-                if let Err(e) = r {
-                    warn!(cgroup_id, selected, error = %e, "updating the cgroup filter failed");
+            Command::Collect { reap, flows } => Some(Output::Snapshot(self.collect(&reap, flows))),
+            Command::TakeFlows(keys) => Some(Output::Taken(self.take_flows(&keys))),
+            Command::Select { ids, done } => {
+                for cgroup_id in ids {
+                    if let Err(e) = self.filter.insert(cgroup_id, 1, 0) {
+                        warn!(cgroup_id, error = %e, "updating the cgroup filter failed");
+                    }
                 }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                None
             }
-            Command::Shutdown { .. } => {}
+            Command::Shutdown { .. } => None,
+        }
+    }
+
+    /// A connection that ended without `sock_ops` taking its flow: take it here, so the record
+    /// has its final counts.
+    fn complete(&mut self, ev: KernelEvent) -> KernelEvent {
+        match ev {
+            KernelEvent::Tcp(t) if t.flow.is_none() && t.what != tcp_what::ESTABLISHED => {
+                let flow = self.take_flows(&[t.key]).into_iter().next().map(|(_, f)| f);
+                KernelEvent::Tcp(Tcp { flow, ..t })
+            }
+            other => other,
         }
     }
 

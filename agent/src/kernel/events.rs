@@ -2,7 +2,7 @@
 use palisade_common::{
     CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent, OomEvent,
     event_kind, exec_flags,
-    net::{DNS_PAYLOAD_MAX, DnsEvent, FlowKey, FlowStats, TcpEvent},
+    net::{AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FlowKey, FlowStats, TcpEvent},
 };
 use tracing::warn;
 
@@ -98,7 +98,9 @@ pub struct Tcp {
     pub direction: u32,
     pub srtt_us: u32,
     pub total_retrans: u32,
-    /// The flow's final counts, taken out of the flow table by `sock_ops` at close.
+    /// The flow's final counts: taken out of the flow table by `sock_ops` at close, or by the
+    /// kernel actor when `sock_ops` could not (`None` for `ESTABLISHED`, or when the flow was
+    /// already gone).
     pub flow: Option<FlowStats>,
 }
 
@@ -117,6 +119,20 @@ pub enum KernelEvent {
     Oom(Oom),
     Tcp(Tcp),
     Dns(Dns),
+}
+
+/// An IPv4-mapped IPv6 socket address (`::ffff:a.b.c.d`) as the IPv4 packets show it.
+pub fn normalize(mut k: FlowKey) -> FlowKey {
+    let mapped = |a: &[u8; 16]| a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+    if k.family == AF_INET6 && mapped(&k.laddr) && mapped(&k.raddr) {
+        k.family = AF_INET;
+        for a in [&mut k.laddr, &mut k.raddr] {
+            let v4 = [a[12], a[13], a[14], a[15]];
+            *a = [0; 16];
+            a[..4].copy_from_slice(&v4);
+        }
+    }
+    k
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -229,7 +245,7 @@ pub fn parse(bytes: &[u8]) -> Option<KernelEvent> {
             let ev: TcpEvent = read(bytes)?;
             Some(KernelEvent::Tcp(Tcp {
                 what: ev.what,
-                key: ev.key,
+                key: normalize(ev.key),
                 cookie: ev.cookie,
                 ktime_ns: ev.ktime_ns,
                 start_ns: ev.start_ns,
@@ -337,6 +353,36 @@ mod tests {
         };
         assert_eq!(e.status, ExitStatus::Code(2));
         assert_eq!(e.start_ns, Some(40));
+    }
+
+    #[test]
+    fn ipv4_mapped_keys_are_normalized() {
+        use palisade_common::net::IPPROTO_TCP;
+        let key = |proto| {
+            let mut k = FlowKey {
+                cgroup_id: 7,
+                family: palisade_common::net::AF_INET,
+                proto,
+                _pad: 0,
+                lport: 40000,
+                rport: 8080,
+                laddr: [0; 16],
+                raddr: [0; 16],
+            };
+            k.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+            k.raddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+            k
+        };
+        let mut mapped = key(IPPROTO_TCP);
+        mapped.family = AF_INET6;
+        for a in [&mut mapped.laddr, &mut mapped.raddr] {
+            let v4 = [a[0], a[1], a[2], a[3]];
+            *a = [0; 16];
+            a[10] = 0xff;
+            a[11] = 0xff;
+            a[12..].copy_from_slice(&v4);
+        }
+        assert_eq!(normalize(mapped), key(IPPROTO_TCP));
     }
 
     #[test]

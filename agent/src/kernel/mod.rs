@@ -5,7 +5,7 @@ pub mod events;
 mod listeners;
 mod loader;
 
-pub use actor::{KernelHandle, KernelSnapshot, spawn};
+pub use actor::{KernelHandle, KernelSnapshot, Output, spawn};
 pub use events::{CgroupChange, KernelEvent};
 pub use loader::{LoadOptions, load};
 

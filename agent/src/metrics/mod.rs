@@ -9,6 +9,7 @@ mod containers;
 pub mod histogram;
 mod network;
 mod own;
+mod policy;
 mod syscalls;
 
 use prometheus::{
@@ -208,7 +209,7 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     let mut fams = containers::families(inp, &mut budget);
     fams.extend(network::families(inp, &mut budget));
     if let Some(p) = inp.policy {
-        fams.extend(crate::policy::metrics::families(p, &mut budget));
+        fams.extend(policy::families(p, &mut budget));
     }
     fams.extend(syscalls::families(inp, &mut budget));
     fams.extend(own::families(inp, budget.dropped));

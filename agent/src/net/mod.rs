@@ -5,7 +5,6 @@
 //! decides when a flow is over, joins what `sock_ops` said about a connection with what the
 //! packet programs counted, and accumulates what must survive a flow's deletion.
 pub mod dns;
-mod flows;
 
 use std::{
     collections::HashMap,
@@ -21,24 +20,10 @@ use crate::{
 use palisade_common::{
     HIST_BUCKETS, latency_bucket,
     net::{
-        AF_INET, AF_INET6, FLOW_FIRST_EGRESS, FLOW_PARTIAL, FlowKey, FlowStats, IPPROTO_TCP,
-        IPPROTO_UDP, direction, tcp_what,
+        AF_INET6, FLOW_FIRST_EGRESS, FLOW_PARTIAL, FlowKey, FlowStats, IPPROTO_TCP, IPPROTO_UDP,
+        direction, tcp_what,
     },
 };
-
-/// An IPv4-mapped IPv6 socket address (`::ffff:a.b.c.d`) as the IPv4 packets show it.
-pub fn normalize(mut k: FlowKey) -> FlowKey {
-    let mapped = |a: &[u8; 16]| a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
-    if k.family == AF_INET6 && mapped(&k.laddr) && mapped(&k.raddr) {
-        k.family = AF_INET;
-        for a in [&mut k.laddr, &mut k.raddr] {
-            let v4 = [a[12], a[13], a[14], a[15]];
-            *a = [0; 16];
-            a[..4].copy_from_slice(&v4);
-        }
-    }
-    k
-}
 
 pub fn addr(family: u16, a: &[u8; 16]) -> String {
     if family == AF_INET6 {
@@ -325,6 +310,8 @@ impl NetState {
 
 #[cfg(test)]
 mod tests {
+    use palisade_common::net::AF_INET;
+
     use super::*;
 
     fn key(proto: u8) -> FlowKey {
@@ -353,16 +340,6 @@ mod tests {
         let v6: [u8; 16] = "2001:db8::1:2".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(endpoint(AF_INET6, &v6, 53), "[2001:db8::1:2]:53");
         assert_eq!(cidr(AF_INET6, &v6, 24, 64), "2001:db8::/64");
-        let mut mapped = key(IPPROTO_TCP);
-        mapped.family = AF_INET6;
-        for a in [&mut mapped.laddr, &mut mapped.raddr] {
-            let v4 = [a[0], a[1], a[2], a[3]];
-            *a = [0; 16];
-            a[10] = 0xff;
-            a[11] = 0xff;
-            a[12..].copy_from_slice(&v4);
-        }
-        assert_eq!(normalize(mapped), key(IPPROTO_TCP));
     }
 
     #[test]

@@ -44,20 +44,6 @@ pub struct TargetInfo {
 }
 
 impl TargetInfo {
-    pub fn of(i: &crate::identity::Identity) -> Self {
-        Self {
-            cgroup_id: i.cgroup_id,
-            name: i.name.clone(),
-            container_id: i.container_id.clone(),
-            runtime: i.runtime.as_str().to_owned(),
-            namespace: i.namespace.clone(),
-            pod: i.pod.clone(),
-            path: i.path.clone(),
-            workload: i.registered,
-            container: crate::state::container_ref(i),
-        }
-    }
-
     pub fn target(&self) -> Target<'_> {
         Target {
             name: &self.name,

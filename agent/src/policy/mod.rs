@@ -7,8 +7,6 @@ pub mod bpf;
 pub mod bpffs;
 pub mod cli;
 mod engine;
-pub mod learn;
-pub mod metrics;
 mod report;
 mod resources;
 mod tables;
@@ -21,10 +19,10 @@ pub use engine::{Launched, TargetInfo};
 use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
 
-use crate::{config::PolicyConfig, events::Hub, state::Shared};
+use crate::{config::PolicyConfig, events::Hub};
 
-/// The selected policies of a registration, validated again by the agent.
-pub fn launch_policies(lp: &LaunchPolicy) -> Result<Vec<palisade_policy::Policy>, String> {
+/// A registration's policies: the selected ones, validated again by the agent.
+pub fn launched(lp: &LaunchPolicy) -> Result<Launched, String> {
     let all = palisade_policy::parse_str(&lp.text, &lp.source).map_err(|e| e.to_string())?;
     let picked: Vec<_> = all
         .into_iter()
@@ -36,7 +34,10 @@ pub fn launch_policies(lp: &LaunchPolicy) -> Result<Vec<palisade_policy::Policy>
             lp.names, lp.source
         ));
     }
-    Ok(picked)
+    Ok(Launched {
+        policies: picked,
+        seccomp: lp.seccomp,
+    })
 }
 
 /// Reads the configured policy files (at start-up: errors stop the agent).
@@ -68,33 +69,6 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
     let exits = s.hub.subscribe();
     let engine = engine::Engine::new(s.cfg, s.unified_root, exec_offset, s.hub, writer);
     task::spawn(engine, s.set, exits)
-}
-
-/// A registration: applies the workload's policies (its own and any file policy selecting
-/// it) before the launcher lets it run.
-pub async fn on_register(
-    shared: &Shared,
-    cgroup_id: u64,
-    policy: Option<&LaunchPolicy>,
-) -> Result<(), String> {
-    let launched = match policy {
-        Some(lp) => Some(Launched {
-            policies: launch_policies(lp)?,
-            seccomp: lp.seccomp,
-        }),
-        None => None,
-    };
-    if launched.is_none() && !shared.policy.active() {
-        return Ok(());
-    }
-    let target = {
-        let st = shared.state.lock().await;
-        st.registry.get(cgroup_id).map(TargetInfo::of)
-    };
-    let Some(target) = target else {
-        return Err(format!("cgroup {cgroup_id} is not known to the agent"));
-    };
-    shared.policy.register(target, launched).await
 }
 
 /// `palisade agent --cleanup`: removes the pinned enforcement state and says what went.

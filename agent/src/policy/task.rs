@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::SystemTime,
@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use palisade_policy::{Mode, load_paths};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot, watch},
 };
 use tracing::{info, warn};
 
@@ -69,7 +69,7 @@ pub enum Cmd {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Cmd>,
-    pub snapshot: Arc<Mutex<Snapshot>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
     active: Arc<AtomicBool>,
 }
 
@@ -79,6 +79,11 @@ impl Handle {
     /// Whether any policy exists (callers skip building cgroup lists otherwise).
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// What `/metrics` shows, as of the task's last turn.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
     }
 
     pub async fn send(&self, c: Cmd) {
@@ -133,16 +138,16 @@ pub fn spawn(
     exits: broadcast::Receiver<Arc<Event>>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let pinned = engine.cfg.pin_dir.join("maps").exists();
     let active = Arc::new(AtomicBool::new(!initial.policies.is_empty() || pinned));
     engine.set = initial;
     let handle = Handle {
         tx,
-        snapshot: snapshot.clone(),
+        snapshot,
         active: active.clone(),
     };
-    let task = tokio::spawn(run(engine, rx, exits, snapshot, active));
+    let task = tokio::spawn(run(engine, rx, exits, snapshot_tx, active));
     (handle, task)
 }
 
@@ -182,7 +187,7 @@ async fn run(
     mut e: Engine,
     mut rx: mpsc::Receiver<Cmd>,
     mut exits: broadcast::Receiver<Arc<Event>>,
-    snapshot: Arc<Mutex<Snapshot>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
     active: Arc<AtomicBool>,
 ) {
     let mut ring: Option<AsyncFd<RingBuf<MapData>>> = None;
@@ -261,7 +266,7 @@ fn report_queued(e: &mut Engine, r: &mut RingBuf<MapData>) {
     }
 }
 
-fn refresh(e: &Engine, snapshot: &Mutex<Snapshot>, reloads: u64, reload_errors: u64) {
+fn refresh(e: &Engine, snapshot: &watch::Sender<Arc<Snapshot>>, reloads: u64, reload_errors: u64) {
     let mut cgroups: BTreeMap<(String, String), u64> = BTreeMap::new();
     for p in &e.set.policies {
         cgroups.insert((p.name.clone(), e.mode_of(p).as_str().to_owned()), 0);
@@ -286,9 +291,7 @@ fn refresh(e: &Engine, snapshot: &Mutex<Snapshot>, reloads: u64, reload_errors: 
         lost: e.kernel.as_ref().map_or(0, |k| k.lost()),
         loaded: e.kernel.is_some(),
     };
-    if let Ok(mut g) = snapshot.lock() {
-        *g = s;
-    }
+    snapshot.send_replace(Arc::new(s));
 }
 
 fn reconcile(e: &mut Engine) {

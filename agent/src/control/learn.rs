@@ -2,7 +2,7 @@
 //! named by a glob did — syscalls (from the syscall telemetry counts, before/after), programs
 //! (exec events), peers (flow records and the live flow table) — and answer with the lot.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashSet},
     net::IpAddr,
     time::Duration,
 };
@@ -11,26 +11,21 @@ use palisade_common::net::{AF_INET, FLOW_FIRST_EGRESS, FlowKey, IPPROTO_TCP};
 use palisade_policy::learn::Learned;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::{config::Pattern, events::EventType, state::Shared};
+use crate::{
+    config::{Pattern, PatternError},
+    events::EventType,
+    state::{LearnRequest, StateError},
+};
 
-const EPERM: u32 = 1;
-
-/// Calls and EPERM results per syscall of one cgroup.
-type Counts = HashMap<u32, (u64, u64)>;
-
-fn counts(shared_model: &crate::model::Model, cgroup_id: u64) -> Counts {
-    let mut out = Counts::new();
-    if let Some(c) = shared_model.by_cgroup.get(&cgroup_id) {
-        for (nr, s) in &c.syscalls {
-            out.entry(*nr).or_default().0 = s.calls;
-        }
-        for ((nr, errno), n) in &c.errnos {
-            if *errno == EPERM {
-                out.entry(*nr).or_default().1 = *n;
-            }
-        }
-    }
-    out
+/// Why learning gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("no container matching `{container}` was seen during the {window}")]
+    NothingSeen { container: String, window: String },
 }
 
 fn proto(p: u8) -> String {
@@ -53,22 +48,21 @@ fn endpoint(s: &str) -> Option<(IpAddr, u16)> {
 }
 
 /// Learns for `window`; `container` is a glob over container names and ids.
-pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result<Learned, String> {
-    let pat = Pattern::new(container).map_err(|e| e.to_string())?;
+pub async fn learn(
+    ctx: &super::Context,
+    container: &str,
+    window: Duration,
+) -> Result<palisade_proto::Learned, LearnError> {
+    let pat = Pattern::new(container)?;
     let matches = |name: &str, id: &str| pat.is_match(name) || pat.is_match(id);
-    let mut rx = shared.hub.subscribe();
-    shared.collect(false).await.map_err(|e| e.to_string())?;
-    let mut cgroups: HashSet<u64> = HashSet::new();
-    let mut base: HashMap<u64, Counts> = HashMap::new();
-    {
-        let st = shared.state.lock().await;
-        for i in st.registry.live() {
-            if matches(&i.name, i.display_id()) {
-                cgroups.insert(i.cgroup_id);
-                base.insert(i.cgroup_id, counts(&st.model, i.cgroup_id));
-            }
-        }
-    }
+    let mut rx = ctx.hub.subscribe();
+    let ask = |include: Vec<u64>, flows: bool| LearnRequest {
+        pattern: pat.clone(),
+        include,
+        flows,
+    };
+    let mut base = ctx.state.learn(ask(Vec::new(), false)).await?;
+    let mut cgroups: HashSet<u64> = base.cgroups.iter().copied().collect();
     tracing::info!(
         container,
         seconds = window.as_secs_f64(),
@@ -115,49 +109,40 @@ pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result
             }
         }
     }
-    shared.collect(false).await.map_err(|e| e.to_string())?;
-    let live_flows = shared
-        .kernel
-        .collect(Vec::new(), true)
-        .await
-        .map_err(|e| e.to_string())?
-        .flows
-        .unwrap_or_default();
-    {
-        let st = shared.state.lock().await;
-        for i in st.registry.live() {
-            if matches(&i.name, i.display_id()) {
-                cgroups.insert(i.cgroup_id);
+    let end = ctx
+        .state
+        .learn(ask(cgroups.iter().copied().collect(), true))
+        .await?;
+    cgroups.extend(end.cgroups.iter().copied());
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    for cg in &cgroups {
+        let before = base.counts.remove(cg).unwrap_or_default();
+        let Some(after) = end.counts.get(cg) else {
+            continue;
+        };
+        for (nr, (calls, eperm)) in after {
+            let (c0, e0) = before.get(nr).copied().unwrap_or((0, 0));
+            let (dc, de) = (calls.saturating_sub(c0), eperm.saturating_sub(e0));
+            if dc == 0 {
+                continue;
+            }
+            let Some(name) = palisade_syscalls::name(*nr) else {
+                continue;
+            };
+            if de >= dc {
+                refused.insert(name.to_owned());
+            } else {
+                l.syscalls.insert(name.to_owned());
             }
         }
-        let mut refused: BTreeSet<String> = BTreeSet::new();
-        for cg in &cgroups {
-            let before = base.remove(cg).unwrap_or_default();
-            for (nr, (calls, eperm)) in counts(&st.model, *cg) {
-                let (c0, e0) = before.get(&nr).copied().unwrap_or((0, 0));
-                let (dc, de) = (calls.saturating_sub(c0), eperm.saturating_sub(e0));
-                if dc == 0 {
-                    continue;
-                }
-                let name = palisade_syscalls::label(nr).into_owned();
-                if name.parse::<u32>().is_ok() {
-                    continue;
-                }
-                if de >= dc {
-                    refused.insert(name);
-                } else {
-                    l.syscalls.insert(name);
-                }
-            }
-        }
-        l.refused = refused.difference(&l.syscalls).cloned().collect();
     }
-    for (key, stats) in live_flows {
+    l.refused = refused.difference(&l.syscalls).cloned().collect();
+    for (key, stats) in &end.flows {
         if !cgroups.contains(&key.cgroup_id) {
             continue;
         }
         if stats.flags & FLOW_FIRST_EGRESS != 0 {
-            if let Some(a) = addr(&key, true) {
+            if let Some(a) = addr(key, true) {
                 l.egress.insert((a, key.rport, proto(key.proto)));
             }
         } else {
@@ -165,16 +150,16 @@ pub async fn learn(shared: &Shared, container: &str, window: Duration) -> Result
         }
     }
     if cgroups.is_empty() {
-        return Err(format!(
-            "no container matching `{container}` was seen during the {}",
-            humantime::format_duration(window)
-        ));
+        return Err(LearnError::NothingSeen {
+            container: container.to_owned(),
+            window: humantime::format_duration(window).to_string(),
+        });
     }
-    Ok(l)
+    Ok(to_wire(&l))
 }
 
 /// The learned data as the control socket sends it.
-pub fn to_wire(l: &Learned) -> palisade_proto::Learned {
+fn to_wire(l: &Learned) -> palisade_proto::Learned {
     palisade_proto::Learned {
         syscalls: l.syscalls.iter().cloned().collect(),
         refused: l.refused.iter().cloned().collect(),

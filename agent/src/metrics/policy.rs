@@ -1,8 +1,8 @@
 //! Policy metric families (rendered with the others on `/metrics`).
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::Snapshot;
-use crate::metrics::{Budget, counter, family, gauge};
+use super::{Budget, counter, family, gauge};
+use crate::policy::Snapshot;
 
 pub(crate) fn families(s: &Snapshot, budget: &mut Budget) -> Vec<MetricFamily> {
     let mut out = Vec::new();
