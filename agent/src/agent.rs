@@ -57,7 +57,7 @@ pub enum AgentError {
     #[error(transparent)]
     EventLog(#[from] sink::SinkError),
     #[error("policy files rejected:\n{0}")]
-    Policy(String),
+    Policy(palisade_policy::PolicyErrors),
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpError),
 }

@@ -172,7 +172,12 @@ async fn handle(req: Request, ctx: &Context) -> Reply {
                     .map(|()| serde_json::Value::Null),
             ),
         },
-        Request::PolicyReload {} => data(ctx.policy.reload().await.map(serde_json::Value::from)),
+        Request::PolicyReload {} => data(
+            ctx.policy
+                .reload()
+                .await
+                .map(|n| serde_json::Value::from(format!("{n} policies loaded"))),
+        ),
         Request::PolicyLearn {
             container,
             duration_ms,
@@ -189,9 +194,9 @@ async fn handle(req: Request, ctx: &Context) -> Reply {
     }
 }
 
-fn data(r: Result<serde_json::Value, String>) -> Reply {
+fn data(r: Result<serde_json::Value, policy::PolicyError>) -> Reply {
     match r {
         Ok(d) => Reply::data(d),
-        Err(e) => Reply::err(e),
+        Err(e) => Reply::err(e.to_string()),
     }
 }

@@ -37,23 +37,89 @@ pub const MAX_RULES: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("cannot prepare the pin directory {path}: {detail}")]
-    PinDir { path: PathBuf, detail: String },
+    #[error("cannot prepare the pin directory {}: {source}", path.display())]
+    PinDir { path: PathBuf, source: PinDirError },
     #[error(
-        "pinned policy state at {path} is from another Palisade version ({detail}); remove it with `palisade agent --cleanup`"
+        "pinned policy state at {} is from another Palisade version ({why}); remove it with `palisade agent --cleanup`",
+        path.display()
     )]
-    Incompatible { path: PathBuf, detail: String },
-    #[error("the kernel refused the policy object: {0} (see `palisade doctor`)")]
-    Load(String),
-    #[error("policy map {map}: {detail}")]
-    Map { map: &'static str, detail: String },
+    Incompatible { path: PathBuf, why: Incompatible },
+    #[error("the kernel refused the policy object: {} (see `palisade doctor`)", error_chain(.0))]
+    Load(aya::EbpfError),
+    #[error("policy map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("attaching {program}: {detail}")]
+    #[error("attaching {program}: {source}")]
     Attach {
         program: &'static str,
-        detail: String,
+        source: AttachError,
     },
+}
+
+/// Why a pin directory cannot be used (see `bpffs`).
+#[derive(Debug, thiserror::Error)]
+pub enum PinDirError {
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("mount bpffs at {at}: {source}")]
+    Mount {
+        at: &'static str,
+        source: nix::Error,
+    },
+    #[error(
+        "{} is not on bpffs (set policy.pin_dir to a directory under a bpf mount such as /sys/fs/bpf)",
+        .0.display()
+    )]
+    NotBpffs(PathBuf),
+    #[error("no such directory")]
+    Missing,
+    #[error("could not remove all of it")]
+    NotRemoved,
+}
+
+/// How pinned state differs from what this agent expects.
+#[derive(Debug, thiserror::Error)]
+pub enum Incompatible {
+    #[error("{0}")]
+    Info(aya::maps::MapError),
+    #[error("{map} values are {got} bytes, not {want}")]
+    ValueSize {
+        map: &'static str,
+        got: u32,
+        want: u32,
+    },
+    #[error("table layout {got}, this agent uses {want}")]
+    Abi { got: u64, want: u32 },
+}
+
+/// Why one program of a hook group did not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("{}", describe_program_error(.0))]
+    Program(aya::programs::ProgramError),
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("pin {}: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("open {}: {source}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("missing from the object (rebuild)")]
+    Missing,
+    #[error("tracefs is not available (exec record layout)")]
+    NoTracefs,
 }
 
 /// Hook groups, attached only while some cgroup needs them.
@@ -172,9 +238,12 @@ impl Kernel {
     pub fn load(opts: Options) -> Result<(Self, RingBuf<MapData>), BpfError> {
         crate::policy::bpffs::ensure(&opts.pin_dir)?;
         let maps = maps_dir(&opts.pin_dir);
-        let pin_err = |e: std::io::Error| BpfError::PinDir {
+        let pin_err = |source| BpfError::PinDir {
             path: opts.pin_dir.clone(),
-            detail: e.to_string(),
+            source: PinDirError::Io {
+                what: "create",
+                source,
+            },
         };
         std::fs::create_dir_all(&maps).map_err(pin_err)?;
         std::fs::create_dir_all(links_dir(&opts.pin_dir)).map_err(pin_err)?;
@@ -184,12 +253,16 @@ impl Kernel {
             if let (true, Some(want)) = (path.exists(), expected_value_size(m)) {
                 let info = MapInfo::from_pin(&path).map_err(|e| BpfError::Incompatible {
                     path: path.clone(),
-                    detail: e.to_string(),
+                    why: Incompatible::Info(e),
                 })?;
                 if info.value_size() != want {
                     return Err(BpfError::Incompatible {
                         path,
-                        detail: format!("{m} values are {} bytes, not {want}", info.value_size()),
+                        why: Incompatible::ValueSize {
+                            map: m,
+                            got: info.value_size(),
+                            want,
+                        },
                     });
                 }
             }
@@ -212,19 +285,19 @@ impl Kernel {
         }
         let mut ebpf = loader
             .load(crate::kernel::POLICY_OBJECT)
-            .map_err(|e| BpfError::Load(error_chain(&e)))?;
+            .map_err(BpfError::Load)?;
         let mut config: Array<MapData, u64> = take_map(&mut ebpf, names::MAP_POLICY_CONFIG)?;
-        let map_err = |map, e: aya::maps::MapError| BpfError::Map {
-            map,
-            detail: e.to_string(),
-        };
+        let map_err = |map, source| BpfError::Map { map, source };
         let abi = config
             .get(&cfg::ABI, 0)
             .map_err(|e| map_err(names::MAP_POLICY_CONFIG, e))?;
         if abi != 0 && abi != u64::from(POLICY_ABI) {
             return Err(BpfError::Incompatible {
                 path: opts.pin_dir.clone(),
-                detail: format!("table layout {abi}, this agent uses {POLICY_ABI}"),
+                why: Incompatible::Abi {
+                    got: abi,
+                    want: POLICY_ABI,
+                },
             });
         }
         for (i, v) in [
@@ -262,7 +335,7 @@ impl Kernel {
     }
 
     /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
-    pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, String)> {
+    pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, BpfError)> {
         let mut failed = Vec::new();
         for h in Hook::ALL {
             let has = self.links.contains_key(&h);
@@ -271,7 +344,7 @@ impl Kernel {
                     Ok(links) => {
                         self.links.insert(h, links);
                     }
-                    Err(e) => failed.push((h, e.to_string())),
+                    Err(e) => failed.push((h, e)),
                 }
             } else if !want.contains(&h) && has {
                 for l in self.links.remove(&h).unwrap_or_default() {
@@ -302,9 +375,12 @@ impl Kernel {
                 }
             }
             let link = self.attach_one(prog)?;
-            let pinned = link.pin(&pin).map_err(|e| BpfError::Attach {
+            let pinned = link.pin(&pin).map_err(|source| BpfError::Attach {
                 program: prog,
-                detail: format!("pin {}: {e}", pin.display()),
+                source: AttachError::Pin {
+                    path: pin.clone(),
+                    source,
+                },
             })?;
             out.push(pinned);
         }
@@ -312,18 +388,25 @@ impl Kernel {
     }
 
     fn attach_one(&mut self, prog: &'static str) -> Result<FdLink, BpfError> {
-        let att = |detail: String| BpfError::Attach {
+        let att = |source| BpfError::Attach {
             program: prog,
-            detail,
+            source,
         };
         let root = &self.opts.unified_root;
-        let cg = || File::open(root).map_err(|e| att(format!("open {}: {e}", root.display())));
+        let cg = || {
+            File::open(root).map_err(|source| {
+                att(AttachError::Cgroup {
+                    path: root.clone(),
+                    source,
+                })
+            })
+        };
         let p = self
             .ebpf
             .program_mut(prog)
-            .ok_or_else(|| att("missing from the object (rebuild)".into()))?;
-        let perr = |e: aya::programs::ProgramError| att(describe_program_error(&e));
-        let lerr = |e: aya::programs::links::LinkError| att(e.to_string());
+            .ok_or(att(AttachError::Missing))?;
+        let perr = |e| att(AttachError::Program(e));
+        let lerr = |e| att(AttachError::Link(e));
         match prog {
             names::PROG_POLICY_SYS_ENTER | names::PROG_POLICY_SYS_EXIT => {
                 let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
@@ -340,7 +423,7 @@ impl Kernel {
             }
             names::PROG_POLICY_EXEC => {
                 if self.opts.exec_filename_offset.is_none() {
-                    return Err(att("tracefs is not available (exec record layout)".into()));
+                    return Err(att(AttachError::NoTracefs));
                 }
                 let p: &mut TracePoint = p.try_into().map_err(perr)?;
                 if p.fd().is_err() {

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::bpf::BpfError;
+use super::bpf::{BpfError, PinDirError};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
@@ -23,23 +23,24 @@ fn existing_ancestor(p: &Path) -> Option<&Path> {
 /// where it goes and nothing is mounted there. Serialised with a lock file, so agents starting
 /// together never stack two mounts (each would see different pins).
 pub fn ensure(pin_dir: &Path) -> Result<(), BpfError> {
-    let fail = |detail: String| BpfError::PinDir {
+    let fail = |source| BpfError::PinDir {
         path: pin_dir.to_owned(),
-        detail,
+        source,
     };
+    let io = |what| move |source| fail(PinDirError::Io { what, source });
     let mount = Path::new(DEFAULT_MOUNT);
     if pin_dir.starts_with(mount) {
-        std::fs::create_dir_all("/run/palisade").map_err(|e| fail(e.to_string()))?;
+        std::fs::create_dir_all("/run/palisade").map_err(io("create /run/palisade"))?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open("/run/palisade/bpffs.lock")
-            .map_err(|e| fail(format!("lock file: {e}")))?;
+            .map_err(io("lock file"))?;
         // SAFETY: flock on a descriptor we own; released when `lock` is closed.
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         if !on_bpffs(mount) {
-            std::fs::create_dir_all(mount).map_err(|e| fail(e.to_string()))?;
+            std::fs::create_dir_all(mount).map_err(io("create /sys/fs/bpf"))?;
             nix::mount::mount(
                 Some("bpf"),
                 mount,
@@ -49,18 +50,20 @@ pub fn ensure(pin_dir: &Path) -> Result<(), BpfError> {
                     | nix::mount::MsFlags::MS_NOEXEC,
                 Some("mode=0700"),
             )
-            .map_err(|e| fail(format!("mount bpffs at {DEFAULT_MOUNT}: {e}")))?;
+            .map_err(|source| {
+                fail(PinDirError::Mount {
+                    at: DEFAULT_MOUNT,
+                    source,
+                })
+            })?;
             tracing::info!(path = DEFAULT_MOUNT, "bpffs was not mounted; mounted it");
         }
         drop(lock);
     }
     match existing_ancestor(pin_dir) {
         Some(a) if on_bpffs(a) => Ok(()),
-        Some(a) => Err(fail(format!(
-            "{} is not on bpffs (set policy.pin_dir to a directory under a bpf mount such as {DEFAULT_MOUNT})",
-            a.display()
-        ))),
-        None => Err(fail("no such directory".into())),
+        Some(a) => Err(fail(PinDirError::NotBpffs(a.to_owned()))),
+        None => Err(fail(PinDirError::Missing)),
     }
 }
 
@@ -88,20 +91,21 @@ pub fn remove_tree(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// `palisade agent --cleanup`: removes `pin_dir` (mounting nothing); prints what went.
-pub fn cleanup(pin_dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// `palisade agent --cleanup`: removes `pin_dir` (mounting nothing); returns what went.
+pub fn cleanup(pin_dir: &Path) -> Result<Vec<PathBuf>, BpfError> {
+    let fail = |source| BpfError::PinDir {
+        path: pin_dir.to_owned(),
+        source,
+    };
     if !pin_dir.exists() {
         return Ok(Vec::new());
     }
     if !on_bpffs(pin_dir) {
-        return Err(format!(
-            "{} is not on bpffs; refusing to remove it",
-            pin_dir.display()
-        ));
+        return Err(fail(PinDirError::NotBpffs(pin_dir.to_owned())));
     }
     let removed = remove_tree(pin_dir);
     if pin_dir.exists() {
-        return Err(format!("could not remove all of {}", pin_dir.display()));
+        return Err(fail(PinDirError::NotRemoved));
     }
     Ok(removed)
 }

@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod bpffs;
 pub mod cli;
 mod engine;
+mod error;
 mod report;
 mod resources;
 mod tables;
@@ -16,23 +17,24 @@ mod violation;
 use std::sync::Arc;
 
 pub use engine::{Launched, TargetInfo};
+pub use error::PolicyError;
 use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
 
 use crate::{config::PolicyConfig, events::Hub};
 
 /// A registration's policies: the selected ones, validated again by the agent.
-pub fn launched(lp: &LaunchPolicy) -> Result<Launched, String> {
-    let all = palisade_policy::parse_str(&lp.text, &lp.source).map_err(|e| e.to_string())?;
+pub fn launched(lp: &LaunchPolicy) -> Result<Launched, PolicyError> {
+    let all = palisade_policy::parse_str(&lp.text, &lp.source)?;
     let picked: Vec<_> = all
         .into_iter()
         .filter(|p| lp.names.contains(&p.name))
         .collect();
     if picked.len() != lp.names.len() {
-        return Err(format!(
-            "the registration names policies {:?} that {} does not hold",
-            lp.names, lp.source
-        ));
+        return Err(PolicyError::Missing {
+            names: lp.names.clone(),
+            file: lp.source.clone(),
+        });
     }
     Ok(Launched {
         policies: picked,
@@ -41,11 +43,13 @@ pub fn launched(lp: &LaunchPolicy) -> Result<Launched, String> {
 }
 
 /// Reads the configured policy files (at start-up: errors stop the agent).
-pub fn load_initial(cfg: &PolicyConfig) -> Result<palisade_policy::PolicySet, String> {
+pub fn load_initial(
+    cfg: &PolicyConfig,
+) -> Result<palisade_policy::PolicySet, palisade_policy::PolicyErrors> {
     if cfg.paths.is_empty() {
         return Ok(palisade_policy::PolicySet::default());
     }
-    palisade_policy::load_paths(&cfg.paths).map_err(|e| e.to_string())
+    palisade_policy::load_paths(&cfg.paths)
 }
 
 /// Everything the engine needs from the agent's start-up.
@@ -67,12 +71,12 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
     });
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
-    let engine = engine::Engine::new(s.cfg, s.unified_root, exec_offset, s.hub, writer);
-    task::spawn(engine, s.set, exits)
+    let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, exec_offset, s.hub, writer);
+    task::spawn(engine, exits)
 }
 
 /// `palisade agent --cleanup`: removes the pinned enforcement state and says what went.
-pub fn cleanup(cfg: &PolicyConfig) -> Result<String, String> {
+pub fn cleanup(cfg: &PolicyConfig) -> Result<String, bpf::BpfError> {
     let removed = bpffs::cleanup(&cfg.pin_dir)?;
     if removed.is_empty() {
         return Ok(format!("nothing pinned at {}", cfg.pin_dir.display()));

@@ -17,6 +17,22 @@ pub struct Writer {
 
 const PERIOD_US: u64 = 100_000;
 
+/// Why a limit was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("no {controller} controller in {} nor a v1 hierarchy", unified.display())]
+    NoController {
+        controller: &'static str,
+        unified: PathBuf,
+    },
+    #[error("write {value} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+}
+
 impl Writer {
     pub fn new(unified: PathBuf, mounts: &Mounts) -> Self {
         let mut v1 = HashMap::new();
@@ -36,17 +52,18 @@ impl Writer {
 
     /// Writes `r` for the cgroup at `rel` (relative to the unified root); returns the files
     /// written.
-    pub fn apply(&self, rel: &str, r: &Resources) -> Result<Vec<String>, String> {
+    pub fn apply(&self, rel: &str, r: &Resources) -> Result<Vec<String>, LimitError> {
         let rel = rel.trim_start_matches('/');
         let v2 = self.unified.join(rel);
         let mut writes: Vec<(PathBuf, String)> = Vec::new();
-        let v1 = |ctrl: &str, file: &str| -> Result<PathBuf, String> {
-            let m = self.v1.get(ctrl).ok_or_else(|| {
-                format!(
-                    "no {ctrl} controller in {} nor a v1 hierarchy",
-                    v2.display()
-                )
-            })?;
+        let v1 = |controller: &'static str, file: &str| -> Result<PathBuf, LimitError> {
+            let m = self
+                .v1
+                .get(controller)
+                .ok_or_else(|| LimitError::NoController {
+                    controller,
+                    unified: v2.clone(),
+                })?;
             Ok(m.join(rel).join(file))
         };
         if let Some(m) = r.memory {
@@ -73,8 +90,13 @@ impl Writer {
         }
         let mut done = Vec::new();
         for (path, value) in writes {
-            std::fs::write(&path, &value)
-                .map_err(|e| format!("write {value} to {}: {e}", path.display()))?;
+            if let Err(source) = std::fs::write(&path, &value) {
+                return Err(LimitError::Write {
+                    path,
+                    value,
+                    source,
+                });
+            }
             done.push(format!("{}={value}", path.display()));
         }
         Ok(done)
@@ -129,6 +151,6 @@ mod tests {
                 },
             )
             .unwrap_err();
-        assert!(e.contains("no memory controller"), "{e}");
+        assert!(e.to_string().contains("no memory controller"), "{e}");
     }
 }

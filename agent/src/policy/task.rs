@@ -1,7 +1,7 @@
 //! The policy task: the one owner of the policy object (its own `aya::Ebpf`) and the engine.
 //! Other tasks send [`Cmd`]s (with a `oneshot` reply where they wait); the task also drains
 //! the violation ring buffer, watches the policy files and notices launched workloads killed
-//! by their seccomp filter (an exit by SIGSYS).
+//! by their seccomp filter (an exit by SIGSYS). It never waits for another task's answer.
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use palisade_policy::{Mode, load_paths};
+use palisade_policy::Mode;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{broadcast, mpsc, oneshot, watch},
@@ -21,10 +21,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
+    PolicyError,
     engine::{Engine, Launched, TargetInfo},
-    violation,
 };
-use crate::events::{Event, EventType, ProcessRef, Violation};
+use crate::events::Event;
 
 /// What `/metrics` shows about policies (refreshed by the task).
 #[derive(Debug, Clone, Default)]
@@ -47,15 +47,16 @@ pub enum Cmd {
     Register {
         target: Box<TargetInfo>,
         launched: Option<Launched>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), PolicyError>>,
     },
     Reload {
-        reply: Option<oneshot::Sender<Result<String, String>>>,
+        /// The number of policies loaded.
+        reply: Option<oneshot::Sender<Result<usize, PolicyError>>>,
     },
     Mode {
         name: String,
         mode: Mode,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), PolicyError>>,
     },
     Status {
         reply: oneshot::Sender<serde_json::Value>,
@@ -73,8 +74,6 @@ pub struct Handle {
     active: Arc<AtomicBool>,
 }
 
-const GONE: &str = "the policy engine has stopped";
-
 impl Handle {
     /// Whether any policy exists (callers skip building cgroup lists otherwise).
     pub fn active(&self) -> bool {
@@ -88,21 +87,24 @@ impl Handle {
 
     pub async fn send(&self, c: Cmd) {
         if self.tx.send(c).await.is_err() {
-            warn!("{GONE}");
+            warn!("{}", PolicyError::Gone);
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, String> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, PolicyError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| GONE.to_owned())?;
-        rx.await.map_err(|_| GONE.to_owned())
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| PolicyError::Gone)?;
+        rx.await.map_err(|_| PolicyError::Gone)
     }
 
     pub async fn register(
         &self,
         target: TargetInfo,
         launched: Option<Launched>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         self.ask(|reply| Cmd::Register {
             target: Box::new(target),
             launched,
@@ -111,15 +113,16 @@ impl Handle {
         .await?
     }
 
-    pub async fn reload(&self) -> Result<String, String> {
+    /// Reloads the files; the number of policies now in force.
+    pub async fn reload(&self) -> Result<usize, PolicyError> {
         self.ask(|reply| Cmd::Reload { reply: Some(reply) }).await?
     }
 
-    pub async fn mode(&self, name: String, mode: Mode) -> Result<(), String> {
+    pub async fn mode(&self, name: String, mode: Mode) -> Result<(), PolicyError> {
         self.ask(|reply| Cmd::Mode { name, mode, reply }).await?
     }
 
-    pub async fn status(&self) -> Result<serde_json::Value, String> {
+    pub async fn status(&self) -> Result<serde_json::Value, PolicyError> {
         self.ask(|reply| Cmd::Status { reply }).await
     }
 
@@ -131,17 +134,15 @@ impl Handle {
     }
 }
 
-/// Starts the task; `initial` is the validated policy set from the files.
+/// Starts the task around `engine` (which holds the validated policies from the files).
 pub fn spawn(
-    mut engine: Engine,
-    initial: palisade_policy::PolicySet,
+    engine: Engine,
     exits: broadcast::Receiver<Arc<Event>>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-    let pinned = engine.cfg.pin_dir.join("maps").exists();
-    let active = Arc::new(AtomicBool::new(!initial.policies.is_empty() || pinned));
-    engine.set = initial;
+    let pinned = engine.config().pin_dir.join("maps").exists();
+    let active = Arc::new(AtomicBool::new(engine.active() || pinned));
     let handle = Handle {
         tx,
         snapshot,
@@ -191,17 +192,15 @@ async fn run(
     active: Arc<AtomicBool>,
 ) {
     let mut ring: Option<AsyncFd<RingBuf<MapData>>> = None;
-    let mut reloads = 0u64;
-    let mut reload_errors = 0u64;
-    let watch = e.cfg.watch_interval;
+    let watch = e.config().watch_interval;
     let mut tick = tokio::time::interval(if watch.is_zero() {
         std::time::Duration::from_secs(3600)
     } else {
         watch
     });
-    let mut seen = fingerprint(&e.cfg.paths);
+    let mut seen = fingerprint(&e.config().paths);
     loop {
-        if let Some(r) = e.new_ring.take() {
+        if let Some(r) = e.take_ring() {
             // SAFETY: the RingBuf owns its map fd and mmap for as long as it lives and
             // `as_raw_fd` always returns that descriptor; the AsyncFd owns the RingBuf.
             match unsafe { AsyncFd::register_with_interest(r, Interest::READABLE) } {
@@ -209,19 +208,16 @@ async fn run(
                 Err(err) => warn!(error = %err, "cannot poll the violation ring buffer"),
             }
         }
-        active.store(
-            !e.set.policies.is_empty() || !e.launched.is_empty() || e.kernel.is_some(),
-            Ordering::Relaxed,
-        );
+        active.store(e.active(), Ordering::Relaxed);
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 // Violations already queued are reported first, while the rules and cgroups
                 // they name are still known: a removed cgroup (or a reload) forgets them.
                 if let Some(r) = ring.as_mut() {
-                    report_queued(&mut e, r.get_mut());
+                    e.report_queued(r.get_mut());
                 }
-                handle(&mut e, cmd, &mut reloads, &mut reload_errors);
+                e.handle(cmd);
             }
             guard = readable(&mut ring) => {
                 let Some(mut guard) = guard else {
@@ -229,254 +225,25 @@ async fn run(
                     ring = None;
                     continue;
                 };
-                report_queued(&mut e, guard.get_inner_mut());
+                e.report_queued(guard.get_inner_mut());
                 guard.clear_ready();
             }
             ev = exits.recv() => match ev {
-                Ok(ev) => sigsys(&mut e, &ev),
+                Ok(ev) => e.sigsys(&ev),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
-                    exits = e.hub.subscribe();
+                    exits = e.hub().subscribe();
                 }
             },
             _ = tick.tick(), if !watch.is_zero() => {
-                let now = fingerprint(&e.cfg.paths);
+                let now = fingerprint(&e.config().paths);
                 if now != seen {
                     seen = now;
                     info!("policy files changed: reloading");
-                    handle(&mut e, Cmd::Reload { reply: None }, &mut reloads, &mut reload_errors);
+                    let _ = e.reload();
                 }
             }
         }
-        refresh(&e, &snapshot, reloads, reload_errors);
+        snapshot.send_replace(Arc::new(e.snapshot()));
     }
-}
-
-/// Reports every violation record waiting in the ring buffer.
-fn report_queued(e: &mut Engine, r: &mut RingBuf<MapData>) {
-    let mut records = Vec::new();
-    while let Some(item) = r.next() {
-        if let Some(ev) = violation::decode(&item) {
-            records.push(ev);
-        }
-    }
-    for ev in &records {
-        e.report
-            .on_record(ev, &e.ids, e.kernel.as_ref(), &e.targets, &e.hub);
-    }
-}
-
-fn refresh(e: &Engine, snapshot: &watch::Sender<Arc<Snapshot>>, reloads: u64, reload_errors: u64) {
-    let mut cgroups: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for p in &e.set.policies {
-        cgroups.insert((p.name.clone(), e.mode_of(p).as_str().to_owned()), 0);
-    }
-    for list in e.applied.values() {
-        for (name, m) in list {
-            *cgroups
-                .entry((name.clone(), m.as_str().to_owned()))
-                .or_default() += 1;
-        }
-    }
-    let attached = e.kernel.as_ref().map(|k| k.attached()).unwrap_or_default();
-    let s = Snapshot {
-        violations: e.report.counts.clone(),
-        reloads,
-        reload_errors,
-        cgroups,
-        hooks: super::bpf::Hook::ALL
-            .iter()
-            .map(|h| (h.as_str(), attached.contains(h)))
-            .collect(),
-        lost: e.kernel.as_ref().map_or(0, |k| k.lost()),
-        loaded: e.kernel.is_some(),
-    };
-    snapshot.send_replace(Arc::new(s));
-}
-
-fn reconcile(e: &mut Engine) {
-    if !e.synced {
-        // change nothing until the cgroups are known (adopted entries stay in force)
-        return;
-    }
-    if let Err(err) = e.reconcile() {
-        warn!(error = %err, "applying policies failed; the previous state stays");
-    }
-}
-
-fn handle(e: &mut Engine, cmd: Cmd, reloads: &mut u64, reload_errors: &mut u64) {
-    match cmd {
-        Cmd::Upsert(t) => {
-            if e.upsert(t) {
-                reconcile(e);
-            }
-        }
-        Cmd::Remove(id) => {
-            if e.remove(id) {
-                reconcile(e);
-                if let Some(k) = e.kernel.as_mut() {
-                    e.report.sweep(k, &e.ids, &e.targets, &e.hub, false);
-                    e.report.forget_dead(k, &e.targets);
-                }
-            }
-        }
-        Cmd::Sync(live) => {
-            if e.sync(live) {
-                reconcile(e);
-            }
-            sweep(e);
-        }
-        Cmd::Register {
-            target,
-            launched,
-            reply,
-        } => {
-            let id = target.cgroup_id;
-            if let Some(l) = launched {
-                e.launched.insert(id, l);
-            }
-            e.upsert(vec![*target]);
-            let r = if e.synced { e.reconcile() } else { Ok(()) };
-            let _ = reply.send(r);
-        }
-        Cmd::Reload { reply } => {
-            let r = match load_paths(&e.cfg.paths) {
-                Ok(set) => {
-                    let n = set.policies.len();
-                    e.set = set;
-                    *reloads += 1;
-                    reconcile(e);
-                    info!(policies = n, "policies reloaded");
-                    Ok(format!("{n} policies loaded"))
-                }
-                Err(errs) => {
-                    *reload_errors += 1;
-                    for d in &errs.0 {
-                        warn!(error = %d, "policy reload rejected; the previous policies stay in force");
-                    }
-                    Err(errs.to_string())
-                }
-            };
-            if let Some(reply) = reply {
-                let _ = reply.send(r);
-            }
-        }
-        Cmd::Mode { name, mode, reply } => {
-            let r = e.set_mode(&name, mode);
-            if r.is_ok() {
-                info!(policy = %name, mode = mode.as_str(), "policy mode switched");
-            }
-            let _ = reply.send(r);
-        }
-        Cmd::Status { reply } => {
-            let _ = reply.send(status(e));
-        }
-        Cmd::Sweep { reply } => {
-            sweep(e);
-            let _ = reply.send(());
-        }
-    }
-}
-
-fn sweep(e: &mut Engine) {
-    if let Some(k) = e.kernel.as_mut() {
-        e.report.sweep(k, &e.ids, &e.targets, &e.hub, false);
-        e.report.forget_dead(k, &e.targets);
-    }
-}
-
-fn status(e: &Engine) -> serde_json::Value {
-    let mut policies = Vec::new();
-    let mut names: Vec<(String, String, String)> = e
-        .set
-        .policies
-        .iter()
-        .map(|p| {
-            (
-                p.name.clone(),
-                e.mode_of(p).as_str().to_owned(),
-                p.loc.to_string(),
-            )
-        })
-        .collect();
-    for l in e.launched.values() {
-        for p in &l.policies {
-            if !names.iter().any(|(n, _, _)| *n == p.name) {
-                names.push((
-                    p.name.clone(),
-                    e.mode_of(p).as_str().to_owned(),
-                    "palisade run".into(),
-                ));
-            }
-        }
-    }
-    for (name, mode, source) in names {
-        let mut cgroups: Vec<serde_json::Value> = e
-            .applied
-            .iter()
-            .filter(|(_, l)| l.iter().any(|(n, _)| *n == name))
-            .map(|(id, _)| {
-                serde_json::json!({
-                    "cgroup_id": id,
-                    "container": e.targets.get(id).map(|t| t.name.clone()).unwrap_or_default(),
-                })
-            })
-            .collect();
-        cgroups.sort_by_key(|v| v["cgroup_id"].as_u64());
-        policies.push(serde_json::json!({
-            "name": name, "mode": mode, "source": source, "cgroups": cgroups,
-        }));
-    }
-    serde_json::json!({
-        "pin_dir": e.cfg.pin_dir.display().to_string(),
-        "loaded": e.kernel.is_some(),
-        "hooks": e.kernel.as_ref().map(|k| k.attached().iter().map(|h| h.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
-        "policies": policies,
-        "adopted_workloads": e.foreign.keys().collect::<Vec<_>>(),
-    })
-}
-
-/// A launched workload killed by its seccomp filter (exit by SIGSYS) broke a `kill` rule.
-fn sigsys(e: &mut Engine, ev: &Event) {
-    const SIGSYS: i32 = 31;
-    if ev.kind != EventType::Exit || ev.signal != Some(SIGSYS) {
-        return;
-    }
-    let Some(l) = e.launched.get(&ev.container.cgroup_id) else {
-        return;
-    };
-    let Some(p) = l.policies.iter().find(|p| {
-        p.syscalls
-            .as_ref()
-            .is_some_and(|s| s.action == palisade_policy::model::SysAction::Kill)
-    }) else {
-        return;
-    };
-    let rule = match p.syscalls.as_ref().map(|s| s.list) {
-        Some(palisade_policy::model::ListKind::Allow) => "syscalls.allow",
-        _ => "syscalls.deny",
-    };
-    let v = Violation {
-        policy: p.name.clone(),
-        rule: rule.into(),
-        action: "kill".into(),
-        mode: e.mode_of(p).as_str().into(),
-        hook: "seccomp".into(),
-        syscall: None,
-        errno: None,
-        exec: None,
-        network: None,
-        suppressed: 0,
-    };
-    let process = ev.process.clone().unwrap_or(ProcessRef {
-        pid: 0,
-        ppid: None,
-        uid: 0,
-        comm: String::new(),
-        exe: String::new(),
-        args: Vec::new(),
-        args_truncated: false,
-    });
-    e.report
-        .userspace(v, ev.container.clone(), process, &e.hub.clone());
 }

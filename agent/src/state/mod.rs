@@ -44,7 +44,9 @@ pub enum StateError {
         source: Arc<std::io::Error>,
     },
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(Arc<crate::policy::PolicyError>),
+    #[error("policy: cgroup {0} is not known to the agent")]
+    UnknownCgroup(u64),
 }
 
 /// Syscall number → (calls, calls that failed with EPERM), for one cgroup.

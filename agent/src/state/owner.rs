@@ -213,10 +213,8 @@ impl Owner {
                     Some(t) => policy
                         .register(t, launched)
                         .await
-                        .map_err(StateError::Policy),
-                    None => Err(StateError::Policy(format!(
-                        "cgroup {cgroup_id} is not known to the agent"
-                    ))),
+                        .map_err(|e| StateError::Policy(Arc::new(e))),
+                    None => Err(StateError::UnknownCgroup(cgroup_id)),
                 }
             };
             if r.is_ok() {

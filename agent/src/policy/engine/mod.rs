@@ -1,6 +1,10 @@
 //! The policy engine's state and its one operation, [`Engine::reconcile`]: from the policies
 //! (files, launcher registrations, mode overrides) and the cgroups the agent knows, compute each
-//! cgroup's effective tables and make the kernel match, attaching only the hooks in use.
+//! cgroup's effective tables and make the kernel match, attaching only the hooks in use. The
+//! commands the policy task receives are answered in `ops`; nothing outside this module
+//! touches the engine's fields.
+mod ops;
+
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
@@ -19,7 +23,8 @@ use palisade_policy::{
 use tracing::{info, warn};
 
 use super::{
-    bpf::{Hook, Kernel, MAX_RULES, Options},
+    PolicyError,
+    bpf::{Hook, Kernel, MAX_RULES, MAX_SLOTS, Options},
     report::Reporter,
     resources::Writer,
     tables::{self, Ids, Slots},
@@ -66,38 +71,42 @@ pub struct Launched {
 }
 
 pub struct Engine {
-    pub cfg: PolicyConfig,
-    pub unified_root: PathBuf,
-    pub exec_offset: Option<u32>,
-    pub hub: Arc<Hub>,
-    pub kernel: Option<Kernel>,
+    cfg: PolicyConfig,
+    unified_root: PathBuf,
+    exec_offset: Option<u32>,
+    hub: Arc<Hub>,
+    kernel: Option<Kernel>,
     /// A ring buffer loaded but not yet handed to the task loop.
-    pub new_ring: Option<RingBuf<MapData>>,
-    pub set: PolicySet,
-    pub overrides: HashMap<String, Mode>,
-    pub launched: HashMap<u64, Launched>,
-    pub targets: HashMap<u64, TargetInfo>,
+    new_ring: Option<RingBuf<MapData>>,
+    set: PolicySet,
+    overrides: HashMap<String, Mode>,
+    launched: HashMap<u64, Launched>,
+    targets: HashMap<u64, TargetInfo>,
     /// Whether `targets` has been filled by a full sync (before, nothing is removed for being
     /// unknown).
-    pub synced: bool,
-    pub assigned: HashMap<u64, CgroupPolicy>,
+    synced: bool,
+    assigned: HashMap<u64, CgroupPolicy>,
     /// Entries of launched workloads adopted from a previous agent: kept as they are.
-    pub foreign: HashMap<u64, CgroupPolicy>,
+    foreign: HashMap<u64, CgroupPolicy>,
     slots: Slots,
     slot_exec: HashMap<u32, Vec<ExecKey>>,
     slot_args: HashMap<u32, Vec<ArgKey>>,
-    pub ids: Ids,
+    ids: Ids,
     /// Policies (by name) applied to each cgroup, for status and the cgroups gauge.
-    pub applied: HashMap<u64, Vec<(String, Mode)>>,
+    applied: HashMap<u64, Vec<(String, Mode)>>,
     resources: HashMap<u64, Resources>,
     notes_seen: HashSet<String>,
     limits: Writer,
-    pub report: Reporter,
+    report: Reporter,
+    /// Reloads that took effect / were rejected.
+    reloads: u64,
+    reload_errors: u64,
 }
 
 impl Engine {
     pub fn new(
         cfg: PolicyConfig,
+        set: PolicySet,
         unified_root: PathBuf,
         exec_offset: Option<u32>,
         hub: Arc<Hub>,
@@ -110,7 +119,7 @@ impl Engine {
             hub,
             kernel: None,
             new_ring: None,
-            set: PolicySet::default(),
+            set,
             overrides: HashMap::new(),
             launched: HashMap::new(),
             targets: HashMap::new(),
@@ -126,15 +135,17 @@ impl Engine {
             notes_seen: HashSet::new(),
             limits,
             report: Reporter::default(),
+            reloads: 0,
+            reload_errors: 0,
         }
     }
 
-    pub fn mode_of(&self, p: &Policy) -> Mode {
+    fn mode_of(&self, p: &Policy) -> Mode {
         self.overrides.get(&p.name).copied().unwrap_or(p.mode)
     }
 
     /// Loads the object (adopting pinned state) when not loaded yet.
-    fn ensure_kernel(&mut self) -> Result<(), String> {
+    fn ensure_kernel(&mut self) -> Result<(), PolicyError> {
         if self.kernel.is_some() {
             return Ok(());
         }
@@ -144,8 +155,7 @@ impl Engine {
             exec_filename_offset: self.exec_offset,
             burst: self.cfg.rate_limit_burst,
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         if k.adopted {
             self.adopt(&k);
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");
@@ -200,7 +210,7 @@ impl Engine {
     }
 
     /// Makes the kernel match the policies. Errors are reported and leave the previous state.
-    pub fn reconcile(&mut self) -> Result<(), String> {
+    fn reconcile(&mut self) -> Result<(), PolicyError> {
         if self.kernel.is_none() && self.cfg.pin_dir.join("maps").exists() {
             // a previous agent's state: adopt it first (launched workloads' entries stay)
             self.ensure_kernel()?;
@@ -262,14 +272,14 @@ impl Engine {
             }
         }
         let Some(k) = self.kernel.as_mut() else {
-            return Err("policy programs not loaded".into());
+            return Err(PolicyError::NotLoaded);
         };
         let dirty: Vec<u16> = self.ids.dirty.drain(..).collect();
         for id in dirty {
             if let Some(d) = self.ids.desc(u32::from(id)) {
                 k.rules
                     .set(u32::from(id), d.info(), 0)
-                    .map_err(|e| format!("rule table: {e}"))?;
+                    .map_err(PolicyError::table("rule"))?;
             }
         }
         // slots: reuse identical tables, fill new ones before pointing cgroups at them
@@ -288,7 +298,7 @@ impl Engine {
                     let s = self
                         .slots
                         .free(&busy)
-                        .ok_or("every policy slot is in use (256 distinct effective policies)")?;
+                        .ok_or(PolicyError::SlotsFull(MAX_SLOTS))?;
                     let old = (
                         self.slot_exec.remove(&s).unwrap_or_default(),
                         self.slot_args.remove(&s).unwrap_or_default(),
@@ -314,7 +324,7 @@ impl Engine {
             if self.assigned.get(cg) != Some(e) {
                 k.cgroups
                     .insert(cg, e, 0)
-                    .map_err(|err| format!("cgroup table: {err}"))?;
+                    .map_err(PolicyError::table("cgroup"))?;
             }
         }
         for cg in self.assigned.keys() {
@@ -404,7 +414,7 @@ impl Engine {
     }
 
     /// New or renamed cgroups.
-    pub fn upsert(&mut self, targets: Vec<TargetInfo>) -> bool {
+    fn upsert(&mut self, targets: Vec<TargetInfo>) -> bool {
         let mut changed = false;
         for t in targets {
             if self.targets.get(&t.cgroup_id) != Some(&t) {
@@ -416,7 +426,7 @@ impl Engine {
     }
 
     /// A cgroup is gone: its entries go too (a final sweep counts what it did).
-    pub fn remove(&mut self, cgroup_id: u64) -> bool {
+    fn remove(&mut self, cgroup_id: u64) -> bool {
         let known = self.targets.remove(&cgroup_id).is_some();
         self.launched.remove(&cgroup_id);
         if let Some(_p) = self.foreign.remove(&cgroup_id)
@@ -428,7 +438,7 @@ impl Engine {
     }
 
     /// Every live cgroup (replaces the known set).
-    pub fn sync(&mut self, live: Vec<TargetInfo>) -> bool {
+    fn sync(&mut self, live: Vec<TargetInfo>) -> bool {
         let ids: HashSet<u64> = live.iter().map(|t| t.cgroup_id).collect();
         let gone: Vec<u64> = self
             .targets
@@ -446,7 +456,7 @@ impl Engine {
     }
 
     /// Switches `name` to `mode` (without touching the file); rewrites its rules.
-    pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<(), String> {
+    fn set_mode(&mut self, name: &str, mode: Mode) -> Result<(), PolicyError> {
         let in_use = self.set.get(name).is_some()
             || self
                 .launched
@@ -454,9 +464,7 @@ impl Engine {
                 .any(|l| l.policies.iter().any(|p| p.name == name))
             || !self.ids.of_policy(name).is_empty();
         if !in_use {
-            return Err(format!(
-                "no policy named `{name}` (see `palisade policy status`)"
-            ));
+            return Err(PolicyError::Unknown(name.to_owned()));
         }
         self.overrides.insert(name.to_owned(), mode);
         // adopted rules of launched workloads change mode in place too
@@ -471,14 +479,15 @@ impl Engine {
 type SlotKeys = (Vec<ExecKey>, Vec<ArgKey>);
 
 /// Writes one slot's tables; returns the hash keys now in the maps for it.
-fn write_slot(k: &mut Kernel, slot: u32, t: &Tables, old: &SlotKeys) -> Result<SlotKeys, String> {
-    let e = |what: &str, err: aya::maps::MapError| format!("{what} table: {err}");
-    k.syscalls
-        .set(slot, *t.verdicts, 0)
-        .map_err(|x| e("syscall", x))?;
-    k.exec_conf
-        .set(slot, t.exec_conf, 0)
-        .map_err(|x| e("exec", x))?;
+fn write_slot(
+    k: &mut Kernel,
+    slot: u32,
+    t: &Tables,
+    old: &SlotKeys,
+) -> Result<SlotKeys, PolicyError> {
+    let e = PolicyError::table;
+    k.syscalls.set(slot, *t.verdicts, 0).map_err(e("syscall"))?;
+    k.exec_conf.set(slot, t.exec_conf, 0).map_err(e("exec"))?;
     for key in &old.0 {
         let _ = k.exec.remove(key);
     }
@@ -488,7 +497,7 @@ fn write_slot(k: &mut Kernel, slot: u32, t: &Tables, old: &SlotKeys) -> Result<S
     let mut args = Vec::new();
     for (nr, rule) in &t.args {
         let key = ArgKey { slot, nr: *nr };
-        k.args.insert(key, rule, 0).map_err(|x| e("argument", x))?;
+        k.args.insert(key, rule, 0).map_err(e("argument"))?;
         args.push(key);
     }
     let mut keys = Vec::new();
@@ -498,15 +507,13 @@ fn write_slot(k: &mut Kernel, slot: u32, t: &Tables, old: &SlotKeys) -> Result<S
             kind: *kind,
             hash: *hash,
         };
-        k.exec.insert(key, rule, 0).map_err(|x| e("exec", x))?;
+        k.exec.insert(key, rule, 0).map_err(e("exec"))?;
         keys.push(key);
     }
-    k.net
-        .set(slot * 2, t.egress, 0)
-        .map_err(|x| e("network", x))?;
+    k.net.set(slot * 2, t.egress, 0).map_err(e("network"))?;
     k.net
         .set(slot * 2 + 1, t.ingress, 0)
-        .map_err(|x| e("network", x))?;
+        .map_err(e("network"))?;
     Ok((keys, args))
 }
 
