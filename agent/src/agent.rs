@@ -41,6 +41,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error("the feature probes did not finish: {0}")]
+    Probes(tokio::task::JoinError),
     #[error(transparent)]
     Walk(state::StateError),
     #[error("metrics setup: {0}")]
@@ -176,12 +178,7 @@ async fn serve_all(
 
     let report = tokio::task::spawn_blocking(features::probe_all)
         .await
-        .map_err(|e| {
-            AgentError::Kernel(KernelError::Program {
-                program: "feature probes",
-                detail: e.to_string(),
-            })
-        })?;
+        .map_err(AgentError::Probes)?;
     let summary: Vec<String> = report
         .features
         .iter()

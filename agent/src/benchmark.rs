@@ -76,9 +76,18 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("fixture: {0}")]
+    Fixture(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
 /// Runs `scrapes` scrapes over `containers` simulated containers; prints one result line:
 /// `containers=N series=S wall_ms_per_scrape=W cpu_ms_per_scrape=C bytes=B`.
-pub fn run(containers: usize, scrapes: usize) -> Result<(), String> {
+pub fn run(containers: usize, scrapes: usize) -> Result<(), BenchError> {
     let root = std::env::temp_dir().join(format!("palisade-scrape-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let result = run_in(&root, containers, scrapes);
@@ -86,8 +95,8 @@ pub fn run(containers: usize, scrapes: usize) -> Result<(), String> {
     result
 }
 
-fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> {
-    let cgroups = fixture(root, containers).map_err(|e| format!("fixture: {e}"))?;
+fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), BenchError> {
+    let cgroups = fixture(root, containers).map_err(BenchError::Fixture)?;
     let config = Config::default();
     let mut registry = Registry::new(containers + 16);
     let mut model = Model::default();
@@ -111,7 +120,7 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> 
         &Mounts::parse(""),
         Some(&root.join("no-v1")),
     );
-    let own = SelfMetrics::new().map_err(|e| e.to_string())?;
+    let own = SelfMetrics::new()?;
     let info = Info::default();
     let (mut bytes, mut series) = (0, 0);
     let wall0 = Instant::now();
@@ -138,8 +147,7 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), String> 
                 policy: None,
             },
             &own,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         bytes = text.len();
         series = text.lines().filter(|l| !l.starts_with('#')).count();
     }

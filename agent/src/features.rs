@@ -44,6 +44,32 @@ impl Report {
     }
 }
 
+/// Why a feature is not available: what `palisade doctor` prints beside it.
+#[derive(Debug, thiserror::Error)]
+enum Unavailable {
+    #[error("{}", describe_program_error(.0))]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("no program {0} in the probe object")]
+    MissingProgram(&'static str),
+    #[error("attach not tried: {0}")]
+    NoScratchCgroup(String),
+    #[error("needs BTF: {0}")]
+    NoBtf(String),
+    #[error("no kernel BTF ({0}); optional: only fentry/LSM upgrades need it")]
+    Btf(String),
+    #[error(
+        "program loads but `bpf` is not in the active LSMs ({0}); boot with lsm=...,bpf"
+    )]
+    LsmInactive(String),
+    #[error("probe failed: {0}")]
+    Probe(std::io::Error),
+    #[error("seccomp filters unavailable: {0}")]
+    Seccomp(std::io::Error),
+    /// Plainly absent (no v1 hierarchy, no ring buffer map type, ...).
+    #[error("{0}")]
+    Absent(&'static str),
+}
+
 /// A scratch cgroup for attach probes, removed on drop.
 struct ScratchCgroup {
     path: PathBuf,
@@ -51,14 +77,18 @@ struct ScratchCgroup {
 }
 
 impl ScratchCgroup {
-    fn create(root: &Path) -> Result<Self, String> {
+    fn create(root: &Path) -> std::io::Result<Self> {
         let path = root.join(format!("palisade-probe-{}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let context = |what: &str, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+        };
+        std::fs::create_dir(&path).map_err(|e| context("mkdir", e))?;
         match std::fs::File::open(&path) {
             Ok(dir) => Ok(Self { path, dir }),
             Err(e) => {
+                let e = context("open", e);
                 let _ = std::fs::remove_dir(&path);
-                Err(format!("open {}: {e}", path.display()))
+                Err(e)
             }
         }
     }
@@ -70,28 +100,31 @@ impl Drop for ScratchCgroup {
     }
 }
 
-fn feature(name: &'static str, r: Result<String, String>) -> Feature {
+/// A probe's outcome: what was found, or why the feature is not there.
+fn feature(name: &'static str, r: Result<String, Unavailable>) -> Feature {
     match r {
         Ok(detail) => Feature {
             name,
             available: true,
             detail,
         },
-        Err(detail) => Feature {
+        Err(why) => Feature {
             name,
             available: false,
-            detail,
+            detail: why.to_string(),
         },
     }
 }
 
-fn prog<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("no program {name} in the probe object"))
-}
-
-fn err(e: aya::programs::ProgramError) -> String {
-    describe_program_error(&e)
+/// Program `name` of the probe object, as the program type `T`.
+fn prog<'a, T>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut T, Unavailable>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or(Unavailable::MissingProgram(name))?
+        .try_into()?)
 }
 
 /// Features probed by loading a program from the probe object, in report order.
@@ -120,9 +153,7 @@ pub fn probe_all() -> Report {
         "btf",
         btf.as_ref()
             .map(|_| "/sys/kernel/btf/vmlinux".to_owned())
-            .map_err(|e| {
-                format!("no kernel BTF ({e}); optional: only fentry/LSM upgrades need it")
-            }),
+            .map_err(|e| Unavailable::Btf(e.to_string())),
     ));
 
     let mut ebpf = match EbpfLoader::new().btf(btf.as_ref().ok()).load(PROBES_OBJECT) {
@@ -139,31 +170,29 @@ pub fn probe_all() -> Report {
             None
         }
     };
-    let scratch = unified_root
-        .as_deref()
-        .map(ScratchCgroup::create)
-        .unwrap_or_else(|| Err("no cgroup v2 hierarchy".to_owned()));
+    let scratch = match unified_root.as_deref() {
+        Some(root) => ScratchCgroup::create(root).map_err(|e| e.to_string()),
+        None => Err("no cgroup v2 hierarchy".to_owned()),
+    };
 
     if let Some(ebpf) = ebpf.as_mut() {
         features.push(feature(
             "raw_tracepoint",
             (|| {
-                let p: &mut RawTracePoint = prog(ebpf, "probe_raw_tracepoint")?
-                    .try_into()
-                    .map_err(err)?;
-                p.load().map_err(err)?;
-                let link = p.attach("sys_enter").map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let p: &mut RawTracePoint = prog(ebpf, "probe_raw_tracepoint")?;
+                p.load()?;
+                let link = p.attach("sys_enter")?;
+                p.detach(link)?;
                 Ok("sys_enter attach ok".to_owned())
             })(),
         ));
         features.push(feature(
             "tracepoint",
             (|| {
-                let p: &mut TracePoint = prog(ebpf, "probe_tracepoint")?.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let link = p.attach("sched", "sched_process_exec").map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let p: &mut TracePoint = prog(ebpf, "probe_tracepoint")?;
+                p.load()?;
+                let link = p.attach("sched", "sched_process_exec")?;
+                p.detach(link)?;
                 Ok("sched:sched_process_exec attach ok".to_owned())
             })(),
         ));
@@ -171,37 +200,35 @@ pub fn probe_all() -> Report {
         features.push(feature(
             "cgroup_skb",
             (|| {
-                let p: &mut CgroupSkb = prog(ebpf, "probe_cgroup_skb")?.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
+                let p: &mut CgroupSkb = prog(ebpf, "probe_cgroup_skb")?;
+                p.load()?;
+                let cg = cg.map_err(|e| Unavailable::NoScratchCgroup(e.clone()))?;
                 let link = p
                     .attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                    .map_err(err)?;
-                p.detach(link).map_err(err)?;
+                    ?;
+                p.detach(link)?;
                 Ok("ingress attach ok".to_owned())
             })(),
         ));
         features.push(feature(
             "cgroup_sock_addr",
             (|| {
-                let p: &mut CgroupSockAddr = prog(ebpf, "probe_cgroup_sock_addr")?
-                    .try_into()
-                    .map_err(err)?;
-                p.load().map_err(err)?;
-                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
-                let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let p: &mut CgroupSockAddr = prog(ebpf, "probe_cgroup_sock_addr")?;
+                p.load()?;
+                let cg = cg.map_err(|e| Unavailable::NoScratchCgroup(e.clone()))?;
+                let link = p.attach(cg, CgroupAttachMode::Single)?;
+                p.detach(link)?;
                 Ok("connect4 attach ok".to_owned())
             })(),
         ));
         features.push(feature(
             "sock_ops",
             (|| {
-                let p: &mut SockOps = prog(ebpf, "probe_sock_ops")?.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let cg = cg.map_err(|e| format!("attach not tried: {e}"))?;
-                let link = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let p: &mut SockOps = prog(ebpf, "probe_sock_ops")?;
+                p.load()?;
+                let cg = cg.map_err(|e| Unavailable::NoScratchCgroup(e.clone()))?;
+                let link = p.attach(cg, CgroupAttachMode::Single)?;
+                p.detach(link)?;
                 Ok("attach ok".to_owned())
             })(),
         ));
@@ -209,47 +236,48 @@ pub fn probe_all() -> Report {
             "send_signal",
             (|| {
                 let p: &mut RawTracePoint =
-                    prog(ebpf, "probe_send_signal")?.try_into().map_err(err)?;
-                p.load().map_err(err)?;
+                    prog(ebpf, "probe_send_signal")?;
+                p.load()?;
                 Ok("bpf_send_signal accepted by the verifier".to_owned())
             })(),
         ));
         features.push(feature(
             "fentry",
             (|| {
-                let btf = btf.as_ref().map_err(|e| format!("needs BTF: {e}"))?;
-                let p: &mut FEntry = prog(ebpf, "probe_fentry")?.try_into().map_err(err)?;
-                p.load("bpf_fentry_test1", btf).map_err(err)?;
-                let link = p.attach().map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let btf = btf
+                    .as_ref()
+                    .map_err(|e| Unavailable::NoBtf(e.to_string()))?;
+                let p: &mut FEntry = prog(ebpf, "probe_fentry")?;
+                p.load("bpf_fentry_test1", btf)?;
+                let link = p.attach()?;
+                p.detach(link)?;
                 Ok("bpf_fentry_test1 attach ok".to_owned())
             })(),
         ));
         features.push(feature(
             "bpf_lsm",
             (|| {
-                let btf = btf.as_ref().map_err(|e| format!("needs BTF: {e}"))?;
+                let btf = btf
+                    .as_ref()
+                    .map_err(|e| Unavailable::NoBtf(e.to_string()))?;
                 let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-                let p: &mut Lsm = prog(ebpf, "probe_lsm")?.try_into().map_err(err)?;
-                p.load("file_open", btf).map_err(err)?;
+                let p: &mut Lsm = prog(ebpf, "probe_lsm")?;
+                p.load("file_open", btf)?;
                 if !lsms.split(',').any(|l| l.trim() == "bpf") {
-                    return Err(format!(
-                        "program loads but `bpf` is not in the active LSMs ({}); boot with lsm=...,bpf",
-                        lsms.trim()
-                    ));
+                    return Err(Unavailable::LsmInactive(lsms.trim().to_owned()));
                 }
-                let link = p.attach().map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let link = p.attach()?;
+                p.detach(link)?;
                 Ok("file_open attach ok".to_owned())
             })(),
         ));
         features.push(feature(
             "kprobe",
             (|| {
-                let p: &mut KProbe = prog(ebpf, "probe_kprobe")?.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let link = p.attach("bpf_fentry_test1", 0).map_err(err)?;
-                p.detach(link).map_err(err)?;
+                let p: &mut KProbe = prog(ebpf, "probe_kprobe")?;
+                p.load()?;
+                let link = p.attach("bpf_fentry_test1", 0)?;
+                p.detach(link)?;
                 Ok("bpf_fentry_test1 attach ok".to_owned())
             })(),
         ));
@@ -261,23 +289,23 @@ pub fn probe_all() -> Report {
         "ring_buffer",
         match aya::sys::is_map_supported(MapType::RingBuf) {
             Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF".to_owned()),
-            Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported".to_owned()),
-            Err(e) => Err(format!("probe failed: {e}")),
+            Ok(false) => Err(Unavailable::Absent("BPF_MAP_TYPE_RINGBUF not supported")),
+            Err(e) => Err(Unavailable::Probe(std::io::Error::other(e))),
         },
     ));
     features.push(feature(
         "cgroup_v1",
         match &mounts {
             Some(m) if !m.v1.is_empty() => Ok(format!("{} v1 hierarchies", m.v1.len())),
-            Some(_) => Err("no v1 hierarchy mounted".to_owned()),
-            None => Err("cannot read /proc/self/mountinfo".to_owned()),
+            Some(_) => Err(Unavailable::Absent("no v1 hierarchy mounted")),
+            None => Err(Unavailable::Absent("cannot read /proc/self/mountinfo")),
         },
     ));
     features.push(feature(
         "cgroup_v2",
         match &unified_root {
             Some(p) => Ok(format!("unified hierarchy at {}", p.display())),
-            None => Err("no cgroup2 mount".to_owned()),
+            None => Err(Unavailable::Absent("no cgroup2 mount")),
         },
     ));
     features.push(feature("seccomp", probe_seccomp()));
@@ -290,7 +318,7 @@ pub fn probe_all() -> Report {
 }
 
 /// Seccomp filter mode with the actions the launcher uses.
-fn probe_seccomp() -> Result<String, String> {
+fn probe_seccomp() -> Result<String, Unavailable> {
     const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
     let mut missing = Vec::new();
     for (name, action) in [
@@ -305,10 +333,7 @@ fn probe_seccomp() -> Result<String, String> {
             unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &raw const a) };
         if r != 0 {
             if name == "errno" {
-                return Err(format!(
-                    "seccomp filters unavailable: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(Unavailable::Seccomp(std::io::Error::last_os_error()));
             }
             missing.push(name);
         }

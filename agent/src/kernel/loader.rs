@@ -16,8 +16,11 @@ use aya::{
 };
 use palisade_common::{CONFIG_CGROUP_CACHE, names};
 
-use super::{KernelError, PROGRAMS_OBJECT, describe_program_error};
-use crate::{btf::Btf, tracefs::Format};
+use super::{KernelError, PROGRAMS_OBJECT};
+use crate::{
+    btf::{Btf, BtfError},
+    tracefs::{Format, TracefsError},
+};
 
 /// Host parameters baked into the programs at load time.
 #[derive(Debug, Clone)]
@@ -69,10 +72,10 @@ impl Hook {
 pub struct Loaded {
     pub ebpf: Ebpf,
     /// Each optional hook group and why it is not attached (`None` when it is).
-    pub optional: Vec<(Hook, Option<String>)>,
+    pub optional: Vec<(Hook, Option<Degraded>)>,
     /// Why `task_struct`/`mm_struct` fields cannot be read (no BTF), if so: exec events then
     /// lack arguments and parent, exit events lack status and lifetime.
-    pub task_offsets_unavailable: Option<String>,
+    pub task_offsets_unavailable: Option<BtfError>,
 }
 
 /// x86_64 ABI constants for the syscall programs.
@@ -191,22 +194,38 @@ const GROUPS: &[Group] = &[
     },
 ];
 
+/// Why an optional hook group is not attached (the agent runs degraded, `palisade doctor`
+/// says what is missing).
+#[derive(Debug, thiserror::Error)]
+pub enum Degraded {
+    #[error("tracefs is not available")]
+    NoTracefs,
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("cgroup_rmdir.{0} is not where cgroup_mkdir.{0} is")]
+    Layout(&'static str),
+    #[error("network telemetry is disabled in the config")]
+    Disabled,
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
 /// Reads the record offsets of a group: the globals to set, or why the group cannot run.
-fn group_offsets(tracefs: Option<&Path>, g: &Group) -> Result<Globals, String> {
-    let tracefs = tracefs.ok_or_else(|| "tracefs is not available".to_owned())?;
+fn group_offsets(tracefs: Option<&Path>, g: &Group) -> Result<Globals, Degraded> {
+    let tracefs = tracefs.ok_or(Degraded::NoTracefs)?;
     let mut out = Vec::new();
     for (category, event, fields) in g.fields {
-        let f = Format::read(tracefs, category, event).map_err(|e| e.to_string())?;
+        let f = Format::read(tracefs, category, event)?;
         for (global, field, required) in *fields {
             match f.offset(field) {
                 Ok(off) => out.push((*global, off)),
-                Err(e) if *required => return Err(e.to_string()),
+                Err(e) if *required => return Err(e.into()),
                 Err(_) => out.push((*global, ABSENT)),
             }
         }
     }
     if g.hook == Hook::CgroupEvents {
-        let rmdir = Format::read(tracefs, "cgroup", "cgroup_rmdir").map_err(|e| e.to_string())?;
+        let rmdir = Format::read(tracefs, "cgroup", "cgroup_rmdir")?;
         for (global, field) in [
             (names::GLOBAL_CG_OFF_ROOT, "root"),
             (names::GLOBAL_CG_OFF_LEVEL, "level"),
@@ -215,9 +234,7 @@ fn group_offsets(tracefs: Option<&Path>, g: &Group) -> Result<Globals, String> {
         ] {
             let mkdir = out.iter().find(|(g, _)| *g == global).map(|(_, o)| *o);
             if rmdir.offset(field).ok() != mkdir {
-                return Err(format!(
-                    "cgroup_rmdir.{field} is not where cgroup_mkdir.{field} is"
-                ));
+                return Err(Degraded::Layout(field));
             }
         }
     }
@@ -225,9 +242,9 @@ fn group_offsets(tracefs: Option<&Path>, g: &Group) -> Result<Globals, String> {
 }
 
 /// `task_struct`/`mm_struct` member offsets from the kernel's BTF.
-fn task_offsets() -> Result<Globals, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
-    let get = |ty: &str, m: &str| btf.member_offset(ty, m).map_err(|e| e.to_string());
+fn task_offsets() -> Result<Globals, BtfError> {
+    let btf = Btf::from_sys_fs()?;
+    let get = |ty: &str, m: &str| btf.member_offset(ty, m);
     Ok(vec![
         (names::GLOBAL_TASK_OFF_MM, get("task_struct", "mm")?),
         (
@@ -252,7 +269,7 @@ fn task_offsets() -> Result<Globals, String> {
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
-    let groups: Vec<(Hook, Result<Globals, String>)> = GROUPS
+    let groups: Vec<(Hook, Result<Globals, Degraded>)> = GROUPS
         .iter()
         .map(|g| (g.hook, group_offsets(opts.tracefs, g)))
         .collect();
@@ -303,7 +320,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
     for (g, (hook, offsets)) in GROUPS.iter().zip(groups) {
         let why = match offsets {
             Err(e) => Some(e),
-            Ok(_) => attach_tracepoints(&mut ebpf, g.programs).err(),
+            Ok(_) => attach_tracepoints(&mut ebpf, g.programs)
+                .err()
+                .map(Degraded::from),
         };
         optional.push((hook, why));
     }
@@ -316,28 +335,29 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
             .program_mut(prog)
             .ok_or(KernelError::MissingProgram(prog))?
             .try_into()
-            .map_err(|e| KernelError::Program {
+            .map_err(|source| KernelError::Program {
                 program: prog,
-                detail: describe_program_error(&e),
+                source,
             })?;
-        p.load().map_err(|e| KernelError::Program {
+        p.load().map_err(|source| KernelError::Program {
             program: prog,
-            detail: describe_program_error(&e),
+            source,
         })?;
-        p.attach(tp).map_err(|e| KernelError::Attach {
+        p.attach(tp).map_err(|source| KernelError::Attach {
             program: prog,
             target: format!("raw tracepoint {tp}"),
-            detail: describe_program_error(&e),
+            source,
         })?;
     }
 
     optional.push((
         Hook::Network,
         match opts.network_root {
-            None => Some("network telemetry is disabled in the config".to_owned()),
+            None => Some(Degraded::Disabled),
             Some(root) => attach_network(&mut ebpf, root)
                 .map(|()| super::listeners::seed(&mut ebpf, root))
-                .err(),
+                .err()
+                .map(Degraded::from),
         },
     ));
 
@@ -367,50 +387,66 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
 /// present and future. aya attaches through bpf links on this kernel; the kernel always gives
 /// cgroup links multi-attach semantics (other users' programs keep running) and rejects any
 /// flag, hence `Single`.
-fn attach_network(ebpf: &mut Ebpf, root: &Path) -> Result<(), String> {
-    let cg = std::fs::File::open(root).map_err(|e| format!("open {}: {e}", root.display()))?;
+fn attach_network(ebpf: &mut Ebpf, root: &Path) -> Result<(), KernelError> {
+    let cg = std::fs::File::open(root).map_err(|source| KernelError::Cgroup {
+        path: root.to_owned(),
+        source,
+    })?;
+    let target = || format!("the cgroup {}", root.display());
     for (prog, attach) in [
         (names::PROG_NET_EGRESS, CgroupSkbAttachType::Egress),
         (names::PROG_NET_INGRESS, CgroupSkbAttachType::Ingress),
     ] {
-        let p: &mut CgroupSkb = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("no program {prog}"))?
-            .try_into()
-            .map_err(|e| describe_program_error(&e))?;
-        p.load()
-            .map_err(|e| format!("loading {prog}: {}", describe_program_error(&e)))?;
+        let p: &mut CgroupSkb = program(ebpf, prog)?;
+        p.load().map_err(refused(prog))?;
         p.attach(&cg, attach, CgroupAttachMode::Single)
-            .map_err(|e| format!("attaching {prog}: {}", describe_program_error(&e)))?;
+            .map_err(|source| KernelError::Attach {
+                program: prog,
+                target: target(),
+                source,
+            })?;
     }
-    let p: &mut SockOps = ebpf
-        .program_mut(names::PROG_TCP_OPS)
-        .ok_or_else(|| format!("no program {}", names::PROG_TCP_OPS))?
-        .try_into()
-        .map_err(|e| describe_program_error(&e))?;
-    p.load()
-        .map_err(|e| format!("loading sock_ops: {}", describe_program_error(&e)))?;
+    let prog = names::PROG_TCP_OPS;
+    let p: &mut SockOps = program(ebpf, prog)?;
+    p.load().map_err(refused(prog))?;
     p.attach(&cg, CgroupAttachMode::Single)
-        .map_err(|e| format!("attaching sock_ops: {}", describe_program_error(&e)))?;
+        .map_err(|source| KernelError::Attach {
+            program: prog,
+            target: target(),
+            source,
+        })?;
     Ok(())
 }
 
+/// Program `name` of the object, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?
+        .try_into()
+        .map_err(refused(name))
+}
+
+fn refused(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> KernelError {
+    move |source| KernelError::Program { program, source }
+}
+
 /// Loads and attaches classic tracepoint programs: (program, category, event).
-fn attach_tracepoints(ebpf: &mut Ebpf, progs: &[(&str, &str, &str)]) -> Result<(), String> {
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    progs: &[(&'static str, &str, &str)],
+) -> Result<(), KernelError> {
     for (prog, category, name) in progs {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("no program {prog}"))?
-            .try_into()
-            .map_err(|e| describe_program_error(&e))?;
-        p.load()
-            .map_err(|e| format!("loading {prog}: {}", describe_program_error(&e)))?;
-        p.attach(category, name).map_err(|e| {
-            format!(
-                "attaching {category}:{name}: {}",
-                describe_program_error(&e)
-            )
-        })?;
+        let p: &mut TracePoint = program(ebpf, prog)?;
+        p.load().map_err(refused(prog))?;
+        p.attach(category, name)
+            .map_err(|source| KernelError::Attach {
+                program: prog,
+                target: format!("{category}:{name}"),
+                source,
+            })?;
     }
     Ok(())
 }

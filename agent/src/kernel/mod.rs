@@ -37,16 +37,27 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("the kernel refused program {program}: {detail} (run `palisade doctor`)")]
+    #[error(
+        "the kernel refused program {program}: {} (run `palisade doctor`)",
+        describe_program_error(source)
+    )]
     Program {
         program: &'static str,
-        detail: String,
+        source: aya::programs::ProgramError,
     },
-    #[error("attaching {program} to {target} failed: {detail} (run `palisade doctor`)")]
+    #[error(
+        "attaching {program} to {target} failed: {} (run `palisade doctor`)",
+        describe_program_error(source)
+    )]
     Attach {
         program: &'static str,
         target: String,
-        detail: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot open the cgroup {}: {source}", path.display())]
+    Cgroup {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
     #[error("the kernel actor has stopped")]
     ActorGone,
