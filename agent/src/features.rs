@@ -57,9 +57,7 @@ enum Unavailable {
     NoBtf(String),
     #[error("no kernel BTF ({0}); optional: only fentry/LSM upgrades need it")]
     Btf(String),
-    #[error(
-        "program loads but `bpf` is not in the active LSMs ({0}); boot with lsm=...,bpf"
-    )]
+    #[error("program loads but `bpf` is not in the active LSMs ({0}); boot with lsm=...,bpf")]
     LsmInactive(String),
     #[error("probe failed: {0}")]
     Probe(std::io::Error),
@@ -203,9 +201,7 @@ pub fn probe_all() -> Report {
                 let p: &mut CgroupSkb = prog(ebpf, "probe_cgroup_skb")?;
                 p.load()?;
                 let cg = cg.map_err(|e| Unavailable::NoScratchCgroup(e.clone()))?;
-                let link = p
-                    .attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                    ?;
+                let link = p.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)?;
                 p.detach(link)?;
                 Ok("ingress attach ok".to_owned())
             })(),
@@ -235,8 +231,7 @@ pub fn probe_all() -> Report {
         features.push(feature(
             "send_signal",
             (|| {
-                let p: &mut RawTracePoint =
-                    prog(ebpf, "probe_send_signal")?;
+                let p: &mut RawTracePoint = prog(ebpf, "probe_send_signal")?;
                 p.load()?;
                 Ok("bpf_send_signal accepted by the verifier".to_owned())
             })(),

@@ -39,6 +39,18 @@ impl Mode {
     }
 }
 
+/// A glob that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("invalid glob `{glob}`: {kind}")]
+    Invalid {
+        glob: String,
+        kind: globset::ErrorKind,
+    },
+}
+
 /// A glob over names, ids or paths (`*` also matches `/`).
 #[derive(Clone)]
 pub struct Glob {
@@ -47,14 +59,17 @@ pub struct Glob {
 }
 
 impl Glob {
-    pub fn new(source: &str) -> Result<Self, String> {
+    pub fn new(source: &str) -> Result<Self, GlobError> {
         if source.is_empty() {
-            return Err("empty pattern".into());
+            return Err(GlobError::Empty);
         }
         let g = globset::GlobBuilder::new(source)
             .literal_separator(false)
             .build()
-            .map_err(|e| format!("invalid glob `{source}`: {}", e.kind()))?;
+            .map_err(|e| GlobError::Invalid {
+                glob: source.to_owned(),
+                kind: e.kind().clone(),
+            })?;
         Ok(Self {
             source: source.to_owned(),
             matcher: g.compile_matcher(),
@@ -69,6 +84,13 @@ impl Glob {
 impl fmt::Debug for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.source)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Glob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Glob::new(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -50,7 +50,7 @@ pub(crate) fn direction(
             Some(c) => match parse_cidr(&c.value) {
                 Ok(v) => v,
                 Err(m) => {
-                    ctx.err(c, m);
+                    ctx.err(c, m.to_string());
                     continue;
                 }
             },
@@ -59,7 +59,7 @@ pub(crate) fn direction(
         for p in &x.ports {
             match port_range(&p.value) {
                 Ok(r) => ports.push(r),
-                Err(m) => ctx.err(p, m),
+                Err(m) => ctx.err(p, m.to_string()),
             }
         }
         let proto = match x.protocol.as_ref().map(|p| p.value.as_str()) {
@@ -104,8 +104,30 @@ pub(crate) fn direction(
     })
 }
 
+/// An address or CIDR that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{0}` is not an address or CIDR (e.g. 10.0.0.0/8, ::1/128)")]
+    NotAddress(String),
+    #[error("`{text}`: the prefix length must be 0 to {max}")]
+    PrefixLength { text: String, max: u8 },
+    #[error(
+        "`{text}` has host bits set after the /{len} prefix (did you mean the network address?)"
+    )]
+    HostBits { text: String, len: u8 },
+}
+
+/// A port or port range that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("port {0} is out of range (1 to 65535)")]
+    OutOfRange(u32),
+    #[error("`{0}` is not a port or range (e.g. 443 or \"8000-8100\", ports 1 to 65535)")]
+    Range(String),
+}
+
 /// `10.0.0.0/8`, `10.1.2.3` (a /32), `::1/128`, `0.0.0.0/0`; the host bits must be zero.
-pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
+pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, CidrError> {
     if s == "any" || s == "*" {
         return Ok(None);
     }
@@ -115,7 +137,7 @@ pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
     };
     let addr: IpAddr = addr
         .parse()
-        .map_err(|_| format!("`{s}` is not an address or CIDR (e.g. 10.0.0.0/8, ::1/128)"))?;
+        .map_err(|_| CidrError::NotAddress(s.to_owned()))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len: u8 = match len {
         None => max,
@@ -123,7 +145,10 @@ pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
             .parse()
             .ok()
             .filter(|l| *l <= max)
-            .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+            .ok_or_else(|| CidrError::PrefixLength {
+                text: s.to_owned(),
+                max,
+            })?,
     };
     let bytes: Vec<u8> = match addr {
         IpAddr::V4(a) => a.octets().to_vec(),
@@ -133,28 +158,25 @@ pub fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
         let used = (u32::from(len)).saturating_sub(i as u32 * 8).min(8);
         let host_mask = if used >= 8 { 0 } else { 0xffu8 >> used };
         if b & host_mask != 0 {
-            return Err(format!(
-                "`{s}` has host bits set after the /{len} prefix (did you mean the network address?)"
-            ));
+            return Err(CidrError::HostBits {
+                text: s.to_owned(),
+                len,
+            });
         }
     }
     Ok(Some((addr, len)))
 }
 
-pub(crate) fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
+pub(crate) fn port_range(p: &RawPort) -> Result<(u16, u16), PortError> {
     let one = |n: u32| u16::try_from(n).ok().filter(|n| *n > 0);
     match p {
-        RawPort::Number(n) => one(*n)
-            .map(|n| (n, n))
-            .ok_or_else(|| format!("port {n} is out of range (1 to 65535)")),
+        RawPort::Number(n) => one(*n).map(|n| (n, n)).ok_or(PortError::OutOfRange(*n)),
         RawPort::Range(s) => {
             let (a, b) = s.split_once('-').unwrap_or((s, s));
             let parse = |x: &str| x.trim().parse::<u32>().ok().and_then(one);
             match (parse(a), parse(b)) {
                 (Some(a), Some(b)) if a <= b => Ok((a, b)),
-                _ => Err(format!(
-                    "`{s}` is not a port or range (e.g. 443 or \"8000-8100\", ports 1 to 65535)"
-                )),
+                _ => Err(PortError::Range(s.clone())),
             }
         }
     }

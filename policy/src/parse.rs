@@ -69,7 +69,7 @@ impl Ctx<'_> {
         match Glob::new(&s.value) {
             Ok(g) => Some(g),
             Err(e) => {
-                self.err(s, e);
+                self.err(s, e.to_string());
                 None
             }
         }
@@ -385,40 +385,49 @@ fn libc_eperm() -> u16 {
     1
 }
 
+/// An exec pattern the matcher cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecPatternError {
+    #[error("`{0}`: {FORMS}")]
+    Form(String),
+    #[error("`{0}` is not an absolute path ({FORMS}); exec paths are matched as given to execve")]
+    Relative(String),
+    #[error("`{0}` is longer than the 255 bytes the kernel compares")]
+    TooLong(String),
+}
+
+const FORMS: &str = "supported forms: /path/to/file, /dir/* (files in /dir), /dir/** (anything below /dir), **/name (any path ending in /name)";
+
 /// `/x/y` exact, `/x/*` directory, `/x/**` tree, `**/name` file name.
-pub fn exec_pattern(text: &str) -> Result<(ExecKind, String), String> {
+pub fn exec_pattern(text: &str) -> Result<(ExecKind, String), ExecPatternError> {
     let wild = |s: &str| s.contains(['*', '?', '[', ']', '{', '}']);
-    let forms = "supported forms: /path/to/file, /dir/* (files in /dir), /dir/** (anything below /dir), **/name (any path ending in /name)";
+    let form = || ExecPatternError::Form(text.to_owned());
     if let Some(name) = text.strip_prefix("**/") {
         if name.is_empty() || name.contains('/') || wild(name) {
-            return Err(format!("`{text}`: {forms}"));
+            return Err(form());
         }
         return Ok((ExecKind::Basename, name.to_owned()));
     }
     if !text.starts_with('/') {
-        return Err(format!(
-            "`{text}` is not an absolute path ({forms}); exec paths are matched as given to execve"
-        ));
+        return Err(ExecPatternError::Relative(text.to_owned()));
     }
     if let Some(dir) = text.strip_suffix("/**") {
         if wild(dir) {
-            return Err(format!("`{text}`: {forms}"));
+            return Err(form());
         }
         return Ok((ExecKind::Tree, dir.to_owned()));
     }
     if let Some(dir) = text.strip_suffix("/*") {
         if wild(dir) {
-            return Err(format!("`{text}`: {forms}"));
+            return Err(form());
         }
         return Ok((ExecKind::Dir, dir.to_owned()));
     }
     if wild(text) || text.ends_with('/') {
-        return Err(format!("`{text}`: {forms}"));
+        return Err(form());
     }
     if text.len() >= palisade_common::policy::POLICY_PATH_MAX {
-        return Err(format!(
-            "`{text}` is longer than the 255 bytes the kernel compares"
-        ));
+        return Err(ExecPatternError::TooLong(text.to_owned()));
     }
     Ok((ExecKind::Exact, text.to_owned()))
 }
@@ -453,7 +462,7 @@ fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec> {
                     key,
                     loc: ctx.loc(p),
                 }),
-                Err(m) => ctx.err(p, m),
+                Err(m) => ctx.err(p, m.to_string()),
             }
         }
         out
@@ -481,7 +490,7 @@ fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {
                 m,
                 "memory below the 6 MiB minimum (the workload could not start)",
             ),
-            Err(e) => ctx.err(m, e),
+            Err(e) => ctx.err(m, e.to_string()),
         }
     }
     if let Some(c) = &r.cpu {
@@ -502,8 +511,19 @@ fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {
     out
 }
 
+/// A size that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}`: unknown unit (use K, M or G)")]
+    Unit(String),
+    #[error("`{0}` is not a size (e.g. 256M)")]
+    NotASize(String),
+    #[error("`{0}` is out of range")]
+    Range(String),
+}
+
 /// `256M`, `1G`, `512Ki`, `1048576`: binary multiples.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let end = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -514,14 +534,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "ki" | "kib" | "kb" => 10,
         "m" | "mi" | "mib" | "mb" => 20,
         "g" | "gi" | "gib" | "gb" => 30,
-        _ => return Err(format!("`{s}`: unknown unit (use K, M or G)")),
+        _ => return Err(SizeError::Unit(s.to_owned())),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 256M)"))?;
+    let n: f64 = num.parse().map_err(|_| SizeError::NotASize(s.to_owned()))?;
     let b = n * (1u64 << shift) as f64;
     if !b.is_finite() || !(0.0..9.0e18).contains(&b) {
-        return Err(format!("`{s}` is out of range"));
+        return Err(SizeError::Range(s.to_owned()));
     }
     Ok(b as u64)
 }

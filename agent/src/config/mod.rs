@@ -5,7 +5,6 @@
 //! checking (durations, globs, powers of two) are newtypes that validate while parsing, so their
 //! errors carry a position too.
 use std::{
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -126,60 +125,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// A glob over container names and cgroup paths, compiled while parsing.
-#[derive(Clone)]
-pub struct Pattern {
-    pub source: String,
-    pub matcher: globset::GlobMatcher,
-}
-
-/// A glob that does not compile.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
-    #[error("empty pattern")]
-    Empty,
-    #[error("invalid glob `{glob}`: {kind}")]
-    Glob {
-        glob: String,
-        kind: globset::ErrorKind,
-    },
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Self, PatternError> {
-        if source.is_empty() {
-            return Err(PatternError::Empty);
-        }
-        let glob = globset::GlobBuilder::new(source)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| PatternError::Glob {
-                glob: source.to_owned(),
-                kind: e.kind().clone(),
-            })?;
-        Ok(Self {
-            source: source.to_owned(),
-            matcher: glob.compile_matcher(),
-        })
-    }
-
-    pub fn is_match(&self, s: &str) -> bool {
-        self.matcher.is_match(s)
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.source)
-    }
-}
-
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Pattern::new(&s).map_err(de::Error::custom)
-    }
-}
+/// A glob over container names and cgroup paths (`*` also matches `/`), compiled while
+/// parsing: the policy language's glob, so a selector and a `--cgroup` filter match alike.
+pub use palisade_policy::model::{Glob as Pattern, GlobError as PatternError};
 
 /// A map capacity: 1 ..= 4,194,304 entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
