@@ -31,20 +31,9 @@ use palisade_common::{
     },
 };
 
-use crate::{cgroups::EVENTS, loss};
+use palisade_ebpf::{atomic_add, per_cpu_entry, skb_load};
 
-/// Adds to a shared counter in a map value (a BPF atomic add instruction). The bpf target
-/// has no `AtomicU64` in core, hence the intrinsic.
-#[inline(always)]
-fn atomic_add(p: *mut u64, v: u64) {
-    // SAFETY: `p` points at an aligned u64 inside a map value that lives as long as the map;
-    // concurrent updates from other CPUs go through the same atomic instruction.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p, v,
-        )
-    };
-}
+use crate::{cgroups::EVENTS, loss};
 
 /// Shared (not per-CPU) so `sock_ops` can hand a closed connection's final counts to userspace
 /// and remove the entry at once: closed flows never crowd live ones out of the LRU.
@@ -75,24 +64,6 @@ const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
-
-/// Looks `key` up, inserting zeroes first when absent. `None`: the map is full.
-#[inline(always)]
-fn per_cpu<K, V: Copy>(map: &PerCpuHashMap<K, V>, key: &K, zero: V) -> Option<*mut V> {
-    if let Some(p) = map.get_ptr_mut(key) {
-        return Some(p);
-    }
-    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
-    map.get_ptr_mut(key)
-}
-
-/// Copies exactly `N` bytes at `off` from the packet (a constant size, as the verifier wants).
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, off: u32, dst: *mut [u8; N]) -> Option<()> {
-    // SAFETY: `dst` points at N writable bytes; the helper checks the packet bounds.
-    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, dst.cast(), N as u32) };
-    (r == 0).then_some(())
-}
 
 #[cgroup_skb(egress)]
 pub fn net_egress(ctx: SkBuffContext) -> i32 {
@@ -141,7 +112,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
     let l4: u32;
     if protocol == ETH_P_IP {
         let mut h = [0u8; 20];
-        load(ctx, 0, &raw mut h)?;
+        skb_load(ctx, 0, &raw mut h)?;
         let ihl = u32::from(h[0] & 0x0f) * 4;
         if ihl < 20 {
             return None;
@@ -153,7 +124,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         l4 = ihl;
     } else if protocol == ETH_P_IPV6 {
         let mut h = [0u8; 40];
-        load(ctx, 0, &raw mut h)?;
+        skb_load(ctx, 0, &raw mut h)?;
         p.family = AF_INET6;
         p.proto = h[6];
         p.src.copy_from_slice(&h[8..24]);
@@ -165,7 +136,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
     match p.proto {
         IPPROTO_TCP => {
             let mut t = [0u8; 14];
-            load(ctx, l4, &raw mut t)?;
+            skb_load(ctx, l4, &raw mut t)?;
             p.sport = u16::from_be_bytes([t[0], t[1]]);
             p.dport = u16::from_be_bytes([t[2], t[3]]);
             let doff = u32::from(t[12] >> 4) * 4;
@@ -174,7 +145,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         }
         IPPROTO_UDP => {
             let mut u = [0u8; 4];
-            load(ctx, l4, &raw mut u)?;
+            skb_load(ctx, l4, &raw mut u)?;
             p.sport = u16::from_be_bytes([u[0], u[1]]);
             p.dport = u16::from_be_bytes([u[2], u[3]]);
             p.headers = l4 + 8;
@@ -203,7 +174,7 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     let icmp = p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6;
     let flow = p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP;
 
-    let Some(t) = per_cpu(&NET_TOTALS, &cgroup_id, NetTotals::default()) else {
+    let Some(t) = per_cpu_entry(&NET_TOTALS, &cgroup_id, NetTotals::default()) else {
         return;
     };
     let key = FlowKey {
@@ -390,7 +361,7 @@ fn tcp_counts(cgroup_id: u64, f: impl FnOnce(&mut TcpCounts)) {
     if cgroup_id == 0 {
         return;
     }
-    if let Some(c) = per_cpu(&TCP_COUNTS, &cgroup_id, TcpCounts::default()) {
+    if let Some(c) = per_cpu_entry(&TCP_COUNTS, &cgroup_id, TcpCounts::default()) {
         // SAFETY: this CPU's copy of a per-CPU value.
         f(unsafe { &mut *c });
     }

@@ -72,11 +72,8 @@ pub fn probe_kprobe(_ctx: ProbeContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
+// The panic handler comes from the library.
+use palisade_ebpf as _;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -7,7 +7,6 @@
 //! (`HAVE_TASK_OFFSETS` = 0) those reads are skipped and flagged in the events.
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -21,6 +20,8 @@ use palisade_common::{
     EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent, OomEvent, ProcessCounts, event_kind,
     exec_flags, loss::RINGBUF_FULL,
 };
+
+use palisade_ebpf::per_cpu_entry;
 
 use crate::{cgroups::EVENTS, loss, syscalls::forget_slot};
 
@@ -63,15 +64,8 @@ static PROCESS_COUNTS: PerCpuHashMap<u64, ProcessCounts> = PerCpuHashMap::with_m
 /// counters are also derivable from events, and the syscall map-full counter shows the pressure.
 #[inline(always)]
 fn counts(cgroup_id: u64, f: impl FnOnce(&mut ProcessCounts)) {
-    let p = match PROCESS_COUNTS.get_ptr_mut(cgroup_id) {
-        Some(p) => p,
-        None => {
-            let _ = PROCESS_COUNTS.insert(cgroup_id, ProcessCounts::default(), BPF_NOEXIST as u64);
-            match PROCESS_COUNTS.get_ptr_mut(cgroup_id) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(p) = per_cpu_entry(&PROCESS_COUNTS, &cgroup_id, ProcessCounts::default()) else {
+        return;
     };
     // SAFETY: this CPU's copy of a per-CPU hash value; nothing else writes it while we run.
     f(unsafe { &mut *p });

@@ -8,7 +8,6 @@
 //! program lives in process.rs and calls [`forget_slot`]).
 use aya_ebpf::{
     Global,
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -22,6 +21,8 @@ use palisade_common::{
     latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
+
+use palisade_ebpf::per_cpu_entry;
 
 use crate::loss;
 
@@ -271,20 +272,9 @@ fn account(cgroup_id: u64, nr: u32, latency_ns: Option<u64>) {
         nr,
         _pad: 0,
     };
-    let stats = match SYSCALL_STATS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            // First call of this pair: insert zeroes (a racing insert on another CPU is fine,
-            // BPF_NOEXIST makes the loser's insert fail and the lookup below finds the winner's).
-            let _ = SYSCALL_STATS.insert(key, SyscallStats::ZERO, BPF_NOEXIST as u64);
-            match SYSCALL_STATS.get_ptr_mut(key) {
-                Some(p) => p,
-                None => {
-                    loss::count(SYSCALL_STATS_FULL);
-                    return;
-                }
-            }
-        }
+    let Some(stats) = per_cpu_entry(&SYSCALL_STATS, &key, SyscallStats::ZERO) else {
+        loss::count(SYSCALL_STATS_FULL);
+        return;
     };
     // SAFETY: `stats` is this CPU's copy of a per-CPU hash value; nothing else writes it while
     // this program runs on this CPU.
@@ -307,18 +297,9 @@ fn count_errno(cgroup_id: u64, nr: u32, errno: u32) {
         nr,
         errno,
     };
-    let count = match SYSCALL_ERRNOS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let _ = SYSCALL_ERRNOS.insert(key, 0, BPF_NOEXIST as u64);
-            match SYSCALL_ERRNOS.get_ptr_mut(key) {
-                Some(p) => p,
-                None => {
-                    loss::count(SYSCALL_ERRNOS_FULL);
-                    return;
-                }
-            }
-        }
+    let Some(count) = per_cpu_entry(&SYSCALL_ERRNOS, &key, 0) else {
+        loss::count(SYSCALL_ERRNOS_FULL);
+        return;
     };
     // SAFETY: per-CPU value, see `account`.
     unsafe { *count += 1 };

@@ -4,20 +4,11 @@
 //! of them share (the cgroup → policy table, rule descriptions, counts, the event ring buffer).
 #![no_std]
 #![no_main]
-// BPF atomic add on violation counts: core has no AtomicU64 for the bpf target.
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 mod exec;
 mod net;
 mod report;
 mod syscalls;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
 
 /// GPL: bpf_send_signal and bpf_probe_read_* are GPL-only helpers.
 #[unsafe(link_section = "license")]

@@ -8,7 +8,7 @@
 //! context pointer); packets are read with constant-size `bpf_skb_load_bytes`.
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock_addr},
-    helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id, generated::bpf_skb_load_bytes},
+    helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::Array,
     programs::{SkBuffContext, SockAddrContext},
@@ -17,6 +17,8 @@ use palisade_common::{
     net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     policy::{NET_EGRESS, NET_INGRESS, NetRuleSet, NetTuple, cgroup_flags, taken, what},
 };
+
+use palisade_ebpf::skb_load;
 
 use crate::report::{Detail, Subject, policy_of, report, rule};
 
@@ -177,14 +179,6 @@ pub fn policy_bind6(ctx: SockAddrContext) -> i32 {
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 
-/// Copies exactly `N` bytes at `off` from the packet.
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, off: u32, dst: *mut [u8; N]) -> Option<()> {
-    // SAFETY: `dst` points at N writable bytes; the helper checks the packet bounds.
-    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, dst.cast(), N as u32) };
-    (r == 0).then_some(())
-}
-
 /// Incoming TCP connection requests (SYN without ACK) to a cgroup with ingress rules.
 #[cgroup_skb(ingress)]
 pub fn policy_ingress(ctx: SkBuffContext) -> i32 {
@@ -211,7 +205,7 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
     let l4: u32;
     if protocol == ETH_P_IP {
         let mut h = [0u8; 20];
-        load(ctx, 0, &raw mut h)?;
+        skb_load(ctx, 0, &raw mut h)?;
         if h[9] != IPPROTO_TCP {
             return None;
         }
@@ -221,7 +215,7 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
         l4 = u32::from(h[0] & 0x0f) * 4;
     } else if protocol == ETH_P_IPV6 {
         let mut h = [0u8; 40];
-        load(ctx, 0, &raw mut h)?;
+        skb_load(ctx, 0, &raw mut h)?;
         if h[6] != IPPROTO_TCP {
             return None;
         }
@@ -233,7 +227,7 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let mut tcp = [0u8; 14];
-    load(ctx, l4, &raw mut tcp)?;
+    skb_load(ctx, l4, &raw mut tcp)?;
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     if tcp[13] & (SYN | ACK) != SYN {

@@ -1,7 +1,6 @@
 //! What every policy hook shares: the cgroup → policy table, rule descriptions, violation
 //! counts with the event rate limiter, and the ring buffer the agent reads violations from.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
@@ -12,6 +11,7 @@ use palisade_common::policy::{
     CgroupPolicy, NetTuple, POLICY_PATH_MAX, PolicyEvent, RuleInfo, ViolationKey, ViolationState,
     admit, config,
 };
+use palisade_ebpf::{atomic_add, lru_entry};
 
 #[map(name = "POLICY_CGROUPS")]
 static POLICY_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(4096, 0);
@@ -64,17 +64,6 @@ pub struct Detail<'a> {
     pub path: Option<*const u8>,
 }
 
-#[inline(always)]
-fn atomic_add(p: *mut u64, v: u64) {
-    // SAFETY: `p` points at an aligned u64 in a map value that lives as long as the map; other
-    // CPUs update it through the same atomic instruction.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p, v,
-        )
-    };
-}
-
 /// Counts one violation of `rule` with outcome `action` in `cgroup_id` and, when the rate limit
 /// admits it, sends the event.
 #[inline(always)]
@@ -91,15 +80,8 @@ pub fn report(
         rule,
         action,
     };
-    let state = match POLICY_VIOLATIONS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let _ = POLICY_VIOLATIONS.insert(key, ViolationState::default(), BPF_NOEXIST as u64);
-            match POLICY_VIOLATIONS.get_ptr_mut(key) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(state) = lru_entry(&POLICY_VIOLATIONS, &key, ViolationState::default()) else {
+        return;
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
