@@ -4,10 +4,7 @@ use std::net::IpAddr;
 
 use palisade_syscalls as syscalls;
 
-use crate::{
-    model::{ListKind, NetAction, NetRule, Policy, PolicySet, Proto, Selector},
-    parse::Diagnostic,
-};
+use crate::model::{Diagnostic, ListKind, NetAction, NetRule, Policy, PolicySet, Proto, Selector};
 
 /// Errors of the set as a whole: two policies with one name.
 pub fn set_errors(set: &PolicySet) -> Vec<Diagnostic> {

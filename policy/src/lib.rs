@@ -8,12 +8,12 @@ pub mod check;
 pub mod compile;
 pub mod learn;
 pub mod model;
-mod network;
 pub mod parse;
 mod raw;
 
+pub use model::{Diagnostic, PolicyErrors};
 pub use model::{Mode, Policy, PolicySet, Target};
-pub use parse::{Diagnostic, PolicyErrors, load_paths, parse_str};
+pub use parse::{load_paths, parse_str};
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_agent;
 mod bench_policy;
+mod deps;
 mod setup;
 
 #[derive(Parser)]
@@ -45,8 +46,11 @@ enum Task {
         /// Only run tests whose name contains this filter (passed to the test harness).
         filter: Option<String>,
     },
-    /// cargo fmt --check and clippy -D warnings on every crate, the eBPF crate included.
+    /// cargo fmt --check, clippy -D warnings on every crate (the eBPF crate included) and the
+    /// module dependency check.
     Lint,
+    /// Fails when the top-level modules of any crate import each other in a cycle.
+    Deps,
     /// Fuzz the policy parser (cargo fuzz, nightly) for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 30)]
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Lint => setup::run().and_then(|()| lint()),
+        Task::Deps => deps(),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };
@@ -162,7 +167,13 @@ fn run_agent(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn deps() -> Result<()> {
+    step("module dependencies point one way (no cycle between top-level modules)");
+    deps::check(&root())
+}
+
 fn lint() -> Result<()> {
+    deps()?;
     step("cargo fmt --check");
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     // Default members: every crate but the eBPF one, which only builds for the bpf target.

@@ -3,9 +3,9 @@ use std::net::IpAddr;
 
 use serde_saphyr::Spanned;
 
+use super::Ctx;
 use crate::{
     model::{Direction, NetAction, NetRule, Proto},
-    parse::Ctx,
     raw::{RawDirection, RawPort},
 };
 

@@ -9,37 +9,22 @@ use std::path::{Path, PathBuf};
 use palisade_syscalls::{self as syscalls, errno};
 use serde_saphyr::Spanned;
 
+use self::network::direction;
 use crate::{
     model::{
-        ArgCond, ArgOp, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc, Mode,
-        Network, Policy, PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
+        ArgCond, ArgOp, Diagnostic, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc,
+        Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector, SysAction,
+        SyscallEntry, Syscalls,
     },
-    network::direction,
     raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
 };
 
-pub use crate::network::parse_cidr;
+mod network;
+
+pub use network::{CidrError, PortError, parse_cidr};
 
 pub const API_VERSION: &str = "palisade.dev/v1";
 pub const KIND: &str = "Policy";
-
-/// One problem, at a position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub loc: Loc,
-    pub message: String,
-}
-
-impl std::fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.loc, self.message)
-    }
-}
-
-/// Why a policy file or set was rejected: every error found.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct PolicyErrors(pub Vec<Diagnostic>);
 
 /// Collects the problems of one document; the validated value is built alongside.
 pub(crate) struct Ctx<'a> {
