@@ -12,7 +12,7 @@ use super::{
     },
     seccomp::{self, Compiled, Profile},
 };
-use crate::cli::RunArgs;
+use crate::RunArgs;
 
 /// Calls the launcher's init makes after it has confined itself (and the memory calls a free
 /// may make): its filter allows these and nothing else.

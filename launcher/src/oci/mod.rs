@@ -488,7 +488,7 @@ fn parse_namespaces(linux: &mut Obj) -> Result<Namespaces> {
 }
 
 /// A bundle plus the command-line flags: the plan to run.
-pub fn plan(args: &crate::cli::RunArgs, dir: &Path) -> std::result::Result<Plan, LaunchError> {
+pub fn plan(args: &crate::RunArgs, dir: &Path) -> std::result::Result<Plan, LaunchError> {
     let (mut plan, bundle_profile) = load(dir)?;
     if let Some(n) = &args.name {
         plan.name = cmdline::workload_name(Some(n), "")?;

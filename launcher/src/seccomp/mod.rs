@@ -379,7 +379,7 @@ pub fn parse(field: Field, source: &str, host: &Host) -> Result<Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::json;
+    use crate::json;
 
     fn host(caps: u64) -> Host {
         Host {
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_shipped_docker_profile_parses() {
-        let text = include_str!("../../../../tests/data/docker-default-seccomp.json");
+        let text = include_str!("../../../tests/data/docker-default-seccomp.json");
         let p = parse_str(text, &host(caps::oci_default())).unwrap();
         assert_eq!(p.default_action, Action::Errno(libc::EPERM as u16));
         assert!(p.names().any(|n| n == "execve"));

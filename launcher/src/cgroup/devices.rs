@@ -232,7 +232,7 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::plan::default_devices;
+    use crate::plan::default_devices;
 
     #[test]
     fn program_shape() {

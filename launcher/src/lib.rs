@@ -8,6 +8,7 @@
 //! send the registrations, clone the inits (blocked), place them in the v1 cgroups, read the
 //! agent's answers, release them; then forward signals and wait; remove each workload's cgroups
 //! as soon as its init is gone.
+mod args;
 mod caps;
 mod cgroup;
 mod cmdline;
@@ -26,19 +27,10 @@ use std::{
     path::PathBuf,
 };
 
-use crate::cli::RunArgs;
+pub use args::{HELP, NetMode, RunArgs};
 
 /// Exit status when `palisade run` itself fails (bad flags included).
 pub const EXIT_USAGE: u8 = process::EXIT_SETUP;
-
-/// `--net`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetMode {
-    /// A new network namespace with only loopback, up.
-    None,
-    /// The host's network.
-    Host,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -71,31 +63,6 @@ impl LaunchError {
         }
     }
 }
-
-pub const HELP: &str = "\
-Examples:
-  palisade run --name web --memory 256M --cpus 0.5 --pids 128 --rootfs ./rootfs -- /bin/httpd -f
-  palisade run --name job --seccomp ./docker-default.json -- /usr/bin/make test
-  palisade run --bundle ./mybundle                  an OCI bundle, as `runc spec` makes it
-  palisade run --name web --replicas 3 --rootfs ./rootfs -- /bin/sh -c 'hostname'
-  palisade run --name batch --require-agent -- ./job.sh   refuse to run unaudited
-
-Isolation: new pid (the launcher's init is pid 1: it reaps zombies, forwards SIGHUP, SIGINT,
-SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2), mount, UTS, IPC and cgroup namespaces; --net none (the
-default) gives a network namespace with only loopback. With --rootfs the workload pivot_roots
-into it with fresh /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and
-/sys/fs/cgroup (read-only); without, it sees the host's files in a private mount namespace.
-Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_privs;
-devices: null, zero, full, random, urandom, tty, ptmx, pts only.
-
-Cgroups: /palisade/NAME in the unified hierarchy (the agent's `container` label) and, on
-hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit. If the
-launcher itself is SIGKILLed the workload dies with it and the empty cgroups stay until the
-next `palisade run` with the same name removes them.
-
-Exit status: the workload's (128+N when killed by signal N, as shells show it); with
---replicas, the first non-zero one once all have exited. 125: palisade run failed (bad
-input, cgroups, agent); 126: the command cannot be executed; 127: it was not found.";
 
 /// The plan for these arguments: a bundle with flags on top, or the command-line form.
 fn build_plan(args: &RunArgs) -> Result<plan::Plan, LaunchError> {

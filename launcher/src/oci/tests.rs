@@ -15,7 +15,7 @@ fn bundle(
 
 fn runc_spec() -> serde_json::Value {
     let mut v: serde_json::Value =
-        serde_json::from_str(include_str!("../../../../tests/data/runc-spec-config.json")).unwrap();
+        serde_json::from_str(include_str!("../../../tests/data/runc-spec-config.json")).unwrap();
     v["process"]["terminal"] = false.into();
     v
 }

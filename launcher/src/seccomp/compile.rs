@@ -211,7 +211,7 @@ pub fn load(c: &Compiled) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::{
+    use crate::{
         caps,
         json::{self, Field},
         seccomp::{Host, palisade_default, parse},
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn docker_profile_compiles_and_lists_unknown_names() {
-        let text = include_str!("../../../../tests/data/docker-default-seccomp.json");
+        let text = include_str!("../../../tests/data/docker-default-seccomp.json");
         let host = Host {
             caps: caps::oci_default(),
             goarch: "amd64",
