@@ -20,6 +20,10 @@ mod policy;
 mod process;
 mod register;
 mod seccomp;
+mod setup;
+mod sys;
+#[cfg(test)]
+mod testing;
 mod validate;
 
 use std::{
