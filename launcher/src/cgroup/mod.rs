@@ -29,12 +29,14 @@ pub enum CgroupError {
     #[error(transparent)]
     Host(#[from] palisade_cgroupfs::CgroupfsError),
     #[error(
-        "a workload named {name} is already running: {path} holds processes {pids}; stop it or pick another --name"
+        "a workload named {name} is already running: {} holds processes {}; stop it or pick another --name",
+        path.display(),
+        .pids.join(" ")
     )]
     Busy {
         name: String,
         path: PathBuf,
-        pids: String,
+        pids: Vec<String>,
     },
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -42,8 +44,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Devices(String),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
@@ -122,7 +124,7 @@ pub fn preflight(layout: &Layout, name: &str) -> Result<Vec<PathBuf>, CgroupErro
             return Err(CgroupError::Busy {
                 name: name.to_owned(),
                 path: dir,
-                pids: pids.join(" "),
+                pids,
             });
         }
         stale.push(dir);
@@ -242,7 +244,7 @@ impl Cgroup {
         } else {
             self.limits_v1(layout, res)?;
         }
-        devices::attach(&self.dir, devices).map_err(CgroupError::Devices)
+        Ok(devices::attach(&self.dir, devices)?)
     }
 
     fn limits_v1(&self, layout: &Layout, res: &Resources) -> Result<(), CgroupError> {

@@ -4,7 +4,7 @@ fn bundle(
     config: &str,
 ) -> (
     tempfile::TempDir,
-    std::result::Result<(Plan, Option<Profile>), LaunchError>,
+    std::result::Result<(Plan, Option<Profile>), BundleError>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rootfs")).unwrap();

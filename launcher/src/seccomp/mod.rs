@@ -12,10 +12,12 @@
 mod cache;
 mod compile;
 mod default;
+mod file;
 
 pub use cache::{DIR as CACHE_DIR, compile_cached};
 pub use compile::{CompileError, Compiled, compile, load};
 pub use default::palisade_default;
+pub use file::{SeccompError, read_profile};
 
 use super::{
     caps,
@@ -355,6 +357,7 @@ pub fn parse(field: Field, source: &str, host: &Host) -> Result<Profile> {
             return Err(FieldError {
                 path: format!("{path}.names"),
                 message: "a rule needs at least one syscall name".into(),
+                value: None,
             });
         }
         if keep {
