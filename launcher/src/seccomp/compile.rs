@@ -232,7 +232,7 @@ fn export(ctx: &ScmpFilterContext) -> std::io::Result<Vec<libc::sock_filter>> {
 }
 
 /// Installs the filter on the calling thread (no_new_privs or CAP_SYS_ADMIN needed).
-pub fn load(c: &Compiled) -> std::io::Result<()> {
+pub(crate) fn load(c: &Compiled) -> std::io::Result<()> {
     let prog = libc::sock_fprog {
         len: c.program.len() as u16,
         filter: c.program.as_ptr().cast_mut(),

@@ -14,10 +14,11 @@ mod compile;
 mod default;
 mod file;
 
-pub use cache::{DIR as CACHE_DIR, compile_cached};
-pub use compile::{CompileError, Compiled, compile, load};
+pub(crate) use cache::{DIR as CACHE_DIR, compile_cached};
+pub(crate) use compile::load;
+pub use compile::{CompileError, CompileStep, Compiled, compile};
 pub use default::palisade_default;
-pub use file::{SeccompError, read_profile};
+pub use file::{SeccompError, parse_profile, read_profile};
 
 use super::{
     caps,
@@ -110,7 +111,7 @@ impl Profile {
 
 /// The launcher's init once it has confined itself: only the calls it makes, `EPERM` for
 /// anything else, native ABI only (whatever the workload's profile is, even `unconfined`).
-pub fn init_profile(names: &[&str]) -> Profile {
+pub(crate) fn init_profile(names: &[&str]) -> Profile {
     Profile {
         source: "init".into(),
         default_action: Action::Errno(libc::EPERM as u16),
