@@ -4,11 +4,15 @@
 //! controllers enabled in `/palisade`'s `cgroup.subtree_control`. Device rules are a
 //! `BPF_PROG_TYPE_CGROUP_DEVICE` program on the unified cgroup (both layouts).
 //!
-//! Written against cgroupfs directly rather than with cgroups-rs: cgroups-rs picks *one*
-//! hierarchy kind per host (v1 on a hybrid host, ignoring the unified tree the agent keys on),
-//! creates the cgroup in every v1 controller (cpuset then needs cpus/mems copied before a
-//! process may join), and offers no file descriptor for `CLONE_INTO_CGROUP`. A dozen file
-//! writes do exactly what is needed.
+//! Written against cgroupfs directly rather than with cgroups-rs (reasons checked against its
+//! 0.5.1 release): its `hierarchies::auto()`, which its fs manager uses too, picks *one*
+//! hierarchy kind per host, v1 on a hybrid host, ignoring the unified tree whose cgroup id
+//! the agent keys on and where the device filter attaches; unless told which controllers, it
+//! creates the cgroup in every mounted v1 hierarchy (cpuset included, whose cpus/mems it copies
+//! from the parent, only logging a failure); it offers no file descriptor for
+//! `CLONE_INTO_CGROUP`; and it brings a second `nix` (0.25) and `zbus` (D-Bus) along. The
+//! host's layout comes from `palisade-cgroupfs`, shared with the agent; a dozen file writes do
+//! exactly what is needed.
 mod devices;
 
 use std::{
