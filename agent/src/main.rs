@@ -10,7 +10,6 @@ mod events;
 mod features;
 mod identity;
 mod kernel;
-mod launcher;
 mod logging;
 mod metrics;
 mod model;
@@ -45,7 +44,7 @@ fn main() -> ExitCode {
             let run = std::env::args().nth(1).as_deref() == Some("run");
             if run && e.use_stderr() {
                 let _ = e.print();
-                return ExitCode::from(launcher::EXIT_USAGE);
+                return ExitCode::from(palisade_launcher::EXIT_USAGE);
             }
             e.exit()
         }
@@ -64,7 +63,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
         },
-        Command::Run(args) => match launcher::run(&args) {
+        Command::Run(args) => match palisade_launcher::run(&args) {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(e.exit_code(), e),
         },

@@ -2,6 +2,9 @@
 //!
 //! Every field is either honoured or refused with its JSON path; nothing is ignored except
 //! `annotations` (metadata by definition) and `ociVersion` (checked to be 1.x).
+//!
+//! [`parse_config`] is the parser on its own (text in, plan out), for fuzzing: it reads
+//! nothing but the bundle directory it is given (the rootfs and bind sources must exist).
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -17,35 +20,72 @@ mod resources;
 
 type Result<T> = std::result::Result<T, FieldError>;
 
+/// A bundle that cannot be used, with the file (and, inside it, the field) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(
+        "bundle {}: {source} (give the directory holding config.json and the rootfs)",
+        dir.display()
+    )]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read {}: {source} (a bundle holds config.json, e.g. from `runc spec`)",
+        file.display()
+    )]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{}:{}: invalid JSON: {source}", file.display(), source.line(), source.column())]
+    Syntax {
+        file: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A field of config.json, named by its JSON path.
+    #[error("{}: {source}", file.display())]
+    Field { file: PathBuf, source: FieldError },
+}
+
 /// Reads `DIR/config.json`; `Ok((plan, seccomp profile))` with paths resolved against DIR.
-pub fn load(dir: &Path) -> std::result::Result<(Plan, Option<Profile>), LaunchError> {
-    let dir = std::fs::canonicalize(dir).map_err(|e| LaunchError::Input {
-        what: format!("bundle {}", dir.display()),
-        detail: format!("{e} (give the directory holding config.json and the rootfs)"),
+pub fn load(dir: &Path) -> std::result::Result<(Plan, Option<Profile>), BundleError> {
+    let dir = std::fs::canonicalize(dir).map_err(|source| BundleError::Dir {
+        dir: dir.to_owned(),
+        source,
     })?;
     let file = dir.join("config.json");
-    let text = std::fs::read_to_string(&file).map_err(|e| LaunchError::Input {
-        what: format!("cannot read {}", file.display()),
-        detail: format!("{e} (a bundle holds config.json, e.g. from `runc spec`)"),
+    let text = std::fs::read_to_string(&file).map_err(|source| BundleError::Read {
+        file: file.clone(),
+        source,
     })?;
-    let value = json::parse(&text).map_err(|e| LaunchError::Input {
-        what: format!("{}:{}:{}", file.display(), e.line(), e.column()),
-        detail: format!("invalid JSON: {e}"),
+    parse_config(&text, &dir)
+}
+
+/// Parses the text of `DIR/config.json` (runtime-spec 1.x) into a plan and the seccomp profile
+/// it holds; relative paths (the rootfs, bind sources) are resolved against `dir`.
+pub fn parse_config(
+    text: &str,
+    dir: &Path,
+) -> std::result::Result<(Plan, Option<Profile>), BundleError> {
+    let file = dir.join("config.json");
+    let value = json::parse(text).map_err(|source| BundleError::Syntax {
+        file: file.clone(),
+        source,
     })?;
-    parse(Field::root(value), &dir).map_err(|e| LaunchError::Input {
-        what: file.display().to_string(),
-        detail: e.to_string(),
-    })
+    parse(Field::root(value), dir).map_err(|source| BundleError::Field { file, source })
 }
 
 fn bad(path: &str, message: impl Into<String>) -> FieldError {
     FieldError {
         path: path.to_owned(),
         message: message.into(),
+        value: None,
     }
 }
 
-pub fn parse(root: Field, dir: &Path) -> Result<(Plan, Option<Profile>)> {
+fn parse(root: Field, dir: &Path) -> Result<(Plan, Option<Profile>)> {
     let mut top = root.obj()?;
     if let Some(v) = top.take("ociVersion") {
         let s = v.str()?;
@@ -488,7 +528,7 @@ fn parse_namespaces(linux: &mut Obj) -> Result<Namespaces> {
 }
 
 /// A bundle plus the command-line flags: the plan to run.
-pub fn plan(args: &crate::cli::RunArgs, dir: &Path) -> std::result::Result<Plan, LaunchError> {
+pub(crate) fn plan(args: &crate::RunArgs, dir: &Path) -> std::result::Result<Plan, LaunchError> {
     let (mut plan, bundle_profile) = load(dir)?;
     if let Some(n) = &args.name {
         plan.name = cmdline::workload_name(Some(n), "")?;

@@ -40,7 +40,9 @@ pub fn parse(mut r: Obj) -> Result<(Resources, Vec<DeviceRule>)> {
         if let Some(f) = m.take("limit") {
             let v = f.i64()?;
             if v > 0 {
-                res.memory = Some(plan::check_memory(v as u64, "limit").map_err(|e| f.err(e))?);
+                let limit =
+                    plan::check_memory(v as u64).map_err(|e| f.err(format!("limit {e}")))?;
+                res.memory = Some(limit);
             }
         }
         if let Some(f) = m.take("swap") {
@@ -110,7 +112,7 @@ pub fn parse(mut r: Obj) -> Result<(Resources, Vec<DeviceRule>)> {
         if let Some(f) = p.take("limit") {
             let v = f.i64()?;
             if v > 0 {
-                res.pids = Some(plan::check_pids(v, "limit").map_err(|e| f.err(e))?);
+                res.pids = Some(plan::check_pids(v).map_err(|e| f.err(format!("limit {e}")))?);
             }
         }
         p.finish()?;

@@ -4,7 +4,7 @@ fn bundle(
     config: &str,
 ) -> (
     tempfile::TempDir,
-    std::result::Result<(Plan, Option<Profile>), LaunchError>,
+    std::result::Result<(Plan, Option<Profile>), BundleError>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rootfs")).unwrap();
@@ -15,7 +15,7 @@ fn bundle(
 
 fn runc_spec() -> serde_json::Value {
     let mut v: serde_json::Value =
-        serde_json::from_str(include_str!("../../../../tests/data/runc-spec-config.json")).unwrap();
+        serde_json::from_str(include_str!("../../../tests/data/runc-spec-config.json")).unwrap();
     v["process"]["terminal"] = false.into();
     v
 }

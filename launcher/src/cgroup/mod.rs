@@ -4,11 +4,15 @@
 //! controllers enabled in `/palisade`'s `cgroup.subtree_control`. Device rules are a
 //! `BPF_PROG_TYPE_CGROUP_DEVICE` program on the unified cgroup (both layouts).
 //!
-//! Written against cgroupfs directly rather than with cgroups-rs: cgroups-rs picks *one*
-//! hierarchy kind per host (v1 on a hybrid host, ignoring the unified tree the agent keys on),
-//! creates the cgroup in every v1 controller (cpuset then needs cpus/mems copied before a
-//! process may join), and offers no file descriptor for `CLONE_INTO_CGROUP`. A dozen file
-//! writes do exactly what is needed.
+//! Written against cgroupfs directly rather than with cgroups-rs (reasons checked against its
+//! 0.5.1 release): its `hierarchies::auto()`, which its fs manager uses too, picks *one*
+//! hierarchy kind per host, v1 on a hybrid host, ignoring the unified tree whose cgroup id
+//! the agent keys on and where the device filter attaches; unless told which controllers, it
+//! creates the cgroup in every mounted v1 hierarchy (cpuset included, whose cpus/mems it copies
+//! from the parent, only logging a failure); it offers no file descriptor for
+//! `CLONE_INTO_CGROUP`; and it brings a second `nix` (0.25) and `zbus` (D-Bus) along. The
+//! host's layout comes from `palisade-cgroupfs`, shared with the agent; a dozen file writes do
+//! exactly what is needed.
 mod devices;
 
 use std::{
@@ -29,12 +33,14 @@ pub enum CgroupError {
     #[error(transparent)]
     Host(#[from] palisade_cgroupfs::CgroupfsError),
     #[error(
-        "a workload named {name} is already running: {path} holds processes {pids}; stop it or pick another --name"
+        "a workload named {name} is already running: {} holds processes {}; stop it or pick another --name",
+        path.display(),
+        .pids.join(" ")
     )]
     Busy {
         name: String,
         path: PathBuf,
-        pids: String,
+        pids: Vec<String>,
     },
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -42,8 +48,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Devices(String),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
@@ -122,7 +128,7 @@ pub fn preflight(layout: &Layout, name: &str) -> Result<Vec<PathBuf>, CgroupErro
             return Err(CgroupError::Busy {
                 name: name.to_owned(),
                 path: dir,
-                pids: pids.join(" "),
+                pids,
             });
         }
         stale.push(dir);
@@ -242,7 +248,7 @@ impl Cgroup {
         } else {
             self.limits_v1(layout, res)?;
         }
-        devices::attach(&self.dir, devices).map_err(CgroupError::Devices)
+        Ok(devices::attach(&self.dir, devices)?)
     }
 
     fn limits_v1(&self, layout: &Layout, res: &Resources) -> Result<(), CgroupError> {

@@ -6,14 +6,27 @@
 //! "deny all", so in practice only the listed devices open.
 use std::{
     ffi::CString,
+    io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use super::super::plan::DeviceRule;
+
+/// The device filter could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The kernel refused the program; `verifier` is the first line of its log.
+    #[error("cannot load the device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {source} {verifier}")]
+    Load { source: io::Error, verifier: String },
+    #[error("cannot open {}: {source}", dir.display())]
+    Open { dir: PathBuf, source: io::Error },
+    #[error("cannot attach the device filter to {}: {source}", dir.display())]
+    Attach { dir: PathBuf, source: io::Error },
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +152,7 @@ const BPF_F_ALLOW_MULTI: u32 = 2;
 
 /// Loads the rules and attaches them to the cgroup directory `dir`. The program stays attached
 /// (and alive) as long as the cgroup exists.
-pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
+pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
     if rules.is_empty() {
         return Ok(());
     }
@@ -181,13 +194,19 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
             .next()
             .unwrap_or_default()
             .to_owned();
-        return Err(format!(
-            "cannot load the device filter (BPF_PROG_TYPE_CGROUP_DEVICE): {e} {first}"
-        ));
+        return Err(DeviceError::Load {
+            source: e,
+            verifier: first,
+        });
     }
     // SAFETY: a fresh descriptor returned by bpf(2), owned here.
     let prog_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let open_err = |source| DeviceError::Open {
+        dir: dir.to_owned(),
+        source,
+    };
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| open_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: a valid NUL-terminated path; the result is checked.
     let cg = unsafe {
         libc::open(
@@ -196,11 +215,7 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
         )
     };
     if cg < 0 {
-        return Err(format!(
-            "cannot open {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(open_err(io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor, owned here.
     let cg = unsafe { OwnedFd::from_raw_fd(cg) };
@@ -220,11 +235,10 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
         )
     };
     if r != 0 {
-        return Err(format!(
-            "cannot attach the device filter to {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(DeviceError::Attach {
+            dir: dir.to_owned(),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -232,7 +246,7 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::plan::default_devices;
+    use crate::plan::default_devices;
 
     #[test]
     fn program_shape() {

@@ -2,7 +2,7 @@
 //! (syscall rules, enforce mode), its cgroup limits (resources; flags win) and, sent with the
 //! registration, its exec and network rules, which the agent puts in force before the
 //! workload's first instruction.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use palisade_policy::{
     Mode, Policy, Target,
@@ -15,6 +15,53 @@ use super::{
     plan::{CPU_PERIOD_US, Plan},
     seccomp::{Action, ArgCmp, Op, Profile, Rule},
 };
+
+/// A policy file that cannot be applied to this launch.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "cannot read the policy {}: {source} (give a policy file; see `palisade policy check`)",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {}: invalid:\n{source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: palisade_policy::PolicyErrors,
+    },
+    #[error(
+        "policy {}: replicas are selected by different policies (at {workload}); give them one policy",
+        path.display()
+    )]
+    ReplicasDiffer { path: PathBuf, workload: String },
+    #[error(
+        "policy {}: no policy selects workload {workload} (selectors: {})",
+        path.display(),
+        .selectors.join("; ")
+    )]
+    NoneSelects {
+        path: PathBuf,
+        workload: String,
+        /// `NAME: selector` of each policy in the file.
+        selectors: Vec<String>,
+    },
+    #[error(
+        "policy {}: policies {} both have syscall rules; a workload has one seccomp filter from its policy",
+        path.display(),
+        .policies.join(" and ")
+    )]
+    TwoSeccompPolicies {
+        path: PathBuf,
+        policies: Vec<String>,
+    },
+    #[error(
+        "--seccomp and the syscall rules of policy {policy} both define the seccomp filter; give one"
+    )]
+    SeccompFlagAndPolicy { policy: String },
+}
 use palisade_proto::LaunchPolicy;
 
 /// What the launcher does with a policy file.
@@ -25,10 +72,6 @@ pub struct ForLaunch {
     /// Policies with exec or network rules in enforce mode: only the agent enforces those, so
     /// the launch is refused without one.
     pub needs_agent: Vec<String>,
-}
-
-fn input(what: String, detail: String) -> LaunchError {
-    LaunchError::Input { what, detail }
 }
 
 fn action(a: SysAction) -> Action {
@@ -89,14 +132,16 @@ pub fn prepare(
     seccomp_flag: bool,
 ) -> Result<ForLaunch, LaunchError> {
     let source = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        input(
-            format!("cannot read the policy {source}"),
-            format!("{e} (give a policy file; see `palisade policy check`)"),
-        )
+    let file_path = || file.to_owned();
+    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+        path: file_path(),
+        source,
     })?;
-    let all = palisade_policy::parse_str(&text, &source)
-        .map_err(|e| input(format!("policy {source}"), format!("invalid:\n{e}")))?;
+    let all =
+        palisade_policy::parse_str(&text, &source).map_err(|source| PolicyError::Invalid {
+            path: file_path(),
+            source,
+        })?;
     let mut picked: Option<Vec<&Policy>> = None;
     for n in names {
         let path = format!("/palisade/{n}");
@@ -116,53 +161,46 @@ pub fn prepare(
                     .map(|p| &p.name)
                     .eq(these.iter().map(|p| &p.name)) => {}
             Some(_) => {
-                return Err(input(
-                    format!("policy {source}"),
-                    format!(
-                        "replicas are selected by different policies (at {n}); give them one policy"
-                    ),
-                ));
+                return Err(PolicyError::ReplicasDiffer {
+                    path: file_path(),
+                    workload: n.clone(),
+                }
+                .into());
             }
         }
     }
     let picked = picked.unwrap_or_default();
     if picked.is_empty() {
-        return Err(input(
-            format!("policy {source}"),
-            format!(
-                "no policy selects workload {} (selectors: {})",
-                names.first().map(String::as_str).unwrap_or("?"),
-                all.iter()
-                    .map(|p| format!("{}: {}", p.name, p.selector.describe()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        ));
+        return Err(PolicyError::NoneSelects {
+            path: file_path(),
+            workload: names.first().map_or_else(|| "?".to_owned(), String::clone),
+            selectors: all
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.selector.describe()))
+                .collect(),
+        }
+        .into());
     }
     let with_syscalls: Vec<&&Policy> = picked
         .iter()
         .filter(|p| p.syscalls.is_some() && p.mode == Mode::Enforce)
         .collect();
     if with_syscalls.len() > 1 {
-        return Err(input(
-            format!("policy {source}"),
-            format!(
-                "policies {} both have syscall rules; a workload has one seccomp filter from its policy",
-                with_syscalls
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        ));
+        return Err(PolicyError::TwoSeccompPolicies {
+            path: file_path(),
+            policies: with_syscalls.iter().map(|p| p.name.clone()).collect(),
+        }
+        .into());
     }
     let mut seccomp = false;
     if let Some(p) = with_syscalls.first().and_then(|p| profile(p, &source)) {
         if seccomp_flag {
-            return Err(LaunchError::Usage(format!(
-                "--seccomp and the syscall rules of policy {} both define the seccomp filter; give one",
-                with_syscalls.first().map_or("", |p| p.name.as_str())
-            )));
+            return Err(PolicyError::SeccompFlagAndPolicy {
+                policy: with_syscalls
+                    .first()
+                    .map_or_else(String::new, |p| p.name.clone()),
+            }
+            .into());
         }
         plan.seccomp = super::cmdline::compile_seccomp(Some(p))?;
         seccomp = true;

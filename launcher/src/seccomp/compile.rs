@@ -11,11 +11,50 @@ use libseccomp::{
 
 use super::{Action, Arch, ArgCmp, Op, Profile};
 
+/// A profile libseccomp cannot turn into a filter; `profile` is where it came from.
 #[derive(Debug, thiserror::Error)]
-#[error("seccomp profile {source_name}: {message}")]
-pub struct CompileError {
-    source_name: String,
-    message: String,
+pub enum CompileError {
+    #[error("seccomp profile {profile}: {step}: {source}")]
+    Libseccomp {
+        profile: String,
+        step: CompileStep,
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("seccomp profile {profile}: cannot export the filter: {source}")]
+    Export {
+        profile: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "seccomp profile {profile}: the filter has {instructions} instructions; the kernel accepts at most 4096"
+    )]
+    TooLong {
+        profile: String,
+        instructions: usize,
+    },
+}
+
+/// What libseccomp was asked to do when it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileStep {
+    Init,
+    BadArchAction,
+    NoNewPrivs,
+    Arch(ScmpArch),
+    /// The rule for this syscall name.
+    Rule(String),
+}
+
+impl std::fmt::Display for CompileStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompileStep::Init => f.write_str("libseccomp init"),
+            CompileStep::BadArchAction => f.write_str("bad-architecture action"),
+            CompileStep::NoNewPrivs => f.write_str("nnp"),
+            CompileStep::Arch(a) => write!(f, "architecture {a:?}"),
+            CompileStep::Rule(name) => write!(f, "rule for `{name}`"),
+        }
+    }
 }
 
 /// A ready-to-load filter.
@@ -72,22 +111,24 @@ fn cmp(c: &ArgCmp) -> ScmpArgCompare {
 /// Builds the filter: the profile's rules, its architectures (a call through any other ABI
 /// kills the process) and io_uring denied unless a rule names it.
 pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
-    let fail = |message: String| CompileError {
-        source_name: p.source.clone(),
-        message,
+    let lib = |step: CompileStep| {
+        move |source| CompileError::Libseccomp {
+            profile: p.source.clone(),
+            step,
+            source,
+        }
     };
-    let lib = |what: &str, e: libseccomp::error::SeccompError| fail(format!("{what}: {e}"));
     let default = action(p.default_action);
-    let mut ctx = ScmpFilterContext::new(default).map_err(|e| lib("libseccomp init", e))?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(lib(CompileStep::Init))?;
     ctx.set_act_badarch(ScmpAction::KillProcess)
-        .map_err(|e| lib("bad-architecture action", e))?;
+        .map_err(lib(CompileStep::BadArchAction))?;
     // no_new_privs is set by the launcher itself, and the program is exported, not loaded
-    ctx.set_ctl_nnp(false).map_err(|e| lib("nnp", e))?;
+    ctx.set_ctl_nnp(false)
+        .map_err(lib(CompileStep::NoNewPrivs))?;
     let native = ScmpArch::native();
     for a in p.arches.iter().filter_map(|a| arch(*a)) {
         if a != native {
-            ctx.add_arch(a)
-                .map_err(|e| lib(&format!("architecture {a:?}"), e))?;
+            ctx.add_arch(a).map_err(lib(CompileStep::Arch(a)))?;
         }
     }
     let mut rules = p.rules.clone();
@@ -135,18 +176,21 @@ pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
                 } else {
                     ctx.add_rule_conditional(act, sys, conds)
                 };
-                r.map_err(|e| lib(&format!("rule for `{name}`"), e))?;
+                r.map_err(lib(CompileStep::Rule(name.clone())))?;
             }
         }
     }
     unknown.sort();
     unknown.dedup();
-    let program = export(&ctx).map_err(|e| fail(format!("cannot export the filter: {e}")))?;
+    let program = export(&ctx).map_err(|source| CompileError::Export {
+        profile: p.source.clone(),
+        source,
+    })?;
     if program.len() > usize::from(u16::MAX) || program.len() > 4096 {
-        return Err(fail(format!(
-            "the filter has {} instructions; the kernel accepts at most 4096",
-            program.len()
-        )));
+        return Err(CompileError::TooLong {
+            profile: p.source.clone(),
+            instructions: program.len(),
+        });
     }
     let mut flags = 0;
     if p.log {
@@ -188,7 +232,7 @@ fn export(ctx: &ScmpFilterContext) -> std::io::Result<Vec<libc::sock_filter>> {
 }
 
 /// Installs the filter on the calling thread (no_new_privs or CAP_SYS_ADMIN needed).
-pub fn load(c: &Compiled) -> std::io::Result<()> {
+pub(crate) fn load(c: &Compiled) -> std::io::Result<()> {
     let prog = libc::sock_fprog {
         len: c.program.len() as u16,
         filter: c.program.as_ptr().cast_mut(),
@@ -211,7 +255,7 @@ pub fn load(c: &Compiled) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::{
+    use crate::{
         caps,
         json::{self, Field},
         seccomp::{Host, palisade_default, parse},
@@ -231,7 +275,7 @@ mod tests {
 
     #[test]
     fn docker_profile_compiles_and_lists_unknown_names() {
-        let text = include_str!("../../../../tests/data/docker-default-seccomp.json");
+        let text = include_str!("../../../tests/data/docker-default-seccomp.json");
         let host = Host {
             caps: caps::oci_default(),
             goarch: "amd64",

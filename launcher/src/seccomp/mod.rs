@@ -12,10 +12,13 @@
 mod cache;
 mod compile;
 mod default;
+mod file;
 
-pub use cache::{DIR as CACHE_DIR, compile_cached};
-pub use compile::{CompileError, Compiled, compile, load};
+pub(crate) use cache::{DIR as CACHE_DIR, compile_cached};
+pub(crate) use compile::load;
+pub use compile::{CompileError, CompileStep, Compiled, compile};
 pub use default::palisade_default;
+pub use file::{SeccompError, parse_profile, read_profile};
 
 use super::{
     caps,
@@ -108,7 +111,7 @@ impl Profile {
 
 /// The launcher's init once it has confined itself: only the calls it makes, `EPERM` for
 /// anything else, native ABI only (whatever the workload's profile is, even `unconfined`).
-pub fn init_profile(names: &[&str]) -> Profile {
+pub(crate) fn init_profile(names: &[&str]) -> Profile {
     Profile {
         source: "init".into(),
         default_action: Action::Errno(libc::EPERM as u16),
@@ -355,6 +358,7 @@ pub fn parse(field: Field, source: &str, host: &Host) -> Result<Profile> {
             return Err(FieldError {
                 path: format!("{path}.names"),
                 message: "a rule needs at least one syscall name".into(),
+                value: None,
             });
         }
         if keep {
@@ -379,7 +383,7 @@ pub fn parse(field: Field, source: &str, host: &Host) -> Result<Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::json;
+    use crate::json;
 
     fn host(caps: u64) -> Host {
         Host {
@@ -473,7 +477,7 @@ mod tests {
 
     #[test]
     fn the_shipped_docker_profile_parses() {
-        let text = include_str!("../../../../tests/data/docker-default-seccomp.json");
+        let text = include_str!("../../../tests/data/docker-default-seccomp.json");
         let p = parse_str(text, &host(caps::oci_default())).unwrap();
         assert_eq!(p.default_action, Action::Errno(libc::EPERM as u16));
         assert!(p.names().any(|n| n == "execve"));

@@ -3,16 +3,15 @@
 use std::path::Path;
 
 use super::{
-    LaunchError, NetMode,
+    LaunchError, NetMode, PlanError,
     caps::{self, CapSets},
-    json::{self, Field},
     plan::{
         self, DEFAULT_PATH, MASKED_PATHS, Mount, MountKind, Namespaces, Net, Plan, Process,
         READONLY_PATHS, Resources,
     },
-    seccomp::{self, Compiled, Profile},
+    seccomp::{self, Compiled, Profile, SeccompError},
 };
-use crate::cli::RunArgs;
+use crate::RunArgs;
 
 /// Calls the launcher's init makes after it has confined itself (and the memory calls a free
 /// may make): its filter allows these and nothing else.
@@ -90,52 +89,28 @@ pub fn default_mounts() -> Vec<Mount> {
 }
 
 /// `default`, `unconfined` or a file.
-pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, LaunchError> {
+pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, SeccompError> {
     match choice {
         "default" => Ok(Some(seccomp::palisade_default())),
         "unconfined" => Ok(None),
-        file => {
-            let path = Path::new(file);
-            let text = std::fs::read_to_string(path).map_err(|e| LaunchError::Input {
-                what: format!("cannot read the seccomp profile {file}"),
-                detail: format!("{e} (give `default`, `unconfined` or a readable JSON file)"),
-            })?;
-            let value = json::parse(&text).map_err(|e| LaunchError::Input {
-                what: format!("{file}:{}:{}", e.line(), e.column()),
-                detail: format!("invalid JSON: {e}"),
-            })?;
-            let p = seccomp::parse(Field::root(value), file, &seccomp::Host::detect(caps))
-                .map_err(|e| LaunchError::Input {
-                    what: format!("seccomp profile {file}"),
-                    detail: e.to_string(),
-                })?;
-            Ok(Some(p))
-        }
+        file => seccomp::read_profile(Path::new(file), &seccomp::Host::detect(caps)).map(Some),
     }
 }
 
 /// The init's filter (compiled once per host, then cached).
-pub fn init_seccomp() -> Result<Compiled, LaunchError> {
+pub fn init_seccomp() -> Result<Compiled, SeccompError> {
     let dir = Path::new(seccomp::CACHE_DIR);
-    seccomp::compile_cached(&seccomp::init_profile(INIT_SYSCALLS), dir).map_err(|e| {
-        LaunchError::Input {
-            what: "seccomp (the init's filter)".into(),
-            detail: e.to_string(),
-        }
-    })
+    seccomp::compile_cached(&seccomp::init_profile(INIT_SYSCALLS), dir)
+        .map_err(SeccompError::InitFilter)
 }
 
 /// Compiles the workload's filter (through the cache); unknown syscall names give one warning.
-pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Compiled>, LaunchError> {
+pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Compiled>, SeccompError> {
     let Some(p) = profile else {
         return Ok(None);
     };
-    let workload = seccomp::compile_cached(&p, Path::new(seccomp::CACHE_DIR)).map_err(|e| {
-        LaunchError::Input {
-            what: "seccomp".into(),
-            detail: e.to_string(),
-        }
-    })?;
+    let workload = seccomp::compile_cached(&p, Path::new(seccomp::CACHE_DIR))
+        .map_err(SeccompError::Compile)?;
     if !workload.unknown.is_empty() {
         eprintln!(
             "palisade: warning: seccomp profile {}: {} syscall name(s) unknown to libseccomp {} skipped (their calls get the default action): {}",
@@ -152,10 +127,6 @@ fn libseccomp_version() -> String {
     libseccomp::ScmpVersion::current()
         .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn usage(msg: impl Into<String>) -> LaunchError {
-    LaunchError::Usage(msg.into())
 }
 
 /// The environment: `K=V` as given; `K` alone copies the launcher's value (skipped if unset).
@@ -176,7 +147,7 @@ fn apply_env(env: &mut Vec<String>, flags: &[String]) {
 }
 
 /// The name given, or one derived from `fallback` (letters, digits, `-`, `_`, `.` kept).
-pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, LaunchError> {
+pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, PlanError> {
     let name = match given {
         Some(n) => n.to_owned(),
         None => {
@@ -194,9 +165,7 @@ pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, Laun
         }
     };
     if !palisade_proto::valid_name(&name) || name.len() > 100 {
-        return Err(usage(format!(
-            "invalid workload name `{name}`: letters, digits, `-`, `_`, `.`, at most 100 (set it with --name)"
-        )));
+        return Err(PlanError::Name(name));
     }
     Ok(name)
 }
@@ -204,9 +173,7 @@ pub fn workload_name(given: Option<&str>, fallback: &str) -> Result<String, Laun
 /// The command-line form.
 pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
     let Some(program) = a.command.first() else {
-        return Err(usage(
-            "no command: put it after `--` (palisade run --name web -- /bin/sh -c 'echo hi'), or give --bundle DIR",
-        ));
+        return Err(PlanError::NoCommand.into());
     };
     let base = Path::new(program)
         .file_name()
@@ -217,19 +184,16 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
         .rootfs
         .as_ref()
         .map(|r| {
-            std::fs::canonicalize(r).map_err(|e| LaunchError::Input {
-                what: format!("--rootfs {}", r.display()),
-                detail: format!("{e} (give an existing directory holding the workload's files)"),
+            std::fs::canonicalize(r).map_err(|source| PlanError::Rootfs {
+                path: r.clone(),
+                source,
             })
         })
         .transpose()?;
     if let Some(r) = &root
         && !r.is_dir()
     {
-        return Err(LaunchError::Input {
-            what: format!("--rootfs {}", r.display()),
-            detail: "not a directory".into(),
-        });
+        return Err(PlanError::RootfsNotADirectory { path: r.clone() }.into());
     }
     let cwd = match (&a.cwd, &root) {
         (Some(c), _) => c.clone(),
@@ -294,17 +258,20 @@ pub fn apply_overrides(
 ) -> Result<(), LaunchError> {
     plan.replicas = a.replicas;
     if let Some(m) = &a.memory {
-        let bytes = plan::parse_size(m).map_err(|e| usage(format!("--memory {e}")))?;
-        plan.resources.memory = Some(plan::check_memory(bytes, "--memory").map_err(usage)?);
+        let bytes = plan::parse_size(m)
+            .and_then(plan::check_memory)
+            .map_err(PlanError::flag("--memory"))?;
+        plan.resources.memory = Some(bytes);
         plan.resources.memory_swap = None;
     }
     if let Some(c) = &a.cpus {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        plan.resources.cpu_quota = Some(plan::parse_cpus(c, cpus).map_err(usage)?);
+        let quota = plan::parse_cpus(c, cpus).map_err(PlanError::flag("--cpus"))?;
+        plan.resources.cpu_quota = Some(quota);
         plan.resources.cpu_period = Some(plan::CPU_PERIOD_US);
     }
     if let Some(p) = a.pids {
-        plan.resources.pids = Some(plan::check_pids(p, "--pids").map_err(usage)?);
+        plan.resources.pids = Some(plan::check_pids(p).map_err(PlanError::flag("--pids"))?);
     }
     match a.net {
         Some(NetMode::None) => plan.ns.net = Net::New,
@@ -313,24 +280,22 @@ pub fn apply_overrides(
     }
     if let Some(h) = &a.hostname {
         if !plan.ns.uts {
-            return Err(usage(
-                "--hostname needs a UTS namespace (the bundle's linux.namespaces has none)",
-            ));
+            return Err(PlanError::HostnameWithoutUts.into());
         }
         if h.is_empty() || h.len() > 64 {
-            return Err(usage(format!("--hostname `{h}`: 1 to 64 characters")));
+            return Err(PlanError::Hostname(h.clone()).into());
         }
         plan.hostname = Some(h.clone());
     }
     if let Some(u) = &a.user {
-        let (uid, gid) = plan::parse_user(u).map_err(usage)?;
+        let (uid, gid) = plan::parse_user(u).map_err(PlanError::flag("--user"))?;
         plan.process.uid = uid;
         plan.process.gid = gid;
         plan.process.additional_gids.clear();
     }
     if let Some(c) = &a.cwd {
         if !c.starts_with('/') {
-            return Err(usage(format!("--cwd `{c}` must be an absolute path")));
+            return Err(PlanError::RelativeCwd(c.clone()).into());
         }
         plan.process.cwd = c.clone();
     }

@@ -4,12 +4,31 @@
 //! is an error instead of being ignored.
 use serde_json::{Map, Value};
 
-/// An error about one field, named by its JSON path.
+/// An error about one field, named by its JSON path, with the value found there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct FieldError {
     pub path: String,
+    /// What is wrong with it (the parsers' sentence).
     pub message: String,
+    /// The offending value as JSON (shortened), when the error is about one.
+    pub value: Option<String>,
+}
+
+/// Longest value kept in a [`FieldError`].
+const VALUE_MAX: usize = 80;
+
+fn shortened(value: &Value) -> String {
+    let mut s = value.to_string();
+    if s.len() > VALUE_MAX {
+        let mut end = VALUE_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 pub type Result<T> = std::result::Result<T, FieldError>;
@@ -47,6 +66,7 @@ impl Field {
         FieldError {
             path: self.shown().to_owned(),
             message: message.into(),
+            value: Some(shortened(&self.value)),
         }
     }
 
@@ -167,6 +187,7 @@ impl Obj {
         self.take(key).ok_or_else(|| FieldError {
             path: self.child_path(key),
             message: "required field missing".into(),
+            value: None,
         })
     }
 
@@ -223,6 +244,7 @@ impl Obj {
                 message:
                     "unknown field (not part of the format palisade reads; check the spelling)"
                         .into(),
+                value: self.map.get(key).map(shortened),
             }),
         }
     }
@@ -253,6 +275,7 @@ mod tests {
         assert_eq!(items[0].u64().unwrap(), 1);
         let e = items[0].str().unwrap_err();
         assert_eq!(e.to_string(), "a.b[0]: expected a string, found a number");
+        assert_eq!(e.value.as_deref(), Some("1"));
         let mut c = items[1].clone().obj().unwrap();
         assert_eq!(c.take_str("c").unwrap().as_deref(), Some("x"));
         c.finish().unwrap();

@@ -237,15 +237,46 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 pub const CPU_PERIOD_RANGE: (u64, u64) = (1_000, 1_000_000);
 pub const CPU_SHARES_RANGE: (u64, u64) = (2, 262_144);
 
+/// A limit or user id given as text (a flag or a bundle field) that cannot be used. The
+/// message leaves out which flag or field: the caller names it (`--memory {error}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{0}` is not a size (try 256M or 1G)")]
+    NotASize(String),
+    #[error("`{value}`: unknown unit `{unit}` (use K, M, G or T)")]
+    UnknownUnit { value: String, unit: String },
+    #[error("`{0}` is out of range")]
+    OutOfRange(String),
+    #[error(
+        "{} is below the 6 MiB minimum (a smaller limit OOM-kills the workload while it starts; Docker has the same floor)",
+        human(*.0)
+    )]
+    MemoryBelowMinimum(u64),
+    #[error("`{0}` is not a number (try 0.5 or 2)")]
+    NotANumber(String),
+    #[error("{0} must be more than 0")]
+    NotPositive(String),
+    #[error(
+        "{0} is below the kernel's minimum of 0.01 (a CFS quota of at least 1 ms per 100 ms period)"
+    )]
+    CpusBelowMinimum(String),
+    #[error("{value} is more than the {host} CPUs this host has")]
+    MoreThanHostCpus { value: String, host: usize },
+    #[error("{0} is below the minimum of 2 (the launcher's init and the command each count)")]
+    PidsBelowMinimum(i64),
+    #[error("`{0}`: expected UID:GID as numbers, e.g. 1000:1000")]
+    NotAUser(String),
+}
+
 /// `256M`, `1G`, `512k`, `1048576`, `2GiB`: binary multiples (as Docker).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let t = s.trim();
     let digits_end = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size (try 256M or 1G)"));
+        return Err(ValueError::NotASize(s.to_owned()));
     }
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -253,25 +284,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use K, M, G or T)")),
+        _ => {
+            return Err(ValueError::UnknownUnit {
+                value: s.to_owned(),
+                unit: unit.to_owned(),
+            });
+        }
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (try 256M or 1G)"))?;
+        .map_err(|_| ValueError::NotASize(s.to_owned()))?;
     let bytes = n * (1u64 << shift) as f64;
     if !bytes.is_finite() || !(0.0..=9.0e18).contains(&bytes) {
-        return Err(format!("`{s}` is out of range"));
+        return Err(ValueError::OutOfRange(s.to_owned()));
     }
     Ok(bytes as u64)
 }
 
 /// A memory limit at least [`MIN_MEMORY`].
-pub fn check_memory(bytes: u64, what: &str) -> Result<u64, String> {
+pub fn check_memory(bytes: u64) -> Result<u64, ValueError> {
     if bytes < MIN_MEMORY {
-        return Err(format!(
-            "{what} {} is below the 6 MiB minimum (a smaller limit OOM-kills the workload while it starts; Docker has the same floor)",
-            human(bytes)
-        ));
+        return Err(ValueError::MemoryBelowMinimum(bytes));
     }
     Ok(bytes)
 }
@@ -287,40 +320,37 @@ pub fn human(bytes: u64) -> String {
 
 /// `--cpus 0.5` → a CFS quota per [`CPU_PERIOD_US`]; at least 1 ms per period (the kernel's
 /// minimum), at most the CPUs this host has.
-pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<u64, String> {
+pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<u64, ValueError> {
     let cpus: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("--cpus `{s}` is not a number (try 0.5 or 2)"))?;
+        .map_err(|_| ValueError::NotANumber(s.to_owned()))?;
     if !cpus.is_finite() || cpus <= 0.0 {
-        return Err(format!("--cpus {s} must be more than 0"));
+        return Err(ValueError::NotPositive(s.to_owned()));
     }
     let quota = (cpus * CPU_PERIOD_US as f64).round() as u64;
     if quota < MIN_CPU_QUOTA_US {
-        return Err(format!(
-            "--cpus {s} is below the kernel's minimum of 0.01 (a CFS quota of at least 1 ms per 100 ms period)"
-        ));
+        return Err(ValueError::CpusBelowMinimum(s.to_owned()));
     }
     if cpus > host_cpus as f64 {
-        return Err(format!(
-            "--cpus {s} is more than the {host_cpus} CPUs this host has"
-        ));
+        return Err(ValueError::MoreThanHostCpus {
+            value: s.to_owned(),
+            host: host_cpus,
+        });
     }
     Ok(quota)
 }
 
-pub fn check_pids(n: i64, what: &str) -> Result<i64, String> {
+pub fn check_pids(n: i64) -> Result<i64, ValueError> {
     if n < MIN_PIDS && n != -1 {
-        return Err(format!(
-            "{what} {n} is below the minimum of 2 (the launcher's init and the command each count)"
-        ));
+        return Err(ValueError::PidsBelowMinimum(n));
     }
     Ok(n)
 }
 
 /// `UID:GID` or `UID` (then GID = UID), numbers only.
-pub fn parse_user(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("--user `{s}`: expected UID:GID as numbers, e.g. 1000:1000");
+pub fn parse_user(s: &str) -> Result<(u32, u32), ValueError> {
+    let bad = || ValueError::NotAUser(s.to_owned());
     let (u, g) = s.split_once(':').unwrap_or((s, s));
     Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }
@@ -339,14 +369,24 @@ mod tests {
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
         assert_eq!(parse_size("2T").unwrap(), 2 << 40);
-        assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert!(
-            check_memory(1 << 20, "--memory")
-                .unwrap_err()
-                .contains("6 MiB")
+        assert_eq!(
+            parse_size("12Q").unwrap_err(),
+            ValueError::UnknownUnit {
+                value: "12Q".into(),
+                unit: "Q".into()
+            }
         );
-        assert_eq!(check_memory(6 << 20, "--memory").unwrap(), 6 << 20);
+        assert_eq!(
+            parse_size("lots").unwrap_err().to_string(),
+            "`lots` is not a size (try 256M or 1G)"
+        );
+        assert!(
+            check_memory(1 << 20)
+                .unwrap_err()
+                .to_string()
+                .starts_with("1 MiB is below the 6 MiB minimum")
+        );
+        assert_eq!(check_memory(6 << 20).unwrap(), 6 << 20);
         assert_eq!(human(256 << 20), "256 MiB");
         assert_eq!(human(1000), "1000 bytes");
     }
@@ -356,17 +396,23 @@ mod tests {
         assert_eq!(parse_cpus("0.5", 2).unwrap(), 50_000);
         assert_eq!(parse_cpus("2", 2).unwrap(), 200_000);
         assert_eq!(parse_cpus("0.01", 2).unwrap(), 1_000);
-        assert!(parse_cpus("0.001", 2).unwrap_err().contains("minimum"));
-        assert!(parse_cpus("3", 2).unwrap_err().contains("2 CPUs"));
+        assert_eq!(
+            parse_cpus("0.001", 2).unwrap_err(),
+            ValueError::CpusBelowMinimum("0.001".into())
+        );
+        assert_eq!(
+            parse_cpus("3", 2).unwrap_err().to_string(),
+            "3 is more than the 2 CPUs this host has"
+        );
         assert!(parse_cpus("0", 2).is_err());
         assert!(parse_cpus("half", 2).is_err());
     }
 
     #[test]
     fn pids_and_users() {
-        assert!(check_pids(1, "--pids").is_err());
-        assert_eq!(check_pids(2, "--pids").unwrap(), 2);
-        assert_eq!(check_pids(-1, "x").unwrap(), -1);
+        assert_eq!(check_pids(1).unwrap_err(), ValueError::PidsBelowMinimum(1));
+        assert_eq!(check_pids(2).unwrap(), 2);
+        assert_eq!(check_pids(-1).unwrap(), -1);
         assert_eq!(parse_user("1000:100").unwrap(), (1000, 100));
         assert_eq!(parse_user("7").unwrap(), (7, 7));
         assert!(parse_user("nobody").is_err());

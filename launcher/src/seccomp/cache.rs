@@ -135,7 +135,7 @@ pub fn compile_cached(p: &Profile, dir: &Path) -> Result<Compiled, CompileError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::seccomp::palisade_default;
+    use crate::seccomp::palisade_default;
 
     #[test]
     fn a_cached_filter_is_the_compiled_one() {

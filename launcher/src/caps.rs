@@ -144,7 +144,7 @@ struct CapData {
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Drops every capability not in `keep` from the bounding set (needs CAP_SETPCAP).
-pub fn drop_bounding(keep: u64, last_cap: u32) -> std::io::Result<()> {
+pub(crate) fn drop_bounding(keep: u64, last_cap: u32) -> std::io::Result<()> {
     for cap in 0..=last_cap {
         if keep & (1 << cap) == 0 {
             // SAFETY: prctl with integer arguments only.
@@ -162,7 +162,7 @@ pub fn drop_bounding(keep: u64, last_cap: u32) -> std::io::Result<()> {
 }
 
 /// Sets effective, permitted and inheritable with `capset`.
-pub fn set(sets: &CapSets) -> std::io::Result<()> {
+pub(crate) fn set(sets: &CapSets) -> std::io::Result<()> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -192,7 +192,7 @@ pub fn set(sets: &CapSets) -> std::io::Result<()> {
 }
 
 /// Raises the ambient capabilities (each must be permitted and inheritable).
-pub fn raise_ambient(ambient: u64, last_cap: u32) -> std::io::Result<()> {
+pub(crate) fn raise_ambient(ambient: u64, last_cap: u32) -> std::io::Result<()> {
     for cap in 0..=last_cap {
         if ambient & (1 << cap) != 0 {
             // SAFETY: prctl with integer arguments only.

@@ -1,101 +1,15 @@
-//! `palisade run`: the launcher. Starts a workload (a command, or an OCI bundle) in a fresh
-//! cgroup with limits, new namespaces, capabilities dropped, no_new_privs and seccomp, and
-//! registers it with the agent before its first instruction.
-//!
-//! Order, so that bad input leaves nothing behind: build and validate the whole [`plan::Plan`]
-//! (bundle, limits, seccomp compiled, the command found in the rootfs, a running workload of
-//! the same name refused, the agent pinged with `--require-agent`); then create the cgroups,
-//! send the registrations, clone the inits (blocked), place them in the v1 cgroups, read the
-//! agent's answers, release them; then forward signals and wait; remove each workload's cgroups
-//! as soon as its init is gone.
-mod caps;
-mod cgroup;
-mod cmdline;
-mod json;
-mod mounts;
-mod oci;
-mod plan;
-mod policy;
-mod process;
-mod register;
-mod seccomp;
-mod validate;
-
+//! The launch itself: plan, checks, cgroups, registration, the inits, then waiting. The order
+//! is in the crate documentation.
 use std::{
     os::fd::{AsRawFd as _, OwnedFd},
     path::PathBuf,
 };
 
-use crate::cli::RunArgs;
-
-/// Exit status when `palisade run` itself fails (bad flags included).
-pub const EXIT_USAGE: u8 = process::EXIT_SETUP;
-
-/// `--net`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetMode {
-    /// A new network namespace with only loopback, up.
-    None,
-    /// The host's network.
-    Host,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{what}: {detail}")]
-    Input { what: String, detail: String },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    NotExecutable(String),
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::CgroupError),
-    #[error("{0} (start `palisade agent`, point --agent-socket at it, or drop --require-agent)")]
-    Agent(String),
-    #[error("cannot start {name}: {source}")]
-    Spawn {
-        name: String,
-        source: std::io::Error,
-    },
-}
-
-impl LaunchError {
-    /// 125 for the launcher's own failures, 126/127 for a command that cannot run (as Docker).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            LaunchError::NotFound(_) => process::EXIT_NOT_FOUND,
-            LaunchError::NotExecutable(_) => process::EXIT_CANNOT_EXEC,
-            _ => process::EXIT_SETUP,
-        }
-    }
-}
-
-pub const HELP: &str = "\
-Examples:
-  palisade run --name web --memory 256M --cpus 0.5 --pids 128 --rootfs ./rootfs -- /bin/httpd -f
-  palisade run --name job --seccomp ./docker-default.json -- /usr/bin/make test
-  palisade run --bundle ./mybundle                  an OCI bundle, as `runc spec` makes it
-  palisade run --name web --replicas 3 --rootfs ./rootfs -- /bin/sh -c 'hostname'
-  palisade run --name batch --require-agent -- ./job.sh   refuse to run unaudited
-
-Isolation: new pid (the launcher's init is pid 1: it reaps zombies, forwards SIGHUP, SIGINT,
-SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2), mount, UTS, IPC and cgroup namespaces; --net none (the
-default) gives a network namespace with only loopback. With --rootfs the workload pivot_roots
-into it with fresh /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and
-/sys/fs/cgroup (read-only); without, it sees the host's files in a private mount namespace.
-Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_privs;
-devices: null, zero, full, random, urandom, tty, ptmx, pts only.
-
-Cgroups: /palisade/NAME in the unified hierarchy (the agent's `container` label) and, on
-hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit. If the
-launcher itself is SIGKILLed the workload dies with it and the empty cgroups stay until the
-next `palisade run` with the same name removes them.
-
-Exit status: the workload's (128+N when killed by signal N, as shells show it); with
---replicas, the first non-zero one once all have exited. 125: palisade run failed (bad
-input, cgroups, agent); 126: the command cannot be executed; 127: it was not found.";
+use crate::{
+    LaunchError, RunArgs, caps, cgroup, cmdline, mounts, oci, plan, policy, process,
+    register::{self, AgentError, AgentSays, AgentStep},
+    validate,
+};
 
 /// The plan for these arguments: a bundle with flags on top, or the command-line form.
 fn build_plan(args: &RunArgs) -> Result<plan::Plan, LaunchError> {
@@ -200,18 +114,18 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     let require_agent = args.require_agent || policy_needs_agent.is_some();
     let mut agent = match register::AgentConn::connect(&socket) {
         Ok(c) => Some(c),
-        Err(e) if require_agent => {
-            let e = agent_error(&e);
-            return Err(LaunchError::Agent(match policy_needs_agent {
-                Some(p) => format!(
-                    "{e}; the exec and network rules of policy {} are enforced by the agent",
-                    p.needs_agent.join(", ")
-                ),
-                None => e,
-            }));
+        Err(source) if require_agent => {
+            return Err(AgentError {
+                step: AgentStep::Connect,
+                source,
+                policies: policy_needs_agent
+                    .map(|p| p.needs_agent.clone())
+                    .unwrap_or_default(),
+            }
+            .into());
         }
         Err(e) => {
-            let e = agent_error(&e);
+            let e = AgentSays(&e);
             eprintln!(
                 "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
                 plan.name
@@ -229,12 +143,21 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
         if let Some(a) = agent.as_mut()
             && let Err(e) = a.register(name, cg.id, &cg.rel, policy.as_ref().map(|p| &p.wire))
         {
-            let e = agent_error(&e);
             if require_agent {
                 started.0.push(placeholder(name, cg)?);
-                return Err(LaunchError::Agent(e));
+                return Err(AgentError {
+                    step: AgentStep::Register {
+                        workload: name.clone(),
+                    },
+                    source: e,
+                    policies: Vec::new(),
+                }
+                .into());
             }
-            eprintln!("palisade: warning: {e}; continuing without telemetry");
+            eprintln!(
+                "palisade: warning: {}; continuing without telemetry",
+                AgentSays(&e)
+            );
             agent = None;
         }
         let spawn_err = |source| LaunchError::Spawn {
@@ -281,10 +204,17 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     if let Some(a) = agent.as_mut() {
         for r in &started.0 {
             if let Err(e) = a.reply() {
-                let e = agent_error(&e);
                 if require_agent {
-                    return Err(LaunchError::Agent(e));
+                    return Err(AgentError {
+                        step: AgentStep::Reply {
+                            workload: r.name.clone(),
+                        },
+                        source: e,
+                        policies: Vec::new(),
+                    }
+                    .into());
                 }
+                let e = AgentSays(&e);
                 eprintln!("palisade: warning: {e}; {} runs without telemetry", r.name);
                 break;
             }
@@ -298,16 +228,6 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     }
     drop(agent);
     Ok(wait_all(&mut started))
-}
-
-/// What the agent said (or why it said nothing), as the launcher reports it.
-fn agent_error(e: &palisade_proto::ClientError) -> String {
-    match e {
-        palisade_proto::ClientError::Refused { path, message } => {
-            format!("agent on {} refused: {message}", path.display())
-        }
-        other => other.to_string(),
-    }
 }
 
 /// A cgroup created for a replica whose child was never started (for cleanup).

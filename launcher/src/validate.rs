@@ -6,16 +6,50 @@ use std::{
 };
 
 use super::{
-    LaunchError, caps,
+    LaunchError, PlanError, caps,
     plan::{Net, Plan},
 };
 
+/// The workload's program cannot run: Docker's 127 and 126.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(
+        "command `{program}` not found{}{}; check the name, or give its full path",
+        in_rootfs(.rootfs),
+        searched(.path)
+    )]
+    NotFound {
+        program: String,
+        /// `None`: the host's root.
+        rootfs: Option<PathBuf>,
+        /// The PATH searched (for a bare name).
+        path: Option<String>,
+    },
+    #[error("`{path}`{} is not executable (mode {mode:04o}); chmod +x it", in_rootfs(.rootfs))]
+    NotExecutable {
+        /// As the workload would see it.
+        path: String,
+        rootfs: Option<PathBuf>,
+        mode: u32,
+    },
+}
+
+fn in_rootfs(rootfs: &Option<PathBuf>) -> String {
+    rootfs
+        .as_ref()
+        .map(|r| format!(" in the rootfs {}", r.display()))
+        .unwrap_or_default()
+}
+
+fn searched(path: &Option<String>) -> String {
+    path.as_ref()
+        .map(|p| format!(" (searched PATH={p})"))
+        .unwrap_or_default()
+}
+
 pub fn root() -> Result<(), LaunchError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(LaunchError::Usage(
-            "palisade run must run as root: it creates cgroups and namespaces (try `sudo palisade run ...`)"
-                .into(),
-        ));
+        return Err(LaunchError::NotRoot);
     }
     Ok(())
 }
@@ -28,27 +62,24 @@ pub fn check(plan: &Plan) -> Result<(), LaunchError> {
     if let Net::Join(p) = &plan.ns.net
         && !p.exists()
     {
-        return Err(LaunchError::Usage(format!(
-            "linux.namespaces: the network namespace {} does not exist",
-            p.display()
-        )));
+        return Err(PlanError::NoNetworkNamespace(p.clone()).into());
     }
     Ok(())
 }
 
 /// Strings handed to the kernel cannot hold NUL bytes (JSON can).
-fn check_strings(plan: &Plan) -> Result<(), LaunchError> {
+fn check_strings(plan: &Plan) -> Result<(), PlanError> {
     let p = &plan.process;
-    for (what, list) in [("process.args", &p.args), ("process.env", &p.env)] {
+    for (field, list) in [("process.args", &p.args), ("process.env", &p.env)] {
         if let Some(bad) = list.iter().find(|s| s.contains('\0')) {
-            return Err(LaunchError::Usage(format!(
-                "{what}: `{}` holds a NUL byte",
-                bad.replace('\0', "\\0")
-            )));
+            return Err(PlanError::Nul {
+                field,
+                value: bad.clone(),
+            });
         }
     }
     if p.cwd.contains('\0') {
-        return Err(LaunchError::Usage("process.cwd holds a NUL byte".into()));
+        return Err(PlanError::NulInCwd);
     }
     Ok(())
 }
@@ -106,11 +137,7 @@ fn env_path(env: &[String]) -> String {
 fn check_command(plan: &Plan) -> Result<(), LaunchError> {
     let root = plan.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let Some(prog) = plan.process.args.first() else {
-        return Err(LaunchError::Usage("no command to run".into()));
-    };
-    let where_ = match &plan.root {
-        Some(r) => format!(" in the rootfs {}", r.display()),
-        None => String::new(),
+        return Err(PlanError::EmptyArgs.into());
     };
     let candidates: Vec<String> = if prog.contains('/') {
         if prog.starts_with('/') {
@@ -137,22 +164,23 @@ fn check_command(plan: &Plan) -> Result<(), LaunchError> {
             not_exec.get_or_insert((c.clone(), md.permissions().mode() & 0o7777));
         }
     }
-    if let Some((c, mode)) = not_exec {
-        return Err(LaunchError::NotExecutable(format!(
-            "`{c}`{where_} is not executable (mode {mode:04o}); chmod +x it"
-        )));
+    if let Some((path, mode)) = not_exec {
+        return Err(CommandError::NotExecutable {
+            path,
+            rootfs: plan.root.clone(),
+            mode,
+        }
+        .into());
     }
-    let searched = if prog.contains('/') {
-        String::new()
-    } else {
-        format!(" (searched PATH={})", env_path(&plan.process.env))
-    };
-    Err(LaunchError::NotFound(format!(
-        "command `{prog}` not found{where_}{searched}; check the name, or give its full path"
-    )))
+    Err(CommandError::NotFound {
+        program: prog.clone(),
+        rootfs: plan.root.clone(),
+        path: (!prog.contains('/')).then(|| env_path(&plan.process.env)),
+    }
+    .into())
 }
 
-fn check_rlimits(plan: &Plan) -> Result<(), LaunchError> {
+fn check_rlimits(plan: &Plan) -> Result<(), PlanError> {
     let can_raise = caps::own_permitted() & (1 << 24) != 0; // CAP_SYS_RESOURCE
     for r in &plan.process.rlimits {
         let mut cur = libc::rlimit {
@@ -164,22 +192,20 @@ fn check_rlimits(plan: &Plan) -> Result<(), LaunchError> {
             continue;
         }
         if r.hard > cur.rlim_max && !can_raise {
-            return Err(LaunchError::Usage(format!(
-                "process.rlimits {}: hard limit {} is above this launcher's own {}; raising it needs CAP_SYS_RESOURCE, which palisade run does not hold here (lower it to at most {})",
-                r.name, r.hard, cur.rlim_max, cur.rlim_max
-            )));
+            return Err(PlanError::RlimitAboveOwn {
+                name: r.name,
+                hard: r.hard,
+                own: cur.rlim_max,
+            });
         }
     }
     Ok(())
 }
 
-fn check_caps(plan: &Plan) -> Result<(), LaunchError> {
+fn check_caps(plan: &Plan) -> Result<(), PlanError> {
     let missing = plan.process.caps.union() & !caps::own_permitted();
     if missing != 0 {
-        return Err(LaunchError::Usage(format!(
-            "process.capabilities asks for {} which palisade run does not hold itself on this host; remove them",
-            caps::names(missing).join(", ")
-        )));
+        return Err(PlanError::CapabilitiesNotHeld { missing });
     }
     Ok(())
 }

@@ -20,9 +20,10 @@ use std::{
 
 use super::{
     caps,
-    mounts::{self, V1Mounts},
-    plan::{Net, Plan},
+    mounts::V1Mounts,
+    plan::Plan,
     seccomp::{self, Compiled},
+    setup, sys,
 };
 
 /// Signals the launcher and the init forward; SIGCHLD is waited for with them.
@@ -136,20 +137,7 @@ pub enum Placement {
 /// Forks the init into new namespaces (and, with clone3, straight into `cgroup_dir`).
 /// Returns (pid, placement) in the launcher; never returns in the child.
 pub fn spawn_init(args: InitArgs<'_>, cgroup_dir: &Path) -> std::io::Result<(i32, Placement)> {
-    let ns = &args.plan.ns;
-    let mut flags = libc::CLONE_NEWNS as u64;
-    if ns.pid {
-        flags |= libc::CLONE_NEWPID as u64;
-    }
-    if ns.uts {
-        flags |= libc::CLONE_NEWUTS as u64;
-    }
-    if ns.ipc {
-        flags |= libc::CLONE_NEWIPC as u64;
-    }
-    if ns.net == Net::New {
-        flags |= libc::CLONE_NEWNET as u64;
-    }
+    let flags = setup::clone_flags(&args.plan.ns);
     let dir = std::fs::File::open(cgroup_dir)?;
     let mut ca = CloneArgs {
         flags: flags | CLONE_INTO_CGROUP,
@@ -212,39 +200,6 @@ fn last_err() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-/// Brings `lo` up in a new network namespace.
-fn loopback_up() -> std::io::Result<()> {
-    // SAFETY: a datagram socket used only for interface ioctls, closed below; `req` is a
-    // zeroed ifreq with the name set.
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return Err(last_err());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, b) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *b as libc::c_char;
-        }
-        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &raw mut req);
-        if r == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &raw mut req);
-        }
-        let e = last_err();
-        libc::close(s);
-        if r != 0 { Err(e) } else { Ok(()) }
-    }
-}
-
-fn join_netns(path: &Path) -> std::io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    // SAFETY: setns on an open namespace descriptor.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(last_err());
-    }
-    Ok(())
-}
-
 /// The init: runs in the child of `spawn_init`, never returns.
 fn init(args: InitArgs<'_>) -> ! {
     let report = args.report.as_raw_fd();
@@ -279,41 +234,8 @@ fn init(args: InitArgs<'_>) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         die(report, EXIT_SETUP, &format!("{what}: {e}"))
     };
-    // SAFETY: unshare with a namespace flag only.
-    if plan.ns.cgroup && unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        fail("cannot create the cgroup namespace", &last_err());
-    }
-    match &plan.ns.net {
-        Net::Join(p) => {
-            if let Err(e) = join_netns(p) {
-                fail(
-                    &format!("cannot join the network namespace {}", p.display()),
-                    &e,
-                );
-            }
-        }
-        Net::New => {
-            if let Err(e) = loopback_up() {
-                fail("cannot bring up loopback", &e);
-            }
-        }
-        Net::Host => {}
-    }
-    if plan.ns.uts {
-        let h = plan.hostname.as_deref().unwrap_or(args.hostname);
-        // SAFETY: a buffer and its length.
-        if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
-            fail(&format!("cannot set the hostname {h}"), &last_err());
-        }
-        if let Some(d) = &plan.domainname {
-            // SAFETY: a buffer and its length.
-            if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
-                fail(&format!("cannot set the domain name {d}"), &last_err());
-            }
-        }
-    }
-    if let Err(e) = mounts::setup(plan, args.v1_mounts) {
-        fail("cannot set up the container's filesystem", &e);
+    if let Err(e) = setup::container(&mut sys::Linux, plan, args.hostname, args.v1_mounts) {
+        die(report, EXIT_SETUP, &e.to_string());
     }
     let (ready_r, ready_w) = match pipe() {
         Ok(p) => p,

@@ -1,0 +1,360 @@
+//! The mount order, checked call by call on the recording fake (no root needed).
+use super::*;
+use crate::{
+    cmdline,
+    plan::Plan,
+    sys::fake::Fake,
+    testing::{Dir, assert_calls, assert_run, image, run_args},
+};
+
+const PURE_V2: &V1Mounts = &Vec::new();
+
+/// What `runc spec`'s (and the command line's) mounts after /proc do to the image, on a pure
+/// v2 host.
+const DEFAULT_MOUNTS: &str = "
+    mount tmpfs on /dev type tmpfs flags=nosuid,strictatime data=mode=755,size=65536k
+    mkdir /dev/pts mode=0755
+    mount devpts on /dev/pts type devpts flags=nosuid,noexec data=newinstance,ptmxmode=0666,mode=0620,gid=5
+    mkdir /dev/shm mode=0755
+    mount shm on /dev/shm type tmpfs flags=nosuid,nodev,noexec data=mode=1777,size=65536k
+    mkdir /dev/mqueue mode=0755
+    mount mqueue on /dev/mqueue type mqueue flags=nosuid,nodev,noexec
+    mount sysfs on /sys type sysfs flags=ro,nosuid,nodev,noexec
+    mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
+";
+
+/// /dev in a fresh tmpfs.
+const DEV_NODES: &str = "
+    mknod /dev/null c 1:3 mode=0666
+    chmod /dev/null 0666
+    mknod /dev/zero c 1:5 mode=0666
+    chmod /dev/zero 0666
+    mknod /dev/full c 1:7 mode=0666
+    chmod /dev/full 0666
+    mknod /dev/random c 1:8 mode=0666
+    chmod /dev/random 0666
+    mknod /dev/urandom c 1:9 mode=0666
+    chmod /dev/urandom 0666
+    mknod /dev/tty c 5:0 mode=0666
+    chmod /dev/tty 0666
+    symlink /dev/fd -> /proc/self/fd
+    symlink /dev/stdin -> /proc/self/fd/0
+    symlink /dev/stdout -> /proc/self/fd/1
+    symlink /dev/stderr -> /proc/self/fd/2
+    symlink /dev/ptmx -> pts/ptmx
+    symlink /dev/core -> /proc/kcore
+";
+
+/// runc's masked and read-only paths on the image's procfs and sysfs: directories get a
+/// read-only tmpfs, files /dev/null, missing ones (asound, latency_stats, timer_stats, scsi)
+/// nothing; read-only paths are bound on themselves, then remounted.
+const RUNC_PROTECTED: &str = "
+    mount tmpfs on /proc/acpi type tmpfs flags=ro
+    mount /dev/null on /proc/kcore flags=bind
+    mount /dev/null on /proc/keys flags=bind
+    mount /dev/null on /proc/timer_list flags=bind
+    mount /dev/null on /proc/sched_debug flags=bind
+    mount tmpfs on /sys/firmware type tmpfs flags=ro
+    mount /proc/bus on /proc/bus flags=bind,rec
+    mount on /proc/bus flags=remount,bind,ro,nosuid,nodev,noexec
+    mount /proc/fs on /proc/fs flags=bind,rec
+    mount on /proc/fs flags=remount,bind,ro,nosuid,nodev,noexec
+    mount /proc/irq on /proc/irq flags=bind,rec
+    mount on /proc/irq flags=remount,bind,ro,nosuid,nodev,noexec
+    mount /proc/sys on /proc/sys flags=bind,rec
+    mount on /proc/sys flags=remount,bind,ro,nosuid,nodev,noexec
+    mount /proc/sysrq-trigger on /proc/sysrq-trigger flags=bind,rec
+    mount on /proc/sysrq-trigger flags=remount,bind,ro,nosuid,nodev,noexec
+";
+
+const PIVOT: &str = "
+    chdir /bundle/rootfs
+    pivot_root . .
+    umount . detach
+    chdir /
+";
+
+fn setup_on(fake: &mut Fake, plan: &Plan, v1: &V1Mounts) {
+    if let Err(e) = setup(fake, plan, v1) {
+        panic!(
+            "setup failed: {e}\ncalls so far:\n{}",
+            fake.calls().join("\n")
+        );
+    }
+}
+
+#[test]
+fn command_line_with_rootfs() {
+    let d = Dir::new();
+    let plan = d.cmdline_plan();
+    let mut fake = image();
+    setup_on(&mut fake, &plan, PURE_V2);
+    let expected = [
+        "mount on / flags=private,rec",
+        "mount /bundle/rootfs on /bundle/rootfs flags=bind,rec",
+        "mount proc on /proc type proc flags=nosuid,nodev,noexec",
+        DEFAULT_MOUNTS,
+        DEV_NODES,
+        RUNC_PROTECTED,
+        PIVOT,
+    ];
+    // the command line's root stays writable: nothing after the pivot
+    assert_calls(&d.calls(&fake), &expected.join("\n"));
+}
+
+#[test]
+fn command_line_without_rootfs() {
+    // the host's tree, in a private mount namespace, with a /proc for the new pid namespace;
+    // masks and read-only paths on it; no /dev, no pivot_root
+    let plan = cmdline::from_args(&run_args(None)).unwrap();
+    let mut fake = image();
+    setup_on(&mut fake, &plan, PURE_V2);
+    let expected = [
+        "mount on / flags=private,rec",
+        "mount proc on /proc type proc flags=nosuid,nodev,noexec",
+        "mount tmpfs on /proc/acpi type tmpfs flags=ro",
+        "mount /dev/null on /proc/kcore flags=bind",
+        "mount /dev/null on /proc/keys flags=bind",
+        "mount /dev/null on /proc/timer_list flags=bind",
+        "mount /dev/null on /proc/sched_debug flags=bind",
+        // the host's /sys holds no firmware directory in this image: skipped
+        &RUNC_PROTECTED[RUNC_PROTECTED.find("    mount /proc/bus").unwrap()..],
+    ];
+    assert_calls(fake.calls(), &expected.join("\n"));
+}
+
+#[test]
+fn runc_bundle_pivots_last_and_makes_the_root_read_only() {
+    let d = Dir::new();
+    let plan = d.bundle_plan(|_| {});
+    let mut fake = image();
+    setup_on(&mut fake, &plan, PURE_V2);
+    let expected = [
+        "mount on / flags=private,rec",
+        "mount /bundle/rootfs on /bundle/rootfs flags=bind,rec",
+        // runc spec gives /proc no options
+        "mount proc on /proc type proc",
+        DEFAULT_MOUNTS,
+        DEV_NODES,
+        RUNC_PROTECTED,
+        PIVOT,
+        // root.readonly, once the old root is gone
+        "mount on / flags=remount,bind,ro",
+    ];
+    assert_calls(&d.calls(&fake), &expected.join("\n"));
+}
+
+#[test]
+fn bundle_bind_mounts() {
+    let d = Dir::new();
+    let mut fake = d.host(image(), &["hosts", "passwd", "data/", "data/a", "cache/"]);
+    let plan = d.bundle_plan(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!(
+            {"destination": "/etc/hosts", "type": "bind", "source": "hosts", "options": ["rbind", "ro"]}));
+        mounts.push(serde_json::json!(
+            {"destination": "/etc/passwd", "type": "bind", "source": "passwd", "options": ["bind"]}));
+        mounts.push(serde_json::json!(
+            {"destination": "/data", "type": "none", "source": "data", "options": ["bind", "nosuid", "nodev", "rslave"]}));
+        mounts.push(serde_json::json!(
+            {"destination": "/opt/cache/", "source": "cache", "options": ["rbind", "rw", "private"]}));
+    });
+    setup_on(&mut fake, &plan, PURE_V2);
+    let calls = d.calls(&fake);
+    assert_run(
+        &calls,
+        "
+        mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
+        create /etc/hosts mode=0644
+        mount /bundle/hosts on /etc/hosts flags=bind,rec
+        mount on /etc/hosts flags=remount,bind,ro
+        mount /bundle/passwd on /etc/passwd flags=bind
+        mkdir /data mode=0755
+        mount /bundle/data on /data flags=bind
+        mount on /data flags=remount,bind,nosuid,nodev
+        mount on /data flags=slave,rec
+        mkdir /opt mode=0755
+        mkdir /opt/cache mode=0755
+        mount /bundle/cache on /opt/cache flags=bind,rec
+        mount on /opt/cache flags=private
+        mknod /dev/null c 1:3 mode=0666
+        ",
+    );
+    // the bind shows the host directory's contents
+    assert_eq!(fake.kind("/data/a"), Some(crate::sys::fake::Kind::File));
+}
+
+#[test]
+fn masked_paths_by_kind_and_missing_ones_skipped() {
+    let d = Dir::new();
+    let plan = d.bundle_plan(|c| {
+        c["linux"]["maskedPaths"] = serde_json::json!([
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/nope",
+            "/etc/passwd",
+            "/tmp"
+        ]);
+        c["linux"]["readonlyPaths"] = serde_json::json!(["/proc/nope", "/proc/sys", "/etc"]);
+    });
+    let mut fake = image();
+    setup_on(&mut fake, &plan, PURE_V2);
+    let calls = d.calls(&fake);
+    assert_run(
+        &calls,
+        "
+        symlink /dev/core -> /proc/kcore
+        mount tmpfs on /proc/acpi type tmpfs flags=ro
+        mount /dev/null on /proc/kcore flags=bind
+        mount /dev/null on /etc/passwd flags=bind
+        mount tmpfs on /tmp type tmpfs flags=ro
+        mount /proc/sys on /proc/sys flags=bind,rec
+        mount on /proc/sys flags=remount,bind,ro,nosuid,nodev,noexec
+        mount /etc on /etc flags=bind,rec
+        mount on /etc flags=remount,bind,ro,nosuid,nodev,noexec
+        chdir /bundle/rootfs
+        ",
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("/proc/nope")),
+        "{calls:#?}"
+    );
+}
+
+#[test]
+fn dev_is_populated_only_in_a_fresh_tmpfs() {
+    let d = Dir::new();
+    let plan = d.bundle_plan(|c| {
+        // the image's own /dev: no tmpfs, so no device nodes
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/dev");
+    });
+    let mut fake = image().with(&["/dev/pts/", "/dev/shm/", "/dev/mqueue/"]);
+    setup_on(&mut fake, &plan, PURE_V2);
+    let calls = d.calls(&fake);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("mknod") || c.starts_with("symlink")),
+        "{calls:#?}"
+    );
+    // and the mount points the image has are used, not created
+    assert!(!calls.iter().any(|c| c.starts_with("mkdir")), "{calls:#?}");
+}
+
+#[test]
+fn hybrid_hosts_get_the_v1_hierarchies_under_a_tmpfs() {
+    let d = Dir::new();
+    let plan = d.cmdline_plan();
+    let v1: V1Mounts = [
+        ("cpu,cpuacct", "cpu,cpuacct"),
+        ("memory", "memory"),
+        ("pids", "pids"),
+        ("systemd", "none,name=systemd"),
+    ]
+    .iter()
+    .map(|(d, o)| ((*d).to_owned(), (*o).to_owned()))
+    .collect();
+    let mut fake = image();
+    setup_on(&mut fake, &plan, &v1);
+    let calls = d.calls(&fake);
+    assert_run(
+        &calls,
+        "
+        mount sysfs on /sys type sysfs flags=ro,nosuid,nodev,noexec
+        mount cgroup on /sys/fs/cgroup type tmpfs flags=nosuid,nodev,noexec,relatime data=mode=755
+        mkdir /sys/fs/cgroup/cpu,cpuacct mode=0755
+        mount cgroup on /sys/fs/cgroup/cpu,cpuacct type cgroup flags=ro,nosuid,nodev,noexec,relatime data=cpu,cpuacct
+        mkdir /sys/fs/cgroup/memory mode=0755
+        mount cgroup on /sys/fs/cgroup/memory type cgroup flags=ro,nosuid,nodev,noexec,relatime data=memory
+        mkdir /sys/fs/cgroup/pids mode=0755
+        mount cgroup on /sys/fs/cgroup/pids type cgroup flags=ro,nosuid,nodev,noexec,relatime data=pids
+        mkdir /sys/fs/cgroup/systemd mode=0755
+        mount cgroup on /sys/fs/cgroup/systemd type cgroup flags=ro,nosuid,nodev,noexec,relatime data=none,name=systemd
+        mkdir /sys/fs/cgroup/unified mode=0755
+        mount cgroup2 on /sys/fs/cgroup/unified type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
+        mount on /sys/fs/cgroup flags=remount,ro,nosuid,nodev,noexec,relatime
+        mknod /dev/null c 1:3 mode=0666
+        ",
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("type cgroup2") && c.contains("on /sys/fs/cgroup "))
+    );
+}
+
+#[test]
+fn a_refused_sysfs_becomes_a_read_only_bind_of_the_hosts() {
+    let d = Dir::new();
+    let plan = d.cmdline_plan();
+    let mut fake = image().fail("mount sysfs on /sys", libc::EPERM);
+    setup_on(&mut fake, &plan, PURE_V2);
+    assert_run(
+        &d.calls(&fake),
+        "
+        mount mqueue on /dev/mqueue type mqueue flags=nosuid,nodev,noexec
+        mount sysfs on /sys type sysfs flags=ro,nosuid,nodev,noexec -> errno 1
+        mount /sys on /sys flags=bind,rec
+        mount on /sys flags=remount,bind,ro,nosuid,nodev,noexec
+        mkdir /sys/fs mode=0755
+        mkdir /sys/fs/cgroup mode=0755
+        mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
+        ",
+    );
+}
+
+#[test]
+fn the_bundles_rootfs_propagation_comes_first() {
+    let d = Dir::new();
+    let plan = d.bundle_plan(|c| c["linux"]["rootfsPropagation"] = "rslave".into());
+    let mut fake = image();
+    setup_on(&mut fake, &plan, PURE_V2);
+    assert_eq!(fake.calls()[0], "mount on / flags=slave,rec");
+}
+
+#[test]
+fn errors_name_the_step_and_the_path() {
+    let d = Dir::new();
+    // a mount point below a file (the message the kernel gives is the same)
+    let plan = d.bundle_plan(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/bin/busybox/x", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let e = setup(&mut image(), &plan, PURE_V2).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "open /bin/busybox/x: Not a directory (os error 20)"
+    );
+    assert_eq!((e.op, e.target.as_str()), (MountOp::Open, "/bin/busybox/x"));
+
+    // a filesystem the kernel refuses; nothing is tried after it
+    let plan = d.bundle_plan(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["size=-5"]}));
+    });
+    let mut fake = image().fail("mount tmpfs on /mnt", libc::EINVAL);
+    let e = setup(&mut fake, &plan, PURE_V2).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "mount Tmpfs on /mnt: Invalid argument (os error 22)"
+    );
+    assert_eq!(e.op, MountOp::Mount(MountKind::Tmpfs));
+    assert_eq!(
+        fake.calls().last().map(String::as_str),
+        Some("mount tmpfs on /mnt type tmpfs data=size=-5 -> errno 22")
+    );
+
+    let plan = d.cmdline_plan();
+    let mut fake = image().fail("pivot_root", libc::EINVAL);
+    let e = setup(&mut fake, &plan, PURE_V2).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "pivot_root into {}: Invalid argument (os error 22)",
+            d.path.join("rootfs").display()
+        )
+    );
+}

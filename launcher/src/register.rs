@@ -1,0 +1,95 @@
+//! The launcher's side of the agent's control socket (`palisade_proto`): one connection,
+//! a ping, then one `register` per workload, each answered once the agent names and traces the
+//! cgroup. Requests go out before the children are cloned and the replies are read after, so
+//! the agent's work overlaps the launcher's.
+use std::{path::Path, time::Duration};
+
+use palisade_proto::{ClientError, Conn, LaunchPolicy, Request};
+
+/// How long the agent may take to answer (it registers in its kernel maps first).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the launcher was doing with the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentStep {
+    /// Connecting and pinging.
+    Connect,
+    /// Sending the registration of this workload.
+    Register { workload: String },
+    /// Waiting for the agent's answer to it.
+    Reply { workload: String },
+}
+
+/// The agent was required (`--require-agent`, or a policy whose exec and network rules only
+/// the agent enforces) and did not register the workload.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}{} (start `palisade agent`, point --agent-socket at it, or drop --require-agent)",
+    AgentSays(.source),
+    enforced_by_the_agent(.policies)
+)]
+pub struct AgentError {
+    pub step: AgentStep,
+    pub source: ClientError,
+    /// Policies whose exec and network rules made the agent necessary.
+    pub policies: Vec<String>,
+}
+
+fn enforced_by_the_agent(policies: &[String]) -> String {
+    if policies.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; the exec and network rules of policy {} are enforced by the agent",
+        policies.join(", ")
+    )
+}
+
+/// What the agent said (or why it said nothing), as the launcher reports it.
+#[derive(Debug)]
+pub struct AgentSays<'a>(pub &'a ClientError);
+
+impl std::fmt::Display for AgentSays<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            ClientError::Refused { path, message } => {
+                write!(f, "agent on {} refused: {message}", path.display())
+            }
+            other => other.fmt(f),
+        }
+    }
+}
+
+/// A connection that has answered a ping.
+#[derive(Debug)]
+pub struct AgentConn(Conn);
+
+impl AgentConn {
+    /// Connects and pings.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let mut c = Conn::connect(path, Some(TIMEOUT))?;
+        c.request(&Request::Ping {})?;
+        Ok(Self(c))
+    }
+
+    /// Sends a registration; its answer is read by [`AgentConn::reply`].
+    pub fn register(
+        &mut self,
+        name: &str,
+        cgroup_id: u64,
+        cgroup_path: &str,
+        policy: Option<&LaunchPolicy>,
+    ) -> Result<(), ClientError> {
+        self.0.send(&Request::Register {
+            name: name.to_owned(),
+            cgroup_id,
+            cgroup_path: cgroup_path.to_owned(),
+            policy: policy.cloned(),
+        })
+    }
+
+    /// Reads the next answer; an error when the agent refused or did not answer in time.
+    pub fn reply(&mut self) -> Result<(), ClientError> {
+        self.0.recv().map(drop)
+    }
+}
