@@ -1,11 +1,11 @@
-//! Policies in the agent: the engine that applies them to cgroups (kernel tables of the
-//! `palisade-policy` object, pinned; cgroupfs limits), violations as events and metrics, the
-//! control-socket operations (`palisade policy status|mode|reload|learn`) and their clients.
+//! Policies in the agent: the task and engine that apply them to cgroups (kernel tables of the
+//! `palisade-policy` object, pinned; cgroupfs limits) and report violations as events and
+//! counts. The control socket (`control`) answers `palisade policy status|mode|reload|learn`
+//! from it; their clients are in `cli`.
 //!
 //! The policy format, validation and compilation live in the `palisade-policy` crate.
 pub mod bpf;
 pub mod bpffs;
-pub mod cli;
 mod engine;
 mod error;
 mod report;

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use palisade_proto::{Reply, Request};
+use palisade_proto::{ClientError, Reply, Request};
 
 /// Exit codes: 0 valid, 2 invalid (as `--check-config`).
 pub fn check(files: &[PathBuf]) -> u8 {
@@ -69,20 +69,40 @@ pub fn check(files: &[PathBuf]) -> u8 {
     }
 }
 
-/// One request, one reply (`timeout` for each step); errors as the CLI prints them.
-fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
-    palisade_proto::call(socket, req, timeout).map_err(|e| {
+/// Why a policy command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}; start `palisade agent` or give --socket")]
+    Unreachable(ClientError),
+    #[error(transparent)]
+    Agent(ClientError),
+    #[error("unexpected learn answer: {0}")]
+    Answer(serde_json::Error),
+    #[error("write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
         if e.is_unreachable() {
-            format!("{e}; start `palisade agent` or give --socket")
+            CliError::Unreachable(e)
         } else {
-            e.to_string()
+            CliError::Agent(e)
         }
-    })
+    }
+}
+
+/// One request, one reply (`timeout` for each step).
+fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CliError> {
+    Ok(palisade_proto::call(socket, req, timeout)?)
 }
 
 const SHORT: Duration = Duration::from_secs(30);
 
-pub fn status(socket: &Path) -> Result<(), String> {
+pub fn status(socket: &Path) -> Result<(), CliError> {
     let r = call(socket, &Request::PolicyStatus {}, SHORT)?;
     println!(
         "{}",
@@ -91,7 +111,7 @@ pub fn status(socket: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub fn mode(socket: &Path, name: &str, mode: &str) -> Result<(), String> {
+pub fn mode(socket: &Path, name: &str, mode: &str) -> Result<(), CliError> {
     call(
         socket,
         &Request::PolicyMode {
@@ -104,7 +124,7 @@ pub fn mode(socket: &Path, name: &str, mode: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn reload(socket: &Path) -> Result<(), String> {
+pub fn reload(socket: &Path) -> Result<(), CliError> {
     let r = call(socket, &Request::PolicyReload {}, SHORT)?;
     println!(
         "{}",
@@ -134,7 +154,7 @@ pub struct LearnArgs<'a> {
     pub name: Option<&'a str>,
 }
 
-pub fn learn(a: &LearnArgs<'_>) -> Result<(), String> {
+pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
     let ms = u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX);
     eprintln!(
         "palisade: learning what `{}` does for {}...",
@@ -151,7 +171,7 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), String> {
     )?;
     let l = from_wire(
         r.data_as::<palisade_proto::Learned>()
-            .map_err(|e| format!("unexpected learn answer: {e}"))?,
+            .map_err(CliError::Answer)?,
     );
     let text = match a.format {
         LearnFormat::Policy => {
@@ -179,7 +199,10 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), String> {
         LearnFormat::OciSeccomp => palisade_policy::learn::oci_seccomp(&l),
     };
     match a.output {
-        Some(p) => std::fs::write(p, &text).map_err(|e| format!("write {}: {e}", p.display()))?,
+        Some(p) => std::fs::write(p, &text).map_err(|source| CliError::Write {
+            path: p.to_owned(),
+            source,
+        })?,
         None => print!("{text}"),
     }
     eprintln!(

@@ -1,5 +1,13 @@
-//! Command-line interface.
+//! The command line: its arguments (clap), and the subcommands that are client-side only —
+//! `palisade policy status|mode|reload|learn` and `palisade events` talk to a running agent
+//! through `palisade_proto`. Errors become text only here.
+mod events;
+mod policy;
+mod run;
+
 use std::{net::SocketAddr, path::PathBuf};
+
+pub use run::main;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -84,7 +92,7 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
         #[arg(long, value_enum, default_value = "policy")]
-        format: crate::policy::cli::LearnFormat,
+        format: policy::LearnFormat,
         /// Write to FILE instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,

@@ -1,0 +1,179 @@
+//! What each subcommand does, and the exit status it ends with.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use super::{AgentArgs, Cli, Command, DebugCommand, PolicyCommand};
+use crate::{
+    agent, benchmark,
+    config::{Config, ConfigError, Pattern},
+    doctor, features, logging, policy,
+};
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (as clap uses).
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+/// Parses the command line and runs the subcommand; the process exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `palisade run` keeps 0-124 for the workload's own status (as Docker does)
+            let run = std::env::args().nth(1).as_deref() == Some("run");
+            if run && e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(palisade_launcher::EXIT_USAGE);
+            }
+            e.exit()
+        }
+    };
+    match cli.command {
+        Command::Agent(args) => agent_main(args),
+        Command::Doctor => doctor_main(),
+        Command::Debug(DebugCommand::ScrapeBench {
+            containers,
+            scrapes,
+        }) => match benchmark::run(containers, scrapes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Command::Events(args) => {
+            match super::events::run(&args.socket, args.containers, args.types) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, e),
+            }
+        }
+        Command::Run(args) => match palisade_launcher::run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(e.exit_code(), e),
+        },
+        Command::Policy(cmd) => policy_main(cmd),
+    }
+}
+
+fn policy_main(cmd: PolicyCommand) -> ExitCode {
+    use super::policy as cli;
+    use PolicyCommand as P;
+    let r = match cmd {
+        P::Check { files } => return ExitCode::from(cli::check(&files)),
+        P::Status { socket } => cli::status(&socket),
+        P::Mode { name, mode, socket } => cli::mode(&socket, &name, &mode),
+        P::Reload { socket } => cli::reload(&socket),
+        P::Learn {
+            container,
+            duration,
+            format,
+            output,
+            name,
+            socket,
+        } => cli::learn(&cli::LearnArgs {
+            socket: &socket,
+            container: &container,
+            duration,
+            format,
+            output: output.as_deref(),
+            name: name.as_deref(),
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_FAILURE, e),
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("palisade: error: {msg}");
+    ExitCode::from(code)
+}
+
+/// The configuration from the file (or defaults) with command-line overrides applied.
+fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(path) = &args.control_socket {
+        config.control_socket = path.clone();
+    }
+    if let Some(url) = &args.otlp_endpoint {
+        config.otlp.endpoint = Some(url.clone());
+        config.otlp.event_types().map_err(|e| ConfigError::Flag {
+            flag: "--otlp-endpoint",
+            source: e.into(),
+        })?;
+    }
+    if let Some(events) = &args.events {
+        config.events.output = Some(events.clone());
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    if !args.cgroups.is_empty() {
+        config.syscalls.cgroups = args
+            .cgroups
+            .iter()
+            .map(|g| {
+                Pattern::new(g).map_err(|e| ConfigError::Flag {
+                    flag: "--cgroup",
+                    source: e.into(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(config)
+}
+
+fn agent_main(args: AgentArgs) -> ExitCode {
+    if args.print_config {
+        print!("{}", Config::DEFAULT_YAML);
+        return ExitCode::SUCCESS;
+    }
+    let config = match effective_config(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    if args.cleanup {
+        return match policy::cleanup(&config.policy) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        };
+    }
+    if let Err(e) = policy::load_initial(&config.policy) {
+        return fail(EXIT_USAGE, format!("policy files rejected:\n{e}"));
+    }
+    if args.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(agent::run(config, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_FAILURE, e),
+    }
+}
+
+fn doctor_main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "palisade: warning: not root; most probes need CAP_BPF/CAP_SYS_ADMIN and will fail"
+        );
+    }
+    let report = features::probe_all();
+    print!("{}", doctor::render(&report));
+    ExitCode::from(doctor::exit_code(&report) as u8)
+}
