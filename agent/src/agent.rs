@@ -62,6 +62,8 @@ pub enum AgentError {
     Policy(palisade_policy::PolicyErrors),
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpError),
+    #[error(transparent)]
+    PinDir(#[from] crate::policy::bpf::BpfError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -96,8 +98,10 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> Result<(), Agen
     }
     let mounts = Mounts::detect()?;
     let unified_root = mounts.unified_root(config.cgroup_root.as_deref())?;
-    // Invalid policy files stop the start-up before anything exists.
+    // Invalid policy files, or pinned state that others could have changed, stop the start-up
+    // before anything exists.
     let policies = crate::policy::load_initial(&config.policy).map_err(AgentError::Policy)?;
+    crate::policy::bpffs::check_pin_dir(&config.policy.pin_dir)?;
     // Bind first: a busy port must fail before anything is loaded.
     let listener = bind(config.listen).await?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
@@ -280,6 +284,7 @@ async fn serve_all(
             state: state.clone(),
             policy: policy.clone(),
             hub: hub.clone(),
+            unified_root: unified_root.clone(),
         },
     )));
     tasks.push(policy_task);

@@ -121,9 +121,17 @@ impl Conn {
         }
     }
 
-    /// One request, one reply.
+    /// One request, one reply. An agent that refuses a connection says why and hangs up,
+    /// perhaps before the request is written: its reason is then read instead.
     pub fn request(&mut self, req: &Request) -> Result<Reply, ClientError> {
-        self.send(req)?;
+        if let Err(e) = self.send(req) {
+            let hung_up = matches!(&e, ClientError::Io { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset));
+            return match self.recv() {
+                Err(refused @ ClientError::Refused { .. }) if hung_up => Err(refused),
+                _ => Err(e),
+            };
+        }
         self.recv()
     }
 
@@ -194,6 +202,25 @@ mod tests {
         );
         let e = c.request(&Request::PolicyStatus {}).unwrap_err();
         assert!(matches!(e, ClientError::Closed { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_refusal_sent_before_hanging_up_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"ok\":false,\"error\":\"refused: not you\"}\n")
+                .unwrap();
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+        });
+        let mut c = Conn::connect(&path, Some(Duration::from_secs(5))).unwrap();
+        t.join().unwrap();
+        // the request may or may not be written before the hang-up is seen: either way the
+        // reason is what the caller gets
+        let e = c.request(&Request::PolicyStatus {}).unwrap_err();
+        assert_eq!(e.to_string(), "refused: not you");
     }
 
     #[test]

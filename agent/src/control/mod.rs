@@ -1,23 +1,30 @@
 //! The agent's side of the control socket (the protocol is `palisade_proto`'s): accepts
-//! connections and answers each request, or streams events to a subscriber.
+//! connections from root peers outside the containers it polices (`peer`), answers each
+//! request, or streams events to a subscriber. Requests are bounded in size and connections in
+//! number, so a flood of either costs the agent nothing but a refusal.
 mod filter;
 mod learn;
+mod peer;
+mod socket;
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::PathBuf, sync::Arc};
 
 use palisade_proto::{Reply, Request, valid_name};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
+    sync::Semaphore,
 };
 use tracing::{debug, warn};
 
 use self::filter::{Filter, filter};
+pub use self::socket::{ControlError, bind};
 use crate::{events::Hub, policy, state::StateHandle};
+
+/// Longest request line (a registration carries its policy file's text).
+const MAX_REQUEST: usize = 4 << 20;
+/// Connections served at once (subscribers included); more are told so and closed.
+const MAX_CONNECTIONS: usize = 64;
 
 /// What the control socket answers from: the state owner, the policy task, the event hub.
 #[derive(Clone)]
@@ -25,51 +32,41 @@ pub struct Context {
     pub state: StateHandle,
     pub policy: policy::Handle,
     pub hub: Arc<Hub>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error(
-        "another agent answers on the control socket {0} (stop it, or set `control_socket` in the config)"
-    )]
-    InUse(PathBuf),
-    #[error("cannot create the control socket {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Binds the socket (root-only, 0600). A stale socket file is replaced; a live one is an error.
-pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let bind_err = |source| ControlError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(bind_err)?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    Ok(listener)
+    /// Where the unified hierarchy is mounted (to find a peer's cgroup).
+    pub unified_root: PathBuf,
 }
 
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: UnixListener, ctx: Context) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(
+                        limit = MAX_CONNECTIONS,
+                        "control socket: too many connections"
+                    );
+                    tokio::spawn(async move {
+                        let _ = refuse(
+                            &mut stream,
+                            &format!("too many connections (at most {MAX_CONNECTIONS} at once)"),
+                        )
+                        .await;
+                    });
+                    continue;
+                };
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
+                    if let Err(why) = peer::check(&stream, &ctx).await {
+                        warn!(reason = %why, "control connection refused");
+                        let _ = refuse(&mut stream, &why.to_string()).await;
+                        return;
+                    }
                     if let Err(e) = connection(stream, ctx).await {
                         debug!(error = %e, "control connection ended");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -80,10 +77,39 @@ pub async fn serve(listener: UnixListener, ctx: Context) {
     }
 }
 
+/// One error reply, then the connection is closed.
+async fn refuse(stream: &mut UnixStream, why: &str) -> std::io::Result<()> {
+    let mut out =
+        serde_json::to_string(&Reply::err(why)).unwrap_or_else(|_| "{\"ok\":false}".into());
+    out.push('\n');
+    stream.write_all(out.as_bytes()).await?;
+    stream.shutdown().await
+}
+
 async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut read = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut read)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        // a line without its newline: too long, or the peer hung up in the middle of one
+        if buf.last() != Some(&b'\n') && n > MAX_REQUEST {
+            let mut out = serde_json::to_string(&Reply::err(format!(
+                "request longer than {MAX_REQUEST} bytes"
+            )))
+            .unwrap_or_default();
+            out.push('\n');
+            write.write_all(out.as_bytes()).await?;
+            return write.shutdown().await;
+        }
+        let line = String::from_utf8_lossy(&buf);
         let reply = match serde_json::from_str::<Request>(&line) {
             Err(e) => Reply::err(format!("bad request: {e}")),
             Ok(Request::Subscribe { containers, types }) => match filter(&containers, &types) {
@@ -96,7 +122,6 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
         out.push('\n');
         write.write_all(out.as_bytes()).await?;
     }
-    Ok(())
 }
 
 /// Acks a subscription, then writes matching events until the client hangs up.

@@ -12,13 +12,29 @@ use tracing::warn;
 
 use super::Hub;
 
+/// Why the event log cannot be opened. It holds every container's command lines: it is
+/// root's alone (0600), never reached through a symlink, in a directory root owns.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot open the event log {path}: {source} (check --events)")]
+    #[error("cannot open the event log {}: {source} (check --events)", path.display())]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the event log {} is a symlink; refusing to follow it (give the real path to --events)",
+        path.display()
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "the event log's directory {} is owned by uid {uid}, not root: another user could swap the file (choose a root-owned directory for --events)",
+        dir.display()
+    )]
+    DirOwner { dir: PathBuf, uid: u32 },
+    #[error("the event log {} is owned by uid {uid}, not root; refusing to write to it", path.display())]
+    FileOwner { path: PathBuf, uid: u32 },
+    #[error("the event log {} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
 }
 
 /// Where events go.
@@ -45,10 +61,60 @@ enum Out {
     },
 }
 
-fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
-    let size = f.metadata()?.len();
-    Ok((f, size))
+/// Opens the log for appending: its directory must be root's (the agent's own user), the file
+/// is created 0600 (an existing one is tightened to 0600), never through a symlink, and must be
+/// root's too.
+fn open_append(path: &Path) -> Result<(File, u64), SinkError> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let io = |source| SinkError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // root in production (the agent refuses to run otherwise); whoever runs the unit tests
+    let me = nix::unistd::geteuid().as_raw();
+    let dm = std::fs::metadata(dir).map_err(io)?;
+    if dm.uid() != me {
+        return Err(SinkError::DirOwner {
+            dir: dir.to_owned(),
+            uid: dm.uid(),
+        });
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                SinkError::Symlink {
+                    path: path.to_owned(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let m = f.metadata().map_err(io)?;
+    if !m.is_file() {
+        return Err(SinkError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    if m.uid() != me {
+        return Err(SinkError::FileOwner {
+            path: path.to_owned(),
+            uid: m.uid(),
+        });
+    }
+    if m.mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    Ok((f, m.len()))
 }
 
 impl Out {
@@ -60,10 +126,7 @@ impl Out {
                 max_bytes,
                 keep,
             } => {
-                let (f, size) = open_append(path).map_err(|source| SinkError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+                let (f, size) = open_append(path)?;
                 Out::File {
                     w: BufWriter::new(f),
                     path: path.clone(),
@@ -93,7 +156,7 @@ impl Out {
                 if *size > 0 && *size + n > *max_bytes {
                     w.flush()?;
                     rotate(path, *keep)?;
-                    let (f, s) = open_append(path)?;
+                    let (f, s) = open_append(path).map_err(std::io::Error::other)?;
                     *w = BufWriter::new(f);
                     *size = s;
                 }
@@ -221,6 +284,27 @@ mod tests {
         out.write_line("new").unwrap();
         out.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
+    }
+
+    #[test]
+    fn the_log_is_private_and_never_a_symlink() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let target = |p: &Path| Target::File {
+            path: p.to_owned(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        check(&target(&path)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = check(&target(&link)).unwrap_err();
+        assert!(matches!(e, SinkError::Symlink { .. }), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -82,6 +83,10 @@ pub enum PinDirError {
     Missing,
     #[error("could not remove all of it")]
     NotRemoved,
+    #[error(
+        "it must be root's and 0700 before an agent adopts what is pinned there (it is uid {uid}, mode {mode:o}): fix it with `chmod 700` if you trust its contents, or remove it with `palisade agent --cleanup`"
+    )]
+    Unsafe { uid: u32, mode: u32 },
 }
 
 /// How pinned state differs from what this agent expects.
@@ -245,8 +250,14 @@ impl Kernel {
                 source,
             },
         };
-        std::fs::create_dir_all(&maps).map_err(pin_err)?;
-        std::fs::create_dir_all(links_dir(&opts.pin_dir)).map_err(pin_err)?;
+        crate::policy::bpffs::check_pin_dir(&opts.pin_dir)?;
+        for d in [maps.clone(), links_dir(&opts.pin_dir)] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(pin_err)?;
+        }
         let adopted = maps.join(names::MAP_POLICY_CGROUPS).exists();
         for m in names::POLICY_MAPS {
             let path = maps.join(m);

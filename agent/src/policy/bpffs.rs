@@ -67,6 +67,27 @@ pub fn ensure(pin_dir: &Path) -> Result<(), BpfError> {
     }
 }
 
+/// A pin directory that exists must be root's and 0700: what is pinned there is enforcement
+/// state a new agent adopts, so nobody else may have been able to plant or change it. A missing
+/// one is fine (it is created 0700).
+pub fn check_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(md) = std::fs::symlink_metadata(pin_dir) else {
+        return Ok(());
+    };
+    let mode = md.mode() & 0o7777;
+    if md.uid() != 0 || mode & 0o077 != 0 || !md.is_dir() {
+        return Err(BpfError::PinDir {
+            path: pin_dir.to_owned(),
+            source: PinDirError::Unsafe {
+                uid: md.uid(),
+                mode,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Removes a pin directory tree (unpinning links detaches their programs); returns what was
 /// removed, deepest first.
 pub fn remove_tree(dir: &Path) -> Vec<PathBuf> {

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub hooks: Vec<(&'static str, bool)>,
     pub lost: u64,
     pub loaded: bool,
+    /// Cgroups some policy applies to (their processes may not use the control socket).
+    pub managed: std::collections::BTreeSet<u64>,
 }
 
 pub enum Cmd {

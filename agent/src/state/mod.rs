@@ -92,6 +92,11 @@ pub enum Cmd {
         req: LearnRequest,
         reply: oneshot::Sender<Result<LearnView, StateError>>,
     },
+    /// Whether any of these cgroups is a launched workload's (`palisade run` registered it).
+    Launched {
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<bool, StateError>>,
+    },
     /// Walk the unified hierarchy now; answers with the number of known cgroups.
     Rescan {
         reply: oneshot::Sender<Result<usize, StateError>>,
@@ -137,6 +142,10 @@ impl StateHandle {
 
     pub async fn learn(&self, req: LearnRequest) -> Result<LearnView, StateError> {
         self.ask(|reply| Cmd::Learn { req, reply }).await
+    }
+
+    pub async fn launched(&self, ids: Vec<u64>) -> Result<bool, StateError> {
+        self.ask(|reply| Cmd::Launched { ids, reply }).await
     }
 
     pub async fn rescan(&self) -> Result<usize, StateError> {

@@ -155,6 +155,12 @@ impl Owner {
                 c.flows_read |= req.flows;
                 c.learns.push((req, reply));
             }),
+            Cmd::Launched { ids, reply } => {
+                let any = ids
+                    .iter()
+                    .any(|id| self.registry.get(*id).is_some_and(|i| i.registered));
+                let _ = reply.send(Ok(any));
+            }
             Cmd::Rescan { reply } => {
                 self.walk_waiters.push(reply);
                 self.start_walk();

@@ -181,6 +181,13 @@ impl Engine {
                 .collect(),
             lost: self.kernel.as_ref().map_or(0, |k| k.lost()),
             loaded: self.kernel.is_some(),
+            managed: self
+                .applied
+                .keys()
+                .chain(self.foreign.keys())
+                .chain(self.launched.keys())
+                .copied()
+                .collect(),
         }
     }
 
