@@ -218,7 +218,11 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    "/sys/devices/virtual/powercap",
 ];
+
+/// The agent's directory: its control socket and the launcher's filter cache.
+pub const AGENT_DIR: &str = "/run/palisade";
 pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
