@@ -103,8 +103,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,
     /// Policy file: the policy selecting this workload (by workload name or cgroup path)
-    /// becomes its seccomp filter (syscall rules), its cgroup limits (resources) and, through
-    /// the agent, its exec and network rules, all in force from its first instruction.
+    /// adds its syscall rules to the seccomp profile (a second filter: the stricter answer
+    /// wins), sets its cgroup limits (resources) and, through the agent, its exec and network
+    /// rules, all in force from its first instruction.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// The command and its arguments (after `--`); with --bundle, replaces process.args.

@@ -280,7 +280,7 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
         devices: std::iter::once(plan::deny_all_devices())
             .chain(plan::default_devices())
             .collect(),
-        seccomp: None,
+        seccomp: Vec::new(),
         init_seccomp: None,
         masked_paths,
         readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
@@ -354,7 +354,7 @@ pub fn apply_overrides(
         plan.process.args = a.command.clone();
     }
     if a.bundle.is_none() || a.seccomp.is_some() {
-        plan.seccomp = compile_seccomp(profile)?;
+        plan.seccomp = compile_seccomp(profile)?.into_iter().collect();
     }
     Ok(())
 }

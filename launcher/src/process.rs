@@ -429,16 +429,19 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
             unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
         }
     };
-    let filter = plan.seccomp.as_ref();
+    // the baseline's filter, then a policy's: the kernel takes the strictest answer
+    let load_filters = || {
+        for f in &plan.seccomp {
+            if let Err(e) = seccomp::load(f) {
+                fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
+            }
+        }
+    };
     if !p.no_new_privs {
         // without no_new_privs the filter needs CAP_SYS_ADMIN: load it while still privileged
         // (the remaining setup calls must then pass it), as runc does
         wait_ready();
-        if let Some(f) = filter
-            && let Err(e) = seccomp::load(f)
-        {
-            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
-        }
+        load_filters();
     }
     if let Err(e) = caps::drop_bounding(p.caps.bounding, last) {
         fail(
@@ -487,11 +490,7 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
             fail(EXIT_SETUP, "no_new_privs", &last_err());
         }
         wait_ready();
-        if let Some(f) = filter
-            && let Err(e) = seccomp::load(f)
-        {
-            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
-        }
+        load_filters();
     }
     drop(ready);
     let mut denied = None;
