@@ -135,7 +135,7 @@ pub fn host_masked_paths(agent_socket: Option<&Path>) -> Vec<String> {
 /// `default`, `unconfined` or a file.
 pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, SeccompError> {
     match choice {
-        "default" => Ok(Some(seccomp::palisade_default())),
+        "default" => Ok(Some(seccomp::palisade_default(caps))),
         "unconfined" => Ok(None),
         file => seccomp::read_profile(Path::new(file), &seccomp::Host::detect(caps)).map(Some),
     }

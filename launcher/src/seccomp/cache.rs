@@ -141,7 +141,7 @@ mod tests {
     fn a_cached_filter_is_the_compiled_one() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("cache");
-        let p = palisade_default();
+        let p = palisade_default(0);
         let fresh = compile(&p).unwrap();
         let first = compile_cached(&p, &dir).unwrap();
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
@@ -173,7 +173,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(usable_dir(d.path()).is_none());
-        compile_cached(&palisade_default(), d.path()).unwrap();
+        compile_cached(&palisade_default(0), d.path()).unwrap();
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }
