@@ -89,7 +89,8 @@ pub struct RunArgs {
     /// Run as UID:GID (numbers; supplementary groups are cleared) [default: 0:0].
     #[arg(long, value_name = "UID:GID")]
     pub user: Option<String>,
-    /// Working directory inside the workload [default: / with --rootfs, else the current one].
+    /// Working directory inside the workload [default: / with --rootfs, else the current one;
+    /// below /tmp it does not exist inside: the workload's /tmp is its own].
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
     /// Environment variable K=V for the workload (repeatable; `K` alone copies it from here).

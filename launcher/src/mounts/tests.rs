@@ -475,3 +475,42 @@ fn errors_name_the_step_and_the_path() {
         )
     );
 }
+
+#[test]
+fn on_the_hosts_tree_the_agents_places_are_masked() {
+    let m = cmdline::host_masked_paths(None);
+    assert_eq!(
+        m,
+        [
+            "/run/palisade",
+            "/sys/fs/bpf",
+            "/run/palisade/seccomp-cache"
+        ]
+    );
+    // a socket elsewhere is masked too; one under a masked directory adds nothing
+    let m = cmdline::host_masked_paths(Some(std::path::Path::new("/var/lib/palisade/agent.sock")));
+    assert_eq!(
+        m.last().map(String::as_str),
+        Some("/var/lib/palisade/agent.sock")
+    );
+    assert_eq!(
+        cmdline::host_masked_paths(Some(std::path::Path::new("/run/palisade/b.sock"))).len(),
+        3
+    );
+    // the plan: runc's masked paths (powercap included), then these; /tmp is a tmpfs
+    let plan = cmdline::from_args(&run_args(None)).unwrap();
+    assert!(
+        plan.masked_paths
+            .iter()
+            .any(|p| p == "/sys/devices/virtual/powercap")
+    );
+    assert!(
+        plan.masked_paths
+            .ends_with(&cmdline::host_masked_paths(None))
+    );
+    assert!(
+        plan.mounts
+            .iter()
+            .any(|m| m.destination == "/tmp" && m.kind == MountKind::Tmpfs)
+    );
+}
