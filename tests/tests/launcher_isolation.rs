@@ -236,18 +236,24 @@ fn the_agents_directories_and_the_filter_cache_are_masked() {
     assert_eq!(out.code, 0, "{out}");
     assert!(Path::new("/run/palisade/seccomp-cache").is_dir());
     let name = unique("mask");
+    // a create that must fail; removed below if it did not
+    let planted = PathBuf::from(format!("/run/palisade/.mask-test-{name}"));
     let out = run(&[
         "--name",
         &name,
         "--",
         "/bin/sh",
         "-c",
-        "echo run=$(ls -A /run/palisade | wc -l); echo bpf=$(ls -A /sys/fs/bpf | wc -l); \
-         ls /run/palisade/seccomp-cache >/dev/null 2>&1 && echo cache-visible; \
-         touch /run/palisade/x 2>/dev/null && echo run-writable; \
-         if [ -d /sys/devices/virtual/powercap ]; then echo powercap=$(ls -A /sys/devices/virtual/powercap | wc -l); fi",
+        &format!(
+            "echo run=$(ls -A /run/palisade | wc -l); echo bpf=$(ls -A /sys/fs/bpf | wc -l); \
+             ls /run/palisade/seccomp-cache >/dev/null 2>&1 && echo cache-visible; \
+             touch {} 2>/dev/null && echo run-writable; \
+             if [ -d /sys/devices/virtual/powercap ]; then echo powercap=$(ls -A /sys/devices/virtual/powercap | wc -l); fi",
+            s(&planted)
+        ),
     ]);
     let _ = std::fs::remove_dir(&pins);
+    let _ = std::fs::remove_file(&planted);
     assert_eq!(out.code, 0, "{out}");
     let lines = out.lines();
     assert!(lines.contains(&"run=0"), "/run/palisade masked\n{out}");
