@@ -307,23 +307,31 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    socket: PathBuf,
 }
 
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, true)
+        Self::start_inner(config, args, true, None)
+    }
+
+    /// Like [`Agent::with_events`], with the control socket at `socket` instead of in the
+    /// agent's temporary directory (removed when the agent is dropped).
+    pub fn with_events_at(config: &str, args: &[&str], socket: &Path) -> Self {
+        Self::start_inner(config, args, true, Some(socket.to_owned()))
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, false)
+        Self::start_inner(config, args, false, None)
     }
 
-    fn start_inner(config: &str, args: &[&str], events: bool) -> Self {
+    fn start_inner(config: &str, args: &[&str], events: bool, socket: Option<PathBuf>) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let socket = socket.unwrap_or_else(|| dir.path().join("agent.sock"));
         let cfg = dir.path().join("palisade.yaml");
         std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let ready = dir.path().join("ready");
@@ -336,7 +344,7 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .arg("--control-socket")
-            .arg(dir.path().join("agent.sock"))
+            .arg(&socket)
             .args(if events {
                 vec![
                     "--events".to_owned(),
@@ -374,7 +382,12 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self { child, addr, dir }
+        Self {
+            child,
+            addr,
+            dir,
+            socket,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -423,7 +436,7 @@ impl Agent {
 
     /// This agent's control socket.
     pub fn control_socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
+        self.socket.clone()
     }
 
     /// Sends one JSON request line on the control socket and returns the reply line.
@@ -580,14 +593,20 @@ impl Drop for Agent {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+            let mut exited = false;
+            while !exited && Instant::now() < deadline {
+                exited = matches!(self.child.try_wait(), Ok(Some(_)));
+                if !exited {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if !exited {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if !self.socket.starts_with(self.dir.path()) {
+            let _ = std::fs::remove_file(&self.socket);
         }
     }
 }

@@ -189,7 +189,7 @@ fn parse(root: Field, dir: &Path) -> Result<(Plan, Option<Profile>)> {
             ns,
             resources,
             devices,
-            seccomp: None,
+            seccomp: Vec::new(),
             init_seccomp: None,
             masked_paths,
             readonly_paths,
@@ -541,7 +541,9 @@ pub(crate) fn plan(args: &crate::RunArgs, dir: &Path) -> std::result::Result<Pla
     };
     cmdline::apply_overrides(&mut plan, args, profile)?;
     if args.seccomp.is_none() {
-        plan.seccomp = cmdline::compile_seccomp(bundle_profile)?;
+        plan.seccomp = cmdline::compile_seccomp(bundle_profile)?
+            .into_iter()
+            .collect();
     }
     Ok(plan)
 }
