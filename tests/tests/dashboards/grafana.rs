@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     exported::{METRICS, OPT_IN, family, labels_of},
-    promql::{check_expr, is_ident, selectors},
+    promql::{check_expr, is_ident, joined_with_build_info, selectors},
     promtool, read, repo_root,
 };
 
@@ -386,6 +386,27 @@ fn dashboard_panels_use_the_datasource_variable_and_exported_metrics() {
                             "panel {title}: `${name}` outside a =~ matcher in `{expr}`"
                         ));
                     }
+                }
+                // The job is named by the scrape config; Palisade's container_* series are told
+                // apart from the kubelet's cAdvisor (same names) by palisade_build_info.
+                let sels = selectors(expr);
+                if sels
+                    .iter()
+                    .any(|s| s.matchers.iter().any(|(l, _, _)| l == "job"))
+                {
+                    problems.push(format!("panel {title}: selects a scrape job in `{expr}`"));
+                }
+                if sels.iter().any(|s| {
+                    s.metric
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("container_"))
+                }) && !joined_with_build_info(expr)
+                {
+                    problems.push(format!(
+                        "panel {title}: container_* without `and on (job, instance) \
+                         palisade_build_info` (the kubelet's cAdvisor exports the same names) in \
+                         `{expr}`"
+                    ));
                 }
                 // Opt-in families are empty by default: the panel says how to turn them on.
                 for sel in selectors(expr) {
