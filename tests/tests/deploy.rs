@@ -324,14 +324,26 @@ fn daemonset_runs_the_agent_with_what_it_needs() {
     ] {
         assert_eq!(mount_of(p)["hostPath"]["path"], p, "{p}");
     }
-    // The name roots in the config point at mounted host directories.
-    for (root, host) in [
-        ("/host/var/lib/docker", "/var/lib/docker"),
-        ("/host/var/lib/containers", "/var/lib/containers"),
-        ("/host/var/log", "/var/log"),
+    // The name roots in the config hold the host directories the agent reads there (Docker:
+    // containers/, podman and CRI-O: overlay-containers/, the kubelet: pods/ and containers/
+    // under /var/log), and only those: the runtimes' whole storage would bring every
+    // container's overlay mounts into the agent's mount namespace.
+    for (root, read, host) in [
+        (
+            "/host/var/lib/docker",
+            "/containers",
+            "/var/lib/docker/containers",
+        ),
+        (
+            "/host/var/lib/containers/storage",
+            "/overlay-containers",
+            "/var/lib/containers/storage/overlay-containers",
+        ),
+        ("/host/var/log", "", "/var/log"),
     ] {
         assert!(text.contains(root), "{root} not in the config");
-        assert_eq!(mount_of(root)["hostPath"]["path"], host, "{root}");
+        let at = format!("{root}{read}");
+        assert_eq!(mount_of(&at)["hostPath"]["path"], host, "{at}");
     }
 }
 
