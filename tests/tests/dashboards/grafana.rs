@@ -9,6 +9,8 @@ use std::{
 
 use serde_json::Value;
 
+use palisade_tests::grafana::{all_panels, grafana_to_promql};
+
 use crate::{
     exported::{METRICS, OPT_IN, family, labels_of},
     promql::{check_expr, is_ident, joined_with_build_info, selectors},
@@ -161,21 +163,6 @@ fn is_datasource_variable(ds: &Value) -> bool {
         _ => return false,
     };
     uid == "$datasource" || uid == "${datasource}"
-}
-
-/// Every panel, including the ones nested in (collapsed) rows.
-fn all_panels(d: &Value) -> Vec<&Value> {
-    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
-        for p in panels.as_array().into_iter().flatten() {
-            out.push(p);
-            if let Some(nested) = p.get("panels") {
-                walk(nested, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&d["panels"], &mut out);
-    out
 }
 
 /// The query of a template variable (a string, or `{"query": ...}`).
@@ -457,39 +444,6 @@ fn dashboards_cover_every_exported_metric() {
         missing.is_empty(),
         "no dashboard in dashboards/ shows {missing:?}"
     );
-}
-
-/// A Grafana query with its variables replaced by values Prometheus accepts: durations for
-/// `$__rate_interval`, `$__interval` and `$__range`, `.*` for the template variables (which the
-/// dashboards only use inside `=~` matchers).
-fn grafana_to_promql(expr: &str) -> String {
-    let expr = expr
-        .replace("$__rate_interval", "5m")
-        .replace("$__interval", "1m")
-        .replace("$__range", "1h");
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == '$' {
-            i += 1;
-            let braced = chars.get(i) == Some(&'{');
-            if braced {
-                i += 1;
-            }
-            while i < chars.len() && is_ident(chars[i]) {
-                i += 1;
-            }
-            if braced && chars.get(i) == Some(&'}') {
-                i += 1;
-            }
-            out.push_str(".*");
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[test]
