@@ -67,6 +67,96 @@ fn systemd_unit_flags_are_accepted() {
     );
 }
 
+/// The `Key=Value` lines of the unit's [Service] section, in order.
+fn service_settings(unit: &str) -> Vec<(String, String)> {
+    let mut in_service = false;
+    let mut out = Vec::new();
+    for line in unit.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_service = line == "[Service]";
+        } else if in_service
+            && !line.starts_with('#')
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_systemd_unit_reloads_with_sighup_and_is_sandboxed() {
+    let unit = repo("deploy/palisade.service");
+    let settings = service_settings(&unit);
+    let get = |k: &str| {
+        settings
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {k}= in deploy/palisade.service"))
+    };
+    assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(get("ProtectSystem"), "strict");
+    assert_eq!(get("ProtectHome"), "yes");
+    assert_eq!(get("PrivateTmp"), "yes");
+    assert_eq!(get("NoNewPrivileges"), "yes");
+    // what the agent writes is declared (and so writable under ProtectSystem=strict)
+    assert_eq!(get("LogsDirectory"), "palisade");
+    assert_eq!(get("RuntimeDirectory"), "palisade");
+    assert!(get("ExecStart").contains("--events /var/log/palisade/"));
+    // settings the agent cannot live with
+    for k in [
+        "ProtectKernelTunables",
+        "ProtectControlGroups",
+        "PrivateNetwork",
+        "SystemCallFilter",
+    ] {
+        assert!(
+            settings.iter().all(|(key, _)| key != k),
+            "{k}= would break the agent"
+        );
+    }
+    // Every sandboxing line is explained: a comment right above it.
+    let lines: Vec<&str> = unit.lines().collect();
+    for k in [
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "NoNewPrivileges",
+        "CapabilityBoundingSet",
+        "ExecReload",
+    ] {
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{k}=")))
+            .unwrap();
+        assert!(
+            lines[i - 1].starts_with('#'),
+            "{k}= has no comment above it"
+        );
+    }
+    // systemd itself accepts every line (an unknown or misspelt key is a warning on stderr).
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("palisade.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/palisade", &palisade_bin().to_string_lossy()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze (package systemd): {e}"));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // --- Kubernetes ----------------------------------------------------------------------------------
 
 const KUBERNETES: &str = "deploy/kubernetes";
