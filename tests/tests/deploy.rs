@@ -325,8 +325,8 @@ fn daemonset_runs_the_agent_with_what_it_needs() {
             .map(|(n, _)| volume(n))
             .unwrap_or_else(|| panic!("{path} not mounted: {mounts:?}"))
     };
-    // No mount inside a ConfigMap's (or Secret's) mount: kubelet swaps those directories
-    // atomically on updates, and a mount point inside one is not kept up to date with it.
+    // No mount inside a ConfigMap's (or Secret's) mount: kubelet owns those volumes' contents
+    // and rewrites them on every update; a mount point inside one is not among them.
     for (outer, outer_path) in &mounts {
         let v = volume(outer);
         if v.get("configMap").is_none() && v.get("secret").is_none() {

@@ -71,6 +71,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the virtual environment kubernetes-validate (PyPI) is installed in",
     ),
     (
+        "systemd",
+        "systemd-analyze verify checks deploy/palisade.service",
+    ),
+    (
         "prometheus-alertmanager",
         "the alerting end-to-end test: Prometheus fires, Alertmanager delivers to a webhook",
     ),
