@@ -6,12 +6,14 @@
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod catalog;
+pub mod grafana;
 pub mod launch;
 mod metrics;
 mod netns;
 mod otlp;
 mod podman;
 pub mod policy;
+pub mod stack;
 
 pub use metrics::{Metrics, Sample, promtool_check_metrics};
 pub use netns::{TestNetns, net_workload_bin, start_server};

@@ -3,6 +3,8 @@
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
+//! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
+//! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -16,6 +18,8 @@ mod bench;
 mod bench_agent;
 mod bench_policy;
 mod deps;
+mod image;
+mod prometheus_rule;
 mod setup;
 
 #[derive(Parser)]
@@ -46,11 +50,28 @@ enum Task {
         /// Only run tests whose name contains this filter (passed to the test harness).
         filter: Option<String>,
     },
-    /// cargo fmt --check, clippy -D warnings on every crate (the eBPF crate included) and the
-    /// module dependency check.
+    /// cargo fmt --check, clippy -D warnings on every crate (the eBPF crate included), the
+    /// module dependency check and the generated PrometheusRule.
     Lint,
     /// Fails when the top-level modules of any crate import each other in a cycle.
     Deps,
+    /// Build the agent's container image from deploy/Containerfile with podman, offline: the
+    /// release binary and the shared libraries ldd lists for it, nothing else.
+    Image {
+        /// Put this binary in the image instead of building the release one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Image tag [default: ghcr.io/palisade-dev/palisade:VERSION, what the DaemonSet runs].
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+    },
+    /// Write deploy/kubernetes/rules/prometheusrule.yaml from dashboards/alerts/palisade.rules.yml
+    /// (the one file the alert rules are edited in).
+    PrometheusRule {
+        /// Fail instead of writing when the committed file differs.
+        #[arg(long)]
+        check: bool,
+    },
     /// Fuzz the policy parser (cargo fuzz, nightly) for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 30)]
@@ -72,6 +93,10 @@ fn main() -> ExitCode {
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Lint => setup::run().and_then(|()| lint()),
         Task::Deps => deps(),
+        Task::PrometheusRule { check } => prometheus_rule::run(check),
+        // With --binary nothing is compiled: only podman (and ldd) are needed.
+        Task::Image { binary: None, tag } => setup::run().and_then(|()| image::run(None, tag)),
+        Task::Image { binary, tag } => image::run(binary, tag),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };
@@ -174,6 +199,7 @@ fn deps() -> Result<()> {
 
 fn lint() -> Result<()> {
     deps()?;
+    prometheus_rule::run(true)?;
     step("cargo fmt --check");
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     // Default members: every crate but the eBPF one, which only builds for the bpf target.
@@ -212,6 +238,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     step("unit and end-to-end tests");
     let mut cmd = cargo();
     cmd.args(["test"]).env("PALISADE_BIN", agent_bin(false));
+    // The image test builds its image with this very xtask (`image --binary`).
+    if let Ok(me) = std::env::current_exe() {
+        cmd.env("PALISADE_XTASK", me);
+    }
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }

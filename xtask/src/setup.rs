@@ -7,6 +7,8 @@
 //! 3. `bpf-linker` 0.13 linked against the LLVM that ships inside the nightly rustc, through a
 //!    prefix of symlinks kept under `~/.local/share/palisade/` (the binary's rpath points there).
 //! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it).
+//! 5. A Python virtual environment with `kubernetes-validate` (PyPI), which checks the
+//!    Kubernetes manifests offline, in `~/.local/share/palisade/venv`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -64,7 +66,22 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-jsonschema",
         "the policy JSON Schema test validates the examples against policy/schema.json",
     ),
+    (
+        "python3-venv",
+        "the virtual environment kubernetes-validate (PyPI) is installed in",
+    ),
+    (
+        "systemd",
+        "systemd-analyze verify checks deploy/palisade.service",
+    ),
+    (
+        "prometheus-alertmanager",
+        "the alerting end-to-end test: Prometheus fires, Alertmanager delivers to a webhook",
+    ),
 ];
+
+/// kubernetes-validate (PyPI): Kubernetes' JSON schemas, 1.25 to 1.37, offline.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -77,7 +94,46 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     step("setup: cargo-fuzz");
     cargo_fuzz()?;
+    step("setup: Python venv with kubernetes-validate");
+    venv()?;
     Ok(())
+}
+
+/// The virtual environment the deploy test runs kubernetes-validate (and the Prometheus
+/// Operator schema check) from.
+fn venv_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".local/share/palisade/venv"))
+}
+
+/// `python3 -m venv` (Debian's python3, not whatever `python3` is first on PATH) and
+/// `pip install kubernetes-validate==VERSION`, unless that version is already there.
+fn venv() -> Result<()> {
+    let dir = venv_dir()?;
+    let want = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let have = Command::new(dir.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.split_whitespace().any(|w| w == want) {
+        eprintln!("    ok: {KUBERNETES_VALIDATE} in {}", dir.display());
+        return Ok(());
+    }
+    if !dir.join("bin/python").exists() {
+        exec(
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&dir),
+        )
+        .context("python3 -m venv (Debian package python3-venv)")?;
+    }
+    exec(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )
+    .context("pip install (network to PyPI is needed)")
 }
 
 /// `cargo install cargo-fuzz` unless `cargo fuzz` already works.
