@@ -3,6 +3,9 @@
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
+//! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
+//!   6.12 kernels under qemu (pure cgroup v2, BPF-LSM); `test` runs it on 6.1 unless
+//!   `PALISADE_SKIP_VM=1`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -17,6 +20,9 @@ mod bench_agent;
 mod bench_policy;
 mod deps;
 mod setup;
+mod vm;
+mod vm_report;
+mod vm_setup;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade developer tasks")]
@@ -40,8 +46,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests and the
-    /// privileged end-to-end tests (needs root).
+    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests, the
+    /// privileged end-to-end tests (needs root) and, unless PALISADE_SKIP_VM=1 or a filter is
+    /// given, the policy, launcher and telemetry suites in a 6.1 VM.
     Test {
         /// Only run tests whose name contains this filter (passed to the test harness).
         filter: Option<String>,
@@ -56,6 +63,9 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         seconds: u32,
     },
+    /// Setup, build, then the privileged suites inside Debian kernels booted under qemu (TCG)
+    /// with virtme-ng: pure cgroup v2, BTF, BPF-LSM on. One result table per kernel.
+    VmTest(vm::VmTest),
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -74,6 +84,7 @@ fn main() -> ExitCode {
         Task::Deps => deps(),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
+        Task::VmTest(opts) => setup::run().and_then(|()| vm::run(&opts)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,6 +229,13 @@ fn test(filter: Option<&str>) -> Result<()> {
     exec(&mut cmd)?;
     if filter.is_none() {
         fuzz(30)?;
+    }
+    if filter.is_some() {
+        eprintln!("\n    (VM suites skipped: a filter was given; `cargo xtask vm-test -- FILTER`)");
+    } else if std::env::var_os("PALISADE_SKIP_VM").is_some_and(|v| v == "1") {
+        eprintln!("\n    (VM suites skipped: PALISADE_SKIP_VM=1)");
+    } else {
+        vm::run(&vm::VmTest::ci())?;
     }
     Ok(())
 }
