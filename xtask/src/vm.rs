@@ -34,7 +34,7 @@ pub struct VmTest {
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Time limit of one suite inside the guest, in minutes (TCG runs code ~10× slower).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 15)]
     pub suite_timeout: u64,
     /// Multiplies the test harness's wait timeouts (`PALISADE_TEST_TIME_SCALE`) in the guest.
     #[arg(long, default_value_t = 10)]
@@ -54,7 +54,7 @@ impl VmTest {
     pub fn ci() -> Self {
         Self {
             kernel: "6.1".to_owned(),
-            suite_timeout: 30,
+            suite_timeout: 15,
             time_scale: 10,
             memory: "2G".to_owned(),
             filter: Vec::new(),
@@ -208,13 +208,21 @@ echo "vm: $(uname -r) up after $(cat "$out/boot-seconds") s"
         s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
     }
     s.push_str(
-        r#"grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
+        r#"# podman's overlay driver cannot stack on virtme's overlay /var: its store on a tmpfs.
+mkdir -p /var/lib/containers && mount -t tmpfs tmpfs /var/lib/containers
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
 grep -q ' /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing
 # Pure cgroup v2, as systemd leaves it: every controller enabled for the root's children.
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "vm: cannot enable the $c controller"
 done
 ip link set lo up
+# Every 30 s, what runs (threads carry libtest's test names) and the kernel log, readable from
+# the host while the guest runs: the evidence when a suite hangs.
+while sleep 30; do
+    { date; free -m; ps -eLo pid,tid,etime,stat,wchan:28,comm,args --sort=start_time; } > "$out/ps.txt" 2>&1
+    dmesg > "$out/dmesg.txt" 2>&1
+done &
 cat /sys/kernel/security/lsm > "$out/lsm"; echo >> "$out/lsm"
 cat /sys/fs/cgroup/cgroup.subtree_control > "$out/controllers"
 grep cgroup /proc/mounts > "$out/cgroup-mounts"
