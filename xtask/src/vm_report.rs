@@ -34,8 +34,8 @@ impl Suite {
     }
 }
 
-/// Parses libtest's plain output (`test NAME ... ok|FAILED|ignored`, the `---- NAME stdout ----`
-/// sections) of suite `name`, with its exit status (`rc`, absent when never written).
+/// Parses libtest's plain output (`test NAME ... ok|FAILED|ignored`, panic messages) of suite
+/// `name`, with its exit status (`rc`, absent when never written).
 pub fn parse(name: &str, log: &str, rc: Option<&str>, seconds: Option<u64>) -> Suite {
     let mut s = Suite {
         name: name.to_owned(),
@@ -77,21 +77,25 @@ pub fn parse(name: &str, log: &str, rc: Option<&str>, seconds: Option<u64>) -> S
     s
 }
 
-/// The panic message in `---- TEST stdout ----` (its first lines), or an empty string.
+/// The first lines of TEST's panic message, or an empty string. The guest runs the suites
+/// with `--nocapture`, so a message is in the log even when the suite is killed by its time
+/// limit: `thread 'TEST' (TID) panicked at FILE:LINE:COL:` then the message.
 fn failure_message(log: &str, test: &str) -> String {
-    let header = format!("---- {test} stdout ----");
-    let Some(start) = log.find(&header) else {
+    let thread = format!("thread '{test}'");
+    let mut lines = log
+        .lines()
+        .skip_while(|l| !(l.starts_with(&thread) && l.contains(" panicked at ")));
+    let Some(at) = lines.next() else {
         return String::new();
     };
-    let section = &log[start + header.len()..];
-    let end = section.find("\n---- ").unwrap_or(section.len());
-    let section = &section[..end];
-    // The message follows "thread '...' panicked at FILE:LINE:COL:" (std ≥ 1.73).
-    let mut lines = section.lines().skip_while(|l| !l.contains("panicked at"));
-    let at = lines.next().unwrap_or_default();
-    let location = at.split("panicked at ").nth(1).unwrap_or_default();
+    let location = at.split(" panicked at ").nth(1).unwrap_or_default();
     let message: Vec<&str> = lines
-        .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
+        .take_while(|l| {
+            !l.starts_with("note: ")
+                && !l.starts_with("stack backtrace:")
+                && !l.starts_with("thread '")
+                && !l.starts_with("test ")
+        })
         .filter(|l| !l.trim().is_empty())
         .take(4)
         .collect();
@@ -213,9 +217,8 @@ test slow ... ok
 
 failures:
 
----- oom_event stdout ----
 starting agent
-thread 'oom_event' panicked at tests/tests/containers.rs:97:5:
+thread 'oom_event' (412) panicked at tests/tests/containers.rs:97:5:
 timed out after 20s waiting for the oom event
 second line
 note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
