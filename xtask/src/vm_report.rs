@@ -95,6 +95,7 @@ fn failure_message(log: &str, test: &str) -> String {
                 && !l.starts_with("stack backtrace:")
                 && !l.starts_with("thread '")
                 && !l.starts_with("test ")
+                && l.trim() != "failures:"
         })
         .filter(|l| !l.trim().is_empty())
         .take(4)
