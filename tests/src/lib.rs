@@ -63,6 +63,18 @@ pub fn workload_bin() -> PathBuf {
     bin
 }
 
+/// `d` times `PALISADE_TEST_TIME_SCALE` (a whole number, default 1). `cargo xtask vm-test`
+/// sets it in guests under qemu's TCG, which runs code ~10× slower: only how long a wait may
+/// last changes, never what it waits for.
+pub fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var("PALISADE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f > 0)
+        .unwrap_or(1);
+    d * factor
+}
+
 /// Privileged tests need root; they fail (not skip) without it.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -365,7 +377,8 @@ impl Agent {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", palisade_bin().display()));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready_timeout = scaled(Duration::from_secs(60));
+        let deadline = Instant::now() + ready_timeout;
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && let Ok(addr) = text.trim().parse::<SocketAddr>()
@@ -380,7 +393,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent not ready after 60 s");
+                panic!("agent not ready after {ready_timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -446,7 +459,8 @@ impl Agent {
         use std::{io::BufRead as _, os::unix::net::UnixStream};
         let mut s = UnixStream::connect(self.control_socket())
             .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.set_read_timeout(Some(scaled(Duration::from_secs(10))))
+            .ok();
         writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
         let mut line = String::new();
         std::io::BufReader::new(s)
@@ -463,7 +477,8 @@ impl Agent {
     pub fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.addr)
             .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.addr, self.log()));
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        s.set_read_timeout(Some(scaled(Duration::from_secs(30))))
+            .ok();
         write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)
             .unwrap_or_else(|e| panic!("send request: {e}"));
         let mut buf = String::new();
@@ -575,14 +590,15 @@ impl Agent {
     pub fn stop(mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let limit = scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("agent ignored SIGTERM for 30 s:\n{}", self.log());
+                panic!("agent ignored SIGTERM for {limit:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -594,7 +610,7 @@ impl Drop for Agent {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + scaled(Duration::from_secs(10));
             let mut exited = false;
             while !exited && Instant::now() < deadline {
                 exited = matches!(self.child.try_wait(), Ok(Some(_)));
@@ -625,6 +641,7 @@ pub fn wait_for_explained<T>(
     mut f: impl FnMut() -> Option<T>,
     explain: impl FnOnce() -> String,
 ) -> T {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {

@@ -5,6 +5,9 @@
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
 //! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
 //! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
+//! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
+//!   6.12 kernels under qemu (pure cgroup v2, BPF-LSM); `test` runs it on 6.1 unless
+//!   `PALISADE_SKIP_VM=1`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -21,6 +24,9 @@ mod deps;
 mod image;
 mod prometheus_rule;
 mod setup;
+mod vm;
+mod vm_report;
+mod vm_setup;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade developer tasks")]
@@ -44,8 +50,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests and the
-    /// privileged end-to-end tests (needs root).
+    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests, the
+    /// privileged end-to-end tests (needs root) and, unless PALISADE_SKIP_VM=1 or a filter is
+    /// given, the policy, launcher and telemetry suites in a 6.1 VM.
     Test {
         /// Only run tests whose name contains this filter (passed to the test harness).
         filter: Option<String>,
@@ -77,6 +84,9 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         seconds: u32,
     },
+    /// Setup, build, then the privileged suites inside Debian kernels booted under qemu (TCG)
+    /// with virtme-ng: pure cgroup v2, BTF, BPF-LSM on. One result table per kernel.
+    VmTest(vm::VmTest),
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
         Task::Image { binary, tag } => image::run(binary, tag),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
+        Task::VmTest(opts) => setup::run().and_then(|()| vm::run(&opts)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,6 +259,13 @@ fn test(filter: Option<&str>) -> Result<()> {
     exec(&mut cmd)?;
     if filter.is_none() {
         fuzz(30)?;
+    }
+    if filter.is_some() {
+        eprintln!("\n    (VM suites skipped: a filter was given; `cargo xtask vm-test -- FILTER`)");
+    } else if std::env::var_os("PALISADE_SKIP_VM").is_some_and(|v| v == "1") {
+        eprintln!("\n    (VM suites skipped: PALISADE_SKIP_VM=1)");
+    } else {
+        vm::run(&vm::VmTest::ci())?;
     }
     Ok(())
 }

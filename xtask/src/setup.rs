@@ -155,7 +155,8 @@ fn cargo_fuzz() -> Result<()> {
     )
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` and returns its standard output; fails with its standard error.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()
@@ -170,20 +171,28 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_packages(APT_PACKAGES)
+}
+
+/// True when the Debian package `name` is installed.
+pub fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the packages of `wanted` (package, why) that are missing; quick when none is.
+pub fn apt_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(p, _)| {
-            let st = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !st.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
+        .filter(|(p, _)| !dpkg_installed(p))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {
         eprintln!(
             "    ok: {}",
-            APT_PACKAGES
+            wanted
                 .iter()
                 .map(|(p, _)| *p)
                 .collect::<Vec<_>>()
@@ -191,7 +200,7 @@ fn apt() -> Result<()> {
         );
         return Ok(());
     }
-    for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (p, why) in wanted.iter().filter(|(p, _)| missing.contains(p)) {
         eprintln!("    installing {p} ({why})");
     }
     exec(Command::new("apt-get").arg("update").arg("-q"))
@@ -254,7 +263,13 @@ fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
     )
 }
 
-fn home() -> Result<PathBuf> {
+/// Where installed tools keep their state: `~/.local/share/palisade/` (bpf-linker's LLVM
+/// prefix, the virtme-ng venv).
+pub fn state_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".local/share/palisade"))
+}
+
+pub fn home() -> Result<PathBuf> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .context("HOME is not set")
@@ -262,9 +277,7 @@ fn home() -> Result<PathBuf> {
 
 fn bpf_linker() -> Result<()> {
     let (llvm, llvm_name, major) = nightly_llvm()?;
-    let prefix = home()?
-        .join(".local/share/palisade")
-        .join(format!("llvm-{llvm_name}"));
+    let prefix = state_dir()?.join(format!("llvm-{llvm_name}"));
     let marker = prefix.join("bpf-linker.installed");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major} {llvm_name}\n");
     let works = Command::new("bpf-linker")
