@@ -375,8 +375,14 @@ fn libc_eperm() -> u16 {
 pub enum ExecPatternError {
     #[error("`{0}`: {FORMS}")]
     Form(String),
-    #[error("`{0}` is not an absolute path ({FORMS}); exec paths are matched as given to execve")]
+    #[error(
+        "`{0}` is not an absolute path ({FORMS}); exec rules match the resolved path of the file executed"
+    )]
     Relative(String),
+    #[error(
+        "`{0}` is not a canonical path (an empty, `.` or `..` component): exec rules match the resolved path of the file executed, so it could never match"
+    )]
+    NotCanonical(String),
     #[error("`{0}` is longer than the 255 bytes the kernel compares")]
     TooLong(String),
 }
@@ -387,14 +393,30 @@ const FORMS: &str = "supported forms: /path/to/file, /dir/* (files in /dir), /di
 pub fn exec_pattern(text: &str) -> Result<(ExecKind, String), ExecPatternError> {
     let wild = |s: &str| s.contains(['*', '?', '[', ']', '{', '}']);
     let form = || ExecPatternError::Form(text.to_owned());
+    let canonical = |path: &str| {
+        path.split('/')
+            .skip(1)
+            .all(|c| !matches!(c, "" | "." | ".."))
+    };
     if let Some(name) = text.strip_prefix("**/") {
         if name.is_empty() || name.contains('/') || wild(name) {
             return Err(form());
+        }
+        if name == "." || name == ".." {
+            return Err(ExecPatternError::NotCanonical(text.to_owned()));
         }
         return Ok((ExecKind::Basename, name.to_owned()));
     }
     if !text.starts_with('/') {
         return Err(ExecPatternError::Relative(text.to_owned()));
+    }
+    // what is hashed: the directory of `/dir/*` and `/dir/**` (empty for `/*`), or the path
+    let key = text
+        .strip_suffix("/**")
+        .or_else(|| text.strip_suffix("/*"))
+        .unwrap_or(text);
+    if !key.is_empty() && !canonical(key) {
+        return Err(ExecPatternError::NotCanonical(text.to_owned()));
     }
     if let Some(dir) = text.strip_suffix("/**") {
         if wild(dir) {
