@@ -368,16 +368,6 @@ impl Kernel {
     /// The links of `h`: adopted from their pins, or attached and pinned now.
     fn attach(&mut self, h: Hook) -> Result<Vec<PinnedLink>, BpfError> {
         let exec_file = self.opts.exec_offsets.is_some();
-        if h == Hook::Exec {
-            // a previous agent may have matched execs the other way: one exec program only
-            for prog in Hook::Exec.programs(!exec_file) {
-                let pin = links_dir(&self.opts.pin_dir).join(prog);
-                if let Ok(l) = PinnedLink::from_pin(&pin) {
-                    tracing::info!(link = %pin.display(), "replacing the other exec program's pinned link");
-                    let _ = l.unpin();
-                }
-            }
-        }
         let mut out = Vec::new();
         for prog in h.programs(exec_file) {
             let pin = links_dir(&self.opts.pin_dir).join(prog);
@@ -402,6 +392,17 @@ impl Kernel {
                 },
             })?;
             out.push(pinned);
+        }
+        if h == Hook::Exec {
+            // a previous agent may have matched execs the other way: one exec program only,
+            // the old one detached once the new one is in place
+            for prog in Hook::Exec.programs(!exec_file) {
+                let pin = links_dir(&self.opts.pin_dir).join(prog);
+                if let Ok(l) = PinnedLink::from_pin(&pin) {
+                    tracing::info!(link = %pin.display(), "the other exec program's pinned link replaced");
+                    let _ = l.unpin();
+                }
+            }
         }
         Ok(out)
     }
@@ -482,6 +483,16 @@ impl Kernel {
                 FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
             }
         }
+    }
+
+    /// Whether exec rules are attached (or will be) on the file executed.
+    pub fn exec_on_file(&self) -> bool {
+        self.opts.exec_offsets.is_some()
+    }
+
+    /// Exec rules on the path given from now on (the kernel refused the other program).
+    pub fn exec_on_path_given(&mut self) {
+        self.opts.exec_offsets = None;
     }
 
     /// Violation events lost to a full ring buffer.

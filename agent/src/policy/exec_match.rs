@@ -17,6 +17,7 @@ use palisade_policy::{
     model::{ExecKind, ExecPattern},
 };
 
+use super::bpf::BpfError;
 use crate::btf::{Btf, BtfError};
 
 /// Why scripts are matched by the path given rather than by their own file.
@@ -39,6 +40,9 @@ pub struct ExecMatch {
     pub offsets: Result<ExecOffsets, BtfError>,
     /// Whether a script's own file can be found (else scripts are matched by the path given).
     pub scripts: Result<(), ScriptsError>,
+    /// Why the kernel refused the program that reads the file executed, if it did (exec rules
+    /// then match the path given).
+    pub refused: Option<BpfError>,
 }
 
 /// The offsets [`palisade_common::policy::resolve`] and the exec program need.
@@ -118,6 +122,7 @@ impl ExecMatch {
             btf: btf.to_owned(),
             offsets,
             scripts,
+            refused: None,
         }
     }
 
@@ -126,12 +131,22 @@ impl ExecMatch {
         self.offsets.as_ref().ok().copied()
     }
 
+    /// Whether exec rules see the file executed.
+    fn on_file(&self) -> bool {
+        self.offsets.is_ok() && self.refused.is_none()
+    }
+
     pub fn best_effort(&self) -> bool {
-        self.offsets.is_err() || self.scripts.is_err()
+        !self.on_file() || self.scripts.is_err()
     }
 
     /// One sentence for people: what exec rules match here.
     pub fn describe(&self) -> String {
+        if let Some(e) = &self.refused {
+            return format!(
+                "exec rules match the path given to execve (best effort: the kernel refused the program that reads the file executed: {e}); other names of a file (`//`, `..`, symlinks, fds) are not seen"
+            );
+        }
         match (&self.offsets, &self.scripts) {
             (Ok(_), Ok(())) => "exec rules match the file executed: its resolved path as the process sees it (symlinks, `.`, `..` resolved), for scripts the script's own file and its interpreter".into(),
             (Ok(_), Err(e)) => format!(
@@ -146,14 +161,16 @@ impl ExecMatch {
 
     /// The `exec_match` object of `palisade policy status`.
     pub fn status(&self) -> serde_json::Value {
-        let reason = match (&self.offsets, &self.scripts) {
-            (Err(e), _) => format!("{}: {e}", self.btf.display()),
-            (Ok(_), Err(e)) => e.to_string(),
+        let reason = match (&self.refused, &self.offsets, &self.scripts) {
+            (Some(e), _, _) => e.to_string(),
+            (None, Err(e), _) => format!("{}: {e}", self.btf.display()),
+            (None, Ok(_), Err(e)) => e.to_string(),
             _ => String::new(),
         };
+        let on_file = self.on_file();
         serde_json::json!({
-            "mode": if self.offsets.is_ok() { "file" } else { "path_given" },
-            "scripts": if self.offsets.is_ok() && self.scripts.is_ok() { "file" } else { "path_given" },
+            "mode": if on_file { "file" } else { "path_given" },
+            "scripts": if on_file && self.scripts.is_ok() { "file" } else { "path_given" },
             "best_effort": self.best_effort(),
             "reason": reason,
             "describe": self.describe(),

@@ -388,7 +388,19 @@ impl Engine {
         if flags & cgroup_flags::INGRESS != 0 {
             want.push(Hook::Ingress);
         }
-        for (h, e) in k.want(&want) {
+        let mut failed = k.want(&want);
+        if let Some(i) = failed
+            .iter()
+            .position(|(h, _)| *h == Hook::Exec && k.exec_on_file())
+        {
+            // e.g. a kernel without bpf_loop (before 5.17): the path given, said so
+            let (_, e) = failed.swap_remove(i);
+            warn!(error = %e, "exec rules: the kernel refused the program that reads the file executed; they match the path given to execve instead (best effort)");
+            k.exec_on_path_given();
+            self.exec.matching.refused = Some(e);
+            failed.extend(k.want(&want));
+        }
+        for (h, e) in failed {
             warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");
         }
         self.apply_resources();
