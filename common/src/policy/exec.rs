@@ -85,6 +85,7 @@ pub fn fnv(bytes: &[u8]) -> u64 {
 /// ancestor directory (`TREE`, at every `/`), then the whole path, its directory and its file
 /// name.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct PathHasher {
     h: u64,
     base: u64,

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     Assembly, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecPaths, ExecRule, KernelMemory,
-    POLICY_PATH_MAX, ScriptSearch, TASK_WORKS_MAX, WALK_MAX, cgroup_flags, exec_flags,
+    POLICY_PATH_MAX, PathHasher, ScriptSearch, TASK_WORKS_MAX, WALK_MAX, cgroup_flags, exec_flags,
     exec_lookups_in, taken, unresolved, what,
 };
 
@@ -54,11 +54,25 @@ pub struct Scratch {
     paths: ExecPaths,
     asm: Assembly,
     search: ScriptSearch,
+    pass: Pass,
     o: ExecOffsets,
     /// First deny rule found (0: none).
     deny: u32,
     /// Bit 1: an allow pattern matched the program; bit 2: the interpreter.
     allowed: u32,
+}
+
+/// One lookup pass over a path, stepped a byte at a time from `bpf_loop`.
+#[repr(C)]
+pub struct Pass {
+    hasher: PathHasher,
+    slot: u32,
+    /// Which path: [`PROGRAM`], [`INTERPRETER`] or 0 for the path given.
+    which: u32,
+    /// What an allow pattern matching it sets in `Scratch::allowed` (0: nothing).
+    bit: u32,
+    /// The next byte.
+    i: u32,
 }
 
 #[map(name = "POLICY_SCRATCH")]
@@ -125,6 +139,56 @@ extern "C" fn search_step(_index: u32, _ctx: *mut c_void) -> i64 {
     // SAFETY: as in `walk_step`.
     let (s, o) = unsafe { (&mut (*sc).search, &(*sc).o) };
     i64::from(!s.step(&Kmem, o))
+}
+
+/// `bpf_loop` callback: one byte of a lookup pass.
+extern "C" fn hash_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(sc) = POLICY_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as in `walk_step`; `look` writes other fields of the scratch than these.
+    let (p, x) = unsafe { (&mut (*sc).pass, &(*sc).paths) };
+    let path = match p.which {
+        PROGRAM => &x.path,
+        INTERPRETER => &x.interp,
+        _ => &x.given,
+    };
+    let b = path[(p.i & MASK) as usize];
+    p.i += 1;
+    let (slot, bit) = (p.slot, p.bit);
+    p.hasher.push(b, &mut |k, h| look(slot, k, h, bit, sc));
+    0
+}
+
+/// Looks up every key of one path (`which`, `len` bytes): from `bpf_loop` in `policy_exec`,
+/// as a plain loop in the fallback (kernels without `bpf_loop` may need it).
+#[inline(always)]
+fn pass<const LOOP: bool>(sc: *mut Scratch, slot: u32, which: u32, len: u32, bit: u32) {
+    if !LOOP {
+        // SAFETY: this CPU's scratch value; `look` writes other fields.
+        let x = unsafe { &(*sc).paths };
+        let path = match which {
+            PROGRAM => &x.path,
+            INTERPRETER => &x.interp,
+            _ => &x.given,
+        };
+        exec_lookups_in(path, len, |k, h| look(slot, k, h, bit, sc));
+        return;
+    }
+    // SAFETY: this CPU's scratch value.
+    unsafe {
+        (*sc).pass = Pass {
+            hasher: PathHasher::NEW,
+            slot,
+            which,
+            bit,
+            i: 0,
+        };
+    }
+    repeat(len & MASK, hash_step);
+    // SAFETY: this CPU's scratch value, after the loop.
+    let hasher = unsafe { (*sc).pass.hasher };
+    hasher.finish(&mut |k, h| look(slot, k, h, bit, sc));
 }
 
 /// Runs `step` up to `n` times (each call verified once, whatever `n`).
@@ -269,7 +333,7 @@ fn try_exec_file(ctx: &RawTracePointContext) -> Result<i32, i32> {
             x.path_unresolved = unresolved::NOT_FOUND;
         }
     }
-    decide(cgroup_id, p.slot, sc);
+    decide::<true>(cgroup_id, p.slot, sc);
     Ok(0)
 }
 
@@ -291,7 +355,7 @@ fn try_exec_given(ctx: &TracePointContext) -> Result<u32, u32> {
     x.interp_len = 0;
     x.path_len = read_str(src, &mut x.path);
     x.given_len = read_str(src, &mut x.given);
-    decide(cgroup_id, p.slot, sc);
+    decide::<false>(cgroup_id, p.slot, sc);
     Ok(0)
 }
 
@@ -323,7 +387,7 @@ fn whole(reason: u32) -> bool {
 /// pattern matching the program, the interpreter or the path given; or, under an allow-list,
 /// a program or interpreter that is unresolved or matches no allow pattern.
 #[inline(always)]
-fn decide(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
+fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
     let conf = POLICY_EXEC_CONF.get(slot).copied().unwrap_or_default();
     // SAFETY: this CPU's scratch value.
     let x = unsafe {
@@ -338,7 +402,7 @@ fn decide(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
         } else {
             0
         };
-        exec_lookups_in(&x.path, x.path_len, |k, h| look(slot, k, h, bit, sc));
+        pass::<LOOP>(sc, slot, PROGRAM, x.path_len, bit);
     }
     if script && whole(x.interp_unresolved) {
         let bit = if x.interp_unresolved == unresolved::NONE {
@@ -346,11 +410,11 @@ fn decide(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
         } else {
             0
         };
-        exec_lookups_in(&x.interp, x.interp_len, |k, h| look(slot, k, h, bit, sc));
+        pass::<LOOP>(sc, slot, INTERPRETER, x.interp_len, bit);
     }
     if x.flags & exec_flags::RESOLVED != 0 {
         // deny patterns also hold for the name given (a symlink's own name, `sh` for dash)
-        exec_lookups_in(&x.given, x.given_len, |k, h| look(slot, k, h, 0, sc));
+        pass::<LOOP>(sc, slot, 0, x.given_len, 0);
     }
     let need = if script {
         PROGRAM | INTERPRETER
