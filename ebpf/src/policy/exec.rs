@@ -10,8 +10,11 @@
 //!   see the path given to execve (best effort; the agent says so).
 //!
 //! Patterns are hashed (FNV-1a) by userspace per kind (exact path, directory, tree, file name);
-//! one pass over a path computes every key to look up (`policy::exec_lookups_in`, shared with
-//! the host tests): at most one lookup per path component plus three, per path.
+//! one pass over a path computes every key to look up (`policy::PathHasher`, shared with the
+//! host tests): at most one lookup per path component plus three, per path. In `policy_exec`
+//! the walks and the passes run one step per `bpf_loop` call, their state in the per-CPU
+//! scratch, so the verifier checks each step once whatever the path (about 5,900
+//! instructions); the fallback keeps plain bounded loops for kernels without `bpf_loop`.
 use core::ffi::c_void;
 
 use aya_ebpf::{
