@@ -355,3 +355,41 @@ fn policy_check_says_how_exec_rules_match_on_this_host() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pinned_state_of_the_previous_layout_is_refused_and_keeps_enforcing() {
+    use aya::maps::{Array, Map, MapData};
+    use palisade_common::{names, policy};
+    let cg = TestCgroup::new("exec-abi");
+    let s = Setup::new(&policy(
+        "abi",
+        &cg,
+        "  exec:\n    action: kill\n    deny: [/usr/bin/id]\n",
+    ));
+    let agent = s.agent("");
+    wait_applied(&agent, "abi", cg.id, &["exec"]);
+    assert!(agent.stop().success());
+    // what an agent of the previous layout left (its exec events carried the path given only)
+    let pin = s.pins.0.join("maps").join(names::MAP_POLICY_CONFIG);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let mut cfg: Array<_, u64> =
+        Array::try_from(Map::Array(data)).unwrap_or_else(|e| panic!("{e}"));
+    cfg.set(policy::config::ABI, u64::from(policy::POLICY_ABI - 1), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let agent = s.agent("");
+    let want = format!(
+        "from another Palisade version (table layout {}, this agent uses {})",
+        policy::POLICY_ABI - 1,
+        policy::POLICY_ABI
+    );
+    palisade_tests::wait_for(std::time::Duration::from_secs(20), &want, || {
+        agent.log().contains(&want).then_some(())
+    });
+    assert!(
+        agent.log().contains("palisade agent --cleanup"),
+        "{}",
+        agent.log()
+    );
+    // refusing it changes nothing: the pinned rules still hold
+    assert_eq!(outcome(&mut cg.command("/usr/bin/id")), KILLED);
+}
