@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod bench_exec;
 mod bench_policy;
 mod deps;
 mod image;

@@ -7,6 +7,12 @@ use std::{
 
 use palisade_proto::{ClientError, Reply, Request};
 
+use crate::policy::exec_match::{self, ExecMatch};
+
+/// Where `palisade policy check` reads the kernel's BTF (the agent's `policy.kernel_btf`
+/// default).
+const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// Exit codes: 0 valid, 2 invalid (as `--check-config`).
 pub fn check(files: &[PathBuf]) -> u8 {
     match palisade_policy::load_paths(files) {
@@ -21,9 +27,19 @@ pub fn check(files: &[PathBuf]) -> u8 {
             2
         }
         Ok(set) => {
-            let warnings = palisade_policy::check::warnings(&set);
+            let mut warnings = palisade_policy::check::warnings(&set);
+            let has_exec = set.policies.iter().any(|p| p.exec.is_some());
+            let exec = has_exec.then(|| ExecMatch::probe(Path::new(DEFAULT_BTF)));
+            if has_exec {
+                warnings.extend(exec_match::host_notes(&set, Path::new("/")));
+            }
             for d in &warnings {
                 eprintln!("{}: warning: {}", d.loc, d.message);
+            }
+            let mut warned = warnings.len();
+            if let Some(m) = exec.as_ref().filter(|m| m.best_effort()) {
+                eprintln!("warning: on this host {}", m.describe());
+                warned += 1;
             }
             for p in &set.policies {
                 let mut what = Vec::new();
@@ -58,11 +74,14 @@ pub fn check(files: &[PathBuf]) -> u8 {
                     what.join(", ")
                 );
             }
+            if let Some(m) = &exec {
+                println!("on this host {}", m.describe());
+            }
             println!(
                 "ok: {} policies in {} file(s), {} warning(s)",
                 set.policies.len(),
                 set.files.len(),
-                warnings.len()
+                warned
             );
             0
         }

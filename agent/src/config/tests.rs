@@ -57,6 +57,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
     assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
     assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
+    assert_eq!(c.policy.kernel_btf, d.policy.kernel_btf);
     assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
     assert_eq!(c.otlp.protocol, d.otlp.protocol);
     assert_eq!(c.otlp.timeout, d.otlp.timeout);

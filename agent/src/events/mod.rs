@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use flow::{FlowRecord, TcpInfo};
-pub use violation::{NetworkRef, Violation};
+pub use violation::{ExecDetail, NetworkRef, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

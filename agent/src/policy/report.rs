@@ -94,7 +94,11 @@ impl Reporter {
         self.reported
             .insert(key, (prev.max(ev.total), Instant::now()));
         let (policy, rule, m) = names(ids, k, ev.rule);
-        let exec = violation::path(ev);
+        let (exec, exec_detail) = violation::exec(ev).unzip();
+        let exe = exec_detail
+            .as_ref()
+            .and_then(|d| d.exec_given.clone())
+            .unwrap_or_default();
         let v = Violation {
             policy,
             rule,
@@ -104,7 +108,8 @@ impl Reporter {
             syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
                 .then(|| palisade_syscalls::label(ev.nr).into_owned()),
             errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
-            exec: exec.clone(),
+            exec,
+            exec_detail: exec_detail.unwrap_or_default(),
             network: violation::network(ev.what, &ev.net),
             suppressed,
         };
@@ -115,7 +120,7 @@ impl Reporter {
             ppid: None,
             uid: ev.uid,
             comm: violation::comm(&ev.comm),
-            exe: exec.unwrap_or_default(),
+            exe,
             args: Vec::new(),
             args_truncated: false,
         });
