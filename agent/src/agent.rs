@@ -190,6 +190,12 @@ async fn serve_all(
         .collect();
     info!(layout = %mounts.layout, unified_root = %unified_root.display(), features = %summary.join(","), elapsed_ms = report.elapsed_ms as u64, "kernel features probed");
 
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::config::NodeName::from_hostname)
+        .0;
+    info!(node = %node, "node name");
     let sc = &config.syscalls;
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
@@ -234,6 +240,7 @@ async fn serve_all(
             (names::MAP_SYSCALL_STATS, u64::from(sc.stats_max_entries.0)),
             (names::MAP_SYSCALL_ERRNOS, u64::from(sc.errno_max_entries.0)),
         ],
+        node: node.clone(),
     };
     let hub = Arc::new(Hub::new(config.events.queue));
     let (policy, policy_task) = crate::policy::start(crate::policy::Start {
@@ -273,7 +280,7 @@ async fn serve_all(
         }
     }
 
-    let otlp = crate::otlp::start(&otlp_cfg, hub.clone())?;
+    let otlp = crate::otlp::start(&otlp_cfg, &node, hub.clone())?;
     let mut tasks = vec![state_task];
     if let Some(target) = event_log {
         tasks.push(tokio::spawn(sink::run(target, hub.clone())));

@@ -196,7 +196,12 @@ pub const METRICS: &[Metric] = &[
     m("container_start_time_seconds", Kind::Gauge, CADVISOR),
     m("container_last_seen", Kind::Gauge, CADVISOR),
     // The agent itself.
-    m("palisade_build_info", Kind::Gauge, &["version", "commit"]),
+    // `node`: the agent's node name (`--node-name`, NODE_NAME, else the hostname).
+    m(
+        "palisade_build_info",
+        Kind::Gauge,
+        &["version", "commit", "node"],
+    ),
     mv(
         "palisade_kernel_feature",
         Kind::Gauge,

@@ -169,6 +169,11 @@ pub struct AgentArgs {
     /// `otlp.endpoint` from the config.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// This node's name: `host.name` (and `service.instance.id`) of exported OTLP telemetry and
+    /// the `node` label of `palisade_build_info`. The DaemonSet sets NODE_NAME from the
+    /// downward API; replaces `node_name` from the config [default: the kernel's hostname].
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Once serving, write the listen address to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,

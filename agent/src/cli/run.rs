@@ -6,7 +6,7 @@ use clap::Parser as _;
 use super::{AgentArgs, Cli, Command, DebugCommand, PolicyCommand};
 use crate::{
     agent, benchmark,
-    config::{Config, ConfigError, Pattern},
+    config::{Config, ConfigError, NodeName, Pattern},
     doctor, features, logging, policy,
 };
 
@@ -105,6 +105,15 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
             flag: "--otlp-endpoint",
             source: e.into(),
         })?;
+    }
+    if let Some(name) = &args.node_name {
+        config.node_name = Some(NodeName::new(name).map_err(|e| ConfigError::Flag {
+            flag: "--node-name",
+            source: e.into(),
+        })?);
+    }
+    if config.node_name.is_none() {
+        config.node_name = Some(NodeName::from_hostname());
     }
     if let Some(events) = &args.events {
         config.events.output = Some(events.clone());

@@ -127,3 +127,19 @@ fn patterns_match_names_and_paths() {
     assert!(p.is_match("/system.slice/nginx.service"));
     assert!(Pattern::new("").is_err());
 }
+
+#[test]
+fn node_name() {
+    assert_eq!(parse("").unwrap().node_name, None);
+    let c = parse("node_name: worker-1.example\n").unwrap();
+    assert_eq!(c.node_name, Some(NodeName("worker-1.example".into())));
+    let e = parse("listen: 127.0.0.1:1\nnode_name: \"a b\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("test.yaml:2:"), "{text}");
+    assert!(
+        text.contains("printable characters without spaces"),
+        "{text}"
+    );
+    assert!(NodeName::new("").is_err());
+    assert!(!NodeName::from_hostname().0.is_empty());
+}

@@ -31,6 +31,8 @@ pub struct Info {
     pub features: Vec<Feature>,
     /// (map name, capacity)
     pub map_capacity: Vec<(&'static str, u64)>,
+    /// This node's name (`node` of `palisade_build_info`).
+    pub node: String,
 }
 
 /// Metrics about the agent itself that it accumulates (the rest is derived per scrape).
@@ -287,6 +289,7 @@ mod tests {
                 detail: String::new(),
             }],
             map_capacity: vec![(palisade_common::names::MAP_SYSCALL_STATS, 10240)],
+            node: "worker-1".into(),
         };
         render(&inputs(&model, &registry, &info, cfg), &own).unwrap()
     }
@@ -329,6 +332,7 @@ mod tests {
         assert!(text.contains("palisade_kernel_lost_total{reason=\"syscall_stats_map_full\"} 0\n"));
         assert!(text.contains("palisade_bpf_map_capacity{map=\"SYSCALL_STATS\"} 10240\n"));
         assert!(text.contains("palisade_build_info{version="));
+        assert!(text.contains(",node=\"worker-1\"} 1\n"), "{text}");
         assert!(text.contains("palisade_series_dropped 0\n"));
         assert!(text.contains("palisade_cgroups{state=\"live\"} 2\n"));
         // HELP on every family
