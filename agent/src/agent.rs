@@ -252,6 +252,9 @@ async fn serve_all(
         hub: hub.clone(),
     });
     let otlp_cfg = config.otlp.clone();
+    // The OTLP metric export reads what each collection publishes.
+    let (published, families) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let published = (otlp_cfg.metrics && otlp_cfg.endpoint.is_some()).then_some(published);
     let pin_dir = config.policy.pin_dir.clone();
     let (state, state_task) = state::spawn(state::Parts {
         kernel: kernel_handle.clone(),
@@ -266,6 +269,7 @@ async fn serve_all(
             config.resources.cgroup_v1_root.as_deref(),
         ),
         unified_root: unified_root.clone(),
+        published,
         config,
     });
 
@@ -281,6 +285,7 @@ async fn serve_all(
     }
 
     let otlp = crate::otlp::start(&otlp_cfg, &node, hub.clone())?;
+    let otlp_metrics = crate::otlp_metrics::start(&otlp_cfg, &node, families)?;
     let mut tasks = vec![state_task];
     if let Some(target) = event_log {
         tasks.push(tokio::spawn(sink::run(target, hub.clone())));
@@ -314,6 +319,9 @@ async fn serve_all(
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
     if let Some(o) = otlp {
+        tokio::task::block_in_place(|| o.shutdown());
+    }
+    if let Some(o) = otlp_metrics {
         tokio::task::block_in_place(|| o.shutdown());
     }
     if let Some(path) = &ready_file {

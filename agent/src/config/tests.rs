@@ -62,6 +62,8 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.otlp.timeout, d.otlp.timeout);
     assert_eq!(c.otlp.events, d.otlp.events);
     assert_eq!(c.otlp.headers, d.otlp.headers);
+    assert_eq!(c.otlp.metrics, d.otlp.metrics);
+    assert_eq!(c.otlp.metrics_interval, d.otlp.metrics_interval);
 }
 
 #[test]

@@ -25,6 +25,10 @@ use crate::{
     model::Model,
 };
 
+/// The families of the latest collection, for readers outside the state owner (the OTLP metrics
+/// export): replaced whole after each collection, never waited on by the owner.
+pub type Published = tokio::sync::watch::Sender<std::sync::Arc<Vec<MetricFamily>>>;
+
 /// Static facts rendered on every scrape.
 #[derive(Debug, Clone, Default)]
 pub struct Info {
@@ -203,8 +207,9 @@ impl ContainerKey {
     }
 }
 
-/// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
-pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
+/// Every family of the `/metrics` page (empty ones left out), and the number of per-container
+/// series the cardinality cap dropped. The page renders them; the OTLP metrics export reads them.
+pub fn families(inp: &Inputs<'_>, own: &SelfMetrics) -> (Vec<MetricFamily>, usize) {
     let mut budget = Budget::new(inp.cfg.max_series);
     // Cheap, high-value families take the budget first; latency histograms (18 series per
     // container and syscall) are the first to go when the cap bites.
@@ -218,12 +223,22 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     fams.extend(own.registry.gather());
     // The text encoder rejects empty families (e.g. no errors yet).
     fams.retain(|f| !f.get_metric().is_empty());
+    (fams, budget.dropped)
+}
+
+/// The Prometheus text format of `families`.
+pub fn encode(fams: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&fams, &mut buf)?;
+    TextEncoder::new().encode(fams, &mut buf)?;
     // The encoder writes UTF-8; a lossy conversion would rescan the whole (MiB-sized) page.
-    let text = String::from_utf8(buf)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    Ok((text, budget.dropped))
+    Ok(String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
+pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
+    let (fams, dropped) = families(inp, own);
+    Ok((encode(&fams)?, dropped))
 }
 
 #[cfg(test)]
