@@ -417,6 +417,7 @@ mod tests {
                 image: Some("nginx:1".into()),
                 namespace: Some("shop".into()),
                 pod: Some("cart".into()),
+                runtime_name: Some("k8s_web_cart".into()),
             }),
             std::time::Instant::now(),
             std::time::Duration::from_secs(1),
@@ -431,7 +432,16 @@ mod tests {
             exits_unknown: 0,
         });
         e.oom_kills = 1;
+        e.net = Some(palisade_common::net::NetTotals {
+            tx_bytes: 100,
+            rx_bytes: 200,
+            tx_packets: 3,
+            rx_packets: 4,
+            ..Default::default()
+        });
         e.resources = Some(crate::resources::Resources {
+            cpu_shares: Some(1024),
+            memory_swap_bytes: Some(0),
             cpu_usage_seconds: Some(1.5),
             memory_limit_bytes: Some(None),
             cpu_quota_us: Some(None),
@@ -442,20 +452,29 @@ mod tests {
         let cfg = Config::default().metrics;
         let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
         let l = r#"container="web",namespace="shop",pod="cart""#;
+        let c = r#"container="web",id="/system.slice/nginx.service",image="nginx:1",name="k8s_web_cart",namespace="shop",pod="cart""#;
         for want in [
             format!("palisade_process_execs_total{{{l}}} 3\n"),
             format!("palisade_process_forks_total{{{l}}} 4\n"),
             format!("palisade_process_exits_total{{{l},reason=\"failed\"}} 1\n"),
             format!("palisade_oom_kills_total{{{l}}} 1\n"),
             format!("palisade_syscalls_total{{{l},syscall=\"getppid\"}} 3\n"),
-            r#"container_cpu_usage_seconds_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1.5"#.to_owned() + "\n",
+            format!("container_cpu_usage_seconds_total{{{c}}} 1.5\n"),
             // unlimited memory is 0, an unlimited quota is absent, OOMs seen by the agent count
-            r#"container_spec_memory_limit_bytes{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 0"#.to_owned() + "\n",
-            r#"container_oom_events_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1"#.to_owned() + "\n",
+            format!("container_spec_memory_limit_bytes{{{c}}} 0\n"),
+            format!("container_oom_events_total{{{c}}} 1\n"),
+            format!("container_spec_cpu_shares{{{c}}} 1024\n"),
+            format!("container_memory_swap{{{c}}} 0\n"),
+            // the socket counters of cgroup_skb, as cAdvisor's interface counters
+            format!("container_network_transmit_bytes_total{{{c}}} 100\n"),
+            format!("container_network_receive_bytes_total{{{c}}} 200\n"),
+            format!("container_network_transmit_packets_total{{{c}}} 3\n"),
+            format!("container_network_receive_packets_total{{{c}}} 4\n"),
         ] {
             assert!(text.contains(&want), "missing {want}\n{text}");
         }
         assert!(!text.contains("container_spec_cpu_quota{"));
+        assert!(!text.contains("container_memory_mapped_file{"));
         assert!(
             !text.contains("container_memory_usage_bytes{"),
             "absent values are left out"
