@@ -31,7 +31,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show which kernel hooks, maps and cgroup layout this host offers, and what the agent
     /// will use. Exits 1 when the agent cannot run here.
-    Doctor,
+    #[command(after_help = DOCTOR_JSON)]
+    Doctor {
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        output: Output,
+    },
     /// Developer tools (used by `cargo xtask bench`).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -60,10 +64,13 @@ pub enum PolicyCommand {
         files: Vec<PathBuf>,
     },
     /// What the agent enforces: policies, their modes and the cgroups they apply to.
+    #[command(after_help = STATUS_JSON)]
     Status {
         /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        output: Output,
     },
     /// Switch a policy between audit (report only) and enforce, without a restart.
     Mode {
@@ -104,6 +111,31 @@ pub enum PolicyCommand {
         socket: PathBuf,
     },
 }
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON object, for scripts: its shape is documented and stable (fields may be added,
+    /// none renamed or removed).
+    Json,
+}
+
+const DOCTOR_JSON: &str = "\
+--output json prints one object:
+  {\"cgroup_layout\": \"v1\"|\"hybrid\"|\"v2\"|null, \"unified_root\": PATH|null,
+   \"features\": [{\"name\", \"available\", \"required\", \"used_for\", \"detail\"}, ...],
+   \"agent_can_run\": BOOL, \"missing_required\": [NAME, ...],
+   \"cgroup_discovery\": \"tracepoints\"|\"rescans\", \"probe_ms\": N}
+The exit status is the same as with text: 1 when the agent cannot run here.";
+
+const STATUS_JSON: &str = "\
+--output json prints one object:
+  {\"pin_dir\": PATH, \"loaded\": BOOL, \"hooks\": [HOOK, ...],
+   \"policies\": [{\"name\", \"mode\": \"audit\"|\"enforce\", \"source\",
+                  \"cgroups\": [{\"cgroup_id\", \"container\"}, ...]}, ...],
+   \"adopted_workloads\": [CGROUP_ID, ...]}";
 
 const POLICY_EXAMPLES: &str = "\
 Examples:

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use super::{AgentArgs, Cli, Command, DebugCommand, PolicyCommand};
+use super::{AgentArgs, Cli, Command, DebugCommand, Output, PolicyCommand};
 use crate::{
     agent, benchmark,
     config::{Config, ConfigError, NodeName, Pattern},
@@ -30,7 +30,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => agent_main(args),
-        Command::Doctor => doctor_main(),
+        Command::Doctor { output } => doctor_main(output),
         Command::Debug(DebugCommand::ScrapeBench {
             containers,
             scrapes,
@@ -57,7 +57,7 @@ fn policy_main(cmd: PolicyCommand) -> ExitCode {
     use PolicyCommand as P;
     let r = match cmd {
         P::Check { files } => return ExitCode::from(cli::check(&files)),
-        P::Status { socket } => cli::status(&socket),
+        P::Status { socket, output } => cli::status(&socket, output),
         P::Mode { name, mode, socket } => cli::mode(&socket, &name, &mode),
         P::Reload { socket } => cli::reload(&socket),
         P::Learn {
@@ -176,13 +176,16 @@ fn agent_main(args: AgentArgs) -> ExitCode {
     }
 }
 
-fn doctor_main() -> ExitCode {
+fn doctor_main(output: Output) -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "palisade: warning: not root; most probes need CAP_BPF/CAP_SYS_ADMIN and will fail"
         );
     }
     let report = features::probe_all();
-    print!("{}", doctor::render(&report));
+    match output {
+        Output::Text => print!("{}", doctor::render(&report)),
+        Output::Json => println!("{}", doctor::json(&report)),
+    }
     ExitCode::from(doctor::exit_code(&report) as u8)
 }
