@@ -5,6 +5,7 @@
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
 //! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
 //! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
+//! - `dist [--binary PATH]`: shell completions, man pages and a `.deb` (cargo-deb).
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -18,6 +19,7 @@ mod bench;
 mod bench_agent;
 mod bench_policy;
 mod deps;
+mod dist;
 mod image;
 mod prometheus_rule;
 mod setup;
@@ -65,6 +67,16 @@ enum Task {
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
     },
+    /// Shell completions, man pages and a Debian package (cargo-deb) in target/dist/: the
+    /// binary, the systemd unit, the default config, the dashboards, man pages, completions.
+    Dist {
+        /// Package this binary instead of building the release one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Quicker, lighter compression (a bigger .deb; the tests use it for a debug build).
+        #[arg(long)]
+        fast: bool,
+    },
     /// Write deploy/kubernetes/rules/prometheusrule.yaml from dashboards/alerts/palisade.rules.yml
     /// (the one file the alert rules are edited in).
     PrometheusRule {
@@ -97,6 +109,9 @@ fn main() -> ExitCode {
         // With --binary nothing is compiled: only podman (and ldd) are needed.
         Task::Image { binary: None, tag } => setup::run().and_then(|()| image::run(None, tag)),
         Task::Image { binary, tag } => image::run(binary, tag),
+        // With --binary nothing is compiled: only cargo-deb (installed by setup) is needed.
+        Task::Dist { binary: None, fast } => setup::run().and_then(|()| dist::run(None, fast)),
+        Task::Dist { binary, fast } => dist::run(binary, fast),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };

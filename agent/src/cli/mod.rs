@@ -2,6 +2,7 @@
 //! `palisade policy status|mode|reload|learn` and `palisade events` talk to a running agent
 //! through `palisade_proto`. Errors become text only here.
 mod events;
+mod man;
 mod policy;
 mod run;
 
@@ -152,6 +153,16 @@ pub enum DebugCommand {
         containers: usize,
         #[arg(long, default_value_t = 20)]
         scrapes: usize,
+    },
+    /// Print the shell completion script for SHELL (`cargo xtask dist` packages them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (palisade.1 and one per subcommand) into DIR.
+    ManPages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 

@@ -38,6 +38,24 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
         },
+        Command::Debug(DebugCommand::Completions { shell }) => {
+            use std::io::Write as _;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // into memory first: clap_complete panics when its writer fails (a closed pipe)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "palisade", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, format!("cannot write the completions: {e}")),
+            }
+        }
+        Command::Debug(DebugCommand::ManPages { dir }) => match super::man::write_all(&dir) {
+            Ok(n) => {
+                println!("{n} man pages in {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
         Command::Events(args) => {
             match super::events::run(&args.socket, args.containers, args.types) {
                 Ok(()) => ExitCode::SUCCESS,
