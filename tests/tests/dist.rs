@@ -6,7 +6,9 @@
 //! leaves nothing behind.
 //!
 //! Privileged (dpkg, a real agent). Skipped, saying so, without dpkg or cargo-deb (`cargo xtask
-//! setup` installs it). Refuses to run when a `palisade` package is already installed.
+//! setup` installs it). Refuses to run when a `palisade` package is already installed. The
+//! package is built with `xtask dist --fast --binary $PALISADE_BIN` (`$PALISADE_XTASK`, set by
+//! `cargo xtask test`, else `cargo run -p xtask` in a target directory of its own).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -74,9 +76,21 @@ fn the_deb_installs_runs_and_purges() {
         "a palisade package is installed on this machine already; remove it first"
     );
     let root = workspace();
+    // `$PALISADE_XTASK` (set by `cargo xtask test`), else xtask built in a target directory of
+    // its own: the one this test runs from may be locked (as in the image test)
+    let mut xtask = match std::env::var_os("PALISADE_XTASK") {
+        Some(x) => Command::new(x),
+        None => {
+            let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            c.args(["run", "--quiet", "--package", "xtask", "--target-dir"])
+                .arg(root.join("target/xtask-for-tests"))
+                .arg("--");
+            c
+        }
+    };
     let out = succeeds(
-        Command::new("cargo")
-            .args(["xtask", "dist", "--fast", "--binary"])
+        xtask
+            .args(["dist", "--fast", "--binary"])
             .arg(palisade_bin())
             .current_dir(&root),
     );
