@@ -6,6 +6,7 @@
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod catalog;
+pub mod fleet;
 pub mod grafana;
 pub mod launch;
 mod metrics;

@@ -31,6 +31,11 @@ impl OtlpReceiver {
         format!("http://{}", self.addr)
     }
 
+    /// Every request body received so far (JSON), with its path.
+    pub fn bodies(&self) -> Vec<(String, serde_json::Value)> {
+        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
     /// Every log record received so far: (request path, record JSON, resource JSON).
     pub fn records(&self) -> Vec<(String, serde_json::Value, serde_json::Value)> {
         let bodies = self.bodies.lock().map(|b| b.clone()).unwrap_or_default();

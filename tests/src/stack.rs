@@ -245,17 +245,23 @@ impl Prometheus {
         targets: &[SocketAddr],
         alertmanager: SocketAddr,
     ) -> Self {
-        let config = dir.join("prometheus.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
+        Self::with_config(
+            dir,
+            &format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
                 rule_file.display(),
                 targets.join(", ")
             ),
         )
-        .unwrap_or_else(|e| panic!("write prometheus.yml: {e}"));
+    }
+
+    /// A real Prometheus with this configuration (written to `dir/prometheus.yml`; paths in
+    /// it are relative to `dir`).
+    pub fn with_config(dir: &Path, config_text: &str) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, config_text)
+            .unwrap_or_else(|e| panic!("write prometheus.yml: {e}"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));

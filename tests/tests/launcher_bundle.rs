@@ -44,6 +44,37 @@ fn a_runc_spec_bundle_runs_with_its_configuration() {
     assert_clean(&name, Some(&b.rootfs()));
 }
 
+/// The runtime spec has runtimes ignore properties it does not define: a bundle from a newer
+/// spec or with a vendor's extension runs, and one warning names what was ignored; a property
+/// the spec defines and palisade does not support is still refused (see the bad-input test).
+#[test]
+fn unknown_properties_are_ignored_with_one_warning() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "echo ran"]);
+    b.config["x-vendor"] = serde_json::json!({"tuning": true});
+    b.config["process"]["futureProcessField"] = "x".into();
+    b.config["linux"]["resources"]["memory"] =
+        serde_json::json!({"limit": 67108864, "futureKnob": 1});
+    b.write();
+    let name = unique("unknownprops");
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.lines(), ["ran"], "{out}");
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ignored properties the runtime spec does not define"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    for path in [
+        "x-vendor",
+        "process.futureProcessField",
+        "linux.resources.memory.futureKnob",
+    ] {
+        assert!(warnings[0].contains(path), "{path} not named: {out}");
+    }
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
 #[test]
 fn a_bundle_with_no_capabilities_runs_with_none() {
     let mut b = Bundle::new(&[

@@ -241,11 +241,7 @@ fn audit_mode_blocks_nothing_and_reports_everything() {
         .map(|(path, r, _)| {
             assert_eq!(path, "/v1/logs");
             assert_eq!(r["severityText"], "WARN", "{r}");
-            assert_eq!(
-                otlp_attr(r, "event.name"),
-                Some("policy_violation".into()),
-                "{r}"
-            );
+            assert_eq!(r["eventName"], "policy_violation", "{r}");
             assert_eq!(
                 otlp_attr(r, "palisade.policy.name"),
                 Some("watch".into()),

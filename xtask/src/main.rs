@@ -8,6 +8,7 @@
 //! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
 //!   6.12 kernels under qemu (pure cgroup v2, BPF-LSM); `test` runs it on 6.1 unless
 //!   `PALISADE_SKIP_VM=1`.
+//! - `dist [--binary PATH]`: shell completions, man pages and a `.deb` (cargo-deb).
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -22,6 +23,7 @@ mod bench_agent;
 mod bench_exec;
 mod bench_policy;
 mod deps;
+mod dist;
 mod image;
 mod prometheus_rule;
 mod setup;
@@ -73,6 +75,16 @@ enum Task {
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
     },
+    /// Shell completions, man pages and a Debian package (cargo-deb) in target/dist/: the
+    /// binary, the systemd unit, the default config, the dashboards, man pages, completions.
+    Dist {
+        /// Package this binary instead of building the release one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Quicker, lighter compression (a bigger .deb; the tests use it for a debug build).
+        #[arg(long)]
+        fast: bool,
+    },
     /// Write deploy/kubernetes/rules/prometheusrule.yaml from dashboards/alerts/palisade.rules.yml
     /// (the one file the alert rules are edited in).
     PrometheusRule {
@@ -108,6 +120,9 @@ fn main() -> ExitCode {
         // With --binary nothing is compiled: only podman (and ldd) are needed.
         Task::Image { binary: None, tag } => setup::run().and_then(|()| image::run(None, tag)),
         Task::Image { binary, tag } => image::run(binary, tag),
+        // With --binary nothing is compiled: only cargo-deb (installed by setup) is needed.
+        Task::Dist { binary: None, fast } => setup::run().and_then(|()| dist::run(None, fast)),
+        Task::Dist { binary, fast } => dist::run(binary, fast),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
         Task::VmTest(opts) => setup::run().and_then(|()| vm::run(&opts)),

@@ -6,7 +6,8 @@
 //! 2. `rust-src` for the nightly toolchain (the eBPF crate is built with `-Z build-std=core`).
 //! 3. `bpf-linker` 0.13 linked against the LLVM that ships inside the nightly rustc, through a
 //!    prefix of symlinks kept under `~/.local/share/palisade/` (the binary's rpath points there).
-//! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it).
+//! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it) and `cargo-deb` (the
+//!    Debian package of `cargo xtask dist`), from crates.io.
 //! 5. A Python virtual environment with `kubernetes-validate` (PyPI), which checks the
 //!    Kubernetes manifests offline, in `~/.local/share/palisade/venv`.
 use std::{
@@ -93,7 +94,9 @@ pub fn run() -> Result<()> {
     step("setup: bpf-linker");
     bpf_linker()?;
     step("setup: cargo-fuzz");
-    cargo_fuzz()?;
+    cargo_install("fuzz", "cargo-fuzz")?;
+    step("setup: cargo-deb");
+    cargo_install("deb", "cargo-deb")?;
     step("setup: Python venv with kubernetes-validate");
     venv()?;
     Ok(())
@@ -136,20 +139,20 @@ fn venv() -> Result<()> {
     .context("pip install (network to PyPI is needed)")
 }
 
-/// `cargo install cargo-fuzz` unless `cargo fuzz` already works.
-fn cargo_fuzz() -> Result<()> {
+/// `cargo install CRATE` (from crates.io) unless `cargo SUBCOMMAND` already works.
+fn cargo_install(subcommand: &str, krate: &str) -> Result<()> {
     let works = Command::new("cargo")
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if works {
         eprintln!("    ok");
         return Ok(());
     }
-    eprintln!("    installing cargo-fuzz (a few minutes, once)");
+    eprintln!("    installing {krate} (a few minutes, once)");
     exec(
         Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
+            .args(["install", krate, "--locked"])
             // the machine's default toolchain, not this repository's pinned one
             .current_dir(home()?),
     )

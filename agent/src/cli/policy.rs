@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use palisade_proto::{ClientError, Reply, Request};
+use palisade_proto::{ClientError, PolicyStatus, Reply, Request};
 
 use crate::policy::exec_match::{self, ExecMatch};
 
@@ -95,7 +95,7 @@ pub enum CliError {
     Unreachable(ClientError),
     #[error(transparent)]
     Agent(ClientError),
-    #[error("unexpected learn answer: {0}")]
+    #[error("unexpected answer from the agent: {0}")]
     Answer(serde_json::Error),
     #[error("write {}: {source}", path.display())]
     Write {
@@ -121,13 +121,70 @@ fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CliErr
 
 const SHORT: Duration = Duration::from_secs(30);
 
-pub fn status(socket: &Path) -> Result<(), CliError> {
+pub fn status(socket: &Path, output: super::Output) -> Result<(), CliError> {
     let r = call(socket, &Request::PolicyStatus {}, SHORT)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&r.data.unwrap_or_default()).unwrap_or_default()
-    );
+    let status: PolicyStatus = match r.data {
+        None => PolicyStatus::default(),
+        Some(_) => r.data_as().map_err(CliError::Answer)?,
+    };
+    match output {
+        super::Output::Json => println!(
+            "{}",
+            serde_json::to_string(&status).map_err(CliError::Answer)?
+        ),
+        super::Output::Text => print!("{}", status_text(&status)),
+    }
     Ok(())
+}
+
+/// `palisade policy status` for people.
+fn status_text(s: &PolicyStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let hooks = if s.hooks.is_empty() {
+        "none".to_owned()
+    } else {
+        s.hooks.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "pin dir: {} ({})   hooks attached: {hooks}",
+        s.pin_dir,
+        if s.loaded { "loaded" } else { "nothing loaded" }
+    );
+    if s.policies.is_empty() {
+        let _ = writeln!(out, "no policies");
+    }
+    for p in &s.policies {
+        let _ = writeln!(
+            out,
+            "policy {} ({}) from {}: {} cgroup(s)",
+            p.name,
+            p.mode,
+            p.source,
+            p.cgroups.len()
+        );
+        for c in &p.cgroups {
+            let name = if c.container.is_empty() {
+                "?"
+            } else {
+                &c.container
+            };
+            let _ = writeln!(out, "  {name} (cgroup {})", c.cgroup_id);
+        }
+    }
+    if !s.adopted_workloads.is_empty() {
+        let _ = writeln!(
+            out,
+            "adopted launched workloads (pinned by an earlier agent): {}",
+            s.adopted_workloads
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    out
 }
 
 pub fn mode(socket: &Path, name: &str, mode: &str) -> Result<(), CliError> {

@@ -21,6 +21,12 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Event types to export (empty: all).
     pub events: Vec<String>,
+    /// Also export the `/metrics` families as OTLP metrics (`/v1/metrics`), for fleets that
+    /// collect only OTLP (off, like the logs, while no endpoint is set).
+    pub metrics: bool,
+    /// How often the metrics are exported (the SDK's periodic reader).
+    #[serde(with = "duration")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -31,6 +37,8 @@ impl Default for OtlpConfig {
             headers: BTreeMap::new(),
             timeout: Duration::from_secs(10),
             events: Vec::new(),
+            metrics: false,
+            metrics_interval: Duration::from_secs(60),
         }
     }
 }
@@ -55,6 +63,9 @@ impl OtlpConfig {
                     "`{e}` must start with http:// (TLS is not supported; use a local collector)"
                 ),
             ));
+        }
+        if self.metrics_interval < Duration::from_secs(1) {
+            return Err(Invalid::new("otlp.metrics_interval", "must be at least 1s"));
         }
         self.events
             .iter()
@@ -99,5 +110,12 @@ mod tests {
         };
         let e = cfg.event_types().unwrap_err();
         assert!(e.to_string().contains("unknown event type `flows`"), "{e}");
+        let cfg = OtlpConfig {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            metrics: true,
+            metrics_interval: Duration::from_millis(10),
+            ..OtlpConfig::default()
+        };
+        assert_eq!(cfg.event_types().unwrap_err().key, "otlp.metrics_interval");
     }
 }

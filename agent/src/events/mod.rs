@@ -74,6 +74,9 @@ pub struct ContainerRef {
     pub namespace: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// The Kubernetes pod's uid (from the cgroup path), when the container is a pod's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
 }
 
 /// The process an event is about.
@@ -246,6 +249,7 @@ pub(crate) mod tests {
                 image: String::new(),
                 namespace: String::new(),
                 pod: String::new(),
+                pod_uid: String::new(),
             },
             process: Some(ProcessRef {
                 pid: 7,

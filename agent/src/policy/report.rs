@@ -41,6 +41,7 @@ fn container_of(targets: &HashMap<u64, TargetInfo>, cgroup_id: u64) -> Container
             image: String::new(),
             namespace: String::new(),
             pod: String::new(),
+            pod_uid: String::new(),
         },
     }
 }

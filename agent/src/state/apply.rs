@@ -36,6 +36,7 @@ pub fn container_ref(i: &Identity) -> ContainerRef {
         image: i.image.clone(),
         namespace: i.namespace.clone(),
         pod: i.pod.clone(),
+        pod_uid: i.pod_uid.clone().unwrap_or_default(),
     }
 }
 
