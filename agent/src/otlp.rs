@@ -442,6 +442,7 @@ mod tests {
                 local: String::new(),
                 remote: "10.0.0.2:7000".into(),
             }),
+            exec_detail: crate::events::ExecDetail::default(),
             suppressed: 0,
         });
         let a = attributes(&ev);
