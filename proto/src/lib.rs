@@ -170,6 +170,24 @@ pub struct PolicyStatus {
     pub policies: Vec<PolicyState>,
     /// Cgroup ids of launched workloads whose pinned state an earlier agent left (adopted).
     pub adopted_workloads: Vec<u64>,
+    /// How exec rules match on this host.
+    pub exec_match: ExecMatch,
+}
+
+/// How exec rules match on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecMatch {
+    /// `file` (the file executed, resolved by the kernel) or `path_given` (the string given to
+    /// execve, best effort).
+    pub mode: String,
+    /// How scripts are matched: `file` or `path_given`.
+    pub scripts: String,
+    pub best_effort: bool,
+    /// Why the matching is weaker than `file`, when it is.
+    pub reason: String,
+    /// One sentence for people.
+    pub describe: String,
 }
 
 /// One policy in [`PolicyStatus`].

@@ -152,6 +152,9 @@ fn status_text(s: &PolicyStatus) -> String {
         s.pin_dir,
         if s.loaded { "loaded" } else { "nothing loaded" }
     );
+    if !s.exec_match.describe.is_empty() {
+        let _ = writeln!(out, "{}", s.exec_match.describe);
+    }
     if s.policies.is_empty() {
         let _ = writeln!(out, "no policies");
     }
