@@ -28,6 +28,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 5000)]
         execs: u32,
     },
+    /// The live release agent with 1,000 real cgroups, each with a process that made a few
+    /// syscalls: series per container, series dropped, CPU per scrape (plain and gzip), page
+    /// size, concurrent scrapes, RSS.
+    Scale {
+        /// Cgroups (each with one process).
+        #[arg(long, default_value_t = 1000)]
+        containers: usize,
+        /// Scrapes per case.
+        #[arg(long, default_value_t = 20)]
+        scrapes: u32,
+    },
     /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
     /// the agent, interleaved; medians and ratios.
     Net {
@@ -88,6 +99,13 @@ pub fn run(which: Bench) -> Result<()> {
             build(true)?;
             crate::bench_agent::scrape(scrapes)?;
             crate::bench_agent::exec_events(execs)
+        }
+        Bench::Scale {
+            containers,
+            scrapes,
+        } => {
+            build(true)?;
+            crate::bench_scale::scale(containers, scrapes)
         }
         Bench::Launch { runs } => launch(runs),
         Bench::Policy { calls, rounds } => {
