@@ -38,6 +38,9 @@ pub enum Bench {
         /// Scrapes per case.
         #[arg(long, default_value_t = 20)]
         scrapes: u32,
+        /// Record the agent with `perf record -g` during the plain scrapes into this file.
+        #[arg(long, value_name = "FILE")]
+        perf: Option<PathBuf>,
     },
     /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
     /// the agent, interleaved; medians and ratios.
@@ -103,9 +106,10 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Scale {
             containers,
             scrapes,
+            perf,
         } => {
             build(true)?;
-            crate::bench_scale::scale(containers, scrapes)
+            crate::bench_scale::scale(containers, scrapes, perf.as_deref())
         }
         Bench::Launch { runs } => launch(runs),
         Bench::Policy { calls, rounds } => {

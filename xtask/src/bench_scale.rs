@@ -237,7 +237,7 @@ fn series_per_container(page: &str, marker: &str) -> Vec<usize> {
 }
 
 /// `cargo xtask bench scale`.
-pub fn scale(containers: usize, scrapes: u32) -> Result<()> {
+pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()> {
     step(&format!(
         "scale: {containers} cgroups with a process each, release agent, {scrapes} scrapes per case"
     ));
@@ -306,6 +306,30 @@ pub fn scale(containers: usize, scrapes: u32) -> Result<()> {
     std::thread::sleep(idle);
     let idle_rate = (cpu_seconds(pid)? - c0) / idle.as_secs_f64();
     let mut rows = Vec::new();
+    // the agent under `perf record` for the plain batch (a profile of the scrape path)
+    let mut recorder = match perf {
+        Some(out) => {
+            let r = Command::new("perf")
+                .args([
+                    "record",
+                    "-F",
+                    "999",
+                    "-g",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-o",
+                ])
+                .arg(out)
+                .args(["-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record")?;
+            std::thread::sleep(Duration::from_secs(1));
+            Some(r)
+        }
+        None => None,
+    };
     for gzip in [false, true] {
         let t = Instant::now();
         let c0 = cpu_seconds(pid)?;
@@ -333,6 +357,12 @@ pub fn scale(containers: usize, scrapes: u32) -> Result<()> {
             size,
             enc,
         ));
+        if let Some(mut r) = recorder.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &r.id().to_string()])
+                .status();
+            let _ = r.wait();
+        }
     }
     // concurrent scrapes: one collection and one page between those that arrive together
     let c0 = cpu_seconds(pid)?;
