@@ -38,6 +38,12 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
         },
+        Command::Debug(DebugCommand::EmptyHooks { ready_file }) => {
+            match benchmark::empty_hooks(&ready_file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, e),
+            }
+        }
         Command::Debug(DebugCommand::Completions { shell }) => {
             use std::io::Write as _;
             let mut cmd = <Cli as clap::CommandFactory>::command();
