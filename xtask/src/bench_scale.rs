@@ -380,6 +380,7 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     let conc_cpu = cpu_seconds(pid)? - c0 - idle_rate * t.elapsed().as_secs_f64();
     let rss = status_kib(pid, "VmRSS:");
     let hwm = status_kib(pid, "VmHWM:");
+    let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
 
     let pct = |q: f64| {
         per.get(((per.len() as f64 - 1.0) * q) as usize)
@@ -421,7 +422,23 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
         hwm / 1024.0
     );
     println!(
-        "  targets: <= 100 series per container, 0 dropped, <= 50 ms CPU, <= 1 MiB gzip, RSS <= 64 MiB"
+        "  (RSS after scrapes: {:.1} MiB anonymous, {:.1} MiB file-backed, mostly the binary)",
+        anon / 1024.0,
+        file / 1024.0
+    );
+    let max_series = pct(1.0) as f64;
+    let gzip = rows.iter().find(|r| r.0).map_or(f64::NAN, |r| r.3 as f64);
+    let cpu = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    println!("  against the targets (measured / target, <= 1 is met):");
+    println!(
+        "    series per container (max)  {:.2}   dropped {dropped}",
+        max_series / 100.0
+    );
+    println!(
+        "    CPU per scrape (worse case) {:.2}   gzip body {:.2}   RSS {:.2}",
+        cpu * 1e3 / 50.0,
+        gzip / (1024.0 * 1024.0),
+        rss / (64.0 * 1024.0)
     );
     drop(f);
     Ok(())
