@@ -312,16 +312,22 @@ pub struct Agent {
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, true)
+        Self::start_inner(config, args, true, &[])
+    }
+
+    /// Like [`Agent::with_events`], started through `wrapper` (a program and its arguments
+    /// that ends by running the command it is given, e.g. `unshare ... sh -c '...; exec "$@"'`).
+    pub fn with_events_wrapped(config: &str, args: &[&str], wrapper: &[&str]) -> Self {
+        Self::start_inner(config, args, true, wrapper)
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, false)
+        Self::start_inner(config, args, false, &[])
     }
 
-    fn start_inner(config: &str, args: &[&str], events: bool) -> Self {
+    fn start_inner(config: &str, args: &[&str], events: bool, wrapper: &[&str]) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("palisade.yaml");
@@ -329,7 +335,15 @@ impl Agent {
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("agent.log"))
             .unwrap_or_else(|e| panic!("create log: {e}"));
-        let mut child = Command::new(palisade_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(palisade_bin());
+                c
+            }
+            None => Command::new(palisade_bin()),
+        };
+        let mut child = cmd
             .arg("agent")
             .arg("--config")
             .arg(&cfg)
