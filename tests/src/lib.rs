@@ -445,7 +445,9 @@ impl Agent {
         use std::{io::BufRead as _, os::unix::net::UnixStream};
         let mut s = UnixStream::connect(self.control_socket())
             .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        // the policy task answers after what it is doing: loading and verifying the policy
+        // programs takes seconds on a busy machine
+        s.set_read_timeout(Some(Duration::from_secs(40))).ok();
         writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
         let mut line = String::new();
         std::io::BufReader::new(s)

@@ -66,7 +66,8 @@ fn a_policy_holds_in_a_child_cgroup_on_every_hook() {
     let cg = TestCgroup::new("pol-sub");
     let ns = TestNetns::new("pol-sub");
     let _l = Listener::start(&ns, 7601);
-    let body = "  syscalls:\n    action: kill\n    deny: [getppid]\n  exec:\n    action: kill\n    deny: [/bin/true, /usr/bin/true]\n  network:\n    egress:\n      rules:\n        - {name: no-7601, action: deny, ports: [7601], protocol: tcp}\n        - {name: no-udp-7604, action: deny, ports: [7604], protocol: udp}\n    ingress:\n      rules:\n        - {name: no-bind-7602, action: deny, ports: [7602]}\n        - {name: no-syn-7603, action: deny, cidr: 127.0.0.0/8, ports: [7603], protocol: tcp}\n";
+    // getpriority: the shell below makes no such call (it does call getppid)
+    let body = "  syscalls:\n    action: kill\n    deny: [getpriority]\n  exec:\n    action: kill\n    deny: [/bin/true, /usr/bin/true]\n  network:\n    egress:\n      rules:\n        - {name: no-7601, action: deny, ports: [7601], protocol: tcp}\n        - {name: no-udp-7604, action: deny, ports: [7604], protocol: udp}\n    ingress:\n      rules:\n        - {name: no-bind-7602, action: deny, ports: [7602]}\n        - {name: no-syn-7603, action: deny, cidr: 127.0.0.0/8, ports: [7603], protocol: tcp}\n";
     let s = Setup::new(&doc("held", &cg, "enforce", body));
     let agent = s.agent("");
     wait_applied(
@@ -81,10 +82,14 @@ fn a_policy_holds_in_a_child_cgroup_on_every_hook() {
     // a process of the container moves itself into the child, then makes the denied call
     let st = cg
         .command(workload_bin())
-        .args(["move", &sub_dir, "getppid", "1", "exit", "0"])
+        .args(["move", &sub_dir, "getpriority", "1", "exit", "0"])
         .status()
         .unwrap_or_else(|e| panic!("workload: {e}"));
-    o.expect("getppid after moving into the child", ended(st), "signal 9");
+    o.expect(
+        "getpriority after moving into the child",
+        ended(st),
+        "signal 9",
+    );
     let out = cg
         .command("/bin/sh")
         .args([
