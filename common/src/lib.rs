@@ -142,6 +142,8 @@ mod pod {
     unsafe impl aya::Pod for crate::policy::ArgKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::ArgRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::Resolved {}
 }
 
 #[cfg(test)]
@@ -183,13 +185,14 @@ mod tests {
         assert!(EXEC_ARGS_MAX.is_power_of_two() && EXEC_FILENAME_MAX.is_power_of_two());
         use policy::*;
         assert_eq!(size_of::<CgroupPolicy>(), 8);
-        assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS);
+        assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS + 8);
+        assert_eq!(size_of::<Resolved>(), 16);
         assert_eq!(size_of::<EnterSlot>(), 8);
         assert_eq!(size_of::<ExecConf>(), 8);
         assert_eq!(size_of::<ExecKey>(), 16);
         assert_eq!(size_of::<ExecRule>(), 8);
-        assert_eq!(size_of::<NetRule>(), 32);
-        assert_eq!(size_of::<NetRuleSet>(), 16 + 32 * MAX_NET_RULES);
+        assert_eq!(size_of::<NetRule>(), 48);
+        assert_eq!(size_of::<NetRuleSet>(), 16 + 48 * MAX_NET_RULES);
         assert_eq!(size_of::<RuleInfo>(), 16 + 2 * RULE_NAME_MAX);
         assert_eq!(size_of::<ViolationKey>(), 16);
         assert_eq!(size_of::<ViolationState>(), 24);
@@ -200,7 +203,7 @@ mod tests {
         assert_eq!(size_of::<ArgKey>(), 8);
         assert_eq!(
             size_of::<PolicyEvent>(),
-            32 + 24 + 16 + 40 + 8 + POLICY_PATH_MAX
+            32 + 24 + 16 + 40 + 16 + POLICY_PATH_MAX
         );
     }
 }

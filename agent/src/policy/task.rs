@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub hooks: Vec<(&'static str, bool)>,
     pub lost: u64,
     pub loaded: bool,
+    /// (policy, container, reason) of what is not in place (`palisade_policy_unenforced`).
+    pub unenforced: Vec<(String, String, String)>,
 }
 
 pub enum Cmd {

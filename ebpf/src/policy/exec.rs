@@ -17,7 +17,7 @@ use palisade_common::policy::{
     taken, what,
 };
 
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, policy_current, report, rule};
 
 /// Offset of `filename` (a `__data_loc`) in the record, from tracefs.
 #[unsafe(no_mangle)]
@@ -71,7 +71,7 @@ fn look(slot: u32, kind: u32, hash: u64, f: *mut Scratch) {
 fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::EXEC == 0 {
@@ -133,11 +133,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         cgroup_id,
         Subject::Current,
         &Detail {
-            nr: 0,
-            errno: 0,
-            net: None,
             // SAFETY: the path field of this CPU's scratch value.
             path: Some(unsafe { (*buf).path.as_ptr() }),
+            ..Detail::NONE
         },
     );
     if t == taken::KILL {

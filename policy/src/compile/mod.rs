@@ -1,23 +1,29 @@
 //! Policies → the kernel tables of one slot (see `palisade_common::policy`), and the seccomp
 //! rules of a launched workload.
 //!
-//! Several policies may select one cgroup; the slot then holds their combination:
+//! Several policies may select one cgroup (directly, or through an ancestor cgroup: a policy
+//! holds for the whole subtree of what it selects); the slot then holds their combination, and
+//! any deny among them wins whatever their order:
 //! - syscalls: a call is denied when any policy denies it; the reported rule is the strongest
-//!   (unconditional before conditional, enforce before audit, kill before errno before log);
+//!   (unconditional before conditional, enforce before audit, kill before errno before log).
+//!   The same holds for the implicit rules: a call through an ABI some policy does not list
+//!   (`syscalls.abi`) and the io_uring calls no rule names (`syscalls.io_uring`);
 //! - exec: deny patterns of every policy; the first policy's allow-list;
-//! - network: the first policy's rules per direction (a warning names the others).
-use std::net::IpAddr;
+//! - network: every policy's rules are a set of their own (up to `MAX_NET_SETS` per
+//!   direction); the kernel evaluates each and the strongest outcome wins.
+//!
+//! What cannot be put in the tables (a full rule table, too many network policies) is listed in
+//! [`Tables::left_out`]: the agent reports it, never silently weaker.
+mod network;
+mod syscalls;
 
 use palisade_common::policy::{
-    ArgAlt, ArgCond as KCond, ArgRule, ExecConf, ExecRule, MAX_ARG_ALTS, MAX_NET_RULES,
-    MAX_SYSCALLS, NetRule as KRule, NetRuleSet, RuleInfo, SyscallVerdicts, VERDICT_CONDITIONAL,
-    action, arg_op, cgroup_flags, exec_kind, fnv, mode,
+    ArgRule, ExecConf, ExecRule, MAX_NET_SETS, NetRuleSet, RuleInfo, SyscallVerdicts, action,
+    cgroup_flags, exec_kind, fnv, mode,
 };
 
-use crate::model::{
-    ArgCond, ArgOp, Direction, ExecAction, ExecKind, ListKind, Mode, NetAction, Policy, SysAction,
-    Syscalls,
-};
+pub use self::network::rule_set;
+use crate::model::{ArgCond, ExecAction, ExecKind, ListKind, Mode, Policy, SysAction};
 
 /// A rule as the kernel needs it described (the id allocator stores it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,33 @@ fn copy_name(dst: &mut [u8], s: &str) {
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
+/// Why some of a policy's rules are not in the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shortfall {
+    /// The rule id table (`POLICY_RULES`) is full.
+    RulesFull,
+    /// More policies with network rules for one direction than a cgroup can combine.
+    NetworkSets,
+}
+
+impl Shortfall {
+    /// The `reason` label of `palisade_policy_unenforced`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shortfall::RulesFull => "rules_full",
+            Shortfall::NetworkSets => "network_policies",
+        }
+    }
+}
+
+/// Rules of a policy the tables could not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub policy: String,
+    pub reason: Shortfall,
+    pub detail: String,
+}
+
 /// The tables of one slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tables {
@@ -59,10 +92,24 @@ pub struct Tables {
     pub exec_conf: ExecConf,
     /// (kind, hash, rule)
     pub exec: Vec<(u32, u64, ExecRule)>,
-    pub egress: NetRuleSet,
-    pub ingress: NetRuleSet,
+    /// One rule set per policy with rules for the direction (unused sets allow everything).
+    pub egress: [NetRuleSet; MAX_NET_SETS as usize],
+    pub ingress: [NetRuleSet; MAX_NET_SETS as usize],
     /// What the combination leaves out, for the log.
     pub notes: Vec<String>,
+    /// Rules not in the tables, by policy: reported as unenforced.
+    pub left_out: Vec<LeftOut>,
+}
+
+impl Tables {
+    fn left_out(&mut self, policy: &str, reason: Shortfall, detail: String) {
+        self.notes.push(format!("{policy}: {detail}"));
+        self.left_out.push(LeftOut {
+            policy: policy.to_owned(),
+            reason,
+            detail,
+        });
+    }
 }
 
 pub fn mode_number(m: Mode) -> u32 {
@@ -72,22 +119,15 @@ pub fn mode_number(m: Mode) -> u32 {
     }
 }
 
-fn sys_action(a: SysAction) -> (u32, u32) {
-    match a {
-        SysAction::Errno(e) => (action::ERRNO, u32::from(e)),
-        SysAction::Kill => (action::KILL, 0),
-        SysAction::Log => (action::LOG, 0),
+/// The description of rule `rule` of `p` in mode `m`.
+fn desc(p: &Policy, m: Mode, rule: &str, action: u32, errno: u32) -> RuleDesc {
+    RuleDesc {
+        policy: p.name.clone(),
+        rule: rule.to_owned(),
+        action,
+        errno,
+        mode: mode_number(m),
     }
-}
-
-/// Rank of a candidate verdict: higher wins.
-fn rank(conditional: bool, m: Mode, a: SysAction) -> u32 {
-    let act = match a {
-        SysAction::Kill => 3,
-        SysAction::Errno(_) => 2,
-        SysAction::Log => 1,
-    };
-    (u32::from(!conditional) << 8) | (u32::from(m == Mode::Enforce) << 4) | act
 }
 
 /// Compiles the policies selecting one cgroup (in priority order, each with its effective
@@ -102,72 +142,14 @@ pub fn compile(
         args: Vec::new(),
         exec_conf: ExecConf::default(),
         exec: Vec::new(),
-        egress: NetRuleSet::EMPTY,
-        ingress: NetRuleSet::EMPTY,
+        egress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
+        ingress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
         notes: Vec::new(),
+        left_out: Vec::new(),
     };
-    let mut best = vec![0u32; MAX_SYSCALLS];
-    // the policy whose conditional rule holds each conditional verdict
-    let mut cond_src: Vec<Option<usize>> = vec![None; MAX_SYSCALLS];
+    syscalls::compile(policies, id, &mut t);
     let mut have_allow_list = false;
-    let (mut have_egress, mut have_ingress) = (None::<&str>, None::<&str>);
-    for (pi, (p, m)) in policies.iter().enumerate() {
-        let m = *m;
-        let desc = |rule: &str, a: u32, errno: u32| RuleDesc {
-            policy: p.name.clone(),
-            rule: rule.to_owned(),
-            action: a,
-            errno,
-            mode: mode_number(m),
-        };
-        if let Some(s) = &p.syscalls {
-            t.flags |= cgroup_flags::SYSCALLS;
-            let (a, errno) = sys_action(s.action);
-            let mut put = |nr: u32, rule: &str, conditional: bool, t: &mut Tables| {
-                let r = rank(conditional, m, s.action);
-                let Some(slot) = best.get_mut(nr as usize) else {
-                    return;
-                };
-                if r <= *slot {
-                    return;
-                }
-                let Some(rid) = id(&desc(rule, a, errno)) else {
-                    t.notes.push(format!(
-                        "rule table full: `{}` of {} not enforced",
-                        rule, p.name
-                    ));
-                    return;
-                };
-                *slot = r;
-                t.verdicts.rule[nr as usize] =
-                    rid | if conditional { VERDICT_CONDITIONAL } else { 0 };
-                cond_src[nr as usize] = conditional.then_some(pi);
-            };
-            match s.list {
-                ListKind::Deny => {
-                    for e in &s.entries {
-                        for nr in &e.nrs {
-                            put(*nr, &e.rule, !e.args.is_empty(), &mut t);
-                        }
-                    }
-                }
-                ListKind::Allow => {
-                    for nr in 0..MAX_SYSCALLS as u32 {
-                        let entries: Vec<_> =
-                            s.entries.iter().filter(|e| e.nrs.contains(&nr)).collect();
-                        if entries.iter().any(|e| e.args.is_empty()) {
-                            continue;
-                        }
-                        put(
-                            nr,
-                            crate::model::Syscalls::ALLOW_RULE,
-                            !entries.is_empty(),
-                            &mut t,
-                        );
-                    }
-                }
-            }
-        }
+    for (p, m) in policies {
         if let Some(e) = &p.exec {
             t.flags |= cgroup_flags::EXEC;
             let a = match e.action {
@@ -175,7 +157,7 @@ pub fn compile(
                 ExecAction::Log => action::LOG,
             };
             for d in &e.deny {
-                match id(&desc(&format!("exec.deny:{}", d.text), a, 0)) {
+                match id(&desc(p, *m, &format!("exec.deny:{}", d.text), a, 0)) {
                     Some(rid) => t.exec.push((
                         kind_number(d.kind),
                         fnv(d.key.as_bytes()),
@@ -184,9 +166,11 @@ pub fn compile(
                             allow: 0,
                         },
                     )),
-                    None => t
-                        .notes
-                        .push(format!("rule table full: exec deny {}", d.text)),
+                    None => t.left_out(
+                        &p.name,
+                        Shortfall::RulesFull,
+                        format!("rule table full: exec deny {} not enforced", d.text),
+                    ),
                 }
             }
             if let Some(allow) = &e.allow {
@@ -195,7 +179,7 @@ pub fn compile(
                         "exec allow-list of {} not applied: an earlier policy's allow-list applies",
                         p.name
                     ));
-                } else if let Some(rid) = id(&desc(crate::model::Exec::ALLOW_RULE, a, 0)) {
+                } else if let Some(rid) = id(&desc(p, *m, crate::model::Exec::ALLOW_RULE, a, 0)) {
                     have_allow_list = true;
                     t.exec_conf = ExecConf {
                         allow_list: 1,
@@ -208,114 +192,22 @@ pub fn compile(
                             ExecRule { rule: 0, allow: 1 },
                         ));
                     }
+                } else {
+                    t.left_out(
+                        &p.name,
+                        Shortfall::RulesFull,
+                        "rule table full: exec allow-list not enforced".into(),
+                    );
                 }
             }
         }
-        for (d, set, flag, seen) in [
-            (
-                &p.network.egress,
-                &mut t.egress,
-                cgroup_flags::EGRESS,
-                &mut have_egress,
-            ),
-            (
-                &p.network.ingress,
-                &mut t.ingress,
-                cgroup_flags::INGRESS,
-                &mut have_ingress,
-            ),
-        ] {
-            let Some(d) = d else { continue };
-            if let Some(first) = seen {
-                t.notes.push(format!(
-                    "network rules of {} not applied: {first}'s apply",
-                    p.name
-                ));
-                continue;
-            }
-            *seen = Some(&p.name);
-            t.flags |= flag;
-            *set = rule_set(d, &mut |rule: &str, a: u32| id(&desc(rule, a, 0)));
-        }
     }
-    for (nr, src) in cond_src.iter().enumerate() {
-        let Some(pi) = src else { continue };
-        let Some((p, m)) = policies.get(*pi) else {
-            continue;
-        };
-        let Some(s) = &p.syscalls else { continue };
-        let (a, errno) = sys_action(s.action);
-        let mut rid = |rule: &str| {
-            id(&RuleDesc {
-                policy: p.name.clone(),
-                rule: rule.to_owned(),
-                action: a,
-                errno,
-                mode: mode_number(*m),
-            })
-        };
-        let (rule, dropped) = arg_rule(s, nr as u32, &mut rid);
-        if dropped > 0 {
-            t.notes.push(format!(
-                "{}: {dropped} argument alternatives of syscall {nr} beyond {MAX_ARG_ALTS} not checked at run time",
-                p.name
-            ));
-        }
-        t.args.push((nr as u32, rule));
-    }
+    network::compile(policies, id, &mut t);
     // keep `exec` deterministic and free of duplicates (deny entries first win in the kernel
     // anyway: the map holds one value per key, so prefer deny)
     t.exec.sort_by_key(|(k, h, r)| (*k, *h, r.allow));
     t.exec.dedup_by_key(|(k, h, _)| (*k, *h));
     t
-}
-
-fn op_number(o: ArgOp) -> u32 {
-    match o {
-        ArgOp::Eq => arg_op::EQ,
-        ArgOp::Ne => arg_op::NE,
-        ArgOp::Lt => arg_op::LT,
-        ArgOp::Le => arg_op::LE,
-        ArgOp::Gt => arg_op::GT,
-        ArgOp::Ge => arg_op::GE,
-        ArgOp::MaskedEq => arg_op::MASKED_EQ,
-    }
-}
-
-/// The run-time argument check of syscall `nr` in `s`; also how many alternatives did not fit.
-fn arg_rule(s: &Syscalls, nr: u32, id: &mut dyn FnMut(&str) -> Option<u16>) -> (ArgRule, usize) {
-    let mut r = ArgRule {
-        match_allows: u32::from(s.list == ListKind::Allow),
-        ..ArgRule::default()
-    };
-    let alts: Vec<_> = s
-        .entries
-        .iter()
-        .filter(|e| e.nrs.contains(&nr) && !e.args.is_empty())
-        .collect();
-    for (slot, e) in r.alt.iter_mut().zip(&alts) {
-        let mut alt = ArgAlt {
-            rule: if s.list == ListKind::Deny {
-                id(&e.rule).map_or(0, u32::from)
-            } else {
-                0
-            },
-            count: 0,
-            ..ArgAlt::default()
-        };
-        for (k, c) in alt.conds.iter_mut().zip(&e.args) {
-            *k = KCond {
-                index: c.index,
-                op: op_number(c.op),
-                value: c.value,
-                value_two: c.value_two,
-            };
-            alt.count += 1;
-        }
-        *slot = alt;
-        r.alts += 1;
-    }
-    (r, alts.len().saturating_sub(MAX_ARG_ALTS))
 }
 
 fn kind_number(k: ExecKind) -> u32 {
@@ -327,90 +219,61 @@ fn kind_number(k: ExecKind) -> u32 {
     }
 }
 
-fn net_action(a: NetAction) -> u32 {
-    match a {
-        NetAction::Allow => action::ALLOW,
-        NetAction::Deny => action::DENY,
-        NetAction::Log => action::LOG,
-    }
-}
-
-/// One direction's rules, one kernel rule per port range, in order.
-pub fn rule_set(d: &Direction, id: &mut dyn FnMut(&str, u32) -> Option<u16>) -> NetRuleSet {
-    let mut s = NetRuleSet::EMPTY;
-    s.default_action = net_action(d.default);
-    s.default_rule = id(&d.default_rule, s.default_action).map_or(0, u32::from);
-    let mut n = 0;
-    for r in &d.rules {
-        let a = net_action(r.action);
-        let rid = id(&r.rule, a).map_or(0, u32::from);
-        let (family, addr, prefix) = match r.cidr {
-            None => (0u16, [0u8; 16], 0u8),
-            Some((IpAddr::V4(v), len)) => {
-                let mut x = [0u8; 16];
-                x[..4].copy_from_slice(&v.octets());
-                (palisade_common::net::AF_INET, x, len)
-            }
-            Some((IpAddr::V6(v), len)) => (palisade_common::net::AF_INET6, v.octets(), len),
-        };
-        let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
-            vec![(0, u16::MAX)]
-        } else {
-            r.ports.clone()
-        };
-        for (lo, hi) in ranges {
-            if n >= MAX_NET_RULES {
-                break;
-            }
-            s.rules[n] = KRule {
-                addr,
-                family,
-                prefix,
-                proto: r.proto.number(),
-                port_lo: lo,
-                port_hi: hi,
-                action: a,
-                rule: rid,
-            };
-            n += 1;
-        }
-    }
-    s.count = n as u32;
-    s
-}
-
-/// What the launcher's seccomp filter gets from a policy: the default for calls no rule names
-/// and the rules (names, allow or the policy's action, argument conditions).
+/// What the launcher's seccomp filter gets from a policy: the default for calls no rule names,
+/// the rules (names, allow or the policy's action, argument conditions), and the ABIs whose
+/// calls the rules hold for (a call through another one kills the process).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeccompRules {
     /// `None`: allow.
     pub default: Option<SysAction>,
     pub rules: Vec<(Vec<String>, Option<SysAction>, Vec<ArgCond>)>,
+    pub abis: Vec<crate::model::Abi>,
 }
 
 /// The seccomp rules of a policy's syscall section (enforce mode; in audit mode a launched
-/// workload gets no filter from the policy and the run-time hook reports instead).
+/// workload gets no filter from the policy and the run-time hook reports instead). The
+/// io_uring calls no rule names are denied with the policy's action (or allowed, with
+/// `io_uring: allow`), as the run-time rule `syscalls.io_uring` does.
 pub fn seccomp_rules(p: &Policy) -> Option<SeccompRules> {
     let s = p.syscalls.as_ref()?;
     if p.mode == Mode::Audit {
         return None;
     }
-    Some(match s.list {
-        ListKind::Deny => SeccompRules {
-            default: None,
-            rules: s
-                .entries
-                .iter()
-                .map(|e| (e.names.clone(), Some(s.action), e.args.clone()))
-                .collect(),
+    let mut rules: Vec<_> = match s.list {
+        ListKind::Deny => s
+            .entries
+            .iter()
+            .map(|e| (e.names.clone(), Some(s.action), e.args.clone()))
+            .collect(),
+        ListKind::Allow => s
+            .entries
+            .iter()
+            .map(|e| (e.names.clone(), None, e.args.clone()))
+            .collect(),
+    };
+    let uring = s.implicit_io_uring();
+    if !uring.is_empty() {
+        rules.push((
+            uring.iter().map(|n| (*n).to_owned()).collect(),
+            Some(s.action),
+            Vec::new(),
+        ));
+    } else if s.io_uring_allowed {
+        let unnamed: Vec<String> = crate::model::Syscalls::IO_URING
+            .iter()
+            .filter(|n| !s.names(n))
+            .map(|n| (*n).to_owned())
+            .collect();
+        if !unnamed.is_empty() {
+            rules.push((unnamed, None, Vec::new()));
+        }
+    }
+    Some(SeccompRules {
+        default: match s.list {
+            ListKind::Deny => None,
+            ListKind::Allow => Some(s.action),
         },
-        ListKind::Allow => SeccompRules {
-            default: Some(s.action),
-            rules: s
-                .entries
-                .iter()
-                .map(|e| (e.names.clone(), None, e.args.clone()))
-                .collect(),
-        },
+        rules,
+        abis: s.abis.clone(),
     })
 }

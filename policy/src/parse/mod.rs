@@ -12,8 +12,8 @@ use serde_saphyr::Spanned;
 use self::network::direction;
 use crate::{
     model::{
-        ArgCond, ArgOp, Diagnostic, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc,
-        Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector, SysAction,
+        Abi, ArgCond, ArgOp, Diagnostic, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind,
+        Loc, Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector, SysAction,
         SyscallEntry, Syscalls,
     },
     raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
@@ -358,10 +358,47 @@ fn syscall_rules(ctx: &mut Ctx<'_>, s: &Spanned<RawSyscalls>) -> Option<Syscalls
             loc,
         });
     }
+    let mut abis = vec![Abi::X86_64];
+    if let Some(list) = &r.abis {
+        let mut native = false;
+        for a in list {
+            match Abi::parse(&a.value) {
+                Some(Abi::X86_64) => native = true,
+                Some(x) if !abis.contains(&x) => abis.push(x),
+                Some(_) => {}
+                None => ctx.err(
+                    a,
+                    format!("unknown ABI `{}` (x86_64, i386 or x32)", a.value),
+                ),
+            }
+        }
+        if !native {
+            ctx.err(
+                s,
+                "`abis` must list x86_64 (calls through an ABI not listed are killed)",
+            );
+        }
+    }
+    let io_uring_allowed = match &r.io_uring {
+        None => false,
+        Some(v) => match v.value.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                ctx.err(
+                    v,
+                    format!("unknown io_uring setting `{other}` (allow or deny)"),
+                );
+                false
+            }
+        },
+    };
     Some(Syscalls {
         list,
         action,
         entries: out,
+        abis,
+        io_uring_allowed,
         loc: ctx.loc(s),
     })
 }
