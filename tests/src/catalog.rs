@@ -65,6 +65,7 @@ const FEATURES: &[&str] = &[
     "cgroup_sock_addr",
     "sock_ops",
     "send_signal",
+    "cgroup_ancestors",
     "fentry",
     "bpf_lsm",
     "kprobe",
