@@ -145,3 +145,53 @@ impl Tracker {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_when_a_shortfall_starts_and_when_it_is_over() {
+        let hub = Hub::new(16);
+        let mut rx = hub.subscribe();
+        let targets: HashMap<u64, TargetInfo> = HashMap::new();
+        let mut t = Tracker::default();
+        let key = (7u64, "fence".to_owned(), Reason::Hook(Hook::Exec));
+        let mut next = Shortfalls::new();
+        next.insert(key.clone(), "tracefs is not available".into());
+        t.update(next.clone(), &targets, &hub);
+        let ev = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        let u = ev.unenforced.clone().unwrap_or_else(|| panic!("{ev:?}"));
+        assert_eq!((u.reason.as_str(), u.resolved), ("hook_exec", false));
+        assert_eq!(ev.container.name, "cgroup:7");
+        assert_eq!(
+            t.rows(&targets),
+            [("fence".into(), "cgroup:7".into(), "hook_exec".into())]
+        );
+        assert_eq!(t.of(7).len(), 1);
+        // the same again: no news
+        t.update(next, &targets, &hub);
+        assert!(rx.try_recv().is_err());
+        // over, for a cgroup that still exists: resolved
+        let mut live = HashMap::new();
+        live.insert(
+            7,
+            TargetInfo {
+                cgroup_id: 7,
+                name: "web".into(),
+                container_id: None,
+                runtime: "cgroup".into(),
+                namespace: String::new(),
+                pod: String::new(),
+                path: "/web".into(),
+                workload: false,
+                container: container_of(&targets, 7),
+            },
+        );
+        t.update(Shortfalls::new(), &live, &hub);
+        let ev = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        assert!(ev.unenforced.as_ref().is_some_and(|u| u.resolved));
+        assert!(t.rows(&live).is_empty());
+        assert_eq!(Reason::SlotsFull.label(), "slots_full");
+    }
+}
