@@ -426,17 +426,27 @@ fn raw_packet_and_icmp_sockets_are_refused_where_egress_rules_apply() {
 }
 
 #[test]
-fn a_rule_can_allow_icmp_sockets() {
+fn a_rule_can_allow_icmp_or_packet_sockets() {
     let ns = ping_netns("pol-ping");
-    let cg = TestCgroup::new("pol-ping");
-    let s = Setup::new(&doc(
-        "ping-only",
-        &cg,
-        "enforce",
-        "  network:\n    egress:\n      default: deny\n      rules:\n        - {name: ping, action: allow, protocol: icmp}\n",
+    let (cg, pk) = (TestCgroup::new("pol-ping"), TestCgroup::new("pol-packet"));
+    let s = Setup::new(&format!(
+        "{}---\n{}",
+        doc(
+            "ping-only",
+            &cg,
+            "enforce",
+            "  network:\n    egress:\n      default: deny\n      rules:\n        - {name: ping, action: allow, protocol: icmp}\n",
+        ),
+        doc(
+            "packet-only",
+            &pk,
+            "enforce",
+            "  network:\n    egress:\n      default: deny\n      rules:\n        - {name: sniff, action: allow, protocol: packet}\n",
+        )
     ));
     let agent = s.agent("");
     wait_applied(&agent, "ping-only", cg.id, &["egress"]);
+    wait_applied(&agent, "packet-only", pk.id, &["egress"]);
     let mut o = Outcomes::default();
     o.expect("ping", net(&cg, &ns, &["try-ping", "127.0.0.1"]), "sent");
     o.expect(
@@ -445,6 +455,14 @@ fn a_rule_can_allow_icmp_sockets() {
         "sent",
     );
     o.expect("packet socket", packet(&cg, &ns), "signal 9");
+    // allowed packet sockets open: `cgroup/sock_create` does not see AF_PACKET (it runs on
+    // the inet create path), which is why the socket() tracepoint covers them
+    o.expect("packet socket where allowed", packet(&pk, &ns), "created");
+    o.expect(
+        "raw ICMP where only packet sockets are allowed",
+        net(&pk, &ns, &["try-raw-icmp", "127.0.0.1"]),
+        EPERM,
+    );
     o.assert();
 }
 
