@@ -83,7 +83,11 @@ impl Engine {
                 self.sweep();
                 // registrations that waited for the cgroups to be known
                 for (id, reply) in std::mem::take(&mut self.pending) {
-                    let _ = reply.send(self.registered(id, Ok(())));
+                    let r = self.registered(id, Ok(()));
+                    if r.is_err() {
+                        self.withdraw(id);
+                    }
+                    let _ = reply.send(r);
                 }
             }
             Cmd::Register {
@@ -98,7 +102,11 @@ impl Engine {
                 self.upsert(vec![*target]);
                 if self.synced {
                     let r = self.reconcile();
-                    let _ = reply.send(self.registered(id, r));
+                    let r = self.registered(id, r);
+                    if r.is_err() {
+                        self.withdraw(id);
+                    }
+                    let _ = reply.send(r);
                 } else {
                     // applied once every cgroup is known (the first sync), then answered
                     self.pending.push((id, reply));
@@ -142,6 +150,16 @@ impl Engine {
                 .map_or_else(|| format!("cgroup {cgroup_id}"), |t| t.name.clone()),
             why: missing.join("; "),
         })
+    }
+
+    /// A refused registration leaves nothing behind: the launcher does not start its workload,
+    /// so its policies and what they could not get are forgotten (no "resolved" event: nothing
+    /// was ever in force).
+    fn withdraw(&mut self, cgroup_id: u64) {
+        if self.launched.remove(&cgroup_id).is_some() {
+            self.unenforced.forget(cgroup_id);
+            self.reconcile_logged();
+        }
     }
 
     /// Reads the files again; an invalid file leaves the previous policies in force.

@@ -111,6 +111,11 @@ impl Tracker {
         self.current = next;
     }
 
+    /// Drops `cgroup_id`'s shortfalls without news (a registration withdrawn).
+    pub fn forget(&mut self, cgroup_id: u64) {
+        self.current.retain(|(id, _, _), _| *id != cgroup_id);
+    }
+
     /// What keeps `cgroup_id`'s policies from being in place (`reason: detail`).
     pub fn of(&self, cgroup_id: u64) -> Vec<String> {
         self.current
