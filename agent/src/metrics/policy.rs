@@ -54,11 +54,29 @@ pub(crate) fn families(s: &Snapshot, o: Out, budget: &mut Budget) -> Vec<Family>
         f.sample(&NONE, &[("policy", policy), ("mode", mode)], *n);
     }
     out.push(f);
+    let mut f = Family::new(
+        o,
+        "palisade_policy_unenforced",
+        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach). Never silently weaker: see `palisade policy status`.",
+        Kind::Gauge,
+    );
+    for (policy, container, reason) in &s.unenforced {
+        f.sample(
+            &NONE,
+            &[
+                ("policy", policy),
+                ("container", container),
+                ("reason", reason),
+            ],
+            1u64,
+        );
+    }
+    out.push(f);
     if s.loaded {
         let mut f = Family::new(
             o,
             "palisade_policy_hook_attached",
-            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, ingress.",
+            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, socket_create, packet_socket, ingress.",
             Kind::Gauge,
         );
         for (hook, on) in &s.hooks {
