@@ -135,13 +135,15 @@ impl NetRuleSet {
         if self.kind_rule == 0 {
             return (action::ALLOW, 0);
         }
+        // `i < n` tested beside the match, not as `if i >= n { break }` first: written that
+        // way, the compiler counted down from min(count, 16) to 0, and 6.1's verifier (Debian
+        // 12) does not learn `!= 0` from a failed `== 0` test on a range [0, 15], so it saw
+        // the pointer walk past the value ("R8 min value is outside of the allowed memory
+        // range"). Written this way the compiler unrolls the loop: every offset a constant.
         let n = self.count as usize;
         for i in 0..MAX_NET_RULES {
-            if i >= n {
-                break;
-            }
             let r = &self.rules[i];
-            if r.proto == k || r.proto == also {
+            if i < n && (r.proto == k || r.proto == also) {
                 return (r.action, r.rule);
             }
         }

@@ -108,7 +108,13 @@ fn arg(regs: u64, abi: u32, i: usize) -> u64 {
 }
 
 /// The x86_64 verdict of `slot` for syscall `nr` (0: no rule).
-#[inline(always)]
+///
+/// Not inlined, on purpose: here `nr` arrives in a register and is bounded and used in that
+/// same register. Inlined, the compiler spilled the number to the stack before the check and
+/// filled it twice, once for the check and once for the index; 6.1's verifier (Debian 12) does
+/// not carry a bound from one fill of a stack slot to another, and refused the program ("math
+/// between map_value pointer and register with unbounded min value is not allowed").
+#[inline(never)]
 fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
     if nr >= MAX_SYSCALLS as u64 {
         return 0;
