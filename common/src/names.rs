@@ -151,9 +151,13 @@ pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
 pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
 /// Per-CPU array: index 0 = violation events lost to a full ring buffer.
 pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
+/// Array, one `u32`: 1 while `policy_exec_lsm` is attached and refuses exec rules with
+/// `action: errno` (the `sched_process_exec` programs then leave those rules to it); 0 and
+/// they kill. The agent sets it after attaching and clears it before detaching.
+pub const MAP_POLICY_EXEC_LSM: &str = "POLICY_EXEC_LSM";
 
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 12] = [
+pub const POLICY_MAPS: [&str; 13] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -166,6 +170,7 @@ pub const POLICY_MAPS: [&str; 12] = [
     MAP_POLICY_CONFIG,
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
+    MAP_POLICY_EXEC_LSM,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
@@ -176,6 +181,9 @@ pub const PROG_POLICY_EXEC: &str = "policy_exec";
 /// Classic tracepoint on `sched:sched_process_exec`: exec rules on the path given to execve
 /// (the best-effort fallback without kernel BTF).
 pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
+/// BPF-LSM program on `bprm_check_security`: exec rules with `action: errno` refuse the exec
+/// with EPERM before it runs (hosts with BPF-LSM active).
+pub const PROG_POLICY_EXEC_LSM: &str = "policy_exec_lsm";
 pub const PROG_POLICY_CONNECT4: &str = "policy_connect4";
 pub const PROG_POLICY_CONNECT6: &str = "policy_connect6";
 pub const PROG_POLICY_SENDMSG4: &str = "policy_sendmsg4";

@@ -19,6 +19,9 @@ use crate::model::{
     Syscalls,
 };
 
+/// The errno of a refused exec (`action: errno` exec rules).
+const EPERM: u32 = 1;
+
 /// A rule as the kernel needs it described (the id allocator stores it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDesc {
@@ -170,12 +173,13 @@ pub fn compile(
         }
         if let Some(e) = &p.exec {
             t.flags |= cgroup_flags::EXEC;
-            let a = match e.action {
-                ExecAction::Kill => action::KILL,
-                ExecAction::Log => action::LOG,
+            let (a, errno) = match e.action {
+                ExecAction::Errno => (action::ERRNO, EPERM),
+                ExecAction::Kill => (action::KILL, 0),
+                ExecAction::Log => (action::LOG, 0),
             };
             for d in &e.deny {
-                match id(&desc(&format!("exec.deny:{}", d.text), a, 0)) {
+                match id(&desc(&format!("exec.deny:{}", d.text), a, errno)) {
                     Some(rid) => t.exec.push((
                         kind_number(d.kind),
                         fnv(d.key.as_bytes()),
@@ -195,7 +199,7 @@ pub fn compile(
                         "exec allow-list of {} not applied: an earlier policy's allow-list applies",
                         p.name
                     ));
-                } else if let Some(rid) = id(&desc(crate::model::Exec::ALLOW_RULE, a, 0)) {
+                } else if let Some(rid) = id(&desc(crate::model::Exec::ALLOW_RULE, a, errno)) {
                     have_allow_list = true;
                     t.exec_conf = ExecConf {
                         allow_list: 1,

@@ -270,8 +270,21 @@ impl ExecPattern {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecAction {
+    /// Refused with EPERM at `bprm_check_security` where BPF-LSM is active; killed before the
+    /// new image runs an instruction elsewhere (said at load and by `palisade policy check`).
+    Errno,
     Kill,
     Log,
+}
+
+impl ExecAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecAction::Errno => "errno",
+            ExecAction::Kill => "kill",
+            ExecAction::Log => "log",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,6 +294,8 @@ pub struct Exec {
     pub deny: Vec<ExecPattern>,
     pub action: ExecAction,
     pub loc: Loc,
+    /// Where `action:` is written (the section's start when it is not).
+    pub action_loc: Loc,
 }
 
 impl Exec {

@@ -172,6 +172,35 @@ pub struct PolicyStatus {
     pub adopted_workloads: Vec<u64>,
     /// How exec rules match on this host.
     pub exec_match: ExecMatch,
+    /// Whether BPF-LSM refuses denied calls on this host.
+    pub lsm: Lsm,
+}
+
+/// BPF-LSM on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lsm {
+    /// `bpf` is among the active LSMs, the kernel has BTF, and the kernel took the program.
+    pub active: bool,
+    /// Why not, when it is not.
+    pub reason: String,
+    /// One sentence for people.
+    pub describe: String,
+}
+
+/// How one rule section of a policy is enforced on running containers, in [`PolicyState`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Enforcement {
+    /// `exec`, `syscalls`, `egress` or `ingress`.
+    pub section: String,
+    /// The action as written (`errno`, `errno EPERM`, `kill`, `log`, `deny`).
+    pub action: String,
+    /// `refused with EPERM at exec`, `refused with <errno> by the kernel`, `killed before the
+    /// new image runs`, `killed after the call` or `reported only`.
+    pub tier: String,
+    /// Why the tier is weaker than the action asks, when it is (empty otherwise).
+    pub fallback: String,
 }
 
 /// How exec rules match on this host, in [`PolicyStatus`].
@@ -200,6 +229,8 @@ pub struct PolicyState {
     /// `file:line:column` of its definition, or `palisade run` for a launched workload's.
     pub source: String,
     pub cgroups: Vec<PolicyCgroup>,
+    /// How each rule section is enforced on running containers on this host.
+    pub enforcement: Vec<Enforcement>,
 }
 
 /// A cgroup a policy applies to.

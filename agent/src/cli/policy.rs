@@ -7,7 +7,10 @@ use std::{
 
 use palisade_proto::{ClientError, PolicyStatus, Reply, Request};
 
-use crate::policy::exec_match::{self, ExecMatch};
+use crate::policy::{
+    exec_match::{self, ExecMatch},
+    lsm::{self, LsmSupport},
+};
 
 /// Where `palisade policy check` reads the kernel's BTF (the agent's `policy.kernel_btf`
 /// default).
@@ -33,6 +36,8 @@ pub fn check(files: &[PathBuf]) -> u8 {
             if has_exec {
                 warnings.extend(exec_match::host_notes(&set, Path::new("/")));
             }
+            let lsm = LsmSupport::probe(Path::new(DEFAULT_BTF));
+            warnings.extend(lsm::host_notes(&set, &lsm));
             for d in &warnings {
                 eprintln!("{}: warning: {}", d.loc, d.message);
             }
@@ -73,7 +78,17 @@ pub fn check(files: &[PathBuf]) -> u8 {
                     p.selector.describe(),
                     what.join(", ")
                 );
+                for t in lsm::tiers(p, p.mode, &lsm) {
+                    let fallback = t.fallback.map(|f| format!(" ({f})")).unwrap_or_default();
+                    println!(
+                        "  {} (action {}): {}{fallback}",
+                        t.section,
+                        t.action,
+                        t.tier.label()
+                    );
+                }
             }
+            println!("on this host {}", lsm.describe());
             if let Some(m) = &exec {
                 println!("on this host {}", m.describe());
             }
@@ -155,6 +170,9 @@ fn status_text(s: &PolicyStatus) -> String {
     if !s.exec_match.describe.is_empty() {
         let _ = writeln!(out, "{}", s.exec_match.describe);
     }
+    if !s.lsm.describe.is_empty() {
+        let _ = writeln!(out, "{}", s.lsm.describe);
+    }
     if s.policies.is_empty() {
         let _ = writeln!(out, "no policies");
     }
@@ -167,6 +185,13 @@ fn status_text(s: &PolicyStatus) -> String {
             p.source,
             p.cgroups.len()
         );
+        for e in &p.enforcement {
+            let _ = write!(out, "  {} (action {}): {}", e.section, e.action, e.tier);
+            if !e.fallback.is_empty() {
+                let _ = write!(out, " ({})", e.fallback);
+            }
+            let _ = writeln!(out);
+        }
         for c in &p.cgroups {
             let name = if c.container.is_empty() {
                 "?"

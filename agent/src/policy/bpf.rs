@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm, RawTracePoint,
         TracePoint,
         links::{FdLink, PinnedLink},
     },
@@ -125,6 +125,8 @@ pub enum AttachError {
     Missing,
     #[error("tracefs is not available (exec record layout)")]
     NoTracefs,
+    #[error("this host has no BPF-LSM (see `palisade doctor`)")]
+    NoLsm,
 }
 
 /// Hook groups, attached only while some cgroup needs them.
@@ -137,6 +139,9 @@ pub enum Hook {
     /// `sched_process_exec`: a raw tracepoint on the file executed (kernel BTF), or the classic
     /// tracepoint on the path given (the fallback).
     Exec,
+    /// BPF-LSM `bprm_check_security`: exec rules with `action: errno` refuse the exec (hosts
+    /// with BPF-LSM, exec rules on the file executed).
+    ExecLsm,
     /// connect4/6, sendmsg4/6 on the unified root.
     Egress,
     /// bind4/6 and cgroup_skb ingress on the unified root.
@@ -144,10 +149,11 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Syscalls,
         Hook::Seccomp,
         Hook::Exec,
+        Hook::ExecLsm,
         Hook::Egress,
         Hook::Ingress,
     ];
@@ -157,6 +163,7 @@ impl Hook {
             Hook::Syscalls => "syscalls",
             Hook::Seccomp => "seccomp",
             Hook::Exec => "exec",
+            Hook::ExecLsm => "exec_lsm",
             Hook::Egress => "egress",
             Hook::Ingress => "ingress",
         }
@@ -169,6 +176,7 @@ impl Hook {
             Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
             Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
             Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
+            Hook::ExecLsm => &[names::PROG_POLICY_EXEC_LSM],
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,
                 names::PROG_POLICY_CONNECT6,
@@ -195,6 +203,8 @@ pub struct Options {
     /// Kernel struct offsets for exec rules on the file executed (`None`: no kernel BTF, exec
     /// rules fall back to the path given).
     pub exec_offsets: Option<ExecOffsets>,
+    /// The kernel BTF the LSM programs are typed by (`None`: no BPF-LSM on this host).
+    pub lsm_btf: Option<PathBuf>,
     pub burst: u64,
     pub interval_ns: u64,
 }
@@ -213,6 +223,8 @@ pub struct Kernel {
     /// LRU hash, read through the hash type.
     pub violations: HashMap<MapData, ViolationKey, ViolationState>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// Index 0: 1 while the BPF-LSM exec program is attached (see `names::MAP_POLICY_EXEC_LSM`).
+    exec_lsm: Array<MapData, u32>,
     /// Kept open: programs loaded later refer to every map by its descriptor.
     _config: Array<MapData, u64>,
     links: BTreeMap<Hook, Vec<PinnedLink>>,
@@ -339,6 +351,7 @@ impl Kernel {
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            exec_lsm: take_map(&mut ebpf, names::MAP_POLICY_EXEC_LSM)?,
             _config: config,
             ebpf,
             opts,
@@ -356,6 +369,10 @@ impl Kernel {
     /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
     pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, BpfError)> {
         let mut failed = Vec::new();
+        if !want.contains(&Hook::ExecLsm) {
+            // the exec programs kill `errno` rules again before the LSM program goes
+            self.set_exec_lsm(false, &mut failed);
+        }
         for h in Hook::ALL {
             let has = self.links.contains_key(&h);
             if want.contains(&h) && !has {
@@ -373,7 +390,22 @@ impl Kernel {
                 }
             }
         }
+        // once the LSM program refuses `errno` exec rules, the exec programs leave them to it
+        let lsm = self.links.contains_key(&Hook::ExecLsm);
+        self.set_exec_lsm(lsm, &mut failed);
         failed
+    }
+
+    fn set_exec_lsm(&mut self, on: bool, failed: &mut Vec<(Hook, BpfError)>) {
+        if let Err(source) = self.exec_lsm.set(0, u32::from(on), 0) {
+            failed.push((
+                Hook::ExecLsm,
+                BpfError::Map {
+                    map: names::MAP_POLICY_EXEC_LSM,
+                    source,
+                },
+            ));
+        }
     }
 
     /// The links of `h`: adopted from their pins, or attached and pinned now.
@@ -459,6 +491,15 @@ impl Kernel {
                 }
                 let id = p.attach("sched_process_exec").map_err(perr)?;
                 Ok(p.take_link(id).map_err(perr)?.into())
+            }
+            names::PROG_POLICY_EXEC_LSM => {
+                let btf = self
+                    .opts
+                    .lsm_btf
+                    .clone()
+                    .ok_or(att(AttachError::NoLsm))?;
+                let p: &mut Lsm = p.try_into().map_err(perr)?;
+                crate::policy::lsm::attach(p, "bprm_check_security", &btf).map_err(perr)
             }
             names::PROG_POLICY_EXEC_GIVEN => {
                 if self.opts.exec_filename_offset.is_none() {

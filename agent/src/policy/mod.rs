@@ -9,6 +9,7 @@ pub mod bpffs;
 mod engine;
 mod error;
 pub mod exec_match;
+pub mod lsm;
 mod report;
 mod resources;
 mod tables;
@@ -71,6 +72,8 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
             .ok()
     });
     let exec = exec_match::ExecMatch::probe(&s.cfg.kernel_btf);
+    let lsm = lsm::LsmSupport::probe(&s.cfg.kernel_btf);
+    let btf = s.cfg.kernel_btf.clone();
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
     let engine = engine::Engine::new(
@@ -80,6 +83,8 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
         engine::Exec {
             given_offset: exec_offset,
             matching: exec,
+            lsm,
+            btf,
         },
         s.hub,
         writer,

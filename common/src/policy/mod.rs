@@ -49,7 +49,8 @@ pub mod cgroup_flags {
 
 /// Configured rule actions ([`RuleInfo::action`]).
 pub mod action {
-    /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch).
+    /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch). Execs: refused with
+    /// EPERM at `bprm_check_security` where BPF-LSM is active, else killed.
     pub const ERRNO: u32 = 1;
     /// Syscalls and execs: SIGKILL the process.
     pub const KILL: u32 = 2;
@@ -299,6 +300,37 @@ impl RuleInfo {
         } else {
             // a tracepoint cannot make a call fail: `errno` is reported only at run time
             taken::LOG
+        }
+    }
+
+    /// What the `sched_process_exec` programs do about an exec this rule denies; `None` when
+    /// the rule is left to the BPF-LSM program (`lsm`: it is attached and refuses `errno`
+    /// rules). Without BPF-LSM an `errno` rule kills: the exec has happened, the new image
+    /// has not run an instruction.
+    #[inline(always)]
+    pub fn taken_exec(&self, lsm: bool) -> Option<u32> {
+        if self.action == action::ERRNO && lsm {
+            None
+        } else if self.action == action::LOG {
+            Some(taken::LOG)
+        } else if self.mode == mode::AUDIT {
+            Some(taken::WOULD_BLOCK)
+        } else {
+            Some(taken::KILL)
+        }
+    }
+
+    /// What the BPF-LSM exec program (`bprm_check_security`) does about an exec this rule
+    /// denies: `errno` rules only (refused with [`RuleInfo::errno`], or `would_block` in audit
+    /// mode); `None` for the others, which the `sched_process_exec` programs handle.
+    #[inline(always)]
+    pub fn taken_exec_lsm(&self) -> Option<u32> {
+        if self.action != action::ERRNO {
+            None
+        } else if self.mode == mode::AUDIT {
+            Some(taken::WOULD_BLOCK)
+        } else {
+            Some(taken::ERRNO)
         }
     }
 

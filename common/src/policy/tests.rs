@@ -171,3 +171,29 @@ fn argument_rules() {
     }
     assert!(!cond(9, arg_op::EQ, 0, 0).holds(&[0; 6]));
 }
+
+#[test]
+fn exec_actions_with_and_without_lsm() {
+    let mut r = RuleInfo::EMPTY;
+    r.mode = mode::ENFORCE;
+    r.action = action::ERRNO;
+    // with BPF-LSM the exec program leaves `errno` rules to bprm_check_security
+    assert_eq!(r.taken_exec(true), None);
+    assert_eq!(r.taken_exec_lsm(), Some(taken::ERRNO));
+    // without it they kill before the first instruction
+    assert_eq!(r.taken_exec(false), Some(taken::KILL));
+    r.mode = mode::AUDIT;
+    assert_eq!(r.taken_exec(true), None);
+    assert_eq!(r.taken_exec_lsm(), Some(taken::WOULD_BLOCK));
+    assert_eq!(r.taken_exec(false), Some(taken::WOULD_BLOCK));
+    for a in [action::KILL, action::LOG] {
+        r.action = a;
+        assert_eq!(r.taken_exec_lsm(), None, "action {a}");
+        assert_eq!(r.taken_exec(true), r.taken_exec(false));
+    }
+    r.mode = mode::ENFORCE;
+    r.action = action::KILL;
+    assert_eq!(r.taken_exec(true), Some(taken::KILL));
+    r.action = action::LOG;
+    assert_eq!(r.taken_exec(true), Some(taken::LOG));
+}

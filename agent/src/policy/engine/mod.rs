@@ -26,6 +26,7 @@ use super::{
     PolicyError,
     bpf::{Hook, Kernel, MAX_RULES, MAX_SLOTS, Options},
     exec_match::ExecMatch,
+    lsm::{LsmSupport, LsmUnavailable},
     report::Reporter,
     resources::Writer,
     tables::{self, Ids, Slots},
@@ -68,6 +69,10 @@ pub struct Exec {
     /// Offset of `filename` in `sched:sched_process_exec` records (the fallback's input).
     pub given_offset: Option<u32>,
     pub matching: ExecMatch,
+    /// Whether `action: errno` exec rules are refused at `bprm_check_security` (BPF-LSM).
+    pub lsm: LsmSupport,
+    /// The kernel BTF the LSM programs are typed by.
+    pub btf: std::path::PathBuf,
 }
 
 /// Policies a launcher registered for its workload's cgroup.
@@ -162,6 +167,7 @@ impl Engine {
             unified_root: self.unified_root.clone(),
             exec_filename_offset: self.exec.given_offset,
             exec_offsets: self.exec.matching.file_offsets(),
+            lsm_btf: self.exec.lsm.active().then(|| self.exec.btf.clone()),
             burst: self.cfg.rate_limit_burst,
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
@@ -170,6 +176,9 @@ impl Engine {
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");
         } else {
             info!(pin_dir = %self.cfg.pin_dir.display(), "policy programs loaded");
+        }
+        for d in super::lsm::host_notes(&self.set, &self.exec.lsm) {
+            warn!(at = %d.loc, "{}", d.message);
         }
         let m = &self.exec.matching;
         if m.best_effort() {
@@ -381,6 +390,9 @@ impl Engine {
         }
         if flags & cgroup_flags::EXEC != 0 {
             want.push(Hook::Exec);
+            if self.exec.lsm.active() && k.exec_on_file() {
+                want.push(Hook::ExecLsm);
+            }
         }
         if flags & cgroup_flags::EGRESS != 0 {
             want.push(Hook::Egress);
@@ -399,6 +411,12 @@ impl Engine {
             k.exec_on_path_given();
             self.exec.matching.refused = Some(e);
             failed.extend(k.want(&want));
+        }
+        if let Some(i) = failed.iter().position(|(h, _)| *h == Hook::ExecLsm) {
+            // the exec programs kill `errno` rules (the flag stays clear without the link)
+            let (_, e) = failed.swap_remove(i);
+            warn!(error = %e, "exec rules with `action: errno`: the BPF-LSM program is not attached; a denied exec is killed before the new image runs instead of refused with EPERM");
+            self.exec.lsm.state = Err(LsmUnavailable::Refused(e.to_string()));
         }
         for (h, e) in failed {
             warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");

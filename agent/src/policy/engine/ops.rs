@@ -194,7 +194,13 @@ impl Engine {
     /// `palisade policy status`.
     fn status(&self) -> serde_json::Value {
         let mut policies = Vec::new();
-        let mut names: Vec<(String, String, String)> = self
+        let tiers = |p: &palisade_policy::Policy| -> Vec<serde_json::Value> {
+            super::super::lsm::tiers(p, self.mode_of(p), &self.exec.lsm)
+                .iter()
+                .map(|t| t.status())
+                .collect()
+        };
+        let mut names: Vec<(String, String, String, Vec<serde_json::Value>)> = self
             .set
             .policies
             .iter()
@@ -203,21 +209,23 @@ impl Engine {
                     p.name.clone(),
                     self.mode_of(p).as_str().to_owned(),
                     p.loc.to_string(),
+                    tiers(p),
                 )
             })
             .collect();
         for l in self.launched.values() {
             for p in &l.policies {
-                if !names.iter().any(|(n, _, _)| *n == p.name) {
+                if !names.iter().any(|(n, _, _, _)| *n == p.name) {
                     names.push((
                         p.name.clone(),
                         self.mode_of(p).as_str().to_owned(),
                         "palisade run".into(),
+                        tiers(p),
                     ));
                 }
             }
         }
-        for (name, mode, source) in names {
+        for (name, mode, source, enforcement) in names {
             let mut cgroups: Vec<serde_json::Value> = self
                 .applied
                 .iter()
@@ -232,6 +240,7 @@ impl Engine {
             cgroups.sort_by_key(|v| v["cgroup_id"].as_u64());
             policies.push(serde_json::json!({
                 "name": name, "mode": mode, "source": source, "cgroups": cgroups,
+                "enforcement": enforcement,
             }));
         }
         serde_json::json!({
@@ -241,6 +250,7 @@ impl Engine {
             "policies": policies,
             "adopted_workloads": self.foreign.keys().collect::<Vec<_>>(),
             "exec_match": self.exec.matching.status(),
+            "lsm": self.exec.lsm.status(),
         })
     }
 
