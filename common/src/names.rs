@@ -151,10 +151,11 @@ pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
 pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
 /// Per-CPU array: index 0 = violation events lost to a full ring buffer.
 pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
-/// Array, one `u32`: 1 while `policy_exec_lsm` is attached and refuses exec rules with
-/// `action: errno` (the `sched_process_exec` programs then leave those rules to it); 0 and
-/// they kill. The agent sets it after attaching and clears it before detaching.
-pub const MAP_POLICY_EXEC_LSM: &str = "POLICY_EXEC_LSM";
+/// Array of `u32` by [`crate::policy::lsm_index`]: 1 while that group of BPF-LSM programs is
+/// attached and refuses `errno` rules (the tracepoint programs then leave those rules to it);
+/// 0 and they do without. The agent sets an entry after attaching and clears it before
+/// detaching.
+pub const MAP_POLICY_LSM: &str = "POLICY_LSM";
 
 /// Every pinned map of the policy object.
 pub const POLICY_MAPS: [&str; 13] = [
@@ -170,7 +171,7 @@ pub const POLICY_MAPS: [&str; 13] = [
     MAP_POLICY_CONFIG,
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
-    MAP_POLICY_EXEC_LSM,
+    MAP_POLICY_LSM,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
@@ -184,6 +185,26 @@ pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
 /// BPF-LSM program on `bprm_check_security`: exec rules with `action: errno` refuse the exec
 /// with EPERM before it runs (hosts with BPF-LSM active).
 pub const PROG_POLICY_EXEC_LSM: &str = "policy_exec_lsm";
+/// BPF-LSM programs refusing syscall rules with `action: errno` of the calls in
+/// [`crate::policy::LSM_CALLS`]: (program, hook).
+pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
+    ("policy_lsm_userns_create", "userns_create"),
+    ("policy_lsm_capable", "capable"),
+    ("policy_lsm_task_alloc", "task_alloc"),
+    ("policy_lsm_sb_mount", "sb_mount"),
+    ("policy_lsm_move_mount", "move_mount"),
+    ("policy_lsm_sb_pivotroot", "sb_pivotroot"),
+    ("policy_lsm_ptrace_access_check", "ptrace_access_check"),
+    ("policy_lsm_ptrace_traceme", "ptrace_traceme"),
+    ("policy_lsm_bpf", "bpf"),
+    ("policy_lsm_perf_event_open", "perf_event_open"),
+    ("policy_lsm_socket_create", "socket_create"),
+    ("policy_lsm_kernel_load_data", "kernel_load_data"),
+    ("policy_lsm_kernel_read_file", "kernel_read_file"),
+    ("policy_lsm_task_fix_setuid", "task_fix_setuid"),
+];
+/// And `task_prctl`, whose programs must answer -ENOSYS to let a call through.
+pub const PROG_POLICY_LSM_TASK_PRCTL: &str = "policy_lsm_task_prctl";
 pub const PROG_POLICY_CONNECT4: &str = "policy_connect4";
 pub const PROG_POLICY_CONNECT6: &str = "policy_connect6";
 pub const PROG_POLICY_SENDMSG4: &str = "policy_sendmsg4";

@@ -180,10 +180,14 @@ pub struct PolicyStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Lsm {
-    /// `bpf` is among the active LSMs, the kernel has BTF, and the kernel took the program.
+    /// `bpf` is among the active LSMs, the kernel has BTF, and the kernel took the exec
+    /// program.
     pub active: bool,
     /// Why not, when it is not.
     pub reason: String,
+    /// The same for the syscall hooks.
+    pub syscalls_active: bool,
+    pub syscalls_reason: String,
     /// One sentence for people.
     pub describe: String,
 }
@@ -196,6 +200,9 @@ pub struct Enforcement {
     pub section: String,
     /// The action as written (`errno`, `errno EPERM`, `kill`, `log`, `deny`).
     pub action: String,
+    /// The calls this entry is about (empty: the whole section, but for the calls of other
+    /// entries of the same section).
+    pub calls: Vec<String>,
     /// `refused with EPERM at exec`, `refused with <errno> by the kernel`, `killed before the
     /// new image runs`, `killed after the call` or `reported only`.
     pub tier: String,

@@ -31,7 +31,10 @@ fn host_has_lsm() -> bool {
         ),
         _ => {}
     }
-    println!("BPF-LSM on this host: {has} (active LSMs: {:?})", lsms.trim());
+    println!(
+        "BPF-LSM on this host: {has} (active LSMs: {:?})",
+        lsms.trim()
+    );
     has
 }
 
@@ -103,7 +106,11 @@ fn a_denied_exec_with_action_errno_fails_with_eperm_without_running() {
         "  exec:\n    action: errno\n    deny: [/usr/bin/touch]\n",
     ));
     let agent = s.agent("  rate_limit_burst: 100\n");
-    let hooks: &[&str] = if lsm { &["exec", "exec_lsm"] } else { &["exec"] };
+    let hooks: &[&str] = if lsm {
+        &["exec", "exec_lsm"]
+    } else {
+        &["exec"]
+    };
     wait_applied(&agent, "no-touch", cg.id, hooks);
     const N: usize = 3;
     for i in 0..N {
@@ -173,8 +180,9 @@ fn a_denied_exec_with_action_errno_fails_with_eperm_without_running() {
         let at = format!("{}:10:13", s.policy_file().display());
         let log = agent.log();
         assert!(
-            log.lines().any(|l| l.contains(&at)
-                && l.contains("killed (SIGKILL) before the new image runs")),
+            log.lines().any(
+                |l| l.contains(&at) && l.contains("killed (SIGKILL) before the new image runs")
+            ),
             "a warning at load naming {at}: {log}"
         );
     }
@@ -192,11 +200,8 @@ fn a_script_whose_interpreter_is_denied_fails_with_eperm() {
         format!("#!/bin/sh\n/usr/bin/touch {}\n", marker.display()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
     // the interpreter as the kernel resolves it (/bin/sh is a symlink on most hosts)
     let sh = std::fs::canonicalize("/bin/sh").unwrap_or_else(|e| panic!("{e}"));
     let s = Setup::new(&policy(
@@ -209,7 +214,11 @@ fn a_script_whose_interpreter_is_denied_fails_with_eperm() {
         ),
     ));
     let agent = s.agent("  rate_limit_burst: 100\n");
-    let hooks: &[&str] = if lsm { &["exec", "exec_lsm"] } else { &["exec"] };
+    let hooks: &[&str] = if lsm {
+        &["exec", "exec_lsm"]
+    } else {
+        &["exec"]
+    };
     wait_applied(&agent, "no-sh", cg.id, hooks);
     let got = spawn(&cg, &script.display().to_string(), &[]);
     if lsm {
@@ -245,7 +254,11 @@ fn audit_mode_refuses_nothing_and_counts_each_exec_once() {
         "  exec:\n    action: errno\n    deny: [/usr/bin/touch]\n",
     ));
     let agent = s.agent("  rate_limit_burst: 100\n");
-    let hooks: &[&str] = if lsm { &["exec", "exec_lsm"] } else { &["exec"] };
+    let hooks: &[&str] = if lsm {
+        &["exec", "exec_lsm"]
+    } else {
+        &["exec"]
+    };
     wait_applied(&agent, "no-touch-audit", cg.id, hooks);
     const N: usize = 2;
     for i in 0..N {
@@ -306,8 +319,10 @@ fn policy_check_states_the_exec_tier_of_this_host() {
             "{stdout}"
         );
         assert!(
-            stderr.lines().any(|l| l.starts_with(&at)
-                && l.contains("killed (SIGKILL) before the new image runs")),
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&at)
+                    && l.contains("killed (SIGKILL) before the new image runs")),
             "{stderr}"
         );
     }
@@ -327,4 +342,101 @@ fn doctor_names_the_enforcement_tier() {
         if lsm { "bpf_lsm" } else { "tracepoints" },
         "{j}"
     );
+}
+
+const CLONE_NEWNS: i32 = 0x0002_0000;
+const CLONE_NEWUSER: i32 = 0x1000_0000;
+const CLONE_NEWUTS: i32 = 0x0400_0000;
+
+#[test]
+fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
+    let lsm = host_has_lsm();
+    let cg = TestCgroup::new("lsm-unshare");
+    let s = Setup::new(&policy(
+        "no-unshare",
+        &cg,
+        "enforce",
+        "  syscalls:\n    action: errno\n    errno: EPERM\n    deny: [unshare]\n",
+    ));
+    let agent = s.agent("  rate_limit_burst: 100\n");
+    let hooks: &[&str] = if lsm {
+        &["syscalls", "syscalls_lsm"]
+    } else {
+        &["syscalls"]
+    };
+    wait_applied(&agent, "no-unshare", cg.id, hooks);
+    // a user namespace (userns_create), a mount and a UTS namespace (their CAP_SYS_ADMIN check)
+    let flags = [
+        CLONE_NEWUSER,
+        CLONE_NEWNS,
+        CLONE_NEWUTS,
+        CLONE_NEWUSER | CLONE_NEWNS,
+    ];
+    for f in flags {
+        let got = outcome(cg.command(palisade_tests::workload_bin()).args([
+            "unshare",
+            &f.to_string(),
+            "getppid",
+            "1",
+        ]));
+        if lsm {
+            assert_eq!(got, Ok(EPERM), "unshare({f:#x}) must fail with EPERM");
+        } else {
+            // no BPF-LSM: a running container's errno rule is reported only, the call runs
+            assert_eq!(got, Ok(0), "unshare({f:#x}) without BPF-LSM");
+        }
+    }
+    // the same workload without the denied call runs
+    assert_eq!(
+        outcome(
+            cg.command(palisade_tests::workload_bin())
+                .args(["getppid", "3"])
+        ),
+        Ok(0)
+    );
+    let n = flags.len();
+    let taken = if lsm { "errno" } else { "log" };
+    let v = violations(&agent, cg.id, n);
+    assert_eq!(v.len(), n, "{v:#?}");
+    for e in &v {
+        let x = &e["violation"];
+        assert_eq!(x["syscall"], "unshare", "{x}");
+        assert_eq!(x["action"], taken, "{x}");
+        assert_eq!(x["hook"], if lsm { "lsm" } else { "syscall" }, "{x}");
+        if lsm {
+            assert_eq!(x["errno"], "EPERM", "{x}");
+        }
+    }
+    palisade_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the violation counter",
+        || (violation_count(&agent, "no-unshare", taken, &cg) == n as f64).then_some(()),
+    );
+    let st = status(&agent);
+    let p = st["policies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "no-unshare"))
+        .unwrap_or_else(|| panic!("{st}"));
+    let tiers: Vec<(String, String)> = p["enforcement"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{p}"))
+        .iter()
+        .map(|e| {
+            (
+                e["calls"].to_string(),
+                e["tier"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    if lsm {
+        assert!(
+            tiers.contains(&(
+                r#"["unshare"]"#.into(),
+                "refused with EPERM by the kernel".into()
+            )),
+            "{tiers:?}"
+        );
+    } else {
+        assert_eq!(tiers, [("[]".to_owned(), "reported only".to_owned())]);
+    }
 }

@@ -80,8 +80,13 @@ pub fn check(files: &[PathBuf]) -> u8 {
                 );
                 for t in lsm::tiers(p, p.mode, &lsm) {
                     let fallback = t.fallback.map(|f| format!(" ({f})")).unwrap_or_default();
+                    let calls = if t.calls.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", t.calls.join(", "))
+                    };
                     println!(
-                        "  {} (action {}): {}{fallback}",
+                        "  {}{calls} (action {}): {}{fallback}",
                         t.section,
                         t.action,
                         t.tier.label()
@@ -186,7 +191,16 @@ fn status_text(s: &PolicyStatus) -> String {
             p.cgroups.len()
         );
         for e in &p.enforcement {
-            let _ = write!(out, "  {} (action {}): {}", e.section, e.action, e.tier);
+            let calls = if e.calls.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", e.calls.join(", "))
+            };
+            let _ = write!(
+                out,
+                "  {}{calls} (action {}): {}",
+                e.section, e.action, e.tier
+            );
             if !e.fallback.is_empty() {
                 let _ = write!(out, " ({})", e.fallback);
             }

@@ -26,10 +26,40 @@ use palisade_common::{
     policy::{
         ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
         POLICY_ABI, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
+        lsm_index,
     },
 };
 
 use crate::kernel::{KernelError, describe_program_error, error_chain, take_map};
+
+/// The LSM groups and their `POLICY_LSM` index.
+const LSM_GROUPS: [(Hook, u32); 2] = [
+    (Hook::ExecLsm, lsm_index::EXEC),
+    (Hook::SyscallsLsm, lsm_index::SYSCALLS),
+];
+
+/// The programs of [`Hook::SyscallsLsm`].
+const SYSCALL_LSM_PROGRAMS: [&str; 15] = {
+    let mut out = [names::PROG_POLICY_LSM_TASK_PRCTL; 15];
+    let mut i = 0;
+    while i < names::PROG_POLICY_SYSCALL_LSM.len() {
+        out[i] = names::PROG_POLICY_SYSCALL_LSM[i].0;
+        i += 1;
+    }
+    out
+};
+
+/// The LSM hook of program `prog`, if it is an LSM program.
+fn lsm_hook(prog: &str) -> Option<&'static str> {
+    match prog {
+        names::PROG_POLICY_EXEC_LSM => Some("bprm_check_security"),
+        names::PROG_POLICY_LSM_TASK_PRCTL => Some("task_prctl"),
+        _ => names::PROG_POLICY_SYSCALL_LSM
+            .iter()
+            .find(|(p, _)| *p == prog)
+            .map(|(_, h)| *h),
+    }
+}
 
 /// Slots (distinct effective policies at once) the tables hold.
 pub const MAX_SLOTS: u32 = 256;
@@ -142,6 +172,9 @@ pub enum Hook {
     /// BPF-LSM `bprm_check_security`: exec rules with `action: errno` refuse the exec (hosts
     /// with BPF-LSM, exec rules on the file executed).
     ExecLsm,
+    /// BPF-LSM hooks of the calls in `LSM_CALLS`: syscall rules with `action: errno` refuse
+    /// them (hosts with BPF-LSM).
+    SyscallsLsm,
     /// connect4/6, sendmsg4/6 on the unified root.
     Egress,
     /// bind4/6 and cgroup_skb ingress on the unified root.
@@ -149,8 +182,9 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::Syscalls,
+        Hook::SyscallsLsm,
         Hook::Seccomp,
         Hook::Exec,
         Hook::ExecLsm,
@@ -164,6 +198,7 @@ impl Hook {
             Hook::Seccomp => "seccomp",
             Hook::Exec => "exec",
             Hook::ExecLsm => "exec_lsm",
+            Hook::SyscallsLsm => "syscalls_lsm",
             Hook::Egress => "egress",
             Hook::Ingress => "ingress",
         }
@@ -177,6 +212,7 @@ impl Hook {
             Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
             Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
             Hook::ExecLsm => &[names::PROG_POLICY_EXEC_LSM],
+            Hook::SyscallsLsm => &SYSCALL_LSM_PROGRAMS,
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,
                 names::PROG_POLICY_CONNECT6,
@@ -223,8 +259,8 @@ pub struct Kernel {
     /// LRU hash, read through the hash type.
     pub violations: HashMap<MapData, ViolationKey, ViolationState>,
     pub loss: PerCpuArray<MapData, u64>,
-    /// Index 0: 1 while the BPF-LSM exec program is attached (see `names::MAP_POLICY_EXEC_LSM`).
-    exec_lsm: Array<MapData, u32>,
+    /// By `lsm_index`: 1 while that LSM group is attached (see `names::MAP_POLICY_LSM`).
+    lsm: Array<MapData, u32>,
     /// Kept open: programs loaded later refer to every map by its descriptor.
     _config: Array<MapData, u64>,
     links: BTreeMap<Hook, Vec<PinnedLink>>,
@@ -351,7 +387,7 @@ impl Kernel {
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
-            exec_lsm: take_map(&mut ebpf, names::MAP_POLICY_EXEC_LSM)?,
+            lsm: take_map(&mut ebpf, names::MAP_POLICY_LSM)?,
             _config: config,
             ebpf,
             opts,
@@ -369,9 +405,11 @@ impl Kernel {
     /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
     pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, BpfError)> {
         let mut failed = Vec::new();
-        if !want.contains(&Hook::ExecLsm) {
-            // the exec programs kill `errno` rules again before the LSM program goes
-            self.set_exec_lsm(false, &mut failed);
+        for (h, i) in LSM_GROUPS {
+            if !want.contains(&h) {
+                // the tracepoint programs take `errno` rules back before the LSM programs go
+                self.set_lsm(h, i, false, &mut failed);
+            }
         }
         for h in Hook::ALL {
             let has = self.links.contains_key(&h);
@@ -390,18 +428,20 @@ impl Kernel {
                 }
             }
         }
-        // once the LSM program refuses `errno` exec rules, the exec programs leave them to it
-        let lsm = self.links.contains_key(&Hook::ExecLsm);
-        self.set_exec_lsm(lsm, &mut failed);
+        // once the LSM programs refuse `errno` rules, the tracepoint programs leave them
+        for (h, i) in LSM_GROUPS {
+            let on = self.links.contains_key(&h);
+            self.set_lsm(h, i, on, &mut failed);
+        }
         failed
     }
 
-    fn set_exec_lsm(&mut self, on: bool, failed: &mut Vec<(Hook, BpfError)>) {
-        if let Err(source) = self.exec_lsm.set(0, u32::from(on), 0) {
+    fn set_lsm(&mut self, h: Hook, index: u32, on: bool, failed: &mut Vec<(Hook, BpfError)>) {
+        if let Err(source) = self.lsm.set(index, u32::from(on), 0) {
             failed.push((
-                Hook::ExecLsm,
+                h,
                 BpfError::Map {
-                    map: names::MAP_POLICY_EXEC_LSM,
+                    map: names::MAP_POLICY_LSM,
                     source,
                 },
             ));
@@ -492,14 +532,11 @@ impl Kernel {
                 let id = p.attach("sched_process_exec").map_err(perr)?;
                 Ok(p.take_link(id).map_err(perr)?.into())
             }
-            names::PROG_POLICY_EXEC_LSM => {
-                let btf = self
-                    .opts
-                    .lsm_btf
-                    .clone()
-                    .ok_or(att(AttachError::NoLsm))?;
+            _ if lsm_hook(prog).is_some() => {
+                let btf = self.opts.lsm_btf.clone().ok_or(att(AttachError::NoLsm))?;
+                let hook = lsm_hook(prog).unwrap_or_default();
                 let p: &mut Lsm = p.try_into().map_err(perr)?;
-                crate::policy::lsm::attach(p, "bprm_check_security", &btf).map_err(perr)
+                crate::policy::lsm::attach(p, hook, &btf).map_err(perr)
             }
             names::PROG_POLICY_EXEC_GIVEN => {
                 if self.opts.exec_filename_offset.is_none() {

@@ -12,9 +12,10 @@ use aya::{
     Btf, Endianness,
     programs::{Lsm, ProgramError, links::FdLink},
 };
+use palisade_common::policy::LSM_CALLS;
 use palisade_policy::{
     Diagnostic, PolicySet,
-    model::{ExecAction, Mode, NetAction, Policy, SysAction},
+    model::{ExecAction, ListKind, Mode, NetAction, Policy, SysAction, Syscalls},
 };
 
 /// Where the active LSMs are listed.
@@ -42,7 +43,10 @@ pub enum LsmUnavailable {
 /// Whether BPF-LSM programs can refuse calls on this host, found once at start.
 #[derive(Debug)]
 pub struct LsmSupport {
+    /// The host, and the exec program once attached.
     pub state: Result<(), LsmUnavailable>,
+    /// The host, and the syscall hooks once attached.
+    pub syscalls: Result<(), LsmUnavailable>,
 }
 
 impl LsmSupport {
@@ -53,7 +57,14 @@ impl LsmSupport {
 
     /// `lsm_file` lists the active LSMs (another path is for tests).
     pub fn probe_at(lsm_file: &Path, btf: &Path) -> Self {
-        let state = std::fs::read_to_string(lsm_file)
+        Self {
+            state: Self::host(lsm_file, btf),
+            syscalls: Self::host(lsm_file, btf),
+        }
+    }
+
+    fn host(lsm_file: &Path, btf: &Path) -> Result<(), LsmUnavailable> {
+        std::fs::read_to_string(lsm_file)
             .map_err(|source| LsmUnavailable::SecurityFs {
                 path: lsm_file.to_owned(),
                 source,
@@ -77,18 +88,23 @@ impl LsmSupport {
                         },
                     })
                 }
-            });
-        Self { state }
+            })
     }
 
+    /// `errno` exec rules are refused at exec.
     pub fn active(&self) -> bool {
         self.state.is_ok()
+    }
+
+    /// `errno` syscall rules of the calls in `LSM_CALLS` are refused by their hooks.
+    pub fn syscalls_active(&self) -> bool {
+        self.syscalls.is_ok()
     }
 
     /// One sentence for people.
     pub fn describe(&self) -> String {
         match &self.state {
-            Ok(()) => "BPF-LSM active: exec rules with `action: errno` refuse the exec with EPERM before it runs".into(),
+            Ok(()) => "BPF-LSM active: exec rules with `action: errno` refuse the exec with EPERM before it runs; syscall rules with `action: errno` refuse the calls that have an LSM hook (see the README's table)".into(),
             Err(e) => format!(
                 "no BPF-LSM ({e}): exec rules with `action: errno` kill the process before the new image runs instead of refusing the exec"
             ),
@@ -100,6 +116,8 @@ impl LsmSupport {
         serde_json::json!({
             "active": self.active(),
             "reason": self.state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            "syscalls_active": self.syscalls_active(),
+            "syscalls_reason": self.syscalls.as_ref().err().map(ToString::to_string).unwrap_or_default(),
             "describe": self.describe(),
         })
     }
@@ -141,6 +159,8 @@ pub struct SectionTier {
     pub section: &'static str,
     /// The action as written.
     pub action: String,
+    /// The calls this entry is about (empty: the whole section).
+    pub calls: Vec<String>,
     /// In running containers (the agent's hooks).
     pub tier: Tier,
     /// Why the tier is weaker than the action asks, when it is.
@@ -153,6 +173,7 @@ impl SectionTier {
         serde_json::json!({
             "section": self.section,
             "action": self.action,
+            "calls": self.calls,
             "tier": self.tier.label(),
             "fallback": self.fallback.clone().unwrap_or_default(),
         })
@@ -178,6 +199,7 @@ pub fn tiers(p: &Policy, mode: Mode, lsm: &LsmSupport) -> Vec<SectionTier> {
         out.push(SectionTier {
             section: "exec",
             action: e.action.as_str().into(),
+            calls: vec![],
             tier,
             fallback,
         });
@@ -195,9 +217,30 @@ pub fn tiers(p: &Policy, mode: Mode, lsm: &LsmSupport) -> Vec<SectionTier> {
                 )),
             ),
         };
+        if let (SysAction::Errno(n), Ok(()), false) = (s.action, &lsm.syscalls, audit) {
+            let refused = lsm_refused(s);
+            if !refused.is_empty() {
+                let (by_cap, own): (Vec<String>, Vec<String>) = refused
+                    .into_iter()
+                    .partition(|c| c == "unshare" || c == "setns");
+                for (calls, errno) in [(own, errno_name(n)), (by_cap, "EPERM".to_owned())] {
+                    if calls.is_empty() {
+                        continue;
+                    }
+                    out.push(SectionTier {
+                        section: "syscalls",
+                        action: action.clone(),
+                        calls,
+                        tier: Tier::Refused(errno),
+                        fallback: None,
+                    });
+                }
+            }
+        }
         out.push(SectionTier {
             section: "syscalls",
             action,
+            calls: vec![],
             tier,
             fallback,
         });
@@ -207,7 +250,8 @@ pub fn tiers(p: &Policy, mode: Mode, lsm: &LsmSupport) -> Vec<SectionTier> {
         ("ingress", &p.network.ingress),
     ] {
         let Some(d) = d else { continue };
-        let denies = d.default == NetAction::Deny || d.rules.iter().any(|r| r.action == NetAction::Deny);
+        let denies =
+            d.default == NetAction::Deny || d.rules.iter().any(|r| r.action == NetAction::Deny);
         let tier = if denies {
             weak(Tier::Refused("EPERM".into()))
         } else {
@@ -215,12 +259,30 @@ pub fn tiers(p: &Policy, mode: Mode, lsm: &LsmSupport) -> Vec<SectionTier> {
         };
         out.push(SectionTier {
             section,
+            calls: vec![],
             action: if denies { "deny" } else { "log" }.into(),
             tier,
             fallback: None,
         });
     }
     out
+}
+
+/// The calls of `LSM_CALLS` that `s` denies (deny entries with argument conditions count: the
+/// hooks check them on the registers).
+pub fn lsm_refused(s: &Syscalls) -> Vec<String> {
+    let denies = |nr: u32| match s.list {
+        ListKind::Deny => s.entries.iter().any(|e| e.nrs.contains(&nr)),
+        ListKind::Allow => !s
+            .entries
+            .iter()
+            .any(|e| e.args.is_empty() && e.nrs.contains(&nr)),
+    };
+    LSM_CALLS
+        .iter()
+        .filter(|c| denies(c.nr))
+        .map(|c| c.name.to_owned())
+        .collect()
 }
 
 fn errno_name(n: u16) -> String {
@@ -249,8 +311,7 @@ pub fn host_notes(set: &PolicySet, lsm: &LsmSupport) -> Vec<Diagnostic> {
 /// Loads (once) and attaches the LSM program `prog` to its `hook`, typed by the BTF at `btf`.
 pub fn attach(prog: &mut Lsm, hook: &str, btf: &Path) -> Result<FdLink, ProgramError> {
     if prog.fd().is_err() {
-        let btf = Btf::parse_file(btf, Endianness::default())
-            .map_err(ProgramError::Btf)?;
+        let btf = Btf::parse_file(btf, Endianness::default()).map_err(ProgramError::Btf)?;
         prog.load(hook, &btf)?;
     }
     let id = prog.attach()?;
@@ -277,7 +338,13 @@ mod tests {
         assert!(lsm("lockdown,capability,bpf\n").active());
         let no = lsm("lockdown,capability,landlock,yama,apparmor");
         assert!(!no.active());
-        assert!(no.describe().contains("`bpf` is not among the active LSMs (lockdown,capability,landlock,yama,apparmor)"), "{}", no.describe());
+        assert!(
+            no.describe().contains(
+                "`bpf` is not among the active LSMs (lockdown,capability,landlock,yama,apparmor)"
+            ),
+            "{}",
+            no.describe()
+        );
         let gone = LsmSupport::probe_at(Path::new("/nonexistent/lsm"), Path::new("/"));
         assert!(matches!(gone.state, Err(LsmUnavailable::SecurityFs { .. })));
         assert_eq!(gone.status()["active"], false);
@@ -295,7 +362,10 @@ mod tests {
         assert_eq!(with[0].tier.label(), "refused with EPERM at exec");
         assert_eq!(with[0].fallback, None);
         assert_eq!(with[1].section, "syscalls");
-        assert_eq!(with[1].tier.label(), "reported only");
+        assert_eq!(with[1].calls, ["unshare"]);
+        assert_eq!(with[1].tier.label(), "refused with EPERM by the kernel");
+        assert_eq!(with[2].calls, Vec::<String>::new());
+        assert_eq!(with[2].tier.label(), "reported only");
         let without = lsm("capability,apparmor");
         let t = tiers(p, Mode::Enforce, &without);
         assert_eq!(t[0].tier.label(), "killed before the new image runs");
@@ -308,7 +378,24 @@ mod tests {
         let notes = host_notes(&set, &without);
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].loc.to_string(), "p.yaml:7:13");
-        assert!(notes[0].message.contains("killed (SIGKILL) before the new image runs"));
+        assert!(
+            notes[0]
+                .message
+                .contains("killed (SIGKILL) before the new image runs")
+        );
         assert!(host_notes(&set, &lsm("bpf")).is_empty());
+    }
+
+    #[test]
+    fn the_lsm_table_names_x86_64_numbers() {
+        for c in LSM_CALLS {
+            assert_eq!(
+                palisade_syscalls::number(c.name),
+                Some(c.nr),
+                "{} is {}",
+                c.name,
+                c.nr
+            );
+        }
     }
 }

@@ -106,7 +106,7 @@ impl Reporter {
             action: violation::action_name(ev.action).to_owned(),
             mode: m,
             hook: violation::hook_name(ev.what).to_owned(),
-            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
+            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP | what::SYSCALL_LSM)
                 .then(|| palisade_syscalls::label(ev.nr).into_owned()),
             errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
             exec,

@@ -15,6 +15,7 @@ pub fn hook_name(w: u32) -> &'static str {
     match w {
         what::SYSCALL => "syscall",
         what::SECCOMP => "seccomp",
+        what::SYSCALL_LSM => "lsm",
         what::EXEC => "exec",
         what::CONNECT => "connect",
         what::SENDMSG => "sendmsg",

@@ -10,9 +10,11 @@
 
 mod args;
 mod exec;
+mod lsm;
 
 pub use args::*;
 pub use exec::*;
+pub use lsm::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
 pub const POLICY_ABI: u32 = 2;
@@ -104,6 +106,9 @@ pub mod what {
     pub const BIND: u32 = 6;
     /// An incoming TCP connection request.
     pub const INGRESS: u32 = 7;
+    /// A syscall refused by its BPF-LSM hook (run-time path, `LSM_CALLS`). (9: 8 is taken by
+    /// the socket rules of the branch being merged alongside.)
+    pub const SYSCALL_LSM: u32 = 9;
 }
 
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).

@@ -197,3 +197,18 @@ fn exec_actions_with_and_without_lsm() {
     r.action = action::LOG;
     assert_eq!(r.taken_exec(true), Some(taken::LOG));
 }
+
+#[test]
+fn lsm_calls_and_the_covered_set_agree() {
+    for nr in 0..MAX_SYSCALLS as u64 {
+        assert_eq!(
+            lsm_covered(nr),
+            LSM_CALLS.iter().any(|c| u64::from(c.nr) == nr),
+            "nr {nr}"
+        );
+    }
+    assert!(LSM_CALLS.windows(2).all(|w| w[0].nr < w[1].nr));
+    for nr in [272, 308] {
+        assert!(lsm_by_capable(nr) && lsm_covered(nr));
+    }
+}

@@ -8,11 +8,24 @@
 //!   matched like the `sched_process_exec` program matches the file executed (resolved path,
 //!   device and inode for the event; the path given on the first round); rules with other
 //!   actions are left to that program.
+//! - `policy_lsm_*` on the hooks of the calls in `LSM_CALLS` (`userns_create`, `capable`,
+//!   `task_alloc`, `sb_mount`, ...): a call that syscall rules deny with `action: errno` in
+//!   enforce mode is refused with the rule's errno from inside the call, before it has any
+//!   effect. Every program asks the same question (`refuse_call`): which call is the current
+//!   task in (its user registers), and does the cgroup's verdict table deny it with an errno
+//!   (argument conditions checked on the registers, as at `sys_enter`)? `sys_enter` leaves
+//!   those rules to these programs while they are attached, so each refusal is counted once.
 use aya_ebpf::{
-    helpers::bpf_get_current_task, macros::lsm, programs::LsmContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_probe_read_kernel, generated,
+    },
+    macros::lsm,
+    programs::LsmContext,
 };
 use palisade_common::policy::{
-    KernelMemory as _, exec_flags, taken, unresolved, what,
+    ArgKey, KernelMemory as _, MAX_SYSCALLS, VERDICT_CONDITIONAL, VERDICT_RULE, action,
+    cgroup_flags, exec_flags, lsm_by_capable, lsm_covered, mode, taken, unresolved, what,
 };
 
 use crate::{
@@ -20,10 +33,127 @@ use crate::{
         Kmem, POLICY_EXEC_OFFSETS, POLICY_SCRATCH, exec_policy, identity, put, read_str, resolve,
         violated,
     },
-    report::{Detail, Subject, report, rule},
+    report::{Detail, Subject, policy_of, report, rule},
+    syscalls::{ARG_OFFSETS, POLICY_ARGS, verdict},
 };
 
 const EPERM: i32 = 1;
+const ENOSYS: i32 = 38;
+/// `struct pt_regs` (x86_64): `orig_ax` (the call number) and `cs`.
+const REGS_ORIG_AX: u64 = 15 * 8;
+const REGS_CS: u64 = 17 * 8;
+/// `__USER_CS`: a 64-bit call (i386 calls come with `__USER32_CS`; x32 numbers are above
+/// `MAX_SYSCALLS`).
+const USER_CS: u64 = 0x33;
+
+/// The errno to refuse the current call with (0: let it through), reported once. `capable`:
+/// the hook is the CAP_SYS_ADMIN check of `unshare`/`setns`, whose callers see EPERM.
+#[inline(always)]
+fn refuse_call(capable: bool) -> i32 {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(p) = policy_of(cgroup_id) else {
+        return 0;
+    };
+    if p.flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) == 0 {
+        return 0;
+    }
+    // SAFETY: the current task (a BTF pointer), as bpf_task_pt_regs requires.
+    let regs = unsafe { generated::bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let read = |off: u64| {
+        // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
+        unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
+    };
+    if read(REGS_CS) != USER_CS {
+        return 0;
+    }
+    let nr = read(REGS_ORIG_AX);
+    if nr >= MAX_SYSCALLS as u64 || !lsm_covered(nr) || capable != lsm_by_capable(nr) {
+        return 0;
+    }
+    let v = verdict(p.slot, nr);
+    if v == 0 {
+        return 0;
+    }
+    let mut id = u32::from(v & VERDICT_RULE);
+    if v & VERDICT_CONDITIONAL != 0 {
+        // SAFETY: read-only lookup; the value is read in place.
+        let Some(r) = (unsafe {
+            POLICY_ARGS.get(ArgKey {
+                slot: p.slot,
+                nr: nr as u32,
+            })
+        }) else {
+            return 0;
+        };
+        let mut args = [0u64; 6];
+        for (a, off) in args.iter_mut().zip(ARG_OFFSETS) {
+            *a = read(off);
+        }
+        match r.violated(&args, id) {
+            Some(r) => id = r,
+            None => return 0,
+        }
+    }
+    let Some(info) = rule(id) else {
+        return 0;
+    };
+    if info.action != action::ERRNO || info.mode != mode::ENFORCE {
+        return 0;
+    }
+    let errno = if capable { EPERM as u32 } else { info.errno };
+    report(
+        what::SYSCALL_LSM,
+        id,
+        taken::ERRNO,
+        cgroup_id,
+        Subject::Current,
+        &Detail {
+            nr: nr as u32,
+            errno,
+            net: None,
+            path: None,
+        },
+    );
+    -(errno as i32)
+}
+
+macro_rules! syscall_hook {
+    ($name:ident, $hook:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(_ctx: LsmContext) -> i32 {
+            refuse_call(false)
+        }
+    };
+}
+
+syscall_hook!(policy_lsm_userns_create, "userns_create");
+syscall_hook!(policy_lsm_task_alloc, "task_alloc");
+syscall_hook!(policy_lsm_sb_mount, "sb_mount");
+syscall_hook!(policy_lsm_move_mount, "move_mount");
+syscall_hook!(policy_lsm_sb_pivotroot, "sb_pivotroot");
+syscall_hook!(policy_lsm_ptrace_access_check, "ptrace_access_check");
+syscall_hook!(policy_lsm_ptrace_traceme, "ptrace_traceme");
+syscall_hook!(policy_lsm_bpf, "bpf");
+syscall_hook!(policy_lsm_perf_event_open, "perf_event_open");
+syscall_hook!(policy_lsm_socket_create, "socket_create");
+syscall_hook!(policy_lsm_kernel_load_data, "kernel_load_data");
+syscall_hook!(policy_lsm_kernel_read_file, "kernel_read_file");
+syscall_hook!(policy_lsm_task_fix_setuid, "task_fix_setuid");
+
+#[lsm(hook = "capable")]
+pub fn policy_lsm_capable(_ctx: LsmContext) -> i32 {
+    refuse_call(true)
+}
+
+/// `security_task_prctl` takes -ENOSYS for "not mine"; 0 would end every prctl unhandled.
+#[lsm(hook = "task_prctl")]
+pub fn policy_lsm_task_prctl(_ctx: LsmContext) -> i32 {
+    match refuse_call(false) {
+        0 => -ENOSYS,
+        e => e,
+    }
+}
 
 #[lsm(hook = "bprm_check_security")]
 pub fn policy_exec_lsm(ctx: LsmContext) -> i32 {

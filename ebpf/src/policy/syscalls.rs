@@ -19,8 +19,10 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     ArgKey, ArgRule, EnterSlot, MAX_SYSCALLS, SyscallVerdicts, VERDICT_CONDITIONAL, VERDICT_RULE,
-    action, cgroup_flags, taken, what,
+    action, cgroup_flags, lsm_covered, lsm_index, mode, taken, what,
 };
+
+use crate::exec::POLICY_LSM;
 
 use crate::report::{Detail, Subject, policy_of, report, rule};
 
@@ -36,7 +38,7 @@ static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0)
 
 /// Argument checks of conditional verdicts, by (slot, syscall).
 #[map(name = "POLICY_ARGS")]
-static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
+pub(crate) static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
 
 #[map(name = "POLICY_ENTER")]
 static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
@@ -45,7 +47,7 @@ const SIGKILL: u32 = 9;
 
 /// The verdict of `slot` for syscall `nr` (0: no rule).
 #[inline(always)]
-fn verdict(slot: u32, nr: u64) -> u16 {
+pub(crate) fn verdict(slot: u32, nr: u64) -> u16 {
     if nr >= MAX_SYSCALLS as u64 {
         return 0;
     }
@@ -56,7 +58,7 @@ fn verdict(slot: u32, nr: u64) -> u16 {
 }
 
 /// Offsets of the six argument registers in `struct pt_regs` (x86_64: di, si, dx, r10, r8, r9).
-const ARG_OFFSETS: [u64; 6] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
+pub(crate) const ARG_OFFSETS: [u64; 6] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
 
 /// The rule a call violates by its arguments (`None`: it does not).
 #[inline(always)]
@@ -128,6 +130,14 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let Some(info) = rule(id) else {
         return Ok(0);
     };
+    if info.action == action::ERRNO
+        && info.mode == mode::ENFORCE
+        && lsm_covered(nr as u64)
+        && POLICY_LSM.get(lsm_index::SYSCALLS).copied() == Some(1)
+    {
+        // refused (and reported) by its BPF-LSM hook (`lsm::refuse_call`)
+        return Ok(0);
+    }
     let t = info.taken_runtime();
     report(
         what::SYSCALL,

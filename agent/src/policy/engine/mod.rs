@@ -385,6 +385,11 @@ impl Engine {
         if flags & cgroup_flags::SYSCALLS != 0 {
             want.push(Hook::Syscalls);
         }
+        if flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) != 0
+            && self.exec.lsm.syscalls_active()
+        {
+            want.push(Hook::SyscallsLsm);
+        }
         if flags & cgroup_flags::SECCOMP != 0 {
             want.push(Hook::Seccomp);
         }
@@ -417,6 +422,11 @@ impl Engine {
             let (_, e) = failed.swap_remove(i);
             warn!(error = %e, "exec rules with `action: errno`: the BPF-LSM program is not attached; a denied exec is killed before the new image runs instead of refused with EPERM");
             self.exec.lsm.state = Err(LsmUnavailable::Refused(e.to_string()));
+        }
+        if let Some(i) = failed.iter().position(|(h, _)| *h == Hook::SyscallsLsm) {
+            let (_, e) = failed.swap_remove(i);
+            warn!(error = %e, "syscall rules with `action: errno`: the BPF-LSM hooks are not attached; they keep their tracepoint tier");
+            self.exec.lsm.syscalls = Err(LsmUnavailable::Refused(e.to_string()));
         }
         for (h, e) in failed {
             warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");
