@@ -24,30 +24,35 @@ use aya::{
 use palisade_common::{
     names,
     policy::{
-        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
-        POLICY_ABI, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
-        lsm_index,
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, LSM_CALLS,
+        NetRuleSet, POLICY_ABI, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
+        config as cfg, lsm_call_bit, lsm_index,
     },
 };
 
 use crate::kernel::{KernelError, describe_program_error, error_chain, take_map};
 
 /// The LSM groups and their `POLICY_LSM` index.
-const LSM_GROUPS: [(Hook, u32); 2] = [
-    (Hook::ExecLsm, lsm_index::EXEC),
-    (Hook::SyscallsLsm, lsm_index::SYSCALLS),
-];
+const LSM_GROUPS: [(Hook, u32); 1] = [(Hook::ExecLsm, lsm_index::EXEC)];
 
-/// The programs of [`Hook::SyscallsLsm`].
-const SYSCALL_LSM_PROGRAMS: [&str; 15] = {
-    let mut out = [names::PROG_POLICY_LSM_TASK_PRCTL; 15];
-    let mut i = 0;
-    while i < names::PROG_POLICY_SYSCALL_LSM.len() {
-        out[i] = names::PROG_POLICY_SYSCALL_LSM[i].0;
-        i += 1;
+/// The program on LSM hook `hook` (the syscall hooks).
+fn lsm_program(hook: &str) -> Option<&'static str> {
+    if hook == "task_prctl" {
+        return Some(names::PROG_POLICY_LSM_TASK_PRCTL);
     }
-    out
-};
+    names::PROG_POLICY_SYSCALL_LSM
+        .iter()
+        .find(|(_, h)| *h == hook)
+        .map(|(p, _)| *p)
+}
+
+/// The LSM hooks of x86_64 call `nr` (none when it has none).
+fn hooks_of(nr: u32) -> &'static [&'static str] {
+    LSM_CALLS
+        .iter()
+        .find(|c| c.nr == nr)
+        .map_or(&[][..], |c| c.hooks)
+}
 
 /// The LSM hook of program `prog`, if it is an LSM program.
 fn lsm_hook(prog: &str) -> Option<&'static str> {
@@ -212,7 +217,8 @@ impl Hook {
             Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
             Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
             Hook::ExecLsm => &[names::PROG_POLICY_EXEC_LSM],
-            Hook::SyscallsLsm => &SYSCALL_LSM_PROGRAMS,
+            // attached hook by hook (`Kernel::want_syscall_lsm`)
+            Hook::SyscallsLsm => &[],
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,
                 names::PROG_POLICY_CONNECT6,
@@ -264,6 +270,8 @@ pub struct Kernel {
     /// Kept open: programs loaded later refer to every map by its descriptor.
     _config: Array<MapData, u64>,
     links: BTreeMap<Hook, Vec<PinnedLink>>,
+    /// The syscall LSM programs attached, by program.
+    lsm_links: BTreeMap<&'static str, PinnedLink>,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
 }
@@ -392,6 +400,7 @@ impl Kernel {
             ebpf,
             opts,
             links: BTreeMap::new(),
+            lsm_links: BTreeMap::new(),
             adopted,
         };
         Ok((k, events))
@@ -399,7 +408,112 @@ impl Kernel {
 
     /// Hook groups currently attached.
     pub fn attached(&self) -> Vec<Hook> {
-        self.links.keys().copied().collect()
+        let mut out: Vec<Hook> = self.links.keys().copied().collect();
+        if !self.lsm_links.is_empty() {
+            out.push(Hook::SyscallsLsm);
+            out.sort();
+        }
+        out
+    }
+
+    /// Attaches the LSM hooks of the x86_64 calls `calls` (from `LSM_CALLS`) and detaches the
+    /// others, then marks in `POLICY_LSM` the calls whose every hook is attached (`sys_enter`
+    /// leaves their `errno` rules to the hooks from then on; a call losing a hook is unmarked
+    /// before the hook goes). Returns what failed to attach.
+    pub fn want_syscall_lsm(&mut self, calls: &[u32]) -> Vec<BpfError> {
+        let mut failed = Vec::new();
+        let wanted: std::collections::BTreeSet<&'static str> = calls
+            .iter()
+            .flat_map(|nr| hooks_of(*nr).iter().filter_map(|h| lsm_program(h)))
+            .collect();
+        // unmark first: calls keep only hooks that stay
+        let keep: Vec<u32> = calls
+            .iter()
+            .copied()
+            .filter(|nr| self.all_attached(*nr))
+            .collect();
+        self.mark_calls(&keep, &mut failed);
+        let gone: Vec<&'static str> = self
+            .lsm_links
+            .keys()
+            .copied()
+            .filter(|p| !wanted.contains(p))
+            .collect();
+        for p in gone {
+            if let Some(l) = self.lsm_links.remove(p)
+                && let Err(e) = l.unpin()
+            {
+                tracing::warn!(program = p, error = %e, "unpinning a link failed");
+            }
+        }
+        for p in wanted {
+            if self.lsm_links.contains_key(p) {
+                continue;
+            }
+            match self.attach_pinned(p) {
+                Ok(l) => {
+                    self.lsm_links.insert(p, l);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        let done: Vec<u32> = calls
+            .iter()
+            .copied()
+            .filter(|nr| self.all_attached(*nr))
+            .collect();
+        self.mark_calls(&done, &mut failed);
+        failed
+    }
+
+    /// Whether every hook of call `nr` is attached.
+    fn all_attached(&self, nr: u32) -> bool {
+        let hooks = hooks_of(nr);
+        !hooks.is_empty()
+            && hooks
+                .iter()
+                .all(|h| lsm_program(h).is_some_and(|p| self.lsm_links.contains_key(p)))
+    }
+
+    fn mark_calls(&mut self, calls: &[u32], failed: &mut Vec<BpfError>) {
+        let mut words = [0u32; (lsm_index::COUNT - lsm_index::CALLS) as usize];
+        for nr in calls {
+            let (w, bit) = lsm_call_bit(u64::from(*nr));
+            if let Some(x) = words.get_mut((w - lsm_index::CALLS) as usize) {
+                *x |= bit;
+            }
+        }
+        for (i, w) in words.iter().enumerate() {
+            if let Err(source) = self.lsm.set(lsm_index::CALLS + i as u32, *w, 0) {
+                failed.push(BpfError::Map {
+                    map: names::MAP_POLICY_LSM,
+                    source,
+                });
+                return;
+            }
+        }
+    }
+
+    /// The link of `prog`: adopted from its pin, or attached and pinned now.
+    fn attach_pinned(&mut self, prog: &'static str) -> Result<PinnedLink, BpfError> {
+        let pin = links_dir(&self.opts.pin_dir).join(prog);
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    tracing::warn!(link = %pin.display(), error = %e, "stale pinned link replaced");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let link = self.attach_one(prog)?;
+        link.pin(&pin).map_err(|source| BpfError::Attach {
+            program: prog,
+            source: AttachError::Pin {
+                path: pin.clone(),
+                source,
+            },
+        })
     }
 
     /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
@@ -591,6 +705,7 @@ impl Kernel {
 
     /// Detaches everything and removes the pin directory (nothing left to enforce).
     pub fn remove(mut self) -> Vec<PathBuf> {
+        let _ = self.want_syscall_lsm(&[]);
         let _ = self.want(&[]);
         let dir = self.opts.pin_dir.clone();
         drop(self);

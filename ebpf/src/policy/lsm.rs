@@ -25,19 +25,31 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     ArgKey, KernelMemory as _, MAX_SYSCALLS, VERDICT_CONDITIONAL, VERDICT_RULE, action,
-    cgroup_flags, exec_flags, lsm_by_capable, lsm_covered, mode, taken, unresolved, what,
+    cgroup_flags, exec_flags, lsm_by_capable, lsm_call_bit, lsm_covered, mode, taken, unresolved,
+    what,
 };
 
 use crate::{
     exec::{
-        Kmem, POLICY_EXEC_OFFSETS, POLICY_SCRATCH, exec_policy, identity, put, read_str, resolve,
-        violated,
+        Kmem, POLICY_EXEC_OFFSETS, POLICY_LSM, POLICY_SCRATCH, exec_policy, identity, put,
+        read_str, resolve, violated,
     },
     report::{Detail, Subject, policy_of, report, rule},
     syscalls::{ARG_OFFSETS, POLICY_ARGS, verdict},
 };
 
 const EPERM: i32 = 1;
+
+/// Whether every hook of call `nr` is attached (the agent's bitmap in `POLICY_LSM`).
+#[inline(always)]
+pub(crate) fn lsm_refuses(nr: u64) -> bool {
+    if !lsm_covered(nr) {
+        return false;
+    }
+    let (word, bit) = lsm_call_bit(nr);
+    POLICY_LSM.get(word).is_some_and(|w| w & bit != 0)
+}
+
 const ENOSYS: i32 = 38;
 /// `struct pt_regs` (x86_64): `orig_ax` (the call number) and `cs`.
 const REGS_ORIG_AX: u64 = 15 * 8;
@@ -68,7 +80,7 @@ fn refuse_call(capable: bool) -> i32 {
         return 0;
     }
     let nr = read(REGS_ORIG_AX);
-    if nr >= MAX_SYSCALLS as u64 || !lsm_covered(nr) || capable != lsm_by_capable(nr) {
+    if nr >= MAX_SYSCALLS as u64 || !lsm_refuses(nr) || capable != lsm_by_capable(nr) {
         return 0;
     }
     let v = verdict(p.slot, nr);

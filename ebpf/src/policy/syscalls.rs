@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     ArgKey, ArgRule, EnterSlot, MAX_SYSCALLS, SyscallVerdicts, VERDICT_CONDITIONAL, VERDICT_RULE,
-    action, cgroup_flags, lsm_covered, lsm_index, mode, taken, what,
+    action, cgroup_flags, mode, taken, what,
 };
 
-use crate::exec::POLICY_LSM;
+use crate::lsm::lsm_refuses;
 
 use crate::report::{Detail, Subject, policy_of, report, rule};
 
@@ -130,11 +130,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let Some(info) = rule(id) else {
         return Ok(0);
     };
-    if info.action == action::ERRNO
-        && info.mode == mode::ENFORCE
-        && lsm_covered(nr as u64)
-        && POLICY_LSM.get(lsm_index::SYSCALLS).copied() == Some(1)
-    {
+    if info.action == action::ERRNO && info.mode == mode::ENFORCE && lsm_refuses(nr as u64) {
         // refused (and reported) by its BPF-LSM hook (`lsm::refuse_call`)
         return Ok(0);
     }

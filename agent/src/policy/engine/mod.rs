@@ -265,6 +265,7 @@ impl Engine {
         // what each cgroup should have
         let mut desired: HashMap<u64, (Tables, u32)> = HashMap::new();
         let mut applied = HashMap::new();
+        let mut lsm_calls = std::collections::BTreeSet::new();
         let mut ids = std::mem::take(&mut self.ids);
         let mut notes = Vec::new();
         for t in self.targets.values() {
@@ -279,6 +280,17 @@ impl Engine {
             }
             for n in &tables.notes {
                 notes.push(format!("{}: {n}", t.name));
+            }
+            for (p, m) in &matched {
+                if let (Some(s), Mode::Enforce) = (&p.syscalls, m)
+                    && matches!(s.action, palisade_policy::model::SysAction::Errno(_))
+                {
+                    lsm_calls.extend(
+                        super::lsm::lsm_refused(s)
+                            .iter()
+                            .filter_map(|n| palisade_syscalls::number(n)),
+                    );
+                }
             }
             applied.insert(
                 t.cgroup_id,
@@ -385,11 +397,7 @@ impl Engine {
         if flags & cgroup_flags::SYSCALLS != 0 {
             want.push(Hook::Syscalls);
         }
-        if flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) != 0
-            && self.exec.lsm.syscalls_active()
-        {
-            want.push(Hook::SyscallsLsm);
-        }
+
         if flags & cgroup_flags::SECCOMP != 0 {
             want.push(Hook::Seccomp);
         }
@@ -423,9 +431,14 @@ impl Engine {
             warn!(error = %e, "exec rules with `action: errno`: the BPF-LSM program is not attached; a denied exec is killed before the new image runs instead of refused with EPERM");
             self.exec.lsm.state = Err(LsmUnavailable::Refused(e.to_string()));
         }
-        if let Some(i) = failed.iter().position(|(h, _)| *h == Hook::SyscallsLsm) {
-            let (_, e) = failed.swap_remove(i);
-            warn!(error = %e, "syscall rules with `action: errno`: the BPF-LSM hooks are not attached; they keep their tracepoint tier");
+        let calls: Vec<u32> = if self.exec.lsm.syscalls_active() {
+            lsm_calls.into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let lsm_failed = k.want_syscall_lsm(&calls);
+        if let Some(e) = lsm_failed.first() {
+            warn!(error = %e, failed = lsm_failed.len(), "syscall rules with `action: errno`: BPF-LSM hooks not attached; the calls they refuse keep their tracepoint tier");
             self.exec.lsm.syscalls = Err(LsmUnavailable::Refused(e.to_string()));
         }
         for (h, e) in failed {
