@@ -18,6 +18,7 @@ fn role(feature: &str) -> (&'static str, bool) {
         "cgroup_sock_addr" => ("policies: egress/bind rules (EPERM)", false),
         "sock_ops" => ("TCP connections, RTT, flow records", false),
         "send_signal" => ("policies: kill on a denied syscall or exec", false),
+        "cgroup_ancestors" => ("policies: rules hold in child cgroups", false),
         "seccomp" => ("palisade run: syscall filters", false),
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("optional upgrade; raw tracepoints used instead", false),
@@ -87,12 +88,12 @@ pub fn tier(report: &Report) -> (&'static str, &'static str) {
     if report.get("bpf_lsm").is_some_and(|f| f.available) {
         (
             "bpf_lsm",
-            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec; syscall rules kill after the call (kill) or are reported only (errno), except at launch, where seccomp refuses them",
+            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec, syscall rules with `action: errno` refused by the kernel for the calls with an LSM hook (unshare, mount, ptrace, bpf, socket, ...), other calls killed after the call (seccomp refuses them at launch)",
         )
     } else {
         (
             "tracepoints",
-            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs; syscall rules kill after the call (kill) or are reported only (errno), except at launch, where seccomp refuses them",
+            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs, syscall rules kill after the call (seccomp refuses them at launch)",
         )
     }
 }

@@ -382,8 +382,8 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
         if lsm {
             assert_eq!(got, Ok(EPERM), "unshare({f:#x}) must fail with EPERM");
         } else {
-            // no BPF-LSM: a running container's errno rule is reported only, the call runs
-            assert_eq!(got, Ok(0), "unshare({f:#x}) without BPF-LSM");
+            // no BPF-LSM: a running container's errno rule kills after the call
+            assert_eq!(got, Err(9), "unshare({f:#x}) without BPF-LSM");
         }
     }
     // the same workload without the denied call runs
@@ -395,7 +395,7 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
         Ok(0)
     );
     let n = flags.len();
-    let taken = if lsm { "errno" } else { "log" };
+    let taken = if lsm { "errno" } else { "kill" };
     let v = violations(&agent, cg.id, n);
     assert_eq!(v.len(), n, "{v:#?}");
     for e in &v {
@@ -437,6 +437,9 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
             "{tiers:?}"
         );
     } else {
-        assert_eq!(tiers, [("[]".to_owned(), "reported only".to_owned())]);
+        assert_eq!(
+            tiers,
+            [("[]".to_owned(), "killed after the call".to_owned())]
+        );
     }
 }

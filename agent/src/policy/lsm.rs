@@ -210,7 +210,7 @@ pub fn tiers(p: &Policy, mode: Mode, lsm: &LsmSupport) -> Vec<SectionTier> {
             SysAction::Kill => ("kill".to_owned(), weak(Tier::KilledAfterCall), None),
             SysAction::Errno(n) => (
                 format!("errno {}", errno_name(n)),
-                Tier::ReportedOnly,
+                weak(Tier::KilledAfterCall),
                 Some(format!(
                     "refused with {} only at launch (`palisade run --policy`: seccomp); in running containers a tracepoint cannot make a call fail",
                     errno_name(n)
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(with[1].calls, ["unshare"]);
         assert_eq!(with[1].tier.label(), "refused with EPERM by the kernel");
         assert_eq!(with[2].calls, Vec::<String>::new());
-        assert_eq!(with[2].tier.label(), "reported only");
+        assert_eq!(with[2].tier.label(), "killed after the call");
         let without = lsm("capability,apparmor");
         let t = tiers(p, Mode::Enforce, &without);
         assert_eq!(t[0].tier.label(), "killed before the new image runs");

@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use palisade_common::policy::{
-    ArgKey, KernelMemory as _, MAX_SYSCALLS, VERDICT_CONDITIONAL, VERDICT_RULE, action,
-    cgroup_flags, exec_flags, lsm_by_capable, lsm_call_bit, lsm_covered, mode, taken, unresolved,
-    what,
+    ArgKey, KernelMemory as _, MAX_SYSCALLS, VERDICT_CONDITIONAL, VERDICT_RULE, X86_64_ARG_OFFSETS,
+    action, cgroup_flags, exec_flags, lsm_by_capable, lsm_call_bit, lsm_covered, mode, taken,
+    unresolved, what,
 };
 
 use crate::{
@@ -34,8 +34,8 @@ use crate::{
         Kmem, POLICY_EXEC_OFFSETS, POLICY_LSM, POLICY_SCRATCH, exec_policy, identity, put,
         read_str, resolve, violated,
     },
-    report::{Detail, Subject, policy_of, report, rule},
-    syscalls::{ARG_OFFSETS, POLICY_ARGS, verdict},
+    report::{Detail, Subject, policy_current, report, rule},
+    syscalls::{POLICY_ARGS, POLICY_SYSCALLS, verdict},
 };
 
 const EPERM: i32 = 1;
@@ -64,7 +64,7 @@ const USER_CS: u64 = 0x33;
 fn refuse_call(capable: bool) -> i32 {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return 0;
     };
     if p.flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) == 0 {
@@ -83,7 +83,10 @@ fn refuse_call(capable: bool) -> i32 {
     if nr >= MAX_SYSCALLS as u64 || !lsm_refuses(nr) || capable != lsm_by_capable(nr) {
         return 0;
     }
-    let v = verdict(p.slot, nr);
+    let Some(vs) = POLICY_SYSCALLS.get(p.slot) else {
+        return 0;
+    };
+    let v = verdict(vs, nr);
     if v == 0 {
         return 0;
     }
@@ -99,7 +102,7 @@ fn refuse_call(capable: bool) -> i32 {
             return 0;
         };
         let mut args = [0u64; 6];
-        for (a, off) in args.iter_mut().zip(ARG_OFFSETS) {
+        for (a, off) in args.iter_mut().zip(X86_64_ARG_OFFSETS) {
             *a = read(off);
         }
         match r.violated(&args, id) {
@@ -122,9 +125,9 @@ fn refuse_call(capable: bool) -> i32 {
         Subject::Current,
         &Detail {
             nr: nr as u32,
+            native: nr as u32,
             errno,
-            net: None,
-            path: None,
+            ..Detail::NONE
         },
     );
     -(errno as i32)
@@ -239,8 +242,8 @@ fn try_exec_lsm(ctx: &LsmContext) -> Result<i32, i32> {
         &Detail {
             nr: 0,
             errno: if t == taken::ERRNO { EPERM as u32 } else { 0 },
-            net: None,
             path: Some(x as *const _),
+            ..Detail::NONE
         },
     );
     if t == taken::ERRNO {
