@@ -80,7 +80,8 @@ fn refuse_call(capable: bool) -> i32 {
         return 0;
     }
     let nr = read(REGS_ORIG_AX);
-    if nr >= MAX_SYSCALLS as u64 || !lsm_refuses(nr) || capable != lsm_by_capable(nr) {
+    // `capable` is asked in many calls: it refuses only the calls whose hook it is
+    if nr >= MAX_SYSCALLS as u64 || !lsm_refuses(nr) || (capable && !lsm_by_capable(nr)) {
         return 0;
     }
     let Some(vs) = POLICY_SYSCALLS.get(p.slot) else {
