@@ -22,7 +22,7 @@ fn role(feature: &str) -> (&'static str, bool) {
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("optional upgrade; raw tracepoints used instead", false),
         "bpf_lsm" => (
-            "policies: exec `action: errno` refused with EPERM (else killed)",
+            "policies: `errno` exec/syscall rules refused in the kernel",
             false,
         ),
         "kprobe" => ("optional; not used", false),
@@ -87,12 +87,12 @@ pub fn tier(report: &Report) -> (&'static str, &'static str) {
     if report.get("bpf_lsm").is_some_and(|f| f.available) {
         (
             "bpf_lsm",
-            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec; syscall rules kill after the call (kill) or are reported only (errno), except at launch, where seccomp refuses them",
+            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec, syscall rules with `action: errno` refused by the kernel for the calls with an LSM hook (unshare, mount, ptrace, bpf, socket, ...), other calls reported only (seccomp refuses them at launch)",
         )
     } else {
         (
             "tracepoints",
-            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs; syscall rules kill after the call (kill) or are reported only (errno), except at launch, where seccomp refuses them",
+            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs, syscall rules with `action: errno` are reported only (seccomp refuses them at launch)",
         )
     }
 }

@@ -22,9 +22,7 @@ use palisade_common::policy::{
     action, cgroup_flags, mode, taken, what,
 };
 
-use crate::lsm::lsm_refuses;
-
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, lsm_refuses, policy_of, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]

@@ -266,6 +266,7 @@ impl Engine {
         let mut desired: HashMap<u64, (Tables, u32)> = HashMap::new();
         let mut applied = HashMap::new();
         let mut lsm_calls = std::collections::BTreeSet::new();
+        let mut exec_errno = false;
         let mut ids = std::mem::take(&mut self.ids);
         let mut notes = Vec::new();
         for t in self.targets.values() {
@@ -282,6 +283,12 @@ impl Engine {
                 notes.push(format!("{}: {n}", t.name));
             }
             for (p, m) in &matched {
+                if p.exec
+                    .as_ref()
+                    .is_some_and(|e| e.action == palisade_policy::model::ExecAction::Errno)
+                {
+                    exec_errno = true;
+                }
                 if let (Some(s), Mode::Enforce) = (&p.syscalls, m)
                     && matches!(s.action, palisade_policy::model::SysAction::Errno(_))
                 {
@@ -403,7 +410,7 @@ impl Engine {
         }
         if flags & cgroup_flags::EXEC != 0 {
             want.push(Hook::Exec);
-            if self.exec.lsm.active() && k.exec_on_file() {
+            if exec_errno && self.exec.lsm.active() && k.exec_on_file() {
                 want.push(Hook::ExecLsm);
             }
         }
