@@ -23,7 +23,7 @@ fn role(feature: &str) -> (&'static str, bool) {
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("optional upgrade; raw tracepoints used instead", false),
         "bpf_lsm" => (
-            "policies: exec `action: errno` refused with EPERM (else killed)",
+            "policies: `errno` exec/syscall rules refused in the kernel",
             false,
         ),
         "kprobe" => ("optional; not used", false),

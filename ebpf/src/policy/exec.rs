@@ -30,10 +30,10 @@ use aya_ebpf::{
 use palisade_common::policy::{
     Assembly, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecPaths, ExecRule, KernelMemory,
     POLICY_PATH_MAX, PathHasher, ScriptSearch, TASK_WORKS_MAX, WALK_MAX, cgroup_flags, exec_flags,
-    exec_lookups_in, lsm_index, taken, unresolved, what,
+    exec_lookups_in, taken, unresolved, what,
 };
 
-use crate::report::{Detail, Subject, policy_current, report, rule};
+use crate::report::{Detail, Subject, exec_lsm_on, policy_current, report, rule};
 
 /// Offset of `filename` (a `__data_loc`) in the classic tracepoint's record, from tracefs.
 #[unsafe(no_mangle)]
@@ -42,12 +42,6 @@ static POLICY_EXEC_OFF_FILENAME: Global<u32> = Global::new(8);
 /// Kernel struct offsets for the raw tracepoint (from BTF; all zero when it is not used).
 #[unsafe(no_mangle)]
 pub(crate) static POLICY_EXEC_OFFSETS: Global<ExecOffsets> = Global::new(ExecOffsets::ZERO);
-
-/// By `lsm_index`: 1 while that group of BPF-LSM programs is attached and refuses `errno`
-/// rules (here: `EXEC`, `lsm::policy_exec_lsm`; the programs here then leave those rules to
-/// it). 0 (no BPF-LSM): they kill.
-#[map(name = "POLICY_LSM")]
-pub(crate) static POLICY_LSM: Array<u32> = Array::with_max_entries(lsm_index::COUNT, 0);
 
 #[map(name = "POLICY_EXEC_CONF")]
 static POLICY_EXEC_CONF: Array<ExecConf> = Array::with_max_entries(256, 0);
@@ -455,7 +449,7 @@ fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
     let Some(info) = rule(id) else {
         return;
     };
-    let Some(t) = info.taken_exec(POLICY_LSM.get(lsm_index::EXEC).copied() == Some(1)) else {
+    let Some(t) = info.taken_exec(exec_lsm_on()) else {
         return;
     };
     // SAFETY: this CPU's scratch value.

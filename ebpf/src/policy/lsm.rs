@@ -25,30 +25,19 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     ArgKey, KernelMemory as _, MAX_SYSCALLS, VERDICT_CONDITIONAL, VERDICT_RULE, X86_64_ARG_OFFSETS,
-    action, cgroup_flags, exec_flags, lsm_by_capable, lsm_call_bit, lsm_covered, mode, taken,
-    unresolved, what,
+    action, cgroup_flags, exec_flags, lsm_by_capable, mode, taken, unresolved, what,
 };
 
 use crate::{
     exec::{
-        Kmem, POLICY_EXEC_OFFSETS, POLICY_LSM, POLICY_SCRATCH, exec_policy, identity, put,
-        read_str, resolve, violated,
+        Kmem, POLICY_EXEC_OFFSETS, POLICY_SCRATCH, exec_policy, identity, put, read_str, resolve,
+        violated,
     },
-    report::{Detail, Subject, policy_current, report, rule},
+    report::{Detail, Subject, lsm_refuses, policy_current, report, rule},
     syscalls::{POLICY_ARGS, POLICY_SYSCALLS, verdict},
 };
 
 const EPERM: i32 = 1;
-
-/// Whether every hook of call `nr` is attached (the agent's bitmap in `POLICY_LSM`).
-#[inline(always)]
-pub(crate) fn lsm_refuses(nr: u64) -> bool {
-    if !lsm_covered(nr) {
-        return false;
-    }
-    let (word, bit) = lsm_call_bit(nr);
-    POLICY_LSM.get(word).is_some_and(|w| w & bit != 0)
-}
 
 const ENOSYS: i32 = 38;
 /// `struct pt_regs` (x86_64): `orig_ax` (the call number) and `cs`.

@@ -32,10 +32,7 @@ use palisade_common::policy::{
     cgroup_flags, ipc_native, mode, socketcall_native, taken, what, xlat, xlat_index,
 };
 
-use crate::{
-    lsm::lsm_refuses,
-    report::{Detail, Subject, policy_current, report, rule},
-};
+use crate::report::{Detail, Subject, lsm_refuses, policy_current, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]

@@ -10,7 +10,10 @@ use super::{
     slots::{self, SlotKeys},
     unenforced::{Reason, Shortfalls},
 };
-use palisade_policy::{Mode, model::SysAction};
+use palisade_policy::{
+    Mode,
+    model::{ExecAction, SysAction},
+};
 
 use crate::policy::{
     PolicyError,
@@ -50,6 +53,14 @@ impl Engine {
         desired: HashMap<u64, Desired>,
         short: &mut Shortfalls,
     ) -> Result<(), PolicyError> {
+        // the exec LSM program only while some policy in the plan has `errno` exec rules
+        let exec_errno = desired.values().any(|d| {
+            d.policies.iter().any(|key| {
+                self.policy(key)
+                    .and_then(|p| p.exec.as_ref())
+                    .is_some_and(|e| e.action == ExecAction::Errno)
+            })
+        });
         let Some(k) = self.kernel.as_mut() else {
             return Err(PolicyError::NotLoaded);
         };
@@ -197,7 +208,7 @@ impl Engine {
             .chain(self.foreign.values())
             .fold(0, |f, p| f | p.flags);
         let mut want = Hook::needed(flags);
-        if flags & cgroup_flags::EXEC != 0 && self.lsm.active() && k.exec_on_file() {
+        if exec_errno && self.lsm.active() && k.exec_on_file() {
             want.push(Hook::ExecLsm);
         }
         let mut failed_hooks = k.want(&want);
