@@ -56,7 +56,9 @@ fn refuse_call(capable: bool) -> i32 {
     let Some(p) = policy_current(cgroup_id) else {
         return 0;
     };
-    if p.flags & (cgroup_flags::SYSCALLS | cgroup_flags::SECCOMP) == 0 {
+    // a launched workload's seccomp filter refuses its `errno` rules; before the filter is in
+    // place the launcher itself sets the container up (mount, pivot_root, unshare)
+    if p.flags & cgroup_flags::SYSCALLS == 0 || p.flags & cgroup_flags::SECCOMP != 0 {
         return 0;
     }
     // SAFETY: the current task (a BTF pointer), as bpf_task_pt_regs requires.

@@ -232,7 +232,11 @@ impl Engine {
         // the calls enforce-mode `errno` syscall rules deny that have LSM hooks
         let mut calls = std::collections::BTreeSet::new();
         if self.lsm.syscalls_active() {
-            for d in desired.values() {
+            // launched workloads' filters refuse their `errno` rules (the hooks leave them)
+            for d in desired
+                .values()
+                .filter(|d| d.flags & cgroup_flags::SECCOMP == 0)
+            {
                 for key in &d.policies {
                     let Some(p) = self.policy(key) else { continue };
                     if let (Some(s), Mode::Enforce) = (&p.syscalls, self.mode_of(p))
