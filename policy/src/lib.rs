@@ -6,6 +6,7 @@
 //! and the fuzz target (`fuzz/`) drives [`parse::parse_str`].
 pub mod check;
 pub mod compile;
+pub mod files;
 pub mod learn;
 pub mod model;
 pub mod parse;
@@ -15,5 +16,7 @@ pub use model::{Diagnostic, PolicyErrors};
 pub use model::{Mode, Policy, PolicySet, Target};
 pub use parse::{load_paths, parse_str};
 
+#[cfg(test)]
+mod files_tests;
 #[cfg(test)]
 mod tests;

@@ -378,6 +378,7 @@ pub struct Policy {
     pub selector: Selector,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
+    pub files: Option<crate::files::Files>,
     pub network: Network,
     pub resources: Resources,
     /// Where the document starts.

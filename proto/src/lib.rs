@@ -172,6 +172,21 @@ pub struct PolicyStatus {
     pub adopted_workloads: Vec<u64>,
     /// How exec rules match on this host.
     pub exec_match: ExecMatch,
+    /// What file rules get on this host.
+    pub files: FilesStatus,
+}
+
+/// File rules on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesStatus {
+    /// `lsm` (refused in the kernel, resolved path), `audit` (reported only, the path as
+    /// given) or `none` (neither).
+    pub tier: String,
+    /// Why the tier is weaker than `lsm`, when it is.
+    pub reason: String,
+    /// One line per file rule of the loaded policies: where it is and what it does here.
+    pub rules: Vec<String>,
 }
 
 /// How exec rules match on this host, in [`PolicyStatus`].

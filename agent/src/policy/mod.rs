@@ -9,6 +9,7 @@ pub mod bpffs;
 mod engine;
 mod error;
 pub mod exec_match;
+pub mod files;
 mod report;
 mod resources;
 mod tables;
@@ -36,6 +37,16 @@ pub fn launched(lp: &LaunchPolicy) -> Result<Launched, PolicyError> {
             names: lp.names.clone(),
             file: lp.source.clone(),
         });
+    }
+    if let palisade_policy::files::FileTier::None { why } = files::tier() {
+        let policies: Vec<String> = picked
+            .iter()
+            .filter(|p| p.files.is_some() && p.mode == palisade_policy::Mode::Enforce)
+            .map(|p| p.name.clone())
+            .collect();
+        if !policies.is_empty() {
+            return Err(PolicyError::FilesUnenforced { policies, why });
+        }
     }
     Ok(Launched {
         policies: picked,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use palisade_syscalls::{self as syscalls, errno};
 use serde_saphyr::Spanned;
 
-use self::{exec::exec_rules, network::direction};
+use self::{exec::exec_rules, files::file_rules, network::direction};
 use crate::{
     model::{
         ArgCond, ArgOp, Diagnostic, Glob, ListKind, Loc, Mode, Network, Policy, PolicyErrors,
@@ -19,9 +19,11 @@ use crate::{
 };
 
 mod exec;
+mod files;
 mod network;
 
 pub use exec::{ExecPatternError, exec_pattern};
+pub use files::{FilePatternError, file_pattern};
 pub use network::{CidrError, PortError, parse_cidr};
 
 pub const API_VERSION: &str = "palisade.dev/v1";
@@ -176,6 +178,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
     }
     let syscalls = spec.syscalls.as_ref().and_then(|s| syscall_rules(ctx, s));
     let exec = spec.exec.as_ref().and_then(|e| exec_rules(ctx, e));
+    let files = spec.files.as_ref().and_then(|f| file_rules(ctx, f));
     let network = match &spec.network {
         None => Network::default(),
         Some(n) => Network {
@@ -193,6 +196,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
         .unwrap_or_default();
     if spec.syscalls.is_none()
         && spec.exec.is_none()
+        && spec.files.is_none()
         && network.egress.is_none()
         && network.ingress.is_none()
         && resources.is_empty()
@@ -203,7 +207,8 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
                 line: spec_loc.line(),
                 column: spec_loc.column(),
             },
-            message: "the policy has no rules (give syscalls, exec, network or resources)".into(),
+            message: "the policy has no rules (give syscalls, exec, files, network or resources)"
+                .into(),
         });
     }
     (ctx.errors.len() == before).then(|| Policy {
@@ -212,6 +217,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
         selector,
         syscalls,
         exec,
+        files,
         network,
         resources,
         loc,

@@ -253,6 +253,7 @@ impl Engine {
             return Ok(());
         }
         self.ensure_kernel()?;
+        self.warn_files();
         // what each cgroup should have
         let mut desired: HashMap<u64, (Tables, u32)> = HashMap::new();
         let mut applied = HashMap::new();

@@ -241,7 +241,47 @@ impl Engine {
             "policies": policies,
             "adopted_workloads": self.foreign.keys().collect::<Vec<_>>(),
             "exec_match": self.exec.matching.status(),
+            "files": self.files_status(),
         })
+    }
+
+    /// The policies in force (the file's and launched workloads'), each once.
+    fn all_policies(&self) -> palisade_policy::PolicySet {
+        let mut set = palisade_policy::PolicySet {
+            policies: self.set.policies.clone(),
+            files: self.set.files.clone(),
+        };
+        for l in self.launched.values() {
+            for p in &l.policies {
+                if !set.policies.iter().any(|q| q.name == p.name) {
+                    set.policies.push(p.clone());
+                }
+            }
+        }
+        set
+    }
+
+    /// What file rules get on this host, and each rule's fate (`policy status`).
+    fn files_status(&self) -> serde_json::Value {
+        let tier = crate::policy::files::tier();
+        let (name, reason) = crate::policy::files::tier_status(&tier);
+        serde_json::json!({
+            "tier": name,
+            "reason": reason,
+            "rules": crate::policy::files::describe(&self.all_policies(), &tier),
+        })
+    }
+
+    /// Says once, at load, where file rules are weaker than written here.
+    pub(super) fn warn_files(&mut self) {
+        let tier = crate::policy::files::tier();
+        let set = self.all_policies();
+        for d in palisade_policy::check::file_notes(&set, &tier) {
+            let line = d.to_string();
+            if self.notes_seen.insert(line.clone()) {
+                warn!(note = %line, "file rules");
+            }
+        }
     }
 
     /// A launched workload killed by its seccomp filter (exit by SIGSYS) broke a `kill` rule.
