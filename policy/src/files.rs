@@ -4,163 +4,10 @@
 //!
 //! Patterns are what the kernel matcher can do with one hash lookup per path component:
 //! exact paths (`/etc/shadow`) and trees (`/root/**`: anything below `/root`, not `/root`
-//! itself). Nothing else is accepted, so a rule never means less than it says.
-use std::fmt;
-
-use crate::model::{Diagnostic, Loc, Mode};
-
-/// One kind of access a rule refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FileAccess {
-    /// Opened for reading (`O_RDONLY`, `O_RDWR`).
-    Read,
-    /// Opened for writing (`O_WRONLY`, `O_RDWR`, `O_TRUNC`, `O_CREAT`, `creat`), or truncated.
-    Write,
-    /// Removed (`unlink`, `unlinkat`, `rmdir`).
-    Unlink,
-    /// Mode changed (`chmod`, `fchmodat`, `fchmodat2`; with BPF-LSM any mode change).
-    Chmod,
-    /// Mapped executable (`mmap` with `PROT_EXEC`: shared libraries, the dynamic loader).
-    /// Seen with BPF-LSM only.
-    Exec,
-}
-
-impl FileAccess {
-    pub const ALL: [FileAccess; 5] = [
-        FileAccess::Read,
-        FileAccess::Write,
-        FileAccess::Unlink,
-        FileAccess::Chmod,
-        FileAccess::Exec,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileAccess::Read => "read",
-            FileAccess::Write => "write",
-            FileAccess::Unlink => "unlink",
-            FileAccess::Chmod => "chmod",
-            FileAccess::Exec => "exec",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// Its bit in the kernel's access masks (`palisade_common::policy::files::access`).
-    pub fn bit(self) -> u32 {
-        match self {
-            FileAccess::Read => 1,
-            FileAccess::Write => 2,
-            FileAccess::Unlink => 4,
-            FileAccess::Chmod => 8,
-            FileAccess::Exec => 16,
-        }
-    }
-
-    /// The accesses of a mask, in [`Self::ALL`] order.
-    pub fn of_mask(mask: u32) -> Vec<Self> {
-        Self::ALL
-            .into_iter()
-            .filter(|a| mask & a.bit() != 0)
-            .collect()
-    }
-}
-
-impl fmt::Display for FileAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a path pattern matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PathKind {
-    /// `/etc/shadow`: this path only.
-    Exact,
-    /// `/root/**`: anything below the directory (not the directory itself); `/**`: every path.
-    Tree,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PathPattern {
-    pub text: String,
-    pub kind: PathKind,
-    /// The path, or the directory of a tree (empty for `/**`).
-    pub key: String,
-    pub loc: Loc,
-}
-
-impl PathPattern {
-    /// Whether `path` matches, exactly as the kernel decides (byte comparison, no
-    /// normalisation: the kernel is given resolved paths, or with the audit tier the path as
-    /// given).
-    pub fn matches(&self, path: &str) -> bool {
-        match self.kind {
-            PathKind::Exact => path == self.key,
-            PathKind::Tree => {
-                path.len() > self.key.len() + 1
-                    && path.starts_with(&self.key)
-                    && path.as_bytes().get(self.key.len()) == Some(&b'/')
-            }
-        }
-    }
-}
-
-/// What happens to a denied access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileAction {
-    /// Refused with this errno (EPERM unless `errno:` says otherwise).
-    Errno(u16),
-    /// Refused and the process killed (SIGKILL).
-    Kill,
-    /// Allowed and reported.
-    Log,
-}
-
-impl FileAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileAction::Errno(_) => "errno",
-            FileAction::Kill => "kill",
-            FileAction::Log => "log",
-        }
-    }
-}
-
-/// One entry of `files.deny`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileRule {
-    /// Rule name (the `rule` label): given, or `files.deny[i]`.
-    pub rule: String,
-    pub paths: Vec<PathPattern>,
-    /// Refused accesses, in [`FileAccess::ALL`] order, each once.
-    pub access: Vec<FileAccess>,
-    pub loc: Loc,
-}
-
-impl FileRule {
-    pub fn mask(&self) -> u32 {
-        self.access.iter().fold(0, |m, a| m | a.bit())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Files {
-    pub action: FileAction,
-    pub deny: Vec<FileRule>,
-    pub loc: Loc,
-}
-
-impl Files {
-    /// The first rule (in file order) refusing `access` to `path`: the one reported.
-    pub fn rule_for(&self, path: &str, access: FileAccess) -> Option<&FileRule> {
-        self.deny
-            .iter()
-            .find(|r| r.access.contains(&access) && r.paths.iter().any(|p| p.matches(path)))
-    }
-}
+//! itself). Nothing else is accepted, so a rule never means less than it says. The types are
+//! in [`crate::model::files`].
+pub use crate::model::files::*;
+use crate::model::{Diagnostic, Mode};
 
 /// How file rules are put in place on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,4 +143,58 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
             );
         }
     }
+}
+
+/// The file table of one slot: (kind, hash, entry) per pattern of every policy selecting the
+/// cgroup (each with its effective mode), deny rules of all of them; a path matching several
+/// patterns is reported under the first policy's first rule. `id` allocates a rule id for a
+/// description (`None`: the table is full, said in the notes).
+pub fn compile(
+    policies: &[(&crate::Policy, Mode)],
+    id: &mut dyn FnMut(&crate::compile::RuleDesc) -> Option<u16>,
+    notes: &mut Vec<String>,
+) -> Vec<(u32, u64, palisade_common::policy::FileEntry)> {
+    use palisade_common::policy::{FileEntry, action, exec_kind, fnv};
+    let mut out: Vec<(u32, u64, FileEntry)> = Vec::new();
+    for (pi, (p, m)) in policies.iter().enumerate() {
+        let Some(f) = &p.files else { continue };
+        let (a, errno) = match f.action {
+            FileAction::Errno(e) => (action::ERRNO, u32::from(e)),
+            FileAction::Kill => (action::KILL, 0),
+            FileAction::Log => (action::LOG, 0),
+        };
+        for (ri, r) in f.deny.iter().enumerate() {
+            let desc = crate::compile::RuleDesc {
+                policy: p.name.clone(),
+                rule: r.rule.clone(),
+                action: a,
+                errno,
+                mode: crate::compile::mode_number(*m),
+            };
+            let Some(rid) = id(&desc) else {
+                notes.push(format!(
+                    "rule table full: `{}` of {} not enforced",
+                    r.rule, p.name
+                ));
+                continue;
+            };
+            let rank = u16::try_from((pi << 10) | ri.min(1023)).unwrap_or(u16::MAX);
+            for pat in &r.paths {
+                let kind = match pat.kind {
+                    PathKind::Exact => exec_kind::EXACT,
+                    PathKind::Tree => exec_kind::TREE,
+                };
+                let hash = fnv(pat.key.as_bytes());
+                match out.iter_mut().find(|(k, h, _)| *k == kind && *h == hash) {
+                    Some((_, _, e)) => e.add(r.mask(), rid, rank),
+                    None => {
+                        let mut e = FileEntry::default();
+                        e.add(r.mask(), rid, rank);
+                        out.push((kind, hash, e));
+                    }
+                }
+            }
+        }
+    }
+    out
 }

@@ -244,3 +244,61 @@ fn check_warns_about_file_rules_on_a_host() {
     );
     assert!(check::file_notes(&set, &FileTier::Lsm).is_empty());
 }
+
+#[test]
+fn compiles_to_the_kernel_table_and_matches_like_the_model() {
+    use palisade_common::policy::{FileMatch, POLICY_PATH_MAX, exec_kind, file_lookups_in, fnv};
+    let p = parse(SEED).unwrap();
+    let mut descs = Vec::new();
+    let mut notes = Vec::new();
+    let table = files::compile(
+        &[(&p, Mode::Enforce)],
+        &mut |d| {
+            descs.push(d.clone());
+            Some(descs.len() as u16)
+        },
+        &mut notes,
+    );
+    assert!(notes.is_empty());
+    assert_eq!(descs.len(), 2);
+    assert_eq!(descs[0].rule, "files.deny[0]");
+    assert_eq!(descs[0].action, palisade_common::policy::action::ERRNO);
+    assert_eq!(descs[0].errno, 1);
+    assert_eq!(table.len(), 3);
+    assert!(
+        table
+            .iter()
+            .any(|(k, h, _)| *k == exec_kind::EXACT && *h == fnv(b"/etc/shadow"))
+    );
+    assert!(
+        table
+            .iter()
+            .any(|(k, h, _)| *k == exec_kind::TREE && *h == fnv(b"/usr/bin"))
+    );
+    let f = p.files.as_ref().unwrap();
+    // what the kernel finds for a path is what the model says
+    for path in [
+        "/etc/shadow",
+        "/root/x",
+        "/root/",
+        "/root",
+        "/usr/bin/ls",
+        "/usr/binx",
+        "etc/shadow",
+        "/etc/shadow/x",
+    ] {
+        for a in FileAccess::ALL {
+            let mut buf = [0u8; POLICY_PATH_MAX];
+            buf[..path.len()].copy_from_slice(path.as_bytes());
+            let mut m = FileMatch::default();
+            file_lookups_in(&buf, path.len() as u32, |k, h| {
+                if let Some((_, _, e)) = table.iter().find(|(kk, hh, _)| *kk == k && *hh == h) {
+                    m.consider(e, a.bit());
+                }
+            });
+            let kernel = (m.rule != 0).then(|| descs[m.rule as usize - 1].rule.clone());
+            let model = f.rule_for(path, a).map(|r| r.rule.clone());
+            assert_eq!(kernel, model, "{path} {a}");
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Validated policies: what the parser produces and everything else consumes.
 use std::{fmt, net::IpAddr};
 
+pub mod files;
+
 /// Where something was written: `file:line:column` (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Loc {
@@ -378,7 +380,7 @@ pub struct Policy {
     pub selector: Selector,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
-    pub files: Option<crate::files::Files>,
+    pub files: Option<files::Files>,
     pub network: Network,
     pub resources: Resources,
     /// Where the document starts.

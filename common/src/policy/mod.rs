@@ -10,9 +10,11 @@
 
 mod args;
 mod exec;
+mod files;
 
 pub use args::*;
 pub use exec::*;
+pub use files::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
 pub const POLICY_ABI: u32 = 2;
@@ -45,6 +47,8 @@ pub mod cgroup_flags {
     /// A workload started by `palisade run` whose seccomp filter enforces the slot's `errno`
     /// and `kill` syscall rules: `sys_exit` reports the calls the filter refused.
     pub const SECCOMP: u32 = 16;
+    /// File rules, reported at `sys_enter` from the path as given (no BPF-LSM).
+    pub const FILES_AUDIT: u32 = 64;
 }
 
 /// Configured rule actions ([`RuleInfo::action`]).
@@ -103,6 +107,9 @@ pub mod what {
     pub const BIND: u32 = 6;
     /// An incoming TCP connection request.
     pub const INGRESS: u32 = 7;
+    /// A file access a file rule refuses (`nr`: the syscall, `errno`: the access bit, the path
+    /// in `exec.given`).
+    pub const FILE: u32 = 16;
 }
 
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod exec;
+mod files;
 mod net;
 mod report;
 mod syscalls;
