@@ -139,7 +139,7 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
                 ));
             }
             note(
-                "without BPF-LSM file rules match the path as given to the call: a relative path, a symlink or a `..` reaches a denied file unreported (best effort); `fchmod`, `ftruncate` and io_uring opens are not seen".into(),
+                "without BPF-LSM file rules match the path as given to the call: a relative path, a symlink or a `..` reaches a denied file unreported (best effort); `fchmod`, `ftruncate`, io_uring opens and calls through the i386 or x32 ABI are not seen".into(),
             );
         }
     }

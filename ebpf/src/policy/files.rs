@@ -4,6 +4,8 @@
 //! fail, and the path is matched as given (a relative path, a symlink or `..` is not resolved:
 //! best effort, said by `palisade policy check` and `status`).
 //!
+//! x86_64 calls only: a call through the i386 or x32 ABI is not read (said with the tier).
+//!
 //! Per call of a cgroup with file rules: one table of calls decides whether the call is read
 //! at all; then the path is copied (at most 255 bytes) and looked up once per ancestor
 //! directory and once whole (`palisade_common::policy::file_lookups_in`).
@@ -17,11 +19,11 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
-    AuditAccess, ExecKey, ExecPaths, FileEntry, FileMatch, action, audit_call, cgroup_flags,
-    file_lookups_in, mode, open_access, taken, what,
+    AuditAccess, ExecKey, ExecPaths, FileEntry, FileMatch, X86_64_ARG_OFFSETS, abi_id, action,
+    audit_call, cgroup_flags, file_lookups_in, mode, open_access, taken, what,
 };
 
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, policy_current, report, rule};
 
 /// File patterns of every slot: (slot, exact path or tree directory hash) → the rules.
 #[map(name = "POLICY_FILES")]
@@ -30,9 +32,6 @@ static POLICY_FILES: HashMap<ExecKey, FileEntry> = HashMap::with_max_entries(819
 /// Per-CPU scratch: the path as given (in `given`), reported as it is.
 #[map(name = "POLICY_FILE_SCRATCH")]
 static POLICY_FILE_SCRATCH: PerCpuArray<ExecPaths> = PerCpuArray::with_max_entries(1, 0);
-
-/// Offsets of the first three argument registers in `struct pt_regs` (x86_64: di, si, dx).
-const ARG_OFFSETS: [u64; 3] = [14 * 8, 13 * 8, 12 * 8];
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn policy_files_audit(ctx: RawTracePointContext) -> i32 {
@@ -45,9 +44,9 @@ pub fn policy_files_audit(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn arg(regs: u64, i: u32) -> u64 {
     let off = match i {
-        0 => ARG_OFFSETS[0],
-        1 => ARG_OFFSETS[1],
-        _ => ARG_OFFSETS[2],
+        0 => X86_64_ARG_OFFSETS[0],
+        1 => X86_64_ARG_OFFSETS[1],
+        _ => X86_64_ARG_OFFSETS[2],
     };
     // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
     unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
@@ -56,7 +55,7 @@ fn arg(regs: u64, i: u32) -> u64 {
 fn try_audit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::FILES_AUDIT == 0 {
@@ -128,6 +127,8 @@ fn try_audit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         Subject::Current,
         &Detail {
             nr: nr as u32,
+            abi: abi_id::X86_64,
+            native: nr as u32,
             errno: m.access,
             net: None,
             path: Some(sc as *const ExecPaths),
