@@ -148,11 +148,11 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
 /// The file table of one slot: (kind, hash, entry) per pattern of every policy selecting the
 /// cgroup (each with its effective mode), deny rules of all of them; a path matching several
 /// patterns is reported under the first policy's first rule. `id` allocates a rule id for a
-/// description (`None`: the table is full, said in the notes).
+/// description (`None`: the table is full: (policy, what is left out) in `left_out`).
 pub fn compile(
     policies: &[(&crate::Policy, Mode)],
     id: &mut dyn FnMut(&crate::compile::RuleDesc) -> Option<u16>,
-    notes: &mut Vec<String>,
+    left_out: &mut Vec<(String, String)>,
 ) -> Vec<(u32, u64, palisade_common::policy::FileEntry)> {
     use palisade_common::policy::{FileEntry, action, exec_kind, fnv};
     let mut out: Vec<(u32, u64, FileEntry)> = Vec::new();
@@ -172,9 +172,9 @@ pub fn compile(
                 mode: crate::compile::mode_number(*m),
             };
             let Some(rid) = id(&desc) else {
-                notes.push(format!(
-                    "rule table full: `{}` of {} not enforced",
-                    r.rule, p.name
+                left_out.push((
+                    p.name.clone(),
+                    format!("rule table full: file rule `{}` not enforced", r.rule),
                 ));
                 continue;
             };

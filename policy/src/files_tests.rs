@@ -259,7 +259,7 @@ fn compiles_to_the_kernel_table_and_matches_like_the_model() {
         },
         &mut notes,
     );
-    assert!(notes.is_empty());
+    assert!(notes.is_empty(), "{notes:?}");
     assert_eq!(descs.len(), 2);
     assert_eq!(descs[0].rule, "files.deny[0]");
     assert_eq!(descs[0].action, palisade_common::policy::action::ERRNO);

@@ -19,10 +19,6 @@ pub enum PolicyError {
     Files(#[from] palisade_policy::PolicyErrors),
     #[error("the registration names policies {names:?} that {file} does not hold")]
     Missing { names: Vec<String>, file: String },
-    #[error(
-        "policies {policies:?} have file rules in enforce mode, which this agent neither enforces nor reports here ({why}); the launch is refused rather than run without them (use mode: audit, or remove the file rules)"
-    )]
-    FilesUnenforced { policies: Vec<String>, why: String },
     #[error("the policy engine has stopped")]
     Gone,
     #[error("policies of {container} cannot be put in place: {why}")]

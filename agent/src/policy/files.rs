@@ -5,10 +5,21 @@ use palisade_policy::{
     files::{self, FileTier},
 };
 
-/// The tier file rules get from this agent on this host.
+/// Whether BPF-LSM is active on this host (`bpf` among the active LSMs).
+fn lsm_active() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"))
+}
+
+/// The tier file rules get from this agent on this host: the audit tier (`sys_enter`, the
+/// path as given, reported only) everywhere in this build.
 pub fn tier() -> FileTier {
-    FileTier::None {
-        why: "this Palisade reads file rules but has no kernel programs for them yet".into(),
+    FileTier::Audit {
+        why: if lsm_active() {
+            "this Palisade has no BPF-LSM file hooks yet".into()
+        } else {
+            "no BPF-LSM on this host".into()
+        },
     }
 }
 

@@ -39,16 +39,6 @@ pub fn launched(lp: &LaunchPolicy) -> Result<Launched, PolicyError> {
             file: lp.source.clone(),
         });
     }
-    if let palisade_policy::files::FileTier::None { why } = files::tier() {
-        let policies: Vec<String> = picked
-            .iter()
-            .filter(|p| p.files.is_some() && p.mode == palisade_policy::Mode::Enforce)
-            .map(|p| p.name.clone())
-            .collect();
-        if !policies.is_empty() {
-            return Err(PolicyError::FilesUnenforced { policies, why });
-        }
-    }
     Ok(Launched {
         policies: picked,
         seccomp: lp.seccomp,

@@ -25,7 +25,7 @@ pub use files::*;
 pub use net::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 3;
+pub const POLICY_ABI: u32 = 4;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;

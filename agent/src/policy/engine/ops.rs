@@ -350,6 +350,43 @@ impl Engine {
         })
     }
 
+    /// Enforce-mode file rules that should refuse but are reported only on this host's tier:
+    /// shortfalls of each cgroup they hold for (`palisade_policy_unenforced`).
+    pub(super) fn files_shortfalls(
+        &self,
+        desired: &std::collections::HashMap<u64, super::Desired>,
+        short: &mut super::unenforced::Shortfalls,
+    ) {
+        use palisade_policy::files::{FileAction, FileTier};
+        let FileTier::Audit { why } = crate::policy::files::tier() else {
+            return;
+        };
+        for (cg, d) in desired {
+            for key in &d.policies {
+                let Some(p) = self.policy(key) else {
+                    continue;
+                };
+                let Some(f) = &p.files else {
+                    continue;
+                };
+                if self.mode_of(p) == palisade_policy::Mode::Enforce && f.action != FileAction::Log
+                {
+                    short.insert(
+                        (
+                            *cg,
+                            key.0.clone(),
+                            super::unenforced::Reason::FilesReportedOnly,
+                        ),
+                        format!(
+                            "file rules (`action: {}`) are reported only, the calls run ({why})",
+                            f.action.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// Says once, at load, where file rules are weaker than written here.
     pub(super) fn warn_files(&mut self) {
         let tier = crate::policy::files::tier();
@@ -395,6 +432,7 @@ impl Engine {
             exec: None,
             exec_detail: Default::default(),
             network: None,
+            file: None,
             suppressed: 0,
         };
         let process = ev.process.clone().unwrap_or(ProcessRef {
