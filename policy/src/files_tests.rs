@@ -251,7 +251,7 @@ fn compiles_to_the_kernel_table_and_matches_like_the_model() {
     let p = parse(SEED).unwrap();
     let mut descs = Vec::new();
     let mut notes = Vec::new();
-    let table = files::compile(
+    let table = crate::compile::files::compile(
         &[(&p, Mode::Enforce)],
         &mut |d| {
             descs.push(d.clone());

@@ -103,7 +103,7 @@ fn try_audit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let mut m = FileMatch::default();
     file_lookups_in(&x.given, len, |kind, hash| {
         // SAFETY: read-only lookup; the value is read in place.
-        if let Some(e) = unsafe { POLICY_FILES.get(&ExecKey { slot, kind, hash }) } {
+        if let Some(e) = unsafe { POLICY_FILES.get(ExecKey { slot, kind, hash }) } {
             m.consider(e, want);
         }
     });

@@ -14,6 +14,7 @@
 //!
 //! What cannot be put in the tables (a full rule table, too many network policies) is listed in
 //! [`Tables::left_out`]: the agent reports it, never silently weaker.
+pub mod files;
 mod network;
 mod syscalls;
 
@@ -92,7 +93,7 @@ pub struct Tables {
     pub exec_conf: ExecConf,
     /// (kind, hash, rule)
     pub exec: Vec<(u32, u64, ExecRule)>,
-    /// File patterns: (kind, hash, rules per access); see [`crate::files::compile`].
+    /// File patterns: (kind, hash, rules per access); see [`files::compile`].
     pub files: Vec<(u32, u64, palisade_common::policy::FileEntry)>,
     /// One rule set per policy with rules for the direction (unused sets allow everything).
     pub egress: [NetRuleSet; MAX_NET_SETS as usize],
@@ -211,7 +212,7 @@ pub fn compile(
     t.exec.sort_by_key(|(k, h, r)| (*k, *h, r.allow));
     t.exec.dedup_by_key(|(k, h, _)| (*k, *h));
     let mut left = Vec::new();
-    t.files = crate::files::compile(policies, id, &mut left);
+    t.files = files::compile(policies, id, &mut left);
     if policies.iter().any(|(p, _)| p.files.is_some()) {
         t.flags |= cgroup_flags::FILES_AUDIT;
     }
