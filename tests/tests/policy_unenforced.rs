@@ -116,8 +116,9 @@ fn a_full_slot_table_is_reported_and_the_rest_stays_enforced() {
 
 #[test]
 fn a_hook_that_cannot_attach_refuses_the_registration_and_is_reported() {
-    // the agent runs where no tracefs can be found or mounted (an empty /sys/kernel in a
-    // private mount namespace): exec rules have no hook
+    // the agent runs where no tracefs can be found or mounted and no kernel BTF read (an empty
+    // /sys/kernel in a private mount namespace): exec rules fall back to the path given, whose
+    // classic tracepoint needs tracefs, so they have no hook
     let cg = TestCgroup::new("pol-nohook");
     let s = Setup::new(&doc(
         "no-true",
