@@ -204,7 +204,7 @@ pub struct PolicyUnenforced {
     /// The container's name (`cgroup:ID` when the agent has not named it).
     pub container: String,
     /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
-    /// `not_loaded`, `hook_<group>`.
+    /// `not_loaded`, `hook_<group>`, `files_reported_only`.
     pub reason: String,
     /// What failed, for people.
     pub detail: String,

@@ -104,7 +104,8 @@ pub struct Violation {
 pub struct Unenforced {
     pub policy: String,
     /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
-    /// `hook_<group>` (a hook group that does not attach: `hook_exec`, `hook_egress`, ...).
+    /// `hook_<group>` (a hook group that does not attach: `hook_exec`, `hook_egress`, ...),
+    /// `files_reported_only` (file rules that should refuse are reported only: no BPF-LSM tier).
     pub reason: String,
     /// What failed, for people.
     pub detail: String,

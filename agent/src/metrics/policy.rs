@@ -51,7 +51,7 @@ pub(crate) fn families(s: &Snapshot, budget: &mut Budget) -> Vec<MetricFamily> {
     out.push(f);
     let mut f = family(
         "palisade_policy_unenforced",
-        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach). Never silently weaker: see `palisade policy status`.",
+        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach), files_reported_only (file rules that should refuse are reported only). Never silently weaker: see `palisade policy status`.",
         MetricType::GAUGE,
     );
     for (policy, container, reason) in &s.unenforced {
