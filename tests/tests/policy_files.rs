@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use palisade_tests::{
-    Agent, TestCgroup, palisade_bin,
-    policy::{Setup, status, violations, wait_applied},
+    Agent, TestCgroup,
+    launch::{run, unique},
+    palisade_bin,
+    policy::{PinDir, Setup, status, violations, wait_applied},
     wait_for,
 };
 
@@ -261,4 +263,84 @@ fn file_violations_are_rate_limited_and_add_up() {
     let total: u64 = 3 + v[3]["violation"]["suppressed"].as_u64().unwrap_or(0);
     assert_eq!(total, 500);
     wait_count(&agent, "chatty-files", "files.deny[0]", "log", &cg, 500.0);
+}
+
+/// `palisade run --policy` with file rules: `action: log` runs and reports the workload's
+/// accesses from its first instruction; a policy whose file rules should refuse cannot be
+/// enforced as written on the audit tier, so the launch is refused and nothing runs.
+#[test]
+fn a_launched_workload_runs_under_file_rules_and_refusing_ones_refuse_the_launch() {
+    palisade_tests::require_root();
+    let pins = PinDir::new();
+    let agent = Agent::with_events(
+        &format!(
+            "metrics:\n  collect_interval: 1s\npolicy:\n  pin_dir: {}\n",
+            pins.0.display()
+        ),
+        &[],
+    );
+    let name = unique("files");
+    let prefix = name.rsplit_once('-').map_or(name.as_str(), |(a, _)| a);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("run.yaml");
+    // reading /etc/passwd is reported, never refused (action log): nothing on the host changes
+    let write = |action: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {{name: files-run}}\nspec:\n  selector: {{workload: \"{prefix}-*\"}}\n  files:\n    action: {action}\n    deny: [{{paths: [/etc/passwd], access: [read]}}]\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    write("log");
+    let socket = agent.control_socket().display().to_string();
+    let policy = file.display().to_string();
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &socket,
+        "--require-agent",
+        "--policy",
+        &policy,
+        "--",
+        "/bin/sh",
+        "-c",
+        ": < /etc/passwd; echo ran",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("ran"), "{out}");
+    let v = agent.wait_events(1, "the workload's read", |e| {
+        e["type"] == "policy_violation" && e["violation"]["policy"] == "files-run"
+    });
+    assert_eq!(v.len(), 1, "{v:?}");
+    let x = &v[0]["violation"];
+    assert_eq!(x["hook"], "file", "{x}");
+    assert_eq!(x["file"]["path"], "/etc/passwd", "{x}");
+    assert_eq!(x["file"]["access"], "read", "{x}");
+    assert_eq!(x["action"], "log", "{x}");
+    assert_eq!(v[0]["container"]["name"], name.as_str(), "{}", v[0]);
+
+    write("errno");
+    let name = unique("files");
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &socket,
+        "--require-agent",
+        "--policy",
+        &policy,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ran",
+    ]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(
+        out.stderr.contains("files_reported_only") || out.stderr.contains("reported only"),
+        "says why: {out}"
+    );
+    assert!(!out.stdout.contains("ran"), "nothing ran: {out}");
 }
