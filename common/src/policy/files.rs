@@ -83,28 +83,54 @@ impl FileMatch {
     }
 }
 
-/// Calls `f(kind, hash)` for every file table key a path looks up: each ancestor directory
-/// with something below it (`TREE`, at every `/` but a trailing one) and the whole path
-/// (`EXACT`), over the first `len` bytes of a fixed buffer (the kernel's form).
-#[inline(always)]
-pub fn file_lookups_in(path: &[u8; POLICY_PATH_MAX], len: u32, mut f: impl FnMut(u32, u64)) {
-    let mut p = PathHasher::NEW;
-    for (i, b) in path.iter().enumerate() {
-        if i as u32 >= len || *b == 0 {
-            break;
-        }
-        let last = i as u32 + 1 >= len || path.get(i + 1).is_none_or(|n| *n == 0);
-        p.push(*b, &mut |k, h| {
-            if k == exec_kind::TREE && !last {
+/// One pass over a path, byte by byte, producing the file table keys to look up: each
+/// ancestor directory with something below it (`TREE`, at every `/` but a trailing one), then
+/// the whole path (`EXACT`). The kernel steps it from `bpf_loop`, one byte per call.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct FileHasher {
+    h: PathHasher,
+}
+
+impl FileHasher {
+    pub const NEW: Self = Self { h: PathHasher::NEW };
+
+    /// Byte `b` of the path; `next` is the byte after it (0 at the end).
+    #[inline(always)]
+    pub fn push(&mut self, b: u8, next: u8, f: &mut impl FnMut(u32, u64)) {
+        self.h.push(b, &mut |k, h| {
+            if k == exec_kind::TREE && next != 0 {
                 f(k, h)
             }
         });
     }
-    p.finish(&mut |k, h| {
-        if k == exec_kind::EXACT {
-            f(k, h)
+
+    #[inline(always)]
+    pub fn finish(self, f: &mut impl FnMut(u32, u64)) {
+        self.h.finish(&mut |k, h| {
+            if k == exec_kind::EXACT {
+                f(k, h)
+            }
+        });
+    }
+}
+
+/// Calls `f(kind, hash)` for every file table key a path looks up ([`FileHasher`]), over the
+/// first `len` bytes of a fixed buffer.
+pub fn file_lookups_in(path: &[u8; POLICY_PATH_MAX], len: u32, mut f: impl FnMut(u32, u64)) {
+    let mut p = FileHasher::NEW;
+    for (i, b) in path.iter().enumerate() {
+        if i as u32 >= len || *b == 0 {
+            break;
         }
-    });
+        let next = if i as u32 + 1 >= len {
+            0
+        } else {
+            path.get(i + 1).copied().unwrap_or(0)
+        };
+        p.push(*b, next, &mut f);
+    }
+    p.finish(&mut f);
 }
 
 /// Open flags (x86_64 values).
