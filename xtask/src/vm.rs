@@ -274,6 +274,15 @@ echo "vm: $(uname -r) up after $(cat "$out/boot-seconds") s"
     } else {
         s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
     }
+    // Tests that need a scratch directory on the host's own filesystems (not /tmp, which a
+    // sandbox replaces) take it under CARGO_TARGET_TMPDIR, read-only in the guest: a tmpfs
+    // there, a submount of the host's tree as such a directory is on a host.
+    let target_tmp = workspace.join("target").join("tmp");
+    let _ = writeln!(
+        s,
+        "[ -d {t} ] && mount -t tmpfs -o mode=1777 palisade-vm-scratch {t}",
+        t = sh_path(&target_tmp)
+    );
     s.push_str(
         r#"# podman's overlay driver cannot stack on virtme's overlay /var: its store on a tmpfs.
 mkdir -p /var/lib/containers && mount -t tmpfs tmpfs /var/lib/containers
