@@ -243,6 +243,10 @@ async fn serve_all(
         node: node.clone(),
     };
     let hub = Arc::new(Hub::new(config.events.queue));
+    // Subscribed before the policy task and the first walk can publish (a policy that cannot
+    // be put in place says so at once): a broadcast drops what no receiver holds yet.
+    let log_rx = event_log.as_ref().map(|_| hub.subscribe());
+    let otlp = crate::otlp::start(&config.otlp, &node, hub.clone())?;
     let (policy, policy_task) = crate::policy::start(crate::policy::Start {
         cfg: config.policy.clone(),
         set: policies,
@@ -284,11 +288,10 @@ async fn serve_all(
         }
     }
 
-    let otlp = crate::otlp::start(&otlp_cfg, &node, hub.clone())?;
     let otlp_metrics = crate::otlp_metrics::start(&otlp_cfg, &node, families)?;
     let mut tasks = vec![state_task];
-    if let Some(target) = event_log {
-        tasks.push(tokio::spawn(sink::run(target, hub.clone())));
+    if let (Some(target), Some(rx)) = (event_log, log_rx) {
+        tasks.push(tokio::spawn(sink::run(target, hub.clone(), rx)));
     }
     tasks.push(tokio::spawn(control::serve(
         control,

@@ -328,22 +328,34 @@ pub struct Agent {
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, true, None)
+        Self::start_inner(config, args, true, None, &[])
     }
 
     /// Like [`Agent::with_events`], with the control socket at `socket` instead of in the
     /// agent's temporary directory (removed when the agent is dropped).
     pub fn with_events_at(config: &str, args: &[&str], socket: &Path) -> Self {
-        Self::start_inner(config, args, true, Some(socket.to_owned()))
+        Self::start_inner(config, args, true, Some(socket.to_owned()), &[])
+    }
+
+    /// Like [`Agent::with_events`], started through `wrapper` (a program and its arguments
+    /// that ends by running the command it is given, e.g. `unshare ... sh -c '...; exec "$@"'`).
+    pub fn with_events_wrapped(config: &str, args: &[&str], wrapper: &[&str]) -> Self {
+        Self::start_inner(config, args, true, None, wrapper)
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, false, None)
+        Self::start_inner(config, args, false, None, &[])
     }
 
-    fn start_inner(config: &str, args: &[&str], events: bool, socket: Option<PathBuf>) -> Self {
+    fn start_inner(
+        config: &str,
+        args: &[&str],
+        events: bool,
+        socket: Option<PathBuf>,
+        wrapper: &[&str],
+    ) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let socket = socket.unwrap_or_else(|| dir.path().join("agent.sock"));
@@ -352,7 +364,15 @@ impl Agent {
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("agent.log"))
             .unwrap_or_else(|e| panic!("create log: {e}"));
-        let mut child = Command::new(palisade_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(palisade_bin());
+                c
+            }
+            None => Command::new(palisade_bin()),
+        };
+        let mut child = cmd
             .arg("agent")
             .arg("--config")
             .arg(&cfg)
@@ -460,7 +480,9 @@ impl Agent {
         use std::{io::BufRead as _, os::unix::net::UnixStream};
         let mut s = UnixStream::connect(self.control_socket())
             .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
-        s.set_read_timeout(Some(scaled(Duration::from_secs(10))))
+        // the policy task answers after what it is doing: loading and verifying the policy
+        // programs takes seconds on a busy machine
+        s.set_read_timeout(Some(scaled(Duration::from_secs(40))))
             .ok();
         writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
         let mut line = String::new();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use flow::{FlowRecord, TcpInfo};
-pub use violation::{ExecDetail, NetworkRef, Violation};
+pub use violation::{ExecDetail, NetworkRef, Unenforced, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,10 +30,11 @@ pub enum EventType {
     ContainerStop,
     Flow,
     PolicyViolation,
+    PolicyUnenforced,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
@@ -41,6 +42,7 @@ impl EventType {
         EventType::ContainerStop,
         EventType::Flow,
         EventType::PolicyViolation,
+        EventType::PolicyUnenforced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl EventType {
             EventType::ContainerStop => "container_stop",
             EventType::Flow => "flow",
             EventType::PolicyViolation => "policy_violation",
+            EventType::PolicyUnenforced => "policy_unenforced",
         }
     }
 
@@ -122,6 +125,10 @@ pub struct Event {
     /// `policy_violation`: which policy and rule, what happened, and to what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violation: Option<Violation>,
+    /// `policy_unenforced`: which policy cannot be (or, `resolved`, is again) put in place
+    /// for the container, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unenforced: Option<Unenforced>,
 }
 
 impl Event {
@@ -137,6 +144,7 @@ impl Event {
             lifetime_seconds: None,
             flow: None,
             violation: None,
+            unenforced: None,
         }
     }
 }
@@ -265,6 +273,7 @@ pub(crate) mod tests {
             lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
             flow: None,
             violation: None,
+            unenforced: None,
         }
     }
 

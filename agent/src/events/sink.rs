@@ -7,10 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tracing::warn;
 
-use super::Hub;
+use super::{Event, Hub};
 
 /// Why the event log cannot be opened. It holds every container's command lines: it is
 /// root's alone (0600), never reached through a symlink, in a directory root owns.
@@ -200,9 +200,10 @@ pub fn check(target: &Target) -> Result<(), SinkError> {
     Out::open(target).map(|_| ())
 }
 
-/// Writes every event until the hub closes. Flushes whenever the queue is drained.
-pub async fn run(target: Target, hub: Arc<Hub>) {
-    let mut rx = hub.subscribe();
+/// Writes every event `rx` receives (a subscription to `hub` taken before anything publishes,
+/// so start-up events are not missed) until the hub closes. Flushes whenever the queue is
+/// drained.
+pub async fn run(target: Target, hub: Arc<Hub>, mut rx: broadcast::Receiver<Arc<Event>>) {
     let mut out = match Out::open(&target) {
         Ok(o) => o,
         Err(e) => {

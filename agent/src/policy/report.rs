@@ -107,7 +107,9 @@ impl Reporter {
             mode: m,
             hook: violation::hook_name(ev.what).to_owned(),
             syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
-                .then(|| palisade_syscalls::label(ev.nr).into_owned()),
+                .then(|| violation::syscall_name(ev.abi, ev.nr)),
+            abi: violation::abi_name(ev.what, ev.abi),
+            checked_as: violation::checked_as(ev),
             errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
             exec,
             exec_detail: exec_detail.unwrap_or_default(),
