@@ -62,6 +62,7 @@ fn by_given<'a>(v: &'a [serde_json::Value], given: &str) -> &'a serde_json::Valu
 /// tmpfs but is the lower layer's on overlayfs (the 6.1 VM's /usr: 0:41 against 0:39).
 fn superblock_dev(path: &Path) -> String {
     let c = std::ffi::CString::new(text(path)).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: statx is plain data; all zeroes is a valid value
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a statx buffer that outlives the call
     let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut stx) };
