@@ -161,8 +161,11 @@ pub const MAP_POLICY_RESOLVED: &str = "POLICY_RESOLVED";
 /// Array: [`crate::policy::xlat_index`] → x86_64 syscall number or [`crate::policy::xlat`].
 pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
 
+/// Hash: [`crate::policy::ExecKey`] (exact path or tree) → [`crate::policy::FileEntry`].
+pub const MAP_POLICY_FILES: &str = "POLICY_FILES";
+
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 15] = [
+pub const POLICY_MAPS: [&str; 16] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -178,6 +181,7 @@ pub const POLICY_MAPS: [&str; 15] = [
     MAP_POLICY_LSM,
     MAP_POLICY_RESOLVED,
     MAP_POLICY_XLAT,
+    MAP_POLICY_FILES,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
@@ -222,6 +226,8 @@ pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
 pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
 /// `syscalls:sys_enter_socket`: packet sockets where egress rules apply.
 pub const PROG_POLICY_PACKET: &str = "policy_packet";
+/// Raw tracepoint on `sys_enter`: file rules on the path given (no BPF-LSM), reported only.
+pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
 
 /// Globals of the policy object.
 pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";

@@ -2,6 +2,7 @@
 use std::{fmt, net::IpAddr};
 
 pub use palisade_syscalls::Abi;
+pub mod files;
 
 /// Where something was written: `file:line:column` (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -456,6 +457,7 @@ pub struct Policy {
     pub selector: Selector,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
+    pub files: Option<files::Files>,
     pub network: Network,
     pub resources: Resources,
     /// Where the document starts.

@@ -175,11 +175,26 @@ pub struct PolicyStatus {
     pub exec_match: ExecMatch,
     /// Whether BPF-LSM refuses denied calls on this host.
     pub lsm: Lsm,
+    /// What file rules get on this host.
+    pub files: FilesStatus,
     /// What is not in place, per cgroup, policy and reason (`palisade_policy_unenforced`).
     pub unenforced: Vec<PolicyUnenforced>,
     /// What will happen instead where a policy cannot be enforced as written: the notes of
     /// `palisade policy check` for the policies in force, and what this host lacks.
     pub notes: Vec<String>,
+}
+
+/// File rules on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesStatus {
+    /// `lsm` (refused in the kernel, resolved path), `audit` (reported only, the path as
+    /// given) or `none` (neither).
+    pub tier: String,
+    /// Why the tier is weaker than `lsm`, when it is.
+    pub reason: String,
+    /// One line per file rule of the loaded policies: where it is and what it does here.
+    pub rules: Vec<String>,
 }
 
 /// A policy not (fully) in force for one cgroup, in [`PolicyStatus`].
@@ -191,7 +206,7 @@ pub struct PolicyUnenforced {
     /// The container's name (`cgroup:ID` when the agent has not named it).
     pub container: String,
     /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
-    /// `not_loaded`, `hook_<group>`.
+    /// `not_loaded`, `hook_<group>`, `files_reported_only`.
     pub reason: String,
     /// What failed, for people.
     pub detail: String,

@@ -360,7 +360,11 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
     ));
     let agent = s.agent("  rate_limit_burst: 100\n");
     // with BPF-LSM the hooks alone refuse and report these calls
-    let hooks: &[&str] = if lsm { &["syscalls_lsm"] } else { &["syscalls"] };
+    let hooks: &[&str] = if lsm {
+        &["syscalls_lsm"]
+    } else {
+        &["syscalls"]
+    };
     wait_applied(&agent, "no-unshare", cg.id, hooks);
     // a user namespace (userns_create), a mount and a UTS namespace (their CAP_SYS_ADMIN check)
     let flags = [

@@ -31,6 +31,8 @@ pub fn check(files: &[PathBuf]) -> u8 {
         }
         Ok(set) => {
             let mut warnings = palisade_policy::check::warnings(&set);
+            let files_tier = crate::policy::files::tier();
+            warnings.extend(palisade_policy::check::file_notes(&set, &files_tier));
             let has_exec = set.policies.iter().any(|p| p.exec.is_some());
             let exec = has_exec.then(|| ExecMatch::probe(Path::new(DEFAULT_BTF)));
             if has_exec {
@@ -60,6 +62,9 @@ pub fn check(files: &[PathBuf]) -> u8 {
                 }
                 if p.exec.is_some() {
                     what.push("exec".into());
+                }
+                if let Some(f) = &p.files {
+                    what.push(format!("files ({} deny entries)", f.deny.len()));
                 }
                 if p.network.egress.is_some() {
                     what.push("egress".into());
@@ -96,6 +101,9 @@ pub fn check(files: &[PathBuf]) -> u8 {
             println!("on this host {}", lsm.describe());
             if let Some(m) = &exec {
                 println!("on this host {}", m.describe());
+            }
+            for line in crate::policy::files::describe(&set, &files_tier) {
+                println!("{line}");
             }
             println!(
                 "ok: {} policies in {} file(s), {} warning(s)",
@@ -177,6 +185,21 @@ fn status_text(s: &PolicyStatus) -> String {
     }
     if !s.lsm.describe.is_empty() {
         let _ = writeln!(out, "{}", s.lsm.describe);
+    }
+    if !s.files.rules.is_empty() {
+        let _ = writeln!(
+            out,
+            "file rules: tier {}{}",
+            s.files.tier,
+            if s.files.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.files.reason)
+            }
+        );
+        for r in &s.files.rules {
+            let _ = writeln!(out, "  {r}");
+        }
     }
     if s.policies.is_empty() {
         let _ = writeln!(out, "no policies");

@@ -19,8 +19,8 @@ use aya::{
 use palisade_common::{
     names,
     policy::{
-        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
-        POLICY_ABI, Resolved, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, FileEntry,
+        NetRuleSet, POLICY_ABI, Resolved, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
         XLAT_ENTRIES, config as cfg,
     },
 };
@@ -160,6 +160,7 @@ pub struct Kernel {
     pub args: HashMap<MapData, ArgKey, ArgRule>,
     pub exec_conf: Array<MapData, ExecConf>,
     pub exec: HashMap<MapData, ExecKey, ExecRule>,
+    pub files: HashMap<MapData, ExecKey, FileEntry>,
     pub net: Array<MapData, NetRuleSet>,
     pub rules: Array<MapData, RuleInfo>,
     /// LRU hash, read through the hash type.
@@ -189,6 +190,7 @@ fn expected_value_size(map: &str) -> Option<u32> {
         names::MAP_POLICY_ARGS => size_of::<ArgRule>(),
         names::MAP_POLICY_EXEC_CONF => size_of::<ExecConf>(),
         names::MAP_POLICY_EXEC => size_of::<ExecRule>(),
+        names::MAP_POLICY_FILES => size_of::<FileEntry>(),
         names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
         names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
         names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
@@ -308,6 +310,7 @@ impl Kernel {
             args: take_map(&mut ebpf, names::MAP_POLICY_ARGS)?,
             exec_conf: take_map(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
             exec: take_map(&mut ebpf, names::MAP_POLICY_EXEC)?,
+            files: take_map(&mut ebpf, names::MAP_POLICY_FILES)?,
             net: take_map(&mut ebpf, names::MAP_POLICY_NET)?,
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,

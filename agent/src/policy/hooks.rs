@@ -38,10 +38,12 @@ pub enum Hook {
     PacketSocket,
     /// bind4/6 and cgroup_skb ingress on the unified root.
     Ingress,
+    /// `sys_enter` raw tracepoint reading file paths (file rules without BPF-LSM).
+    Files,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Syscalls,
         Hook::SyscallsLsm,
         Hook::Seccomp,
@@ -51,6 +53,7 @@ impl Hook {
         Hook::SocketCreate,
         Hook::PacketSocket,
         Hook::Ingress,
+        Hook::Files,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Hook {
             Hook::SocketCreate => "socket_create",
             Hook::PacketSocket => "packet_socket",
             Hook::Ingress => "ingress",
+            Hook::Files => "files",
         }
     }
 
@@ -79,6 +83,7 @@ impl Hook {
                 &[Hook::Egress, Hook::SocketCreate, Hook::PacketSocket],
             ),
             (cgroup_flags::INGRESS, &[Hook::Ingress]),
+            (cgroup_flags::FILES_AUDIT, &[Hook::Files]),
         ] {
             if flags & bit != 0 {
                 out.extend_from_slice(hooks);
@@ -95,6 +100,7 @@ impl Hook {
             Hook::Exec | Hook::ExecLsm => cgroup_flags::EXEC,
             Hook::Egress | Hook::SocketCreate | Hook::PacketSocket => cgroup_flags::EGRESS,
             Hook::Ingress => cgroup_flags::INGRESS,
+            Hook::Files => cgroup_flags::FILES_AUDIT,
         }
     }
 
@@ -121,6 +127,7 @@ impl Hook {
                 names::PROG_POLICY_BIND6,
                 names::PROG_POLICY_INGRESS,
             ],
+            Hook::Files => &[names::PROG_POLICY_FILES_AUDIT],
         }
     }
 }
@@ -399,15 +406,17 @@ impl Kernel {
                 let p: &mut Lsm = p.try_into().map_err(perr)?;
                 crate::policy::lsm::attach(p, hook, &btf).map_err(perr)
             }
-            names::PROG_POLICY_SYS_ENTER | names::PROG_POLICY_SYS_EXIT => {
+            names::PROG_POLICY_SYS_ENTER
+            | names::PROG_POLICY_SYS_EXIT
+            | names::PROG_POLICY_FILES_AUDIT => {
                 let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
                 if p.fd().is_err() {
                     p.load().map_err(perr)?;
                 }
-                let tp = if prog == names::PROG_POLICY_SYS_ENTER {
-                    "sys_enter"
-                } else {
+                let tp = if prog == names::PROG_POLICY_SYS_EXIT {
                     "sys_exit"
+                } else {
+                    "sys_enter"
                 };
                 let id = p.attach(tp).map_err(perr)?;
                 Ok(p.take_link(id).map_err(perr)?.into())

@@ -9,6 +9,7 @@ pub mod bpffs;
 mod engine;
 mod error;
 pub mod exec_match;
+pub mod files;
 pub mod hooks;
 pub mod lsm;
 mod report;

@@ -15,17 +15,19 @@
 mod args;
 mod compat;
 mod exec;
+mod files;
 mod lsm;
 mod net;
 
 pub use args::*;
 pub use compat::*;
 pub use exec::*;
+pub use files::*;
 pub use lsm::*;
 pub use net::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 4;
+pub const POLICY_ABI: u32 = 5;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;
@@ -55,6 +57,8 @@ pub mod cgroup_flags {
     /// A workload started by `palisade run` whose seccomp filter enforces the slot's `errno`
     /// and `kill` syscall rules: `sys_exit` reports the calls the filter refused.
     pub const SECCOMP: u32 = 16;
+    /// File rules, reported at `sys_enter` from the path as given (no BPF-LSM).
+    pub const FILES_AUDIT: u32 = 64;
 }
 
 /// Value of `POLICY_RESOLVED` (LRU: cgroup id → the entry that applies to it: its own or its
@@ -131,6 +135,9 @@ pub mod what {
     pub const SOCKET: u32 = 8;
     /// A syscall refused by its BPF-LSM hook (run-time path, `LSM_CALLS`).
     pub const SYSCALL_LSM: u32 = 9;
+    /// A file access a file rule refuses (`nr`: the syscall, `errno`: the access bit, the path
+    /// in `exec.given`).
+    pub const FILE: u32 = 16;
 }
 
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).

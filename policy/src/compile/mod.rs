@@ -14,6 +14,7 @@
 //!
 //! What cannot be put in the tables (a full rule table, too many network policies) is listed in
 //! [`Tables::left_out`]: the agent reports it, never silently weaker.
+pub mod files;
 mod network;
 mod syscalls;
 
@@ -95,6 +96,8 @@ pub struct Tables {
     pub exec_conf: ExecConf,
     /// (kind, hash, rule)
     pub exec: Vec<(u32, u64, ExecRule)>,
+    /// File patterns: (kind, hash, rules per access); see [`files::compile`].
+    pub files: Vec<(u32, u64, palisade_common::policy::FileEntry)>,
     /// One rule set per policy with rules for the direction (unused sets allow everything).
     pub egress: [NetRuleSet; MAX_NET_SETS as usize],
     pub ingress: [NetRuleSet; MAX_NET_SETS as usize],
@@ -145,6 +148,7 @@ pub fn compile(
         args: Vec::new(),
         exec_conf: ExecConf::default(),
         exec: Vec::new(),
+        files: Vec::new(),
         egress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
         ingress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
         notes: Vec::new(),
@@ -212,6 +216,15 @@ pub fn compile(
     // anyway: the map holds one value per key, so prefer deny)
     t.exec.sort_by_key(|(k, h, r)| (*k, *h, r.allow));
     t.exec.dedup_by_key(|(k, h, _)| (*k, *h));
+    let mut left = Vec::new();
+    t.files = files::compile(policies, id, &mut left);
+    if policies.iter().any(|(p, _)| p.files.is_some()) {
+        t.flags |= cgroup_flags::FILES_AUDIT;
+    }
+    for (policy, detail) in left {
+        t.left_out(&policy, Shortfall::RulesFull, detail);
+    }
+    t.files.sort_by_key(|(k, h, _)| (*k, *h));
     t
 }
 

@@ -43,6 +43,7 @@ impl Engine {
             cgroup_flags::EXEC => p.exec.is_some(),
             cgroup_flags::EGRESS => p.network.egress.is_some(),
             cgroup_flags::INGRESS => p.network.ingress.is_some(),
+            cgroup_flags::FILES_AUDIT => p.files.is_some(),
             _ => false,
         }
     }
@@ -107,11 +108,13 @@ impl Engine {
                     let old: SlotKeys = (
                         self.slot_exec.remove(&s).unwrap_or_default(),
                         self.slot_args.remove(&s).unwrap_or_default(),
+                        self.slot_files.remove(&s).unwrap_or_default(),
                     );
                     match slots::write(k, s, &d.tables, &old) {
                         Ok(written) => {
                             self.slot_exec.insert(s, written.0);
                             self.slot_args.insert(s, written.1);
+                            self.slot_files.insert(s, written.2);
                         }
                         Err(e) => {
                             let reason = match &e {
@@ -121,7 +124,7 @@ impl Engine {
                                 _ => Reason::TableError,
                             };
                             fail(reason, e.to_string());
-                            slots::clear(k, s, &(Vec::new(), Vec::new()));
+                            slots::clear(k, s, &(Vec::new(), Vec::new(), Vec::new()));
                             failed.insert(*cg);
                             continue;
                         }
@@ -198,6 +201,7 @@ impl Engine {
             let old = (
                 self.slot_exec.remove(&s).unwrap_or_default(),
                 self.slot_args.remove(&s).unwrap_or_default(),
+                self.slot_files.remove(&s).unwrap_or_default(),
             );
             slots::clear(k, s, &old);
             self.slots.release(s);

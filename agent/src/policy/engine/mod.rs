@@ -139,6 +139,7 @@ pub struct Engine {
     slots: Slots,
     slot_exec: HashMap<u32, Vec<ExecKey>>,
     slot_args: HashMap<u32, Vec<ArgKey>>,
+    slot_files: HashMap<u32, Vec<ExecKey>>,
     ids: Ids,
     /// What holds for each cgroup, for status and the cgroups gauge.
     applied: HashMap<u64, Applied>,
@@ -186,6 +187,7 @@ impl Engine {
             slots: Slots::default(),
             slot_exec: HashMap::new(),
             slot_args: HashMap::new(),
+            slot_files: HashMap::new(),
             ids: Ids::default(),
             applied: HashMap::new(),
             resources: HashMap::new(),
@@ -262,6 +264,10 @@ impl Engine {
         }
         for key in k.args.keys().flatten() {
             self.slot_args.entry(key.slot).or_default().push(key);
+            self.slots.used.insert(key.slot);
+        }
+        for key in k.files.keys().flatten() {
+            self.slot_files.entry(key.slot).or_default().push(key);
             self.slots.used.insert(key.slot);
         }
         for id in 1..MAX_RULES {
@@ -417,6 +423,7 @@ impl Engine {
             self.slots = Slots::default();
             self.slot_exec.clear();
             self.slot_args.clear();
+            self.slot_files.clear();
             self.ids = Ids::default();
             self.resources.clear();
             self.unenforced
@@ -425,6 +432,7 @@ impl Engine {
         }
         let (desired, applied, mut short) = self.plan();
         self.applied = applied;
+        self.files_shortfalls(&desired, &mut short);
         if let Err(e) = self.ensure_kernel() {
             for (id, d) in &desired {
                 for (name, _) in &d.policies {
@@ -434,6 +442,7 @@ impl Engine {
             self.unenforced.update(short, &self.targets, &self.hub);
             return Err(e);
         }
+        self.warn_files();
         let r = self.apply(desired, &mut short);
         self.unenforced.update(short, &self.targets, &self.hub);
         r?;
