@@ -119,7 +119,7 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
         FileTier::Audit { why } => {
             if mode == Mode::Enforce && files.action != FileAction::Log {
                 note(format!(
-                    "`action: {}` cannot be applied on this host ({why}): file rules are reported only, the calls run; with BPF-LSM they are refused",
+                    "`action: {}` cannot be applied on this host ({why}): file rules are reported only, the calls run, and the policy is counted as unenforced (`files_reported_only`: a `palisade run --policy` with it is refused)",
                     files.action.as_str()
                 ));
             }

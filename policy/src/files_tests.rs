@@ -206,7 +206,7 @@ fn each_rule_says_what_happens_per_tier() {
     assert_eq!(text.len(), 2, "{text:?}");
     assert_eq!(
         text[0],
-        "p.yaml:9:5: `action: errno` cannot be applied on this host (no BPF-LSM): file rules are reported only, the calls run; with BPF-LSM they are refused"
+        "p.yaml:9:5: `action: errno` cannot be applied on this host (no BPF-LSM): file rules are reported only, the calls run, and the policy is counted as unenforced (`files_reported_only`: a `palisade run --policy` with it is refused)"
     );
     assert!(text[1].contains("best effort"), "{text:?}");
     let mut notes = Vec::new();
