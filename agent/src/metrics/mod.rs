@@ -329,6 +329,25 @@ mod tests {
         assert!(text.contains("palisade_kernel_lost_total{reason=\"syscall_stats_map_full\"} 0\n"));
         assert!(text.contains("palisade_bpf_map_capacity{map=\"SYSCALL_STATS\"} 10240\n"));
         assert!(text.contains("palisade_build_info{version="));
+        // the commit is the checkout's (build.rs asks git), "unknown" only without one
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        let want = match &head {
+            Some(h) => &h[..12],
+            None => "unknown",
+        };
+        assert!(
+            text.contains(&format!("commit=\"{want}\"")),
+            "build_info commit is not {want}: {}",
+            text.lines()
+                .find(|l| l.starts_with("palisade_build_info{"))
+                .unwrap_or("")
+        );
         assert!(text.contains("palisade_series_dropped 0\n"));
         assert!(text.contains("palisade_cgroups{state=\"live\"} 2\n"));
         // HELP on every family
