@@ -16,6 +16,7 @@ mod bench;
 mod bench_agent;
 mod bench_policy;
 mod deps;
+mod fuzz;
 mod setup;
 
 #[derive(Parser)]
@@ -51,9 +52,9 @@ enum Task {
     Lint,
     /// Fails when the top-level modules of any crate import each other in a cycle.
     Deps,
-    /// Fuzz the policy parser (cargo fuzz, nightly) for a bounded time.
+    /// Run every fuzz target (cargo fuzz, nightly) for a bounded time each.
     Fuzz {
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 20)]
         seconds: u32,
     },
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Lint => setup::run().and_then(|()| lint()),
         Task::Deps => deps(),
-        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds).map(drop)),
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };
     match r {
@@ -199,6 +200,9 @@ fn lint() -> Result<()> {
     ]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test` (8 targets: under 3 minutes).
+const FUZZ_SECONDS_IN_TEST: u32 = 20;
+
 fn test(filter: Option<&str>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc_geteuid() } == 0;
@@ -217,44 +221,9 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     exec(&mut cmd)?;
     if filter.is_none() {
-        fuzz(30)?;
+        fuzz::run(FUZZ_SECONDS_IN_TEST)?;
     }
     Ok(())
-}
-
-/// Runs the policy parser fuzz target for `seconds`, from the committed seeds (new inputs go
-/// to a scratch corpus, crashes to fuzz/artifacts/).
-fn fuzz(seconds: u32) -> Result<()> {
-    step(&format!(
-        "fuzzing the policy parser for {seconds} s (cargo fuzz, nightly)"
-    ));
-    let corpus = std::env::temp_dir().join(format!("palisade-fuzz-corpus-{}", std::process::id()));
-    std::fs::create_dir_all(&corpus).with_context(|| format!("mkdir {}", corpus.display()))?;
-    let r = exec(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "fuzz",
-                "run",
-                "--fuzz-dir",
-                "fuzz",
-            ])
-            .arg("policy_parser")
-            .arg(&corpus)
-            .arg("fuzz/seeds/policy_parser")
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .args([
-                "-max_len=4096",
-                "-timeout=10",
-                "-rss_limit_mb=2048",
-                "-print_final_stats=1",
-            ]),
-    );
-    let _ = std::fs::remove_dir_all(&corpus);
-    r
 }
 
 // libc is not a dependency of xtask; one extern declaration is enough.

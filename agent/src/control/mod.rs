@@ -17,6 +17,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+/// How a subscription's filter is built (for `crate::fuzzing`).
+pub(crate) use self::filter::filter as subscription_filter;
 use self::filter::{Filter, filter};
 pub use self::socket::{ControlError, bind};
 use crate::{events::Hub, policy, state::StateHandle};
