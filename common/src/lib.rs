@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(size_of::<ThreadSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
-        assert_eq!(size_of::<ProcessCounts>(), 48);
+        assert_eq!(size_of::<ProcessCounts>(), 64);
         assert_eq!(
             size_of::<ExecEvent>(),
             72 + EXEC_FILENAME_MAX + EXEC_ARGS_MAX
@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(size_of::<net::FlowKey>(), 48);
         assert_eq!(size_of::<net::FlowStats>(), 72);
         assert_eq!(size_of::<net::NetTotals>(), 56);
-        assert_eq!(size_of::<net::TcpCounts>(), 40);
+        assert_eq!(size_of::<net::TcpCounts>(), 48);
         assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16 + 72);
         assert_eq!(size_of::<net::DnsEvent>(), 8 + 48 + net::DNS_PAYLOAD_MAX);
         assert_eq!(size_of::<net::SockInfo>(), 24);

@@ -16,6 +16,10 @@ pub struct ProcessCounts {
     pub exits_signal: u64,
     /// Processes whose exit status could not be read (no kernel BTF).
     pub exits_unknown: u64,
+    /// Exec events the ring buffer had no room for (the exec is still counted in `execs`).
+    pub exec_events_lost: u64,
+    /// Exit events the ring buffer had no room for (the exit is still counted above).
+    pub exit_events_lost: u64,
 }
 
 impl ProcessCounts {
@@ -27,6 +31,8 @@ impl ProcessCounts {
         self.exits_error += o.exits_error;
         self.exits_signal += o.exits_signal;
         self.exits_unknown += o.exits_unknown;
+        self.exec_events_lost += o.exec_events_lost;
+        self.exit_events_lost += o.exit_events_lost;
     }
 }
 

@@ -14,12 +14,14 @@ struct ProcAgg {
     counts: ProcessCounts,
     has_counts: bool,
     ooms: u64,
+    /// TCP connection ends the ring buffer had no room for (`None`: no TCP counters).
+    flow_lost: Option<u64>,
 }
 
 fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
     let mut agg: BTreeMap<ContainerKey, ProcAgg> = BTreeMap::new();
     for (id, s) in &inp.model.by_cgroup {
-        if s.processes.is_none() && s.oom_kills == 0 {
+        if s.processes.is_none() && s.oom_kills == 0 && s.tcp.is_none() {
             continue;
         }
         let a = agg
@@ -30,6 +32,9 @@ fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> 
             a.counts.merge(p);
         }
         a.ooms += s.oom_kills;
+        if let Some(t) = &s.tcp {
+            *a.flow_lost.get_or_insert(0) += t.events_lost;
+        }
     }
     let mut forks = family(
         "palisade_process_forks_total",
@@ -51,7 +56,27 @@ fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> 
         "Processes the OOM killer chose, per container (oom:mark_victim).",
         MetricType::COUNTER,
     );
+    let mut lost = family(
+        "palisade_events_kernel_lost_total",
+        "Events of a container the kernel ring buffer had no room for, by type (exec, exit; flow: a connection's end, whose flow is then reported `idle` after network.tcp_idle_timeout). The events themselves are still counted in the process and TCP families.",
+        MetricType::COUNTER,
+    );
     for (key, a) in &agg {
+        if a.has_counts && budget.take(2) {
+            for (t, n) in [
+                ("exec", a.counts.exec_events_lost),
+                ("exit", a.counts.exit_events_lost),
+            ] {
+                lost.mut_metric()
+                    .push(counter(&key.labels(&[("type", t)]), n as f64));
+            }
+        }
+        if let Some(n) = a.flow_lost
+            && budget.take(1)
+        {
+            lost.mut_metric()
+                .push(counter(&key.labels(&[("type", "flow")]), n as f64));
+        }
         if a.has_counts && budget.take(6) {
             let l = key.labels(&[]);
             forks.mut_metric().push(counter(&l, a.counts.forks as f64));
@@ -72,7 +97,7 @@ fn process_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> 
                 .push(counter(&key.labels(&[]), a.ooms as f64));
         }
     }
-    vec![forks, execs, exits, ooms]
+    vec![forks, execs, exits, ooms, lost]
 }
 
 /// One cAdvisor family: name, help, type, and how to read it from a cgroup.

@@ -429,6 +429,8 @@ mod tests {
             exits_error: 1,
             exits_signal: 0,
             exits_unknown: 0,
+            exec_events_lost: 2,
+            exit_events_lost: 0,
         });
         e.oom_kills = 1;
         e.resources = Some(crate::resources::Resources {
@@ -447,6 +449,8 @@ mod tests {
             format!("palisade_process_forks_total{{{l}}} 4\n"),
             format!("palisade_process_exits_total{{{l},reason=\"failed\"}} 1\n"),
             format!("palisade_oom_kills_total{{{l}}} 1\n"),
+            format!("palisade_events_kernel_lost_total{{{l},type=\"exec\"}} 2\n"),
+            format!("palisade_events_kernel_lost_total{{{l},type=\"exit\"}} 0\n"),
             format!("palisade_syscalls_total{{{l},syscall=\"getppid\"}} 3\n"),
             r#"container_cpu_usage_seconds_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1.5"#.to_owned() + "\n",
             // unlimited memory is 0, an unlimited quota is absent, OOMs seen by the agent count

@@ -50,6 +50,14 @@ pub(crate) fn families(inp: &Inputs<'_>, series_dropped: usize) -> Vec<MetricFam
     }
     out.push(f);
 
+    let mut f = family(
+        "palisade_kernel_queue_waits_total",
+        "Times the kernel actor found the queue to the state task full (events.kernel_queue) and waited; meanwhile events wait in the ring buffer, which counts what it cannot hold (ringbuf_full).",
+        MetricType::COUNTER,
+    );
+    f.mut_metric().push(counter(&[], model.queue_waits as f64));
+    out.push(f);
+
     let mut entries = family(
         "palisade_bpf_map_entries",
         "Entries in Palisade's kernel maps at the last read.",
@@ -151,10 +159,19 @@ pub(crate) fn families(inp: &Inputs<'_>, series_dropped: usize) -> Vec<MetricFam
         out.push(f);
         let mut f = family(
             "palisade_events_dropped_total",
-            "Events a consumer missed because it fell behind (sink: log, subscriber).",
+            "Events a consumer lost (sink: log, subscriber, otlp): it fell behind the hub's queue, or its write, queue or export failed.",
             MetricType::COUNTER,
         );
         for (sink, n) in hub.dropped() {
+            f.mut_metric().push(counter(&[("sink", sink)], n as f64));
+        }
+        out.push(f);
+        let mut f = family(
+            "palisade_events_delivered_total",
+            "Events a consumer delivered (log: lines written; subscriber: lines sent to `palisade events` clients, summed; otlp: log records the collector accepted).",
+            MetricType::COUNTER,
+        );
+        for (sink, n) in hub.delivered() {
             f.mut_metric().push(counter(&[("sink", sink)], n as f64));
         }
         out.push(f);

@@ -54,6 +54,21 @@ pub fn target(i: &Identity) -> TargetInfo {
     }
 }
 
+/// The `container` of an event whose cgroup is gone and was never seen (created and removed
+/// between two reads of the ring buffer, its creation event lost): the event is published
+/// with the id alone rather than dropped.
+fn unknown_container(cgroup_id: u64) -> ContainerRef {
+    ContainerRef {
+        id: format!("cgroup:{cgroup_id}"),
+        name: format!("cgroup:{cgroup_id}"),
+        cgroup_id,
+        runtime: "cgroup".into(),
+        image: String::new(),
+        namespace: String::new(),
+        pod: String::new(),
+    }
+}
+
 fn process_ref(p: &Proc) -> ProcessRef {
     ProcessRef {
         pid: p.pid,
@@ -147,10 +162,14 @@ impl Owner {
         };
         let process = process_ref(&p);
         self.procs.exec(p);
+        let time = rfc3339(clock.wall(e.ktime_ns));
         let Some(identity) = self.identity_of(e.cgroup_id) else {
+            self.hub.publish(Event {
+                process: Some(process),
+                ..Event::new(EventType::Exec, time, unknown_container(e.cgroup_id))
+            });
             return;
         };
-        let time = rfc3339(clock.wall(e.ktime_ns));
         if self.registry.first_exec(e.cgroup_id) {
             self.hub.publish(Event {
                 process: Some(process.clone()),
@@ -169,8 +188,9 @@ impl Owner {
 
     fn on_exit(&mut self, e: Exit, clock: &Clock) {
         let known = self.procs.exit(e.pid);
-        let Some(identity) = self.identity_of(e.cgroup_id) else {
-            return;
+        let container = match self.identity_of(e.cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(e.cgroup_id),
         };
         let process = match &known {
             Some(p) => ProcessRef {
@@ -198,11 +218,7 @@ impl Owner {
             exit_code,
             signal,
             lifetime_seconds: start.map(|s| e.ktime_ns.saturating_sub(s) as f64 / 1e9),
-            ..Event::new(
-                EventType::Exit,
-                rfc3339(clock.wall(e.ktime_ns)),
-                container_ref(&identity),
-            )
+            ..Event::new(EventType::Exit, rfc3339(clock.wall(e.ktime_ns)), container)
         });
     }
 
@@ -211,8 +227,9 @@ impl Owner {
         let victim = self.procs.get(e.pid).cloned();
         let cgroup_id = victim.as_ref().map_or(e.cgroup_id, |p| p.cgroup_id);
         self.model.by_cgroup.entry(cgroup_id).or_default().oom_kills += 1;
-        let Some(identity) = self.identity_of(cgroup_id) else {
-            return;
+        let container = match self.identity_of(cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(cgroup_id),
         };
         let process = match &victim {
             Some(p) => process_ref(p),
@@ -226,14 +243,10 @@ impl Owner {
                 args_truncated: false,
             },
         };
-        warn!(container = %identity.name, pid = e.pid, comm = %e.comm, "OOM kill");
+        warn!(container = %container.name, pid = e.pid, comm = %e.comm, "OOM kill");
         self.hub.publish(Event {
             process: Some(process),
-            ..Event::new(
-                EventType::Oom,
-                rfc3339(clock.wall(e.ktime_ns)),
-                container_ref(&identity),
-            )
+            ..Event::new(EventType::Oom, rfc3339(clock.wall(e.ktime_ns)), container)
         });
     }
 

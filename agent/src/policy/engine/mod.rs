@@ -153,7 +153,7 @@ impl Engine {
             pin_dir: self.cfg.pin_dir.clone(),
             unified_root: self.unified_root.clone(),
             exec_filename_offset: self.exec_offset,
-            burst: self.cfg.rate_limit_burst,
+            burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
         if k.adopted {
