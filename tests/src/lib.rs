@@ -5,8 +5,10 @@
 //! Every test owns its cgroups (named `palisade-test-<pid>-<tag>-<n>`) and its agent (listening
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
+pub mod bpf;
 pub mod catalog;
 pub mod launch;
+pub mod load;
 mod metrics;
 mod netns;
 mod otlp;
@@ -307,21 +309,40 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// The event log [`Agent::events`] reads.
+    events_file: PathBuf,
 }
 
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, true)
+        Self::start_inner(config, args, Some(None), &[])
+    }
+
+    /// Like [`Agent::with_events`], the event log at `path` (a directory the test prepared).
+    pub fn with_events_file(config: &str, args: &[&str], path: &Path) -> Self {
+        Self::start_inner(config, args, Some(Some(path.to_owned())), &[])
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, false)
+        Self::start_inner(config, args, None, &[])
     }
 
-    fn start_inner(config: &str, args: &[&str], events: bool) -> Self {
+    /// Like [`Agent::with_events`], in a mount namespace of its own (private propagation) where
+    /// every mount at `unmount` (e.g. bpffs, tracefs) is taken away first: the host's mounts
+    /// are not touched.
+    pub fn with_events_without_mounts(config: &str, args: &[&str], unmount: &[&str]) -> Self {
+        Self::start_inner(config, args, Some(None), unmount)
+    }
+
+    fn start_inner(
+        config: &str,
+        args: &[&str],
+        events: Option<Option<PathBuf>>,
+        unmount: &[&str],
+    ) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("palisade.yaml");
@@ -329,7 +350,42 @@ impl Agent {
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("agent.log"))
             .unwrap_or_else(|e| panic!("create log: {e}"));
-        let mut child = Command::new(palisade_bin())
+        let events_file = match &events {
+            Some(Some(p)) => p.clone(),
+            _ => dir.path().join("events.jsonl"),
+        };
+        let mut cmd = Command::new(palisade_bin());
+        if !unmount.is_empty() {
+            let paths: Vec<std::ffi::CString> = unmount
+                .iter()
+                .map(|p| std::ffi::CString::new(*p).unwrap_or_else(|e| panic!("{p}: {e}")))
+                .collect();
+            // SAFETY: between fork and exec: unshare, mount and umount2 only, on memory
+            // prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for p in &paths {
+                        // every mount stacked there
+                        while libc::umount2(p.as_ptr(), libc::MNT_DETACH) == 0 {}
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("agent")
             .arg("--config")
             .arg(&cfg)
@@ -337,13 +393,10 @@ impl Agent {
             .arg(&ready)
             .arg("--control-socket")
             .arg(dir.path().join("agent.sock"))
-            .args(if events {
+            .args(if events.is_some() {
                 vec![
                     "--events".to_owned(),
-                    dir.path()
-                        .join("events.jsonl")
-                        .to_string_lossy()
-                        .into_owned(),
+                    events_file.to_string_lossy().into_owned(),
                 ]
             } else {
                 vec![]
@@ -374,7 +427,12 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self { child, addr, dir }
+        Self {
+            child,
+            addr,
+            dir,
+            events_file,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -383,8 +441,7 @@ impl Agent {
 
     /// The event log (`--events`, JSON lines) of an agent started with [`Agent::with_events`].
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.events_file).unwrap_or_default();
         // the agent may be writing the last line right now: only complete lines count
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
         complete
@@ -421,6 +478,38 @@ impl Agent {
         )
     }
 
+    /// Waits until every event the kernel queued before this call is in the event log: the
+    /// telemetry ring buffer, the agent's queue and the log keep their order, so once an exec
+    /// made now (`/bin/true palisade-drain-N`, in a cgroup of its own) is logged, so is
+    /// everything queued before it. "Exactly one" checks count after a drain, not at the first
+    /// match. (Policy violations travel on their own ring buffer: not covered.)
+    /// (A marker lost to a full ring buffer is counted like any event: the next one is sent.)
+    pub fn drain(&self) {
+        let cg = TestCgroup::new("drain");
+        for _ in 0..20 {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let marker = format!("palisade-drain-{}-{n}", std::process::id());
+            let st = cg
+                .command("/bin/true")
+                .arg(&marker)
+                .status()
+                .unwrap_or_else(|e| panic!("drain marker: {e}"));
+            assert!(st.success(), "drain marker: {st}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if self.events().iter().any(|e| {
+                    e["type"] == "exec"
+                        && e["container"]["cgroup_id"] == cg.id
+                        && e["process"]["args"][1] == marker.as_str()
+                }) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("no drain marker reached the event log:\n{}", self.log());
+    }
+
     /// This agent's control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
@@ -446,21 +535,9 @@ impl Agent {
 
     /// GET `path` and return (status code, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.addr)
+        let s = TcpStream::connect(self.addr)
             .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.addr, self.log()));
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)
-            .unwrap_or_else(|e| panic!("send request: {e}"));
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)
-            .unwrap_or_else(|e| panic!("read response: {e}"));
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, body.to_owned())
+        request(s, self.addr, path)
     }
 
     /// The `/metrics` page (must answer 200).
@@ -556,8 +633,19 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL, keeping this handle: its event log and log stay readable.
+    pub fn kill9_keep(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM and wait (at most 30 s); returns the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.stop_keep()
+    }
+
+    /// Like [`Agent::stop`], keeping this handle: its event log and log stay readable.
+    pub fn stop_keep(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -590,6 +678,28 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// GET `path` from `addr` (HTTP/1.0) and return (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    request(s, addr, path)
+}
+
+fn request(mut s: TcpStream, addr: SocketAddr, path: &str) -> (u16, String) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .unwrap_or_else(|e| panic!("send request: {e}"));
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .unwrap_or_else(|e| panic!("read response: {e}"));
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_owned())
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

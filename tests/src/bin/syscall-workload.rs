@@ -4,6 +4,8 @@
 //! - `getppid N`: exactly N raw `getppid` calls (nothing else here calls getppid);
 //! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
 //! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
+//! - `exec-true N`: N children, one after the other, each execs `/bin/true` and is reaped
+//!   (N execs and N exits in this cgroup, plus this process's own);
 //! - `move DIR`: moves this process into the cgroup directory DIR;
 //! - `burn-ms N`: spins until this process has used N ms of CPU time;
 //! - `alloc-mb N`: allocates and touches N MiB (to run into a memory limit);
@@ -65,6 +67,40 @@ fn main() -> ExitCode {
                             let mut status = 0;
                             // SAFETY: waiting for our own child with a valid status pointer.
                             unsafe { libc::waitpid(pid, &raw mut status, 0) };
+                        }
+                    }
+                }
+            }
+            "exec-true" => {
+                let path = c"/bin/true";
+                let argv = [path.as_ptr(), std::ptr::null()];
+                for _ in 0..n {
+                    // SAFETY: the child only calls execv and _exit (async-signal-safe) on
+                    // memory prepared before the fork.
+                    let pid = unsafe { libc::fork() };
+                    match pid {
+                        -1 => {
+                            eprintln!(
+                                "syscall-workload: fork: {}",
+                                std::io::Error::last_os_error()
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                        0 => {
+                            // SAFETY: a NUL-terminated path and argv, see above.
+                            unsafe {
+                                libc::execv(path.as_ptr(), argv.as_ptr());
+                                libc::_exit(127)
+                            }
+                        }
+                        pid => {
+                            let mut status = 0;
+                            // SAFETY: waiting for our own child with a valid status pointer.
+                            unsafe { libc::waitpid(pid, &raw mut status, 0) };
+                            if status != 0 {
+                                eprintln!("syscall-workload: /bin/true: status {status}");
+                                return ExitCode::FAILURE;
+                            }
                         }
                     }
                 }
