@@ -151,9 +151,13 @@ pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
 pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
 /// Per-CPU array: index 0 = violation events lost to a full ring buffer.
 pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
+/// Hash: [`crate::policy::ViolationKey`] → `[u64; 2]` (violations reported, the hook that
+/// saw them), written by the agent only: what its events have reported of each key, so the
+/// next agent (after a restart, `kill -9` included) reports each violation once.
+pub const MAP_POLICY_REPORTED: &str = "POLICY_REPORTED";
 
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 12] = [
+pub const POLICY_MAPS: [&str; 13] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -166,6 +170,7 @@ pub const POLICY_MAPS: [&str; 12] = [
     MAP_POLICY_CONFIG,
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
+    MAP_POLICY_REPORTED,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.

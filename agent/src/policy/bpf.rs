@@ -207,6 +207,8 @@ pub struct Kernel {
     /// LRU hash, read through the hash type.
     pub violations: HashMap<MapData, ViolationKey, ViolationState>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// `POLICY_REPORTED`, until the reporter takes it.
+    pub reported: Option<HashMap<MapData, ViolationKey, [u64; 2]>>,
     /// Kept open: programs loaded later refer to every map by its descriptor.
     _config: Array<MapData, u64>,
     links: BTreeMap<Hook, Vec<PinnedLink>>,
@@ -226,6 +228,7 @@ fn expected_value_size(map: &str) -> Option<u32> {
         names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
         names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
         names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
+        names::MAP_POLICY_REPORTED => size_of::<[u64; 2]>(),
         _ => return None,
     } as u32)
 }
@@ -331,6 +334,7 @@ impl Kernel {
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            reported: Some(take_map(&mut ebpf, names::MAP_POLICY_REPORTED)?),
             _config: config,
             ebpf,
             opts,

@@ -156,6 +156,8 @@ impl Engine {
             burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
+        let mut k = k;
+        self.report.keep_progress(k.reported.take(), k.adopted);
         if k.adopted {
             self.adopt(&k);
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");
