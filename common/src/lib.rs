@@ -57,6 +57,8 @@ pub mod event_kind {
     pub const TCP: u32 = 6;
     /// A DNS packet left a cgroup ([`crate::net::DnsEvent`]).
     pub const DNS: u32 = 7;
+    /// A task moved into a cgroup of the unified hierarchy ([`crate::MoveEvent`]).
+    pub const CGROUP_MOVE: u32 = 8;
 }
 
 /// Longest cgroup path (bytes, without the NUL) carried in a [`CgroupEvent`]. Longer paths are
@@ -106,6 +108,8 @@ mod pod {
     unsafe impl aya::Pod for crate::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::OomEvent {}
+    // SAFETY: repr(C), padding-free, plain integers.
+    unsafe impl aya::Pod for crate::MoveEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::net::FlowKey {}
     // SAFETY: as above.
@@ -167,6 +171,7 @@ mod tests {
         );
         assert_eq!(size_of::<ExitEvent>(), 64);
         assert_eq!(size_of::<OomEvent>(), 48);
+        assert_eq!(size_of::<MoveEvent>(), 40);
         // every event starts with its kind
         assert_eq!(core::mem::offset_of!(ExecEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(ExitEvent, kind), 0);

@@ -67,6 +67,8 @@ pub const GLOBAL_ATTACH_OFF_ROOT: &str = "ATTACH_OFF_ROOT";
 pub const GLOBAL_ATTACH_OFF_ID: &str = "ATTACH_OFF_ID";
 /// See [`GLOBAL_ATTACH_OFF_ROOT`].
 pub const GLOBAL_ATTACH_OFF_PID: &str = "ATTACH_OFF_PID";
+/// See [`GLOBAL_ATTACH_OFF_ROOT`] (`comm`, a `__data_loc` string).
+pub const GLOBAL_ATTACH_OFF_COMM: &str = "ATTACH_OFF_COMM";
 
 /// Per-CPU hash: cgroup id (`u64`) → [`crate::ProcessCounts`].
 pub const MAP_PROCESS_COUNTS: &str = "PROCESS_COUNTS";

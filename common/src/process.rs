@@ -106,6 +106,23 @@ pub struct ExitEvent {
     pub comm: [u8; 16],
 }
 
+/// A task was moved into a cgroup of the unified hierarchy (`cgroup:cgroup_attach_task`: a
+/// write to `cgroup.procs` or `cgroup.threads`, `clone3(CLONE_INTO_CGROUP)` does not fire it).
+/// One per task moved: a process's threads each send one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MoveEvent {
+    /// `event_kind::CGROUP_MOVE`.
+    pub kind: u32,
+    /// The task moved (its thread id).
+    pub pid: u32,
+    /// Destination cgroup.
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// The moved task's command name.
+    pub comm: [u8; 16],
+}
+
 /// The OOM killer marked a victim (`oom:mark_victim`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -87,6 +87,7 @@ const EVENT_TYPES: &[&str] = &[
     "container_stop",
     "flow",
     "policy_violation",
+    "cgroup_move",
 ];
 const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
 /// `type` of `palisade_events_kernel_lost_total`: the events the kernel counts per container.

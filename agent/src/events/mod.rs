@@ -31,10 +31,11 @@ pub enum EventType {
     ContainerStop,
     Flow,
     PolicyViolation,
+    CgroupMove,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
@@ -42,6 +43,7 @@ impl EventType {
         EventType::ContainerStop,
         EventType::Flow,
         EventType::PolicyViolation,
+        EventType::CgroupMove,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,7 @@ impl EventType {
             EventType::ContainerStop => "container_stop",
             EventType::Flow => "flow",
             EventType::PolicyViolation => "policy_violation",
+            EventType::CgroupMove => "cgroup_move",
         }
     }
 
@@ -120,6 +123,9 @@ pub struct Event {
     /// `policy_violation`: which policy and rule, what happened, and to what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violation: Option<Violation>,
+    /// `cgroup_move`: the container the process left, when the agent knew where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_container: Option<ContainerRef>,
 }
 
 impl Event {
@@ -135,6 +141,7 @@ impl Event {
             lifetime_seconds: None,
             flow: None,
             violation: None,
+            from_container: None,
         }
     }
 }
@@ -309,6 +316,7 @@ pub(crate) mod tests {
             lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
             flow: None,
             violation: None,
+            from_container: None,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
     identity::{Identity, Inserted},
     kernel::{
         CgroupChange, KernelEvent,
-        events::{Exec, Exit, ExitStatus, Oom},
+        events::{Exec, Exit, ExitStatus, Moved, Oom},
     },
     policy::{self, TargetInfo},
     procs::Proc,
@@ -136,6 +136,7 @@ impl Owner {
                     self.hub.publish(ev);
                 }
             }
+            KernelEvent::Moved(m) => self.on_moved(m, clock),
             KernelEvent::Exec(e) => self.on_exec(*e, clock),
             KernelEvent::Exit(e) => self.on_exit(e, clock),
             KernelEvent::Oom(e) => self.on_oom(e, clock),
@@ -183,6 +184,47 @@ impl Owner {
         self.hub.publish(Event {
             process: Some(process),
             ..Event::new(EventType::Exec, time, container_ref(&identity))
+        });
+    }
+
+    /// A task moved into another cgroup: one `cgroup_move` event, naming where it came from
+    /// when the process table knew (the table follows the process).
+    fn on_moved(&mut self, m: Moved, clock: &Clock) {
+        let from = self
+            .procs
+            .moved(m.pid, m.cgroup_id)
+            .filter(|was| *was != m.cgroup_id);
+        let process = match self.procs.get(m.pid) {
+            Some(p) => ProcessRef {
+                comm: m.comm.clone(),
+                ..process_ref(p)
+            },
+            None => ProcessRef {
+                pid: m.pid,
+                ppid: None,
+                uid: 0,
+                comm: m.comm.clone(),
+                exe: String::new(),
+                args: Vec::new(),
+                args_truncated: false,
+            },
+        };
+        let container = match self.identity_of(m.cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(m.cgroup_id),
+        };
+        let from_container = from.map(|id| match self.identity_of(id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(id),
+        });
+        self.hub.publish(Event {
+            process: Some(process),
+            from_container,
+            ..Event::new(
+                EventType::CgroupMove,
+                rfc3339(clock.wall(m.ktime_ns)),
+                container,
+            )
         });
     }
 
