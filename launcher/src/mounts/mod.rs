@@ -158,9 +158,14 @@ fn do_mount<S: Sys>(
             .map_err(what)?;
             let rest = m.flags & !(libc::MS_BIND | libc::MS_REC);
             if rest != 0 {
+                // `target` is the directory under the new mount: the remount needs the mount
+                // itself, found again by its path (as for read-only paths)
+                let again = sys
+                    .lookup(root, &m.destination)
+                    .map_err(at(MountOp::Reopen, m.destination.as_str()))?;
                 sys.mount(
                     None,
-                    t(),
+                    Loc::Node(&again),
                     None,
                     libc::MS_REMOUNT | libc::MS_BIND | rest,
                     None,
