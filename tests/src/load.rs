@@ -225,3 +225,50 @@ pub fn usage(pid: u32) -> Usage {
         tasks: count("task"),
     }
 }
+
+/// Follows an event log as it grows (and across one rotation), handing each complete line to
+/// a callback: counting millions of events without keeping them.
+pub struct LogTail {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    partial: String,
+}
+
+impl LogTail {
+    pub fn new(path: &std::path::Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            file: None,
+            partial: String::new(),
+        }
+    }
+
+    /// Reads what was appended since the last call.
+    pub fn poll(&mut self, mut line: impl FnMut(&str)) {
+        use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+        loop {
+            if self.file.is_none() {
+                self.file = std::fs::File::open(&self.path).ok();
+            }
+            let Some(f) = self.file.as_mut() else {
+                return;
+            };
+            let mut buf = String::new();
+            let _ = f.read_to_string(&mut buf);
+            self.partial.push_str(&buf);
+            while let Some(i) = self.partial.find('\n') {
+                let l: String = self.partial.drain(..=i).collect();
+                line(l.trim_end());
+            }
+            // rotated: the path names a new file; the old one is read to its end above
+            let rotated = match (f.metadata(), std::fs::metadata(&self.path)) {
+                (Ok(a), Ok(b)) => a.ino() != b.ino(),
+                _ => false,
+            };
+            if !rotated {
+                return;
+            }
+            self.file = None;
+        }
+    }
+}

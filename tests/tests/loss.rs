@@ -322,3 +322,110 @@ fn a_slow_subscriber_gets_events_lost_lines_that_match_the_counters() {
             .all(|l| l["container"]["cgroup_id"] == cg.id)
     );
 }
+
+/// `cargo xtask soak`: exec floods from two containers for `PALISADE_SOAK_SECONDS` against an
+/// agent with its default queues; every event delivered or counted lost, per container, and
+/// the rate it held. Prints a `palisade-report throughput {json}` line.
+#[test]
+#[ignore = "long: run by cargo xtask soak (PALISADE_SOAK_SECONDS)"]
+fn soak_events_per_second_with_zero_unaccounted_loss() {
+    use palisade_tests::load::LogTail;
+    use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+    let seconds: u64 = std::env::var("PALISADE_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("events.jsonl");
+    let agent = Agent::with_events_file(
+        "metrics:\n  collect_interval: 5s\nevents:\n  max_file_mib: 256\n  keep_files: 1\n",
+        &[],
+        &log,
+    );
+    let cgs: Vec<TestCgroup> = (0..2).map(|_| TestCgroup::new("soak")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = std::time::Instant::now();
+    let generators: Vec<std::thread::JoinHandle<u64>> = cgs
+        .iter()
+        .map(|cg| {
+            let path = cg.path.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut batches = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let st = std::process::Command::new(palisade_tests::workload_bin())
+                        .args(["move", &path.to_string_lossy(), "exec-true", "200"])
+                        .status()
+                        .unwrap_or_else(|e| panic!("generator: {e}"));
+                    assert!(st.success(), "generator: {st}");
+                    batches += 1;
+                }
+                batches
+            })
+        })
+        .collect();
+    // count as the log grows: (execs, exits) per container
+    let mut tail = LogTail::new(&log);
+    let mut counts = vec![(0u64, 0u64); cgs.len()];
+    let count = |l: &str, counts: &mut Vec<(u64, u64)>| {
+        for (i, cg) in cgs.iter().enumerate() {
+            if l.contains(&format!("\"cgroup_id\":{},", cg.id)) {
+                if l.starts_with("{\"type\":\"exec\"") {
+                    counts[i].0 += 1;
+                } else if l.starts_with("{\"type\":\"exit\"") {
+                    counts[i].1 += 1;
+                }
+            }
+        }
+    };
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tail.poll(|l| count(l, &mut counts));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let batches: Vec<u64> = generators
+        .into_iter()
+        .map(|g| g.join().unwrap_or_else(|_| panic!("generator failed")))
+        .collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    agent.drain();
+    tail.poll(|l| count(l, &mut counts));
+    let m = agent.metrics();
+    let mut delivered_total = 0;
+    let mut lost_total = 0;
+    for (i, cg) in cgs.iter().enumerate() {
+        // each batch: the generator moves itself in after its own exec, so its 200 children's
+        // execs and exits and its own exit count here
+        let c = cg.rel.as_str();
+        let execs = sum(&m, "palisade_process_execs_total", &[("container", c)]);
+        let exits = sum(&m, "palisade_process_exits_total", &[("container", c)]);
+        let lost = |t: &str| {
+            sum(
+                &m,
+                "palisade_events_kernel_lost_total",
+                &[("container", c), ("type", t)],
+            )
+        };
+        assert_eq!(execs, batches[i] * 200, "{c}: execs the kernel counted");
+        assert_eq!(exits, batches[i] * 201, "{c}: exits the kernel counted");
+        assert_eq!(counts[i].0 + lost("exec"), execs, "{c}: exec events");
+        assert_eq!(counts[i].1 + lost("exit"), exits, "{c}: exit events");
+        delivered_total += counts[i].0 + counts[i].1;
+        lost_total += lost("exec") + lost("exit");
+    }
+    let produced = delivered_total + lost_total;
+    eprintln!(
+        "palisade-report throughput {}",
+        serde_json::json!({
+            "seconds": elapsed,
+            "produced": produced,
+            "delivered": delivered_total,
+            "lost_counted": lost_total,
+            "unaccounted": 0,
+            "events_per_second": delivered_total as f64 / elapsed,
+            "ringbuf_full": sum(&m, "palisade_kernel_lost_total", &[("reason", "ringbuf_full")]),
+            "queue_waits": sum(&m, "palisade_kernel_queue_waits_total", &[]),
+            "rss_kib": palisade_tests::load::usage(agent.pid()).rss_kib,
+        })
+    );
+}

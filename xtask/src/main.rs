@@ -2,7 +2,8 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|net|launch|policy`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `soak`,
+//!   `bench syscalls|scrape|net|launch|policy`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -18,6 +19,7 @@ mod bench_policy;
 mod deps;
 mod fuzz;
 mod setup;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade developer tasks")]
@@ -57,6 +59,16 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u32,
     },
+    /// The long reliability runs (loss under load, churn, faults, fuzzing) against a release
+    /// agent, with a markdown report (needs root).
+    Soak {
+        /// About how long to run (the fuzz targets get two fifths, the flood a quarter).
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        /// Write the markdown report here (else to stdout).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -74,6 +86,9 @@ fn main() -> ExitCode {
         Task::Lint => setup::run().and_then(|()| lint()),
         Task::Deps => deps(),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds).map(drop)),
+        Task::Soak { minutes, report } => {
+            setup::run().and_then(|()| soak::run(minutes, report.as_deref()))
+        }
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
     };
     match r {
@@ -114,7 +129,7 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
