@@ -91,3 +91,76 @@ pub fn attached(dir: &Path) -> Vec<Attached> {
     out.sort();
     out
 }
+
+impl crate::Agent {
+    /// Ids and names of the BPF maps and programs this agent holds open.
+    pub fn bpf_objects(&self) -> (Vec<(u32, String)>, Vec<u32>) {
+        let mut maps = Vec::new();
+        let mut progs = Vec::new();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for e in std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(id) = line.strip_prefix("map_id:") {
+                    if let Ok(id) = id.trim().parse::<u32>() {
+                        let name = aya::maps::MapInfo::from_id(id)
+                            .ok()
+                            .and_then(|i| i.name_as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        maps.push((id, name));
+                    }
+                } else if let Some(id) = line.strip_prefix("prog_id:")
+                    && let Ok(id) = id.trim().parse::<u32>()
+                {
+                    progs.push(id);
+                }
+            }
+        }
+        maps.sort();
+        maps.dedup();
+        progs.sort();
+        progs.dedup();
+        (maps, progs)
+    }
+
+    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
+    /// errnos, process counters).
+    pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
+        use aya::maps::{Map, MapData, PerCpuHashMap};
+        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
+        let mut ids = Vec::new();
+        for (id, name) in self.bpf_objects().0 {
+            if name != names::MAP_SYSCALL_STATS
+                && name != names::MAP_SYSCALL_ERRNOS
+                && name != names::MAP_PROCESS_COUNTS
+            {
+                continue;
+            }
+            let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
+            if name == names::MAP_PROCESS_COUNTS {
+                let m: PerCpuHashMap<_, u64, palisade_common::ProcessCounts> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok));
+            } else if name == names::MAP_SYSCALL_STATS {
+                let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            } else {
+                let m: PerCpuHashMap<_, ErrnoKey, u64> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}

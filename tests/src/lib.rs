@@ -7,6 +7,7 @@
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod bpf;
 pub mod catalog;
+mod http;
 pub mod launch;
 pub mod load;
 mod metrics;
@@ -15,13 +16,14 @@ mod otlp;
 mod podman;
 pub mod policy;
 
+pub use http::http_get;
 pub use metrics::{Metrics, Sample, promtool_check_metrics};
 pub use netns::{TestNetns, net_workload_bin, start_server};
 pub use otlp::{OtlpReceiver, otlp_attr};
 pub use podman::{PODMAN_FLAGS, PodmanContainer, busybox_image};
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{SocketAddr, TcpStream},
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
@@ -356,34 +358,7 @@ impl Agent {
         };
         let mut cmd = Command::new(palisade_bin());
         if !unmount.is_empty() {
-            let paths: Vec<std::ffi::CString> = unmount
-                .iter()
-                .map(|p| std::ffi::CString::new(*p).unwrap_or_else(|e| panic!("{p}: {e}")))
-                .collect();
-            // SAFETY: between fork and exec: unshare, mount and umount2 only, on memory
-            // prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    for p in &paths {
-                        // every mount stacked there
-                        while libc::umount2(p.as_ptr(), libc::MNT_DETACH) == 0 {}
-                    }
-                    Ok(())
-                });
-            }
+            load::without_mounts(&mut cmd, unmount);
         }
         let mut child = cmd
             .arg("agent")
@@ -478,38 +453,6 @@ impl Agent {
         )
     }
 
-    /// Waits until every event the kernel queued before this call is in the event log: the
-    /// telemetry ring buffer, the agent's queue and the log keep their order, so once an exec
-    /// made now (`/bin/true palisade-drain-N`, in a cgroup of its own) is logged, so is
-    /// everything queued before it. "Exactly one" checks count after a drain, not at the first
-    /// match. (Policy violations travel on their own ring buffer: not covered.)
-    /// (A marker lost to a full ring buffer is counted like any event: the next one is sent.)
-    pub fn drain(&self) {
-        let cg = TestCgroup::new("drain");
-        for _ in 0..20 {
-            let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let marker = format!("palisade-drain-{}-{n}", std::process::id());
-            let st = cg
-                .command("/bin/true")
-                .arg(&marker)
-                .status()
-                .unwrap_or_else(|e| panic!("drain marker: {e}"));
-            assert!(st.success(), "drain marker: {st}");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if self.events().iter().any(|e| {
-                    e["type"] == "exec"
-                        && e["container"]["cgroup_id"] == cg.id
-                        && e["process"]["args"][1] == marker.as_str()
-                }) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("no drain marker reached the event log:\n{}", self.log());
-    }
-
     /// This agent's control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
@@ -537,7 +480,7 @@ impl Agent {
     pub fn get(&self, path: &str) -> (u16, String) {
         let s = TcpStream::connect(self.addr)
             .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.addr, self.log()));
-        request(s, self.addr, path)
+        http::request(s, self.addr, path)
     }
 
     /// The `/metrics` page (must answer 200).
@@ -554,77 +497,6 @@ impl Agent {
 
     pub fn metrics(&self) -> Metrics {
         Metrics::parse(&self.scrape())
-    }
-
-    /// Ids and names of the BPF maps and programs this agent holds open.
-    pub fn bpf_objects(&self) -> (Vec<(u32, String)>, Vec<u32>) {
-        let mut maps = Vec::new();
-        let mut progs = Vec::new();
-        let dir = format!("/proc/{}/fdinfo", self.pid());
-        for e in std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .flatten()
-        {
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            for line in text.lines() {
-                if let Some(id) = line.strip_prefix("map_id:") {
-                    if let Ok(id) = id.trim().parse::<u32>() {
-                        let name = aya::maps::MapInfo::from_id(id)
-                            .ok()
-                            .and_then(|i| i.name_as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        maps.push((id, name));
-                    }
-                } else if let Some(id) = line.strip_prefix("prog_id:")
-                    && let Ok(id) = id.trim().parse::<u32>()
-                {
-                    progs.push(id);
-                }
-            }
-        }
-        maps.sort();
-        maps.dedup();
-        progs.sort();
-        progs.dedup();
-        (maps, progs)
-    }
-
-    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
-    /// errnos, process counters).
-    pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
-        use aya::maps::{Map, MapData, PerCpuHashMap};
-        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
-        let mut ids = Vec::new();
-        for (id, name) in self.bpf_objects().0 {
-            if name != names::MAP_SYSCALL_STATS
-                && name != names::MAP_SYSCALL_ERRNOS
-                && name != names::MAP_PROCESS_COUNTS
-            {
-                continue;
-            }
-            let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
-            if name == names::MAP_PROCESS_COUNTS {
-                let m: PerCpuHashMap<_, u64, palisade_common::ProcessCounts> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok));
-            } else if name == names::MAP_SYSCALL_STATS {
-                let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
-            } else {
-                let m: PerCpuHashMap<_, ErrnoKey, u64> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 
     /// SIGKILL: the agent gets no chance to clean anything up.
@@ -678,28 +550,6 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
-}
-
-/// GET `path` from `addr` (HTTP/1.0) and return (status code, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    request(s, addr, path)
-}
-
-fn request(mut s: TcpStream, addr: SocketAddr, path: &str) -> (u16, String) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        .unwrap_or_else(|e| panic!("send request: {e}"));
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .unwrap_or_else(|e| panic!("read response: {e}"));
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_owned())
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

@@ -220,4 +220,3 @@ fn ptrace_child() -> Result<(), std::io::Error> {
     }
     err.map_or(Ok(()), Err)
 }
-
