@@ -5,6 +5,7 @@
 //!
 //! Field offsets come from tracefs `format` files at load time (globals below); the defaults are
 //! the layout seen on 6.x kernels.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::bpf_probe_read_kernel_str_bytes,
@@ -12,7 +13,6 @@ use aya_ebpf::{
     maps::RingBuf,
     programs::TracePointContext,
 };
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
     CGROUP_PATH_MAX, CgroupEvent, MoveEvent,
     event_kind::{CGROUP_MKDIR, CGROUP_MOVE, CGROUP_RMDIR},

@@ -125,7 +125,11 @@ fn containers_churned_in_waves_leave_nothing_behind_and_memory_settles() {
     registry_matches_hierarchy(&agent);
     let in_maps = agent.cgroup_ids_in_maps();
     let leaked: Vec<&u64> = all_ids.iter().filter(|id| in_maps.contains(id)).collect();
-    assert!(leaked.is_empty(), "kernel entries left for {} cgroups", leaked.len());
+    assert!(
+        leaked.is_empty(),
+        "kernel entries left for {} cgroups",
+        leaked.len()
+    );
     let m = agent.metrics();
     assert_eq!(sum(&m, "palisade_identity_dropped_total", &[]), 0);
     // descriptors and threads back to where they were (idle blocking-pool threads end after

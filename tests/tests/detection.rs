@@ -41,10 +41,20 @@ fn a_dropped_binary_run_at_once_is_one_exec_of_its_new_path() {
     agent.drain();
     let execs = events_of(&agent, "exec", &cg);
     assert_eq!(execs.len(), 1, "{execs:?}");
-    assert_eq!(execs[0]["process"]["exe"], dropped.to_string_lossy().as_ref());
+    assert_eq!(
+        execs[0]["process"]["exe"],
+        dropped.to_string_lossy().as_ref()
+    );
     assert_eq!(execs[0]["container"]["name"], cg.rel.as_str());
     let m = agent.metrics();
-    assert_eq!(sum(&m, "palisade_process_execs_total", &[("container", &cg.rel)]), 1);
+    assert_eq!(
+        sum(
+            &m,
+            "palisade_process_execs_total",
+            &[("container", &cg.rel)]
+        ),
+        1
+    );
 }
 
 #[test]
@@ -59,7 +69,9 @@ fn a_fileless_exec_from_a_memfd_is_an_exec_of_a_dev_fd_path() {
     assert_eq!(execs.len(), 2, "{execs:?}");
     let memfd = &execs[1]["process"];
     assert!(
-        memfd["exe"].as_str().is_some_and(|e| e.starts_with("/dev/fd/")),
+        memfd["exe"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("/dev/fd/")),
         "{memfd}"
     );
     assert_eq!(memfd["args"], serde_json::json!(["memfd", "from-memfd"]));
@@ -125,7 +137,10 @@ fn a_shell_spawned_in_a_container_is_an_exec_and_a_violation() {
     let execs = events_of(&agent, "exec", &cg);
     assert_eq!(execs.len(), 1, "{execs:?}");
     assert_eq!(execs[0]["process"]["exe"], "/bin/sh");
-    assert_eq!(execs[0]["process"]["args"], serde_json::json!(["/bin/sh", "-c", "exit 0"]));
+    assert_eq!(
+        execs[0]["process"]["args"],
+        serde_json::json!(["/bin/sh", "-c", "exit 0"])
+    );
     assert_eq!(v[0]["violation"]["hook"], "exec");
     assert_eq!(v[0]["violation"]["exec"], "/bin/sh");
     assert_eq!(
@@ -183,7 +198,11 @@ fn a_connect_to_a_denied_port_is_refused_and_one_violation_each() {
             .args(["try-connect", "127.0.0.1:7803"])
             .output()
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "error 1", "EPERM");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "error 1",
+            "EPERM"
+        );
     }
     let _ = server.kill();
     let _ = server.wait();
@@ -231,7 +250,10 @@ fn a_write_below_proc_sys_in_a_sandbox_fails_and_each_attempt_is_counted() {
         "for i in 1 2 3; do echo palisade > /proc/sys/kernel/domainname 2>/dev/null && echo wrote; done; exit 0",
     ]);
     assert_eq!(out.code, 0, "{out}");
-    assert!(!out.stdout.contains("wrote"), "a write below /proc/sys succeeded: {out}");
+    assert!(
+        !out.stdout.contains("wrote"),
+        "a write below /proc/sys succeeded: {out}"
+    );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/domainname").unwrap_or_default(),
         host_before

@@ -1,8 +1,7 @@
 //! Ring-buffer records → typed events. Every record starts with its `u32` kind.
 use palisade_common::{
     CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent,
-    MoveEvent, OomEvent,
-    event_kind, exec_flags,
+    MoveEvent, OomEvent, event_kind, exec_flags,
     net::{AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FlowKey, FlowStats, TcpEvent},
 };
 use tracing::warn;
