@@ -200,14 +200,18 @@ impl Btf {
         let Some(Type::Composite { members, .. }) = self.resolve(id) else {
             return None;
         };
+        // an offset past u32 is a malformed blob: not found (never a wrapped offset)
         for m in members {
             if m.name == member {
-                return Some((base + m.bit_offset, m.bitfield));
+                return Some((base.checked_add(m.bit_offset)?, m.bitfield));
             }
         }
         // anonymous members: search inside
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Some(found) = self.find(m.type_id, member, base + m.bit_offset, depth + 1) {
+            let Some(at) = base.checked_add(m.bit_offset) else {
+                continue;
+            };
+            if let Some(found) = self.find(m.type_id, member, at, depth + 1) {
                 return Some(found);
             }
         }
@@ -312,6 +316,17 @@ mod tests {
             Err(BtfError::NoStruct(_))
         ));
         assert!(Btf::parse(b"nope").is_err());
+    }
+
+    /// Found by the `btf` fuzz target: member offsets that add past u32 inside nested
+    /// anonymous members (an overflow panic, or a wrapped offset in a release build).
+    #[test]
+    fn offsets_that_overflow_are_not_found() {
+        let blob = include_bytes!("testdata/btf-offset-overflow.bin");
+        let btf = Btf::parse(blob).unwrap();
+        for (ty, m) in [("outer", "a"), ("outer", "in"), ("outer", "x"), ("outer", "zz")] {
+            let _ = btf.member_offset(ty, m);
+        }
     }
 
     #[test]
