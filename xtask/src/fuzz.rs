@@ -34,9 +34,14 @@ pub struct Outcome {
     pub corpus: u64,
 }
 
-fn cargo_fuzz() -> Command {
+/// `cargo fuzz SUBCOMMAND --fuzz-dir fuzz --sanitizer none`: the targets are safe Rust
+/// parsers, where AddressSanitizer finds nothing libFuzzer's own checks do not (a panic, a
+/// hang past -timeout, memory past -rss_limit_mb, a stack overflow): without it the build of
+/// the agent's dependency tree takes 30 % less time and inputs run faster.
+fn cargo_fuzz(sub: &str) -> Command {
     let mut c = Command::new("rustup");
-    c.args(["run", "nightly", "cargo", "fuzz"])
+    c.args(["run", "nightly", "cargo", "fuzz", sub])
+        .args(["--fuzz-dir", "fuzz", "--sanitizer", "none"])
         .current_dir(root())
         // the agent's eBPF programs are never loaded by a fuzz target: skip building them
         .env("AYA_BUILD_SKIP", "1");
@@ -46,7 +51,7 @@ fn cargo_fuzz() -> Command {
 /// Builds every target, then runs each for `seconds`.
 pub fn run(seconds: u32) -> Result<Vec<Outcome>> {
     step("building the fuzz targets (cargo fuzz, nightly)");
-    exec(cargo_fuzz().args(["build", "--fuzz-dir", "fuzz"]))?;
+    exec(&mut cargo_fuzz("build"))?;
     let mut out = Vec::new();
     for target in TARGETS {
         out.push(run_one(target, seconds)?);
@@ -70,8 +75,8 @@ fn run_one(target: &'static str, seconds: u32) -> Result<Outcome> {
     std::fs::create_dir_all(&corpus).with_context(|| format!("mkdir {}", corpus.display()))?;
     let seeds = root().join("fuzz/seeds").join(target);
     let start = Instant::now();
-    let mut child = cargo_fuzz()
-        .args(["run", "--fuzz-dir", "fuzz", target])
+    let mut child = cargo_fuzz("run")
+        .arg(target)
         .arg(&corpus)
         .arg(&seeds)
         .arg("--")
