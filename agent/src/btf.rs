@@ -324,7 +324,12 @@ mod tests {
     fn offsets_that_overflow_are_not_found() {
         let blob = include_bytes!("testdata/btf-offset-overflow.bin");
         let btf = Btf::parse(blob).unwrap();
-        for (ty, m) in [("outer", "a"), ("outer", "in"), ("outer", "x"), ("outer", "zz")] {
+        for (ty, m) in [
+            ("outer", "a"),
+            ("outer", "in"),
+            ("outer", "x"),
+            ("outer", "zz"),
+        ] {
             let _ = btf.member_offset(ty, m);
         }
     }
