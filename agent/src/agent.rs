@@ -190,6 +190,12 @@ async fn serve_all(
         .collect();
     info!(layout = %mounts.layout, unified_root = %unified_root.display(), features = %summary.join(","), elapsed_ms = report.elapsed_ms as u64, "kernel features probed");
 
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::config::NodeName::from_hostname)
+        .0;
+    info!(node = %node, "node name");
     let sc = &config.syscalls;
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
@@ -234,6 +240,7 @@ async fn serve_all(
             (names::MAP_SYSCALL_STATS, u64::from(sc.stats_max_entries.0)),
             (names::MAP_SYSCALL_ERRNOS, u64::from(sc.errno_max_entries.0)),
         ],
+        node: node.clone(),
     };
     let hub = Arc::new(Hub::new(config.events.queue));
     // The event log and the exporter listen from the first event on: whatever is published
@@ -249,6 +256,9 @@ async fn serve_all(
         hub: hub.clone(),
     });
     let otlp_cfg = config.otlp.clone();
+    // The OTLP metric export reads what each collection publishes.
+    let (published, families) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let published = (otlp_cfg.metrics && otlp_cfg.endpoint.is_some()).then_some(published);
     let pin_dir = config.policy.pin_dir.clone();
     let (state, state_task) = state::spawn(state::Parts {
         kernel: kernel_handle.clone(),
@@ -263,6 +273,7 @@ async fn serve_all(
             config.resources.cgroup_v1_root.as_deref(),
         ),
         unified_root: unified_root.clone(),
+        published,
         config,
     });
 
@@ -277,7 +288,8 @@ async fn serve_all(
         }
     }
 
-    let otlp = crate::otlp::start(&otlp_cfg, hub.clone(), otlp_rx)?;
+    let otlp = crate::otlp::start(&otlp_cfg, &node, hub.clone(), otlp_rx)?;
+    let otlp_metrics = crate::otlp_metrics::start(&otlp_cfg, &node, families)?;
     let mut tasks = vec![state_task];
     let log_task = match (event_log, log_rx) {
         (Some(target), Some(rx)) => {
@@ -326,6 +338,9 @@ async fn serve_all(
     }
     if let Some(o) = otlp {
         o.shutdown().await;
+    }
+    if let Some(o) = otlp_metrics {
+        tokio::task::block_in_place(|| o.shutdown());
     }
     info!(accounting = %hub.accounting(), "events at shutdown");
     if let Some(path) = &ready_file {

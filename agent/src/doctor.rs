@@ -78,6 +78,75 @@ pub fn render(report: &Report) -> String {
     out
 }
 
+/// `palisade doctor --output json`: one object, documented in `palisade doctor --help` and the
+/// README; fields may be added, none renamed or removed.
+#[derive(Debug, serde::Serialize)]
+pub struct JsonReport {
+    /// `v1`, `hybrid` or `v2`; null when no cgroup mount was found.
+    pub cgroup_layout: Option<String>,
+    pub unified_root: Option<String>,
+    pub features: Vec<JsonFeature>,
+    pub agent_can_run: bool,
+    pub missing_required: Vec<&'static str>,
+    /// `tracepoints` (cgroup_mkdir/rmdir events and rescans) or `rescans` only.
+    pub cgroup_discovery: &'static str,
+    pub probe_ms: u128,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct JsonFeature {
+    pub name: &'static str,
+    pub available: bool,
+    /// The agent cannot run without it.
+    pub required: bool,
+    pub used_for: &'static str,
+    pub detail: String,
+}
+
+/// The report as [`JsonReport`].
+pub fn json_report(report: &Report) -> JsonReport {
+    let features: Vec<JsonFeature> = report
+        .features
+        .iter()
+        .map(|f| {
+            let (used_for, required) = role(f.name);
+            JsonFeature {
+                name: f.name,
+                available: f.available,
+                required,
+                used_for,
+                detail: f.detail.clone(),
+            }
+        })
+        .collect();
+    let missing_required: Vec<&'static str> = features
+        .iter()
+        .filter(|f| f.required && !f.available)
+        .map(|f| f.name)
+        .collect();
+    JsonReport {
+        cgroup_layout: report.layout.map(|l| l.to_string()),
+        unified_root: report
+            .unified_root
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        agent_can_run: missing_required.is_empty(),
+        missing_required,
+        cgroup_discovery: if report.get("tracepoint").is_some_and(|f| f.available) {
+            "tracepoints"
+        } else {
+            "rescans"
+        },
+        probe_ms: report.elapsed_ms,
+        features,
+    }
+}
+
+/// The JSON line `palisade doctor --output json` prints.
+pub fn json(report: &Report) -> String {
+    serde_json::to_string(&json_report(report)).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
 /// Exit status for `palisade doctor`: 0 when the agent can run.
 pub fn exit_code(report: &Report) -> i32 {
     let ok = report
@@ -126,5 +195,17 @@ mod tests {
         let bad = report(&[("raw_tracepoint", false), ("ring_buffer", true)]);
         assert_eq!(exit_code(&bad), 1);
         assert!(render(&bad).contains("missing required features: raw_tracepoint"));
+
+        let j: serde_json::Value = serde_json::from_str(&json(&ok)).unwrap();
+        assert_eq!(j["cgroup_layout"], "hybrid");
+        assert_eq!(j["unified_root"], "/sys/fs/cgroup/unified");
+        assert_eq!(j["agent_can_run"], true);
+        assert_eq!(j["cgroup_discovery"], "tracepoints");
+        assert_eq!(j["features"][0]["name"], "raw_tracepoint");
+        assert_eq!(j["features"][0]["required"], true);
+        assert_eq!(j["features"][3]["available"], false);
+        let j: serde_json::Value = serde_json::from_str(&json(&bad)).unwrap();
+        assert_eq!(j["agent_can_run"], false);
+        assert_eq!(j["missing_required"], serde_json::json!(["raw_tracepoint"]));
     }
 }

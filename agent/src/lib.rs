@@ -19,6 +19,7 @@ mod metrics;
 mod model;
 mod net;
 mod otlp;
+mod otlp_metrics;
 mod policy;
 mod procs;
 mod resources;

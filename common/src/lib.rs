@@ -146,6 +146,8 @@ mod pod {
     unsafe impl aya::Pod for crate::policy::ArgKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::ArgRule {}
+    // SAFETY: as above (a global of the policy object).
+    unsafe impl aya::Pod for crate::policy::ExecOffsets {}
 }
 
 #[cfg(test)]
@@ -203,9 +205,11 @@ mod tests {
         assert_eq!(size_of::<ArgAlt>(), 8 + 24 * MAX_ARG_CONDS);
         assert_eq!(size_of::<ArgRule>(), 8 + size_of::<ArgAlt>() * MAX_ARG_ALTS);
         assert_eq!(size_of::<ArgKey>(), 8);
+        assert_eq!(size_of::<ExecOffsets>(), 8 + 4 * 24);
+        assert_eq!(size_of::<ExecPaths>(), 40 + 3 * POLICY_PATH_MAX);
         assert_eq!(
             size_of::<PolicyEvent>(),
-            32 + 24 + 16 + 40 + 8 + POLICY_PATH_MAX
+            32 + 24 + 16 + 40 + size_of::<ExecPaths>()
         );
     }
 }

@@ -178,7 +178,11 @@ pub const POLICY_MAPS: [&str; 13] = [
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
 pub const PROG_POLICY_SYS_ENTER: &str = "policy_sys_enter";
 pub const PROG_POLICY_SYS_EXIT: &str = "policy_sys_exit";
+/// Raw tracepoint on `sched_process_exec`: exec rules on the file executed (kernel BTF).
 pub const PROG_POLICY_EXEC: &str = "policy_exec";
+/// Classic tracepoint on `sched:sched_process_exec`: exec rules on the path given to execve
+/// (the best-effort fallback without kernel BTF).
+pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
 pub const PROG_POLICY_CONNECT4: &str = "policy_connect4";
 pub const PROG_POLICY_CONNECT6: &str = "policy_connect6";
 pub const PROG_POLICY_SENDMSG4: &str = "policy_sendmsg4";
@@ -190,4 +194,6 @@ pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
 /// Globals of the policy object.
 pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";
 pub const GLOBAL_POLICY_EXEC_OFF_FILENAME: &str = "POLICY_EXEC_OFF_FILENAME";
+/// Global [`crate::policy::ExecOffsets`]: kernel struct offsets for the exec walk.
+pub const GLOBAL_POLICY_EXEC_OFFSETS: &str = "POLICY_EXEC_OFFSETS";
 pub const GLOBAL_POLICY_ENTER_MASK: &str = "POLICY_ENTER_MASK";

@@ -18,7 +18,7 @@ pub enum NetMode {
 pub const HELP: &str = "\
 Examples:
   palisade run --name web --memory 256M --cpus 0.5 --pids 128 --rootfs ./rootfs -- /bin/httpd -f
-  palisade run --name job --seccomp ./docker-default.json -- /usr/bin/make test
+  palisade run --name job --seccomp ./docker-default.json -v $PWD:/src -- /usr/bin/make test
   palisade run --bundle ./mybundle                  an OCI bundle, as `runc spec` makes it
   palisade run --name web --replicas 3 --rootfs ./rootfs -- /bin/sh -c 'hostname'
   palisade run --name batch --require-agent -- ./job.sh   refuse to run unaudited
@@ -27,7 +27,10 @@ Isolation: new pid (the launcher's init is pid 1: it reaps zombies, forwards SIG
 SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2), mount, UTS, IPC and cgroup namespaces; --net none (the
 default) gives a network namespace with only loopback. With --rootfs the workload pivot_roots
 into it with fresh /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and
-/sys/fs/cgroup (read-only); without, it sees the host's files in a private mount namespace.
+/sys/fs/cgroup (read-only); without, it sees the host's files read-only (every submount
+too) with a fresh /proc, private tmpfs on /tmp and /dev/shm, and /run/palisade, /sys/fs/bpf
+and the filter cache hidden. Writable host paths: --volume HOST:DEST[:ro|rw] only.
+No descriptor beyond stdin, stdout and stderr reaches the workload.
 Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_privs;
 devices: null, zero, full, random, urandom, tty, ptmx, pts only.
 
@@ -74,13 +77,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
     /// Root filesystem to pivot_root into, with /proc, /dev, /sys mounted fresh. Without it
-    /// the workload sees the host's files (in its own mount namespace, with a fresh /proc).
+    /// the workload sees the host's files read-only (submounts too), with a fresh /proc, a
+    /// private /tmp, and /run/palisade and /sys/fs/bpf hidden.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Bind the host path HOST at DEST (Docker's -v syntax; repeatable): read-write unless
+    /// `:ro`. The only host files a workload can write: without --rootfs the host's tree is
+    /// read-only, and DEST must exist in it.
+    #[arg(long = "volume", short = 'v', value_name = "HOST:DEST[:ro|rw]")]
+    pub volumes: Vec<String>,
     /// Run as UID:GID (numbers; supplementary groups are cleared) [default: 0:0].
     #[arg(long, value_name = "UID:GID")]
     pub user: Option<String>,
-    /// Working directory inside the workload [default: / with --rootfs, else the current one].
+    /// Working directory inside the workload [default: / with --rootfs, else the current one;
+    /// below /tmp it does not exist inside: the workload's /tmp is its own].
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
     /// Environment variable K=V for the workload (repeatable; `K` alone copies it from here).
@@ -94,8 +104,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,
     /// Policy file: the policy selecting this workload (by workload name or cgroup path)
-    /// becomes its seccomp filter (syscall rules), its cgroup limits (resources) and, through
-    /// the agent, its exec and network rules, all in force from its first instruction.
+    /// adds its syscall rules to the seccomp profile (a second filter: the stricter answer
+    /// wins), sets its cgroup limits (resources) and, through the agent, its exec and network
+    /// rules, all in force from its first instruction.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// The command and its arguments (after `--`); with --bundle, replaces process.args.

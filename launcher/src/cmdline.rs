@@ -88,10 +88,54 @@ pub fn default_mounts() -> Vec<Mount> {
     ]
 }
 
+/// Without `--rootfs`: a /proc for the new pid namespace, and private tmpfs mounts on /tmp
+/// and /dev/shm (the host's would be read-only, and /dev/shm would be the host's shared
+/// memory). The host's tree itself is bound read-only by [`crate::mounts::setup`].
+pub fn host_mounts(dev_shm: bool) -> Vec<Mount> {
+    let mut m = vec![
+        mount("/proc", MountKind::Proc, "proc", MS_STD, ""),
+        mount(
+            "/tmp",
+            MountKind::Tmpfs,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+    ];
+    if dev_shm {
+        m.push(mount(
+            "/dev/shm",
+            MountKind::Tmpfs,
+            "shm",
+            MS_STD,
+            "mode=1777,size=65536k",
+        ));
+    }
+    m
+}
+
+/// What a workload on the host's tree must not see (besides runc's masked paths): the agent's
+/// directory (control socket, filter cache), the pinned eBPF objects of every agent
+/// (`/sys/fs/bpf/palisade*` and the rest of bpffs) and the agent socket the launcher talks to.
+pub fn host_masked_paths(agent_socket: Option<&Path>) -> Vec<String> {
+    let mut m: Vec<String> = [plan::AGENT_DIR, "/sys/fs/bpf", seccomp::CACHE_DIR]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let sock = agent_socket.unwrap_or(Path::new(palisade_proto::DEFAULT_SOCKET));
+    if let Some(s) = sock.to_str()
+        && s.starts_with('/')
+        && !m.iter().any(|d| Path::new(s).starts_with(d))
+    {
+        m.push(s.to_owned());
+    }
+    m
+}
+
 /// `default`, `unconfined` or a file.
 pub fn load_profile(choice: &str, caps: u64) -> Result<Option<Profile>, SeccompError> {
     match choice {
-        "default" => Ok(Some(seccomp::palisade_default())),
+        "default" => Ok(Some(seccomp::palisade_default(caps))),
         "unconfined" => Ok(None),
         file => seccomp::read_profile(Path::new(file), &seccomp::Host::detect(caps)).map(Some),
     }
@@ -202,11 +246,13 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into()),
     };
-    let mut mounts = default_mounts();
-    if root.is_none() {
-        // the host's files: only a /proc that matches the new pid namespace
-        mounts.truncate(1);
-    }
+    let mut masked_paths: Vec<String> = MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect();
+    let mounts = if root.is_some() {
+        default_mounts()
+    } else {
+        masked_paths.extend(host_masked_paths(a.agent_socket.as_deref()));
+        host_mounts(Path::new("/dev/shm").is_dir())
+    };
     let caps = CapSets::uniform(caps::oci_default());
     let mut plan = Plan {
         name,
@@ -234,9 +280,9 @@ pub fn from_args(a: &RunArgs) -> Result<Plan, LaunchError> {
         devices: std::iter::once(plan::deny_all_devices())
             .chain(plan::default_devices())
             .collect(),
-        seccomp: None,
+        seccomp: Vec::new(),
         init_seccomp: None,
-        masked_paths: MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+        masked_paths,
         readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
         rootfs_propagation: libc::MS_PRIVATE | libc::MS_REC,
     };
@@ -300,11 +346,15 @@ pub fn apply_overrides(
         plan.process.cwd = c.clone();
     }
     apply_env(&mut plan.process.env, &a.env);
+    for v in &a.volumes {
+        let m = crate::volume::parse(v, plan.root.is_some()).map_err(PlanError::from)?;
+        plan.mounts.push(m);
+    }
     if a.bundle.is_some() && !a.command.is_empty() {
         plan.process.args = a.command.clone();
     }
     if a.bundle.is_none() || a.seccomp.is_some() {
-        plan.seccomp = compile_seccomp(profile)?;
+        plan.seccomp = compile_seccomp(profile)?.into_iter().collect();
     }
     Ok(())
 }

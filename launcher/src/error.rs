@@ -98,6 +98,8 @@ pub enum PlanError {
     CapabilitiesNotHeld { missing: u64 },
     #[error("linux.namespaces: the network namespace {} does not exist", .0.display())]
     NoNetworkNamespace(PathBuf),
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
 }
 
 impl PlanError {

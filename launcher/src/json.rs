@@ -1,7 +1,11 @@
 //! A small walker over `serde_json::Value` that remembers where it is, so every error about an
 //! OCI `config.json` or a seccomp profile names the field by its JSON path
-//! (`linux.resources.memory.limit`, `syscalls[3].args[0].op`), and every key nobody asked for
-//! is an error instead of being ignored.
+//! (`linux.resources.memory.limit`, `syscalls[3].args[0].op`). A key nobody asked for is an
+//! error (seccomp profile files), or, in a tree read with [`Field::root_ignoring_unknown`] (an
+//! OCI `config.json`: the runtime spec has runtimes ignore unknown properties), collected by its
+//! path so the caller can say what it ignored.
+use std::{cell::RefCell, rc::Rc};
+
 use serde_json::{Map, Value};
 
 /// An error about one field, named by its JSON path, with the value found there.
@@ -38,11 +42,24 @@ pub fn parse(text: &str) -> std::result::Result<Value, serde_json::Error> {
     serde_json::from_str(text)
 }
 
+/// Where the paths of ignored unknown keys go (see [`Field::root_ignoring_unknown`]).
+#[derive(Debug, Clone, Default)]
+pub struct Ignored(Rc<RefCell<Vec<String>>>);
+
+impl Ignored {
+    /// The JSON paths ignored so far, in the order met.
+    pub fn paths(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
+}
+
 /// A value and its path.
 #[derive(Debug, Clone)]
 pub struct Field {
     pub path: String,
     pub value: Value,
+    /// Set in trees whose unknown keys are ignored: where their paths go.
+    ignored: Option<Ignored>,
 }
 
 impl Field {
@@ -50,6 +67,18 @@ impl Field {
         Self {
             path: String::new(),
             value,
+            ignored: None,
+        }
+    }
+
+    /// The root of a tree whose unknown keys, at any depth, are not errors: [`Obj::finish`]
+    /// records their paths in `ignored` instead. Known keys that are not supported still fail
+    /// ([`Obj::unsupported`]).
+    pub fn root_ignoring_unknown(value: Value, ignored: &Ignored) -> Self {
+        Self {
+            path: String::new(),
+            value,
+            ignored: Some(ignored.clone()),
         }
     }
 
@@ -90,6 +119,7 @@ impl Field {
             Value::Object(map) => Ok(Obj {
                 path: self.path,
                 map,
+                ignored: self.ignored,
             }),
             _ => Err(self.expected("an object")),
         }
@@ -133,6 +163,7 @@ impl Field {
                 .map(|(i, value)| Field {
                     path: format!("{}[{i}]", self.path),
                     value,
+                    ignored: self.ignored.clone(),
                 })
                 .collect()),
             _ => Err(self.expected("an array")),
@@ -149,6 +180,7 @@ impl Field {
 pub struct Obj {
     path: String,
     map: Map<String, Value>,
+    ignored: Option<Ignored>,
 }
 
 impl Obj {
@@ -157,6 +189,7 @@ impl Obj {
         Self {
             path: path.to_owned(),
             map: Map::new(),
+            ignored: None,
         }
     }
 
@@ -179,6 +212,7 @@ impl Obj {
             Some(value) => Some(Field {
                 path: self.child_path(key),
                 value,
+                ignored: self.ignored.clone(),
             }),
         }
     }
@@ -235,8 +269,14 @@ impl Obj {
         }
     }
 
-    /// Every key not taken is an error: nothing in the input is silently ignored.
+    /// Every key not taken is an error (nothing in the input is silently ignored), or, in a
+    /// tree read with [`Field::root_ignoring_unknown`], recorded as ignored.
     pub fn finish(self) -> Result<()> {
+        if let Some(ignored) = &self.ignored {
+            let mut paths = ignored.0.borrow_mut();
+            paths.extend(self.map.keys().map(|k| self.child_path(k)));
+            return Ok(());
+        }
         match self.map.keys().next() {
             None => Ok(()),
             Some(key) => Err(FieldError {
@@ -292,6 +332,22 @@ mod tests {
         o.unsupported("w", "nope").unwrap();
         let e = o.unsupported("y", "use runc").unwrap_err();
         assert_eq!(e.to_string(), "y: not supported: use runc");
+    }
+
+    #[test]
+    fn unknown_keys_are_collected_where_asked_and_unsupported_ones_still_fail() {
+        let v = parse(r#"{"a":{"b":[{"x":1,"y":2}],"k":3},"z":true,"u":{"q":1}}"#).unwrap();
+        let ignored = Ignored::default();
+        let mut top = Field::root_ignoring_unknown(v, &ignored).obj().unwrap();
+        let mut a = top.take_obj("a").unwrap().unwrap();
+        let mut item = a.take_array("b").unwrap().remove(0).obj().unwrap();
+        assert_eq!(item.take_u64("x").unwrap(), Some(1));
+        item.finish().unwrap();
+        a.finish().unwrap();
+        let e = top.unsupported("u", "not here").unwrap_err();
+        assert_eq!(e.to_string(), "u: not supported: not here");
+        top.finish().unwrap();
+        assert_eq!(ignored.paths(), ["a.b[0].y", "a.k", "z"]);
     }
 
     #[test]

@@ -69,12 +69,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     validate::root()?;
     let mut plan = build_plan(args)?;
     let policy = match &args.policy {
-        Some(file) => Some(policy::prepare(
-            file,
-            &plan.names(),
-            &mut plan,
-            args.seccomp.is_some(),
-        )?),
+        Some(file) => Some(policy::prepare(file, &plan.names(), &mut plan)?),
         None => None,
     };
     plan.init_seccomp = Some(cmdline::init_seccomp()?);

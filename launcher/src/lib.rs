@@ -34,6 +34,7 @@ mod sys;
 #[cfg(test)]
 mod testing;
 mod validate;
+mod volume;
 
 pub use args::{HELP, NetMode, RunArgs};
 pub use error::{LaunchError, PlanError};

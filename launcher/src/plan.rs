@@ -183,8 +183,11 @@ pub struct Plan {
     pub ns: Namespaces,
     pub resources: Resources,
     pub devices: Vec<DeviceRule>,
-    /// The workload's filter (`None`: unconfined).
-    pub seccomp: Option<Compiled>,
+    /// The workload's filters, loaded in this order (none: unconfined): the baseline profile
+    /// (`default`, `--seccomp FILE` or the bundle's), then the syscall rules of a policy. The
+    /// kernel runs every filter on every call and takes the strictest answer, so a policy
+    /// adds to the baseline and never replaces it.
+    pub seccomp: Vec<Compiled>,
     /// The init's own filter (an allow-list of the calls it makes), set just before launch.
     pub init_seccomp: Option<Compiled>,
     pub masked_paths: Vec<String>,
@@ -218,7 +221,11 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    "/sys/devices/virtual/powercap",
 ];
+
+/// The agent's directory: its control socket and the launcher's filter cache.
+pub const AGENT_DIR: &str = "/run/palisade";
 pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",

@@ -1,7 +1,9 @@
-//! `palisade run --policy FILE`: the policy selecting the workload becomes its seccomp filter
-//! (syscall rules, enforce mode), its cgroup limits (resources; flags win) and, sent with the
-//! registration, its exec and network rules, which the agent puts in force before the
-//! workload's first instruction.
+//! `palisade run --policy FILE`: the syscall rules of the policy selecting the workload are
+//! added to its seccomp profile (enforce mode; a second filter after the baseline, `default`,
+//! `--seccomp FILE` or the bundle's: the kernel takes the strictest answer of the two, so a
+//! policy never weakens the baseline), its resources become cgroup limits (flags win) and,
+//! sent with the registration, its exec and network rules are put in force by the agent
+//! before the workload's first instruction.
 use std::path::{Path, PathBuf};
 
 use palisade_policy::{
@@ -57,10 +59,6 @@ pub enum PolicyError {
         path: PathBuf,
         policies: Vec<String>,
     },
-    #[error(
-        "--seccomp and the syscall rules of policy {policy} both define the seccomp filter; give one"
-    )]
-    SeccompFlagAndPolicy { policy: String },
 }
 use palisade_proto::LaunchPolicy;
 
@@ -124,13 +122,8 @@ pub fn profile(p: &Policy, source: &str) -> Option<Profile> {
 }
 
 /// Reads `file`, picks the policies selecting the workloads `names`, and applies them to
-/// `plan` (seccomp, limits). `seccomp_flag`: `--seccomp` was given too.
-pub fn prepare(
-    file: &Path,
-    names: &[String],
-    plan: &mut Plan,
-    seccomp_flag: bool,
-) -> Result<ForLaunch, LaunchError> {
+/// `plan` (a seccomp filter after the baseline's, limits).
+pub fn prepare(file: &Path, names: &[String], plan: &mut Plan) -> Result<ForLaunch, LaunchError> {
     let source = file.display().to_string();
     let file_path = || file.to_owned();
     let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
@@ -194,15 +187,9 @@ pub fn prepare(
     }
     let mut seccomp = false;
     if let Some(p) = with_syscalls.first().and_then(|p| profile(p, &source)) {
-        if seccomp_flag {
-            return Err(PolicyError::SeccompFlagAndPolicy {
-                policy: with_syscalls
-                    .first()
-                    .map_or_else(String::new, |p| p.name.clone()),
-            }
-            .into());
-        }
-        plan.seccomp = super::cmdline::compile_seccomp(Some(p))?;
+        // on top of the baseline, never instead of it
+        plan.seccomp
+            .extend(super::cmdline::compile_seccomp(Some(p))?);
         seccomp = true;
     }
     let limits = picked

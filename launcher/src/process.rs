@@ -186,6 +186,50 @@ pub fn spawn_init(args: InitArgs<'_>, cgroup_dir: &Path) -> std::io::Result<(i32
     Ok((pid as i32, placement))
 }
 
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+
+/// Marks every descriptor above stderr close-on-exec: what the caller of `palisade run` held
+/// open (or the launcher itself: the agent connection, other replicas' pipes) never reaches
+/// the workload. `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, or one `fcntl` per entry of
+/// /proc/self/fd on kernels without it (before 5.11).
+fn cloexec_from_3() -> std::io::Result<()> {
+    // SAFETY: close_range with integer arguments; it only sets flags on our descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number; one that was the directory listing is gone
+        // (EBADF), which is fine.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Closes every descriptor above stderr except `keep` (the init keeps only its pipes).
+fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|fd| u32::try_from(*fd).ok())
+        .collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for k in keep.into_iter().filter(|k| *k >= 3) {
+        if k > from {
+            // SAFETY: close_range with integer arguments, below a descriptor we keep.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above, everything after the last descriptor we keep.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
 /// Writes `CODE\tmessage` to the report pipe and exits with CODE.
 fn die(report: RawFd, code: u8, msg: &str) -> ! {
     let line = format!("{code}\t{msg}");
@@ -251,6 +295,9 @@ fn init(args: InitArgs<'_>) -> ! {
         workload(plan, ready_r, report);
     }
     drop(ready_r);
+    // the init holds nothing of the launcher's either (its caller's descriptors, the agent
+    // connection)
+    close_all_but(&[ready_w.as_raw_fd(), report]);
     if let Err(e) = confine_init(plan.init_seccomp.as_ref()) {
         // SAFETY: the workload has not exec'd yet; it dies with us.
         unsafe { libc::kill(wpid, libc::SIGKILL) };
@@ -338,6 +385,15 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
     };
     let cwd = cs(&p.cwd);
     let last = caps::last_cap();
+    // every descriptor above stderr closes at the exec (the ready and report pipes stay
+    // usable until then); done before any seccomp filter, which may deny close_range
+    if let Err(e) = cloexec_from_3() {
+        fail(
+            EXIT_SETUP,
+            "cannot mark inherited descriptors close-on-exec",
+            &e,
+        );
+    }
 
     // SAFETY: resetting signal dispositions and the mask this process inherited.
     unsafe {
@@ -373,16 +429,19 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
             unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
         }
     };
-    let filter = plan.seccomp.as_ref();
+    // the baseline's filter, then a policy's: the kernel takes the strictest answer
+    let load_filters = || {
+        for f in &plan.seccomp {
+            if let Err(e) = seccomp::load(f) {
+                fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
+            }
+        }
+    };
     if !p.no_new_privs {
         // without no_new_privs the filter needs CAP_SYS_ADMIN: load it while still privileged
         // (the remaining setup calls must then pass it), as runc does
         wait_ready();
-        if let Some(f) = filter
-            && let Err(e) = seccomp::load(f)
-        {
-            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
-        }
+        load_filters();
     }
     if let Err(e) = caps::drop_bounding(p.caps.bounding, last) {
         fail(
@@ -431,11 +490,7 @@ fn workload(plan: &Plan, ready: OwnedFd, report: RawFd) -> ! {
             fail(EXIT_SETUP, "no_new_privs", &last_err());
         }
         wait_ready();
-        if let Some(f) = filter
-            && let Err(e) = seccomp::load(f)
-        {
-            fail(EXIT_SETUP, "cannot load the seccomp filter", &e);
-        }
+        load_filters();
     }
     drop(ready);
     let mut denied = None;

@@ -19,6 +19,7 @@ pub fn run_args(rootfs: Option<&Path>) -> RunArgs {
         net: None,
         hostname: None,
         rootfs: rootfs.map(Path::to_path_buf),
+        volumes: Vec::new(),
         user: None,
         cwd: Some("/".into()),
         env: Vec::new(),

@@ -10,7 +10,8 @@ pub struct Learned {
     /// Syscalls whose every call failed with EPERM: left out (denying them changes nothing the
     /// workload saw), listed in a comment.
     pub refused: BTreeSet<String>,
-    /// Executables, as given to execve.
+    /// Executables: the paths given to execve and, when known, the files they resolved to
+    /// (exec rules match the file executed).
     pub execs: BTreeSet<String>,
     /// Outbound peers: (address, port, protocol `tcp`/`udp`).
     pub egress: BTreeSet<(IpAddr, u16, String)>,

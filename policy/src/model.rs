@@ -248,7 +248,8 @@ pub struct ExecPattern {
 }
 
 impl ExecPattern {
-    /// Whether `path` (as given to execve) matches, exactly as the kernel decides.
+    /// Whether `path` (the resolved path of the file executed, or for deny patterns also the
+    /// path given to execve) matches, exactly as the kernel decides.
     pub fn matches(&self, path: &str) -> bool {
         let (dir, base) = match path.rfind('/') {
             Some(i) => (&path[..i], &path[i + 1..]),

@@ -193,6 +193,26 @@ fn exec_patterns_match_like_the_kernel() {
     assert!(pat("/bin/true").matches("/bin/true"));
     assert!(exec_pattern("relative").is_err());
     assert!(exec_pattern("/a/*.sh").is_err());
+    // rules match resolved paths: a pattern that is not one could never match
+    for p in [
+        "/usr//bin/id",
+        "/usr/bin/../bin/id",
+        "/./x",
+        "/usr/bin/./*",
+        "/a//**",
+        "**/..",
+        "**/.",
+        "//x",
+    ] {
+        assert!(
+            matches!(
+                exec_pattern(p),
+                Err(parse::ExecPatternError::NotCanonical(_))
+            ),
+            "{p}: {:?}",
+            exec_pattern(p)
+        );
+    }
     // the kernel's lookups find exactly these patterns' keys
     let mut keys = Vec::new();
     palisade_common::policy::exec_lookups(b"/usr/bin/nc", |k, h| keys.push((k, h)));

@@ -155,6 +155,62 @@ pub struct Port {
     pub protocol: String,
 }
 
+/// What `policy_status` answers (`palisade policy status --output json` prints it as is): the
+/// policies in force, their modes and the cgroups each applies to. Fields may be added; none is
+/// renamed or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyStatus {
+    /// bpffs directory of the pinned enforcement state.
+    pub pin_dir: String,
+    /// The enforcement programs are loaded (some policy exists).
+    pub loaded: bool,
+    /// Hook groups attached now (`syscalls`, `seccomp`, `exec`, `egress`, `ingress`).
+    pub hooks: Vec<String>,
+    pub policies: Vec<PolicyState>,
+    /// Cgroup ids of launched workloads whose pinned state an earlier agent left (adopted).
+    pub adopted_workloads: Vec<u64>,
+    /// How exec rules match on this host.
+    pub exec_match: ExecMatch,
+}
+
+/// How exec rules match on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecMatch {
+    /// `file` (the file executed, resolved by the kernel) or `path_given` (the string given to
+    /// execve, best effort).
+    pub mode: String,
+    /// How scripts are matched: `file` or `path_given`.
+    pub scripts: String,
+    pub best_effort: bool,
+    /// Why the matching is weaker than `file`, when it is.
+    pub reason: String,
+    /// One sentence for people.
+    pub describe: String,
+}
+
+/// One policy in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyState {
+    pub name: String,
+    /// `audit` or `enforce`.
+    pub mode: String,
+    /// `file:line:column` of its definition, or `palisade run` for a launched workload's.
+    pub source: String,
+    pub cgroups: Vec<PolicyCgroup>,
+}
+
+/// A cgroup a policy applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyCgroup {
+    pub cgroup_id: u64,
+    /// The container's name (empty when the agent has not named it).
+    pub container: String,
+}
+
 /// Workload names: what a container name may hold (a cgroup directory name and a label value).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -228,6 +284,27 @@ mod tests {
         );
         let back: Reply = serde_json::from_str(&text).unwrap();
         assert_eq!(back.data_as::<Learned>().unwrap(), l);
+    }
+
+    #[test]
+    fn policy_status_reads_the_agents_answer() {
+        // the shape agent/src/policy/engine/ops.rs writes
+        let data = serde_json::json!({
+            "pin_dir": "/sys/fs/bpf/palisade", "loaded": true, "hooks": ["syscalls", "egress"],
+            "policies": [{"name": "web", "mode": "enforce", "source": "/etc/p.yaml:1:1",
+                          "cgroups": [{"cgroup_id": 42, "container": "web-0"}]}],
+            "adopted_workloads": [7],
+        });
+        let s: PolicyStatus = Reply::data(data).data_as().unwrap();
+        assert_eq!(s.policies[0].cgroups[0].container, "web-0");
+        assert_eq!(s.adopted_workloads, [7]);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(
+            text.starts_with(r#"{"pin_dir":"/sys/fs/bpf/palisade","loaded":true,"hooks":["syscalls","egress"],"policies":[{"name":"web","mode":"enforce""#),
+            "{text}"
+        );
+        // no policies at all: an empty status
+        assert_eq!(Reply::ok().data_as::<PolicyStatus>().ok(), None);
     }
 
     #[test]

@@ -46,8 +46,9 @@ const fn mv(
 /// Per-container palisade_* families: the container name, plus `namespace` and `pod` for
 /// Kubernetes containers (absent otherwise).
 const CONTAINER: &[&str] = &["container", "namespace", "pod"];
-/// The cAdvisor-compatible container_* families: always all five (possibly empty).
-const CADVISOR: &[&str] = &["container", "id", "image", "namespace", "pod"];
+/// The cAdvisor-compatible container_* families: always all six (possibly empty). `name` is the
+/// runtime's name for the container (else its id), empty for cgroups that are not containers.
+const CADVISOR: &[&str] = &["container", "id", "image", "name", "namespace", "pod"];
 
 const LOST_REASONS: &[&str] = &[
     "syscall_stats_map_full",
@@ -197,6 +198,31 @@ pub const METRICS: &[Metric] = &[
     m("container_memory_rss", Kind::Gauge, CADVISOR),
     m("container_memory_cache", Kind::Gauge, CADVISOR),
     m("container_memory_failcnt", Kind::Gauge, CADVISOR),
+    m("container_memory_swap", Kind::Gauge, CADVISOR),
+    m("container_memory_mapped_file", Kind::Gauge, CADVISOR),
+    m("container_memory_max_usage_bytes", Kind::Gauge, CADVISOR),
+    m("container_spec_cpu_shares", Kind::Gauge, CADVISOR),
+    // The cgroup_skb socket counters (IP bytes, loopback included; no `interface` label).
+    m(
+        "container_network_receive_bytes_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m(
+        "container_network_transmit_bytes_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m(
+        "container_network_receive_packets_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
+    m(
+        "container_network_transmit_packets_total",
+        Kind::Counter,
+        CADVISOR,
+    ),
     // 0 = unlimited.
     m("container_spec_memory_limit_bytes", Kind::Gauge, CADVISOR),
     m("container_spec_cpu_quota", Kind::Gauge, CADVISOR),
@@ -206,7 +232,12 @@ pub const METRICS: &[Metric] = &[
     m("container_start_time_seconds", Kind::Gauge, CADVISOR),
     m("container_last_seen", Kind::Gauge, CADVISOR),
     // The agent itself.
-    m("palisade_build_info", Kind::Gauge, &["version", "commit"]),
+    // `node`: the agent's node name (`--node-name`, NODE_NAME, else the hostname).
+    m(
+        "palisade_build_info",
+        Kind::Gauge,
+        &["version", "commit", "node"],
+    ),
     mv(
         "palisade_kernel_feature",
         Kind::Gauge,

@@ -12,7 +12,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 pub(crate) fn request(mut s: TcpStream, addr: SocketAddr, path: &str) -> (u16, String) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    s.set_read_timeout(Some(crate::scaled(Duration::from_secs(30))))
+        .ok();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
         .unwrap_or_else(|e| panic!("send request: {e}"));
     let mut buf = String::new();

@@ -7,6 +7,8 @@
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
 pub mod bpf;
 pub mod catalog;
+pub mod fleet;
+pub mod grafana;
 mod http;
 pub mod launch;
 pub mod load;
@@ -15,6 +17,7 @@ mod netns;
 mod otlp;
 mod podman;
 pub mod policy;
+pub mod stack;
 
 pub use http::http_get;
 pub use metrics::{Metrics, Sample, promtool_check_metrics};
@@ -63,6 +66,18 @@ pub fn workload_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `d` times `PALISADE_TEST_TIME_SCALE` (a whole number, default 1). `cargo xtask vm-test`
+/// sets it in guests under qemu's TCG, which runs code ~10× slower: only how long a wait may
+/// last changes, never what it waits for.
+pub fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var("PALISADE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f > 0)
+        .unwrap_or(1);
+    d * factor
 }
 
 /// Privileged tests need root; they fail (not skip) without it.
@@ -313,40 +328,51 @@ pub struct Agent {
     dir: tempfile::TempDir,
     /// The event log [`Agent::events`] reads.
     events_file: PathBuf,
+    socket: PathBuf,
 }
 
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, Some(None), &[])
+        Self::start_inner(config, args, Some(None), None, &[])
     }
 
     /// Like [`Agent::with_events`], the event log at `path` (a directory the test prepared).
     pub fn with_events_file(config: &str, args: &[&str], path: &Path) -> Self {
-        Self::start_inner(config, args, Some(Some(path.to_owned())), &[])
+        Self::start_inner(config, args, Some(Some(path.to_owned())), None, &[])
+    }
+
+    /// Like [`Agent::with_events`], with the control socket at `socket` instead of in the
+    /// agent's temporary directory (removed when the agent is dropped).
+    pub fn with_events_at(config: &str, args: &[&str], socket: &Path) -> Self {
+        Self::start_inner(config, args, Some(None), Some(socket.to_owned()), &[])
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, None, &[])
+        Self::start_inner(config, args, None, None, &[])
     }
 
     /// Like [`Agent::with_events`], in a mount namespace of its own (private propagation) where
     /// every mount at `unmount` (e.g. bpffs, tracefs) is taken away first: the host's mounts
     /// are not touched.
     pub fn with_events_without_mounts(config: &str, args: &[&str], unmount: &[&str]) -> Self {
-        Self::start_inner(config, args, Some(None), unmount)
+        Self::start_inner(config, args, Some(None), None, unmount)
     }
 
+    /// `events`: none, the default log in the agent's directory (`Some(None)`) or one at a
+    /// path; `socket`: the control socket, else in the agent's directory.
     fn start_inner(
         config: &str,
         args: &[&str],
         events: Option<Option<PathBuf>>,
+        socket: Option<PathBuf>,
         unmount: &[&str],
     ) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let socket = socket.unwrap_or_else(|| dir.path().join("agent.sock"));
         let cfg = dir.path().join("palisade.yaml");
         std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let ready = dir.path().join("ready");
@@ -367,7 +393,7 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .arg("--control-socket")
-            .arg(dir.path().join("agent.sock"))
+            .arg(&socket)
             .args(if events.is_some() {
                 vec![
                     "--events".to_owned(),
@@ -383,7 +409,8 @@ impl Agent {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", palisade_bin().display()));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready_timeout = scaled(Duration::from_secs(60));
+        let deadline = Instant::now() + ready_timeout;
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && let Ok(addr) = text.trim().parse::<SocketAddr>()
@@ -398,7 +425,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent not ready after 60 s");
+                panic!("agent not ready after {ready_timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -407,6 +434,7 @@ impl Agent {
             addr,
             dir,
             events_file,
+            socket,
         }
     }
 
@@ -455,7 +483,7 @@ impl Agent {
 
     /// This agent's control socket.
     pub fn control_socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
+        self.socket.clone()
     }
 
     /// Sends one JSON request line on the control socket and returns the reply line.
@@ -463,7 +491,8 @@ impl Agent {
         use std::{io::BufRead as _, os::unix::net::UnixStream};
         let mut s = UnixStream::connect(self.control_socket())
             .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.set_read_timeout(Some(scaled(Duration::from_secs(10))))
+            .ok();
         writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
         let mut line = String::new();
         std::io::BufReader::new(s)
@@ -520,14 +549,15 @@ impl Agent {
     pub fn stop_keep(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let limit = scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("agent ignored SIGTERM for 30 s:\n{}", self.log());
+                panic!("agent ignored SIGTERM for {limit:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -539,15 +569,21 @@ impl Drop for Agent {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+            let deadline = Instant::now() + scaled(Duration::from_secs(10));
+            let mut exited = false;
+            while !exited && Instant::now() < deadline {
+                exited = matches!(self.child.try_wait(), Ok(Some(_)));
+                if !exited {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if !exited {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if !self.socket.starts_with(self.dir.path()) {
+            let _ = std::fs::remove_file(&self.socket);
         }
     }
 }
@@ -564,6 +600,7 @@ pub fn wait_for_explained<T>(
     mut f: impl FnMut() -> Option<T>,
     explain: impl FnOnce() -> String,
 ) -> T {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {

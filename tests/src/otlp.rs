@@ -63,6 +63,12 @@ impl OtlpReceiver {
         format!("http://{}", self.addr)
     }
 
+    /// Every request body received so far (JSON), with its path.
+    pub fn bodies(&self) -> Vec<(String, serde_json::Value)> {
+        let bodies = self.bodies.lock().map(|b| b.clone()).unwrap_or_default();
+        bodies.into_iter().map(|(p, _, v)| (p, v)).collect()
+    }
+
     /// Every log record received so far: (request path, record JSON, resource JSON).
     pub fn records(&self) -> Vec<(String, serde_json::Value, serde_json::Value)> {
         let bodies = self.bodies.lock().map(|b| b.clone()).unwrap_or_default();
@@ -200,8 +206,9 @@ fn serve_otlp(
         if r.read_exact(&mut body).is_err() {
             return;
         }
+        // protobuf is decoded for logs only (the metric tests export http/json)
         let parsed = if content_type == "application/x-protobuf" {
-            Some(protobuf_as_json(&body))
+            path.ends_with("/v1/logs").then(|| protobuf_as_json(&body))
         } else {
             serde_json::from_slice(&body).ok()
         };

@@ -144,3 +144,23 @@ pub fn cli(agent: &Agent, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `exec-workload` binary built with these tests (execs through fds and memfds).
+pub fn exec_workload_bin() -> PathBuf {
+    crate::workload_bin().with_file_name("exec-workload")
+}
+
+/// How a command run in a test cgroup ended: `Ok(code)` or `Err(signal)`.
+pub fn outcome(cmd: &mut std::process::Command) -> Result<i32, i32> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let st = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    match (st.code(), st.signal()) {
+        (Some(c), _) => Ok(c),
+        (None, Some(s)) => Err(s),
+        _ => panic!("{cmd:?}: {st}"),
+    }
+}

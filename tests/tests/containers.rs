@@ -500,6 +500,7 @@ fn a_real_podman_container_is_named_with_its_image() {
     let s = m.find("container_cpu_usage_seconds_total", &[("container", &name)]);
     assert_eq!(s.len(), 1, "{}", m.text);
     assert_eq!(s[0].labels["image"], image);
+    assert_eq!(s[0].labels["name"], name, "cAdvisor's name: the runtime's");
     assert!(
         s[0].labels["id"].ends_with(&format!("libpod-{id}")),
         "{:?}",

@@ -62,7 +62,7 @@ fn problems(page: &Metrics) -> Vec<String> {
                 ));
             }
         }
-        // The cAdvisor-compatible families always carry all five labels (cAdvisor dashboards
+        // The cAdvisor-compatible families always carry all six labels (cAdvisor dashboards
         // join on them); the others always name what they count.
         if family.name.starts_with("container_") {
             for l in family.labels {

@@ -44,6 +44,37 @@ fn a_runc_spec_bundle_runs_with_its_configuration() {
     assert_clean(&name, Some(&b.rootfs()));
 }
 
+/// The runtime spec has runtimes ignore properties it does not define: a bundle from a newer
+/// spec or with a vendor's extension runs, and one warning names what was ignored; a property
+/// the spec defines and palisade does not support is still refused (see the bad-input test).
+#[test]
+fn unknown_properties_are_ignored_with_one_warning() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "echo ran"]);
+    b.config["x-vendor"] = serde_json::json!({"tuning": true});
+    b.config["process"]["futureProcessField"] = "x".into();
+    b.config["linux"]["resources"]["memory"] =
+        serde_json::json!({"limit": 67108864, "futureKnob": 1});
+    b.write();
+    let name = unique("unknownprops");
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.lines(), ["ran"], "{out}");
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ignored properties the runtime spec does not define"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    for path in [
+        "x-vendor",
+        "process.futureProcessField",
+        "linux.resources.memory.futureKnob",
+    ] {
+        assert!(warnings[0].contains(path), "{path} not named: {out}");
+    }
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
 #[test]
 fn a_bundle_with_no_capabilities_runs_with_none() {
     let mut b = Bundle::new(&[
@@ -287,5 +318,60 @@ fn unknown_seccomp_names_are_listed_and_skipped() {
     b.write();
     let out = run(&["--bundle", &s(&b.path), "--name", &name]);
     assert_eq!(out.code, 0, "{out}");
+    assert_clean(&name, Some(&b.rootfs()));
+}
+
+/// `MAJOR:MINOR` of a block device of this host that no default rule allows.
+fn a_host_disk() -> String {
+    std::fs::read_dir("/sys/block")
+        .unwrap_or_else(|e| panic!("/sys/block: {e}"))
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .find_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_else(|| panic!("no block device in /sys/block"))
+}
+
+#[test]
+fn device_rules_deny_what_no_rule_allows() {
+    // The bundle's rules allow one device and have no leading "deny all": as with runc,
+    // anything no rule allows is still denied. The workload holds CAP_MKNOD, so only the
+    // device filter stands between it and the host's disk.
+    let disk = a_host_disk();
+    let (major, minor) = disk.split_once(':').unwrap_or_else(|| panic!("{disk}"));
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        &format!(
+            "echo x > /dev/null && echo null-ok; \
+             mknod /dev/xdisk b {major} {minor} 2>&1 && head -c0 /dev/xdisk 2>&1 && echo disk-opened; \
+             echo done"
+        ),
+    ]);
+    b.config["linux"]["resources"]["devices"] = serde_json::json!([
+        {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}
+    ]);
+    let caps = [
+        "CAP_MKNOD",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+        "CAP_NET_BIND_SERVICE",
+    ];
+    for set in ["bounding", "effective", "permitted"] {
+        b.config["process"]["capabilities"][set] = serde_json::json!(caps);
+    }
+    b.write();
+    let name = unique("devrules");
+    let out = run(&["--bundle", &s(&b.path), "--name", &name]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains("null-ok"),
+        "the default devices stay allowed\n{out}"
+    );
+    assert!(
+        !out.stdout.contains("disk-opened"),
+        "the host disk {disk} was opened through a device no rule allows\n{out}"
+    );
+    assert!(out.stdout.contains("Operation not permitted"), "{out}");
     assert_clean(&name, Some(&b.rootfs()));
 }

@@ -521,14 +521,28 @@ fn flow_records_are_exported_as_otlp_logs() {
         },
     );
     assert_eq!(path, "/v1/logs");
-    assert_eq!(otlp_attr(&rec, "event.name"), Some(Value::from("flow")));
+    assert_eq!(rec["eventName"], "flow", "{rec}");
+    assert_eq!(otlp_attr(&rec, "event.name"), None, "{rec}");
     assert_eq!(
         otlp_attr(&rec, "network.transport"),
         Some(Value::from("tcp"))
     );
     assert_eq!(
-        otlp_attr(&rec, "network.io.direction"),
+        otlp_attr(&rec, "palisade.flow.direction"),
         Some(Value::from("outbound"))
+    );
+    assert_eq!(
+        otlp_attr(&rec, "network.peer.address"),
+        Some(Value::from("127.0.0.1"))
+    );
+    assert_eq!(
+        otlp_attr(&rec, "network.peer.port"),
+        Some(Value::from("7004")),
+        "intValue is a string in OTLP/JSON"
+    );
+    assert_eq!(
+        otlp_attr(&rec, "container.runtime.name"),
+        Some(Value::from("cgroup"))
     );
     assert_eq!(
         otlp_attr(&resource, "service.name"),
@@ -542,7 +556,7 @@ fn flow_records_are_exported_as_otlp_logs() {
     assert!(
         otlp.records()
             .iter()
-            .all(|(_, r, _)| otlp_attr(r, "event.name") == Some(Value::from("flow")))
+            .all(|(_, r, _)| r["eventName"] == "flow")
     );
     drop(agent);
 }

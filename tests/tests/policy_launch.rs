@@ -109,19 +109,100 @@ fn a_launched_workload_is_denied_mount_and_unshare_by_seccomp_and_each_denial_is
     assert_eq!(out.code, 125, "{out}");
     assert!(out.stderr.contains("enforced by the agent"), "{out}");
     palisade_tests::launch::assert_clean(&lonely, None);
-    // --seccomp and a policy's syscall rules are two filters: refused before anything starts
+    // --seccomp names the baseline the policy's rules are added to: both apply
+    let profile = dir.path().join("baseline.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 42}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let out = run(&[
         "--name",
         &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
         "--seccomp",
-        "default",
+        &s(&profile),
         "--policy",
         &s(&file),
         "--",
-        "/bin/true",
+        &probe,
+        "syscalls",
+        "getcwd",
+        "mount",
+        "getpid",
     ]);
-    assert_eq!(out.code, 125, "{out}");
-    assert!(out.stderr.contains("give one"), "{out}");
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.lines(), ["mount 1", "getpid 0", "getcwd 42"], "{out}");
+}
+
+#[test]
+fn a_policys_syscall_rules_are_added_to_the_baseline_profile_never_instead_of_it() {
+    // issue 11, row 2: a policy that denies only ptrace; the default profile still refuses
+    // user namespaces, and the policy's own rule refuses ptrace and is reported
+    let pins = PinDir::new();
+    let agent = agent(&pins);
+    let sock = s(&agent.control_socket());
+    let name = unique("baseline");
+    let prefix = name.rsplit_once('-').map_or(name.as_str(), |(a, _)| a);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("noptrace.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata: {{name: noptrace}}\nspec:\n  selector: {{workload: \"{prefix}-*\"}}\n  syscalls:\n    action: errno\n    errno: EPERM\n    deny: [ptrace]\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let probe = s(&probe_bin());
+    let out = run(&[
+        "--name",
+        &name,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &s(&file),
+        "--",
+        &probe,
+        "syscalls",
+        "unshare-newuser",
+        "getpid",
+        "ptrace",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.lines(),
+        ["unshare-newuser 1", "ptrace 1", "getpid 0"],
+        "EPERM from the baseline and from the policy\n{out}"
+    );
+    let v = agent.wait_events(1, "the refused ptrace", |e| {
+        e["type"] == "policy_violation" && e["container"]["name"] == name.as_str()
+    });
+    assert_eq!(v[0]["violation"]["syscall"], "ptrace", "{}", v[0]);
+    assert_eq!(v[0]["violation"]["policy"], "noptrace", "{}", v[0]);
+    assert_eq!(v[0]["violation"]["hook"], "seccomp", "{}", v[0]);
+    // the row as a user would try it
+    let other = unique("baseline");
+    let out = run(&[
+        "--name",
+        &other,
+        "--agent-socket",
+        &sock,
+        "--require-agent",
+        "--policy",
+        &s(&file),
+        "--",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    assert_ne!(out.code, 0, "a user namespace was created\n{out}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out}");
+    palisade_tests::launch::assert_clean(&name, None);
+    palisade_tests::launch::assert_clean(&other, None);
 }
 
 #[test]

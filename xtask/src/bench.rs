@@ -51,6 +51,18 @@ pub enum Bench {
         #[arg(short, long, default_value_t = 15)]
         rounds: u32,
     },
+    /// What the exec policy hook adds per fork+exec in a cgroup with exec rules, as paired
+    /// differences against the same agent with the hook detached: the hook on the file
+    /// executed (kernel BTF) and the fallback on the path given (`policy.kernel_btf` pointed
+    /// nowhere), in one run.
+    Exec {
+        /// fork+execs of /usr/bin/true per measurement.
+        #[arg(short = 'n', long, default_value_t = 2000)]
+        execs: u32,
+        /// Paired rounds per hook (medians are reported).
+        #[arg(short, long, default_value_t = 9)]
+        rounds: u32,
+    },
     /// Start-to-exit time of /bin/true from the same OCI bundle with Docker's seccomp profile
     /// under `palisade run`, `crun run` and `runc run` (plus spawn, unshare, bwrap), measured
     /// with hyperfine in one run; prints palisade/crun and palisade/runc.
@@ -81,6 +93,10 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Policy { calls, rounds } => {
             build(true)?;
             crate::bench_policy::policy(calls, rounds)
+        }
+        Bench::Exec { execs, rounds } => {
+            build(true)?;
+            crate::bench_exec::exec(execs, rounds)
         }
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{agent_bin, root, step};
 
-fn unified_root() -> Result<PathBuf> {
+pub(crate) fn unified_root() -> Result<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     info.lines()
         .filter_map(|l| {
@@ -25,7 +25,7 @@ fn unified_root() -> Result<PathBuf> {
         .context("no cgroup2 mount")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

@@ -4,6 +4,12 @@
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `soak`,
 //!   `bench syscalls|scrape|net|launch|policy`.
+//! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
+//! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
+//! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
+//!   6.12 kernels under qemu (pure cgroup v2, BPF-LSM); `test` runs it on 6.1 unless
+//!   `PALISADE_SKIP_VM=1`.
+//! - `dist [--binary PATH]`: shell completions, man pages and a `.deb` (cargo-deb).
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -15,11 +21,18 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod bench_exec;
 mod bench_policy;
 mod deps;
+mod dist;
 mod fuzz;
+mod image;
+mod prometheus_rule;
 mod setup;
 mod soak;
+mod vm;
+mod vm_report;
+mod vm_setup;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade developer tasks")]
@@ -43,17 +56,45 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests and the
-    /// privileged end-to-end tests (needs root).
+    /// Setup, then every check CI runs: formatting, clippy (eBPF crate too), unit tests, the
+    /// privileged end-to-end tests (needs root) and, unless PALISADE_SKIP_VM=1 or a filter is
+    /// given, the policy, launcher and telemetry suites in a 6.1 VM.
     Test {
         /// Only run tests whose name contains this filter (passed to the test harness).
         filter: Option<String>,
     },
-    /// cargo fmt --check, clippy -D warnings on every crate (the eBPF crate included) and the
-    /// module dependency check.
+    /// cargo fmt --check, clippy -D warnings on every crate (the eBPF crate included), the
+    /// module dependency check and the generated PrometheusRule.
     Lint,
     /// Fails when the top-level modules of any crate import each other in a cycle.
     Deps,
+    /// Build the agent's container image from deploy/Containerfile with podman, offline: the
+    /// release binary and the shared libraries ldd lists for it, nothing else.
+    Image {
+        /// Put this binary in the image instead of building the release one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Image tag [default: ghcr.io/palisade-dev/palisade:VERSION, what the DaemonSet runs].
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+    },
+    /// Shell completions, man pages and a Debian package (cargo-deb) in target/dist/: the
+    /// binary, the systemd unit, the default config, the dashboards, man pages, completions.
+    Dist {
+        /// Package this binary instead of building the release one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Quicker, lighter compression (a bigger .deb; the tests use it for a debug build).
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Write deploy/kubernetes/rules/prometheusrule.yaml from dashboards/alerts/palisade.rules.yml
+    /// (the one file the alert rules are edited in).
+    PrometheusRule {
+        /// Fail instead of writing when the committed file differs.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run every fuzz target (cargo fuzz, nightly) for a bounded time each.
     Fuzz {
         #[arg(long, default_value_t = 20)]
@@ -69,6 +110,9 @@ enum Task {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Setup, build, then the privileged suites inside Debian kernels booted under qemu (TCG)
+    /// with virtme-ng: pure cgroup v2, BTF, BPF-LSM on. One result table per kernel.
+    VmTest(vm::VmTest),
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -85,11 +129,19 @@ fn main() -> ExitCode {
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Lint => setup::run().and_then(|()| lint()),
         Task::Deps => deps(),
+        Task::PrometheusRule { check } => prometheus_rule::run(check),
+        // With --binary nothing is compiled: only podman (and ldd) are needed.
+        Task::Image { binary: None, tag } => setup::run().and_then(|()| image::run(None, tag)),
+        Task::Image { binary, tag } => image::run(binary, tag),
+        // With --binary nothing is compiled: only cargo-deb (installed by setup) is needed.
+        Task::Dist { binary: None, fast } => setup::run().and_then(|()| dist::run(None, fast)),
+        Task::Dist { binary, fast } => dist::run(binary, fast),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds).map(drop)),
         Task::Soak { minutes, report } => {
             setup::run().and_then(|()| soak::run(minutes, report.as_deref()))
         }
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
+        Task::VmTest(opts) => setup::run().and_then(|()| vm::run(&opts)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,6 +242,7 @@ fn deps() -> Result<()> {
 
 fn lint() -> Result<()> {
     deps()?;
+    prometheus_rule::run(true)?;
     step("cargo fmt --check");
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     // Default members: every crate but the eBPF one, which only builds for the bpf target.
@@ -231,12 +284,23 @@ fn test(filter: Option<&str>) -> Result<()> {
     step("unit and end-to-end tests");
     let mut cmd = cargo();
     cmd.args(["test"]).env("PALISADE_BIN", agent_bin(false));
+    // The image test builds its image with this very xtask (`image --binary`).
+    if let Ok(me) = std::env::current_exe() {
+        cmd.env("PALISADE_XTASK", me);
+    }
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
     exec(&mut cmd)?;
     if filter.is_none() {
         fuzz::run(FUZZ_SECONDS_IN_TEST)?;
+    }
+    if filter.is_some() {
+        eprintln!("\n    (VM suites skipped: a filter was given; `cargo xtask vm-test -- FILTER`)");
+    } else if std::env::var_os("PALISADE_SKIP_VM").is_some_and(|v| v == "1") {
+        eprintln!("\n    (VM suites skipped: PALISADE_SKIP_VM=1)");
+    } else {
+        vm::run(&vm::VmTest::ci())?;
     }
     Ok(())
 }

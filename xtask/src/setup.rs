@@ -6,7 +6,10 @@
 //! 2. `rust-src` for the nightly toolchain (the eBPF crate is built with `-Z build-std=core`).
 //! 3. `bpf-linker` 0.13 linked against the LLVM that ships inside the nightly rustc, through a
 //!    prefix of symlinks kept under `~/.local/share/palisade/` (the binary's rpath points there).
-//! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it).
+//! 4. `cargo-fuzz` (the policy parser's fuzz target runs under it) and `cargo-deb` (the
+//!    Debian package of `cargo xtask dist`), from crates.io.
+//! 5. A Python virtual environment with `kubernetes-validate` (PyPI), which checks the
+//!    Kubernetes manifests offline, in `~/.local/share/palisade/venv`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -64,7 +67,22 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-jsonschema",
         "the policy JSON Schema test validates the examples against policy/schema.json",
     ),
+    (
+        "python3-venv",
+        "the virtual environment kubernetes-validate (PyPI) is installed in",
+    ),
+    (
+        "systemd",
+        "systemd-analyze verify checks deploy/palisade.service",
+    ),
+    (
+        "prometheus-alertmanager",
+        "the alerting end-to-end test: Prometheus fires, Alertmanager delivers to a webhook",
+    ),
 ];
+
+/// kubernetes-validate (PyPI): Kubernetes' JSON schemas, 1.25 to 1.37, offline.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -76,30 +94,72 @@ pub fn run() -> Result<()> {
     step("setup: bpf-linker");
     bpf_linker()?;
     step("setup: cargo-fuzz");
-    cargo_fuzz()?;
+    cargo_install("fuzz", "cargo-fuzz")?;
+    step("setup: cargo-deb");
+    cargo_install("deb", "cargo-deb")?;
+    step("setup: Python venv with kubernetes-validate");
+    venv()?;
     Ok(())
 }
 
-/// `cargo install cargo-fuzz` unless `cargo fuzz` already works.
-fn cargo_fuzz() -> Result<()> {
+/// The virtual environment the deploy test runs kubernetes-validate (and the Prometheus
+/// Operator schema check) from.
+fn venv_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".local/share/palisade/venv"))
+}
+
+/// `python3 -m venv` (Debian's python3, not whatever `python3` is first on PATH) and
+/// `pip install kubernetes-validate==VERSION`, unless that version is already there.
+fn venv() -> Result<()> {
+    let dir = venv_dir()?;
+    let want = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let have = Command::new(dir.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.split_whitespace().any(|w| w == want) {
+        eprintln!("    ok: {KUBERNETES_VALIDATE} in {}", dir.display());
+        return Ok(());
+    }
+    if !dir.join("bin/python").exists() {
+        exec(
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&dir),
+        )
+        .context("python3 -m venv (Debian package python3-venv)")?;
+    }
+    exec(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )
+    .context("pip install (network to PyPI is needed)")
+}
+
+/// `cargo install CRATE` (from crates.io) unless `cargo SUBCOMMAND` already works.
+fn cargo_install(subcommand: &str, krate: &str) -> Result<()> {
     let works = Command::new("cargo")
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if works {
         eprintln!("    ok");
         return Ok(());
     }
-    eprintln!("    installing cargo-fuzz (a few minutes, once)");
+    eprintln!("    installing {krate} (a few minutes, once)");
     exec(
         Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
+            .args(["install", krate, "--locked"])
             // the machine's default toolchain, not this repository's pinned one
             .current_dir(home()?),
     )
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` and returns its standard output; fails with its standard error.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()
@@ -114,20 +174,28 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_packages(APT_PACKAGES)
+}
+
+/// True when the Debian package `name` is installed.
+pub fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the packages of `wanted` (package, why) that are missing; quick when none is.
+pub fn apt_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(p, _)| {
-            let st = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !st.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
+        .filter(|(p, _)| !dpkg_installed(p))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {
         eprintln!(
             "    ok: {}",
-            APT_PACKAGES
+            wanted
                 .iter()
                 .map(|(p, _)| *p)
                 .collect::<Vec<_>>()
@@ -135,7 +203,7 @@ fn apt() -> Result<()> {
         );
         return Ok(());
     }
-    for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (p, why) in wanted.iter().filter(|(p, _)| missing.contains(p)) {
         eprintln!("    installing {p} ({why})");
     }
     exec(Command::new("apt-get").arg("update").arg("-q"))
@@ -198,7 +266,13 @@ fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
     )
 }
 
-fn home() -> Result<PathBuf> {
+/// Where installed tools keep their state: `~/.local/share/palisade/` (bpf-linker's LLVM
+/// prefix, the virtme-ng venv).
+pub fn state_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".local/share/palisade"))
+}
+
+pub fn home() -> Result<PathBuf> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .context("HOME is not set")
@@ -206,9 +280,7 @@ fn home() -> Result<PathBuf> {
 
 fn bpf_linker() -> Result<()> {
     let (llvm, llvm_name, major) = nightly_llvm()?;
-    let prefix = home()?
-        .join(".local/share/palisade")
-        .join(format!("llvm-{llvm_name}"));
+    let prefix = state_dir()?.join(format!("llvm-{llvm_name}"));
     let marker = prefix.join("bpf-linker.installed");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major} {llvm_name}\n");
     let works = Command::new("bpf-linker")

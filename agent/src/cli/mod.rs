@@ -2,6 +2,7 @@
 //! `palisade policy status|mode|reload|learn` and `palisade events` talk to a running agent
 //! through `palisade_proto`. Errors become text only here.
 mod events;
+mod man;
 mod policy;
 mod run;
 
@@ -31,7 +32,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show which kernel hooks, maps and cgroup layout this host offers, and what the agent
     /// will use. Exits 1 when the agent cannot run here.
-    Doctor,
+    #[command(after_help = DOCTOR_JSON)]
+    Doctor {
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        output: Output,
+    },
     /// Developer tools (used by `cargo xtask bench`).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -60,10 +65,13 @@ pub enum PolicyCommand {
         files: Vec<PathBuf>,
     },
     /// What the agent enforces: policies, their modes and the cgroups they apply to.
+    #[command(after_help = STATUS_JSON)]
     Status {
         /// The agent's control socket.
         #[arg(long, value_name = "PATH", default_value = palisade_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        output: Output,
     },
     /// Switch a policy between audit (report only) and enforce, without a restart.
     Mode {
@@ -105,6 +113,31 @@ pub enum PolicyCommand {
     },
 }
 
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON object, for scripts: its shape is documented and stable (fields may be added,
+    /// none renamed or removed).
+    Json,
+}
+
+const DOCTOR_JSON: &str = "\
+--output json prints one object:
+  {\"cgroup_layout\": \"v1\"|\"hybrid\"|\"v2\"|null, \"unified_root\": PATH|null,
+   \"features\": [{\"name\", \"available\", \"required\", \"used_for\", \"detail\"}, ...],
+   \"agent_can_run\": BOOL, \"missing_required\": [NAME, ...],
+   \"cgroup_discovery\": \"tracepoints\"|\"rescans\", \"probe_ms\": N}
+The exit status is the same as with text: 1 when the agent cannot run here.";
+
+const STATUS_JSON: &str = "\
+--output json prints one object:
+  {\"pin_dir\": PATH, \"loaded\": BOOL, \"hooks\": [HOOK, ...],
+   \"policies\": [{\"name\", \"mode\": \"audit\"|\"enforce\", \"source\",
+                  \"cgroups\": [{\"cgroup_id\", \"container\"}, ...]}, ...],
+   \"adopted_workloads\": [CGROUP_ID, ...]}";
+
 const POLICY_EXAMPLES: &str = "\
 Examples:
   palisade policy check policy/examples/          every policy file in a directory
@@ -120,6 +153,16 @@ pub enum DebugCommand {
         containers: usize,
         #[arg(long, default_value_t = 20)]
         scrapes: usize,
+    },
+    /// Print the shell completion script for SHELL (`cargo xtask dist` packages them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (palisade.1 and one per subcommand) into DIR.
+    ManPages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -169,6 +212,11 @@ pub struct AgentArgs {
     /// `otlp.endpoint` from the config.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// This node's name: `host.name` (and `service.instance.id`) of exported OTLP telemetry and
+    /// the `node` label of `palisade_build_info`. The DaemonSet sets NODE_NAME from the
+    /// downward API; replaces `node_name` from the config [default: the kernel's hostname].
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Once serving, write the listen address to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,

@@ -5,7 +5,13 @@ use std::{
     time::Duration,
 };
 
-use palisade_proto::{ClientError, Reply, Request};
+use palisade_proto::{ClientError, PolicyStatus, Reply, Request};
+
+use crate::policy::exec_match::{self, ExecMatch};
+
+/// Where `palisade policy check` reads the kernel's BTF (the agent's `policy.kernel_btf`
+/// default).
+const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Exit codes: 0 valid, 2 invalid (as `--check-config`).
 pub fn check(files: &[PathBuf]) -> u8 {
@@ -21,9 +27,19 @@ pub fn check(files: &[PathBuf]) -> u8 {
             2
         }
         Ok(set) => {
-            let warnings = palisade_policy::check::warnings(&set);
+            let mut warnings = palisade_policy::check::warnings(&set);
+            let has_exec = set.policies.iter().any(|p| p.exec.is_some());
+            let exec = has_exec.then(|| ExecMatch::probe(Path::new(DEFAULT_BTF)));
+            if has_exec {
+                warnings.extend(exec_match::host_notes(&set, Path::new("/")));
+            }
             for d in &warnings {
                 eprintln!("{}: warning: {}", d.loc, d.message);
+            }
+            let mut warned = warnings.len();
+            if let Some(m) = exec.as_ref().filter(|m| m.best_effort()) {
+                eprintln!("warning: on this host {}", m.describe());
+                warned += 1;
             }
             for p in &set.policies {
                 let mut what = Vec::new();
@@ -58,11 +74,14 @@ pub fn check(files: &[PathBuf]) -> u8 {
                     what.join(", ")
                 );
             }
+            if let Some(m) = &exec {
+                println!("on this host {}", m.describe());
+            }
             println!(
                 "ok: {} policies in {} file(s), {} warning(s)",
                 set.policies.len(),
                 set.files.len(),
-                warnings.len()
+                warned
             );
             0
         }
@@ -76,7 +95,7 @@ pub enum CliError {
     Unreachable(ClientError),
     #[error(transparent)]
     Agent(ClientError),
-    #[error("unexpected learn answer: {0}")]
+    #[error("unexpected answer from the agent: {0}")]
     Answer(serde_json::Error),
     #[error("write {}: {source}", path.display())]
     Write {
@@ -102,13 +121,73 @@ fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CliErr
 
 const SHORT: Duration = Duration::from_secs(30);
 
-pub fn status(socket: &Path) -> Result<(), CliError> {
+pub fn status(socket: &Path, output: super::Output) -> Result<(), CliError> {
     let r = call(socket, &Request::PolicyStatus {}, SHORT)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&r.data.unwrap_or_default()).unwrap_or_default()
-    );
+    let status: PolicyStatus = match r.data {
+        None => PolicyStatus::default(),
+        Some(_) => r.data_as().map_err(CliError::Answer)?,
+    };
+    match output {
+        super::Output::Json => println!(
+            "{}",
+            serde_json::to_string(&status).map_err(CliError::Answer)?
+        ),
+        super::Output::Text => print!("{}", status_text(&status)),
+    }
     Ok(())
+}
+
+/// `palisade policy status` for people.
+fn status_text(s: &PolicyStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let hooks = if s.hooks.is_empty() {
+        "none".to_owned()
+    } else {
+        s.hooks.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "pin dir: {} ({})   hooks attached: {hooks}",
+        s.pin_dir,
+        if s.loaded { "loaded" } else { "nothing loaded" }
+    );
+    if !s.exec_match.describe.is_empty() {
+        let _ = writeln!(out, "{}", s.exec_match.describe);
+    }
+    if s.policies.is_empty() {
+        let _ = writeln!(out, "no policies");
+    }
+    for p in &s.policies {
+        let _ = writeln!(
+            out,
+            "policy {} ({}) from {}: {} cgroup(s)",
+            p.name,
+            p.mode,
+            p.source,
+            p.cgroups.len()
+        );
+        for c in &p.cgroups {
+            let name = if c.container.is_empty() {
+                "?"
+            } else {
+                &c.container
+            };
+            let _ = writeln!(out, "  {name} (cgroup {})", c.cgroup_id);
+        }
+    }
+    if !s.adopted_workloads.is_empty() {
+        let _ = writeln!(
+            out,
+            "adopted launched workloads (pinned by an earlier agent): {}",
+            s.adopted_workloads
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    out
 }
 
 pub fn mode(socket: &Path, name: &str, mode: &str) -> Result<(), CliError> {

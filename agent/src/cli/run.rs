@@ -3,10 +3,10 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use super::{AgentArgs, Cli, Command, DebugCommand, PolicyCommand};
+use super::{AgentArgs, Cli, Command, DebugCommand, Output, PolicyCommand};
 use crate::{
     agent, benchmark,
-    config::{Config, ConfigError, Pattern},
+    config::{Config, ConfigError, NodeName, Pattern},
     doctor, features, logging, policy,
 };
 
@@ -30,12 +30,30 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => agent_main(args),
-        Command::Doctor => doctor_main(),
+        Command::Doctor { output } => doctor_main(output),
         Command::Debug(DebugCommand::ScrapeBench {
             containers,
             scrapes,
         }) => match benchmark::run(containers, scrapes) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Command::Debug(DebugCommand::Completions { shell }) => {
+            use std::io::Write as _;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // into memory first: clap_complete panics when its writer fails (a closed pipe)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "palisade", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, format!("cannot write the completions: {e}")),
+            }
+        }
+        Command::Debug(DebugCommand::ManPages { dir }) => match super::man::write_all(&dir) {
+            Ok(n) => {
+                println!("{n} man pages in {}", dir.display());
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(EXIT_FAILURE, e),
         },
         Command::Events(args) => {
@@ -57,7 +75,7 @@ fn policy_main(cmd: PolicyCommand) -> ExitCode {
     use PolicyCommand as P;
     let r = match cmd {
         P::Check { files } => return ExitCode::from(cli::check(&files)),
-        P::Status { socket } => cli::status(&socket),
+        P::Status { socket, output } => cli::status(&socket, output),
         P::Mode { name, mode, socket } => cli::mode(&socket, &name, &mode),
         P::Reload { socket } => cli::reload(&socket),
         P::Learn {
@@ -105,6 +123,15 @@ fn effective_config(args: &AgentArgs) -> Result<Config, ConfigError> {
             flag: "--otlp-endpoint",
             source: e.into(),
         })?;
+    }
+    if let Some(name) = &args.node_name {
+        config.node_name = Some(NodeName::new(name).map_err(|e| ConfigError::Flag {
+            flag: "--node-name",
+            source: e.into(),
+        })?);
+    }
+    if config.node_name.is_none() {
+        config.node_name = Some(NodeName::from_hostname());
     }
     if let Some(events) = &args.events {
         config.events.output = Some(events.clone());
@@ -167,13 +194,16 @@ fn agent_main(args: AgentArgs) -> ExitCode {
     }
 }
 
-fn doctor_main() -> ExitCode {
+fn doctor_main(output: Output) -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "palisade: warning: not root; most probes need CAP_BPF/CAP_SYS_ADMIN and will fail"
         );
     }
     let report = features::probe_all();
-    print!("{}", doctor::render(&report));
+    match output {
+        Output::Text => print!("{}", doctor::render(&report)),
+        Output::Json => println!("{}", doctor::json(&report)),
+    }
     ExitCode::from(doctor::exit_code(&report) as u8)
 }

@@ -86,6 +86,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Mount point of the unified (cgroup v2) hierarchy. Found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
+    /// This node's name (`host.name` of OTLP telemetry, `node` of `palisade_build_info`).
+    /// Unset: `--node-name`/`NODE_NAME`, else the kernel's hostname.
+    pub node_name: Option<NodeName>,
     pub syscalls: SyscallConfig,
     pub metrics: MetricsConfig,
     pub identity: IdentityConfig,
@@ -105,6 +108,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             control_socket: PathBuf::from(palisade_proto::DEFAULT_SOCKET),
             cgroup_root: None,
+            node_name: None,
             syscalls: SyscallConfig::default(),
             metrics: MetricsConfig::default(),
             identity: IdentityConfig::default(),
@@ -128,6 +132,44 @@ pub enum LogFormat {
 /// A glob over container names and cgroup paths (`*` also matches `/`), compiled while
 /// parsing: the policy language's glob, so a selector and a `--cgroup` filter match alike.
 pub use palisade_policy::model::{Glob as Pattern, GlobError as PatternError};
+
+/// A node name: 1 to 253 printable characters without spaces (a Kubernetes node name is a DNS
+/// subdomain; a hostname fits too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName(pub String);
+
+impl NodeName {
+    pub fn new(name: &str) -> Result<Self, Invalid> {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(Invalid::new(
+                "node_name",
+                format!("`{name}` must be 1 to 253 printable characters without spaces"),
+            ))
+        }
+    }
+
+    /// The kernel's hostname (`/proc/sys/kernel/hostname`), or `localhost` when unreadable.
+    pub fn from_hostname() -> Self {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .and_then(|h| Self::new(h.trim()).ok())
+            .unwrap_or_else(|| Self("localhost".into()))
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(|e| de::Error::custom(e.problem))
+    }
+}
 
 /// A map capacity: 1 ..= 4,194,304 entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,12 @@ pub struct OtlpConfig {
     /// the next request.
     #[serde(with = "duration")]
     pub max_backoff: Duration,
+    /// Also export the `/metrics` families as OTLP metrics (`/v1/metrics`), for fleets that
+    /// collect only OTLP (off, like the logs, while no endpoint is set).
+    pub metrics: bool,
+    /// How often the metrics are exported (the SDK's periodic reader).
+    #[serde(with = "duration")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -41,6 +47,8 @@ impl Default for OtlpConfig {
             events: Vec::new(),
             queue: 2048,
             max_backoff: Duration::from_secs(30),
+            metrics: false,
+            metrics_interval: Duration::from_secs(60),
         }
     }
 }
@@ -68,6 +76,9 @@ impl OtlpConfig {
                     "`{e}` must start with http:// (TLS is not supported; use a local collector)"
                 ),
             ));
+        }
+        if self.metrics_interval < Duration::from_secs(1) {
+            return Err(Invalid::new("otlp.metrics_interval", "must be at least 1s"));
         }
         self.events
             .iter()
@@ -112,5 +123,12 @@ mod tests {
         };
         let e = cfg.event_types().unwrap_err();
         assert!(e.to_string().contains("unknown event type `flows`"), "{e}");
+        let cfg = OtlpConfig {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            metrics: true,
+            metrics_interval: Duration::from_millis(10),
+            ..OtlpConfig::default()
+        };
+        assert_eq!(cfg.event_types().unwrap_err().key, "otlp.metrics_interval");
     }
 }

@@ -27,6 +27,11 @@ pub struct PolicyConfig {
     pub rate_limit_burst: u64,
     #[serde(with = "duration")]
     pub rate_limit_interval: Duration,
+    /// The kernel's BTF, where exec rules find the `linux_binprm`/`file`/`dentry`/`mount`
+    /// member offsets they need to see the file actually executed (a BTFHub file for a kernel
+    /// without /sys/kernel/btf/vmlinux). Without usable BTF, exec rules match the path given to
+    /// execve: best effort, and the agent says so.
+    pub kernel_btf: PathBuf,
 }
 
 impl Default for PolicyConfig {
@@ -38,6 +43,7 @@ impl Default for PolicyConfig {
             rate_limit: true,
             rate_limit_burst: 10,
             rate_limit_interval: Duration::from_secs(10),
+            kernel_btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
 }

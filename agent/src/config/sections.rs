@@ -272,6 +272,10 @@ impl Default for IdentityConfig {
 pub struct NameRoots {
     pub docker: PathBuf,
     pub podman: Vec<PathBuf>,
+    /// CRI-O's containers/storage roots (`overlay-containers/containers.json`, podman's format).
+    pub crio: Vec<PathBuf>,
+    /// containerd's state directory (its runtime v2 bundles' `config.json`).
+    pub containerd: PathBuf,
     /// Parent of kubelet's `pods/` and `containers/` log directories.
     pub kubernetes_logs: PathBuf,
 }
@@ -281,6 +285,8 @@ impl Default for NameRoots {
         Self {
             docker: PathBuf::from("/var/lib/docker"),
             podman: vec![PathBuf::from("/var/lib/containers/storage")],
+            crio: vec![PathBuf::from("/var/lib/containers/storage")],
+            containerd: PathBuf::from("/run/containerd"),
             kubernetes_logs: PathBuf::from("/var/log"),
         }
     }

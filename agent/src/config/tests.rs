@@ -59,6 +59,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.policy.rate_limit, d.policy.rate_limit);
     assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
     assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
+    assert_eq!(c.policy.kernel_btf, d.policy.kernel_btf);
     assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
     assert_eq!(c.otlp.protocol, d.otlp.protocol);
     assert_eq!(c.otlp.timeout, d.otlp.timeout);
@@ -66,6 +67,8 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.otlp.headers, d.otlp.headers);
     assert_eq!(c.otlp.queue, d.otlp.queue);
     assert_eq!(c.otlp.max_backoff, d.otlp.max_backoff);
+    assert_eq!(c.otlp.metrics, d.otlp.metrics);
+    assert_eq!(c.otlp.metrics_interval, d.otlp.metrics_interval);
 }
 
 #[test]
@@ -130,4 +133,20 @@ fn patterns_match_names_and_paths() {
     let p = Pattern::new("/system.slice/*.service").unwrap();
     assert!(p.is_match("/system.slice/nginx.service"));
     assert!(Pattern::new("").is_err());
+}
+
+#[test]
+fn node_name() {
+    assert_eq!(parse("").unwrap().node_name, None);
+    let c = parse("node_name: worker-1.example\n").unwrap();
+    assert_eq!(c.node_name, Some(NodeName("worker-1.example".into())));
+    let e = parse("listen: 127.0.0.1:1\nnode_name: \"a b\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("test.yaml:2:"), "{text}");
+    assert!(
+        text.contains("printable characters without spaces"),
+        "{text}"
+    );
+    assert!(NodeName::new("").is_err());
+    assert!(!NodeName::from_hostname().0.is_empty());
 }

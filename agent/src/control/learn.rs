@@ -17,6 +17,15 @@ use crate::{
     state::{LearnRequest, StateError},
 };
 
+/// The file process `pid` runs, as the process sees it (`/proc/PID/exe`; for a process in
+/// another mount namespace the kernel gives the path from that namespace's root). `None` when
+/// the process is gone or the file has no path.
+fn file_executed(pid: u32) -> Option<String> {
+    let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let p = p.to_str()?;
+    (p.starts_with('/') && !p.ends_with(" (deleted)")).then(|| p.to_owned())
+}
+
 /// Why learning gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
@@ -91,6 +100,11 @@ pub async fn learn(
                     EventType::Exec => {
                         if let Some(p) = &ev.process && !p.exe.is_empty() {
                             l.execs.insert(p.exe.clone());
+                            // exec rules see the file executed: its path too, when the
+                            // process is still there to ask
+                            if let Some(real) = file_executed(p.pid) {
+                                l.execs.insert(real);
+                            }
                         }
                     }
                     EventType::Flow => {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use flow::{FlowRecord, TcpInfo};
-pub use violation::{NetworkRef, Violation};
+pub use violation::{ExecDetail, NetworkRef, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -78,6 +78,9 @@ pub struct ContainerRef {
     pub namespace: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// The Kubernetes pod's uid (from the cgroup path), when the container is a pod's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
 }
 
 /// The process an event is about.
@@ -301,6 +304,7 @@ pub(crate) mod tests {
                 image: String::new(),
                 namespace: String::new(),
                 pod: String::new(),
+                pod_uid: String::new(),
             },
             process: Some(ProcessRef {
                 pid: 7,

@@ -14,6 +14,33 @@ pub struct NetworkRef {
     pub remote: String,
 }
 
+/// What an `exec` violation says besides `exec` (absent fields are omitted).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecDetail {
+    /// The path given to execve/execveat (`/dev/fd/N` for an fd), as the process wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_given: Option<String>,
+    /// `file`: the rules saw the file executed; `path_given`: only the path given (best
+    /// effort, without kernel BTF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_match: Option<String>,
+    /// Why `exec` is not a path the rules could match: `detached` (a memfd or another file no
+    /// path reaches; `exec` is its name, `memfd:NAME`), `deleted`, `unreachable` (outside the
+    /// process's root), `too_long`, `unreadable`, `not_found` (a script's file was not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_unresolved: Option<String>,
+    /// Device (`major:minor`) and inode of the file in `exec`, as the kernel has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_dev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_ino: Option<u64>,
+    /// The interpreter the kernel ran for a script (resolved like `exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter_unresolved: Option<String>,
+}
+
 /// The `violation` object of a `policy_violation` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
@@ -32,9 +59,14 @@ pub struct Violation {
     /// The errno the call got (`seccomp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
-    /// The executable, as given to execve (`exec`).
+    /// `exec`: the program as the process sees it: the file executed, its path resolved
+    /// (symlinks, `.`, `..`, repeated slashes), a script's own file for a script; the path given
+    /// to execve when `exec_match` is `path_given`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<String>,
+    /// The rest of what an `exec` violation says about the exec.
+    #[serde(flatten, default)]
+    pub exec_detail: ExecDetail,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRef>,
     /// Violations of this rule in this container not reported one by one (rate limit) since the
@@ -58,6 +90,7 @@ mod tests {
             syscall: Some("mount".into()),
             errno: Some("EPERM".into()),
             exec: None,
+            exec_detail: ExecDetail::default(),
             network: None,
             suppressed: 0,
         };

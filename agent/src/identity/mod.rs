@@ -5,6 +5,7 @@
 //! period (so their final numbers can be scraped) and are then forgotten.
 pub mod names;
 pub mod rules;
+pub mod stores;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -47,6 +48,9 @@ pub struct Identity {
     pub registered: bool,
     /// Image, Kubernetes namespace and pod name, when the runtime's files tell.
     pub image: String,
+    /// The runtime's own name for the container, when its files tell (Docker's and podman's
+    /// names, CRI-O's `k8s_…` name).
+    pub runtime_name: String,
     pub namespace: String,
     pub pod: String,
     pub naming: Naming,
@@ -73,6 +77,7 @@ impl Identity {
                 reaped: false,
                 registered: false,
                 image: String::new(),
+                runtime_name: String::new(),
                 namespace: String::new(),
                 pod: String::new(),
                 naming: Naming::NotNeeded,
@@ -113,11 +118,27 @@ impl Identity {
             reaped: false,
             registered: false,
             image: String::new(),
+            runtime_name: String::new(),
             namespace: String::new(),
             pod: String::new(),
             first_seen: Instant::now(),
             created_at: None,
             started: false,
+        }
+    }
+
+    /// The `name` label of cAdvisor families: the runtime's name for the container, else its id
+    /// (as cAdvisor under containerd), else a launched workload's name; empty for cgroups that
+    /// are not containers (so `name!=""` selects containers, as with cAdvisor).
+    pub fn cadvisor_name(&self) -> &str {
+        if !self.runtime_name.is_empty() {
+            &self.runtime_name
+        } else if let Some(id) = &self.container_id {
+            id
+        } else if self.registered {
+            &self.name
+        } else {
+            ""
         }
     }
 
@@ -265,6 +286,7 @@ impl Registry {
                     i.name = n;
                 }
                 i.image = r.image.unwrap_or_default();
+                i.runtime_name = r.runtime_name.unwrap_or_default();
                 i.namespace = r.namespace.unwrap_or_default();
                 i.pod = r.pod.unwrap_or_default();
                 i.naming = Naming::Done;
@@ -527,6 +549,7 @@ mod tests {
             image: Some("nginx".into()),
             namespace: None,
             pod: None,
+            runtime_name: None,
         };
         r.apply_names(3, Some(late), t0 + w * 3, w);
         let i = r.get(3).unwrap();

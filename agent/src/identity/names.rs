@@ -3,19 +3,18 @@
 //!
 //! - Docker: `<docker_root>/containers/<id>/config.v2.json` (`Name`, `Config.Image`, and the
 //!   `io.kubernetes.*` labels dockershim set).
-//! - podman: `<storage>/overlay-containers/containers.json` (`names`, `metadata.image-name`),
-//!   re-read only when its mtime changes.
+//! - podman and CRI-O: containers/storage's `containers.json`; containerd: its runtime v2
+//!   bundles' OCI annotations (see [`super::stores`]).
 //! - Kubernetes: namespace and pod name from `<log_root>/pods/<ns>_<pod>_<uid>/`, container
 //!   name from `<log_root>/containers/<pod>_<ns>_<container>-<id>.log` (kubelet's log links).
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::{collections::HashMap, path::PathBuf};
 
 use serde::Deserialize;
 
-use super::{Identity, Runtime};
+use super::{
+    Identity, Runtime,
+    stores::{self, ContainersStorage, Stored},
+};
 use crate::config::NameRoots;
 
 /// What the files say about one cgroup.
@@ -26,25 +25,31 @@ pub struct Resolved {
     pub image: Option<String>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    /// The runtime's own name for the container (the `name` label of cAdvisor families).
+    pub runtime_name: Option<String>,
 }
 
 impl Resolved {
     pub fn is_empty(&self) -> bool {
         self.name.is_none() && self.image.is_none() && self.pod.is_none()
     }
-}
 
-#[derive(Debug, Default)]
-struct PodmanCache {
-    mtime: Option<SystemTime>,
-    /// id → (name, image)
-    by_id: HashMap<String, (String, String)>,
+    fn from_stored(s: Stored) -> Self {
+        let some = |v: String| Some(v).filter(|v| !v.is_empty());
+        Self {
+            name: some(s.name),
+            image: some(s.image),
+            namespace: some(s.namespace),
+            pod: some(s.pod),
+            runtime_name: some(s.runtime_name),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Resolver {
     roots: NameRoots,
-    podman: HashMap<PathBuf, PodmanCache>,
+    storage: ContainersStorage,
 }
 
 #[derive(Deserialize)]
@@ -63,28 +68,11 @@ struct DockerInner {
     labels: Option<HashMap<String, String>>,
 }
 
-#[derive(Deserialize)]
-struct PodmanContainer {
-    id: String,
-    #[serde(default)]
-    names: Vec<String>,
-    #[serde(default)]
-    image: String,
-    #[serde(default)]
-    metadata: String,
-}
-
-#[derive(Deserialize, Default)]
-struct PodmanMetadata {
-    #[serde(rename = "image-name", default)]
-    image_name: String,
-}
-
 impl Resolver {
     pub fn new(roots: NameRoots) -> Self {
         Self {
             roots,
-            podman: HashMap::new(),
+            storage: ContainersStorage::default(),
         }
     }
 
@@ -93,7 +81,15 @@ impl Resolver {
         let id = identity.container_id.as_deref();
         let mut r = match (identity.runtime, id) {
             (Runtime::Docker, Some(id)) => self.docker(id).unwrap_or_default(),
-            (Runtime::Podman, Some(id)) => self.podman(id).unwrap_or_default(),
+            (Runtime::Podman, Some(id)) => self.stored(&self.roots.podman.clone(), id),
+            (Runtime::CriO, Some(id)) => self.stored(&self.roots.crio.clone(), id),
+            (Runtime::Containerd, Some(id)) => stores::containerd(&self.roots.containerd, id)
+                .map_or_else(Resolved::default, Resolved::from_stored),
+            // a bare id under kubepods (cgroupfs driver): containerd or CRI-O
+            (Runtime::Cri, Some(id)) => match stores::containerd(&self.roots.containerd, id) {
+                Some(s) => Resolved::from_stored(s),
+                None => self.stored(&self.roots.crio.clone(), id),
+            },
             _ => Resolved::default(),
         };
         if let Some(uid) = identity.pod_uid.as_deref()
@@ -135,30 +131,16 @@ impl Resolver {
             image: Some(cfg.config.image).filter(|i| !i.is_empty()),
             namespace: label("io.kubernetes.pod.namespace"),
             pod: label("io.kubernetes.pod.name"),
+            runtime_name: Some(cfg.name.trim_start_matches('/').to_owned())
+                .filter(|n| !n.is_empty()),
         })
     }
 
-    fn podman(&mut self, id: &str) -> Option<Resolved> {
-        for root in self.roots.podman.clone() {
-            let file = root.join("overlay-containers").join("containers.json");
-            let Ok(meta) = std::fs::metadata(&file) else {
-                continue;
-            };
-            let mtime = meta.modified().ok();
-            let cache = self.podman.entry(file.clone()).or_default();
-            if cache.mtime != mtime || cache.mtime.is_none() {
-                cache.by_id = load_podman(&file).unwrap_or_default();
-                cache.mtime = mtime;
-            }
-            if let Some((name, image)) = cache.by_id.get(id) {
-                return Some(Resolved {
-                    name: Some(name.clone()).filter(|n| !n.is_empty()),
-                    image: Some(image.clone()).filter(|i| !i.is_empty()),
-                    ..Resolved::default()
-                });
-            }
-        }
-        None
+    /// A containers/storage container (podman, CRI-O) under `roots`.
+    fn stored(&mut self, roots: &[PathBuf], id: &str) -> Resolved {
+        self.storage
+            .find(roots, id)
+            .map_or_else(Resolved::default, Resolved::from_stored)
     }
 
     /// (namespace, pod name) of a pod uid, from `pods/<ns>_<pod>_<uid>`.
@@ -188,27 +170,10 @@ impl Resolver {
     }
 }
 
-fn load_podman(file: &Path) -> Option<HashMap<String, (String, String)>> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let list: Vec<PodmanContainer> = serde_json::from_str(&text).ok()?;
-    Some(
-        list.into_iter()
-            .map(|c| {
-                let meta: PodmanMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
-                let image = if meta.image_name.is_empty() {
-                    c.image.chars().take(12).collect()
-                } else {
-                    meta.image_name
-                };
-                let name = c.names.into_iter().next().unwrap_or_default();
-                (c.id, (name, image))
-            })
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const ID: &str = "3f2a9c1b0e4d5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
@@ -218,6 +183,8 @@ mod tests {
         NameRoots {
             docker: dir.join("docker"),
             podman: vec![dir.join("podman")],
+            crio: vec![dir.join("crio")],
+            containerd: dir.join("containerd"),
             kubernetes_logs: dir.join("log"),
         }
     }
@@ -260,6 +227,7 @@ mod tests {
         let id = Identity::new(5, &format!("/libpod_parent/libpod-{ID}"));
         let got = r.resolve(&id).unwrap();
         assert_eq!(got.name.as_deref(), Some("db"));
+        assert_eq!(got.runtime_name.as_deref(), Some("db"));
         assert_eq!(got.image.as_deref(), Some("localhost/busybox:latest"));
         // a new container appears later: the changed file is re-read
         let id2 = ID.replace('f', "e");

@@ -1,9 +1,9 @@
 //! Per-container process and OOM families (palisade_*) and the cAdvisor-compatible resource
 //! families (container_*), which carry cAdvisor's labels: container, id (cgroup path), image,
-//! namespace, pod.
+//! name (the runtime's name for the container), namespace, pod.
 use std::collections::BTreeMap;
 
-use palisade_common::ProcessCounts;
+use palisade_common::{ProcessCounts, net::NetTotals};
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 
 use super::{Budget, ContainerKey, Inputs, counter, family, gauge};
@@ -112,6 +112,8 @@ struct Spec {
 struct Extra {
     ooms_seen: u64,
     last_seen: Option<f64>,
+    /// The cgroup_skb socket counters (IP bytes and packets), when network telemetry runs.
+    net: Option<NetTotals>,
 }
 
 const SPECS: &[Spec] = &[
@@ -182,6 +184,54 @@ const SPECS: &[Spec] = &[
         help: "Number of times memory usage hit the limit (monotonic).",
         kind: MetricType::GAUGE,
         value: |r, _| r.memory_failcnt.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_swap",
+        help: "Container swap usage in bytes.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_swap_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_mapped_file",
+        help: "Size of memory mapped files in bytes.",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_mapped_file_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_memory_max_usage_bytes",
+        help: "Maximum memory usage recorded in bytes (memory.peak on cgroup v2, kernel 5.19+).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.memory_max_usage_bytes.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_spec_cpu_shares",
+        help: "CPU share of the container (cgroup v2: cpu.weight converted as cAdvisor does).",
+        kind: MetricType::GAUGE,
+        value: |r, _| r.cpu_shares.map(|v| v as f64),
+    },
+    Spec {
+        name: "container_network_receive_bytes_total",
+        help: "Cumulative IP bytes the container's sockets received (all interfaces, loopback included).",
+        kind: MetricType::COUNTER,
+        value: |_, x| x.net.map(|n| n.rx_bytes as f64),
+    },
+    Spec {
+        name: "container_network_transmit_bytes_total",
+        help: "Cumulative IP bytes the container's sockets sent (all interfaces, loopback included).",
+        kind: MetricType::COUNTER,
+        value: |_, x| x.net.map(|n| n.tx_bytes as f64),
+    },
+    Spec {
+        name: "container_network_receive_packets_total",
+        help: "Cumulative IP packets the container's sockets received (all interfaces).",
+        kind: MetricType::COUNTER,
+        value: |_, x| x.net.map(|n| n.rx_packets as f64),
+    },
+    Spec {
+        name: "container_network_transmit_packets_total",
+        help: "Cumulative IP packets the container's sockets sent (all interfaces).",
+        kind: MetricType::COUNTER,
+        value: |_, x| x.net.map(|n| n.tx_packets as f64),
     },
     Spec {
         name: "container_spec_memory_limit_bytes",
@@ -260,6 +310,7 @@ fn resource_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily>
         let extra = Extra {
             ooms_seen: stats.oom_kills,
             last_seen: stats.last_seen,
+            net: stats.net,
         };
         let values: Vec<Option<f64>> = SPECS.iter().map(|s| (s.value)(r, &extra)).collect();
         if !budget.take(values.iter().flatten().count()) {
@@ -269,6 +320,7 @@ fn resource_families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily>
             ("container", identity.name.as_str()),
             ("id", identity.path.as_str()),
             ("image", identity.image.as_str()),
+            ("name", identity.cadvisor_name()),
             ("namespace", identity.namespace.as_str()),
             ("pod", identity.pod.as_str()),
         ];

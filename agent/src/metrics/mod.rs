@@ -25,12 +25,18 @@ use crate::{
     model::Model,
 };
 
+/// The families of the latest collection, for readers outside the state owner (the OTLP metrics
+/// export): replaced whole after each collection, never waited on by the owner.
+pub type Published = tokio::sync::watch::Sender<std::sync::Arc<Vec<MetricFamily>>>;
+
 /// Static facts rendered on every scrape.
 #[derive(Debug, Clone, Default)]
 pub struct Info {
     pub features: Vec<Feature>,
     /// (map name, capacity)
     pub map_capacity: Vec<(&'static str, u64)>,
+    /// This node's name (`node` of `palisade_build_info`).
+    pub node: String,
 }
 
 /// Metrics about the agent itself that it accumulates (the rest is derived per scrape).
@@ -201,8 +207,9 @@ impl ContainerKey {
     }
 }
 
-/// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
-pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
+/// Every family of the `/metrics` page (empty ones left out), and the number of per-container
+/// series the cardinality cap dropped. The page renders them; the OTLP metrics export reads them.
+pub fn families(inp: &Inputs<'_>, own: &SelfMetrics) -> (Vec<MetricFamily>, usize) {
     let mut budget = Budget::new(inp.cfg.max_series);
     // Cheap, high-value families take the budget first; latency histograms (18 series per
     // container and syscall) are the first to go when the cap bites.
@@ -216,12 +223,22 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), pr
     fams.extend(own.registry.gather());
     // The text encoder rejects empty families (e.g. no errors yet).
     fams.retain(|f| !f.get_metric().is_empty());
+    (fams, budget.dropped)
+}
+
+/// The Prometheus text format of `families`.
+pub fn encode(fams: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&fams, &mut buf)?;
+    TextEncoder::new().encode(fams, &mut buf)?;
     // The encoder writes UTF-8; a lossy conversion would rescan the whole (MiB-sized) page.
-    let text = String::from_utf8(buf)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    Ok((text, budget.dropped))
+    Ok(String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
+pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
+    let (fams, dropped) = families(inp, own);
+    Ok((encode(&fams)?, dropped))
 }
 
 #[cfg(test)]
@@ -287,6 +304,7 @@ mod tests {
                 detail: String::new(),
             }],
             map_capacity: vec![(palisade_common::names::MAP_SYSCALL_STATS, 10240)],
+            node: "worker-1".into(),
         };
         render(&inputs(&model, &registry, &info, cfg), &own).unwrap()
     }
@@ -348,6 +366,7 @@ mod tests {
                 .find(|l| l.starts_with("palisade_build_info{"))
                 .unwrap_or("")
         );
+        assert!(text.contains(",node=\"worker-1\"} 1\n"), "{text}");
         assert!(text.contains("palisade_series_dropped 0\n"));
         assert!(text.contains("palisade_cgroups{state=\"live\"} 2\n"));
         // HELP on every family
@@ -417,6 +436,7 @@ mod tests {
                 image: Some("nginx:1".into()),
                 namespace: Some("shop".into()),
                 pod: Some("cart".into()),
+                runtime_name: Some("k8s_web_cart".into()),
             }),
             std::time::Instant::now(),
             std::time::Duration::from_secs(1),
@@ -433,7 +453,16 @@ mod tests {
             exit_events_lost: 0,
         });
         e.oom_kills = 1;
+        e.net = Some(palisade_common::net::NetTotals {
+            tx_bytes: 100,
+            rx_bytes: 200,
+            tx_packets: 3,
+            rx_packets: 4,
+            ..Default::default()
+        });
         e.resources = Some(crate::resources::Resources {
+            cpu_shares: Some(1024),
+            memory_swap_bytes: Some(0),
             cpu_usage_seconds: Some(1.5),
             memory_limit_bytes: Some(None),
             cpu_quota_us: Some(None),
@@ -444,6 +473,7 @@ mod tests {
         let cfg = Config::default().metrics;
         let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
         let l = r#"container="web",namespace="shop",pod="cart""#;
+        let c = r#"container="web",id="/system.slice/nginx.service",image="nginx:1",name="k8s_web_cart",namespace="shop",pod="cart""#;
         for want in [
             format!("palisade_process_execs_total{{{l}}} 3\n"),
             format!("palisade_process_forks_total{{{l}}} 4\n"),
@@ -452,14 +482,22 @@ mod tests {
             format!("palisade_events_kernel_lost_total{{{l},type=\"exec\"}} 2\n"),
             format!("palisade_events_kernel_lost_total{{{l},type=\"exit\"}} 0\n"),
             format!("palisade_syscalls_total{{{l},syscall=\"getppid\"}} 3\n"),
-            r#"container_cpu_usage_seconds_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1.5"#.to_owned() + "\n",
+            format!("container_cpu_usage_seconds_total{{{c}}} 1.5\n"),
             // unlimited memory is 0, an unlimited quota is absent, OOMs seen by the agent count
-            r#"container_spec_memory_limit_bytes{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 0"#.to_owned() + "\n",
-            r#"container_oom_events_total{container="web",id="/system.slice/nginx.service",image="nginx:1",namespace="shop",pod="cart"} 1"#.to_owned() + "\n",
+            format!("container_spec_memory_limit_bytes{{{c}}} 0\n"),
+            format!("container_oom_events_total{{{c}}} 1\n"),
+            format!("container_spec_cpu_shares{{{c}}} 1024\n"),
+            format!("container_memory_swap{{{c}}} 0\n"),
+            // the socket counters of cgroup_skb, as cAdvisor's interface counters
+            format!("container_network_transmit_bytes_total{{{c}}} 100\n"),
+            format!("container_network_receive_bytes_total{{{c}}} 200\n"),
+            format!("container_network_transmit_packets_total{{{c}}} 3\n"),
+            format!("container_network_receive_packets_total{{{c}}} 4\n"),
         ] {
             assert!(text.contains(&want), "missing {want}\n{text}");
         }
         assert!(!text.contains("container_spec_cpu_quota{"));
+        assert!(!text.contains("container_memory_mapped_file{"));
         assert!(
             !text.contains("container_memory_usage_bytes{"),
             "absent values are left out"

@@ -10,7 +10,7 @@ pub(crate) fn families(inp: &Inputs<'_>, series_dropped: usize) -> Vec<MetricFam
 
     let mut f = family(
         "palisade_build_info",
-        "Palisade build: version and git commit (value is always 1).",
+        "Palisade build: version, git commit and the node the agent runs on (value is always 1).",
         MetricType::GAUGE,
     );
     f.mut_metric().push(gauge(
@@ -20,6 +20,7 @@ pub(crate) fn families(inp: &Inputs<'_>, series_dropped: usize) -> Vec<MetricFam
                 "commit",
                 option_env!("PALISADE_GIT_COMMIT").unwrap_or("unknown"),
             ),
+            ("node", info.node.as_str()),
         ],
         1.0,
     ));

@@ -24,8 +24,8 @@ use aya::{
 use palisade_common::{
     names,
     policy::{
-        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecRule, NetRuleSet, POLICY_ABI,
-        RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
+        POLICY_ABI, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
     },
 };
 
@@ -134,7 +134,8 @@ pub enum Hook {
     Syscalls,
     /// `sys_exit` raw tracepoint: seccomp denials of launched workloads.
     Seccomp,
-    /// `sched:sched_process_exec`.
+    /// `sched_process_exec`: a raw tracepoint on the file executed (kernel BTF), or the classic
+    /// tracepoint on the path given (the fallback).
     Exec,
     /// connect4/6, sendmsg4/6 on the unified root.
     Egress,
@@ -161,11 +162,13 @@ impl Hook {
         }
     }
 
-    fn programs(self) -> &'static [&'static str] {
+    /// The programs of the group; `exec_file`: exec rules see the file executed.
+    fn programs(self, exec_file: bool) -> &'static [&'static str] {
         match self {
             Hook::Syscalls => &[names::PROG_POLICY_SYS_ENTER],
             Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
-            Hook::Exec => &[names::PROG_POLICY_EXEC],
+            Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
+            Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,
                 names::PROG_POLICY_CONNECT6,
@@ -187,8 +190,11 @@ pub struct Options {
     pub pin_dir: PathBuf,
     /// Root of the unified hierarchy (network hooks attach there).
     pub unified_root: PathBuf,
-    /// Offset of `filename` in `sched:sched_process_exec` records (`None`: no exec rules).
+    /// Offset of `filename` in `sched:sched_process_exec` records (the fallback's input).
     pub exec_filename_offset: Option<u32>,
+    /// Kernel struct offsets for exec rules on the file executed (`None`: no kernel BTF, exec
+    /// rules fall back to the path given).
+    pub exec_offsets: Option<ExecOffsets>,
     pub burst: u64,
     pub interval_ns: u64,
 }
@@ -283,12 +289,14 @@ impl Kernel {
         }
         let nr_offset: u64 = 15 * 8;
         let off = opts.exec_filename_offset.unwrap_or(8);
+        let exec_offsets = opts.exec_offsets.unwrap_or(ExecOffsets::ZERO);
         let mask: u32 = 16383;
         let mut loader = EbpfLoader::new();
         loader
             .btf(None)
             .override_global(names::GLOBAL_POLICY_NR_OFFSET, &nr_offset, true)
             .override_global(names::GLOBAL_POLICY_EXEC_OFF_FILENAME, &off, true)
+            .override_global(names::GLOBAL_POLICY_EXEC_OFFSETS, &exec_offsets, true)
             .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true);
         let paths: Vec<(&str, PathBuf)> = names::POLICY_MAPS
             .iter()
@@ -374,8 +382,9 @@ impl Kernel {
 
     /// The links of `h`: adopted from their pins, or attached and pinned now.
     fn attach(&mut self, h: Hook) -> Result<Vec<PinnedLink>, BpfError> {
+        let exec_file = self.opts.exec_offsets.is_some();
         let mut out = Vec::new();
-        for prog in h.programs() {
+        for prog in h.programs(exec_file) {
             let pin = links_dir(&self.opts.pin_dir).join(prog);
             if pin.exists() {
                 match PinnedLink::from_pin(&pin) {
@@ -398,6 +407,17 @@ impl Kernel {
                 },
             })?;
             out.push(pinned);
+        }
+        if h == Hook::Exec {
+            // a previous agent may have matched execs the other way: one exec program only,
+            // the old one detached once the new one is in place
+            for prog in Hook::Exec.programs(!exec_file) {
+                let pin = links_dir(&self.opts.pin_dir).join(prog);
+                if let Ok(l) = PinnedLink::from_pin(&pin) {
+                    tracing::info!(link = %pin.display(), "the other exec program's pinned link replaced");
+                    let _ = l.unpin();
+                }
+            }
         }
         Ok(out)
     }
@@ -437,6 +457,14 @@ impl Kernel {
                 Ok(p.take_link(id).map_err(perr)?.into())
             }
             names::PROG_POLICY_EXEC => {
+                let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
+                if p.fd().is_err() {
+                    p.load().map_err(perr)?;
+                }
+                let id = p.attach("sched_process_exec").map_err(perr)?;
+                Ok(p.take_link(id).map_err(perr)?.into())
+            }
+            names::PROG_POLICY_EXEC_GIVEN => {
                 if self.opts.exec_filename_offset.is_none() {
                     return Err(att(AttachError::NoTracefs));
                 }
@@ -470,6 +498,16 @@ impl Kernel {
                 FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
             }
         }
+    }
+
+    /// Whether exec rules are attached (or will be) on the file executed.
+    pub fn exec_on_file(&self) -> bool {
+        self.opts.exec_offsets.is_some()
+    }
+
+    /// Exec rules on the path given from now on (the kernel refused the other program).
+    pub fn exec_on_path_given(&mut self) {
+        self.opts.exec_offsets = None;
     }
 
     /// Violation events lost to a full ring buffer.

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod bpffs;
 mod engine;
 mod error;
+pub mod exec_match;
 mod report;
 mod resources;
 mod tables;
@@ -69,9 +70,20 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
             .and_then(|f| f.offset("filename"))
             .ok()
     });
+    let exec = exec_match::ExecMatch::probe(&s.cfg.kernel_btf);
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
-    let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, exec_offset, s.hub, writer);
+    let engine = engine::Engine::new(
+        s.cfg,
+        s.set,
+        s.unified_root,
+        engine::Exec {
+            given_offset: exec_offset,
+            matching: exec,
+        },
+        s.hub,
+        writer,
+    );
     task::spawn(engine, exits)
 }
 

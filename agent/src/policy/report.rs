@@ -58,6 +58,7 @@ fn container_of(targets: &HashMap<u64, TargetInfo>, cgroup_id: u64) -> Container
             image: String::new(),
             namespace: String::new(),
             pod: String::new(),
+            pod_uid: String::new(),
         },
     }
 }
@@ -134,7 +135,11 @@ impl Reporter {
         let suppressed = ev.total.saturating_sub(prev).saturating_sub(1);
         self.mark(key, prev.max(ev.total), ev.what);
         let (policy, rule, m) = names(ids, k, ev.rule);
-        let exec = violation::path(ev);
+        let (exec, exec_detail) = violation::exec(ev).unzip();
+        let exe = exec_detail
+            .as_ref()
+            .and_then(|d| d.exec_given.clone())
+            .unwrap_or_default();
         let v = Violation {
             policy,
             rule,
@@ -144,7 +149,8 @@ impl Reporter {
             syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
                 .then(|| palisade_syscalls::label(ev.nr).into_owned()),
             errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
-            exec: exec.clone(),
+            exec,
+            exec_detail: exec_detail.unwrap_or_default(),
             network: violation::network(ev.what, &ev.net),
             suppressed,
         };
@@ -155,7 +161,7 @@ impl Reporter {
             ppid: None,
             uid: ev.uid,
             comm: violation::comm(&ev.comm),
-            exe: exec.unwrap_or_default(),
+            exe,
             args: Vec::new(),
             args_truncated: false,
         });
@@ -248,6 +254,7 @@ impl Reporter {
                         syscall: None,
                         errno: None,
                         exec: None,
+                        exec_detail: Default::default(),
                         network: None,
                         suppressed: 0,
                     }

@@ -4,10 +4,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use palisade_common::{
     net::{AF_INET, AF_INET6},
-    policy::{NetTuple, POLICY_PATH_MAX, PolicyEvent, taken, what},
+    policy::{
+        ExecPaths, NetTuple, POLICY_PATH_MAX, PolicyEvent, exec_flags, taken, unresolved, what,
+    },
 };
 
-use crate::events::NetworkRef;
+use crate::events::{ExecDetail, NetworkRef};
 
 pub fn hook_name(w: u32) -> &'static str {
     match w {
@@ -75,13 +77,50 @@ pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PolicyEvent>()) })
 }
 
-/// The exec path of a record.
-pub fn path(ev: &PolicyEvent) -> Option<String> {
-    (ev.what == what::EXEC).then(|| {
-        let b = &ev.path[..(ev.path_len as usize).min(POLICY_PATH_MAX)];
-        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-        String::from_utf8_lossy(&b[..end]).into_owned()
-    })
+fn text(b: &[u8; POLICY_PATH_MAX], len: u32) -> String {
+    let b = &b[..(len as usize).min(POLICY_PATH_MAX)];
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// A path as the kernel left it, marked the way `/proc/PID/exe` marks it where it is not a
+/// path the rules could match.
+fn shown(path: String, why: u32) -> String {
+    match why {
+        unresolved::DELETED => format!("{path} (deleted)"),
+        unresolved::TOO_LONG => format!("…{path}"),
+        _ => path,
+    }
+}
+
+/// The `exec` of a record and the rest of what it says about the exec.
+pub fn exec(ev: &PolicyEvent) -> Option<(String, ExecDetail)> {
+    if ev.what != what::EXEC {
+        return None;
+    }
+    let x: &ExecPaths = &ev.exec;
+    let name = |r: u32| (r != unresolved::NONE).then(|| unresolved::name(r).to_owned());
+    let resolved = x.flags & exec_flags::RESOLVED != 0;
+    let script = x.flags & exec_flags::SCRIPT != 0;
+    let by_name = !resolved || x.flags & exec_flags::SCRIPT_BY_NAME != 0;
+    let id = x.flags & exec_flags::HAVE_ID != 0;
+    let (major, minor) = x.dev_numbers();
+    Some((
+        shown(text(&x.path, x.path_len), x.path_unresolved),
+        ExecDetail {
+            exec_given: Some(text(&x.given, x.given_len)),
+            exec_match: Some(if by_name { "path_given" } else { "file" }.to_owned()),
+            exec_unresolved: name(x.path_unresolved),
+            exec_dev: id.then(|| format!("{major}:{minor}")),
+            exec_ino: id.then_some(x.ino),
+            interpreter: script.then(|| shown(text(&x.interp, x.interp_len), x.interp_unresolved)),
+            interpreter_unresolved: if script {
+                name(x.interp_unresolved)
+            } else {
+                None
+            },
+        },
+    ))
 }
 
 /// `comm` as text.
@@ -121,5 +160,65 @@ mod tests {
         assert_eq!(n.local, "[::]:53");
         assert_eq!(n.protocol, "udp");
         assert!(network(what::EXEC, &b).is_none());
+    }
+
+    fn exec_event(f: impl FnOnce(&mut ExecPaths)) -> PolicyEvent {
+        let mut x = ExecPaths::EMPTY;
+        f(&mut x);
+        PolicyEvent {
+            what: what::EXEC,
+            rule: 1,
+            action: taken::KILL,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            nr: 0,
+            errno: 0,
+            cgroup_id: 1,
+            ktime_ns: 0,
+            total: 1,
+            comm: [0; 16],
+            net: NetTuple::default(),
+            exec: x,
+        }
+    }
+
+    fn put(b: &mut [u8; POLICY_PATH_MAX], len: &mut u32, s: &str) {
+        b[..s.len()].copy_from_slice(s.as_bytes());
+        *len = s.len() as u32;
+    }
+
+    #[test]
+    fn exec_records_render() {
+        let ev = exec_event(|x| {
+            x.flags = exec_flags::RESOLVED | exec_flags::SCRIPT | exec_flags::HAVE_ID;
+            put(&mut x.path, &mut x.path_len, "/opt/tool.sh");
+            put(&mut x.interp, &mut x.interp_len, "/usr/bin/dash");
+            put(&mut x.given, &mut x.given_len, "./t");
+            x.dev = (254 << 20) | 3;
+            x.ino = 42;
+        });
+        let (path, d) = exec(&ev).unwrap();
+        assert_eq!(path, "/opt/tool.sh");
+        assert_eq!(d.exec_given.as_deref(), Some("./t"));
+        assert_eq!(d.exec_match.as_deref(), Some("file"));
+        assert_eq!(d.interpreter.as_deref(), Some("/usr/bin/dash"));
+        assert_eq!(d.exec_dev.as_deref(), Some("254:3"));
+        assert_eq!(d.exec_ino, Some(42));
+        assert_eq!(d.exec_unresolved, None);
+        let ev = exec_event(|x| {
+            x.flags = exec_flags::RESOLVED;
+            x.path_unresolved = unresolved::DELETED;
+            put(&mut x.path, &mut x.path_len, "/tmp/x");
+        });
+        let (path, d) = exec(&ev).unwrap();
+        assert_eq!(path, "/tmp/x (deleted)");
+        assert_eq!(d.exec_unresolved.as_deref(), Some("deleted"));
+        assert_eq!(d.interpreter, None);
+        let ev = exec_event(|x| put(&mut x.path, &mut x.path_len, "/bin/true"));
+        assert_eq!(
+            exec(&ev).unwrap().1.exec_match.as_deref(),
+            Some("path_given")
+        );
     }
 }

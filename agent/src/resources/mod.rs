@@ -31,6 +31,14 @@ pub struct Resources {
     pub memory_rss_bytes: Option<u64>,
     pub memory_cache_bytes: Option<u64>,
     pub memory_failcnt: Option<u64>,
+    /// Swap in use (v2 `memory.swap.current`; v1 `memsw` usage minus usage, else `total_swap`).
+    pub memory_swap_bytes: Option<u64>,
+    /// File-backed memory mapped into processes (`file_mapped` / `total_mapped_file`).
+    pub memory_mapped_file_bytes: Option<u64>,
+    /// Highest usage seen (v2 `memory.peak`, kernel 5.19+; v1 `memory.max_usage_in_bytes`).
+    pub memory_max_usage_bytes: Option<u64>,
+    /// CPU shares (v1 `cpu.shares`; v2 `cpu.weight` converted back as cAdvisor does).
+    pub cpu_shares: Option<u64>,
     /// `Some(None)` = unlimited.
     pub memory_limit_bytes: Option<Option<u64>>,
     pub oom_kills: Option<u64>,
@@ -155,6 +163,11 @@ impl Reader {
             }
         }
 
+        r.cpu_shares = match self.v2(rel, "cpu.weight").and_then(|s| single(&s)) {
+            Some(weight) => weight_to_shares(weight),
+            None => self.v1("cpu", rel, "cpu.shares").and_then(|s| single(&s)),
+        };
+
         // Memory: v2 when the memory controller is enabled there, else v1.
         if let Some(current) = self.v2(rel, "memory.current").and_then(|s| single(&s)) {
             let stat = self.v2(rel, "memory.stat").unwrap_or_default();
@@ -166,6 +179,9 @@ impl Reader {
                 Some(current.saturating_sub(flat_keyed(&stat, "inactive_file").unwrap_or(0)));
             r.memory_failcnt = flat_keyed(&events, "max");
             r.oom_kills = flat_keyed(&events, "oom_kill");
+            r.memory_mapped_file_bytes = flat_keyed(&stat, "file_mapped");
+            r.memory_swap_bytes = self.v2(rel, "memory.swap.current").and_then(|s| single(&s));
+            r.memory_max_usage_bytes = self.v2(rel, "memory.peak").and_then(|s| single(&s));
             r.memory_limit_bytes = self.v2(rel, "memory.max").and_then(|s| limit_v2(&s));
         } else if let Some(usage) = self
             .v1("memory", rel, "memory.usage_in_bytes")
@@ -183,6 +199,15 @@ impl Reader {
             );
             r.memory_failcnt = self
                 .v1("memory", rel, "memory.failcnt")
+                .and_then(|s| single(&s));
+            r.memory_mapped_file_bytes = pick("total_mapped_file", "mapped_file");
+            r.memory_swap_bytes = self
+                .v1("memory", rel, "memory.memsw.usage_in_bytes")
+                .and_then(|s| single(&s))
+                .map(|memsw| memsw.saturating_sub(usage))
+                .or_else(|| pick("total_swap", "swap"));
+            r.memory_max_usage_bytes = self
+                .v1("memory", rel, "memory.max_usage_in_bytes")
                 .and_then(|s| single(&s));
             r.oom_kills = self
                 .v1("memory", rel, "memory.oom_control")
@@ -250,7 +275,7 @@ mod tests {
             &u,
             c,
             "memory.stat",
-            "anon 600000\nfile 300000\ninactive_file 100000\n",
+            "anon 600000\nfile 300000\ninactive_file 100000\nfile_mapped 8192\n",
         );
         write(
             &u,
@@ -259,6 +284,9 @@ mod tests {
             "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n",
         );
         write(&u, c, "memory.max", "268435456\n");
+        write(&u, c, "memory.swap.current", "4096\n");
+        write(&u, c, "memory.peak", "2000000\n");
+        write(&u, c, "cpu.weight", "100\n");
         write(
             &u,
             c,
@@ -278,6 +306,11 @@ mod tests {
         assert_eq!(r.memory_failcnt, Some(2));
         assert_eq!(r.oom_kills, Some(1));
         assert_eq!(r.memory_limit_bytes, Some(Some(268_435_456)));
+        assert_eq!(r.memory_swap_bytes, Some(4096));
+        assert_eq!(r.memory_mapped_file_bytes, Some(8192));
+        assert_eq!(r.memory_max_usage_bytes, Some(2_000_000));
+        // weight 100 (systemd's default) as cAdvisor reports it
+        assert_eq!(r.cpu_shares, Some(2597));
         assert_eq!((r.fs_read_bytes, r.fs_write_bytes), (Some(10), Some(20)));
         assert_eq!((r.processes, r.threads), (Some(2), Some(3)));
     }
@@ -310,8 +343,16 @@ mod tests {
             &v1.join("memory"),
             c,
             "memory.stat",
-            "total_rss 3000\ntotal_cache 1500\ntotal_inactive_file 500\n",
+            "total_rss 3000\ntotal_cache 1500\ntotal_inactive_file 500\ntotal_mapped_file 700\ntotal_swap 9\n",
         );
+        write(
+            &v1.join("memory"),
+            c,
+            "memory.memsw.usage_in_bytes",
+            "5100\n",
+        );
+        write(&v1.join("memory"), c, "memory.max_usage_in_bytes", "6000\n");
+        write(&v1.join("cpu,cpuacct"), c, "cpu.shares", "512\n");
         write(&v1.join("memory"), c, "memory.failcnt", "7\n");
         write(
             &v1.join("memory"),
@@ -341,6 +382,11 @@ mod tests {
         assert_eq!(r.memory_working_set_bytes, Some(4500));
         assert_eq!(r.memory_cache_bytes, Some(1500));
         assert_eq!(r.memory_failcnt, Some(7));
+        assert_eq!(r.memory_mapped_file_bytes, Some(700));
+        // memsw - usage when swap accounting is on (total_swap otherwise)
+        assert_eq!(r.memory_swap_bytes, Some(100));
+        assert_eq!(r.memory_max_usage_bytes, Some(6000));
+        assert_eq!(r.cpu_shares, Some(512));
         assert_eq!(r.oom_kills, Some(2));
         assert_eq!(r.memory_limit_bytes, Some(None));
         assert_eq!(r.fs_read_bytes, Some(4096));

@@ -44,6 +44,14 @@ pub fn cpu_max(text: &str) -> Option<(Option<u64>, u64)> {
     Some((quota, period))
 }
 
+/// v2 `cpu.weight` (1..=10000) as v1 CPU shares: the inverse of runc's shares → weight
+/// conversion (`1 + (shares - 2) * 9999 / 262142`), as cAdvisor reports it.
+pub fn weight_to_shares(weight: u64) -> Option<u64> {
+    (1..=10_000)
+        .contains(&weight)
+        .then(|| 2 + (weight - 1) * 262_142 / 9_999)
+}
+
 /// v1 `cpu.cfs_quota_us`: -1 means unlimited.
 pub fn cfs_quota_v1(text: &str) -> Option<Option<u64>> {
     let v: i64 = text.trim().parse().ok()?;
@@ -118,6 +126,16 @@ inactive_file 1024\ntotal_cache 40960\ntotal_rss 81920\ntotal_inactive_file 1024
     const OOM_CONTROL_V1: &str = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
     const BLKIO_V1: &str = "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 4608\n8:0 Async 0\n\
 8:0 Discard 0\n8:0 Total 4608\n8:16 Read 100\n8:16 Write 0\nTotal 4708\n";
+
+    #[test]
+    fn cpu_weight_as_shares() {
+        // runc writes weight 39 for Docker's default 1024 shares: back to 998 (the round trip
+        // loses a little, in cAdvisor too)
+        assert_eq!(weight_to_shares(39), Some(998));
+        assert_eq!(weight_to_shares(1), Some(2));
+        assert_eq!(weight_to_shares(10_000), Some(262_144));
+        assert_eq!(weight_to_shares(0), None);
+    }
 
     #[test]
     fn v2_files() {

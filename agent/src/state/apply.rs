@@ -36,6 +36,7 @@ pub fn container_ref(i: &Identity) -> ContainerRef {
         image: i.image.clone(),
         namespace: i.namespace.clone(),
         pod: i.pod.clone(),
+        pod_uid: i.pod_uid.clone().unwrap_or_default(),
     }
 }
 
@@ -66,6 +67,7 @@ fn unknown_container(cgroup_id: u64) -> ContainerRef {
         image: String::new(),
         namespace: String::new(),
         pod: String::new(),
+        pod_uid: String::new(),
     }
 }
 

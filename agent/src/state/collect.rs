@@ -197,8 +197,11 @@ impl Owner {
         {
             self.flow_pass(flows, c.flows_created);
         }
-        if !c.scrapes.is_empty() {
-            let page = self.render(c.started.unwrap_or_else(Instant::now));
+        if !c.scrapes.is_empty() || self.published.is_some() {
+            let page = self.render(
+                c.started.unwrap_or_else(Instant::now),
+                !c.scrapes.is_empty(),
+            );
             for s in c.scrapes {
                 let _ = s.send(page.clone());
             }
@@ -209,10 +212,11 @@ impl Owner {
         self.start_next();
     }
 
-    /// The `/metrics` page from the current numbers.
-    fn render(&self, started: Instant) -> Result<bytes::Bytes, StateError> {
+    /// The `/metrics` page from the current numbers (an empty page unless `page`); the families
+    /// also go to the OTLP metrics export when it runs.
+    fn render(&self, started: Instant, page: bool) -> Result<bytes::Bytes, StateError> {
         let policy = self.policy.snapshot();
-        let rendered = metrics::render(
+        let (fams, _dropped) = metrics::families(
             &metrics::Inputs {
                 model: &self.model,
                 registry: &self.registry,
@@ -227,9 +231,18 @@ impl Owner {
             },
             &self.own,
         );
-        self.own.observe_scrape(started.elapsed().as_secs_f64());
-        match rendered {
-            Ok((text, _dropped)) => Ok(bytes::Bytes::from(text)),
+        let text = if page {
+            let text = metrics::encode(&fams);
+            self.own.observe_scrape(started.elapsed().as_secs_f64());
+            text
+        } else {
+            Ok(String::new())
+        };
+        if let Some(tx) = &self.published {
+            tx.send_replace(Arc::new(fams));
+        }
+        match text {
+            Ok(text) => Ok(bytes::Bytes::from(text)),
             Err(e) => Err(StateError::Render(Arc::new(e))),
         }
     }

@@ -10,7 +10,7 @@ use crate::{
     events::{Clock, Hub},
     identity::{Identity, Inserted, Registry, names::Resolver},
     kernel::{KernelHandle, Output},
-    metrics::{Info, SelfMetrics},
+    metrics::{self, Info, SelfMetrics},
     model::Model,
     net::NetState,
     policy,
@@ -30,6 +30,8 @@ pub struct Parts {
     pub own: SelfMetrics,
     pub resources: resources::Reader,
     pub unified_root: PathBuf,
+    /// Where every collection's metric families go (the OTLP metrics export), when it runs.
+    pub published: Option<metrics::Published>,
 }
 
 /// Work done off the task (blocking reads of cgroupfs) coming back.
@@ -57,6 +59,7 @@ pub(super) struct Owner {
     pub own: SelfMetrics,
     pub resources: resources::Reader,
     pub unified_root: PathBuf,
+    pub published: Option<metrics::Published>,
     /// Cgroups learned since the last flush: the kernel filter and the policy task hear of
     /// them once the current message is handled.
     pub new: Vec<Identity>,
@@ -91,6 +94,7 @@ pub fn spawn(p: Parts) -> (StateHandle, tokio::task::JoinHandle<()>) {
         own: p.own,
         resources: p.resources,
         unified_root: p.unified_root,
+        published: p.published,
         new: Vec::new(),
         current: None,
         next: None,

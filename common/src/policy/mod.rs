@@ -9,11 +9,13 @@
 //! one entry per rule and the pinned state names its own rules across agent restarts.
 
 mod args;
+mod exec;
 
 pub use args::*;
+pub use exec::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 1;
+pub const POLICY_ABI: u32 = 2;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;
@@ -21,7 +23,7 @@ pub const MAX_SYSCALLS: usize = 512;
 pub const MAX_NET_RULES: usize = 16;
 /// Bytes of a policy or rule name kept in [`RuleInfo`] (NUL-padded).
 pub const RULE_NAME_MAX: usize = 64;
-/// Longest exec path carried in a [`PolicyEvent`] and hashed for exec rules.
+/// Longest exec path carried in a [`PolicyEvent`], resolved and hashed for exec rules.
 pub const POLICY_PATH_MAX: usize = 256;
 
 /// Bit of a [`SyscallVerdicts`] entry: the rule has argument conditions (evaluated by the
@@ -103,18 +105,6 @@ pub mod what {
     pub const INGRESS: u32 = 7;
 }
 
-/// [`ExecKey::kind`] values: how an exec pattern is matched.
-pub mod exec_kind {
-    /// The whole path (`/usr/bin/nc`).
-    pub const EXACT: u32 = 1;
-    /// Files directly in a directory (`/usr/bin/*`): hash of the directory.
-    pub const DIR: u32 = 2;
-    /// Anything below a directory (`/opt/app/**`): hash of the directory.
-    pub const TREE: u32 = 3;
-    /// Any path with this file name (`**/nc`): hash of the name.
-    pub const BASENAME: u32 = 4;
-}
-
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,36 +135,6 @@ impl SyscallVerdicts {
 pub struct EnterSlot {
     pub tid: u32,
     pub nr: u32,
-}
-
-/// Value of `POLICY_EXEC_CONF` (slot → exec configuration).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecConf {
-    /// 1: an exec no allow pattern matches is a violation of `default_rule`.
-    pub allow_list: u32,
-    pub default_rule: u32,
-}
-
-/// Key of `POLICY_EXEC` (one exec pattern of a slot).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ExecKey {
-    pub slot: u32,
-    /// One of [`exec_kind`].
-    pub kind: u32,
-    /// [`fnv`] hash of the path, directory or name (see [`exec_kind`]).
-    pub hash: u64,
-}
-
-/// Value of `POLICY_EXEC`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecRule {
-    /// The deny rule's id (0 for an allow pattern).
-    pub rule: u32,
-    /// 1 for an allow pattern. A path matching both an allow and a deny pattern is denied.
-    pub allow: u32,
 }
 
 /// One network rule: remote prefix, port range and protocol. IPv4 addresses sit in the first
@@ -429,11 +389,8 @@ pub struct PolicyEvent {
     pub total: u64,
     pub comm: [u8; 16],
     pub net: NetTuple,
-    /// Bytes of `path` used (exec violations).
-    pub path_len: u32,
-    /// Always 0 (explicit padding).
-    pub _pad: u32,
-    pub path: [u8; POLICY_PATH_MAX],
+    /// Exec violations: the file executed, its interpreter, the path given.
+    pub exec: ExecPaths,
 }
 
 /// Indices of `POLICY_CONFIG` (`u64` values userspace sets).
@@ -445,49 +402,6 @@ pub mod config {
     /// `POLICY_ABI` of the tables.
     pub const ABI: u32 = 2;
     pub const COUNT: u32 = 4;
-}
-
-/// FNV-1a, 64 bits: the exec path hash (cheap in eBPF, one multiply per byte).
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-#[inline(always)]
-pub fn fnv_step(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-}
-
-/// FNV-1a of `bytes`.
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h = FNV_OFFSET;
-    for b in bytes {
-        h = fnv_step(h, *b);
-    }
-    h
-}
-
-/// Calls `f(kind, hash)` for every exec table key an exec of `path` looks up, as the kernel
-/// does: the whole path, the directory of the file, each ancestor directory (for `DIR/**`) and
-/// the file name.
-pub fn exec_lookups(path: &[u8], mut f: impl FnMut(u32, u64)) {
-    let mut h = FNV_OFFSET;
-    let mut base = FNV_OFFSET;
-    let mut dir = FNV_OFFSET;
-    for &b in path.iter().take(POLICY_PATH_MAX) {
-        if b == 0 {
-            break;
-        }
-        if b == b'/' {
-            f(exec_kind::TREE, h);
-            dir = h;
-            base = FNV_OFFSET;
-        } else {
-            base = fnv_step(base, b);
-        }
-        h = fnv_step(h, b);
-    }
-    f(exec_kind::EXACT, h);
-    f(exec_kind::DIR, dir);
-    f(exec_kind::BASENAME, base);
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::policy::{
-    CgroupPolicy, NetTuple, POLICY_PATH_MAX, PolicyEvent, RuleInfo, ViolationKey, ViolationState,
-    admit, config,
+    CgroupPolicy, ExecPaths, NetTuple, PolicyEvent, RuleInfo, ViolationKey, ViolationState, admit,
+    config,
 };
 use palisade_ebpf::{atomic_add, lru_entry};
 
@@ -66,8 +66,8 @@ pub struct Detail<'a> {
     pub nr: u32,
     pub errno: u32,
     pub net: Option<&'a NetTuple>,
-    /// Source of an exec path (a kernel address; copied with bpf_probe_read_kernel_str).
-    pub path: Option<*const u8>,
+    /// Exec violations: what was executed (this CPU's scratch, copied into the event).
+    pub path: Option<*const ExecPaths>,
 }
 
 /// Counts one violation of `rule` with outcome `action` in `cgroup_id` and, when the rate limit
@@ -124,7 +124,6 @@ pub fn report(
         (*ev).total = total;
         (*ev).nr = detail.nr;
         (*ev).errno = detail.errno;
-        (*ev)._pad = 0;
         match subject {
             Subject::Current => {
                 let pid_tgid = bpf_get_current_pid_tgid();
@@ -144,11 +143,16 @@ pub fn report(
             Some(t) => *t,
             None => NetTuple::default(),
         };
-        (*ev).path_len = 0;
-        if let Some(src) = detail.path
-            && let Ok(s) = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut (*ev).path)
-        {
-            (*ev).path_len = s.len().min(POLICY_PATH_MAX) as u32;
+        (*ev).exec.flags = 0;
+        (*ev).exec.path_len = 0;
+        (*ev).exec.interp_len = 0;
+        (*ev).exec.given_len = 0;
+        if let Some(src) = detail.path {
+            let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                (&raw mut (*ev).exec).cast(),
+                size_of::<ExecPaths>() as u32,
+                src.cast(),
+            );
         }
     }
     entry.submit(0);

@@ -1,9 +1,10 @@
 //! Device rules as a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the workload's unified
 //! cgroup: the cgroup v2 way, which also works on hybrid hosts (the unified hierarchy is
 //! cgroup2). Rules are read last to first and the first that matches decides, so a later rule
-//! overrides an earlier one, as with v1 `devices.allow`/`devices.deny` lines; nothing matching
-//! means allowed (a v1 cgroup starts allowing everything too). OCI lists start with
-//! "deny all", so in practice only the listed devices open.
+//! overrides an earlier one, as with v1 `devices.allow`/`devices.deny` lines. A device no rule
+//! matches is denied, as runc does (its cgroup v2 filter starts from "deny"): a bundle whose
+//! list lacks the leading "deny all" of `runc spec` still opens only the devices it lists and
+//! the default ones.
 use std::{
     ffi::CString,
     io,
@@ -115,7 +116,8 @@ fn program(rules: &[DeviceRule]) -> Vec<Insn> {
             return p;
         }
     }
-    p.push(insn(MOV_K, 0, 0, 0, 1));
+    // no rule matched: denied
+    p.push(insn(MOV_K, 0, 0, 0, 0));
     p.push(insn(EXIT, 0, 0, 0, 0));
     p
 }
@@ -269,8 +271,18 @@ mod tests {
         let n = p.len();
         assert_eq!((p[n - 2].code, p[n - 2].imm), (MOV_K, 0));
         assert_eq!(p[n - 1].code, EXIT);
-        // without it, unmatched devices are allowed
+        // without it, unmatched devices are denied all the same (as runc)
         let p = program(&default_devices());
+        assert_eq!((p[p.len() - 2].code, p[p.len() - 2].imm), (MOV_K, 0));
+        // an "allow all" rule still ends the program allowing
+        let all = DeviceRule {
+            allow: true,
+            kind: 'a',
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        };
+        let p = program(&[all]);
         assert_eq!((p[p.len() - 2].code, p[p.len() - 2].imm), (MOV_K, 1));
         assert_eq!(access_mask("rw"), 6);
     }

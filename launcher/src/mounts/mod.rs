@@ -2,7 +2,11 @@
 //! made private (or what the bundle asks) before anything is mounted, the bundle's mounts
 //! resolved inside the rootfs with `openat2(RESOLVE_IN_ROOT)` (a symlink in the image cannot
 //! point a mount outside it), /dev populated, masked and read-only paths, then `pivot_root`.
-//! Without a rootfs the host's tree stays, with a fresh /proc for the new pid namespace.
+//! Without a rootfs the workload's root is a copy of the host's mount tree, read-only with
+//! every submount (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`, `mount_setattr(AT_RECURSIVE,
+//! MOUNT_ATTR_RDONLY)`), attached over `/` and entered with `pivot_root`, with a fresh /proc, a
+//! private /tmp and the agent's directories masked: nothing the workload does writes to the
+//! host's files except through a volume.
 //!
 //! Every call goes through [`Sys`], so the order is unit-tested with the recording fake
 //! (`tests.rs`); the init runs the same code on [`crate::sys::Linux`].
@@ -19,6 +23,12 @@ pub enum MountOp {
     /// Setting the propagation of `/` in the new mount namespace.
     MakePrivate,
     BindRootfs,
+    /// Copying the host's mount tree (no rootfs).
+    CloneHost,
+    /// Making a tree read-only with every submount.
+    TreeReadOnly,
+    /// Attaching the copy of the host's tree over `/`.
+    AttachHost,
     Open,
     CreateMountPoint,
     Mount(MountKind),
@@ -45,6 +55,11 @@ impl MountOp {
         match self {
             MountOp::MakePrivate => format!("make {target} private in the new mount namespace"),
             MountOp::BindRootfs => format!("bind the rootfs {target}"),
+            MountOp::CloneHost => format!("copy the host's mount tree at {target}"),
+            MountOp::TreeReadOnly => {
+                format!("make {target} read-only with every submount (mount_setattr)")
+            }
+            MountOp::AttachHost => format!("attach the read-only host tree over {target}"),
             MountOp::Open => format!("open {target}"),
             MountOp::CreateMountPoint => format!("create mount point {target}"),
             MountOp::Mount(kind) => format!("mount {kind:?} on {target}"),
@@ -158,11 +173,8 @@ fn do_mount<S: Sys>(
             .map_err(what)?;
             let rest = m.flags & !(libc::MS_BIND | libc::MS_REC);
             if rest != 0 {
-                // `target` is the directory under the new mount: the remount needs the mount
-                // itself, found again by its path (as for read-only paths)
-                let again = sys
-                    .lookup(root, &m.destination)
-                    .map_err(at(MountOp::Reopen, m.destination.as_str()))?;
+                // the bind itself, not the mount point below it
+                let again = sys.lookup(root, &m.destination).map_err(what)?;
                 sys.mount(
                     None,
                     Loc::Node(&again),
@@ -171,6 +183,11 @@ fn do_mount<S: Sys>(
                     None,
                 )
                 .map_err(what)?;
+                if rec != 0 && rest & libc::MS_RDONLY != 0 {
+                    // a remount changes the top mount only: the binds below it too
+                    sys.set_tree_attrs(&again, libc::MS_RDONLY)
+                        .map_err(at(MountOp::TreeReadOnly, m.destination.as_str()))?;
+                }
             }
         }
         MountKind::Cgroup if !v1.is_empty() => {
@@ -234,14 +251,13 @@ fn do_mount<S: Sys>(
                         None,
                     )
                     .map_err(what)?;
-                    sys.mount(
-                        None,
-                        t(),
-                        None,
-                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | m.flags,
-                        None,
-                    )
-                    .map_err(what)?;
+                    // read-only with every submount of the host's /sys (cgroup, bpf,
+                    // tracing, ...): a remount, even with MS_REC, would change the top only
+                    let again = sys.lookup(root, &m.destination).map_err(what)?;
+                    let attrs = libc::MS_RDONLY
+                        | (m.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC));
+                    sys.set_tree_attrs(&again, attrs)
+                        .map_err(at(MountOp::TreeReadOnly, m.destination.as_str()))?;
                 }
             }
         }
@@ -355,13 +371,7 @@ pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), Moun
     sys.mount(None, Loc::name("/"), None, plan.rootfs_propagation, None)
         .map_err(at(MountOp::MakePrivate, "/"))?;
     let Some(rootfs) = &plan.root else {
-        let root = sys
-            .open_dir(Path::new("/"))
-            .map_err(at(MountOp::Open, "/"))?;
-        for m in &plan.mounts {
-            do_mount(sys, &root, m, v1)?;
-        }
-        return protect_paths(sys, &root, plan);
+        return host_tree(sys, plan, v1);
     };
     let shown = rootfs.display().to_string();
     let bind = libc::MS_BIND | libc::MS_REC;
@@ -381,21 +391,44 @@ pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), Moun
         populate_dev(sys, &root)?;
     }
     protect_paths(sys, &root, plan)?;
-    // fchdir, then pivot_root(".", ".") stacks the old root on the new one and the lazy
-    // unmount of "." removes it (mounts are private: nothing propagates to the host)
-    sys.fchdir(&root)
-        .map_err(at(MountOp::EnterRootfs, shown.as_str()))?;
-    sys.pivot_root(".", ".")
-        .map_err(at(MountOp::PivotRoot, shown))?;
-    sys.umount2(".", libc::MNT_DETACH)
-        .map_err(at(MountOp::DetachOldRoot, "."))?;
-    sys.chdir("/").map_err(at(MountOp::Chdir, "/"))?;
+    enter(sys, &root, shown)?;
     if plan.root_readonly {
         let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
         sys.mount(None, Loc::name("/"), None, ro, None)
             .map_err(at(MountOp::RootReadOnly, "/"))?;
     }
     Ok(())
+}
+
+/// fchdir, then pivot_root(".", ".") stacks the old root on the new one and the lazy unmount
+/// of "." removes it (mounts are private: nothing propagates to the host).
+fn enter<S: Sys>(sys: &mut S, root: &S::Node, shown: String) -> Result<(), MountError> {
+    sys.fchdir(root)
+        .map_err(at(MountOp::EnterRootfs, shown.as_str()))?;
+    sys.pivot_root(".", ".")
+        .map_err(at(MountOp::PivotRoot, shown))?;
+    sys.umount2(".", libc::MNT_DETACH)
+        .map_err(at(MountOp::DetachOldRoot, "."))?;
+    sys.chdir("/").map_err(at(MountOp::Chdir, "/"))
+}
+
+/// No rootfs: the host's files, read-only. A copy of the whole mount tree (the init's private
+/// one) is made read-only and nosuid, every submount included, before anything is mounted on
+/// it, so only what the plan mounts afterwards (/proc, /tmp, volumes) can be written; then the
+/// masks, and the copy becomes the root.
+fn host_tree<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), MountError> {
+    let tree = sys
+        .clone_tree(Path::new("/"))
+        .map_err(at(MountOp::CloneHost, "/"))?;
+    sys.set_tree_attrs(&tree, libc::MS_RDONLY | libc::MS_NOSUID)
+        .map_err(at(MountOp::TreeReadOnly, "/"))?;
+    sys.attach_tree(&tree, Path::new("/"))
+        .map_err(at(MountOp::AttachHost, "/"))?;
+    for m in &plan.mounts {
+        do_mount(sys, &tree, m, v1)?;
+    }
+    protect_paths(sys, &tree, plan)?;
+    enter(sys, &tree, "the host's tree".to_owned())
 }
 
 /// The host's v1 hierarchies (directory name under /sys/fs/cgroup, mount options).

@@ -102,25 +102,141 @@ fn command_line_with_rootfs() {
     assert_calls(&d.calls(&fake), &expected.join("\n"));
 }
 
+/// A host as the command line without --rootfs sees it: the image plus the agent's
+/// directories, pinned objects, sysfs's firmware and powercap, and /dev/shm.
+fn host() -> Fake {
+    image().with(&[
+        "/dev/shm/",
+        "/run/palisade/agent.sock",
+        "/run/palisade/seccomp-cache/",
+        "/sys/fs/bpf/palisade/",
+        "/sys/fs/bpf/palisade-test-1/",
+        "/sys/firmware/",
+        "/sys/devices/virtual/powercap/",
+    ])
+}
+
+/// The plan of the command line without --rootfs, on a host with /dev/shm.
+fn host_plan(volumes: &[String]) -> Plan {
+    let mut args = run_args(None);
+    args.volumes = volumes.to_vec();
+    let mut plan = cmdline::from_args(&args).unwrap();
+    // /dev/shm is mounted only where the host has it; this host does
+    let shm = plan.mounts.iter().position(|m| m.destination == "/dev/shm");
+    if shm.is_none() {
+        plan.mounts.insert(2, cmdline::host_mounts(true).remove(2));
+    }
+    plan
+}
+
+/// The host's tree, copied and made read-only with every submount before anything is mounted
+/// on it, attached over /.
+const HOST_TREE: &str = "
+    mount on / flags=private,rec
+    open_tree / clone,rec -> tree:/
+    mount_setattr tree:/ rec ro,nosuid
+    move_mount tree:/ on /
+";
+
+/// /proc, then private tmpfs on /tmp and /dev/shm.
+const HOST_MOUNTS: &str = "
+    mount proc on /proc type proc flags=nosuid,nodev,noexec
+    mount tmpfs on /tmp type tmpfs flags=nosuid,nodev data=mode=1777
+    mount shm on /dev/shm type tmpfs flags=nosuid,nodev,noexec data=mode=1777,size=65536k
+";
+
+/// runc's masked paths on the fresh procfs and the host's sysfs (powercap included), then the
+/// agent's directory (control socket and filter cache: the cache below it is gone once it is
+/// masked) and every pin directory under bpffs.
+const HOST_MASKS: &str = "
+    mount tmpfs on /proc/acpi type tmpfs flags=ro
+    mount /dev/null on /proc/kcore flags=bind
+    mount /dev/null on /proc/keys flags=bind
+    mount /dev/null on /proc/timer_list flags=bind
+    mount /dev/null on /proc/sched_debug flags=bind
+    mount tmpfs on /sys/firmware type tmpfs flags=ro
+    mount tmpfs on /sys/devices/virtual/powercap type tmpfs flags=ro
+    mount tmpfs on /run/palisade type tmpfs flags=ro
+    mount tmpfs on /sys/fs/bpf type tmpfs flags=ro
+";
+
+const HOST_PIVOT: &str = "
+    chdir tree:/
+    pivot_root . .
+    umount . detach
+    chdir /
+";
+
 #[test]
 fn command_line_without_rootfs() {
-    // the host's tree, in a private mount namespace, with a /proc for the new pid namespace;
-    // masks and read-only paths on it; no /dev, no pivot_root
-    let plan = cmdline::from_args(&run_args(None)).unwrap();
-    let mut fake = image();
+    // the host's tree, read-only with every submount, in a private mount namespace: a /proc
+    // for the new pid namespace, private /tmp and /dev/shm, masks and read-only paths, then
+    // the copy becomes the root; no /dev of its own
+    let plan = host_plan(&[]);
+    let mut fake = host();
     setup_on(&mut fake, &plan, PURE_V2);
     let expected = [
-        "mount on / flags=private,rec",
-        "mount proc on /proc type proc flags=nosuid,nodev,noexec",
-        "mount tmpfs on /proc/acpi type tmpfs flags=ro",
-        "mount /dev/null on /proc/kcore flags=bind",
-        "mount /dev/null on /proc/keys flags=bind",
-        "mount /dev/null on /proc/timer_list flags=bind",
-        "mount /dev/null on /proc/sched_debug flags=bind",
-        // the host's /sys holds no firmware directory in this image: skipped
+        HOST_TREE,
+        HOST_MOUNTS,
+        HOST_MASKS,
         &RUNC_PROTECTED[RUNC_PROTECTED.find("    mount /proc/bus").unwrap()..],
+        HOST_PIVOT,
     ];
     assert_calls(fake.calls(), &expected.join("\n"));
+}
+
+#[test]
+fn volumes_on_the_read_only_host() {
+    // --volume binds recursively; `:ro` is read-only with every submount of the host path
+    let d = Dir::new();
+    for sub in ["rw", "ro", "dst", "dst-ro"] {
+        std::fs::create_dir(d.path.join(sub)).unwrap();
+    }
+    let p = |s: &str| d.path.join(s).display().to_string();
+    let plan = host_plan(&[
+        format!("{}:{}", p("rw"), p("dst")),
+        format!("{}:{}:ro", p("ro"), p("dst-ro")),
+    ]);
+    let mut fake = d
+        .host(host(), &["rw/", "ro/"])
+        .with(&[&format!("{}/", p("dst")), &format!("{}/", p("dst-ro"))]);
+    setup_on(&mut fake, &plan, PURE_V2);
+    let calls = d.calls(&fake);
+    assert_run(
+        &calls,
+        &[
+            HOST_MOUNTS,
+            // the test's directory is under /tmp, the workload's private tmpfs: the mount
+            // points are made in it, not on the host
+            "
+            mkdir /bundle mode=0755
+            mkdir /bundle/dst mode=0755
+            mount /bundle/rw on /bundle/dst flags=bind,rec
+            mkdir /bundle/dst-ro mode=0755
+            mount /bundle/ro on /bundle/dst-ro flags=bind,rec
+            mount on /bundle/dst-ro flags=remount,bind,ro
+            mount_setattr /bundle/dst-ro rec ro
+            ",
+            HOST_MASKS,
+        ]
+        .join("\n"),
+    );
+    assert_eq!(calls.last().map(String::as_str), Some("chdir /"));
+}
+
+#[test]
+fn without_mount_setattr_the_launch_fails_rather_than_run_writable() {
+    let plan = host_plan(&[]);
+    let mut fake = host().fail("mount_setattr", libc::ENOSYS);
+    let e = setup(&mut fake, &plan, PURE_V2).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "make / read-only with every submount (mount_setattr): Function not implemented (os error 38)"
+    );
+    assert_eq!(
+        fake.calls().last().map(String::as_str),
+        Some("mount_setattr tree:/ rec ro,nosuid -> errno 38")
+    );
 }
 
 #[test]
@@ -168,6 +284,7 @@ fn bundle_bind_mounts() {
         create /etc/hosts mode=0644
         mount /bundle/hosts on /etc/hosts flags=bind,rec
         mount on /etc/hosts flags=remount,bind,ro
+        mount_setattr /etc/hosts rec ro
         mount /bundle/passwd on /etc/passwd flags=bind
         mkdir /data mode=0755
         mount /bundle/data on /data flags=bind
@@ -298,7 +415,7 @@ fn a_refused_sysfs_becomes_a_read_only_bind_of_the_hosts() {
         mount mqueue on /dev/mqueue type mqueue flags=nosuid,nodev,noexec
         mount sysfs on /sys type sysfs flags=ro,nosuid,nodev,noexec -> errno 1
         mount /sys on /sys flags=bind,rec
-        mount on /sys flags=remount,bind,ro,nosuid,nodev,noexec
+        mount_setattr /sys rec ro,nosuid,nodev,noexec
         mkdir /sys/fs mode=0755
         mkdir /sys/fs/cgroup mode=0755
         mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
@@ -356,5 +473,44 @@ fn errors_name_the_step_and_the_path() {
             "pivot_root into {}: Invalid argument (os error 22)",
             d.path.join("rootfs").display()
         )
+    );
+}
+
+#[test]
+fn on_the_hosts_tree_the_agents_places_are_masked() {
+    let m = cmdline::host_masked_paths(None);
+    assert_eq!(
+        m,
+        [
+            "/run/palisade",
+            "/sys/fs/bpf",
+            "/run/palisade/seccomp-cache"
+        ]
+    );
+    // a socket elsewhere is masked too; one under a masked directory adds nothing
+    let m = cmdline::host_masked_paths(Some(std::path::Path::new("/var/lib/palisade/agent.sock")));
+    assert_eq!(
+        m.last().map(String::as_str),
+        Some("/var/lib/palisade/agent.sock")
+    );
+    assert_eq!(
+        cmdline::host_masked_paths(Some(std::path::Path::new("/run/palisade/b.sock"))).len(),
+        3
+    );
+    // the plan: runc's masked paths (powercap included), then these; /tmp is a tmpfs
+    let plan = cmdline::from_args(&run_args(None)).unwrap();
+    assert!(
+        plan.masked_paths
+            .iter()
+            .any(|p| p == "/sys/devices/virtual/powercap")
+    );
+    assert!(
+        plan.masked_paths
+            .ends_with(&cmdline::host_masked_paths(None))
+    );
+    assert!(
+        plan.mounts
+            .iter()
+            .any(|m| m.destination == "/tmp" && m.kind == MountKind::Tmpfs)
     );
 }

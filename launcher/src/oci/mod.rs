@@ -1,7 +1,10 @@
 //! OCI bundles: `config.json` (runtime-spec 1.x, as `runc spec` writes it) into a [`Plan`].
 //!
-//! Every field is either honoured or refused with its JSON path; nothing is ignored except
-//! `annotations` (metadata by definition) and `ociVersion` (checked to be 1.x).
+//! Every property of the runtime spec is either honoured or refused with its JSON path
+//! (`linux.sysctl: not supported: ...`), except `annotations` (metadata by definition) and
+//! `ociVersion` (checked to be 1.x). Properties the spec does not define (a newer spec's, a
+//! vendor's) are ignored, as the spec requires of runtimes ("MUST ignore unknown properties"),
+//! and listed in one warning.
 //!
 //! [`parse_config`] is the parser on its own (text in, plan out), for fuzzing: it reads
 //! nothing but the bundle directory it is given (the rootfs and bind sources must exist).
@@ -11,7 +14,7 @@ use super::{
     LaunchError,
     caps::{self, CapSets},
     cmdline,
-    json::{self, Field, FieldError, Obj},
+    json::{self, Field, FieldError, Ignored, Obj},
     plan::{self, Mount, MountKind, Namespaces, Net, Plan, Process, Resources, Rlimit},
     seccomp::{self, Profile},
 };
@@ -69,12 +72,31 @@ pub fn parse_config(
     text: &str,
     dir: &Path,
 ) -> std::result::Result<(Plan, Option<Profile>), BundleError> {
+    let (plan, profile, ignored) = parse_config_ignoring_unknown(text, dir)?;
+    if !ignored.is_empty() {
+        eprintln!(
+            "palisade: warning: {}: ignored properties the runtime spec does not define: {}",
+            dir.join("config.json").display(),
+            ignored.join(", ")
+        );
+    }
+    Ok((plan, profile))
+}
+
+/// [`parse_config`], with the JSON paths of the unknown properties it ignored.
+pub fn parse_config_ignoring_unknown(
+    text: &str,
+    dir: &Path,
+) -> std::result::Result<(Plan, Option<Profile>, Vec<String>), BundleError> {
     let file = dir.join("config.json");
     let value = json::parse(text).map_err(|source| BundleError::Syntax {
         file: file.clone(),
         source,
     })?;
-    parse(Field::root(value), dir).map_err(|source| BundleError::Field { file, source })
+    let ignored = Ignored::default();
+    let (plan, profile) = parse(Field::root_ignoring_unknown(value, &ignored), dir)
+        .map_err(|source| BundleError::Field { file, source })?;
+    Ok((plan, profile, ignored.paths()))
 }
 
 fn bad(path: &str, message: impl Into<String>) -> FieldError {
@@ -189,7 +211,7 @@ fn parse(root: Field, dir: &Path) -> Result<(Plan, Option<Profile>)> {
             ns,
             resources,
             devices,
-            seccomp: None,
+            seccomp: Vec::new(),
             init_seccomp: None,
             masked_paths,
             readonly_paths,
@@ -541,7 +563,9 @@ pub(crate) fn plan(args: &crate::RunArgs, dir: &Path) -> std::result::Result<Pla
     };
     cmdline::apply_overrides(&mut plan, args, profile)?;
     if args.seccomp.is_none() {
-        plan.seccomp = cmdline::compile_seccomp(bundle_profile)?;
+        plan.seccomp = cmdline::compile_seccomp(bundle_profile)?
+            .into_iter()
+            .collect();
     }
     Ok(plan)
 }

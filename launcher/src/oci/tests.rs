@@ -86,9 +86,6 @@ fn unsupported_fields_are_named() {
     v["process"]["capabilities"]["bounding"][0] = "CAP_FLY".into();
     assert!(err(&v).contains("process.capabilities.bounding[0]: unknown capability"));
     let mut v = runc_spec();
-    v["process"]["colour"] = "blue".into();
-    assert!(err(&v).contains("process.colour: unknown field"));
-    let mut v = runc_spec();
     v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 1024});
     assert!(
         err(&v).contains("linux.resources.memory.limit: limit 1 KiB is below the 6 MiB minimum"),
@@ -102,6 +99,44 @@ fn unsupported_fields_are_named() {
     v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "SCMP_CMP_LIKE"}]}]});
     assert!(
         err(&v).contains("linux.seccomp.syscalls[0].args[0].op: unknown operator"),
+        "{}",
+        err(&v)
+    );
+}
+
+#[test]
+fn unknown_properties_are_ignored_and_named() {
+    let mut v = runc_spec();
+    v["process"]["colour"] = "blue".into();
+    v["x-vendor"] = serde_json::json!({"tuning": true});
+    v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864, "futureKnob": 1});
+    v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "newField": 1,
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "priority": 3}]});
+    v["mounts"][0]["newMountField"] = "x".into();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+    let (plan, profile, ignored) =
+        parse_config_ignoring_unknown(&v.to_string(), dir.path()).unwrap();
+    assert_eq!(plan.resources.memory, Some(64 << 20));
+    assert_eq!(plan.process.args, ["sh"]);
+    assert_eq!(profile.unwrap().rules.len(), 1);
+    let mut ignored = ignored;
+    ignored.sort();
+    assert_eq!(
+        ignored,
+        [
+            "linux.resources.memory.futureKnob",
+            "linux.seccomp.newField",
+            "linux.seccomp.syscalls[0].priority",
+            "mounts[0].newMountField",
+            "process.colour",
+            "x-vendor",
+        ]
+    );
+    // a property the spec defines and palisade does not support is still refused by name
+    v["process"]["ioPriority"] = serde_json::json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    assert!(
+        err(&v).contains("process.ioPriority: not supported"),
         "{}",
         err(&v)
     );

@@ -6,19 +6,45 @@
 //! gone at reboot, when the kernel or libseccomp may have changed). The key is the whole
 //! profile as parsed (rules, actions, arguments, ABIs, flags) plus libseccomp's version, the
 //! architecture and the kernel release; the file holds the key itself, compared byte for byte
-//! on load, so a hash collision can only cause a miss. A directory not owned by root or open to
-//! others is not used at all: nobody else may plant a filter.
+//! on load, so a hash collision can only cause a miss.
+//!
+//! A filter read back is loaded into a workload, so nothing in the cache is taken on trust:
+//! - the directory is opened without following a symlink and used only if it is root's and
+//!   0700 (a missing one is created so); entries are opened relative to it, without following
+//!   symlinks, and used only if they are regular files of root's, mode 0600, with one link;
+//! - every entry ends with an HMAC-SHA-256 of everything before it (key, flags, program)
+//!   under a per-host secret (`.key`: 32 random bytes, 0600, made by the first launch). An
+//!   entry planted with the right key and another program fails the check, and the profile is
+//!   compiled again (and the entry replaced).
+//!
+//! The secret is only as safe as the directory: whoever can read the cache can forge entries.
+//! Workloads never see it: it is masked (with all of `/run/palisade`) on the host's tree, and a
+//! `--rootfs` or bundle workload has its own root.
 use std::{
+    ffi::CString,
+    fs::File,
     hash::{Hash as _, Hasher as _},
-    io::Write as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    io::{Read as _, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
+    path::Path,
 };
+
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
 
 use super::{CompileError, Compiled, Profile, compile};
 
 pub const DIR: &str = "/run/palisade/seccomp-cache";
-const MAGIC: &[u8] = b"palisade-seccomp-cache v1\n";
+const MAGIC: &[u8] = b"palisade-seccomp-cache v2\n";
+/// The per-host secret's file name in the cache directory.
+const SECRET: &str = ".key";
+const SECRET_LEN: usize = 32;
+const TAG_LEN: usize = 32;
+
+type Tag = Hmac<Sha256>;
 
 /// What identifies a compiled filter: everything compile() reads, and the tools it used.
 fn key(p: &Profile) -> String {
@@ -45,18 +71,102 @@ fn file_name(key: &str) -> String {
     format!("{:016x}.bpf", h.finish())
 }
 
-/// The directory, if it is safe to use (created root-only when missing).
-fn usable_dir(dir: &Path) -> Option<PathBuf> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).ok()?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ok()?;
-    }
-    let md = std::fs::symlink_metadata(dir).ok()?;
-    (md.is_dir() && md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 == 0)
-        .then(|| dir.to_owned())
+/// root's (this process's user), not open to group or others.
+fn private(md: &std::fs::Metadata) -> bool {
+    md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 == 0
 }
 
-fn encode(key: &str, c: &Compiled) -> Vec<u8> {
+/// The directory, opened, if it is safe to use (created root-only when missing).
+fn open_dir(dir: &Path) -> Option<File> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ok()?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .ok()?;
+    let md = f.metadata().ok()?;
+    (md.is_dir() && private(&md)).then_some(f)
+}
+
+/// `name` in `dir`, opened with `flags | O_NOFOLLOW | O_CLOEXEC` (and `mode` when created).
+fn open_at(dir: &File, name: &str, flags: libc::c_int, mode: libc::c_uint) -> Option<File> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a directory descriptor, a NUL-terminated name and integer flags; the result is
+    // checked before it is owned.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    // SAFETY: a fresh descriptor, owned by nobody else.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
+/// The contents of `name` in `dir` if it is a private regular file with one link.
+fn read_private(dir: &File, name: &str) -> Option<Vec<u8>> {
+    let mut f = open_at(dir, name, libc::O_RDONLY, 0)?;
+    let md = f.metadata().ok()?;
+    if !(md.is_file() && private(&md) && md.nlink() == 1) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Writes `bytes` to `name` in `dir` atomically (a private temporary file renamed over it,
+/// or, with `keep_existing`, linked to it unless it exists).
+fn write_private(dir: &File, name: &str, bytes: &[u8], keep_existing: bool) -> Option<()> {
+    let tmp = format!(".{name}.{}", std::process::id());
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let written = open_at(dir, &tmp, flags, 0o600).and_then(|mut f| f.write_all(bytes).ok());
+    let (t, n) = (CString::new(tmp).ok()?, CString::new(name).ok()?);
+    let d = dir.as_raw_fd();
+    // SAFETY: a directory descriptor and NUL-terminated names; results are checked.
+    let placed = written.is_some()
+        && unsafe {
+            if keep_existing {
+                libc::linkat(d, t.as_ptr(), d, n.as_ptr(), 0) == 0
+            } else {
+                libc::renameat(d, t.as_ptr(), d, n.as_ptr()) == 0
+            }
+        };
+    // SAFETY: as above; the temporary name is ours (gone already after a rename).
+    unsafe { libc::unlinkat(d, t.as_ptr(), 0) };
+    placed.then_some(())
+}
+
+/// The per-host secret, made on first use (the first writer wins a race).
+fn secret(dir: &File) -> Option<Vec<u8>> {
+    if let Some(s) = read_private(dir, SECRET) {
+        return (s.len() == SECRET_LEN).then_some(s);
+    }
+    let mut fresh = vec![0u8; SECRET_LEN];
+    // SAFETY: getrandom fills the buffer it is given, of the length given.
+    let n = unsafe { libc::getrandom(fresh.as_mut_ptr().cast(), fresh.len(), 0) };
+    if usize::try_from(n).ok()? != SECRET_LEN {
+        return None;
+    }
+    let _ = write_private(dir, SECRET, &fresh, true);
+    read_private(dir, SECRET).filter(|s| s.len() == SECRET_LEN)
+}
+
+fn tag(secret: &[u8], bytes: &[u8]) -> Option<Tag> {
+    let mut m = Tag::new_from_slice(secret).ok()?;
+    m.update(bytes);
+    Some(m)
+}
+
+fn encode(secret: &[u8], key: &str, c: &Compiled) -> Option<Vec<u8>> {
     let mut out = MAGIC.to_vec();
     let unknown = c.unknown.join(" ");
     for part in [key.as_bytes(), unknown.as_bytes()] {
@@ -69,11 +179,16 @@ fn encode(key: &str, c: &Compiled) -> Vec<u8> {
         out.extend_from_slice(&[i.jt, i.jf]);
         out.extend_from_slice(&i.k.to_le_bytes());
     }
-    out
+    let t = tag(secret, &out)?.finalize().into_bytes();
+    out.extend_from_slice(&t);
+    Some(out)
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Option<Compiled> {
-    let mut rest = bytes.strip_prefix(MAGIC)?;
+fn decode(secret: &[u8], key: &str, bytes: &[u8]) -> Option<Compiled> {
+    let (body, t) = bytes.split_at_checked(bytes.len().checked_sub(TAG_LEN)?)?;
+    // constant time; nothing of an entry is read before it checks out
+    tag(secret, body)?.verify_slice(t).ok()?;
+    let mut rest = body.strip_prefix(MAGIC)?;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (a, b) = (rest.get(..n)?, rest.get(n..)?);
         rest = b;
@@ -109,71 +224,163 @@ fn decode(key: &str, bytes: &[u8]) -> Option<Compiled> {
 
 /// `compile(p)`, through the cache in `dir`. Cache trouble only ever costs a compile.
 pub fn compile_cached(p: &Profile, dir: &Path) -> Result<Compiled, CompileError> {
-    let Some(dir) = usable_dir(dir) else {
+    let Some(dir) = open_dir(dir) else {
+        return compile(p);
+    };
+    let Some(secret) = secret(&dir) else {
         return compile(p);
     };
     let key = key(p);
-    let path = dir.join(file_name(&key));
-    if let Some(c) = std::fs::read(&path).ok().and_then(|b| decode(&key, &b)) {
+    let name = file_name(&key);
+    if let Some(c) = read_private(&dir, &name).and_then(|b| decode(&secret, &key, &b)) {
         return Ok(c);
     }
     let c = compile(p)?;
-    let tmp = dir.join(format!(".{}.{}", file_name(&key), std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&encode(&key, &c)))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(bytes) = encode(&secret, &key, &c) {
+        let _ = write_private(&dir, &name, &bytes, false);
     }
     Ok(c)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use crate::seccomp::palisade_default;
+
+    fn same(a: &Compiled, b: &Compiled) -> bool {
+        a.flags == b.flags
+            && a.program.len() == b.program.len()
+            && a.program
+                .iter()
+                .zip(&b.program)
+                .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k))
+    }
+
+    /// The one entry (not the secret) in `dir`.
+    fn entry(dir: &Path) -> std::path::PathBuf {
+        let found: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "bpf"))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0].clone()
+    }
 
     #[test]
     fn a_cached_filter_is_the_compiled_one() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("cache");
-        let p = palisade_default();
+        let p = palisade_default(0);
         let fresh = compile(&p).unwrap();
         let first = compile_cached(&p, &dir).unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let second = compile_cached(&p, &dir).unwrap();
-        for c in [&first, &second] {
-            assert_eq!(c.program.len(), fresh.program.len());
-            assert!(
-                c.program
-                    .iter()
-                    .zip(&fresh.program)
-                    .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k))
-            );
-            assert_eq!(c.flags, fresh.flags);
-        }
-        // another profile is another entry; a tampered or foreign entry is a miss
+        assert!(same(&first, &fresh) && same(&second, &fresh));
+        let e = entry(&dir);
+        assert_eq!(std::fs::metadata(&e).unwrap().mode() & 0o777, 0o600);
+        let key_file = dir.join(SECRET);
+        assert_eq!(std::fs::metadata(&key_file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&key_file).unwrap().len(), SECRET_LEN);
+        // another profile is another entry; a foreign key or garbage is a miss
         let mut q = p.clone();
         q.log = true;
         let c = compile_cached(&q, &dir).unwrap();
         assert_eq!(c.flags, 2);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+        let s = std::fs::read(&key_file).unwrap();
         let k = key(&p);
-        assert!(decode(&key(&q), &encode(&k, &fresh)).is_none());
-        assert!(decode(&k, b"garbage").is_none());
+        let bytes = encode(&s, &k, &fresh).unwrap();
+        assert!(decode(&s, &k, &bytes).is_some());
+        assert!(decode(&s, &key(&q), &bytes).is_none());
+        assert!(decode(&s, &k, b"garbage").is_none());
+        assert!(
+            decode(&[7u8; SECRET_LEN], &k, &bytes).is_none(),
+            "another host's secret"
+        );
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     }
 
     #[test]
-    fn a_directory_open_to_others_is_not_used() {
+    fn a_planted_entry_with_the_right_key_and_another_program_is_compiled_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let p = palisade_default(0);
+        let fresh = compile_cached(&p, &dir).unwrap();
+        let e = entry(&dir);
+        let good = std::fs::read(&e).unwrap();
+        // the same key, the program replaced by "allow everything", the old tag kept (and,
+        // second, a tag made without the secret)
+        let allow = Compiled {
+            program: vec![libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0x7fff_0000,
+            }],
+            flags: 0,
+            unknown: Vec::new(),
+        };
+        let forged = encode(&[0u8; SECRET_LEN], &key(&p), &allow).unwrap();
+        let mut kept_tag = forged[..forged.len() - TAG_LEN].to_vec();
+        kept_tag.extend_from_slice(&good[good.len() - TAG_LEN..]);
+        for plant in [forged, kept_tag] {
+            std::fs::write(&e, &plant).unwrap();
+            let got = compile_cached(&p, &dir).unwrap();
+            assert!(same(&got, &fresh), "the planted program was used");
+            assert_eq!(
+                std::fs::read(&e).unwrap(),
+                good,
+                "the entry is written again"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_that_are_links_or_open_to_others_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let p = palisade_default(0);
+        let fresh = compile_cached(&p, &dir).unwrap();
+        let e = entry(&dir);
+        let good = std::fs::read(&e).unwrap();
+        let dirf = open_dir(&dir).unwrap();
+        let name = e.file_name().unwrap().to_str().unwrap().to_owned();
+        // group-readable: refused
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_private(&dirf, &name).is_none());
+        // a symlink to a good copy: refused (O_NOFOLLOW)
+        std::fs::remove_file(&e).unwrap();
+        let elsewhere = d.path().join("copy");
+        std::fs::write(&elsewhere, &good).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &e).unwrap();
+        assert!(read_private(&dirf, &name).is_none());
+        // a hard link (two names): refused
+        std::fs::remove_file(&e).unwrap();
+        std::fs::hard_link(&elsewhere, &e).unwrap();
+        assert!(read_private(&dirf, &name).is_none());
+        // and in each case the launch still gets the right filter
+        assert!(same(&compile_cached(&p, &dir).unwrap(), &fresh));
+    }
+
+    #[test]
+    fn a_directory_open_to_others_or_a_symlink_is_not_used() {
         let d = tempfile::tempdir().unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(usable_dir(d.path()).is_none());
-        compile_cached(&palisade_default(), d.path()).unwrap();
+        assert!(open_dir(d.path()).is_none());
+        compile_cached(&palisade_default(0), d.path()).unwrap();
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let real = d.path().join("real");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&real)
+            .unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(open_dir(&link).is_none());
+        assert!(open_dir(&real).is_some());
     }
 }

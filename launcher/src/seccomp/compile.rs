@@ -108,6 +108,18 @@ fn cmp(c: &ArgCmp) -> ScmpArgCompare {
     ScmpArgCompare::new(c.index, op, datum)
 }
 
+/// A syscall by name: libseccomp's table, or for a call newer than this libseccomp (e.g.
+/// `open_tree_attr` with libseccomp 2.5), its x86_64 number from Palisade's own table when
+/// the filter only accepts the native ABI (numbers differ between ABIs).
+fn syscall(name: &str, native_only: bool) -> Option<ScmpSyscall> {
+    if let Ok(s) = ScmpSyscall::from_name(name) {
+        return Some(s);
+    }
+    let nr =
+        palisade_syscalls::number(name).filter(|_| native_only && cfg!(target_arch = "x86_64"))?;
+    Some(ScmpSyscall::from(i32::try_from(nr).ok()?))
+}
+
 /// Builds the filter: the profile's rules, its architectures (a call through any other ABI
 /// kills the process) and io_uring denied unless a rule names it.
 pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
@@ -126,6 +138,10 @@ pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
     ctx.set_ctl_nnp(false)
         .map_err(lib(CompileStep::NoNewPrivs))?;
     let native = ScmpArch::native();
+    let native_only = p
+        .arches
+        .iter()
+        .all(|a| arch(*a).is_none_or(|a| a == native));
     for a in p.arches.iter().filter_map(|a| arch(*a)) {
         if a != native {
             ctx.add_arch(a).map_err(lib(CompileStep::Arch(a)))?;
@@ -166,7 +182,7 @@ pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
             vec![rule.args.iter().map(cmp).collect()]
         };
         for name in &rule.names {
-            let Ok(sys) = ScmpSyscall::from_name(name) else {
+            let Some(sys) = syscall(name, native_only) else {
                 unknown.push(name.clone());
                 continue;
             };
@@ -263,7 +279,7 @@ mod tests {
 
     #[test]
     fn default_profile_compiles_small() {
-        let c = compile(&palisade_default()).unwrap();
+        let c = compile(&palisade_default(0)).unwrap();
         assert!(c.unknown.is_empty(), "{:?}", c.unknown);
         assert!(
             c.program.len() > 20 && c.program.len() < 400,

@@ -349,6 +349,28 @@ impl Sys for Fake {
         Ok(())
     }
 
+    fn clone_tree(&mut self, path: &Path) -> io::Result<Node> {
+        // the copy shows the same tree; calls on it read `tree:/`
+        let shown = format!("tree:{}", path.display());
+        self.record(format!("open_tree {} clone,rec -> {shown}", path.display()))?;
+        Ok(Node {
+            path: norm(&path.to_string_lossy()),
+            shown,
+        })
+    }
+
+    fn set_tree_attrs(&mut self, node: &Node, attrs: libc::c_ulong) -> io::Result<()> {
+        self.record(format!(
+            "mount_setattr {} rec {}",
+            node.shown,
+            mount_flag_names(attrs)
+        ))
+    }
+
+    fn attach_tree(&mut self, tree: &Node, target: &Path) -> io::Result<()> {
+        self.record(format!("move_mount {} on {}", tree.shown, target.display()))
+    }
+
     fn mount(
         &mut self,
         source: Option<Loc<'_, Node>>,

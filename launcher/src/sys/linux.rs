@@ -55,6 +55,36 @@ fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     owned(unsafe { libc::open(path.as_ptr(), flags) }.into())
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// struct mount_attr (mount_setattr(2)).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MS_*` flags as `MOUNT_ATTR_*` bits.
+fn mount_attrs(flags: libc::c_ulong) -> u64 {
+    [
+        (libc::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ]
+    .iter()
+    .filter(|(ms, _)| flags & ms != 0)
+    .fold(0, |a, (_, attr)| a | attr)
+}
+
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_IN_ROOT: u64 = 0x10;
 
@@ -165,6 +195,52 @@ impl Sys for Linux {
         let (target, name) = (cstr(target.as_bytes())?, cstr(name.as_bytes())?);
         // SAFETY: NUL-terminated strings and a directory descriptor.
         check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    }
+
+    fn clone_tree(&mut self, path: &Path) -> io::Result<OwnedFd> {
+        let c = cstr(path.as_os_str().as_bytes())?;
+        let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+        // SAFETY: a NUL-terminated path and integer flags; the result is checked by `owned`.
+        owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })
+    }
+
+    fn set_tree_attrs(&mut self, node: &OwnedFd, attrs: libc::c_ulong) -> io::Result<()> {
+        let attr = MountAttr {
+            attr_set: mount_attrs(attrs),
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE;
+        // SAFETY: an open descriptor, an empty path, and a mount_attr of the size given.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                node.as_raw_fd(),
+                c"".as_ptr(),
+                flags,
+                &raw const attr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(errno()) }
+    }
+
+    fn attach_tree(&mut self, tree: &OwnedFd, target: &Path) -> io::Result<()> {
+        let t = cstr(target.as_os_str().as_bytes())?;
+        // SAFETY: an open descriptor of a detached tree, an empty path, a NUL-terminated
+        // target and integer flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(errno()) }
     }
 
     fn mount(

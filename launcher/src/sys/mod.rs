@@ -68,6 +68,18 @@ pub trait Sys {
     /// `symlinkat(target, dir, name)`.
     fn symlink(&mut self, target: &str, dir: &Self::Node, name: &str) -> io::Result<()>;
 
+    /// A detached copy of the mount tree at `path` (as the init sees it), every submount
+    /// included: `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE)`.
+    fn clone_tree(&mut self, path: &Path) -> io::Result<Self::Node>;
+    /// Sets `attrs` (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`) on the mount at
+    /// `node` and every mount below it: `mount_setattr(node, "", AT_EMPTY_PATH |
+    /// AT_RECURSIVE)`. (A remount with `MS_REC` changes the top mount only: the kernel ignores
+    /// `MS_REC` there.) `node` must be the mount itself: a lookup made after the mount.
+    fn set_tree_attrs(&mut self, node: &Self::Node, attrs: libc::c_ulong) -> io::Result<()>;
+    /// Attaches a detached tree over `target`: `move_mount(tree, "", AT_FDCWD, target,
+    /// MOVE_MOUNT_F_EMPTY_PATH)`.
+    fn attach_tree(&mut self, tree: &Self::Node, target: &Path) -> io::Result<()>;
+
     /// `mount(2)`.
     fn mount(
         &mut self,

@@ -9,18 +9,19 @@ use std::path::{Path, PathBuf};
 use palisade_syscalls::{self as syscalls, errno};
 use serde_saphyr::Spanned;
 
-use self::network::direction;
+use self::{exec::exec_rules, network::direction};
 use crate::{
     model::{
-        ArgCond, ArgOp, Diagnostic, Exec, ExecAction, ExecKind, ExecPattern, Glob, ListKind, Loc,
-        Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector, SysAction,
-        SyscallEntry, Syscalls,
+        ArgCond, ArgOp, Diagnostic, Glob, ListKind, Loc, Mode, Network, Policy, PolicyErrors,
+        PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
     },
-    raw::{RawDoc, RawErrno, RawExec, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
+    raw::{RawDoc, RawErrno, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
 };
 
+mod exec;
 mod network;
 
+pub use exec::{ExecPatternError, exec_pattern};
 pub use network::{CidrError, PortError, parse_cidr};
 
 pub const API_VERSION: &str = "palisade.dev/v1";
@@ -368,98 +369,6 @@ fn syscall_rules(ctx: &mut Ctx<'_>, s: &Spanned<RawSyscalls>) -> Option<Syscalls
 
 fn libc_eperm() -> u16 {
     1
-}
-
-/// An exec pattern the matcher cannot do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExecPatternError {
-    #[error("`{0}`: {FORMS}")]
-    Form(String),
-    #[error("`{0}` is not an absolute path ({FORMS}); exec paths are matched as given to execve")]
-    Relative(String),
-    #[error("`{0}` is longer than the 255 bytes the kernel compares")]
-    TooLong(String),
-}
-
-const FORMS: &str = "supported forms: /path/to/file, /dir/* (files in /dir), /dir/** (anything below /dir), **/name (any path ending in /name)";
-
-/// `/x/y` exact, `/x/*` directory, `/x/**` tree, `**/name` file name.
-pub fn exec_pattern(text: &str) -> Result<(ExecKind, String), ExecPatternError> {
-    let wild = |s: &str| s.contains(['*', '?', '[', ']', '{', '}']);
-    let form = || ExecPatternError::Form(text.to_owned());
-    if let Some(name) = text.strip_prefix("**/") {
-        if name.is_empty() || name.contains('/') || wild(name) {
-            return Err(form());
-        }
-        return Ok((ExecKind::Basename, name.to_owned()));
-    }
-    if !text.starts_with('/') {
-        return Err(ExecPatternError::Relative(text.to_owned()));
-    }
-    if let Some(dir) = text.strip_suffix("/**") {
-        if wild(dir) {
-            return Err(form());
-        }
-        return Ok((ExecKind::Tree, dir.to_owned()));
-    }
-    if let Some(dir) = text.strip_suffix("/*") {
-        if wild(dir) {
-            return Err(form());
-        }
-        return Ok((ExecKind::Dir, dir.to_owned()));
-    }
-    if wild(text) || text.ends_with('/') {
-        return Err(form());
-    }
-    if text.len() >= palisade_common::policy::POLICY_PATH_MAX {
-        return Err(ExecPatternError::TooLong(text.to_owned()));
-    }
-    Ok((ExecKind::Exact, text.to_owned()))
-}
-
-fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec> {
-    let r = &e.value;
-    let action = match &r.action {
-        None => ExecAction::Kill,
-        Some(a) => match a.value.as_str() {
-            "kill" => ExecAction::Kill,
-            "log" => ExecAction::Log,
-            other => {
-                ctx.err(a, format!("unknown exec action `{other}` (kill or log)"));
-                return None;
-            }
-        },
-    };
-    if r.allow.is_none() && r.deny.is_none() {
-        ctx.err(
-            e,
-            "give `allow` (only these may run) and/or `deny` (these may not)",
-        );
-        return None;
-    }
-    let mut patterns = |list: &Option<Vec<Spanned<String>>>| -> Vec<ExecPattern> {
-        let mut out = Vec::new();
-        for p in list.iter().flatten() {
-            match exec_pattern(&p.value) {
-                Ok((kind, key)) => out.push(ExecPattern {
-                    text: p.value.clone(),
-                    kind,
-                    key,
-                    loc: ctx.loc(p),
-                }),
-                Err(m) => ctx.err(p, m.to_string()),
-            }
-        }
-        out
-    };
-    let allow = r.allow.is_some().then(|| patterns(&r.allow));
-    let deny = patterns(&r.deny);
-    Some(Exec {
-        allow,
-        deny,
-        action,
-        loc: ctx.loc(e),
-    })
 }
 
 fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {

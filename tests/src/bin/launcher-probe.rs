@@ -12,6 +12,11 @@
 //! - `spin`: burns CPU forever (prints `spinning` first).
 use std::{io::Write as _, process::ExitCode};
 
+/// x86_64 numbers the libc crate may lack.
+const SYS_PROCESS_MADVISE: libc::c_long = 440;
+const SYS_SET_MEMPOLICY_HOME_NODE: libc::c_long = 450;
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
 /// (name, syscall number, arguments): arguments that change nothing (NULL pointers, -1
 /// descriptors, invalid flags) unless noted.
 const CALLS: &[(&str, libc::c_long, [i64; 6])] = &[
@@ -103,17 +108,57 @@ const CALLS: &[(&str, libc::c_long, [i64; 6])] = &[
         [-1, 0, 0, 0, 0, 0],
     ),
     ("quotactl_fd", libc::SYS_quotactl_fd, [-1, 0, 0, 0, 0, 0]),
-    // allowed everywhere (vsock only where the profile says)
-    ("getpid", libc::SYS_getpid, [0; 6]),
+    // Docker's default profile restricts these too (personality to the values it lists,
+    // socket without AF_ALG and AF_VSOCK, the ptrace-like and NUMA calls without the
+    // capability, open_tree_attr everywhere); each argument set is harmless in a child
     (
-        "socket-unix",
+        "personality-bad",
+        libc::SYS_personality,
+        [0x0040_0000, 0, 0, 0, 0, 0], // READ_IMPLIES_EXEC
+    ),
+    (
+        "socket-alg",
         libc::SYS_socket,
-        [libc::AF_UNIX as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
+        [libc::AF_ALG as i64, libc::SOCK_SEQPACKET as i64, 0, 0, 0, 0],
     ),
     (
         "socket-vsock",
         libc::SYS_socket,
         [libc::AF_VSOCK as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
+    ),
+    ("kcmp", libc::SYS_kcmp, [-1, -1, 0, 0, 0, 0]),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd, [-1, 0, 0, 0, 0, 0]),
+    ("process_madvise", SYS_PROCESS_MADVISE, [-1, 0, 0, 0, 0, 0]),
+    ("mbind", libc::SYS_mbind, [0; 6]),
+    ("migrate_pages", libc::SYS_migrate_pages, [0; 6]),
+    ("move_pages", libc::SYS_move_pages, [0; 6]),
+    ("set_mempolicy", libc::SYS_set_mempolicy, [0; 6]),
+    (
+        "set_mempolicy_home_node",
+        SYS_SET_MEMPOLICY_HOME_NODE,
+        [0; 6],
+    ),
+    ("get_mempolicy", libc::SYS_get_mempolicy, [0; 6]),
+    ("open_tree_attr", SYS_OPEN_TREE_ATTR, [-1, 0, 0, 0, 0, 0]),
+    // allowed by Docker's and Palisade's profiles: the query, and the values Docker lists
+    (
+        "personality-query",
+        libc::SYS_personality,
+        [0xffff_ffff, 0, 0, 0, 0, 0],
+    ),
+    (
+        "personality-uname26",
+        libc::SYS_personality,
+        [0x0002_0008, 0, 0, 0, 0, 0],
+    ),
+    // the traced call of the policy tests: PTRACE_PEEKDATA of no process (ESRCH when allowed)
+    ("ptrace", libc::SYS_ptrace, [2, -1, 0, 0, 0, 0]),
+    // allowed everywhere
+    ("getpid", libc::SYS_getpid, [0; 6]),
+    (
+        "socket-unix",
+        libc::SYS_socket,
+        [libc::AF_UNIX as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
     ),
     ("getcwd", libc::SYS_getcwd, [0, 0, 0, 0, 0, 0]),
 ];

@@ -9,9 +9,11 @@ use std::{
 
 use serde_json::Value;
 
+use palisade_tests::grafana::{all_panels, grafana_to_promql};
+
 use crate::{
     exported::{METRICS, OPT_IN, family, labels_of},
-    promql::{check_expr, is_ident, selectors},
+    promql::{check_expr, is_ident, joined_with_build_info, selectors},
     promtool, read, repo_root,
 };
 
@@ -161,21 +163,6 @@ fn is_datasource_variable(ds: &Value) -> bool {
         _ => return false,
     };
     uid == "$datasource" || uid == "${datasource}"
-}
-
-/// Every panel, including the ones nested in (collapsed) rows.
-fn all_panels(d: &Value) -> Vec<&Value> {
-    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
-        for p in panels.as_array().into_iter().flatten() {
-            out.push(p);
-            if let Some(nested) = p.get("panels") {
-                walk(nested, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&d["panels"], &mut out);
-    out
 }
 
 /// The query of a template variable (a string, or `{"query": ...}`).
@@ -387,6 +374,27 @@ fn dashboard_panels_use_the_datasource_variable_and_exported_metrics() {
                         ));
                     }
                 }
+                // The job is named by the scrape config; Palisade's container_* series are told
+                // apart from the kubelet's cAdvisor (same names) by palisade_build_info.
+                let sels = selectors(expr);
+                if sels
+                    .iter()
+                    .any(|s| s.matchers.iter().any(|(l, _, _)| l == "job"))
+                {
+                    problems.push(format!("panel {title}: selects a scrape job in `{expr}`"));
+                }
+                if sels.iter().any(|s| {
+                    s.metric
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("container_"))
+                }) && !joined_with_build_info(expr)
+                {
+                    problems.push(format!(
+                        "panel {title}: container_* without `and on (job, instance) \
+                         palisade_build_info` (the kubelet's cAdvisor exports the same names) in \
+                         `{expr}`"
+                    ));
+                }
                 // Opt-in families are empty by default: the panel says how to turn them on.
                 for sel in selectors(expr) {
                     if let Some((_, setting)) = OPT_IN
@@ -436,39 +444,6 @@ fn dashboards_cover_every_exported_metric() {
         missing.is_empty(),
         "no dashboard in dashboards/ shows {missing:?}"
     );
-}
-
-/// A Grafana query with its variables replaced by values Prometheus accepts: durations for
-/// `$__rate_interval`, `$__interval` and `$__range`, `.*` for the template variables (which the
-/// dashboards only use inside `=~` matchers).
-fn grafana_to_promql(expr: &str) -> String {
-    let expr = expr
-        .replace("$__rate_interval", "5m")
-        .replace("$__interval", "1m")
-        .replace("$__range", "1h");
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == '$' {
-            i += 1;
-            let braced = chars.get(i) == Some(&'{');
-            if braced {
-                i += 1;
-            }
-            while i < chars.len() && is_ident(chars[i]) {
-                i += 1;
-            }
-            if braced && chars.get(i) == Some(&'}') {
-                i += 1;
-            }
-            out.push_str(".*");
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[test]

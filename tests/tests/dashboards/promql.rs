@@ -234,6 +234,14 @@ pub(crate) fn selectors(expr: &str) -> Vec<Selector> {
     out
 }
 
+/// Whether `expr` keeps only series of a target that exports `palisade_build_info`
+/// (`... and on (job, instance) palisade_build_info`): how Palisade's `container_*` series are
+/// told apart from the kubelet's cAdvisor, which exports the same names.
+pub(crate) fn joined_with_build_info(expr: &str) -> bool {
+    let flat = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+    flat.contains("and on (job, instance) palisade_build_info")
+}
+
 /// Checks every selector of `expr` against what the agent exports; returns the problems found.
 /// `extra` names non-Palisade metrics the file may use (with only target labels).
 pub(crate) fn check_expr(expr: &str, extra: &[&str]) -> Vec<String> {

@@ -3,7 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::{promql::check_expr, promtool, read};
+use serde_json::Value;
+
+use crate::{
+    promql::{check_expr, joined_with_build_info, selectors},
+    promtool, read,
+};
 
 // --- Alerting rules ------------------------------------------------------------------------------
 
@@ -131,6 +136,7 @@ fn every_alert_is_documented_and_tested() {
     }
     for expected in [
         "PalisadeAgentDown",
+        "PalisadeAgentsMissing",
         "PalisadeKernelMapFull",
         "PalisadeRingBufferLoss",
         "PalisadeMapNearlyFull",
@@ -150,4 +156,117 @@ fn every_alert_is_documented_and_tested() {
     ] {
         assert!(names.contains(expected), "{RULES} lacks alert {expected}");
     }
+}
+
+/// Every alerting rule of the rules file, parsed: (name, rule object).
+fn alerts() -> Vec<(String, Value)> {
+    let rules: Value =
+        serde_saphyr::from_str(&read(RULES)).unwrap_or_else(|e| panic!("{RULES}: {e}"));
+    let mut out = Vec::new();
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            if let Some(name) = rule["alert"].as_str() {
+                out.push((name.to_owned(), rule.clone()));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no alerts in {RULES}");
+    out
+}
+
+/// The anchor GitHub gives a Markdown heading: lowercase, punctuation other than `-` and `_`
+/// dropped, spaces as `-`.
+pub(crate) fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// `repository` of the workspace's Cargo.toml.
+fn repository() -> String {
+    read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("repository = "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("repository in Cargo.toml")
+}
+
+#[test]
+fn every_alert_has_a_runbook_url_to_its_section_in_the_dashboards_readme() {
+    let readme = read("dashboards/README.md");
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| github_anchor(h.trim_start_matches('#')))
+        .collect();
+    let base = format!("{}/blob/main/dashboards/README.md#", repository());
+    let mut problems = Vec::new();
+    for (name, rule) in alerts() {
+        let Some(url) = rule["annotations"]["runbook_url"].as_str() else {
+            problems.push(format!("{name}: no runbook_url annotation"));
+            continue;
+        };
+        let Some(anchor) = url.strip_prefix(&base) else {
+            problems.push(format!(
+                "{name}: runbook_url {url} does not start with {base}"
+            ));
+            continue;
+        };
+        if anchor != name.to_lowercase() {
+            problems.push(format!(
+                "{name}: runbook_url points at #{anchor}, not at its own section #{}",
+                name.to_lowercase()
+            ));
+        }
+        if !anchors.contains(anchor) {
+            problems.push(format!(
+                "{name}: dashboards/README.md has no heading with anchor #{anchor} (add `### {name}` under Runbooks)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{RULES}:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn no_rule_names_a_scrape_job_and_resource_rules_read_only_palisades_series() {
+    let mut problems = Vec::new();
+    for (name, rule) in alerts() {
+        let expr = rule["expr"].as_str().unwrap_or_default();
+        for sel in selectors(expr) {
+            if sel.matchers.iter().any(|(l, _, _)| l == "job") {
+                problems.push(format!(
+                    "{name}: selects a job ({:?}); the job is named by the scrape config",
+                    sel.metric
+                ));
+            }
+        }
+        let cadvisor_names = selectors(expr).iter().any(|s| {
+            s.metric
+                .as_deref()
+                .is_some_and(|m| m.starts_with("container_"))
+        });
+        if cadvisor_names && !joined_with_build_info(expr) {
+            problems.push(format!(
+                "{name}: reads container_* series without `and on (job, instance) palisade_build_info` (the kubelet's cAdvisor exports them too)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{RULES}:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn github_anchors() {
+    assert_eq!(github_anchor(" PalisadeAgentDown"), "palisadeagentdown");
+    assert_eq!(
+        github_anchor("Where the alerts find the agent"),
+        "where-the-alerts-find-the-agent"
+    );
+    assert_eq!(
+        github_anchor("The alerts in `palisade-agent`"),
+        "the-alerts-in-palisade-agent"
+    );
 }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use super::{
     PolicyError,
     bpf::{Hook, Kernel, MAX_RULES, MAX_SLOTS, Options},
+    exec_match::ExecMatch,
     report::Reporter,
     resources::Writer,
     tables::{self, Ids, Slots},
@@ -62,6 +63,13 @@ impl TargetInfo {
     }
 }
 
+/// How exec rules are matched on this host (see `exec_match`).
+pub struct Exec {
+    /// Offset of `filename` in `sched:sched_process_exec` records (the fallback's input).
+    pub given_offset: Option<u32>,
+    pub matching: ExecMatch,
+}
+
 /// Policies a launcher registered for its workload's cgroup.
 #[derive(Debug, Clone)]
 pub struct Launched {
@@ -73,7 +81,7 @@ pub struct Launched {
 pub struct Engine {
     cfg: PolicyConfig,
     unified_root: PathBuf,
-    exec_offset: Option<u32>,
+    exec: Exec,
     hub: Arc<Hub>,
     kernel: Option<Kernel>,
     /// A ring buffer loaded but not yet handed to the task loop.
@@ -108,14 +116,14 @@ impl Engine {
         cfg: PolicyConfig,
         set: PolicySet,
         unified_root: PathBuf,
-        exec_offset: Option<u32>,
+        exec: Exec,
         hub: Arc<Hub>,
         limits: Writer,
     ) -> Self {
         Self {
             cfg,
             unified_root,
-            exec_offset,
+            exec,
             hub,
             kernel: None,
             new_ring: None,
@@ -152,7 +160,8 @@ impl Engine {
         let (k, ring) = Kernel::load(Options {
             pin_dir: self.cfg.pin_dir.clone(),
             unified_root: self.unified_root.clone(),
-            exec_filename_offset: self.exec_offset,
+            exec_filename_offset: self.exec.given_offset,
+            exec_offsets: self.exec.matching.file_offsets(),
             burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
@@ -163,6 +172,12 @@ impl Engine {
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");
         } else {
             info!(pin_dir = %self.cfg.pin_dir.display(), "policy programs loaded");
+        }
+        let m = &self.exec.matching;
+        if m.best_effort() {
+            warn!(btf = %m.btf.display(), "{}", m.describe());
+        } else {
+            info!("{}", m.describe());
         }
         self.kernel = Some(k);
         self.new_ring = Some(ring);
@@ -375,7 +390,19 @@ impl Engine {
         if flags & cgroup_flags::INGRESS != 0 {
             want.push(Hook::Ingress);
         }
-        for (h, e) in k.want(&want) {
+        let mut failed = k.want(&want);
+        if let Some(i) = failed
+            .iter()
+            .position(|(h, _)| *h == Hook::Exec && k.exec_on_file())
+        {
+            // e.g. a kernel without bpf_loop (before 5.17): the path given, said so
+            let (_, e) = failed.swap_remove(i);
+            warn!(error = %e, "exec rules: the kernel refused the program that reads the file executed; they match the path given to execve instead (best effort)");
+            k.exec_on_path_given();
+            self.exec.matching.refused = Some(e);
+            failed.extend(k.want(&want));
+        }
+        for (h, e) in failed {
             warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");
         }
         self.apply_resources();

@@ -240,6 +240,7 @@ impl Engine {
             "hooks": self.kernel.as_ref().map(|k| k.attached().iter().map(|h| h.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
             "policies": policies,
             "adopted_workloads": self.foreign.keys().collect::<Vec<_>>(),
+            "exec_match": self.exec.matching.status(),
         })
     }
 
@@ -272,6 +273,7 @@ impl Engine {
             syscall: None,
             errno: None,
             exec: None,
+            exec_detail: Default::default(),
             network: None,
             suppressed: 0,
         };
