@@ -179,29 +179,7 @@ pub fn run(minutes: u32, report: Option<&Path>) -> Result<()> {
         num(&t, "queue_waits"),
         num(&t, "rss_kib") / 1024.0
     );
-    let _ = writeln!(md, "## Churn: the RSS curve\n");
-    let rss: Vec<f64> = c["rss_kib"]
-        .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-        .unwrap_or_default();
-    let _ = writeln!(
-        md,
-        "{} containers (cgroups with a live process) created and removed in {} waves of {}; after each wave the agent's RSS. Afterwards the registry, the kernel maps and /metrics held nothing of them; descriptors {:?}, threads {:?} (before, after).\n",
-        num(&c, "containers"),
-        num(&c, "waves"),
-        num(&c, "containers") / num(&c, "waves").max(1.0),
-        c["fds"],
-        c["tasks"]
-    );
-    let _ = writeln!(md, "| after wave | RSS (MiB) |\n|---|---|");
-    for (i, r) in rss.iter().enumerate() {
-        let label = if i == 0 {
-            "start".to_owned()
-        } else {
-            i.to_string()
-        };
-        let _ = writeln!(md, "| {label} | {:.1} |", r / 1024.0);
-    }
+    md.push_str(&churn_section(&c));
     let _ = writeln!(md, "\n## Faults survived\n");
     for f in &faults.passed {
         let _ = writeln!(md, "- {}", f.replace('_', " "));
@@ -229,4 +207,68 @@ pub fn run(minutes: u32, report: Option<&Path>) -> Result<()> {
         None => println!("{md}"),
     }
     Ok(())
+}
+
+/// `[53, 53]` → `53 → 53`.
+fn before_after(v: &serde_json::Value) -> String {
+    let n = |i: usize| {
+        v[i].as_u64()
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    format!("{} → {}", n(0), n(1))
+}
+
+/// The churn section of the report, from the churn test's `palisade-report churn` line.
+fn churn_section(c: &serde_json::Value) -> String {
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut md = String::new();
+    let _ = writeln!(md, "## Churn: the RSS curve\n");
+    let rss: Vec<f64> = c["rss_kib"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "{} containers (cgroups with a live process) created and removed in {} waves of {}; after each wave the agent's RSS. Afterwards the registry, the kernel maps and /metrics held nothing of them; descriptors {}, threads {} (before → after).\n",
+        num(c, "containers"),
+        num(c, "waves"),
+        num(c, "containers") / num(c, "waves").max(1.0),
+        before_after(&c["fds"]),
+        before_after(&c["tasks"])
+    );
+    let _ = writeln!(md, "| after wave | RSS (MiB) |\n|---|---|");
+    for (i, r) in rss.iter().enumerate() {
+        let label = if i == 0 {
+            "start".to_owned()
+        } else {
+            i.to_string()
+        };
+        let _ = writeln!(md, "| {label} | {:.1} |", r / 1024.0);
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_section_shows_plain_numbers() {
+        let c = serde_json::json!({
+            "containers": 200, "waves": 2, "rss_kib": [1024, 2048, 2048],
+            "fds": [53, 53], "tasks": [5, 4],
+        });
+        let md = churn_section(&c);
+        assert!(
+            md.contains(
+                "200 containers (cgroups with a live process) created and removed in 2 waves of 100"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("descriptors 53 → 53, threads 5 → 4"), "{md}");
+        assert!(
+            md.contains("| start | 1.0 |\n| 1 | 2.0 |\n| 2 | 2.0 |\n"),
+            "{md}"
+        );
+    }
 }
