@@ -256,7 +256,7 @@ fn otlp_over_http_protobuf_is_the_default_and_decodes_as_protobuf() {
             .is_ok_and(|s| s.success())
     );
     let want = |r: &serde_json::Value| {
-        otlp_attr(r, "event.name") == Some("exec".into())
+        r["eventName"] == "exec"
             && otlp_attr(r, "palisade.cgroup_id") == Some(cg.id.to_string().into())
     };
     let rec = wait_for_explained(
