@@ -98,7 +98,7 @@ pub fn run(containers: usize, scrapes: usize) -> Result<(), BenchError> {
 fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), BenchError> {
     let cgroups = fixture(root, containers).map_err(BenchError::Fixture)?;
     let config = Config::default();
-    let mut registry = Registry::new(containers + 16);
+    let mut registry = Registry::new(containers + 16, config.identity.runtime_parents.clone());
     let mut model = Model::default();
     for (id, rel) in &cgroups {
         registry.insert(*id, rel);

@@ -18,6 +18,7 @@ fn role(feature: &str) -> (&'static str, bool) {
         "cgroup_sock_addr" => ("policies: egress/bind rules (EPERM)", false),
         "sock_ops" => ("TCP connections, RTT, flow records", false),
         "send_signal" => ("policies: kill on a denied syscall or exec", false),
+        "cgroup_ancestors" => ("policies: rules hold in child cgroups", false),
         "seccomp" => ("palisade run: syscall filters", false),
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("optional upgrade; raw tracepoints used instead", false),

@@ -126,13 +126,14 @@ where
 }
 
 /// Features probed by loading a program from the probe object, in report order.
-const PROGRAM_FEATURES: [&str; 9] = [
+const PROGRAM_FEATURES: [&str; 10] = [
     "raw_tracepoint",
     "tracepoint",
     "cgroup_skb",
     "cgroup_sock_addr",
     "sock_ops",
     "send_signal",
+    "cgroup_ancestors",
     "fentry",
     "bpf_lsm",
     "kprobe",
@@ -234,6 +235,18 @@ pub fn probe_all() -> Report {
                 let p: &mut RawTracePoint = prog(ebpf, "probe_send_signal")?;
                 p.load()?;
                 Ok("bpf_send_signal accepted by the verifier".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "cgroup_ancestors",
+            (|| {
+                let p: &mut RawTracePoint = prog(ebpf, "probe_ancestor_tracing")?;
+                p.load()?;
+                let p: &mut CgroupSockAddr = prog(ebpf, "probe_ancestor_sock_addr")?;
+                p.load()?;
+                let p: &mut CgroupSkb = prog(ebpf, "probe_ancestor_skb")?;
+                p.load()?;
+                Ok("ancestor cgroup ids in tracing, cgroup_sock_addr and cgroup_skb programs (policies hold for child cgroups)".to_owned())
             })(),
         ));
         features.push(feature(

@@ -148,6 +148,8 @@ mod pod {
     unsafe impl aya::Pod for crate::policy::ArgRule {}
     // SAFETY: as above (a global of the policy object).
     unsafe impl aya::Pod for crate::policy::ExecOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::Resolved {}
 }
 
 #[cfg(test)]
@@ -190,13 +192,14 @@ mod tests {
         assert!(EXEC_ARGS_MAX.is_power_of_two() && EXEC_FILENAME_MAX.is_power_of_two());
         use policy::*;
         assert_eq!(size_of::<CgroupPolicy>(), 8);
-        assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS);
+        assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS + 8);
+        assert_eq!(size_of::<Resolved>(), 16);
         assert_eq!(size_of::<EnterSlot>(), 8);
         assert_eq!(size_of::<ExecConf>(), 8);
         assert_eq!(size_of::<ExecKey>(), 16);
         assert_eq!(size_of::<ExecRule>(), 8);
-        assert_eq!(size_of::<NetRule>(), 32);
-        assert_eq!(size_of::<NetRuleSet>(), 16 + 32 * MAX_NET_RULES);
+        assert_eq!(size_of::<NetRule>(), 48);
+        assert_eq!(size_of::<NetRuleSet>(), 16 + 48 * MAX_NET_RULES);
         assert_eq!(size_of::<RuleInfo>(), 16 + 2 * RULE_NAME_MAX);
         assert_eq!(size_of::<ViolationKey>(), 16);
         assert_eq!(size_of::<ViolationState>(), 24);
@@ -209,7 +212,7 @@ mod tests {
         assert_eq!(size_of::<ExecPaths>(), 40 + 3 * POLICY_PATH_MAX);
         assert_eq!(
             size_of::<PolicyEvent>(),
-            32 + 24 + 16 + 40 + size_of::<ExecPaths>()
+            32 + 24 + 16 + 40 + 8 + size_of::<ExecPaths>()
         );
     }
 }

@@ -141,7 +141,7 @@ pub const MAP_POLICY_ENTER: &str = "POLICY_ENTER";
 pub const MAP_POLICY_EXEC_CONF: &str = "POLICY_EXEC_CONF";
 /// Hash: [`crate::policy::ExecKey`] → [`crate::policy::ExecRule`].
 pub const MAP_POLICY_EXEC: &str = "POLICY_EXEC";
-/// Array: `slot * 2 + direction` → [`crate::policy::NetRuleSet`].
+/// Array: [`crate::policy::net_index`] → [`crate::policy::NetRuleSet`].
 pub const MAP_POLICY_NET: &str = "POLICY_NET";
 /// Array: rule id → [`crate::policy::RuleInfo`].
 pub const MAP_POLICY_RULES: &str = "POLICY_RULES";
@@ -158,8 +158,13 @@ pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
 /// next agent (after a restart, `kill -9` included) reports each violation once.
 pub const MAP_POLICY_REPORTED: &str = "POLICY_REPORTED";
 
+/// LRU hash: cgroup id → [`crate::policy::Resolved`] (the entry that applies, cached).
+pub const MAP_POLICY_RESOLVED: &str = "POLICY_RESOLVED";
+/// Array: [`crate::policy::xlat_index`] → x86_64 syscall number or [`crate::policy::xlat`].
+pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
+
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 13] = [
+pub const POLICY_MAPS: [&str; 15] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -173,6 +178,8 @@ pub const POLICY_MAPS: [&str; 13] = [
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
     MAP_POLICY_REPORTED,
+    MAP_POLICY_RESOLVED,
+    MAP_POLICY_XLAT,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
@@ -190,6 +197,10 @@ pub const PROG_POLICY_SENDMSG6: &str = "policy_sendmsg6";
 pub const PROG_POLICY_BIND4: &str = "policy_bind4";
 pub const PROG_POLICY_BIND6: &str = "policy_bind6";
 pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
+/// `cgroup/sock_create`: raw and ICMP sockets where egress rules apply.
+pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
+/// `syscalls:sys_enter_socket`: packet sockets where egress rules apply.
+pub const PROG_POLICY_PACKET: &str = "policy_packet";
 
 /// Globals of the policy object.
 pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";
@@ -197,3 +208,7 @@ pub const GLOBAL_POLICY_EXEC_OFF_FILENAME: &str = "POLICY_EXEC_OFF_FILENAME";
 /// Global [`crate::policy::ExecOffsets`]: kernel struct offsets for the exec walk.
 pub const GLOBAL_POLICY_EXEC_OFFSETS: &str = "POLICY_EXEC_OFFSETS";
 pub const GLOBAL_POLICY_ENTER_MASK: &str = "POLICY_ENTER_MASK";
+/// Offset of `thread_info.status` in `task_struct` (0: unknown, i386 calls cannot be told).
+pub const GLOBAL_POLICY_TASK_OFF_STATUS: &str = "POLICY_TASK_OFF_STATUS";
+/// Offset of `family` in `syscalls:sys_enter_socket` records.
+pub const GLOBAL_POLICY_SOCKET_OFF_FAMILY: &str = "POLICY_SOCKET_OFF_FAMILY";

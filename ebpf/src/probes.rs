@@ -4,7 +4,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::bpf_send_signal,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal, bpf_skb_ancestor_cgroup_id},
     macros::{
         cgroup_skb, cgroup_sock_addr, fentry, kprobe, lsm, map, raw_tracepoint, sock_ops,
         tracepoint,
@@ -55,6 +55,29 @@ pub fn probe_send_signal(_ctx: RawTracePointContext) -> i32 {
         unsafe { bpf_send_signal(9) };
     }
     0
+}
+
+/// Policies hold for child cgroups by walking a cgroup's ancestry with these helpers: each
+/// program type the policy object uses must have them.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn probe_ancestor_tracing(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: helper without preconditions.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(1) };
+    i32::from(id == 0)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn probe_ancestor_sock_addr(_ctx: SockAddrContext) -> i32 {
+    // SAFETY: helper without preconditions.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(1) };
+    i32::from(id != u64::MAX)
+}
+
+#[cgroup_skb]
+pub fn probe_ancestor_skb(ctx: SkBuffContext) -> i32 {
+    // SAFETY: the program's own context.
+    let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, 1) };
+    i32::from(id != u64::MAX)
 }
 
 #[fentry(function = "bpf_fentry_test1")]

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use palisade_policy::{
     Mode, Policy, Target,
     compile::seccomp_rules,
-    model::{ArgOp, SysAction},
+    model::{Abi, ArgOp, SysAction},
 };
 
 use super::{
     LaunchError,
     plan::{CPU_PERIOD_US, Plan},
-    seccomp::{Action, ArgCmp, Op, Profile, Rule},
+    seccomp::{Action, Arch, ArgCmp, Op, Profile, Rule},
 };
 
 /// A policy file that cannot be applied to this launch.
@@ -98,7 +98,16 @@ pub fn profile(p: &Policy, source: &str) -> Option<Profile> {
     Some(Profile {
         source: format!("policy {} ({source})", p.name),
         default_action: r.default.map_or(Action::Allow, action),
-        arches: Vec::new(),
+        // the policy's `abis:`: a call through another ABI kills the workload, as at run time
+        arches: r
+            .abis
+            .iter()
+            .map(|a| match a {
+                Abi::X86_64 => Arch::X86_64,
+                Abi::I386 => Arch::X86,
+                Abi::X32 => Arch::X32,
+            })
+            .collect(),
         rules: r
             .rules
             .into_iter()
@@ -245,6 +254,25 @@ mod tests {
         assert_eq!(prof.default_action, Action::Allow);
         assert_eq!(prof.rules[0].action, Action::Errno(1));
         assert_eq!(prof.rules[1].args[0].op, Op::MaskedEq);
+        let c = super::super::seccomp::compile(&prof).unwrap();
+        assert!(c.unknown.is_empty());
+        assert_eq!(prof.arches, [Arch::X86_64], "other ABIs kill");
+        // io_uring gets the policy's action where no rule names it
+        assert!(
+            prof.rules
+                .iter()
+                .any(|r| r.names.iter().any(|n| n == "io_uring_setup")
+                    && r.action == Action::Errno(1)),
+            "{:?}",
+            prof.rules
+        );
+        let text = text.replace(
+            "  syscalls:\n",
+            "  syscalls:\n    abis: [x86_64, i386]\n    io_uring: allow\n",
+        );
+        let p = palisade_policy::parse_str(&text, "t.yaml").unwrap();
+        let prof = profile(&p[0], "t.yaml").unwrap();
+        assert_eq!(prof.arches, [Arch::X86_64, Arch::X86]);
         let c = super::super::seccomp::compile(&prof).unwrap();
         assert!(c.unknown.is_empty());
     }

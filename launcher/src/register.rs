@@ -6,8 +6,9 @@ use std::{path::Path, time::Duration};
 
 use palisade_proto::{ClientError, Conn, LaunchPolicy, Request};
 
-/// How long the agent may take to answer (it registers in its kernel maps first).
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to answer (it registers in its kernel maps first, and may load,
+/// verify and attach the policy programs the workload's rules need: seconds on a busy host).
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the launcher was doing with the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +25,25 @@ pub enum AgentStep {
 /// the agent enforces) and did not register the workload.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{}{} (start `palisade agent`, point --agent-socket at it, or drop --require-agent)",
+    "{}{} ({})",
     AgentSays(.source),
-    enforced_by_the_agent(.policies)
+    enforced_by_the_agent(.policies),
+    hint(.source)
 )]
 pub struct AgentError {
     pub step: AgentStep,
     pub source: ClientError,
     /// Policies whose exec and network rules made the agent necessary.
     pub policies: Vec<String>,
+}
+
+/// What to do: an agent that answered and refused has said why (e.g. the workload's policies
+/// cannot be put in place); one that did not answer must be started or found.
+fn hint(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Refused { .. } => "nothing was started",
+        _ => "start `palisade agent`, point --agent-socket at it, or drop --require-agent",
+    }
 }
 
 fn enforced_by_the_agent(policies: &[String]) -> String {

@@ -28,6 +28,7 @@ pub fn warnings(set: &PolicySet) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for p in &set.policies {
         policy_warnings(p, &mut out);
+        crate::check_enforce::notes(p, &mut out);
     }
     for (i, a) in set.policies.iter().enumerate() {
         for b in &set.policies[i + 1..] {
@@ -56,20 +57,6 @@ pub fn warnings(set: &PolicySet) -> Vec<Diagnostic> {
                         a.name, b.name, a.name
                     ),
                 });
-            }
-            for (dir, x, y) in [
-                ("egress", &a.network.egress, &b.network.egress),
-                ("ingress", &a.network.ingress, &b.network.ingress),
-            ] {
-                if x.is_some() && y.is_some() {
-                    out.push(Diagnostic {
-                        loc: b.loc.clone(),
-                        message: format!(
-                            "policies `{}` and `{}` may select the same containers and both have {dir} rules: only `{}`'s apply where both select",
-                            a.name, b.name, a.name
-                        ),
-                    });
-                }
             }
         }
     }

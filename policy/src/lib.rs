@@ -5,6 +5,7 @@
 //! Pure logic, no kernel access: the agent loads the tables, the launcher builds the filter,
 //! and the fuzz target (`fuzz/`) drives [`parse::parse_str`].
 pub mod check;
+mod check_enforce;
 pub mod compile;
 pub mod learn;
 pub mod model;

@@ -1,6 +1,8 @@
 //! Validated policies: what the parser produces and everything else consumes.
 use std::{fmt, net::IpAddr};
 
+pub use palisade_syscalls::Abi;
+
 /// Where something was written: `file:line:column` (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Loc {
@@ -217,12 +219,51 @@ pub struct Syscalls {
     pub list: ListKind,
     pub action: SysAction,
     pub entries: Vec<SyscallEntry>,
+    /// ABIs the rules hold for (`abis:`; x86_64 always): a call through i386 or x32 is checked
+    /// as the x86_64 call it is. A call through an ABI not listed violates [`Self::ABI_RULE`].
+    pub abis: Vec<Abi>,
+    /// `io_uring: allow`: the io_uring calls run though no rule names them.
+    pub io_uring_allowed: bool,
     pub loc: Loc,
 }
 
 impl Syscalls {
     /// The rule a call outside an allow-list violates.
     pub const ALLOW_RULE: &'static str = "syscalls.allow";
+    /// The rule a call through an ABI the policy does not list violates (killed; reported in
+    /// audit mode or by a `log` policy).
+    pub const ABI_RULE: &'static str = "syscalls.abi";
+    /// The rule the io_uring calls violate where no rule names them: io_uring performs
+    /// operations (open, connect, ...) without the syscalls the other rules see.
+    pub const IO_URING_RULE: &'static str = "syscalls.io_uring";
+    pub const IO_URING: [&'static str; 3] =
+        ["io_uring_setup", "io_uring_enter", "io_uring_register"];
+
+    /// Whether any entry names syscall `name`.
+    pub fn names(&self, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.names.iter().any(|n| n == name))
+    }
+
+    /// The io_uring calls the implicit [`Self::IO_URING_RULE`] denies.
+    pub fn implicit_io_uring(&self) -> Vec<&'static str> {
+        if self.io_uring_allowed {
+            return Vec::new();
+        }
+        Self::IO_URING
+            .into_iter()
+            .filter(|n| !self.names(n))
+            .collect()
+    }
+
+    /// The compat ABIs whose calls violate [`Self::ABI_RULE`].
+    pub fn refused_abis(&self) -> Vec<Abi> {
+        [Abi::I386, Abi::X32]
+            .into_iter()
+            .filter(|a| !self.abis.contains(a))
+            .collect()
+    }
 }
 
 /// How an exec pattern is matched (see `palisade_common::policy::exec_kind`).
@@ -300,15 +341,30 @@ pub enum Proto {
     Any,
     Tcp,
     Udp,
+    /// Egress socket kinds, allowed or refused when the socket is created (no address or
+    /// port): ICMP/ICMPv6 ("ping" and raw ICMP sockets), raw IP sockets of any protocol, packet
+    /// sockets. A connection rule (`any` included) never allows them.
+    Icmp,
+    Raw,
+    Packet,
 }
 
 impl Proto {
     pub fn number(self) -> u8 {
+        use palisade_common::policy::kind;
         match self {
             Proto::Any => 0,
             Proto::Tcp => 6,
             Proto::Udp => 17,
+            Proto::Icmp => kind::ICMP,
+            Proto::Raw => kind::RAW,
+            Proto::Packet => kind::PACKET,
         }
+    }
+
+    /// A socket kind rather than a transport protocol.
+    pub fn is_kind(self) -> bool {
+        matches!(self, Proto::Icmp | Proto::Raw | Proto::Packet)
     }
 }
 
@@ -331,8 +387,15 @@ pub struct Direction {
     pub default: NetAction,
     /// `network.egress.default` / `network.ingress.default`.
     pub default_rule: String,
+    /// Egress: the rule a raw, packet or ICMP socket no rule allows violates
+    /// ([`Direction::KIND_RULE`]); ingress: `None`.
+    pub kind_rule: Option<String>,
     pub rules: Vec<NetRule>,
     pub loc: Loc,
+}
+
+impl Direction {
+    pub const KIND_RULE: &'static str = "network.egress.raw";
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -55,6 +55,10 @@ pub(crate) struct RawSyscalls {
     pub(crate) deny: Option<Vec<Spanned<RawSyscallEntry>>>,
     pub(crate) action: Option<Spanned<String>>,
     pub(crate) errno: Option<Spanned<RawErrno>>,
+    #[serde(default)]
+    pub(crate) abis: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) io_uring: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

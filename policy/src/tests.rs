@@ -1,7 +1,9 @@
 //! Parser, checks, selectors and compiler.
 use std::collections::HashMap;
 
-use palisade_common::policy::{VERDICT_CONDITIONAL, VERDICT_RULE, action, cgroup_flags};
+use palisade_common::policy::{
+    NetRuleSet, VERDICT_CONDITIONAL, VERDICT_RULE, action, cgroup_flags, kind, strongest,
+};
 
 use crate::{
     check,
@@ -270,18 +272,29 @@ fn compiles_deny_and_allow_lists_into_verdicts() {
     let (_, mut id) = ids();
     let t = compile::compile(&[(&p, Mode::Enforce)], &mut id);
     assert_eq!(t.flags, cgroup_flags::SYSCALLS);
-    assert_eq!(t.verdicts.rule[nr("mount")], 1);
-    assert_eq!(t.verdicts.rule[nr("unshare")], 2 | VERDICT_CONDITIONAL);
+    // id 1: the ABI rule (other ABIs are not listed)
+    assert_eq!(t.verdicts.abi_rule, [1, 1]);
+    assert_eq!(
+        t.verdicts.unmapped_rule, 0,
+        "a deny-list lets unmapped calls run"
+    );
+    assert_eq!(t.verdicts.rule[nr("mount")], 2);
+    assert_eq!(t.verdicts.rule[nr("unshare")], 3 | VERDICT_CONDITIONAL);
     assert_eq!(t.verdicts.rule[nr("read")], 0);
+    assert_eq!(
+        t.verdicts.rule[nr("io_uring_setup")],
+        4,
+        "syscalls.io_uring"
+    );
     // the run-time check of the conditional verdict
     assert_eq!(t.args.len(), 1);
     let (n, r) = &t.args[0];
     assert_eq!(*n as usize, nr("unshare"));
     assert_eq!(
         (r.alts, r.match_allows, r.alt[0].rule, r.alt[0].count),
-        (1, 0, 2, 1)
+        (1, 0, 3, 1)
     );
-    assert_eq!(r.violated(&[1, 0, 0, 0, 0, 0], 0), Some(2));
+    assert_eq!(r.violated(&[1, 0, 0, 0, 0, 0], 0), Some(3));
     assert_eq!(r.violated(&[2, 0, 0, 0, 0, 0], 0), None);
 
     let a = one(
@@ -292,6 +305,7 @@ fn compiles_deny_and_allow_lists_into_verdicts() {
     assert_eq!(t.verdicts.rule[nr("read")], 0);
     assert_eq!(t.verdicts.rule[nr("mount")] & VERDICT_RULE, 1);
     assert_eq!(t.verdicts.rule[nr("ioctl")], 1 | VERDICT_CONDITIONAL);
+    assert_eq!(t.verdicts.unmapped_rule, 1, "outside the allow-list");
     let (_, r) = &t.args[0];
     assert_eq!(r.match_allows, 1);
     assert_eq!(
@@ -308,11 +322,82 @@ fn compiles_deny_and_allow_lists_into_verdicts() {
     let mount = t.verdicts.rule[nr("mount")];
     let chroot = t.verdicts.rule[nr("chroot")];
     assert_ne!(mount, chroot);
+    // ids: 1 log's ABI rule, 2 its mount, 3 its chroot, 4 its io_uring; 5 the enforce
+    // policy's ABI rule, 6 its mount, ...
     assert_eq!(
-        chroot, 2,
+        chroot, 3,
         "only the audit policy names chroot (its second rule)"
     );
-    assert_eq!(mount, 3, "the enforce policy's kill rule wins for mount");
+    assert_eq!(mount, 6, "the enforce policy's kill rule wins for mount");
+    assert_eq!(t.verdicts.abi_rule, [5, 5], "the enforcing ABI rule wins");
+}
+
+#[test]
+fn implicit_rules_for_abis_and_io_uring() {
+    let nr = |n| palisade_syscalls::number(n).unwrap() as usize;
+    let all = std::cell::RefCell::new(Vec::<RuleDesc>::new());
+    let descs = |_: &compile::Tables, id: u16, all: &std::cell::RefCell<Vec<RuleDesc>>| {
+        all.borrow()[usize::from(id) - 1].clone()
+    };
+    let mut id = |d: &RuleDesc| {
+        let mut all = all.borrow_mut();
+        if let Some(i) = all.iter().position(|k: &RuleDesc| k == d) {
+            return Some(i as u16 + 1);
+        }
+        all.push(d.clone());
+        Some(all.len() as u16)
+    };
+    let both = one(
+        "  syscalls:\n    action: errno\n    abis: [x86_64, i386, x32]\n    deny: [mount, io_uring_enter]\n",
+    );
+    let t = compile::compile(&[(&both, Mode::Enforce)], &mut id);
+    assert_eq!(t.verdicts.abi_rule, [0, 0], "both compat ABIs considered");
+    let setup = t.verdicts.rule[nr("io_uring_setup")];
+    let enter = t.verdicts.rule[nr("io_uring_enter")];
+    assert_ne!(setup, 0);
+    assert_ne!(setup, enter, "io_uring_enter is named: its own rule");
+    let d = descs(&t, setup, &all);
+    assert_eq!(d.rule, "syscalls.io_uring");
+    assert_eq!(
+        (d.action, d.errno),
+        (action::ERRNO, 1),
+        "the policy's action"
+    );
+    let allowed =
+        one("  syscalls:\n    io_uring: allow\n    abis: [x86_64, i386]\n    deny: [mount]\n");
+    let t = compile::compile(&[(&allowed, Mode::Enforce)], &mut id);
+    assert_eq!(t.verdicts.rule[nr("io_uring_setup")], 0);
+    assert_eq!(t.verdicts.abi_rule[0], 0);
+    let x32 = t.verdicts.abi_rule[1];
+    let d = descs(&t, x32, &all);
+    assert_eq!((d.rule.as_str(), d.action), ("syscalls.abi", action::KILL));
+    // an allow-list naming io_uring_setup lets it run; the others stay denied by the implicit
+    // rule
+    let list = one("  syscalls:\n    allow: [read, io_uring_setup]\n");
+    let t = compile::compile(&[(&list, Mode::Enforce)], &mut id);
+    assert_eq!(t.verdicts.rule[nr("io_uring_setup")], 0);
+    let d = descs(&t, t.verdicts.rule[nr("io_uring_register")], &all);
+    assert_eq!(d.rule, "syscalls.io_uring");
+    // a log policy reports other ABIs instead of killing
+    let log = one("  syscalls:\n    action: log\n    deny: [mount]\n");
+    let t = compile::compile(&[(&log, Mode::Enforce)], &mut id);
+    let d = descs(&t, t.verdicts.abi_rule[0], &all);
+    assert_eq!(d.action, action::LOG);
+    // the seccomp rules of a launched workload carry the same
+    let r = compile::seccomp_rules(&both).unwrap();
+    assert_eq!(r.abis.len(), 3);
+    assert!(
+        r.rules
+            .iter()
+            .any(|(n, a, _)| n == &["io_uring_setup", "io_uring_register"]
+                && *a == Some(SysAction::Errno(1))),
+        "{r:?}"
+    );
+    let r = compile::seccomp_rules(&allowed).unwrap();
+    assert!(
+        r.rules.iter().any(|(n, a, _)| n.len() == 3 && a.is_none()),
+        "io_uring allowed explicitly: {r:?}"
+    );
 }
 
 #[test]
@@ -325,13 +410,128 @@ fn compiles_exec_and_network() {
     assert_eq!(t.flags, cgroup_flags::EXEC | cgroup_flags::EGRESS);
     assert_eq!(t.exec_conf.allow_list, 1);
     assert_eq!(t.exec.len(), 2);
-    assert_eq!(t.egress.count, 2, "one kernel rule per port range");
-    assert_eq!(t.egress.default_action, action::DENY);
+    let e = &t.egress[0];
+    assert_eq!(e.count, 2, "one kernel rule per port range");
+    assert_eq!(e.default_action, action::DENY);
+    assert_ne!(e.kind_rule, 0, "raw sockets refused");
+    assert_eq!(t.egress[1], NetRuleSet::EMPTY);
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&[127, 0, 0, 1]);
-    assert_eq!(t.egress.evaluate(2, &a, 8001, 6).0, action::ALLOW);
-    assert_eq!(t.egress.evaluate(2, &a, 8002, 6).0, action::DENY);
-    assert_eq!(t.egress.evaluate(2, &a, 80, 17).0, action::DENY);
+    assert_eq!(e.evaluate(2, &a, 8001, 6).0, action::ALLOW);
+    assert_eq!(e.evaluate(2, &a, 8002, 6).0, action::DENY);
+    assert_eq!(e.evaluate(2, &a, 80, 17).0, action::DENY);
+    assert_eq!(e.socket_verdict(kind::RAW, kind::RAW).0, action::DENY);
+}
+
+/// What the kernel decides for one connection: every set of the slot, strongest outcome.
+fn connect_outcome(t: &compile::Tables, infos: &[RuleDesc], port: u16) -> Option<(u32, u32)> {
+    let mut out = None;
+    for s in &t.egress {
+        let (act, id) = s.evaluate(
+            2,
+            &[127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port,
+            6,
+        );
+        let taken = match infos.get((id as usize).wrapping_sub(1)) {
+            Some(d) => d
+                .info()
+                .taken_network(act, palisade_common::policy::taken::ERRNO),
+            None => None,
+        };
+        out = strongest(out, taken.map(|t| (t, id)));
+    }
+    out
+}
+
+#[test]
+fn any_deny_among_the_policies_wins_whatever_their_order() {
+    let deny = "  network:\n    egress:\n      rules:\n        - {action: deny, ports: [7801], protocol: tcp}\n";
+    let audit = one(&format!("  mode: audit\n{deny}"));
+    let enforce = one(deny);
+    let open = one(
+        "  network:\n    egress:\n      default: allow\n      rules:\n        - {action: allow, ports: [7801]}\n",
+    );
+    for order in [
+        vec![(&audit, Mode::Audit), (&enforce, Mode::Enforce)],
+        vec![(&enforce, Mode::Enforce), (&audit, Mode::Audit)],
+        vec![(&open, Mode::Enforce), (&enforce, Mode::Enforce)],
+        vec![(&enforce, Mode::Enforce), (&open, Mode::Enforce)],
+    ] {
+        let mut all: Vec<RuleDesc> = Vec::new();
+        let mut id = |d: &RuleDesc| {
+            if let Some(i) = all.iter().position(|k| k == d) {
+                return Some(i as u16 + 1);
+            }
+            all.push(d.clone());
+            Some(all.len() as u16)
+        };
+        let t = compile::compile(&order, &mut id);
+        assert!(t.left_out.is_empty());
+        let (what, _) = connect_outcome(&t, &all, 7801).unwrap_or_else(|| panic!("{all:?}"));
+        assert_eq!(what, palisade_common::policy::taken::ERRNO, "{all:?}");
+        assert_eq!(connect_outcome(&t, &all, 7802), None, "other ports pass");
+    }
+    // more policies than sets: the rest is left out, and said so
+    let ps: Vec<_> = (0..5).map(|_| one(deny)).collect();
+    let order: Vec<_> = ps.iter().map(|p| (p, Mode::Enforce)).collect();
+    let (_, mut id) = ids();
+    let t = compile::compile(&order, &mut id);
+    assert_eq!(t.left_out.len(), 1);
+    assert_eq!(t.left_out[0].reason, compile::Shortfall::NetworkSets);
+}
+
+#[test]
+fn socket_kinds_are_egress_rules_without_addresses() {
+    let p = one(
+        "  network:\n    egress:\n      default: deny\n      rules:\n        - {name: ping, action: allow, protocol: icmp}\n",
+    );
+    let (_, mut id) = ids();
+    let t = compile::compile(&[(&p, Mode::Enforce)], &mut id);
+    let e = &t.egress[0];
+    assert_eq!(e.socket_verdict(kind::ICMP, kind::ICMP).0, action::ALLOW);
+    assert_eq!(e.socket_verdict(kind::ICMP, kind::RAW).0, action::ALLOW);
+    assert_eq!(e.socket_verdict(kind::PACKET, kind::PACKET).0, action::DENY);
+    let e = err(
+        "  network:\n    egress:\n      rules:\n        - {action: allow, protocol: raw, ports: [1]}\n",
+    );
+    assert!(e.contains("give no cidr or ports"), "{e}");
+    let e = err(
+        "  network:\n    ingress:\n      rules:\n        - {action: allow, protocol: packet}\n",
+    );
+    assert!(e.contains("egress socket kinds"), "{e}");
+    let e = err("  syscalls:\n    abis: [i386]\n    deny: [mount]\n");
+    assert!(e.contains("must list x86_64"), "{e}");
+    let e = err("  syscalls:\n    abis: [arm]\n    deny: [mount]\n");
+    assert!(e.contains("unknown ABI `arm`"), "{e}");
+    let e = err("  syscalls:\n    io_uring: maybe\n    deny: [mount]\n");
+    assert!(e.contains("allow or deny"), "{e}");
+}
+
+#[test]
+fn check_says_what_happens_instead() {
+    let text = format!(
+        "{HEAD}  syscalls:\n    deny: [mount]\n  network:\n    egress:\n      rules:\n        - {{action: allow, protocol: icmp}}\n"
+    );
+    let set = crate::PolicySet {
+        policies: parse(&text).unwrap(),
+        files: vec![],
+    };
+    let all = check::warnings(&set)
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for want in [
+        "killed (SIGKILL) before it returns",
+        "`syscalls.io_uring`",
+        "i386 and x32 ABIs are killed (rule `syscalls.abi`)",
+        "raw, packet sockets are refused",
+        "`network.egress.raw`",
+        "killed as it opens one",
+    ] {
+        assert!(all.contains(want), "{want}: {all}");
+    }
 }
 
 #[test]

@@ -165,13 +165,34 @@ pub struct PolicyStatus {
     pub pin_dir: String,
     /// The enforcement programs are loaded (some policy exists).
     pub loaded: bool,
-    /// Hook groups attached now (`syscalls`, `seccomp`, `exec`, `egress`, `ingress`).
+    /// Hook groups attached now (`syscalls`, `seccomp`, `exec`, `egress`, `socket_create`,
+    /// `packet_socket`, `ingress`).
     pub hooks: Vec<String>,
     pub policies: Vec<PolicyState>,
     /// Cgroup ids of launched workloads whose pinned state an earlier agent left (adopted).
     pub adopted_workloads: Vec<u64>,
     /// How exec rules match on this host.
     pub exec_match: ExecMatch,
+    /// What is not in place, per cgroup, policy and reason (`palisade_policy_unenforced`).
+    pub unenforced: Vec<PolicyUnenforced>,
+    /// What will happen instead where a policy cannot be enforced as written: the notes of
+    /// `palisade policy check` for the policies in force, and what this host lacks.
+    pub notes: Vec<String>,
+}
+
+/// A policy not (fully) in force for one cgroup, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyUnenforced {
+    pub policy: String,
+    pub cgroup_id: u64,
+    /// The container's name (`cgroup:ID` when the agent has not named it).
+    pub container: String,
+    /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
+    /// `not_loaded`, `hook_<group>`.
+    pub reason: String,
+    /// What failed, for people.
+    pub detail: String,
 }
 
 /// How exec rules match on this host, in [`PolicyStatus`].
@@ -209,6 +230,10 @@ pub struct PolicyCgroup {
     pub cgroup_id: u64,
     /// The container's name (empty when the agent has not named it).
     pub container: String,
+    /// The path of the ancestor cgroup whose selection holds here (the cgroup selects nothing
+    /// itself: a policy holds for the subtree of what it selects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
 }
 
 /// Workload names: what a container name may hold (a cgroup directory name and a label value).
@@ -294,10 +319,16 @@ mod tests {
             "policies": [{"name": "web", "mode": "enforce", "source": "/etc/p.yaml:1:1",
                           "cgroups": [{"cgroup_id": 42, "container": "web-0"}]}],
             "adopted_workloads": [7],
+            "unenforced": [{"policy": "web", "cgroup_id": 43, "container": "web-1",
+                            "reason": "slots_full", "detail": "every slot is in use"}],
+            "notes": ["this host: no kernel BTF for `thread_info.status`"],
         });
         let s: PolicyStatus = Reply::data(data).data_as().unwrap();
         assert_eq!(s.policies[0].cgroups[0].container, "web-0");
+        assert_eq!(s.policies[0].cgroups[0].inherited_from, None);
         assert_eq!(s.adopted_workloads, [7]);
+        assert_eq!(s.unenforced[0].reason, "slots_full");
+        assert_eq!(s.notes.len(), 1);
         let text = serde_json::to_string(&s).unwrap();
         assert!(
             text.starts_with(r#"{"pin_dir":"/sys/fs/bpf/palisade","loaded":true,"hooks":["syscalls","egress"],"policies":[{"name":"web","mode":"enforce""#),

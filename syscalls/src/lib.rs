@@ -1,9 +1,15 @@
 //! Syscall and errno names and numbers: the one table the agent (metric labels, violations),
 //! the launcher and the policy language (`syscalls:` rules) share.
 //!
-//! Numbers are x86_64's, the ABI Palisade's telemetry and policies are written in.
+//! Numbers are x86_64's, the ABI Palisade's telemetry and policies are written in; [`abi`] has
+//! the i386 and x32 tables and how their calls map to x86_64's.
+pub mod abi;
 pub mod errno;
+mod i386;
+mod x32;
 mod x86_64;
+
+pub use abi::{Abi, Native, name_in, native, number_in};
 
 use std::borrow::Cow;
 

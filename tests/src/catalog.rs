@@ -66,6 +66,7 @@ const FEATURES: &[&str] = &[
     "cgroup_sock_addr",
     "sock_ops",
     "send_signal",
+    "cgroup_ancestors",
     "fentry",
     "bpf_lsm",
     "kprobe",
@@ -89,6 +90,7 @@ const EVENT_TYPES: &[&str] = &[
     "flow",
     "policy_violation",
     "cgroup_move",
+    "policy_unenforced",
 ];
 const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
 /// `type` of `palisade_events_kernel_lost_total`: the events the kernel counts per container.
@@ -99,7 +101,32 @@ const KERNEL_LOST_TYPES: &[&str] = &["exec", "exit", "flow"];
 const POLICY_ACTIONS: &[&str] = &["errno", "kill", "drop", "would_block", "log"];
 const POLICY_MODES: &[&str] = &["audit", "enforce"];
 /// Enforcement hook groups, attached while some policy needs them.
-const POLICY_HOOKS: &[&str] = &["syscalls", "seccomp", "exec", "egress", "ingress"];
+const POLICY_HOOKS: &[&str] = &[
+    "syscalls",
+    "seccomp",
+    "exec",
+    "egress",
+    "socket_create",
+    "packet_socket",
+    "ingress",
+];
+/// `reason` of `palisade_policy_unenforced`: a full table, a hook group that does not attach,
+/// or the object not loading.
+const UNENFORCED_REASONS: &[&str] = &[
+    "slots_full",
+    "cgroups_full",
+    "rules_full",
+    "network_policies",
+    "table_error",
+    "not_loaded",
+    "hook_syscalls",
+    "hook_seccomp",
+    "hook_exec",
+    "hook_egress",
+    "hook_socket_create",
+    "hook_packet_socket",
+    "hook_ingress",
+];
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are
 /// added by Prometheus).
@@ -321,6 +348,13 @@ pub const METRICS: &[Metric] = &[
         &[("hook", POLICY_HOOKS)],
     ),
     m("palisade_policy_events_lost_total", Kind::Counter, &[]),
+    // One series per (policy, container, reason) that cannot be put in place; none when all is.
+    mv(
+        "palisade_policy_unenforced",
+        Kind::Gauge,
+        &["policy", "container", "reason"],
+        &[("reason", UNENFORCED_REASONS)],
+    ),
 ];
 
 /// Families only exported when turned on in the agent config: a panel showing one says so.

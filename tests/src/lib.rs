@@ -331,60 +331,122 @@ pub struct Agent {
     socket: PathBuf,
 }
 
+/// How [`Agent::start_with`] starts the agent; the default is [`Agent::start`]'s.
+#[derive(Default)]
+struct Launch<'a> {
+    /// `--events`: none, the default log in the agent's directory (`Some(None)`) or one at a
+    /// path.
+    events: Option<Option<PathBuf>>,
+    /// The control socket, else `agent.sock` in the agent's directory.
+    socket: Option<PathBuf>,
+    /// A program and its arguments that run the agent's command line (see
+    /// [`Agent::with_events_wrapped`]).
+    wrapper: &'a [&'a str],
+    /// Mounts taken away in a private mount namespace first (see
+    /// [`Agent::with_events_without_mounts`]).
+    unmount: &'a [&'a str],
+}
+
+impl Launch<'_> {
+    /// Events to the default log.
+    fn with_log() -> Self {
+        Self {
+            events: Some(None),
+            ..Self::default()
+        }
+    }
+}
+
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, Some(None), None, &[])
+        Self::start_with(config, args, Launch::with_log())
     }
 
     /// Like [`Agent::with_events`], the event log at `path` (a directory the test prepared).
     pub fn with_events_file(config: &str, args: &[&str], path: &Path) -> Self {
-        Self::start_inner(config, args, Some(Some(path.to_owned())), None, &[])
+        let events = Some(Some(path.to_owned()));
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                events,
+                ..Launch::default()
+            },
+        )
     }
 
     /// Like [`Agent::with_events`], with the control socket at `socket` instead of in the
     /// agent's temporary directory (removed when the agent is dropped).
     pub fn with_events_at(config: &str, args: &[&str], socket: &Path) -> Self {
-        Self::start_inner(config, args, Some(None), Some(socket.to_owned()), &[])
+        let socket = Some(socket.to_owned());
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                socket,
+                ..Launch::with_log()
+            },
+        )
     }
 
-    /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
-    /// port, and waits until it serves.
-    pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, None, None, &[])
+    /// Like [`Agent::with_events`], started through `wrapper` (a program and its arguments
+    /// that ends by running the command it is given, e.g. `unshare ... sh -c '...; exec "$@"'`).
+    pub fn with_events_wrapped(config: &str, args: &[&str], wrapper: &[&str]) -> Self {
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                wrapper,
+                ..Launch::with_log()
+            },
+        )
     }
 
     /// Like [`Agent::with_events`], in a mount namespace of its own (private propagation) where
     /// every mount at `unmount` (e.g. bpffs, tracefs) is taken away first: the host's mounts
     /// are not touched.
     pub fn with_events_without_mounts(config: &str, args: &[&str], unmount: &[&str]) -> Self {
-        Self::start_inner(config, args, Some(None), None, unmount)
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                unmount,
+                ..Launch::with_log()
+            },
+        )
     }
 
-    /// `events`: none, the default log in the agent's directory (`Some(None)`) or one at a
-    /// path; `socket`: the control socket, else in the agent's directory.
-    fn start_inner(
-        config: &str,
-        args: &[&str],
-        events: Option<Option<PathBuf>>,
-        socket: Option<PathBuf>,
-        unmount: &[&str],
-    ) -> Self {
+    /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
+    /// port, and waits until it serves.
+    pub fn start(config: &str, args: &[&str]) -> Self {
+        Self::start_with(config, args, Launch::default())
+    }
+
+    fn start_with(config: &str, args: &[&str], how: Launch<'_>) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let socket = socket.unwrap_or_else(|| dir.path().join("agent.sock"));
+        let socket = how.socket.unwrap_or_else(|| dir.path().join("agent.sock"));
         let cfg = dir.path().join("palisade.yaml");
         std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("agent.log"))
             .unwrap_or_else(|e| panic!("create log: {e}"));
+        let events = how.events;
         let events_file = match &events {
             Some(Some(p)) => p.clone(),
             _ => dir.path().join("events.jsonl"),
         };
-        let mut cmd = Command::new(palisade_bin());
-        if !unmount.is_empty() {
-            load::without_mounts(&mut cmd, unmount);
+        let mut cmd = match how.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(palisade_bin());
+                c
+            }
+            None => Command::new(palisade_bin()),
+        };
+        if !how.unmount.is_empty() {
+            load::without_mounts(&mut cmd, how.unmount);
         }
         let mut child = cmd
             .arg("agent")
@@ -491,7 +553,9 @@ impl Agent {
         use std::{io::BufRead as _, os::unix::net::UnixStream};
         let mut s = UnixStream::connect(self.control_socket())
             .unwrap_or_else(|e| panic!("connect control socket: {e}\n{}", self.log()));
-        s.set_read_timeout(Some(scaled(Duration::from_secs(10))))
+        // the policy task answers after what it is doing: loading and verifying the policy
+        // programs takes seconds on a busy machine
+        s.set_read_timeout(Some(scaled(Duration::from_secs(40))))
             .ok();
         writeln!(s, "{request}").unwrap_or_else(|e| panic!("send: {e}"));
         let mut line = String::new();

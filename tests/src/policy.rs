@@ -164,3 +164,68 @@ pub fn outcome(cmd: &mut std::process::Command) -> Result<i32, i32> {
         _ => panic!("{cmd:?}: {st}"),
     }
 }
+
+/// A policy document selecting exactly `cgroup` (its path), in `mode`, with `body` (YAML under
+/// `spec:`, indented by 2).
+pub fn doc(name: &str, cgroup: &crate::TestCgroup, mode: &str, body: &str) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: {mode}\n{body}",
+        cgroup.rel
+    )
+}
+
+/// `net-workload ARGS` in the cgroup and namespace: its output, trimmed (empty when killed).
+pub fn net(cg: &crate::TestCgroup, ns: &crate::TestNetns, args: &[&str]) -> String {
+    let out = cg
+        .command_in(ns, crate::net_workload_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("net-workload: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `palisade_policy_violations_total` of `policy` with `action` in `cgroup` (by its name).
+pub fn violation_count(agent: &Agent, policy: &str, action: &str, container: &str) -> f64 {
+    agent
+        .metrics()
+        .find(
+            "palisade_policy_violations_total",
+            &[
+                ("policy", policy),
+                ("action", action),
+                ("container", container),
+            ],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
+/// A TCP listener in `ns` (outside any policy cgroup) on 127.0.0.1:`port`, until dropped.
+pub struct Listener(std::process::Child, Option<crate::TestCgroup>);
+
+impl Listener {
+    pub fn start(ns: &crate::TestNetns, port: u16) -> Self {
+        let cg = crate::TestCgroup::new("pol-listener");
+        let c = crate::start_server(&cg, ns, &["serve-tcp", &format!("127.0.0.1:{port}"), "100"]);
+        Self(c, Some(cg))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        drop(self.1.take());
+    }
+}
+
+/// What a command's process ended with: `signal N` or `exit N`.
+pub fn ended(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.signal(), status.code()) {
+        (Some(s), _) => format!("signal {s}"),
+        (None, Some(c)) => format!("exit {c}"),
+        _ => "unknown".into(),
+    }
+}

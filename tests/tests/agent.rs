@@ -632,6 +632,7 @@ fn doctor_reports_what_the_kernel_allows() {
         "sock_ops",
         "ring_buffer",
         "send_signal",
+        "cgroup_ancestors",
         "fentry",
         "bpf_lsm",
         "kprobe",

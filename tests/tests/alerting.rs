@@ -7,8 +7,8 @@
 //! that took (no timing assertion). Workloads then make every dashboard panel's series exist
 //! (syscalls and errors, fork/exec/exit, CPU under a quota, memory under a limit and an OOM
 //! kill, TCP established and refused, UDP, ICMP, per-peer bytes, violations blocked, audited and
-//! logged), and every PromQL expression of every shipped dashboard panel must return data from
-//! that Prometheus.
+//! logged, a policy that cannot be put in place), and every PromQL expression of every shipped
+//! dashboard panel must return data from that Prometheus.
 //!
 //! Privileged: root, real kernel. Needs `prometheus` and `prometheus-alertmanager` (Debian
 //! packages, installed by `cargo xtask setup`).
@@ -104,7 +104,8 @@ fn violation_alerts(webhook: &Webhook, container: &str) -> Vec<(Instant, Value)>
 fn an_enforced_violation_reaches_the_webhook_and_every_dashboard_panel_has_data() {
     require_root();
     // cgroup A: audited (would_block on getppid), CPU quota and memory limit, all the activity;
-    // cgroup B: an enforce-mode policy whose exec rule only logs.
+    // cgroup B: an enforce-mode policy whose exec rule only logs; cgroup C: selected by one
+    // more policy with network rules per direction than a cgroup holds (unenforced).
     let cg = TestCgroup::with_controllers("alerting", &["cpu", "memory"]);
     cg.set("cpu", "cpu.cfs_quota_us", "cpu.max", "20000");
     cg.set(
@@ -114,6 +115,7 @@ fn an_enforced_violation_reaches_the_webhook_and_every_dashboard_panel_has_data(
         &(64u64 << 20).to_string(),
     );
     let logged = TestCgroup::new("alerting-log");
+    let crowded = TestCgroup::new("alerting-full");
     let ns = TestNetns::new("alerting");
     let setup = Setup::new(&format!(
         "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: e2e-audit\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: audit\n  syscalls:\n    action: kill\n    deny: [getppid]\n",
@@ -125,6 +127,19 @@ fn an_enforced_violation_reaches_the_webhook_and_every_dashboard_panel_has_data(
             "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: e2e-log\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: enforce\n  exec:\n    action: log\n    deny: [\"**/busybox\"]\n",
             logged.rel
         ),
+    )
+    .unwrap();
+    let crowded_policies: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: e2e-in-{i}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: audit\n  network:\n    ingress:\n      default: allow\n",
+                crowded.rel
+            )
+        })
+        .collect();
+    std::fs::write(
+        setup.dir.path().join("crowded.yaml"),
+        crowded_policies.join("---\n"),
     )
     .unwrap();
     let agent = palisade_tests::Agent::with_events(
@@ -253,6 +268,10 @@ fn an_enforced_violation_reaches_the_webhook_and_every_dashboard_panel_has_data(
         format!("palisade_oom_kills_total{{container=\"{}\"}}", cg.rel),
         "palisade_policy_violations_total{action=\"log\"}".to_owned(),
         "palisade_policy_violations_total{action=\"would_block\"}".to_owned(),
+        format!(
+            "palisade_policy_unenforced{{container=\"{}\", reason=\"network_policies\"}}",
+            crowded.rel
+        ),
     ] {
         prometheus.wait_for_series(&q);
     }

@@ -319,15 +319,17 @@ const K8S_CID: &str = "1b2c3d4e5f60718293a4b5c6d7e8f9011b2c3d4e5f60718293a4b5c6d
 #[test]
 fn a_docker_name_that_arrives_late_updates_the_labels() {
     let roots = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        "identity:\n  name_resolution_window: 1s\n  roots:\n    docker: {}\n    podman: []\n    kubernetes_logs: {}\n",
-        roots.path().join("docker").display(),
-        roots.path().join("log").display()
-    );
-    let agent = Agent::start(&cfg, &[]);
-    // a real cgroup laid out like Docker's cgroupfs driver: .../docker/<id>
+    // a real cgroup laid out like Docker's cgroupfs driver: <parent>/<id>, the parent told to
+    // the agent (Docker's own, `/docker`, is the default)
     let top = TestCgroup::new("docker");
     let docker = top.child("docker");
+    let cfg = format!(
+        "identity:\n  name_resolution_window: 1s\n  roots:\n    docker: {}\n    podman: []\n    kubernetes_logs: {}\n  runtime_parents:\n    docker: [\"{}\"]\n",
+        roots.path().join("docker").display(),
+        roots.path().join("log").display(),
+        docker.rel
+    );
+    let agent = Agent::start(&cfg, &[]);
     let c = docker.child(CID);
     c.run_workload(&["getppid", "5"]);
     let short = &CID[..12];
@@ -406,14 +408,16 @@ fn kubernetes_namespace_pod_and_container_from_kubelet_logs() {
             .join(format!("log/containers/cart-7d9f_shop_app-{K8S_CID}.log")),
         "",
     );
-    let cfg = format!(
-        "identity:\n  roots:\n    docker: {0}/none\n    podman: []\n    kubernetes_logs: {0}/log\n",
-        roots.path().display()
-    );
-    let agent = Agent::start(&cfg, &[]);
-    // kubelet's cgroupfs layout: kubepods/burstable/pod<uid>/<container id>
+    // kubelet's cgroupfs layout: kubepods/burstable/pod<uid>/<container id>, under a root
+    // told to the agent (`/kubepods` and `/kubepods.slice` are the defaults)
     let top = TestCgroup::new("k8s");
     let kubepods = top.child("kubepods");
+    let cfg = format!(
+        "identity:\n  roots:\n    docker: {0}/none\n    podman: []\n    kubernetes_logs: {0}/log\n  runtime_parents:\n    kubernetes: [\"{1}\"]\n",
+        roots.path().display(),
+        kubepods.rel
+    );
+    let agent = Agent::start(&cfg, &[]);
     let qos = kubepods.child("burstable");
     let pod = qos.child(&format!("pod{uid}"));
     let c = pod.child(K8S_CID);

@@ -106,10 +106,18 @@ fn every_exported_series_matches_the_catalog_and_every_family_is_exported() {
         &(64u64 << 20).to_string(),
     );
     let ns = TestNetns::new("catalog");
-    let policy = format!(
+    // one audited syscall rule; and five policies with ingress rules where a cgroup combines
+    // four: the fifth is reported unenforced (`palisade_policy_unenforced`)
+    let mut policy = format!(
         "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: catalog\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: audit\n  syscalls:\n    action: kill\n    deny: [getppid]\n",
         cg.rel
     );
+    for i in 0..5 {
+        policy.push_str(&format!(
+            "---\napiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: catalog-in-{i}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: audit\n  network:\n    ingress:\n      default: allow\n",
+            cg.rel
+        ));
+    }
     let setup = Setup::new(&policy);
     let agent = setup.agent("network:\n  per_peer_metrics: true\n  udp_idle_timeout: 1s\n");
     wait_applied(&agent, "catalog", cg.id, &["syscalls"]);
@@ -181,6 +189,10 @@ fn every_exported_series_matches_the_catalog_and_every_family_is_exported() {
                 && has(
                     "palisade_policy_violations_total",
                     &[("container", c), ("action", "would_block")],
+                )
+                && has(
+                    "palisade_policy_unenforced",
+                    &[("container", c), ("reason", "network_policies")],
                 )
                 && has("container_cpu_cfs_periods_total", &[("container", c)]))
             .then_some(m)

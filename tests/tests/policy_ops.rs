@@ -125,7 +125,10 @@ fn kill_9_keeps_the_network_deny_and_the_next_agent_reports_on_it() {
     let links = std::fs::read_dir(s.pins.0.join("links"))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert_eq!(links, 4, "connect4/6, sendmsg4/6");
+    assert_eq!(
+        links, 6,
+        "connect4/6, sendmsg4/6, sock_create and the socket() tracepoint"
+    );
     // SIGTERM keeps enforcement too; --cleanup removes it
     assert!(agent.stop().success());
     assert_eq!(connect(&cg, &ns, 7421), "error 1");

@@ -3,61 +3,13 @@
 //! `cgroup_sock_addr`, resources through cgroupfs, audit mode, mode switches and rate limits.
 //! Each test has its own agent, pin directory, cgroups and network namespace.
 use palisade_tests::{
-    Agent, OtlpReceiver, TestCgroup, TestNetns, net_workload_bin, otlp_attr,
-    policy::{Setup, cli, violations, wait_applied},
+    Agent, OtlpReceiver, TestCgroup, TestNetns, otlp_attr,
+    policy::{Listener, Setup, cli, doc as policy, net, violations, wait_applied},
     start_server, wait_for, workload_bin,
 };
 
-fn policy(name: &str, cgroup: &TestCgroup, mode: &str, body: &str) -> String {
-    format!(
-        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: {mode}\n{body}",
-        cgroup.rel
-    )
-}
-
 fn violation_count(agent: &Agent, policy: &str, action: &str, cgroup: &TestCgroup) -> f64 {
-    agent
-        .metrics()
-        .find(
-            "palisade_policy_violations_total",
-            &[
-                ("policy", policy),
-                ("action", action),
-                ("container", &cgroup.rel),
-            ],
-        )
-        .iter()
-        .map(|s| s.value)
-        .sum()
-}
-
-/// `net-workload ARGS` in the cgroup and namespace: its one line of output.
-fn net(cg: &TestCgroup, ns: &TestNetns, args: &[&str]) -> String {
-    let out = cg
-        .command_in(ns, net_workload_bin())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("net-workload: {e}"));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A listener in `ns` (outside any policy cgroup) on `port`, until dropped.
-struct Listener(std::process::Child, Option<TestCgroup>);
-
-impl Listener {
-    fn start(ns: &TestNetns, port: u16) -> Self {
-        let cg = TestCgroup::new("pol-listener");
-        let c = start_server(&cg, ns, &["serve-tcp", &format!("127.0.0.1:{port}"), "100"]);
-        Self(c, Some(cg))
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        drop(self.1.take());
-    }
+    palisade_tests::policy::violation_count(agent, policy, action, &cgroup.rel)
 }
 
 const EPERM: &str = "error 1";

@@ -39,13 +39,16 @@ fn crio_and_containerd_containers_get_their_images_and_names() {
             r#"{{"ociVersion":"1.1.0","annotations":{{"io.kubernetes.cri.container-name":"app","io.kubernetes.cri.container-type":"container","io.kubernetes.cri.image-name":"registry.example:5000/shop/app:v3","io.kubernetes.cri.sandbox-name":"cart-7d9f","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
         ),
     );
-    let cfg = format!(
-        "identity:\n  roots:\n    docker: {0}/none\n    podman: []\n    crio: [{0}/crio]\n    containerd: {0}/containerd\n    kubernetes_logs: {0}/none\n",
-        r.display()
-    );
-    let agent = Agent::start(&cfg, &[]);
+    // kubelet's cgroupfs layout under a root told to the agent (`/kubepods` and
+    // `/kubepods.slice` are the defaults: runtime names hold only under the runtime's parents)
     let top = TestCgroup::new("stores");
     let kubepods = top.child("kubepods");
+    let cfg = format!(
+        "identity:\n  roots:\n    docker: {0}/none\n    podman: []\n    crio: [{0}/crio]\n    containerd: {0}/containerd\n    kubernetes_logs: {0}/none\n  runtime_parents:\n    kubernetes: [\"{1}\"]\n",
+        r.display(),
+        kubepods.rel
+    );
+    let agent = Agent::start(&cfg, &[]);
     let qos = kubepods.child("burstable");
     let pod = qos.child(&format!("pod{UID}"));
     let crio = pod.child(CRIO_ID);

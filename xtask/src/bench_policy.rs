@@ -1,8 +1,10 @@
 //! `cargo xtask bench policy`: what the policy `sys_enter` hook adds to every syscall, in a
-//! cgroup without a policy (one hash miss) and in one with a syscall policy (the verdict
-//! lookup of an allowed call). One release agent; each round measures both cgroups with the
-//! hook detached and attached (`palisade policy reload` of a file selecting nothing, then the
-//! policy cgroup), so drift between rounds cancels in the paired differences.
+//! cgroup without a policy (one cached resolution: an LRU hit), in one with a syscall policy
+//! (plus the verdict lookup of an allowed call and the i386 check), and in a child of that one
+//! (the policy holds there through its ancestor, resolved once and cached). One release agent;
+//! each round measures the cgroups with the hook detached and attached (`palisade policy
+//! reload` of a file selecting nothing, then the policy cgroup), so drift between rounds
+//! cancels in the paired differences.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -80,7 +82,8 @@ pub fn policy(calls: u64, rounds: u32) -> Result<()> {
         uni.join(format!("palisade-bench-plain-{pid}")),
         uni.join(format!("palisade-bench-policy-{pid}")),
     );
-    for c in [&plain, &pol] {
+    let child = pol.join("child");
+    for c in [&plain, &pol, &child] {
         std::fs::create_dir_all(c)?;
     }
     let socket = dir.join("agent.sock");
@@ -111,18 +114,20 @@ pub fn policy(calls: u64, rounds: u32) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let pol_glob = format!("/palisade-bench-policy-{pid}");
-        let (mut base, mut d_plain, mut d_pol) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut d_plain, mut d_pol, mut d_child) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             select(&dir, &socket, "/no-such-cgroup")?;
-            let (a, b) = (run(&plain, calls)?, run(&pol, calls)?);
+            let (a, b, e) = (run(&plain, calls)?, run(&pol, calls)?, run(&child, calls)?);
             select(&dir, &socket, &pol_glob)?;
-            let (c, d) = (run(&plain, calls)?, run(&pol, calls)?);
-            base.push((a + b) / 2.0);
+            let (c, d, f) = (run(&plain, calls)?, run(&pol, calls)?, run(&child, calls)?);
+            base.push((a + b + e) / 3.0);
             d_plain.push(c - a);
             d_pol.push(d - b);
+            d_child.push(f - e);
         }
         let b = median(base);
-        let (p, q) = (median(d_plain), median(d_pol));
+        let (p, q, r) = (median(d_plain), median(d_pol), median(d_child));
         println!("\nagent running, policy hook detached: {b:.1} ns/call (getppid)");
         println!(
             "added by the hook, cgroup without a policy:       {p:+.1} ns/call ({:+.1}%)",
@@ -131,6 +136,10 @@ pub fn policy(calls: u64, rounds: u32) -> Result<()> {
         println!(
             "added by the hook, cgroup with a syscall policy:  {q:+.1} ns/call ({:+.1}%)",
             q / b * 100.0
+        );
+        println!(
+            "added by the hook, child of that cgroup:          {r:+.1} ns/call ({:+.1}%)",
+            r / b * 100.0
         );
         Ok(())
     })();
@@ -142,7 +151,7 @@ pub fn policy(calls: u64, rounds: u32) -> Result<()> {
         .args(["agent", "--cleanup", "--config"])
         .arg(&cfg)
         .output();
-    for c in [&plain, &pol] {
+    for c in [&child, &plain, &pol] {
         let _ = std::fs::remove_dir(c);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -173,8 +173,29 @@ fn status_text(s: &PolicyStatus) -> String {
             } else {
                 &c.container
             };
-            let _ = writeln!(out, "  {name} (cgroup {})", c.cgroup_id);
+            match &c.inherited_from {
+                Some(from) => {
+                    let _ = writeln!(
+                        out,
+                        "  {name} (cgroup {}, inherited from {from})",
+                        c.cgroup_id
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  {name} (cgroup {})", c.cgroup_id);
+                }
+            }
         }
+    }
+    for u in &s.unenforced {
+        let _ = writeln!(
+            out,
+            "NOT ENFORCED: policy {} in {} (cgroup {}): {}: {}",
+            u.policy, u.container, u.cgroup_id, u.reason, u.detail
+        );
+    }
+    for n in &s.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     if !s.adopted_workloads.is_empty() {
         let _ = writeln!(
@@ -310,5 +331,36 @@ fn from_wire(w: palisade_proto::Learned) -> palisade_policy::learn::Learned {
             .into_iter()
             .map(|p| (p.port, p.protocol))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_says_what_holds_and_what_does_not() {
+        let s: PolicyStatus = serde_json::from_value(serde_json::json!({
+            "pin_dir": "/sys/fs/bpf/palisade", "loaded": true, "hooks": ["exec"],
+            "policies": [{"name": "fence", "mode": "enforce", "source": "/etc/p.yaml:1:1",
+                          "cgroups": [{"cgroup_id": 42, "container": "web-0"},
+                                      {"cgroup_id": 43, "container": "/web-0/sub",
+                                       "inherited_from": "/web-0"}]}],
+            "exec_match": {"mode": "file", "describe": "exec rules match the file executed"},
+            "unenforced": [{"policy": "fence", "cgroup_id": 44, "container": "db",
+                            "reason": "hook_exec", "detail": "tracefs is not available"}],
+            "notes": ["this host: no `syscalls:sys_enter_socket` tracepoint"],
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = status_text(&s);
+        for want in [
+            "exec rules match the file executed\n",
+            "  web-0 (cgroup 42)\n",
+            "  /web-0/sub (cgroup 43, inherited from /web-0)\n",
+            "NOT ENFORCED: policy fence in db (cgroup 44): hook_exec: tracefs is not available\n",
+            "note: this host: no `syscalls:sys_enter_socket` tracepoint\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in {text}");
+        }
     }
 }

@@ -29,8 +29,10 @@ pub struct PolicyConfig {
     pub rate_limit_interval: Duration,
     /// The kernel's BTF, where exec rules find the `linux_binprm`/`file`/`dentry`/`mount`
     /// member offsets they need to see the file actually executed (a BTFHub file for a kernel
-    /// without /sys/kernel/btf/vmlinux). Without usable BTF, exec rules match the path given to
-    /// execve: best effort, and the agent says so.
+    /// without /sys/kernel/btf/vmlinux), and syscall rules the offset of `thread_info.status`
+    /// that tells i386 calls from x86_64 ones. Without usable BTF, exec rules match the path
+    /// given to execve and i386 calls are checked as the x86_64 call of the same number: best
+    /// effort, and the agent says so.
     pub kernel_btf: PathBuf,
 }
 

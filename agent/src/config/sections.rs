@@ -241,6 +241,10 @@ pub struct IdentityConfig {
     pub name_resolution_window: Duration,
     /// Where runtimes keep the files names are read from.
     pub roots: NameRoots,
+    /// Where runtimes create their containers' cgroups: a runtime's name rule applies only
+    /// there, so a delegated subtree cannot name a cgroup `docker-<id>.scope` and pass for
+    /// that container.
+    pub runtime_parents: RuntimeParents,
 }
 
 impl IdentityConfig {
@@ -262,6 +266,32 @@ impl Default for IdentityConfig {
             rescan_interval: Duration::from_secs(60),
             name_resolution_window: Duration::from_secs(30),
             roots: NameRoots::default(),
+            runtime_parents: RuntimeParents::default(),
+        }
+    }
+}
+
+/// Parent cgroups (paths relative to the unified root) under which each runtime's name rules
+/// apply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeParents {
+    /// `docker-<id>.scope` (systemd driver) or `<id>` (cgroupfs driver) directly below one.
+    pub docker: Vec<String>,
+    /// `libpod-<id>.scope` or `libpod-<id>` directly below one (root podman; rootless
+    /// podman's cgroups live in a user's delegated subtree and are named by path).
+    pub podman: Vec<String>,
+    /// Kubernetes roots: `[QoS class/]pod<uid>[/<container>]` below one.
+    pub kubernetes: Vec<String>,
+}
+
+impl Default for RuntimeParents {
+    fn default() -> Self {
+        let v = |s: &[&str]| s.iter().map(|p| (*p).to_owned()).collect();
+        Self {
+            docker: v(&["/system.slice", "/docker"]),
+            podman: v(&["/machine.slice", "/libpod_parent"]),
+            kubernetes: v(&["/kubepods.slice", "/kubepods"]),
         }
     }
 }

@@ -35,6 +35,7 @@ fn shipped_default_file_parses_to_the_defaults() {
         d.identity.name_resolution_window
     );
     assert_eq!(c.identity.roots, d.identity.roots);
+    assert_eq!(c.identity.runtime_parents, d.identity.runtime_parents);
     assert_eq!(c.resources.enabled, d.resources.enabled);
     assert_eq!(c.events.output, d.events.output);
     assert_eq!(c.events.max_file_mib, d.events.max_file_mib);

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use flow::{FlowRecord, TcpInfo};
-pub use violation::{ExecDetail, NetworkRef, Violation};
+pub use violation::{ExecDetail, NetworkRef, Unenforced, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,10 +32,11 @@ pub enum EventType {
     Flow,
     PolicyViolation,
     CgroupMove,
+    PolicyUnenforced,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
@@ -44,6 +45,7 @@ impl EventType {
         EventType::Flow,
         EventType::PolicyViolation,
         EventType::CgroupMove,
+        EventType::PolicyUnenforced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl EventType {
             EventType::Flow => "flow",
             EventType::PolicyViolation => "policy_violation",
             EventType::CgroupMove => "cgroup_move",
+            EventType::PolicyUnenforced => "policy_unenforced",
         }
     }
 
@@ -129,6 +132,10 @@ pub struct Event {
     /// `cgroup_move`: the container the process left, when the agent knew where it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_container: Option<ContainerRef>,
+    /// `policy_unenforced`: which policy cannot be (or, `resolved`, is again) put in place
+    /// for the container, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unenforced: Option<Unenforced>,
 }
 
 impl Event {
@@ -145,6 +152,7 @@ impl Event {
             flow: None,
             violation: None,
             from_container: None,
+            unenforced: None,
         }
     }
 }
@@ -321,6 +329,7 @@ pub(crate) mod tests {
             flow: None,
             violation: None,
             from_container: None,
+            unenforced: None,
         }
     }
 

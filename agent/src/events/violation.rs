@@ -52,10 +52,19 @@ pub struct Violation {
     /// `audit` or `enforce` when it happened.
     pub mode: String,
     /// Which hook saw it: `syscall`, `seccomp` (refused by a launched workload's filter),
-    /// `exec`, `connect`, `sendmsg`, `bind`, `ingress`.
+    /// `exec`, `connect`, `sendmsg`, `bind`, `ingress`, `socket` (a raw, packet or ICMP socket
+    /// being created).
     pub hook: String,
+    /// The call by its name in its ABI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
+    /// The ABI of a call not made through x86_64 (`i386`, `x32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
+    /// The x86_64 call a compat call was checked as, where its name differs (`socketcall` →
+    /// `connect`, `mmap2` → `mmap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_as: Option<String>,
     /// The errno the call got (`seccomp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
@@ -75,6 +84,20 @@ pub struct Violation {
     pub suppressed: u64,
 }
 
+/// The `unenforced` object of a `policy_unenforced` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unenforced {
+    pub policy: String,
+    /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
+    /// `hook_<group>` (a hook group that does not attach: `hook_exec`, `hook_egress`, ...).
+    pub reason: String,
+    /// What failed, for people.
+    pub detail: String,
+    /// True when the policy is in place again (the earlier event's condition is over).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +111,8 @@ mod tests {
             mode: "enforce".into(),
             hook: "seccomp".into(),
             syscall: Some("mount".into()),
+            abi: None,
+            checked_as: None,
             errno: Some("EPERM".into()),
             exec: None,
             exec_detail: ExecDetail::default(),

@@ -14,6 +14,8 @@ use std::{
 
 pub use rules::{PathIdentity, Runtime, classify};
 
+use crate::config::RuntimeParents;
+
 /// Where name resolution of a container cgroup stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Naming {
@@ -63,8 +65,9 @@ pub struct Identity {
 
 impl Identity {
     /// `path` is relative to the unified root; anything not starting with `/` is a placeholder
-    /// name for a cgroup whose path is unknown (e.g. `cgroup:42`) and is used verbatim.
-    pub fn new(cgroup_id: u64, path: &str) -> Self {
+    /// name for a cgroup whose path is unknown (e.g. `cgroup:42`) and is used verbatim. The
+    /// runtime rules apply under `parents` only.
+    pub fn new(cgroup_id: u64, path: &str, parents: &RuntimeParents) -> Self {
         if !path.starts_with('/') {
             return Self {
                 cgroup_id,
@@ -91,7 +94,7 @@ impl Identity {
             container_id,
             pod_uid,
             name,
-        } = classify(path);
+        } = classify(path, parents);
         Self {
             cgroup_id,
             path: path.to_owned(),
@@ -165,6 +168,7 @@ pub enum Inserted {
 pub struct Registry {
     by_id: HashMap<u64, Identity>,
     max: usize,
+    parents: RuntimeParents,
     /// Cgroups not tracked because the registry was full.
     pub dropped_total: u64,
     /// Container cgroups whose name was not found within the resolution window.
@@ -172,10 +176,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, parents: RuntimeParents) -> Self {
         Self {
             by_id: HashMap::new(),
             max,
+            parents,
             dropped_total: 0,
             unresolved_total: 0,
         }
@@ -183,6 +188,12 @@ impl Registry {
 
     pub fn get(&self, id: u64) -> Option<&Identity> {
         self.by_id.get(&id)
+    }
+
+    /// What the path rules say about a cgroup, whether the registry holds it or not (a full
+    /// registry does not keep policies from a cgroup).
+    pub fn identify(&self, id: u64, path: &str) -> Identity {
+        Identity::new(id, path, &self.parents)
     }
 
     pub fn len(&self) -> usize {
@@ -199,7 +210,7 @@ impl Registry {
         if let Some(known) = self.by_id.get_mut(&id) {
             if known.path != path && !path.is_empty() {
                 // e.g. a truncated event path repaired by a rescan
-                let mut fresh = Identity::new(id, path);
+                let mut fresh = Identity::new(id, path, &self.parents);
                 fresh.removed_at = known.removed_at;
                 fresh.reaped = known.reaped;
                 if known.registered {
@@ -219,7 +230,8 @@ impl Registry {
             self.dropped_total += 1;
             return Inserted::Dropped;
         }
-        self.by_id.insert(id, Identity::new(id, path));
+        self.by_id
+            .insert(id, Identity::new(id, path, &self.parents));
         Inserted::New
     }
 
@@ -432,7 +444,7 @@ mod tests {
 
     #[test]
     fn insert_remove_reap_expire() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         let t0 = Instant::now();
         assert_eq!(r.insert(7, "/system.slice/foo.service"), Inserted::New);
         assert_eq!(r.insert(7, "/system.slice/foo.service"), Inserted::Known);
@@ -459,7 +471,7 @@ mod tests {
 
     #[test]
     fn unknown_removed_ids_are_tracked_for_reaping() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         r.mark_removed(99, None, Instant::now());
         assert_eq!(r.get(99).unwrap().name, "cgroup:99");
         assert_eq!(r.unreaped(), vec![99]);
@@ -467,7 +479,7 @@ mod tests {
 
     #[test]
     fn bounded_and_evicts_only_reaped_entries() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, RuntimeParents::default());
         let t = Instant::now();
         assert_eq!(r.insert(1, "/a"), Inserted::New);
         assert_eq!(r.insert(2, "/b"), Inserted::New);
@@ -484,7 +496,7 @@ mod tests {
 
     #[test]
     fn sync_adds_and_removes() {
-        let mut r = Registry::new(100);
+        let mut r = Registry::new(100, RuntimeParents::default());
         r.insert(1, "/");
         r.insert(2, "/old");
         let walk_started = Instant::now();
@@ -504,7 +516,7 @@ mod tests {
 
     #[test]
     fn registered_names_win_over_path_rules_and_survive_repairs() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         assert_eq!(r.insert(8, "/palisade/x-1"), Inserted::New);
         assert_eq!(
             r.register_workload(8, "/palisade/x-1", "web-0"),
@@ -522,7 +534,7 @@ mod tests {
     #[test]
     fn naming_window_counts_unresolved_once_and_late_names_win() {
         let id64 = "3f2a9c1b0e4d5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         r.insert(3, &format!("/docker/{id64}"));
         r.insert(4, "/system.slice/x.service");
         let t0 = r.get(3).unwrap().first_seen;
@@ -560,7 +572,7 @@ mod tests {
 
     #[test]
     fn first_exec_only_for_cgroups_created_while_watching() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         r.insert(1, "/old");
         r.insert(2, "/new");
         r.mark_created(2, SystemTime::now());
@@ -571,7 +583,7 @@ mod tests {
 
     #[test]
     fn better_path_replaces_placeholder_name() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, RuntimeParents::default());
         r.insert(5, "cgroup:5");
         r.insert(5, "/system.slice/x.service");
         assert_eq!(r.get(5).unwrap().name, "x.service");

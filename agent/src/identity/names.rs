@@ -203,13 +203,21 @@ mod tests {
             r#"{"ID":"x","Name":"/web","Config":{"Image":"nginx:1.25","Labels":{"a":"b"}},"State":{}}"#,
         );
         let mut r = Resolver::new(roots(dir.path()));
-        let id = Identity::new(5, &format!("/system.slice/docker-{ID}.scope"));
+        let id = Identity::new(
+            5,
+            &format!("/system.slice/docker-{ID}.scope"),
+            &Default::default(),
+        );
         let got = r.resolve(&id).unwrap();
         assert_eq!(got.name.as_deref(), Some("web"));
         assert_eq!(got.image.as_deref(), Some("nginx:1.25"));
         assert_eq!(got.pod, None);
         // unknown container: nothing
-        let other = Identity::new(6, &format!("/docker/{}", ID.replace('3', "4")));
+        let other = Identity::new(
+            6,
+            &format!("/docker/{}", ID.replace('3', "4")),
+            &Default::default(),
+        );
         assert_eq!(r.resolve(&other), None);
     }
 
@@ -224,7 +232,11 @@ mod tests {
             ),
         );
         let mut r = Resolver::new(roots(dir.path()));
-        let id = Identity::new(5, &format!("/libpod_parent/libpod-{ID}"));
+        let id = Identity::new(
+            5,
+            &format!("/libpod_parent/libpod-{ID}"),
+            &Default::default(),
+        );
         let got = r.resolve(&id).unwrap();
         assert_eq!(got.name.as_deref(), Some("db"));
         assert_eq!(got.runtime_name.as_deref(), Some("db"));
@@ -238,7 +250,11 @@ mod tests {
                 r#"[{{"id":"{id2}","names":["late"],"image":"abcdef0123456789","metadata":""}}]"#
             ),
         );
-        let later = Identity::new(7, &format!("/machine.slice/libpod-{id2}.scope"));
+        let later = Identity::new(
+            7,
+            &format!("/machine.slice/libpod-{id2}.scope"),
+            &Default::default(),
+        );
         let got = r.resolve(&later).unwrap();
         assert_eq!(got.name.as_deref(), Some("late"));
         assert_eq!(got.image.as_deref(), Some("abcdef012345"));
@@ -264,6 +280,7 @@ mod tests {
             &format!(
                 "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
             ),
+            &Default::default(),
         );
         let got = r.resolve(&c).unwrap();
         assert_eq!(got.name.as_deref(), Some("app"));
@@ -272,6 +289,7 @@ mod tests {
         let pod = Identity::new(
             8,
             &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"),
+            &Default::default(),
         );
         let got = r.resolve(&pod).unwrap();
         assert_eq!(got.name.as_deref(), Some("cart-7d9f"));
@@ -283,7 +301,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Resolver::new(roots(dir.path()));
         assert_eq!(
-            r.resolve(&Identity::new(1, "/system.slice/x.service")),
+            r.resolve(&Identity::new(
+                1,
+                "/system.slice/x.service",
+                &Default::default()
+            )),
             None
         );
     }

@@ -2,24 +2,32 @@
 //!
 //! Paths are relative to the unified hierarchy's root, as the `cgroup:cgroup_mkdir` tracepoint
 //! and a directory walk both give them (`/system.slice/docker-<id>.scope`). Rules, first match
-//! wins, applied to the last path component (the runtime rules also look at its parent):
+//! wins, applied to the last path component and where it sits:
 //!
-//! | path ends in | runtime | name |
+//! | path | runtime | name |
 //! |---|---|---|
-//! | `docker-<id>.scope`, `/docker/<id>` | docker | short id (12 hex) |
-//! | `libpod-<id>.scope`, `libpod-<id>` | podman | short id |
-//! | `cri-containerd-<id>.scope` | containerd | short id |
-//! | `crio-<id>.scope`, `crio-<id>` | cri-o | short id |
-//! | `<id>` under a `kubepods` pod cgroup | cri | short id |
-//! | `kubepods…pod<uid>.slice`, `pod<uid>` under `kubepods` | kubernetes | `pod-<uid>` |
+//! | `<docker parent>/docker-<id>.scope`, `<docker parent>/<id>` | docker | short id (12 hex) |
+//! | `<podman parent>/libpod-<id>.scope`, `<podman parent>/libpod-<id>` | podman | short id |
+//! | `<kube root>/[<qos>/]pod<uid>/cri-containerd-<id>.scope` | containerd | short id |
+//! | `<kube root>/[<qos>/]pod<uid>/crio-<id>.scope`, `…/crio-<id>` | cri-o | short id |
+//! | `<kube root>/[<qos>/]pod<uid>/<id>` | cri | short id |
+//! | `<kube root>/[<qos>/]kubepods…pod<uid>.slice`, `…/pod<uid>` | kubernetes | `pod-<uid>` |
 //! | `/palisade/<name>` | palisade | `<name>` (the launcher's workload) |
 //! | `<unit>.service`, `<unit>.scope` | systemd | unit name |
 //! | `/` | host | `/` |
 //! | anything else | cgroup | the path |
 //!
+//! The runtime rules apply only under the runtime's own parents ([`RuntimeParents`]:
+//! `/system.slice` and `/docker` for Docker, `/machine.slice` and `/libpod_parent` for podman,
+//! `/kubepods.slice` and `/kubepods` for Kubernetes, configurable): anywhere else, in a delegated
+//! subtree or inside a container's own cgroup, a component that looks like a runtime's container
+//! names nothing but its path, so nobody can pass for a container (its metrics, events and
+//! policies) by naming a cgroup after it.
+//!
 //! Conmon helper cgroups (`libpod-conmon-…`, `crio-conmon-…`) are not containers and fall
 //! through to the systemd rule. Kubernetes pod uids are reported with dashes even where the
 //! systemd driver spells them with underscores.
+use crate::config::RuntimeParents;
 
 /// Who created a cgroup, as far as its path tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,8 +120,65 @@ fn container(runtime: Runtime, id: &str, pod: Option<String>) -> PathIdentity {
     }
 }
 
-/// Names a cgroup from its path relative to the unified root (`/` is the root itself).
-pub fn classify(path: &str) -> PathIdentity {
+/// The components of `path` below one of `roots` (paths relative to the unified root), if it
+/// is below one.
+fn below<'a>(path: &'a str, roots: &[String]) -> Option<Vec<&'a str>> {
+    roots.iter().find_map(|r| {
+        let r = r.trim_end_matches('/');
+        let rest = path.strip_prefix(r)?.strip_prefix('/')?;
+        Some(rest.split('/').filter(|c| !c.is_empty()).collect())
+    })
+}
+
+/// A Kubernetes QoS-class cgroup (`burstable`, `kubepods-besteffort.slice`, ...).
+fn qos_class(c: &str) -> bool {
+    let c = c.strip_suffix(".slice").unwrap_or(c);
+    let c = c.strip_prefix("kubepods-").unwrap_or(c);
+    matches!(c, "burstable" | "besteffort" | "guaranteed")
+}
+
+/// A pod or a container in it, under a Kubernetes root: `[qos/]pod[/container]`.
+fn kubernetes(rest: &[&str]) -> Option<PathIdentity> {
+    let rest = match rest.first() {
+        Some(c) if qos_class(c) => &rest[1..],
+        _ => rest,
+    };
+    let uid = pod_uid(rest.first()?)?;
+    match rest {
+        [_] => Some(PathIdentity {
+            runtime: Runtime::Kubernetes,
+            container_id: None,
+            name: format!("pod-{uid}"),
+            pod_uid: Some(uid),
+        }),
+        [_, c] => {
+            let pod = Some(uid);
+            if let Some(id) = strip_id(c, "cri-containerd-") {
+                Some(container(Runtime::Containerd, id, pod))
+            } else if let Some(id) = strip_id(c, "crio-") {
+                Some(container(Runtime::CriO, id, pod))
+            } else if is_container_id(c) {
+                Some(container(Runtime::Cri, c, pod))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a component looks like a runtime's container (then, outside the runtime's parents,
+/// the cgroup is named by its path).
+fn looks_like_container(c: &str) -> bool {
+    ["docker-", "libpod-", "cri-containerd-", "crio-"]
+        .iter()
+        .any(|p| strip_id(c, p).is_some())
+        || is_container_id(c)
+}
+
+/// Names a cgroup from its path relative to the unified root (`/` is the root itself); the
+/// runtime rules apply only under `parents`.
+pub fn classify(path: &str, parents: &RuntimeParents) -> PathIdentity {
     let trimmed = path.trim_end_matches('/');
     if trimmed.is_empty() {
         return PathIdentity {
@@ -125,46 +190,38 @@ pub fn classify(path: &str) -> PathIdentity {
     }
     let components: Vec<&str> = trimmed.split('/').filter(|c| !c.is_empty()).collect();
     let last = components.last().copied().unwrap_or_default();
-    let parent = components
-        .len()
-        .checked_sub(2)
-        .and_then(|i| components.get(i))
-        .copied();
-    let in_kubepods = components.iter().any(|c| c.starts_with("kubepods"));
-    // The nearest pod cgroup at or above this one.
-    let pod = if in_kubepods {
-        components.iter().rev().find_map(|c| pod_uid(c))
-    } else {
-        None
+    let kube = below(trimmed, &parents.kubernetes);
+    // the pod a cgroup under a Kubernetes root belongs to
+    let pod = kube
+        .as_ref()
+        .and_then(|rest| rest.iter().find_map(|c| pod_uid(c)));
+    let by_path = || PathIdentity {
+        runtime: Runtime::Cgroup,
+        container_id: None,
+        pod_uid: pod.clone(),
+        name: format!("/{}", components.join("/")),
     };
-
-    if let Some(id) = strip_id(last, "docker-") {
-        return container(Runtime::Docker, id, pod);
-    }
-    if parent == Some("docker") && is_container_id(last) {
-        return container(Runtime::Docker, last, pod);
-    }
-    if let Some(id) = strip_id(last, "libpod-") {
-        return container(Runtime::Podman, id, pod);
-    }
-    if let Some(id) = strip_id(last, "cri-containerd-") {
-        return container(Runtime::Containerd, id, pod);
-    }
-    if let Some(id) = strip_id(last, "crio-") {
-        return container(Runtime::CriO, id, pod);
-    }
-    if in_kubepods {
-        if let Some(uid) = pod_uid(last) {
-            return PathIdentity {
-                runtime: Runtime::Kubernetes,
-                container_id: None,
-                name: format!("pod-{uid}"),
-                pod_uid: Some(uid),
-            };
+    if let Some(rest) = below(trimmed, &parents.docker)
+        && let [c] = rest[..]
+    {
+        if let Some(id) = strip_id(c, "docker-") {
+            return container(Runtime::Docker, id, None);
         }
-        if is_container_id(last) && pod.is_some() {
-            return container(Runtime::Cri, last, pod);
+        if is_container_id(c) {
+            return container(Runtime::Docker, c, None);
         }
+    }
+    if let Some(rest) = below(trimmed, &parents.podman)
+        && let [c] = rest[..]
+        && let Some(id) = strip_id(c, "libpod-")
+    {
+        return container(Runtime::Podman, id, None);
+    }
+    if let Some(k) = kube.as_deref().and_then(kubernetes) {
+        return k;
+    }
+    if looks_like_container(last) {
+        return by_path();
     }
     if components.len() == 2 && components.first() == Some(&"palisade") {
         return PathIdentity {
@@ -182,12 +239,7 @@ pub fn classify(path: &str) -> PathIdentity {
             name: last.to_owned(),
         };
     }
-    PathIdentity {
-        runtime: Runtime::Cgroup,
-        container_id: None,
-        pod_uid: pod,
-        name: format!("/{}", components.join("/")),
-    }
+    by_path()
 }
 
 #[cfg(test)]
@@ -198,7 +250,7 @@ mod tests {
     const UID: &str = "5c3f7e2a-1b4d-4e6f-8a9b-0c1d2e3f4a5b";
 
     fn check(path: &str, runtime: Runtime, name: &str) -> PathIdentity {
-        let id = classify(path);
+        let id = classify(path, &RuntimeParents::default());
         assert_eq!(id.runtime, runtime, "{path}");
         assert_eq!(id.name, name, "{path}");
         id
@@ -314,6 +366,49 @@ mod tests {
     }
 
     #[test]
+    fn runtime_names_only_under_the_runtimes_parents() {
+        // a delegated subtree, or a container's own cgroup namespace, naming cgroups after a
+        // container: named by path, never as that container
+        for spoof in [
+            format!("/user.slice/user-1000.slice/user@1000.service/docker-{ID}.scope"),
+            format!("/system.slice/docker-{ID}.scope/docker-{ID}.scope"),
+            format!("/system.slice/foo.service/docker/{ID}"),
+            format!("/elsewhere/libpod-{ID}.scope"),
+            format!("/machine.slice/libpod-{ID}.scope/libpod-{ID}.scope"),
+            format!("/tenant/kubepods/burstable/pod{UID}/{ID}"),
+            format!("/kubepods/burstable/pod{UID}/{ID}/cri-containerd-{ID}.scope"),
+            format!("/kubepods/burstable/pod{UID}/{ID}/{ID}"),
+            format!("/{ID}"),
+        ] {
+            let id = classify(&spoof, &RuntimeParents::default());
+            assert_eq!(id.runtime, Runtime::Cgroup, "{spoof}");
+            assert_eq!(id.name, spoof, "{spoof}");
+            assert_eq!(id.container_id, None, "{spoof}");
+        }
+        // a pod cgroup outside the Kubernetes roots is not a pod
+        let id = classify(
+            &format!("/tenant/kubepods/burstable/pod{UID}"),
+            &RuntimeParents::default(),
+        );
+        assert_eq!(id.runtime, Runtime::Cgroup);
+        // other parents by configuration (`docker --cgroup-parent`, a kubelet cgroup root)
+        let parents = RuntimeParents {
+            docker: vec!["/tenant/docker".into()],
+            podman: vec![],
+            kubernetes: vec!["/tenant/kubepods/".into()],
+        };
+        let id = classify(&format!("/tenant/docker/{ID}"), &parents);
+        assert_eq!(id.runtime, Runtime::Docker);
+        let id = classify(
+            &format!("/tenant/kubepods/burstable/pod{UID}/{ID}"),
+            &parents,
+        );
+        assert_eq!(id.runtime, Runtime::Cri);
+        let id = classify(&format!("/system.slice/docker-{ID}.scope"), &parents);
+        assert_eq!(id.runtime, Runtime::Cgroup, "not a docker parent any more");
+    }
+
+    #[test]
     fn root_and_everything_else() {
         check("/", Runtime::Host, "/");
         check("", Runtime::Host, "/");
@@ -325,6 +420,13 @@ mod tests {
             Runtime::Cgroup,
             &format!("/other/{ID}"),
         );
+        // a cgroup inside a container is named by path, its pod kept
+        let id = check(
+            &format!("/kubepods/burstable/pod{UID}/{ID}/sub"),
+            Runtime::Cgroup,
+            &format!("/kubepods/burstable/pod{UID}/{ID}/sub"),
+        );
+        assert_eq!(id.pod_uid.as_deref(), Some(UID));
         // almost-ids are not ids
         check(
             "/system.slice/docker-abc.scope",

@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn fixture() -> (Model, Registry) {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::new(100, Default::default());
         registry.insert(10, "/system.slice/nginx.service");
         registry.insert(11, "/palisade/web-0");
         let mut model = Model::default();

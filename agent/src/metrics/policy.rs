@@ -49,10 +49,26 @@ pub(crate) fn families(s: &Snapshot, budget: &mut Budget) -> Vec<MetricFamily> {
             .push(gauge(&[("policy", policy), ("mode", mode)], *n as f64));
     }
     out.push(f);
+    let mut f = family(
+        "palisade_policy_unenforced",
+        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach). Never silently weaker: see `palisade policy status`.",
+        MetricType::GAUGE,
+    );
+    for (policy, container, reason) in &s.unenforced {
+        f.mut_metric().push(gauge(
+            &[
+                ("policy", policy),
+                ("container", container),
+                ("reason", reason),
+            ],
+            1.0,
+        ));
+    }
+    out.push(f);
     if s.loaded {
         let mut f = family(
             "palisade_policy_hook_attached",
-            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, ingress.",
+            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, socket_create, packet_socket, ingress.",
             MetricType::GAUGE,
         );
         for (hook, on) in &s.hooks {

@@ -158,7 +158,9 @@ fn fill(r: &mut impl opentelemetry::logs::LogRecord, ev: &Event) {
         r.set_timestamp(t);
     }
     let (sev, text) = match ev.kind {
-        EventType::Oom | EventType::PolicyViolation => (Severity::Warn, "WARN"),
+        EventType::Oom | EventType::PolicyViolation | EventType::PolicyUnenforced => {
+            (Severity::Warn, "WARN")
+        }
         _ => (Severity::Info, "INFO"),
     };
     r.set_severity_number(sev);
@@ -279,6 +281,14 @@ pub fn attributes(ev: &Event) -> Vec<(&'static str, AnyValue)> {
         );
         a.push(("palisade.flow.bytes_out", AnyValue::Int(f.bytes_out as i64)));
         a.push(("palisade.flow.bytes_in", AnyValue::Int(f.bytes_in as i64)));
+    }
+    if let Some(u) = &ev.unenforced {
+        a.push(("palisade.policy.name", u.policy.clone().into()));
+        a.push(("palisade.policy.unenforced.reason", u.reason.clone().into()));
+        a.push((
+            "palisade.policy.unenforced.resolved",
+            AnyValue::Boolean(u.resolved),
+        ));
     }
     if let Some(v) = &ev.violation {
         for (k, val) in [
@@ -486,6 +496,8 @@ mod tests {
             mode: "enforce".into(),
             hook: "connect".into(),
             syscall: None,
+            abi: None,
+            checked_as: None,
             errno: None,
             exec: None,
             network: Some(NetworkRef {

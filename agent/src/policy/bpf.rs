@@ -7,7 +7,6 @@
 //! Detaching a group unpins its links; with nothing left to enforce the whole directory goes.
 use std::{
     collections::BTreeMap,
-    fs::File,
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
@@ -15,20 +14,18 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
-        TracePoint,
-        links::{FdLink, PinnedLink},
-    },
+    programs::links::PinnedLink,
 };
 use palisade_common::{
     names,
     policy::{
         ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
-        POLICY_ABI, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState, config as cfg,
+        POLICY_ABI, Resolved, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
+        XLAT_ENTRIES, config as cfg,
     },
 };
 
+use super::hooks::Hook;
 use crate::kernel::{KernelError, describe_program_error, error_chain, take_map};
 
 /// Slots (distinct effective policies at once) the tables hold.
@@ -127,63 +124,6 @@ pub enum AttachError {
     NoTracefs,
 }
 
-/// Hook groups, attached only while some cgroup needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hook {
-    /// `sys_enter` raw tracepoint (every syscall on the host pays a lookup).
-    Syscalls,
-    /// `sys_exit` raw tracepoint: seccomp denials of launched workloads.
-    Seccomp,
-    /// `sched_process_exec`: a raw tracepoint on the file executed (kernel BTF), or the classic
-    /// tracepoint on the path given (the fallback).
-    Exec,
-    /// connect4/6, sendmsg4/6 on the unified root.
-    Egress,
-    /// bind4/6 and cgroup_skb ingress on the unified root.
-    Ingress,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 5] = [
-        Hook::Syscalls,
-        Hook::Seccomp,
-        Hook::Exec,
-        Hook::Egress,
-        Hook::Ingress,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Hook::Syscalls => "syscalls",
-            Hook::Seccomp => "seccomp",
-            Hook::Exec => "exec",
-            Hook::Egress => "egress",
-            Hook::Ingress => "ingress",
-        }
-    }
-
-    /// The programs of the group; `exec_file`: exec rules see the file executed.
-    fn programs(self, exec_file: bool) -> &'static [&'static str] {
-        match self {
-            Hook::Syscalls => &[names::PROG_POLICY_SYS_ENTER],
-            Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
-            Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
-            Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
-            Hook::Egress => &[
-                names::PROG_POLICY_CONNECT4,
-                names::PROG_POLICY_CONNECT6,
-                names::PROG_POLICY_SENDMSG4,
-                names::PROG_POLICY_SENDMSG6,
-            ],
-            Hook::Ingress => &[
-                names::PROG_POLICY_BIND4,
-                names::PROG_POLICY_BIND6,
-                names::PROG_POLICY_INGRESS,
-            ],
-        }
-    }
-}
-
 /// Host parameters for the programs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -195,14 +135,22 @@ pub struct Options {
     /// Kernel struct offsets for exec rules on the file executed (`None`: no kernel BTF, exec
     /// rules fall back to the path given).
     pub exec_offsets: Option<ExecOffsets>,
+    /// Offset of `family` in `syscalls:sys_enter_socket` records (`None`: packet sockets
+    /// cannot be seen).
+    pub socket_family_offset: Option<u32>,
+    /// Offset of `thread_info.status` in `task_struct`, from BTF (`None`: i386 calls cannot be
+    /// told from x86_64 ones).
+    pub task_status_offset: Option<u32>,
+    /// `POLICY_XLAT`: compat call → x86_64 call.
+    pub xlat: Vec<(u32, u32)>,
     pub burst: u64,
     pub interval_ns: u64,
 }
 
 /// The loaded object, its maps and the hook groups' links.
 pub struct Kernel {
-    ebpf: Ebpf,
-    opts: Options,
+    pub(super) ebpf: Ebpf,
+    pub(super) opts: Options,
     pub cgroups: HashMap<MapData, u64, CgroupPolicy>,
     pub syscalls: Array<MapData, SyscallVerdicts>,
     pub args: HashMap<MapData, ArgKey, ArgRule>,
@@ -215,9 +163,13 @@ pub struct Kernel {
     pub loss: PerCpuArray<MapData, u64>,
     /// `POLICY_REPORTED`, until the reporter takes it.
     pub reported: Option<HashMap<MapData, ViolationKey, [u64; 2]>>,
-    /// Kept open: programs loaded later refer to every map by its descriptor.
-    _config: Array<MapData, u64>,
-    links: BTreeMap<Hook, Vec<PinnedLink>>,
+    /// Settings; also kept open because programs loaded later refer to every map by its
+    /// descriptor.
+    config: Array<MapData, u64>,
+    /// Kept open (see `config`).
+    _resolved: HashMap<MapData, u64, Resolved>,
+    _xlat: Array<MapData, u32>,
+    pub(super) links: BTreeMap<Hook, Vec<PinnedLink>>,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
 }
@@ -235,6 +187,8 @@ fn expected_value_size(map: &str) -> Option<u32> {
         names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
         names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
         names::MAP_POLICY_REPORTED => size_of::<[u64; 2]>(),
+        names::MAP_POLICY_RESOLVED => size_of::<Resolved>(),
+        names::MAP_POLICY_XLAT => size_of::<u32>(),
         _ => return None,
     } as u32)
 }
@@ -243,7 +197,7 @@ fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("maps")
 }
 
-fn links_dir(pin_dir: &Path) -> PathBuf {
+pub(super) fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
@@ -290,6 +244,8 @@ impl Kernel {
         let nr_offset: u64 = 15 * 8;
         let off = opts.exec_filename_offset.unwrap_or(8);
         let exec_offsets = opts.exec_offsets.unwrap_or(ExecOffsets::ZERO);
+        let family = opts.socket_family_offset.unwrap_or(16);
+        let status = opts.task_status_offset.unwrap_or(0);
         let mask: u32 = 16383;
         let mut loader = EbpfLoader::new();
         loader
@@ -297,6 +253,8 @@ impl Kernel {
             .override_global(names::GLOBAL_POLICY_NR_OFFSET, &nr_offset, true)
             .override_global(names::GLOBAL_POLICY_EXEC_OFF_FILENAME, &off, true)
             .override_global(names::GLOBAL_POLICY_EXEC_OFFSETS, &exec_offsets, true)
+            .override_global(names::GLOBAL_POLICY_SOCKET_OFF_FAMILY, &family, true)
+            .override_global(names::GLOBAL_POLICY_TASK_OFF_STATUS, &status, true)
             .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true);
         let paths: Vec<(&str, PathBuf)> = names::POLICY_MAPS
             .iter()
@@ -331,8 +289,15 @@ impl Kernel {
                 .set(i, v, 0)
                 .map_err(|e| map_err(names::MAP_POLICY_CONFIG, e))?;
         }
+        let mut xlat: Array<MapData, u32> = take_map(&mut ebpf, names::MAP_POLICY_XLAT)?;
+        for (i, v) in &opts.xlat {
+            if *i < XLAT_ENTRIES {
+                xlat.set(*i, v, 0)
+                    .map_err(|e| map_err(names::MAP_POLICY_XLAT, e))?;
+            }
+        }
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::MAP_POLICY_EVENTS)?;
-        let k = Kernel {
+        let mut k = Kernel {
             cgroups: take_map(&mut ebpf, names::MAP_POLICY_CGROUPS)?,
             syscalls: take_map(&mut ebpf, names::MAP_POLICY_SYSCALLS)?,
             args: take_map(&mut ebpf, names::MAP_POLICY_ARGS)?,
@@ -343,161 +308,29 @@ impl Kernel {
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
             reported: Some(take_map(&mut ebpf, names::MAP_POLICY_REPORTED)?),
-            _config: config,
+            _resolved: take_map(&mut ebpf, names::MAP_POLICY_RESOLVED)?,
+            _xlat: xlat,
+            config,
             ebpf,
             opts,
             links: BTreeMap::new(),
             adopted,
         };
+        // whatever an earlier agent's programs cached is looked up again
+        k.bump_generation()?;
         Ok((k, events))
     }
 
-    /// Hook groups currently attached.
-    pub fn attached(&self) -> Vec<Hook> {
-        self.links.keys().copied().collect()
-    }
-
-    /// Attaches (or adopts from pins) the groups in `want` and detaches the others.
-    pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, BpfError)> {
-        let mut failed = Vec::new();
-        for h in Hook::ALL {
-            let has = self.links.contains_key(&h);
-            if want.contains(&h) && !has {
-                match self.attach(h) {
-                    Ok(links) => {
-                        self.links.insert(h, links);
-                    }
-                    Err(e) => failed.push((h, e)),
-                }
-            } else if !want.contains(&h) && has {
-                for l in self.links.remove(&h).unwrap_or_default() {
-                    if let Err(e) = l.unpin() {
-                        tracing::warn!(hook = h.as_str(), error = %e, "unpinning a link failed");
-                    }
-                }
-            }
-        }
-        failed
-    }
-
-    /// The links of `h`: adopted from their pins, or attached and pinned now.
-    fn attach(&mut self, h: Hook) -> Result<Vec<PinnedLink>, BpfError> {
-        let exec_file = self.opts.exec_offsets.is_some();
-        let mut out = Vec::new();
-        for prog in h.programs(exec_file) {
-            let pin = links_dir(&self.opts.pin_dir).join(prog);
-            if pin.exists() {
-                match PinnedLink::from_pin(&pin) {
-                    Ok(l) => {
-                        out.push(l);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(link = %pin.display(), error = %e, "stale pinned link replaced");
-                        let _ = std::fs::remove_file(&pin);
-                    }
-                }
-            }
-            let link = self.attach_one(prog)?;
-            let pinned = link.pin(&pin).map_err(|source| BpfError::Attach {
-                program: prog,
-                source: AttachError::Pin {
-                    path: pin.clone(),
-                    source,
-                },
-            })?;
-            out.push(pinned);
-        }
-        if h == Hook::Exec {
-            // a previous agent may have matched execs the other way: one exec program only,
-            // the old one detached once the new one is in place
-            for prog in Hook::Exec.programs(!exec_file) {
-                let pin = links_dir(&self.opts.pin_dir).join(prog);
-                if let Ok(l) = PinnedLink::from_pin(&pin) {
-                    tracing::info!(link = %pin.display(), "the other exec program's pinned link replaced");
-                    let _ = l.unpin();
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn attach_one(&mut self, prog: &'static str) -> Result<FdLink, BpfError> {
-        let att = |source| BpfError::Attach {
-            program: prog,
+    /// Makes every hook look up cgroups again (after a change of `POLICY_CGROUPS`).
+    pub fn bump_generation(&mut self) -> Result<(), BpfError> {
+        let map_err = |source| BpfError::Map {
+            map: names::MAP_POLICY_CONFIG,
             source,
         };
-        let root = &self.opts.unified_root;
-        let cg = || {
-            File::open(root).map_err(|source| {
-                att(AttachError::Cgroup {
-                    path: root.clone(),
-                    source,
-                })
-            })
-        };
-        let p = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or(att(AttachError::Missing))?;
-        let perr = |e| att(AttachError::Program(e));
-        let lerr = |e| att(AttachError::Link(e));
-        match prog {
-            names::PROG_POLICY_SYS_ENTER | names::PROG_POLICY_SYS_EXIT => {
-                let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
-                if p.fd().is_err() {
-                    p.load().map_err(perr)?;
-                }
-                let tp = if prog == names::PROG_POLICY_SYS_ENTER {
-                    "sys_enter"
-                } else {
-                    "sys_exit"
-                };
-                let id = p.attach(tp).map_err(perr)?;
-                Ok(p.take_link(id).map_err(perr)?.into())
-            }
-            names::PROG_POLICY_EXEC => {
-                let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
-                if p.fd().is_err() {
-                    p.load().map_err(perr)?;
-                }
-                let id = p.attach("sched_process_exec").map_err(perr)?;
-                Ok(p.take_link(id).map_err(perr)?.into())
-            }
-            names::PROG_POLICY_EXEC_GIVEN => {
-                if self.opts.exec_filename_offset.is_none() {
-                    return Err(att(AttachError::NoTracefs));
-                }
-                let p: &mut TracePoint = p.try_into().map_err(perr)?;
-                if p.fd().is_err() {
-                    p.load().map_err(perr)?;
-                }
-                let id = p.attach("sched", "sched_process_exec").map_err(perr)?;
-                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
-            }
-            names::PROG_POLICY_INGRESS => {
-                let p: &mut CgroupSkb = p.try_into().map_err(perr)?;
-                if p.fd().is_err() {
-                    p.load().map_err(perr)?;
-                }
-                let id = p
-                    .attach(
-                        cg()?,
-                        CgroupSkbAttachType::Ingress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(perr)?;
-                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
-            }
-            _ => {
-                let p: &mut CgroupSockAddr = p.try_into().map_err(perr)?;
-                if p.fd().is_err() {
-                    p.load().map_err(perr)?;
-                }
-                let id = p.attach(cg()?, CgroupAttachMode::Single).map_err(perr)?;
-                FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(lerr)
-            }
-        }
+        let g = self.config.get(&cfg::GENERATION, 0).map_err(map_err)?;
+        self.config
+            .set(cfg::GENERATION, g.wrapping_add(1) & 0xffff_ffff, 0)
+            .map_err(map_err)
     }
 
     /// Whether exec rules are attached (or will be) on the file executed.

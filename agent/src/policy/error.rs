@@ -10,8 +10,6 @@ pub enum PolicyError {
         table: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("every policy slot is in use ({0} distinct effective policies)")]
-    SlotsFull(u32),
     #[error("policy programs not loaded")]
     NotLoaded,
     #[error("no policy named `{0}` (see `palisade policy status`)")]
@@ -23,6 +21,8 @@ pub enum PolicyError {
     Missing { names: Vec<String>, file: String },
     #[error("the policy engine has stopped")]
     Gone,
+    #[error("policies of {container} cannot be put in place: {why}")]
+    NotEnforced { container: String, why: String },
 }
 
 impl PolicyError {

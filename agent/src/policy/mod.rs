@@ -9,6 +9,7 @@ pub mod bpffs;
 mod engine;
 mod error;
 pub mod exec_match;
+pub mod hooks;
 mod report;
 mod resources;
 mod tables;
@@ -17,7 +18,7 @@ mod violation;
 
 use std::sync::Arc;
 
-pub use engine::{Launched, TargetInfo};
+pub use engine::{Host, Launched, TargetInfo};
 pub use error::PolicyError;
 use palisade_proto::LaunchPolicy;
 pub use task::{Cmd, Handle, Snapshot};
@@ -63,27 +64,37 @@ pub struct Start {
     pub hub: Arc<Hub>,
 }
 
+/// What the host gives the policy programs: tracepoint record offsets (tracefs), the offset
+/// of `thread_info.status` (the kernel's BTF at `btf`, `policy.kernel_btf`), the compat syscall
+/// translation.
+pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
+    let offset = |category: &str, name: &str, field: &str| {
+        tracefs.and_then(|t| {
+            crate::tracefs::Format::read(t, category, name)
+                .and_then(|f| f.offset(field))
+                .ok()
+        })
+    };
+    let task_status_offset = crate::btf::Btf::from_file(btf).ok().and_then(|b| {
+        let ti = b.member_offset("task_struct", "thread_info").ok()?;
+        let st = b.member_offset("thread_info", "status").ok()?;
+        Some(ti + st)
+    });
+    Host {
+        exec_offset: offset("sched", "sched_process_exec", "filename"),
+        socket_offset: offset("syscalls", "sys_enter_socket", "family"),
+        task_status_offset,
+        xlat: tables::xlat(),
+    }
+}
+
 /// Starts the policy task.
 pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
-    let exec_offset = s.tracefs.as_deref().and_then(|t| {
-        crate::tracefs::Format::read(t, "sched", "sched_process_exec")
-            .and_then(|f| f.offset("filename"))
-            .ok()
-    });
+    let host = host(s.tracefs.as_deref(), &s.cfg.kernel_btf);
     let exec = exec_match::ExecMatch::probe(&s.cfg.kernel_btf);
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
-    let engine = engine::Engine::new(
-        s.cfg,
-        s.set,
-        s.unified_root,
-        engine::Exec {
-            given_offset: exec_offset,
-            matching: exec,
-        },
-        s.hub,
-        writer,
-    );
+    let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, host, exec, s.hub, writer);
     task::spawn(engine, exits)
 }
 

@@ -92,11 +92,34 @@ impl Ids {
     }
 }
 
+/// `POLICY_XLAT` entries: (index, x86_64 number or `xlat::*`) of every i386 and x32 call.
+pub fn xlat() -> Vec<(u32, u32)> {
+    use palisade_common::policy::{abi_id, xlat, xlat_index};
+    use palisade_syscalls::{Abi, Native};
+    let mut out = Vec::new();
+    for (abi, id) in [(Abi::I386, abi_id::I386), (Abi::X32, abi_id::X32)] {
+        for nr in 0..abi.table_len() {
+            let Some(i) = xlat_index(id, u64::from(nr)) else {
+                continue;
+            };
+            let v = match palisade_syscalls::native(abi, nr) {
+                Native::Nr(n) => n,
+                Native::SocketCall => xlat::SOCKETCALL,
+                Native::Ipc => xlat::IPC,
+                Native::None => xlat::NONE,
+            };
+            out.push((i, v));
+        }
+    }
+    out
+}
+
 /// A content key for tables: identical tables share a slot.
 pub fn key(t: &Tables) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     t.flags.hash(&mut h);
     t.verdicts.rule.hash(&mut h);
+    (t.verdicts.abi_rule, t.verdicts.unmapped_rule).hash(&mut h);
     for (nr, r) in &t.args {
         (nr, r.alts, r.match_allows).hash(&mut h);
         for a in &r.alt {
@@ -110,8 +133,8 @@ pub fn key(t: &Tables) -> u64 {
     for (k, x, r) in &t.exec {
         (k, x, r.rule, r.allow).hash(&mut h);
     }
-    for s in [&t.egress, &t.ingress] {
-        (s.count, s.default_action, s.default_rule).hash(&mut h);
+    for s in t.egress.iter().chain(t.ingress.iter()) {
+        (s.count, s.default_action, s.default_rule, s.kind_rule).hash(&mut h);
         for r in &s.rules[..(s.count as usize).min(s.rules.len())] {
             (
                 r.addr, r.family, r.prefix, r.proto, r.port_lo, r.port_hi, r.action, r.rule,

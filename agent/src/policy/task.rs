@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub loaded: bool,
     /// Cgroups some policy applies to (their processes may not use the control socket).
     pub managed: std::collections::BTreeSet<u64>,
+    /// (policy, container, reason) of what is not in place (`palisade_policy_unenforced`).
+    pub unenforced: Vec<(String, String, String)>,
 }
 
 pub enum Cmd {

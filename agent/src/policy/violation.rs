@@ -5,9 +5,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use palisade_common::{
     net::{AF_INET, AF_INET6},
     policy::{
-        ExecPaths, NetTuple, POLICY_PATH_MAX, PolicyEvent, exec_flags, taken, unresolved, what,
+        ExecPaths, NetTuple, POLICY_PATH_MAX, PolicyEvent, abi_id, exec_flags, kind, taken,
+        unresolved, what,
     },
 };
+use palisade_syscalls::Abi;
 
 use crate::events::{ExecDetail, NetworkRef};
 
@@ -20,8 +22,37 @@ pub fn hook_name(w: u32) -> &'static str {
         what::SENDMSG => "sendmsg",
         what::BIND => "bind",
         what::INGRESS => "ingress",
+        what::SOCKET => "socket",
         _ => "unknown",
     }
+}
+
+fn abi_of(abi: u32) -> Abi {
+    match abi {
+        abi_id::I386 => Abi::I386,
+        abi_id::X32 => Abi::X32,
+        _ => Abi::X86_64,
+    }
+}
+
+/// A syscall by its name in its ABI (the number where unknown).
+pub fn syscall_name(abi: u32, nr: u32) -> String {
+    palisade_syscalls::name_in(abi_of(abi), nr).map_or_else(|| nr.to_string(), str::to_owned)
+}
+
+/// The ABI of a syscall violation made through another ABI than x86_64.
+pub fn abi_name(w: u32, abi: u32) -> Option<String> {
+    (matches!(w, what::SYSCALL | what::SECCOMP) && abi != abi_id::X86_64)
+        .then(|| abi_of(abi).as_str().to_owned())
+}
+
+/// The x86_64 call a compat call was checked as, when its name differs from the call's own.
+pub fn checked_as(ev: &PolicyEvent) -> Option<String> {
+    if ev.abi == abi_id::X86_64 || ev.native == u32::MAX {
+        return None;
+    }
+    let native = palisade_syscalls::name(ev.native)?;
+    (Some(native) != palisade_syscalls::name_in(abi_of(ev.abi), ev.nr)).then(|| native.to_owned())
 }
 
 fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
@@ -40,12 +71,29 @@ pub fn network(w: u32, t: &NetTuple) -> Option<NetworkRef> {
     let direction = match w {
         what::CONNECT | what::SENDMSG => "egress",
         what::BIND | what::INGRESS => "ingress",
+        what::SOCKET => {
+            // a socket being created: its kind, no endpoints
+            return Some(NetworkRef {
+                direction: "egress".to_owned(),
+                protocol: match t.proto {
+                    kind::ICMP => "icmp",
+                    kind::PACKET => "packet",
+                    _ => "raw",
+                }
+                .to_owned(),
+                local: String::new(),
+                remote: String::new(),
+            });
+        }
         _ => return None,
     };
     let protocol = match t.proto {
         6 => "tcp".to_owned(),
         17 => "udp".to_owned(),
         0 => "any".to_owned(),
+        kind::ICMP => "icmp".to_owned(),
+        kind::RAW => "raw".to_owned(),
+        kind::PACKET => "packet".to_owned(),
         p => p.to_string(),
     };
     let local = if t.lport != 0 || w == what::BIND || w == what::INGRESS {
@@ -179,6 +227,8 @@ mod tests {
             total: 1,
             comm: [0; 16],
             net: NetTuple::default(),
+            abi: abi_id::X86_64,
+            native: u32::MAX,
             exec: x,
         }
     }

@@ -99,8 +99,14 @@ impl Owner {
                 } else {
                     path
                 };
-                if self.registry.insert(cgroup_id, &path) == Inserted::New {
-                    self.new.extend(self.registry.get(cgroup_id).cloned());
+                match self.registry.insert(cgroup_id, &path) {
+                    Inserted::New => self.new.extend(self.registry.get(cgroup_id).cloned()),
+                    Inserted::Dropped => {
+                        self.overflow.insert(cgroup_id, path.clone());
+                        self.new_overflow
+                            .push(self.registry.identify(cgroup_id, &path));
+                    }
+                    Inserted::Known => {}
                 }
                 // Taken for removed before its event arrived (a collection could not find it
                 // by id): it exists, so it is live again.
@@ -117,6 +123,7 @@ impl Owner {
             }
             KernelEvent::Cgroup(CgroupChange::Removed { cgroup_id, path }) => {
                 debug!(cgroup_id, path, "cgroup removed");
+                self.overflow.remove(&cgroup_id);
                 if self.policy.active() {
                     self.policy.send(policy::Cmd::Remove(cgroup_id)).await;
                 }
@@ -312,7 +319,7 @@ mod tests {
 
     #[test]
     fn filter_matches_names_and_paths() {
-        let id = Identity::new(5, "/palisade/web-0");
+        let id = Identity::new(5, "/palisade/web-0", &Default::default());
         let pats = vec![Pattern::new("web-*").unwrap()];
         assert!(selected(&pats, &id));
         let pats = vec![Pattern::new("/palisade/*").unwrap()];

@@ -1,5 +1,5 @@
 //! The owner task: its data, its loop, and the commands it answers.
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -63,6 +63,11 @@ pub(super) struct Owner {
     /// Cgroups learned since the last flush: the kernel filter and the policy task hear of
     /// them once the current message is handled.
     pub new: Vec<Identity>,
+    /// Live cgroups a full registry does not hold (id → path): not named or counted, but the
+    /// policy task still knows them, so a full registry never means "not enforced".
+    pub overflow: HashMap<u64, String>,
+    /// Such cgroups learned since the last flush (the policy task hears of them).
+    pub new_overflow: Vec<Identity>,
     /// The collection waiting for the kernel or for cgroupfs, and the one to start after it
     /// (every request joins the next one, so it sees numbers read after it asked).
     pub current: Option<Collection>,
@@ -79,7 +84,10 @@ pub fn spawn(p: Parts) -> (StateHandle, tokio::task::JoinHandle<()>) {
     let (tx, cmds) = mpsc::channel(1024);
     let (internal, internal_rx) = mpsc::channel(16);
     let owner = Owner {
-        registry: Registry::new(p.config.identity.max_cgroups),
+        registry: Registry::new(
+            p.config.identity.max_cgroups,
+            p.config.identity.runtime_parents.clone(),
+        ),
         model: Model::default(),
         procs: ProcessTable::new(
             p.config.processes.max_per_container,
@@ -96,6 +104,8 @@ pub fn spawn(p: Parts) -> (StateHandle, tokio::task::JoinHandle<()>) {
         unified_root: p.unified_root,
         published: p.published,
         new: Vec::new(),
+        overflow: HashMap::new(),
+        new_overflow: Vec::new(),
         current: None,
         next: None,
         internal,
@@ -190,13 +200,20 @@ impl Owner {
         launched: Option<policy::Launched>,
         reply: oneshot::Sender<Result<(), StateError>>,
     ) {
-        if self.registry.register_workload(cgroup_id, path, &name) == Inserted::Dropped {
+        let target = if self.registry.register_workload(cgroup_id, path, &name) == Inserted::Dropped
+        {
             warn!(
                 cgroup_id,
-                name, "identity registry full; workload not named"
+                name, "identity registry full; workload not named in metrics (its policies apply)"
             );
-        }
-        let target = self.registry.get(cgroup_id).map(super::apply::target);
+            self.overflow.insert(cgroup_id, path.to_owned());
+            let mut i = self.registry.identify(cgroup_id, path);
+            i.name = name.clone();
+            i.registered = true;
+            Some(super::apply::target(&i))
+        } else {
+            self.registry.get(cgroup_id).map(super::apply::target)
+        };
         let selected = if self.config.syscalls.cgroups.is_empty() {
             None
         } else {
@@ -267,6 +284,18 @@ impl Owner {
             }
         };
         let (added, removed) = self.registry.sync(&walked, started, Instant::now());
+        // what the registry cannot hold: the policy task still hears of it
+        let overflow: HashMap<u64, String> = walked
+            .iter()
+            .filter(|(id, _)| self.registry.get(*id).is_none())
+            .cloned()
+            .collect();
+        for (id, path) in &overflow {
+            if !self.overflow.contains_key(id) {
+                self.new_overflow.push(self.registry.identify(*id, path));
+            }
+        }
+        self.overflow = overflow;
         let new: Vec<Identity> = added
             .iter()
             .filter_map(|id| self.registry.get(*id).cloned())
@@ -289,12 +318,17 @@ impl Owner {
 
     /// Tells the kernel filter and the policy task about newly known cgroups.
     pub(super) async fn flush_new(&mut self) {
-        if self.new.is_empty() {
+        if self.new.is_empty() && self.new_overflow.is_empty() {
             return;
         }
         let new = std::mem::take(&mut self.new);
+        let overflow = std::mem::take(&mut self.new_overflow);
         if self.policy.active() {
-            let t = new.iter().map(super::apply::target).collect();
+            let t = new
+                .iter()
+                .chain(overflow.iter())
+                .map(super::apply::target)
+                .collect();
             self.policy.send(policy::Cmd::Upsert(t)).await;
         }
         let patterns = &self.config.syscalls.cgroups;
@@ -319,7 +353,12 @@ impl Owner {
         if !always && !self.policy.active() {
             return;
         }
-        let live = self.registry.live().map(super::apply::target).collect();
+        let mut live: Vec<_> = self.registry.live().map(super::apply::target).collect();
+        live.extend(
+            self.overflow
+                .iter()
+                .map(|(id, path)| super::apply::target(&self.registry.identify(*id, path))),
+        );
         self.policy.send(policy::Cmd::Sync(live)).await;
     }
 }

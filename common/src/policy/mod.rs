@@ -7,20 +7,28 @@
 //! several cgroups with the same effective policy share. Every rule has an id (≥ 1) whose
 //! [`RuleInfo`] (action, mode, errno, names) lives in `POLICY_RULES`, so a mode switch rewrites
 //! one entry per rule and the pinned state names its own rules across agent restarts.
+//!
+//! A cgroup without an entry of its own has its nearest ancestor's: the hooks walk up the
+//! cgroup's ancestry in the kernel and remember the answer per cgroup id ([`Resolved`] in
+//! `POLICY_RESOLVED`), valid until the agent bumps [`config::GENERATION`] after a change.
 
 mod args;
+mod compat;
 mod exec;
+mod net;
 
 pub use args::*;
+pub use compat::*;
 pub use exec::*;
+pub use net::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 2;
+pub const POLICY_ABI: u32 = 3;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;
-/// Rules per network rule set (one set per slot and direction).
-pub const MAX_NET_RULES: usize = 16;
+/// Cgroup levels the hooks walk up looking for a policied ancestor (level 0 is the root).
+pub const MAX_CGROUP_DEPTH: i32 = 32;
 /// Bytes of a policy or rule name kept in [`RuleInfo`] (NUL-padded).
 pub const RULE_NAME_MAX: usize = 64;
 /// Longest exec path carried in a [`PolicyEvent`], resolved and hashed for exec rules.
@@ -47,11 +55,24 @@ pub mod cgroup_flags {
     pub const SECCOMP: u32 = 16;
 }
 
+/// Value of `POLICY_RESOLVED` (LRU: cgroup id → the entry that applies to it: its own or its
+/// nearest policied ancestor's, found by walking up in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub policy: CgroupPolicy,
+    /// [`config::GENERATION`] when resolved: a different one means "look again".
+    pub generation: u32,
+    /// 1: `policy` applies; 0: no policy applies to this cgroup.
+    pub found: u32,
+}
+
 /// Configured rule actions ([`RuleInfo::action`]).
 pub mod action {
     /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch).
     pub const ERRNO: u32 = 1;
-    /// Syscalls and execs: SIGKILL the process.
+    /// Syscalls and execs: SIGKILL the process (also what an `errno` syscall rule does at run
+    /// time: a tracepoint cannot make the call fail).
     pub const KILL: u32 = 2;
     /// Report only.
     pub const LOG: u32 = 3;
@@ -103,6 +124,8 @@ pub mod what {
     pub const BIND: u32 = 6;
     /// An incoming TCP connection request.
     pub const INGRESS: u32 = 7;
+    /// A raw, packet or ICMP socket being created where egress rules apply.
+    pub const SOCKET: u32 = 8;
 }
 
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).
@@ -114,17 +137,29 @@ pub struct CgroupPolicy {
     pub flags: u32,
 }
 
-/// Value of `POLICY_SYSCALLS` (slot → verdict per syscall number): 0 = no rule, else the rule
-/// id, with [`VERDICT_CONDITIONAL`] when the rule has argument conditions.
+/// Value of `POLICY_SYSCALLS` (slot → verdict per x86_64 syscall number): 0 = no rule, else
+/// the rule id, with [`VERDICT_CONDITIONAL`] when the rule has argument conditions. Calls
+/// through i386 and x32 are translated to their x86_64 call first (`POLICY_XLAT`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallVerdicts {
     pub rule: [u16; MAX_SYSCALLS],
+    /// Per compat ABI (0: i386, 1: x32): 0 when the policy considers it (its calls are
+    /// translated and checked), else the rule every call through it violates.
+    pub abi_rule: [u16; 2],
+    /// The rule a translated call without an x86_64 counterpart violates (an allow-list's
+    /// rule; 0 for a deny-list: such a call is allowed).
+    pub unmapped_rule: u16,
+    /// Always 0 (explicit padding).
+    pub _pad: u16,
 }
 
 impl SyscallVerdicts {
     pub const ZERO: Self = Self {
         rule: [0; MAX_SYSCALLS],
+        abi_rule: [0; 2],
+        unmapped_rule: 0,
+        _pad: 0,
     };
 }
 
@@ -135,129 +170,6 @@ impl SyscallVerdicts {
 pub struct EnterSlot {
     pub tid: u32,
     pub nr: u32,
-}
-
-/// One network rule: remote prefix, port range and protocol. IPv4 addresses sit in the first
-/// 4 bytes of `addr`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetRule {
-    pub addr: [u8; 16],
-    /// `AF_INET`, `AF_INET6`, or 0 for both (then `prefix` is 0).
-    pub family: u16,
-    /// Prefix length in bits.
-    pub prefix: u8,
-    /// IP protocol (6 TCP, 17 UDP), 0 for any.
-    pub proto: u8,
-    /// Port range, inclusive (egress: the remote port; ingress: the local port).
-    pub port_lo: u16,
-    pub port_hi: u16,
-    /// [`action::ALLOW`], [`action::DENY`] or [`action::LOG`] (allowed and reported).
-    pub action: u32,
-    pub rule: u32,
-}
-
-/// Value of `POLICY_NET` (index `slot * 2 + direction`): rules in order, the first match
-/// decides; none matching means `default_action` (reported as `default_rule` when it denies).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetRuleSet {
-    pub count: u32,
-    pub default_action: u32,
-    pub default_rule: u32,
-    /// Always 0 (explicit padding).
-    pub _pad: u32,
-    pub rules: [NetRule; MAX_NET_RULES],
-}
-
-/// Direction index into `POLICY_NET`.
-pub const NET_EGRESS: u32 = 0;
-pub const NET_INGRESS: u32 = 1;
-
-impl NetRuleSet {
-    pub const EMPTY: Self = Self {
-        count: 0,
-        default_action: action::ALLOW,
-        default_rule: 0,
-        _pad: 0,
-        rules: [NetRule {
-            addr: [0; 16],
-            family: 0,
-            prefix: 0,
-            proto: 0,
-            port_lo: 0,
-            port_hi: 0,
-            action: 0,
-            rule: 0,
-        }; MAX_NET_RULES],
-    };
-
-    /// (action, rule id) for a connection to/from `addr`:`port` over `proto`.
-    #[inline(always)]
-    pub fn evaluate(&self, family: u16, addr: &[u8; 16], port: u16, proto: u8) -> (u32, u32) {
-        let n = self.count as usize;
-        for i in 0..MAX_NET_RULES {
-            if i >= n {
-                break;
-            }
-            let r = &self.rules[i];
-            if r.matches_port(port, proto) && r.matches_addr(family, addr) {
-                return (r.action, r.rule);
-            }
-        }
-        (self.default_action, self.default_rule)
-    }
-
-    /// (action, rule id) for binding local `port`: allowed when some remote address could still
-    /// reach it. A rule for every address decides; an allow for some addresses allows; a deny
-    /// for some addresses does not decide.
-    #[inline(always)]
-    pub fn bind_verdict(&self, port: u16, proto: u8) -> (u32, u32) {
-        let n = self.count as usize;
-        for i in 0..MAX_NET_RULES {
-            if i >= n {
-                break;
-            }
-            let r = &self.rules[i];
-            if !r.matches_port(port, proto) {
-                continue;
-            }
-            if r.prefix == 0 || r.action != action::DENY {
-                return (r.action, r.rule);
-            }
-        }
-        (self.default_action, self.default_rule)
-    }
-}
-
-impl NetRule {
-    #[inline(always)]
-    pub fn matches_port(&self, port: u16, proto: u8) -> bool {
-        (self.proto == 0 || self.proto == proto) && port >= self.port_lo && port <= self.port_hi
-    }
-
-    #[inline(always)]
-    pub fn matches_addr(&self, family: u16, addr: &[u8; 16]) -> bool {
-        if self.family == 0 {
-            return true;
-        }
-        if self.family != family {
-            return false;
-        }
-        let mut left = u32::from(self.prefix);
-        for (a, b) in addr.iter().zip(self.addr.iter()) {
-            if left == 0 {
-                return true;
-            }
-            let bits = if left >= 8 { 8 } else { left };
-            let mask: u8 = (0xffu16 << (8 - bits)) as u8;
-            if a & mask != b & mask {
-                return false;
-            }
-            left -= bits;
-        }
-        true
-    }
 }
 
 /// Value of `POLICY_RULES` (rule id → what it does and what it is called).
@@ -287,18 +199,17 @@ impl RuleInfo {
         rule: [0; RULE_NAME_MAX],
     };
 
-    /// What a run-time hook does about a syscall or exec this rule denies.
+    /// What a run-time hook does about a syscall or exec this rule denies. A tracepoint
+    /// cannot make a call fail, so an `errno` rule kills (after the fact: the call runs, the
+    /// process dies before it returns) rather than be silently weaker than the policy.
     #[inline(always)]
     pub fn taken_runtime(&self) -> u32 {
         if self.action == action::LOG {
             taken::LOG
         } else if self.mode == mode::AUDIT {
             taken::WOULD_BLOCK
-        } else if self.action == action::KILL {
-            taken::KILL
         } else {
-            // a tracepoint cannot make a call fail: `errno` is reported only at run time
-            taken::LOG
+            taken::KILL
         }
     }
 
@@ -379,7 +290,7 @@ pub struct PolicyEvent {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    /// Syscall number (syscall and seccomp violations).
+    /// Syscall number as called (syscall and seccomp violations; x32 without its bit).
     pub nr: u32,
     /// The errno the call got (seccomp), else 0.
     pub errno: u32,
@@ -389,6 +300,10 @@ pub struct PolicyEvent {
     pub total: u64,
     pub comm: [u8; 16],
     pub net: NetTuple,
+    /// The ABI of `nr` ([`abi_id`]).
+    pub abi: u32,
+    /// The x86_64 call a compat call was checked as (`u32::MAX`: not translated).
+    pub native: u32,
     /// Exec violations: the file executed, its interpreter, the path given.
     pub exec: ExecPaths,
 }
@@ -401,6 +316,9 @@ pub mod config {
     pub const INTERVAL_NS: u32 = 1;
     /// `POLICY_ABI` of the tables.
     pub const ABI: u32 = 2;
+    /// Bumped by the agent after every change of `POLICY_CGROUPS`: resolutions cached before
+    /// are looked up again.
+    pub const GENERATION: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 

@@ -1,4 +1,8 @@
 //! Host tests of the shared policy logic (the eBPF programs run the same code).
+extern crate std;
+
+use std::{vec, vec::Vec};
+
 use super::*;
 
 fn v4(a: [u8; 4]) -> [u8; 16] {
@@ -10,6 +14,7 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 fn rule(addr: [u8; 4], prefix: u8, ports: (u16, u16), proto: u8, act: u32, id: u32) -> NetRule {
     NetRule {
         addr: v4(addr),
+        mask: prefix_mask(prefix),
         family: 2,
         prefix,
         proto,
@@ -38,6 +43,9 @@ fn first_matching_rule_decides() {
     // IPv6 never matches an IPv4 rule
     assert_eq!(s.evaluate(10, &[0; 16], 22, 6), (action::DENY, 9));
     // odd prefixes
+    assert_eq!(prefix_mask(17)[..4], [255, 255, 128, 0]);
+    assert_eq!(prefix_mask(128), [255; 16]);
+    assert_eq!(prefix_mask(0), [0; 16]);
     let r = rule([192, 168, 128, 0], 17, (0, 65535), 0, action::DENY, 3);
     assert!(r.matches_addr(2, &v4([192, 168, 200, 1])));
     assert!(!r.matches_addr(2, &v4([192, 168, 127, 1])));
@@ -92,7 +100,11 @@ fn actions_taken() {
     assert_eq!(r.taken_runtime(), taken::LOG);
     r.mode = mode::ENFORCE;
     r.action = action::ERRNO;
-    assert_eq!(r.taken_runtime(), taken::LOG, "no errno from a tracepoint");
+    assert_eq!(
+        r.taken_runtime(),
+        taken::KILL,
+        "no errno from a tracepoint: killed after the fact"
+    );
     assert_eq!(
         r.taken_network(action::DENY, taken::ERRNO),
         Some(taken::ERRNO)
@@ -170,4 +182,122 @@ fn argument_rules() {
         assert_eq!(cond(0, op, b, 0).holds(&[a, 0, 0, 0, 0, 0]), want, "{op}");
     }
     assert!(!cond(9, arg_op::EQ, 0, 0).holds(&[0; 6]));
+}
+
+#[test]
+fn socket_kinds_need_a_rule_naming_them() {
+    let mut s = NetRuleSet::EMPTY;
+    assert_eq!(
+        s.socket_verdict(kind::RAW, kind::RAW),
+        (action::ALLOW, 0),
+        "no egress rules: nothing to refuse"
+    );
+    s.kind_rule = 8;
+    s.default_action = action::ALLOW;
+    s.rules[0] = rule([0; 4], 0, (0, 65535), 0, action::ALLOW, 1);
+    s.count = 1;
+    assert_eq!(
+        s.socket_verdict(kind::ICMP, kind::RAW),
+        (action::DENY, 8),
+        "an allow-everything rule does not name a socket kind"
+    );
+    s.rules[1] = NetRule {
+        family: 0,
+        proto: kind::ICMP,
+        action: action::ALLOW,
+        rule: 2,
+        ..NetRule::default()
+    };
+    s.count = 2;
+    assert_eq!(s.socket_verdict(kind::ICMP, kind::ICMP), (action::ALLOW, 2));
+    assert_eq!(
+        s.socket_verdict(kind::ICMP, kind::RAW),
+        (action::ALLOW, 2),
+        "a raw ICMP socket"
+    );
+    assert_eq!(s.socket_verdict(kind::RAW, kind::RAW), (action::DENY, 8));
+    assert_eq!(
+        s.socket_verdict(kind::PACKET, kind::PACKET),
+        (action::DENY, 8)
+    );
+    // a kind rule never matches a connection
+    assert_eq!(s.evaluate(2, &v4([1, 2, 3, 4]), 80, 6), (action::ALLOW, 1));
+}
+
+#[test]
+fn any_deny_wins_whatever_the_order() {
+    let log = Some((taken::LOG, 1));
+    let audit = Some((taken::WOULD_BLOCK, 2));
+    let deny = Some((taken::ERRNO, 3));
+    assert_eq!(strongest(None, None), None);
+    assert_eq!(strongest(audit, deny), deny);
+    assert_eq!(strongest(deny, audit), deny);
+    assert_eq!(strongest(log, audit), audit);
+    assert_eq!(
+        strongest(deny, Some((taken::ERRNO, 9))),
+        deny,
+        "first among equals"
+    );
+    assert_eq!(strongest(None, log), log);
+}
+
+/// An IPv6 packet's bytes after the fixed header: `headers` (next header, payload bytes).
+fn ext_chain(headers: &[(u8, usize)]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    for (next, len) in headers {
+        let mut h = vec![0u8; *len];
+        h[0] = *next;
+        h[1] = (*len / 8 - 1) as u8;
+        p.extend(h);
+    }
+    p
+}
+
+fn walk(first: u8, p: &[u8]) -> Transport {
+    ipv6_transport(first, |off| {
+        let o = off as usize;
+        p.get(o..o + 4).map(|b| [b[0], b[1], b[2], b[3]])
+    })
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_tcp() {
+    use ipv6_next::*;
+    assert_eq!(walk(TCP, &[0; 40]), Transport::Tcp(40));
+    assert_eq!(walk(17, &[0; 40]), Transport::Other);
+    let p = ext_chain(&[(DESTINATION, 8), (TCP, 16)]);
+    assert_eq!(walk(HOP_BY_HOP, &p), Transport::Tcp(40 + 8 + 16));
+    let p = ext_chain(&[(TCP, 24)]);
+    assert_eq!(walk(ROUTING, &p), Transport::Tcp(64));
+    // AH counts 4-byte words, plus 2
+    let mut p = vec![0u8; 40];
+    p.extend([
+        TCP, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    assert_eq!(walk(AH, &p), Transport::Tcp(40 + 24));
+    // a first fragment is walked over, a later one cannot be parsed
+    let mut p = vec![0u8; 40];
+    p.extend([TCP, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(walk(FRAGMENT, &p), Transport::Tcp(48));
+    let mut p = vec![0u8; 40];
+    p.extend([TCP, 0, 0, 8, 0, 0, 0, 1]);
+    assert_eq!(walk(FRAGMENT, &p), Transport::Unparsed);
+    assert_eq!(walk(ESP, &[0; 48]), Transport::Unparsed);
+    // truncated
+    assert_eq!(walk(DESTINATION, &[0; 42]), Transport::Unparsed);
+    // as many headers as the bound, then TCP: parsed; one more: not
+    let chain = |n: usize| {
+        let mut h: Vec<(u8, usize)> = (1..n).map(|_| (DESTINATION, 8)).collect();
+        h.push((TCP, 8));
+        ext_chain(&h)
+    };
+    assert_eq!(
+        walk(DESTINATION, &chain(MAX_EXT_HEADERS)),
+        Transport::Tcp(40 + 8 * MAX_EXT_HEADERS as u32)
+    );
+    assert_eq!(
+        walk(DESTINATION, &chain(MAX_EXT_HEADERS + 1)),
+        Transport::Unparsed
+    );
+    assert_eq!(walk(59, &[0; 40]), Transport::Other, "no next header");
 }

@@ -33,7 +33,7 @@ use palisade_common::policy::{
     exec_lookups_in, taken, unresolved, what,
 };
 
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, policy_current, report, rule};
 
 /// Offset of `filename` (a `__data_loc`) in the classic tracepoint's record, from tracefs.
 #[unsafe(no_mangle)]
@@ -228,7 +228,7 @@ fn script_file(sc: *mut Scratch, task: u64) -> Option<u64> {
 fn exec_policy() -> Option<(u64, CgroupPolicy)> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let p = policy_of(cgroup_id)?;
+    let p = policy_current(cgroup_id)?;
     (p.flags & cgroup_flags::EXEC != 0).then_some((cgroup_id, p))
 }
 
@@ -444,10 +444,8 @@ fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
         cgroup_id,
         Subject::Current,
         &Detail {
-            nr: 0,
-            errno: 0,
-            net: None,
             path: Some(x as *const ExecPaths),
+            ..Detail::NONE
         },
     );
     if t == taken::KILL {

@@ -8,6 +8,7 @@
 mod exec;
 mod net;
 mod report;
+mod sockets;
 mod syscalls;
 
 /// GPL: bpf_send_signal and bpf_probe_read_* are GPL-only helpers.

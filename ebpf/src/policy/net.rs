@@ -2,7 +2,10 @@
 //! for ingress) return EPERM for a denied address, and a `cgroup_skb` ingress program drops
 //! incoming TCP connection requests (SYN) a rule denies. All are attached to the root of the
 //! unified hierarchy (every cgroup, present and future) while some cgroup has network rules;
-//! a cgroup without a policy costs one hash lookup per connect, bind or incoming packet.
+//! a cgroup without a policy costs one cached resolution per connect, bind or incoming packet.
+//!
+//! A slot holds one rule set per policy and direction; every set is evaluated and the
+//! strongest outcome wins (any deny, whatever the order of the policies).
 //!
 //! Context fields are read at constant offsets (the verifier rejects arithmetic on the
 //! context pointer); packets are read with constant-size `bpf_skb_load_bytes`.
@@ -10,25 +13,106 @@ use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock_addr},
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext},
 };
 use palisade_common::{
     net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
-    policy::{NET_EGRESS, NET_INGRESS, NetRuleSet, NetTuple, cgroup_flags, taken, what},
+    policy::{
+        MAX_EXT_HEADERS, MAX_NET_SETS, NET_EGRESS, NET_INGRESS, NetRuleSet, NetTuple, Step,
+        Transport, action, cgroup_flags, ipv6_step, net_index, stronger, taken, what,
+    },
 };
 
 use palisade_ebpf::skb_load;
 
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, policy_current, policy_skb, report, rule};
 
 #[map(name = "POLICY_NET")]
-static POLICY_NET: Array<NetRuleSet> = Array::with_max_entries(512, 0);
+static POLICY_NET: Array<NetRuleSet> = Array::with_max_entries(2048, 0);
 
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
+pub const ALLOW: i32 = 1;
+pub const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+
+/// What a rule set is asked about (passed in a register: the verifier then knows which).
+pub mod ask {
+    /// A connection (egress) or an incoming connection request (ingress).
+    pub const CONNECT: u32 = 0;
+    /// Binding a local port.
+    pub const BIND: u32 = 1;
+    /// A packet that could not be parsed: the default decides.
+    pub const DEFAULT: u32 = 2;
+    /// Creating a socket of a kind (`Query::kind`, `Query::also`).
+    pub const SOCKET: u32 = 3;
+}
+
+/// One question to every rule set of a slot and direction. The address is borrowed (no array
+/// is zeroed here: a zeroing loop becomes a `memset` call whose register use the verifier
+/// does not accept).
+pub struct Query<'a> {
+    pub family: u16,
+    pub port: u16,
+    pub proto: u8,
+    pub kind: u8,
+    pub also: u8,
+    pub addr: &'a [u8; 16],
+}
+
+/// The address of questions that have none.
+static NO_ADDR: [u8; 16] = [0; 16];
+
+impl Query<'static> {
+    pub const NONE: Self = Self {
+        family: 0,
+        port: 0,
+        proto: 0,
+        kind: 0,
+        also: 0,
+        addr: &NO_ADDR,
+    };
+}
+
+/// One set's (action, rule id) for question `a` ([`ask`]) about `q`. Not inlined: the sets
+/// are evaluated by one copy of the rule loop (the stack and the program stay small).
+#[inline(never)]
+fn one_set(set: &NetRuleSet, q: &Query<'_>, a: u32) -> (u32, u32) {
+    match a {
+        ask::CONNECT => set.evaluate(q.family, q.addr, q.port, q.proto),
+        ask::BIND => set.bind_verdict(q.port, q.proto),
+        ask::SOCKET => set.socket_verdict(q.kind, q.also),
+        _ => (set.default_action, set.default_rule),
+    }
+}
+
+/// The strongest outcome of `slot`'s sets in direction `dir` for question `a` about `q`:
+/// (what happens, rule id), or `None` when every set lets it pass quietly. `refuse` is what a
+/// deny does here (EPERM or a drop).
+#[inline(always)]
+pub fn outcome(slot: u32, dir: u32, refuse: u32, a: u32, q: &Query<'_>) -> Option<(u32, u32)> {
+    // plain integers, no Option: the verifier refuses to copy a `None`'s undefined payload
+    let (mut best, mut best_rule) = (0u32, 0u32);
+    for i in 0..MAX_NET_SETS {
+        let Some(set) = POLICY_NET.get(net_index(slot, dir, i)) else {
+            continue;
+        };
+        let (act, id) = one_set(set, q, a);
+        if act == action::ALLOW {
+            continue;
+        }
+        let Some(info) = rule(id) else {
+            continue;
+        };
+        if let Some(t) = info.taken_network(act, refuse)
+            && stronger(t, best)
+        {
+            best = t;
+            best_rule = id;
+        }
+    }
+    (best != 0).then_some((best, best_rule))
+}
 
 /// A field of the program's own context.
 macro_rules! field {
@@ -87,7 +171,7 @@ fn user_addr(sa: *const bpf_sock_addr, v6: bool) -> (u16, [u8; 16], u16) {
 fn check(ctx: &SockAddrContext, v6: bool, kind: u32) -> i32 {
     // SAFETY: helper without preconditions (process context).
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return ALLOW;
     };
     let (flag, dir) = if kind == what::BIND {
@@ -98,21 +182,23 @@ fn check(ctx: &SockAddrContext, v6: bool, kind: u32) -> i32 {
     if p.flags & flag == 0 {
         return ALLOW;
     }
-    let Some(set) = POLICY_NET.get(p.slot * 2 + dir) else {
-        return ALLOW;
-    };
     let sa = ctx.sock_addr;
     let proto = proto_of(sa);
     let (family, addr, port) = user_addr(sa, v6);
-    let (act, id) = if kind == what::BIND {
-        set.bind_verdict(port, proto)
+    let q = Query {
+        family,
+        port,
+        proto,
+        kind: 0,
+        also: 0,
+        addr: &addr,
+    };
+    let a = if kind == what::BIND {
+        ask::BIND
     } else {
-        set.evaluate(family, &addr, port, proto)
+        ask::CONNECT
     };
-    let Some(info) = rule(id) else {
-        return ALLOW;
-    };
-    let Some(t) = info.taken_network(act, taken::ERRNO) else {
+    let Some((t, id)) = outcome(p.slot, dir, taken::ERRNO, a, &q) else {
         return ALLOW;
     };
     let mut tuple = NetTuple {
@@ -137,10 +223,8 @@ fn check(ctx: &SockAddrContext, v6: bool, kind: u32) -> i32 {
         cgroup_id,
         Subject::Current,
         &Detail {
-            nr: 0,
-            errno: 0,
             net: Some(&tuple),
-            path: None,
+            ..Detail::NONE
         },
     );
     if t == taken::ERRNO { REFUSE } else { ALLOW }
@@ -185,6 +269,56 @@ pub fn policy_ingress(ctx: SkBuffContext) -> i32 {
     ingress(&ctx).unwrap_or(ALLOW)
 }
 
+/// Where the IPv6 extension-header walk stands: (next header, offset), in map memory so the
+/// verifier does not follow every header sequence separately.
+#[map(name = "POLICY_WALK")]
+static POLICY_WALK: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The transport header of the IPv6 packet whose fixed header says `first` (see
+/// `ipv6_transport`, the same steps on the host).
+#[inline(always)]
+fn walk_ipv6(ctx: &SkBuffContext, first: u8) -> Option<Transport> {
+    let w = POLICY_WALK.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch value, written before it is read.
+    unsafe { core::ptr::write_volatile(w, [u32::from(first), 40]) };
+    for _ in 0..=MAX_EXT_HEADERS {
+        // SAFETY: as above.
+        let [next, off] = unsafe { core::ptr::read_volatile(w) };
+        let off = off & 0xffff;
+        match ipv6_step(next as u8, || {
+            let mut b = [0u8; 4];
+            skb_load(ctx, off, &raw mut b).map(|()| b)
+        }) {
+            Step::Done(Transport::Tcp(_)) => return Some(Transport::Tcp(off)),
+            Step::Done(t) => return Some(t),
+            Step::Skip { next, len } => {
+                // SAFETY: as above.
+                unsafe { core::ptr::write_volatile(w, [u32::from(next), off + len]) };
+            }
+        }
+    }
+    Some(Transport::Unparsed)
+}
+
+/// What a packet that cannot be parsed gets: dropped where a default denies (the strongest
+/// default among the sets), reported with that default's rule.
+#[inline(always)]
+fn unparsed(slot: u32, cgroup_id: u64, t: &NetTuple) -> Option<i32> {
+    let (taken, id) = outcome(slot, NET_INGRESS, taken::DROP, ask::DEFAULT, &Query::NONE)?;
+    report(
+        what::INGRESS,
+        id,
+        taken,
+        cgroup_id,
+        Subject::Packet,
+        &Detail {
+            net: Some(t),
+            ..Detail::NONE
+        },
+    );
+    Some(if taken == taken::DROP { REFUSE } else { ALLOW })
+}
+
 #[inline(always)]
 fn ingress(ctx: &SkBuffContext) -> Option<i32> {
     let skb: *const __sk_buff = ctx.skb.skb;
@@ -193,7 +327,7 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
     if cgroup_id == 0 {
         return None;
     }
-    let p = policy_of(cgroup_id)?;
+    let p = policy_skb(skb, cgroup_id)?;
     if p.flags & cgroup_flags::INGRESS == 0 {
         return None;
     }
@@ -216,18 +350,21 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
     } else if protocol == ETH_P_IPV6 {
         let mut h = [0u8; 40];
         skb_load(ctx, 0, &raw mut h)?;
-        if h[6] != IPPROTO_TCP {
-            return None;
-        }
         t.family = AF_INET6;
         t.raddr.copy_from_slice(&h[8..24]);
         t.laddr.copy_from_slice(&h[24..40]);
-        l4 = 40;
+        l4 = match walk_ipv6(ctx, h[6])? {
+            Transport::Tcp(off) => off,
+            Transport::Other => return None,
+            Transport::Unparsed => return unparsed(p.slot, cgroup_id, &t),
+        };
     } else {
         return None;
     }
     let mut tcp = [0u8; 14];
-    skb_load(ctx, l4, &raw mut tcp)?;
+    if skb_load(ctx, l4, &raw mut tcp).is_none() {
+        return unparsed(p.slot, cgroup_id, &t);
+    }
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     if tcp[13] & (SYN | ACK) != SYN {
@@ -235,10 +372,15 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
     }
     t.rport = u16::from_be_bytes([tcp[0], tcp[1]]);
     t.lport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let set = POLICY_NET.get(p.slot * 2 + NET_INGRESS)?;
-    let (act, id) = set.evaluate(t.family, &t.raddr, t.lport, IPPROTO_TCP);
-    let info = rule(id)?;
-    let taken = info.taken_network(act, taken::DROP)?;
+    let q = Query {
+        family: t.family,
+        port: t.lport,
+        proto: IPPROTO_TCP,
+        kind: 0,
+        also: 0,
+        addr: &t.raddr,
+    };
+    let (taken, id) = outcome(p.slot, NET_INGRESS, taken::DROP, ask::CONNECT, &q)?;
     report(
         what::INGRESS,
         id,
@@ -246,10 +388,8 @@ fn ingress(ctx: &SkBuffContext) -> Option<i32> {
         cgroup_id,
         Subject::Packet,
         &Detail {
-            nr: 0,
-            errno: 0,
             net: Some(&t),
-            path: None,
+            ..Detail::NONE
         },
     );
     Some(if taken == taken::DROP { REFUSE } else { ALLOW })

@@ -1,20 +1,29 @@
-//! What every policy hook shares: the cgroup → policy table, rule descriptions, violation
-//! counts with the event rate limiter, and the ring buffer the agent reads violations from.
+//! What every policy hook shares: the cgroup → policy table and the resolution of a cgroup to
+//! the entry that applies to it (its own or its nearest ancestor's, cached per cgroup id),
+//! rule descriptions, violation counts with the event rate limiter, and the ring buffer the
+//! agent reads violations from.
 use aya_ebpf::{
+    bindings::__sk_buff,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::policy::{
-    CgroupPolicy, ExecPaths, NetTuple, PolicyEvent, RuleInfo, ViolationKey, ViolationState, admit,
-    config,
+    CgroupPolicy, ExecPaths, MAX_CGROUP_DEPTH, NetTuple, PolicyEvent, Resolved, RuleInfo,
+    ViolationKey, ViolationState, abi_id, admit, config,
 };
 use palisade_ebpf::{atomic_add, lru_entry};
 
 #[map(name = "POLICY_CGROUPS")]
 static POLICY_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(4096, 0);
+
+/// Resolutions per cgroup id: a hit costs one lookup (this runs for every syscall on the host
+/// while syscall rules exist); a miss walks the ancestry once.
+#[map(name = "POLICY_RESOLVED")]
+static POLICY_RESOLVED: LruHashMap<u64, Resolved> = LruHashMap::with_max_entries(16384, 0);
 
 #[map(name = "POLICY_RULES")]
 static POLICY_RULES: Array<RuleInfo> = Array::with_max_entries(4096, 0);
@@ -39,11 +48,66 @@ static POLICY_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "POLICY_REPORTED")]
 static POLICY_REPORTED: HashMap<ViolationKey, [u64; 2]> = HashMap::with_max_entries(16384, 0);
 
-/// The policy of `cgroup_id`, if it has one.
+/// The entry of `cgroup_id` itself, if it has one.
 #[inline(always)]
-pub fn policy_of(cgroup_id: u64) -> Option<CgroupPolicy> {
+fn entry_of(cgroup_id: u64) -> Option<CgroupPolicy> {
     // SAFETY: read-only lookup, copied out.
     unsafe { POLICY_CGROUPS.get(cgroup_id) }.copied()
+}
+
+/// The entry that applies to `cgroup_id`: its own, else its nearest ancestor's.
+/// `ancestor(level)` is the id of its ancestor at `level` (0: the root; the cgroup itself at
+/// its own level; 0 past it). The answer is cached until the agent changes the table.
+#[inline(always)]
+fn resolve(cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> Option<CgroupPolicy> {
+    let generation = POLICY_CONFIG.get(config::GENERATION).copied().unwrap_or(0) as u32;
+    // SAFETY: read-only lookup, copied out.
+    if let Some(r) = unsafe { POLICY_RESOLVED.get(cgroup_id) }.copied()
+        && r.generation == generation
+    {
+        return (r.found == 1).then_some(r.policy);
+    }
+    // plain fields, no Option: the verifier refuses to copy a `None`'s undefined payload
+    let mut r = Resolved {
+        policy: CgroupPolicy { slot: 0, flags: 0 },
+        generation,
+        found: 0,
+    };
+    if let Some(p) = entry_of(cgroup_id) {
+        r.policy = p;
+        r.found = 1;
+    } else {
+        for level in 0..MAX_CGROUP_DEPTH {
+            let id = ancestor(level);
+            if id == 0 || id == cgroup_id {
+                break;
+            }
+            if let Some(p) = entry_of(id) {
+                r.policy = p;
+                r.found = 1;
+            }
+        }
+    }
+    let _ = POLICY_RESOLVED.insert(cgroup_id, r, 0);
+    (r.found == 1).then_some(r.policy)
+}
+
+/// The policy that applies to the current task's cgroup `cgroup_id` (process context).
+#[inline(always)]
+pub fn policy_current(cgroup_id: u64) -> Option<CgroupPolicy> {
+    resolve(cgroup_id, |level| {
+        // SAFETY: helper without preconditions (process context).
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    })
+}
+
+/// The policy that applies to the cgroup `cgroup_id` of the socket of `skb`.
+#[inline(always)]
+pub fn policy_skb(skb: *const __sk_buff, cgroup_id: u64) -> Option<CgroupPolicy> {
+    resolve(cgroup_id, |level| {
+        // SAFETY: the program's own context.
+        unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, level) }
+    })
 }
 
 /// The description of rule `id`.
@@ -64,10 +128,25 @@ pub enum Subject {
 /// What the violation was about.
 pub struct Detail<'a> {
     pub nr: u32,
+    /// The ABI of `nr` (`abi_id`) and the x86_64 call it was checked as (`u32::MAX`: none).
+    pub abi: u32,
+    pub native: u32,
     pub errno: u32,
     pub net: Option<&'a NetTuple>,
     /// Exec violations: what was executed (this CPU's scratch, copied into the event).
     pub path: Option<*const ExecPaths>,
+}
+
+impl Detail<'_> {
+    /// Nothing but what the event's `what` says.
+    pub const NONE: Detail<'static> = Detail {
+        nr: 0,
+        abi: abi_id::X86_64,
+        native: u32::MAX,
+        errno: 0,
+        net: None,
+        path: None,
+    };
 }
 
 /// Counts one violation of `rule` with outcome `action` in `cgroup_id` and, when the rate limit
@@ -123,6 +202,8 @@ pub fn report(
         (*ev).ktime_ns = now;
         (*ev).total = total;
         (*ev).nr = detail.nr;
+        (*ev).abi = detail.abi;
+        (*ev).native = detail.native;
         (*ev).errno = detail.errno;
         match subject {
             Subject::Current => {

@@ -1,28 +1,38 @@
 //! Syscall rules: `sys_enter`/`sys_exit` raw tracepoints, attached only while some cgroup has
 //! syscall rules (they run for every syscall on the host).
 //!
-//! Per call: one helper (the cgroup id) and one hash lookup that misses for every cgroup
-//! without a policy. For a cgroup with a policy, one array lookup (the slot's verdicts) decides.
-//! - Run-time path (`sys_enter`): a denied call is reported and, for `kill` rules in enforce
-//!   mode, the process gets SIGKILL (`bpf_send_signal`). A tracepoint cannot make the call fail:
-//!   the call itself still runs, the process dies before it returns to userspace.
+//! Per call: one helper (the cgroup id) and one cached resolution (an LRU hit for every cgroup
+//! seen before, policied or not). For a cgroup with a policy, one array lookup (the slot's
+//! verdicts) decides.
+//! - Run-time path (`sys_enter`): a denied call is reported and, in enforce mode, the process
+//!   gets SIGKILL (`bpf_send_signal`). A tracepoint cannot make the call fail: the call itself
+//!   still runs, the process dies before it returns to userspace.
+//! - Other ABIs: an x32 call carries `__X32_SYSCALL_BIT`, an i386 call (`int 0x80`) runs with
+//!   `TS_COMPAT` in the task's `thread_info.status` (offset from BTF). Through an ABI the slot
+//!   does not consider, every call violates its ABI rule; else the call is translated to its
+//!   x86_64 number (`POLICY_XLAT`; i386 `socketcall`/`ipc` by their first argument) and
+//!   checked like one.
 //! - Launched workloads (`SECCOMP` flag): their seccomp filter refuses `errno` rules before the
 //!   `sys_enter` tracepoint, so `sys_exit` sees a denied syscall number it never saw enter, with
 //!   the rule's errno as result: that is a seccomp denial, reported with `errno`.
 use aya_ebpf::maps::HashMap;
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_probe_read_kernel,
+    },
     macros::{map, raw_tracepoint},
     maps::Array,
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
-    ArgKey, ArgRule, EnterSlot, MAX_SYSCALLS, SyscallVerdicts, VERDICT_CONDITIONAL, VERDICT_RULE,
-    action, cgroup_flags, taken, what,
+    ArgKey, ArgRule, EnterSlot, I386_ARG_OFFSETS, MAX_SYSCALLS, SyscallVerdicts, TS_COMPAT,
+    VERDICT_CONDITIONAL, VERDICT_RULE, X32_SYSCALL_BIT, X86_64_ARG_OFFSETS, abi_id, action,
+    cgroup_flags, ipc_native, socketcall_native, taken, what, xlat, xlat_index,
 };
 
-use crate::report::{Detail, Subject, policy_of, report, rule};
+use crate::report::{Detail, Subject, policy_current, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]
@@ -30,6 +40,10 @@ static POLICY_NR_OFFSET: Global<u64> = Global::new(120);
 /// `POLICY_ENTER` size - 1 (a power of two).
 #[unsafe(no_mangle)]
 static POLICY_ENTER_MASK: Global<u32> = Global::new(16383);
+/// Offset of `thread_info.status` in `task_struct` (0: unknown; i386 calls then look like
+/// x86_64 ones).
+#[unsafe(no_mangle)]
+static POLICY_TASK_OFF_STATUS: Global<u32> = Global::new(0);
 
 #[map(name = "POLICY_SYSCALLS")]
 static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0);
@@ -41,33 +55,143 @@ static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0
 #[map(name = "POLICY_ENTER")]
 static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
 
+/// Compat call → x86_64 call (`palisade_common::policy::xlat_index`), written by the agent.
+#[map(name = "POLICY_XLAT")]
+static POLICY_XLAT: Array<u32> = Array::with_max_entries(2048, 0);
+
 const SIGKILL: u32 = 9;
 
-/// The verdict of `slot` for syscall `nr` (0: no rule).
+/// One syscall as the rules see it.
+struct Call {
+    /// `abi_id` and the number as called (x32 without its bit).
+    abi: u32,
+    nr: u32,
+    /// The x86_64 call it makes (`u32::MAX`: none, or not translated).
+    native: u32,
+    /// The verdict (rule id, with `VERDICT_CONDITIONAL`), 0 for none.
+    verdict: u16,
+    /// The arguments are in memory (i386 `socketcall`/`ipc`): conditions cannot be checked.
+    indirect: bool,
+}
+
+/// Whether the current task is in an i386 syscall. A direct load through the BTF-typed task
+/// pointer (the verifier checks the field at the offset, a constant from read-only data): no
+/// helper call on every syscall of a policied cgroup.
 #[inline(always)]
-fn verdict(slot: u32, nr: u64) -> u16 {
+fn in_i386_call() -> bool {
+    let off = POLICY_TASK_OFF_STATUS.load();
+    if off == 0 {
+        return false;
+    }
+    // SAFETY: helper without preconditions; the pointer is the current task, valid for the
+    // whole program run.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: `off` is the offset of `thread_info.status` (u32) in `task_struct`, from BTF;
+    // the verifier checks the load against the kernel's BTF.
+    let status = unsafe { core::ptr::read_volatile(task.add(off as usize).cast::<u32>()) };
+    status & TS_COMPAT != 0
+}
+
+/// Argument `i` of the call (x86_64 registers, or the i386 ones zero-extended).
+#[inline(always)]
+fn arg(regs: u64, abi: u32, i: usize) -> u64 {
+    let (offs, mask) = if abi == abi_id::I386 {
+        (I386_ARG_OFFSETS, 0xffff_ffff)
+    } else {
+        (X86_64_ARG_OFFSETS, u64::MAX)
+    };
+    let Some(off) = offs.get(i) else {
+        return 0;
+    };
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
+    unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0) & mask
+}
+
+/// The x86_64 verdict of `slot` for syscall `nr` (0: no rule).
+#[inline(always)]
+fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
     if nr >= MAX_SYSCALLS as u64 {
         return 0;
     }
-    match POLICY_SYSCALLS.get(slot) {
-        Some(v) => v.rule.get(nr as usize).copied().unwrap_or(0),
-        None => 0,
-    }
+    v.rule.get(nr as usize).copied().unwrap_or(0)
 }
 
-/// Offsets of the six argument registers in `struct pt_regs` (x86_64: di, si, dx, r10, r8, r9).
-const ARG_OFFSETS: [u64; 6] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
-
-/// The rule a call violates by its arguments (`None`: it does not).
+/// Classifies the call `raw` (the number the task passed) under `slot`'s verdicts.
 #[inline(always)]
-fn by_arguments(ctx: &RawTracePointContext, slot: u32, nr: u32, default_rule: u32) -> Option<u32> {
+fn classify(slot: u32, raw: u64, regs: u64) -> Option<Call> {
+    let v = POLICY_SYSCALLS.get(slot)?;
+    let abi = if raw & X32_SYSCALL_BIT != 0 {
+        abi_id::X32
+    } else if in_i386_call() {
+        abi_id::I386
+    } else {
+        return Some(Call {
+            abi: abi_id::X86_64,
+            nr: raw as u32,
+            native: raw as u32,
+            verdict: verdict(v, raw),
+            indirect: false,
+        });
+    };
+    let nr = raw & !X32_SYSCALL_BIT;
+    let mut call = Call {
+        abi,
+        nr: nr as u32,
+        native: u32::MAX,
+        verdict: 0,
+        indirect: false,
+    };
+    let refused = v
+        .abi_rule
+        .get((abi - abi_id::I386) as usize)
+        .copied()
+        .unwrap_or(0);
+    if refused != 0 {
+        call.verdict = refused;
+        return Some(call);
+    }
+    let x = xlat_index(abi, nr)
+        .and_then(|i| POLICY_XLAT.get(i).copied())
+        .unwrap_or(xlat::NONE);
+    let native = match x {
+        xlat::SOCKETCALL => {
+            call.indirect = true;
+            socketcall_native(arg(regs, abi, 0))
+        }
+        xlat::IPC => {
+            call.indirect = true;
+            ipc_native(arg(regs, abi, 0))
+        }
+        xlat::NONE => None,
+        n => Some(n),
+    };
+    match native {
+        Some(n) => {
+            call.native = n;
+            call.verdict = verdict(v, u64::from(n));
+        }
+        None => call.verdict = v.unmapped_rule,
+    }
+    Some(call)
+}
+
+/// The rule a call with a conditional verdict violates by its arguments (`None`: it does not).
+/// Arguments in memory cannot be checked: the call counts as matching (fail closed).
+#[inline(always)]
+fn by_arguments(call: &Call, regs: u64, slot: u32, default_rule: u32) -> Option<u32> {
     // SAFETY: read-only lookup; the value is read in place.
-    let r = unsafe { POLICY_ARGS.get(ArgKey { slot, nr }) }?;
-    let regs: u64 = ctx.arg(0);
+    let r = unsafe {
+        POLICY_ARGS.get(ArgKey {
+            slot,
+            nr: call.native,
+        })
+    }?;
+    if call.indirect {
+        return Some(default_rule);
+    }
     let mut args = [0u64; 6];
-    for (a, off) in args.iter_mut().zip(ARG_OFFSETS) {
-        // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
-        *a = unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0);
+    for (i, a) in args.iter_mut().enumerate() {
+        *a = arg(regs, call.abi, i);
     }
     r.violated(&args, default_rule)
 }
@@ -82,18 +206,20 @@ pub fn policy_sys_enter(ctx: RawTracePointContext) -> i32 {
 fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SYSCALLS == 0 {
         return Ok(0);
     }
     // sys_enter(struct pt_regs *regs, long id)
-    let nr: i64 = ctx.arg(1);
-    if nr < 0 {
+    let raw: i64 = ctx.arg(1);
+    if raw < 0 {
         return Ok(0);
     }
-    let v = verdict(p.slot, nr as u64);
+    let regs: u64 = ctx.arg(0);
+    let call = classify(p.slot, raw as u64, regs).ok_or(0)?;
+    let v = call.verdict;
     if v == 0 {
         return Ok(0);
     }
@@ -108,7 +234,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
                 // SAFETY: array map value; a colliding thread at worst hides one report.
                 unsafe {
                     (*slot).tid = tid;
-                    (*slot).nr = nr as u32;
+                    (*slot).nr = raw as u32;
                 }
             }
             if info.action != action::LOG {
@@ -120,7 +246,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         }
     }
     if v & VERDICT_CONDITIONAL != 0 {
-        match by_arguments(ctx, p.slot, nr as u32, id) {
+        match by_arguments(&call, regs, p.slot, id) {
             Some(r) => id = r,
             None => return Ok(0),
         }
@@ -136,10 +262,10 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cgroup_id,
         Subject::Current,
         &Detail {
-            nr: nr as u32,
-            errno: 0,
-            net: None,
-            path: None,
+            nr: call.nr,
+            abi: call.abi,
+            native: call.native,
+            ..Detail::NONE
         },
     );
     if t == taken::KILL {
@@ -159,7 +285,7 @@ pub fn policy_sys_exit(ctx: RawTracePointContext) -> i32 {
 fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_of(cgroup_id) else {
+    let Some(p) = policy_current(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SECCOMP == 0 {
@@ -172,12 +298,13 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     }
     let regs: u64 = ctx.arg(0);
     // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
-    let nr: i64 = unsafe { bpf_probe_read_kernel((regs + POLICY_NR_OFFSET.load()) as *const i64) }
+    let raw: i64 = unsafe { bpf_probe_read_kernel((regs + POLICY_NR_OFFSET.load()) as *const i64) }
         .map_err(|_| 0)?;
-    if nr < 0 {
+    if raw < 0 {
         return Ok(0);
     }
-    let v = verdict(p.slot, nr as u64);
+    let call = classify(p.slot, raw as u64, regs).ok_or(0)?;
+    let v = call.verdict;
     if v == 0 {
         return Ok(0);
     }
@@ -191,7 +318,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         if let Some(slot) = POLICY_ENTER.get_ptr_mut(tid & POLICY_ENTER_MASK.load()) {
             // SAFETY: array map value, see try_enter.
             let entered = unsafe {
-                let seen = (*slot).tid == tid && (*slot).nr == nr as u32;
+                let seen = (*slot).tid == tid && (*slot).nr == raw as u32;
                 (*slot).tid = 0;
                 seen
             };
@@ -207,10 +334,11 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cgroup_id,
         Subject::Current,
         &Detail {
-            nr: nr as u32,
+            nr: call.nr,
+            abi: call.abi,
+            native: call.native,
             errno: (-ret) as u32,
-            net: None,
-            path: None,
+            ..Detail::NONE
         },
     );
     Ok(0)

@@ -6,20 +6,19 @@
 //! reported at the position of the value at fault.
 use std::path::{Path, PathBuf};
 
-use palisade_syscalls::{self as syscalls, errno};
 use serde_saphyr::Spanned;
 
-use self::{exec::exec_rules, network::direction};
+use self::{exec::exec_rules, network::direction, syscalls::syscall_rules};
 use crate::{
     model::{
-        ArgCond, ArgOp, Diagnostic, Glob, ListKind, Loc, Mode, Network, Policy, PolicyErrors,
-        PolicySet, Resources, Selector, SysAction, SyscallEntry, Syscalls,
+        Diagnostic, Glob, Loc, Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector,
     },
-    raw::{RawDoc, RawErrno, RawResources, RawSize, RawSyscallEntry, RawSyscalls},
+    raw::{RawDoc, RawResources, RawSize},
 };
 
 mod exec;
 mod network;
+mod syscalls;
 
 pub use exec::{ExecPatternError, exec_pattern};
 pub use network::{CidrError, PortError, parse_cidr};
@@ -224,151 +223,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn syscall_rules(ctx: &mut Ctx<'_>, s: &Spanned<RawSyscalls>) -> Option<Syscalls> {
-    let r = &s.value;
-    let (list, entries) = match (&r.allow, &r.deny) {
-        (Some(a), None) => (ListKind::Allow, a),
-        (None, Some(d)) => (ListKind::Deny, d),
-        (Some(_), Some(_)) => {
-            ctx.err(s, "give either `allow` (an allow-list: everything else is denied) or `deny` (a deny-list), not both");
-            return None;
-        }
-        (None, None) => {
-            ctx.err(s, "give `allow` (an allow-list) or `deny` (a deny-list)");
-            return None;
-        }
-    };
-    let action = match &r.action {
-        None => SysAction::Errno(libc_eperm()),
-        Some(a) => match a.value.as_str() {
-            "errno" => SysAction::Errno(libc_eperm()),
-            "kill" => SysAction::Kill,
-            "log" => SysAction::Log,
-            other => {
-                ctx.err(a, format!("unknown action `{other}` (errno, kill or log)"));
-                return None;
-            }
-        },
-    };
-    let action = match (&r.errno, action) {
-        (None, a) => a,
-        (Some(e), SysAction::Errno(_)) => {
-            let n = match &e.value {
-                RawErrno::Number(n) => Some(*n),
-                RawErrno::Name(s) => errno::number(s),
-            };
-            match n
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| (1..4096).contains(n))
-            {
-                Some(n) => SysAction::Errno(n),
-                None => {
-                    ctx.err(e, "unknown errno (a name like EPERM, EACCES, ENOSYS, or a number from 1 to 4095)");
-                    return None;
-                }
-            }
-        }
-        (Some(e), _) => {
-            ctx.err(e, "`errno` goes with `action: errno` only");
-            return None;
-        }
-    };
-    let prefix = match list {
-        ListKind::Allow => "syscalls.allow",
-        ListKind::Deny => "syscalls.deny",
-    };
-    let mut out = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let loc = ctx.loc(e);
-        let (rule, names, raw_args) = match &e.value {
-            RawSyscallEntry::Name(n) => (format!("{prefix}[{i}]"), vec![n.clone()], &[][..]),
-            RawSyscallEntry::Rule(r) => (
-                r.name.clone().unwrap_or_else(|| format!("{prefix}[{i}]")),
-                r.names.clone(),
-                &r.args[..],
-            ),
-        };
-        if names.is_empty() {
-            ctx.err(e, "a rule needs at least one syscall name");
-            continue;
-        }
-        if !valid_name(&rule) && !rule.starts_with(prefix) {
-            ctx.err(
-                e,
-                format!("invalid rule name `{rule}` (letters, digits, `-`, `_`, `.`)"),
-            );
-            continue;
-        }
-        let mut nrs = Vec::new();
-        for n in &names {
-            match syscalls::number(n) {
-                Some(nr) => nrs.push(nr),
-                None => ctx.err(
-                    e,
-                    match syscalls::closest(n) {
-                        Some(c) => format!("unknown syscall `{n}` (did you mean `{c}`?)"),
-                        None => {
-                            format!("unknown syscall `{n}` (x86_64 names, as in `man 2 syscalls`)")
-                        }
-                    },
-                ),
-            }
-        }
-        let mut args = Vec::new();
-        let mut seen = [false; 6];
-        for a in raw_args {
-            let op = match a.op.as_str() {
-                "eq" | "SCMP_CMP_EQ" => ArgOp::Eq,
-                "ne" | "SCMP_CMP_NE" => ArgOp::Ne,
-                "lt" | "SCMP_CMP_LT" => ArgOp::Lt,
-                "le" | "SCMP_CMP_LE" => ArgOp::Le,
-                "gt" | "SCMP_CMP_GT" => ArgOp::Gt,
-                "ge" | "SCMP_CMP_GE" => ArgOp::Ge,
-                "masked_eq" | "SCMP_CMP_MASKED_EQ" => ArgOp::MaskedEq,
-                other => {
-                    ctx.err(e, format!("unknown argument operator `{other}` (eq, ne, lt, le, gt, ge, masked_eq)"));
-                    continue;
-                }
-            };
-            let Some(slot) = seen.get_mut(a.index as usize) else {
-                ctx.err(
-                    e,
-                    format!("argument index {} is out of range (0 to 5)", a.index),
-                );
-                continue;
-            };
-            if *slot {
-                ctx.err(e, format!("two conditions on argument {}: conditions of one rule must all hold, so use masked_eq, or write a second rule for the alternative", a.index));
-                continue;
-            }
-            *slot = true;
-            args.push(ArgCond {
-                index: a.index,
-                op,
-                value: a.value,
-                value_two: a.value_two,
-            });
-        }
-        out.push(SyscallEntry {
-            rule,
-            names,
-            nrs,
-            args,
-            loc,
-        });
-    }
-    Some(Syscalls {
-        list,
-        action,
-        entries: out,
-        loc: ctx.loc(s),
-    })
-}
-
-fn libc_eperm() -> u16 {
-    1
 }
 
 fn resources(ctx: &mut Ctx<'_>, r: &RawResources) -> Resources {

@@ -66,13 +66,38 @@ pub(crate) fn direction(
             None | Some("any") => Proto::Any,
             Some("tcp") => Proto::Tcp,
             Some("udp") => Proto::Udp,
+            Some("icmp") => Proto::Icmp,
+            Some("raw") => Proto::Raw,
+            Some("packet") => Proto::Packet,
             Some(other) => {
                 if let Some(p) = &x.protocol {
-                    ctx.err(p, format!("unknown protocol `{other}` (tcp, udp or any)"));
+                    ctx.err(
+                        p,
+                        format!(
+                            "unknown protocol `{other}` (tcp, udp, any; egress socket kinds: icmp, raw, packet)"
+                        ),
+                    );
                 }
                 continue;
             }
         };
+        if proto.is_kind() {
+            let at = x.protocol.as_ref().unwrap_or(&x.action);
+            if which != "egress" {
+                ctx.err(
+                    at,
+                    "icmp, raw and packet are egress socket kinds (allowed or refused when a socket is created)",
+                );
+                continue;
+            }
+            if x.cidr.is_some() || !ports.is_empty() {
+                ctx.err(
+                    at,
+                    "a socket kind is allowed or refused when the socket is created, for every address: give no cidr or ports",
+                );
+                continue;
+            }
+        }
         kernel_rules += ports.len().max(1);
         let rule = x
             .name
@@ -99,6 +124,7 @@ pub(crate) fn direction(
     Some(Direction {
         default,
         default_rule: format!("network.{which}.default"),
+        kind_rule: (which == "egress").then(|| Direction::KIND_RULE.to_owned()),
         rules,
         loc: ctx.loc(d),
     })

@@ -17,6 +17,15 @@
 //!   (`SO_LINGER` 0 and close); prints `listening` once bound.
 //! - `send-until-reset ADDR BYTES`: one connection, BYTES of payload, then reads until the peer
 //!   ends it; prints `reset` (exit 0) or `eof` (exit 1).
+//! - `try-send-udp ADDR`: one UDP datagram from an unconnected socket; prints `sent` or
+//!   `error N`.
+//! - `try-raw-icmp ADDR` / `try-ping ADDR`: one ICMP echo request (IPv4) through a raw socket /
+//!   an ICMP datagram ("ping") socket; prints `sent` or `error N` (socket or sendto).
+//! - `try-packet`: opens a packet socket (`AF_PACKET`); prints `created` or `error N`.
+//! - `try-connect-opts ADDR MS`: an IPv6 TCP connect whose SYN carries a destination options
+//!   extension header (`IPV6_DSTOPTS`); prints like `try-connect`.
+//! - `syn6 ADDR PORT N`: one hand-made TCP SYN from `ADDR` to `ADDR`:PORT (IPv6, raw socket)
+//!   after N destination options headers; prints `sent`.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -204,12 +213,55 @@ fn run(args: &[String]) -> Result<i32, String> {
             u.send_to(&q, addr(a)?).map_err(io)?;
             Ok(0)
         }
+        [cmd, a] if cmd == "try-send-udp" => {
+            let u = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+            report(u.send_to(b"x", addr(a)?).map(|_| "sent"));
+            Ok(0)
+        }
+        [cmd, a] if cmd == "try-raw-icmp" => {
+            report(raw::icmp_echo(a, libc::SOCK_RAW).map(|()| "sent"));
+            Ok(0)
+        }
+        [cmd, a] if cmd == "try-ping" => {
+            report(raw::icmp_echo(a, libc::SOCK_DGRAM).map(|()| "sent"));
+            Ok(0)
+        }
+        [cmd] if cmd == "try-packet" => {
+            report(raw::packet_socket().map(|()| "created"));
+            Ok(0)
+        }
+        [cmd, a, ms] if cmd == "try-connect-opts" => {
+            match raw::connect_with_dstopts(addr(a)?, Duration::from_millis(num(ms)?)) {
+                Ok(()) => println!("connected"),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("timeout"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+            }
+            Ok(0)
+        }
+        [cmd, a, port, n] if cmd == "syn6" => {
+            let port = u16::try_from(num(port)?).map_err(|e| e.to_string())?;
+            let n = usize::try_from(num(n)?).map_err(|e| e.to_string())?;
+            raw::syn6(a, port, n).map_err(io)?;
+            println!("sent");
+            Ok(0)
+        }
         _ => Err(
-            "usage: net-workload serve-tcp|send-tcp|stream-tcp|connect|connects|send-udp|dns ..."
+            "usage: net-workload serve-tcp|send-tcp|stream-tcp|connect|connects|send-udp|dns|try-* ..."
                 .into(),
         ),
     }
 }
+
+/// Prints `ok` or `error N`.
+fn report(r: std::io::Result<&str>) {
+    match r {
+        Ok(ok) => println!("{ok}"),
+        Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+#[path = "net-workload/raw.rs"]
+mod raw;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -2,6 +2,7 @@
 //!
 //! `syscall-workload STEP ARG [STEP ARG]...`, steps run in order:
 //! - `getppid N`: exactly N raw `getppid` calls (nothing else here calls getppid);
+//! - `getpriority N`: N raw `getpriority(PRIO_PROCESS, 0)` calls (shells do not make it);
 //! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
 //! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
 //! - `exec-true N`: N children, one after the other, each execs `/bin/true` and is reaped
@@ -46,6 +47,12 @@ fn main() -> ExitCode {
                 for _ in 0..n {
                     // SAFETY: getppid has no arguments and cannot fail.
                     unsafe { libc::syscall(libc::SYS_getppid) };
+                }
+            }
+            "getpriority" => {
+                for _ in 0..n {
+                    // SAFETY: getpriority with integer arguments reads a value only.
+                    unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0) };
                 }
             }
             "close-bad" => {

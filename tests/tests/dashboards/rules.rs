@@ -153,6 +153,7 @@ fn every_alert_is_documented_and_tested() {
         "PolicyLogViolation",
         "PolicyReloadFailed",
         "PolicyEventsLost",
+        "PolicyUnenforced",
     ] {
         assert!(names.contains(expected), "{RULES} lacks alert {expected}");
     }

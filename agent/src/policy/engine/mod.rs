@@ -1,9 +1,15 @@
 //! The policy engine's state and its one operation, [`Engine::reconcile`]: from the policies
-//! (files, launcher registrations, mode overrides) and the cgroups the agent knows, compute each
-//! cgroup's effective tables and make the kernel match, attaching only the hooks in use. The
-//! commands the policy task receives are answered in `ops`; nothing outside this module
-//! touches the engine's fields.
+//! (files, launcher registrations, mode overrides) and the cgroups the agent knows, compute what
+//! holds for each cgroup (a policy holds for the subtree of what it selects: `plan`), its
+//! tables, and make the kernel match (`apply`), attaching only the hooks in use. What cannot be
+//! put in place is reported (`unenforced`), never skipped silently. The commands the policy
+//! task receives are answered in `ops`; nothing outside this module touches the engine's
+//! fields.
+mod apply;
 mod ops;
+mod plan;
+mod slots;
+mod unenforced;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,23 +18,23 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use palisade_common::policy::{
-    ArgKey, CgroupPolicy, ExecConf, ExecKey, NetRuleSet, SyscallVerdicts, cgroup_flags,
-};
+use palisade_common::policy::{ArgKey, CgroupPolicy, ExecKey, cgroup_flags};
 use palisade_policy::{
     Mode, Policy, PolicySet, Target,
-    compile::{self, Tables},
+    compile::{self, Shortfall, Tables},
     model::Resources,
 };
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use self::unenforced::{Reason, Shortfalls, Tracker};
 use super::{
     PolicyError,
-    bpf::{Hook, Kernel, MAX_RULES, MAX_SLOTS, Options},
+    bpf::{Kernel, MAX_RULES, Options},
     exec_match::ExecMatch,
     report::Reporter,
     resources::Writer,
-    tables::{self, Ids, Slots},
+    tables::{Ids, Slots},
 };
 use crate::{
     config::PolicyConfig,
@@ -63,13 +69,6 @@ impl TargetInfo {
     }
 }
 
-/// How exec rules are matched on this host (see `exec_match`).
-pub struct Exec {
-    /// Offset of `filename` in `sched:sched_process_exec` records (the fallback's input).
-    pub given_offset: Option<u32>,
-    pub matching: ExecMatch,
-}
-
 /// Policies a launcher registered for its workload's cgroup.
 #[derive(Debug, Clone)]
 pub struct Launched {
@@ -78,10 +77,44 @@ pub struct Launched {
     pub seccomp: bool,
 }
 
+/// What the host gives the programs (found at start-up).
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// `sched:sched_process_exec` `filename` offset (tracefs): the input of exec rules on the
+    /// path given (the fallback).
+    pub exec_offset: Option<u32>,
+    /// `syscalls:sys_enter_socket` `family` offset (tracefs).
+    pub socket_offset: Option<u32>,
+    /// `thread_info.status` in `task_struct` (BTF).
+    pub task_status_offset: Option<u32>,
+    /// Compat call → x86_64 call.
+    pub xlat: Vec<(u32, u32)>,
+}
+
+/// A policy as the plan names it: by name, from the files or from the launch of a cgroup.
+type PolicyKey = (String, Option<u64>);
+
+/// What holds for one cgroup, for status and the cgroups gauge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub policies: Vec<(String, Mode)>,
+    /// The path of the ancestor whose selection holds here (the cgroup selects nothing itself).
+    pub inherited_from: Option<String>,
+}
+
+/// One kernel entry to be: the tables, the flags, and the policies they combine.
+struct Desired {
+    tables: Tables,
+    flags: u32,
+    policies: Vec<PolicyKey>,
+}
+
 pub struct Engine {
     cfg: PolicyConfig,
     unified_root: PathBuf,
-    exec: Exec,
+    host: Host,
+    /// How exec rules are matched on this host (see `exec_match`).
+    exec: ExecMatch,
     hub: Arc<Hub>,
     kernel: Option<Kernel>,
     /// A ring buffer loaded but not yet handed to the task loop.
@@ -93,6 +126,8 @@ pub struct Engine {
     /// Whether `targets` has been filled by a full sync (before, nothing is removed for being
     /// unknown).
     synced: bool,
+    /// Registrations that came before the first sync, answered after it.
+    pending: Vec<(u64, oneshot::Sender<Result<(), PolicyError>>)>,
     assigned: HashMap<u64, CgroupPolicy>,
     /// Entries of launched workloads adopted from a previous agent: kept as they are.
     foreign: HashMap<u64, CgroupPolicy>,
@@ -100,12 +135,13 @@ pub struct Engine {
     slot_exec: HashMap<u32, Vec<ExecKey>>,
     slot_args: HashMap<u32, Vec<ArgKey>>,
     ids: Ids,
-    /// Policies (by name) applied to each cgroup, for status and the cgroups gauge.
-    applied: HashMap<u64, Vec<(String, Mode)>>,
+    /// What holds for each cgroup, for status and the cgroups gauge.
+    applied: HashMap<u64, Applied>,
     resources: HashMap<u64, Resources>,
     notes_seen: HashSet<String>,
     limits: Writer,
     report: Reporter,
+    unenforced: Tracker,
     /// Reloads that took effect / were rejected.
     reloads: u64,
     reload_errors: u64,
@@ -116,13 +152,15 @@ impl Engine {
         cfg: PolicyConfig,
         set: PolicySet,
         unified_root: PathBuf,
-        exec: Exec,
+        host: Host,
+        exec: ExecMatch,
         hub: Arc<Hub>,
         limits: Writer,
     ) -> Self {
         Self {
             cfg,
             unified_root,
+            host,
             exec,
             hub,
             kernel: None,
@@ -132,6 +170,7 @@ impl Engine {
             launched: HashMap::new(),
             targets: HashMap::new(),
             synced: false,
+            pending: Vec::new(),
             assigned: HashMap::new(),
             foreign: HashMap::new(),
             slots: Slots::default(),
@@ -143,6 +182,7 @@ impl Engine {
             notes_seen: HashSet::new(),
             limits,
             report: Reporter::default(),
+            unenforced: Tracker::default(),
             reloads: 0,
             reload_errors: 0,
         }
@@ -160,8 +200,11 @@ impl Engine {
         let (k, ring) = Kernel::load(Options {
             pin_dir: self.cfg.pin_dir.clone(),
             unified_root: self.unified_root.clone(),
-            exec_filename_offset: self.exec.given_offset,
-            exec_offsets: self.exec.matching.file_offsets(),
+            exec_filename_offset: self.host.exec_offset,
+            exec_offsets: self.exec.file_offsets(),
+            socket_family_offset: self.host.socket_offset,
+            task_status_offset: self.host.task_status_offset,
+            xlat: self.host.xlat.clone(),
             burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
@@ -173,7 +216,7 @@ impl Engine {
         } else {
             info!(pin_dir = %self.cfg.pin_dir.display(), "policy programs loaded");
         }
-        let m = &self.exec.matching;
+        let m = &self.exec;
         if m.best_effort() {
             warn!(btf = %m.btf.display(), "{}", m.describe());
         } else {
@@ -209,7 +252,7 @@ impl Engine {
         }
     }
 
-    /// The policies selecting `t`, in priority order, with their effective modes.
+    /// The policies selecting `t` itself, in priority order, with their effective modes.
     fn matching(&self, t: &TargetInfo) -> Vec<(&Policy, Mode)> {
         let mut out = Vec::new();
         if let Some(l) = self.launched.get(&t.cgroup_id) {
@@ -226,7 +269,112 @@ impl Engine {
         out
     }
 
-    /// Makes the kernel match the policies. Errors are reported and leave the previous state.
+    /// The policy a plan key names.
+    fn policy(&self, key: &PolicyKey) -> Option<&Policy> {
+        match key.1 {
+            Some(cg) => self
+                .launched
+                .get(&cg)?
+                .policies
+                .iter()
+                .find(|p| p.name == key.0),
+            None => self.set.get(&key.0),
+        }
+    }
+
+    /// What should hold for every known cgroup: the kernel entries to write (compiled), what
+    /// applies where (status), and what the tables cannot hold.
+    fn plan(&mut self) -> (HashMap<u64, Desired>, HashMap<u64, Applied>, Shortfalls) {
+        let mut own: HashMap<u64, Vec<PolicyKey>> = HashMap::new();
+        for t in self.targets.values() {
+            let mut keys: Vec<PolicyKey> = Vec::new();
+            if let Some(l) = self.launched.get(&t.cgroup_id) {
+                keys.extend(
+                    l.policies
+                        .iter()
+                        .map(|p| (p.name.clone(), Some(t.cgroup_id))),
+                );
+            }
+            let target = t.target();
+            keys.extend(
+                self.set
+                    .policies
+                    .iter()
+                    .filter(|p| p.selector.matches(&target))
+                    .map(|p| (p.name.clone(), None)),
+            );
+            if !keys.is_empty() {
+                own.insert(t.cgroup_id, keys);
+            }
+        }
+        let paths: HashMap<u64, String> = self
+            .targets
+            .values()
+            .map(|t| (t.cgroup_id, t.path.clone()))
+            .collect();
+        let holdings = plan::holdings(&paths, &own);
+        let mut desired = HashMap::new();
+        let mut applied = HashMap::new();
+        let mut short = Shortfalls::new();
+        let mut ids = std::mem::take(&mut self.ids);
+        let mut notes = Vec::new();
+        for (id, h) in &holdings {
+            let list: Vec<(&Policy, Mode)> = h
+                .policies
+                .iter()
+                .filter_map(|k| self.policy(k))
+                .map(|p| (p, self.mode_of(p)))
+                .collect();
+            applied.insert(
+                *id,
+                Applied {
+                    policies: list.iter().map(|(p, m)| (p.name.clone(), *m)).collect(),
+                    inherited_from: h.inherited_from.clone(),
+                },
+            );
+            if !h.entry {
+                continue;
+            }
+            let tables = compile::compile(&list, &mut |d| ids.get(d));
+            let mut flags = tables.flags;
+            let seccomp = std::iter::once(id)
+                .chain(h.ancestors.iter())
+                .any(|c| self.launched.get(c).is_some_and(|l| l.seccomp));
+            if seccomp {
+                flags |= cgroup_flags::SECCOMP;
+            }
+            let name = self.targets.get(id).map_or("?", |t| t.name.as_str());
+            for n in &tables.notes {
+                notes.push(format!("{name}: {n}"));
+            }
+            for lo in &tables.left_out {
+                let reason = match lo.reason {
+                    Shortfall::RulesFull => Reason::RulesFull,
+                    Shortfall::NetworkSets => Reason::NetworkPolicies,
+                };
+                short.insert((*id, lo.policy.clone(), reason), lo.detail.clone());
+            }
+            desired.insert(
+                *id,
+                Desired {
+                    tables,
+                    flags,
+                    policies: h.policies.clone(),
+                },
+            );
+        }
+        self.ids = ids;
+        for n in notes {
+            if self.notes_seen.insert(n.clone()) {
+                warn!(note = %n, "policy combination");
+            }
+        }
+        (desired, applied, short)
+    }
+
+    /// Makes the kernel match the policies. What cannot be put in place is reported
+    /// (`palisade_policy_unenforced`, events) and the rest still applied; an error is returned
+    /// only when nothing could be.
     fn reconcile(&mut self) -> Result<(), PolicyError> {
         if self.kernel.is_none() && self.cfg.pin_dir.join("maps").exists() {
             // a previous agent's state: adopt it first (launched workloads' entries stay)
@@ -252,159 +400,24 @@ impl Engine {
             self.slot_args.clear();
             self.ids = Ids::default();
             self.resources.clear();
+            self.unenforced
+                .update(Shortfalls::new(), &self.targets, &self.hub);
             return Ok(());
         }
-        self.ensure_kernel()?;
-        // what each cgroup should have
-        let mut desired: HashMap<u64, (Tables, u32)> = HashMap::new();
-        let mut applied = HashMap::new();
-        let mut ids = std::mem::take(&mut self.ids);
-        let mut notes = Vec::new();
-        for t in self.targets.values() {
-            let matched = self.matching(t);
-            if matched.is_empty() {
-                continue;
-            }
-            let tables = compile::compile(&matched, &mut |d| ids.get(d));
-            let mut flags = tables.flags;
-            if self.launched.get(&t.cgroup_id).is_some_and(|l| l.seccomp) {
-                flags |= cgroup_flags::SECCOMP;
-            }
-            for n in &tables.notes {
-                notes.push(format!("{}: {n}", t.name));
-            }
-            applied.insert(
-                t.cgroup_id,
-                matched
-                    .iter()
-                    .map(|(p, m)| (p.name.clone(), *m))
-                    .collect::<Vec<_>>(),
-            );
-            desired.insert(t.cgroup_id, (tables, flags));
-        }
-        self.ids = ids;
-        for n in notes {
-            if self.notes_seen.insert(n.clone()) {
-                warn!(note = %n, "policy combination");
-            }
-        }
-        let Some(k) = self.kernel.as_mut() else {
-            return Err(PolicyError::NotLoaded);
-        };
-        let dirty: Vec<u16> = self.ids.dirty.drain(..).collect();
-        for id in dirty {
-            if let Some(d) = self.ids.desc(u32::from(id)) {
-                k.rules
-                    .set(u32::from(id), d.info(), 0)
-                    .map_err(PolicyError::table("rule"))?;
-            }
-        }
-        // slots: reuse identical tables, fill new ones before pointing cgroups at them
-        let mut busy: HashSet<u32> = self
-            .assigned
-            .values()
-            .chain(self.foreign.values())
-            .map(|p| p.slot)
-            .collect();
-        let mut entries: HashMap<u64, CgroupPolicy> = HashMap::new();
-        for (cg, (t, flags)) in &desired {
-            let key = tables::key(t);
-            let slot = match self.slots.by_key.get(&key) {
-                Some(s) => *s,
-                None => {
-                    let s = self
-                        .slots
-                        .free(&busy)
-                        .ok_or(PolicyError::SlotsFull(MAX_SLOTS))?;
-                    let old = (
-                        self.slot_exec.remove(&s).unwrap_or_default(),
-                        self.slot_args.remove(&s).unwrap_or_default(),
-                    );
-                    let written = write_slot(k, s, t, &old)?;
-                    self.slot_exec.insert(s, written.0);
-                    self.slot_args.insert(s, written.1);
-                    self.slots.by_key.insert(key, s);
-                    self.slots.used.insert(s);
-                    busy.insert(s);
-                    s
-                }
-            };
-            entries.insert(
-                *cg,
-                CgroupPolicy {
-                    slot,
-                    flags: *flags,
-                },
-            );
-        }
-        for (cg, e) in &entries {
-            if self.assigned.get(cg) != Some(e) {
-                k.cgroups
-                    .insert(cg, e, 0)
-                    .map_err(PolicyError::table("cgroup"))?;
-            }
-        }
-        for cg in self.assigned.keys() {
-            if !entries.contains_key(cg) {
-                let _ = k.cgroups.remove(cg);
-            }
-        }
-        self.assigned = entries;
+        let (desired, applied, mut short) = self.plan();
         self.applied = applied;
-        let referenced: HashSet<u32> = self
-            .assigned
-            .values()
-            .chain(self.foreign.values())
-            .map(|p| p.slot)
-            .collect();
-        let unused: Vec<u32> = self
-            .slots
-            .used
-            .iter()
-            .copied()
-            .filter(|s| !referenced.contains(s))
-            .collect();
-        for s in unused {
-            let old = (
-                self.slot_exec.remove(&s).unwrap_or_default(),
-                self.slot_args.remove(&s).unwrap_or_default(),
-            );
-            clear_slot(k, s, &old);
-            self.slots.release(s);
+        if let Err(e) = self.ensure_kernel() {
+            for (id, d) in &desired {
+                for (name, _) in &d.policies {
+                    short.insert((*id, name.clone(), Reason::NotLoaded), e.to_string());
+                }
+            }
+            self.unenforced.update(short, &self.targets, &self.hub);
+            return Err(e);
         }
-        let all = self.assigned.values().chain(self.foreign.values());
-        let flags = all.fold(0, |f, p| f | p.flags);
-        let mut want = Vec::new();
-        if flags & cgroup_flags::SYSCALLS != 0 {
-            want.push(Hook::Syscalls);
-        }
-        if flags & cgroup_flags::SECCOMP != 0 {
-            want.push(Hook::Seccomp);
-        }
-        if flags & cgroup_flags::EXEC != 0 {
-            want.push(Hook::Exec);
-        }
-        if flags & cgroup_flags::EGRESS != 0 {
-            want.push(Hook::Egress);
-        }
-        if flags & cgroup_flags::INGRESS != 0 {
-            want.push(Hook::Ingress);
-        }
-        let mut failed = k.want(&want);
-        if let Some(i) = failed
-            .iter()
-            .position(|(h, _)| *h == Hook::Exec && k.exec_on_file())
-        {
-            // e.g. a kernel without bpf_loop (before 5.17): the path given, said so
-            let (_, e) = failed.swap_remove(i);
-            warn!(error = %e, "exec rules: the kernel refused the program that reads the file executed; they match the path given to execve instead (best effort)");
-            k.exec_on_path_given();
-            self.exec.matching.refused = Some(e);
-            failed.extend(k.want(&want));
-        }
-        for (h, e) in failed {
-            warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");
-        }
+        let r = self.apply(desired, &mut short);
+        self.unenforced.update(short, &self.targets, &self.hub);
+        r?;
         self.apply_resources();
         Ok(())
     }
@@ -502,59 +515,4 @@ impl Engine {
         }
         self.reconcile()
     }
-}
-
-/// The hash keys a slot owns: exec patterns and argument checks.
-type SlotKeys = (Vec<ExecKey>, Vec<ArgKey>);
-
-/// Writes one slot's tables; returns the hash keys now in the maps for it.
-fn write_slot(
-    k: &mut Kernel,
-    slot: u32,
-    t: &Tables,
-    old: &SlotKeys,
-) -> Result<SlotKeys, PolicyError> {
-    let e = PolicyError::table;
-    k.syscalls.set(slot, *t.verdicts, 0).map_err(e("syscall"))?;
-    k.exec_conf.set(slot, t.exec_conf, 0).map_err(e("exec"))?;
-    for key in &old.0 {
-        let _ = k.exec.remove(key);
-    }
-    for key in &old.1 {
-        let _ = k.args.remove(key);
-    }
-    let mut args = Vec::new();
-    for (nr, rule) in &t.args {
-        let key = ArgKey { slot, nr: *nr };
-        k.args.insert(key, rule, 0).map_err(e("argument"))?;
-        args.push(key);
-    }
-    let mut keys = Vec::new();
-    for (kind, hash, rule) in &t.exec {
-        let key = ExecKey {
-            slot,
-            kind: *kind,
-            hash: *hash,
-        };
-        k.exec.insert(key, rule, 0).map_err(e("exec"))?;
-        keys.push(key);
-    }
-    k.net.set(slot * 2, t.egress, 0).map_err(e("network"))?;
-    k.net
-        .set(slot * 2 + 1, t.ingress, 0)
-        .map_err(e("network"))?;
-    Ok((keys, args))
-}
-
-fn clear_slot(k: &mut Kernel, slot: u32, old: &SlotKeys) {
-    let _ = k.syscalls.set(slot, SyscallVerdicts::ZERO, 0);
-    let _ = k.exec_conf.set(slot, ExecConf::default(), 0);
-    for key in &old.0 {
-        let _ = k.exec.remove(key);
-    }
-    for key in &old.1 {
-        let _ = k.args.remove(key);
-    }
-    let _ = k.net.set(slot * 2, NetRuleSet::EMPTY, 0);
-    let _ = k.net.set(slot * 2 + 1, NetRuleSet::EMPTY, 0);
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::Engine;
 use crate::{
     events::{Event, EventType, ProcessRef, Violation},
-    policy::{Cmd, PolicyError, Snapshot, bpf::Hook, violation},
+    policy::{Cmd, PolicyError, Snapshot, hooks::Hook, violation},
 };
 
 impl Engine {
@@ -81,6 +81,14 @@ impl Engine {
                     self.reconcile_logged();
                 }
                 self.sweep();
+                // registrations that waited for the cgroups to be known
+                for (id, reply) in std::mem::take(&mut self.pending) {
+                    let r = self.registered(id, Ok(()));
+                    if r.is_err() {
+                        self.withdraw(id);
+                    }
+                    let _ = reply.send(r);
+                }
             }
             Cmd::Register {
                 target,
@@ -92,12 +100,17 @@ impl Engine {
                     self.launched.insert(id, l);
                 }
                 self.upsert(vec![*target]);
-                let r = if self.synced {
-                    self.reconcile()
+                if self.synced {
+                    let r = self.reconcile();
+                    let r = self.registered(id, r);
+                    if r.is_err() {
+                        self.withdraw(id);
+                    }
+                    let _ = reply.send(r);
                 } else {
-                    Ok(())
-                };
-                let _ = reply.send(r);
+                    // applied once every cgroup is known (the first sync), then answered
+                    self.pending.push((id, reply));
+                }
             }
             Cmd::Reload { reply } => {
                 let r = self.reload();
@@ -119,6 +132,33 @@ impl Engine {
                 self.sweep();
                 let _ = reply.send(());
             }
+        }
+    }
+
+    /// The answer to a registration of `cgroup_id`: refused when anything its policies need is
+    /// not in place (a full table, a hook that does not attach, ...).
+    fn registered(&self, cgroup_id: u64, r: Result<(), PolicyError>) -> Result<(), PolicyError> {
+        r?;
+        let missing = self.unenforced.of(cgroup_id);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(PolicyError::NotEnforced {
+            container: self
+                .targets
+                .get(&cgroup_id)
+                .map_or_else(|| format!("cgroup {cgroup_id}"), |t| t.name.clone()),
+            why: missing.join("; "),
+        })
+    }
+
+    /// A refused registration leaves nothing behind: the launcher does not start its workload,
+    /// so its policies and what they could not get are forgotten (no "resolved" event: nothing
+    /// was ever in force).
+    fn withdraw(&mut self, cgroup_id: u64) {
+        if self.launched.remove(&cgroup_id).is_some() {
+            self.unenforced.forget(cgroup_id);
+            self.reconcile_logged();
         }
     }
 
@@ -158,8 +198,8 @@ impl Engine {
         for p in &self.set.policies {
             cgroups.insert((p.name.clone(), self.mode_of(p).as_str().to_owned()), 0);
         }
-        for list in self.applied.values() {
-            for (name, m) in list {
+        for a in self.applied.values() {
+            for (name, m) in &a.policies {
                 *cgroups
                     .entry((name.clone(), m.as_str().to_owned()))
                     .or_default() += 1;
@@ -188,7 +228,34 @@ impl Engine {
                 .chain(self.launched.keys())
                 .copied()
                 .collect(),
+            unenforced: self.unenforced.rows(&self.targets),
         }
+    }
+
+    /// What will happen instead where a policy cannot be enforced as written: the notes of
+    /// `palisade policy check` for the policies in force, and what this host lacks.
+    fn notes(&self) -> Vec<String> {
+        let mut out: Vec<String> = palisade_policy::check::warnings(&self.set)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let all = self
+            .set
+            .policies
+            .iter()
+            .chain(self.launched.values().flat_map(|l| l.policies.iter()));
+        let (mut syscalls, mut egress) = (false, false);
+        for p in all {
+            syscalls |= p.syscalls.is_some();
+            egress |= p.network.egress.is_some();
+        }
+        if syscalls && self.host.task_status_offset.is_none() {
+            out.push("this host: no kernel BTF for `thread_info.status`, so i386 (`int 0x80`) calls cannot be told from x86_64 ones: they are checked as the x86_64 call of the same number, and `syscalls.abi` holds for x32 only".into());
+        }
+        if egress && self.host.socket_offset.is_none() {
+            out.push("this host: no `syscalls:sys_enter_socket` tracepoint (tracefs): packet sockets cannot be refused (see `unenforced`)".into());
+        }
+        out
     }
 
     /// `palisade policy status`.
@@ -221,12 +288,16 @@ impl Engine {
             let mut cgroups: Vec<serde_json::Value> = self
                 .applied
                 .iter()
-                .filter(|(_, l)| l.iter().any(|(n, _)| *n == name))
-                .map(|(id, _)| {
-                    serde_json::json!({
+                .filter(|(_, a)| a.policies.iter().any(|(n, _)| *n == name))
+                .map(|(id, a)| {
+                    let mut c = serde_json::json!({
                         "cgroup_id": id,
                         "container": self.targets.get(id).map(|t| t.name.clone()).unwrap_or_default(),
-                    })
+                    });
+                    if let Some(from) = &a.inherited_from {
+                        c["inherited_from"] = from.clone().into();
+                    }
+                    c
                 })
                 .collect();
             cgroups.sort_by_key(|v| v["cgroup_id"].as_u64());
@@ -240,7 +311,9 @@ impl Engine {
             "hooks": self.kernel.as_ref().map(|k| k.attached().iter().map(|h| h.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
             "policies": policies,
             "adopted_workloads": self.foreign.keys().collect::<Vec<_>>(),
-            "exec_match": self.exec.matching.status(),
+            "exec_match": self.exec.status(),
+            "unenforced": self.unenforced.json(&self.targets),
+            "notes": self.notes(),
         })
     }
 
@@ -271,6 +344,8 @@ impl Engine {
             mode: self.mode_of(p).as_str().into(),
             hook: "seccomp".into(),
             syscall: None,
+            abi: None,
+            checked_as: None,
             errno: None,
             exec: None,
             exec_detail: Default::default(),
