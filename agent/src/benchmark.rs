@@ -83,6 +83,47 @@ pub enum BenchError {
     Fixture(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot load the probe programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the probe object has no program {0}")]
+    NoProgram(&'static str),
+    #[error("empty raw tracepoint program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("cannot write {path}: {source}", path = .path.display())]
+    Ready {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("waiting for a signal: {0}")]
+    Signal(#[from] nix::Error),
+}
+
+/// `palisade debug empty-hooks`: the probe object's empty raw tracepoint program attached to
+/// `sys_enter` and `sys_exit` until SIGINT or SIGTERM.
+pub fn empty_hooks(ready: &Path) -> Result<(), BenchError> {
+    use nix::sys::signal::{SigSet, Signal};
+    const PROGRAM: &str = "probe_raw_tracepoint";
+    // block the signals first, so one that arrives early is waited for, not fatal
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    let mut ebpf = aya::EbpfLoader::new().load(crate::kernel::PROBES_OBJECT)?;
+    let p: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(BenchError::NoProgram(PROGRAM))?
+        .try_into()?;
+    p.load()?;
+    p.attach("sys_enter")?;
+    p.attach("sys_exit")?;
+    std::fs::write(ready, "attached\n").map_err(|source| BenchError::Ready {
+        path: ready.to_path_buf(),
+        source,
+    })?;
+    set.wait()?;
+    // dropping the object detaches both
+    drop(ebpf);
+    Ok(())
 }
 
 /// Runs `scrapes` scrapes over `containers` simulated containers; prints one result line:
@@ -133,7 +174,7 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), BenchErr
                 e.resources = Some(r);
             }
         }
-        let (text, _) = metrics::render(
+        let (text, _) = metrics::render_text(
             &Inputs {
                 model: &model,
                 registry: &registry,
@@ -147,7 +188,7 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), BenchErr
                 policy: None,
             },
             &own,
-        )?;
+        );
         bytes = text.len();
         series = text.lines().filter(|l| !l.starts_with('#')).count();
     }

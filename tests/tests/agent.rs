@@ -17,7 +17,8 @@ fn syscalls(m: &Metrics, container: &str, syscall: &str) -> Option<f64> {
 
 #[test]
 fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
-    let agent = Agent::start("", &[]);
+    // getppid gets a latency histogram of its own; the rest stay in syscall="other"
+    let agent = Agent::start("metrics:\n  syscall_latency_detail: [getppid]\n", &[]);
     let cg = TestCgroup::new("exact");
     cg.run_workload(&["getppid", "10000", "close-bad", "1000"]);
 
@@ -68,6 +69,22 @@ fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
         )
         .unwrap_or(0.0);
     assert!(sum > 0.0 && sum < 1.0, "10k getppid took {sum} s in total");
+    // every other timed call is in the container's one other histogram, getppid is not
+    let other = m
+        .value(
+            "palisade_syscall_duration_seconds_count",
+            &[("container", name), ("syscall", "other")],
+        )
+        .unwrap_or(0.0);
+    let all: f64 = m
+        .find("palisade_syscalls_total", &[("container", name)])
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert!(
+        other >= 1_000.0 && other + 10_000.0 <= all,
+        "other {other}, all calls {all}"
+    );
     // the process's exit_group is counted at entry
     assert_eq!(syscalls(&m, name, "exit_group"), Some(1.0));
     // the whole page is valid exposition format
@@ -678,4 +695,96 @@ fn doctor_reports_what_the_kernel_allows() {
             "palisade_kernel_feature{{feature={feature}}}"
         );
     }
+}
+
+/// One raw HTTP/1.0 GET of /metrics with `Accept-Encoding: gzip`: (head, body bytes).
+fn get_gzip(addr: std::net::SocketAddr) -> (String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send: {e}"));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    let at = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end"));
+    (
+        String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase(),
+        buf[at + 4..].to_vec(),
+    )
+}
+
+fn gunzip(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("gzip: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap_or_else(|| panic!("gzip stdin"))
+        .write_all(data)
+        .unwrap_or_else(|e| panic!("write to gzip: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("gzip: {e}"));
+    assert!(out.status.success(), "not gzip");
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("not UTF-8: {e}"))
+}
+
+#[test]
+fn concurrent_scrapes_share_one_page_and_its_gzip() {
+    let agent = Agent::start("", &[]);
+    let renders = |m: &Metrics| {
+        m.value("palisade_scrape_duration_seconds_count", &[])
+            .unwrap_or_else(|| panic!("no scrape count"))
+    };
+    let before = renders(&agent.metrics());
+    let n = 8;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let addr = agent.addr;
+    let replies: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                get_gzip(addr)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| panic!("scrape thread")))
+        .collect();
+    for (head, body) in &replies {
+        assert!(head.starts_with("http/1.0 200"), "{head}");
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        let text = gunzip(body);
+        assert!(text.contains("palisade_build_info{"), "{text}");
+    }
+    promtool_check_metrics(&gunzip(&replies[0].1));
+    // the page rendered before these counts itself only in the next one
+    let after = renders(&agent.metrics()) - before - 1.0;
+    let mut bodies: Vec<&Vec<u8>> = replies.iter().map(|(_, b)| b).collect();
+    bodies.sort();
+    bodies.dedup();
+    // scrapes that arrive while a collection runs join the next one and share its page, gzip
+    // included (byte for byte): n scrapes, fewer pages
+    assert!(
+        after < n as f64 && bodies.len() as f64 <= after,
+        "{n} scrapes made {after} pages, {} distinct gzip bodies",
+        bodies.len()
+    );
+    // without Accept-Encoding: plain text
+    let (code, plain) = agent.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(plain.starts_with("# HELP "), "{plain}");
 }

@@ -28,6 +28,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 5000)]
         execs: u32,
     },
+    /// The live release agent with 1,000 real cgroups, each with a process that made a few
+    /// syscalls: series per container, series dropped, CPU per scrape (plain and gzip), page
+    /// size, concurrent scrapes, RSS.
+    Scale {
+        /// Cgroups (each with one process).
+        #[arg(long, default_value_t = 1000)]
+        containers: usize,
+        /// Scrapes per case.
+        #[arg(long, default_value_t = 20)]
+        scrapes: u32,
+        /// Record the agent with `perf record -g` during the plain scrapes into this file.
+        #[arg(long, value_name = "FILE")]
+        perf: Option<PathBuf>,
+    },
     /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
     /// the agent, interleaved; medians and ratios.
     Net {
@@ -63,13 +77,14 @@ pub enum Bench {
         #[arg(short, long, default_value_t = 9)]
         rounds: u32,
     },
-    /// Start-to-exit time of /bin/true from the same OCI bundle with Docker's seccomp profile
-    /// under `palisade run`, `crun run` and `runc run` (plus spawn, unshare, bwrap), measured
-    /// with hyperfine in one run; prints palisade/crun and palisade/runc.
+    /// Start-to-exit time of /bin/true: plain `palisade run` against bwrap with the same
+    /// namespaces (over the bundle's rootfs and over the host tree read-only), Docker's profile
+    /// against crun and runc (warm filter cache and first launch), and the agent handshake;
+    /// every case once per round in a rotated order, pinned to one CPU; paired ratios.
     Launch {
-        /// Timed runs per case (after 3 warm-up runs).
-        #[arg(short, long, default_value_t = 50)]
-        runs: u32,
+        /// Rounds (each runs every case once).
+        #[arg(short, long, default_value_t = 30)]
+        rounds: u32,
     },
 }
 
@@ -89,7 +104,18 @@ pub fn run(which: Bench) -> Result<()> {
             crate::bench_agent::scrape(scrapes)?;
             crate::bench_agent::exec_events(execs)
         }
-        Bench::Launch { runs } => launch(runs),
+        Bench::Scale {
+            containers,
+            scrapes,
+            perf,
+        } => {
+            build(true)?;
+            crate::bench_scale::scale(containers, scrapes, perf.as_deref())
+        }
+        Bench::Launch { rounds } => {
+            build(true)?;
+            crate::bench_launch::launch(rounds)
+        }
         Bench::Policy { calls, rounds } => {
             build(true)?;
             crate::bench_policy::policy(calls, rounds)
@@ -101,16 +127,11 @@ pub fn run(which: Bench) -> Result<()> {
     }
 }
 
-/// The shared peer scripts (`../shared/bench` next to the repository, or `$PALISADE_PEER_BENCH`).
+/// The peer benchmark scripts in the repository's `bench/` folder.
 fn peer_bench_dir(script: &str) -> Result<PathBuf> {
-    let dir = std::env::var_os("PALISADE_PEER_BENCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/bench"));
+    let dir = root().join("bench");
     if !dir.join(script).exists() {
-        bail!(
-            "peer benchmark scripts not found in {}; set PALISADE_PEER_BENCH to the folder holding {script}",
-            dir.display()
-        );
+        bail!("{} missing", dir.join(script).display());
     }
     Ok(dir)
 }
@@ -134,156 +155,103 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let raw = tmp.join("raw.tsv");
     step(&format!(
-        "syscall overhead: n={calls} reps={reps}; cases base, bpftrace x3, palisade (full accounting, all cgroups)"
+        "syscall overhead: n={calls} reps={reps}; cases base, empty raw tracepoints (floor), bpftrace x3, palisade (full accounting, all cgroups)"
     ));
+    let bin = agent_bin(true);
+    // the floor: the probe object's empty program on sys_enter and sys_exit, loaded by the
+    // agent binary itself; every case waits for its ready file, and every palisade run is
+    // checked to have counted exactly the loop's calls (a late attach cannot look cheap)
+    let floor = format!("{} debug empty-hooks --ready-file @READY@", bin.display());
     exec(
         Command::new("bash")
             .arg(dir.join("syscall_overhead.sh"))
             .args(["-n", &calls.to_string(), "-r", &reps.to_string(), "-o"])
             .arg(&raw)
+            .env("FLOOR_CMD", floor)
             .arg("--")
-            .arg(agent_bin(true))
-            .args(["agent", "--listen", "127.0.0.1:0"]),
+            .arg(&bin)
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-file",
+                "@READY@",
+            ])
+            .arg("--control-socket")
+            .arg(tmp.join("agent.sock")),
     )?;
 
     let text = std::fs::read_to_string(&raw).with_context(|| format!("read {}", raw.display()))?;
-    let mut by: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    // per repetition, so ratios can be taken within one repetition
+    let mut by: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
-        if let [_, case, mode, ns] = f.as_slice()
+        if let [rep, case, mode, ns] = f.as_slice()
             && let Ok(ns) = ns.parse::<f64>()
         {
             by.entry(((*mode).to_owned(), (*case).to_owned()))
                 .or_default()
-                .push(ns);
+                .insert((*rep).to_owned(), ns);
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    println!("\nadded cost per syscall (median ns over base); Palisade's added cost as a ratio to");
+    println!("the empty raw-tracepoint pair (floor) and to bpftrace counting per cgroup+syscall,");
+    println!("as the median of the per-repetition ratios:");
     println!(
-        "\nadded cost per syscall (median ns over base) and Palisade's ratio to each bpftrace case:"
-    );
-    println!(
-        "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10}   {:>8} {:>8}",
-        "mode", "base", "bt_noop", "bt_count", "bt_lat", "palisade", "/count", "/lat"
+        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>7} {:>7} {:>7}",
+        "mode",
+        "base",
+        "floor",
+        "bt_noop",
+        "bt_count",
+        "bt_lat",
+        "palisade",
+        "/floor",
+        "/count",
+        "/lat"
     );
     for mode in ["getppid", "read"] {
-        let mut get = |case: &str| {
-            by.get_mut(&(mode.to_owned(), case.to_owned()))
-                .map_or(f64::NAN, |v| median(v))
+        let series = |case: &str| {
+            by.get(&(mode.to_owned(), case.to_owned()))
+                .cloned()
+                .unwrap_or_default()
         };
-        let base = get("base");
-        let (noop, count, lat, agent) =
-            (get("bt_noop"), get("bt_count"), get("bt_lat"), get("agent"));
+        let med = |case: &str| median(&mut series(case).into_values().collect::<Vec<_>>());
+        let base = series("base");
+        // added cost in each repetition, over that repetition's base
+        let added = |case: &str| -> BTreeMap<String, f64> {
+            series(case)
+                .into_iter()
+                .filter_map(|(rep, v)| base.get(&rep).map(|b| (rep, v - b)))
+                .collect()
+        };
+        let ratio = |over: &str| {
+            let a = added("agent");
+            let o = added(over);
+            median(
+                &mut a
+                    .iter()
+                    .filter_map(|(rep, v)| o.get(rep).map(|d| v / d))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let b = med("base");
         println!(
-            "{:<8} {:>8.1} {:>+10.1} {:>+10.1} {:>+10.1} {:>+10.1}   {:>8.2} {:>8.2}",
+            "{:<8} {:>8.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1}   {:>7.2} {:>7.2} {:>7.2}",
             mode,
-            base,
-            noop - base,
-            count - base,
-            lat - base,
-            agent - base,
-            (agent - base) / (count - base),
-            (agent - base) / (lat - base)
+            b,
+            med("floor") - b,
+            med("bt_noop") - b,
+            med("bt_count") - b,
+            med("bt_lat") - b,
+            med("agent") - b,
+            ratio("floor"),
+            ratio("bt_count"),
+            ratio("bt_lat"),
         );
     }
-    println!(
-        "(/count < 1: Palisade adds less per syscall than bpftrace counting per cgroup+syscall,"
-    );
-    println!(" while also timing every call into a histogram and counting errors per errno)");
-    Ok(())
-}
-
-/// Median seconds from a hyperfine JSON export.
-fn hyperfine_median(path: &std::path::Path) -> Result<f64> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    v["results"][0]["median"]
-        .as_f64()
-        .with_context(|| format!("no median in {}", path.display()))
-}
-
-fn launch(runs: u32) -> Result<()> {
-    let dir = peer_bench_dir("launch_latency.sh")?;
-    build(true)?;
-    let tmp = std::env::temp_dir().join(format!("palisade-bench-launch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    step(&format!(
-        "launch latency: /bin/true from one bundle with Docker's seccomp profile; {runs} runs per case"
-    ));
-    // the agent socket points nowhere: this measures the launcher alone (one warning per run,
-    // which hyperfine discards)
-    let palisade = format!(
-        "{} run --name palisade-bench-launch --agent-socket {}/no-agent.sock --bundle @BUNDLE_SECCOMP@",
-        agent_bin(true).display(),
-        tmp.display()
-    );
-    exec(
-        Command::new("bash")
-            .arg(dir.join("launch_latency.sh"))
-            .args(["-r", &runs.to_string(), "-o"])
-            .arg(tmp.join("json"))
-            .arg("--")
-            .args(palisade.split(' ')),
-    )?;
-    // palisade caches compiled filters (/run/palisade/seccomp-cache): also time the first
-    // launch of a profile, when libseccomp compiles it, as crun and runc do on every launch
-    step("launch latency: palisade run with the filter cache emptied before every run");
-    let bundle = tmp.join("b");
-    exec(
-        Command::new("bash")
-            .arg(dir.join("make_bundle.sh"))
-            .arg(&bundle)
-            .arg("/bin/true"),
-    )?;
-    let cold_cmd = palisade.replace(
-        "@BUNDLE_SECCOMP@",
-        &bundle.join("seccomp").to_string_lossy(),
-    );
-    exec(
-        Command::new("hyperfine")
-            .args([
-                "-N",
-                "--style",
-                "basic",
-                "--runs",
-                &runs.to_string(),
-                "--warmup",
-                "3",
-            ])
-            .args([
-                "--prepare",
-                "rm -rf /run/palisade/seccomp-cache",
-                "--export-json",
-            ])
-            .arg(tmp.join("cold.json"))
-            .arg(&cold_cmd),
-    )?;
-    let median = |case: &str| hyperfine_median(&tmp.join("json").join(format!("{case}.json")));
-    let warm = median("extra")?;
-    let cold = hyperfine_median(&tmp.join("cold.json"))?;
-    println!("\nmedian start-to-exit of /bin/true, same bundle, Docker's seccomp profile:");
-    println!("  palisade run              {:8.2} ms", warm * 1e3);
-    println!(
-        "  palisade run, first run   {:8.2} ms   (filter compiled, cache empty)",
-        cold * 1e3
-    );
-    for peer in ["crun+seccomp", "runc+seccomp"] {
-        let short = peer.trim_end_matches("+seccomp");
-        match median(peer) {
-            Ok(m) => println!(
-                "  {short:<24}  {:8.2} ms   palisade/{short} = {:.2} (first run: {:.2})",
-                m * 1e3,
-                warm / m,
-                cold / m
-            ),
-            Err(e) => println!("  {peer}: no result ({e:#})"),
-        }
-    }
-    println!(
-        "(ratio < 1: palisade starts and reaps the workload faster; target: palisade <= crun)"
-    );
-    let _ = std::fs::remove_dir_all(&tmp);
+    println!("(targets: /floor <= 1.5, /count <= 0.8; Palisade also times every call into a");
+    println!(" histogram and counts errors per errno, which bt_count does not)");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
 //! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `soak`,
-//!   `bench syscalls|scrape|net|launch|policy`.
+//!   `bench syscalls|scrape|scale|net|launch|policy|exec`.
 //! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
 //! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
 //! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
@@ -22,7 +22,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_agent;
 mod bench_exec;
+mod bench_launch;
 mod bench_policy;
+mod bench_scale;
 mod deps;
 mod dist;
 mod fuzz;

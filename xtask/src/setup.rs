@@ -48,7 +48,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "hyperfine",
-        "times the launches in `cargo xtask bench launch`",
+        "times the launches in bench/launch_latency.sh (the peer script)",
     ),
     (
         "jq",

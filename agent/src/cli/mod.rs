@@ -154,6 +154,13 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 20)]
         scrapes: usize,
     },
+    /// Attach empty programs to the sys_enter and sys_exit raw tracepoints, write FILE, and
+    /// hold them until SIGINT/SIGTERM: the hook cost every syscall pays under any raw-tracepoint
+    /// accounting (the floor of `cargo xtask bench syscalls`).
+    EmptyHooks {
+        #[arg(long, value_name = "FILE")]
+        ready_file: PathBuf,
+    },
     /// Print the shell completion script for SHELL (`cargo xtask dist` packages them).
     Completions {
         #[arg(value_enum)]

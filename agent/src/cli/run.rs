@@ -38,6 +38,12 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
         },
+        Command::Debug(DebugCommand::EmptyHooks { ready_file }) => {
+            match benchmark::empty_hooks(&ready_file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, e),
+            }
+        }
         Command::Debug(DebugCommand::Completions { shell }) => {
             use std::io::Write as _;
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -180,6 +186,7 @@ fn agent_main(args: AgentArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(config.log_format);
+    one_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -206,4 +213,18 @@ fn doctor_main(output: Output) -> ExitCode {
         Output::Json => println!("{}", doctor::json(&report)),
     }
     ExitCode::from(doctor::exit_code(&report) as u8)
+}
+
+/// One glibc malloc arena for the whole agent, set before its threads start. By default every
+/// thread that allocates gets an arena of its own, and memory freed in one is not reused by the
+/// others: a collection built in one thread, rendered in another and freed in a third left the
+/// agent at 113 MiB RSS with 1,000 containers, against 52 MiB with one arena
+/// (`cargo xtask bench scale`). The agent allocates from few threads at a time, so the shared
+/// arena's lock is not contended.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it has no memory-safety preconditions.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

@@ -186,8 +186,12 @@ pub struct MetricsConfig {
     /// Cardinality cap: most series (sample lines) per scrape across the per-container families.
     /// Whole metrics past the cap are left out and reported in `palisade_series_dropped`.
     pub max_series: usize,
-    /// Export `palisade_syscall_duration_seconds`.
+    /// Export `palisade_syscall_duration_seconds`: one histogram per container holding every
+    /// syscall (`syscall="other"`), plus one per syscall matched by `syscall_latency_detail`.
     pub syscall_latency: bool,
+    /// Syscalls (names or globs: `read`, `epoll_*`, `*`) that get a latency histogram of their
+    /// own in every container (18 series each with the default step), out of `other`.
+    pub syscall_latency_detail: Vec<Pattern>,
     /// Export every `step`-th power of two as a histogram bucket: 1 = 128ns, 256ns, 512ns, ...
     /// (29 buckets); 2 = 128ns, 512ns, 2us, ... (15 buckets, the default).
     pub latency_bucket_step: BucketStep,
@@ -217,6 +221,7 @@ impl Default for MetricsConfig {
         Self {
             max_series: 100_000,
             syscall_latency: true,
+            syscall_latency_detail: Vec::new(),
             latency_bucket_step: BucketStep(2),
             series_grace_period: Duration::from_secs(60),
             collect_interval: Duration::from_secs(10),

@@ -26,6 +26,10 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.syscalls.thread_slots, d.syscalls.thread_slots);
     assert_eq!(c.metrics.max_series, d.metrics.max_series);
     assert_eq!(c.metrics.latency_bucket_step, d.metrics.latency_bucket_step);
+    assert_eq!(
+        c.metrics.syscall_latency_detail,
+        d.metrics.syscall_latency_detail
+    );
     assert_eq!(c.metrics.series_grace_period, d.metrics.series_grace_period);
     assert_eq!(c.metrics.collect_interval, d.metrics.collect_interval);
     assert_eq!(c.identity.max_cgroups, d.identity.max_cgroups);

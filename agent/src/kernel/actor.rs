@@ -388,6 +388,19 @@ fn read_summed<K: Pod, V: Pod + Default>(
     name: &'static str,
     add: impl Fn(&mut V, &V),
 ) -> Result<Vec<(K, V)>, KernelError> {
+    match super::batch::read_summed(map, &add) {
+        Ok(Some(all)) => return Ok(all),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(KernelError::Map {
+                map: name,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                }),
+            });
+        }
+    }
     let mut out = Vec::new();
     for item in map.iter() {
         let (key, values) = item.map_err(|source| KernelError::Map { map: name, source })?;

@@ -1,6 +1,7 @@
 //! The kernel side: loading and attaching Palisade's eBPF programs, and the actor that owns the
 //! loaded object (nobody else touches maps).
 mod actor;
+mod batch;
 pub mod events;
 mod listeners;
 mod loader;

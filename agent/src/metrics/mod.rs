@@ -1,19 +1,23 @@
 //! `/metrics` rendering: per-container families from the model (with a cardinality cap) plus the
-//! agent's self-metrics, in the Prometheus text format.
+//! agent's self-metrics, written straight into the Prometheus text format ([`expo`]).
 //!
 //! Label sets are fixed and documented in the README: `container` (the identity registry's
 //! name), `syscall` (x86_64 name, or the number where unknown), `errno` (symbolic, e.g. EBADF).
 //! Cgroups that share a name (e.g. a container and a sub-cgroup the rules could not tell apart)
 //! are summed, so every label set appears once.
 mod containers;
+pub mod expo;
 pub mod histogram;
 mod network;
 mod own;
+mod page;
 mod policy;
 mod syscalls;
 
+use expo::{Families, Kind, NONE, Out};
+pub use page::{Page, accepts_gzip};
 use prometheus::{
-    Encoder as _, TextEncoder,
+    core::Collector as _,
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
@@ -41,13 +45,11 @@ pub struct Info {
 
 /// Metrics about the agent itself that it accumulates (the rest is derived per scrape).
 pub struct SelfMetrics {
-    registry: prometheus::Registry,
     scrape_duration: prometheus::Histogram,
 }
 
 impl SelfMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = prometheus::Registry::new();
         let scrape_duration = prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "palisade_scrape_duration_seconds",
@@ -57,15 +59,42 @@ impl SelfMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
-        registry.register(Box::new(scrape_duration.clone()))?;
-        Ok(Self {
-            registry,
-            scrape_duration,
-        })
+        Ok(Self { scrape_duration })
     }
 
     pub fn observe_scrape(&self, seconds: f64) {
         self.scrape_duration.observe(seconds);
+    }
+
+    fn families(&self, out: Out) -> Vec<expo::Family> {
+        self.scrape_duration
+            .collect()
+            .iter()
+            .map(|f| {
+                let mut fam = expo::Family::new(
+                    out,
+                    "palisade_scrape_duration_seconds",
+                    "Time to read the kernel maps and render /metrics.",
+                    Kind::Histogram,
+                );
+                for m in f.get_metric() {
+                    let h = m.get_histogram();
+                    fam.prom_histogram(
+                        &NONE,
+                        &histogram::PromHistogram {
+                            buckets: h
+                                .get_bucket()
+                                .iter()
+                                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                                .collect(),
+                            count: h.get_sample_count(),
+                            sum_seconds: h.get_sample_sum(),
+                        },
+                    );
+                }
+                fam
+            })
+            .collect()
     }
 }
 
@@ -193,8 +222,8 @@ impl ContainerKey {
         }
     }
 
-    /// Labels, plus `extra` ones after them.
-    pub fn labels<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    /// Its labels, escaped once for all its samples.
+    pub fn label_set(&self) -> expo::LabelSet {
         let mut v = vec![("container", self.name.as_str())];
         if !self.namespace.is_empty() {
             v.push(("namespace", self.namespace.as_str()));
@@ -202,43 +231,56 @@ impl ContainerKey {
         if !self.pod.is_empty() {
             v.push(("pod", self.pod.as_str()));
         }
-        v.extend_from_slice(extra);
-        v
+        expo::LabelSet::new(&v)
     }
 }
 
-/// Every family of the `/metrics` page (empty ones left out), and the number of per-container
-/// series the cardinality cap dropped. The page renders them; the OTLP metrics export reads them.
-pub fn families(inp: &Inputs<'_>, own: &SelfMetrics) -> (Vec<MetricFamily>, usize) {
+/// One render: the text page and/or the `prometheus::proto` families (as [`Out`] asked), and
+/// the number of per-container series the cardinality cap dropped.
+pub struct Rendered {
+    pub text: String,
+    pub families: Vec<MetricFamily>,
+    pub dropped: usize,
+}
+
+/// Every family of the `/metrics` page (empty ones left out): as text for the page, as
+/// `prometheus::proto` families for the OTLP metrics export.
+pub fn render(inp: &Inputs<'_>, own: &SelfMetrics, out: Out) -> Rendered {
     let mut budget = Budget::new(inp.cfg.max_series);
-    // Cheap, high-value families take the budget first; latency histograms (18 series per
-    // container and syscall) are the first to go when the cap bites.
-    let mut fams = containers::families(inp, &mut budget);
-    fams.extend(network::families(inp, &mut budget));
+    // Cheap, high-value families take the budget first; latency histograms (18 series each)
+    // are the first to go when the cap bites.
+    let mut fams = Families::default();
+    fams.extend(containers::families(inp, out, &mut budget));
+    fams.extend(network::families(inp, out, &mut budget));
     if let Some(p) = inp.policy {
-        fams.extend(policy::families(p, &mut budget));
+        fams.extend(policy::families(p, out, &mut budget));
     }
-    fams.extend(syscalls::families(inp, &mut budget));
-    fams.extend(own::families(inp, budget.dropped));
-    fams.extend(own.registry.gather());
-    // The text encoder rejects empty families (e.g. no errors yet).
-    fams.retain(|f| !f.get_metric().is_empty());
-    (fams, budget.dropped)
+    fams.extend(syscalls::families(inp, out, &mut budget));
+    fams.extend(own::families(inp, out, budget.dropped));
+    fams.extend(own.families(out));
+    let text = if out.text { fams.text() } else { String::new() };
+    Rendered {
+        text,
+        families: if out.proto {
+            fams.into_proto()
+        } else {
+            Vec::new()
+        },
+        dropped: budget.dropped,
+    }
 }
 
-/// The Prometheus text format of `families`.
-pub fn encode(fams: &[MetricFamily]) -> Result<String, prometheus::Error> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(fams, &mut buf)?;
-    // The encoder writes UTF-8; a lossy conversion would rescan the whole (MiB-sized) page.
-    Ok(String::from_utf8(buf)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
-}
-
-/// Renders the whole `/metrics` page. Returns the text and the number of dropped series.
-pub fn render(inp: &Inputs<'_>, own: &SelfMetrics) -> Result<(String, usize), prometheus::Error> {
-    let (fams, dropped) = families(inp, own);
-    Ok((encode(&fams)?, dropped))
+/// The text page and the number of dropped series.
+pub fn render_text(inp: &Inputs<'_>, own: &SelfMetrics) -> (String, usize) {
+    let r = render(
+        inp,
+        own,
+        Out {
+            text: true,
+            proto: false,
+        },
+    );
+    (r.text, r.dropped)
 }
 
 #[cfg(test)]
@@ -306,7 +348,7 @@ mod tests {
             map_capacity: vec![(palisade_common::names::MAP_SYSCALL_STATS, 10240)],
             node: "worker-1".into(),
         };
-        render(&inputs(&model, &registry, &info, cfg), &own).unwrap()
+        render_text(&inputs(&model, &registry, &info, cfg), &own)
     }
 
     #[test]
@@ -331,18 +373,18 @@ mod tests {
         assert!(text.contains(
             "palisade_syscall_errors_total{container=\"nginx.service\",syscall=\"close\",errno=\"EBADF\"} 2\n"
         ), "{text}");
-        assert!(text.contains(
-            "palisade_syscall_duration_seconds_bucket{container=\"nginx.service\",syscall=\"getppid\",le=\"0.000000128\"} 1\n"
-        ), "{text}");
-        assert!(text.contains(
-            "palisade_syscall_duration_seconds_bucket{container=\"nginx.service\",syscall=\"getppid\",le=\"0.000000512\"} 3\n"
-        ), "{text}");
-        assert!(text.contains(
-            "palisade_syscall_duration_seconds_count{container=\"nginx.service\",syscall=\"getppid\"} 3\n"
-        ), "{text}");
-        assert!(text.contains(
-            "palisade_syscall_duration_seconds_sum{container=\"nginx.service\",syscall=\"getppid\"} 0.0000006\n"
-        ), "{text}");
+        // one histogram per container by default: getppid (100, 200, 300 ns) and close (50, 60)
+        let other = r#"container="nginx.service",syscall="other""#;
+        for want in [
+            format!("palisade_syscall_duration_seconds_bucket{{{other},le=\"0.000000128\"}} 3\n"),
+            format!("palisade_syscall_duration_seconds_bucket{{{other},le=\"0.000000512\"}} 5\n"),
+            format!("palisade_syscall_duration_seconds_bucket{{{other},le=\"+Inf\"}} 5\n"),
+            format!("palisade_syscall_duration_seconds_count{{{other}}} 5\n"),
+            format!("palisade_syscall_duration_seconds_sum{{{other}}} 0.00000071\n"),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(!text.contains(r#"syscall="getppid",le="#), "{text}");
         assert!(text.contains("palisade_kernel_feature{feature=\"raw_tracepoint\"} 1\n"));
         assert!(text.contains("palisade_kernel_lost_total{reason=\"syscall_stats_map_full\"} 0\n"));
         assert!(text.contains("palisade_bpf_map_capacity{map=\"SYSCALL_STATS\"} 10240\n"));
@@ -382,24 +424,85 @@ mod tests {
     #[test]
     fn cardinality_cap_drops_whole_metrics() {
         let mut cfg = Config::default().metrics;
-        let per = 1 + histogram::series_per_histogram(cfg.latency_bucket_step.0);
-        // room for exactly one syscall group without errnos
-        cfg.max_series = per;
+        let per = histogram::series_per_histogram(cfg.latency_bucket_step.0);
+        // nginx: close (+1 errno), getppid and its histogram fit; web-0's read and histogram not
+        cfg.max_series = per + 3;
         let (text, dropped) = render_with(&cfg);
-        // 3 groups: nginx close (+1 errno), nginx getppid, web-0 read; only the first fits? close
-        // needs per+1, so getppid (per) is the first that fits.
-        assert_eq!(dropped, (per + 1) + per);
-        assert_eq!(text.matches("palisade_syscalls_total{").count(), 1);
-        assert!(text.contains("syscall=\"getppid\"} 3"));
-        assert!(text.contains(&format!("palisade_series_dropped {}\n", dropped)));
+        assert_eq!(dropped, 1 + per);
+        assert_eq!(text.matches("palisade_syscalls_total{").count(), 2);
+        assert!(!text.contains("container=\"web-0\""), "{text}");
+        assert!(text.contains(&format!("palisade_series_dropped {dropped}\n")));
         // a dropped histogram never leaves partial buckets behind
         assert_eq!(
-            text.matches("palisade_syscall_duration_seconds_count{")
+            text.matches("palisade_syscall_duration_seconds_bucket{")
                 .count(),
-            1
+            per - 2
         );
     }
 
+    #[test]
+    fn selected_syscalls_get_histograms_of_their_own() {
+        let mut cfg = Config::default().metrics;
+        cfg.syscall_latency_detail = vec![crate::config::Pattern::new("getp*").unwrap()];
+        let (text, _) = render_with(&cfg);
+        let n = r#"container="nginx.service""#;
+        for want in [
+            format!("palisade_syscall_duration_seconds_count{{{n},syscall=\"getppid\"}} 3\n"),
+            // close alone is left in other; nothing counted twice
+            format!("palisade_syscall_duration_seconds_count{{{n},syscall=\"other\"}} 2\n"),
+            // web-0 made no getppid: its read stays in other
+            "palisade_syscall_duration_seconds_count{container=\"web-0\",syscall=\"other\"} 1\n"
+                .to_owned(),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        // every syscall selected: no empty other histogram
+        cfg.syscall_latency_detail = vec![crate::config::Pattern::new("*").unwrap()];
+        let (text, _) = render_with(&cfg);
+        assert!(!text.contains(r#"syscall="other",le="#), "{text}");
+        assert!(text.contains(
+            r#"palisade_syscall_duration_seconds_count{container="web-0",syscall="read"} 1"#
+        ));
+    }
+
+    #[test]
+    fn text_is_what_the_prometheus_encoder_writes_of_the_proto_families() {
+        use prometheus::Encoder as _;
+        let (mut model, mut registry) = fixture();
+        registry.insert(13, "/weird\\\"name\nx");
+        let mut c = CgroupStats::default();
+        c.syscalls.insert(110, stats(&[100, 9_000_000]));
+        c.resources = Some(crate::resources::Resources {
+            cpu_usage_seconds: Some(0.25),
+            memory_usage_bytes: Some(1 << 20),
+            ..Default::default()
+        });
+        c.processes = Some(palisade_common::ProcessCounts::default());
+        model.by_cgroup.insert(13, c);
+        let own = SelfMetrics::new().unwrap();
+        own.observe_scrape(0.003);
+        let mut cfg = Config::default().metrics;
+        cfg.syscall_latency_detail = vec![crate::config::Pattern::new("read").unwrap()];
+        let info = Info::default();
+        let r = render(
+            &inputs(&model, &registry, &info, &cfg),
+            &own,
+            Out {
+                text: true,
+                proto: true,
+            },
+        );
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&r.families, &mut buf)
+            .unwrap();
+        assert_eq!(r.text, String::from_utf8(buf).unwrap());
+        assert!(
+            r.text.contains(r#"container="/weird\\\"name\nx""#),
+            "{}",
+            r.text
+        );
+    }
     #[test]
     fn same_name_cgroups_are_summed() {
         let (mut model, mut registry) = fixture();
@@ -409,7 +512,7 @@ mod tests {
         model.by_cgroup.insert(12, c);
         let own = SelfMetrics::new().unwrap();
         let cfg = Config::default().metrics;
-        let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
+        let (text, _) = render_text(&inputs(&model, &registry, &Info::default(), &cfg), &own);
         assert!(
             text.contains(
                 "palisade_syscalls_total{container=\"nginx.service\",syscall=\"getppid\"} 4\n"
@@ -471,7 +574,7 @@ mod tests {
         });
         let own = SelfMetrics::new().unwrap();
         let cfg = Config::default().metrics;
-        let (text, _) = render(&inputs(&model, &registry, &Info::default(), &cfg), &own).unwrap();
+        let (text, _) = render_text(&inputs(&model, &registry, &Info::default(), &cfg), &own);
         let l = r#"container="web",namespace="shop",pod="cart""#;
         let c = r#"container="web",id="/system.slice/nginx.service",image="nginx:1",name="k8s_web_cart",namespace="shop",pod="cart""#;
         for want in [

@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 
 use palisade_common::net::{NetTotals, TcpCounts};
-use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{Budget, ContainerKey, Inputs, counter, family, gauge, histogram};
+use super::{
+    Budget, ContainerKey, Inputs,
+    expo::{Family, Kind, NONE, Out},
+    histogram,
+};
 use crate::net::RttHist;
 
 #[derive(Default)]
@@ -15,7 +18,7 @@ struct Agg {
     rtt: Option<RttHist>,
 }
 
-pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamily> {
+pub(crate) fn families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Family> {
     let mut agg: BTreeMap<ContainerKey, Agg> = BTreeMap::new();
     for (id, s) in &inp.model.by_cgroup {
         let rtt = inp.net.and_then(|n| n.rtt.get(id));
@@ -39,38 +42,45 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
             h.sum_ns += r.sum_ns;
         }
     }
-    let mut bytes = family(
+    let mut bytes = Family::new(
+        out,
         "palisade_network_bytes_total",
         "IP bytes a container's sockets sent (tx) and received (rx), headers included.",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    let mut packets = family(
+    let mut packets = Family::new(
+        out,
         "palisade_network_packets_total",
         "IP packets a container's sockets sent (tx) and received (rx).",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    let mut icmp = family(
+    let mut icmp = Family::new(
+        out,
         "palisade_network_icmp_packets_total",
         "ICMP and ICMPv6 packets a container's sockets sent (tx) and received (rx).",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    let mut conns = family(
+    let mut conns = Family::new(
+        out,
         "palisade_tcp_connections_total",
         "TCP connections per container: outbound (it connected) established, refused or timeout; inbound (it accepted) established.",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    let mut retrans = family(
+    let mut retrans = Family::new(
+        out,
         "palisade_tcp_retransmits_total",
         "TCP segments a container retransmitted.",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    let mut rtts = family(
+    let mut rtts = Family::new(
+        out,
         "palisade_tcp_rtt_seconds",
         "Smoothed RTT of a container's TCP connections, sampled when each closes.",
-        MetricType::HISTOGRAM,
+        Kind::Histogram,
     );
     let step = inp.cfg.latency_bucket_step.0;
     for (key, a) in &agg {
+        let set = key.label_set();
         if let Some(n) = &a.net
             && budget.take(6)
         {
@@ -78,10 +88,10 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
                 ("tx", n.tx_bytes, n.tx_packets, n.icmp_tx),
                 ("rx", n.rx_bytes, n.rx_packets, n.icmp_rx),
             ] {
-                let l = key.labels(&[("direction", dir)]);
-                bytes.mut_metric().push(counter(&l, b as f64));
-                packets.mut_metric().push(counter(&l, p as f64));
-                icmp.mut_metric().push(counter(&l, i as f64));
+                let l = [("direction", dir)];
+                bytes.sample(&set, &l, b);
+                packets.sample(&set, &l, p);
+                icmp.sample(&set, &l, i);
             }
         }
         if let Some(t) = &a.tcp
@@ -93,53 +103,47 @@ pub(crate) fn families(inp: &Inputs<'_>, budget: &mut Budget) -> Vec<MetricFamil
                 ("outbound", "timeout", t.timeout),
                 ("inbound", "established", t.inbound_established),
             ] {
-                conns.mut_metric().push(counter(
-                    &key.labels(&[("direction", dir), ("result", result)]),
-                    v as f64,
-                ));
+                conns.sample(&set, &[("direction", dir), ("result", result)], v);
             }
-            retrans
-                .mut_metric()
-                .push(counter(&key.labels(&[]), t.retransmits as f64));
+            retrans.sample(&set, &[], t.retransmits);
         }
         if let Some(r) = &a.rtt
             && budget.take(histogram::series_per_histogram(step))
         {
-            let h = histogram::convert(&r.hist, r.sum_ns, step);
-            rtts.mut_metric()
-                .push(super::histogram(&key.labels(&[]), &h));
+            rtts.kernel_histogram(&set, &[], &r.hist, r.sum_ns, step);
         }
     }
-    let mut out = vec![bytes, packets, icmp, conns, retrans, rtts];
-    out.extend(peer_families(inp));
-    out
+    let mut fams = vec![bytes, packets, icmp, conns, retrans, rtts];
+    fams.extend(peer_families(inp, out));
+    fams
 }
 
 /// Opt-in per-peer bytes, under their own series cap, and the flow table's fill.
-fn peer_families(inp: &Inputs<'_>) -> Vec<MetricFamily> {
+fn peer_families(inp: &Inputs<'_>, out: Out) -> Vec<Family> {
     let (Some(net), Some(cfg)) = (inp.net, inp.network) else {
         return Vec::new();
     };
-    let mut flows = family(
+    let mut flows = Family::new(
+        out,
         "palisade_network_flows",
         "Flows in the kernel flow table at the last walk.",
-        MetricType::GAUGE,
+        Kind::Gauge,
     );
-    flows.mut_metric().push(gauge(&[], net.live_flows as f64));
-    let mut evicted = family(
+    flows.sample(&NONE, &[], net.live_flows as u64);
+    let mut evicted = Family::new(
+        out,
         "palisade_network_flows_evicted_total",
         "Flows the kernel's LRU flow table dropped to make room before they ended (network.flow_entries).",
-        MetricType::COUNTER,
+        Kind::Counter,
     );
-    evicted
-        .mut_metric()
-        .push(counter(&[], net.evicted_total as f64));
-    let mut out = vec![flows, evicted];
+    evicted.sample(&NONE, &[], net.evicted_total);
+    let mut fams = vec![flows, evicted];
     if cfg.per_peer_metrics {
-        let mut peers = family(
+        let mut peers = Family::new(
+            out,
             "palisade_network_peer_bytes_total",
             "IP bytes per container and remote network (remote address cut to network.peer_prefix_v4/v6).",
-            MetricType::COUNTER,
+            Kind::Counter,
         );
         let mut rows: BTreeMap<(ContainerKey, &str, &str), u64> = BTreeMap::new();
         for ((cg, dir, remote), b) in &net.peers {
@@ -153,19 +157,21 @@ fn peer_families(inp: &Inputs<'_>) -> Vec<MetricFamily> {
         }
         let dropped = rows.len().saturating_sub(cfg.max_peer_series);
         for ((key, dir, remote), b) in rows.iter().take(cfg.max_peer_series) {
-            peers.mut_metric().push(counter(
-                &key.labels(&[("direction", dir), ("remote", remote)]),
-                *b as f64,
-            ));
+            peers.sample(
+                &key.label_set(),
+                &[("direction", dir), ("remote", remote)],
+                *b,
+            );
         }
-        let mut d = family(
+        let mut d = Family::new(
+            out,
             "palisade_network_peer_series_dropped",
             "Per-peer series left out of this scrape by network.max_peer_series.",
-            MetricType::GAUGE,
+            Kind::Gauge,
         );
-        d.mut_metric().push(gauge(&[], dropped as f64));
-        out.push(peers);
-        out.push(d);
+        d.sample(&NONE, &[], dropped as u64);
+        fams.push(peers);
+        fams.push(d);
     }
-    out
+    fams
 }

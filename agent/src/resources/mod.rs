@@ -58,10 +58,30 @@ pub struct Reader {
     v1: HashMap<String, PathBuf>,
     /// USER_HZ, for v1 cpuacct.stat ticks.
     clk_tck: f64,
+    /// Controllers the unified hierarchy offers (its root's `cgroup.controllers`); `None` when
+    /// unknown. On hybrid hosts memory, cpu and io live on v1: their v2 files exist in no cgroup,
+    /// and not looking for them saves a failed path walk per file and cgroup.
+    v2_controllers: Option<Vec<String>>,
 }
 
+/// A cgroupfs file in one `read`: cgroup files are seq_files, which fill the buffer until the
+/// end of the file, so a short read is the end (std's `read_to_string` adds a `statx` and a
+/// second `read` to every file; at 1,000 cgroups × 20 files that was most of a scrape).
 fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 impl Reader {
@@ -90,15 +110,31 @@ impl Reader {
         }
         // SAFETY: sysconf has no memory-safety preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let v2_controllers = std::fs::read_to_string(unified.join("cgroup.controllers"))
+            .ok()
+            .map(|s| s.split_whitespace().map(str::to_owned).collect());
         Self {
             unified,
             v1,
             clk_tck: if tck > 0 { tck as f64 } else { 100.0 },
+            v2_controllers,
         }
     }
 
     fn v2(&self, rel: &str, file: &str) -> Option<String> {
         read(&palisade_cgroupfs::dir(&self.unified, rel).join(file))
+    }
+
+    /// A v2 controller's file, unless the unified hierarchy does not offer that controller.
+    fn v2_of(&self, ctrl: &str, rel: &str, file: &str) -> Option<String> {
+        if self
+            .v2_controllers
+            .as_ref()
+            .is_some_and(|c| !c.iter().any(|c| c == ctrl))
+        {
+            return None;
+        }
+        self.v2(rel, file)
     }
 
     fn v1(&self, ctrl: &str, rel: &str, file: &str) -> Option<String> {
@@ -148,7 +184,7 @@ impl Reader {
             r.cfs_throttled_periods = flat_keyed(&s, "nr_throttled");
             r.cfs_throttled_seconds = flat_keyed(&s, "throttled_time").map(|ns| ns as f64 / 1e9);
         }
-        match self.v2(rel, "cpu.max").and_then(|s| cpu_max(&s)) {
+        match self.v2_of("cpu", rel, "cpu.max").and_then(|s| cpu_max(&s)) {
             Some((quota, period)) => {
                 r.cpu_quota_us = Some(quota);
                 r.cpu_period_us = Some(period);
@@ -163,13 +199,19 @@ impl Reader {
             }
         }
 
-        r.cpu_shares = match self.v2(rel, "cpu.weight").and_then(|s| single(&s)) {
+        r.cpu_shares = match self
+            .v2_of("cpu", rel, "cpu.weight")
+            .and_then(|s| single(&s))
+        {
             Some(weight) => weight_to_shares(weight),
             None => self.v1("cpu", rel, "cpu.shares").and_then(|s| single(&s)),
         };
 
         // Memory: v2 when the memory controller is enabled there, else v1.
-        if let Some(current) = self.v2(rel, "memory.current").and_then(|s| single(&s)) {
+        if let Some(current) = self
+            .v2_of("memory", rel, "memory.current")
+            .and_then(|s| single(&s))
+        {
             let stat = self.v2(rel, "memory.stat").unwrap_or_default();
             let events = self.v2(rel, "memory.events").unwrap_or_default();
             r.memory_usage_bytes = Some(current);
@@ -218,7 +260,7 @@ impl Reader {
         }
 
         // Block I/O.
-        if let Some(s) = self.v2(rel, "io.stat") {
+        if let Some(s) = self.v2_of("io", rel, "io.stat") {
             let (rd, wr) = io_stat_v2(&s);
             r.fs_read_bytes = Some(rd);
             r.fs_write_bytes = Some(wr);
@@ -391,6 +433,28 @@ mod tests {
         assert_eq!(r.memory_limit_bytes, Some(None));
         assert_eq!(r.fs_read_bytes, Some(4096));
         assert_eq!((r.processes, r.threads), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn v2_files_of_controllers_the_unified_root_lacks_are_not_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = dir.path().join("unified");
+        write(&u, "", "cgroup.controllers", "cpu hugetlb\n");
+        write(&u, "web", "memory.current", "1000\n");
+        write(&u, "web", "cpu.weight", "100\n");
+        let r = Reader::new(u, &mounts(), None).read("/web");
+        // a hybrid host: memory is on v1, whatever a v2 directory seems to hold
+        assert_eq!(r.memory_usage_bytes, None);
+        assert_eq!(r.cpu_shares, Some(2597));
+    }
+
+    #[test]
+    fn long_files_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs: String = (0..5000).map(|p| format!("{p}\n")).collect();
+        write(dir.path(), "big", "cgroup.procs", &procs);
+        let r = Reader::new(dir.path().to_owned(), &mounts(), None).read("/big");
+        assert_eq!(r.processes, Some(5000));
     }
 
     #[test]

@@ -17,7 +17,8 @@ use super::{
 };
 use crate::{
     kernel::{KernelError, KernelSnapshot},
-    metrics, resources,
+    metrics::{self, Page},
+    resources,
 };
 
 const EPERM: u32 = 1;
@@ -39,7 +40,7 @@ pub(super) struct Collection {
     pub flows_read: bool,
     /// End idle flows and write interim records (background collections).
     pub flow_pass: bool,
-    pub scrapes: Vec<oneshot::Sender<Result<bytes::Bytes, StateError>>>,
+    pub scrapes: Vec<oneshot::Sender<Result<Arc<Page>, StateError>>>,
     pub learns: Vec<(LearnRequest, oneshot::Sender<Result<LearnView, StateError>>)>,
     started: Option<Instant>,
     flows: Option<Vec<(FlowKey, FlowStats)>>,
@@ -198,12 +199,12 @@ impl Owner {
             self.flow_pass(flows, c.flows_created);
         }
         if !c.scrapes.is_empty() || self.published.is_some() {
-            let page = self.render(
+            let page = Arc::new(Page::new(self.render(
                 c.started.unwrap_or_else(Instant::now),
                 !c.scrapes.is_empty(),
-            );
+            )));
             for s in c.scrapes {
-                let _ = s.send(page.clone());
+                let _ = s.send(Ok(page.clone()));
             }
         }
         for (req, reply) in c.learns {
@@ -214,9 +215,13 @@ impl Owner {
 
     /// The `/metrics` page from the current numbers (an empty page unless `page`); the families
     /// also go to the OTLP metrics export when it runs.
-    fn render(&self, started: Instant, page: bool) -> Result<bytes::Bytes, StateError> {
+    fn render(&self, started: Instant, page: bool) -> bytes::Bytes {
         let policy = self.policy.snapshot();
-        let (fams, _dropped) = metrics::families(
+        let out = metrics::expo::Out {
+            text: page,
+            proto: self.published.is_some(),
+        };
+        let rendered = metrics::render(
             &metrics::Inputs {
                 model: &self.model,
                 registry: &self.registry,
@@ -230,21 +235,15 @@ impl Owner {
                 policy: Some(&policy),
             },
             &self.own,
+            out,
         );
-        let text = if page {
-            let text = metrics::encode(&fams);
+        if page {
             self.own.observe_scrape(started.elapsed().as_secs_f64());
-            text
-        } else {
-            Ok(String::new())
-        };
+        }
         if let Some(tx) = &self.published {
-            tx.send_replace(Arc::new(fams));
+            tx.send_replace(Arc::new(rendered.families));
         }
-        match text {
-            Ok(text) => Ok(bytes::Bytes::from(text)),
-            Err(e) => Err(StateError::Render(Arc::new(e))),
-        }
+        bytes::Bytes::from(rendered.text)
     }
 
     /// The live cgroups whose name or id matches, the syscall counts of those and of the

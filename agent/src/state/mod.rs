@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use owner::{Parts, spawn};
 
-use crate::{config::Pattern, kernel::KernelError, policy::Launched};
+use crate::{config::Pattern, kernel::KernelError, metrics::Page, policy::Launched};
 
 /// Why the owner could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,8 +36,6 @@ pub enum StateError {
     Gone,
     #[error("collection failed: {0}")]
     Kernel(Arc<KernelError>),
-    #[error("cannot render /metrics: {0}")]
-    Render(Arc<prometheus::Error>),
     #[error("cannot walk the cgroup tree at {root}: {source}", root = .root.display())]
     Walk {
         root: std::path::PathBuf,
@@ -76,7 +74,7 @@ pub struct LearnView {
 pub enum Cmd {
     /// Collect now and answer with the `/metrics` page.
     Scrape {
-        reply: oneshot::Sender<Result<bytes::Bytes, StateError>>,
+        reply: oneshot::Sender<Result<Arc<Page>, StateError>>,
     },
     /// A launcher's workload: name it, trace it (past a `--cgroup` filter), apply its policies;
     /// answers once all three are in place.
@@ -119,7 +117,9 @@ impl StateHandle {
         rx.await.map_err(|_| StateError::Gone)?
     }
 
-    pub async fn scrape(&self) -> Result<bytes::Bytes, StateError> {
+    /// The page of a collection that starts after this call (shared with the scrapes that ask
+    /// before it starts).
+    pub async fn scrape(&self) -> Result<Arc<Page>, StateError> {
         self.ask(|reply| Cmd::Scrape { reply }).await
     }
 

@@ -1,0 +1,445 @@
+//! `cargo xtask bench scale`: the release agent watching 1,000 real cgroups, each holding a
+//! process that made a few syscalls; what one scrape of the live agent costs (kernel map reads,
+//! cgroupfs, rendering, HTTP), how big the page is, how many series each container has and how
+//! many the cap dropped, and the agent's memory.
+//!
+//! Scrape CPU is the agent's own (utime + stime from /proc/PID/stat) around a batch of
+//! sequential scrapes, less what the agent spent in an idle window of the same length measured
+//! just before (background collections, rescans): a per-scrape figure of the live agent.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{agent_bin, step};
+
+/// The cgroups, their processes and the agent; removed on drop (processes killed first).
+struct Fleet {
+    /// Parent directories, unified first, then the v1 controllers' (hybrid hosts).
+    parents: Vec<PathBuf>,
+    children: Vec<String>,
+    procs: Vec<Child>,
+    agent: Option<Child>,
+    tmp: PathBuf,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &a.id().to_string()])
+                .status();
+            let _ = a.wait();
+        }
+        for p in &mut self.procs {
+            let _ = p.kill();
+        }
+        for p in &mut self.procs {
+            let _ = p.wait();
+        }
+        for parent in &self.parents {
+            for c in &self.children {
+                let dir = parent.join(c);
+                // an emptied cgroup can stay busy for a moment
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = std::fs::remove_dir(parent);
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// The unified hierarchy's mount and the v1 controller mounts that hold resource files.
+fn hierarchies() -> Result<(PathBuf, Vec<PathBuf>)> {
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .context("no cgroup2 mount")?
+        .to_path_buf();
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let v1 = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup")).then(|| PathBuf::from(f[1]))
+        })
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            n.is_some_and(|n| {
+                ["memory", "cpu", "cpuacct", "pids", "blkio"]
+                    .iter()
+                    .any(|c| n.split(',').any(|x| x == *c))
+            })
+        })
+        .collect();
+    Ok((unified, v1))
+}
+
+/// `n` cgroups (in the unified hierarchy and, on hybrid hosts, in the v1 controllers at the same
+/// relative path, as runtimes create them), each with a `sleep` that a shell moved there.
+fn fleet(n: usize, tmp: PathBuf) -> Result<Fleet> {
+    let (unified, v1) = hierarchies()?;
+    let name = format!("palisade-bench-scale-{}", std::process::id());
+    let mut f = Fleet {
+        parents: std::iter::once(&unified)
+            .chain(&v1)
+            .map(|h| h.join(&name))
+            .collect(),
+        children: (0..n).map(|i| format!("c{i:04}")).collect(),
+        procs: Vec::new(),
+        agent: None,
+        tmp,
+    };
+    for p in &f.parents {
+        std::fs::create_dir(p).with_context(|| format!("mkdir {}", p.display()))?;
+    }
+    // pure v2: let the children have the controllers (best effort: what the root offers)
+    if v1.is_empty()
+        && let Ok(ctrls) = std::fs::read_to_string(unified.join("cgroup.subtree_control"))
+    {
+        let want: Vec<String> = ctrls.split_whitespace().map(|c| format!("+{c}")).collect();
+        let _ = std::fs::write(f.parents[0].join("cgroup.subtree_control"), want.join(" "));
+    }
+    for c in &f.children {
+        let mut procs_files = Vec::new();
+        for p in &f.parents {
+            let d = p.join(c);
+            std::fs::create_dir(&d).with_context(|| format!("mkdir {}", d.display()))?;
+            procs_files.push(d.join("cgroup.procs"));
+        }
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"for f in "$@"; do echo $$ > "$f" || exit 1; done; exec sleep 100000"#)
+            .arg("sh")
+            .args(&procs_files)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawn a workload")?;
+        f.procs.push(child);
+    }
+    Ok(f)
+}
+
+struct Reply {
+    headers: String,
+    body: Vec<u8>,
+}
+
+fn get(addr: &str, gzip: bool) -> Result<Reply> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    let enc = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{enc}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let headers = String::from_utf8_lossy(&buf[..split]).into_owned();
+    if !headers.starts_with("HTTP/1.1 200") {
+        bail!("scrape failed: {headers}");
+    }
+    let mut body = buf[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Ok(Reply { headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let len = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16)?;
+        b = &b[eol + 2..];
+        if len == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(b.get(..len).context("short chunk")?);
+        b = &b[len + 2..];
+    }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // fields after the command name (which may hold spaces): state is field 3
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    Ok(ticks / hz)
+}
+
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn value(page: &str, prefix: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Series per bench container (by its `container` label, every family).
+fn series_per_container(page: &str, marker: &str) -> Vec<usize> {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in page.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(i) = l.find("container=\"") {
+            let v = &l[i + 11..];
+            let v = &v[..v.find('"').unwrap_or(v.len())];
+            if v.contains(marker) {
+                *by.entry(v).or_default() += 1;
+            }
+        }
+    }
+    let mut v: Vec<usize> = by.into_values().collect();
+    v.sort_unstable();
+    v
+}
+
+/// `cargo xtask bench scale`.
+pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()> {
+    step(&format!(
+        "scale: {containers} cgroups with a process each, release agent, {scrapes} scrapes per case"
+    ));
+    let tmp = std::env::temp_dir().join(format!("palisade-bench-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let ready = tmp.join("ready");
+    let mut agent = Command::new(agent_bin(true))
+        .args(["agent", "--listen", "127.0.0.1:0", "--control-socket"])
+        .arg(tmp.join("agent.sock"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::fs::File::create(tmp.join("agent.log"))?)
+        .spawn()?;
+    let pid = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&ready) {
+            break a.trim().to_owned();
+        }
+        if Instant::now() > deadline {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            bail!(
+                "agent did not start (log: {})",
+                tmp.join("agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let idle_rss = status_kib(pid, "VmRSS:");
+    // the workloads start under the agent, so their syscalls are counted
+    let t = Instant::now();
+    let mut f = match fleet(containers, tmp.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            return Err(e);
+        }
+    };
+    f.agent = Some(agent);
+    eprintln!(
+        "    {containers} cgroups and processes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // every cgroup known (the first walk), then one scrape to settle names
+    let marker = format!("palisade-bench-scale-{}/", std::process::id());
+    let page = loop {
+        let r = get(&addr, false)?;
+        let page = String::from_utf8_lossy(&r.body).into_owned();
+        if series_per_container(&page, &marker).len() >= containers {
+            break page;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent does not show {containers} bench containers");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let per = series_per_container(&page, &marker);
+    let dropped = value(&page, "palisade_series_dropped ");
+    let series = page.lines().filter(|l| !l.starts_with('#')).count();
+
+    // idle window, then the scrape batches
+    let idle = Duration::from_secs(3);
+    let c0 = cpu_seconds(pid)?;
+    std::thread::sleep(idle);
+    let idle_rate = (cpu_seconds(pid)? - c0) / idle.as_secs_f64();
+    let mut rows = Vec::new();
+    // the agent under `perf record` for the plain batch (a profile of the scrape path)
+    let mut recorder = match perf {
+        Some(out) => {
+            let r = Command::new("perf")
+                .args([
+                    "record",
+                    "-F",
+                    "999",
+                    "-g",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-o",
+                ])
+                .arg(out)
+                .args(["-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record")?;
+            std::thread::sleep(Duration::from_secs(1));
+            Some(r)
+        }
+        None => None,
+    };
+    for gzip in [false, true] {
+        let t = Instant::now();
+        let c0 = cpu_seconds(pid)?;
+        let mut size = 0;
+        let mut enc = String::new();
+        for _ in 0..scrapes {
+            let r = get(&addr, gzip)?;
+            size = r.body.len();
+            enc = r
+                .headers
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-encoding:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| "identity".into());
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid)? - c0 - idle_rate * wall;
+        rows.push((
+            gzip,
+            cpu / f64::from(scrapes),
+            wall / f64::from(scrapes),
+            size,
+            enc,
+        ));
+        if let Some(mut r) = recorder.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &r.id().to_string()])
+                .status();
+            let _ = r.wait();
+        }
+    }
+    // concurrent scrapes: one collection and one page between those that arrive together
+    let c0 = cpu_seconds(pid)?;
+    let t = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let a = addr.clone();
+            std::thread::spawn(move || get(&a, true).map(|r| r.body.len()))
+        })
+        .collect();
+    for th in threads {
+        th.join()
+            .map_err(|_| anyhow::anyhow!("scrape thread panicked"))??;
+    }
+    let conc_cpu = cpu_seconds(pid)? - c0 - idle_rate * t.elapsed().as_secs_f64();
+    let rss = status_kib(pid, "VmRSS:");
+    let hwm = status_kib(pid, "VmHWM:");
+    let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
+
+    let pct = |q: f64| {
+        per.get(((per.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "\n{containers} containers, agent pid {pid}, kernel maps + cgroupfs + render + HTTP per scrape:"
+    );
+    println!(
+        "  series on /metrics {series}; per container min {} median {} max {}; dropped {dropped}",
+        pct(0.0),
+        pct(0.5),
+        pct(1.0)
+    );
+    for (gzip, cpu, wall, size, enc) in &rows {
+        println!(
+            "  {:<22} CPU {:7.1} ms/scrape  wall {:7.1} ms  body {:8.1} KiB ({enc})",
+            if *gzip {
+                "Accept-Encoding: gzip"
+            } else {
+                "plain"
+            },
+            cpu * 1e3,
+            wall * 1e3,
+            *size as f64 / 1024.0
+        );
+    }
+    println!(
+        "  8 concurrent gzip scrapes: CPU {:.1} ms in all ({:.2}x one sequential scrape)",
+        conc_cpu * 1e3,
+        conc_cpu / rows[1].1
+    );
+    println!(
+        "  agent idle CPU {:.1} ms/s (subtracted); RSS before the containers {:.1} MiB, after scrapes {:.1} MiB, peak {:.1} MiB",
+        idle_rate * 1e3,
+        idle_rss / 1024.0,
+        rss / 1024.0,
+        hwm / 1024.0
+    );
+    println!(
+        "  (RSS after scrapes: {:.1} MiB anonymous, {:.1} MiB file-backed, mostly the binary)",
+        anon / 1024.0,
+        file / 1024.0
+    );
+    let max_series = pct(1.0) as f64;
+    let gzip = rows.iter().find(|r| r.0).map_or(f64::NAN, |r| r.3 as f64);
+    let cpu = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    println!("  against the targets (measured / target, <= 1 is met):");
+    println!(
+        "    series per container (max)  {:.2}   dropped {dropped}",
+        max_series / 100.0
+    );
+    println!(
+        "    CPU per scrape (worse case) {:.2}   gzip body {:.2}   RSS {:.2}",
+        cpu * 1e3 / 50.0,
+        gzip / (1024.0 * 1024.0),
+        rss / (64.0 * 1024.0)
+    );
+    drop(f);
+    Ok(())
+}
