@@ -20,6 +20,20 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The names of a process's threads (`/proc/PID/task/*/comm`), to say which one stayed.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Cgroup directories in the unified hierarchy, the root included (what the registry should
 /// hold as live).
 fn hierarchy_size() -> u64 {
@@ -63,14 +77,18 @@ fn registry_matches_hierarchy(agent: &Agent) -> u64 {
 fn containers_churned_in_waves_leave_nothing_behind_and_memory_settles() {
     let waves = env_or("PALISADE_CHURN_WAVES", 4);
     let per_wave = env_or("PALISADE_CHURN_PER_WAVE", 100);
+    // Collections come with the test's scrapes; the periodic one is rarer than tokio's
+    // blocking-pool keep-alive (10 s), so the pool's idle threads end once the scrapes stop
+    // (a 1 s interval kept two of them busy in turn, and one more thread than the baseline)
     let agent = Agent::start(
-        "metrics:\n  series_grace_period: 0s\n  collect_interval: 1s\n  max_series: 2000000\n",
+        "metrics:\n  series_grace_period: 0s\n  collect_interval: 30s\n  max_series: 2000000\n",
         &[],
     );
     let pid = agent.pid();
     // settled after start-up: one collection and the first walk are done
     registry_matches_hierarchy(&agent);
     let base = usage(pid);
+    let base_threads = thread_names(pid);
     let parent = TestCgroup::new("churn");
     let prefix = format!("{}/", parent.rel);
     let mut rss = vec![base.rss_kib];
@@ -141,7 +159,13 @@ fn containers_churned_in_waves_leave_nothing_behind_and_memory_settles() {
             let u = usage(pid);
             (u.fds <= base.fds && u.tasks <= base.tasks).then_some(u)
         },
-        || format!("baseline {base:?}, now {:?}", usage(pid)),
+        || {
+            format!(
+                "baseline {base:?} (threads {base_threads:?}), now {:?} (threads {:?})",
+                usage(pid),
+                thread_names(pid)
+            )
+        },
     );
     // memory settles: the second half of the waves adds (almost) nothing to the first half's
     // peak (slack: 10 % of it or 4 MiB, the allocator's own granularity)
