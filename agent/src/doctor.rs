@@ -22,7 +22,10 @@ fn role(feature: &str) -> (&'static str, bool) {
         "seccomp" => ("palisade run: syscall filters", false),
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("optional upgrade; raw tracepoints used instead", false),
-        "bpf_lsm" => ("optional upgrade; not required", false),
+        "bpf_lsm" => (
+            "policies: `errno` exec/syscall rules refused in the kernel",
+            false,
+        ),
         "kprobe" => ("optional; not used", false),
         _ => ("", false),
     }
@@ -75,8 +78,24 @@ pub fn render(report: &Report) -> String {
             missing_required.join(", ")
         );
     }
+    let _ = writeln!(out, "enforcement tier: {}", tier(report).1);
     let _ = writeln!(out, "(probed in {} ms)", report.elapsed_ms);
     out
+}
+
+/// The enforcement tier this host gives policies: (`bpf_lsm` or `tracepoints`, a sentence).
+pub fn tier(report: &Report) -> (&'static str, &'static str) {
+    if report.get("bpf_lsm").is_some_and(|f| f.available) {
+        (
+            "bpf_lsm",
+            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec, syscall rules with `action: errno` refused by the kernel for the calls with an LSM hook (unshare, mount, ptrace, bpf, socket, ...), other calls killed after the call (seccomp refuses them at launch)",
+        )
+    } else {
+        (
+            "tracepoints",
+            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs, syscall rules kill after the call (seccomp refuses them at launch)",
+        )
+    }
 }
 
 /// `palisade doctor --output json`: one object, documented in `palisade doctor --help` and the
@@ -91,6 +110,10 @@ pub struct JsonReport {
     pub missing_required: Vec<&'static str>,
     /// `tracepoints` (cgroup_mkdir/rmdir events and rescans) or `rescans` only.
     pub cgroup_discovery: &'static str,
+    /// `bpf_lsm` (denied execs refused in the kernel) or `tracepoints`; see
+    /// `enforcement_tier_describe`.
+    pub enforcement_tier: &'static str,
+    pub enforcement_tier_describe: &'static str,
     pub probe_ms: u128,
 }
 
@@ -139,6 +162,8 @@ pub fn json_report(report: &Report) -> JsonReport {
             "rescans"
         },
         probe_ms: report.elapsed_ms,
+        enforcement_tier: tier(report).0,
+        enforcement_tier_describe: tier(report).1,
         features,
     }
 }
@@ -192,6 +217,17 @@ mod tests {
         assert!(text.contains("cgroup layout: hybrid"), "{text}");
         assert!(text.contains("agent: will run"), "{text}");
         assert!(text.contains("fentry            no"), "{text}");
+        assert!(
+            text.contains("enforcement tier: no BPF-LSM: exec rules with `action: errno` kill"),
+            "{text}"
+        );
+        let lsm = report(&[("raw_tracepoint", true), ("bpf_lsm", true)]);
+        assert!(
+            render(&lsm).contains("enforcement tier: BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec"),
+            "{}",
+            render(&lsm)
+        );
+        assert_eq!(json_report(&lsm).enforcement_tier, "bpf_lsm");
 
         let bad = report(&[("raw_tracepoint", false), ("ring_buffer", true)]);
         assert_eq!(exit_code(&bad), 1);

@@ -141,6 +141,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::ViolationState {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::FileEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::EnterSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::ArgKey {}

@@ -158,13 +158,21 @@ pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
 /// next agent (after a restart, `kill -9` included) reports each violation once.
 pub const MAP_POLICY_REPORTED: &str = "POLICY_REPORTED";
 
+/// Array of `u32` by [`crate::policy::lsm_index`]: 1 while that group of BPF-LSM programs is
+/// attached and refuses `errno` rules (the tracepoint programs then leave those rules to it);
+/// 0 and they do without. The agent sets an entry after attaching and clears it before
+/// detaching.
+pub const MAP_POLICY_LSM: &str = "POLICY_LSM";
 /// LRU hash: cgroup id → [`crate::policy::Resolved`] (the entry that applies, cached).
 pub const MAP_POLICY_RESOLVED: &str = "POLICY_RESOLVED";
 /// Array: [`crate::policy::xlat_index`] → x86_64 syscall number or [`crate::policy::xlat`].
 pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
 
+/// Hash: [`crate::policy::ExecKey`] (exact path or tree) → [`crate::policy::FileEntry`].
+pub const MAP_POLICY_FILES: &str = "POLICY_FILES";
+
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 15] = [
+pub const POLICY_MAPS: [&str; 17] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -178,8 +186,10 @@ pub const POLICY_MAPS: [&str; 15] = [
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
     MAP_POLICY_REPORTED,
+    MAP_POLICY_LSM,
     MAP_POLICY_RESOLVED,
     MAP_POLICY_XLAT,
+    MAP_POLICY_FILES,
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
@@ -190,6 +200,29 @@ pub const PROG_POLICY_EXEC: &str = "policy_exec";
 /// Classic tracepoint on `sched:sched_process_exec`: exec rules on the path given to execve
 /// (the best-effort fallback without kernel BTF).
 pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
+/// BPF-LSM program on `bprm_check_security`: exec rules with `action: errno` refuse the exec
+/// with EPERM before it runs (hosts with BPF-LSM active).
+pub const PROG_POLICY_EXEC_LSM: &str = "policy_exec_lsm";
+/// BPF-LSM programs refusing syscall rules with `action: errno` of the calls in
+/// [`crate::policy::LSM_CALLS`]: (program, hook).
+pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
+    ("policy_lsm_userns_create", "userns_create"),
+    ("policy_lsm_capable", "capable"),
+    ("policy_lsm_task_alloc", "task_alloc"),
+    ("policy_lsm_sb_mount", "sb_mount"),
+    ("policy_lsm_move_mount", "move_mount"),
+    ("policy_lsm_sb_pivotroot", "sb_pivotroot"),
+    ("policy_lsm_ptrace_access_check", "ptrace_access_check"),
+    ("policy_lsm_ptrace_traceme", "ptrace_traceme"),
+    ("policy_lsm_bpf", "bpf"),
+    ("policy_lsm_perf_event_open", "perf_event_open"),
+    ("policy_lsm_socket_create", "socket_create"),
+    ("policy_lsm_kernel_load_data", "kernel_load_data"),
+    ("policy_lsm_kernel_read_file", "kernel_read_file"),
+    ("policy_lsm_task_fix_setuid", "task_fix_setuid"),
+];
+/// And `task_prctl`, whose programs must answer -ENOSYS to let a call through.
+pub const PROG_POLICY_LSM_TASK_PRCTL: &str = "policy_lsm_task_prctl";
 pub const PROG_POLICY_CONNECT4: &str = "policy_connect4";
 pub const PROG_POLICY_CONNECT6: &str = "policy_connect6";
 pub const PROG_POLICY_SENDMSG4: &str = "policy_sendmsg4";
@@ -201,6 +234,8 @@ pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
 pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
 /// `syscalls:sys_enter_socket`: packet sockets where egress rules apply.
 pub const PROG_POLICY_PACKET: &str = "policy_packet";
+/// Raw tracepoint on `sys_enter`: file rules on the path given (no BPF-LSM), reported only.
+pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
 
 /// Globals of the policy object.
 pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";

@@ -4,7 +4,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal, bpf_skb_ancestor_cgroup_id},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_send_signal,
+        bpf_skb_ancestor_cgroup_id,
+    },
     macros::{
         cgroup_skb, cgroup_sock_addr, fentry, kprobe, lsm, map, raw_tracepoint, sock_ops,
         tracepoint,
@@ -40,9 +43,15 @@ pub fn probe_cgroup_sock_addr(_ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// The TCP program (`tcp_ops`) names the cgroup of the process connecting or listening with
+/// `bpf_get_current_cgroup_id`, which older kernels do not offer to sock_ops programs (6.1:
+/// "unknown func bpf_get_current_cgroup_id#80"): the probe asks for it too, so `doctor` says
+/// what the agent will find.
 #[sock_ops]
 pub fn probe_sock_ops(_ctx: SockOpsContext) -> u32 {
-    1
+    // SAFETY: a helper without arguments
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    u32::from(cg != 0)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]

@@ -103,6 +103,11 @@ pub struct RunArgs {
     /// The agent's control socket [default: /run/palisade/agent.sock].
     #[arg(long, value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,
+    /// How long the agent may take to answer a registration (it loads, verifies and attaches
+    /// the programs the workload's policy needs first: seconds on a busy host, more under
+    /// emulation). Past it, a required agent means nothing is started.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "PALISADE_AGENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub agent_timeout: std::time::Duration,
     /// Policy file: the policy selecting this workload (by workload name or cgroup path)
     /// adds its syscall rules to the seccomp profile (a second filter: the stricter answer
     /// wins), sets its cgroup limits (resources) and, through the agent, its exec and network

@@ -107,7 +107,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     // exec and network rules only exist in the agent: without it they would silently not apply
     let policy_needs_agent = policy.as_ref().filter(|p| !p.needs_agent.is_empty());
     let require_agent = args.require_agent || policy_needs_agent.is_some();
-    let mut agent = match register::AgentConn::connect(&socket) {
+    let mut agent = match register::AgentConn::connect(&socket, args.agent_timeout) {
         Ok(c) => Some(c),
         Err(source) if require_agent => {
             return Err(AgentError {

@@ -67,8 +67,8 @@ use palisade_proto::LaunchPolicy;
 pub struct ForLaunch {
     /// For the registration (the agent validates and enforces it).
     pub wire: LaunchPolicy,
-    /// Policies with exec or network rules in enforce mode: only the agent enforces those, so
-    /// the launch is refused without one.
+    /// Policies with exec, file or network rules in enforce mode: only the agent enforces
+    /// those, so the launch is refused without one.
     pub needs_agent: Vec<String>,
 }
 
@@ -227,7 +227,10 @@ pub fn prepare(file: &Path, names: &[String], plan: &mut Plan) -> Result<ForLaun
         .iter()
         .filter(|p| {
             p.mode == Mode::Enforce
-                && (p.exec.is_some() || p.network.egress.is_some() || p.network.ingress.is_some())
+                && (p.exec.is_some()
+                    || p.files.is_some()
+                    || p.network.egress.is_some()
+                    || p.network.ingress.is_some())
         })
         .map(|p| p.name.clone())
         .collect();

@@ -6,10 +6,6 @@ use std::{path::Path, time::Duration};
 
 use palisade_proto::{ClientError, Conn, LaunchPolicy, Request};
 
-/// How long the agent may take to answer (it registers in its kernel maps first, and may load,
-/// verify and attach the policy programs the workload's rules need: seconds on a busy host).
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What the launcher was doing with the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentStep {
@@ -42,6 +38,9 @@ pub struct AgentError {
 fn hint(e: &ClientError) -> &'static str {
     match e {
         ClientError::Refused { .. } => "nothing was started",
+        ClientError::Timeout { .. } => {
+            "nothing was started; a busy agent may need a longer --agent-timeout"
+        }
         _ => "start `palisade agent`, point --agent-socket at it, or drop --require-agent",
     }
 }
@@ -76,9 +75,11 @@ impl std::fmt::Display for AgentSays<'_> {
 pub struct AgentConn(Conn);
 
 impl AgentConn {
-    /// Connects and pings.
-    pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let mut c = Conn::connect(path, Some(TIMEOUT))?;
+    /// Connects and pings; every answer may take up to `timeout` (`palisade run
+    /// --agent-timeout`: the agent registers in its kernel maps first, and may load, verify
+    /// and attach the policy programs the workload's rules need).
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let mut c = Conn::connect(path, Some(timeout))?;
         c.request(&Request::Ping {})?;
         Ok(Self(c))
     }

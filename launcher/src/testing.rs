@@ -25,6 +25,7 @@ pub fn run_args(rootfs: Option<&Path>) -> RunArgs {
         env: Vec::new(),
         require_agent: false,
         agent_socket: None,
+        agent_timeout: std::time::Duration::from_secs(30),
         policy: None,
         command: vec!["/bin/sh".into()],
     }

@@ -238,3 +238,15 @@ fn same_prefix(a: &IpAddr, b: &IpAddr, len: u8) -> bool {
     }
     true
 }
+
+/// What the file rules of a set do on a host with `tier`, where that is less than written:
+/// `action: errno` reported only without BPF-LSM, accesses not seen, best-effort matching.
+pub fn file_notes(set: &PolicySet, tier: &crate::files::FileTier) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for p in &set.policies {
+        if let Some(f) = &p.files {
+            crate::files::notes(f, p.mode, tier, &mut out);
+        }
+    }
+    out
+}

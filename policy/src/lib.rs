@@ -7,6 +7,7 @@
 pub mod check;
 mod check_enforce;
 pub mod compile;
+pub mod files;
 pub mod learn;
 pub mod model;
 pub mod parse;
@@ -16,5 +17,7 @@ pub use model::{Diagnostic, PolicyErrors};
 pub use model::{Mode, Policy, PolicySet, Target};
 pub use parse::{load_paths, parse_str};
 
+#[cfg(test)]
+mod files_tests;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 use std::{fmt, net::IpAddr};
 
 pub use palisade_syscalls::Abi;
+pub mod files;
 
 /// Where something was written: `file:line:column` (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -311,8 +312,21 @@ impl ExecPattern {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecAction {
+    /// Refused with EPERM at `bprm_check_security` where BPF-LSM is active; killed before the
+    /// new image runs an instruction elsewhere (said at load and by `palisade policy check`).
+    Errno,
     Kill,
     Log,
+}
+
+impl ExecAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecAction::Errno => "errno",
+            ExecAction::Kill => "kill",
+            ExecAction::Log => "log",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -322,6 +336,8 @@ pub struct Exec {
     pub deny: Vec<ExecPattern>,
     pub action: ExecAction,
     pub loc: Loc,
+    /// Where `action:` is written (the section's start when it is not).
+    pub action_loc: Loc,
 }
 
 impl Exec {
@@ -441,6 +457,7 @@ pub struct Policy {
     pub selector: Selector,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
+    pub files: Option<files::Files>,
     pub network: Network,
     pub resources: Resources,
     /// Where the document starts.

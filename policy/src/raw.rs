@@ -32,6 +32,8 @@ pub(crate) struct RawSpec {
     #[serde(default)]
     pub(crate) exec: Option<Spanned<RawExec>>,
     #[serde(default)]
+    pub(crate) files: Option<Spanned<RawFiles>>,
+    #[serde(default)]
     pub(crate) network: Option<RawNetwork>,
     #[serde(default)]
     pub(crate) resources: Option<RawResources>,
@@ -154,4 +156,29 @@ pub(crate) struct RawResources {
 pub(crate) enum RawSize {
     Bytes(u64),
     Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFiles {
+    #[serde(default)]
+    pub(crate) action: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) errno: Option<Spanned<RawErrno>>,
+    #[serde(default)]
+    pub(crate) deny: Option<Vec<Spanned<RawFileRule>>>,
+    /// Refused with a message of its own (file rules are deny-lists).
+    #[serde(default)]
+    pub(crate) allow: Option<Spanned<serde::de::IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFileRule {
+    #[serde(default)]
+    pub(crate) name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) paths: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) access: Option<Vec<Spanned<String>>>,
 }

@@ -569,3 +569,32 @@ fn learned_policies_parse_back() {
     let y = learn::policy_yaml("x", "y", &l2, "1s");
     parse::parse_str(&y, "l2.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
 }
+
+#[test]
+fn exec_action_errno_compiles_to_eperm() {
+    let p = one("  exec:\n    action: errno\n    deny: [/usr/bin/nc]\n    allow: [/usr/bin/*]\n");
+    let e = p.exec.as_ref().unwrap();
+    assert_eq!(e.action, crate::model::ExecAction::Errno);
+    assert_eq!(e.action_loc.to_string(), "p.yaml:9:13");
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut id = |d: &RuleDesc| {
+        seen.borrow_mut().push(d.clone());
+        Some(seen.borrow().len() as u16)
+    };
+    let t = compile::compile(&[(&p, Mode::Enforce)], &mut id);
+    assert_eq!(t.flags, cgroup_flags::EXEC);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for d in seen.iter() {
+        assert_eq!(
+            (d.action, d.errno),
+            (palisade_common::policy::action::ERRNO, 1),
+            "{d:?}"
+        );
+    }
+    let e = err("  exec:\n    action: refuse\n    deny: [/x]\n");
+    assert!(
+        e.contains("unknown exec action `refuse` (errno, kill or log)"),
+        "{e}"
+    );
+}

@@ -25,6 +25,9 @@ pub enum ClientError {
     },
     #[error("agent on {} closed the connection", path.display())]
     Closed { path: PathBuf },
+    /// A read or write gave up after the connection's timeout.
+    #[error("agent on {} did not answer within {}", path.display(), humantime::format_duration(*.after))]
+    Timeout { path: PathBuf, after: Duration },
     #[error("agent on {} answered something else than palisade's protocol: {source}", path.display())]
     Protocol {
         path: PathBuf,
@@ -45,6 +48,7 @@ impl ClientError {
 /// A connection to the agent.
 pub struct Conn {
     path: PathBuf,
+    timeout: Option<Duration>,
     write: UnixStream,
     read: BufReader<UnixStream>,
 }
@@ -68,15 +72,23 @@ impl Conn {
         let read = write.try_clone().map_err(connect)?;
         Ok(Self {
             path: path.to_owned(),
+            timeout,
             write,
             read: BufReader::new(read),
         })
     }
 
     fn io(&self, source: std::io::Error) -> ClientError {
-        ClientError::Io {
-            path: self.path.clone(),
-            source,
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        match self.timeout {
+            Some(after) if matches!(source.kind(), WouldBlock | TimedOut) => ClientError::Timeout {
+                path: self.path.clone(),
+                after,
+            },
+            _ => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
         }
     }
 
@@ -234,5 +246,25 @@ mod tests {
         .unwrap_err();
         assert!(e.is_unreachable());
         assert!(e.to_string().starts_with("no agent answers on "), "{e}");
+    }
+
+    #[test]
+    fn an_agent_that_does_not_answer_in_time_is_a_timeout_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (_s, _) = listener.accept().unwrap();
+            // keep the connection open, never answer
+            let _ = rx.recv();
+        });
+        let e = call(&path, &Request::Ping {}, Duration::from_millis(100)).unwrap_err();
+        drop(tx);
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+        assert!(
+            e.to_string().ends_with("did not answer within 100ms"),
+            "{e}"
+        );
     }
 }

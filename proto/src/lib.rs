@@ -173,11 +173,28 @@ pub struct PolicyStatus {
     pub adopted_workloads: Vec<u64>,
     /// How exec rules match on this host.
     pub exec_match: ExecMatch,
+    /// Whether BPF-LSM refuses denied calls on this host.
+    pub lsm: Lsm,
+    /// What file rules get on this host.
+    pub files: FilesStatus,
     /// What is not in place, per cgroup, policy and reason (`palisade_policy_unenforced`).
     pub unenforced: Vec<PolicyUnenforced>,
     /// What will happen instead where a policy cannot be enforced as written: the notes of
     /// `palisade policy check` for the policies in force, and what this host lacks.
     pub notes: Vec<String>,
+}
+
+/// File rules on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesStatus {
+    /// `lsm` (refused in the kernel, resolved path), `audit` (reported only, the path as
+    /// given) or `none` (neither).
+    pub tier: String,
+    /// Why the tier is weaker than `lsm`, when it is.
+    pub reason: String,
+    /// One line per file rule of the loaded policies: where it is and what it does here.
+    pub rules: Vec<String>,
 }
 
 /// A policy not (fully) in force for one cgroup, in [`PolicyStatus`].
@@ -189,10 +206,44 @@ pub struct PolicyUnenforced {
     /// The container's name (`cgroup:ID` when the agent has not named it).
     pub container: String,
     /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
-    /// `not_loaded`, `hook_<group>`.
+    /// `not_loaded`, `hook_<group>`, `files_reported_only`.
     pub reason: String,
     /// What failed, for people.
     pub detail: String,
+}
+
+/// BPF-LSM on this host, in [`PolicyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lsm {
+    /// `bpf` is among the active LSMs, the kernel has BTF, and the kernel took the exec
+    /// program.
+    pub active: bool,
+    /// Why not, when it is not.
+    pub reason: String,
+    /// The same for the syscall hooks.
+    pub syscalls_active: bool,
+    pub syscalls_reason: String,
+    /// One sentence for people.
+    pub describe: String,
+}
+
+/// How one rule section of a policy is enforced on running containers, in [`PolicyState`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Enforcement {
+    /// `exec`, `syscalls`, `egress` or `ingress`.
+    pub section: String,
+    /// The action as written (`errno`, `errno EPERM`, `kill`, `log`, `deny`).
+    pub action: String,
+    /// The calls this entry is about (empty: the whole section, but for the calls of other
+    /// entries of the same section).
+    pub calls: Vec<String>,
+    /// `refused with EPERM at exec`, `refused with <errno> by the kernel`, `killed before the
+    /// new image runs`, `killed after the call` or `reported only`.
+    pub tier: String,
+    /// Why the tier is weaker than the action asks, when it is (empty otherwise).
+    pub fallback: String,
 }
 
 /// How exec rules match on this host, in [`PolicyStatus`].
@@ -221,6 +272,8 @@ pub struct PolicyState {
     /// `file:line:column` of its definition, or `palisade run` for a launched workload's.
     pub source: String,
     pub cgroups: Vec<PolicyCgroup>,
+    /// How each rule section is enforced on running containers on this host.
+    pub enforcement: Vec<Enforcement>,
 }
 
 /// A cgroup a policy applies to.

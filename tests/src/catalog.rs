@@ -109,9 +109,10 @@ const POLICY_HOOKS: &[&str] = &[
     "socket_create",
     "packet_socket",
     "ingress",
+    "files",
 ];
 /// `reason` of `palisade_policy_unenforced`: a full table, a hook group that does not attach,
-/// or the object not loading.
+/// the object not loading, or file rules that should refuse reported only.
 const UNENFORCED_REASONS: &[&str] = &[
     "slots_full",
     "cgroups_full",
@@ -126,6 +127,8 @@ const UNENFORCED_REASONS: &[&str] = &[
     "hook_socket_create",
     "hook_packet_socket",
     "hook_ingress",
+    "hook_files",
+    "files_reported_only",
 ];
 
 /// Every metric family `palisade agent` exports: name, type and labels (`instance` and `job` are

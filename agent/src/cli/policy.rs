@@ -7,7 +7,10 @@ use std::{
 
 use palisade_proto::{ClientError, PolicyStatus, Reply, Request};
 
-use crate::policy::exec_match::{self, ExecMatch};
+use crate::policy::{
+    exec_match::{self, ExecMatch},
+    lsm::{self, LsmSupport},
+};
 
 /// Where `palisade policy check` reads the kernel's BTF (the agent's `policy.kernel_btf`
 /// default).
@@ -28,11 +31,15 @@ pub fn check(files: &[PathBuf]) -> u8 {
         }
         Ok(set) => {
             let mut warnings = palisade_policy::check::warnings(&set);
+            let files_tier = crate::policy::files::tier();
+            warnings.extend(palisade_policy::check::file_notes(&set, &files_tier));
             let has_exec = set.policies.iter().any(|p| p.exec.is_some());
             let exec = has_exec.then(|| ExecMatch::probe(Path::new(DEFAULT_BTF)));
             if has_exec {
                 warnings.extend(exec_match::host_notes(&set, Path::new("/")));
             }
+            let lsm = LsmSupport::probe(Path::new(DEFAULT_BTF));
+            warnings.extend(lsm::host_notes(&set, &lsm));
             for d in &warnings {
                 eprintln!("{}: warning: {}", d.loc, d.message);
             }
@@ -56,6 +63,9 @@ pub fn check(files: &[PathBuf]) -> u8 {
                 if p.exec.is_some() {
                     what.push("exec".into());
                 }
+                if let Some(f) = &p.files {
+                    what.push(format!("files ({} deny entries)", f.deny.len()));
+                }
                 if p.network.egress.is_some() {
                     what.push("egress".into());
                 }
@@ -73,9 +83,27 @@ pub fn check(files: &[PathBuf]) -> u8 {
                     p.selector.describe(),
                     what.join(", ")
                 );
+                for t in lsm::tiers(p, p.mode, &lsm) {
+                    let fallback = t.fallback.map(|f| format!(" ({f})")).unwrap_or_default();
+                    let calls = if t.calls.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", t.calls.join(", "))
+                    };
+                    println!(
+                        "  {}{calls} (action {}): {}{fallback}",
+                        t.section,
+                        t.action,
+                        t.tier.label()
+                    );
+                }
             }
+            println!("on this host {}", lsm.describe());
             if let Some(m) = &exec {
                 println!("on this host {}", m.describe());
+            }
+            for line in crate::policy::files::describe(&set, &files_tier) {
+                println!("{line}");
             }
             println!(
                 "ok: {} policies in {} file(s), {} warning(s)",
@@ -155,6 +183,24 @@ fn status_text(s: &PolicyStatus) -> String {
     if !s.exec_match.describe.is_empty() {
         let _ = writeln!(out, "{}", s.exec_match.describe);
     }
+    if !s.lsm.describe.is_empty() {
+        let _ = writeln!(out, "{}", s.lsm.describe);
+    }
+    if !s.files.rules.is_empty() {
+        let _ = writeln!(
+            out,
+            "file rules: tier {}{}",
+            s.files.tier,
+            if s.files.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.files.reason)
+            }
+        );
+        for r in &s.files.rules {
+            let _ = writeln!(out, "  {r}");
+        }
+    }
     if s.policies.is_empty() {
         let _ = writeln!(out, "no policies");
     }
@@ -167,6 +213,22 @@ fn status_text(s: &PolicyStatus) -> String {
             p.source,
             p.cgroups.len()
         );
+        for e in &p.enforcement {
+            let calls = if e.calls.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", e.calls.join(", "))
+            };
+            let _ = write!(
+                out,
+                "  {}{calls} (action {}): {}",
+                e.section, e.action, e.tier
+            );
+            if !e.fallback.is_empty() {
+                let _ = write!(out, " ({})", e.fallback);
+            }
+            let _ = writeln!(out);
+        }
         for c in &p.cgroups {
             let name = if c.container.is_empty() {
                 "?"

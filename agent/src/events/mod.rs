@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use flow::{FlowRecord, TcpInfo};
-pub use violation::{ExecDetail, NetworkRef, Unenforced, Violation};
+pub use violation::{ExecDetail, FileRef, NetworkRef, Unenforced, Violation};
 
 /// Event kinds (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

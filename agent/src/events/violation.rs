@@ -41,6 +41,19 @@ pub struct ExecDetail {
     pub interpreter_unresolved: Option<String>,
 }
 
+/// The file of a `file` violation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The path as the rules saw it: as given to the call (`match: path_given`: relative paths
+    /// and symlinks not resolved).
+    pub path: String,
+    /// `read`, `write`, `unlink`, `chmod` or `exec`.
+    pub access: String,
+    /// `path_given` (the audit tier, without BPF-LSM).
+    #[serde(rename = "match")]
+    pub matched: String,
+}
+
 /// The `violation` object of a `policy_violation` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
@@ -53,7 +66,7 @@ pub struct Violation {
     pub mode: String,
     /// Which hook saw it: `syscall`, `seccomp` (refused by a launched workload's filter),
     /// `exec`, `connect`, `sendmsg`, `bind`, `ingress`, `socket` (a raw, packet or ICMP socket
-    /// being created).
+    /// being created), `file` (a file rule).
     pub hook: String,
     /// The call by its name in its ABI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +91,8 @@ pub struct Violation {
     pub exec_detail: ExecDetail,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRef>,
     /// Violations of this rule in this container not reported one by one (rate limit) since the
     /// previous event for them. An event with no `process` only carries this count.
     #[serde(default)]
@@ -89,7 +104,8 @@ pub struct Violation {
 pub struct Unenforced {
     pub policy: String,
     /// `slots_full`, `cgroups_full`, `rules_full`, `network_policies`, `table_error`,
-    /// `hook_<group>` (a hook group that does not attach: `hook_exec`, `hook_egress`, ...).
+    /// `hook_<group>` (a hook group that does not attach: `hook_exec`, `hook_egress`, ...),
+    /// `files_reported_only` (file rules that should refuse are reported only: no BPF-LSM tier).
     pub reason: String,
     /// What failed, for people.
     pub detail: String,
@@ -117,6 +133,7 @@ mod tests {
             exec: None,
             exec_detail: ExecDetail::default(),
             network: None,
+            file: None,
             suppressed: 0,
         };
         assert_eq!(

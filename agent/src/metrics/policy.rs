@@ -57,7 +57,7 @@ pub(crate) fn families(s: &Snapshot, o: Out, budget: &mut Budget) -> Vec<Family>
     let mut f = Family::new(
         o,
         "palisade_policy_unenforced",
-        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach). Never silently weaker: see `palisade policy status`.",
+        "1 for each policy that cannot be put in place (fully) for a container, by reason: slots_full, cgroups_full, rules_full, network_policies, table_error, not_loaded, hook_<group> (a hook group that does not attach), files_reported_only (file rules that should refuse are reported only). Never silently weaker: see `palisade policy status`.",
         Kind::Gauge,
     );
     for (policy, container, reason) in &s.unenforced {
@@ -76,7 +76,7 @@ pub(crate) fn families(s: &Snapshot, o: Out, budget: &mut Budget) -> Vec<Family>
         let mut f = Family::new(
             o,
             "palisade_policy_hook_attached",
-            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, socket_create, packet_socket, ingress.",
+            "Enforcement hook groups attached now (1) or not (0): syscalls, seccomp, exec, egress, socket_create, packet_socket, ingress, files.",
             Kind::Gauge,
         );
         for (hook, on) in &s.hooks {

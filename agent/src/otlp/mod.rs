@@ -306,6 +306,10 @@ pub fn attributes(ev: &Event) -> Vec<(&'static str, AnyValue)> {
         if let Some(e) = &v.exec {
             a.push(("palisade.policy.exec", e.clone().into()));
         }
+        if let Some(f) = &v.file {
+            a.push(("file.path", f.path.clone().into()));
+            a.push(("palisade.policy.file.access", f.access.clone().into()));
+        }
         if let Some(n) = &v.network {
             a.push((semconv::NETWORK_TRANSPORT, n.protocol.clone().into()));
             if let Some(d) = io_direction(&n.direction) {
@@ -507,6 +511,7 @@ mod tests {
                 remote: "10.0.0.2:7000".into(),
             }),
             exec_detail: crate::events::ExecDetail::default(),
+            file: None,
             suppressed: 0,
         });
         let a = attributes(&ev);

@@ -19,8 +19,8 @@ use aya::{
 use palisade_common::{
     names,
     policy::{
-        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, NetRuleSet,
-        POLICY_ABI, Resolved, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
+        ArgKey, ArgRule, CgroupPolicy, ExecConf, ExecKey, ExecOffsets, ExecRule, FileEntry,
+        NetRuleSet, POLICY_ABI, Resolved, RuleInfo, SyscallVerdicts, ViolationKey, ViolationState,
         XLAT_ENTRIES, config as cfg,
     },
 };
@@ -122,6 +122,8 @@ pub enum AttachError {
     Missing,
     #[error("tracefs is not available (exec record layout)")]
     NoTracefs,
+    #[error("this host has no BPF-LSM (see `palisade doctor`)")]
+    NoLsm,
 }
 
 /// Host parameters for the programs.
@@ -143,6 +145,8 @@ pub struct Options {
     pub task_status_offset: Option<u32>,
     /// `POLICY_XLAT`: compat call → x86_64 call.
     pub xlat: Vec<(u32, u32)>,
+    /// The kernel BTF the LSM programs are typed by (`None`: no BPF-LSM on this host).
+    pub lsm_btf: Option<PathBuf>,
     pub burst: u64,
     pub interval_ns: u64,
 }
@@ -156,6 +160,7 @@ pub struct Kernel {
     pub args: HashMap<MapData, ArgKey, ArgRule>,
     pub exec_conf: Array<MapData, ExecConf>,
     pub exec: HashMap<MapData, ExecKey, ExecRule>,
+    pub files: HashMap<MapData, ExecKey, FileEntry>,
     pub net: Array<MapData, NetRuleSet>,
     pub rules: Array<MapData, RuleInfo>,
     /// LRU hash, read through the hash type.
@@ -170,6 +175,10 @@ pub struct Kernel {
     _resolved: HashMap<MapData, u64, Resolved>,
     _xlat: Array<MapData, u32>,
     pub(super) links: BTreeMap<Hook, Vec<PinnedLink>>,
+    /// The syscall LSM programs attached, by program.
+    pub(super) lsm_links: BTreeMap<&'static str, PinnedLink>,
+    /// By `lsm_index` (see `names::MAP_POLICY_LSM`).
+    pub(super) lsm: Array<MapData, u32>,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
 }
@@ -183,6 +192,7 @@ fn expected_value_size(map: &str) -> Option<u32> {
         names::MAP_POLICY_ARGS => size_of::<ArgRule>(),
         names::MAP_POLICY_EXEC_CONF => size_of::<ExecConf>(),
         names::MAP_POLICY_EXEC => size_of::<ExecRule>(),
+        names::MAP_POLICY_FILES => size_of::<FileEntry>(),
         names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
         names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
         names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
@@ -303,6 +313,7 @@ impl Kernel {
             args: take_map(&mut ebpf, names::MAP_POLICY_ARGS)?,
             exec_conf: take_map(&mut ebpf, names::MAP_POLICY_EXEC_CONF)?,
             exec: take_map(&mut ebpf, names::MAP_POLICY_EXEC)?,
+            files: take_map(&mut ebpf, names::MAP_POLICY_FILES)?,
             net: take_map(&mut ebpf, names::MAP_POLICY_NET)?,
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
@@ -310,6 +321,8 @@ impl Kernel {
             reported: Some(take_map(&mut ebpf, names::MAP_POLICY_REPORTED)?),
             _resolved: take_map(&mut ebpf, names::MAP_POLICY_RESOLVED)?,
             _xlat: xlat,
+            lsm: take_map(&mut ebpf, names::MAP_POLICY_LSM)?,
+            lsm_links: BTreeMap::new(),
             config,
             ebpf,
             opts,
@@ -350,6 +363,7 @@ impl Kernel {
 
     /// Detaches everything and removes the pin directory (nothing left to enforce).
     pub fn remove(mut self) -> Vec<PathBuf> {
+        let _ = self.want_syscall_lsm(&[]);
         let _ = self.want(&[]);
         let dir = self.opts.pin_dir.clone();
         drop(self);

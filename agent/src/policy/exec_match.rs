@@ -79,9 +79,12 @@ fn offsets(btf: &Btf) -> Result<ExecOffsets, BtfError> {
     })
 }
 
-/// The `callback_head` a file's last `fput` queues: `f_task_work` (6.8+), inside `f_u` before.
+/// The `callback_head` a file's last `fput` queues: `f_task_work` (6.8+), `f_rcuhead` in an
+/// anonymous union (6.0–6.7: Debian 12's 6.1, where only trying the other two names left
+/// scripts matched by the path given), inside `f_u` before.
 fn file_task_work(btf: &Btf) -> Result<u32, BtfError> {
     btf.member_offset("file", "f_task_work")
+        .or_else(|_| btf.member_offset("file", "f_rcuhead"))
         .or_else(|_| btf.member_offset("file", "f_u"))
 }
 

@@ -3,11 +3,14 @@
 use std::{fs::File, path::PathBuf};
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, RawTracePoint,
-    TracePoint,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Lsm,
+    RawTracePoint, TracePoint,
     links::{FdLink, PinnedLink},
 };
-use palisade_common::{names, policy::cgroup_flags};
+use palisade_common::{
+    names,
+    policy::{LSM_CALLS, cgroup_flags, lsm_call_bit, lsm_index},
+};
 
 use super::bpf::{AttachError, BpfError, Kernel, links_dir};
 
@@ -21,6 +24,12 @@ pub enum Hook {
     /// `sched_process_exec`: a raw tracepoint on the file executed (kernel BTF), or the classic
     /// tracepoint on the path given (the fallback).
     Exec,
+    /// BPF-LSM `bprm_check_security`: exec rules with `action: errno` refuse the exec (hosts
+    /// with BPF-LSM, exec rules on the file executed).
+    ExecLsm,
+    /// BPF-LSM hooks of the calls in `LSM_CALLS` that enforce-mode `errno` syscall rules deny
+    /// (hosts with BPF-LSM), attached hook by hook (`Kernel::want_syscall_lsm`).
+    SyscallsLsm,
     /// connect4/6, sendmsg4/6 on the unified root.
     Egress,
     /// `cgroup/sock_create` on the unified root: raw and ICMP sockets (egress rules).
@@ -29,17 +38,22 @@ pub enum Hook {
     PacketSocket,
     /// bind4/6 and cgroup_skb ingress on the unified root.
     Ingress,
+    /// `sys_enter` raw tracepoint reading file paths (file rules without BPF-LSM).
+    Files,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Syscalls,
+        Hook::SyscallsLsm,
         Hook::Seccomp,
         Hook::Exec,
+        Hook::ExecLsm,
         Hook::Egress,
         Hook::SocketCreate,
         Hook::PacketSocket,
         Hook::Ingress,
+        Hook::Files,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,10 +61,13 @@ impl Hook {
             Hook::Syscalls => "syscalls",
             Hook::Seccomp => "seccomp",
             Hook::Exec => "exec",
+            Hook::ExecLsm => "exec_lsm",
+            Hook::SyscallsLsm => "syscalls_lsm",
             Hook::Egress => "egress",
             Hook::SocketCreate => "socket_create",
             Hook::PacketSocket => "packet_socket",
             Hook::Ingress => "ingress",
+            Hook::Files => "files",
         }
     }
 
@@ -66,6 +83,7 @@ impl Hook {
                 &[Hook::Egress, Hook::SocketCreate, Hook::PacketSocket],
             ),
             (cgroup_flags::INGRESS, &[Hook::Ingress]),
+            (cgroup_flags::FILES_AUDIT, &[Hook::Files]),
         ] {
             if flags & bit != 0 {
                 out.extend_from_slice(hooks);
@@ -77,11 +95,12 @@ impl Hook {
     /// The `cgroup_flags` bit of the rules this group enforces.
     pub fn flag(self) -> u32 {
         match self {
-            Hook::Syscalls => cgroup_flags::SYSCALLS,
+            Hook::Syscalls | Hook::SyscallsLsm => cgroup_flags::SYSCALLS,
             Hook::Seccomp => cgroup_flags::SECCOMP,
-            Hook::Exec => cgroup_flags::EXEC,
+            Hook::Exec | Hook::ExecLsm => cgroup_flags::EXEC,
             Hook::Egress | Hook::SocketCreate | Hook::PacketSocket => cgroup_flags::EGRESS,
             Hook::Ingress => cgroup_flags::INGRESS,
+            Hook::Files => cgroup_flags::FILES_AUDIT,
         }
     }
 
@@ -92,6 +111,9 @@ impl Hook {
             Hook::Seccomp => &[names::PROG_POLICY_SYS_EXIT],
             Hook::Exec if exec_file => &[names::PROG_POLICY_EXEC],
             Hook::Exec => &[names::PROG_POLICY_EXEC_GIVEN],
+            Hook::ExecLsm => &[names::PROG_POLICY_EXEC_LSM],
+            // attached hook by hook (`Kernel::want_syscall_lsm`)
+            Hook::SyscallsLsm => &[],
             Hook::Egress => &[
                 names::PROG_POLICY_CONNECT4,
                 names::PROG_POLICY_CONNECT6,
@@ -105,21 +127,65 @@ impl Hook {
                 names::PROG_POLICY_BIND6,
                 names::PROG_POLICY_INGRESS,
             ],
+            Hook::Files => &[names::PROG_POLICY_FILES_AUDIT],
         }
+    }
+}
+
+/// The program on LSM hook `hook` (the syscall hooks).
+fn lsm_program(hook: &str) -> Option<&'static str> {
+    if hook == "task_prctl" {
+        return Some(names::PROG_POLICY_LSM_TASK_PRCTL);
+    }
+    names::PROG_POLICY_SYSCALL_LSM
+        .iter()
+        .find(|(_, h)| *h == hook)
+        .map(|(p, _)| *p)
+}
+
+/// The LSM hooks of x86_64 call `nr` (none when it has none).
+fn hooks_of(nr: u32) -> &'static [&'static str] {
+    LSM_CALLS
+        .iter()
+        .find(|c| c.nr == nr)
+        .map_or(&[][..], |c| c.hooks)
+}
+
+/// The LSM hook of program `prog`, if it is an LSM program.
+fn lsm_hook(prog: &str) -> Option<&'static str> {
+    match prog {
+        names::PROG_POLICY_EXEC_LSM => Some("bprm_check_security"),
+        names::PROG_POLICY_LSM_TASK_PRCTL => Some("task_prctl"),
+        _ => names::PROG_POLICY_SYSCALL_LSM
+            .iter()
+            .find(|(p, _)| *p == prog)
+            .map(|(_, h)| *h),
     }
 }
 
 impl Kernel {
     /// Hook groups currently attached.
     pub fn attached(&self) -> Vec<Hook> {
-        self.links.keys().copied().collect()
+        let mut out: Vec<Hook> = self.links.keys().copied().collect();
+        if !self.lsm_links.is_empty() {
+            out.push(Hook::SyscallsLsm);
+            out.sort();
+        }
+        out
     }
 
     /// Attaches (or adopts from pins) the groups in `want` and detaches the others; returns
     /// the groups that could not be attached and why.
     pub fn want(&mut self, want: &[Hook]) -> Vec<(Hook, BpfError)> {
         let mut failed = Vec::new();
+        if !want.contains(&Hook::ExecLsm) {
+            // the exec programs take `errno` rules back before the LSM program goes
+            self.set_exec_lsm(false, &mut failed);
+        }
         for h in Hook::ALL {
+            if h == Hook::SyscallsLsm {
+                continue;
+            }
             let has = self.links.contains_key(&h);
             if want.contains(&h) && !has {
                 let started = std::time::Instant::now();
@@ -142,7 +208,128 @@ impl Kernel {
                 }
             }
         }
+        // once the LSM program refuses `errno` exec rules, the exec programs leave them to it
+        let on = self.links.contains_key(&Hook::ExecLsm);
+        self.set_exec_lsm(on, &mut failed);
         failed
+    }
+
+    fn set_exec_lsm(&mut self, on: bool, failed: &mut Vec<(Hook, BpfError)>) {
+        if let Err(source) = self.lsm.set(lsm_index::EXEC, u32::from(on), 0) {
+            failed.push((
+                Hook::ExecLsm,
+                BpfError::Map {
+                    map: names::MAP_POLICY_LSM,
+                    source,
+                },
+            ));
+        }
+    }
+
+    /// Attaches the LSM hooks of the x86_64 calls `calls` (from `LSM_CALLS`) and detaches the
+    /// others, then marks in `POLICY_LSM` the calls whose every hook is attached (`sys_enter`
+    /// leaves their `errno` rules to the hooks from then on; a call losing a hook is unmarked
+    /// before the hook goes). Returns what failed to attach.
+    pub fn want_syscall_lsm(&mut self, calls: &[u32]) -> Vec<BpfError> {
+        let mut failed = Vec::new();
+        let wanted: std::collections::BTreeSet<&'static str> = calls
+            .iter()
+            .flat_map(|nr| hooks_of(*nr).iter().filter_map(|h| lsm_program(h)))
+            .collect();
+        // unmark first: calls keep only hooks that stay
+        let keep: Vec<u32> = calls
+            .iter()
+            .copied()
+            .filter(|nr| self.all_attached(*nr))
+            .collect();
+        self.mark_calls(&keep, &mut failed);
+        let gone: Vec<&'static str> = self
+            .lsm_links
+            .keys()
+            .copied()
+            .filter(|p| !wanted.contains(p))
+            .collect();
+        for p in gone {
+            if let Some(l) = self.lsm_links.remove(p)
+                && let Err(e) = l.unpin()
+            {
+                tracing::warn!(program = p, error = %e, "unpinning a link failed");
+            }
+        }
+        for p in wanted {
+            if self.lsm_links.contains_key(p) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match self.attach_pinned(p) {
+                Ok(l) => {
+                    tracing::info!(
+                        program = p,
+                        ms = started.elapsed().as_millis(),
+                        "policy LSM hook attached"
+                    );
+                    self.lsm_links.insert(p, l);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        let done: Vec<u32> = calls
+            .iter()
+            .copied()
+            .filter(|nr| self.all_attached(*nr))
+            .collect();
+        self.mark_calls(&done, &mut failed);
+        failed
+    }
+
+    /// Whether every hook of call `nr` is attached.
+    fn all_attached(&self, nr: u32) -> bool {
+        let hooks = hooks_of(nr);
+        !hooks.is_empty()
+            && hooks
+                .iter()
+                .all(|h| lsm_program(h).is_some_and(|p| self.lsm_links.contains_key(p)))
+    }
+
+    fn mark_calls(&mut self, calls: &[u32], failed: &mut Vec<BpfError>) {
+        let mut words = [0u32; (lsm_index::COUNT - lsm_index::CALLS) as usize];
+        for nr in calls {
+            let (w, bit) = lsm_call_bit(u64::from(*nr));
+            if let Some(x) = words.get_mut((w - lsm_index::CALLS) as usize) {
+                *x |= bit;
+            }
+        }
+        for (i, w) in words.iter().enumerate() {
+            if let Err(source) = self.lsm.set(lsm_index::CALLS + i as u32, *w, 0) {
+                failed.push(BpfError::Map {
+                    map: names::MAP_POLICY_LSM,
+                    source,
+                });
+                return;
+            }
+        }
+    }
+
+    /// The link of `prog`: adopted from its pin, or attached and pinned now.
+    fn attach_pinned(&mut self, prog: &'static str) -> Result<PinnedLink, BpfError> {
+        let pin = links_dir(&self.opts.pin_dir).join(prog);
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    tracing::warn!(link = %pin.display(), error = %e, "stale pinned link replaced");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let link = self.attach_one(prog)?;
+        link.pin(&pin).map_err(|source| BpfError::Attach {
+            program: prog,
+            source: AttachError::Pin {
+                path: pin.clone(),
+                source,
+            },
+        })
     }
 
     /// The links of `h`: adopted from their pins, or attached and pinned now.
@@ -211,16 +398,25 @@ impl Kernel {
             .ok_or(att(AttachError::Missing))?;
         let perr = |e| att(AttachError::Program(e));
         let lerr = |e| att(AttachError::Link(e));
+        let lsm_btf = self.opts.lsm_btf.clone();
         match prog {
-            names::PROG_POLICY_SYS_ENTER | names::PROG_POLICY_SYS_EXIT => {
+            _ if lsm_hook(prog).is_some() => {
+                let btf = lsm_btf.ok_or(att(AttachError::NoLsm))?;
+                let hook = lsm_hook(prog).unwrap_or_default();
+                let p: &mut Lsm = p.try_into().map_err(perr)?;
+                crate::policy::lsm::attach(p, hook, &btf).map_err(perr)
+            }
+            names::PROG_POLICY_SYS_ENTER
+            | names::PROG_POLICY_SYS_EXIT
+            | names::PROG_POLICY_FILES_AUDIT => {
                 let p: &mut RawTracePoint = p.try_into().map_err(perr)?;
                 if p.fd().is_err() {
                     p.load().map_err(perr)?;
                 }
-                let tp = if prog == names::PROG_POLICY_SYS_ENTER {
-                    "sys_enter"
-                } else {
+                let tp = if prog == names::PROG_POLICY_SYS_EXIT {
                     "sys_exit"
+                } else {
+                    "sys_enter"
                 };
                 let id = p.attach(tp).map_err(perr)?;
                 Ok(p.take_link(id).map_err(perr)?.into())

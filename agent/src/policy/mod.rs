@@ -9,7 +9,9 @@ pub mod bpffs;
 mod engine;
 mod error;
 pub mod exec_match;
+pub mod files;
 pub mod hooks;
+pub mod lsm;
 mod report;
 mod resources;
 mod tables;
@@ -92,9 +94,12 @@ pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
 pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
     let host = host(s.tracefs.as_deref(), &s.cfg.kernel_btf);
     let exec = exec_match::ExecMatch::probe(&s.cfg.kernel_btf);
+    let lsm = lsm::LsmSupport::probe(&s.cfg.kernel_btf);
+    let btf = s.cfg.kernel_btf.clone();
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
-    let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, host, exec, s.hub, writer);
+    let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, host, exec, s.hub, writer)
+        .with_lsm(lsm, btf);
     task::spawn(engine, exits)
 }
 

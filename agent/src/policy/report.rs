@@ -146,14 +146,19 @@ impl Reporter {
             action: violation::action_name(ev.action).to_owned(),
             mode: m,
             hook: violation::hook_name(ev.what).to_owned(),
-            syscall: matches!(ev.what, what::SYSCALL | what::SECCOMP)
-                .then(|| violation::syscall_name(ev.abi, ev.nr)),
+            syscall: matches!(
+                ev.what,
+                what::SYSCALL | what::SECCOMP | what::FILE | what::SYSCALL_LSM
+            )
+            .then(|| violation::syscall_name(ev.abi, ev.nr)),
             abi: violation::abi_name(ev.what, ev.abi),
             checked_as: violation::checked_as(ev),
-            errno: (ev.errno != 0).then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
+            errno: (ev.errno != 0 && ev.what != what::FILE)
+                .then(|| palisade_syscalls::errno::label(ev.errno).into_owned()),
             exec,
             exec_detail: exec_detail.unwrap_or_default(),
             network: violation::network(ev.what, &ev.net),
+            file: violation::file(ev),
             suppressed,
         };
         let container = container_of(targets, ev.cgroup_id);
@@ -259,6 +264,7 @@ impl Reporter {
                         errno: None,
                         exec: None,
                         exec_detail: Default::default(),
+                        file: None,
                         network: None,
                         suppressed: 0,
                     }

@@ -133,6 +133,9 @@ pub fn key(t: &Tables) -> u64 {
     for (k, x, r) in &t.exec {
         (k, x, r.rule, r.allow).hash(&mut h);
     }
+    for (k, x, e) in &t.files {
+        (k, x, e.rule, e.rank).hash(&mut h);
+    }
     for s in t.egress.iter().chain(t.ingress.iter()) {
         (s.count, s.default_action, s.default_rule, s.kind_rule).hash(&mut h);
         for r in &s.rules[..(s.count as usize).min(s.rules.len())] {

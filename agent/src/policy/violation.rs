@@ -17,12 +17,14 @@ pub fn hook_name(w: u32) -> &'static str {
     match w {
         what::SYSCALL => "syscall",
         what::SECCOMP => "seccomp",
+        what::SYSCALL_LSM => "lsm",
         what::EXEC => "exec",
         what::CONNECT => "connect",
         what::SENDMSG => "sendmsg",
         what::BIND => "bind",
         what::INGRESS => "ingress",
         what::SOCKET => "socket",
+        what::FILE => "file",
         _ => "unknown",
     }
 }
@@ -169,6 +171,16 @@ pub fn exec(ev: &PolicyEvent) -> Option<(String, ExecDetail)> {
             },
         },
     ))
+}
+
+/// The file of a `file` record: the path given to the call (in `exec.given`) and the access
+/// (in `errno`).
+pub fn file(ev: &PolicyEvent) -> Option<crate::events::FileRef> {
+    (ev.what == what::FILE).then(|| crate::events::FileRef {
+        path: text(&ev.exec.given, ev.exec.given_len),
+        access: palisade_common::policy::access::name(ev.errno).to_owned(),
+        matched: "path_given".to_owned(),
+    })
 }
 
 /// `comm` as text.

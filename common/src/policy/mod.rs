@@ -15,15 +15,19 @@
 mod args;
 mod compat;
 mod exec;
+mod files;
+mod lsm;
 mod net;
 
 pub use args::*;
 pub use compat::*;
 pub use exec::*;
+pub use files::*;
+pub use lsm::*;
 pub use net::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 3;
+pub const POLICY_ABI: u32 = 5;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;
@@ -53,6 +57,8 @@ pub mod cgroup_flags {
     /// A workload started by `palisade run` whose seccomp filter enforces the slot's `errno`
     /// and `kill` syscall rules: `sys_exit` reports the calls the filter refused.
     pub const SECCOMP: u32 = 16;
+    /// File rules, reported at `sys_enter` from the path as given (no BPF-LSM).
+    pub const FILES_AUDIT: u32 = 64;
 }
 
 /// Value of `POLICY_RESOLVED` (LRU: cgroup id → the entry that applies to it: its own or its
@@ -69,7 +75,8 @@ pub struct Resolved {
 
 /// Configured rule actions ([`RuleInfo::action`]).
 pub mod action {
-    /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch).
+    /// Syscalls: fail with [`super::RuleInfo::errno`] (seccomp at launch). Execs: refused with
+    /// EPERM at `bprm_check_security` where BPF-LSM is active, else killed.
     pub const ERRNO: u32 = 1;
     /// Syscalls and execs: SIGKILL the process (also what an `errno` syscall rule does at run
     /// time: a tracepoint cannot make the call fail).
@@ -126,6 +133,11 @@ pub mod what {
     pub const INGRESS: u32 = 7;
     /// A raw, packet or ICMP socket being created where egress rules apply.
     pub const SOCKET: u32 = 8;
+    /// A syscall refused by its BPF-LSM hook (run-time path, `LSM_CALLS`).
+    pub const SYSCALL_LSM: u32 = 9;
+    /// A file access a file rule refuses (`nr`: the syscall, `errno`: the access bit, the path
+    /// in `exec.given`).
+    pub const FILE: u32 = 16;
 }
 
 /// Value of `POLICY_CGROUPS` (cgroup id → policy).
@@ -210,6 +222,37 @@ impl RuleInfo {
             taken::WOULD_BLOCK
         } else {
             taken::KILL
+        }
+    }
+
+    /// What the `sched_process_exec` programs do about an exec this rule denies; `None` when
+    /// the rule is left to the BPF-LSM program (`lsm`: it is attached and refuses `errno`
+    /// rules). Without BPF-LSM an `errno` rule kills: the exec has happened, the new image
+    /// has not run an instruction.
+    #[inline(always)]
+    pub fn taken_exec(&self, lsm: bool) -> Option<u32> {
+        if self.action == action::ERRNO && lsm {
+            None
+        } else if self.action == action::LOG {
+            Some(taken::LOG)
+        } else if self.mode == mode::AUDIT {
+            Some(taken::WOULD_BLOCK)
+        } else {
+            Some(taken::KILL)
+        }
+    }
+
+    /// What the BPF-LSM exec program (`bprm_check_security`) does about an exec this rule
+    /// denies: `errno` rules only (refused with [`RuleInfo::errno`], or `would_block` in audit
+    /// mode); `None` for the others, which the `sched_process_exec` programs handle.
+    #[inline(always)]
+    pub fn taken_exec_lsm(&self) -> Option<u32> {
+        if self.action != action::ERRNO {
+            None
+        } else if self.mode == mode::AUDIT {
+            Some(taken::WOULD_BLOCK)
+        } else {
+            Some(taken::ERRNO)
         }
     }
 

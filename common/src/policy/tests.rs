@@ -185,6 +185,47 @@ fn argument_rules() {
 }
 
 #[test]
+fn exec_actions_with_and_without_lsm() {
+    let mut r = RuleInfo::EMPTY;
+    r.mode = mode::ENFORCE;
+    r.action = action::ERRNO;
+    // with BPF-LSM the exec program leaves `errno` rules to bprm_check_security
+    assert_eq!(r.taken_exec(true), None);
+    assert_eq!(r.taken_exec_lsm(), Some(taken::ERRNO));
+    // without it they kill before the first instruction
+    assert_eq!(r.taken_exec(false), Some(taken::KILL));
+    r.mode = mode::AUDIT;
+    assert_eq!(r.taken_exec(true), None);
+    assert_eq!(r.taken_exec_lsm(), Some(taken::WOULD_BLOCK));
+    assert_eq!(r.taken_exec(false), Some(taken::WOULD_BLOCK));
+    for a in [action::KILL, action::LOG] {
+        r.action = a;
+        assert_eq!(r.taken_exec_lsm(), None, "action {a}");
+        assert_eq!(r.taken_exec(true), r.taken_exec(false));
+    }
+    r.mode = mode::ENFORCE;
+    r.action = action::KILL;
+    assert_eq!(r.taken_exec(true), Some(taken::KILL));
+    r.action = action::LOG;
+    assert_eq!(r.taken_exec(true), Some(taken::LOG));
+}
+
+#[test]
+fn lsm_calls_and_the_covered_set_agree() {
+    for nr in 0..MAX_SYSCALLS as u64 {
+        assert_eq!(
+            lsm_covered(nr),
+            LSM_CALLS.iter().any(|c| u64::from(c.nr) == nr),
+            "nr {nr}"
+        );
+    }
+    assert!(LSM_CALLS.windows(2).all(|w| w[0].nr < w[1].nr));
+    for nr in [272, 308] {
+        assert!(lsm_by_capable(nr) && lsm_covered(nr));
+    }
+}
+
+#[test]
 fn socket_kinds_need_a_rule_naming_them() {
     let mut s = NetRuleSet::EMPTY;
     assert_eq!(

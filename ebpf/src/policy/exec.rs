@@ -33,7 +33,7 @@ use palisade_common::policy::{
     exec_lookups_in, taken, unresolved, what,
 };
 
-use crate::report::{Detail, Subject, policy_current, report, rule};
+use crate::report::{Detail, Subject, exec_lsm_on, policy_current, report, rule};
 
 /// Offset of `filename` (a `__data_loc`) in the classic tracepoint's record, from tracefs.
 #[unsafe(no_mangle)]
@@ -41,7 +41,7 @@ static POLICY_EXEC_OFF_FILENAME: Global<u32> = Global::new(8);
 
 /// Kernel struct offsets for the raw tracepoint (from BTF; all zero when it is not used).
 #[unsafe(no_mangle)]
-static POLICY_EXEC_OFFSETS: Global<ExecOffsets> = Global::new(ExecOffsets::ZERO);
+pub(crate) static POLICY_EXEC_OFFSETS: Global<ExecOffsets> = Global::new(ExecOffsets::ZERO);
 
 #[map(name = "POLICY_EXEC_CONF")]
 static POLICY_EXEC_CONF: Array<ExecConf> = Array::with_max_entries(256, 0);
@@ -54,11 +54,11 @@ static POLICY_EXEC: HashMap<ExecKey, ExecRule> = HashMap::with_max_entries(8192,
 /// in registers, so the verifier sees the same state after a hit and after a miss.
 #[repr(C)]
 pub struct Scratch {
-    paths: ExecPaths,
+    pub(crate) paths: ExecPaths,
     asm: Assembly,
     search: ScriptSearch,
     pass: Pass,
-    o: ExecOffsets,
+    pub(crate) o: ExecOffsets,
     /// First deny rule found (0: none).
     deny: u32,
     /// Bit 1: an allow pattern matched the program; bit 2: the interpreter.
@@ -79,7 +79,7 @@ pub struct Pass {
 }
 
 #[map(name = "POLICY_SCRATCH")]
-static POLICY_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static POLICY_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const SIGKILL: u32 = 9;
 const MASK: u32 = POLICY_PATH_MAX as u32 - 1;
@@ -101,7 +101,7 @@ pub fn policy_exec_given(ctx: TracePointContext) -> u32 {
 }
 
 /// Kernel memory through `bpf_probe_read_kernel`.
-struct Kmem;
+pub(crate) struct Kmem;
 
 impl KernelMemory for Kmem {
     #[inline(always)]
@@ -205,7 +205,7 @@ fn repeat(n: u32, step: extern "C" fn(u32, *mut c_void) -> i64) {
 
 /// The path of the open file `file`, walked to the root in the scratch's `asm`.
 #[inline(always)]
-fn resolve(sc: *mut Scratch, file: u64, root_mnt: u64, root_dentry: u64) {
+pub(crate) fn resolve(sc: *mut Scratch, file: u64, root_mnt: u64, root_dentry: u64) {
     // SAFETY: this CPU's scratch value.
     let (a, o) = unsafe { (&mut (*sc).asm, &(*sc).o) };
     a.start(&Kmem, o, file, root_mnt, root_dentry);
@@ -225,7 +225,7 @@ fn script_file(sc: *mut Scratch, task: u64) -> Option<u64> {
 
 /// The cgroup's policy when it has exec rules.
 #[inline(always)]
-fn exec_policy() -> Option<(u64, CgroupPolicy)> {
+pub(crate) fn exec_policy() -> Option<(u64, CgroupPolicy)> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let p = policy_current(cgroup_id)?;
@@ -234,7 +234,7 @@ fn exec_policy() -> Option<(u64, CgroupPolicy)> {
 
 /// Copies a kernel string into `dst`; its length.
 #[inline(always)]
-fn read_str(src: u64, dst: &mut [u8; POLICY_PATH_MAX]) -> u32 {
+pub(crate) fn read_str(src: u64, dst: &mut [u8; POLICY_PATH_MAX]) -> u32 {
     // SAFETY: the helper checks `src` and bounds the copy by `dst`.
     match unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, dst) } {
         Ok(s) => s.len() as u32 & MASK,
@@ -245,7 +245,7 @@ fn read_str(src: u64, dst: &mut [u8; POLICY_PATH_MAX]) -> u32 {
 /// Moves the path [`resolve`] assembled in the scratch to the start of `dst`: (its length,
 /// the [`unresolved`] reason).
 #[inline(always)]
-fn put(sc: *const Scratch, dst: &mut [u8; POLICY_PATH_MAX]) -> (u32, u32) {
+pub(crate) fn put(sc: *const Scratch, dst: &mut [u8; POLICY_PATH_MAX]) -> (u32, u32) {
     // SAFETY: this CPU's scratch value, not written while this reference lives.
     let a = unsafe { &(*sc).asm };
     let (start, reason) = a.walk();
@@ -267,7 +267,7 @@ fn put(sc: *const Scratch, dst: &mut [u8; POLICY_PATH_MAX]) -> (u32, u32) {
 
 /// Device and inode of the open file `file`.
 #[inline(always)]
-fn identity(o: &ExecOffsets, file: u64, x: &mut ExecPaths) {
+pub(crate) fn identity(o: &ExecOffsets, file: u64, x: &mut ExecPaths) {
     let m = Kmem;
     let at = |b: u64, off: u32| b.wrapping_add(u64::from(off));
     let Some(inode) = m.u64_at(at(file, o.file_inode)) else {
@@ -386,11 +386,12 @@ fn whole(reason: u32) -> bool {
     )
 }
 
-/// Looks the exec up in the slot's patterns and reports (and kills) a violation: any deny
-/// pattern matching the program, the interpreter or the path given; or, under an allow-list,
-/// a program or interpreter that is unresolved or matches no allow pattern.
+/// The rule an exec violates (0: none): any deny pattern matching the program (`program`:
+/// its path is looked at), the interpreter or the path given (once the file is resolved);
+/// or, under an allow-list, a program or interpreter that is unresolved or matches no allow
+/// pattern.
 #[inline(always)]
-fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
+pub(crate) fn violated<const LOOP: bool>(slot: u32, sc: *mut Scratch, program: bool) -> u32 {
     let conf = POLICY_EXEC_CONF.get(slot).copied().unwrap_or_default();
     // SAFETY: this CPU's scratch value.
     let x = unsafe {
@@ -399,7 +400,7 @@ fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
         &(*sc).paths
     };
     let script = x.flags & exec_flags::SCRIPT != 0;
-    if whole(x.path_unresolved) {
+    if program && whole(x.path_unresolved) {
         let bit = if x.path_unresolved == unresolved::NONE {
             PROGRAM
         } else {
@@ -419,24 +420,40 @@ fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
         // deny patterns also hold for the name given (a symlink's own name, `sh` for dash)
         pass::<LOOP>(sc, slot, 0, x.given_len, 0);
     }
-    let need = if script {
-        PROGRAM | INTERPRETER
-    } else {
-        PROGRAM
-    };
+    let mut need = 0;
+    if program {
+        need |= PROGRAM;
+    }
+    if script {
+        need |= INTERPRETER;
+    }
     // SAFETY: this CPU's scratch value.
     let (deny, allowed) = unsafe { ((*sc).deny, (*sc).allowed) };
-    let id = if deny != 0 {
+    if deny != 0 {
         deny
     } else if conf.allow_list == 1 && allowed & need != need {
         conf.default_rule
     } else {
+        0
+    }
+}
+
+/// Reports (and kills) the violation of an exec the kernel is running, if any; `errno`
+/// rules are left to the BPF-LSM program where it is attached.
+#[inline(always)]
+fn decide<const LOOP: bool>(cgroup_id: u64, slot: u32, sc: *mut Scratch) {
+    let id = violated::<LOOP>(slot, sc, true);
+    if id == 0 {
         return;
-    };
+    }
     let Some(info) = rule(id) else {
         return;
     };
-    let t = info.taken_runtime();
+    let Some(t) = info.taken_exec(exec_lsm_on()) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch value.
+    let x = unsafe { &(*sc).paths };
     report(
         what::EXEC,
         id,

@@ -6,6 +6,8 @@
 #![no_main]
 
 mod exec;
+mod files;
+mod lsm;
 mod net;
 mod report;
 mod sockets;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     CgroupPolicy, ExecPaths, MAX_CGROUP_DEPTH, NetTuple, PolicyEvent, Resolved, RuleInfo,
-    ViolationKey, ViolationState, abi_id, admit, config,
+    ViolationKey, ViolationState, abi_id, admit, config, lsm_call_bit, lsm_covered, lsm_index,
 };
 use palisade_ebpf::{atomic_add, lru_entry};
 
@@ -47,6 +47,28 @@ static POLICY_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// takes over reports each violation once.
 #[map(name = "POLICY_REPORTED")]
 static POLICY_REPORTED: HashMap<ViolationKey, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+
+/// By `lsm_index`: whether the BPF-LSM programs refuse `errno` rules (the tracepoint programs
+/// then leave those rules to them). Written by the agent after an attach, before a detach.
+#[map(name = "POLICY_LSM")]
+static POLICY_LSM: Array<u32> = Array::with_max_entries(lsm_index::COUNT, 0);
+
+/// Whether `lsm::policy_exec_lsm` refuses `errno` exec rules (else the exec programs kill).
+#[inline(always)]
+pub fn exec_lsm_on() -> bool {
+    POLICY_LSM.get(lsm_index::EXEC).copied() == Some(1)
+}
+
+/// Whether every LSM hook of x86_64 call `nr` is attached (its `errno` rules are refused
+/// there; `sys_enter` leaves them to the hooks).
+#[inline(always)]
+pub fn lsm_refuses(nr: u64) -> bool {
+    if !lsm_covered(nr) {
+        return false;
+    }
+    let (word, bit) = lsm_call_bit(nr);
+    POLICY_LSM.get(word).is_some_and(|w| w & bit != 0)
+}
 
 /// The entry of `cgroup_id` itself, if it has one.
 #[inline(always)]

@@ -29,10 +29,10 @@ use aya_ebpf::{
 use palisade_common::policy::{
     ArgKey, ArgRule, EnterSlot, I386_ARG_OFFSETS, MAX_SYSCALLS, SyscallVerdicts, TS_COMPAT,
     VERDICT_CONDITIONAL, VERDICT_RULE, X32_SYSCALL_BIT, X86_64_ARG_OFFSETS, abi_id, action,
-    cgroup_flags, ipc_native, socketcall_native, taken, what, xlat, xlat_index,
+    cgroup_flags, ipc_native, mode, socketcall_native, taken, what, xlat, xlat_index,
 };
 
-use crate::report::{Detail, Subject, policy_current, report, rule};
+use crate::report::{Detail, Subject, lsm_refuses, policy_current, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]
@@ -46,11 +46,11 @@ static POLICY_ENTER_MASK: Global<u32> = Global::new(16383);
 static POLICY_TASK_OFF_STATUS: Global<u32> = Global::new(0);
 
 #[map(name = "POLICY_SYSCALLS")]
-static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0);
+pub(crate) static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0);
 
 /// Argument checks of conditional verdicts, by (slot, syscall).
 #[map(name = "POLICY_ARGS")]
-static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
+pub(crate) static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
 
 #[map(name = "POLICY_ENTER")]
 static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
@@ -109,7 +109,7 @@ fn arg(regs: u64, abi: u32, i: usize) -> u64 {
 
 /// The x86_64 verdict of `slot` for syscall `nr` (0: no rule).
 #[inline(always)]
-fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
+pub(crate) fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
     if nr >= MAX_SYSCALLS as u64 {
         return 0;
     }
@@ -254,6 +254,14 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let Some(info) = rule(id) else {
         return Ok(0);
     };
+    if call.abi == abi_id::X86_64
+        && info.action == action::ERRNO
+        && info.mode == mode::ENFORCE
+        && lsm_refuses(u64::from(call.nr))
+    {
+        // refused (and reported) by its BPF-LSM hook (`lsm::refuse_call`)
+        return Ok(0);
+    }
     let t = info.taken_runtime();
     report(
         what::SYSCALL,

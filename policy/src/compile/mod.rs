@@ -14,6 +14,7 @@
 //!
 //! What cannot be put in the tables (a full rule table, too many network policies) is listed in
 //! [`Tables::left_out`]: the agent reports it, never silently weaker.
+pub mod files;
 mod network;
 mod syscalls;
 
@@ -24,6 +25,9 @@ use palisade_common::policy::{
 
 pub use self::network::rule_set;
 use crate::model::{ArgCond, ExecAction, ExecKind, ListKind, Mode, Policy, SysAction};
+
+/// The errno of a refused exec (`action: errno` exec rules).
+const EPERM: u32 = 1;
 
 /// A rule as the kernel needs it described (the id allocator stores it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub struct Tables {
     pub exec_conf: ExecConf,
     /// (kind, hash, rule)
     pub exec: Vec<(u32, u64, ExecRule)>,
+    /// File patterns: (kind, hash, rules per access); see [`files::compile`].
+    pub files: Vec<(u32, u64, palisade_common::policy::FileEntry)>,
     /// One rule set per policy with rules for the direction (unused sets allow everything).
     pub egress: [NetRuleSet; MAX_NET_SETS as usize],
     pub ingress: [NetRuleSet; MAX_NET_SETS as usize],
@@ -142,6 +148,7 @@ pub fn compile(
         args: Vec::new(),
         exec_conf: ExecConf::default(),
         exec: Vec::new(),
+        files: Vec::new(),
         egress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
         ingress: [NetRuleSet::EMPTY; MAX_NET_SETS as usize],
         notes: Vec::new(),
@@ -152,12 +159,13 @@ pub fn compile(
     for (p, m) in policies {
         if let Some(e) = &p.exec {
             t.flags |= cgroup_flags::EXEC;
-            let a = match e.action {
-                ExecAction::Kill => action::KILL,
-                ExecAction::Log => action::LOG,
+            let (a, errno) = match e.action {
+                ExecAction::Errno => (action::ERRNO, EPERM),
+                ExecAction::Kill => (action::KILL, 0),
+                ExecAction::Log => (action::LOG, 0),
             };
             for d in &e.deny {
-                match id(&desc(p, *m, &format!("exec.deny:{}", d.text), a, 0)) {
+                match id(&desc(p, *m, &format!("exec.deny:{}", d.text), a, errno)) {
                     Some(rid) => t.exec.push((
                         kind_number(d.kind),
                         fnv(d.key.as_bytes()),
@@ -179,7 +187,8 @@ pub fn compile(
                         "exec allow-list of {} not applied: an earlier policy's allow-list applies",
                         p.name
                     ));
-                } else if let Some(rid) = id(&desc(p, *m, crate::model::Exec::ALLOW_RULE, a, 0)) {
+                } else if let Some(rid) = id(&desc(p, *m, crate::model::Exec::ALLOW_RULE, a, errno))
+                {
                     have_allow_list = true;
                     t.exec_conf = ExecConf {
                         allow_list: 1,
@@ -207,6 +216,15 @@ pub fn compile(
     // anyway: the map holds one value per key, so prefer deny)
     t.exec.sort_by_key(|(k, h, r)| (*k, *h, r.allow));
     t.exec.dedup_by_key(|(k, h, _)| (*k, *h));
+    let mut left = Vec::new();
+    t.files = files::compile(policies, id, &mut left);
+    if policies.iter().any(|(p, _)| p.files.is_some()) {
+        t.flags |= cgroup_flags::FILES_AUDIT;
+    }
+    for (policy, detail) in left {
+        t.left_out(&policy, Shortfall::RulesFull, detail);
+    }
+    t.files.sort_by_key(|(k, h, _)| (*k, *h));
     t
 }
 

@@ -83,10 +83,14 @@ pub(super) fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec
     let action = match &r.action {
         None => ExecAction::Kill,
         Some(a) => match a.value.as_str() {
+            "errno" => ExecAction::Errno,
             "kill" => ExecAction::Kill,
             "log" => ExecAction::Log,
             other => {
-                ctx.err(a, format!("unknown exec action `{other}` (kill or log)"));
+                ctx.err(
+                    a,
+                    format!("unknown exec action `{other}` (errno, kill or log)"),
+                );
                 return None;
             }
         },
@@ -120,5 +124,9 @@ pub(super) fn exec_rules(ctx: &mut Ctx<'_>, e: &Spanned<RawExec>) -> Option<Exec
         deny,
         action,
         loc: ctx.loc(e),
+        action_loc: match &r.action {
+            Some(a) => ctx.loc(a),
+            None => ctx.loc(e),
+        },
     })
 }

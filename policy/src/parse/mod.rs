@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
-use self::{exec::exec_rules, network::direction, syscalls::syscall_rules};
+use self::{exec::exec_rules, files::file_rules, network::direction, syscalls::syscall_rules};
 use crate::{
     model::{
         Diagnostic, Glob, Loc, Mode, Network, Policy, PolicyErrors, PolicySet, Resources, Selector,
@@ -17,10 +17,12 @@ use crate::{
 };
 
 mod exec;
+mod files;
 mod network;
 mod syscalls;
 
 pub use exec::{ExecPatternError, exec_pattern};
+pub use files::{FilePatternError, file_pattern};
 pub use network::{CidrError, PortError, parse_cidr};
 
 pub const API_VERSION: &str = "palisade.dev/v1";
@@ -175,6 +177,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
     }
     let syscalls = spec.syscalls.as_ref().and_then(|s| syscall_rules(ctx, s));
     let exec = spec.exec.as_ref().and_then(|e| exec_rules(ctx, e));
+    let files = spec.files.as_ref().and_then(|f| file_rules(ctx, f));
     let network = match &spec.network {
         None => Network::default(),
         Some(n) => Network {
@@ -192,6 +195,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
         .unwrap_or_default();
     if spec.syscalls.is_none()
         && spec.exec.is_none()
+        && spec.files.is_none()
         && network.egress.is_none()
         && network.ingress.is_none()
         && resources.is_empty()
@@ -202,7 +206,8 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
                 line: spec_loc.line(),
                 column: spec_loc.column(),
             },
-            message: "the policy has no rules (give syscalls, exec, network or resources)".into(),
+            message: "the policy has no rules (give syscalls, exec, files, network or resources)"
+                .into(),
         });
     }
     (ctx.errors.len() == before).then(|| Policy {
@@ -211,6 +216,7 @@ fn document(ctx: &mut Ctx<'_>, d: RawDoc, loc: Loc) -> Option<Policy> {
         selector,
         syscalls,
         exec,
+        files,
         network,
         resources,
         loc,

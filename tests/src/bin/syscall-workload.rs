@@ -15,7 +15,9 @@
 //! - `burn-ms N`: spins until this process has used N ms of CPU time;
 //! - `alloc-mb N`: allocates and touches N MiB (to run into a memory limit);
 //! - `exit N`: exits with status N;
-//! - `sleep-ms N`.
+//! - `sleep-ms N`;
+//! - `unshare FLAGS`: one `unshare(FLAGS)` call (decimal flags); when it fails, exits at once
+//!   with its errno as the status.
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -43,6 +45,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         match what.as_str() {
+            "unshare" => {
+                // SAFETY: unshare takes plain flags; a new namespace affects only this process.
+                let r = unsafe { libc::syscall(libc::SYS_unshare, n as libc::c_long) };
+                if r != 0 {
+                    let e = std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(255);
+                    return ExitCode::from(u8::try_from(e).unwrap_or(255));
+                }
+            }
             "getppid" => {
                 for _ in 0..n {
                     // SAFETY: getppid has no arguments and cannot fail.

@@ -10,7 +10,18 @@ use super::{
     slots::{self, SlotKeys},
     unenforced::{Reason, Shortfalls},
 };
-use crate::policy::{PolicyError, bpf::MAX_SLOTS, hooks::Hook, tables};
+use palisade_policy::{
+    Mode,
+    model::{ExecAction, SysAction},
+};
+
+use crate::policy::{
+    PolicyError,
+    bpf::MAX_SLOTS,
+    hooks::Hook,
+    lsm::{self, LsmUnavailable},
+    tables,
+};
 
 /// Whether a map write failed because the map is full.
 fn full(e: &aya::maps::MapError) -> bool {
@@ -32,6 +43,7 @@ impl Engine {
             cgroup_flags::EXEC => p.exec.is_some(),
             cgroup_flags::EGRESS => p.network.egress.is_some(),
             cgroup_flags::INGRESS => p.network.ingress.is_some(),
+            cgroup_flags::FILES_AUDIT => p.files.is_some(),
             _ => false,
         }
     }
@@ -42,6 +54,14 @@ impl Engine {
         desired: HashMap<u64, Desired>,
         short: &mut Shortfalls,
     ) -> Result<(), PolicyError> {
+        // the exec LSM program only while some policy in the plan has `errno` exec rules
+        let exec_errno = desired.values().any(|d| {
+            d.policies.iter().any(|key| {
+                self.policy(key)
+                    .and_then(|p| p.exec.as_ref())
+                    .is_some_and(|e| e.action == ExecAction::Errno)
+            })
+        });
         let Some(k) = self.kernel.as_mut() else {
             return Err(PolicyError::NotLoaded);
         };
@@ -88,11 +108,13 @@ impl Engine {
                     let old: SlotKeys = (
                         self.slot_exec.remove(&s).unwrap_or_default(),
                         self.slot_args.remove(&s).unwrap_or_default(),
+                        self.slot_files.remove(&s).unwrap_or_default(),
                     );
                     match slots::write(k, s, &d.tables, &old) {
                         Ok(written) => {
                             self.slot_exec.insert(s, written.0);
                             self.slot_args.insert(s, written.1);
+                            self.slot_files.insert(s, written.2);
                         }
                         Err(e) => {
                             let reason = match &e {
@@ -102,7 +124,7 @@ impl Engine {
                                 _ => Reason::TableError,
                             };
                             fail(reason, e.to_string());
-                            slots::clear(k, s, &(Vec::new(), Vec::new()));
+                            slots::clear(k, s, &(Vec::new(), Vec::new(), Vec::new()));
                             failed.insert(*cg);
                             continue;
                         }
@@ -179,6 +201,7 @@ impl Engine {
             let old = (
                 self.slot_exec.remove(&s).unwrap_or_default(),
                 self.slot_args.remove(&s).unwrap_or_default(),
+                self.slot_files.remove(&s).unwrap_or_default(),
             );
             slots::clear(k, s, &old);
             self.slots.release(s);
@@ -188,7 +211,10 @@ impl Engine {
             .values()
             .chain(self.foreign.values())
             .fold(0, |f, p| f | p.flags);
-        let want = Hook::needed(flags);
+        let mut want = Hook::needed(flags);
+        if exec_errno && self.lsm.active() && k.exec_on_file() {
+            want.push(Hook::ExecLsm);
+        }
         let mut failed_hooks = k.want(&want);
         if let Some(i) = failed_hooks
             .iter()
@@ -200,6 +226,43 @@ impl Engine {
             k.exec_on_path_given();
             self.exec.refused = Some(e);
             failed_hooks.extend(k.want(&want));
+        }
+        if let Some(i) = failed_hooks.iter().position(|(h, _)| *h == Hook::ExecLsm) {
+            // the exec programs kill `errno` rules (the flag stays clear without the link)
+            let (_, e) = failed_hooks.swap_remove(i);
+            tracing::warn!(error = %e, "exec rules with `action: errno`: the BPF-LSM program is not attached; a denied exec is killed before the new image runs instead of refused with EPERM");
+            self.lsm.state = Err(LsmUnavailable::Refused(e.to_string()));
+        }
+        // the calls enforce-mode `errno` syscall rules deny that have LSM hooks
+        let mut calls = std::collections::BTreeSet::new();
+        if self.lsm.syscalls_active() {
+            // launched workloads' filters refuse their `errno` rules (the hooks leave them)
+            for d in desired
+                .values()
+                .filter(|d| d.flags & cgroup_flags::SECCOMP == 0)
+            {
+                for key in &d.policies {
+                    let Some(p) = self.policy(key) else { continue };
+                    if let (Some(s), Mode::Enforce) = (&p.syscalls, self.mode_of(p))
+                        && matches!(s.action, SysAction::Errno(_))
+                    {
+                        calls.extend(
+                            lsm::lsm_refused(s)
+                                .iter()
+                                .filter_map(|n| palisade_syscalls::number(n)),
+                        );
+                    }
+                }
+            }
+        }
+        let calls: Vec<u32> = calls.into_iter().collect();
+        let Some(k) = self.kernel.as_mut() else {
+            return Err(PolicyError::NotLoaded);
+        };
+        let lsm_failed = k.want_syscall_lsm(&calls);
+        if let Some(e) = lsm_failed.first() {
+            tracing::warn!(error = %e, failed = lsm_failed.len(), "syscall rules with `action: errno`: BPF-LSM hooks not attached; the calls they refuse keep their tracepoint tier (killed after the call)");
+            self.lsm.syscalls = Err(LsmUnavailable::Refused(e.to_string()));
         }
         for (h, e) in &failed_hooks {
             tracing::warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");

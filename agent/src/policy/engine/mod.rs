@@ -32,6 +32,7 @@ use super::{
     PolicyError,
     bpf::{Kernel, MAX_RULES, Options},
     exec_match::ExecMatch,
+    lsm::{LsmSupport, LsmUnavailable},
     report::Reporter,
     resources::Writer,
     tables::{Ids, Slots},
@@ -115,6 +116,10 @@ pub struct Engine {
     host: Host,
     /// How exec rules are matched on this host (see `exec_match`).
     exec: ExecMatch,
+    /// Whether BPF-LSM refuses `errno` exec and syscall rules here (see `lsm`).
+    lsm: LsmSupport,
+    /// The kernel BTF the LSM programs are typed by.
+    lsm_btf: PathBuf,
     hub: Arc<Hub>,
     kernel: Option<Kernel>,
     /// A ring buffer loaded but not yet handed to the task loop.
@@ -134,6 +139,7 @@ pub struct Engine {
     slots: Slots,
     slot_exec: HashMap<u32, Vec<ExecKey>>,
     slot_args: HashMap<u32, Vec<ArgKey>>,
+    slot_files: HashMap<u32, Vec<ExecKey>>,
     ids: Ids,
     /// What holds for each cgroup, for status and the cgroups gauge.
     applied: HashMap<u64, Applied>,
@@ -162,6 +168,11 @@ impl Engine {
             unified_root,
             host,
             exec,
+            lsm: LsmSupport {
+                state: Err(LsmUnavailable::Inactive("not probed".into())),
+                syscalls: Err(LsmUnavailable::Inactive("not probed".into())),
+            },
+            lsm_btf: PathBuf::new(),
             hub,
             kernel: None,
             new_ring: None,
@@ -176,6 +187,7 @@ impl Engine {
             slots: Slots::default(),
             slot_exec: HashMap::new(),
             slot_args: HashMap::new(),
+            slot_files: HashMap::new(),
             ids: Ids::default(),
             applied: HashMap::new(),
             resources: HashMap::new(),
@@ -186,6 +198,13 @@ impl Engine {
             reloads: 0,
             reload_errors: 0,
         }
+    }
+
+    /// The BPF-LSM tier this host offers (`LsmSupport::probe`), its programs typed by `btf`.
+    pub fn with_lsm(mut self, lsm: LsmSupport, btf: PathBuf) -> Self {
+        self.lsm = lsm;
+        self.lsm_btf = btf;
+        self
     }
 
     fn mode_of(&self, p: &Policy) -> Mode {
@@ -205,6 +224,7 @@ impl Engine {
             socket_family_offset: self.host.socket_offset,
             task_status_offset: self.host.task_status_offset,
             xlat: self.host.xlat.clone(),
+            lsm_btf: self.lsm.active().then(|| self.lsm_btf.clone()),
             burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
@@ -215,6 +235,9 @@ impl Engine {
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");
         } else {
             info!(pin_dir = %self.cfg.pin_dir.display(), "policy programs loaded");
+        }
+        for d in super::lsm::host_notes(&self.set, &self.lsm) {
+            warn!(at = %d.loc, "{}", d.message);
         }
         let m = &self.exec;
         if m.best_effort() {
@@ -243,6 +266,10 @@ impl Engine {
         }
         for key in k.args.keys().flatten() {
             self.slot_args.entry(key.slot).or_default().push(key);
+            self.slots.used.insert(key.slot);
+        }
+        for key in k.files.keys().flatten() {
+            self.slot_files.entry(key.slot).or_default().push(key);
             self.slots.used.insert(key.slot);
         }
         for id in 1..MAX_RULES {
@@ -398,6 +425,7 @@ impl Engine {
             self.slots = Slots::default();
             self.slot_exec.clear();
             self.slot_args.clear();
+            self.slot_files.clear();
             self.ids = Ids::default();
             self.resources.clear();
             self.unenforced
@@ -406,6 +434,7 @@ impl Engine {
         }
         let (desired, applied, mut short) = self.plan();
         self.applied = applied;
+        self.files_shortfalls(&desired, &mut short);
         if let Err(e) = self.ensure_kernel() {
             for (id, d) in &desired {
                 for (name, _) in &d.policies {
@@ -415,6 +444,7 @@ impl Engine {
             self.unenforced.update(short, &self.targets, &self.hub);
             return Err(e);
         }
+        self.warn_files();
         let r = self.apply(desired, &mut short);
         self.unenforced.update(short, &self.targets, &self.hub);
         r?;

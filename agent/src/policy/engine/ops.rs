@@ -252,6 +252,11 @@ impl Engine {
         if syscalls && self.host.task_status_offset.is_none() {
             out.push("this host: no kernel BTF for `thread_info.status`, so i386 (`int 0x80`) calls cannot be told from x86_64 ones: they are checked as the x86_64 call of the same number, and `syscalls.abi` holds for x32 only".into());
         }
+        out.extend(
+            palisade_policy::check::file_notes(&self.all_policies(), &crate::policy::files::tier())
+                .iter()
+                .map(ToString::to_string),
+        );
         if egress && self.host.socket_offset.is_none() {
             out.push("this host: no `syscalls:sys_enter_socket` tracepoint (tracefs): packet sockets cannot be refused (see `unenforced`)".into());
         }
@@ -261,7 +266,13 @@ impl Engine {
     /// `palisade policy status`.
     fn status(&self) -> serde_json::Value {
         let mut policies = Vec::new();
-        let mut names: Vec<(String, String, String)> = self
+        let tiers = |p: &palisade_policy::Policy| -> Vec<serde_json::Value> {
+            super::super::lsm::tiers(p, self.mode_of(p), &self.lsm)
+                .iter()
+                .map(|t| t.status())
+                .collect()
+        };
+        let mut names: Vec<(String, String, String, Vec<serde_json::Value>)> = self
             .set
             .policies
             .iter()
@@ -270,21 +281,23 @@ impl Engine {
                     p.name.clone(),
                     self.mode_of(p).as_str().to_owned(),
                     p.loc.to_string(),
+                    tiers(p),
                 )
             })
             .collect();
         for l in self.launched.values() {
             for p in &l.policies {
-                if !names.iter().any(|(n, _, _)| *n == p.name) {
+                if !names.iter().any(|(n, _, _, _)| *n == p.name) {
                     names.push((
                         p.name.clone(),
                         self.mode_of(p).as_str().to_owned(),
                         "palisade run".into(),
+                        tiers(p),
                     ));
                 }
             }
         }
-        for (name, mode, source) in names {
+        for (name, mode, source, enforcement) in names {
             let mut cgroups: Vec<serde_json::Value> = self
                 .applied
                 .iter()
@@ -303,6 +316,7 @@ impl Engine {
             cgroups.sort_by_key(|v| v["cgroup_id"].as_u64());
             policies.push(serde_json::json!({
                 "name": name, "mode": mode, "source": source, "cgroups": cgroups,
+                "enforcement": enforcement,
             }));
         }
         serde_json::json!({
@@ -314,7 +328,85 @@ impl Engine {
             "exec_match": self.exec.status(),
             "unenforced": self.unenforced.json(&self.targets),
             "notes": self.notes(),
+            "lsm": self.lsm.status(),
+            "files": self.files_status(),
         })
+    }
+
+    /// The policies in force (the file's and launched workloads'), each once.
+    fn all_policies(&self) -> palisade_policy::PolicySet {
+        let mut set = palisade_policy::PolicySet {
+            policies: self.set.policies.clone(),
+            files: self.set.files.clone(),
+        };
+        for l in self.launched.values() {
+            for p in &l.policies {
+                if !set.policies.iter().any(|q| q.name == p.name) {
+                    set.policies.push(p.clone());
+                }
+            }
+        }
+        set
+    }
+
+    /// What file rules get on this host, and each rule's fate (`policy status`).
+    fn files_status(&self) -> serde_json::Value {
+        let tier = crate::policy::files::tier();
+        let (name, reason) = crate::policy::files::tier_status(&tier);
+        serde_json::json!({
+            "tier": name,
+            "reason": reason,
+            "rules": crate::policy::files::describe(&self.all_policies(), &tier),
+        })
+    }
+
+    /// Enforce-mode file rules that should refuse but are reported only on this host's tier:
+    /// shortfalls of each cgroup they hold for (`palisade_policy_unenforced`).
+    pub(super) fn files_shortfalls(
+        &self,
+        desired: &std::collections::HashMap<u64, super::Desired>,
+        short: &mut super::unenforced::Shortfalls,
+    ) {
+        use palisade_policy::files::{FileAction, FileTier};
+        let FileTier::Audit { why } = crate::policy::files::tier() else {
+            return;
+        };
+        for (cg, d) in desired {
+            for key in &d.policies {
+                let Some(p) = self.policy(key) else {
+                    continue;
+                };
+                let Some(f) = &p.files else {
+                    continue;
+                };
+                if self.mode_of(p) == palisade_policy::Mode::Enforce && f.action != FileAction::Log
+                {
+                    short.insert(
+                        (
+                            *cg,
+                            key.0.clone(),
+                            super::unenforced::Reason::FilesReportedOnly,
+                        ),
+                        format!(
+                            "file rules (`action: {}`) are reported only, the calls run ({why})",
+                            f.action.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Says once, at load, where file rules are weaker than written here.
+    pub(super) fn warn_files(&mut self) {
+        let tier = crate::policy::files::tier();
+        let set = self.all_policies();
+        for d in palisade_policy::check::file_notes(&set, &tier) {
+            let line = d.to_string();
+            if self.notes_seen.insert(line.clone()) {
+                warn!(note = %line, "file rules");
+            }
+        }
     }
 
     /// A launched workload killed by its seccomp filter (exit by SIGSYS) broke a `kill` rule.
@@ -350,6 +442,7 @@ impl Engine {
             exec: None,
             exec_detail: Default::default(),
             network: None,
+            file: None,
             suppressed: 0,
         };
         let process = ev.process.clone().unwrap_or(ProcessRef {

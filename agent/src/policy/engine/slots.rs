@@ -7,8 +7,8 @@ use palisade_policy::compile::Tables;
 
 use crate::policy::{PolicyError, bpf::Kernel};
 
-/// The hash keys a slot owns: exec patterns and argument checks.
-pub type SlotKeys = (Vec<ExecKey>, Vec<ArgKey>);
+/// The hash keys a slot owns: exec patterns, argument checks and file patterns.
+pub type SlotKeys = (Vec<ExecKey>, Vec<ArgKey>, Vec<ExecKey>);
 
 /// Writes one slot's tables; returns the hash keys now in the maps for it.
 pub fn write(
@@ -26,6 +26,9 @@ pub fn write(
     for key in &old.1 {
         let _ = k.args.remove(key);
     }
+    for key in &old.2 {
+        let _ = k.files.remove(key);
+    }
     let mut args = Vec::new();
     for (nr, rule) in &t.args {
         let key = ArgKey { slot, nr: *nr };
@@ -42,6 +45,16 @@ pub fn write(
         k.exec.insert(key, rule, 0).map_err(e("exec"))?;
         keys.push(key);
     }
+    let mut files = Vec::new();
+    for (kind, hash, entry) in &t.files {
+        let key = ExecKey {
+            slot,
+            kind: *kind,
+            hash: *hash,
+        };
+        k.files.insert(key, entry, 0).map_err(e("file"))?;
+        files.push(key);
+    }
     for (dir, sets) in [(NET_EGRESS, &t.egress), (NET_INGRESS, &t.ingress)] {
         for (i, set) in (0..MAX_NET_SETS).zip(sets.iter()) {
             k.net
@@ -49,7 +62,7 @@ pub fn write(
                 .map_err(e("network"))?;
         }
     }
-    Ok((keys, args))
+    Ok((keys, args, files))
 }
 
 /// Empties a slot nothing points at any more.
@@ -61,6 +74,9 @@ pub fn clear(k: &mut Kernel, slot: u32, old: &SlotKeys) {
     }
     for key in &old.1 {
         let _ = k.args.remove(key);
+    }
+    for key in &old.2 {
+        let _ = k.files.remove(key);
     }
     for dir in [NET_EGRESS, NET_INGRESS] {
         for i in 0..MAX_NET_SETS {

@@ -31,6 +31,8 @@ pub enum Reason {
     NotLoaded,
     /// A hook group the rules need does not attach.
     Hook(Hook),
+    /// File rules whose action refuses (`errno`, `kill`) are reported only (no BPF-LSM tier).
+    FilesReportedOnly,
 }
 
 impl Reason {
@@ -44,6 +46,7 @@ impl Reason {
             Reason::TableError => "table_error".into(),
             Reason::NotLoaded => "not_loaded".into(),
             Reason::Hook(h) => format!("hook_{}", h.as_str()),
+            Reason::FilesReportedOnly => "files_reported_only".into(),
         }
     }
 }
