@@ -103,8 +103,10 @@ const POLICY_MODES: &[&str] = &["audit", "enforce"];
 /// Enforcement hook groups, attached while some policy needs them.
 const POLICY_HOOKS: &[&str] = &[
     "syscalls",
+    "syscalls_lsm",
     "seccomp",
     "exec",
+    "exec_lsm",
     "egress",
     "socket_create",
     "packet_socket",
