@@ -146,7 +146,8 @@ fn loopback_traffic_between_two_containers_is_counted_once_per_side() {
     let c = &flows(&agent, &client)[0]["flow"];
     assert_eq!(
         (c["direction"].as_str(), c["bytes_out"].as_u64()),
-        (Some("outbound"), Some(300_000))
+        (Some("outbound"), Some(300_000)),
+        "{c}"
     );
     let sv = &flows(&agent, &srv)[0]["flow"];
     assert_eq!(
