@@ -381,7 +381,13 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
             "1",
         ]));
         if lsm {
-            assert_eq!(got, Ok(EPERM), "unshare({f:#x}) must fail with EPERM");
+            assert_eq!(
+                got,
+                Ok(EPERM),
+                "unshare({f:#x}) must fail with EPERM; status: {}\nagent log:\n{}",
+                status(&agent),
+                agent.log()
+            );
         } else {
             // no BPF-LSM: a running container's errno rule kills after the call
             assert_eq!(got, Err(9), "unshare({f:#x}) without BPF-LSM");

@@ -40,6 +40,8 @@ use crate::{
 const EPERM: i32 = 1;
 
 const ENOSYS: i32 = 38;
+/// The largest errno a hook may return.
+const MAX_ERRNO: u32 = 4095;
 /// `struct pt_regs` (x86_64): `orig_ax` (the call number) and `cs`.
 const REGS_ORIG_AX: u64 = 15 * 8;
 const REGS_CS: u64 = 17 * 8;
@@ -122,7 +124,24 @@ fn refuse_call(capable: bool) -> i32 {
             ..Detail::NONE
         },
     );
-    -(errno as i32)
+    neg_errno(errno)
+}
+
+/// `-errno`, in a form the verifier can bound: kernels from 6.12 check that an LSM program
+/// returns 0 or -1..-4095 (MAX_ERRNO), and verifiers before 6.15 know nothing of a negated
+/// register. So: masked to 0..4095, subtracted from 4096 (tracked), through a stack slot the
+/// compiler cannot see through (so it cannot fold the two steps back into a negation; the
+/// verifier keeps a spilled scalar's bounds), less 4096. 0 (not an errno) becomes EPERM.
+#[inline(always)]
+fn neg_errno(errno: u32) -> i32 {
+    let e = (errno & MAX_ERRNO) as i32;
+    if e == 0 {
+        return -EPERM;
+    }
+    let t: i32 = 4096 - e;
+    // SAFETY: a read of a local just written.
+    let t = unsafe { core::ptr::read_volatile(&t) };
+    t - 4096
 }
 
 macro_rules! syscall_hook {
@@ -174,7 +193,8 @@ fn try_exec_lsm(ctx: &LsmContext) -> Result<i32, i32> {
     // programs before this one: a refusal stands
     let prev: i32 = ctx.arg(1);
     if prev != 0 {
-        return Err(prev);
+        // bounded for the verifier (see `refuse_call`)
+        return Err(neg_errno(prev.unsigned_abs()));
     }
     let Some((cgroup_id, p)) = exec_policy() else {
         return Ok(0);
