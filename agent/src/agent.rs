@@ -231,7 +231,7 @@ async fn serve_all(
 
     // The kernel's ordered output (events, snapshots) to the state owner; a full channel
     // leaves the ring buffer to fill, where the kernel counts what it cannot queue.
-    let (kernel_out_tx, kernel_out) = mpsc::channel(8192);
+    let (kernel_out_tx, kernel_out) = mpsc::channel(config.events.kernel_queue);
     let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, kernel_out_tx)?;
 
     let info = Info {
@@ -243,10 +243,11 @@ async fn serve_all(
         node: node.clone(),
     };
     let hub = Arc::new(Hub::new(config.events.queue));
-    // Subscribed before the policy task and the first walk can publish (a policy that cannot
-    // be put in place says so at once): a broadcast drops what no receiver holds yet.
+    // The event log and the exporter listen from the first event on, before the policy task
+    // and the first walk can publish (a policy that cannot be put in place says so at once):
+    // whatever is published reaches them or is counted as their loss.
     let log_rx = event_log.as_ref().map(|_| hub.subscribe());
-    let otlp = crate::otlp::start(&config.otlp, &node, hub.clone())?;
+    let otlp_rx = config.otlp.endpoint.as_ref().map(|_| hub.subscribe());
     let (policy, policy_task) = crate::policy::start(crate::policy::Start {
         cfg: config.policy.clone(),
         set: policies,
@@ -288,11 +289,17 @@ async fn serve_all(
         }
     }
 
+    let otlp = crate::otlp::start(&otlp_cfg, &node, hub.clone(), otlp_rx)?;
     let otlp_metrics = crate::otlp_metrics::start(&otlp_cfg, &node, families)?;
     let mut tasks = vec![state_task];
-    if let (Some(target), Some(rx)) = (event_log, log_rx) {
-        tasks.push(tokio::spawn(sink::run(target, hub.clone(), rx)));
-    }
+    let log_task = match (event_log, log_rx) {
+        (Some(target), Some(rx)) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(sink::run(target, hub.clone(), rx, stopped));
+            Some((stop, task))
+        }
+        _ => None,
+    };
     tasks.push(tokio::spawn(control::serve(
         control,
         control::Context {
@@ -316,17 +323,27 @@ async fn serve_all(
     )
     .await;
 
-    for t in tasks {
+    // Producers first (nothing is published after them), then the consumers take what is
+    // queued: every event published is accounted for in the last line.
+    for t in &tasks {
         t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
     }
     kernel_handle.shutdown().await;
     let _ = actor_task.await;
+    if let Some((stop, task)) = log_task {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     if let Some(o) = otlp {
-        tokio::task::block_in_place(|| o.shutdown());
+        o.shutdown().await;
     }
     if let Some(o) = otlp_metrics {
         tokio::task::block_in_place(|| o.shutdown());
     }
+    info!(accounting = %hub.accounting(), "events at shutdown");
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }

@@ -34,6 +34,8 @@ pub struct Model {
     pub losses: [u64; loss::COUNT as usize],
     pub stats_entries: usize,
     pub errno_entries: usize,
+    /// See `KernelSnapshot::queue_waits`.
+    pub queue_waits: u64,
 }
 
 impl Model {
@@ -82,6 +84,7 @@ impl Model {
             }
         }
         self.losses = snap.losses;
+        self.queue_waits = snap.queue_waits;
         // Entries present after this pass's reaping.
         let reaped: std::collections::HashSet<u64> = snap.reaped.iter().copied().collect();
         self.stats_entries = snap

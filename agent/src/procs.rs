@@ -75,6 +75,16 @@ impl ProcessTable {
         }
     }
 
+    /// A process moved to another cgroup: its entry follows it. Returns the cgroup it was in,
+    /// when the table knew it.
+    pub fn moved(&mut self, pid: u32, cgroup_id: u64) -> Option<u64> {
+        let mut p = self.exit(pid)?;
+        let was = p.cgroup_id;
+        p.cgroup_id = cgroup_id;
+        self.exec(p);
+        Some(was)
+    }
+
     /// Forgets a process that exited, returning what we knew.
     pub fn exit(&mut self, pid: u32) -> Option<Proc> {
         let p = self.by_pid.remove(&pid)?;

@@ -57,6 +57,8 @@ pub mod event_kind {
     pub const TCP: u32 = 6;
     /// A DNS packet left a cgroup ([`crate::net::DnsEvent`]).
     pub const DNS: u32 = 7;
+    /// A task moved into a cgroup of the unified hierarchy ([`crate::MoveEvent`]).
+    pub const CGROUP_MOVE: u32 = 8;
 }
 
 /// Longest cgroup path (bytes, without the NUL) carried in a [`CgroupEvent`]. Longer paths are
@@ -106,6 +108,8 @@ mod pod {
     unsafe impl aya::Pod for crate::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::OomEvent {}
+    // SAFETY: repr(C), padding-free, plain integers.
+    unsafe impl aya::Pod for crate::MoveEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::net::FlowKey {}
     // SAFETY: as above.
@@ -166,13 +170,14 @@ mod tests {
         assert_eq!(size_of::<ThreadSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
-        assert_eq!(size_of::<ProcessCounts>(), 48);
+        assert_eq!(size_of::<ProcessCounts>(), 64);
         assert_eq!(
             size_of::<ExecEvent>(),
             72 + EXEC_FILENAME_MAX + EXEC_ARGS_MAX
         );
         assert_eq!(size_of::<ExitEvent>(), 64);
         assert_eq!(size_of::<OomEvent>(), 48);
+        assert_eq!(size_of::<MoveEvent>(), 40);
         // every event starts with its kind
         assert_eq!(core::mem::offset_of!(ExecEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(ExitEvent, kind), 0);
@@ -181,7 +186,7 @@ mod tests {
         assert_eq!(size_of::<net::FlowKey>(), 48);
         assert_eq!(size_of::<net::FlowStats>(), 72);
         assert_eq!(size_of::<net::NetTotals>(), 56);
-        assert_eq!(size_of::<net::TcpCounts>(), 40);
+        assert_eq!(size_of::<net::TcpCounts>(), 48);
         assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16 + 72);
         assert_eq!(size_of::<net::DnsEvent>(), 8 + 48 + net::DNS_PAYLOAD_MAX);
         assert_eq!(size_of::<net::SockInfo>(), 24);

@@ -67,6 +67,8 @@ pub const GLOBAL_ATTACH_OFF_ROOT: &str = "ATTACH_OFF_ROOT";
 pub const GLOBAL_ATTACH_OFF_ID: &str = "ATTACH_OFF_ID";
 /// See [`GLOBAL_ATTACH_OFF_ROOT`].
 pub const GLOBAL_ATTACH_OFF_PID: &str = "ATTACH_OFF_PID";
+/// See [`GLOBAL_ATTACH_OFF_ROOT`] (`comm`, a `__data_loc` string).
+pub const GLOBAL_ATTACH_OFF_COMM: &str = "ATTACH_OFF_COMM";
 
 /// Per-CPU hash: cgroup id (`u64`) → [`crate::ProcessCounts`].
 pub const MAP_PROCESS_COUNTS: &str = "PROCESS_COUNTS";
@@ -151,6 +153,11 @@ pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
 pub const MAP_POLICY_EVENTS: &str = "POLICY_EVENTS";
 /// Per-CPU array: index 0 = violation events lost to a full ring buffer.
 pub const MAP_POLICY_LOSS: &str = "POLICY_LOSS";
+/// Hash: [`crate::policy::ViolationKey`] → `[u64; 2]` (violations reported, the hook that
+/// saw them), written by the agent only: what its events have reported of each key, so the
+/// next agent (after a restart, `kill -9` included) reports each violation once.
+pub const MAP_POLICY_REPORTED: &str = "POLICY_REPORTED";
+
 /// Array of `u32` by [`crate::policy::lsm_index`]: 1 while that group of BPF-LSM programs is
 /// attached and refuses `errno` rules (the tracepoint programs then leave those rules to it);
 /// 0 and they do without. The agent sets an entry after attaching and clears it before
@@ -165,7 +172,7 @@ pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
 pub const MAP_POLICY_FILES: &str = "POLICY_FILES";
 
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 16] = [
+pub const POLICY_MAPS: [&str; 17] = [
     MAP_POLICY_CGROUPS,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
@@ -178,6 +185,7 @@ pub const POLICY_MAPS: [&str; 16] = [
     MAP_POLICY_CONFIG,
     MAP_POLICY_EVENTS,
     MAP_POLICY_LOSS,
+    MAP_POLICY_REPORTED,
     MAP_POLICY_LSM,
     MAP_POLICY_RESOLVED,
     MAP_POLICY_XLAT,

@@ -92,6 +92,9 @@ pub struct TcpCounts {
     /// Outbound connects that failed after SYN retransmits.
     pub timeout: u64,
     pub retransmits: u64,
+    /// Connection ends (close, reset, failure) the ring buffer had no room for: their flow
+    /// stays in the flow table and is reported `idle` once `network.tcp_idle_timeout` passes.
+    pub events_lost: u64,
 }
 
 impl TcpCounts {
@@ -102,6 +105,7 @@ impl TcpCounts {
         self.refused += o.refused;
         self.timeout += o.timeout;
         self.retransmits += o.retransmits;
+        self.events_lost += o.events_lost;
     }
 }
 

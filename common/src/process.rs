@@ -16,6 +16,10 @@ pub struct ProcessCounts {
     pub exits_signal: u64,
     /// Processes whose exit status could not be read (no kernel BTF).
     pub exits_unknown: u64,
+    /// Exec events the ring buffer had no room for (the exec is still counted in `execs`).
+    pub exec_events_lost: u64,
+    /// Exit events the ring buffer had no room for (the exit is still counted above).
+    pub exit_events_lost: u64,
 }
 
 impl ProcessCounts {
@@ -27,6 +31,8 @@ impl ProcessCounts {
         self.exits_error += o.exits_error;
         self.exits_signal += o.exits_signal;
         self.exits_unknown += o.exits_unknown;
+        self.exec_events_lost += o.exec_events_lost;
+        self.exit_events_lost += o.exit_events_lost;
     }
 }
 
@@ -97,6 +103,23 @@ pub struct ExitEvent {
     pub flags: u32,
     /// Always 0 (explicit padding).
     pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// A task was moved into a cgroup of the unified hierarchy (`cgroup:cgroup_attach_task`: a
+/// write to `cgroup.procs` or `cgroup.threads`, `clone3(CLONE_INTO_CGROUP)` does not fire it).
+/// One per task moved: a process's threads each send one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MoveEvent {
+    /// `event_kind::CGROUP_MOVE`.
+    pub kind: u32,
+    /// The task moved (its thread id).
+    pub pid: u32,
+    /// Destination cgroup.
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// The moved task's command name.
     pub comm: [u8; 16],
 }
 

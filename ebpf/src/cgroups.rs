@@ -1,8 +1,11 @@
 //! Cgroup lifecycle: `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir` classic tracepoints, filtered
-//! to the unified hierarchy, sent to userspace on the `EVENTS` ring buffer.
+//! to the unified hierarchy, sent to userspace on the `EVENTS` ring buffer; and
+//! `cgroup:cgroup_attach_task`: a task moved into another cgroup (the syscall slot cache is
+//! updated, and the move is sent as an event).
 //!
 //! Field offsets come from tracefs `format` files at load time (globals below); the defaults are
 //! the layout seen on 6.x kernels.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::bpf_probe_read_kernel_str_bytes,
@@ -11,12 +14,22 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use palisade_common::{
-    CGROUP_PATH_MAX, CgroupEvent,
-    event_kind::{CGROUP_MKDIR, CGROUP_RMDIR},
+    CGROUP_PATH_MAX, CgroupEvent, MoveEvent,
+    event_kind::{CGROUP_MKDIR, CGROUP_MOVE, CGROUP_RMDIR},
     loss::RINGBUF_FULL,
 };
 
 use crate::{loss, syscalls::UNIFIED_HIERARCHY};
+
+/// `cgroup:cgroup_attach_task` record offsets, read from tracefs at load time.
+#[unsafe(no_mangle)]
+static ATTACH_OFF_ROOT: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_ID: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_PID: Global<u32> = Global::new(24);
+#[unsafe(no_mangle)]
+static ATTACH_OFF_COMM: Global<u32> = Global::new(32);
 
 #[unsafe(no_mangle)]
 static CG_OFF_ROOT: Global<u32> = Global::new(8);
@@ -81,4 +94,43 @@ fn try_cgroup_event(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     }
     entry.submit(0);
     Ok(0)
+}
+
+/// A task moved into a cgroup: the syscall slot cache follows it, and userspace hears of it.
+#[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
+pub fn slot_attach(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file; read_at uses bpf_probe_read_kernel.
+    let (Ok(root), Ok(id), Ok(pid)) = (unsafe {
+        (
+            ctx.read_at::<i32>(ATTACH_OFF_ROOT.load() as usize),
+            ctx.read_at::<u64>(ATTACH_OFF_ID.load() as usize),
+            ctx.read_at::<i32>(ATTACH_OFF_PID.load() as usize),
+        )
+    }) else {
+        return 0;
+    };
+    if root as u32 != UNIFIED_HIERARCHY.load() {
+        return 0;
+    }
+    let pid = pid as u32;
+    crate::syscalls::moved(pid, id);
+    let Some(mut entry) = EVENTS.reserve::<MoveEvent>(0) else {
+        loss::count(RINGBUF_FULL);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: a reserved record we own until submit; every field is written. The comm is a
+    // __data_loc string (offset in the low 16 bits) read with bpf_probe_read_kernel_str.
+    unsafe {
+        (*ev).kind = CGROUP_MOVE;
+        (*ev).pid = pid;
+        (*ev).cgroup_id = id;
+        (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).comm = [0; 16];
+        let loc: u32 = ctx.read_at(ATTACH_OFF_COMM.load() as usize).unwrap_or(0);
+        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).comm);
+    }
+    entry.submit(0);
+    0
 }

@@ -468,6 +468,8 @@ fn try_tcp_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
 fn emit(ctx: &SockOpsContext, what: u32, cookie: u64, info: &SockInfo, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
         loss::count(RINGBUF_FULL);
+        // the flow stays in FLOWS: it is reported (`idle`) when the table's idle pass finds it
+        tcp_counts(info.cgroup_id, |c| c.events_lost += 1);
         return;
     };
     let ev = entry.as_mut_ptr();

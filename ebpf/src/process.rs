@@ -1,6 +1,7 @@
 //! Process lifecycle: `sched:sched_process_fork/exec/exit` and `oom:mark_victim` classic
 //! tracepoints. Counters per cgroup stay in the kernel (`PROCESS_COUNTS`, exact even when the
-//! ring buffer overflows); exec, exit and OOM events go to userspace on the ring buffer.
+//! ring buffer overflows, and counting per cgroup the exec and exit events it had no room
+//! for); exec, exit and OOM events go to userspace on the ring buffer.
 //!
 //! The few `task_struct`/`mm_struct` fields read here (parent, exit code, start time, argument
 //! block) are located by userspace in the kernel's BTF and passed in as globals; without BTF
@@ -103,6 +104,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     counts(cgroup_id, |c| c.execs += 1);
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         loss::count(RINGBUF_FULL);
+        counts(cgroup_id, |c| c.exec_events_lost += 1);
         return Ok(0);
     };
     let ev = entry.as_mut_ptr();
@@ -221,6 +223,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     });
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         loss::count(RINGBUF_FULL);
+        counts(cgroup_id, |c| c.exit_events_lost += 1);
         return Ok(0);
     };
     let ev = entry.as_mut_ptr();

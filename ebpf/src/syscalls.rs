@@ -4,17 +4,18 @@
 //! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
 //! buffer traffic. The thread's cgroup id is cached in its slot (the helper costs as much as the
 //! hash lookup); two classic tracepoints keep the cache right when a thread changes cgroup
-//! (`cgroup:cgroup_attach_task`) or a thread id is reused (`sched:sched_process_fork`, whose
-//! program lives in process.rs and calls [`forget_slot`]).
+//! (`cgroup:cgroup_attach_task`, whose program lives in cgroups.rs and calls [`moved`]) or a
+//! thread id is reused (`sched:sched_process_fork`, whose program lives in process.rs and
+//! calls [`forget_slot`]).
 use aya_ebpf::{
     Global,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::RawTracePointContext,
 };
 use palisade_common::{
     CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ErrnoKey, SyscallKey, SyscallStats, ThreadSlot,
@@ -50,13 +51,6 @@ static NR_FORK: Global<u32> = Global::new(57);
 static NR_VFORK: Global<u32> = Global::new(58);
 #[unsafe(no_mangle)]
 static NR_CLONE3: Global<u32> = Global::new(435);
-/// Record offsets, read from tracefs at load time.
-#[unsafe(no_mangle)]
-static ATTACH_OFF_ROOT: Global<u32> = Global::new(8);
-#[unsafe(no_mangle)]
-static ATTACH_OFF_ID: Global<u32> = Global::new(16);
-#[unsafe(no_mangle)]
-static ATTACH_OFF_PID: Global<u32> = Global::new(24);
 /// Hierarchy id of the unified hierarchy (shared with cgroups.rs).
 #[unsafe(no_mangle)]
 pub static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
@@ -161,23 +155,10 @@ pub fn forget_slot(child: u32) {
     }
 }
 
-/// A thread moved to another cgroup: update its cached id (unified hierarchy only).
-#[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
-pub fn slot_attach(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the format file; read_at uses bpf_probe_read_kernel.
-    let (Ok(root), Ok(id), Ok(pid)) = (unsafe {
-        (
-            ctx.read_at::<i32>(ATTACH_OFF_ROOT.load() as usize),
-            ctx.read_at::<u64>(ATTACH_OFF_ID.load() as usize),
-            ctx.read_at::<i32>(ATTACH_OFF_PID.load() as usize),
-        )
-    }) else {
-        return 0;
-    };
-    if root as u32 != UNIFIED_HIERARCHY.load() {
-        return 0;
-    }
-    let pid = pid as u32;
+/// A thread moved to `id` (unified hierarchy): update its cached cgroup id. Called by the
+/// `cgroup:cgroup_attach_task` program (cgroups.rs).
+#[inline(always)]
+pub fn moved(pid: u32, id: u64) {
     if let Some(slot) = THREAD_SLOTS.get_ptr_mut(pid & THREAD_SLOT_MASK.load()) {
         // SAFETY: array map value; see try_sys_enter.
         unsafe {
@@ -186,7 +167,6 @@ pub fn slot_attach(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    0
 }
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {

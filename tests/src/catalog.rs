@@ -89,9 +89,12 @@ const EVENT_TYPES: &[&str] = &[
     "container_stop",
     "flow",
     "policy_violation",
+    "cgroup_move",
     "policy_unenforced",
 ];
 const EVENT_SINKS: &[&str] = &["log", "subscriber", "otlp"];
+/// `type` of `palisade_events_kernel_lost_total`: the events the kernel counts per container.
+const KERNEL_LOST_TYPES: &[&str] = &["exec", "exit", "flow"];
 /// `action` of `palisade_policy_violations_total`, what happened (`taken::name` in
 /// `common/src/policy.rs`): errno, kill and drop were blocked (enforce mode), would_block is audit
 /// mode, log was reported only.
@@ -100,8 +103,10 @@ const POLICY_MODES: &[&str] = &["audit", "enforce"];
 /// Enforcement hook groups, attached while some policy needs them.
 const POLICY_HOOKS: &[&str] = &[
     "syscalls",
+    "syscalls_lsm",
     "seccomp",
     "exec",
+    "exec_lsm",
     "egress",
     "socket_create",
     "packet_socket",
@@ -157,6 +162,13 @@ pub const METRICS: &[Metric] = &[
         &[("reason", EXIT_REASONS)],
     ),
     m("palisade_oom_kills_total", Kind::Counter, CONTAINER),
+    // Events of a container the kernel ring buffer had no room for.
+    mv(
+        "palisade_events_kernel_lost_total",
+        Kind::Counter,
+        &["container", "namespace", "pod", "type"],
+        &[("type", KERNEL_LOST_TYPES)],
+    ),
     // Network.
     mv(
         "palisade_network_bytes_total",
@@ -308,6 +320,13 @@ pub const METRICS: &[Metric] = &[
         &["sink"],
         &[("sink", EVENT_SINKS)],
     ),
+    mv(
+        "palisade_events_delivered_total",
+        Kind::Counter,
+        &["sink"],
+        &[("sink", EVENT_SINKS)],
+    ),
+    m("palisade_kernel_queue_waits_total", Kind::Counter, &[]),
     m("palisade_process_table_entries", Kind::Gauge, &[]),
     m("palisade_process_table_evicted_total", Kind::Counter, &[]),
     // Policies (`policy.paths`, `palisade run --policy`). `container` is the container name only

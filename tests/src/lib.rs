@@ -5,10 +5,13 @@
 //! Every test owns its cgroups (named `palisade-test-<pid>-<tag>-<n>`) and its agent (listening
 //! on an ephemeral port), so tests run in parallel on one kernel without seeing each other.
 //! Helpers panic with a message instead of returning errors: they only run inside tests.
+pub mod bpf;
 pub mod catalog;
 pub mod fleet;
 pub mod grafana;
+mod http;
 pub mod launch;
+pub mod load;
 mod metrics;
 mod netns;
 mod otlp;
@@ -16,13 +19,14 @@ mod podman;
 pub mod policy;
 pub mod stack;
 
+pub use http::http_get;
 pub use metrics::{Metrics, Sample, promtool_check_metrics};
 pub use netns::{TestNetns, net_workload_bin, start_server};
 pub use otlp::{OtlpReceiver, otlp_attr};
 pub use podman::{PODMAN_FLAGS, PodmanContainer, busybox_image};
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{SocketAddr, TcpStream},
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
@@ -322,49 +326,118 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// The event log [`Agent::events`] reads.
+    events_file: PathBuf,
     socket: PathBuf,
+}
+
+/// How [`Agent::start_with`] starts the agent; the default is [`Agent::start`]'s.
+#[derive(Default)]
+struct Launch<'a> {
+    /// `--events`: none, the default log in the agent's directory (`Some(None)`) or one at a
+    /// path.
+    events: Option<Option<PathBuf>>,
+    /// The control socket, else `agent.sock` in the agent's directory.
+    socket: Option<PathBuf>,
+    /// A program and its arguments that run the agent's command line (see
+    /// [`Agent::with_events_wrapped`]).
+    wrapper: &'a [&'a str],
+    /// Mounts taken away in a private mount namespace first (see
+    /// [`Agent::with_events_without_mounts`]).
+    unmount: &'a [&'a str],
+}
+
+impl Launch<'_> {
+    /// Events to the default log.
+    fn with_log() -> Self {
+        Self {
+            events: Some(None),
+            ..Self::default()
+        }
+    }
 }
 
 impl Agent {
     /// Like [`Agent::start`], writing events to the log [`Agent::events`] reads.
     pub fn with_events(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, true, None, &[])
+        Self::start_with(config, args, Launch::with_log())
+    }
+
+    /// Like [`Agent::with_events`], the event log at `path` (a directory the test prepared).
+    pub fn with_events_file(config: &str, args: &[&str], path: &Path) -> Self {
+        let events = Some(Some(path.to_owned()));
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                events,
+                ..Launch::default()
+            },
+        )
     }
 
     /// Like [`Agent::with_events`], with the control socket at `socket` instead of in the
     /// agent's temporary directory (removed when the agent is dropped).
     pub fn with_events_at(config: &str, args: &[&str], socket: &Path) -> Self {
-        Self::start_inner(config, args, true, Some(socket.to_owned()), &[])
+        let socket = Some(socket.to_owned());
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                socket,
+                ..Launch::with_log()
+            },
+        )
     }
 
     /// Like [`Agent::with_events`], started through `wrapper` (a program and its arguments
     /// that ends by running the command it is given, e.g. `unshare ... sh -c '...; exec "$@"'`).
     pub fn with_events_wrapped(config: &str, args: &[&str], wrapper: &[&str]) -> Self {
-        Self::start_inner(config, args, true, None, wrapper)
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                wrapper,
+                ..Launch::with_log()
+            },
+        )
+    }
+
+    /// Like [`Agent::with_events`], in a mount namespace of its own (private propagation) where
+    /// every mount at `unmount` (e.g. bpffs, tracefs) is taken away first: the host's mounts
+    /// are not touched.
+    pub fn with_events_without_mounts(config: &str, args: &[&str], unmount: &[&str]) -> Self {
+        Self::start_with(
+            config,
+            args,
+            Launch {
+                unmount,
+                ..Launch::with_log()
+            },
+        )
     }
 
     /// Starts an agent with `config` (YAML) plus `args`, listening on an ephemeral loopback
     /// port, and waits until it serves.
     pub fn start(config: &str, args: &[&str]) -> Self {
-        Self::start_inner(config, args, false, None, &[])
+        Self::start_with(config, args, Launch::default())
     }
 
-    fn start_inner(
-        config: &str,
-        args: &[&str],
-        events: bool,
-        socket: Option<PathBuf>,
-        wrapper: &[&str],
-    ) -> Self {
+    fn start_with(config: &str, args: &[&str], how: Launch<'_>) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let socket = socket.unwrap_or_else(|| dir.path().join("agent.sock"));
+        let socket = how.socket.unwrap_or_else(|| dir.path().join("agent.sock"));
         let cfg = dir.path().join("palisade.yaml");
         std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("agent.log"))
             .unwrap_or_else(|e| panic!("create log: {e}"));
-        let mut cmd = match wrapper.split_first() {
+        let events = how.events;
+        let events_file = match &events {
+            Some(Some(p)) => p.clone(),
+            _ => dir.path().join("events.jsonl"),
+        };
+        let mut cmd = match how.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
                 c.args(rest).arg(palisade_bin());
@@ -372,6 +445,9 @@ impl Agent {
             }
             None => Command::new(palisade_bin()),
         };
+        if !how.unmount.is_empty() {
+            load::without_mounts(&mut cmd, how.unmount);
+        }
         let mut child = cmd
             .arg("agent")
             .arg("--config")
@@ -380,13 +456,10 @@ impl Agent {
             .arg(&ready)
             .arg("--control-socket")
             .arg(&socket)
-            .args(if events {
+            .args(if events.is_some() {
                 vec![
                     "--events".to_owned(),
-                    dir.path()
-                        .join("events.jsonl")
-                        .to_string_lossy()
-                        .into_owned(),
+                    events_file.to_string_lossy().into_owned(),
                 ]
             } else {
                 vec![]
@@ -422,6 +495,7 @@ impl Agent {
             child,
             addr,
             dir,
+            events_file,
             socket,
         }
     }
@@ -432,8 +506,7 @@ impl Agent {
 
     /// The event log (`--events`, JSON lines) of an agent started with [`Agent::with_events`].
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.events_file).unwrap_or_default();
         // the agent may be writing the last line right now: only complete lines count
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
         complete
@@ -498,22 +571,9 @@ impl Agent {
 
     /// GET `path` and return (status code, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.addr)
+        let s = TcpStream::connect(self.addr)
             .unwrap_or_else(|e| panic!("connect {}: {e}\n{}", self.addr, self.log()));
-        s.set_read_timeout(Some(scaled(Duration::from_secs(30))))
-            .ok();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)
-            .unwrap_or_else(|e| panic!("send request: {e}"));
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)
-            .unwrap_or_else(|e| panic!("read response: {e}"));
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, body.to_owned())
+        http::request(s, self.addr, path)
     }
 
     /// The `/metrics` page (must answer 200).
@@ -532,85 +592,25 @@ impl Agent {
         Metrics::parse(&self.scrape())
     }
 
-    /// Ids and names of the BPF maps and programs this agent holds open.
-    pub fn bpf_objects(&self) -> (Vec<(u32, String)>, Vec<u32>) {
-        let mut maps = Vec::new();
-        let mut progs = Vec::new();
-        let dir = format!("/proc/{}/fdinfo", self.pid());
-        for e in std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .flatten()
-        {
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            for line in text.lines() {
-                if let Some(id) = line.strip_prefix("map_id:") {
-                    if let Ok(id) = id.trim().parse::<u32>() {
-                        let name = aya::maps::MapInfo::from_id(id)
-                            .ok()
-                            .and_then(|i| i.name_as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        maps.push((id, name));
-                    }
-                } else if let Some(id) = line.strip_prefix("prog_id:")
-                    && let Ok(id) = id.trim().parse::<u32>()
-                {
-                    progs.push(id);
-                }
-            }
-        }
-        maps.sort();
-        maps.dedup();
-        progs.sort();
-        progs.dedup();
-        (maps, progs)
-    }
-
-    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
-    /// errnos, process counters).
-    pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
-        use aya::maps::{Map, MapData, PerCpuHashMap};
-        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
-        let mut ids = Vec::new();
-        for (id, name) in self.bpf_objects().0 {
-            if name != names::MAP_SYSCALL_STATS
-                && name != names::MAP_SYSCALL_ERRNOS
-                && name != names::MAP_PROCESS_COUNTS
-            {
-                continue;
-            }
-            let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
-            if name == names::MAP_PROCESS_COUNTS {
-                let m: PerCpuHashMap<_, u64, palisade_common::ProcessCounts> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok));
-            } else if name == names::MAP_SYSCALL_STATS {
-                let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
-            } else {
-                let m: PerCpuHashMap<_, ErrnoKey, u64> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
-                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     /// SIGKILL: the agent gets no chance to clean anything up.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
+    /// SIGKILL, keeping this handle: its event log and log stay readable.
+    pub fn kill9_keep(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM and wait (at most 30 s); returns the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.stop_keep()
+    }
+
+    /// Like [`Agent::stop`], keeping this handle: its event log and log stay readable.
+    pub fn stop_keep(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let limit = scaled(Duration::from_secs(30));

@@ -2,7 +2,8 @@
 //!
 //! - `setup`: everything a fresh machine needs (Debian packages, nightly rust-src, bpf-linker
 //!   built against the nightly's own LLVM); idempotent and quick when already done.
-//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `bench syscalls|scrape|scale|net|launch|policy|exec`.
+//! - `build [--release]`, `run [-- AGENT ARGS]`, `test`, `lint`, `deps`, `fuzz`, `soak`,
+//!   `bench syscalls|scrape|scale|net|launch|policy|exec`.
 //! - `prometheus-rule [--check]`: the Kubernetes PrometheusRule from the alert rules file.
 //! - `image [--binary PATH] [--tag TAG]`: the agent's container image (podman, offline).
 //! - `vm-test [--kernel 6.1|6.12|all] [-- FILTER]`: the privileged suites on Debian's 6.1 and
@@ -26,9 +27,11 @@ mod bench_policy;
 mod bench_scale;
 mod deps;
 mod dist;
+mod fuzz;
 mod image;
 mod prometheus_rule;
 mod setup;
+mod soak;
 mod vm;
 mod vm_report;
 mod vm_setup;
@@ -94,10 +97,20 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Fuzz the policy parser (cargo fuzz, nightly) for a bounded time.
+    /// Run every fuzz target (cargo fuzz, nightly) for a bounded time each.
     Fuzz {
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 20)]
         seconds: u32,
+    },
+    /// The long reliability runs (loss under load, churn, faults, fuzzing) against a release
+    /// agent, with a markdown report (needs root).
+    Soak {
+        /// About how long to run (the fuzz targets get two fifths, the flood a quarter).
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        /// Write the markdown report here (else to stdout).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Setup, build, then the privileged suites inside Debian kernels booted under qemu (TCG)
     /// with virtme-ng: pure cgroup v2, BTF, BPF-LSM on. One result table per kernel.
@@ -125,7 +138,10 @@ fn main() -> ExitCode {
         // With --binary nothing is compiled: only cargo-deb (installed by setup) is needed.
         Task::Dist { binary: None, fast } => setup::run().and_then(|()| dist::run(None, fast)),
         Task::Dist { binary, fast } => dist::run(binary, fast),
-        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds).map(drop)),
+        Task::Soak { minutes, report } => {
+            setup::run().and_then(|()| soak::run(minutes, report.as_deref()))
+        }
         Task::Bench { which } => setup::run().and_then(|()| bench::run(which)),
         Task::VmTest(opts) => setup::run().and_then(|()| vm::run(&opts)),
     };
@@ -167,7 +183,7 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -254,6 +270,9 @@ fn lint() -> Result<()> {
     ]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test` (8 targets: under 3 minutes).
+const FUZZ_SECONDS_IN_TEST: u32 = 20;
+
 fn test(filter: Option<&str>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc_geteuid() } == 0;
@@ -286,7 +305,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     exec(&mut cmd)?;
     if filter.is_none() {
-        fuzz(30)?;
+        fuzz::run(FUZZ_SECONDS_IN_TEST)?;
     }
     if filter.is_some() {
         eprintln!("\n    (VM suites skipped: a filter was given; `cargo xtask vm-test -- FILTER`)");
@@ -296,41 +315,6 @@ fn test(filter: Option<&str>) -> Result<()> {
         vm::run(&vm::VmTest::ci())?;
     }
     Ok(())
-}
-
-/// Runs the policy parser fuzz target for `seconds`, from the committed seeds (new inputs go
-/// to a scratch corpus, crashes to fuzz/artifacts/).
-fn fuzz(seconds: u32) -> Result<()> {
-    step(&format!(
-        "fuzzing the policy parser for {seconds} s (cargo fuzz, nightly)"
-    ));
-    let corpus = std::env::temp_dir().join(format!("palisade-fuzz-corpus-{}", std::process::id()));
-    std::fs::create_dir_all(&corpus).with_context(|| format!("mkdir {}", corpus.display()))?;
-    let r = exec(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "fuzz",
-                "run",
-                "--fuzz-dir",
-                "fuzz",
-            ])
-            .arg("policy_parser")
-            .arg(&corpus)
-            .arg("fuzz/seeds/policy_parser")
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .args([
-                "-max_len=4096",
-                "-timeout=10",
-                "-rss_limit_mb=2048",
-                "-print_final_stats=1",
-            ]),
-    );
-    let _ = std::fs::remove_dir_all(&corpus);
-    r
 }
 
 // libc is not a dependency of xtask; one extern declaration is enough.

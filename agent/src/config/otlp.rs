@@ -21,6 +21,14 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Event types to export (empty: all).
     pub events: Vec<String>,
+    /// Log records waiting for the exporter; past it records are dropped and counted
+    /// (`palisade_events_dropped_total{sink="otlp"}`), so a slow or absent collector never
+    /// holds anything else up.
+    pub queue: usize,
+    /// After a failed export the exporter waits (doubling from 100 ms) up to this long before
+    /// the next request.
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
     /// Also export the `/metrics` families as OTLP metrics (`/v1/metrics`), for fleets that
     /// collect only OTLP (off, like the logs, while no endpoint is set).
     pub metrics: bool,
@@ -37,6 +45,8 @@ impl Default for OtlpConfig {
             headers: BTreeMap::new(),
             timeout: Duration::from_secs(10),
             events: Vec::new(),
+            queue: 2048,
+            max_backoff: Duration::from_secs(30),
             metrics: false,
             metrics_interval: Duration::from_secs(60),
         }
@@ -54,6 +64,9 @@ pub enum OtlpProtocol {
 impl OtlpConfig {
     /// The event types to export (empty: all), after checking the endpoint's scheme.
     pub fn event_types(&self) -> Result<Vec<EventType>, Invalid> {
+        if self.queue == 0 {
+            return Err(Invalid::new("otlp.queue", "must be at least 1"));
+        }
         if let Some(e) = &self.endpoint
             && !e.starts_with("http://")
         {

@@ -21,6 +21,9 @@ pub struct PolicyConfig {
     pub watch_interval: Duration,
     /// Violation events per (container, rule): at most `rate_limit_burst` per
     /// `rate_limit_interval`; the rest are counted and reported as `suppressed`.
+    /// `rate_limit: false` sends one event per violation (floods included; what the ring
+    /// buffer cannot hold is still counted and reported as `suppressed`).
+    pub rate_limit: bool,
     pub rate_limit_burst: u64,
     #[serde(with = "duration")]
     pub rate_limit_interval: Duration,
@@ -39,6 +42,7 @@ impl Default for PolicyConfig {
             paths: Vec::new(),
             pin_dir: PathBuf::from("/sys/fs/bpf/palisade"),
             watch_interval: Duration::from_secs(2),
+            rate_limit: true,
             rate_limit_burst: 10,
             rate_limit_interval: Duration::from_secs(10),
             kernel_btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
@@ -47,6 +51,15 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// The burst the kernel's rate limiter admits: unbounded when `rate_limit` is off.
+    pub fn burst(&self) -> u64 {
+        if self.rate_limit {
+            self.rate_limit_burst
+        } else {
+            u64::MAX
+        }
+    }
+
     /// Checks that need more than one field; the message names the key.
     pub fn validate(&self) -> Result<(), Invalid> {
         if !self.pin_dir.is_absolute() {

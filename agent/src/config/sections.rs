@@ -91,6 +91,11 @@ pub struct EventsConfig {
     pub keep_files: u32,
     /// Kernel ring buffer for events, KiB (a power of two, at least 4).
     pub kernel_buffer_kib: u32,
+    /// Events read from the ring buffer that may wait for the state owner. When it is full the
+    /// kernel actor waits (counted in `palisade_kernel_queue_waits_total`), the ring buffer
+    /// fills, and the kernel counts what it cannot queue (`ringbuf_full`, per container in
+    /// `palisade_events_kernel_lost_total`).
+    pub kernel_queue: usize,
     /// Events a slow consumer (log, `palisade events`) may fall behind before it loses some
     /// (counted in `palisade_events_dropped_total`).
     pub queue: usize,
@@ -108,6 +113,9 @@ impl EventsConfig {
         if self.max_file_mib == 0 {
             return Err(Invalid::new("events.max_file_mib", "must be at least 1"));
         }
+        if self.kernel_queue == 0 {
+            return Err(Invalid::new("events.kernel_queue", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -119,6 +127,7 @@ impl Default for EventsConfig {
             max_file_mib: 100,
             keep_files: 5,
             kernel_buffer_kib: 4096,
+            kernel_queue: 8192,
             queue: 16_384,
         }
     }

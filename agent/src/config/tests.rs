@@ -46,6 +46,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.events.keep_files, d.events.keep_files);
     assert_eq!(c.events.kernel_buffer_kib, d.events.kernel_buffer_kib);
     assert_eq!(c.events.queue, d.events.queue);
+    assert_eq!(c.events.kernel_queue, d.events.kernel_queue);
     assert_eq!(c.processes.max_per_container, d.processes.max_per_container);
     assert_eq!(c.processes.max_total, d.processes.max_total);
     assert_eq!(c.network.enabled, d.network.enabled);
@@ -60,6 +61,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.policy.paths, d.policy.paths);
     assert_eq!(c.policy.pin_dir, d.policy.pin_dir);
     assert_eq!(c.policy.watch_interval, d.policy.watch_interval);
+    assert_eq!(c.policy.rate_limit, d.policy.rate_limit);
     assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
     assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
     assert_eq!(c.policy.kernel_btf, d.policy.kernel_btf);
@@ -68,6 +70,8 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.otlp.timeout, d.otlp.timeout);
     assert_eq!(c.otlp.events, d.otlp.events);
     assert_eq!(c.otlp.headers, d.otlp.headers);
+    assert_eq!(c.otlp.queue, d.otlp.queue);
+    assert_eq!(c.otlp.max_backoff, d.otlp.max_backoff);
     assert_eq!(c.otlp.metrics, d.otlp.metrics);
     assert_eq!(c.otlp.metrics_interval, d.otlp.metrics_interval);
 }

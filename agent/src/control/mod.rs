@@ -17,6 +17,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+/// How a subscription's filter is built (for `crate::fuzzing`).
+pub(crate) use self::filter::filter as subscription_filter;
 use self::filter::{Filter, filter};
 pub use self::socket::{ControlError, bind};
 use crate::{events::Hub, policy, state::StateHandle};
@@ -134,18 +136,22 @@ async fn stream_events(
     let mut rx = hub.subscribe();
     write.write_all(b"{\"ok\":true}\n").await?;
     loop {
+        // (line, whether it is an event) — the `events_lost` notice is not one
         let line = match rx.recv().await {
-            Ok(ev) if filter.matches(&ev) => serde_json::to_string(&*ev).ok(),
+            Ok(ev) if filter.matches(&ev) => serde_json::to_string(&*ev).ok().map(|l| (l, true)),
             Ok(_) => None,
             Err(RecvError::Lagged(n)) => {
                 hub.count_dropped("subscriber", n);
-                Some(format!("{{\"type\":\"events_lost\",\"count\":{n}}}"))
+                Some((format!("{{\"type\":\"events_lost\",\"count\":{n}}}"), false))
             }
             Err(RecvError::Closed) => return Ok(()),
         };
-        if let Some(mut line) = line {
+        if let Some((mut line, event)) = line {
             line.push('\n');
             write.write_all(line.as_bytes()).await?;
+            if event {
+                hub.count_delivered("subscriber", 1);
+            }
         }
     }
 }

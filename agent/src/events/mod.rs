@@ -1,6 +1,7 @@
 //! The JSON event stream: one schema (see the README's "Events"), one hub that fans out to the
 //! event log and to `palisade events` subscribers. Every loss point is counted.
 mod flow;
+mod lines;
 pub mod sink;
 mod violation;
 
@@ -30,11 +31,12 @@ pub enum EventType {
     ContainerStop,
     Flow,
     PolicyViolation,
+    CgroupMove,
     PolicyUnenforced,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Exec,
         EventType::Exit,
         EventType::Oom,
@@ -42,6 +44,7 @@ impl EventType {
         EventType::ContainerStop,
         EventType::Flow,
         EventType::PolicyViolation,
+        EventType::CgroupMove,
         EventType::PolicyUnenforced,
     ];
 
@@ -54,6 +57,7 @@ impl EventType {
             EventType::ContainerStop => "container_stop",
             EventType::Flow => "flow",
             EventType::PolicyViolation => "policy_violation",
+            EventType::CgroupMove => "cgroup_move",
             EventType::PolicyUnenforced => "policy_unenforced",
         }
     }
@@ -125,6 +129,9 @@ pub struct Event {
     /// `policy_violation`: which policy and rule, what happened, and to what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violation: Option<Violation>,
+    /// `cgroup_move`: the container the process left, when the agent knew where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_container: Option<ContainerRef>,
     /// `policy_unenforced`: which policy cannot be (or, `resolved`, is again) put in place
     /// for the container, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +151,7 @@ impl Event {
             lifetime_seconds: None,
             flow: None,
             violation: None,
+            from_container: None,
             unenforced: None,
         }
     }
@@ -177,11 +185,16 @@ impl Clock {
     }
 }
 
-/// Fans events out; counts what was published and what each consumer missed.
+/// The consumers that count what they deliver and lose: the event log, `palisade events`
+/// subscribers (summed), the OTLP exporter.
+pub const SINKS: [&str; 3] = ["log", "subscriber", "otlp"];
+
+/// Fans events out; counts what was published, and what each consumer delivered and missed.
 pub struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
     published: [AtomicU64; EventType::ALL.len()],
     dropped: Mutex<BTreeMap<&'static str, u64>>,
+    delivered: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Hub {
@@ -192,6 +205,7 @@ impl Hub {
             tx,
             published: Default::default(),
             dropped: Mutex::new(BTreeMap::new()),
+            delivered: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -222,6 +236,38 @@ impl Hub {
         }
     }
 
+    /// Records that consumer `sink` delivered `n` events (written, sent, accepted).
+    pub fn count_delivered(&self, sink: &'static str, n: u64) {
+        if let Ok(mut d) = self.delivered.lock() {
+            *d.entry(sink).or_default() += n;
+        }
+    }
+
+    /// Events published, all types.
+    pub fn published_total(&self) -> u64 {
+        self.published
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// One line for the log at shutdown: everything published, and what each consumer
+    /// delivered and dropped (once the producers have stopped and the consumers are drained,
+    /// delivered + dropped = published for the log and for OTLP without a type filter).
+    pub fn accounting(&self) -> String {
+        let delivered = self.delivered();
+        let dropped = self.dropped();
+        let mut s = format!("published={}", self.published_total());
+        for (sink, d) in &delivered {
+            let x = dropped
+                .iter()
+                .find(|(k, _)| k == sink)
+                .map_or(0, |(_, n)| *n);
+            s.push_str(&format!(" {sink}_delivered={d} {sink}_dropped={x}"));
+        }
+        s
+    }
+
     /// (type, published) for every type.
     pub fn published(&self) -> Vec<(EventType, u64)> {
         EventType::ALL
@@ -231,10 +277,19 @@ impl Hub {
             .collect()
     }
 
-    /// (sink, dropped), always listing the built-in sinks.
+    /// (sink, dropped), listing every sink.
     pub fn dropped(&self) -> Vec<(&'static str, u64)> {
-        let mut d = self.dropped.lock().map(|d| d.clone()).unwrap_or_default();
-        for sink in ["log", "subscriber"] {
+        Self::listed(&self.dropped)
+    }
+
+    /// (sink, delivered), listing every sink.
+    pub fn delivered(&self) -> Vec<(&'static str, u64)> {
+        Self::listed(&self.delivered)
+    }
+
+    fn listed(m: &Mutex<BTreeMap<&'static str, u64>>) -> Vec<(&'static str, u64)> {
+        let mut d = m.lock().map(|d| d.clone()).unwrap_or_default();
+        for sink in SINKS {
             d.entry(sink).or_default();
         }
         d.into_iter().collect()
@@ -273,6 +328,7 @@ pub(crate) mod tests {
             lifetime_seconds: (kind == EventType::Exit).then_some(0.25),
             flow: None,
             violation: None,
+            from_container: None,
             unenforced: None,
         }
     }
@@ -307,8 +363,12 @@ pub(crate) mod tests {
         assert!(counts.contains(&(EventType::Exec, 2)));
         assert!(counts.contains(&(EventType::Oom, 1)));
         hub.count_dropped("log", 3);
+        hub.count_delivered("otlp", 2);
         assert!(hub.dropped().contains(&("log", 3)));
         assert!(hub.dropped().contains(&("subscriber", 0)));
+        assert!(hub.dropped().contains(&("otlp", 0)));
+        assert_eq!(hub.delivered().len(), SINKS.len());
+        assert!(hub.delivered().contains(&("otlp", 2)));
     }
 
     #[test]

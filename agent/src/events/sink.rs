@@ -1,16 +1,25 @@
 //! The event log: one JSON object per line to stdout or to a file with size-based rotation
-//! (`FILE` → `FILE.1` → … → `FILE.N`, the oldest dropped).
+//! (`FILE` → `FILE.1` → … → `FILE.N`, the oldest dropped). Every event is written whole or
+//! counted lost (see `lines`).
 use std::{
     fs::{File, OpenOptions},
-    io::{BufWriter, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use tokio::sync::broadcast::{self, error::RecvError};
-use tracing::warn;
+use tokio::sync::{
+    broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
+    oneshot,
+};
+use tracing::{info, warn};
 
-use super::{Event, Hub};
+use super::{
+    Event, Hub,
+    lines::{self, Pending},
+};
 
 /// Why the event log cannot be opened. It holds every container's command lines: it is
 /// root's alone (0600), never reached through a symlink, in a directory root owns.
@@ -53,8 +62,9 @@ pub enum Target {
 enum Out {
     Stdout(std::io::Stdout),
     File {
-        w: BufWriter<File>,
+        f: File,
         path: PathBuf,
+        /// Bytes in the file (complete lines only).
         size: u64,
         max_bytes: u64,
         keep: u32,
@@ -117,6 +127,24 @@ fn open_append(path: &Path) -> Result<(File, u64), SinkError> {
     Ok((f, m.len()))
 }
 
+/// What a write of the batch did: lines delivered, lines lost, and the first error.
+#[derive(Debug, Default)]
+struct Outcome {
+    delivered: u64,
+    lost: u64,
+    error: Option<std::io::Error>,
+}
+
+impl Outcome {
+    fn add(&mut self, w: lines::Written) {
+        self.delivered += w.lines;
+        self.lost += w.lost;
+        if self.error.is_none() {
+            self.error = w.error;
+        }
+    }
+}
+
 impl Out {
     fn open(target: &Target) -> Result<Self, SinkError> {
         Ok(match target {
@@ -128,7 +156,7 @@ impl Out {
             } => {
                 let (f, size) = open_append(path)?;
                 Out::File {
-                    w: BufWriter::new(f),
+                    f,
                     path: path.clone(),
                     size,
                     max_bytes: *max_bytes,
@@ -138,41 +166,64 @@ impl Out {
         })
     }
 
-    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
-        match self {
-            Out::Stdout(s) => {
-                let mut l = s.lock();
-                l.write_all(line.as_bytes())?;
-                l.write_all(b"\n")
+    /// Queues one line; writes the batch first when the line would pass the rotation size,
+    /// and after it when the batch is large.
+    fn push(&mut self, pending: &mut Pending, line: &str) -> Outcome {
+        let mut out = Outcome::default();
+        let n = line.len() as u64 + 1;
+        if let Out::File {
+            size, max_bytes, ..
+        } = self
+            && *size + pending.bytes() as u64 > 0
+            && *size + pending.bytes() as u64 + n > *max_bytes
+        {
+            out.add(self.write(pending));
+            if let Err(e) = self.rotate() {
+                out.error.get_or_insert(e);
             }
-            Out::File {
-                w,
-                path,
-                size,
-                max_bytes,
-                keep,
-            } => {
-                let n = line.len() as u64 + 1;
-                if *size > 0 && *size + n > *max_bytes {
-                    w.flush()?;
-                    rotate(path, *keep)?;
-                    let (f, s) = open_append(path).map_err(std::io::Error::other)?;
-                    *w = BufWriter::new(f);
-                    *size = s;
+        }
+        pending.push(line);
+        if pending.bytes() >= lines::BATCH_BYTES {
+            out.add(self.write(pending));
+        }
+        out
+    }
+
+    /// Writes the batch: whole lines reach the file or are counted lost; a line cut by a
+    /// failed write is taken back out of the file.
+    fn write(&mut self, pending: &mut Pending) -> lines::Written {
+        match self {
+            Out::Stdout(s) => pending.write_to(&mut s.lock()),
+            Out::File { f, size, .. } => {
+                let w = pending.write_to(f);
+                if w.partial_bytes > 0
+                    && let Err(e) = f.set_len(*size + w.bytes)
+                {
+                    warn!(error = %e, "cannot take a cut line back out of the event log");
                 }
-                w.write_all(line.as_bytes())?;
-                w.write_all(b"\n")?;
-                *size += n;
-                Ok(())
+                *size += w.bytes;
+                w
             }
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Out::Stdout(s) => s.flush(),
-            Out::File { w, .. } => w.flush(),
-        }
+    /// FILE → FILE.1 …, and a fresh FILE.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Out::File {
+            f,
+            path,
+            size,
+            keep,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        rotate(path, *keep)?;
+        let (nf, s) = open_append(path).map_err(std::io::Error::other)?;
+        *f = nf;
+        *size = s;
+        Ok(())
     }
 }
 
@@ -200,10 +251,17 @@ pub fn check(target: &Target) -> Result<(), SinkError> {
     Out::open(target).map(|_| ())
 }
 
-/// Writes every event `rx` receives (a subscription to `hub` taken before anything publishes,
-/// so start-up events are not missed) until the hub closes. Flushes whenever the queue is
-/// drained.
-pub async fn run(target: Target, hub: Arc<Hub>, mut rx: broadcast::Receiver<Arc<Event>>) {
+/// Writes every event from `rx` (subscribed before any event was published) until `stop`
+/// fires, then what is still queued. Lines are batched and written whenever the queue is
+/// empty; each one is counted delivered or lost (`palisade_events_delivered_total` /
+/// `_dropped_total{sink="log"}`): a consumer that fell behind, a failed write (a full disk).
+/// The agent keeps serving whatever the log does.
+pub async fn run(
+    target: Target,
+    hub: Arc<Hub>,
+    mut rx: broadcast::Receiver<Arc<Event>>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut out = match Out::open(&target) {
         Ok(o) => o,
         Err(e) => {
@@ -211,8 +269,43 @@ pub async fn run(target: Target, hub: Arc<Hub>, mut rx: broadcast::Receiver<Arc<
             return;
         }
     };
+    let mut pending = Pending::default();
+    let mut failing = false;
+    let account = |o: Outcome, failing: &mut bool| {
+        hub.count_delivered("log", o.delivered);
+        hub.count_dropped("log", o.lost);
+        match o.error {
+            Some(e) if !*failing => {
+                *failing = true;
+                warn!(error = %e, lost = o.lost, "event log write failed; events are counted lost until writes succeed again");
+            }
+            None if *failing && o.delivered > 0 => {
+                *failing = false;
+                info!("event log writes succeed again");
+            }
+            _ => {}
+        }
+    };
+    let mut stopping = false;
     loop {
-        let ev = match rx.recv().await {
+        let r = if stopping {
+            // the producers have stopped: take what is queued, then end
+            match rx.try_recv() {
+                Ok(ev) => Ok(ev),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                r = rx.recv() => r,
+                _ = &mut stop => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let ev = match r {
             Ok(ev) => ev,
             Err(RecvError::Lagged(n)) => {
                 hub.count_dropped("log", n);
@@ -220,24 +313,25 @@ pub async fn run(target: Target, hub: Arc<Hub>, mut rx: broadcast::Receiver<Arc<
             }
             Err(RecvError::Closed) => break,
         };
-        let line = match serde_json::to_string(&*ev) {
-            Ok(l) => l,
+        match serde_json::to_string(&*ev) {
+            Ok(line) => {
+                let o = out.push(&mut pending, &line);
+                account(o, &mut failing);
+            }
             Err(e) => {
                 warn!(error = %e, "cannot encode event");
-                continue;
+                hub.count_dropped("log", 1);
             }
-        };
-        if let Err(e) = out.write_line(&line) {
-            warn!(error = %e, "event log write failed");
-            hub.count_dropped("log", 1);
         }
-        if rx.is_empty()
-            && let Err(e) = out.flush()
-        {
-            warn!(error = %e, "event log flush failed");
+        if rx.is_empty() && !pending.is_empty() {
+            let mut o = Outcome::default();
+            o.add(out.write(&mut pending));
+            account(o, &mut failing);
         }
     }
-    let _ = out.flush();
+    let mut o = Outcome::default();
+    o.add(out.write(&mut pending));
+    account(o, &mut failing);
 }
 
 #[cfg(test)]
@@ -254,10 +348,12 @@ mod tests {
             keep: 2,
         };
         let mut out = Out::open(&target).unwrap();
+        let mut p = Pending::default();
         for i in 0..7 {
-            out.write_line(&format!("line-{i}-xxxxxxxx")).unwrap(); // 16 bytes + newline
+            let o = out.push(&mut p, &format!("line-{i}-xxxxxxxx")); // 16 bytes + newline
+            assert!(o.error.is_none() && o.lost == 0);
         }
-        out.flush().unwrap();
+        assert_eq!(out.write(&mut p).lines, 1);
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         assert_eq!(read(&path), "line-6-xxxxxxxx\n");
         assert_eq!(
@@ -282,8 +378,9 @@ mod tests {
             keep: 3,
         })
         .unwrap();
-        out.write_line("new").unwrap();
-        out.flush().unwrap();
+        let mut p = Pending::default();
+        let _ = out.push(&mut p, "new");
+        assert_eq!(out.write(&mut p).lines, 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
     }
 

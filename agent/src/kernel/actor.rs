@@ -55,6 +55,9 @@ pub struct KernelSnapshot {
     pub errno_entries: usize,
     /// Cgroups whose entries were deleted by this collection (their values are included above).
     pub reaped: Vec<u64>,
+    /// Times the actor found the stream to the state owner full and waited (events meanwhile
+    /// wait in the ring buffer, which may fill).
+    pub queue_waits: u64,
 }
 
 pub enum Command {
@@ -133,6 +136,24 @@ struct Actor {
     /// LRU hash; aya reads it through the hash type.
     flows: HashMap<MapData, FlowKey, FlowStats>,
     net_counters: PerCpuArray<MapData, u64>,
+    /// See [`KernelSnapshot::queue_waits`].
+    queue_waits: u64,
+}
+
+/// Hands `o` on; counts a wait when the stream is full. `Err` when the owner is gone.
+async fn hand_on(
+    out: &mpsc::Sender<Output>,
+    o: Output,
+    waits: &mut u64,
+) -> Result<(), mpsc::error::SendError<Output>> {
+    match out.try_send(o) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(o)) => {
+            *waits += 1;
+            out.send(o).await
+        }
+        Err(mpsc::error::TrySendError::Closed(o)) => Err(mpsc::error::SendError(o)),
+    }
 }
 
 /// Starts the actor on the current tokio runtime; its output goes to `out`.
@@ -174,6 +195,7 @@ pub fn spawn(
         tcp,
         flows,
         net_counters,
+        queue_waits: 0,
     };
     let task = tokio::spawn(actor.run(rx, events, out));
     Ok((KernelHandle { tx }, task))
@@ -198,7 +220,7 @@ impl Actor {
                     }
                     Some(cmd) => {
                         if let Some(o) = self.handle(cmd)
-                            && out.send(o).await.is_err()
+                            && hand_on(&out, o, &mut self.queue_waits).await.is_err()
                         {
                             break;
                         }
@@ -227,7 +249,7 @@ impl Actor {
                     drop(guard);
                     for ev in batch {
                         let ev = self.complete(ev);
-                        if out.send(Output::Event(ev)).await.is_err() {
+                        if hand_on(&out, Output::Event(ev), &mut self.queue_waits).await.is_err() {
                             debug!("kernel output receiver gone");
                             break 'run;
                         }
@@ -343,6 +365,7 @@ impl Actor {
             let _ = self.filter.remove(id);
         }
         snap.reaped = reap.into_iter().collect();
+        snap.queue_waits = self.queue_waits;
         Ok(snap)
     }
 

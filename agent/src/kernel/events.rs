@@ -1,7 +1,7 @@
 //! Ring-buffer records → typed events. Every record starts with its `u32` kind.
 use palisade_common::{
-    CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent, OomEvent,
-    event_kind, exec_flags,
+    CGROUP_PATH_MAX, CgroupEvent, EXEC_ARGS_MAX, EXEC_FILENAME_MAX, ExecEvent, ExitEvent,
+    MoveEvent, OomEvent, event_kind, exec_flags,
     net::{AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FlowKey, FlowStats, TcpEvent},
 };
 use tracing::warn;
@@ -83,6 +83,17 @@ pub struct Oom {
     pub comm: String,
 }
 
+/// A task moved into another cgroup of the unified hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The task moved (a thread id; each thread of a process moved sends one).
+    pub pid: u32,
+    /// Destination cgroup.
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    pub comm: String,
+}
+
 /// A TCP connection was established, closed or failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tcp {
@@ -119,6 +130,7 @@ pub enum KernelEvent {
     Oom(Oom),
     Tcp(Tcp),
     Dns(Dns),
+    Moved(Moved),
 }
 
 /// An IPv4-mapped IPv6 socket address (`::ffff:a.b.c.d`) as the IPv4 packets show it.
@@ -228,6 +240,15 @@ pub fn parse(bytes: &[u8]) -> Option<KernelEvent> {
                 } else {
                     ExitStatus::Unknown
                 },
+                comm: cstr(&ev.comm, 16),
+            }))
+        }
+        event_kind::CGROUP_MOVE => {
+            let ev: MoveEvent = read(bytes)?;
+            Some(KernelEvent::Moved(Moved {
+                pid: ev.pid,
+                cgroup_id: ev.cgroup_id,
+                ktime_ns: ev.ktime_ns,
                 comm: cstr(&ev.comm, 16),
             }))
         }

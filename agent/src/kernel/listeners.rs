@@ -22,7 +22,7 @@ use palisade_common::{names, net::ListenKey};
 use tracing::{debug, info, warn};
 
 /// A LISTEN socket from `/proc/<pid>/net/tcp{,6}`: (address family, local port, socket inode).
-fn listening(table: &str, family: u32) -> Vec<(u32, u32, u64)> {
+pub(crate) fn listening(table: &str, family: u32) -> Vec<(u32, u32, u64)> {
     table
         .lines()
         .skip(1)
@@ -40,7 +40,7 @@ fn listening(table: &str, family: u32) -> Vec<(u32, u32, u64)> {
 }
 
 /// The unified-hierarchy path of a process's cgroup (`0::/path` in `/proc/<pid>/cgroup`).
-fn unified_path(cgroup_file: &str) -> Option<&str> {
+pub(crate) fn unified_path(cgroup_file: &str) -> Option<&str> {
     cgroup_file.lines().find_map(|l| l.strip_prefix("0::"))
 }
 

@@ -133,6 +133,7 @@ const GROUPS: &[Group] = &[
                     (names::GLOBAL_ATTACH_OFF_ROOT, "dst_root", true),
                     (names::GLOBAL_ATTACH_OFF_ID, "dst_id", true),
                     (names::GLOBAL_ATTACH_OFF_PID, "pid", true),
+                    (names::GLOBAL_ATTACH_OFF_COMM, "comm", false),
                 ],
             ),
         ],

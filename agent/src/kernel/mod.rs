@@ -8,6 +8,8 @@ mod loader;
 
 pub use actor::{KernelHandle, KernelSnapshot, Output, spawn};
 pub use events::{CgroupChange, KernelEvent};
+/// The `/proc` parsers of the listener scan (for `crate::fuzzing`).
+pub(crate) use listeners::{listening, unified_path};
 pub use loader::{LoadOptions, load};
 
 /// The compiled eBPF objects, built by build.rs with the nightly toolchain.

@@ -16,12 +16,14 @@ struct ProcAgg {
     counts: ProcessCounts,
     has_counts: bool,
     ooms: u64,
+    /// TCP connection ends the ring buffer had no room for (`None`: no TCP counters).
+    flow_lost: Option<u64>,
 }
 
 fn process_families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Family> {
     let mut agg: BTreeMap<ContainerKey, ProcAgg> = BTreeMap::new();
     for (id, s) in &inp.model.by_cgroup {
-        if s.processes.is_none() && s.oom_kills == 0 {
+        if s.processes.is_none() && s.oom_kills == 0 && s.tcp.is_none() {
             continue;
         }
         let a = agg
@@ -32,6 +34,9 @@ fn process_families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Fami
             a.counts.merge(p);
         }
         a.ooms += s.oom_kills;
+        if let Some(t) = &s.tcp {
+            *a.flow_lost.get_or_insert(0) += t.events_lost;
+        }
     }
     let mut forks = Family::new(
         out,
@@ -57,8 +62,27 @@ fn process_families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Fami
         "Processes the OOM killer chose, per container (oom:mark_victim).",
         Kind::Counter,
     );
+    let mut lost = Family::new(
+        out,
+        "palisade_events_kernel_lost_total",
+        "Events of a container the kernel ring buffer had no room for, by type (exec, exit; flow: a connection's end, whose flow is then reported `idle` after network.tcp_idle_timeout). The events themselves are still counted in the process and TCP families.",
+        Kind::Counter,
+    );
     for (key, a) in &agg {
         let set = key.label_set();
+        if a.has_counts && budget.take(2) {
+            for (t, n) in [
+                ("exec", a.counts.exec_events_lost),
+                ("exit", a.counts.exit_events_lost),
+            ] {
+                lost.sample(&set, &[("type", t)], n);
+            }
+        }
+        if let Some(n) = a.flow_lost
+            && budget.take(1)
+        {
+            lost.sample(&set, &[("type", "flow")], n);
+        }
         if a.has_counts && budget.take(6) {
             forks.sample(&set, &[], a.counts.forks);
             execs.sample(&set, &[], a.counts.execs);
@@ -75,7 +99,7 @@ fn process_families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Fami
             ooms.sample(&set, &[], a.ooms);
         }
     }
-    vec![forks, execs, exits, ooms]
+    vec![forks, execs, exits, ooms, lost]
 }
 
 /// One cAdvisor family: name, help, type, and how to read it from a cgroup.

@@ -389,6 +389,25 @@ mod tests {
         assert!(text.contains("palisade_kernel_lost_total{reason=\"syscall_stats_map_full\"} 0\n"));
         assert!(text.contains("palisade_bpf_map_capacity{map=\"SYSCALL_STATS\"} 10240\n"));
         assert!(text.contains("palisade_build_info{version="));
+        // the commit is the checkout's (build.rs asks git), "unknown" only without one
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        let want = match &head {
+            Some(h) => &h[..12],
+            None => "unknown",
+        };
+        assert!(
+            text.contains(&format!("commit=\"{want}\"")),
+            "build_info commit is not {want}: {}",
+            text.lines()
+                .find(|l| l.starts_with("palisade_build_info{"))
+                .unwrap_or("")
+        );
         assert!(text.contains(",node=\"worker-1\"} 1\n"), "{text}");
         assert!(text.contains("palisade_series_dropped 0\n"));
         assert!(text.contains("palisade_cgroups{state=\"live\"} 2\n"));
@@ -533,6 +552,8 @@ mod tests {
             exits_error: 1,
             exits_signal: 0,
             exits_unknown: 0,
+            exec_events_lost: 2,
+            exit_events_lost: 0,
         });
         e.oom_kills = 1;
         e.net = Some(palisade_common::net::NetTotals {
@@ -561,6 +582,8 @@ mod tests {
             format!("palisade_process_forks_total{{{l}}} 4\n"),
             format!("palisade_process_exits_total{{{l},reason=\"failed\"}} 1\n"),
             format!("palisade_oom_kills_total{{{l}}} 1\n"),
+            format!("palisade_events_kernel_lost_total{{{l},type=\"exec\"}} 2\n"),
+            format!("palisade_events_kernel_lost_total{{{l},type=\"exit\"}} 0\n"),
             format!("palisade_syscalls_total{{{l},syscall=\"getppid\"}} 3\n"),
             format!("container_cpu_usage_seconds_total{{{c}}} 1.5\n"),
             // unlimited memory is 0, an unlimited quota is absent, OOMs seen by the agent count

@@ -53,6 +53,15 @@ pub(crate) fn families(inp: &Inputs<'_>, o: Out, series_dropped: usize) -> Vec<F
     }
     out.push(f);
 
+    let mut f = Family::new(
+        o,
+        "palisade_kernel_queue_waits_total",
+        "Times the kernel actor found the queue to the state task full (events.kernel_queue) and waited; meanwhile events wait in the ring buffer, which counts what it cannot hold (ringbuf_full).",
+        Kind::Counter,
+    );
+    f.sample(&NONE, &[], model.queue_waits);
+    out.push(f);
+
     let mut entries = Family::new(
         o,
         "palisade_bpf_map_entries",
@@ -157,10 +166,20 @@ pub(crate) fn families(inp: &Inputs<'_>, o: Out, series_dropped: usize) -> Vec<F
         let mut f = Family::new(
             o,
             "palisade_events_dropped_total",
-            "Events a consumer missed because it fell behind (sink: log, subscriber).",
+            "Events a consumer lost (sink: log, subscriber, otlp): it fell behind the hub's queue, or its write, queue or export failed.",
             Kind::Counter,
         );
         for (sink, n) in hub.dropped() {
+            f.sample(&NONE, &[("sink", sink)], n);
+        }
+        out.push(f);
+        let mut f = Family::new(
+            o,
+            "palisade_events_delivered_total",
+            "Events a consumer delivered (log: lines written; subscriber: lines sent to `palisade events` clients, summed; otlp: log records the collector accepted).",
+            Kind::Counter,
+        );
+        for (sink, n) in hub.delivered() {
             f.sample(&NONE, &[("sink", sink)], n);
         }
         out.push(f);

@@ -166,6 +166,8 @@ pub struct Kernel {
     /// LRU hash, read through the hash type.
     pub violations: HashMap<MapData, ViolationKey, ViolationState>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// `POLICY_REPORTED`, until the reporter takes it.
+    pub reported: Option<HashMap<MapData, ViolationKey, [u64; 2]>>,
     /// Settings; also kept open because programs loaded later refer to every map by its
     /// descriptor.
     config: Array<MapData, u64>,
@@ -194,6 +196,7 @@ fn expected_value_size(map: &str) -> Option<u32> {
         names::MAP_POLICY_NET => size_of::<NetRuleSet>(),
         names::MAP_POLICY_RULES => size_of::<RuleInfo>(),
         names::MAP_POLICY_VIOLATIONS => size_of::<ViolationState>(),
+        names::MAP_POLICY_REPORTED => size_of::<[u64; 2]>(),
         names::MAP_POLICY_RESOLVED => size_of::<Resolved>(),
         names::MAP_POLICY_XLAT => size_of::<u32>(),
         _ => return None,
@@ -315,6 +318,7 @@ impl Kernel {
             rules: take_map(&mut ebpf, names::MAP_POLICY_RULES)?,
             violations: take_map(&mut ebpf, names::MAP_POLICY_VIOLATIONS)?,
             loss: take_map(&mut ebpf, names::MAP_POLICY_LOSS)?,
+            reported: Some(take_map(&mut ebpf, names::MAP_POLICY_REPORTED)?),
             _resolved: take_map(&mut ebpf, names::MAP_POLICY_RESOLVED)?,
             _xlat: xlat,
             lsm: take_map(&mut ebpf, names::MAP_POLICY_LSM)?,

@@ -19,8 +19,16 @@ use crate::events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, Viol
 /// (policy, rule, action, container)
 pub type CountKey = (String, String, String, String);
 
-#[derive(Debug, Default)]
+/// `POLICY_REPORTED`: what `reported` holds, and each key's hook, kept in the kernel for the
+/// next agent.
+type Progress = aya::maps::HashMap<aya::maps::MapData, ViolationKey, [u64; 2]>;
+
+#[derive(Default)]
 pub struct Reporter {
+    /// See [`Progress`]; `None` until the object is loaded.
+    progress: Option<Progress>,
+    /// The hook (`what`) of each key's violations.
+    hooks: HashMap<ViolationKey, u32>,
     /// `palisade_policy_violations_total`.
     pub counts: BTreeMap<CountKey, u64>,
     /// Kernel totals already counted / already reported by an event, per key.
@@ -28,6 +36,15 @@ pub struct Reporter {
     reported: HashMap<ViolationKey, (u64, Instant)>,
     /// What each key is about, for summary events.
     last: HashMap<ViolationKey, Violation>,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("counts", &self.counts)
+            .field("reported", &self.reported)
+            .finish_non_exhaustive()
+    }
 }
 
 fn container_of(targets: &HashMap<u64, TargetInfo>, cgroup_id: u64) -> ContainerRef {
@@ -72,6 +89,30 @@ fn names(ids: &Ids, k: Option<&Kernel>, rule: u32) -> (String, String, String) {
 }
 
 impl Reporter {
+    /// Takes the loaded object's `POLICY_REPORTED`; with adopted state, starts from what the
+    /// previous agent reported (its events are not sent again).
+    pub fn keep_progress(&mut self, progress: Option<Progress>, adopted: bool) {
+        if adopted && let Some(p) = &progress {
+            let now = Instant::now();
+            for (key, [n, what]) in p.iter().flatten() {
+                self.reported.insert(key, (n, now));
+                self.hooks.insert(key, what as u32);
+            }
+        }
+        self.progress = progress;
+    }
+
+    /// Violations of `key` up to `total` are reported (here and in the kernel's copy).
+    fn mark(&mut self, key: ViolationKey, total: u64, what: u32) {
+        self.reported.insert(key, (total, Instant::now()));
+        self.hooks.insert(key, what);
+        if let Some(p) = &mut self.progress
+            && let Err(e) = p.insert(key, [total, u64::from(what)], 0)
+        {
+            tracing::debug!(error = %e, "cannot record reported violations for the next agent");
+        }
+    }
+
     /// One kernel record → one `policy_violation` event.
     pub fn on_record(
         &mut self,
@@ -92,8 +133,7 @@ impl Reporter {
             .copied()
             .unwrap_or((0, Instant::now()));
         let suppressed = ev.total.saturating_sub(prev).saturating_sub(1);
-        self.reported
-            .insert(key, (prev.max(ev.total), Instant::now()));
+        self.mark(key, prev.max(ev.total), ev.what);
         let (policy, rule, m) = names(ids, k, ev.rule);
         let (exec, exec_detail) = violation::exec(ev).unzip();
         let exe = exec_detail
@@ -207,10 +247,30 @@ impl Reporter {
             if let Some((reported, at)) = self.reported.get(&key).copied()
                 && state.total > reported
                 && (all || at.elapsed() >= std::time::Duration::from_secs(1))
-                && let Some(mut v) = self.last.get(&key).cloned()
+                && let Some(what) = self.hooks.get(&key).copied()
             {
+                // what the last event said; after a takeover, what the rule and hook say
+                let mut v = self.last.get(&key).cloned().unwrap_or_else(|| {
+                    let (policy, rule, mode) = names(ids, Some(k), key.rule);
+                    Violation {
+                        policy,
+                        rule,
+                        action: violation::action_name(key.action).to_owned(),
+                        mode,
+                        hook: violation::hook_name(what).to_owned(),
+                        syscall: None,
+                        abi: None,
+                        checked_as: None,
+                        errno: None,
+                        exec: None,
+                        exec_detail: Default::default(),
+                        file: None,
+                        network: None,
+                        suppressed: 0,
+                    }
+                });
                 v.suppressed = state.total - reported;
-                self.reported.insert(key, (state.total, Instant::now()));
+                self.mark(key, state.total, what);
                 hub.publish(Event {
                     violation: Some(v),
                     ..Event::new(
@@ -225,6 +285,8 @@ impl Reporter {
             self.swept.clear();
             self.reported.clear();
             self.last.clear();
+            self.hooks.clear();
+            self.progress = None;
         }
     }
 
@@ -238,7 +300,11 @@ impl Reporter {
             .collect();
         for key in dead {
             let _ = k.violations.remove(&key);
+            if let Some(p) = &mut self.progress {
+                let _ = p.remove(&key);
+            }
             self.swept.remove(&key);
+            self.hooks.remove(&key);
             self.reported.remove(&key);
             self.last.remove(&key);
         }

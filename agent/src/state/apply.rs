@@ -12,7 +12,7 @@ use crate::{
     identity::{Identity, Inserted},
     kernel::{
         CgroupChange, KernelEvent,
-        events::{Exec, Exit, ExitStatus, Oom},
+        events::{Exec, Exit, ExitStatus, Moved, Oom},
     },
     policy::{self, TargetInfo},
     procs::Proc,
@@ -52,6 +52,22 @@ pub fn target(i: &Identity) -> TargetInfo {
         path: i.path.clone(),
         workload: i.registered,
         container: container_ref(i),
+    }
+}
+
+/// The `container` of an event whose cgroup is gone and was never seen (created and removed
+/// between two reads of the ring buffer, its creation event lost): the event is published
+/// with the id alone rather than dropped.
+fn unknown_container(cgroup_id: u64) -> ContainerRef {
+    ContainerRef {
+        id: format!("cgroup:{cgroup_id}"),
+        name: format!("cgroup:{cgroup_id}"),
+        cgroup_id,
+        runtime: "cgroup".into(),
+        image: String::new(),
+        namespace: String::new(),
+        pod: String::new(),
+        pod_uid: String::new(),
     }
 }
 
@@ -129,6 +145,7 @@ impl Owner {
                     self.hub.publish(ev);
                 }
             }
+            KernelEvent::Moved(m) => self.on_moved(m, clock),
             KernelEvent::Exec(e) => self.on_exec(*e, clock),
             KernelEvent::Exit(e) => self.on_exit(e, clock),
             KernelEvent::Oom(e) => self.on_oom(e, clock),
@@ -155,10 +172,14 @@ impl Owner {
         };
         let process = process_ref(&p);
         self.procs.exec(p);
+        let time = rfc3339(clock.wall(e.ktime_ns));
         let Some(identity) = self.identity_of(e.cgroup_id) else {
+            self.hub.publish(Event {
+                process: Some(process),
+                ..Event::new(EventType::Exec, time, unknown_container(e.cgroup_id))
+            });
             return;
         };
-        let time = rfc3339(clock.wall(e.ktime_ns));
         if self.registry.first_exec(e.cgroup_id) {
             self.hub.publish(Event {
                 process: Some(process.clone()),
@@ -175,10 +196,52 @@ impl Owner {
         });
     }
 
+    /// A task moved into another cgroup: one `cgroup_move` event, naming where it came from
+    /// when the process table knew (the table follows the process).
+    fn on_moved(&mut self, m: Moved, clock: &Clock) {
+        let from = self
+            .procs
+            .moved(m.pid, m.cgroup_id)
+            .filter(|was| *was != m.cgroup_id);
+        let process = match self.procs.get(m.pid) {
+            Some(p) => ProcessRef {
+                comm: m.comm.clone(),
+                ..process_ref(p)
+            },
+            None => ProcessRef {
+                pid: m.pid,
+                ppid: None,
+                uid: 0,
+                comm: m.comm.clone(),
+                exe: String::new(),
+                args: Vec::new(),
+                args_truncated: false,
+            },
+        };
+        let container = match self.identity_of(m.cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(m.cgroup_id),
+        };
+        let from_container = from.map(|id| match self.identity_of(id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(id),
+        });
+        self.hub.publish(Event {
+            process: Some(process),
+            from_container,
+            ..Event::new(
+                EventType::CgroupMove,
+                rfc3339(clock.wall(m.ktime_ns)),
+                container,
+            )
+        });
+    }
+
     fn on_exit(&mut self, e: Exit, clock: &Clock) {
         let known = self.procs.exit(e.pid);
-        let Some(identity) = self.identity_of(e.cgroup_id) else {
-            return;
+        let container = match self.identity_of(e.cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(e.cgroup_id),
         };
         let process = match &known {
             Some(p) => ProcessRef {
@@ -206,11 +269,7 @@ impl Owner {
             exit_code,
             signal,
             lifetime_seconds: start.map(|s| e.ktime_ns.saturating_sub(s) as f64 / 1e9),
-            ..Event::new(
-                EventType::Exit,
-                rfc3339(clock.wall(e.ktime_ns)),
-                container_ref(&identity),
-            )
+            ..Event::new(EventType::Exit, rfc3339(clock.wall(e.ktime_ns)), container)
         });
     }
 
@@ -219,8 +278,9 @@ impl Owner {
         let victim = self.procs.get(e.pid).cloned();
         let cgroup_id = victim.as_ref().map_or(e.cgroup_id, |p| p.cgroup_id);
         self.model.by_cgroup.entry(cgroup_id).or_default().oom_kills += 1;
-        let Some(identity) = self.identity_of(cgroup_id) else {
-            return;
+        let container = match self.identity_of(cgroup_id) {
+            Some(i) => container_ref(&i),
+            None => unknown_container(cgroup_id),
         };
         let process = match &victim {
             Some(p) => process_ref(p),
@@ -234,14 +294,10 @@ impl Owner {
                 args_truncated: false,
             },
         };
-        warn!(container = %identity.name, pid = e.pid, comm = %e.comm, "OOM kill");
+        warn!(container = %container.name, pid = e.pid, comm = %e.comm, "OOM kill");
         self.hub.publish(Event {
             process: Some(process),
-            ..Event::new(
-                EventType::Oom,
-                rfc3339(clock.wall(e.ktime_ns)),
-                container_ref(&identity),
-            )
+            ..Event::new(EventType::Oom, rfc3339(clock.wall(e.ktime_ns)), container)
         });
     }
 

@@ -42,6 +42,12 @@ static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "POLICY_LOSS")]
 static POLICY_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Written by the agent only (no program reads it): how many violations of each key its
+/// events have reported, and the hook that saw them. Pinned with the rest, so an agent that
+/// takes over reports each violation once.
+#[map(name = "POLICY_REPORTED")]
+static POLICY_REPORTED: HashMap<ViolationKey, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+
 /// By `lsm_index`: whether the BPF-LSM programs refuse `errno` rules (the tracepoint programs
 /// then leave those rules to them). Written by the agent after an attach, before a detach.
 #[map(name = "POLICY_LSM")]

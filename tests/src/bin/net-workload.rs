@@ -11,6 +11,8 @@
 //! - `try-connect ADDR [MS]`: one TCP connect (given up after MS ms); prints `connected`,
 //!   `timeout`, or `error N` (the errno).
 //! - `try-bind ADDR`: binds a TCP socket; prints `bound`, or `error N`.
+//! - `connect-until ADDR STOPFILE`: connects again and again (one every 2 ms) until STOPFILE
+//!   exists; prints `attempts N eperm E connected C other O` (O counts any other error).
 //! - `serve-reset ADDR BYTES`: accepts one connection, reads exactly BYTES, then resets it
 //!   (`SO_LINGER` 0 and close); prints `listening` once bound.
 //! - `send-until-reset ADDR BYTES`: one connection, BYTES of payload, then reads until the peer
@@ -176,6 +178,21 @@ fn run(args: &[String]) -> Result<i32, String> {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("timeout"),
                 Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
             }
+            Ok(0)
+        }
+        [cmd, a, stop] if cmd == "connect-until" => {
+            let a = addr(a)?;
+            let (mut attempts, mut eperm, mut connected, mut other) = (0u64, 0u64, 0u64, 0u64);
+            while !std::path::Path::new(stop).exists() {
+                attempts += 1;
+                match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                    Ok(_) => connected += 1,
+                    Err(e) if e.raw_os_error() == Some(1) => eperm += 1,
+                    Err(_) => other += 1,
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            println!("attempts {attempts} eperm {eperm} connected {connected} other {other}");
             Ok(0)
         }
         [cmd, a] if cmd == "try-bind" => {

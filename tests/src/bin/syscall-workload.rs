@@ -5,7 +5,13 @@
 //! - `getpriority N`: N raw `getpriority(PRIO_PROCESS, 0)` calls (shells do not make it);
 //! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
 //! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
+//! - `exec-true N`: N children, one after the other, each execs `/bin/true` and is reaped
+//!   (N execs and N exits in this cgroup, plus this process's own);
 //! - `move DIR`: moves this process into the cgroup directory DIR;
+//! - `memfd-exec FILE`: copies FILE into a memfd and executes it from there (`fexecve`, no
+//!   path on disk), with the argument `from-memfd`; does not return;
+//! - `ptrace-child N`: N times: a child that sleeps, attached with PTRACE_ATTACH, detached,
+//!   killed and reaped;
 //! - `burn-ms N`: spins until this process has used N ms of CPU time;
 //! - `alloc-mb N`: allocates and touches N MiB (to run into a memory limit);
 //! - `exit N`: exits with status N;
@@ -22,6 +28,11 @@ fn main() -> ExitCode {
             eprintln!("usage: syscall-workload STEP ARG [STEP ARG]...");
             return ExitCode::from(2);
         };
+        if what == "memfd-exec" {
+            let err = memfd_exec(n);
+            eprintln!("syscall-workload: memfd-exec {n}: {err}");
+            return ExitCode::FAILURE;
+        }
         if what == "move" {
             if let Err(e) = std::fs::write(format!("{n}/cgroup.procs"), "0") {
                 eprintln!("syscall-workload: move to {n}: {e}");
@@ -88,6 +99,48 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            "exec-true" => {
+                let path = c"/bin/true";
+                let argv = [path.as_ptr(), std::ptr::null()];
+                for _ in 0..n {
+                    // SAFETY: the child only calls execv and _exit (async-signal-safe) on
+                    // memory prepared before the fork.
+                    let pid = unsafe { libc::fork() };
+                    match pid {
+                        -1 => {
+                            eprintln!(
+                                "syscall-workload: fork: {}",
+                                std::io::Error::last_os_error()
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                        0 => {
+                            // SAFETY: a NUL-terminated path and argv, see above.
+                            unsafe {
+                                libc::execv(path.as_ptr(), argv.as_ptr());
+                                libc::_exit(127)
+                            }
+                        }
+                        pid => {
+                            let mut status = 0;
+                            // SAFETY: waiting for our own child with a valid status pointer.
+                            unsafe { libc::waitpid(pid, &raw mut status, 0) };
+                            if status != 0 {
+                                eprintln!("syscall-workload: /bin/true: status {status}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    }
+                }
+            }
+            "ptrace-child" => {
+                for _ in 0..n {
+                    if let Err(e) = ptrace_child() {
+                        eprintln!("syscall-workload: ptrace-child: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             "burn-ms" => {
                 let cpu = || {
                     let mut ts = libc::timespec {
@@ -126,4 +179,63 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Executes the bytes of `file` from an anonymous memory file; returns only on failure.
+fn memfd_exec(file: &str) -> std::io::Error {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    // SAFETY: a NUL-terminated name; the descriptor is ours.
+    let fd = unsafe { libc::memfd_create(c"palisade-memfd".as_ptr(), 0) };
+    if fd < 0 {
+        return std::io::Error::last_os_error();
+    }
+    let mut done = 0;
+    while done < bytes.len() {
+        // SAFETY: writing from a live buffer to our descriptor.
+        let r = unsafe { libc::write(fd, bytes[done..].as_ptr().cast(), bytes.len() - done) };
+        if r <= 0 {
+            return std::io::Error::last_os_error();
+        }
+        done += r as usize;
+    }
+    let argv = [c"memfd".as_ptr(), c"from-memfd".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    // SAFETY: NUL-terminated argv and envp arrays of C strings that outlive the call.
+    unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) };
+    std::io::Error::last_os_error()
+}
+
+/// One child, attached with PTRACE_ATTACH and let go.
+fn ptrace_child() -> Result<(), std::io::Error> {
+    // SAFETY: the child only sleeps (pause) until killed.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        loop {
+            // SAFETY: pause has no preconditions.
+            unsafe { libc::pause() };
+        }
+    }
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: tracing our own child; arguments as PTRACE_ATTACH wants them.
+    let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, null, null) };
+    let err = (r != 0).then(std::io::Error::last_os_error);
+    let mut status = 0;
+    if err.is_none() {
+        // SAFETY: waiting for the stop of our own traced child.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        // SAFETY: detaching our own stopped tracee.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, null, null) };
+    }
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &raw mut status, 0);
+    }
+    err.map_or(Ok(()), Err)
 }

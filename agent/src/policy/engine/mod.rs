@@ -225,9 +225,11 @@ impl Engine {
             task_status_offset: self.host.task_status_offset,
             xlat: self.host.xlat.clone(),
             lsm_btf: self.lsm.active().then(|| self.lsm_btf.clone()),
-            burst: self.cfg.rate_limit_burst,
+            burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
         })?;
+        let mut k = k;
+        self.report.keep_progress(k.reported.take(), k.adopted);
         if k.adopted {
             self.adopt(&k);
             info!(pin_dir = %self.cfg.pin_dir.display(), cgroups = self.assigned.len() + self.foreign.len(), "adopted pinned policy state");

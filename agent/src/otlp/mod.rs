@@ -1,6 +1,7 @@
 //! OTLP log export: every event on the Hub (flow records, exec/exit/OOM, container start/stop,
 //! and whatever else is published) becomes one OpenTelemetry log record, pushed over OTLP/HTTP
-//! (JSON or protobuf) in batches by the SDK's own exporter thread.
+//! (JSON or protobuf) in batches from an exporter thread that counts every record delivered
+//! or dropped (`export`).
 //!
 //! A record's body is the event's JSON (the same line the event log writes), its event name the
 //! event type, and the fields people filter on are attributes with OpenTelemetry semantic names
@@ -14,8 +15,13 @@ use opentelemetry::{
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::{Resource, logs::SdkLoggerProvider};
 use opentelemetry_semantic_conventions::{attribute as semconv, resource};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tracing::{info, warn};
+
+mod export;
 
 use crate::{
     config::{Invalid, OtlpConfig, OtlpProtocol},
@@ -30,25 +36,45 @@ pub enum OtlpError {
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// The running exporter; `shutdown` flushes what is queued.
+/// The running exporter; `shutdown` sends what is queued (or counts it dropped).
 pub struct Exporter {
     provider: SdkLoggerProvider,
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Exporter {
-    pub fn shutdown(self) {
-        self.task.abort();
-        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+    /// Call once the producers have stopped: takes the events still queued on the hub, then
+    /// sends the exporter's queue (a failure counts the rest dropped), within a bound.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .is_err()
+        {
+            warn!("the OTLP task did not end at shutdown");
+        }
+        let provider = self.provider;
+        let r = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(Duration::from_secs(10))
+        })
+        .await;
+        if let Ok(Err(e)) = r {
             warn!(error = %e, "OTLP flush at shutdown failed");
         }
     }
 }
 
-/// Starts exporting when an endpoint is configured.
-pub fn start(cfg: &OtlpConfig, node: &str, hub: Arc<Hub>) -> Result<Option<Exporter>, OtlpError> {
+/// Starts exporting when an endpoint is configured; `rx` was subscribed to the hub before
+/// any event was published, so every event is either exported or counted dropped.
+pub fn start(
+    cfg: &OtlpConfig,
+    node: &str,
+    hub: Arc<Hub>,
+    rx: Option<broadcast::Receiver<Arc<Event>>>,
+) -> Result<Option<Exporter>, OtlpError> {
     let types = cfg.event_types()?;
-    let Some(endpoint) = &cfg.endpoint else {
+    let (Some(endpoint), Some(mut rx)) = (&cfg.endpoint, rx) else {
         return Ok(None);
     };
     let url = format!("{}/v1/logs", endpoint.trim_end_matches('/'));
@@ -64,13 +90,35 @@ pub fn start(cfg: &OtlpConfig, node: &str, hub: Arc<Hub>) -> Result<Option<Expor
         .build()?;
     let provider = SdkLoggerProvider::builder()
         .with_resource(resource(node))
-        .with_batch_exporter(exporter)
+        .with_log_processor(export::Counting::new(
+            exporter,
+            cfg.queue,
+            cfg.max_backoff,
+            hub.clone(),
+        ))
         .build();
     let logger = provider.logger("palisade");
-    let mut rx = hub.subscribe();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        let mut stopping = false;
         loop {
-            match rx.recv().await {
+            let r = if stopping {
+                match rx.try_recv() {
+                    Ok(ev) => Ok(ev),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = rx.recv() => r,
+                    _ = &mut stopped => {
+                        stopping = true;
+                        continue;
+                    }
+                }
+            };
+            match r {
                 Ok(ev) if types.is_empty() || types.contains(&ev.kind) => {
                     let mut r = logger.create_log_record();
                     fill(&mut r, &ev);
@@ -83,7 +131,11 @@ pub fn start(cfg: &OtlpConfig, node: &str, hub: Arc<Hub>) -> Result<Option<Expor
         }
     });
     info!(endpoint = %url, protocol = ?cfg.protocol, "exporting events as OTLP logs");
-    Ok(Some(Exporter { provider, task }))
+    Ok(Some(Exporter {
+        provider,
+        task,
+        stop,
+    }))
 }
 
 /// Who sends: `service.name` palisade, its version, and the node (`host.name`, and

@@ -1,0 +1,166 @@
+//! What the kernel has attached to a cgroup, asked with `bpf(BPF_PROG_QUERY)` (as `bpftool
+//! cgroup show` does): the program and link ids per attach type.
+use std::{os::fd::AsRawFd as _, path::Path};
+
+/// The cgroup attach types Palisade uses, with the kernel's `enum bpf_attach_type` values.
+pub const ATTACH_TYPES: &[(&str, u32)] = &[
+    ("cgroup_inet_ingress", 0),
+    ("cgroup_inet_egress", 1),
+    ("cgroup_inet_sock_create", 2),
+    ("cgroup_sock_ops", 3),
+    ("cgroup_device", 6),
+    ("cgroup_inet4_bind", 8),
+    ("cgroup_inet6_bind", 9),
+    ("cgroup_inet4_connect", 10),
+    ("cgroup_inet6_connect", 11),
+    ("cgroup_udp4_sendmsg", 14),
+    ("cgroup_udp6_sendmsg", 15),
+];
+
+/// `union bpf_attr` as BPF_PROG_QUERY reads it.
+#[repr(C)]
+#[derive(Default)]
+struct Query {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// One program attached to a cgroup (directly, not inherited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attached {
+    pub attach_type: &'static str,
+    pub prog_id: u32,
+    /// 0 when attached without a link.
+    pub link_id: u32,
+}
+
+/// Every program attached to the cgroup directory `dir`, for each of [`ATTACH_TYPES`].
+pub fn attached(dir: &Path) -> Vec<Attached> {
+    let f = std::fs::File::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let mut out = Vec::new();
+    for (name, ty) in ATTACH_TYPES {
+        let mut progs = vec![0u32; 256];
+        let mut links = vec![0u32; 256];
+        let mut q = Query {
+            target_fd: f.as_raw_fd() as u32,
+            attach_type: *ty,
+            prog_ids: progs.as_mut_ptr() as u64,
+            prog_cnt: progs.len() as u32,
+            link_ids: links.as_mut_ptr() as u64,
+            ..Query::default()
+        };
+        // SAFETY: BPF_PROG_QUERY with an attr of the kernel's layout whose id buffers hold
+        // prog_cnt entries each and outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &raw mut q,
+                size_of::<Query>() as u32,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            // an attach type this kernel does not know
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EINVAL),
+                "BPF_PROG_QUERY {name}: {e}"
+            );
+            continue;
+        }
+        for i in 0..q.prog_cnt as usize {
+            out.push(Attached {
+                attach_type: name,
+                prog_id: progs[i],
+                link_id: links[i],
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+impl crate::Agent {
+    /// Ids and names of the BPF maps and programs this agent holds open.
+    pub fn bpf_objects(&self) -> (Vec<(u32, String)>, Vec<u32>) {
+        let mut maps = Vec::new();
+        let mut progs = Vec::new();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for e in std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(id) = line.strip_prefix("map_id:") {
+                    if let Ok(id) = id.trim().parse::<u32>() {
+                        let name = aya::maps::MapInfo::from_id(id)
+                            .ok()
+                            .and_then(|i| i.name_as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        maps.push((id, name));
+                    }
+                } else if let Some(id) = line.strip_prefix("prog_id:")
+                    && let Ok(id) = id.trim().parse::<u32>()
+                {
+                    progs.push(id);
+                }
+            }
+        }
+        maps.sort();
+        maps.dedup();
+        progs.sort();
+        progs.dedup();
+        (maps, progs)
+    }
+
+    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
+    /// errnos, process counters).
+    pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
+        use aya::maps::{Map, MapData, PerCpuHashMap};
+        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
+        let mut ids = Vec::new();
+        for (id, name) in self.bpf_objects().0 {
+            if name != names::MAP_SYSCALL_STATS
+                && name != names::MAP_SYSCALL_ERRNOS
+                && name != names::MAP_PROCESS_COUNTS
+            {
+                continue;
+            }
+            let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
+            if name == names::MAP_PROCESS_COUNTS {
+                let m: PerCpuHashMap<_, u64, palisade_common::ProcessCounts> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok));
+            } else if name == names::MAP_SYSCALL_STATS {
+                let m: PerCpuHashMap<_, SyscallKey, SyscallStats> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            } else {
+                let m: PerCpuHashMap<_, ErrnoKey, u64> =
+                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+                        .unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(m.keys().filter_map(Result::ok).map(|k| k.cgroup_id));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
