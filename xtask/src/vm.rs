@@ -98,26 +98,6 @@ pub const CI_SKIP: &[(&str, &str, &str)] = &[
         "without_the_filter_the_same_calls_reach_the_kernel",
         "6.1: open_by_handle_at without CAP_DAC_READ_SEARCH is EPERM from the kernel itself",
     ),
-    (
-        "policy_runtime",
-        "a_running_container_is_killed_on_a_denied_syscall",
-        "6.1: a policy with syscall rules is never reported applied with its syscalls hook attached (product)",
-    ),
-    (
-        "policy_runtime",
-        "argument_conditions_are_checked_at_run_time",
-        "6.1: a policy with syscall rules is never reported applied with its syscalls hook attached (product)",
-    ),
-    (
-        "policy_runtime",
-        "audit_mode_blocks_nothing_and_reports_everything",
-        "6.1: a policy with syscall rules is never reported applied with its syscalls hook attached (product)",
-    ),
-    (
-        "policy_runtime",
-        "violations_are_rate_limited_with_exact_suppressed_counts",
-        "6.1: a policy with syscall rules is never reported applied with its syscalls hook attached (product)",
-    ),
 ];
 
 /// One kernel's run.
