@@ -412,3 +412,26 @@ pub fn ns_pid(pid: i32) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// Starts `/bin/sh` in a busybox rootfs trapping each of `signals` in turn (signal, its name
+/// without `SIG`), sends it to `palisade run` and asserts the workload got it (exit 42, its
+/// trap's line on stdout) and that nothing is left behind.
+pub fn assert_signals_forwarded(signals: &[(i32, &str)]) {
+    let root = Rootfs::busybox();
+    for &(sig, sname) in signals {
+        let name = unique("sig");
+        let script = format!(
+            "trap 'echo got-{sname}; exit 42' {sname}; echo ready; while :; do sleep 0.05; done"
+        );
+        let rootfs = root.path.to_string_lossy();
+        let mut w = Running::start(&[
+            "--name", &name, "--rootfs", &rootfs, "--", "/bin/sh", "-c", &script,
+        ]);
+        assert_eq!(w.line(), "ready");
+        w.signal(sig);
+        let out = w.wait();
+        assert_eq!(out.code, 42, "SIG{sname}\n{out}");
+        assert!(out.stdout.contains(&format!("got-{sname}")), "{out}");
+        assert_clean(&name, Some(&root.path));
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use palisade_tests::{
     Agent, Metrics,
     launch::{
-        Rootfs, Running, assert_clean, cgroup_dir, data_dir, ns_pid, probe_bin, run, unique,
-        wait_for_pids,
+        Rootfs, Running, assert_clean, assert_signals_forwarded, cgroup_dir, data_dir, ns_pid,
+        probe_bin, run, unique, wait_for_pids,
     },
     wait_for, workload_bin,
 };
@@ -335,33 +335,11 @@ fn exit_codes_are_the_workloads() {
 
 #[test]
 fn sigterm_sigint_and_sighup_are_forwarded_to_the_workload() {
-    let root = Rootfs::busybox();
-    for (sig, sname) in [
+    assert_signals_forwarded(&[
         (libc::SIGTERM, "TERM"),
         (libc::SIGINT, "INT"),
         (libc::SIGHUP, "HUP"),
-    ] {
-        let name = unique("sig");
-        let script = format!(
-            "trap 'echo got-{sname}; exit 42' {sname}; echo ready; while :; do sleep 0.05; done"
-        );
-        let mut w = Running::start(&[
-            "--name",
-            &name,
-            "--rootfs",
-            &s(&root.path),
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ]);
-        assert_eq!(w.line(), "ready");
-        w.signal(sig);
-        let out = w.wait();
-        assert_eq!(out.code, 42, "SIG{sname}\n{out}");
-        assert!(out.stdout.contains(&format!("got-{sname}")), "{out}");
-        assert_clean(&name, Some(&root.path));
-    }
+    ]);
 }
 
 #[test]

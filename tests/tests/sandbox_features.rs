@@ -1,7 +1,7 @@
 //! Documented `palisade run` features that had no test: SIGQUIT, SIGUSR1 and SIGUSR2
 //! forwarded to the workload; a bundle's bind, masked and read-only mounts; and mounts resolved
 //! with `openat2(RESOLVE_IN_ROOT)`, so a symlink in the image cannot aim one outside it.
-use palisade_tests::launch::{Bundle, Rootfs, Running, assert_clean, run, unique};
+use palisade_tests::launch::{Bundle, assert_clean, assert_signals_forwarded, run, unique};
 
 fn s(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
@@ -9,33 +9,11 @@ fn s(p: &std::path::Path) -> String {
 
 #[test]
 fn sigquit_sigusr1_and_sigusr2_are_forwarded_to_the_workload() {
-    let root = Rootfs::busybox();
-    for (sig, sname) in [
+    assert_signals_forwarded(&[
         (libc::SIGQUIT, "QUIT"),
         (libc::SIGUSR1, "USR1"),
         (libc::SIGUSR2, "USR2"),
-    ] {
-        let name = unique("fwd");
-        let script = format!(
-            "trap 'echo got-{sname}; exit 42' {sname}; echo ready; while :; do sleep 0.05; done"
-        );
-        let mut w = Running::start(&[
-            "--name",
-            &name,
-            "--rootfs",
-            &s(&root.path),
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ]);
-        assert_eq!(w.line(), "ready");
-        w.signal(sig);
-        let out = w.wait();
-        assert_eq!(out.code, 42, "SIG{sname}\n{out}");
-        assert!(out.stdout.contains(&format!("got-{sname}")), "{out}");
-        assert_clean(&name, Some(&root.path));
-    }
+    ]);
 }
 
 #[test]
