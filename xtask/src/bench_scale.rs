@@ -132,12 +132,12 @@ fn fleet(n: usize, tmp: PathBuf) -> Result<Fleet> {
     Ok(f)
 }
 
-struct Reply {
-    headers: String,
-    body: Vec<u8>,
+pub(crate) struct Reply {
+    pub headers: String,
+    pub body: Vec<u8>,
 }
 
-fn get(addr: &str, gzip: bool) -> Result<Reply> {
+pub(crate) fn get(addr: &str, gzip: bool) -> Result<Reply> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     let enc = if gzip {
         "Accept-Encoding: gzip\r\n"
@@ -186,7 +186,7 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // fields after the command name (which may hold spaces): state is field 3
     let rest = stat.rsplit_once(')').context("bad stat")?.1;
