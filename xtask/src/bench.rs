@@ -52,6 +52,16 @@ pub enum Bench {
         /// Record the agent with `perf record -g` during the run into this file.
         #[arg(long, value_name = "FILE")]
         perf: Option<PathBuf>,
+        /// The agent's violation ring buffer (`policy.events_buffer_kib`), KiB.
+        #[arg(long, default_value_t = 256)]
+        ring_kib: u32,
+        /// Run target/release/palisade as it is (no build first).
+        #[arg(long)]
+        no_build: bool,
+        /// Another palisade binary to measure (e.g. an older build, for a before/after);
+        /// implies --no-build.
+        #[arg(long, value_name = "FILE")]
+        agent: Option<PathBuf>,
     },
     /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
     /// the agent, interleaved; medians and ratios.
@@ -123,9 +133,18 @@ pub fn run(which: Bench) -> Result<()> {
             build(true)?;
             crate::bench_scale::scale(containers, scrapes, perf.as_deref())
         }
-        Bench::Events { calls, perf } => {
-            build(true)?;
-            crate::bench_events::events(calls, perf.as_deref())
+        Bench::Events {
+            calls,
+            ring_kib,
+            perf,
+            no_build,
+            agent,
+        } => {
+            if !no_build && agent.is_none() {
+                build(true)?;
+            }
+            let bin = agent.unwrap_or_else(|| agent_bin(true));
+            crate::bench_events::events(&bin, calls, ring_kib, perf.as_deref())
         }
         Bench::Launch { rounds } => {
             build(true)?;

@@ -8,7 +8,7 @@
 //! Unaccounted = produced − delivered − counted losses, asserted to be 0.
 //!
 //! Delivered/s is the log lines of the bench cgroup over the time from the generator's start
-//! to the last growth of the log (polled every 2 ms by size, nothing parsed until the end so
+//! to the last growth of the log (or to the generator's end, if later) (polled every 2 ms by size, nothing parsed until the end so
 //! the bench takes no CPU from the agent while it runs).
 use std::{
     io::{BufRead as _, BufReader},
@@ -20,7 +20,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    agent_bin,
     bench_scale::{cpu_seconds, get},
     root, step,
 };
@@ -30,6 +29,7 @@ const TARGET: f64 = 200_000.0;
 
 /// The agent, its cgroup for the generator and its pin directory; removed on drop.
 struct Run {
+    bin: PathBuf,
     agent: Option<Child>,
     cgroup: PathBuf,
     pins: PathBuf,
@@ -50,7 +50,7 @@ impl Drop for Run {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new(agent_bin(true))
+        let _ = Command::new(&self.bin)
             .args(["agent", "--cleanup", "--config"])
             .arg(self.tmp.join("agent.yaml"))
             .stdout(Stdio::null())
@@ -75,11 +75,20 @@ fn sum(page: &str, name: &str, with: &[&str]) -> u64 {
         .sum()
 }
 
-/// What the log says of the bench cgroup: (events with a process, sum of `suppressed`), over
-/// the log and its rotated files.
-fn count_log(log: &Path, cgroup_id: u64) -> Result<(u64, u64)> {
+/// What the log holds, over the log and its rotated files.
+#[derive(Default)]
+struct Logged {
+    /// `policy_violation` lines of the bench cgroup with a process: one violation each.
+    delivered: u64,
+    /// The sum of their `suppressed` (and of the summary lines').
+    suppressed: u64,
+    /// Every `policy_violation` line (summaries too).
+    violation_lines: u64,
+}
+
+fn count_log(log: &Path, cgroup_id: u64) -> Result<Logged> {
     let needle = format!("\"cgroup_id\":{cgroup_id},");
-    let (mut events, mut suppressed) = (0, 0);
+    let mut n = Logged::default();
     let mut files = vec![log.to_path_buf()];
     for i in 1..=4 {
         files.push(PathBuf::from(format!("{}.{i}", log.display())));
@@ -88,21 +97,25 @@ fn count_log(log: &Path, cgroup_id: u64) -> Result<(u64, u64)> {
         let r = BufReader::new(std::fs::File::open(f)?);
         for line in r.lines() {
             let line = line?;
-            if !line.starts_with("{\"type\":\"policy_violation\"") || !line.contains(&needle) {
+            if !line.starts_with("{\"type\":\"policy_violation\"") {
+                continue;
+            }
+            n.violation_lines += 1;
+            if !line.contains(&needle) {
                 continue;
             }
             let v: serde_json::Value = serde_json::from_str(&line)
                 .with_context(|| format!("a log line that is not JSON: {line}"))?;
-            events += u64::from(v.get("process").is_some());
-            suppressed += v["violation"]["suppressed"].as_u64().unwrap_or(0);
+            n.delivered += u64::from(v.get("process").is_some());
+            n.suppressed += v["violation"]["suppressed"].as_u64().unwrap_or(0);
         }
     }
-    Ok((events, suppressed))
+    Ok(n)
 }
 
-fn wait_applied(socket: &Path, cgroup_id: u64, deadline: Instant) -> Result<()> {
+fn wait_applied(bin: &Path, socket: &Path, cgroup_id: u64, deadline: Instant) -> Result<()> {
     loop {
-        let out = Command::new(agent_bin(true))
+        let out = Command::new(bin)
             .args(["policy", "status", "--output", "json", "--socket"])
             .arg(socket)
             .output()?;
@@ -132,7 +145,7 @@ fn wait_applied(socket: &Path, cgroup_id: u64, deadline: Instant) -> Result<()> 
 }
 
 /// `cargo xtask bench events`.
-pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
+pub fn events(agent: &Path, calls: u64, ring_kib: u32, perf: Option<&Path>) -> Result<()> {
     let produced = calls + calls / 50;
     step(&format!(
         "events: a log rule on getppid, rate limiting off, {produced} calls in one cgroup"
@@ -147,6 +160,7 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
         .context("no cgroup2 mount")?;
     let name = format!("palisade-bench-events-{pid}");
     let mut run = Run {
+        bin: agent.to_path_buf(),
         agent: None,
         cgroup: unified.join(&name),
         pins: PathBuf::from(format!("/sys/fs/bpf/palisade-bench-events-{pid}")),
@@ -171,12 +185,18 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
         ),
     )?;
     let log = tmp.join("events.jsonl");
+    // the default size is left unsaid (an agent older than the key runs too)
+    let ring = if ring_kib == 256 {
+        String::new()
+    } else {
+        format!("  events_buffer_kib: {ring_kib}\n")
+    };
     // one log file big enough for every event (no rotation during the run)
     let mib = (produced * 1024 / (1 << 20)).max(64) + 64;
     std::fs::write(
         tmp.join("agent.yaml"),
         format!(
-            "policy:\n  paths: [{}]\n  pin_dir: {}\n  watch_interval: 0s\n  rate_limit: false\nevents:\n  output: {}\n  max_file_mib: {mib}\n  keep_files: 1\n",
+            "policy:\n  paths: [{}]\n  pin_dir: {}\n  watch_interval: 0s\n  rate_limit: false\n{ring}events:\n  output: {}\n  max_file_mib: {mib}\n  keep_files: 1\n",
             tmp.join("policy.yaml").display(),
             run.pins.display(),
             log.display(),
@@ -185,7 +205,7 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
     let ready = tmp.join("ready");
     let socket = tmp.join("agent.sock");
     run.agent = Some(
-        Command::new(agent_bin(true))
+        Command::new(agent)
             .arg("agent")
             .arg("--config")
             .arg(tmp.join("agent.yaml"))
@@ -211,7 +231,7 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    wait_applied(&socket, cgroup_id, deadline)?;
+    wait_applied(agent, &socket, cgroup_id, deadline)?;
     let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
     let size0 = size();
 
@@ -284,7 +304,10 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
         s
     };
     let gen_wall = gen_done.unwrap_or_default().as_secs_f64();
-    let span = (last_growth - start).as_secs_f64();
+    // from the generator's start to the last line (or to its end, if the log stalled first)
+    let span = (last_growth - start)
+        .as_secs_f64()
+        .max(gen_done.unwrap_or_default().as_secs_f64());
 
     // the counters: every violation counted by the kernel, every event published delivered or
     // dropped by the log (a scrape also sweeps the violation counters)
@@ -316,30 +339,40 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
         &["policy=\"events-bench\""],
     );
     let ring_lost = sum(&page, "palisade_policy_events_lost_total", &[]);
+    let published_v = sum(&page, "palisade_events_total", &["type=\"policy_violation\""]);
     let sink_dropped = sum(&page, "palisade_events_dropped_total", &["sink=\"log\""]);
     let kernel_lost = sum(&page, "palisade_events_kernel_lost_total", &[]);
     let queue_waits = sum(&page, "palisade_kernel_queue_waits_total", &[]);
-    let (delivered, suppressed) = count_log(&log, cgroup_id)?;
-    let lost = ring_lost + sink_dropped;
+    let n = count_log(&log, cgroup_id)?;
+    let delivered = n.delivered;
+    // the log's counter is by sink, not by type: the violations it dropped are the violation
+    // events published less those in the file (only the bench's policy makes violations)
+    let sink_dropped_v = published_v.saturating_sub(n.violation_lines);
+    let lost = ring_lost + sink_dropped_v;
     let unaccounted = produced as i64 - delivered as i64 - lost as i64;
     let rate = delivered as f64 / span;
 
-    println!("\nevents: a log rule on getppid (rate limiting off), release agent pid {agent_pid}");
+    println!(
+        "\nevents: a log rule on getppid (rate limiting off, policy.events_buffer_kib {ring_kib}), release agent pid {agent_pid}"
+    );
     println!(
         "  generator: {produced} calls in {gen_wall:.2} s ({:.0}/s; {})",
         produced as f64 / gen_wall,
         gen_out.trim()
     );
     println!("  violations counted by the kernel      {counted}");
+    println!("  delivered to the JSON log             {delivered} in {span:.2} s = {rate:.0}/s");
     println!(
-        "  delivered to the JSON log             {delivered} in {span:.2} s = {rate:.0}/s"
+        "  lost, policy ring buffer full         {ring_lost} (suppressed in the log: {})",
+        n.suppressed
     );
-    println!("  lost, policy ring buffer full         {ring_lost} (suppressed in the log: {suppressed})");
-    println!("  lost, log sink behind (dropped)       {sink_dropped}");
-    println!("  event ring buffer lost (other events) {kernel_lost}; kernel queue waits {queue_waits}");
     println!(
-        "  unaccounted = {produced} - {delivered} - {lost} = {unaccounted}"
+        "  lost, log sink behind (dropped)       {sink_dropped_v} violations ({sink_dropped} events of every type)"
     );
+    println!(
+        "  event ring buffer lost (other events) {kernel_lost}; kernel queue waits {queue_waits}"
+    );
+    println!("  unaccounted = {produced} - {delivered} - {lost} = {unaccounted}");
     println!(
         "  agent CPU {cpu:.2} s = {:.2} us per delivered event ({:.2} of 2 cores over the span)",
         cpu * 1e6 / delivered.max(1) as f64,
@@ -356,11 +389,12 @@ pub fn events(calls: u64, perf: Option<&Path>) -> Result<()> {
     if unaccounted != 0 {
         bail!("{unaccounted} events unaccounted for");
     }
-    if suppressed != ring_lost {
+    if n.suppressed != ring_lost {
         // the last losses of a key are reported by a summary event once the key has been quiet
-        // for `policy.rate_limit_interval`, or were in events the sink dropped
+        // for a second (at the next sweep), or were in events the sink dropped
         println!(
-            "  note: suppressed {suppressed} != ring buffer lost {ring_lost} (a summary event pending, or dropped by the sink)"
+            "  note: suppressed {} != ring buffer lost {ring_lost} (a summary event pending, or dropped by the sink)",
+            n.suppressed
         );
     }
     drop(run);
