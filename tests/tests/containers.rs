@@ -53,10 +53,11 @@ fn cpu_time_of_a_busy_workload_is_within_ten_percent() {
 /// collection: the agents below collect every second). `container_last_seen` is stamped when
 /// a pass's readings arrive; half a second later than `since` the pass began after it.
 fn fresh(agent: &Agent, cg: &TestCgroup, since: std::time::SystemTime) -> Metrics {
-    let since = 0.5 + since
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_else(|e| panic!("clock: {e}"))
-        .as_secs_f64();
+    let since = 0.5
+        + since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_else(|e| panic!("clock: {e}"))
+            .as_secs_f64();
     wait_for_explained(
         Duration::from_secs(30),
         "a cgroupfs reading after the workload",
@@ -101,7 +102,10 @@ fn a_scrape_serves_the_last_collections_readings_unless_asked_to_read() {
     let used = cadvisor(&before, "container_cpu_usage_seconds_total", &cg).unwrap_or(-1.0);
     cg.run_workload(&["burn-ms", "200"]);
     let after = cadvisor(&agent.metrics(), "container_cpu_usage_seconds_total", &cg).unwrap_or(0.0);
-    assert!(after >= used + 0.15, "{used} s, then {after} s after 200 ms of CPU");
+    assert!(
+        after >= used + 0.15,
+        "{used} s, then {after} s after 200 ms of CPU"
+    );
 }
 
 #[test]

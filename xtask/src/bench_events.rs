@@ -339,7 +339,11 @@ pub fn events(agent: &Path, calls: u64, ring_kib: u32, perf: Option<&Path>) -> R
         &["policy=\"events-bench\""],
     );
     let ring_lost = sum(&page, "palisade_policy_events_lost_total", &[]);
-    let published_v = sum(&page, "palisade_events_total", &["type=\"policy_violation\""]);
+    let published_v = sum(
+        &page,
+        "palisade_events_total",
+        &["type=\"policy_violation\""],
+    );
     let sink_dropped = sum(&page, "palisade_events_dropped_total", &["sink=\"log\""]);
     let kernel_lost = sum(&page, "palisade_events_kernel_lost_total", &[]);
     let queue_waits = sum(&page, "palisade_kernel_queue_waits_total", &[]);

@@ -125,7 +125,10 @@ fn cross_field_validation() {
     let e = parse("policy:\n  events_buffer_kib: 3000\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("events_buffer_kib must be a power of two"), "{e}");
+    assert!(
+        e.contains("events_buffer_kib must be a power of two"),
+        "{e}"
+    );
     let e = parse("resources:\n  read_on_scrape: yes please\n").unwrap_err();
     assert!(e.to_string().starts_with("test.yaml:2:"), "{e}");
 }
