@@ -18,16 +18,19 @@ fn of_type<'a>(t: &'a str, cg: &'a TestCgroup) -> impl Fn(&Value) -> bool + 'a {
     move |e: &Value| e["type"] == t && c(e)
 }
 
+/// Resource readings are at most one collection old: the tests reading values collect often.
+const COLLECT_1S: &str = "metrics:\n  collect_interval: 1s\n";
+
 fn cadvisor(m: &Metrics, name: &str, cg: &TestCgroup) -> Option<f64> {
     m.value(name, &[("id", &cg.rel)])
 }
 
 #[test]
 fn cpu_time_of_a_busy_workload_is_within_ten_percent() {
-    let agent = Agent::start("", &[]);
+    let agent = Agent::start(COLLECT_1S, &[]);
     let cg = TestCgroup::new("cpu");
     cg.run_workload(&["burn-ms", "500"]);
-    let m = agent.metrics();
+    let m = fresh(&agent, &cg, std::time::SystemTime::now());
     let used = cadvisor(&m, "container_cpu_usage_seconds_total", &cg).unwrap_or(0.0);
     assert!(
         (0.45..=0.55).contains(&used),
@@ -46,9 +49,68 @@ fn cpu_time_of_a_busy_workload_is_within_ten_percent() {
     promtool_check_metrics(&m.text);
 }
 
+/// The page once the agent has read cgroup `cg`'s files after `since` (a background
+/// collection: the agents below collect every second). `container_last_seen` is stamped when
+/// a pass's readings arrive; half a second later than `since` the pass began after it.
+fn fresh(agent: &Agent, cg: &TestCgroup, since: std::time::SystemTime) -> Metrics {
+    let since = 0.5
+        + since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_else(|e| panic!("clock: {e}"))
+            .as_secs_f64();
+    wait_for_explained(
+        Duration::from_secs(30),
+        "a cgroupfs reading after the workload",
+        || {
+            let m = agent.metrics();
+            cadvisor(&m, "container_last_seen", cg)
+                .is_some_and(|t| t >= since)
+                .then_some(m)
+        },
+        || format!("container_last_seen of {}", cg.rel),
+    )
+}
+
+#[test]
+fn a_scrape_serves_the_last_collections_readings_unless_asked_to_read() {
+    // one background collection at start: readings come from scrapes of cgroups not read yet
+    let agent = Agent::start("metrics:\n  collect_interval: 1h\n", &[]);
+    let cg = TestCgroup::new("stale");
+    let m = agent.metrics();
+    let seen = cadvisor(&m, "container_last_seen", &cg)
+        .unwrap_or_else(|| panic!("a new cgroup is read by the first scrape that sees it"));
+    let used = cadvisor(&m, "container_cpu_usage_seconds_total", &cg).unwrap_or(-1.0);
+    cg.run_workload(&["burn-ms", "200"]);
+    let m = agent.metrics();
+    assert_eq!(
+        cadvisor(&m, "container_last_seen", &cg),
+        Some(seen),
+        "a scrape read cgroupfs again"
+    );
+    assert_eq!(
+        cadvisor(&m, "container_cpu_usage_seconds_total", &cg),
+        Some(used),
+        "the scrape serves the reading of the last collection"
+    );
+    drop(agent);
+    // read_on_scrape: every scrape reads
+    let agent = Agent::start(
+        "metrics:\n  collect_interval: 1h\nresources:\n  read_on_scrape: true\n",
+        &[],
+    );
+    let before = agent.metrics();
+    let used = cadvisor(&before, "container_cpu_usage_seconds_total", &cg).unwrap_or(-1.0);
+    cg.run_workload(&["burn-ms", "200"]);
+    let after = cadvisor(&agent.metrics(), "container_cpu_usage_seconds_total", &cg).unwrap_or(0.0);
+    assert!(
+        after >= used + 0.15,
+        "{used} s, then {after} s after 200 ms of CPU"
+    );
+}
+
 #[test]
 fn a_cpu_quota_shows_as_throttling() {
-    let agent = Agent::start("", &[]);
+    let agent = Agent::start(COLLECT_1S, &[]);
     let cg = TestCgroup::with_controllers("quota", &["cpu"]);
     cg.set("cpu", "cpu.cfs_period_us", "cpu.max", "100000");
     cg.set("cpu", "cpu.cfs_quota_us", "cpu.max", "20000");
@@ -57,7 +119,7 @@ fn a_cpu_quota_shows_as_throttling() {
     }
     // 300 ms of CPU at 20 % of one CPU: at least 15 periods, most of them throttled
     cg.run_workload(&["burn-ms", "300"]);
-    let m = agent.metrics();
+    let m = fresh(&agent, &cg, std::time::SystemTime::now());
     assert_eq!(
         cadvisor(&m, "container_spec_cpu_quota", &cg),
         Some(20_000.0)
@@ -79,7 +141,7 @@ fn a_cpu_quota_shows_as_throttling() {
 
 #[test]
 fn a_memory_hog_under_a_limit_is_one_oom_event_naming_it() {
-    let agent = Agent::with_events("", &[]);
+    let agent = Agent::with_events(COLLECT_1S, &[]);
     let cg = TestCgroup::with_controllers("oom", &["memory"]);
     cg.set(
         "memory",
@@ -119,7 +181,7 @@ fn a_memory_hog_under_a_limit_is_one_oom_event_naming_it() {
         1
     );
 
-    let m = agent.metrics();
+    let m = fresh(&agent, &cg, std::time::SystemTime::now());
     assert_eq!(
         m.value("palisade_oom_kills_total", &[("container", &cg.rel)]),
         Some(1.0)

@@ -42,6 +42,27 @@ pub enum Bench {
         #[arg(long, value_name = "FILE")]
         perf: Option<PathBuf>,
     },
+    /// Events per second the release agent delivers to its JSON log, every loss counted: a
+    /// `log` rule on getppid (rate limiting off) in a generator's cgroup that makes an exact
+    /// number of calls; produced, delivered, each counted loss, unaccounted (must be 0).
+    Events {
+        /// getppid calls of the generator's loop (plus a warm-up of 1/50 of that).
+        #[arg(short = 'n', long, default_value_t = 1_000_000)]
+        calls: u64,
+        /// Record the agent with `perf record -g` during the run into this file.
+        #[arg(long, value_name = "FILE")]
+        perf: Option<PathBuf>,
+        /// The agent's violation ring buffer (`policy.events_buffer_kib`), KiB.
+        #[arg(long, default_value_t = 256)]
+        ring_kib: u32,
+        /// Run target/release/palisade as it is (no build first).
+        #[arg(long)]
+        no_build: bool,
+        /// Another palisade binary to measure (e.g. an older build, for a before/after);
+        /// implies --no-build.
+        #[arg(long, value_name = "FILE")]
+        agent: Option<PathBuf>,
+    },
     /// Loopback TCP throughput (bulk transfer) and connections per second, without and with
     /// the agent, interleaved; medians and ratios.
     Net {
@@ -111,6 +132,19 @@ pub fn run(which: Bench) -> Result<()> {
         } => {
             build(true)?;
             crate::bench_scale::scale(containers, scrapes, perf.as_deref())
+        }
+        Bench::Events {
+            calls,
+            ring_kib,
+            perf,
+            no_build,
+            agent,
+        } => {
+            if !no_build && agent.is_none() {
+                build(true)?;
+            }
+            let bin = agent.unwrap_or_else(|| agent_bin(true));
+            crate::bench_events::events(&bin, calls, ring_kib, perf.as_deref())
         }
         Bench::Launch { rounds } => {
             build(true)?;

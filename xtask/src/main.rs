@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod bench_events;
 mod bench_exec;
 mod bench_launch;
 mod bench_policy;

@@ -27,6 +27,10 @@ pub struct PolicyConfig {
     pub rate_limit_burst: u64,
     #[serde(with = "duration")]
     pub rate_limit_interval: Duration,
+    /// The violation ring buffer (`POLICY_EVENTS`), KiB, a power of two: ~1 KiB per event,
+    /// what the kernel holds while the agent is busy or restarting. A pinned buffer from a
+    /// previous agent keeps its size until the pins are removed (`palisade agent --cleanup`).
+    pub events_buffer_kib: u32,
     /// The kernel's BTF, where exec rules find the `linux_binprm`/`file`/`dentry`/`mount`
     /// member offsets they need to see the file actually executed (a BTFHub file for a kernel
     /// without /sys/kernel/btf/vmlinux), and syscall rules the offset of `thread_info.status`
@@ -45,6 +49,7 @@ impl Default for PolicyConfig {
             rate_limit: true,
             rate_limit_burst: 10,
             rate_limit_interval: Duration::from_secs(10),
+            events_buffer_kib: 256,
             kernel_btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -72,6 +77,13 @@ impl PolicyConfig {
             return Err(Invalid::new(
                 "policy.rate_limit_burst",
                 "must be at least 1",
+            ));
+        }
+        let kib = self.events_buffer_kib;
+        if !kib.is_power_of_two() || !(4..=1 << 20).contains(&kib) {
+            return Err(Invalid::new(
+                "policy.events_buffer_kib",
+                format!("must be a power of two between 4 and 1048576 (got {kib})"),
             ));
         }
         if self.rate_limit_interval < Duration::from_millis(10) {

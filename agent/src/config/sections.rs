@@ -68,6 +68,11 @@ pub struct ResourcesConfig {
     /// Directory holding the v1 controller hierarchies (`memory/`, `cpu,cpuacct/`, …) instead of
     /// the mounts in /proc/self/mountinfo (for fixture trees).
     pub cgroup_v1_root: Option<PathBuf>,
+    /// cgroupfs is read once per `metrics.collect_interval` (the background collection) and
+    /// scrapes serve those readings, at most one interval old (as cAdvisor's housekeeping);
+    /// a cgroup not read yet is read by the scrape that first sees it. `true` reads every live
+    /// cgroup on every scrape as well: fresh values, at ~15 files per container per scrape.
+    pub read_on_scrape: bool,
 }
 
 impl Default for ResourcesConfig {
@@ -75,6 +80,7 @@ impl Default for ResourcesConfig {
         Self {
             enabled: true,
             cgroup_v1_root: None,
+            read_on_scrape: false,
         }
     }
 }
@@ -198,8 +204,9 @@ pub struct MetricsConfig {
     /// How long a removed cgroup's final numbers stay on `/metrics` so the last scrape sees them.
     #[serde(with = "duration")]
     pub series_grace_period: Duration,
-    /// Period of the background pass that reads kernel maps and reaps removed cgroups (scrapes
-    /// also read the maps, so numbers on `/metrics` are always current).
+    /// Period of the background pass that reads kernel maps and cgroupfs and reaps removed
+    /// cgroups. Scrapes also read the maps, so kernel counts on `/metrics` are always current;
+    /// resource readings (`container_*`) are at most this old (see `resources.read_on_scrape`).
     #[serde(with = "duration")]
     pub collect_interval: Duration,
 }

@@ -32,6 +32,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     );
     assert_eq!(c.metrics.series_grace_period, d.metrics.series_grace_period);
     assert_eq!(c.metrics.collect_interval, d.metrics.collect_interval);
+    assert_eq!(c.resources.read_on_scrape, d.resources.read_on_scrape);
     assert_eq!(c.identity.max_cgroups, d.identity.max_cgroups);
     assert_eq!(c.identity.rescan_interval, d.identity.rescan_interval);
     assert_eq!(
@@ -64,6 +65,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.policy.rate_limit, d.policy.rate_limit);
     assert_eq!(c.policy.rate_limit_burst, d.policy.rate_limit_burst);
     assert_eq!(c.policy.rate_limit_interval, d.policy.rate_limit_interval);
+    assert_eq!(c.policy.events_buffer_kib, d.policy.events_buffer_kib);
     assert_eq!(c.policy.kernel_btf, d.policy.kernel_btf);
     assert_eq!(c.otlp.endpoint, d.otlp.endpoint);
     assert_eq!(c.otlp.protocol, d.otlp.protocol);
@@ -120,6 +122,15 @@ fn cross_field_validation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("collect_interval must be at least 100ms"), "{e}");
+    let e = parse("policy:\n  events_buffer_kib: 3000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("events_buffer_kib must be a power of two"),
+        "{e}"
+    );
+    let e = parse("resources:\n  read_on_scrape: yes please\n").unwrap_err();
+    assert!(e.to_string().starts_with("test.yaml:2:"), "{e}");
 }
 
 #[test]

@@ -31,8 +31,8 @@ pub struct Written {
 }
 
 impl Pending {
-    pub fn push(&mut self, line: &str) {
-        self.buf.extend_from_slice(line.as_bytes());
+    pub fn push(&mut self, line: &[u8]) {
+        self.buf.extend_from_slice(line);
         self.buf.push(b'\n');
         self.ends.push(self.buf.len());
     }
@@ -118,7 +118,7 @@ mod tests {
         for room in 0..40 {
             let mut p = Pending::default();
             for l in ["aaaa", "bbbbbbb", "cc", "dddddddddd"] {
-                p.push(l);
+                p.push(l.as_bytes());
             }
             let mut d = Disk {
                 data: Vec::new(),

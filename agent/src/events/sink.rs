@@ -168,7 +168,7 @@ impl Out {
 
     /// Queues one line; writes the batch first when the line would pass the rotation size,
     /// and after it when the batch is large.
-    fn push(&mut self, pending: &mut Pending, line: &str) -> Outcome {
+    fn push(&mut self, pending: &mut Pending, line: &[u8]) -> Outcome {
         let mut out = Outcome::default();
         let n = line.len() as u64 + 1;
         if let Out::File {
@@ -270,10 +270,15 @@ pub async fn run(
         }
     };
     let mut pending = Pending::default();
+    let mut line: Vec<u8> = Vec::with_capacity(1024);
     let mut failing = false;
     let account = |o: Outcome, failing: &mut bool| {
-        hub.count_delivered("log", o.delivered);
-        hub.count_dropped("log", o.lost);
+        if o.delivered > 0 {
+            hub.count_delivered("log", o.delivered);
+        }
+        if o.lost > 0 {
+            hub.count_dropped("log", o.lost);
+        }
         match o.error {
             Some(e) if !*failing => {
                 *failing = true;
@@ -313,8 +318,10 @@ pub async fn run(
             }
             Err(RecvError::Closed) => break,
         };
-        match serde_json::to_string(&*ev) {
-            Ok(line) => {
+        // one buffer for every line (no allocation per event)
+        line.clear();
+        match serde_json::to_writer(&mut line, &*ev) {
+            Ok(()) => {
                 let o = out.push(&mut pending, &line);
                 account(o, &mut failing);
             }
@@ -350,7 +357,7 @@ mod tests {
         let mut out = Out::open(&target).unwrap();
         let mut p = Pending::default();
         for i in 0..7 {
-            let o = out.push(&mut p, &format!("line-{i}-xxxxxxxx")); // 16 bytes + newline
+            let o = out.push(&mut p, format!("line-{i}-xxxxxxxx").as_bytes()); // 16 bytes + newline
             assert!(o.error.is_none() && o.lost == 0);
         }
         assert_eq!(out.write(&mut p).lines, 1);
@@ -379,7 +386,7 @@ mod tests {
         })
         .unwrap();
         let mut p = Pending::default();
-        let _ = out.push(&mut p, "new");
+        let _ = out.push(&mut p, b"new");
         assert_eq!(out.write(&mut p).lines, 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
     }

@@ -149,6 +149,8 @@ pub struct Options {
     pub lsm_btf: Option<PathBuf>,
     pub burst: u64,
     pub interval_ns: u64,
+    /// Size of `POLICY_EVENTS` in bytes (a power of two, at least one page).
+    pub events_bytes: u32,
 }
 
 /// The loaded object, its maps and the hook groups' links.
@@ -265,7 +267,8 @@ impl Kernel {
             .override_global(names::GLOBAL_POLICY_EXEC_OFFSETS, &exec_offsets, true)
             .override_global(names::GLOBAL_POLICY_SOCKET_OFF_FAMILY, &family, true)
             .override_global(names::GLOBAL_POLICY_TASK_OFF_STATUS, &status, true)
-            .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true);
+            .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true)
+            .map_max_entries(names::MAP_POLICY_EVENTS, opts.events_bytes);
         let paths: Vec<(&str, PathBuf)> = names::POLICY_MAPS
             .iter()
             .map(|m| (*m, maps.join(m)))

@@ -36,6 +36,8 @@ pub struct Reporter {
     reported: HashMap<ViolationKey, (u64, Instant)>,
     /// What each key is about, for summary events.
     last: HashMap<ViolationKey, Violation>,
+    /// Keys whose progress the kernel's copy lacks (written once per batch of records).
+    dirty: std::collections::HashSet<ViolationKey>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -113,7 +115,29 @@ impl Reporter {
         }
     }
 
-    /// One kernel record → one `policy_violation` event.
+    /// Violations of `key` up to `total` are reported here; the kernel's copy is written by
+    /// [`Reporter::flush`] at the end of the batch (one map update per key, not per event).
+    fn mark_later(&mut self, key: ViolationKey, total: u64, what: u32) {
+        self.reported.insert(key, (total, Instant::now()));
+        self.hooks.insert(key, what);
+        self.dirty.insert(key);
+    }
+
+    /// Writes the progress of the keys marked since the last flush to the kernel's copy.
+    pub fn flush(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(p) = &mut self.progress
+                && let (Some((total, _)), Some(what)) =
+                    (self.reported.get(&key), self.hooks.get(&key))
+                && let Err(e) = p.insert(key, [*total, u64::from(*what)], 0)
+            {
+                tracing::debug!(error = %e, "cannot record reported violations for the next agent");
+            }
+        }
+    }
+
+    /// One kernel record → one `policy_violation` event (call [`Reporter::flush`] after a
+    /// batch).
     pub fn on_record(
         &mut self,
         ev: &PolicyEvent,
@@ -133,7 +157,7 @@ impl Reporter {
             .copied()
             .unwrap_or((0, Instant::now()));
         let suppressed = ev.total.saturating_sub(prev).saturating_sub(1);
-        self.mark(key, prev.max(ev.total), ev.what);
+        self.mark_later(key, prev.max(ev.total), ev.what);
         let (policy, rule, m) = names(ids, k, ev.rule);
         let (exec, exec_detail) = violation::exec(ev).unzip();
         let exe = exec_detail
@@ -162,7 +186,9 @@ impl Reporter {
             suppressed,
         };
         let container = container_of(targets, ev.cgroup_id);
-        tracing::info!(container = %container.name, policy = %v.policy, rule = %v.rule, action = %v.action, hook = %v.hook, pid = ev.pid, "policy violation");
+        // debug, not info: a flood without rate limit is 100,000s of lines a second; the event
+        // log and the counter have every violation
+        tracing::debug!(container = %container.name, policy = %v.policy, rule = %v.rule, action = %v.action, hook = %v.hook, pid = ev.pid, "policy violation");
         let process = (ev.pid != 0).then(|| ProcessRef {
             pid: ev.pid,
             ppid: None,
@@ -286,6 +312,7 @@ impl Reporter {
             self.reported.clear();
             self.last.clear();
             self.hooks.clear();
+            self.dirty.clear();
             self.progress = None;
         }
     }
@@ -304,6 +331,7 @@ impl Reporter {
                 let _ = p.remove(&key);
             }
             self.swept.remove(&key);
+            self.dirty.remove(&key);
             self.hooks.remove(&key);
             self.reported.remove(&key);
             self.last.remove(&key);

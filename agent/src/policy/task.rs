@@ -203,7 +203,12 @@ async fn run(
         watch
     });
     let mut seen = fingerprint(&e.config().paths);
+    // the snapshot is rebuilt after every command and tick, and after violations at most every
+    // SNAPSHOT_EVERY: a flood wakes the task for every batch (and for each event it publishes,
+    // which comes back on `exits`), and the snapshot clones the counts and reads a kernel map
+    let mut snapped = std::time::Instant::now();
     loop {
+        let mut changed = true;
         if let Some(r) = e.take_ring() {
             // SAFETY: the RingBuf owns its map fd and mmap for as long as it lives and
             // `as_raw_fd` always returns that descriptor; the AsyncFd owns the RingBuf.
@@ -231,9 +236,10 @@ async fn run(
                 };
                 e.report_queued(guard.get_inner_mut());
                 guard.clear_ready();
+                changed = false;
             }
             ev = exits.recv() => match ev {
-                Ok(ev) => e.sigsys(&ev),
+                Ok(ev) => changed = e.sigsys(&ev),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
                     exits = e.hub().subscribe();
@@ -248,6 +254,13 @@ async fn run(
                 }
             }
         }
-        snapshot.send_replace(Arc::new(e.snapshot()));
+        if changed || snapped.elapsed() >= SNAPSHOT_EVERY {
+            snapshot.send_replace(Arc::new(e.snapshot()));
+            snapped = std::time::Instant::now();
+        }
     }
 }
+
+/// How stale the snapshot may get while only violations arrive (a scrape sweeps first, a
+/// command that refreshes it).
+const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);

@@ -40,6 +40,10 @@ pub(super) struct Collection {
     pub flows_read: bool,
     /// End idle flows and write interim records (background collections).
     pub flow_pass: bool,
+    /// Read cgroupfs for every live cgroup (background collections, or every scrape with
+    /// `resources.read_on_scrape`); otherwise only for cgroups not read yet, and a scrape
+    /// serves the last background readings (at most `metrics.collect_interval` old).
+    pub resources_all: bool,
     pub scrapes: Vec<oneshot::Sender<Result<Arc<Page>, StateError>>>,
     pub learns: Vec<(LearnRequest, oneshot::Sender<Result<LearnView, StateError>>)>,
     started: Option<Instant>,
@@ -102,11 +106,22 @@ impl Owner {
             return self.finish(c).await;
         }
         // cgroupfs is read off the task; the readings come back as `Internal::Resources`
+        let all = c.resources_all || self.config.resources.read_on_scrape;
+        let model = &self.model;
         let live: Vec<(u64, String)> = self
             .registry
             .live()
+            .filter(|i| {
+                all || model
+                    .by_cgroup
+                    .get(&i.cgroup_id)
+                    .is_none_or(|e| e.resources.is_none())
+            })
             .map(|i| (i.cgroup_id, i.path.clone()))
             .collect();
+        if live.is_empty() {
+            return self.finish(c).await;
+        }
         let reader = self.resources.clone();
         let tx = self.internal.clone();
         tokio::task::spawn_blocking(move || {

@@ -155,6 +155,7 @@ impl Owner {
                 _ = collect_tick.tick() => self.want_collection(|c| {
                     c.flows_read = true;
                     c.flow_pass = true;
+                    c.resources_all = true;
                 }),
                 _ = rescan_tick.tick() => self.start_walk(),
             }

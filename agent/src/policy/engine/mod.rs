@@ -227,6 +227,7 @@ impl Engine {
             lsm_btf: self.lsm.active().then(|| self.lsm_btf.clone()),
             burst: self.cfg.burst(),
             interval_ns: self.cfg.rate_limit_interval.as_nanos() as u64,
+            events_bytes: self.cfg.events_buffer_kib << 10,
         })?;
         let mut k = k;
         self.report.keep_progress(k.reported.take(), k.adopted);

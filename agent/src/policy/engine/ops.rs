@@ -51,6 +51,7 @@ impl Engine {
                 &self.hub,
             );
         }
+        self.report.flush();
     }
 
     /// Changes nothing until the cgroups are known (adopted entries stay in force).
@@ -410,20 +411,21 @@ impl Engine {
     }
 
     /// A launched workload killed by its seccomp filter (exit by SIGSYS) broke a `kill` rule.
-    pub fn sigsys(&mut self, ev: &Event) {
+    /// Whether it was one (the counts changed).
+    pub fn sigsys(&mut self, ev: &Event) -> bool {
         const SIGSYS: i32 = 31;
         if ev.kind != EventType::Exit || ev.signal != Some(SIGSYS) {
-            return;
+            return false;
         }
         let Some(l) = self.launched.get(&ev.container.cgroup_id) else {
-            return;
+            return false;
         };
         let Some(p) = l.policies.iter().find(|p| {
             p.syscalls
                 .as_ref()
                 .is_some_and(|s| s.action == SysAction::Kill)
         }) else {
-            return;
+            return false;
         };
         let rule = match p.syscalls.as_ref().map(|s| s.list) {
             Some(ListKind::Allow) => "syscalls.allow",
@@ -456,5 +458,6 @@ impl Engine {
         });
         self.report
             .userspace(v, ev.container.clone(), process, &self.hub);
+        true
     }
 }
