@@ -1,24 +1,22 @@
 //! File rules on this host: the tier they get ([`FileTier`]) and what each rule does there, as
 //! `palisade policy check`, `palisade policy status` and the agent's log say it.
+use super::lsm::{LsmSupport, LsmUnavailable};
 use palisade_policy::{
     PolicySet,
     files::{self, FileTier},
 };
 
-/// Whether BPF-LSM is active on this host (`bpf` among the active LSMs).
-fn lsm_active() -> bool {
-    std::fs::read_to_string("/sys/kernel/security/lsm")
-        .is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"))
-}
-
-/// The tier file rules get from this agent on this host: the audit tier (`sys_enter`, the
-/// path as given, reported only) everywhere in this build.
-pub fn tier() -> FileTier {
-    FileTier::Audit {
-        why: if lsm_active() {
-            "this Palisade has no BPF-LSM file hooks yet".into()
-        } else {
-            "no BPF-LSM on this host".into()
+/// The tier file rules get from this agent on this host: the BPF-LSM file hooks (refused on
+/// the resolved path) where BPF-LSM is active and the hooks attached, else the audit tier
+/// (`sys_enter`, the path as given, reported only) with why.
+pub fn tier(lsm: &LsmSupport) -> FileTier {
+    match &lsm.files {
+        Ok(()) => FileTier::Lsm,
+        Err(LsmUnavailable::Refused(e)) => FileTier::Audit {
+            why: format!("the kernel refused the BPF-LSM file hooks: {e}"),
+        },
+        Err(e) => FileTier::Audit {
+            why: format!("no BPF-LSM on this host: {e}"),
         },
     }
 }
