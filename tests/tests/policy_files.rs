@@ -268,7 +268,8 @@ fn file_violations_are_rate_limited_and_add_up() {
         ),
     ));
     let agent = s.agent("  rate_limit_burst: 3\n  rate_limit_interval: 1h\n");
-    wait_applied(&agent, "chatty-files", cg.id, &["files"]);
+    let hook = if host_has_lsm() { "files_lsm" } else { "files" };
+    wait_applied(&agent, "chatty-files", cg.id, &[hook]);
     let (code, err) = sh(
         &cg,
         &format!("i=0; while [ $i -lt 500 ]; do : < {secret}; i=$((i+1)); done"),

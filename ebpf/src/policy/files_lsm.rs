@@ -44,6 +44,11 @@ const SIGKILL: u32 = 9;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
 const FMODE_EXEC: u32 = 0x20;
+/// A file the kernel opens for itself on a process's behalf: overlayfs's file of the layer
+/// below (with the overlay's path, asked again after the overlay's own open was allowed).
+const FMODE_NOACCOUNT: u32 = 0x2000_0000;
+/// `__FMODE_EXEC` in `f_flags`: an execve's open (6.1 leaves it out of `f_mode`).
+const O_FMODE_EXEC: u32 = 0x20;
 /// `mmap` protection bit.
 const PROT_EXEC: u64 = 4;
 
@@ -176,10 +181,13 @@ fn decide(t: Target) -> i32 {
     let (path, child, want) = match t {
         Target::Open(file) => {
             let fmode = m.u32_at(at(file, o.file_mode)).unwrap_or(0);
-            let want = if fmode & FMODE_EXEC != 0 {
+            let flags = m.u32_at(at(file, o.file_flags)).unwrap_or(0);
+            if fmode & FMODE_NOACCOUNT != 0 {
+                return 0;
+            }
+            let want = if fmode & FMODE_EXEC != 0 || flags & O_FMODE_EXEC != 0 {
                 access::EXEC
             } else {
-                let flags = m.u32_at(at(file, o.file_flags)).unwrap_or(0);
                 let mut w = open_access(u64::from(flags)) & access::WRITE;
                 if fmode & FMODE_READ != 0 {
                     w |= access::READ;
