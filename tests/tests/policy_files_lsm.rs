@@ -79,8 +79,12 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
     }
     let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = scratch.path().display().to_string();
-    let w = |p: &str, s: &str| std::fs::write(format!("{dir}/{p}"), s).unwrap_or_else(|e| panic!("{p}: {e}"));
-    let md = |p: &str| std::fs::create_dir_all(format!("{dir}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let w = |p: &str, s: &str| {
+        std::fs::write(format!("{dir}/{p}"), s).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let md = |p: &str| {
+        std::fs::create_dir_all(format!("{dir}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
     md("sub");
     md("tree/d");
     md("bin");
@@ -104,7 +108,9 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
     let st = status(&agent);
     assert_eq!(st["files"]["tier"], "lsm", "{st}");
     assert!(
-        !st["hooks"].as_array().is_some_and(|h| h.iter().any(|x| x == "files")),
+        !st["hooks"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|x| x == "files")),
         "the audit program is not attached on the LSM tier (no double count): {st}"
     );
     assert!(
@@ -131,7 +137,10 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         &format!("{RESULT}; r cat {dir}/ro; r sh -c 'echo x >> {dir}/ro'; r sh -c ': > {dir}/ro'"),
         "ok\nEPERM\nEPERM",
     );
-    assert_eq!(std::fs::read_to_string(format!("{dir}/ro")).ok().as_deref(), Some("r\n"));
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/ro")).ok().as_deref(),
+        Some("r\n")
+    );
     // the tree: write, create, truncate(2), unlink, rmdir, chmod
     expect(
         &cg,
@@ -140,9 +149,20 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         ),
         "ok\nEPERM\nEPERM\nEPERM\nEPERM\nEPERM\nEPERM",
     );
-    assert_eq!(std::fs::read_to_string(format!("{dir}/tree/f")).ok().as_deref(), Some("t\n"));
-    assert!(!std::path::Path::new(&format!("{dir}/tree/new")).exists(), "nothing created");
-    assert!(std::path::Path::new(&format!("{dir}/tree/d")).is_dir(), "not removed");
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/tree/f"))
+            .ok()
+            .as_deref(),
+        Some("t\n")
+    );
+    assert!(
+        !std::path::Path::new(&format!("{dir}/tree/new")).exists(),
+        "nothing created"
+    );
+    assert!(
+        std::path::Path::new(&format!("{dir}/tree/d")).is_dir(),
+        "not removed"
+    );
     // exec: the binary run, and mapped executable by the dynamic loader (read is allowed)
     expect(
         &cg,
@@ -172,11 +192,17 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         assert_eq!(x["file"]["match"], "resolved", "{e}");
         assert_eq!(e["container"]["cgroup_id"], cg.id, "{e}");
     }
-    let secret: Vec<&serde_json::Value> =
-        v.iter().filter(|e| e["violation"]["rule"] == "secret").collect();
+    let secret: Vec<&serde_json::Value> = v
+        .iter()
+        .filter(|e| e["violation"]["rule"] == "secret")
+        .collect();
     for e in &secret {
         // the symlink and `../` resolved to the file
-        assert_eq!(e["violation"]["file"]["path"], format!("{dir}/secret"), "{e}");
+        assert_eq!(
+            e["violation"]["file"]["path"],
+            format!("{dir}/secret"),
+            "{e}"
+        );
         assert_eq!(e["violation"]["file"]["access"], "read", "{e}");
     }
     let mut tree: Vec<&str> = v
@@ -185,7 +211,11 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         .filter_map(|e| e["violation"]["file"]["access"].as_str())
         .collect();
     tree.sort_unstable();
-    assert_eq!(tree, ["chmod", "unlink", "unlink", "write", "write", "write"], "{v:?}");
+    assert_eq!(
+        tree,
+        ["chmod", "unlink", "unlink", "write", "write", "write"],
+        "{v:?}"
+    );
     let bin: Vec<&str> = v
         .iter()
         .filter(|e| e["violation"]["rule"] == "bin")
@@ -200,8 +230,11 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
 
     // `policy check` on this host says the same
     let f = scratch.path().join("check.yaml");
-    std::fs::write(&f, std::fs::read_to_string(s.policy_file()).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &f,
+        std::fs::read_to_string(s.policy_file()).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(palisade_bin())
         .args(["policy", "check"])
         .arg(&f)
@@ -234,8 +267,18 @@ fn kill_kills_and_audit_mode_refuses_nothing() {
     let deny = format!("    deny: [{{name: k, paths: [\"{dir}/k\"], access: [read, write]}}]\n");
     let s = Setup::new(&format!(
         "{}---\n{}",
-        doc("files-kill", &killer, "enforce", &format!("  files:\n    action: kill\n{deny}")),
-        doc("files-audit", &watched, "audit", &format!("  files:\n    action: errno\n{deny}")),
+        doc(
+            "files-kill",
+            &killer,
+            "enforce",
+            &format!("  files:\n    action: kill\n{deny}")
+        ),
+        doc(
+            "files-audit",
+            &watched,
+            "audit",
+            &format!("  files:\n    action: errno\n{deny}")
+        ),
     ));
     let agent = s.agent("  rate_limit_burst: 100\n");
     wait_applied(&agent, "files-kill", killer.id, &["files_lsm"]);
@@ -245,7 +288,11 @@ fn kill_kills_and_audit_mode_refuses_nothing() {
     expect(&killer, &format!("cat {dir}/k; echo $?"), "137");
     wait_count(&agent, "files-kill", "k", "kill", &killer, 2.0);
     // audit mode: read three times, reported as would-block each time
-    expect(&watched, &format!("cat {dir}/k {dir}/k; cat {dir}/k"), "k\nk\nk");
+    expect(
+        &watched,
+        &format!("cat {dir}/k {dir}/k; cat {dir}/k"),
+        "k\nk\nk",
+    );
     wait_count(&agent, "files-audit", "k", "would_block", &watched, 3.0);
     assert_eq!(count(&agent, "files-audit", "k", "errno", &watched), 0.0);
     let v = violations(&agent, watched.id, 3);

@@ -62,19 +62,24 @@ mod tests {
     #[test]
     fn the_tier_is_lsm_only_where_the_file_hooks_can_attach() {
         assert_eq!(tier(&support(Ok(()))), FileTier::Lsm);
-        let refused = tier(&support(Err(LsmUnavailable::Refused("verifier: too big".into()))));
+        let refused = tier(&support(Err(LsmUnavailable::Refused(
+            "verifier: too big".into(),
+        ))));
         assert_eq!(
             refused,
             FileTier::Audit {
                 why: "the kernel refused the BPF-LSM file hooks: verifier: too big".into()
             }
         );
-        let FileTier::Audit { why } =
-            tier(&support(Err(LsmUnavailable::Inactive("capability,apparmor".into()))))
-        else {
+        let FileTier::Audit { why } = tier(&support(Err(LsmUnavailable::Inactive(
+            "capability,apparmor".into(),
+        )))) else {
             panic!("no BPF-LSM is the audit tier");
         };
-        assert!(why.starts_with("no BPF-LSM on this host: `bpf` is not among"), "{why}");
+        assert!(
+            why.starts_with("no BPF-LSM on this host: `bpf` is not among"),
+            "{why}"
+        );
         assert_eq!(tier_status(&FileTier::Lsm).0, "lsm");
     }
 }

@@ -49,7 +49,8 @@ pub struct FileScratch {
 }
 
 #[map(name = "POLICY_FILE_SCRATCH")]
-pub(crate) static POLICY_FILE_SCRATCH: PerCpuArray<FileScratch> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static POLICY_FILE_SCRATCH: PerCpuArray<FileScratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 const MASK: u32 = POLICY_PATH_MAX as u32 - 1;
 

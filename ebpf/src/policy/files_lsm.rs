@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use palisade_common::policy::{
-    KernelMemory as _, abi_id, access, action, cgroup_flags, exec_flags, mode, open_access,
-    taken, unresolved, what,
+    KernelMemory as _, abi_id, access, action, cgroup_flags, exec_flags, mode, open_access, taken,
+    unresolved, what,
 };
 
 use crate::{

@@ -253,9 +253,12 @@ impl Engine {
             out.push("this host: no kernel BTF for `thread_info.status`, so i386 (`int 0x80`) calls cannot be told from x86_64 ones: they are checked as the x86_64 call of the same number, and `syscalls.abi` holds for x32 only".into());
         }
         out.extend(
-            palisade_policy::check::file_notes(&self.all_policies(), &crate::policy::files::tier(&self.lsm))
-                .iter()
-                .map(ToString::to_string),
+            palisade_policy::check::file_notes(
+                &self.all_policies(),
+                &crate::policy::files::tier(&self.lsm),
+            )
+            .iter()
+            .map(ToString::to_string),
         );
         if egress && self.host.socket_offset.is_none() {
             out.push("this host: no `syscalls:sys_enter_socket` tracepoint (tracefs): packet sockets cannot be refused (see `unenforced`)".into());
