@@ -368,15 +368,26 @@ impl Kernel {
                     }
                 }
             }
-            let link = self.attach_one(prog)?;
-            let pinned = link.pin(&pin).map_err(|source| BpfError::Attach {
-                program: prog,
-                source: AttachError::Pin {
-                    path: pin.clone(),
-                    source,
-                },
-            })?;
-            out.push(pinned);
+            let pinned = self.attach_one(prog).and_then(|link| {
+                link.pin(&pin).map_err(|source| BpfError::Attach {
+                    program: prog,
+                    source: AttachError::Pin {
+                        path: pin.clone(),
+                        source,
+                    },
+                })
+            });
+            match pinned {
+                Ok(l) => out.push(l),
+                Err(e) => {
+                    // all or nothing: a group half attached would enforce what its tier
+                    // says it does not (the file hooks' fallback is the audit program)
+                    for l in out {
+                        let _ = l.unpin();
+                    }
+                    return Err(e);
+                }
+            }
         }
         if h == Hook::Exec {
             // a previous agent may have matched execs the other way: one exec program only,
