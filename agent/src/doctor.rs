@@ -88,12 +88,12 @@ pub fn tier(report: &Report) -> (&'static str, &'static str) {
     if report.get("bpf_lsm").is_some_and(|f| f.available) {
         (
             "bpf_lsm",
-            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec, syscall rules with `action: errno` refused by the kernel for the calls with an LSM hook (unshare, mount, ptrace, bpf, socket, ...), other calls killed after the call (seccomp refuses them at launch)",
+            "BPF-LSM: exec rules with `action: errno` are refused with EPERM at exec, syscall rules with `action: errno` refused by the kernel for the calls with an LSM hook (unshare, mount, ptrace, bpf, socket, ...), other calls killed after the call (seccomp refuses them at launch); file rules refused at file_open, path_unlink, path_chmod, mmap_file, ... on the resolved path",
         )
     } else {
         (
             "tracepoints",
-            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs, syscall rules kill after the call (seccomp refuses them at launch)",
+            "no BPF-LSM: exec rules with `action: errno` kill before the new image runs, syscall rules kill after the call (seccomp refuses them at launch), file rules are reported only (the path as given, best effort)",
         )
     }
 }

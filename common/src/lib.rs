@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(size_of::<ArgAlt>(), 8 + 24 * MAX_ARG_CONDS);
         assert_eq!(size_of::<ArgRule>(), 8 + size_of::<ArgAlt>() * MAX_ARG_ALTS);
         assert_eq!(size_of::<ArgKey>(), 8);
-        assert_eq!(size_of::<ExecOffsets>(), 8 + 4 * 24);
+        assert_eq!(size_of::<ExecOffsets>(), 8 + 4 * 26);
         assert_eq!(size_of::<ExecPaths>(), 40 + 3 * POLICY_PATH_MAX);
         assert_eq!(
             size_of::<PolicyEvent>(),

@@ -236,6 +236,17 @@ pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
 pub const PROG_POLICY_PACKET: &str = "policy_packet";
 /// Raw tracepoint on `sys_enter`: file rules on the path given (no BPF-LSM), reported only.
 pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
+/// BPF-LSM programs refusing file rules on the resolved path (hosts with BPF-LSM active):
+/// (program, hook).
+pub const PROG_POLICY_FILES_LSM: [(&str, &str); 7] = [
+    ("policy_files_open", "file_open"),
+    ("policy_files_mknod", "path_mknod"),
+    ("policy_files_truncate", "path_truncate"),
+    ("policy_files_unlink", "path_unlink"),
+    ("policy_files_rmdir", "path_rmdir"),
+    ("policy_files_chmod", "path_chmod"),
+    ("policy_files_mmap", "mmap_file"),
+];
 
 /// Globals of the policy object.
 pub const GLOBAL_POLICY_NR_OFFSET: &str = "POLICY_NR_OFFSET";

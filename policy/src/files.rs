@@ -12,8 +12,8 @@ use crate::model::{Diagnostic, Mode};
 /// How file rules are put in place on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileTier {
-    /// BPF-LSM hooks on the resolved path: `file_open`, `path_unlink`, `path_rmdir`,
-    /// `path_chmod`, `inode_setattr`, `mmap_file`.
+    /// BPF-LSM hooks on the resolved path: `file_open`, `path_mknod`, `path_truncate`,
+    /// `path_unlink`, `path_rmdir`, `path_chmod`, `mmap_file`.
     Lsm,
     /// Syscall tracepoints on the path as given: reported only.
     Audit {
@@ -39,10 +39,10 @@ fn audit_calls(a: FileAccess) -> Option<&'static str> {
 fn lsm_hooks(a: FileAccess) -> &'static str {
     match a {
         FileAccess::Read => "file_open",
-        FileAccess::Write => "file_open, inode_setattr (truncate)",
+        FileAccess::Write => "file_open, path_mknod (create), path_truncate",
         FileAccess::Unlink => "path_unlink, path_rmdir",
         FileAccess::Chmod => "path_chmod",
-        FileAccess::Exec => "mmap_file",
+        FileAccess::Exec => "file_open (execve), mmap_file (PROT_EXEC)",
     }
 }
 
@@ -131,7 +131,7 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
                 .collect();
             if !exec.is_empty() {
                 note(format!(
-                    "`exec` access (rules {}) is seen only with BPF-LSM (mmap_file): on this host it is neither refused nor reported",
+                    "`exec` access (rules {}) is seen only with BPF-LSM (file_open, mmap_file): on this host it is neither refused nor reported",
                     exec.iter()
                         .map(|r| format!("`{r}`"))
                         .collect::<Vec<_>>()

@@ -183,7 +183,7 @@ fn each_rule_says_what_happens_per_tier() {
     let lsm = files::describe_rule(f, &f.deny[0], Mode::Enforce, &FileTier::Lsm);
     assert_eq!(
         lsm,
-        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, inode_setattr (truncate) (resolved path)"
+        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_truncate (resolved path)"
     );
     let audit = FileTier::Audit {
         why: "no BPF-LSM".into(),

@@ -112,6 +112,7 @@ const POLICY_HOOKS: &[&str] = &[
     "packet_socket",
     "ingress",
     "files",
+    "files_lsm",
 ];
 /// `reason` of `palisade_policy_unenforced`: a full table, a hook group that does not attach,
 /// the object not loading, or file rules that should refuse reported only.

@@ -229,3 +229,29 @@ pub fn ended(status: std::process::ExitStatus) -> String {
         _ => "unknown".into(),
     }
 }
+
+/// Whether this host must refuse in the kernel (BPF-LSM), checked against what it has: BPF-LSM
+/// is required unless `PALISADE_HOST_LSM=none` says this host has none (`cargo xtask test`
+/// sets it where /sys/kernel/security/lsm has no `bpf`; the VM run does not). A mismatch either
+/// way panics; the answer and the probe are printed.
+pub fn host_has_lsm() -> bool {
+    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let has = lsms.split(',').any(|l| l.trim() == "bpf");
+    let said_none = std::env::var("PALISADE_HOST_LSM").is_ok_and(|v| v == "none");
+    match (has, said_none) {
+        (true, true) => panic!(
+            "PALISADE_HOST_LSM=none but this host has BPF-LSM (active LSMs: {})",
+            lsms.trim()
+        ),
+        (false, false) => panic!(
+            "this host has no BPF-LSM (active LSMs: {:?}): these tests need `lsm=...,bpf` (cargo xtask vm-test), or PALISADE_HOST_LSM=none to check the fallback here",
+            lsms.trim()
+        ),
+        _ => {}
+    }
+    println!(
+        "BPF-LSM on this host: {has} (active LSMs: {:?})",
+        lsms.trim()
+    );
+    has
+}

@@ -31,14 +31,14 @@ pub fn check(files: &[PathBuf]) -> u8 {
         }
         Ok(set) => {
             let mut warnings = palisade_policy::check::warnings(&set);
-            let files_tier = crate::policy::files::tier();
+            let lsm = LsmSupport::probe(Path::new(DEFAULT_BTF));
+            let files_tier = crate::policy::files::tier(&lsm);
             warnings.extend(palisade_policy::check::file_notes(&set, &files_tier));
             let has_exec = set.policies.iter().any(|p| p.exec.is_some());
             let exec = has_exec.then(|| ExecMatch::probe(Path::new(DEFAULT_BTF)));
             if has_exec {
                 warnings.extend(exec_match::host_notes(&set, Path::new("/")));
             }
-            let lsm = LsmSupport::probe(Path::new(DEFAULT_BTF));
             warnings.extend(lsm::host_notes(&set, &lsm));
             for d in &warnings {
                 eprintln!("{}: warning: {}", d.loc, d.message);

@@ -44,12 +44,13 @@ pub struct ExecDetail {
 /// The file of a `file` violation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
-    /// The path as the rules saw it: as given to the call (`match: path_given`: relative paths
-    /// and symlinks not resolved).
+    /// The path as the rules saw it: resolved by the kernel to the process's root (`match:
+    /// resolved`, BPF-LSM), or as given to the call (`match: path_given`: relative paths and
+    /// symlinks not resolved).
     pub path: String,
     /// `read`, `write`, `unlink`, `chmod` or `exec`.
     pub access: String,
-    /// `path_given` (the audit tier, without BPF-LSM).
+    /// `resolved` (the BPF-LSM tier) or `path_given` (the audit tier, without BPF-LSM).
     #[serde(rename = "match")]
     pub matched: String,
 }

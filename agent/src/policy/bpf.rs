@@ -183,6 +183,9 @@ pub struct Kernel {
     pub(super) lsm: Array<MapData, u32>,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
+    /// Whether the object was loaded with the kernel's struct offsets (the path walks of the
+    /// exec and file LSM programs need them).
+    offsets_loaded: bool,
 }
 
 /// The expected value size of each pinned map (a pinned map of another layout is refused).
@@ -330,6 +333,7 @@ impl Kernel {
             ebpf,
             opts,
             links: BTreeMap::new(),
+            offsets_loaded: exec_offsets != ExecOffsets::ZERO,
             adopted,
         };
         // whatever an earlier agent's programs cached is looked up again
@@ -352,6 +356,12 @@ impl Kernel {
     /// Whether exec rules are attached (or will be) on the file executed.
     pub fn exec_on_file(&self) -> bool {
         self.opts.exec_offsets.is_some()
+    }
+
+    /// Whether the programs know the kernel's struct offsets (BTF), which the BPF-LSM file
+    /// hooks need to walk a file's path.
+    pub fn has_exec_offsets(&self) -> bool {
+        self.offsets_loaded
     }
 
     /// Exec rules on the path given from now on (the kernel refused the other program).

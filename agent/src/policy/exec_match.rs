@@ -76,6 +76,8 @@ fn offsets(btf: &Btf) -> Result<ExecOffsets, BtfError> {
         task_works: g("task_struct", "task_works")?,
         work_next: g("callback_head", "next")?,
         work_func: g("callback_head", "func")?,
+        file_mode: g("file", "f_mode")?,
+        file_flags: g("file", "f_flags")?,
     })
 }
 

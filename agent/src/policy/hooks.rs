@@ -40,10 +40,13 @@ pub enum Hook {
     Ingress,
     /// `sys_enter` raw tracepoint reading file paths (file rules without BPF-LSM).
     Files,
+    /// BPF-LSM file hooks (`file_open`, `path_unlink`, ...): file rules refused on the resolved
+    /// path (hosts with BPF-LSM; instead of [`Hook::Files`]).
+    FilesLsm,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 10] = [
+    pub const ALL: [Hook; 11] = [
         Hook::Syscalls,
         Hook::SyscallsLsm,
         Hook::Seccomp,
@@ -54,6 +57,7 @@ impl Hook {
         Hook::PacketSocket,
         Hook::Ingress,
         Hook::Files,
+        Hook::FilesLsm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Hook {
             Hook::PacketSocket => "packet_socket",
             Hook::Ingress => "ingress",
             Hook::Files => "files",
+            Hook::FilesLsm => "files_lsm",
         }
     }
 
@@ -83,7 +88,7 @@ impl Hook {
                 &[Hook::Egress, Hook::SocketCreate, Hook::PacketSocket],
             ),
             (cgroup_flags::INGRESS, &[Hook::Ingress]),
-            (cgroup_flags::FILES_AUDIT, &[Hook::Files]),
+            (cgroup_flags::FILES, &[Hook::Files]),
         ] {
             if flags & bit != 0 {
                 out.extend_from_slice(hooks);
@@ -100,7 +105,7 @@ impl Hook {
             Hook::Exec | Hook::ExecLsm => cgroup_flags::EXEC,
             Hook::Egress | Hook::SocketCreate | Hook::PacketSocket => cgroup_flags::EGRESS,
             Hook::Ingress => cgroup_flags::INGRESS,
-            Hook::Files => cgroup_flags::FILES_AUDIT,
+            Hook::Files | Hook::FilesLsm => cgroup_flags::FILES,
         }
     }
 
@@ -128,9 +133,21 @@ impl Hook {
                 names::PROG_POLICY_INGRESS,
             ],
             Hook::Files => &[names::PROG_POLICY_FILES_AUDIT],
+            Hook::FilesLsm => &FILES_LSM_PROGRAMS,
         }
     }
 }
+
+/// The programs of [`Hook::FilesLsm`].
+const FILES_LSM_PROGRAMS: [&str; 7] = {
+    let mut out = [""; 7];
+    let mut i = 0;
+    while i < 7 {
+        out[i] = names::PROG_POLICY_FILES_LSM[i].0;
+        i += 1;
+    }
+    out
+};
 
 /// The program on LSM hook `hook` (the syscall hooks).
 fn lsm_program(hook: &str) -> Option<&'static str> {
@@ -158,6 +175,7 @@ fn lsm_hook(prog: &str) -> Option<&'static str> {
         names::PROG_POLICY_LSM_TASK_PRCTL => Some("task_prctl"),
         _ => names::PROG_POLICY_SYSCALL_LSM
             .iter()
+            .chain(names::PROG_POLICY_FILES_LSM.iter())
             .find(|(p, _)| *p == prog)
             .map(|(_, h)| *h),
     }
@@ -350,15 +368,26 @@ impl Kernel {
                     }
                 }
             }
-            let link = self.attach_one(prog)?;
-            let pinned = link.pin(&pin).map_err(|source| BpfError::Attach {
-                program: prog,
-                source: AttachError::Pin {
-                    path: pin.clone(),
-                    source,
-                },
-            })?;
-            out.push(pinned);
+            let pinned = self.attach_one(prog).and_then(|link| {
+                link.pin(&pin).map_err(|source| BpfError::Attach {
+                    program: prog,
+                    source: AttachError::Pin {
+                        path: pin.clone(),
+                        source,
+                    },
+                })
+            });
+            match pinned {
+                Ok(l) => out.push(l),
+                Err(e) => {
+                    // all or nothing: a group half attached would enforce what its tier
+                    // says it does not (the file hooks' fallback is the audit program)
+                    for l in out {
+                        let _ = l.unpin();
+                    }
+                    return Err(e);
+                }
+            }
         }
         if h == Hook::Exec {
             // a previous agent may have matched execs the other way: one exec program only,

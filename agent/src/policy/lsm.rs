@@ -47,6 +47,8 @@ pub struct LsmSupport {
     pub state: Result<(), LsmUnavailable>,
     /// The host, and the syscall hooks once attached.
     pub syscalls: Result<(), LsmUnavailable>,
+    /// The host, and the file hooks once attached (file rules refused on the resolved path).
+    pub files: Result<(), LsmUnavailable>,
 }
 
 impl LsmSupport {
@@ -60,6 +62,7 @@ impl LsmSupport {
         Self {
             state: Self::host(lsm_file, btf),
             syscalls: Self::host(lsm_file, btf),
+            files: Self::host(lsm_file, btf),
         }
     }
 
@@ -101,10 +104,15 @@ impl LsmSupport {
         self.syscalls.is_ok()
     }
 
+    /// File rules are refused at the BPF-LSM file hooks (`files::tier`).
+    pub fn files_active(&self) -> bool {
+        self.files.is_ok()
+    }
+
     /// One sentence for people.
     pub fn describe(&self) -> String {
         match &self.state {
-            Ok(()) => "BPF-LSM active: exec rules with `action: errno` refuse the exec with EPERM before it runs; syscall rules with `action: errno` refuse the calls that have an LSM hook (see the README's table)".into(),
+            Ok(()) => "BPF-LSM active: exec rules with `action: errno` refuse the exec with EPERM before it runs; syscall rules with `action: errno` refuse the calls that have an LSM hook (see the README's table); file rules are refused at file_open, path_unlink, path_chmod, ... on the resolved path".into(),
             Err(e) => format!(
                 "no BPF-LSM ({e}): exec rules with `action: errno` kill the process before the new image runs instead of refusing the exec"
             ),
@@ -118,6 +126,8 @@ impl LsmSupport {
             "reason": self.state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
             "syscalls_active": self.syscalls_active(),
             "syscalls_reason": self.syscalls.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            "files_active": self.files_active(),
+            "files_reason": self.files.as_ref().err().map(ToString::to_string).unwrap_or_default(),
             "describe": self.describe(),
         })
     }

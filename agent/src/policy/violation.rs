@@ -173,13 +173,22 @@ pub fn exec(ev: &PolicyEvent) -> Option<(String, ExecDetail)> {
     ))
 }
 
-/// The file of a `file` record: the path given to the call (in `exec.given`) and the access
-/// (in `errno`).
+/// The file of a `file` record: the path matched (in `exec.given`: the path resolved by a
+/// BPF-LSM file hook with [`exec_flags::RESOLVED`], else the path given to the call) and the
+/// access (in `errno`).
 pub fn file(ev: &PolicyEvent) -> Option<crate::events::FileRef> {
-    (ev.what == what::FILE).then(|| crate::events::FileRef {
-        path: text(&ev.exec.given, ev.exec.given_len),
-        access: palisade_common::policy::access::name(ev.errno).to_owned(),
-        matched: "path_given".to_owned(),
+    (ev.what == what::FILE).then(|| {
+        let resolved = ev.exec.flags & exec_flags::RESOLVED != 0;
+        let path = text(&ev.exec.given, ev.exec.given_len);
+        crate::events::FileRef {
+            path: if resolved {
+                shown(path, ev.exec.path_unresolved)
+            } else {
+                path
+            },
+            access: palisade_common::policy::access::name(ev.errno).to_owned(),
+            matched: if resolved { "resolved" } else { "path_given" }.to_owned(),
+        }
     })
 }
 

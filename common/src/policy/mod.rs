@@ -57,8 +57,9 @@ pub mod cgroup_flags {
     /// A workload started by `palisade run` whose seccomp filter enforces the slot's `errno`
     /// and `kill` syscall rules: `sys_exit` reports the calls the filter refused.
     pub const SECCOMP: u32 = 16;
-    /// File rules, reported at `sys_enter` from the path as given (no BPF-LSM).
-    pub const FILES_AUDIT: u32 = 64;
+    /// File rules: refused at the BPF-LSM file hooks (resolved path) where they are attached,
+    /// else reported at `sys_enter` from the path as given.
+    pub const FILES: u32 = 64;
 }
 
 /// Value of `POLICY_RESOLVED` (LRU: cgroup id → the entry that applies to it: its own or its

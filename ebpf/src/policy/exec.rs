@@ -212,6 +212,22 @@ pub(crate) fn resolve(sc: *mut Scratch, file: u64, root_mnt: u64, root_dentry: u
     repeat(WALK_MAX, walk_step);
 }
 
+/// The path of the `struct path` at `path` (or of `child`, a dentry in that directory, when not
+/// 0), walked to the root in the scratch's `asm`.
+#[inline(always)]
+pub(crate) fn resolve_path(
+    sc: *mut Scratch,
+    path: u64,
+    child: u64,
+    root_mnt: u64,
+    root_dentry: u64,
+) {
+    // SAFETY: this CPU's scratch value.
+    let (a, o) = unsafe { (&mut (*sc).asm, &(*sc).o) };
+    a.start_path(&Kmem, o, path, child, root_mnt, root_dentry);
+    repeat(WALK_MAX, walk_step);
+}
+
 /// The file of the outermost script of this exec, if found.
 #[inline(always)]
 fn script_file(sc: *mut Scratch, task: u64) -> Option<u64> {

@@ -38,7 +38,7 @@ static POLICY_FILES: HashMap<ExecKey, FileEntry> = HashMap::with_max_entries(819
 /// (a plain 255-byte loop took seconds to verify here, minutes under emulation).
 #[repr(C)]
 pub struct FileScratch {
-    paths: ExecPaths,
+    pub(crate) paths: ExecPaths,
     hasher: FileHasher,
     found: FileMatch,
     slot: u32,
@@ -49,7 +49,8 @@ pub struct FileScratch {
 }
 
 #[map(name = "POLICY_FILE_SCRATCH")]
-static POLICY_FILE_SCRATCH: PerCpuArray<FileScratch> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static POLICY_FILE_SCRATCH: PerCpuArray<FileScratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 const MASK: u32 = POLICY_PATH_MAX as u32 - 1;
 
@@ -88,6 +89,40 @@ extern "C" fn byte_step(_index: u32, _ctx: *mut c_void) -> i64 {
     0
 }
 
+/// The first rule in file order refusing one of `want` (access bits) to the path in this
+/// CPU's scratch (`paths.given`, `paths.given_len` bytes) under `slot`'s patterns: one lookup
+/// per ancestor directory and one of the whole path, a byte per `bpf_loop` step. Shared by the
+/// audit program (the path as given) and the BPF-LSM programs (the resolved path).
+#[inline(always)]
+pub(crate) fn matched(sc: *mut FileScratch, slot: u32, want: u32) -> FileMatch {
+    {
+        // SAFETY: this CPU's scratch value, used by the calling program only (and the loop
+        // it calls), start to end.
+        let x = unsafe { &mut *sc };
+        x.hasher = FileHasher::NEW;
+        x.found = FileMatch::default();
+        x.slot = slot;
+        x.want = want;
+        x.i = 0;
+        x.len = x.paths.given_len & MASK;
+    }
+    // SAFETY: `byte_step` is a static function of this program; no context pointer.
+    unsafe {
+        generated::bpf_loop(
+            POLICY_PATH_MAX as u32,
+            byte_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    // SAFETY: this CPU's scratch value, after the loop.
+    let x = unsafe { &mut *sc };
+    let (slot, hasher) = (x.slot, x.hasher);
+    let found = &mut x.found;
+    hasher.finish(&mut |k, h| look(slot, k, h, want, found));
+    *found
+}
+
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn policy_files_audit(ctx: RawTracePointContext) -> i32 {
     match try_audit(&ctx) {
@@ -113,7 +148,7 @@ fn try_audit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let Some(p) = policy_current(cgroup_id) else {
         return Ok(0);
     };
-    if p.flags & cgroup_flags::FILES_AUDIT == 0 {
+    if p.flags & cgroup_flags::FILES == 0 {
         return Ok(0);
     }
     // sys_enter(struct pt_regs *regs, long id)
@@ -158,28 +193,8 @@ fn try_audit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         y.path_len = 0;
         y.interp_len = 0;
         y.given_len = len;
-        x.hasher = FileHasher::NEW;
-        x.found = FileMatch::default();
-        x.slot = p.slot;
-        x.want = want;
-        x.i = 0;
-        x.len = len & MASK;
     }
-    // SAFETY: `byte_step` is a static function of this program; no context pointer.
-    unsafe {
-        generated::bpf_loop(
-            POLICY_PATH_MAX as u32,
-            byte_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-    }
-    // SAFETY: this CPU's scratch value, after the loop.
-    let x = unsafe { &mut *sc };
-    let (slot, hasher) = (x.slot, x.hasher);
-    let found = &mut x.found;
-    hasher.finish(&mut |k, h| look(slot, k, h, want, found));
-    let m = *found;
+    let m = matched(sc, p.slot, want);
     if m.rule == 0 {
         return Ok(0);
     }

@@ -37,17 +37,17 @@ use crate::{
     syscalls::{POLICY_ARGS, POLICY_SYSCALLS, verdict},
 };
 
-const EPERM: i32 = 1;
+pub(crate) const EPERM: i32 = 1;
 
 const ENOSYS: i32 = 38;
 /// The largest errno a hook may return.
 const MAX_ERRNO: u32 = 4095;
 /// `struct pt_regs` (x86_64): `orig_ax` (the call number) and `cs`.
-const REGS_ORIG_AX: u64 = 15 * 8;
-const REGS_CS: u64 = 17 * 8;
+pub(crate) const REGS_ORIG_AX: u64 = 15 * 8;
+pub(crate) const REGS_CS: u64 = 17 * 8;
 /// `__USER_CS`: a 64-bit call (i386 calls come with `__USER32_CS`; x32 numbers are above
 /// `MAX_SYSCALLS`).
-const USER_CS: u64 = 0x33;
+pub(crate) const USER_CS: u64 = 0x33;
 
 /// The errno to refuse the current call with (0: let it through), reported once. `capable`:
 /// the hook is the CAP_SYS_ADMIN check of `unshare`/`setns`, whose callers see EPERM.
@@ -133,7 +133,7 @@ fn refuse_call(capable: bool) -> i32 {
 /// compiler cannot see through (so it cannot fold the two steps back into a negation; the
 /// verifier keeps a spilled scalar's bounds), less 4096. 0 (not an errno) becomes EPERM.
 #[inline(always)]
-fn neg_errno(errno: u32) -> i32 {
+pub(crate) fn neg_errno(errno: u32) -> i32 {
     let e = (errno & MAX_ERRNO) as i32;
     if e == 0 {
         return -EPERM;

@@ -7,6 +7,7 @@
 
 mod exec;
 mod files;
+mod files_lsm;
 mod lsm;
 mod net;
 mod report;

@@ -219,7 +219,7 @@ pub fn compile(
     let mut left = Vec::new();
     t.files = files::compile(policies, id, &mut left);
     if policies.iter().any(|(p, _)| p.files.is_some()) {
-        t.flags |= cgroup_flags::FILES_AUDIT;
+        t.flags |= cgroup_flags::FILES;
     }
     for (policy, detail) in left {
         t.left_out(&policy, Shortfall::RulesFull, detail);

@@ -43,7 +43,7 @@ impl Engine {
             cgroup_flags::EXEC => p.exec.is_some(),
             cgroup_flags::EGRESS => p.network.egress.is_some(),
             cgroup_flags::INGRESS => p.network.ingress.is_some(),
-            cgroup_flags::FILES_AUDIT => p.files.is_some(),
+            cgroup_flags::FILES => p.files.is_some(),
             _ => false,
         }
     }
@@ -51,7 +51,7 @@ impl Engine {
     /// Writes `desired` into the loaded object; records what could not be written in `short`.
     pub(super) fn apply(
         &mut self,
-        desired: HashMap<u64, Desired>,
+        desired: &HashMap<u64, Desired>,
         short: &mut Shortfalls,
     ) -> Result<(), PolicyError> {
         // the exec LSM program only while some policy in the plan has `errno` exec rules
@@ -215,7 +215,28 @@ impl Engine {
         if exec_errno && self.lsm.active() && k.exec_on_file() {
             want.push(Hook::ExecLsm);
         }
+        // file rules: the BPF-LSM file hooks instead of the audit program, where they can be
+        // (they walk the path with the exec offsets, from the kernel's BTF)
+        let files_lsm = self.lsm.files_active() && k.has_exec_offsets();
+        if !files_lsm && self.lsm.files_active() {
+            self.lsm.files = Err(LsmUnavailable::Refused(
+                "no kernel BTF offsets for the path walk".into(),
+            ));
+        }
+        if files_lsm && let Some(i) = want.iter().position(|h| *h == Hook::Files) {
+            want[i] = Hook::FilesLsm;
+        }
         let mut failed_hooks = k.want(&want);
+        if let Some(i) = failed_hooks.iter().position(|(h, _)| *h == Hook::FilesLsm) {
+            // the kernel refused a file hook: back to the audit tier, said as unenforced
+            let (_, e) = failed_hooks.swap_remove(i);
+            tracing::warn!(error = %e, "file rules: the BPF-LSM file hooks are not attached; file rules are reported only (the path as given), and policies whose file rules should refuse are counted as unenforced");
+            self.lsm.files = Err(LsmUnavailable::Refused(e.to_string()));
+            for h in want.iter_mut().filter(|h| **h == Hook::FilesLsm) {
+                *h = Hook::Files;
+            }
+            failed_hooks.extend(k.want(&want));
+        }
         if let Some(i) = failed_hooks
             .iter()
             .position(|(h, _)| *h == Hook::Exec && k.exec_on_file())
@@ -266,7 +287,7 @@ impl Engine {
         }
         for (h, e) in &failed_hooks {
             tracing::warn!(hook = h.as_str(), error = %e, "policy hook not attached; its rules are not enforced (see `palisade doctor`)");
-            for (cg, d) in &desired {
+            for (cg, d) in desired {
                 if !Hook::needed(d.flags).contains(h) {
                     continue;
                 }

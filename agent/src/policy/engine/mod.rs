@@ -171,6 +171,7 @@ impl Engine {
             lsm: LsmSupport {
                 state: Err(LsmUnavailable::Inactive("not probed".into())),
                 syscalls: Err(LsmUnavailable::Inactive("not probed".into())),
+                files: Err(LsmUnavailable::Inactive("not probed".into())),
             },
             lsm_btf: PathBuf::new(),
             hub,
@@ -435,7 +436,6 @@ impl Engine {
         }
         let (desired, applied, mut short) = self.plan();
         self.applied = applied;
-        self.files_shortfalls(&desired, &mut short);
         if let Err(e) = self.ensure_kernel() {
             for (id, d) in &desired {
                 for (name, _) in &d.policies {
@@ -445,8 +445,10 @@ impl Engine {
             self.unenforced.update(short, &self.targets, &self.hub);
             return Err(e);
         }
+        let r = self.apply(&desired, &mut short);
+        // after the hooks: the file tier is known once the LSM file hooks attached (or not)
+        self.files_shortfalls(&desired, &mut short);
         self.warn_files();
-        let r = self.apply(desired, &mut short);
         self.unenforced.update(short, &self.targets, &self.hub);
         r?;
         self.apply_resources();

@@ -254,9 +254,12 @@ impl Engine {
             out.push("this host: no kernel BTF for `thread_info.status`, so i386 (`int 0x80`) calls cannot be told from x86_64 ones: they are checked as the x86_64 call of the same number, and `syscalls.abi` holds for x32 only".into());
         }
         out.extend(
-            palisade_policy::check::file_notes(&self.all_policies(), &crate::policy::files::tier())
-                .iter()
-                .map(ToString::to_string),
+            palisade_policy::check::file_notes(
+                &self.all_policies(),
+                &crate::policy::files::tier(&self.lsm),
+            )
+            .iter()
+            .map(ToString::to_string),
         );
         if egress && self.host.socket_offset.is_none() {
             out.push("this host: no `syscalls:sys_enter_socket` tracepoint (tracefs): packet sockets cannot be refused (see `unenforced`)".into());
@@ -352,7 +355,7 @@ impl Engine {
 
     /// What file rules get on this host, and each rule's fate (`policy status`).
     fn files_status(&self) -> serde_json::Value {
-        let tier = crate::policy::files::tier();
+        let tier = crate::policy::files::tier(&self.lsm);
         let (name, reason) = crate::policy::files::tier_status(&tier);
         serde_json::json!({
             "tier": name,
@@ -369,7 +372,7 @@ impl Engine {
         short: &mut super::unenforced::Shortfalls,
     ) {
         use palisade_policy::files::{FileAction, FileTier};
-        let FileTier::Audit { why } = crate::policy::files::tier() else {
+        let FileTier::Audit { why } = crate::policy::files::tier(&self.lsm) else {
             return;
         };
         for (cg, d) in desired {
@@ -400,7 +403,7 @@ impl Engine {
 
     /// Says once, at load, where file rules are weaker than written here.
     pub(super) fn warn_files(&mut self) {
-        let tier = crate::policy::files::tier();
+        let tier = crate::policy::files::tier(&self.lsm);
         let set = self.all_policies();
         for d in palisade_policy::check::file_notes(&set, &tier) {
             let line = d.to_string();

@@ -32,6 +32,8 @@ const O: ExecOffsets = ExecOffsets {
     task_works: 64,
     work_next: 0,
     work_func: 8,
+    file_mode: 0,
+    file_flags: 0,
 };
 
 #[derive(Default)]

@@ -40,6 +40,9 @@ pub struct ExecOffsets {
     pub task_works: u32,
     pub work_next: u32,
     pub work_func: u32,
+    /// `file.f_mode` and `file.f_flags` (the file rules' `file_open` hook).
+    pub file_mode: u32,
+    pub file_flags: u32,
 }
 
 impl ExecOffsets {
@@ -69,6 +72,8 @@ impl ExecOffsets {
         task_works: 0,
         work_next: 0,
         work_func: 0,
+        file_mode: 0,
+        file_flags: 0,
     };
 }
 
@@ -156,20 +161,36 @@ impl Assembly {
         root_mnt: u64,
         root_dentry: u64,
     ) {
+        let fpath = file.wrapping_add(u64::from(o.file_path));
+        self.start_path(m, o, fpath, 0, root_mnt, root_dentry);
+    }
+
+    /// Starts a walk from the `struct path` at `path`, or when `child` is not 0 from that
+    /// dentry, a child of the path's directory (the name `path_unlink` and `path_mknod` are
+    /// given), to the root (`root_mnt`, `root_dentry`).
+    #[inline(always)]
+    pub fn start_path<M: KernelMemory>(
+        &mut self,
+        m: &M,
+        o: &ExecOffsets,
+        path: u64,
+        child: u64,
+        root_mnt: u64,
+        root_dentry: u64,
+    ) {
         let at = |base: u64, off: u32| base.wrapping_add(u64::from(off));
         self.buf[PATH_END as usize] = 0;
         store(&mut self.start, PATH_END);
         store(&mut self.deleted, 0);
         self.root_mnt = root_mnt;
         self.root_dentry = root_dentry;
-        let fpath = at(file, o.file_path);
         match (
-            m.u64_at(at(fpath, o.path_mnt)),
-            m.u64_at(at(fpath, o.path_dentry)),
+            m.u64_at(at(path, o.path_mnt)),
+            m.u64_at(at(path, o.path_dentry)),
         ) {
             (Some(vfs), Some(d)) => {
                 self.vfs = vfs;
-                self.dentry = d;
+                self.dentry = if child != 0 { child } else { d };
                 store(&mut self.reason, Self::WALKING);
             }
             _ => store(&mut self.reason, unresolved::UNREADABLE),
