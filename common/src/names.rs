@@ -238,7 +238,7 @@ pub const PROG_POLICY_PACKET: &str = "policy_packet";
 pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
 /// BPF-LSM programs refusing file rules on the resolved path (hosts with BPF-LSM active):
 /// (program, hook).
-pub const PROG_POLICY_FILES_LSM: [(&str, &str); 7] = [
+pub const PROG_POLICY_FILES_LSM: [(&str, &str); 11] = [
     ("policy_files_open", "file_open"),
     ("policy_files_mknod", "path_mknod"),
     ("policy_files_truncate", "path_truncate"),
@@ -246,6 +246,10 @@ pub const PROG_POLICY_FILES_LSM: [(&str, &str); 7] = [
     ("policy_files_rmdir", "path_rmdir"),
     ("policy_files_chmod", "path_chmod"),
     ("policy_files_mmap", "mmap_file"),
+    ("policy_files_mkdir", "path_mkdir"),
+    ("policy_files_symlink", "path_symlink"),
+    ("policy_files_link", "path_link"),
+    ("policy_files_rename", "path_rename"),
 ];
 
 /// Globals of the policy object.

@@ -39,7 +39,9 @@ fn audit_calls(a: FileAccess) -> Option<&'static str> {
 fn lsm_hooks(a: FileAccess) -> &'static str {
     match a {
         FileAccess::Read => "file_open",
-        FileAccess::Write => "file_open, path_mknod (create), path_truncate",
+        FileAccess::Write => {
+            "file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced)"
+        }
         FileAccess::Unlink => "path_unlink, path_rmdir",
         FileAccess::Chmod => "path_chmod",
         FileAccess::Exec => "file_open (execve), mmap_file (PROT_EXEC)",
@@ -80,27 +82,32 @@ pub fn describe_rule(files: &Files, r: &FileRule, mode: Mode, tier: &FileTier) -
                     "reported only, the call runs (seen at {calls}; the path as given, relative paths and symlinks not resolved: best effort)"
                 ),
             },
-            FileTier::Lsm => {
-                let hooks = lsm_hooks(*a);
-                match (mode, files.action) {
-                    (Mode::Audit, _) => {
-                        format!("reported only (audit mode; seen at {hooks}, resolved path)")
-                    }
-                    (_, FileAction::Log) => {
-                        format!("allowed and reported (seen at {hooks}, resolved path)")
-                    }
-                    (_, FileAction::Errno(e)) => {
-                        format!("refused with {} at {hooks} (resolved path)", errno_name(e))
-                    }
-                    (_, FileAction::Kill) => format!(
-                        "refused with EPERM at {hooks} (resolved path) and the process killed"
-                    ),
-                }
-            }
+            FileTier::Lsm => lsm_verdict(files, mode, lsm_hooks(*a)),
         };
         parts.push(format!("{a}: {what}"));
     }
+    if *tier == FileTier::Lsm {
+        // a second name, or the tree moved away, would escape a rule that matches paths
+        parts.push(format!(
+            "rename or hard link of these files or of a directory above them: {}",
+            lsm_verdict(files, mode, "path_rename, path_link")
+        ));
+    }
     format!("rule `{}` on {paths}: {}", r.rule, parts.join("; "))
+}
+
+/// What the LSM tier does at `hooks` with the policy's action in `mode`.
+fn lsm_verdict(files: &Files, mode: Mode, hooks: &str) -> String {
+    match (mode, files.action) {
+        (Mode::Audit, _) => format!("reported only (audit mode; seen at {hooks}, resolved path)"),
+        (_, FileAction::Log) => format!("allowed and reported (seen at {hooks}, resolved path)"),
+        (_, FileAction::Errno(e)) => {
+            format!("refused with {} at {hooks} (resolved path)", errno_name(e))
+        }
+        (_, FileAction::Kill) => {
+            format!("refused with EPERM at {hooks} (resolved path) and the process killed")
+        }
+    }
 }
 
 /// Warnings about one policy's file rules on a host with `tier`: the fallbacks, stated.

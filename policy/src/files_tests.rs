@@ -183,7 +183,7 @@ fn each_rule_says_what_happens_per_tier() {
     let lsm = files::describe_rule(f, &f.deny[0], Mode::Enforce, &FileTier::Lsm);
     assert_eq!(
         lsm,
-        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_truncate (resolved path)"
+        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path)"
     );
     let audit = FileTier::Audit {
         why: "no BPF-LSM".into(),
@@ -264,7 +264,24 @@ fn compiles_to_the_kernel_table_and_matches_like_the_model() {
     assert_eq!(descs[0].rule, "files.deny[0]");
     assert_eq!(descs[0].action, palisade_common::policy::action::ERRNO);
     assert_eq!(descs[0].errno, 1);
-    assert_eq!(table.len(), 3);
+    // three patterns, and the four directories a rename would take them out from under:
+    // /etc, /root (a tree's own directory), /usr and /usr/bin
+    assert_eq!(table.len(), 7);
+    let contains = |dir: &str| {
+        table
+            .iter()
+            .find(|(k, h, _)| *k == exec_kind::EXACT && *h == fnv(dir.as_bytes()))
+            .map(|(_, _, e)| {
+                let mut m = FileMatch::default();
+                m.consider(e, palisade_common::policy::access::CONTAINS);
+                m.rule
+            })
+    };
+    assert_eq!(contains("/etc"), Some(1));
+    assert_eq!(contains("/root"), Some(1));
+    assert_eq!(contains("/usr"), Some(2));
+    assert_eq!(contains("/usr/bin"), Some(2));
+    assert_eq!(contains("/usr/lib"), None);
     assert!(
         table
             .iter()
@@ -286,6 +303,8 @@ fn compiles_to_the_kernel_table_and_matches_like_the_model() {
         "/usr/binx",
         "etc/shadow",
         "/etc/shadow/x",
+        "/etc",
+        "/usr",
     ] {
         for a in FileAccess::ALL {
             let mut buf = [0u8; POLICY_PATH_MAX];

@@ -359,3 +359,78 @@ fn a_launched_workload_is_refused_from_its_first_program() {
     assert_eq!(x["file"]["match"], "resolved", "{x}");
     assert_eq!(v[0]["container"]["name"], name.as_str(), "{}", v[0]);
 }
+
+/// A rule matches paths, so a second name for a denied file (a hard link), the file moved
+/// away, the directory above it moved away, or a file renamed onto a denied name would each
+/// walk around it: all are refused, counted under the rule they would have escaped, and
+/// renames and links that touch nothing denied still work.
+#[test]
+fn renames_and_hard_links_cannot_give_a_denied_file_another_name() {
+    palisade_tests::require_root();
+    if !host_has_lsm() {
+        return skip("no BPF-LSM");
+    }
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = scratch.path().display().to_string();
+    for d in ["tree", "free"] {
+        std::fs::create_dir_all(format!("{dir}/{d}")).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for f in ["secret", "plain", "evil", "tree/f"] {
+        std::fs::write(format!("{dir}/{f}"), "x\n").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let cg = TestCgroup::new("pol-files-names");
+    let s = Setup::new(&doc(
+        "no-new-names",
+        &cg,
+        "enforce",
+        &format!(
+            "  files:\n    action: errno\n    deny:\n      - {{name: secret, paths: [\"{dir}/secret\"], access: [read]}}\n      - {{name: tree, paths: [\"{dir}/tree/**\"], access: [write]}}\n"
+        ),
+    ));
+    let agent = s.agent("  rate_limit_burst: 100\n");
+    wait_applied(&agent, "no-new-names", cg.id, &["files_lsm"]);
+    expect(
+        &cg,
+        &format!(
+            "{RESULT}; cd {dir}; r ln secret other; r mv secret moved; r mv {dir} {dir}-moved; r mv tree tree2; r mv evil tree/f; r mkdir tree/d; r ln -s /x tree/s; r ln plain tree/h; r ln plain plain2; r mv free free2; r cat secret; r cat other"
+        ),
+        "EPERM\nEPERM\nEPERM\nEPERM\nEPERM\nEPERM\nEPERM\nEPERM\nok\nok\nEPERM\nfailed: cat: other: No such file or directory",
+    );
+    // secret: its link, its rename, its directory's rename, the read; tree: its directory's
+    // rename, the rename onto it, mkdir, symlink and link inside it
+    wait_count(&agent, "no-new-names", "secret", "errno", &cg, 4.0);
+    wait_count(&agent, "no-new-names", "tree", "errno", &cg, 5.0);
+    let v = violations(&agent, cg.id, 9);
+    let mut seen: Vec<(String, String)> = v
+        .iter()
+        .map(|e| {
+            let x = &e["violation"];
+            (
+                x["rule"].as_str().unwrap_or("").to_owned(),
+                x["file"]["access"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String)> = [
+        ("secret", "link"),
+        ("secret", "read"),
+        ("secret", "rename"),
+        ("secret", "rename"),
+        ("tree", "link"),
+        ("tree", "rename"),
+        ("tree", "rename"),
+        ("tree", "write"),
+        ("tree", "write"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(seen, want, "{v:?}");
+    assert!(
+        std::path::Path::new(&format!("{dir}/secret")).exists()
+            && std::path::Path::new(&format!("{dir}/tree/f")).exists()
+            && std::path::Path::new(&format!("{dir}/plain2")).exists(),
+        "the refused calls changed nothing, the allowed ones ran"
+    );
+}

@@ -139,10 +139,10 @@ impl Hook {
 }
 
 /// The programs of [`Hook::FilesLsm`].
-const FILES_LSM_PROGRAMS: [&str; 7] = {
-    let mut out = [""; 7];
+const FILES_LSM_PROGRAMS: [&str; names::PROG_POLICY_FILES_LSM.len()] = {
+    let mut out = [""; names::PROG_POLICY_FILES_LSM.len()];
     let mut i = 0;
-    while i < 7 {
+    while i < out.len() {
         out[i] = names::PROG_POLICY_FILES_LSM[i].0;
         i += 1;
     }

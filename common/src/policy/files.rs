@@ -15,8 +15,16 @@ pub mod access {
     pub const UNLINK: u32 = 4;
     pub const CHMOD: u32 = 8;
     pub const EXEC: u32 = 16;
+    /// In the table only: a directory above a pattern (an exact key), which a rename would
+    /// move the denied files below it out from under their rules.
+    pub const CONTAINS: u32 = 32;
     /// How many kinds ([`super::FileEntry`] arrays are indexed by the bit's position).
-    pub const KINDS: usize = 5;
+    pub const KINDS: usize = 6;
+    /// Named by events only: a rename of a denied file or a directory above one, or onto a
+    /// denied name.
+    pub const RENAME: u32 = 64;
+    /// Named by events only: a hard link to a denied file, or a link made at a denied name.
+    pub const LINK: u32 = 128;
 
     /// Stable names for events.
     pub fn name(bit: u32) -> &'static str {
@@ -26,6 +34,9 @@ pub mod access {
             UNLINK => "unlink",
             CHMOD => "chmod",
             EXEC => "exec",
+            CONTAINS => "contains",
+            RENAME => "rename",
+            LINK => "link",
             _ => "",
         }
     }

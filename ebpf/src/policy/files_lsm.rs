@@ -51,6 +51,8 @@ const FMODE_NOACCOUNT: u32 = 0x2000_0000;
 const O_FMODE_EXEC: u32 = 0x20;
 /// `mmap` protection bit.
 const PROT_EXEC: u64 = 4;
+/// `renameat2` flag.
+const RENAME_EXCHANGE: u64 = 2;
 
 /// What the hook is about: the accesses asked for, and where the path starts.
 enum Target {
@@ -76,7 +78,7 @@ pub fn policy_files_open(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(1)) {
         return v;
     }
-    decide(Target::Open(ctx.arg(0)))
+    decide(Target::Open(ctx.arg(0)), 0)
 }
 
 #[lsm(hook = "path_mknod")]
@@ -85,7 +87,7 @@ pub fn policy_files_mknod(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(4)) {
         return v;
     }
-    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::WRITE))
+    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::WRITE), 0)
 }
 
 #[lsm(hook = "path_truncate")]
@@ -94,7 +96,7 @@ pub fn policy_files_truncate(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(1)) {
         return v;
     }
-    decide(Target::Path(ctx.arg(0), access::WRITE))
+    decide(Target::Path(ctx.arg(0), access::WRITE), 0)
 }
 
 #[lsm(hook = "path_unlink")]
@@ -103,7 +105,7 @@ pub fn policy_files_unlink(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(2)) {
         return v;
     }
-    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::UNLINK))
+    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::UNLINK), 0)
 }
 
 #[lsm(hook = "path_rmdir")]
@@ -112,7 +114,7 @@ pub fn policy_files_rmdir(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(2)) {
         return v;
     }
-    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::UNLINK))
+    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::UNLINK), 0)
 }
 
 #[lsm(hook = "path_chmod")]
@@ -121,7 +123,7 @@ pub fn policy_files_chmod(ctx: LsmContext) -> i32 {
     if let Some(v) = previous(ctx.arg(2)) {
         return v;
     }
-    decide(Target::Path(ctx.arg(0), access::CHMOD))
+    decide(Target::Path(ctx.arg(0), access::CHMOD), 0)
 }
 
 #[lsm(hook = "mmap_file")]
@@ -136,7 +138,68 @@ pub fn policy_files_mmap(ctx: LsmContext) -> i32 {
     if file == 0 || prot & PROT_EXEC == 0 {
         return 0;
     }
-    decide(Target::Mapped(file, access::EXEC))
+    decide(Target::Mapped(file, access::EXEC), 0)
+}
+
+#[lsm(hook = "path_mkdir")]
+pub fn policy_files_mkdir(ctx: LsmContext) -> i32 {
+    // path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)
+    if let Some(v) = previous(ctx.arg(3)) {
+        return v;
+    }
+    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::WRITE), 0)
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn policy_files_symlink(ctx: LsmContext) -> i32 {
+    // path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)
+    if let Some(v) = previous(ctx.arg(3)) {
+        return v;
+    }
+    decide(Target::Child(ctx.arg(0), ctx.arg(1), access::WRITE), 0)
+}
+
+/// Every access a rule can refuse, and the directories above a pattern: a second name for a
+/// denied file (or a denied tree moved away) would escape rules that match paths.
+const ANY: u32 =
+    access::READ | access::WRITE | access::UNLINK | access::CHMOD | access::EXEC | access::CONTAINS;
+
+#[lsm(hook = "path_link")]
+pub fn policy_files_link(ctx: LsmContext) -> i32 {
+    // path_link(struct dentry *old_dentry, const struct path *new_dir,
+    //           struct dentry *new_dentry); both on one mount (EXDEV is checked first)
+    if let Some(v) = previous(ctx.arg(3)) {
+        return v;
+    }
+    let (old, dir, new): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    // the file linked to, walked up from its own dentry (on the new directory's mount)
+    match decide(Target::Child(dir, old, ANY), access::LINK) {
+        0 => decide(Target::Child(dir, new, access::WRITE), access::LINK),
+        v => v,
+    }
+}
+
+#[lsm(hook = "path_rename")]
+pub fn policy_files_rename(ctx: LsmContext) -> i32 {
+    // path_rename(const struct path *old_dir, struct dentry *old_dentry,
+    //             const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)
+    if let Some(v) = previous(ctx.arg(5)) {
+        return v;
+    }
+    let flags: u64 = ctx.arg(4);
+    // RENAME_EXCHANGE: the file at the new name moves to the old one as well
+    let new_want = if flags & RENAME_EXCHANGE != 0 {
+        ANY
+    } else {
+        access::WRITE | access::UNLINK
+    };
+    match decide(Target::Child(ctx.arg(0), ctx.arg(1), ANY), access::RENAME) {
+        0 => decide(
+            Target::Child(ctx.arg(2), ctx.arg(3), new_want),
+            access::RENAME,
+        ),
+        v => v,
+    }
 }
 
 /// The current call's x86_64 number (`u32::MAX` when not in a 64-bit call).
@@ -155,8 +218,10 @@ fn current_call() -> u32 {
 }
 
 /// The verdict on `t` for the current task: 0, or the negated errno of the rule refusing it.
+/// `report_as` (not 0) is the access the event names instead of the one matched (a rename
+/// or a link of a denied file, or of a directory above one).
 #[inline(always)]
-fn decide(t: Target) -> i32 {
+fn decide(t: Target, report_as: u32) -> i32 {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(p) = policy_current(cgroup_id) else {
@@ -237,9 +302,12 @@ fn decide(t: Target) -> i32 {
     if matches!(reason, unresolved::TOO_LONG | unresolved::UNREADABLE) {
         return 0;
     }
-    let found = matched(fs, p.slot, want);
+    let mut found = matched(fs, p.slot, want);
     if found.rule == 0 {
         return 0;
+    }
+    if report_as != 0 {
+        found.access = report_as;
     }
     let Some(info) = rule(found.rule) else {
         return 0;

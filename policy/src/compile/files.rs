@@ -1,6 +1,6 @@
 //! File rules → the slot's file table (`POLICY_FILES`): every pattern of every policy
 //! selecting the cgroup, with the rule refusing each access on it.
-use palisade_common::policy::{FileEntry, action, exec_kind, fnv};
+use palisade_common::policy::{FileEntry, access, action, exec_kind, fnv};
 
 use super::{RuleDesc, mode_number};
 use crate::model::{
@@ -46,17 +46,55 @@ pub fn compile(
                     PathKind::Exact => exec_kind::EXACT,
                     PathKind::Tree => exec_kind::TREE,
                 };
-                let hash = fnv(pat.key.as_bytes());
-                match out.iter_mut().find(|(k, h, _)| *k == kind && *h == hash) {
-                    Some((_, _, e)) => e.add(r.mask(), rid, rank),
-                    None => {
-                        let mut e = FileEntry::default();
-                        e.add(r.mask(), rid, rank);
-                        out.push((kind, hash, e));
-                    }
+                add(&mut out, kind, &pat.key, r.mask(), rid, rank);
+                // the directories above it (and a tree's own directory): renamed, they
+                // would take the denied files out from under the pattern
+                for dir in containing(&pat.key, pat.kind == PathKind::Tree) {
+                    add(&mut out, exec_kind::EXACT, dir, access::CONTAINS, rid, rank);
                 }
             }
         }
     }
     out
+}
+
+fn add(out: &mut Vec<(u32, u64, FileEntry)>, kind: u32, key: &str, mask: u32, rid: u16, rank: u16) {
+    let hash = fnv(key.as_bytes());
+    match out.iter_mut().find(|(k, h, _)| *k == kind && *h == hash) {
+        Some((_, _, e)) => e.add(mask, rid, rank),
+        None => {
+            let mut e = FileEntry::default();
+            e.add(mask, rid, rank);
+            out.push((kind, hash, e));
+        }
+    }
+}
+
+/// The directories above `key` but `/` (which cannot be renamed), and `key` itself for a
+/// tree (`/root` for `/root/**`).
+fn containing(key: &str, tree: bool) -> impl Iterator<Item = &str> {
+    let own = tree.then_some(key);
+    key.match_indices('/')
+        .map(|(i, _)| &key[..i])
+        .filter(|d| !d.is_empty())
+        .chain(own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::containing;
+
+    #[test]
+    fn directories_above_a_pattern() {
+        assert_eq!(
+            containing("/etc/shadow", false).collect::<Vec<_>>(),
+            ["/etc"]
+        );
+        assert_eq!(containing("/root", true).collect::<Vec<_>>(), ["/root"]);
+        assert_eq!(
+            containing("/usr/local/bin", true).collect::<Vec<_>>(),
+            ["/usr", "/usr/local", "/usr/local/bin"]
+        );
+        assert_eq!(containing("/x", false).count(), 0);
+    }
 }
