@@ -107,17 +107,9 @@ pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
     let ret: i64 = ctx.arg(2);
     // A fork child starts in ret_from_fork and never returns through the dispatcher: every
     // return seen here is a call of its own, and the number is the argument.
-    match exit(ret, Exit::Known(nr as u32)) {
+    match exit(ret, nr as u32, 0) {
         Ok(v) | Err(v) => v,
     }
-}
-
-/// Where [`exit`] finds the syscall number when the thread's slot has none.
-enum Exit {
-    /// The hook passes it (fexit).
-    Known(u32),
-    /// Only the saved registers have it (`sys_exit(struct pt_regs *regs, long ret)`).
-    Regs(u64),
 }
 
 #[inline(always)]
@@ -211,12 +203,19 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // sys_exit(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
-    exit(ret, Exit::Regs(regs))
+    exit(ret, NR_FROM_REGS, regs)
 }
 
+/// `exit`'s `nr` when only the saved registers have the syscall number.
+const NR_FROM_REGS: u32 = u32::MAX;
+
 /// Syscall return: accounts the call timed by its slot, or untimed when the entry was missed.
+/// `known_nr` is the syscall number when the hook passes it (fexit), else [`NR_FROM_REGS`] and
+/// `regs` points at the saved registers (`sys_exit(struct pt_regs *regs, long ret)`). (Plain
+/// integers, not an enum: an enum's unused payload reached the verifier as an uninitialized
+/// register, "R3 !read_ok", on 6.1.)
 #[inline(always)]
-fn exit(ret: i64, from: Exit) -> Result<i32, i32> {
+fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -241,9 +240,8 @@ fn exit(ret: i64, from: Exit) -> Result<i32, i32> {
         }
     }
     if timed.is_none() {
-        match from {
-            Exit::Known(n) => nr = n,
-            Exit::Regs(regs) => {
+        match known_nr {
+            NR_FROM_REGS => {
                 // No entry seen: read the syscall number from the saved registers (arch ABI
                 // layout).
                 // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
@@ -265,6 +263,7 @@ fn exit(ret: i64, from: Exit) -> Result<i32, i32> {
                     return Ok(0);
                 }
             }
+            n => nr = n,
         }
     }
     let cgroup_id = if cached_cgroup != 0 {
