@@ -25,10 +25,7 @@ fn role(feature: &str) -> (&'static str, bool) {
         "seccomp" => ("palisade run: syscall filters", false),
         "btf" => ("optional: fentry/LSM upgrades", false),
         "fentry" => ("BPF trampolines (fentry/fexit programs)", false),
-        "syscall_fentry" => (
-            "syscall telemetry on fentry/fexit (x64_sys_call)",
-            false,
-        ),
+        "syscall_fentry" => ("syscall telemetry on fentry/fexit (x64_sys_call)", false),
         "bpf_lsm" => (
             "policies: `errno` exec/syscall rules refused in the kernel",
             false,

@@ -135,7 +135,12 @@ fn the_fentry_hook_counts_exactly_or_refuses_to_start() {
     let m = agent.metrics();
     let name = cg.rel.as_str();
     assert_eq!(syscalls(&m, name, "getppid"), Some(10_300.0), "{}", m.text);
-    assert_eq!(syscalls(&m, &other.rel, "getppid"), Some(200.0), "{}", m.text);
+    assert_eq!(
+        syscalls(&m, &other.rel, "getppid"),
+        Some(200.0),
+        "{}",
+        m.text
+    );
     assert_eq!(
         m.value(
             "palisade_syscall_errors_total",
@@ -167,7 +172,12 @@ fn the_fentry_hook_counts_exactly_or_refuses_to_start() {
         .sum();
     assert_eq!(forks, 25.0, "{}", m.text);
     assert_eq!(syscalls(&m, name, "exit_group"), Some(26.0), "{}", m.text);
-    assert_eq!(syscalls(&m, &other.rel, "exit_group"), Some(1.0), "{}", m.text);
+    assert_eq!(
+        syscalls(&m, &other.rel, "exit_group"),
+        Some(1.0),
+        "{}",
+        m.text
+    );
 }
 
 #[test]

@@ -114,7 +114,10 @@ pub fn run(which: Bench) -> Result<()> {
             debug_agent,
         }),
         Bench::Syscalls {
-            calls, reps, vm: None, ..
+            calls,
+            reps,
+            vm: None,
+            ..
         } => syscalls(calls.unwrap_or(5_000_000), reps),
         Bench::Net {
             mib,
@@ -197,8 +200,7 @@ impl Rounds {
 
 /// Reads the script's TSV (`rep case mode ns_per_call`).
 pub fn read_rounds(path: &std::path::Path) -> Result<Rounds> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut by: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();

@@ -56,12 +56,14 @@ for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 done
 ip link set lo up
+# the agent wants its control socket in a directory only root can write
+mkdir -p /run/palisade-bench && chmod 700 /run/palisade-bench
 export HOME=/root LANG=C.UTF-8
 "$bin" doctor > "$out/doctor.txt" 2>&1
 printf 'syscalls:\n  hook: raw_tracepoint\n' > "$out/raw.yaml"
 printf 'syscalls:\n  hook: fentry\n' > "$out/fentry.yaml"
 agent() {  # agent CONFIG: the command line of an agent case
-    echo "$bin agent --config $out/$1.yaml --listen 127.0.0.1:0 --ready-file @READY@ --control-socket /tmp/palisade-bench-$1.sock"
+    echo "$bin agent --config $out/$1.yaml --listen 127.0.0.1:0 --ready-file @READY@ --control-socket /run/palisade-bench/$1.sock"
 }
 "##,
     );
@@ -150,7 +152,10 @@ pub fn run(opts: &VmBench<'_>) -> Result<()> {
             if opts.debug_agent { "debug" } else { "release" }
         );
         println!("{}", table(&rounds));
-        println!("agent hook lines from doctor: {}", doctor_line(&read("doctor.txt")));
+        println!(
+            "agent hook lines from doctor: {}",
+            doctor_line(&read("doctor.txt"))
+        );
     }
     if !failed.is_empty() {
         bail!("the VM bench failed on {}", failed.join(", "));

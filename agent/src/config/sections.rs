@@ -154,8 +154,9 @@ impl Default for ProcessesConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyscallHookChoice {
-    /// The cheaper pair this kernel allows, tried in the order `cargo xtask bench syscalls
-    /// --vm` measured (see the README's kernel matrix); the other pair when it is refused.
+    /// The pair `palisade doctor` names for this host: today raw tracepoints everywhere
+    /// (fentry/fexit was not measured cheaper, see the README's "Which hook carries syscall
+    /// telemetry").
     #[default]
     Auto,
     /// `sys_enter`/`sys_exit` raw tracepoints (every kernel).

@@ -57,8 +57,12 @@ pub enum SyscallHook {
     Fentry,
 }
 
-/// `syscalls.hook: auto`: the pairs in the order tried. Measured with `cargo xtask bench
-/// syscalls --vm` before choosing (README, kernel matrix).
+/// `syscalls.hook: auto`: the pairs in the order tried. Raw tracepoints only, for now:
+/// `cargo xtask bench syscalls --vm 6.1` (README, "Which hook carries syscall telemetry") did
+/// not show fentry/fexit cheaper. Its TCG runs on this project's loaded 2-CPU machine were
+/// noisier than the difference (one finished round, floors below zero), so the switch waits
+/// for a run with enough rounds; until then fentry is opt-in (`syscalls.hook: fentry`) and
+/// raw tracepoints also see ia32 syscalls, which the dispatcher fentry does not.
 pub const AUTO_SYSCALL_HOOKS: &[SyscallHook] = &[SyscallHook::RawTracepoint];
 
 impl SyscallHook {
