@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use palisade_cgroupfs::{CgroupfsError, Mounts};
 
 use crate::{
-    config::Config,
+    config::{Config, SyscallHookChoice},
     control::{self, ControlError},
     events::{Hub, sink},
     features,
@@ -197,6 +197,11 @@ async fn serve_all(
         .0;
     info!(node = %node, "node name");
     let sc = &config.syscalls;
+    let syscall_hooks: &[kernel::SyscallHook] = match sc.hook {
+        SyscallHookChoice::Auto => kernel::AUTO_SYSCALL_HOOKS,
+        SyscallHookChoice::RawTracepoint => &[kernel::SyscallHook::RawTracepoint],
+        SyscallHookChoice::Fentry => &[kernel::SyscallHook::Fentry],
+    };
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
         thread_slots: sc.thread_slots.0,
@@ -206,8 +211,17 @@ async fn serve_all(
         tracefs: tracefs.as_deref(),
         network_root: config.network.enabled.then_some(unified_root.as_path()),
         flow_entries: config.network.flow_entries.0,
+        syscall_hooks,
     };
     let loaded = tokio::task::block_in_place(|| kernel::load(&opts))?;
+    for (hook, why) in &loaded.syscall_hooks_refused {
+        warn!(hook = hook.as_str(), reason = %why, "syscall hook refused; trying the next");
+    }
+    info!(
+        hook = loaded.syscall_hook.as_str(),
+        "syscall telemetry on {}",
+        loaded.syscall_hook.describe()
+    );
     for (hook, why) in &loaded.optional {
         match why {
             None => info!(hook = hook.as_str(), "attached"),

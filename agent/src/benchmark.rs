@@ -87,8 +87,10 @@ pub enum BenchError {
     Load(#[from] aya::EbpfError),
     #[error("the probe object has no program {0}")]
     NoProgram(&'static str),
-    #[error("empty raw tracepoint program: {0}")]
+    #[error("empty hook program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("no kernel BTF (fentry needs it): {0}")]
+    Btf(#[from] aya::BtfError),
     #[error("cannot write {path}: {source}", path = .path.display())]
     Ready {
         path: std::path::PathBuf,
@@ -99,23 +101,42 @@ pub enum BenchError {
 }
 
 /// `palisade debug empty-hooks`: the probe object's empty raw tracepoint program attached to
-/// `sys_enter` and `sys_exit` until SIGINT or SIGTERM.
-pub fn empty_hooks(ready: &Path) -> Result<(), BenchError> {
+/// `sys_enter` and `sys_exit` (or, with `fentry`, its empty fentry/fexit pair on the syscall
+/// dispatcher) until SIGINT or SIGTERM.
+pub fn empty_hooks(ready: &Path, fentry: bool) -> Result<(), BenchError> {
     use nix::sys::signal::{SigSet, Signal};
-    const PROGRAM: &str = "probe_raw_tracepoint";
     // block the signals first, so one that arrives early is waited for, not fatal
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block()?;
     let mut ebpf = aya::EbpfLoader::new().load(crate::kernel::PROBES_OBJECT)?;
-    let p: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(BenchError::NoProgram(PROGRAM))?
-        .try_into()?;
-    p.load()?;
-    p.attach("sys_enter")?;
-    p.attach("sys_exit")?;
+    if fentry {
+        let btf = aya::Btf::from_sys_fs()?;
+        const EXIT: &str = "probe_fexit_syscall";
+        let p: &mut aya::programs::FExit = ebpf
+            .program_mut(EXIT)
+            .ok_or(BenchError::NoProgram(EXIT))?
+            .try_into()?;
+        p.load(palisade_common::names::FN_SYSCALL_DISPATCH, &btf)?;
+        p.attach()?;
+        const ENTRY: &str = "probe_fentry_syscall";
+        let p: &mut aya::programs::FEntry = ebpf
+            .program_mut(ENTRY)
+            .ok_or(BenchError::NoProgram(ENTRY))?
+            .try_into()?;
+        p.load(palisade_common::names::FN_SYSCALL_DISPATCH, &btf)?;
+        p.attach()?;
+    } else {
+        const PROGRAM: &str = "probe_raw_tracepoint";
+        let p: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(BenchError::NoProgram(PROGRAM))?
+            .try_into()?;
+        p.load()?;
+        p.attach("sys_enter")?;
+        p.attach("sys_exit")?;
+    }
     std::fs::write(ready, "attached\n").map_err(|source| BenchError::Ready {
         path: ready.to_path_buf(),
         source,

@@ -1,7 +1,10 @@
 //! `palisade doctor`: what this host offers and what the agent will use.
 use std::fmt::Write as _;
 
-use crate::features::Report;
+use crate::{
+    features::Report,
+    kernel::{AUTO_SYSCALL_HOOKS, SyscallHook},
+};
 
 /// What each feature is for in the agent, and whether the agent needs it.
 fn role(feature: &str) -> (&'static str, bool) {
@@ -21,7 +24,8 @@ fn role(feature: &str) -> (&'static str, bool) {
         "cgroup_ancestors" => ("policies: rules hold in child cgroups", false),
         "seccomp" => ("palisade run: syscall filters", false),
         "btf" => ("optional: fentry/LSM upgrades", false),
-        "fentry" => ("optional upgrade; raw tracepoints used instead", false),
+        "fentry" => ("BPF trampolines (fentry/fexit programs)", false),
+        "syscall_fentry" => ("syscall telemetry on fentry/fexit (x64_sys_call)", false),
         "bpf_lsm" => (
             "policies: `errno` exec/syscall rules refused in the kernel",
             false,
@@ -69,7 +73,8 @@ pub fn render(report: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "agent: will run. syscalls via raw tracepoints; cgroup discovery via {discovery}."
+            "agent: will run. syscalls via {} (syscalls.hook: auto); cgroup discovery via {discovery}.",
+            syscall_hook(report).describe()
         );
     } else {
         let _ = writeln!(
@@ -81,6 +86,22 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "enforcement tier: {}", tier(report).1);
     let _ = writeln!(out, "(probed in {} ms)", report.elapsed_ms);
     out
+}
+
+/// The pair `syscalls.hook: auto` attaches here: the first of [`AUTO_SYSCALL_HOOKS`] whose
+/// probe attached (raw tracepoints are required anyway, so they are the last resort).
+pub fn syscall_hook(report: &Report) -> SyscallHook {
+    AUTO_SYSCALL_HOOKS
+        .iter()
+        .copied()
+        .find(|h| {
+            let feature = match h {
+                SyscallHook::RawTracepoint => "raw_tracepoint",
+                SyscallHook::Fentry => "syscall_fentry",
+            };
+            report.get(feature).is_some_and(|f| f.available)
+        })
+        .unwrap_or(SyscallHook::RawTracepoint)
 }
 
 /// The enforcement tier this host gives policies: (`bpf_lsm` or `tracepoints`, a sentence).
@@ -114,6 +135,9 @@ pub struct JsonReport {
     /// `enforcement_tier_describe`.
     pub enforcement_tier: &'static str,
     pub enforcement_tier_describe: &'static str,
+    /// `raw_tracepoint` or `fentry`: the pair that carries syscall telemetry under
+    /// `syscalls.hook: auto`.
+    pub syscall_hook: &'static str,
     pub probe_ms: u128,
 }
 
@@ -164,6 +188,7 @@ pub fn json_report(report: &Report) -> JsonReport {
         probe_ms: report.elapsed_ms,
         enforcement_tier: tier(report).0,
         enforcement_tier_describe: tier(report).1,
+        syscall_hook: syscall_hook(report).as_str(),
         features,
     }
 }
@@ -244,5 +269,25 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&json(&bad)).unwrap();
         assert_eq!(j["agent_can_run"], false);
         assert_eq!(j["missing_required"], serde_json::json!(["raw_tracepoint"]));
+    }
+
+    #[test]
+    fn doctor_names_the_pair_that_carries_syscall_telemetry() {
+        let raw_only = report(&[("raw_tracepoint", true), ("syscall_fentry", false)]);
+        assert!(
+            render(&raw_only).contains("syscalls via raw tracepoints sys_enter/sys_exit"),
+            "{}",
+            render(&raw_only)
+        );
+        assert_eq!(json_report(&raw_only).syscall_hook, "raw_tracepoint");
+        // both attach: auto's first choice
+        let both = report(&[("raw_tracepoint", true), ("syscall_fentry", true)]);
+        let first = AUTO_SYSCALL_HOOKS[0];
+        assert!(
+            render(&both).contains(&format!("syscalls via {} ", first.describe())),
+            "{}",
+            render(&both)
+        );
+        assert_eq!(json_report(&both).syscall_hook, first.as_str());
     }
 }

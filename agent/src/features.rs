@@ -126,7 +126,7 @@ where
 }
 
 /// Features probed by loading a program from the probe object, in report order.
-const PROGRAM_FEATURES: [&str; 10] = [
+const PROGRAM_FEATURES: [&str; 11] = [
     "raw_tracepoint",
     "tracepoint",
     "cgroup_skb",
@@ -135,6 +135,7 @@ const PROGRAM_FEATURES: [&str; 10] = [
     "send_signal",
     "cgroup_ancestors",
     "fentry",
+    "syscall_fentry",
     "bpf_lsm",
     "kprobe",
 ];
@@ -260,6 +261,22 @@ pub fn probe_all() -> Report {
                 let link = p.attach()?;
                 p.detach(link)?;
                 Ok("bpf_fentry_test1 attach ok".to_owned())
+            })(),
+        ));
+        features.push(feature(
+            "syscall_fentry",
+            (|| {
+                let btf = btf
+                    .as_ref()
+                    .map_err(|e| Unavailable::NoBtf(e.to_string()))?;
+                let p: &mut FEntry = prog(ebpf, "probe_fentry_syscall")?;
+                p.load(palisade_common::names::FN_SYSCALL_DISPATCH, btf)?;
+                let link = p.attach()?;
+                p.detach(link)?;
+                Ok(format!(
+                    "{} attach ok",
+                    palisade_common::names::FN_SYSCALL_DISPATCH
+                ))
             })(),
         ));
         features.push(feature(

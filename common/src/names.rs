@@ -19,6 +19,12 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const PROG_SYS_ENTER: &str = "sys_enter";
 /// Raw tracepoint program on `sys_exit`.
 pub const PROG_SYS_EXIT: &str = "sys_exit";
+/// fentry program on `x64_sys_call` (the syscall dispatcher): `sys_enter`'s alternative.
+pub const PROG_SYS_ENTER_FENTRY: &str = "sys_enter_fentry";
+/// fexit program on `x64_sys_call`: `sys_exit`'s alternative.
+pub const PROG_SYS_EXIT_FEXIT: &str = "sys_exit_fexit";
+/// The kernel function both fentry/fexit syscall programs attach to.
+pub const FN_SYSCALL_DISPATCH: &str = "x64_sys_call";
 /// Classic tracepoint program on `cgroup:cgroup_mkdir`.
 pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
 /// Classic tracepoint program on `cgroup:cgroup_rmdir`.

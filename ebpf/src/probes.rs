@@ -9,12 +9,12 @@ use aya_ebpf::{
         bpf_skb_ancestor_cgroup_id,
     },
     macros::{
-        cgroup_skb, cgroup_sock_addr, fentry, kprobe, lsm, map, raw_tracepoint, sock_ops,
+        cgroup_skb, cgroup_sock_addr, fentry, fexit, kprobe, lsm, map, raw_tracepoint, sock_ops,
         tracepoint,
     },
     maps::Array,
     programs::{
-        FEntryContext, LsmContext, ProbeContext, RawTracePointContext, SkBuffContext,
+        FEntryContext, FExitContext, LsmContext, ProbeContext, RawTracePointContext, SkBuffContext,
         SockAddrContext, SockOpsContext, TracePointContext,
     },
 };
@@ -91,6 +91,19 @@ pub fn probe_ancestor_skb(ctx: SkBuffContext) -> i32 {
 
 #[fentry(function = "bpf_fentry_test1")]
 pub fn probe_fentry(_ctx: FEntryContext) -> i32 {
+    0
+}
+
+/// The empty fentry/fexit pair on the syscall dispatcher: `palisade doctor` attaches the entry
+/// to learn whether syscall telemetry can ride it, `palisade debug empty-hooks --hook fentry`
+/// attaches both (the floor the fentry telemetry is measured against).
+#[fentry(function = "x64_sys_call")]
+pub fn probe_fentry_syscall(_ctx: FEntryContext) -> i32 {
+    0
+}
+
+#[fexit(function = "x64_sys_call")]
+pub fn probe_fexit_syscall(_ctx: FExitContext) -> i32 {
     0
 }
 

@@ -1,4 +1,6 @@
-//! Syscall telemetry: `sys_enter`/`sys_exit` raw tracepoints aggregated per (cgroup, syscall).
+//! Syscall telemetry: `sys_enter`/`sys_exit` raw tracepoints, or fentry/fexit on the syscall
+//! dispatcher `x64_sys_call` where the kernel has it, aggregated per (cgroup, syscall). Both
+//! pairs share the maps and the bodies ([`enter`], [`exit`]); userspace attaches one pair.
 //!
 //! Hot path budget: at entry one array store (the thread's slot); at exit one array load, one
 //! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
@@ -13,9 +15,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{map, raw_tracepoint},
+    macros::{fentry, fexit, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use palisade_common::{
     CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ErrnoKey, SyscallKey, SyscallStats, ThreadSlot,
@@ -87,6 +89,29 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
+/// `long x64_sys_call(const struct pt_regs *regs, unsigned int nr)`: the x86_64 dispatcher
+/// (kernels with the BHI mitigation: 6.9+, and stable backports such as Debian's 6.1.0-2x+),
+/// called for every 64-bit syscall with a valid number. `do_syscall_64` itself is `noinstr`.
+#[fentry(function = "x64_sys_call")]
+pub fn sys_enter_fentry(ctx: FEntryContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    match enter(nr as u32) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// The same function's return: the arguments as at entry, then the return value.
+#[fexit(function = "x64_sys_call")]
+pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    let ret: i64 = ctx.arg(2);
+    // A fork child starts in ret_from_fork and never returns through the dispatcher: every
+    // return seen here is a call of its own, and the number is the argument.
+    match exit(ret, nr as u32, 0) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
 #[inline(always)]
 fn selected(cgroup_id: u64) -> bool {
     // SAFETY: read-only lookup; the value is not kept.
@@ -99,7 +124,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if nr < 0 {
         return Ok(0);
     }
-    let nr = nr as u32;
+    enter(nr as u32)
+}
+
+/// Syscall entry: stamps the thread's slot (or counts `exit`/`exit_group` now).
+#[inline(always)]
+fn enter(nr: u32) -> Result<i32, i32> {
     if nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
         // These never reach sys_exit: count them now, untimed and without errno.
         // SAFETY: helper without preconditions.
@@ -172,6 +202,20 @@ pub fn moved(pid: u32, id: u64) {
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // sys_exit(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);
+    let regs: u64 = ctx.arg(0);
+    exit(ret, NR_FROM_REGS, regs)
+}
+
+/// `exit`'s `nr` when only the saved registers have the syscall number.
+const NR_FROM_REGS: u32 = u32::MAX;
+
+/// Syscall return: accounts the call timed by its slot, or untimed when the entry was missed.
+/// `known_nr` is the syscall number when the hook passes it (fexit), else [`NR_FROM_REGS`] and
+/// `regs` points at the saved registers (`sys_exit(struct pt_regs *regs, long ret)`). (Plain
+/// integers, not an enum: an enum's unused payload reached the verifier as an uninitialized
+/// register, "R3 !read_ok", on 6.1.)
+#[inline(always)]
+fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -196,24 +240,30 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         }
     }
     if timed.is_none() {
-        // No entry seen: read the syscall number from the saved registers (arch ABI layout).
-        let regs: u64 = ctx.arg(0);
-        // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
-        let raw: i64 =
-            unsafe { bpf_probe_read_kernel((regs + PT_REGS_NR_OFFSET.load()) as *const i64) }
+        match known_nr {
+            NR_FROM_REGS => {
+                // No entry seen: read the syscall number from the saved registers (arch ABI
+                // layout).
+                // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
+                let raw: i64 = unsafe {
+                    bpf_probe_read_kernel((regs + PT_REGS_NR_OFFSET.load()) as *const i64)
+                }
                 .map_err(|_| 0)?;
-        if raw < 0 {
-            return Ok(0);
-        }
-        nr = raw as u32;
-        // A new child's first return from the fork family is not a call of its own.
-        if ret == 0
-            && (nr == NR_CLONE.load()
-                || nr == NR_CLONE3.load()
-                || nr == NR_FORK.load()
-                || nr == NR_VFORK.load())
-        {
-            return Ok(0);
+                if raw < 0 {
+                    return Ok(0);
+                }
+                nr = raw as u32;
+                // A new child's first return from the fork family is not a call of its own.
+                if ret == 0
+                    && (nr == NR_CLONE.load()
+                        || nr == NR_CLONE3.load()
+                        || nr == NR_FORK.load()
+                        || nr == NR_VFORK.load())
+                {
+                    return Ok(0);
+                }
+            }
+            n => nr = n,
         }
     }
     let cgroup_id = if cached_cgroup != 0 {

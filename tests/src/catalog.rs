@@ -68,6 +68,7 @@ const FEATURES: &[&str] = &[
     "send_signal",
     "cgroup_ancestors",
     "fentry",
+    "syscall_fentry",
     "bpf_lsm",
     "kprobe",
     "ring_buffer",

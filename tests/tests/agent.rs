@@ -91,6 +91,95 @@ fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
     promtool_check_metrics(&m.text);
 }
 
+/// `syscalls.hook: fentry`. Where the kernel attaches fentry to the syscall dispatcher
+/// (`palisade doctor`'s `syscall_fentry` row: Debian 6.1 and 6.12 in `cargo xtask vm-test`),
+/// the agent counts on fentry/fexit exactly as on raw tracepoints: calls, errors, latency
+/// samples, forks and moves. Where it cannot (this project's host), the agent refuses to start
+/// with one line naming the hook, instead of counting on something else than asked.
+#[test]
+fn the_fentry_hook_counts_exactly_or_refuses_to_start() {
+    palisade_tests::require_root();
+    let doctor = std::process::Command::new(palisade_bin())
+        .arg("doctor")
+        .output()
+        .unwrap_or_else(|e| panic!("palisade doctor: {e}"));
+    let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    let row = doctor
+        .lines()
+        .find(|l| l.starts_with("syscall_fentry "))
+        .unwrap_or_else(|| panic!("doctor has no syscall_fentry row:\n{doctor}"))
+        .to_owned();
+    println!("{row}");
+    let config = "syscalls:\n  hook: fentry\nmetrics:\n  syscall_latency_detail: [getppid]\n";
+    if !row.contains(" yes ") {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cfg = dir.path().join("fentry.yaml");
+        std::fs::write(&cfg, format!("listen: 127.0.0.1:0\n{config}"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", cfg.display()));
+        let (code, err) = run_palisade(&["agent", "--config", cfg.to_str().unwrap_or_default()]);
+        assert_eq!(code, 1, "{err}");
+        assert_one_line_error(&err, "fentry/fexit on x64_sys_call");
+        return;
+    }
+    let agent = Agent::start(config, &[]);
+    let log = agent.log();
+    assert!(
+        log.contains("syscall telemetry on fentry/fexit on x64_sys_call"),
+        "{log}"
+    );
+    let cg = TestCgroup::new("fentry");
+    let other = TestCgroup::new("fentry-moved");
+    let other_dir = other.path.to_string_lossy().into_owned();
+    cg.run_workload(&["getppid", "10000", "close-bad", "1000", "fork", "25"]);
+    cg.run_workload(&["getppid", "300", "move", &other_dir, "getppid", "200"]);
+    let m = agent.metrics();
+    let name = cg.rel.as_str();
+    assert_eq!(syscalls(&m, name, "getppid"), Some(10_300.0), "{}", m.text);
+    assert_eq!(
+        syscalls(&m, &other.rel, "getppid"),
+        Some(200.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value(
+            "palisade_syscall_errors_total",
+            &[
+                ("container", name),
+                ("syscall", "close"),
+                ("errno", "EBADF")
+            ]
+        ),
+        Some(1_000.0),
+        "{}",
+        m.text
+    );
+    // every getppid was timed (entry and exit both seen)
+    assert_eq!(
+        m.value(
+            "palisade_syscall_duration_seconds_count",
+            &[("container", name), ("syscall", "getppid")]
+        ),
+        Some(10_300.0),
+        "{}",
+        m.text
+    );
+    // the children's first return is not a call: 25 forks, 25 + 1 exit_group in `cg`, the
+    // moved workload's exit_group in `other`
+    let forks: f64 = ["clone", "clone3", "fork", "vfork"]
+        .iter()
+        .filter_map(|s| syscalls(&m, name, s))
+        .sum();
+    assert_eq!(forks, 25.0, "{}", m.text);
+    assert_eq!(syscalls(&m, name, "exit_group"), Some(26.0), "{}", m.text);
+    assert_eq!(
+        syscalls(&m, &other.rel, "exit_group"),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+}
+
 #[test]
 fn counts_follow_a_process_that_changes_cgroup() {
     let agent = Agent::start("", &[]);
@@ -651,6 +740,7 @@ fn doctor_reports_what_the_kernel_allows() {
         "send_signal",
         "cgroup_ancestors",
         "fentry",
+        "syscall_fentry",
         "bpf_lsm",
         "kprobe",
         "btf",

@@ -10,13 +10,25 @@ use crate::{agent_bin, build, exec, root, step};
 pub enum Bench {
     /// ns per syscall (getppid, 1-byte read) untraced, under bpftrace (empty, count per
     /// cgroup+syscall, count+latency histogram) and under `palisade agent`, interleaved.
+    ///
+    /// With `--vm 6.1|6.12|all`: inside Debian's kernels under qemu (TCG), the two hook pairs
+    /// syscall telemetry can ride, each against its empty pair: raw tracepoints
+    /// sys_enter/sys_exit and fentry/fexit on x64_sys_call (this host refuses fentry).
     Syscalls {
-        /// Calls per measurement.
-        #[arg(short = 'n', long, default_value_t = 5_000_000)]
-        calls: u64,
+        /// Calls per measurement (default: 5,000,000; 200,000 with --vm, where TCG makes a
+        /// syscall cost microseconds).
+        #[arg(short = 'n', long)]
+        calls: Option<u64>,
         /// Repetitions of every case (medians are reported).
         #[arg(short, long, default_value_t = 5)]
         reps: u32,
+        /// Run in the VM of this kernel: 6.1, 6.12 or all.
+        #[arg(long, value_name = "KERNEL")]
+        vm: Option<String>,
+        /// With --vm: use the debug agent build (the eBPF programs are the same release-built
+        /// object in both builds; only the idle agent's userspace differs).
+        #[arg(long, requires = "vm")]
+        debug_agent: bool,
     },
     /// Userspace cost of a scrape (cgroupfs reads + render) with 0, 100 and 1,000 simulated
     /// containers (fixture tree), and the exec events/s the pipeline sustains with zero loss.
@@ -111,7 +123,23 @@ pub enum Bench {
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
-        Bench::Syscalls { calls, reps } => syscalls(calls, reps),
+        Bench::Syscalls {
+            calls,
+            reps,
+            vm: Some(kernel),
+            debug_agent,
+        } => crate::bench_vm::run(&crate::bench_vm::VmBench {
+            kernel: &kernel,
+            calls: calls.unwrap_or(200_000),
+            reps,
+            debug_agent,
+        }),
+        Bench::Syscalls {
+            calls,
+            reps,
+            vm: None,
+            ..
+        } => syscalls(calls.unwrap_or(5_000_000), reps),
         Bench::Net {
             mib,
             connections,
@@ -170,7 +198,58 @@ fn peer_bench_dir(script: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// ns per call of `bench/syscall_overhead.sh`'s raw output, by (mode, case), then round.
+pub struct Rounds(BTreeMap<(String, String), BTreeMap<String, f64>>);
+
+impl Rounds {
+    /// ns per call of `case` in `mode`, by round.
+    pub fn series(&self, mode: &str, case: &str) -> BTreeMap<String, f64> {
+        self.0
+            .get(&(mode.to_owned(), case.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `case`'s cost over `base` in each round.
+    pub fn added(&self, mode: &str, case: &str) -> BTreeMap<String, f64> {
+        let base = self.series(mode, "base");
+        self.series(mode, case)
+            .into_iter()
+            .filter_map(|(rep, v)| base.get(&rep).map(|b| (rep, v - b)))
+            .collect()
+    }
+
+    /// Median over rounds of `case`'s added cost divided by `over`'s in the same round.
+    pub fn ratio(&self, mode: &str, case: &str, over: &str) -> f64 {
+        let a = self.added(mode, case);
+        let o = self.added(mode, over);
+        median(
+            &mut a
+                .iter()
+                .filter_map(|(rep, v)| o.get(rep).map(|d| v / d))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// Reads the script's TSV (`rep case mode ns_per_call`).
+pub fn read_rounds(path: &std::path::Path) -> Result<Rounds> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut by: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [rep, case, mode, ns] = f.as_slice()
+            && let Ok(ns) = ns.parse::<f64>()
+        {
+            by.entry(((*mode).to_owned(), (*case).to_owned()))
+                .or_default()
+                .insert((*rep).to_owned(), ns);
+        }
+    }
+    Ok(Rounds(by))
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -215,19 +294,7 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
             .arg(tmp.join("agent.sock")),
     )?;
 
-    let text = std::fs::read_to_string(&raw).with_context(|| format!("read {}", raw.display()))?;
-    // per repetition, so ratios can be taken within one repetition
-    let mut by: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split('\t').collect();
-        if let [rep, case, mode, ns] = f.as_slice()
-            && let Ok(ns) = ns.parse::<f64>()
-        {
-            by.entry(((*mode).to_owned(), (*case).to_owned()))
-                .or_default()
-                .insert((*rep).to_owned(), ns);
-        }
-    }
+    let rounds = read_rounds(&raw)?;
     let _ = std::fs::remove_dir_all(&tmp);
     println!("\nadded cost per syscall (median ns over base); Palisade's added cost as a ratio to");
     println!("the empty raw-tracepoint pair (floor) and to bpftrace counting per cgroup+syscall,");
@@ -246,30 +313,9 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
         "/lat"
     );
     for mode in ["getppid", "read"] {
-        let series = |case: &str| {
-            by.get(&(mode.to_owned(), case.to_owned()))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let med = |case: &str| median(&mut series(case).into_values().collect::<Vec<_>>());
-        let base = series("base");
-        // added cost in each repetition, over that repetition's base
-        let added = |case: &str| -> BTreeMap<String, f64> {
-            series(case)
-                .into_iter()
-                .filter_map(|(rep, v)| base.get(&rep).map(|b| (rep, v - b)))
-                .collect()
-        };
-        let ratio = |over: &str| {
-            let a = added("agent");
-            let o = added(over);
-            median(
-                &mut a
-                    .iter()
-                    .filter_map(|(rep, v)| o.get(rep).map(|d| v / d))
-                    .collect::<Vec<_>>(),
-            )
-        };
+        let med =
+            |case: &str| median(&mut rounds.series(mode, case).into_values().collect::<Vec<_>>());
+        let ratio = |over: &str| rounds.ratio(mode, "agent", over);
         let b = med("base");
         println!(
             "{:<8} {:>8.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1}   {:>7.2} {:>7.2} {:>7.2}",

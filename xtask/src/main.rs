@@ -26,6 +26,7 @@ mod bench_exec;
 mod bench_launch;
 mod bench_policy;
 mod bench_scale;
+mod bench_vm;
 mod deps;
 mod dist;
 mod fuzz;

@@ -154,12 +154,16 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 20)]
         scrapes: usize,
     },
-    /// Attach empty programs to the sys_enter and sys_exit raw tracepoints, write FILE, and
-    /// hold them until SIGINT/SIGTERM: the hook cost every syscall pays under any raw-tracepoint
-    /// accounting (the floor of `cargo xtask bench syscalls`).
+    /// Attach an empty program pair where syscall telemetry hooks (the sys_enter and sys_exit
+    /// raw tracepoints, or fentry/fexit on x64_sys_call), write FILE, and hold them until
+    /// SIGINT/SIGTERM: the hook cost every syscall pays under any accounting on that pair (the
+    /// floors of `cargo xtask bench syscalls`).
     EmptyHooks {
         #[arg(long, value_name = "FILE")]
         ready_file: PathBuf,
+        /// Which pair.
+        #[arg(long, value_enum, default_value = "raw_tracepoint")]
+        hook: EmptyHookPair,
     },
     /// Print the shell completion script for SHELL (`cargo xtask dist` packages them).
     Completions {
@@ -171,6 +175,17 @@ pub enum DebugCommand {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// `palisade debug empty-hooks --hook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmptyHookPair {
+    /// Raw tracepoints sys_enter and sys_exit.
+    #[value(name = "raw_tracepoint")]
+    RawTracepoint,
+    /// fentry and fexit on x64_sys_call (needs kernel BTF).
+    #[value(name = "fentry")]
+    Fentry,
 }
 
 #[derive(Debug, Args)]

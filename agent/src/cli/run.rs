@@ -38,8 +38,8 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_FAILURE, e),
         },
-        Command::Debug(DebugCommand::EmptyHooks { ready_file }) => {
-            match benchmark::empty_hooks(&ready_file) {
+        Command::Debug(DebugCommand::EmptyHooks { ready_file, hook }) => {
+            match benchmark::empty_hooks(&ready_file, hook == super::EmptyHookPair::Fentry) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, e),
             }

@@ -19,7 +19,7 @@ pub use otlp::{OtlpConfig, OtlpProtocol};
 pub use policy::PolicyConfig;
 pub use sections::{
     EventsConfig, IdentityConfig, MetricsConfig, NameRoots, NetworkConfig, ProcessesConfig,
-    ResourcesConfig, RuntimeParents, SyscallConfig,
+    ResourcesConfig, RuntimeParents, SyscallConfig, SyscallHookChoice,
 };
 
 /// A value that parses but cannot be used (alone or with the values beside it), named by its

@@ -156,10 +156,30 @@ impl Default for ProcessesConfig {
     }
 }
 
-/// Syscall telemetry (`sys_enter`/`sys_exit` raw tracepoints).
+/// Which kernel hook carries the syscall telemetry (`syscalls.hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyscallHookChoice {
+    /// The pair `palisade doctor` names for this host: today raw tracepoints everywhere
+    /// (fentry/fexit was not measured cheaper, see the README's "Which hook carries syscall
+    /// telemetry").
+    #[default]
+    Auto,
+    /// `sys_enter`/`sys_exit` raw tracepoints (every kernel).
+    RawTracepoint,
+    /// fentry/fexit on `x64_sys_call` (kernel BTF, 6.9+ or a BHI backport); the agent fails
+    /// to start where the kernel refuses them.
+    Fentry,
+}
+
+/// Syscall telemetry (`sys_enter`/`sys_exit` raw tracepoints, or fentry/fexit on the syscall
+/// dispatcher: `hook`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyscallConfig {
+    /// `auto`, `raw_tracepoint` or `fentry`: the kernel hook pair that sees every syscall.
+    /// `palisade doctor` says which one `auto` picks on this host.
+    pub hook: SyscallHookChoice,
     /// Trace only cgroups whose container name or cgroup path matches one of these globs
     /// (e.g. `web-*`, `/system.slice/*.service`). Empty: trace every cgroup.
     pub cgroups: Vec<Pattern>,
@@ -177,6 +197,7 @@ pub struct SyscallConfig {
 impl Default for SyscallConfig {
     fn default() -> Self {
         Self {
+            hook: SyscallHookChoice::Auto,
             cgroups: Vec::new(),
             stats_max_entries: Capacity(10_240),
             errno_max_entries: Capacity(4_096),

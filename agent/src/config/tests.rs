@@ -166,3 +166,22 @@ fn node_name() {
     assert!(NodeName::new("").is_err());
     assert!(!NodeName::from_hostname().0.is_empty());
 }
+
+#[test]
+fn syscall_hook_choices_parse_and_an_unknown_one_names_its_line() {
+    assert_eq!(parse("").unwrap().syscalls.hook, SyscallHookChoice::Auto);
+    for (text, want) in [
+        ("auto", SyscallHookChoice::Auto),
+        ("raw_tracepoint", SyscallHookChoice::RawTracepoint),
+        ("fentry", SyscallHookChoice::Fentry),
+    ] {
+        let c = parse(&format!("syscalls:\n  hook: {text}\n"))
+            .unwrap_or_else(|e| panic!("syscalls.hook: {text}: {e}"));
+        assert_eq!(c.syscalls.hook, want, "syscalls.hook: {text}");
+    }
+    let e = parse("syscalls:\n  hook: kprobe\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("test.yaml:2:"), "{e}");
+    assert!(e.contains("raw_tracepoint"), "{e}");
+}

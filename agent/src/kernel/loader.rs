@@ -1,6 +1,7 @@
 //! Load the programs object with this host's parameters and attach the hooks.
 //!
-//! Required hooks (raw tracepoints `sys_enter`/`sys_exit`) fail the load with a one-line error.
+//! Required hooks (the syscall pair: fentry/fexit on `x64_sys_call` or the raw tracepoints
+//! `sys_enter`/`sys_exit`, see [`SyscallHook`]) fail the load with a one-line error.
 //! Optional hook groups (classic tracepoints) are logged and skipped when the kernel refuses them
 //! or their record layout cannot be read; the agent then degrades as [`Hook`] documents.
 //! Everything loaded is owned by the returned [`aya::Ebpf`]; dropping it detaches every link,
@@ -11,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, SockOps, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, RawTracePoint, SockOps,
+        TracePoint,
     },
 };
 use palisade_common::{CONFIG_CGROUP_CACHE, names};
@@ -38,6 +40,46 @@ pub struct LoadOptions<'a> {
     pub network_root: Option<&'a Path>,
     /// Capacity of the flow table.
     pub flow_entries: u32,
+    /// The syscall hook pairs to try, in order; the first that loads and attaches carries the
+    /// syscall telemetry.
+    pub syscall_hooks: &'a [SyscallHook],
+}
+
+/// The kernel hook pair that carries the syscall telemetry. Both run the same program bodies
+/// on the same maps; only the attach point differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallHook {
+    /// `sys_enter`/`sys_exit` raw tracepoints: every kernel, every syscall ABI.
+    RawTracepoint,
+    /// fentry/fexit on `x64_sys_call`, the dispatcher of 64-bit syscalls on kernels with the
+    /// BHI mitigation (6.9+ and stable backports); needs kernel BTF. 32-bit (ia32) syscalls
+    /// go through `ia32_sys_call` and are not seen.
+    Fentry,
+}
+
+/// `syscalls.hook: auto`: the pairs in the order tried. Raw tracepoints only, for now:
+/// `cargo xtask bench syscalls --vm 6.1` (README, "Which hook carries syscall telemetry") did
+/// not show fentry/fexit cheaper. Its TCG runs on this project's loaded 2-CPU machine were
+/// noisier than the difference (one finished round, floors below zero), so the switch waits
+/// for a run with enough rounds; until then fentry is opt-in (`syscalls.hook: fentry`) and
+/// raw tracepoints also see ia32 syscalls, which the dispatcher fentry does not.
+pub const AUTO_SYSCALL_HOOKS: &[SyscallHook] = &[SyscallHook::RawTracepoint];
+
+impl SyscallHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyscallHook::RawTracepoint => "raw_tracepoint",
+            SyscallHook::Fentry => "fentry",
+        }
+    }
+
+    /// What `palisade doctor` and the agent's log call it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SyscallHook::RawTracepoint => "raw tracepoints sys_enter/sys_exit",
+            SyscallHook::Fentry => "fentry/fexit on x64_sys_call",
+        }
+    }
 }
 
 /// Optional hook groups, attached together.
@@ -71,6 +113,10 @@ impl Hook {
 
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// The pair that carries the syscall telemetry.
+    pub syscall_hook: SyscallHook,
+    /// Pairs tried before it and why each could not be used.
+    pub syscall_hooks_refused: Vec<(SyscallHook, KernelError)>,
     /// Each optional hook group and why it is not attached (`None` when it is).
     pub optional: Vec<(Hook, Option<Degraded>)>,
     /// Why `task_struct`/`mm_struct` fields cannot be read (no BTF), if so: exec events then
@@ -328,28 +374,26 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         optional.push((hook, why));
     }
 
-    for (prog, tp) in [
-        (names::PROG_SYS_ENTER, "sys_enter"),
-        (names::PROG_SYS_EXIT, "sys_exit"),
-    ] {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .ok_or(KernelError::MissingProgram(prog))?
-            .try_into()
-            .map_err(|source| KernelError::Program {
-                program: prog,
-                source,
-            })?;
-        p.load().map_err(|source| KernelError::Program {
-            program: prog,
-            source,
-        })?;
-        p.attach(tp).map_err(|source| KernelError::Attach {
-            program: prog,
-            target: format!("raw tracepoint {tp}"),
-            source,
-        })?;
+    let mut syscall_hooks_refused = Vec::new();
+    let mut syscall_hook = None;
+    for hook in opts.syscall_hooks {
+        match attach_syscalls(&mut ebpf, *hook) {
+            Ok(()) => {
+                syscall_hook = Some(*hook);
+                break;
+            }
+            Err(e) => syscall_hooks_refused.push((*hook, e)),
+        }
     }
+    let Some(syscall_hook) = syscall_hook else {
+        return Err(match syscall_hooks_refused.pop() {
+            Some((hook, e)) => KernelError::SyscallHook {
+                hook: hook.describe(),
+                cause: Box::new(e),
+            },
+            None => KernelError::MissingProgram(names::PROG_SYS_ENTER),
+        });
+    };
 
     optional.push((
         Hook::Network,
@@ -379,9 +423,83 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
     }
     Ok(Loaded {
         ebpf,
+        syscall_hook,
+        syscall_hooks_refused,
         optional,
         task_offsets_unavailable: task.err(),
     })
+}
+
+/// Loads and attaches the syscall pair of `hook`. On error nothing of it stays attached (the
+/// next pair must not count the same calls twice).
+fn attach_syscalls(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<(), KernelError> {
+    match hook {
+        SyscallHook::RawTracepoint => {
+            let r = attach_raw_syscalls(ebpf);
+            if r.is_err() {
+                for prog in [names::PROG_SYS_ENTER, names::PROG_SYS_EXIT] {
+                    if let Ok(p) = program::<RawTracePoint>(ebpf, prog) {
+                        let _ = p.unload();
+                    }
+                }
+            }
+            r
+        }
+        SyscallHook::Fentry => {
+            let r = attach_fentry_syscalls(ebpf);
+            if r.is_err() {
+                if let Ok(p) = program::<FEntry>(ebpf, names::PROG_SYS_ENTER_FENTRY) {
+                    let _ = p.unload();
+                }
+                if let Ok(p) = program::<FExit>(ebpf, names::PROG_SYS_EXIT_FEXIT) {
+                    let _ = p.unload();
+                }
+            }
+            r
+        }
+    }
+}
+
+fn attach_raw_syscalls(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    for (prog, tp) in [
+        (names::PROG_SYS_ENTER, "sys_enter"),
+        (names::PROG_SYS_EXIT, "sys_exit"),
+    ] {
+        let p: &mut RawTracePoint = program(ebpf, prog)?;
+        p.load().map_err(refused(prog))?;
+        p.attach(tp).map_err(|source| KernelError::Attach {
+            program: prog,
+            target: format!("raw tracepoint {tp}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// fexit first: an exit without its entry is counted untimed, an entry without its exit not
+/// at all.
+fn attach_fentry_syscalls(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let btf = aya::Btf::from_sys_fs().map_err(KernelError::Btf)?;
+    let target = || format!("fexit/fentry {}", names::FN_SYSCALL_DISPATCH);
+    let prog = names::PROG_SYS_EXIT_FEXIT;
+    let p: &mut FExit = program(ebpf, prog)?;
+    p.load(names::FN_SYSCALL_DISPATCH, &btf)
+        .map_err(refused(prog))?;
+    p.attach().map_err(|source| KernelError::Attach {
+        program: prog,
+        target: target(),
+        source,
+    })?;
+    let prog = names::PROG_SYS_ENTER_FENTRY;
+    let p: &mut FEntry = program(ebpf, prog)?;
+    p.load(names::FN_SYSCALL_DISPATCH, &btf)
+        .map_err(refused(prog))?;
+    p.attach().map_err(|source| KernelError::Attach {
+        program: prog,
+        target: target(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Attaches the packet and TCP programs to the unified root, covering every cgroup below it,

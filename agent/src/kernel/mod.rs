@@ -10,7 +10,7 @@ pub use actor::{KernelHandle, KernelSnapshot, Output, spawn};
 pub use events::{CgroupChange, KernelEvent};
 /// The `/proc` parsers of the listener scan (for `crate::fuzzing`).
 pub(crate) use listeners::{listening, unified_path};
-pub use loader::{LoadOptions, load};
+pub use loader::{AUTO_SYSCALL_HOOKS, LoadOptions, SyscallHook, load};
 
 /// The compiled eBPF objects, built by build.rs with the nightly toolchain.
 pub static PROGRAMS_OBJECT: &[u8] =
@@ -57,6 +57,13 @@ pub enum KernelError {
         target: String,
         source: aya::programs::ProgramError,
     },
+    #[error("syscall telemetry cannot attach to {hook}: {cause}")]
+    SyscallHook {
+        hook: &'static str,
+        cause: Box<KernelError>,
+    },
+    #[error("no kernel BTF (fentry needs /sys/kernel/btf/vmlinux): {0}")]
+    Btf(#[source] aya::BtfError),
     #[error("cannot open the cgroup {}: {source}", path.display())]
     Cgroup {
         path: std::path::PathBuf,
