@@ -112,6 +112,10 @@ fn lsm_verdict(files: &Files, mode: Mode, hooks: &str) -> String {
 
 /// Warnings about one policy's file rules on a host with `tier`: the fallbacks, stated.
 pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnostic>) {
+    // (without BPF-LSM `exec` is not seen at all, said below)
+    if *tier == FileTier::Lsm {
+        exec_without_read(files, out);
+    }
     let mut note = |message: String| {
         out.push(Diagnostic {
             loc: files.loc.clone(),
@@ -148,6 +152,40 @@ pub fn notes(files: &Files, mode: Mode, tier: &FileTier, out: &mut Vec<Diagnosti
             note(
                 "without BPF-LSM file rules match the path as given to the call: a relative path, a symlink or a `..` reaches a denied file unreported (best effort); `fchmod`, `ftruncate`, io_uring opens and calls through the i386 or x32 ABI are not seen".into(),
             );
+        }
+    }
+}
+
+/// A warning at each rule denying `exec` of paths it lets be read: a file that can be read can
+/// be run (its bytes copied to an anonymous mapping or a memfd), so the denial holds only
+/// with `read` denied too.
+fn exec_without_read(files: &Files, out: &mut Vec<Diagnostic>) {
+    for r in files
+        .deny
+        .iter()
+        .filter(|r| r.access.contains(&FileAccess::Exec))
+    {
+        let readable: Vec<&str> = r
+            .paths
+            .iter()
+            .filter(|p| {
+                let probe = match p.kind {
+                    PathKind::Exact => p.key.clone(),
+                    PathKind::Tree => format!("{}/x", p.key.trim_end_matches('/')),
+                };
+                files.rule_for(&probe, FileAccess::Read).is_none()
+            })
+            .map(|p| p.text.as_str())
+            .collect();
+        if !readable.is_empty() {
+            out.push(Diagnostic {
+                loc: r.loc.clone(),
+                message: format!(
+                    "rule `{}` denies `exec` of {} but not `read`: a file that can be read can be run anyway (its bytes copied into an anonymous executable mapping or a memfd); deny `read` as well for the exec denial to hold",
+                    r.rule,
+                    readable.join(", ")
+                ),
+            });
         }
     }
 }

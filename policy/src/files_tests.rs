@@ -321,3 +321,28 @@ fn compiles_to_the_kernel_table_and_matches_like_the_model() {
         }
     }
 }
+
+#[test]
+fn an_exec_denial_without_a_read_denial_is_warned() {
+    // a file that can be read can be run: its bytes copied to an anonymous mapping or a memfd
+    let body = "  files:
+    action: errno
+    deny:
+      - {name: tools, paths: [\"/opt/tools/**\"], access: [exec]}
+      - {name: nc, paths: [\"/usr/bin/nc\"], access: [exec, read]}
+      - {name: sh, paths: [\"/bin/sh\"], access: [exec]}
+      - {name: sh-read, paths: [\"/bin/**\"], access: [read]}
+";
+    let set = crate::PolicySet {
+        policies: vec![parse(body).unwrap()],
+        files: vec!["p.yaml".into()],
+    };
+    let w = check::file_notes(&set, &FileTier::Lsm);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].loc.line, w[0].loc.column), (11, 9), "{w:?}");
+    assert!(
+        w[0].message
+            .contains("rule `tools` denies `exec` of /opt/tools/** but not `read`"),
+        "{w:?}"
+    );
+}
