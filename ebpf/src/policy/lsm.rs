@@ -7,7 +7,8 @@
 //!   named (a script's own file), then, for a script, with its interpreter. Each round is
 //!   matched like the `sched_process_exec` program matches the file executed (resolved path,
 //!   device and inode for the event; the path given on the first round); rules with other
-//!   actions are left to that program.
+//!   actions, and every rule in audit mode, are left to that program (it sees each exec once,
+//!   where this hook sees a script twice).
 //! - `policy_lsm_*` on the hooks of the calls in `LSM_CALLS` (`userns_create`, `capable`,
 //!   `task_alloc`, `sb_mount`, ...): a call that syscall rules deny with `action: errno` in
 //!   enforce mode is refused with the rule's errno from inside the call, before it has any
