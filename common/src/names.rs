@@ -205,7 +205,7 @@ pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
 pub const PROG_POLICY_EXEC_LSM: &str = "policy_exec_lsm";
 /// BPF-LSM programs refusing syscall rules with `action: errno` of the calls in
 /// [`crate::policy::LSM_CALLS`]: (program, hook).
-pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
+pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 16] = [
     ("policy_lsm_userns_create", "userns_create"),
     ("policy_lsm_capable", "capable"),
     ("policy_lsm_task_alloc", "task_alloc"),
@@ -220,6 +220,8 @@ pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
     ("policy_lsm_kernel_load_data", "kernel_load_data"),
     ("policy_lsm_kernel_read_file", "kernel_read_file"),
     ("policy_lsm_task_fix_setuid", "task_fix_setuid"),
+    ("policy_lsm_key_permission", "key_permission"),
+    ("policy_lsm_key_alloc", "key_alloc"),
 ];
 /// And `task_prctl`, whose programs must answer -ENOSYS to let a call through.
 pub const PROG_POLICY_LSM_TASK_PRCTL: &str = "policy_lsm_task_prctl";

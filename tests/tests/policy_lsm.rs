@@ -450,3 +450,101 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
         );
     }
 }
+
+const ETXTBSY: i32 = 26;
+
+/// `keyctl`, `add_key` (to a key that exists) and `request_key` denied with `action: errno`:
+/// with BPF-LSM refused with the rule's errno at `key_permission`/`key_alloc`, each call
+/// counted once (a `request_key` searching three keyrings is refused three times); without it
+/// killed after the call.
+#[test]
+fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
+    let lsm = host_has_lsm();
+    let cg = TestCgroup::new("lsm-keys");
+    let tag = std::process::id().to_string();
+    let wb = palisade_tests::workload_bin();
+    // the key exists (added from outside the policy's cgroup): add_key would update it
+    assert_eq!(
+        outcome(std::process::Command::new(&wb).args(["add-key", &tag])),
+        Ok(0),
+        "add_key outside the policy"
+    );
+    let s = Setup::new(&policy(
+        "no-keys",
+        &cg,
+        "enforce",
+        "  syscalls:\n    action: errno\n    errno: ETXTBSY\n    deny: [keyctl, add_key, request_key]\n",
+    ));
+    let agent = s.agent("  rate_limit_burst: 100\n");
+    let hooks: &[&str] = if lsm {
+        &["syscalls", "syscalls_lsm"]
+    } else {
+        &["syscalls"]
+    };
+    wait_applied(&agent, "no-keys", cg.id, hooks);
+    let want = if lsm { Ok(ETXTBSY) } else { Err(9) };
+    for args in [
+        vec!["keyctl", "1"],
+        vec!["add-key", &tag],
+        vec!["request-key", &tag],
+    ] {
+        assert_eq!(
+            outcome(cg.command(&wb).args(&args)),
+            want,
+            "{args:?}; status: {}\nagent log:\n{}",
+            status(&agent),
+            agent.log()
+        );
+    }
+    // a thread and a process keyring, made outside the policy, besides the session (or user
+    // session) keyring: request_key asks key_permission once per keyring it searches
+    let dir = cg.path.display().to_string();
+    assert_eq!(
+        outcome(std::process::Command::new(&wb).args([
+            "keyrings",
+            "1",
+            "move",
+            &dir,
+            "request-key",
+            &tag
+        ])),
+        want,
+        "request_key searching three keyrings"
+    );
+    assert_eq!(outcome(cg.command(&wb).args(["getppid", "3"])), Ok(0));
+    const N: usize = 4;
+    let taken = if lsm { "errno" } else { "kill" };
+    let v = violations(&agent, cg.id, N);
+    let mut calls: Vec<String> = v
+        .iter()
+        .map(|e| {
+            let x = &e["violation"];
+            assert_eq!(x["action"], taken, "{x}");
+            assert_eq!(x["hook"], if lsm { "lsm" } else { "syscall" }, "{x}");
+            if lsm {
+                assert_eq!(x["errno"], "ETXTBSY", "{x}");
+            }
+            x["syscall"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    calls.sort();
+    assert_eq!(
+        calls,
+        ["add_key", "keyctl", "request_key", "request_key"],
+        "{v:#?}"
+    );
+    let count = || violation_count(&agent, "no-keys", taken, &cg);
+    palisade_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the violation counter",
+        || (count() >= N as f64).then_some(()),
+    );
+    assert_eq!(count(), N as f64, "one violation per call");
+    let e = enforcement(&agent, "no-keys", "syscalls");
+    if lsm {
+        assert_eq!(e["calls"], serde_json::json!(["add_key", "request_key", "keyctl"]), "{e}");
+        assert_eq!(e["tier"], "refused with ETXTBSY by the kernel", "{e}");
+    } else {
+        assert_eq!(e["tier"], "killed after the call", "{e}");
+    }
+}

@@ -118,6 +118,24 @@ pub const LSM_CALLS: &[LsmCall] = &[
         note: "",
     },
     LsmCall {
+        nr: 248,
+        name: "add_key",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the destination keyring (even when the key exists); arguments the kernel rejects first (a bad key type, a keyring id that names no keyring) fail with the kernel's errno, unreported",
+    },
+    LsmCall {
+        nr: 249,
+        name: "request_key",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the destination keyring or the search of the caller's keyrings; a caller with no keyring to search fails with ENOKEY, unreported",
+    },
+    LsmCall {
+        nr: 250,
+        name: "keyctl",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the key or keyring named; operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
+    },
+    LsmCall {
         nr: 272,
         name: "unshare",
         hooks: &["userns_create", "capable"],
@@ -185,6 +203,9 @@ pub fn lsm_covered(nr: u64) -> bool {
             | 157
             | 165
             | 175
+            | 248
+            | 249
+            | 250
             | 272
             | 298
             | 308
