@@ -457,9 +457,8 @@ fn audit_mode_counts_a_script_exec_once_when_script_and_interpreter_are_denied()
     }
     // a last exec no rule names: every violation of the script is in by the time it is
     assert_eq!(outcome(&mut cg.command("/usr/bin/true")), RAN);
-    let count = || {
-        palisade_tests::policy::violation_count(&agent, name, "would_block", &cg.rel) as usize
-    };
+    let count =
+        || palisade_tests::policy::violation_count(&agent, name, "would_block", &cg.rel) as usize;
     palisade_tests::wait_for(
         std::time::Duration::from_secs(20),
         "the violation counter",

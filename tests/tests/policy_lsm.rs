@@ -542,7 +542,11 @@ fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
     assert_eq!(count(), N as f64, "one violation per call");
     let e = enforcement(&agent, "no-keys", "syscalls");
     if lsm {
-        assert_eq!(e["calls"], serde_json::json!(["add_key", "request_key", "keyctl"]), "{e}");
+        assert_eq!(
+            e["calls"],
+            serde_json::json!(["add_key", "request_key", "keyctl"]),
+            "{e}"
+        );
         assert_eq!(e["tier"], "refused with ETXTBSY by the kernel", "{e}");
     } else {
         assert_eq!(e["tier"], "killed after the call", "{e}");

@@ -262,7 +262,9 @@ const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
 fn keys(what: &str, n: u64) -> Result<(), i32> {
     let check = |r: libc::c_long| {
         if r < 0 {
-            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(255))
+            Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(255))
         } else {
             Ok(())
         }
