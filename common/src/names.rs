@@ -171,6 +171,13 @@ pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
 /// Hash: [`crate::policy::ExecKey`] (exact path or tree) → [`crate::policy::FileEntry`].
 pub const MAP_POLICY_FILES: &str = "POLICY_FILES";
 
+/// Not pinned (learning ends with the agent): hash of the cgroup ids `palisade policy learn`
+/// watches, the ring buffer of [`crate::policy::LearnFile`] records, and the per-CPU count of
+/// records lost to a full ring.
+pub const MAP_POLICY_LEARN: &str = "POLICY_LEARN";
+pub const MAP_POLICY_LEARN_FILES: &str = "POLICY_LEARN_FILES";
+pub const MAP_POLICY_LEARN_LOST: &str = "POLICY_LEARN_LOST";
+
 /// Every pinned map of the policy object.
 pub const POLICY_MAPS: [&str; 17] = [
     MAP_POLICY_CGROUPS,
@@ -236,6 +243,9 @@ pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
 pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
 /// `syscalls:sys_enter_socket`: packet sockets where egress rules apply.
 pub const PROG_POLICY_PACKET: &str = "policy_packet";
+/// Raw tracepoint on `sys_enter`, attached while `palisade policy learn` runs: the paths the
+/// learned cgroups write, unlink and chmod.
+pub const PROG_POLICY_LEARN_FILES: &str = "policy_learn_files";
 /// Raw tracepoint on `sys_enter`: file rules on the path given (no BPF-LSM), reported only.
 pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
 

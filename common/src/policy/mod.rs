@@ -16,6 +16,7 @@ mod args;
 mod compat;
 mod exec;
 mod files;
+mod learn;
 mod lsm;
 mod net;
 
@@ -23,6 +24,7 @@ pub use args::*;
 pub use compat::*;
 pub use exec::*;
 pub use files::*;
+pub use learn::*;
 pub use lsm::*;
 pub use net::*;
 

@@ -7,6 +7,7 @@
 
 mod exec;
 mod files;
+mod learn;
 mod lsm;
 mod net;
 mod report;
