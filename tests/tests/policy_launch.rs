@@ -370,7 +370,12 @@ fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() 
         format!("  #   {w}/relative: write\n"),
         format!("  #   {w}/gone: unlink, write\n"),
     ] {
-        assert!(text.contains(&line), "no `{}` in:\n{text}", line.trim_end());
+        assert!(
+            text.contains(&line),
+            "no `{}` in:\n{text}\nagent log:\n{}",
+            line.trim_end(),
+            agent.log()
+        );
     }
     assert!(
         !text.contains("/etc/hostname"),

@@ -461,14 +461,34 @@ const ETXTBSY: i32 = 26;
 fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
     let lsm = host_has_lsm();
     let cg = TestCgroup::new("lsm-keys");
-    let tag = std::process::id().to_string();
     let wb = palisade_tests::workload_bin();
-    // the key exists (added from outside the policy's cgroup): add_key would update it
-    assert_eq!(
-        outcome(std::process::Command::new(&wb).args(["add-key", &tag])),
-        Ok(0),
-        "add_key outside the policy"
+    // by serial numbers: a special id (KEY_SPEC_*) the kernel resolves first (the user
+    // keyrings looked up, a session keyring installed) fails with ENOKEY when a hook refuses
+    // that step (the kernel replaces the error)
+    // SAFETY: keyctl with integer arguments; finds (or creates) this user's keyring.
+    let ring = unsafe { libc::syscall(libc::SYS_keyctl, 0, -4, 1) };
+    assert!(
+        ring > 0,
+        "user keyring: {}",
+        std::io::Error::last_os_error()
     );
+    let tag = ring.to_string();
+    let desc =
+        std::ffi::CString::new(format!("palisade-test-{ring}")).unwrap_or_else(|e| panic!("{e}"));
+    // the key exists (added from outside the policy's cgroup): add_key would update it
+    // SAFETY: C strings and a one-byte payload that outlive the call.
+    let key = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            desc.as_ptr(),
+            c"1".as_ptr(),
+            1usize,
+            ring,
+        )
+    };
+    assert!(key > 0, "add_key: {}", std::io::Error::last_os_error());
+    let key = key.to_string();
     let s = Setup::new(&policy(
         "no-keys",
         &cg,
@@ -484,7 +504,7 @@ fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
     wait_applied(&agent, "no-keys", cg.id, hooks);
     let want = if lsm { Ok(ETXTBSY) } else { Err(9) };
     for args in [
-        vec!["keyctl", "1"],
+        vec!["keyctl", &key],
         vec!["add-key", &tag],
         vec!["request-key", &tag],
     ] {

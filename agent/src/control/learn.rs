@@ -73,6 +73,18 @@ pub async fn learn(
     };
     let mut base = ctx.state.learn(ask(Vec::new(), false)).await?;
     let mut cgroups: HashSet<u64> = base.cgroups.iter().copied().collect();
+    // the window opens once file writes are watched too (loading the program takes a while)
+    let start: Vec<u64> = cgroups.iter().copied().collect();
+    let loaded =
+        tokio::task::spawn_blocking(move || super::learn_files::FileLearner::start(&start)).await;
+    let mut files = match loaded {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "learning: file writes will not be learned");
+            Err(e.to_string())
+        }
+        Err(e) => Err(format!("loading the program: {e}")),
+    };
     tracing::info!(
         container,
         seconds = window.as_secs_f64(),
@@ -80,14 +92,6 @@ pub async fn learn(
         "learning started"
     );
     let mut l = Learned::default();
-    let start: Vec<u64> = cgroups.iter().copied().collect();
-    let mut files = match super::learn_files::FileLearner::start(&start) {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            tracing::warn!(error = %e, "learning: file writes will not be learned");
-            Err(e.to_string())
-        }
-    };
     let mut drain = tokio::time::interval(Duration::from_millis(200));
     let deadline = tokio::time::Instant::now() + window;
     loop {

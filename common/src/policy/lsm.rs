@@ -121,7 +121,7 @@ pub const LSM_CALLS: &[LsmCall] = &[
         nr: 248,
         name: "add_key",
         hooks: &["key_permission", "key_alloc"],
-        note: "refused at the lookup of the destination keyring (even when the key exists); arguments the kernel rejects first (a bad key type, a keyring id that names no keyring) fail with the kernel's errno, unreported",
+        note: "refused at the lookup of the destination keyring (even when the key exists); arguments the kernel rejects first (a bad key type, a keyring id that names no keyring) fail with the kernel's errno, unreported; a special keyring id (KEY_SPEC_*) refused while the kernel resolves it (the user keyrings looked up, a keyring created) fails with ENOKEY: the kernel replaces the error",
     },
     LsmCall {
         nr: 249,
@@ -133,7 +133,7 @@ pub const LSM_CALLS: &[LsmCall] = &[
         nr: 250,
         name: "keyctl",
         hooks: &["key_permission", "key_alloc"],
-        note: "refused at the lookup of the key or keyring named; operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
+        note: "refused at the lookup of the key or keyring named; a special id (KEY_SPEC_*) refused while the kernel resolves it fails with ENOKEY (the kernel replaces the error); operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
     },
     LsmCall {
         nr: 272,

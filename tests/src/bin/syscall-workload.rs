@@ -20,8 +20,9 @@
 //!   with its errno as the status;
 //! - `keyrings 1`: gives this thread a thread keyring and this process a process keyring
 //!   (`keyctl(KEYCTL_GET_KEYRING_ID, ..., create)`), so a search looks in three keyrings;
-//! - `keyctl N`: N `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)` calls;
-//! - `add-key TAG`: one `add_key("user", "palisade-test-TAG", ...)` into the user keyring;
+//! - `keyctl ID`: one `keyctl(KEYCTL_GET_KEYRING_ID, ID, 0)` (ID: a key's serial number);
+//! - `add-key RING`: one `add_key("user", "palisade-test-RING", ...)` into keyring RING (a
+//!   serial number);
 //! - `request-key TAG`: one `request_key("user", "palisade-test-TAG", NULL, 0)`;
 //!
 //! The key steps exit at once with the errno as the status when a call fails.
@@ -255,8 +256,6 @@ fn ptrace_child() -> Result<(), std::io::Error> {
 const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
 const KEY_SPEC_THREAD_KEYRING: libc::c_long = -1;
 const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
-const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
-const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
 
 /// The key steps (see the top); `Err(errno)` of the first call that fails.
 fn keys(what: &str, n: u64) -> Result<(), i32> {
@@ -278,17 +277,15 @@ fn keys(what: &str, n: u64) -> Result<(), i32> {
             }
         }
         "keyctl" => {
-            for _ in 0..n {
-                // SAFETY: keyctl with integer arguments reads a keyring id only.
-                check(unsafe {
-                    libc::syscall(
-                        libc::SYS_keyctl,
-                        KEYCTL_GET_KEYRING_ID,
-                        KEY_SPEC_SESSION_KEYRING,
-                        0,
-                    )
-                })?;
-            }
+            // SAFETY: keyctl with integer arguments looks a key up only.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_GET_KEYRING_ID,
+                    n as libc::c_long,
+                    0,
+                )
+            })?;
         }
         "add-key" => {
             // SAFETY: C strings and a one-byte payload that outlive the call.
@@ -299,7 +296,7 @@ fn keys(what: &str, n: u64) -> Result<(), i32> {
                     desc.as_ptr(),
                     c"1".as_ptr(),
                     1usize,
-                    KEY_SPEC_USER_KEYRING,
+                    n as libc::c_long,
                 )
             })?;
         }
