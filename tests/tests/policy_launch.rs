@@ -342,13 +342,18 @@ fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() 
         .unwrap_or_else(|e| panic!("learn: {e}"));
     wait_for(
         std::time::Duration::from_secs(20),
-        "the learning window",
-        || agent.log().contains("learning started").then_some(()),
+        "file writes watched",
+        || {
+            agent
+                .log()
+                .contains("learning: file writes watched")
+                .then_some(())
+        },
     );
     // the shell writes one file by a relative name and stays a second (relative names are
     // resolved against its directory); it reads /etc/hostname, which is no write
     let script = format!(
-        "cd {w} && echo a > {w}/written && echo b > relative && chmod 600 {w}/written && : > {w}/gone && rm {w}/gone && cat /etc/hostname > /dev/null && sleep 1"
+        "cd {w} && echo a > {w}/written && echo b > relative && chmod 600 {w}/written && : > {w}/gone && unlink {w}/gone && cat /etc/hostname > /dev/null && sleep 1"
     );
     let out = cg
         .command("/bin/sh")

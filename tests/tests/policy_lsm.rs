@@ -488,6 +488,12 @@ fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
         )
     };
     assert!(key > 0, "add_key: {}", std::io::Error::last_os_error());
+    // the user may search it without possessing it: a refused search of the caller's
+    // keyrings loses the possession, and without it the kernel's own check (EACCES) would
+    // come before the hook
+    // SAFETY: keyctl(KEYCTL_SETPERM) with integer arguments on our own key.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, 5, key, 0x3f3f_0000) };
+    assert_eq!(r, 0, "setperm: {}", std::io::Error::last_os_error());
     let key = key.to_string();
     let s = Setup::new(&policy(
         "no-keys",

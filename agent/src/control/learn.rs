@@ -73,18 +73,13 @@ pub async fn learn(
     };
     let mut base = ctx.state.learn(ask(Vec::new(), false)).await?;
     let mut cgroups: HashSet<u64> = base.cgroups.iter().copied().collect();
-    // the window opens once file writes are watched too (loading the program takes a while)
+    // file writes are watched once their program is loaded (it takes a while; the other
+    // sources start now): said in the log
     let start: Vec<u64> = cgroups.iter().copied().collect();
-    let loaded =
-        tokio::task::spawn_blocking(move || super::learn_files::FileLearner::start(&start)).await;
-    let mut files = match loaded {
-        Ok(Ok(f)) => Ok(f),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "learning: file writes will not be learned");
-            Err(e.to_string())
-        }
-        Err(e) => Err(format!("loading the program: {e}")),
-    };
+    let mut loading =
+        tokio::task::spawn_blocking(move || super::learn_files::FileLearner::start(&start));
+    let mut loaded = false;
+    let mut files: Result<Option<super::learn_files::FileLearner>, String> = Ok(None);
     tracing::info!(
         container,
         seconds = window.as_secs_f64(),
@@ -97,8 +92,26 @@ pub async fn learn(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
+            r = &mut loading, if !loaded => {
+                loaded = true;
+                files = match r {
+                    Ok(Ok(mut f)) => {
+                        // the cgroups seen while it loaded
+                        for cg in &cgroups {
+                            f.add(*cg);
+                        }
+                        tracing::info!(container, "learning: file writes watched");
+                        Ok(Some(f))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "learning: file writes will not be learned");
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(format!("loading the program: {e}")),
+                };
+            }
             _ = drain.tick() => {
-                if let Ok(f) = &mut files {
+                if let Ok(Some(f)) = &mut files {
                     f.drain();
                 }
             }
@@ -115,7 +128,7 @@ pub async fn learn(
                     continue;
                 }
                 if cgroups.insert(ev.container.cgroup_id)
-                    && let Ok(f) = &mut files
+                    && let Ok(Some(f)) = &mut files
                 {
                     f.add(ev.container.cgroup_id);
                 }
@@ -186,11 +199,16 @@ pub async fn learn(
             l.ingress.insert((key.lport, proto(key.proto)));
         }
     }
+    if !loaded {
+        // dropped: the program, loaded later, detaches with it
+        files = Err("the program was not loaded before the window closed".into());
+    }
     let (writes, lost) = match files {
-        Ok(f) => {
+        Ok(Some(f)) => {
             let (w, lost) = f.finish();
             (Ok(w), lost)
         }
+        Ok(None) => (Err("not loaded".to_owned()), 0),
         Err(e) => (Err(e), 0),
     };
     if cgroups.is_empty() {

@@ -133,7 +133,7 @@ pub const LSM_CALLS: &[LsmCall] = &[
         nr: 250,
         name: "keyctl",
         hooks: &["key_permission", "key_alloc"],
-        note: "refused at the lookup of the key or keyring named; a special id (KEY_SPEC_*) refused while the kernel resolves it fails with ENOKEY (the kernel replaces the error); operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
+        note: "refused at the lookup of the key or keyring named; a special id (KEY_SPEC_*) refused while the kernel resolves it fails with ENOKEY (the kernel replaces the error), a key the caller may use only by possessing it fails with EACCES (the refused search of its keyrings loses the possession); operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
     },
     LsmCall {
         nr: 272,
