@@ -332,7 +332,7 @@ fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() 
             "--container",
             &name,
             "--duration",
-            "4s",
+            "20s", // the program loads in seconds under emulation (TCG)
             "-o",
         ])
         .arg(&learned)

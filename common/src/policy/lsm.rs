@@ -127,7 +127,7 @@ pub const LSM_CALLS: &[LsmCall] = &[
         nr: 249,
         name: "request_key",
         hooks: &["key_permission", "key_alloc"],
-        note: "refused at the lookup of the destination keyring or the search of the caller's keyrings; a caller with no keyring to search fails with ENOKEY, unreported",
+        note: "refused at the lookup of the destination keyring or the search of the caller's keyrings (counted once); a caller with no thread, process or session keyring fails with ENOKEY: the refused lookup of its user session keyring leaves nothing to search (reported with the rule's errno, the kernel answers ENOKEY)",
     },
     LsmCall {
         nr: 250,
