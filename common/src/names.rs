@@ -177,6 +177,13 @@ pub const MAP_POLICY_XLAT: &str = "POLICY_XLAT";
 /// Hash: [`crate::policy::ExecKey`] (exact path or tree) → [`crate::policy::FileEntry`].
 pub const MAP_POLICY_FILES: &str = "POLICY_FILES";
 
+/// Not pinned (learning ends with the agent): hash of the cgroup ids `palisade policy learn`
+/// watches, the ring buffer of [`crate::policy::LearnFile`] records, and the per-CPU count of
+/// records lost to a full ring.
+pub const MAP_POLICY_LEARN: &str = "POLICY_LEARN";
+pub const MAP_POLICY_LEARN_FILES: &str = "POLICY_LEARN_FILES";
+pub const MAP_POLICY_LEARN_LOST: &str = "POLICY_LEARN_LOST";
+
 /// Every pinned map of the policy object.
 pub const POLICY_MAPS: [&str; 17] = [
     MAP_POLICY_CGROUPS,
@@ -211,7 +218,7 @@ pub const PROG_POLICY_EXEC_GIVEN: &str = "policy_exec_given";
 pub const PROG_POLICY_EXEC_LSM: &str = "policy_exec_lsm";
 /// BPF-LSM programs refusing syscall rules with `action: errno` of the calls in
 /// [`crate::policy::LSM_CALLS`]: (program, hook).
-pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
+pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 16] = [
     ("policy_lsm_userns_create", "userns_create"),
     ("policy_lsm_capable", "capable"),
     ("policy_lsm_task_alloc", "task_alloc"),
@@ -226,6 +233,8 @@ pub const PROG_POLICY_SYSCALL_LSM: [(&str, &str); 14] = [
     ("policy_lsm_kernel_load_data", "kernel_load_data"),
     ("policy_lsm_kernel_read_file", "kernel_read_file"),
     ("policy_lsm_task_fix_setuid", "task_fix_setuid"),
+    ("policy_lsm_key_permission", "key_permission"),
+    ("policy_lsm_key_alloc", "key_alloc"),
 ];
 /// And `task_prctl`, whose programs must answer -ENOSYS to let a call through.
 pub const PROG_POLICY_LSM_TASK_PRCTL: &str = "policy_lsm_task_prctl";
@@ -240,6 +249,9 @@ pub const PROG_POLICY_INGRESS: &str = "policy_ingress";
 pub const PROG_POLICY_SOCK_CREATE: &str = "policy_sock_create";
 /// `syscalls:sys_enter_socket`: packet sockets where egress rules apply.
 pub const PROG_POLICY_PACKET: &str = "policy_packet";
+/// Raw tracepoint on `sys_enter`, attached while `palisade policy learn` runs: the paths the
+/// learned cgroups write, unlink and chmod.
+pub const PROG_POLICY_LEARN_FILES: &str = "policy_learn_files";
 /// Raw tracepoint on `sys_enter`: file rules on the path given (no BPF-LSM), reported only.
 pub const PROG_POLICY_FILES_AUDIT: &str = "policy_files_audit";
 /// BPF-LSM programs refusing file rules on the resolved path (hosts with BPF-LSM active):

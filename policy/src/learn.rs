@@ -1,6 +1,10 @@
 //! The smallest policy that allows what a workload was seen doing, as policy YAML and as an
 //! OCI seccomp profile (`palisade policy learn`).
-use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+};
 
 /// What a learning window recorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,6 +21,127 @@ pub struct Learned {
     pub egress: BTreeSet<(IpAddr, u16, String)>,
     /// Local ports that accepted connections: (port, protocol).
     pub ingress: BTreeSet<(u16, String)>,
+    /// Files written, unlinked or chmodded: path → the accesses (`write`, `unlink`, `chmod`).
+    /// The path as given to the call; a relative one resolved against the process's working
+    /// directory (or the directory fd it named) while the process was there.
+    pub files: BTreeMap<String, BTreeSet<String>>,
+    /// Relative paths whose process was gone before they could be resolved.
+    pub files_unresolved: BTreeSet<String>,
+    /// File writes not recorded (the kernel's buffer was full).
+    pub files_lost: u64,
+    /// Why file writes were not learned at all, if they were not.
+    pub files_error: Option<String>,
+}
+
+/// The system trees a learned policy denies writes to, where the workload wrote none (the
+/// CLI keeps those that are directories, not symlinks, on this host).
+pub const SYSTEM_TREES: &[&str] = &[
+    "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/root", "/sbin",
+    "/usr",
+];
+
+/// Where the learned `files` section goes: the system trees it may deny writes to, and
+/// whether this host refuses file rules (else the section is written with `action: log`, which
+/// a launch accepts, and says why).
+#[derive(Debug, Clone, Copy)]
+pub struct FilesOut<'a> {
+    pub trees: &'a [&'a str],
+    /// Why file rules are reported only on this host (`None`: they refuse).
+    pub reported_only: Option<&'a str>,
+}
+
+/// At most this many written files are listed (the rest counted).
+const FILES_LISTED: usize = 200;
+
+/// Whether `path` is `tree` or under it.
+fn under(path: &str, tree: &str) -> bool {
+    path == tree
+        || path
+            .strip_prefix(tree)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The `files` section (and the comments before it): file rules are a deny list, so the
+/// learned policy lists what the workload wrote in comments and denies writes, unlinks and
+/// chmods in each system tree of `trees` it did not write to.
+fn files_yaml(y: &mut String, l: &Learned, out: FilesOut<'_>) {
+    let trees = out.trees;
+    if let Some(e) = &l.files_error {
+        let _ = writeln!(
+            y,
+            "  # File writes were not learned ({e}): no files section."
+        );
+        return;
+    }
+    if l.files.is_empty() {
+        let _ = writeln!(
+            y,
+            "  # No file was written, unlinked or chmodded while learning."
+        );
+    } else {
+        let _ = writeln!(
+            y,
+            "  # Files written, unlinked or chmodded while learning (the path as given to the call,\n  # a relative one resolved against the process's directory; symlinks not followed):"
+        );
+        for (path, access) in l.files.iter().take(FILES_LISTED) {
+            let a: Vec<&str> = access.iter().map(String::as_str).collect();
+            let _ = writeln!(y, "  #   {path}: {}", a.join(", "));
+        }
+        if l.files.len() > FILES_LISTED {
+            let _ = writeln!(y, "  #   ... and {} more", l.files.len() - FILES_LISTED);
+        }
+    }
+    if !l.files_unresolved.is_empty() {
+        let v: Vec<&str> = l.files_unresolved.iter().map(String::as_str).collect();
+        let _ = writeln!(
+            y,
+            "  # Relative paths not resolved (their process was gone; review them against the trees\n  # denied below): {}",
+            v.join(", ")
+        );
+    }
+    if l.files_lost > 0 {
+        let _ = writeln!(
+            y,
+            "  # {} file writes were not recorded (the kernel's buffer was full): learn again, or review the trees below",
+            l.files_lost
+        );
+    }
+    let written = |t: &str| l.files.keys().any(|p| under(p, t));
+    let (kept, left): (Vec<&str>, Vec<&str>) = trees.iter().copied().partition(|t| !written(t));
+    if !left.is_empty() {
+        let _ = writeln!(
+            y,
+            "  # Left out of the deny list, written to while learning: {}",
+            left.join(", ")
+        );
+    }
+    if kept.is_empty() {
+        let _ = writeln!(
+            y,
+            "  # No system tree left to deny writes to: no files section."
+        );
+        return;
+    }
+    let _ = writeln!(
+        y,
+        "  # File rules are a deny list: writes, unlinks and chmods in the system trees the\n  # workload did not write to are refused."
+    );
+    let action = match out.reported_only {
+        None => "errno",
+        Some(why) => {
+            let _ = writeln!(
+                y,
+                "  # On the host that learned this, file rules are reported only ({why}), and a\n  # launch refuses a rule it cannot apply: `action: log`. Write `action: errno` where\n  # BPF-LSM refuses file rules."
+            );
+            "log"
+        }
+    };
+    let paths: Vec<String> = kept.iter().map(|t| quote(&format!("{t}/**"))).collect();
+    let _ = writeln!(
+        y,
+        "  files:\n    action: {action}\n    deny:\n      - {{paths: [{}], access: [write, unlink, chmod]}}",
+        paths.join(", ")
+    );
 }
 
 fn quote(s: &str) -> String {
@@ -36,8 +161,14 @@ fn quote(s: &str) -> String {
 }
 
 /// A policy named `name` selecting `container` (a container name), enforcing an allow-list of
-/// everything learned.
-pub fn policy_yaml(name: &str, container: &str, l: &Learned, window: &str) -> String {
+/// everything learned, and denying writes to the system trees it did not write to (`files`).
+pub fn policy_yaml(
+    name: &str,
+    container: &str,
+    l: &Learned,
+    window: &str,
+    files: FilesOut<'_>,
+) -> String {
     let mut y = String::new();
     let _ = writeln!(
         y,
@@ -93,6 +224,7 @@ pub fn policy_yaml(name: &str, container: &str, l: &Learned, window: &str) -> St
             "        - {{action: allow, ports: [{port}], protocol: {proto}}}"
         );
     }
+    files_yaml(&mut y, l, files);
     y
 }
 

@@ -555,7 +555,13 @@ fn learned_policies_parse_back() {
     l.egress
         .insert(("127.0.0.1".parse().unwrap(), 8080, "tcp".into()));
     l.ingress.insert((9000, "tcp".into()));
-    let y = learn::policy_yaml("web-learned", "web", &l, "60s");
+    let y = learn::policy_yaml(
+        "web-learned",
+        "web",
+        &l,
+        "60s",
+        refused(learn::SYSTEM_TREES),
+    );
     let p = parse::parse_str(&y, "learned.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
     let s = p[0].syscalls.as_ref().unwrap();
     assert_eq!(s.list, ListKind::Allow);
@@ -566,8 +572,63 @@ fn learned_policies_parse_back() {
     // nothing but syscalls learned: still a valid policy
     let mut l2 = learn::Learned::default();
     l2.syscalls.insert("read".into());
-    let y = learn::policy_yaml("x", "y", &l2, "1s");
+    let y = learn::policy_yaml("x", "y", &l2, "1s", refused(&["/etc"]));
     parse::parse_str(&y, "l2.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+}
+
+fn refused<'a>(trees: &'a [&'a str]) -> learn::FilesOut<'a> {
+    learn::FilesOut {
+        trees,
+        reported_only: None,
+    }
+}
+
+#[test]
+fn learned_file_writes_deny_the_system_trees_not_written_to() {
+    let mut l = learn::Learned::default();
+    l.syscalls.insert("openat".into());
+    let w = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect();
+    l.files.insert("/tmp/app/out.log".into(), w(&["write"]));
+    l.files
+        .insert("/etc/app.conf".into(), w(&["chmod", "write"]));
+    l.files_unresolved.insert("rel.txt".into());
+    l.files_lost = 3;
+    let trees = ["/etc", "/etcetera", "/usr", "/root"];
+    let y = learn::policy_yaml("a", "b", &l, "5s", refused(&trees));
+    assert!(y.contains("  #   /tmp/app/out.log: write\n"), "{y}");
+    assert!(y.contains("  #   /etc/app.conf: chmod, write\n"), "{y}");
+    assert!(y.contains("written to while learning: /etc\n"), "{y}");
+    assert!(y.contains("rel.txt"), "{y}");
+    assert!(y.contains("3 file writes were not recorded"), "{y}");
+    assert!(
+        y.contains("- {paths: [\"/etcetera/**\", \"/usr/**\", \"/root/**\"], access: [write, unlink, chmod]}"),
+        "{y}"
+    );
+    let p = parse::parse_str(&y, "learned.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+    assert!(p[0].files.is_some(), "{y}");
+    // every tree written to: no files section, still a valid policy
+    let y = learn::policy_yaml("a", "b", &l, "5s", refused(&["/etc"]));
+    assert!(!y.contains("  files:"), "{y}");
+    parse::parse_str(&y, "l.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+    // not learned at all: said, no section
+    // a host that reports file rules only: `action: log`, said
+    let y = learn::policy_yaml(
+        "a",
+        "b",
+        &l,
+        "5s",
+        learn::FilesOut {
+            trees: &trees,
+            reported_only: Some("no BPF-LSM on this host"),
+        },
+    );
+    assert!(y.contains("  files:\n    action: log\n"), "{y}");
+    assert!(y.contains("reported only (no BPF-LSM on this host)"), "{y}");
+    parse::parse_str(&y, "l.yaml").unwrap_or_else(|e| panic!("{e}\n{y}"));
+    l.files_error = Some("no BPF".into());
+    let y = learn::policy_yaml("a", "b", &l, "5s", refused(&trees));
+    assert!(y.contains("File writes were not learned (no BPF)"), "{y}");
+    assert!(!y.contains("  files:"), "{y}");
 }
 
 #[test]

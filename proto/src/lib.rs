@@ -140,6 +140,23 @@ pub struct Learned {
     pub egress: Vec<Peer>,
     /// Local ports that accepted connections or datagrams.
     pub ingress: Vec<Port>,
+    /// Whether file writes were learned (false from an agent that does not learn them).
+    pub files_learned: bool,
+    /// Files written, unlinked or chmodded (see `palisade_policy::learn::Learned::files`).
+    pub files: Vec<FileWrite>,
+    /// Relative paths whose process was gone before they could be resolved.
+    pub files_unresolved: Vec<String>,
+    /// File writes not recorded (the kernel's buffer was full).
+    pub files_lost: u64,
+    /// Why file writes were not learned, if they were not.
+    pub files_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWrite {
+    pub path: String,
+    /// `write`, `unlink`, `chmod`.
+    pub access: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +370,14 @@ mod tests {
                 port: 80,
                 protocol: "tcp".into(),
             }],
+            files_learned: true,
+            files: vec![FileWrite {
+                path: "/tmp/x".into(),
+                access: vec!["write".into()],
+            }],
+            files_unresolved: vec!["rel".into()],
+            files_lost: 2,
+            files_error: None,
         };
         let r = Reply::data(serde_json::to_value(&l).unwrap());
         let text = serde_json::to_string(&r).unwrap();

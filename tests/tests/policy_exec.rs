@@ -429,3 +429,47 @@ fn pinned_state_of_the_previous_layout_is_refused_and_keeps_enforcing() {
     // refusing it changes nothing: the pinned rules still hold
     assert_eq!(outcome(&mut cg.command("/usr/bin/id")), KILLED);
 }
+
+/// Audit mode, a script whose own path and interpreter are both denied: each exec is one
+/// violation (one event, one counter increment), on the tracepoint tier and with BPF-LSM
+/// (whose `bprm_check_security` sees a script twice: its own file, then its interpreter).
+#[test]
+fn audit_mode_counts_a_script_exec_once_when_script_and_interpreter_are_denied() {
+    let cg = TestCgroup::new("exec-audit-script");
+    let (_d, dir) = scratch();
+    let tool = dir.join("tool.sh");
+    script(&tool, "/bin/sh");
+    let name = "audit-script";
+    let s = Setup::new(&palisade_tests::policy::doc(
+        name,
+        &cg,
+        "audit",
+        &format!(
+            "  exec:\n    action: errno\n    deny: [\"{}\", /usr/bin/dash]\n",
+            tool.display()
+        ),
+    ));
+    let agent = agent(&s);
+    wait_applied(&agent, name, cg.id, &["exec"]);
+    const N: usize = 3;
+    for _ in 0..N {
+        assert_eq!(outcome(&mut cg.command(&tool)), RAN, "audit mode runs it");
+    }
+    // a last exec no rule names: every violation of the script is in by the time it is
+    assert_eq!(outcome(&mut cg.command("/usr/bin/true")), RAN);
+    let count =
+        || palisade_tests::policy::violation_count(&agent, name, "would_block", &cg.rel) as usize;
+    palisade_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the violation counter",
+        || (count() >= N).then_some(()),
+    );
+    assert_eq!(count(), N, "{N} execs, one violation each");
+    let v = violations(&agent, cg.id, N);
+    assert_eq!(v.len(), N, "{v:#?}");
+    for e in &v {
+        let x = &e["violation"];
+        assert_eq!(x["exec"], text(&tool), "{x}");
+        assert_eq!(x["action"], "would_block", "{x}");
+    }
+}

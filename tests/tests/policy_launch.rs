@@ -311,3 +311,98 @@ fn a_learned_policy_lets_the_workload_run_and_refuses_one_extra_syscall() {
     assert_eq!(v[0]["violation"]["rule"], "syscalls.allow");
     assert_eq!(v[0]["container"]["name"], name.as_str());
 }
+
+#[test]
+fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() {
+    // a running container (its cgroup, known to the agent from its start): `palisade run`
+    // would give the workload a /tmp of its own
+    let cg = palisade_tests::TestCgroup::new("learnfiles");
+    let pins = PinDir::new();
+    let agent = agent(&pins);
+    let sock = s(&agent.control_socket());
+    let name = cg.rel.clone();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let work = std::fs::canonicalize(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let w = s(&work);
+    let learned = work.join("learned.yaml");
+    let learn = Command::new(palisade_bin())
+        .args([
+            "policy",
+            "learn",
+            "--container",
+            &name,
+            "--duration",
+            "20s", // the program loads in seconds under emulation (TCG)
+            "-o",
+        ])
+        .arg(&learned)
+        .args(["--socket", &sock])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("learn: {e}"));
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "file writes watched",
+        || {
+            agent
+                .log()
+                .contains("learning: file writes watched")
+                .then_some(())
+        },
+    );
+    // the shell writes one file by a relative name and stays a second (relative names are
+    // resolved against its directory); it reads /etc/hostname, which is no write
+    let script = format!(
+        "cd {w} && echo a > {w}/written && echo b > relative && chmod 600 {w}/written && : > {w}/gone && unlink {w}/gone && cat /etc/hostname > /dev/null && sleep 1"
+    );
+    let out = cg
+        .command("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("sh: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = learn.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("not learned"), "{err}");
+    let text = std::fs::read_to_string(&learned).unwrap_or_else(|e| panic!("{e}"));
+    for line in [
+        format!("  #   {w}/written: chmod, write\n"),
+        format!("  #   {w}/relative: write\n"),
+        format!("  #   {w}/gone: unlink, write\n"),
+    ] {
+        assert!(
+            text.contains(&line),
+            "no `{}` in:\n{text}\nagent log:\n{}",
+            line.trim_end(),
+            agent.log()
+        );
+    }
+    assert!(
+        !text.contains("/etc/hostname"),
+        "a read is no write:\n{text}"
+    );
+    // `errno` where this Palisade refuses file rules; else `log` (a launch would refuse
+    // `errno` rules it can only report), and the policy says why
+    let refused = text.contains("  files:\n    action: errno\n    deny:\n      - {paths: [");
+    let logged = text.contains("  files:\n    action: log\n    deny:\n      - {paths: [")
+        && text.contains("file rules are reported only");
+    assert!(refused || logged, "{text}");
+    for tree in ["\"/etc/**\"", "\"/usr/**\"", "\"/boot/**\""] {
+        assert!(text.contains(tree), "{tree} not denied:\n{text}");
+    }
+    let check = Command::new(palisade_bin())
+        .args(["policy", "check"])
+        .arg(&learned)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -450,3 +450,125 @@ fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
         );
     }
 }
+
+const ETXTBSY: i32 = 26;
+
+/// `keyctl`, `add_key` (to a key that exists) and `request_key` denied with `action: errno`:
+/// with BPF-LSM refused with the rule's errno at `key_permission`/`key_alloc`, each call
+/// counted once (a `request_key` searching several keyrings is refused once per keyring);
+/// without it killed after the call.
+#[test]
+fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
+    let lsm = host_has_lsm();
+    let cg = TestCgroup::new("lsm-keys");
+    let wb = palisade_tests::workload_bin();
+    // by serial numbers: a special id (KEY_SPEC_*) the kernel resolves first (the user
+    // keyrings looked up, a session keyring installed) fails with ENOKEY when a hook refuses
+    // that step (the kernel replaces the error)
+    // SAFETY: keyctl with integer arguments; finds (or creates) this user's keyring.
+    let ring = unsafe { libc::syscall(libc::SYS_keyctl, 0, -4, 1) };
+    assert!(
+        ring > 0,
+        "user keyring: {}",
+        std::io::Error::last_os_error()
+    );
+    let tag = ring.to_string();
+    let desc =
+        std::ffi::CString::new(format!("palisade-test-{ring}")).unwrap_or_else(|e| panic!("{e}"));
+    // the key exists (added from outside the policy's cgroup): add_key would update it
+    // SAFETY: C strings and a one-byte payload that outlive the call.
+    let key = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            desc.as_ptr(),
+            c"1".as_ptr(),
+            1usize,
+            ring,
+        )
+    };
+    assert!(key > 0, "add_key: {}", std::io::Error::last_os_error());
+    // the user may search it without possessing it: a refused search of the caller's
+    // keyrings loses the possession, and without it the kernel's own check (EACCES) would
+    // come before the hook
+    // SAFETY: keyctl(KEYCTL_SETPERM) with integer arguments on our own key.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, 5, key, 0x3f3f_0000) };
+    assert_eq!(r, 0, "setperm: {}", std::io::Error::last_os_error());
+    let key = key.to_string();
+    let s = Setup::new(&policy(
+        "no-keys",
+        &cg,
+        "enforce",
+        "  syscalls:\n    action: errno\n    errno: ETXTBSY\n    deny: [keyctl, add_key, request_key]\n",
+    ));
+    let agent = s.agent("  rate_limit_burst: 100\n");
+    let hooks: &[&str] = if lsm {
+        &["syscalls", "syscalls_lsm"]
+    } else {
+        &["syscalls"]
+    };
+    wait_applied(&agent, "no-keys", cg.id, hooks);
+    let want = if lsm { Ok(ETXTBSY) } else { Err(9) };
+    for args in [vec!["keyctl", &key], vec!["add-key", &tag]] {
+        assert_eq!(
+            outcome(cg.command(&wb).args(&args)),
+            want,
+            "{args:?}; status: {}\nagent log:\n{}",
+            status(&agent),
+            agent.log()
+        );
+    }
+    // request_key by a caller with a thread and a process keyring (made outside the policy):
+    // it asks key_permission once per keyring it searches. (A caller with no keyring of its
+    // own fails with ENOKEY on 6.12: the refused lookup of its user session keyring leaves
+    // nothing to search, and the kernel answers ENOKEY.)
+    let dir = cg.path.display().to_string();
+    assert_eq!(
+        outcome(std::process::Command::new(&wb).args([
+            "keyrings",
+            "1",
+            "move",
+            &dir,
+            "request-key",
+            &tag
+        ])),
+        want,
+        "request_key searching three keyrings"
+    );
+    assert_eq!(outcome(cg.command(&wb).args(["getppid", "3"])), Ok(0));
+    const N: usize = 3;
+    let taken = if lsm { "errno" } else { "kill" };
+    let v = violations(&agent, cg.id, N);
+    let mut calls: Vec<String> = v
+        .iter()
+        .map(|e| {
+            let x = &e["violation"];
+            assert_eq!(x["action"], taken, "{x}");
+            assert_eq!(x["hook"], if lsm { "lsm" } else { "syscall" }, "{x}");
+            if lsm {
+                assert_eq!(x["errno"], "ETXTBSY", "{x}");
+            }
+            x["syscall"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    calls.sort();
+    assert_eq!(calls, ["add_key", "keyctl", "request_key"], "{v:#?}");
+    let count = || violation_count(&agent, "no-keys", taken, &cg);
+    palisade_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the violation counter",
+        || (count() >= N as f64).then_some(()),
+    );
+    assert_eq!(count(), N as f64, "one violation per call");
+    let e = enforcement(&agent, "no-keys", "syscalls");
+    if lsm {
+        assert_eq!(
+            e["calls"],
+            serde_json::json!(["add_key", "request_key", "keyctl"]),
+            "{e}"
+        );
+        assert_eq!(e["tier"], "refused with ETXTBSY by the kernel", "{e}");
+    } else {
+        assert_eq!(e["tier"], "killed after the call", "{e}");
+    }
+}

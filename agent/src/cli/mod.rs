@@ -92,6 +92,14 @@ pub enum PolicyCommand {
         socket: PathBuf,
     },
     /// Record what a container does for a while and write the smallest policy that allows it.
+    ///
+    /// Syscalls, programs and peers become allow-lists. File rules are a deny list, so the
+    /// files the workload wrote, unlinked or chmodded are listed in comments, and the `files`
+    /// section denies writes, unlinks and chmods in the system trees (/etc, /usr, /boot,
+    /// /root, /opt, and /bin, /sbin, /lib* where they are directories) the workload did not
+    /// write to; a tree it wrote to is left out and named. File writes are seen at the call
+    /// (the path as given; a relative path resolved against the process's directory while it
+    /// lives; symlinks not followed).
     Learn {
         /// Container name or id (a glob).
         #[arg(long, value_name = "NAME")]

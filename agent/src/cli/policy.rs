@@ -337,6 +337,9 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
     );
     let text = match a.format {
         LearnFormat::Policy => {
+            use palisade_policy::files::FileTier;
+            // file rules as this host's agent applies them
+            let tier = crate::policy::files::tier();
             let base: String = a
                 .container
                 .chars()
@@ -356,6 +359,13 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
                 a.container,
                 &l,
                 &humantime::format_duration(a.duration).to_string(),
+                palisade_policy::learn::FilesOut {
+                    trees: &system_trees(),
+                    reported_only: match &tier {
+                        FileTier::Lsm => None,
+                        FileTier::Audit { why } | FileTier::None { why } => Some(why),
+                    },
+                },
             )
         }
         LearnFormat::OciSeccomp => palisade_policy::learn::oci_seccomp(&l),
@@ -368,18 +378,45 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
         None => print!("{text}"),
     }
     eprintln!(
-        "palisade: {} syscalls, {} programs, {} peers, {} listening ports learned",
+        "palisade: {} syscalls, {} programs, {} peers, {} listening ports, {} files written learned",
         l.syscalls.len(),
         l.execs.len(),
         l.egress.len(),
-        l.ingress.len()
+        l.ingress.len(),
+        l.files.len()
     );
+    if let Some(e) = &l.files_error {
+        eprintln!("palisade: file writes not learned: {e}");
+    }
     Ok(())
+}
+
+/// The system trees a learned policy may deny writes to: those that are directories on this
+/// host (a symlink such as a merged-/usr `/bin` is left out: rules see resolved paths).
+fn system_trees() -> Vec<&'static str> {
+    palisade_policy::learn::SYSTEM_TREES
+        .iter()
+        .copied()
+        .filter(|t| std::fs::symlink_metadata(t).is_ok_and(|m| m.is_dir()))
+        .collect()
 }
 
 /// The agent's answer as the policy writer takes it.
 fn from_wire(w: palisade_proto::Learned) -> palisade_policy::learn::Learned {
+    let files_error = if w.files_learned {
+        w.files_error
+    } else {
+        Some("the agent does not learn them".to_owned())
+    };
     palisade_policy::learn::Learned {
+        files: w
+            .files
+            .into_iter()
+            .map(|f| (f.path, f.access.into_iter().collect()))
+            .collect(),
+        files_unresolved: w.files_unresolved.into_iter().collect(),
+        files_lost: w.files_lost,
+        files_error,
         syscalls: w.syscalls.into_iter().collect(),
         refused: w.refused.into_iter().collect(),
         execs: w.execs.into_iter().collect(),

@@ -1,6 +1,7 @@
 //! `palisade policy learn`, the agent's side: for a time window, record what the containers
 //! named by a glob did — syscalls (from the syscall telemetry counts, before/after), programs
-//! (exec events), peers (flow records and the live flow table) — and answer with the lot.
+//! (exec events), peers (flow records and the live flow table), files written (a program of
+//! its own, `learn_files`) — and answer with the lot.
 use std::{
     collections::{BTreeSet, HashSet},
     net::IpAddr,
@@ -72,6 +73,13 @@ pub async fn learn(
     };
     let mut base = ctx.state.learn(ask(Vec::new(), false)).await?;
     let mut cgroups: HashSet<u64> = base.cgroups.iter().copied().collect();
+    // file writes are watched once their program is loaded (it takes a while; the other
+    // sources start now): said in the log
+    let start: Vec<u64> = cgroups.iter().copied().collect();
+    let mut loading =
+        tokio::task::spawn_blocking(move || super::learn_files::FileLearner::start(&start));
+    let mut loaded = false;
+    let mut files: Result<Option<super::learn_files::FileLearner>, String> = Ok(None);
     tracing::info!(
         container,
         seconds = window.as_secs_f64(),
@@ -79,10 +87,34 @@ pub async fn learn(
         "learning started"
     );
     let mut l = Learned::default();
+    let mut drain = tokio::time::interval(Duration::from_millis(200));
     let deadline = tokio::time::Instant::now() + window;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
+            r = &mut loading, if !loaded => {
+                loaded = true;
+                files = match r {
+                    Ok(Ok(mut f)) => {
+                        // the cgroups seen while it loaded
+                        for cg in &cgroups {
+                            f.add(*cg);
+                        }
+                        tracing::info!(container, "learning: file writes watched");
+                        Ok(Some(f))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "learning: file writes will not be learned");
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(format!("loading the program: {e}")),
+                };
+            }
+            _ = drain.tick() => {
+                if let Ok(Some(f)) = &mut files {
+                    f.drain();
+                }
+            }
             ev = rx.recv() => {
                 let ev = match ev {
                     Ok(ev) => ev,
@@ -95,7 +127,11 @@ pub async fn learn(
                 if !matches(&ev.container.name, &ev.container.id) {
                     continue;
                 }
-                cgroups.insert(ev.container.cgroup_id);
+                if cgroups.insert(ev.container.cgroup_id)
+                    && let Ok(Some(f)) = &mut files
+                {
+                    f.add(ev.container.cgroup_id);
+                }
                 match ev.kind {
                     EventType::Exec => {
                         if let Some(p) = &ev.process && !p.exe.is_empty() {
@@ -163,16 +199,45 @@ pub async fn learn(
             l.ingress.insert((key.lport, proto(key.proto)));
         }
     }
+    if !loaded {
+        // dropped: the program, loaded later, detaches with it
+        files = Err("the program was not loaded before the window closed".into());
+    }
+    let (writes, lost) = match files {
+        Ok(Some(f)) => {
+            let (w, lost) = f.finish();
+            (Ok(w), lost)
+        }
+        Ok(None) => (Err("not loaded".to_owned()), 0),
+        Err(e) => (Err(e), 0),
+    };
     if cgroups.is_empty() {
         return Err(LearnError::NothingSeen {
             container: container.to_owned(),
             window: humantime::format_duration(window).to_string(),
         });
     }
-    Ok(to_wire(&l))
+    let mut w = to_wire(&l);
+    w.files_learned = true;
+    w.files_lost = lost;
+    match writes {
+        Ok(f) => {
+            w.files = f
+                .files
+                .into_iter()
+                .map(|(path, a)| palisade_proto::FileWrite {
+                    path,
+                    access: a.into_iter().collect(),
+                })
+                .collect();
+            w.files_unresolved = f.unresolved.into_iter().collect();
+        }
+        Err(e) => w.files_error = Some(e),
+    }
+    Ok(w)
 }
 
-/// The learned data as the control socket sends it.
+/// The learned data as the control socket sends it (files apart).
 fn to_wire(l: &Learned) -> palisade_proto::Learned {
     palisade_proto::Learned {
         syscalls: l.syscalls.iter().cloned().collect(),
@@ -195,5 +260,6 @@ fn to_wire(l: &Learned) -> palisade_proto::Learned {
                 protocol: protocol.clone(),
             })
             .collect(),
+        ..Default::default()
     }
 }

@@ -4,6 +4,7 @@
 //! number, so a flood of either costs the agent nothing but a refusal.
 mod filter;
 mod learn;
+mod learn_files;
 mod peer;
 mod socket;
 

@@ -118,6 +118,24 @@ pub const LSM_CALLS: &[LsmCall] = &[
         note: "",
     },
     LsmCall {
+        nr: 248,
+        name: "add_key",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the destination keyring (even when the key exists); arguments the kernel rejects first (a bad key type, a keyring id that names no keyring) fail with the kernel's errno, unreported; a special keyring id (KEY_SPEC_*) refused while the kernel resolves it (the user keyrings looked up, a keyring created) fails with ENOKEY: the kernel replaces the error",
+    },
+    LsmCall {
+        nr: 249,
+        name: "request_key",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the destination keyring or the search of the caller's keyrings (counted once); a caller with no thread, process or session keyring fails with ENOKEY: the refused lookup of its user session keyring leaves nothing to search (reported with the rule's errno, the kernel answers ENOKEY)",
+    },
+    LsmCall {
+        nr: 250,
+        name: "keyctl",
+        hooks: &["key_permission", "key_alloc"],
+        note: "refused at the lookup of the key or keyring named; a special id (KEY_SPEC_*) refused while the kernel resolves it fails with ENOKEY (the kernel replaces the error), a key the caller may use only by possessing it fails with EACCES (the refused search of its keyrings loses the possession); operations that name none (KEYCTL_CAPABILITIES, KEYCTL_SET_REQKEY_KEYRING other than to the thread keyring, KEYCTL_ASSUME_AUTHORITY 0) and key ids that name no key (ENOKEY) ask no hook: they run, unreported",
+    },
+    LsmCall {
         nr: 272,
         name: "unshare",
         hooks: &["userns_create", "capable"],
@@ -185,6 +203,9 @@ pub fn lsm_covered(nr: u64) -> bool {
             | 157
             | 165
             | 175
+            | 248
+            | 249
+            | 250
             | 272
             | 298
             | 308

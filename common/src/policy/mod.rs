@@ -16,6 +16,7 @@ mod args;
 mod compat;
 mod exec;
 mod files;
+mod learn;
 mod lsm;
 mod net;
 
@@ -23,6 +24,7 @@ pub use args::*;
 pub use compat::*;
 pub use exec::*;
 pub use files::*;
+pub use learn::*;
 pub use lsm::*;
 pub use net::*;
 
@@ -228,11 +230,13 @@ impl RuleInfo {
 
     /// What the `sched_process_exec` programs do about an exec this rule denies; `None` when
     /// the rule is left to the BPF-LSM program (`lsm`: it is attached and refuses `errno`
-    /// rules). Without BPF-LSM an `errno` rule kills: the exec has happened, the new image
-    /// has not run an instruction.
+    /// rules in enforce mode). Without BPF-LSM an `errno` rule kills: the exec has happened,
+    /// the new image has not run an instruction. In audit mode these programs report every
+    /// rule: they see an exec once, where `bprm_check_security` sees a script twice (its own
+    /// file, then its interpreter), and reporting there would count one exec twice.
     #[inline(always)]
     pub fn taken_exec(&self, lsm: bool) -> Option<u32> {
-        if self.action == action::ERRNO && lsm {
+        if self.action == action::ERRNO && lsm && self.mode != mode::AUDIT {
             None
         } else if self.action == action::LOG {
             Some(taken::LOG)
@@ -244,17 +248,12 @@ impl RuleInfo {
     }
 
     /// What the BPF-LSM exec program (`bprm_check_security`) does about an exec this rule
-    /// denies: `errno` rules only (refused with [`RuleInfo::errno`], or `would_block` in audit
-    /// mode); `None` for the others, which the `sched_process_exec` programs handle.
+    /// denies: `errno` rules in enforce mode only (refused with EPERM); `None` for the others,
+    /// which the `sched_process_exec` programs handle (audit mode too: see
+    /// [`RuleInfo::taken_exec`]).
     #[inline(always)]
     pub fn taken_exec_lsm(&self) -> Option<u32> {
-        if self.action != action::ERRNO {
-            None
-        } else if self.mode == mode::AUDIT {
-            Some(taken::WOULD_BLOCK)
-        } else {
-            Some(taken::ERRNO)
-        }
+        (self.action == action::ERRNO && self.mode == mode::ENFORCE).then_some(taken::ERRNO)
     }
 
     /// What a network hook does about a connection this rule (or default) decided; `None`

@@ -7,18 +7,21 @@
 //!   named (a script's own file), then, for a script, with its interpreter. Each round is
 //!   matched like the `sched_process_exec` program matches the file executed (resolved path,
 //!   device and inode for the event; the path given on the first round); rules with other
-//!   actions are left to that program.
+//!   actions, and every rule in audit mode, are left to that program (it sees each exec once,
+//!   where this hook sees a script twice).
 //! - `policy_lsm_*` on the hooks of the calls in `LSM_CALLS` (`userns_create`, `capable`,
 //!   `task_alloc`, `sb_mount`, ...): a call that syscall rules deny with `action: errno` in
 //!   enforce mode is refused with the rule's errno from inside the call, before it has any
 //!   effect. Every program asks the same question (`refuse_call`): which call is the current
 //!   task in (its user registers), and does the cgroup's verdict table deny it with an errno
 //!   (argument conditions checked on the registers, as at `sys_enter`)? `sys_enter` leaves
-//!   those rules to these programs while they are attached, so each refusal is counted once.
+//!   those rules to these programs while they are attached, so each refusal is counted once
+//!   (a call refused at several hooks, or at one hook asked several times, counts once:
+//!   `first_refusal`).
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-        bpf_probe_read_kernel, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_probe_read_kernel, generated,
     },
     macros::lsm,
     programs::LsmContext,
@@ -34,7 +37,9 @@ use crate::{
         violated,
     },
     report::{Detail, Subject, lsm_refuses, policy_current, report, rule},
-    syscalls::{POLICY_ARGS, POLICY_SYSCALLS, verdict},
+    syscalls::{
+        LSM_CALL_FRESH, LSM_CALL_REFUSED, POLICY_ARGS, POLICY_LSM_CALL, POLICY_SYSCALLS, verdict,
+    },
 };
 
 pub(crate) const EPERM: i32 = 1;
@@ -111,6 +116,11 @@ fn refuse_call(capable: bool) -> i32 {
         return 0;
     }
     let errno = if capable { EPERM as u32 } else { info.errno };
+    if !first_refusal() {
+        // the call asked again after a refusal (request_key searches each of the caller's
+        // keyrings): refused again, counted once
+        return neg_errno(errno);
+    }
     report(
         what::SYSCALL_LSM,
         id,
@@ -125,6 +135,24 @@ fn refuse_call(capable: bool) -> i32 {
         },
     );
     neg_errno(errno)
+}
+
+/// Whether this is the first refusal of the current call: `sys_enter` marks each call it
+/// leaves to these hooks ([`LSM_CALL_FRESH`]), the first refusal clears the mark. Without a
+/// mark (an earlier agent's `sys_enter`, a thread evicted from the LRU) every refusal counts.
+#[inline(always)]
+fn first_refusal() -> bool {
+    // SAFETY: helper without preconditions.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match POLICY_LSM_CALL.get_ptr_mut(tid) {
+        // SAFETY: this thread's value; only this thread writes it.
+        Some(v) => unsafe {
+            let fresh = *v == LSM_CALL_FRESH;
+            *v = LSM_CALL_REFUSED;
+            fresh
+        },
+        None => true,
+    }
 }
 
 /// `-errno`, in a form the verifier can bound: kernels from 6.12 check that an LSM program
@@ -166,6 +194,8 @@ syscall_hook!(policy_lsm_socket_create, "socket_create");
 syscall_hook!(policy_lsm_kernel_load_data, "kernel_load_data");
 syscall_hook!(policy_lsm_kernel_read_file, "kernel_read_file");
 syscall_hook!(policy_lsm_task_fix_setuid, "task_fix_setuid");
+syscall_hook!(policy_lsm_key_permission, "key_permission");
+syscall_hook!(policy_lsm_key_alloc, "key_alloc");
 
 #[lsm(hook = "capable")]
 pub fn policy_lsm_capable(_ctx: LsmContext) -> i32 {

@@ -8,6 +8,7 @@
 mod exec;
 mod files;
 mod files_lsm;
+mod learn;
 mod lsm;
 mod net;
 mod report;

@@ -23,7 +23,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
-    maps::Array,
+    maps::{Array, LruHashMap},
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
@@ -51,6 +51,14 @@ pub(crate) static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entr
 /// Argument checks of conditional verdicts, by (slot, syscall).
 #[map(name = "POLICY_ARGS")]
 pub(crate) static POLICY_ARGS: HashMap<ArgKey, ArgRule> = HashMap::with_max_entries(4096, 0);
+
+/// Thread id → [`LSM_CALL_FRESH`] while the thread is in a call `sys_enter` left to the
+/// BPF-LSM hooks, [`LSM_CALL_REFUSED`] once a hook refused it (`lsm::first_refusal`). Not
+/// pinned: it lives as long as the programs that share it.
+#[map(name = "POLICY_LSM_CALL")]
+pub(crate) static POLICY_LSM_CALL: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) const LSM_CALL_FRESH: u32 = 1;
+pub(crate) const LSM_CALL_REFUSED: u32 = 2;
 
 #[map(name = "POLICY_ENTER")]
 static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
@@ -265,7 +273,9 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         && info.mode == mode::ENFORCE
         && lsm_refuses(u64::from(call.nr))
     {
-        // refused (and reported) by its BPF-LSM hook (`lsm::refuse_call`)
+        // refused (and reported once) by its BPF-LSM hooks (`lsm::refuse_call`)
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = POLICY_LSM_CALL.insert(tid, LSM_CALL_FRESH, 0);
         return Ok(0);
     }
     let t = info.taken_runtime();

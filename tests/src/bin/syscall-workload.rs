@@ -17,7 +17,15 @@
 //! - `exit N`: exits with status N;
 //! - `sleep-ms N`;
 //! - `unshare FLAGS`: one `unshare(FLAGS)` call (decimal flags); when it fails, exits at once
-//!   with its errno as the status.
+//!   with its errno as the status;
+//! - `keyrings 1`: gives this thread a thread keyring and this process a process keyring
+//!   (`keyctl(KEYCTL_GET_KEYRING_ID, ..., create)`), so a search looks in three keyrings;
+//! - `keyctl ID`: one `keyctl(KEYCTL_GET_KEYRING_ID, ID, 0)` (ID: a key's serial number);
+//! - `add-key RING`: one `add_key("user", "palisade-test-RING", ...)` into keyring RING (a
+//!   serial number);
+//! - `request-key TAG`: one `request_key("user", "palisade-test-TAG", NULL, 0)`;
+//!
+//! The key steps exit at once with the errno as the status when a call fails.
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -52,6 +60,11 @@ fn main() -> ExitCode {
                     let e = std::io::Error::last_os_error()
                         .raw_os_error()
                         .unwrap_or(255);
+                    return ExitCode::from(u8::try_from(e).unwrap_or(255));
+                }
+            }
+            "keyrings" | "keyctl" | "add-key" | "request-key" => {
+                if let Err(e) = keys(what, n) {
                     return ExitCode::from(u8::try_from(e).unwrap_or(255));
                 }
             }
@@ -238,4 +251,67 @@ fn ptrace_child() -> Result<(), std::io::Error> {
         libc::waitpid(pid, &raw mut status, 0);
     }
     err.map_or(Ok(()), Err)
+}
+
+const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
+const KEY_SPEC_THREAD_KEYRING: libc::c_long = -1;
+const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
+
+/// The key steps (see the top); `Err(errno)` of the first call that fails.
+fn keys(what: &str, n: u64) -> Result<(), i32> {
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(255))
+        } else {
+            Ok(())
+        }
+    };
+    let desc = std::ffi::CString::new(format!("palisade-test-{n}")).map_err(|_| 255)?;
+    match what {
+        "keyrings" => {
+            for id in [KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING] {
+                // SAFETY: keyctl with integer arguments; creates this task's own keyring.
+                check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, id, 1) })?;
+            }
+        }
+        "keyctl" => {
+            // SAFETY: keyctl with integer arguments looks a key up only.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_GET_KEYRING_ID,
+                    n as libc::c_long,
+                    0,
+                )
+            })?;
+        }
+        "add-key" => {
+            // SAFETY: C strings and a one-byte payload that outlive the call.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_add_key,
+                    c"user".as_ptr(),
+                    desc.as_ptr(),
+                    c"1".as_ptr(),
+                    1usize,
+                    n as libc::c_long,
+                )
+            })?;
+        }
+        _ => {
+            // SAFETY: C strings that outlive the call; no callout, no destination keyring.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_request_key,
+                    c"user".as_ptr(),
+                    desc.as_ptr(),
+                    std::ptr::null::<libc::c_char>(),
+                    0,
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
