@@ -1,14 +1,17 @@
 //! The learn → enforce round trip with network rules: `palisade policy learn` watches a
 //! workload connect to a server and writes an egress rule for that peer (default deny); under
 //! the learned policy the same connection works and any other port is refused and reported.
-use std::process::{Command, Stdio};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use palisade_tests::{
     Agent,
     launch::{run, unique},
     net_workload_bin, palisade_bin,
     policy::PinDir,
-    wait_for,
+    scaled, wait_for,
 };
 
 fn s(p: &std::path::Path) -> String {
@@ -59,6 +62,7 @@ fn learned_network_rules_let_the_learned_peer_through_and_refuse_the_rest() {
     // ports no other test uses, on the host's loopback
     let (port, other) = (7901u16 + (std::process::id() % 50) as u16, 7960u16);
     let _srv = server(port, 3);
+    let window = format!("{}s", scaled(Duration::from_secs(6)).as_secs());
     let learn = Command::new(palisade_bin())
         .args([
             "policy",
@@ -66,7 +70,7 @@ fn learned_network_rules_let_the_learned_peer_through_and_refuse_the_rest() {
             "--container",
             &name,
             "--duration",
-            "4s",
+            &window,
             "-o",
         ])
         .arg(&learned)

@@ -2,14 +2,17 @@
 //! (denials reported as violations), network rules are in force before the first
 //! instruction, and `palisade policy learn` writes a policy the workload runs under, which
 //! refuses one extra syscall.
-use std::process::{Command, Stdio};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use palisade_tests::{
     Agent,
     launch::{probe_bin, run, unique},
     net_workload_bin, palisade_bin,
     policy::PinDir,
-    wait_for,
+    scaled, wait_for,
 };
 
 fn agent(pins: &PinDir) -> Agent {
@@ -214,9 +217,18 @@ fn a_learned_policy_lets_the_workload_run_and_refuses_one_extra_syscall() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let learned = dir.path().join("learned.yaml");
     let oci = dir.path().join("learned.json");
+    // the window must outlast the launch below: longer under emulation (TCG)
+    let window = format!("{}s", scaled(Duration::from_secs(6)).as_secs());
     let learn = |out: &std::path::Path, format: &str| {
         Command::new(palisade_bin())
-            .args(["policy", "learn", "--container", &name, "--duration", "4s"])
+            .args([
+                "policy",
+                "learn",
+                "--container",
+                &name,
+                "--duration",
+                &window,
+            ])
             .args(["--format", format, "-o"])
             .arg(out)
             .args(["--socket", &sock])
@@ -325,6 +337,8 @@ fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() 
     let work = std::fs::canonicalize(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let w = s(&work);
     let learned = work.join("learned.yaml");
+    // the program loads in seconds under emulation (TCG), and the window must outlast it
+    let window = format!("{}s", scaled(Duration::from_secs(20)).as_secs());
     let learn = Command::new(palisade_bin())
         .args([
             "policy",
@@ -332,7 +346,7 @@ fn a_learned_policy_lists_the_files_written_and_denies_writes_to_system_trees() 
             "--container",
             &name,
             "--duration",
-            "20s", // the program loads in seconds under emulation (TCG)
+            &window,
             "-o",
         ])
         .arg(&learned)
