@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     agent_bin,
-    bench::{Rounds, median, read_rounds},
+    bench_rounds::{Rounds, median, read_rounds},
     root, step,
     vm_setup::{self, KERNELS, Kernel},
 };

@@ -25,6 +25,7 @@ mod bench_events;
 mod bench_exec;
 mod bench_launch;
 mod bench_policy;
+mod bench_rounds;
 mod bench_scale;
 mod bench_vm;
 mod deps;

@@ -339,8 +339,7 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
         LearnFormat::Policy => {
             use palisade_policy::files::FileTier;
             // file rules as this host's agent applies them
-            let tier =
-                crate::policy::files::tier(&LsmSupport::probe(Path::new(DEFAULT_BTF)));
+            let tier = crate::policy::files::tier(&LsmSupport::probe(Path::new(DEFAULT_BTF)));
             let base: String = a
                 .container
                 .chars()
