@@ -9,41 +9,11 @@
 //! BPF-LSM fails these tests). A mismatch either way fails.
 use palisade_tests::{
     Agent, TestCgroup,
-    policy::{Setup, cli, outcome, status, violations, wait_applied},
+    policy::{Setup, cli, doc, host_has_lsm, outcome, status, violations, wait_applied},
 };
 
 const KILLED: Result<i32, i32> = Err(9);
 const EPERM: i32 = 1;
-
-/// Whether this host must refuse in the kernel (BPF-LSM), checked against what it has.
-fn host_has_lsm() -> bool {
-    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let has = lsms.split(',').any(|l| l.trim() == "bpf");
-    let said_none = std::env::var("PALISADE_HOST_LSM").is_ok_and(|v| v == "none");
-    match (has, said_none) {
-        (true, true) => panic!(
-            "PALISADE_HOST_LSM=none but this host has BPF-LSM (active LSMs: {})",
-            lsms.trim()
-        ),
-        (false, false) => panic!(
-            "this host has no BPF-LSM (active LSMs: {:?}): these tests need `lsm=...,bpf` (cargo xtask vm-test), or PALISADE_HOST_LSM=none to check the fallback here",
-            lsms.trim()
-        ),
-        _ => {}
-    }
-    println!(
-        "BPF-LSM on this host: {has} (active LSMs: {:?})",
-        lsms.trim()
-    );
-    has
-}
-
-fn policy(name: &str, cg: &TestCgroup, mode: &str, body: &str) -> String {
-    format!(
-        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: {mode}\n{body}",
-        cg.rel
-    )
-}
 
 fn violation_count(agent: &Agent, policy: &str, action: &str, cg: &TestCgroup) -> f64 {
     agent
@@ -99,7 +69,7 @@ fn a_denied_exec_with_action_errno_fails_with_eperm_without_running() {
     let lsm = host_has_lsm();
     let cg = TestCgroup::new("lsm-exec");
     let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let s = Setup::new(&policy(
+    let s = Setup::new(&doc(
         "no-touch",
         &cg,
         "enforce",
@@ -204,7 +174,7 @@ fn a_script_whose_interpreter_is_denied_fails_with_eperm() {
         .unwrap_or_else(|e| panic!("{e}"));
     // the interpreter as the kernel resolves it (/bin/sh is a symlink on most hosts)
     let sh = std::fs::canonicalize("/bin/sh").unwrap_or_else(|e| panic!("{e}"));
-    let s = Setup::new(&policy(
+    let s = Setup::new(&doc(
         "no-sh",
         &cg,
         "enforce",
@@ -247,7 +217,7 @@ fn audit_mode_refuses_nothing_and_counts_each_exec_once() {
     let lsm = host_has_lsm();
     let cg = TestCgroup::new("lsm-audit");
     let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let s = Setup::new(&policy(
+    let s = Setup::new(&doc(
         "no-touch-audit",
         &cg,
         "audit",
@@ -352,7 +322,7 @@ const CLONE_NEWUTS: i32 = 0x0400_0000;
 fn a_denied_unshare_fails_with_eperm_on_a_running_container() {
     let lsm = host_has_lsm();
     let cg = TestCgroup::new("lsm-unshare");
-    let s = Setup::new(&policy(
+    let s = Setup::new(&doc(
         "no-unshare",
         &cg,
         "enforce",
@@ -495,7 +465,7 @@ fn denied_key_calls_fail_with_the_rules_errno_on_a_running_container() {
     let r = unsafe { libc::syscall(libc::SYS_keyctl, 5, key, 0x3f3f_0000) };
     assert_eq!(r, 0, "setperm: {}", std::io::Error::last_os_error());
     let key = key.to_string();
-    let s = Setup::new(&policy(
+    let s = Setup::new(&doc(
         "no-keys",
         &cg,
         "enforce",

@@ -130,9 +130,9 @@ pub fn policy_files_audit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-/// Argument `i` (0 to 2) of the call entering.
+/// Argument `i` (0 to 2) of the call entering (x86_64 registers at `sys_enter`).
 #[inline(always)]
-fn arg(regs: u64, i: u32) -> u64 {
+pub(crate) fn arg(regs: u64, i: u32) -> u64 {
     let off = match i {
         0 => X86_64_ARG_OFFSETS[0],
         1 => X86_64_ARG_OFFSETS[1],

@@ -10,16 +10,18 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_probe_read_kernel, bpf_probe_read_user, generated,
+        bpf_probe_read_user, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
-    AT_FDCWD, AuditAccess, LEARN_ACCESS, LearnFile, MAX_CGROUP_DEPTH, POLICY_PATH_MAX,
-    X86_64_ARG_OFFSETS, audit_call, open_access,
+    AT_FDCWD, AuditAccess, LEARN_ACCESS, LearnFile, MAX_CGROUP_DEPTH, POLICY_PATH_MAX, audit_call,
+    open_access,
 };
+
+use crate::files::arg;
 
 /// Cgroup ids being learned (written by the agent; not pinned: learning ends with the agent).
 #[map(name = "POLICY_LEARN")]
@@ -38,18 +40,6 @@ pub fn policy_learn_files(ctx: RawTracePointContext) -> i32 {
     match try_learn(&ctx) {
         Ok(v) | Err(v) => v,
     }
-}
-
-/// Argument `i` (0 to 2) of the call entering.
-#[inline(always)]
-fn arg(regs: u64, i: u32) -> u64 {
-    let off = match i {
-        0 => X86_64_ARG_OFFSETS[0],
-        1 => X86_64_ARG_OFFSETS[1],
-        _ => X86_64_ARG_OFFSETS[2],
-    };
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault reads as 0.
-    unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
 }
 
 /// Whether the current task's cgroup, or one of its ancestors, is being learned.
