@@ -201,6 +201,46 @@ pub fn violation_count(agent: &Agent, policy: &str, action: &str, container: &st
         .sum()
 }
 
+/// `palisade_policy_violations_total` of `policy`'s rule `rule` with `action` in `cg`.
+pub fn rule_violations(
+    agent: &Agent,
+    policy: &str,
+    rule: &str,
+    action: &str,
+    cg: &crate::TestCgroup,
+) -> f64 {
+    agent
+        .metrics()
+        .find(
+            "palisade_policy_violations_total",
+            &[
+                ("policy", policy),
+                ("rule", rule),
+                ("action", action),
+                ("container", &cg.rel),
+            ],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Waits (20 s, scaled) until [`rule_violations`] is exactly `n`.
+pub fn wait_rule_violations(
+    agent: &Agent,
+    policy: &str,
+    rule: &str,
+    action: &str,
+    cg: &crate::TestCgroup,
+    n: f64,
+) {
+    crate::wait_for(
+        std::time::Duration::from_secs(20),
+        &format!("{n} violations of {policy}/{rule} ({action}) on /metrics"),
+        || (rule_violations(agent, policy, rule, action, cg) == n).then_some(()),
+    );
+}
+
 /// A TCP listener in `ns` (outside any policy cgroup) on 127.0.0.1:`port`, until dropped.
 pub struct Listener(std::process::Child, Option<crate::TestCgroup>);
 

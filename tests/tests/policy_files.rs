@@ -5,14 +5,14 @@
 //! touched are the test's own scratch files, never the host's. Without BPF-LSM file rules are
 //! on the audit tier (`sys_enter`, reported only); with it they are refused in the kernel
 //! (`policy_files_lsm`), and the audit-tier tests here print that they have nothing to check.
-use std::time::Duration;
-
 use palisade_tests::{
     Agent, TestCgroup,
     launch::{run, unique},
     palisade_bin,
-    policy::{PinDir, Setup, host_has_lsm, status, violations, wait_applied},
-    wait_for,
+    policy::{
+        PinDir, Setup, host_has_lsm, rule_violations, status, violations, wait_applied,
+        wait_rule_violations,
+    },
 };
 
 const SEED: &str = "apiVersion: palisade.dev/v1
@@ -141,31 +141,6 @@ fn sh(cg: &TestCgroup, script: &str) -> (Option<i32>, String) {
     )
 }
 
-fn count(agent: &Agent, policy: &str, rule: &str, action: &str, cg: &TestCgroup) -> f64 {
-    agent
-        .metrics()
-        .find(
-            "palisade_policy_violations_total",
-            &[
-                ("policy", policy),
-                ("rule", rule),
-                ("action", action),
-                ("container", &cg.rel),
-            ],
-        )
-        .iter()
-        .map(|s| s.value)
-        .sum()
-}
-
-fn wait_count(agent: &Agent, policy: &str, rule: &str, action: &str, cg: &TestCgroup, n: f64) {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{n} violations of {policy}/{rule} ({action}) on /metrics"),
-        || (count(agent, policy, rule, action, cg) == n).then_some(()),
-    );
-}
-
 #[test]
 fn each_denied_access_is_reported_once_with_the_path_given() {
     palisade_tests::require_root();
@@ -201,7 +176,7 @@ fn each_denied_access_is_reported_once_with_the_path_given() {
     // three reads, each opening the file once (`: < F`): reported, not refused (audit tier)
     let (code, err) = sh(&cg, &format!(": < {secret}; : < {secret}; : < {secret}"));
     assert_eq!(code, Some(0), "the audit tier refuses nothing: {err}");
-    wait_count(&agent, "no-secrets", "files.deny[0]", "log", &cg, 3.0);
+    wait_rule_violations(&agent, "no-secrets", "files.deny[0]", "log", &cg, 3.0);
     let v = violations(&agent, cg.id, 3);
     assert_eq!(v.len(), 3, "{v:?}");
     for e in &v {
@@ -227,7 +202,7 @@ fn each_denied_access_is_reported_once_with_the_path_given() {
         &format!("echo x > {dir}/new && chmod 600 {dir}/new && rm {dir}/new"),
     );
     assert_eq!(code, Some(0), "{err}");
-    wait_count(&agent, "no-secrets", "scratch", "log", &cg, 3.0);
+    wait_rule_violations(&agent, "no-secrets", "scratch", "log", &cg, 3.0);
     let v = violations(&agent, cg.id, 6);
     let mut kinds: Vec<&str> = v[3..]
         .iter()
@@ -245,10 +220,13 @@ fn each_denied_access_is_reported_once_with_the_path_given() {
     let other = TestCgroup::new("pol-files-other");
     let (code, _) = sh(&other, &format!(": < {secret}; chmod 644 {secret}"));
     assert_eq!(code, Some(0));
-    wait_count(&agent, "no-secrets", "files.deny[0]", "log", &cg, 5.0);
-    assert_eq!(count(&agent, "no-secrets", "scratch", "log", &cg), 3.0);
+    wait_rule_violations(&agent, "no-secrets", "files.deny[0]", "log", &cg, 5.0);
     assert_eq!(
-        count(&agent, "no-secrets", "files.deny[0]", "log", &other),
+        rule_violations(&agent, "no-secrets", "scratch", "log", &cg),
+        3.0
+    );
+    assert_eq!(
+        rule_violations(&agent, "no-secrets", "files.deny[0]", "log", &other),
         0.0
     );
 }
@@ -283,7 +261,7 @@ fn file_violations_are_rate_limited_and_add_up() {
     assert_eq!(v[3]["violation"]["suppressed"], 497, "{v:?}");
     let total: u64 = 3 + v[3]["violation"]["suppressed"].as_u64().unwrap_or(0);
     assert_eq!(total, 500);
-    wait_count(&agent, "chatty-files", "files.deny[0]", "log", &cg, 500.0);
+    wait_rule_violations(&agent, "chatty-files", "files.deny[0]", "log", &cg, 500.0);
 }
 
 /// `palisade run --policy` with file rules: `action: log` runs and reports the workload's

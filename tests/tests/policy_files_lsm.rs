@@ -6,14 +6,14 @@
 //!
 //! Hosts without BPF-LSM (`PALISADE_HOST_LSM=none`): every test here prints why it has nothing
 //! to check and the probe; the fallback (reported only, stated) is `policy_files`'s.
-use std::time::Duration;
-
 use palisade_tests::{
     Agent, TestCgroup,
     launch::{run, unique},
     palisade_bin,
-    policy::{PinDir, Setup, doc, host_has_lsm, status, violations, wait_applied},
-    wait_for,
+    policy::{
+        PinDir, Setup, doc, host_has_lsm, rule_violations, status, violations, wait_applied,
+        wait_rule_violations,
+    },
 };
 
 /// `sh -c SCRIPT` in the cgroup: (exit code, stdout, stderr).
@@ -36,31 +36,6 @@ fn expect(cg: &TestCgroup, script: &str, want: &str) {
     let (code, out, err) = sh(cg, script);
     assert_eq!(code, Some(0), "{script}: {out}{err}");
     assert_eq!(out.trim(), want.trim(), "{script}: stderr {err}");
-}
-
-fn count(agent: &Agent, policy: &str, rule: &str, action: &str, cg: &TestCgroup) -> f64 {
-    agent
-        .metrics()
-        .find(
-            "palisade_policy_violations_total",
-            &[
-                ("policy", policy),
-                ("rule", rule),
-                ("action", action),
-                ("container", &cg.rel),
-            ],
-        )
-        .iter()
-        .map(|s| s.value)
-        .sum()
-}
-
-fn wait_count(agent: &Agent, policy: &str, rule: &str, action: &str, cg: &TestCgroup, n: f64) {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{n} violations of {policy}/{rule} ({action}) on /metrics"),
-        || (count(agent, policy, rule, action, cg) == n).then_some(()),
-    );
 }
 
 fn skip(why: &str) {
@@ -129,8 +104,8 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         ),
         "EPERM\nEPERM\nEPERM\nEPERM\nEPERM",
     );
-    wait_count(&agent, "no-secrets", "shadow", "errno", &cg, 1.0);
-    wait_count(&agent, "no-secrets", "secret", "errno", &cg, 4.0);
+    wait_rule_violations(&agent, "no-secrets", "shadow", "errno", &cg, 1.0);
+    wait_rule_violations(&agent, "no-secrets", "secret", "errno", &cg, 4.0);
     // write only denied: reading works, writing (append, truncate at open) does not
     expect(
         &cg,
@@ -171,12 +146,12 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
         ),
         "EPERM\nok\n127",
     );
-    wait_count(&agent, "no-secrets", "ro", "errno", &cg, 2.0);
-    wait_count(&agent, "no-secrets", "tree", "errno", &cg, 6.0);
-    wait_count(&agent, "no-secrets", "bin", "errno", &cg, 2.0);
+    wait_rule_violations(&agent, "no-secrets", "ro", "errno", &cg, 2.0);
+    wait_rule_violations(&agent, "no-secrets", "tree", "errno", &cg, 6.0);
+    wait_rule_violations(&agent, "no-secrets", "bin", "errno", &cg, 2.0);
     // exact: nothing else refused, and the events add up to the counts (no rate limit hit)
-    wait_count(&agent, "no-secrets", "shadow", "errno", &cg, 1.0);
-    wait_count(&agent, "no-secrets", "secret", "errno", &cg, 4.0);
+    wait_rule_violations(&agent, "no-secrets", "shadow", "errno", &cg, 1.0);
+    wait_rule_violations(&agent, "no-secrets", "secret", "errno", &cg, 4.0);
     let v = violations(&agent, cg.id, 15);
     assert_eq!(v.len(), 15, "{v:?}");
     let by = |rule: &str| v.iter().filter(|e| e["violation"]["rule"] == rule).count();
@@ -226,7 +201,10 @@ fn denied_accesses_fail_with_eperm_on_the_resolved_path() {
     // another cgroup is not concerned
     let other = TestCgroup::new("pol-files-lsm-other");
     expect(&other, &format!("{RESULT}; r cat {dir}/secret"), "ok");
-    assert_eq!(count(&agent, "no-secrets", "secret", "errno", &other), 0.0);
+    assert_eq!(
+        rule_violations(&agent, "no-secrets", "secret", "errno", &other),
+        0.0
+    );
 
     // `policy check` on this host says the same
     let f = scratch.path().join("check.yaml");
@@ -286,15 +264,18 @@ fn kill_kills_and_audit_mode_refuses_nothing() {
     // killed (SIGKILL: 128 + 9), the file not read
     expect(&killer, &format!("cat {dir}/k; echo $?"), "137");
     expect(&killer, &format!("cat {dir}/k; echo $?"), "137");
-    wait_count(&agent, "files-kill", "k", "kill", &killer, 2.0);
+    wait_rule_violations(&agent, "files-kill", "k", "kill", &killer, 2.0);
     // audit mode: read three times, reported as would-block each time
     expect(
         &watched,
         &format!("cat {dir}/k {dir}/k; cat {dir}/k"),
         "k\nk\nk",
     );
-    wait_count(&agent, "files-audit", "k", "would_block", &watched, 3.0);
-    assert_eq!(count(&agent, "files-audit", "k", "errno", &watched), 0.0);
+    wait_rule_violations(&agent, "files-audit", "k", "would_block", &watched, 3.0);
+    assert_eq!(
+        rule_violations(&agent, "files-audit", "k", "errno", &watched),
+        0.0
+    );
     let v = violations(&agent, watched.id, 3);
     assert_eq!(v.len(), 3, "{v:?}");
     for e in &v {
@@ -398,8 +379,8 @@ fn renames_and_hard_links_cannot_give_a_denied_file_another_name() {
     );
     // secret: its link, its rename, its directory's rename, the read; tree: its directory's
     // rename, the rename onto it, mkdir, symlink and link inside it
-    wait_count(&agent, "no-new-names", "secret", "errno", &cg, 4.0);
-    wait_count(&agent, "no-new-names", "tree", "errno", &cg, 5.0);
+    wait_rule_violations(&agent, "no-new-names", "secret", "errno", &cg, 4.0);
+    wait_rule_violations(&agent, "no-new-names", "tree", "errno", &cg, 5.0);
     let v = violations(&agent, cg.id, 9);
     let mut seen: Vec<(String, String)> = v
         .iter()
