@@ -30,6 +30,9 @@ pub const FLOW_FIRST_EGRESS: u32 = 1;
 /// earlier, or began before the agent.
 pub const FLOW_PARTIAL: u32 = 2;
 
+/// Bit of [`FlowStats::next_seq_out`]/`_in`: a sequence number was recorded.
+pub const SEQ_KNOWN: u64 = 1 << 32;
+
 /// Value of `FLOWS`, one shared copy per flow: counters are updated with atomic adds (a flow's
 /// packets may be handled on several CPUs at once); `first_ns`/`flags` are set at creation.
 #[repr(C)]
@@ -40,9 +43,20 @@ pub struct FlowStats {
     /// IP bytes on the wire (headers included; segmentation offload counted per segment).
     pub bytes_out: u64,
     pub bytes_in: u64,
-    /// Transport payload bytes (TCP/UDP headers excluded).
+    /// Transport payload bytes (TCP/UDP headers excluded); TCP counts each byte of sequence
+    /// space once, so a retransmitted segment adds to the wire bytes only.
     pub payload_out: u64,
     pub payload_in: u64,
+    /// TCP: [`SEQ_KNOWN`] | the end of the highest sequence range seen in each direction (0 until
+    /// the first segment), and the bytes of the gaps below it not yet filled (segments that
+    /// arrived after a loss, ahead of the lost ones). Plain loads and stores: egress runs under
+    /// the socket's lock, ingress of one flow on one CPU at a time but for rare cases (the
+    /// sender moved CPUs while segments were queued), where the worst is a mark moved back, so
+    /// a later retransmission of that range counts again.
+    pub next_seq_out: u64,
+    pub next_seq_in: u64,
+    pub holes_out: u64,
+    pub holes_in: u64,
     /// CLOCK_MONOTONIC ns of the first and last packet.
     pub first_ns: u64,
     pub last_ns: u64,

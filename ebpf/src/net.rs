@@ -26,8 +26,8 @@ use palisade_common::{
     loss::RINGBUF_FULL,
     net::{
         AF_INET, AF_INET6, DNS_PAYLOAD_MAX, DnsEvent, FLOW_FIRST_EGRESS, FLOW_PARTIAL, FlowKey,
-        FlowStats, IPPROTO_TCP, IPPROTO_UDP, ListenKey, NetTotals, SockInfo, TcpCounts, TcpEvent,
-        direction, tcp_what,
+        FlowStats, IPPROTO_TCP, IPPROTO_UDP, ListenKey, NetTotals, SEQ_KNOWN, SockInfo, TcpCounts,
+        TcpEvent, direction, tcp_what,
     },
 };
 
@@ -91,6 +91,8 @@ struct Parsed {
     payload_off: u32,
     /// TCP flags byte (0 for other protocols).
     tcp_flags: u8,
+    /// TCP sequence number (0 for other protocols).
+    seq: u32,
 }
 
 #[inline(always)]
@@ -108,6 +110,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         headers: 0,
         payload_off: 0,
         tcp_flags: 0,
+        seq: 0,
     };
     let l4: u32;
     if protocol == ETH_P_IP {
@@ -142,6 +145,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             let doff = u32::from(t[12] >> 4) * 4;
             p.headers = l4 + doff;
             p.tcp_flags = t[13];
+            p.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
         }
         IPPROTO_UDP => {
             let mut u = [0u8; 4];
@@ -237,22 +241,90 @@ fn account(ctx: &SkBuffContext, egress: bool) {
         }
     };
     // SAFETY: a shared map value; counters go through atomic adds, `last_ns` is a plain store
-    // (a racing store of a nearby timestamp is harmless).
+    // (a racing store of a nearby timestamp is harmless), the sequence marks as documented on
+    // `FlowStats`.
     unsafe {
         (*f).last_ns = now;
         if egress {
+            let fresh = if p.proto == IPPROTO_TCP {
+                fresh_tcp_payload(
+                    &raw mut (*f).next_seq_out,
+                    &raw mut (*f).holes_out,
+                    &p,
+                    payload,
+                )
+            } else {
+                payload
+            };
             atomic_add(&raw mut (*f).pkts_out, segs);
             atomic_add(&raw mut (*f).bytes_out, wire);
-            atomic_add(&raw mut (*f).payload_out, payload);
+            atomic_add(&raw mut (*f).payload_out, fresh);
         } else {
+            let fresh = if p.proto == IPPROTO_TCP {
+                fresh_tcp_payload(
+                    &raw mut (*f).next_seq_in,
+                    &raw mut (*f).holes_in,
+                    &p,
+                    payload,
+                )
+            } else {
+                payload
+            };
             atomic_add(&raw mut (*f).pkts_in, segs);
             atomic_add(&raw mut (*f).bytes_in, wire);
-            atomic_add(&raw mut (*f).payload_in, payload);
+            atomic_add(&raw mut (*f).payload_in, fresh);
         }
     }
     if egress && p.proto == IPPROTO_UDP && p.dport == 53 {
         dns(ctx, &key, p.payload_off, len);
     }
+}
+
+/// The bytes of a TCP segment's `payload` not counted before in this direction of the flow, so
+/// a retransmitted range counts once however the segments were lost or reordered:
+/// - past the highest sequence number seen (`next`, which then moves forward): new;
+/// - a segment starting past `next` leaves a gap (`holes`) of bytes lost or still in flight;
+/// - bytes at or below `next` count up to the gaps still open and close them.
+///
+/// Once the gaps are filled the flow's count is the sequence space it covered, exactly; a
+/// duplicate arriving while a gap is open counts in place of the fill that follows it. A flow's
+/// first segment counts whole (a SYN's sequence number is its own; the payload follows it).
+///
+/// # Safety
+/// `next` and `holes` point into a live `FLOWS` value.
+#[inline(always)]
+unsafe fn fresh_tcp_payload(next: *mut u64, holes: *mut u64, p: &Parsed, payload: u64) -> u64 {
+    const SYN: u8 = 0x02;
+    let start = p.seq.wrapping_add(u32::from(p.tcp_flags & SYN != 0));
+    let end = start.wrapping_add(payload as u32);
+    // SAFETY: the caller's.
+    let (known, open) = unsafe { (*next, *holes) };
+    if known & SEQ_KNOWN == 0 {
+        // SAFETY: the caller's.
+        unsafe { *next = SEQ_KNOWN | u64::from(end) };
+        return payload;
+    }
+    let mark = known as u32;
+    // sequence arithmetic (RFC 793): a positive difference is ahead
+    let ahead = end.wrapping_sub(mark) as i32;
+    let (above, gap) = if ahead > 0 {
+        let gap = start.wrapping_sub(mark) as i32;
+        (
+            (ahead as u64).min(payload),
+            if gap > 0 { gap as u64 } else { 0 },
+        )
+    } else {
+        (0, 0)
+    };
+    let fill = (payload - above).min(open);
+    // SAFETY: the caller's.
+    unsafe {
+        if ahead > 0 {
+            *next = SEQ_KNOWN | u64::from(end);
+        }
+        *holes = open + gap - fill;
+    }
+    above + fill
 }
 
 /// Copies the start of an outgoing DNS message to userspace (it parses the query name).

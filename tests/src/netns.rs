@@ -36,6 +36,21 @@ impl TestNetns {
         Self { name }
     }
 
+    /// Runs `iptables ARGS` in this namespace (its own tables: the host's are untouched).
+    pub fn iptables(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "iptables"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip netns exec iptables ({e})"));
+        assert!(
+            out.status.success(),
+            "iptables {} (install it: `cargo xtask setup`): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/var/run/netns").join(&self.name)
     }

@@ -28,6 +28,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "the peer in `cargo xtask bench syscalls`"),
     ("gcc", "builds the benchmark's syscall loop"),
     ("iproute2", "network namespaces in tests"),
+    (
+        "iptables",
+        "the retransmission test drops segments in a network namespace of its own",
+    ),
     ("podman", "real named containers in the naming tests"),
     (
         "libseccomp-dev",

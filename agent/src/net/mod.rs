@@ -355,7 +355,7 @@ mod tests {
             first_ns: 1_000,
             last_ns: 5_000,
             flags: FLOW_FIRST_EGRESS,
-            _pad: 0,
+            ..FlowStats::default()
         };
         let t = Tcp {
             what: tcp_what::CLOSED,
