@@ -184,10 +184,10 @@ mod tests {
         assert_eq!(core::mem::offset_of!(OomEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(CgroupEvent, kind), 0);
         assert_eq!(size_of::<net::FlowKey>(), 48);
-        assert_eq!(size_of::<net::FlowStats>(), 72);
+        assert_eq!(size_of::<net::FlowStats>(), 104);
         assert_eq!(size_of::<net::NetTotals>(), 56);
         assert_eq!(size_of::<net::TcpCounts>(), 48);
-        assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16 + 72);
+        assert_eq!(size_of::<net::TcpEvent>(), 8 + 48 + 40 + 16 + 104);
         assert_eq!(size_of::<net::DnsEvent>(), 8 + 48 + net::DNS_PAYLOAD_MAX);
         assert_eq!(size_of::<net::SockInfo>(), 24);
         assert_eq!(size_of::<net::ListenKey>(), 16);
