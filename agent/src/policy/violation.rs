@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use palisade_common::{
     net::{AF_INET, AF_INET6},
     policy::{
-        ExecPaths, NetTuple, POLICY_PATH_MAX, PolicyEvent, abi_id, exec_flags, kind, taken,
-        unresolved, what,
+        ExecPaths, NetTuple, POLICY_EVENT_HEAD, POLICY_PATH_MAX, PolicyEvent, abi_id, exec_flags,
+        kind, taken, unresolved, what,
     },
 };
 use palisade_syscalls::Abi;
@@ -116,15 +116,22 @@ pub fn network(w: u32, t: &NetTuple) -> Option<NetworkRef> {
     })
 }
 
-/// A ring-buffer record as a [`PolicyEvent`] (`None` when short).
+/// A ring-buffer record as a [`PolicyEvent`]: a whole one, or its head ([`POLICY_EVENT_HEAD`]
+/// bytes) with empty paths; `None` when shorter.
 pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
-    if bytes.len() < size_of::<PolicyEvent>() {
+    if bytes.len() < POLICY_EVENT_HEAD {
         tracing::warn!(len = bytes.len(), "short policy event");
         return None;
     }
-    // SAFETY: at least size_of::<PolicyEvent>() bytes; the type is plain old data written by
-    // the kernel program; read_unaligned copes with any alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PolicyEvent>()) })
+    let mut ev = std::mem::MaybeUninit::<PolicyEvent>::zeroed();
+    let n = bytes.len().min(size_of::<PolicyEvent>());
+    // SAFETY: the type is plain old data (integers and byte arrays), so all zeroes is a valid
+    // value and so is any prefix of a record the kernel program wrote over it; `n` bytes fit
+    // both the source and the destination.
+    Some(unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), ev.as_mut_ptr().cast::<u8>(), n);
+        ev.assume_init()
+    })
 }
 
 fn text(b: &[u8; POLICY_PATH_MAX], len: u32) -> String {
@@ -252,6 +259,27 @@ mod tests {
             native: u32::MAX,
             exec: x,
         }
+    }
+
+    #[test]
+    fn head_only_records_decode_with_empty_paths() {
+        let mut full = exec_event(|x| {
+            put(&mut x.path, &mut x.path_len, "/bin/sh");
+            x.flags = exec_flags::RESOLVED;
+        });
+        full.what = what::SYSCALL;
+        full.nr = 110;
+        // SAFETY: plain old data, read as the bytes the kernel writes
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const full).cast::<u8>(), size_of::<PolicyEvent>())
+        };
+        let head = decode(&bytes[..POLICY_EVENT_HEAD]).unwrap();
+        assert_eq!((head.what, head.nr, head.total), (what::SYSCALL, 110, 1));
+        assert_eq!((head.exec.flags, head.exec.path_len), (0, 0));
+        let whole = decode(bytes).unwrap();
+        assert_eq!(whole.exec.path_len, 7);
+        assert!(decode(&bytes[..POLICY_EVENT_HEAD - 1]).is_none());
+        assert!(POLICY_EVENT_HEAD * 6 < size_of::<PolicyEvent>());
     }
 
     fn put(b: &mut [u8; POLICY_PATH_MAX], len: &mut u32, s: &str) {

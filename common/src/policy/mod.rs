@@ -29,7 +29,7 @@ pub use lsm::*;
 pub use net::*;
 
 /// Version of this layout; pinned state of another version is refused (run `--cleanup`).
-pub const POLICY_ABI: u32 = 5;
+pub const POLICY_ABI: u32 = 6;
 
 /// Syscall numbers covered by the verdict table (x86_64 numbers are below 512).
 pub const MAX_SYSCALLS: usize = 512;
@@ -321,7 +321,9 @@ pub struct NetTuple {
     pub raddr: [u8; 16],
 }
 
-/// A violation, sent on `POLICY_EVENTS` (subject to the rate limit).
+/// A violation, sent on `POLICY_EVENTS` (subject to the rate limit). Only exec and file
+/// violations carry `exec`: the others send the first [`POLICY_EVENT_HEAD`] bytes, so a flood
+/// of them fits about eight times as many records in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyEvent {
@@ -350,6 +352,9 @@ pub struct PolicyEvent {
     /// Exec violations: the file executed, its interpreter, the path given.
     pub exec: ExecPaths,
 }
+
+/// Bytes of a [`PolicyEvent`] without its `exec` paths: the record of every other violation.
+pub const POLICY_EVENT_HEAD: usize = core::mem::offset_of!(PolicyEvent, exec);
 
 /// Indices of `POLICY_CONFIG` (`u64` values userspace sets).
 pub mod config {

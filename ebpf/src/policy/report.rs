@@ -12,8 +12,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::policy::{
-    CgroupPolicy, ExecPaths, MAX_CGROUP_DEPTH, NetTuple, PolicyEvent, Resolved, RuleInfo,
-    ViolationKey, ViolationState, abi_id, admit, config, lsm_call_bit, lsm_covered, lsm_index,
+    CgroupPolicy, ExecPaths, MAX_CGROUP_DEPTH, NetTuple, POLICY_EVENT_HEAD, PolicyEvent, Resolved,
+    RuleInfo, ViolationKey, ViolationState, abi_id, admit, config, lsm_call_bit, lsm_covered,
+    lsm_index,
 };
 use palisade_ebpf::{atomic_add, lru_entry};
 
@@ -207,15 +208,83 @@ pub fn report(
     if !send {
         return;
     }
-    let Some(mut entry) = POLICY_EVENTS.reserve::<PolicyEvent>(0) else {
-        if let Some(p) = POLICY_LOSS.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot of a per-CPU array.
-            unsafe { *p += 1 };
+    // exec and file violations send their paths; the others the head alone
+    match detail.path {
+        Some(src) => {
+            let Some(mut entry) = POLICY_EVENTS.reserve::<PolicyEvent>(0) else {
+                return lost();
+            };
+            let ev = entry.as_mut_ptr();
+            // SAFETY: a reserved record we own until submit; `fill` writes the head, the
+            // paths are copied whole.
+            unsafe {
+                fill(
+                    ev, what, rule, action, cgroup_id, now, total, subject, detail,
+                );
+                // empty paths should the copy fail
+                (*ev).exec.flags = 0;
+                (*ev).exec.path_len = 0;
+                (*ev).exec.interp_len = 0;
+                (*ev).exec.given_len = 0;
+                let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    (&raw mut (*ev).exec).cast(),
+                    size_of::<ExecPaths>() as u32,
+                    src.cast(),
+                );
+            }
+            entry.submit(0);
         }
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: a reserved record we own until submit; every field is written.
+        None => {
+            let Some(mut entry) = POLICY_EVENTS.reserve::<[u8; POLICY_EVENT_HEAD]>(0) else {
+                return lost();
+            };
+            // SAFETY: a reserved record of the head's size we own until submit; `fill` writes
+            // the head's fields only.
+            unsafe {
+                fill(
+                    entry.as_mut_ptr().cast(),
+                    what,
+                    rule,
+                    action,
+                    cgroup_id,
+                    now,
+                    total,
+                    subject,
+                    detail,
+                );
+            }
+            entry.submit(0);
+        }
+    }
+}
+
+/// Counts a violation event the full ring buffer had no room for.
+#[inline(always)]
+fn lost() {
+    if let Some(p) = POLICY_LOSS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Writes every field of `ev` before `exec`.
+///
+/// # Safety
+/// `ev` points to at least [`POLICY_EVENT_HEAD`] writable bytes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fill(
+    ev: *mut PolicyEvent,
+    what: u32,
+    rule: u32,
+    action: u32,
+    cgroup_id: u64,
+    now: u64,
+    total: u64,
+    subject: Subject,
+    detail: &Detail<'_>,
+) {
+    // SAFETY: the caller's; each field below lies before `exec`.
     unsafe {
         (*ev).what = what;
         (*ev).rule = rule;
@@ -246,17 +315,5 @@ pub fn report(
             Some(t) => *t,
             None => NetTuple::default(),
         };
-        (*ev).exec.flags = 0;
-        (*ev).exec.path_len = 0;
-        (*ev).exec.interp_len = 0;
-        (*ev).exec.given_len = 0;
-        if let Some(src) = detail.path {
-            let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                (&raw mut (*ev).exec).cast(),
-                size_of::<ExecPaths>() as u32,
-                src.cast(),
-            );
-        }
     }
-    entry.submit(0);
 }
