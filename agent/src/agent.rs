@@ -260,7 +260,7 @@ async fn serve_all(
     // The event log and the exporter listen from the first event on, before the policy task
     // and the first walk can publish (a policy that cannot be put in place says so at once):
     // whatever is published reaches them or is counted as their loss.
-    let log_rx = event_log.as_ref().map(|_| hub.subscribe());
+    let log_rx = event_log.as_ref().map(|_| hub.subscribe_log());
     let otlp_rx = config.otlp.endpoint.as_ref().map(|_| hub.subscribe());
     let (policy, policy_task) = crate::policy::start(crate::policy::Start {
         cfg: config.policy.clone(),

@@ -216,5 +216,6 @@ mod tests {
             size_of::<PolicyEvent>(),
             32 + 24 + 16 + 40 + 8 + size_of::<ExecPaths>()
         );
+        assert_eq!(POLICY_EVENT_HEAD, 32 + 24 + 16 + 40 + 8);
     }
 }

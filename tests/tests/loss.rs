@@ -185,35 +185,26 @@ fn a_connect_flood_has_one_flow_record_per_connection_and_side_lost_ends_reporte
     }
 }
 
-#[test]
-fn a_violation_flood_without_rate_limit_adds_up_to_the_counter() {
-    let cg = TestCgroup::new("flood-pol");
-    let s = Setup::new(&format!(
-        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: flood\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: enforce\n  syscalls:\n    action: log\n    deny: [getppid]\n",
+/// A policy that logs every `getppid` of `cg`.
+fn flood_policy(name: &str, cg: &TestCgroup) -> Setup {
+    Setup::new(&format!(
+        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: enforce\n  syscalls:\n    action: log\n    deny: [getppid]\n",
         cg.rel
-    ));
-    let agent = s.agent("  rate_limit: false\n");
-    wait_applied(&agent, "flood", cg.id, &["syscalls"]);
-    cg.run_workload(&["getppid", "2000"]);
-    {
-        // the violation ring buffer (256 KiB) overflows while nobody reads
-        let _stopped = pause(&agent);
-        cg.run_workload(&["getppid", "20000"]);
-    }
-    let produced = 22_000u64;
+    ))
+}
+
+/// Waits until the counter of policy `name` in `cg` is `produced` and its events add up to
+/// it: one event per violation that reached the agent (`process` set), the rest in the
+/// `suppressed` of the next event of the same rule, or of a summary once it is quiet.
+/// Returns (events, suppressed).
+fn wait_flood_reported(agent: &Agent, name: &str, cg: &TestCgroup, produced: u64) -> (u64, u64) {
     let counted = |a: &Agent| {
         sum(
             &a.metrics(),
             "palisade_policy_violations_total",
-            &[
-                ("policy", "flood"),
-                ("action", "log"),
-                ("container", &cg.rel),
-            ],
+            &[("policy", name), ("action", "log"), ("container", &cg.rel)],
         )
     };
-    // one event per violation that reached the agent (`process` set), and the rest in the
-    // `suppressed` of the next event of the same rule, or of a summary once it is quiet
     let events = |a: &Agent| -> (u64, u64) {
         let mut with_process = 0;
         let mut suppressed = 0;
@@ -225,16 +216,43 @@ fn a_violation_flood_without_rate_limit_adds_up_to_the_counter() {
         }
         (with_process, suppressed)
     };
-    let (delivered, suppressed) = wait_for_explained(
+    wait_for_explained(
         Duration::from_secs(60),
         "events adding up to the counter",
         || {
-            let n = counted(&agent);
-            let (d, s) = events(&agent);
+            let n = counted(agent);
+            let (d, s) = events(agent);
             (n == produced && d + s >= produced).then_some((d, s))
         },
-        || format!("counter {}, events {:?}", counted(&agent), events(&agent)),
-    );
+        || {
+            format!(
+                "counter {}, events {:?}, log dropped {}",
+                counted(agent),
+                events(agent),
+                sum(
+                    &agent.metrics(),
+                    "palisade_events_dropped_total",
+                    &[("sink", "log")]
+                )
+            )
+        },
+    )
+}
+
+#[test]
+fn a_violation_flood_without_rate_limit_adds_up_to_the_counter() {
+    let cg = TestCgroup::new("flood-pol");
+    let s = flood_policy("flood", &cg);
+    let agent = s.agent("  rate_limit: false\n");
+    wait_applied(&agent, "flood", cg.id, &["syscalls"]);
+    cg.run_workload(&["getppid", "2000"]);
+    {
+        // the violation ring buffer overflows while nobody reads
+        let _stopped = pause(&agent);
+        cg.run_workload(&["getppid", "20000"]);
+    }
+    let produced = 22_000u64;
+    let (delivered, suppressed) = wait_flood_reported(&agent, "flood", &cg, produced);
     let m = agent.metrics();
     let lost = sum(&m, "palisade_policy_events_lost_total", &[]);
     eprintln!(
@@ -246,6 +264,36 @@ fn a_violation_flood_without_rate_limit_adds_up_to_the_counter() {
     assert_eq!(suppressed, lost);
     // with the limiter on, one rule would send at most `rate_limit_burst` (10) per window
     assert!(delivered > 10, "rate limiting is off: {delivered} events");
+}
+
+#[test]
+fn a_violation_flood_waits_in_the_kernel_for_a_slow_event_log() {
+    // A hub queue of 64 events: the policy task reads no more violations than the event log
+    // can take, the rest wait in the ring buffer (or are lost there, counted, and reported in
+    // `suppressed`), so the log itself drops none and its lines add up.
+    let cg = TestCgroup::new("paced-pol");
+    let s = flood_policy("paced", &cg);
+    let agent = s.agent("  rate_limit: false\nevents:\n  queue: 64\n");
+    wait_applied(&agent, "paced", cg.id, &["syscalls"]);
+    let produced = 20_000u64;
+    cg.run_workload(&["getppid", "20000"]);
+    let (delivered, suppressed) = wait_flood_reported(&agent, "paced", &cg, produced);
+    let m = agent.metrics();
+    let lost = sum(&m, "palisade_policy_events_lost_total", &[]);
+    eprintln!(
+        "violations: {delivered} events + {suppressed} suppressed (ring buffer lost {lost}); {produced} produced"
+    );
+    assert_eq!(delivered + suppressed, produced, "reported once each");
+    assert_eq!(suppressed, lost);
+    assert_eq!(
+        sum(&m, "palisade_events_dropped_total", &[("sink", "log")]),
+        0,
+        "the event log dropped events"
+    );
+    assert!(
+        delivered > 64,
+        "{delivered} events: more than one queue's worth"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! `getppid` (rate limiting off) in the generator's own cgroup, and `bench/sysbench.c` making
 //! exactly `calls + calls / 50` `getppid` calls there (its warm-up and its loop). Each call is
 //! one violation; each violation is one `policy_violation` line in the log or a counted loss:
-//! the policy ring buffer full (`palisade_policy_events_lost_total`, also reported in the
+//! the policy ring buffer full or the record left out while the event log was behind
+//! (`palisade_policy_events_lost_total`, also reported in the
 //! `suppressed` of the next event), or the log sink behind (`palisade_events_dropped_total`).
 //! Unaccounted = produced − delivered − counted losses, asserted to be 0.
 //!
@@ -367,7 +368,7 @@ pub fn events(agent: &Path, calls: u64, ring_kib: u32, perf: Option<&Path>) -> R
     println!("  violations counted by the kernel      {counted}");
     println!("  delivered to the JSON log             {delivered} in {span:.2} s = {rate:.0}/s");
     println!(
-        "  lost, policy ring buffer full         {ring_lost} (suppressed in the log: {})",
+        "  lost, policy ring full / log behind   {ring_lost} (suppressed in the log: {})",
         n.suppressed
     );
     println!(

@@ -27,7 +27,8 @@ pub struct PolicyConfig {
     pub rate_limit_burst: u64,
     #[serde(with = "duration")]
     pub rate_limit_interval: Duration,
-    /// The violation ring buffer (`POLICY_EVENTS`), KiB, a power of two: ~1 KiB per event,
+    /// The violation ring buffer (`POLICY_EVENTS`), KiB, a power of two: 128 bytes per
+    /// syscall or network violation, ~1 KiB with exec or file paths,
     /// what the kernel holds while the agent is busy or restarting. A pinned buffer from a
     /// previous agent keeps its size until the pins are removed (`palisade agent --cleanup`).
     pub events_buffer_kib: u32,

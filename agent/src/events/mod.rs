@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -195,18 +195,56 @@ pub struct Hub {
     published: [AtomicU64; EventType::ALL.len()],
     dropped: Mutex<BTreeMap<&'static str, u64>>,
     delivered: Mutex<BTreeMap<&'static str, u64>>,
+    capacity: usize,
+    /// Whether the event log reads (`subscribe_log`), and the published total it has taken
+    /// from the queue (received or skipped): the difference to `published_total` is its backlog.
+    log: AtomicBool,
+    log_taken: AtomicU64,
 }
 
 impl Hub {
     /// `capacity`: events a slow consumer may fall behind before it loses some.
     pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(16));
+        let capacity = capacity.max(16);
+        let (tx, _) = broadcast::channel(capacity);
         Self {
             tx,
             published: Default::default(),
             dropped: Mutex::new(BTreeMap::new()),
             delivered: Mutex::new(BTreeMap::new()),
+            capacity,
+            log: AtomicBool::new(false),
+            log_taken: AtomicU64::new(0),
         }
+    }
+
+    /// The event log's subscription: from now on it says what it takes (`log_took`), and
+    /// producers that can wait ask how much it can still take (`log_room`).
+    pub fn subscribe_log(&self) -> broadcast::Receiver<Arc<Event>> {
+        let rx = self.tx.subscribe();
+        self.log_taken
+            .store(self.published_total(), Ordering::Relaxed);
+        self.log.store(true, Ordering::Relaxed);
+        rx
+    }
+
+    /// The event log took `n` events from the queue (received, or skipped as lagged).
+    pub fn log_took(&self, n: u64) {
+        self.log_taken.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events a producer that can account for what it leaves out may publish now: half the
+    /// queue (the other half stays for the other producers) less the event log's backlog;
+    /// unbounded without a log. The policy task reports the rest as the ring buffer's losses
+    /// (in `suppressed`), so a flood does not overrun the log.
+    pub fn log_room(&self) -> usize {
+        if !self.log.load(Ordering::Relaxed) {
+            return usize::MAX;
+        }
+        let backlog = self
+            .published_total()
+            .saturating_sub(self.log_taken.load(Ordering::Relaxed));
+        (self.capacity / 2).saturating_sub(usize::try_from(backlog).unwrap_or(usize::MAX))
     }
 
     pub fn publish(&self, ev: Event) {
@@ -331,6 +369,29 @@ pub(crate) mod tests {
             from_container: None,
             unenforced: None,
         }
+    }
+
+    #[test]
+    fn log_room_is_half_the_queue_less_the_logs_backlog() {
+        let hub = Hub::new(64);
+        assert_eq!(hub.log_room(), usize::MAX, "no log: no limit");
+        hub.publish(sample(EventType::Exec));
+        let _rx = hub.subscribe_log();
+        assert_eq!(
+            hub.log_room(),
+            32,
+            "what was published before the log is not its backlog"
+        );
+        for _ in 0..10 {
+            hub.publish(sample(EventType::Exec));
+        }
+        assert_eq!(hub.log_room(), 22);
+        hub.log_took(4);
+        assert_eq!(hub.log_room(), 26);
+        for _ in 0..40 {
+            hub.publish(sample(EventType::Exec));
+        }
+        assert_eq!(hub.log_room(), 0);
     }
 
     #[test]

@@ -311,8 +311,12 @@ pub async fn run(
             }
         };
         let ev = match r {
-            Ok(ev) => ev,
+            Ok(ev) => {
+                hub.log_took(1);
+                ev
+            }
             Err(RecvError::Lagged(n)) => {
+                hub.log_took(n);
                 hub.count_dropped("log", n);
                 continue;
             }

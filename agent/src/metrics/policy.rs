@@ -86,7 +86,7 @@ pub(crate) fn families(s: &Snapshot, o: Out, budget: &mut Budget) -> Vec<Family>
         let mut f = Family::new(
             o,
             "palisade_policy_events_lost_total",
-            "Violation events lost to a full ring buffer (the counts stay exact).",
+            "Violation events lost to a full ring buffer, or left out while the event log was behind (the counts stay exact; each is in the suppressed of a later event).",
             Kind::Counter,
         );
         f.sample(&NONE, &[], s.lost);

@@ -224,7 +224,7 @@ async fn run(
                 // Violations already queued are reported first, while the rules and cgroups
                 // they name are still known: a removed cgroup (or a reload) forgets them.
                 if let Some(r) = ring.as_mut() {
-                    e.report_queued(r.get_mut());
+                    e.report_queued(r.get_mut(), e.hub().log_room());
                 }
                 e.handle(cmd);
             }
@@ -234,7 +234,7 @@ async fn run(
                     ring = None;
                     continue;
                 };
-                e.report_queued(guard.get_inner_mut());
+                e.report_queued(guard.get_inner_mut(), e.hub().log_room());
                 guard.clear_ready();
                 changed = false;
             }

@@ -124,6 +124,9 @@ pub struct Engine {
     kernel: Option<Kernel>,
     /// A ring buffer loaded but not yet handed to the task loop.
     new_ring: Option<RingBuf<MapData>>,
+    /// Violation records read while the event log had no room for their events: left out,
+    /// like those the full ring buffer lost, so they show in the next event's `suppressed`.
+    held_back: u64,
     set: PolicySet,
     overrides: HashMap<String, Mode>,
     launched: HashMap<u64, Launched>,
@@ -177,6 +180,7 @@ impl Engine {
             hub,
             kernel: None,
             new_ring: None,
+            held_back: 0,
             set,
             overrides: HashMap::new(),
             launched: HashMap::new(),

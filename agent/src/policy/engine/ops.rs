@@ -34,11 +34,17 @@ impl Engine {
         self.new_ring.take()
     }
 
-    /// Reports every violation record waiting in the ring buffer.
-    pub fn report_queued(&mut self, r: &mut RingBuf<MapData>) {
+    /// Reads every violation record waiting in the ring buffer and reports the first `room`
+    /// (what the event log can take). The others are left out as if the ring had lost them:
+    /// counted in `palisade_policy_events_lost_total` and in the `suppressed` of the next
+    /// event of their rule (or its summary). Publishing them would only overrun the log, and
+    /// leaving them in the ring would let a command forget the rules and cgroups they name.
+    pub fn report_queued(&mut self, r: &mut RingBuf<MapData>, room: usize) {
         let mut records = Vec::new();
         while let Some(item) = r.next() {
-            if let Some(ev) = violation::decode(&item) {
+            if records.len() >= room {
+                self.held_back += 1;
+            } else if let Some(ev) = violation::decode(&item) {
                 records.push(ev);
             }
         }
@@ -220,7 +226,7 @@ impl Engine {
                 .iter()
                 .map(|h| (h.as_str(), attached.contains(h)))
                 .collect(),
-            lost: self.kernel.as_ref().map_or(0, |k| k.lost()),
+            lost: self.kernel.as_ref().map_or(0, |k| k.lost()) + self.held_back,
             loaded: self.kernel.is_some(),
             managed: self
                 .applied
