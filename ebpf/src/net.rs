@@ -245,35 +245,31 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     // `FlowStats`.
     unsafe {
         (*f).last_ns = now;
-        if egress {
-            let fresh = if p.proto == IPPROTO_TCP {
-                fresh_tcp_payload(
-                    &raw mut (*f).next_seq_out,
-                    &raw mut (*f).holes_out,
-                    &p,
-                    payload,
-                )
-            } else {
-                payload
-            };
-            atomic_add(&raw mut (*f).pkts_out, segs);
-            atomic_add(&raw mut (*f).bytes_out, wire);
-            atomic_add(&raw mut (*f).payload_out, fresh);
+        let (pkts, bytes, payloads, next_seq, holes) = if egress {
+            (
+                &raw mut (*f).pkts_out,
+                &raw mut (*f).bytes_out,
+                &raw mut (*f).payload_out,
+                &raw mut (*f).next_seq_out,
+                &raw mut (*f).holes_out,
+            )
         } else {
-            let fresh = if p.proto == IPPROTO_TCP {
-                fresh_tcp_payload(
-                    &raw mut (*f).next_seq_in,
-                    &raw mut (*f).holes_in,
-                    &p,
-                    payload,
-                )
-            } else {
-                payload
-            };
-            atomic_add(&raw mut (*f).pkts_in, segs);
-            atomic_add(&raw mut (*f).bytes_in, wire);
-            atomic_add(&raw mut (*f).payload_in, fresh);
-        }
+            (
+                &raw mut (*f).pkts_in,
+                &raw mut (*f).bytes_in,
+                &raw mut (*f).payload_in,
+                &raw mut (*f).next_seq_in,
+                &raw mut (*f).holes_in,
+            )
+        };
+        let fresh = if p.proto == IPPROTO_TCP {
+            fresh_tcp_payload(next_seq, holes, &p, payload)
+        } else {
+            payload
+        };
+        atomic_add(pkts, segs);
+        atomic_add(bytes, wire);
+        atomic_add(payloads, fresh);
     }
     if egress && p.proto == IPPROTO_UDP && p.dport == 53 {
         dns(ctx, &key, p.payload_off, len);

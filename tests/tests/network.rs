@@ -44,6 +44,27 @@ fn flows(agent: &Agent, cg: &TestCgroup) -> Vec<Value> {
         .collect()
 }
 
+/// A client cgroup `TAG-client` sends `bytes` over one TCP connection to a server cgroup
+/// `TAG-server` at `addr` in `ns`; returns (client, server) once the agent has both flows.
+fn one_connection(
+    agent: &Agent,
+    ns: &TestNetns,
+    tag: &str,
+    addr: &str,
+    bytes: u64,
+) -> (TestCgroup, TestCgroup) {
+    let client = TestCgroup::new(&format!("{tag}-client"));
+    let srv = TestCgroup::new(&format!("{tag}-server"));
+    let s = server(&srv, ns, addr, 1);
+    assert_eq!(run(&client, ns, &["send-tcp", addr, &bytes.to_string()]), 0);
+    assert!(finish(s).contains(&format!("received {bytes}")));
+    agent.wait_events(2, "both flow records", |e| {
+        e["type"] == "flow"
+            && (e["container"]["cgroup_id"] == client.id || e["container"]["cgroup_id"] == srv.id)
+    });
+    (client, srv)
+}
+
 fn conns(m: &Metrics, cg: &TestCgroup, dir: &str, result: &str) -> Option<f64> {
     m.value(
         "palisade_tcp_connections_total",
@@ -170,17 +191,7 @@ fn retransmitted_segments_count_once_in_payload_bytes_and_again_on_the_wire() {
         "-j",
         "DROP",
     ]);
-    let (client, srv) = (TestCgroup::new("rtx-client"), TestCgroup::new("rtx-server"));
-    let s = server(&srv, &ns, "127.0.0.1:7008", 1);
-    assert_eq!(
-        run(&client, &ns, &["send-tcp", "127.0.0.1:7008", "300000"]),
-        0
-    );
-    assert!(finish(s).contains("received 300000"));
-    agent.wait_events(2, "both flow records", |e| {
-        e["type"] == "flow"
-            && (e["container"]["cgroup_id"] == client.id || e["container"]["cgroup_id"] == srv.id)
-    });
+    let (client, srv) = one_connection(&agent, &ns, "rtx", "127.0.0.1:7008", 300_000);
     let c = &flows(&agent, &client)[0]["flow"];
     let sv = &flows(&agent, &srv)[0]["flow"];
     assert!(
@@ -200,17 +211,7 @@ fn retransmitted_segments_count_once_in_payload_bytes_and_again_on_the_wire() {
 fn loopback_traffic_between_two_containers_is_counted_once_per_side() {
     let agent = Agent::with_events(CFG, &[]);
     let ns = TestNetns::new("lo");
-    let (client, srv) = (TestCgroup::new("lo-client"), TestCgroup::new("lo-server"));
-    let s = server(&srv, &ns, "127.0.0.1:7001", 1);
-    assert_eq!(
-        run(&client, &ns, &["send-tcp", "127.0.0.1:7001", "300000"]),
-        0
-    );
-    assert!(finish(s).contains("received 300000"));
-    agent.wait_events(2, "both flow records", |e| {
-        e["type"] == "flow"
-            && (e["container"]["cgroup_id"] == client.id || e["container"]["cgroup_id"] == srv.id)
-    });
+    let (client, srv) = one_connection(&agent, &ns, "lo", "127.0.0.1:7001", 300_000);
     let m = agent.metrics();
     let total = |cg: &TestCgroup, dir: &str| {
         m.value(
