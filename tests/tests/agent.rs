@@ -789,13 +789,24 @@ fn doctor_reports_what_the_kernel_allows() {
 
 /// One raw HTTP/1.0 GET of /metrics with `Accept-Encoding: gzip`: (head, body bytes).
 fn get_gzip(addr: std::net::SocketAddr) -> (String, Vec<u8>) {
-    use std::io::{Read as _, Write as _};
+    gzip_reply(ask_gzip(addr))
+}
+
+/// Connects and sends a `/metrics` request that accepts gzip (the reply is read later).
+fn ask_gzip(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
     write!(
         s,
         "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\n\r\n"
     )
     .unwrap_or_else(|e| panic!("send: {e}"));
+    s
+}
+
+/// The reply to `ask_gzip`: (head, lower case; body).
+fn gzip_reply(mut s: std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read as _;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)
         .unwrap_or_else(|e| panic!("read: {e}"));
@@ -832,27 +843,22 @@ fn gunzip(data: &[u8]) -> String {
 
 #[test]
 fn concurrent_scrapes_share_one_page_and_its_gzip() {
-    let agent = Agent::start("", &[]);
+    let agent = Agent::start("resources:\n  read_on_scrape: true\n", &[]);
     let renders = |m: &Metrics| {
         m.value("palisade_scrape_duration_seconds_count", &[])
             .unwrap_or_else(|| panic!("no scrape count"))
     };
     let before = renders(&agent.metrics());
     let n = 8;
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let addr = agent.addr;
-    let replies: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|_| {
-            let b = barrier.clone();
-            std::thread::spawn(move || {
-                b.wait();
-                get_gzip(addr)
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap_or_else(|_| panic!("scrape thread")))
-        .collect();
+    // Sent while the agent is stopped, the n requests wait in its sockets together and reach
+    // it at once when it resumes, however busy the machine is (threads started behind a
+    // barrier could still arrive one after the other's page); each collection reads cgroupfs
+    // (`read_on_scrape`), so it lasts the milliseconds the others need to arrive and join.
+    let asked: Vec<_> = {
+        let _stopped = palisade_tests::load::pause(&agent);
+        (0..n).map(|_| ask_gzip(agent.addr)).collect()
+    };
+    let replies: Vec<(String, Vec<u8>)> = asked.into_iter().map(gzip_reply).collect();
     for (head, body) in &replies {
         assert!(head.starts_with("http/1.0 200"), "{head}");
         assert!(head.contains("content-encoding: gzip"), "{head}");
@@ -866,6 +872,7 @@ fn concurrent_scrapes_share_one_page_and_its_gzip() {
     let mut bodies: Vec<&Vec<u8>> = replies.iter().map(|(_, b)| b).collect();
     bodies.sort();
     bodies.dedup();
+    eprintln!("{n} scrapes: {after} pages, {} gzip bodies", bodies.len());
     // scrapes that arrive while a collection runs join the next one and share its page, gzip
     // included (byte for byte): n scrapes, fewer pages
     assert!(
