@@ -788,10 +788,6 @@ fn doctor_reports_what_the_kernel_allows() {
 }
 
 /// One raw HTTP/1.0 GET of /metrics with `Accept-Encoding: gzip`: (head, body bytes).
-fn get_gzip(addr: std::net::SocketAddr) -> (String, Vec<u8>) {
-    gzip_reply(ask_gzip(addr))
-}
-
 /// Connects and sends a `/metrics` request that accepts gzip (the reply is read later).
 fn ask_gzip(addr: std::net::SocketAddr) -> std::net::TcpStream {
     use std::io::Write as _;
