@@ -92,6 +92,13 @@ pub fn describe_rule(files: &Files, r: &FileRule, mode: Mode, tier: &FileTier) -
             "rename or hard link of these files or of a directory above them: {}",
             lsm_verdict(files, mode, "path_rename, path_link")
         ));
+        // the hooks resolve at most POLICY_PATH_MAX - 1 bytes: deeper files are not matched
+        if r.paths.iter().any(|p| p.kind == PathKind::Tree) {
+            parts.push(format!(
+                "a file whose resolved path is longer than {} bytes: not matched (neither refused nor reported)",
+                palisade_common::policy::POLICY_PATH_MAX - 1
+            ));
+        }
     }
     format!("rule `{}` on {paths}: {}", r.rule, parts.join("; "))
 }

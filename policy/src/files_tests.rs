@@ -183,7 +183,7 @@ fn each_rule_says_what_happens_per_tier() {
     let lsm = files::describe_rule(f, &f.deny[0], Mode::Enforce, &FileTier::Lsm);
     assert_eq!(
         lsm,
-        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path)"
+        "rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path); a file whose resolved path is longer than 255 bytes: not matched (neither refused nor reported)"
     );
     let audit = FileTier::Audit {
         why: "no BPF-LSM".into(),

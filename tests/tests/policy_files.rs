@@ -90,11 +90,11 @@ fn check_says_what_each_file_rule_does_on_this_host() {
     if host_has_lsm() {
         // refused in the kernel on the resolved path, said per rule, nothing to warn about
         assert!(
-            out.contains("files.yaml:11:9: policy files-seed: rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path)"),
+            out.contains("files.yaml:11:9: policy files-seed: rule `files.deny[0]` on /etc/shadow, /root/**: read: refused with EPERM at file_open (resolved path); write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path); a file whose resolved path is longer than 255 bytes: not matched (neither refused nor reported)"),
             "{out}"
         );
         assert!(
-            out.contains("files.yaml:12:9: policy files-seed: rule `files.deny[1]` on /usr/bin/**: write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); unlink: refused with EPERM at path_unlink, path_rmdir (resolved path); chmod: refused with EPERM at path_chmod (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path)"),
+            out.contains("files.yaml:12:9: policy files-seed: rule `files.deny[1]` on /usr/bin/**: write: refused with EPERM at file_open, path_mknod (create), path_mkdir, path_symlink, path_truncate, path_link and path_rename (a name made or replaced) (resolved path); unlink: refused with EPERM at path_unlink, path_rmdir (resolved path); chmod: refused with EPERM at path_chmod (resolved path); rename or hard link of these files or of a directory above them: refused with EPERM at path_rename, path_link (resolved path); a file whose resolved path is longer than 255 bytes: not matched (neither refused nor reported)"),
             "{out}"
         );
         assert!(!err.contains("warning"), "{err}");
