@@ -154,43 +154,23 @@ fn retransmitted_segments_count_once_in_payload_bytes_and_again_on_the_wire() {
     // Every 4th segment to the server is dropped on arrival: the client's egress already saw
     // it, so the client retransmits what it has counted once, and the server gets the
     // segments after it first.
-    ns.iptables(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "7008",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        "4",
-        "--packet",
-        "3",
-        "-j",
-        "DROP",
-    ]);
+    let drop_every = |port: &str, every: &str, packet: &str| {
+        let nth = [
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            every,
+            "--packet",
+            packet,
+        ];
+        let head = ["-A", "INPUT", "-p", "tcp", port, "7008"];
+        ns.iptables(&[&head[..], &nth[..], &["-j", "DROP"]].concat());
+    };
+    drop_every("--dport", "4", "3");
     // and every 3rd acknowledgement back, so some retransmissions repeat what arrived
-    ns.iptables(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--sport",
-        "7008",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        "3",
-        "--packet",
-        "2",
-        "-j",
-        "DROP",
-    ]);
+    drop_every("--sport", "3", "2");
     let (client, srv) = one_connection(&agent, &ns, "rtx", "127.0.0.1:7008", 300_000);
     let c = &flows(&agent, &client)[0]["flow"];
     let sv = &flows(&agent, &srv)[0]["flow"];
