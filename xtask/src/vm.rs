@@ -13,7 +13,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -105,9 +105,21 @@ pub struct Outcome {
     pub title: String,
     pub suites: Vec<Suite>,
     pub doctor: String,
+    /// The guest froze and the VM was killed (see `watch`).
+    pub hung: bool,
 }
 
 impl Outcome {
+    /// A VM killed after `wall` seconds because the guest stopped showing signs of life.
+    fn hung(wall: u64) -> Self {
+        Self {
+            title: format!("the guest hung (killed after {wall} s)"),
+            suites: Vec::new(),
+            doctor: String::new(),
+            hung: true,
+        }
+    }
+
     pub fn bad(&self) -> bool {
         self.suites.is_empty() || self.suites.iter().any(Suite::bad)
     }
@@ -334,6 +346,41 @@ suite() {
     s
 }
 
+/// How long the guest may go without rewriting `ps.txt` (every 30 s) before it counts as hung.
+const GUEST_SILENCE: Duration = Duration::from_secs(300);
+
+/// Waits for the VM; kills it (`timeout` passes the signal to vng's process group) when the
+/// guest stops showing signs of life: a TCG guest has been seen to freeze right after boot,
+/// its own per-suite timeouts then never fire. Returns the exit status and whether it hung.
+fn watch(
+    child: &mut std::process::Child,
+    alive: &Path,
+    start: Instant,
+) -> Result<(std::process::ExitStatus, bool)> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, false));
+        }
+        let last = std::fs::metadata(alive)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_else(|| start.elapsed());
+        if last > GUEST_SILENCE {
+            eprintln!(
+                "    the guest wrote nothing for {} s: hung, killing the VM",
+                last.as_secs()
+            );
+            // `timeout` passes the signal on to vng's process group (qemu included)
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            return Ok((child.wait()?, true));
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
 /// Boots `release` and runs the plan in it; returns what the guest reported.
 fn boot(
     opts: &VmTest,
@@ -362,7 +409,7 @@ fn boot(
     // group (qemu included).
     let limit = opts.suite_timeout * plan.len() as u64 + 10;
     let start = Instant::now();
-    let status = Command::new("timeout")
+    let mut child = Command::new("timeout")
         .args(["-k", "30", &format!("{limit}m"), "vng"])
         .args(["--disable-kvm", "--disable-microvm", "-r"])
         .arg(format!("/boot/vmlinuz-{release}"))
@@ -374,9 +421,13 @@ fn boot(
         .env("PATH", path)
         .current_dir(&out)
         .stdin(Stdio::null())
-        .status()
+        .spawn()
         .context("cannot start vng (timeout from coreutils)")?;
+    let (status, hung) = watch(&mut child, &out.join("ps.txt"), start)?;
     let wall = start.elapsed().as_secs();
+    if hung {
+        return Ok(Outcome::hung(wall));
+    }
     if !status.success() {
         eprintln!("    vng ended with {status}");
     }
@@ -398,6 +449,7 @@ fn boot(
         title,
         suites,
         doctor: read("doctor.txt"),
+        hung: false,
     })
 }
 
@@ -428,7 +480,12 @@ pub fn run(opts: &VmTest) -> Result<()> {
     let plan = plan(&names, &opts.filter)?;
     let mut outcomes = Vec::new();
     for (kernel, release) in &releases {
-        outcomes.push(boot(opts, *kernel, release, &plan, &bins)?);
+        let mut o = boot(opts, *kernel, release, &plan, &bins)?;
+        if o.hung {
+            eprintln!("    booting {release} once more (the guest hung)");
+            o = boot(opts, *kernel, release, &plan, &bins)?;
+        }
+        outcomes.push(o);
     }
     let mut summary = String::new();
     for o in &outcomes {
