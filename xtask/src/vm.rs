@@ -350,35 +350,92 @@ suite() {
 const GUEST_SILENCE: Duration = Duration::from_secs(300);
 
 /// Waits for the VM; kills it (`timeout` passes the signal to vng's process group) when the
-/// guest stops showing signs of life: a TCG guest has been seen to freeze right after boot,
-/// its own per-suite timeouts then never fire. Returns the exit status and whether it hung.
+/// guest stops showing signs of life: a TCG guest has been seen to freeze, its own per-suite
+/// timeouts then never fire. Before the kill, the kernel is asked through the qemu monitor
+/// (magic SysRq keys) for its blocked tasks and CPU backtraces, which land in `console.log`.
+/// Returns the exit status and whether it hung.
 fn watch(
     child: &mut std::process::Child,
-    alive: &Path,
+    out: &Path,
     start: Instant,
 ) -> Result<(std::process::ExitStatus, bool)> {
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok((status, false));
         }
-        let last = std::fs::metadata(alive)
+        let last = std::fs::metadata(out.join("ps.txt"))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .unwrap_or_else(|| start.elapsed());
         if last > GUEST_SILENCE {
             eprintln!(
-                "    the guest wrote nothing for {} s: hung, killing the VM",
+                "    the guest wrote nothing for {} s: hung; asking its kernel for blocked tasks and CPU backtraces, then killing the VM",
                 last.as_secs()
             );
+            if let Err(e) = sysrq(&out.join(MONITOR), &["w", "l"]) {
+                eprintln!("    (the qemu monitor did not take the SysRq keys: {e:#})");
+            }
             // `timeout` passes the signal on to vng's process group (qemu included)
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
-            return Ok((child.wait()?, true));
+            let status = child.wait()?;
+            report_hang(out);
+            return Ok((status, true));
         }
         std::thread::sleep(Duration::from_secs(5));
     }
+}
+
+/// Written into the results directory of a boot that hung.
+const HUNG: &str = "hung";
+
+/// The qemu monitor's socket, in the results directory.
+const MONITOR: &str = "monitor.sock";
+
+/// Presses Alt+SysRq+KEY on the guest's keyboard for each key (the guest boots with
+/// `sysrq_always_enabled=1`); the kernel prints what the key asks for on its console.
+fn sysrq(socket: &Path, keys: &[&str]) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connect {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut banner = [0u8; 4096];
+    let _ = s.read(&mut banner);
+    for key in keys {
+        writeln!(s, "sendkey alt-sysrq-{key}")?;
+        // the kernel prints while the key is handled; a frozen CPU answers the NMI later
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = s.read(&mut banner);
+    }
+    Ok(())
+}
+
+/// What a hung guest left, on stderr where CI's log keeps it: the last `ps.txt` (threads carry
+/// libtest's test names), and the end of the kernel console (hung-task and lockup reports,
+/// the SysRq dumps).
+fn report_hang(out: &Path) {
+    eprintln!(
+        "    --- the guest's last ps.txt ---\n{}",
+        tail(&read_in(out, "ps.txt"), 80)
+    );
+    eprintln!(
+        "    --- the end of the guest's kernel console ({}) ---\n{}",
+        out.join("console.log").display(),
+        tail(&read_in(out, "console.log"), 200)
+    );
+}
+
+/// A file of the results directory, empty when absent.
+fn read_in(out: &Path, file: &str) -> String {
+    std::fs::read_to_string(out.join(file)).unwrap_or_default()
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Boots `release` and runs the plan in it; returns what the guest reported.
@@ -391,7 +448,16 @@ fn boot(
 ) -> Result<Outcome> {
     let out = root().join("target/vm-test").join(kernel.label);
     if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("rm -r {}", out.display()))?;
+        // a hung boot's files are the evidence: kept beside the next boot's
+        if out.join(HUNG).exists() {
+            let kept = out.with_file_name(format!("{}.hung", kernel.label));
+            let _ = std::fs::remove_dir_all(&kept);
+            std::fs::rename(&out, &kept)
+                .with_context(|| format!("mv {} {}", out.display(), kept.display()))?;
+            eprintln!("    the hung boot's files are kept in {}", kept.display());
+        } else {
+            std::fs::remove_dir_all(&out).with_context(|| format!("rm -r {}", out.display()))?;
+        }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("mkdir {}", out.display()))?;
     let script = out.join("run.sh");
@@ -409,27 +475,44 @@ fn boot(
     // group (qemu included).
     let limit = opts.suite_timeout * plan.len() as u64 + 10;
     let start = Instant::now();
+    // The kernel's console (`--verbose`: every message) goes to console.log, the guest
+    // script's stdout to ours; a qemu monitor socket lets `watch` press SysRq keys.
+    let console = std::fs::File::create(out.join("console.log")).context("create console.log")?;
     let mut child = Command::new("timeout")
-        .args(["-k", "30", &format!("{limit}m"), "vng"])
+        .args(["-k", "30", &format!("{limit}m"), "vng", "--verbose"])
         .args(["--disable-kvm", "--disable-microvm", "-r"])
         .arg(format!("/boot/vmlinuz-{release}"))
-        .args(["--append", "lsm=lockdown,capability,bpf"])
-        .args(["--memory", &opts.memory, "--cpus", "2", "--rwdir"])
+        .args([
+            "--append",
+            "lsm=lockdown,capability,bpf sysrq_always_enabled=1",
+        ])
+        .args(["--memory", &opts.memory, "--cpus", "2"])
+        .arg(format!(
+            "--qemu-opts=-monitor unix:{},server,nowait",
+            out.join(MONITOR).display()
+        ))
+        .arg("--rwdir")
         .arg(&out)
         .arg("--exec")
         .arg(format!("sh {}", sh_path(&script)))
         .env("PATH", path)
         .current_dir(&out)
         .stdin(Stdio::null())
+        .stderr(console)
         .spawn()
         .context("cannot start vng (timeout from coreutils)")?;
-    let (status, hung) = watch(&mut child, &out.join("ps.txt"), start)?;
+    let (status, hung) = watch(&mut child, &out, start)?;
     let wall = start.elapsed().as_secs();
     if hung {
+        let _ = std::fs::write(out.join(HUNG), format!("{wall}\n"));
         return Ok(Outcome::hung(wall));
     }
     if !status.success() {
-        eprintln!("    vng ended with {status}");
+        eprintln!(
+            "    vng ended with {status}; the end of {}:\n{}",
+            out.join("console.log").display(),
+            tail(&read_in(&out, "console.log"), 30)
+        );
     }
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     let boot = read("boot-seconds");
