@@ -94,9 +94,10 @@ pub fn probe_fentry(_ctx: FEntryContext) -> i32 {
     0
 }
 
-/// The empty fentry/fexit pair on the syscall dispatcher: `palisade doctor` attaches the entry
-/// to learn whether syscall telemetry can ride it, `palisade debug empty-hooks --hook fentry`
-/// attaches both (the floor the fentry telemetry is measured against).
+/// The empty fentry/fexit pair on the syscall dispatcher: `palisade doctor` loads the entry
+/// (never attaches it: see the agent's `features.rs`) to learn whether syscall telemetry can
+/// ride it, `palisade debug empty-hooks --hook fentry` attaches both (the floor the fentry
+/// telemetry is measured against).
 #[fentry(function = "x64_sys_call")]
 pub fn probe_fentry_syscall(_ctx: FEntryContext) -> i32 {
     0
