@@ -25,12 +25,16 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// Returns the tracefs mount, mounting it at /sys/kernel/tracing when no mount exists.
 /// The second value says whether this call mounted it.
 pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
-    for dir in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok((PathBuf::from(dir), false));
-        }
+    let found = || {
+        [TRACEFS, DEBUGFS_TRACING]
+            .into_iter()
+            .find(|dir| Path::new(dir).join("events").is_dir())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = found() {
+        return Ok((dir, false));
     }
-    nix::mount::mount(
+    match nix::mount::mount(
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
@@ -38,9 +42,15 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
-    )
-    .map_err(TracefsError::Mount)?;
-    Ok((PathBuf::from(TRACEFS), true))
+    ) {
+        Ok(()) => Ok((PathBuf::from(TRACEFS), true)),
+        // Another process (a second agent starting beside this one, systemd, a tracing
+        // tool) mounted it between the look and the mount: mounting tracefs again on its own
+        // root is EBUSY. What counts is that it is there now.
+        Err(e) => found()
+            .map(|dir| (dir, false))
+            .ok_or(TracefsError::Mount(e)),
+    }
 }
 
 /// Field offsets of one tracepoint record.
