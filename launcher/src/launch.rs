@@ -165,6 +165,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
             plan: &plan,
             hostname: name,
             v1_mounts: &v1_mounts,
+            v1_tasks: cg.v1_tasks()?,
             go: go_r,
             report: rep_w,
             close: pipes.clone(),
@@ -190,9 +191,11 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
             }
         };
         running.pid = pid;
-        let placed = running
-            .cgroup
-            .place(pid, placement == process::Placement::ByPid);
+        // the v1 hierarchies are joined by the init itself (see Cgroup::v1_tasks)
+        let placed = match placement {
+            process::Placement::Clone3 => Ok(()),
+            process::Placement::ByPid => running.cgroup.place_unified(pid),
+        };
         started.0.push(running);
         placed?;
     }

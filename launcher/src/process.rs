@@ -1,9 +1,12 @@
 //! The process tree: `palisade run` → init (pid 1 of a new pid namespace, placed in the
 //! workload cgroup by `CLONE_INTO_CGROUP`) → the workload.
 //!
-//! The init is forked, not exec'd: it blocks on a pipe until the launcher has placed it in the
-//! v1 cgroups and the agent has acknowledged the registration, then builds the namespaces'
-//! contents (cgroup namespace, hostname, loopback, mounts, pivot_root), forks the workload,
+//! The init is forked, not exec'd: it moves itself into the v1 cgroups (hybrid hosts; see
+//! [`cgroup::Cgroup::v1_tasks`]), builds the namespaces' contents (loopback, hostname, mounts,
+//! pivot_root) while the agent registers its cgroup, blocking on a pipe for that (and, on
+//! kernels without `CLONE_INTO_CGROUP`, for the launcher to place it in the unified cgroup)
+//! right before the first step that needs it (the cgroup namespace and its mount; see
+//! [`setup::container`]), then forks the workload,
 //! confines itself (not dumpable, no capabilities, no_new_privs, a seccomp allow-list of the
 //! calls it makes) and only then lets the workload exec. It forwards SIGHUP,
 //! SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2, reaps every zombie, and exits with the
@@ -19,7 +22,7 @@ use std::{
 };
 
 use super::{
-    caps,
+    caps, cgroup,
     mounts::V1Mounts,
     plan::Plan,
     seccomp::{self, Compiled},
@@ -99,6 +102,8 @@ pub struct InitArgs<'a> {
     pub plan: &'a Plan,
     pub hostname: &'a str,
     pub v1_mounts: &'a V1Mounts,
+    /// The v1 cgroups' `tasks` files (hybrid hosts), which the init joins first of all.
+    pub v1_tasks: Vec<(std::fs::File, std::path::PathBuf)>,
     /// Read end: one byte means go, end of file means give up.
     pub go: OwnedFd,
     /// Write end for setup error reports (`CODE\tmessage`).
@@ -268,19 +273,27 @@ fn init(args: InitArgs<'_>) -> ! {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
     }
-    let mut b = [0u8; 1];
-    // SAFETY: reading one byte into a local buffer.
-    if unsafe { libc::read(args.go.as_raw_fd(), b.as_mut_ptr().cast(), 1) } != 1 {
-        // SAFETY: the launcher gave up before releasing us: leave quietly.
-        unsafe { libc::_exit(i32::from(EXIT_SETUP)) };
-    }
-    drop(args.go);
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         die(report, EXIT_SETUP, &format!("{what}: {e}"))
     };
-    if let Err(e) = setup::container(&mut sys::Linux, plan, args.hostname, args.v1_mounts) {
+    // into the v1 cgroups before anything else, so what the setup allocates is the workload's
+    if let Err(e) = cgroup::join_self(&args.v1_tasks) {
+        // the launcher may still be placing us in the unified cgroup: let it finish first
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        unsafe { libc::read(args.go.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
         die(report, EXIT_SETUP, &e.to_string());
     }
+    drop(args.v1_tasks);
+    // waits for the go byte inside, once nothing more can be done before the placement
+    let mut linux = sys::Linux::new(args.go);
+    match setup::container(&mut linux, plan, args.hostname, args.v1_mounts) {
+        Ok(()) => {}
+        // SAFETY: the launcher gave up before releasing us: leave quietly.
+        Err(setup::SetupError::Released) => unsafe { libc::_exit(i32::from(EXIT_SETUP)) },
+        Err(e) => die(report, EXIT_SETUP, &e.to_string()),
+    }
+    drop(linux);
     let (ready_r, ready_w) = match pipe() {
         Ok(p) => p,
         Err(e) => fail("pipe", &e),

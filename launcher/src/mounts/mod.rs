@@ -366,12 +366,27 @@ fn protect_paths<S: Sys>(sys: &mut S, root: &S::Node, plan: &Plan) -> Result<(),
     Ok(())
 }
 
-/// Builds the filesystem. Called in the init, in its own mount namespace.
+/// Builds the filesystem, without a gate (see [`setup_gated`]).
+#[cfg(test)]
 pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), MountError> {
+    setup_gated(sys, plan, v1, &mut |_: &mut S| Ok(())).map(|_| ())
+}
+
+/// Builds the filesystem. Called in the init, in its own mount namespace, while the launcher
+/// places it in its cgroups: `gate` (waiting for that, then the cgroup namespace) runs once,
+/// right before the first mount that shows cgroups, which must see the workload's cgroup as
+/// its root. Without such a mount `gate` is not called here (the caller passes it last).
+/// Returns whether `gate` ran.
+pub fn setup_gated<S: Sys, E: From<MountError>>(
+    sys: &mut S,
+    plan: &Plan,
+    v1: &V1Mounts,
+    gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
+) -> Result<bool, E> {
     sys.mount(None, Loc::name("/"), None, plan.rootfs_propagation, None)
         .map_err(at(MountOp::MakePrivate, "/"))?;
     let Some(rootfs) = &plan.root else {
-        return host_tree(sys, plan, v1);
+        return host_tree(sys, plan, v1, gate);
     };
     let shown = rootfs.display().to_string();
     let bind = libc::MS_BIND | libc::MS_REC;
@@ -380,9 +395,7 @@ pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), Moun
     let root = sys
         .open_dir(rootfs)
         .map_err(at(MountOp::Open, shown.as_str()))?;
-    for m in &plan.mounts {
-        do_mount(sys, &root, m, v1)?;
-    }
+    let gated = mount_all(sys, &root, plan, v1, gate)?;
     if plan
         .mounts
         .iter()
@@ -397,7 +410,26 @@ pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), Moun
         sys.mount(None, Loc::name("/"), None, ro, None)
             .map_err(at(MountOp::RootReadOnly, "/"))?;
     }
-    Ok(())
+    Ok(gated)
+}
+
+/// The plan's mounts in order, `gate` before the first cgroup mount. Returns whether it ran.
+fn mount_all<S: Sys, E: From<MountError>>(
+    sys: &mut S,
+    root: &S::Node,
+    plan: &Plan,
+    v1: &V1Mounts,
+    gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
+) -> Result<bool, E> {
+    let mut gated = false;
+    for m in &plan.mounts {
+        if m.kind == MountKind::Cgroup && !gated {
+            gate(sys)?;
+            gated = true;
+        }
+        do_mount(sys, root, m, v1)?;
+    }
+    Ok(gated)
 }
 
 /// fchdir, then pivot_root(".", ".") stacks the old root on the new one and the lazy unmount
@@ -416,7 +448,12 @@ fn enter<S: Sys>(sys: &mut S, root: &S::Node, shown: String) -> Result<(), Mount
 /// one) is made read-only and nosuid, every submount included, before anything is mounted on
 /// it, so only what the plan mounts afterwards (/proc, /tmp, volumes) can be written; then the
 /// masks, and the copy becomes the root.
-fn host_tree<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), MountError> {
+fn host_tree<S: Sys, E: From<MountError>>(
+    sys: &mut S,
+    plan: &Plan,
+    v1: &V1Mounts,
+    gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
+) -> Result<bool, E> {
     let tree = sys
         .clone_tree(Path::new("/"))
         .map_err(at(MountOp::CloneHost, "/"))?;
@@ -424,11 +461,10 @@ fn host_tree<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), Moun
         .map_err(at(MountOp::TreeReadOnly, "/"))?;
     sys.attach_tree(&tree, Path::new("/"))
         .map_err(at(MountOp::AttachHost, "/"))?;
-    for m in &plan.mounts {
-        do_mount(sys, &tree, m, v1)?;
-    }
+    let gated = mount_all(sys, &tree, plan, v1, gate)?;
     protect_paths(sys, &tree, plan)?;
-    enter(sys, &tree, "the host's tree".to_owned())
+    enter(sys, &tree, "the host's tree".to_owned())?;
+    Ok(gated)
 }
 
 /// The host's v1 hierarchies (directory name under /sys/fs/cgroup, mount options).

@@ -1,8 +1,10 @@
 //! The namespace plan: which namespaces `clone3` creates (a pure function of the plan) and
-//! what the init does inside them before it forks the workload, in this order: the cgroup
-//! namespace (only once the launcher has placed the init in every hierarchy, so each one's
-//! root is the workload's cgroup), the network (join a namespace by path, or bring up the new
-//! one's loopback), the hostname and domain name, then the filesystem ([`mounts::setup`]).
+//! what the init does inside them before it forks the workload, in this order: the network
+//! (join a namespace by path, or bring up the new one's loopback), the hostname and domain
+//! name, then the filesystem ([`mounts::setup_gated`]); the cgroup namespace only once the
+//! init is in every hierarchy (so each one's root is the workload's cgroup) and the agent has
+//! registered it, right before the first cgroup mount or after the filesystem (see
+//! [`container`]).
 //!
 //! One code path: the init runs [`container`] on [`crate::sys::Linux`], the tests on the
 //! recording fake.
@@ -17,6 +19,9 @@ use crate::{
 /// A failed step inside the new namespaces, reported by the init to the launcher.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The launcher gave up before releasing the init (nothing to report).
+    #[error("the launcher gave up")]
+    Released,
     #[error("cannot create the cgroup namespace: {0}")]
     CgroupNamespace(#[source] io::Error),
     #[error("cannot join the network namespace {}: {source}", path.display())]
@@ -54,16 +59,49 @@ pub fn clone_flags(ns: &Namespaces) -> u64 {
 
 /// Everything the init sets up inside its namespaces; `hostname` is the workload's name (used
 /// when the plan sets none).
+///
+/// The init runs this while the agent registers its cgroup (and, on kernels without
+/// `CLONE_INTO_CGROUP`, while the launcher places it in the unified cgroup): what does not
+/// depend on that overlaps the wait. It waits ([`Sys::wait_placed`]) right before the first
+/// step that does: the cgroup namespace and the first cgroup mount, or, without one, after
+/// the filesystem. The workload is forked only after it, so it never runs before its
+/// placement and registration. A step that fails before it still waits, so the launcher is
+/// not told a placement failed because the init already left (and the failure reported is
+/// the step's).
 pub fn container<S: Sys>(
     sys: &mut S,
     plan: &Plan,
     hostname: &str,
     v1: &V1Mounts,
 ) -> Result<(), SetupError> {
+    let mut passed = false;
+    let r = before_and_at_placement(sys, plan, hostname, v1, &mut passed);
+    if !passed {
+        match &r {
+            Ok(()) => placed(sys, plan)?,
+            Err(_) => sys.wait_placed().map_err(|_| SetupError::Released)?,
+        }
+    }
+    r
+}
+
+/// Waits for the placement, then the cgroup namespace (rooted at the workload's cgroups).
+fn placed<S: Sys>(sys: &mut S, plan: &Plan) -> Result<(), SetupError> {
+    sys.wait_placed().map_err(|_| SetupError::Released)?;
     if plan.ns.cgroup {
         sys.unshare(libc::CLONE_NEWCGROUP)
             .map_err(SetupError::CgroupNamespace)?;
     }
+    Ok(())
+}
+
+fn before_and_at_placement<S: Sys>(
+    sys: &mut S,
+    plan: &Plan,
+    hostname: &str,
+    v1: &V1Mounts,
+    passed: &mut bool,
+) -> Result<(), SetupError> {
     match &plan.ns.net {
         Net::Join(path) => {
             sys.setns(path, libc::CLONE_NEWNET)
@@ -90,7 +128,12 @@ pub fn container<S: Sys>(
                 })?;
         }
     }
-    mounts::setup(sys, plan, v1)?;
+    let mut gate = |sys: &mut S| {
+        // set first: a failure inside the gate has waited already
+        *passed = true;
+        placed(sys, plan)
+    };
+    mounts::setup_gated(sys, plan, v1, &mut gate)?;
     Ok(())
 }
 

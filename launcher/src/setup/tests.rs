@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::{
+    cmdline,
     plan::{Namespaces, Net},
     sys::fake::{Fake, ns_flag_names},
     testing::{Dir, assert_calls, image},
@@ -99,13 +100,117 @@ fn the_command_line_plan_inside_its_namespaces() {
     assert_calls(
         &before_mounts(&fake),
         "
-        unshare cgroup
         ip link set lo up
         sethostname web
         ",
     );
-    assert_eq!(fake.calls()[3], "mount on / flags=private,rec");
+    assert_eq!(fake.calls()[2], "mount on / flags=private,rec");
     assert_eq!(fake.calls().last().map(String::as_str), Some("chdir /"));
+}
+
+/// The calls before and after the wait for the launcher's placement (which must be there once).
+fn around_placement(fake: &Fake) -> (Vec<String>, Vec<String>) {
+    let calls = fake.calls();
+    let waits: Vec<usize> = (0..calls.len())
+        .filter(|i| calls[*i] == "wait for placement")
+        .collect();
+    assert_eq!(waits.len(), 1, "{calls:#?}");
+    (calls[..waits[0]].to_vec(), calls[waits[0] + 1..].to_vec())
+}
+
+#[test]
+fn the_init_builds_its_filesystem_while_the_launcher_places_it() {
+    // the rootfs plan: everything up to /sys before the wait; the cgroup namespace, then the
+    // cgroup mount (which must show the workload's cgroup as its root) right after it
+    let d = Dir::new();
+    let plan = d.cmdline_plan();
+    let mut fake = image();
+    container(&mut fake, &plan, "web", &Vec::new()).unwrap();
+    let (before, after) = around_placement(&fake);
+    assert!(before.iter().all(|c| !c.contains("cgroup")), "{before:#?}");
+    assert!(
+        before.iter().any(|c| c.starts_with("mount proc on /proc")),
+        "{before:#?}"
+    );
+    assert!(
+        before.iter().any(|c| c.starts_with("mount sysfs on /sys")),
+        "{before:#?}"
+    );
+    assert_eq!(after[0], "unshare cgroup");
+    assert!(
+        after[1].starts_with("mount cgroup on /sys/fs/cgroup type cgroup2"),
+        "{after:#?}"
+    );
+    assert_eq!(after.last().map(String::as_str), Some("chdir /"));
+
+    // v1 hierarchies too: the tmpfs holding them comes after the wait
+    let v1 = vec![("memory".to_owned(), "memory".to_owned())];
+    let mut fake = image();
+    container(&mut fake, &plan, "web", &v1).unwrap();
+    let (before, after) = around_placement(&fake);
+    assert!(before.iter().all(|c| !c.contains("cgroup")), "{before:#?}");
+    assert_eq!(after[0], "unshare cgroup");
+    assert!(
+        after[1].starts_with("mount cgroup on /sys/fs/cgroup type tmpfs"),
+        "{after:#?}"
+    );
+
+    // the host's tree mounts no cgroup filesystem: the whole filesystem, pivot_root included,
+    // comes before the wait, the cgroup namespace last
+    let mut plan = cmdline::from_args(&crate::testing::run_args(None)).unwrap();
+    let mut fake = image();
+    container(&mut fake, &plan, "web", &Vec::new()).unwrap();
+    let (before, after) = around_placement(&fake);
+    assert_eq!(
+        before.last().map(String::as_str),
+        Some("chdir /"),
+        "{before:#?}"
+    );
+    assert_eq!(after, ["unshare cgroup"]);
+
+    // no cgroup namespace: nothing after the wait
+    plan.ns.cgroup = false;
+    let mut fake = image();
+    container(&mut fake, &plan, "web", &Vec::new()).unwrap();
+    let (_, after) = around_placement(&fake);
+    assert!(after.is_empty(), "{after:#?}");
+}
+
+#[test]
+fn a_step_that_fails_before_the_placement_still_waits_for_it() {
+    // the launcher is writing the init's pid to cgroup.procs: an init that left would turn the
+    // step's failure into a placement error
+    let d = Dir::new();
+    let plan = d.cmdline_plan();
+    let mut fake = image().fail("mount proc", libc::EBUSY);
+    let e = container(&mut fake, &plan, "web", &Vec::new()).unwrap_err();
+    assert!(matches!(e, SetupError::Filesystem(_)), "{e}");
+    let calls = fake.calls();
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("wait for placement"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls.iter().all(|c| !c.starts_with("unshare")),
+        "{calls:#?}"
+    );
+
+    // a launcher that gave up: the init is told so, and leaves without a report
+    let mut fake = image().fail("wait for placement", libc::EPIPE);
+    let e = container(&mut fake, &plan, "web", &Vec::new()).unwrap_err();
+    assert!(matches!(e, SetupError::Released), "{e}");
+    assert!(
+        fake.calls().iter().all(|c| !c.contains("cgroup")),
+        "{:#?}",
+        fake.calls()
+    );
+    // and one that gave up while a step was failing
+    let mut fake = image()
+        .fail("mount proc", libc::EBUSY)
+        .fail("wait for placement", libc::EPIPE);
+    let e = container(&mut fake, &plan, "web", &Vec::new()).unwrap_err();
+    assert!(matches!(e, SetupError::Released), "{e}");
 }
 
 #[test]
@@ -123,7 +228,6 @@ fn a_bundle_joining_a_network_namespace() {
     assert_calls(
         &before_mounts(&fake),
         "
-        unshare cgroup
         setns /var/run/netns/blue net
         sethostname web-1
         setdomainname example.org
@@ -163,7 +267,10 @@ fn a_failed_step_stops_the_setup_and_says_what_it_was() {
         e.to_string(),
         "cannot join the network namespace /etc/hostname: Invalid argument (os error 22)"
     );
-    assert_eq!(fake.calls(), ["setns /etc/hostname net -> errno 22"]);
+    assert_eq!(
+        fake.calls(),
+        ["setns /etc/hostname net -> errno 22", "wait for placement"]
+    );
 
     let plan = d.cmdline_plan();
     let mut fake = image().fail("mount proc", libc::EBUSY);

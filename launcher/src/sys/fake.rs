@@ -447,6 +447,10 @@ impl Sys for Fake {
         self.record(format!("umount {target}{how}"))
     }
 
+    fn wait_placed(&mut self) -> io::Result<()> {
+        self.record("wait for placement".to_owned())
+    }
+
     fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {
         self.record(format!("unshare {}", ns_flag_names(flags as u64)))
     }

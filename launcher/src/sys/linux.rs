@@ -15,7 +15,17 @@ use super::{Loc, Sys};
 
 /// The real calls.
 #[derive(Debug, Default)]
-pub struct Linux;
+pub struct Linux {
+    /// The read end of the launcher's go pipe ([`Sys::wait_placed`]), closed once read.
+    go: Option<OwnedFd>,
+}
+
+impl Linux {
+    /// The init's calls; `go` is the pipe [`Sys::wait_placed`] reads.
+    pub fn new(go: OwnedFd) -> Self {
+        Self { go: Some(go) }
+    }
+}
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
@@ -291,6 +301,20 @@ impl Sys for Linux {
         let target = cstr(target.as_bytes())?;
         // SAFETY: a NUL-terminated path and integer flags.
         check(unsafe { libc::umount2(target.as_ptr(), flags) })
+    }
+
+    fn wait_placed(&mut self) -> io::Result<()> {
+        let go = self
+            .go
+            .take()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        match unsafe { libc::read(go.as_raw_fd(), b.as_mut_ptr().cast(), 1) } {
+            1 => Ok(()),
+            0 => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+            _ => Err(errno()),
+        }
     }
 
     fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {

@@ -102,4 +102,8 @@ pub trait Sys {
     fn setdomainname(&mut self, name: &str) -> io::Result<()>;
     /// Brings the loopback interface up (in a new network namespace it starts down).
     fn loopback_up(&mut self) -> io::Result<()>;
+    /// Blocks until the init is in every cgroup hierarchy and the agent has acknowledged its
+    /// registration (one byte on the launcher's go pipe). An error means the launcher gave
+    /// up: the init leaves without a word.
+    fn wait_placed(&mut self) -> io::Result<()>;
 }
