@@ -1,5 +1,5 @@
 //! Benchmarks, always as ratios to a baseline measured in the same run.
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -122,6 +122,12 @@ pub enum Bench {
         /// Rounds (each runs every case once).
         #[arg(short, long, default_value_t = 30)]
         rounds: u32,
+        /// Pause before each run, in ms: a launch right after another finds the kernel's
+        /// cgroup migration lock still in its fast state and skips the RCU grace period a
+        /// lone launch waits for when it moves a task between cgroups (runc, crun; 0 times
+        /// launches back to back).
+        #[arg(long, default_value_t = 100)]
+        gap_ms: u64,
     },
 }
 
@@ -178,9 +184,9 @@ pub fn run(which: Bench) -> Result<()> {
             let bin = agent.unwrap_or_else(|| agent_bin(true));
             crate::bench_events::events(&bin, calls, ring_kib, perf.as_deref())
         }
-        Bench::Launch { rounds } => {
+        Bench::Launch { rounds, gap_ms } => {
             build(true)?;
-            crate::bench_launch::launch(rounds)
+            crate::bench_launch::launch(rounds, Duration::from_millis(gap_ms))
         }
         Bench::Policy { calls, rounds } => {
             build(true)?;

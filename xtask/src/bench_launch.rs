@@ -11,6 +11,10 @@
 //! row. crun refuses hybrid hosts: there it runs in a private mount namespace that hides the
 //! unified `cgroup.controllers`, and that workaround, timed as a case of its own, is taken off
 //! crun's time round by round. Only runs that exit 0 are timed; failures are counted and shown.
+//! Each run starts after a pause (`--gap-ms`, 100 by default), as a lone launch on a quiet host
+//! does: moving a task between cgroups by pid takes the kernel's global cgroup migration lock
+//! for writing, and its first writer in a while waits for an RCU grace period (12–21 ms on the
+//! CI host) that a launch right behind another skips.
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -118,7 +122,7 @@ fn start_agent(dir: &Path) -> Result<std::process::Child> {
     Ok(agent)
 }
 
-pub fn launch(rounds: u32) -> Result<()> {
+pub fn launch(rounds: u32, gap: Duration) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("palisade-bench-launch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -133,7 +137,7 @@ pub fn launch(rounds: u32) -> Result<()> {
         )?;
         let agent = start_agent(&agent_dir);
         let result = agent.and_then(|a| {
-            let r = measure(&tmp, rounds);
+            let r = measure(&tmp, rounds, gap);
             let mut a = a;
             let _ = Command::new("kill")
                 .args(["-INT", &a.id().to_string()])
@@ -156,7 +160,7 @@ pub fn launch(rounds: u32) -> Result<()> {
     r
 }
 
-fn measure(tmp: &Path, rounds: u32) -> Result<()> {
+fn measure(tmp: &Path, rounds: u32, gap: Duration) -> Result<()> {
     let b = tmp.join("b");
     let rootfs = b.join("rootfs").display().to_string();
     let plain = b.join("plain").display().to_string();
@@ -339,8 +343,9 @@ fn measure(tmp: &Path, rounds: u32) -> Result<()> {
         ok
     });
     step(&format!(
-        "launch of /bin/true: {} cases x {rounds} rounds, rotated order, pinned to CPU {cpu}",
-        cases.len()
+        "launch of /bin/true: {} cases x {rounds} rounds, rotated order, pinned to CPU {cpu}, {} ms pause before each",
+        cases.len(),
+        gap.as_millis()
     ));
     let mut times: BTreeMap<&str, Vec<(u32, f64)>> = BTreeMap::new();
     let mut failures: BTreeMap<&str, u32> = BTreeMap::new();
@@ -351,6 +356,7 @@ fn measure(tmp: &Path, rounds: u32) -> Result<()> {
             if let Some(p) = &c.prepare {
                 run_quiet(p)?;
             }
+            std::thread::sleep(gap);
             match timed(cpu, &c.argv)? {
                 Some(d) => times
                     .entry(c.name)
