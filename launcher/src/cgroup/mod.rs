@@ -2,7 +2,9 @@
 //! the agent) and, on hybrid hosts, in the v1 `memory`, `cpu`, `cpuacct` and `pids`
 //! hierarchies that hold the limits. On pure v2 hosts everything is the one directory, with the
 //! controllers enabled in `/palisade`'s `cgroup.subtree_control`. Device rules are a
-//! `BPF_PROG_TYPE_CGROUP_DEVICE` program on the unified cgroup (both layouts).
+//! `BPF_PROG_TYPE_CGROUP_DEVICE` program on the unified cgroup (both layouts). The init gets
+//! into the unified cgroup by `CLONE_INTO_CGROUP` and into the v1 ones by moving itself
+//! ([`Cgroup::v1_tasks`]); nothing is placed by pid unless the kernel lacks clone3.
 //!
 //! Written against cgroupfs directly rather than with cgroups-rs (reasons checked against its
 //! 0.5.1 release): its `hierarchies::auto()`, which its fs manager uses too, picks *one*

@@ -178,8 +178,8 @@ fn the_init_builds_its_filesystem_while_the_launcher_places_it() {
 
 #[test]
 fn a_step_that_fails_before_the_placement_still_waits_for_it() {
-    // the launcher is writing the init's pid to cgroup.procs: an init that left would turn the
-    // step's failure into a placement error
+    // without clone3 the launcher may be writing the init's pid to the unified cgroup.procs:
+    // an init that left would turn the step's failure into a placement error
     let d = Dir::new();
     let plan = d.cmdline_plan();
     let mut fake = image().fail("mount proc", libc::EBUSY);
