@@ -152,25 +152,24 @@ const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
-/// Loads the rules and attaches them to the cgroup directory `dir`. The program stays attached
-/// (and alive) as long as the cgroup exists.
-pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let prog = program(rules);
+/// `BPF_PROG_LOAD` of a device program; a verifier log into `log` when given. Returns the
+/// descriptor or -1 (errno set).
+fn load(prog: &[Insn], log: Option<&mut [u8]>) -> i64 {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 4096];
     let mut name = [0u8; 16];
     name[..12].copy_from_slice(b"palisade_dev");
+    let (log_level, log_size, log_buf) = match log {
+        Some(l) => (1, l.len() as u32, l.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: prog.len() as u32,
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         kern_version: 0,
         prog_flags: 0,
         prog_name: name,
@@ -178,28 +177,44 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
         expected_attach_type: BPF_CGROUP_DEVICE,
     };
     // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute whose pointers (`prog`, `license`,
-    // `log`) outlive the call; the size passed is the struct's.
-    let fd = unsafe {
+    // the log) outlive the call; the size passed is the struct's.
+    unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_LOAD,
             &raw const attr,
             std::mem::size_of::<ProgLoadAttr>(),
         )
-    };
+    }
+}
+
+/// Loads the rules and attaches them to the cgroup directory `dir`. The program stays attached
+/// (and alive) as long as the cgroup exists.
+pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let prog = program(rules);
+    // without a verifier log first (the log costs the verifier time on every launch); with
+    // one only to say why a load failed
+    let mut fd = load(&prog, None);
     if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        let msg = String::from_utf8_lossy(&log);
-        let first = msg
-            .trim_end_matches('\0')
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        return Err(DeviceError::Load {
-            source: e,
-            verifier: first,
-        });
+        let mut log = vec![0u8; 4096];
+        fd = load(&prog, Some(&mut log));
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            let msg = String::from_utf8_lossy(&log);
+            let first = msg
+                .trim_end_matches('\0')
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return Err(DeviceError::Load {
+                source: e,
+                verifier: first,
+            });
+        }
     }
     // SAFETY: a fresh descriptor returned by bpf(2), owned here.
     let prog_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
