@@ -276,17 +276,15 @@ fn init(args: InitArgs<'_>) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         die(report, EXIT_SETUP, &format!("{what}: {e}"))
     };
+    // waits for the go byte (wait_placed), once nothing more can be done before the placement
+    let mut linux = sys::Linux::new(args.go);
     // into the v1 cgroups before anything else, so what the setup allocates is the workload's
     if let Err(e) = cgroup::join_self(&args.v1_tasks) {
         // the launcher may still be placing us in the unified cgroup: let it finish first
-        let mut b = [0u8; 1];
-        // SAFETY: reading one byte into a local buffer.
-        unsafe { libc::read(args.go.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        let _ = sys::Sys::wait_placed(&mut linux);
         die(report, EXIT_SETUP, &e.to_string());
     }
     drop(args.v1_tasks);
-    // waits for the go byte inside, once nothing more can be done before the placement
-    let mut linux = sys::Linux::new(args.go);
     match setup::container(&mut linux, plan, args.hostname, args.v1_mounts) {
         Ok(()) => {}
         // SAFETY: the launcher gave up before releasing us: leave quietly.

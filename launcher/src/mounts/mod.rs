@@ -369,20 +369,19 @@ fn protect_paths<S: Sys>(sys: &mut S, root: &S::Node, plan: &Plan) -> Result<(),
 /// Builds the filesystem, without a gate (see [`setup_gated`]).
 #[cfg(test)]
 pub fn setup<S: Sys>(sys: &mut S, plan: &Plan, v1: &V1Mounts) -> Result<(), MountError> {
-    setup_gated(sys, plan, v1, &mut |_: &mut S| Ok(())).map(|_| ())
+    setup_gated(sys, plan, v1, &mut |_: &mut S| Ok(()))
 }
 
-/// Builds the filesystem. Called in the init, in its own mount namespace, while the launcher
-/// places it in its cgroups: `gate` (waiting for that, then the cgroup namespace) runs once,
-/// right before the first mount that shows cgroups, which must see the workload's cgroup as
-/// its root. Without such a mount `gate` is not called here (the caller passes it last).
-/// Returns whether `gate` ran.
+/// Builds the filesystem. Called in the init, in its own mount namespace, while the agent
+/// registers its cgroup: `gate` (waiting for that, then the cgroup namespace) runs once, right
+/// before the first mount that shows cgroups, which must see the workload's cgroup as its
+/// root. Without such a mount `gate` is not called here (the caller passes it last).
 pub fn setup_gated<S: Sys, E: From<MountError>>(
     sys: &mut S,
     plan: &Plan,
     v1: &V1Mounts,
     gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
-) -> Result<bool, E> {
+) -> Result<(), E> {
     sys.mount(None, Loc::name("/"), None, plan.rootfs_propagation, None)
         .map_err(at(MountOp::MakePrivate, "/"))?;
     let Some(rootfs) = &plan.root else {
@@ -395,7 +394,7 @@ pub fn setup_gated<S: Sys, E: From<MountError>>(
     let root = sys
         .open_dir(rootfs)
         .map_err(at(MountOp::Open, shown.as_str()))?;
-    let gated = mount_all(sys, &root, plan, v1, gate)?;
+    mount_all(sys, &root, plan, v1, gate)?;
     if plan
         .mounts
         .iter()
@@ -410,17 +409,17 @@ pub fn setup_gated<S: Sys, E: From<MountError>>(
         sys.mount(None, Loc::name("/"), None, ro, None)
             .map_err(at(MountOp::RootReadOnly, "/"))?;
     }
-    Ok(gated)
+    Ok(())
 }
 
-/// The plan's mounts in order, `gate` before the first cgroup mount. Returns whether it ran.
+/// The plan's mounts in order, `gate` before the first cgroup mount.
 fn mount_all<S: Sys, E: From<MountError>>(
     sys: &mut S,
     root: &S::Node,
     plan: &Plan,
     v1: &V1Mounts,
     gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
-) -> Result<bool, E> {
+) -> Result<(), E> {
     let mut gated = false;
     for m in &plan.mounts {
         if m.kind == MountKind::Cgroup && !gated {
@@ -429,7 +428,7 @@ fn mount_all<S: Sys, E: From<MountError>>(
         }
         do_mount(sys, root, m, v1)?;
     }
-    Ok(gated)
+    Ok(())
 }
 
 /// fchdir, then pivot_root(".", ".") stacks the old root on the new one and the lazy unmount
@@ -453,7 +452,7 @@ fn host_tree<S: Sys, E: From<MountError>>(
     plan: &Plan,
     v1: &V1Mounts,
     gate: &mut dyn FnMut(&mut S) -> Result<(), E>,
-) -> Result<bool, E> {
+) -> Result<(), E> {
     let tree = sys
         .clone_tree(Path::new("/"))
         .map_err(at(MountOp::CloneHost, "/"))?;
@@ -461,10 +460,9 @@ fn host_tree<S: Sys, E: From<MountError>>(
         .map_err(at(MountOp::TreeReadOnly, "/"))?;
     sys.attach_tree(&tree, Path::new("/"))
         .map_err(at(MountOp::AttachHost, "/"))?;
-    let gated = mount_all(sys, &tree, plan, v1, gate)?;
+    mount_all(sys, &tree, plan, v1, gate)?;
     protect_paths(sys, &tree, plan)?;
-    enter(sys, &tree, "the host's tree".to_owned())?;
-    Ok(gated)
+    Ok(enter(sys, &tree, "the host's tree".to_owned())?)
 }
 
 /// The host's v1 hierarchies (directory name under /sys/fs/cgroup, mount options).
