@@ -118,7 +118,11 @@ pub fn run(opts: &VmBench<'_>) -> Result<()> {
             .args(["--disable-kvm", "--disable-microvm", "-r"])
             .arg(format!("/boot/vmlinuz-{release}"))
             .args(["--append", "lsm=lockdown,capability,bpf"])
-            .args(["--memory", "2G", "--cpus", "2", "--rwdir"])
+            .args(["--memory", "2G", "--cpus", "2"])
+            // one host thread for both vCPUs: multi-threaded TCG freezes on kernel text
+            // patching (`vm::TCG`), and fentry attaches patch it
+            .arg(format!("--qemu-opts=-accel {}", crate::vm::TCG))
+            .arg("--rwdir")
             .arg(&out)
             .arg("--exec")
             .arg(format!("sh {}", sh_path(&script)))

@@ -39,9 +39,13 @@ pub struct VmTest {
     /// Multiplies the test harness's wait timeouts (`PALISADE_TEST_TIME_SCALE`) in the guest.
     #[arg(long, default_value_t = 10)]
     pub time_scale: u32,
-    /// Guest memory (qemu syntax).
+    /// Guest memory (qemu syntax), per VM.
     #[arg(long, default_value = "2G")]
     pub memory: String,
+    /// VMs booted at once per kernel, the suites split between them (default: one per host
+    /// CPU, at most 4). Each runs its two vCPUs on one host thread (see `TCG`).
+    #[arg(long)]
+    pub vms: Option<usize>,
     /// Leave out the tests of SUITE whose name contains NAME (`SUITE:NAME`, repeatable).
     #[arg(long, value_name = "SUITE:NAME")]
     pub skip: Vec<String>,
@@ -60,6 +64,7 @@ impl VmTest {
             suite_timeout: 15,
             time_scale: 10,
             memory: "2G".to_owned(),
+            vms: None,
             skip: CI_SKIP
                 .iter()
                 .map(|(suite, test, _)| format!("{suite}:{test}"))
@@ -100,28 +105,79 @@ pub const CI_SKIP: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// qemu's accelerator. One host thread runs both vCPUs in turn: with qemu 7.2's default
+/// multi-threaded TCG, a vCPU that runs kernel text while the other vCPU patches it (a static
+/// key or static call flipped when a tracepoint gains or loses its first program, an fentry or
+/// LSM trampoline attached) can keep executing its stale translation of the int3 the kernel
+/// wrote there, and the guest freezes: both vCPUs spinning at that address, RCU stalled (CI
+/// runs of stops 18 and 20). A guest toggling `raw_syscalls` tracing while two `dd` loops
+/// make syscalls froze in both of two runs with multi-threaded TCG (once after 6 toggles), and
+/// ran all 400 toggles with `thread=single` (`xtask/vm/tcg-freeze.sh` repeats this). One
+/// host thread per guest makes a guest ~1.8× slower, so the suites are split between VMs
+/// booted at once (`shards`), one per host CPU.
+pub const TCG: &str = "tcg,thread=single";
+
+/// Seconds each suite took in CI's 6.1 guest (stop 20, multi-threaded TCG), to split a plan
+/// between VMs; a suite not listed counts as a minute. Only the balance depends on them.
+const SUITE_SECONDS: &[(&str, u64)] = &[
+    ("agent", 121),
+    ("containers", 68),
+    ("launcher", 31),
+    ("launcher_bundle", 13),
+    ("launcher_isolation", 19),
+    ("launcher_seccomp", 14),
+    ("network", 120),
+    ("policy_bypass", 168),
+    ("policy_exec", 81),
+    ("policy_files", 41),
+    ("policy_files_lsm", 82),
+    ("policy_launch", 331),
+    ("policy_lsm", 109),
+    ("policy_ops", 118),
+    ("policy_runtime", 149),
+    ("policy_unenforced", 132),
+];
+
+/// Splits `plan` into at most `n` non-empty parts of about equal expected time: longest suite
+/// first, each to the part with the least time so far.
+pub fn shards(plan: &BTreeMap<String, Vec<String>>, n: usize) -> Vec<Plan> {
+    let seconds = |suite: &str| {
+        SUITE_SECONDS
+            .iter()
+            .find(|(s, _)| *s == suite)
+            .map_or(60, |(_, t)| *t)
+    };
+    let mut suites: Vec<(&String, &Vec<String>)> = plan.iter().collect();
+    suites.sort_by_key(|(name, _)| std::cmp::Reverse(seconds(name)));
+    let mut parts: Vec<(u64, Plan)> = vec![(0, Plan::new()); n.clamp(1, plan.len().max(1))];
+    for (name, filters) in suites {
+        if let Some(least) = parts.iter_mut().min_by_key(|(t, _)| *t) {
+            least.0 += seconds(name);
+            least.1.insert(name.clone(), filters.clone());
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Suites to run, each with its test name filters (empty: every test).
+pub type Plan = BTreeMap<String, Vec<String>>;
+
 /// One kernel's run.
 pub struct Outcome {
     pub title: String,
     pub suites: Vec<Suite>,
     pub doctor: String,
-    /// The guest froze and the VM was killed (see `watch`).
+    /// A guest froze twice (see `watch`).
     pub hung: bool,
 }
 
 impl Outcome {
-    /// A VM killed after `wall` seconds because the guest stopped showing signs of life.
-    fn hung(wall: u64) -> Self {
-        Self {
-            title: format!("the guest hung (killed after {wall} s)"),
-            suites: Vec::new(),
-            doctor: String::new(),
-            hung: true,
-        }
-    }
-
     pub fn bad(&self) -> bool {
-        self.suites.is_empty() || self.suites.iter().any(Suite::bad)
+        self.hung || self.suites.is_empty() || self.suites.iter().any(Suite::bad)
     }
 }
 
@@ -235,25 +291,27 @@ pub fn guest_script(
     out: &Path,
     plan: &BTreeMap<String, Vec<String>>,
     bins: &BTreeMap<String, PathBuf>,
+    tag: &str,
 ) -> String {
     let workspace = root();
     let path = std::env::var("PATH").unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "#!/bin/sh\n# Written by `cargo xtask vm-test`; runs as pid 1's child in the guest.\nset -u\nout={}",
-        sh_path(out)
+        "#!/bin/sh\n# Written by `cargo xtask vm-test`; runs as pid 1's child in the guest.\nset -u\nout={}\ntag={}",
+        sh_path(out),
+        sh(tag)
     );
     s.push_str(
         r#"cut -d' ' -f1 /proc/uptime > "$out/boot-seconds"
 uname -r > "$out/uname"
-echo "vm: $(uname -r) up after $(cat "$out/boot-seconds") s"
+echo "$tag: $(uname -r) up after $(cat "$out/boot-seconds") s"
 "#,
     );
     // virtme-ng gives /tmp as an overlay on the host's /tmp; a tmpfs is what hosts have,
     // unless the workspace itself lives under /tmp (it would be hidden).
     if workspace.starts_with("/tmp") || out.starts_with("/tmp") {
-        s.push_str("echo 'vm: workspace under /tmp: keeping the overlay /tmp'\n");
+        s.push_str("echo \"$tag: workspace under /tmp: keeping the overlay /tmp\"\n");
     } else {
         s.push_str("mount -t tmpfs -o mode=1777 tmpfs /tmp\n");
     }
@@ -273,7 +331,7 @@ grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
 grep -q ' /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing
 # Pure cgroup v2, as systemd leaves it: every controller enabled for the root's children.
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
-    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "vm: cannot enable the $c controller"
+    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || echo "$tag: cannot enable the $c controller"
 done
 ip link set lo up
 # virtme's guest has only loopback; hosts have a NIC (`palisade run --net host` tests count
@@ -304,7 +362,7 @@ grep cgroup /proc/mounts > "$out/cgroup-mounts"
         r#""$PALISADE_BIN" doctor > "$out/doctor.txt" 2>&1; echo "(exit status $?)" >> "$out/doctor.txt"
 suite() {
     name=$1; shift
-    echo "vm: suite $name"
+    echo "$tag: suite $name"
     start=$(date +%s)
 "#,
     );
@@ -315,8 +373,8 @@ suite() {
     );
     s.push_str(
         r#"    echo $(( $(date +%s) - start )) > "$out/$name.seconds"
-    echo "vm: suite $name: exit $(cat "$out/$name.rc") after $(cat "$out/$name.seconds") s"
-    grep -E '^test result|FAILED$' "$out/$name.log"
+    echo "$tag: suite $name: exit $(cat "$out/$name.rc") after $(cat "$out/$name.seconds") s"
+    grep -E '^test result|FAILED$' "$out/$name.log" | sed "s/^/$tag: /"
 }
 "#,
     );
@@ -342,7 +400,7 @@ suite() {
             filters.join(" ")
         );
     }
-    s.push_str("echo 'vm: done'\n");
+    s.push_str("echo \"$tag: done\"\n");
     s
 }
 
@@ -438,34 +496,68 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Boots `release` and runs the plan in it; returns what the guest reported.
+/// What one VM reported.
+struct Shard {
+    suites: Vec<Suite>,
+    doctor: String,
+    /// Seconds from qemu's start to the guest's script.
+    boot: String,
+    lsm: String,
+    controllers: String,
+    /// Killed after this many seconds because the guest froze, twice.
+    hung: Option<u64>,
+}
+
+/// Boots `release` and runs `plan` in it, everything written to `out` (the guest's only
+/// writable host folder); returns what the guest reported. `tag` names the VM in the lines
+/// its guest prints. A guest that freezes is booted once more, its files kept in `out.hung`.
 fn boot(
     opts: &VmTest,
-    kernel: Kernel,
     release: &str,
-    plan: &BTreeMap<String, Vec<String>>,
+    plan: &Plan,
     bins: &BTreeMap<String, PathBuf>,
-) -> Result<Outcome> {
-    let out = root().join("target/vm-test").join(kernel.label);
-    if out.exists() {
-        // a hung boot's files are the evidence: kept beside the next boot's
-        if out.join(HUNG).exists() {
-            let kept = out.with_file_name(format!("{}.hung", kernel.label));
-            let _ = std::fs::remove_dir_all(&kept);
-            std::fs::rename(&out, &kept)
-                .with_context(|| format!("mv {} {}", out.display(), kept.display()))?;
-            eprintln!("    the hung boot's files are kept in {}", kept.display());
-        } else {
-            std::fs::remove_dir_all(&out).with_context(|| format!("rm -r {}", out.display()))?;
-        }
+    out: &Path,
+    tag: &str,
+) -> Result<Shard> {
+    let mut wall = boot_once(opts, release, plan, bins, out, tag)?;
+    if let Some(w) = wall {
+        let kept = out.with_extension("hung");
+        let _ = std::fs::remove_dir_all(&kept);
+        std::fs::rename(out, &kept)
+            .with_context(|| format!("mv {} {}", out.display(), kept.display()))?;
+        eprintln!(
+            "    {tag}: the guest hung (killed after {w} s); its files are kept in {}; booting {release} once more",
+            kept.display()
+        );
+        wall = boot_once(opts, release, plan, bins, out, tag)?;
     }
-    std::fs::create_dir_all(&out).with_context(|| format!("mkdir {}", out.display()))?;
+    let read = |f: &str| read_in(out, f).trim().to_owned();
+    Ok(Shard {
+        suites: vm_report::read(out, &plan.keys().cloned().collect::<Vec<_>>()),
+        doctor: read_in(out, "doctor.txt"),
+        boot: read("boot-seconds"),
+        lsm: read("lsm"),
+        controllers: read("controllers"),
+        hung: wall,
+    })
+}
+
+/// One boot of `boot`; returns after how many seconds the VM was killed if the guest froze.
+fn boot_once(
+    opts: &VmTest,
+    release: &str,
+    plan: &Plan,
+    bins: &BTreeMap<String, PathBuf>,
+    out: &Path,
+    tag: &str,
+) -> Result<Option<u64>> {
+    std::fs::create_dir_all(out).with_context(|| format!("mkdir {}", out.display()))?;
     let script = out.join("run.sh");
-    std::fs::write(&script, guest_script(opts, &out, plan, bins))
+    std::fs::write(&script, guest_script(opts, out, plan, bins, tag))
         .with_context(|| format!("write {}", script.display()))?;
     step(&format!(
-        "booting {release} (qemu TCG, BPF-LSM on, pure cgroup v2): {} suites",
-        plan.len()
+        "{tag}: booting {release} (qemu TCG, BPF-LSM on, pure cgroup v2): {}",
+        plan.keys().cloned().collect::<Vec<_>>().join(", ")
     ));
     let venv_bin = vm_setup::venv()?.join("bin");
     let path = std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(
@@ -488,52 +580,125 @@ fn boot(
         ])
         .args(["--memory", &opts.memory, "--cpus", "2"])
         .arg(format!(
-            "--qemu-opts=-monitor unix:{},server,nowait",
+            "--qemu-opts=-monitor unix:{},server,nowait -accel {TCG}",
             out.join(MONITOR).display()
         ))
         .arg("--rwdir")
-        .arg(&out)
+        .arg(out)
         .arg("--exec")
         .arg(format!("sh {}", sh_path(&script)))
         .env("PATH", path)
-        .current_dir(&out)
+        .current_dir(out)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(console)
         .spawn()
         .context("cannot start vng (timeout from coreutils)")?;
-    let (status, hung) = watch(&mut child, &out, start)?;
+    // The guest's lines reach our stdout through a pipe, whole: qemu opens its stdout anew
+    // (`/proc/self/fd/1`, truncating a file there), and VMs run side by side.
+    let relay = child.stdout.take().map(|pipe| {
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                println!("{line}");
+            }
+        })
+    });
+    let (status, hung) = watch(&mut child, out, start)?;
+    if let Some(relay) = relay {
+        let _ = relay.join();
+    }
     let wall = start.elapsed().as_secs();
     if hung {
         let _ = std::fs::write(out.join(HUNG), format!("{wall}\n"));
-        return Ok(Outcome::hung(wall));
+        return Ok(Some(wall));
     }
     if !status.success() {
         eprintln!(
-            "    vng ended with {status}; the end of {}:\n{}",
+            "    {tag}: vng ended with {status}; the end of {}:\n{}",
             out.join("console.log").display(),
-            tail(&read_in(&out, "console.log"), 30)
+            tail(&read_in(out, "console.log"), 30)
         );
     }
-    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
-    let boot = read("boot-seconds");
-    let suites = vm_report::read(&out, &plan.keys().cloned().collect::<Vec<_>>());
+    Ok(None)
+}
+
+/// Runs `plan` on `release`, split between VMs booted at once (`shards`), each in
+/// `target/vm-test/KERNEL/vmN/`; one outcome for the kernel.
+fn run_kernel(
+    opts: &VmTest,
+    kernel: Kernel,
+    release: &str,
+    plan: &Plan,
+    bins: &BTreeMap<String, PathBuf>,
+) -> Result<Outcome> {
+    let dir = root().join("target/vm-test").join(kernel.label);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("rm -r {}", dir.display()))?;
+    }
+    let vms = opts.vms.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(4)
+    });
+    let parts = shards(plan, vms);
+    let start = Instant::now();
+    let results: Vec<Result<Shard>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let out = dir.join(format!("vm{}", i + 1));
+                let tag = format!("vm{}", i + 1);
+                scope.spawn(move || boot(opts, release, part, bins, &out, &tag))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM's thread panicked")))
+            .collect()
+    });
+    let wall = start.elapsed().as_secs();
+    let shards = results.into_iter().collect::<Result<Vec<Shard>>>()?;
+    Ok(outcome(kernel, release, &shards, wall))
+}
+
+/// One kernel's outcome from its VMs' reports.
+fn outcome(kernel: Kernel, release: &str, shards: &[Shard], wall: u64) -> Outcome {
+    let mut suites: Vec<Suite> = shards.iter().flat_map(|s| s.suites.clone()).collect();
+    suites.sort_by(|a, b| a.name.cmp(&b.name));
     let tests: u64 = suites.iter().filter_map(|s| s.seconds).sum();
-    let title = format!(
-        "kernel {} ({}): boot {} s, suites {}, VM wall {} — LSMs {}, cgroup2 controllers: {}",
+    let first = shards.first();
+    let field = |f: fn(&Shard) -> &String| first.map(f).cloned().unwrap_or_default();
+    let boots: Vec<String> = shards
+        .iter()
+        .map(|s| s.boot.split('.').next().unwrap_or("?").to_owned())
+        .collect();
+    let mut title = format!(
+        "kernel {} ({}): {} VM(s), boot {} s, suites {}, wall {} — LSMs {}, cgroup2 controllers: {}",
         kernel.label,
         release,
-        boot.trim().split('.').next().unwrap_or("?"),
+        shards.len(),
+        boots.join("/"),
         vm_report::duration(tests),
         vm_report::duration(wall),
-        read("lsm").trim(),
-        read("controllers").trim()
+        field(|s| &s.lsm),
+        field(|s| &s.controllers)
     );
-    Ok(Outcome {
+    let hung: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.hung.map(|w| format!("vm{} (killed after {w} s)", i + 1)))
+        .collect();
+    if !hung.is_empty() {
+        let _ = write!(title, "; the guest hung twice in {}", hung.join(", "));
+    }
+    Outcome {
         title,
         suites,
-        doctor: read("doctor.txt"),
-        hung: false,
-    })
+        doctor: field(|s| &s.doctor),
+        hung: !hung.is_empty(),
+    }
 }
 
 /// Runs the matrix; prints one table per kernel; fails when anything failed.
@@ -551,6 +716,9 @@ pub fn run(opts: &VmTest) -> Result<()> {
             bail!("--skip {skip:?}: SUITE:NAME expected");
         }
     }
+    if opts.vms == Some(0) {
+        bail!("--vms 0: at least one VM");
+    }
     for (suite, test, why) in CI_SKIP {
         if opts.skip.iter().any(|s| s == &format!("{suite}:{test}")) {
             eprintln!("    left out: {suite}::{test} ({why})");
@@ -563,12 +731,7 @@ pub fn run(opts: &VmTest) -> Result<()> {
     let plan = plan(&names, &opts.filter)?;
     let mut outcomes = Vec::new();
     for (kernel, release) in &releases {
-        let mut o = boot(opts, *kernel, release, &plan, &bins)?;
-        if o.hung {
-            eprintln!("    booting {release} once more (the guest hung)");
-            o = boot(opts, *kernel, release, &plan, &bins)?;
-        }
-        outcomes.push(o);
+        outcomes.push(run_kernel(opts, *kernel, release, &plan, &bins)?);
     }
     let mut summary = String::new();
     for o in &outcomes {
@@ -579,7 +742,7 @@ pub fn run(opts: &VmTest) -> Result<()> {
     let file = root().join("target/vm-test/summary.txt");
     let _ = std::fs::write(&file, &summary);
     step(&format!(
-        "VM matrix results (also in {}; logs per suite beside it)",
+        "VM matrix results (also in {}; logs per suite in target/vm-test/KERNEL/vmN/)",
         file.display()
     ));
     println!("{summary}");
@@ -646,6 +809,52 @@ mod tests {
         assert_eq!(names.len(), all.len());
         assert!(names.values().all(|f| f == &["oom"]));
         assert!(plan(SUITES, &["nope:x".into()]).is_err());
+    }
+
+    fn expected(p: &Plan) -> u64 {
+        p.keys()
+            .map(|s| {
+                SUITE_SECONDS
+                    .iter()
+                    .find(|(n, _)| n == s)
+                    .map_or(60, |(_, t)| *t)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn shards_hold_every_suite_once_with_its_filters() {
+        let mut plan = plan(SUITES, &[]).unwrap();
+        plan.get_mut("launcher").unwrap().push("rootfs".to_owned());
+        for n in 1..=6 {
+            let parts = shards(&plan, n);
+            assert_eq!(parts.len(), n.min(plan.len()), "{n} VMs");
+            assert!(parts.iter().all(|p| !p.is_empty()), "{n} VMs: {parts:?}");
+            let mut merged = Plan::new();
+            for p in &parts {
+                for (suite, filters) in p {
+                    assert!(
+                        merged.insert(suite.clone(), filters.clone()).is_none(),
+                        "{suite} twice"
+                    );
+                }
+            }
+            assert_eq!(merged, plan, "{n} VMs");
+        }
+        assert_eq!(shards(&plan, 1), [plan.clone()]);
+        assert_eq!(shards(&plan, 0), [plan]);
+    }
+
+    #[test]
+    fn ci_suites_split_evenly_between_two_vms() {
+        let suites: Vec<&str> = SUITE_SECONDS.iter().map(|(s, _)| *s).collect();
+        let ci: Vec<String> = CI_SUITES.iter().map(|s| (*s).to_owned()).collect();
+        let plan = plan(&suites, &ci).unwrap();
+        assert!(!plan.contains_key("network"));
+        let parts = shards(&plan, 2);
+        let (a, b) = (expected(&parts[0]), expected(&parts[1]));
+        // policy_launch alone is 331 s of 1,477: no part waits on the other for long
+        assert!(a.abs_diff(b) <= 30, "{a} s and {b} s: {parts:?}");
     }
 
     #[test]
