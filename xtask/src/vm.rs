@@ -111,8 +111,9 @@ pub const CI_SKIP: &[(&str, &str, &str)] = &[
 /// LSM trampoline attached) can keep executing its stale translation of the int3 the kernel
 /// wrote there, and the guest freezes: both vCPUs spinning at that address, RCU stalled (CI
 /// runs of stops 18 and 20). A guest toggling `raw_syscalls` tracing while two `dd` loops
-/// make syscalls froze in both of two runs with multi-threaded TCG (once after 6 toggles), and
-/// ran all 400 toggles with `thread=single` (`xtask/vm/tcg-freeze.sh` repeats this). One
+/// make syscalls froze in each of three runs with multi-threaded TCG (after 6 and 95 toggles in
+/// two of them), and ran all 400 toggles with `thread=single` (`xtask/vm/tcg-freeze.sh`
+/// repeats this). One
 /// host thread per guest makes a guest ~1.8× slower, so the suites are split between VMs
 /// booted at once (`shards`), one per host CPU.
 pub const TCG: &str = "tcg,thread=single";
