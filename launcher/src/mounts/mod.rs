@@ -96,30 +96,33 @@ fn at(op: MountOp, target: impl Into<String>) -> impl FnOnce(io::Error) -> Mount
 }
 
 /// Resolves `path` beneath `root`, creating missing directories (and the last component as an
-/// empty file when `file`).
+/// empty file when `file`). Each created entry is made in its parent's resolved node by name
+/// (one component, `mkdirat` on the `O_PATH` descriptor) and looked up again from `root`, so a
+/// symlink in the image resolves inside it as everywhere else. Only missing components cost
+/// calls: the deepest existing ancestor is found from the end (usually the parent).
 fn ensure<S: Sys>(
     sys: &mut S,
     root: &S::Node,
     path: &str,
     file: bool,
 ) -> Result<S::Node, MountError> {
-    if let Ok(node) = sys.lookup(root, path) {
-        return Ok(node);
+    match sys.lookup(root, path) {
+        Ok(node) => return Ok(node),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(at(MountOp::Open, path)(e)),
     }
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let mut sofar = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        let parent = sys
-            .lookup(root, &sofar)
-            .map_err(at(MountOp::Open, format!("{sofar}/")))?;
-        sofar.push('/');
-        sofar.push_str(part);
-        if sys.lookup(root, &sofar).is_ok() {
-            continue;
+    let prefix = |n: usize| -> String { parts[..n].iter().map(|p| format!("/{p}")).collect() };
+    let mut have = parts.len().saturating_sub(1);
+    let mut dir = loop {
+        match sys.lookup(root, &prefix(have)) {
+            Ok(node) => break node,
+            Err(e) if have > 0 && e.raw_os_error() == Some(libc::ENOENT) => have -= 1,
+            Err(e) => return Err(at(MountOp::Open, format!("{}/", prefix(have)))(e)),
         }
-        let dir = sys
-            .reopen_dir(&parent)
-            .map_err(at(MountOp::Open, sofar.as_str()))?;
+    };
+    for (i, part) in parts.iter().enumerate().skip(have) {
+        let sofar = prefix(i + 1);
         let made = if i + 1 == parts.len() && file {
             sys.create_file(&dir, part, 0o644)
         } else {
@@ -130,8 +133,11 @@ fn ensure<S: Sys>(
         {
             return Err(at(MountOp::CreateMountPoint, sofar)(e));
         }
+        dir = sys
+            .lookup(root, &sofar)
+            .map_err(at(MountOp::Open, sofar.as_str()))?;
     }
-    sys.lookup(root, path).map_err(at(MountOp::Open, path))
+    Ok(dir)
 }
 
 fn fstype(kind: MountKind) -> &'static str {
