@@ -59,11 +59,14 @@ pub fn parse(name: &str, log: &str, rc: Option<&str>, seconds: Option<u64>) -> S
             running.push(t.to_owned());
         } else if let Some((test, verdict)) = rest.split_once(" ... ") {
             let test = test.to_owned();
-            match verdict.split(',').next().unwrap_or_default().trim() {
-                "ok" => s.passed.push(test),
-                "FAILED" => s.failed.push((test, String::new())),
-                "ignored" => s.ignored.push(test),
-                _ => continue,
+            // `--nocapture`: a test's own output can follow the verdict on the same line
+            // (`ok8 scrapes: ...`), so the verdict is the line's start
+            if verdict.starts_with("ok") {
+                s.passed.push(test);
+            } else if verdict.starts_with("FAILED") {
+                s.failed.push((test, String::new()));
+            } else if verdict.starts_with("ignored") {
+                s.ignored.push(test);
             }
         }
     }
@@ -252,6 +255,17 @@ test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
         );
         assert!(t.contains("FAILED containers::oom_event: timed out"), "{t}");
         assert!(t.contains("UNFINISHED containers::hangs"), "{t}");
+    }
+
+    #[test]
+    fn a_test_s_own_output_after_its_verdict_is_read_through() {
+        // seen in CI's agent suite: a test's print landed right after another's verdict
+        let log = "test cgroup_filter ... ok8 scrapes: 1.2 ms\ntest b ... FAILEDthread x\n\
+                   test c ... ignored, needs root\n";
+        let s = parse("agent", log, Some("101"), None);
+        assert_eq!(s.passed, ["cgroup_filter"]);
+        assert_eq!(s.failed.len(), 1);
+        assert_eq!(s.ignored, ["c"]);
     }
 
     #[test]
