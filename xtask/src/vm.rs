@@ -43,7 +43,7 @@ pub struct VmTest {
     #[arg(long, default_value = "2G")]
     pub memory: String,
     /// VMs booted at once per kernel, the suites split between them (default: one per host
-    /// CPU, at most 4). Each runs its two vCPUs on one host thread (see `TCG`).
+    /// CPU, at most 4). Each runs its two vCPUs on one host thread (`-accel tcg,thread=single`).
     #[arg(long)]
     pub vms: Option<usize>,
     /// Leave out the tests of SUITE whose name contains NAME (`SUITE:NAME`, repeatable).
@@ -113,9 +113,8 @@ pub const CI_SKIP: &[(&str, &str, &str)] = &[
 /// runs of stops 18 and 20). A guest toggling `raw_syscalls` tracing while two `dd` loops
 /// make syscalls froze in each of three runs with multi-threaded TCG (after 6 and 95 toggles in
 /// two of them), and ran all 400 toggles with `thread=single` (`xtask/vm/tcg-freeze.sh`
-/// repeats this). One
-/// host thread per guest makes a guest ~1.8× slower, so the suites are split between VMs
-/// booted at once (`shards`), one per host CPU.
+/// repeats this). One host thread per guest makes a guest ~1.8× slower, so the suites are
+/// split between VMs booted at once (`shards`), one per host CPU.
 pub const TCG: &str = "tcg,thread=single";
 
 /// Seconds each suite took in CI's 6.1 guest (stop 20, multi-threaded TCG), to split a plan
@@ -139,15 +138,17 @@ const SUITE_SECONDS: &[(&str, u64)] = &[
     ("policy_unenforced", 132),
 ];
 
+/// A suite's expected seconds (`SUITE_SECONDS`).
+fn seconds(suite: &str) -> u64 {
+    SUITE_SECONDS
+        .iter()
+        .find(|(s, _)| *s == suite)
+        .map_or(60, |(_, t)| *t)
+}
+
 /// Splits `plan` into at most `n` non-empty parts of about equal expected time: longest suite
 /// first, each to the part with the least time so far.
-pub fn shards(plan: &BTreeMap<String, Vec<String>>, n: usize) -> Vec<Plan> {
-    let seconds = |suite: &str| {
-        SUITE_SECONDS
-            .iter()
-            .find(|(s, _)| *s == suite)
-            .map_or(60, |(_, t)| *t)
-    };
+pub fn shards(plan: &Plan, n: usize) -> Vec<Plan> {
     let mut suites: Vec<(&String, &Vec<String>)> = plan.iter().collect();
     suites.sort_by_key(|(name, _)| std::cmp::Reverse(seconds(name)));
     let mut parts: Vec<(u64, Plan)> = vec![(0, Plan::new()); n.clamp(1, plan.len().max(1))];
@@ -196,7 +197,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 /// Suites to run and, per suite, the test name filters (empty: every test).
-pub fn plan(suites: &[&str], filter: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+pub fn plan(suites: &[&str], filter: &[String]) -> Result<Plan> {
     let matching = |pattern: &str| -> Vec<String> {
         suites
             .iter()
@@ -204,7 +205,7 @@ pub fn plan(suites: &[&str], filter: &[String]) -> Result<BTreeMap<String, Vec<S
             .map(|s| (*s).to_owned())
             .collect()
     };
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out = Plan::new();
     let mut names = Vec::new();
     for word in filter {
         if let Some((suite, name)) = word.split_once(':') {
@@ -290,7 +291,7 @@ fn sh_path(p: &Path) -> String {
 pub fn guest_script(
     opts: &VmTest,
     out: &Path,
-    plan: &BTreeMap<String, Vec<String>>,
+    plan: &Plan,
     bins: &BTreeMap<String, PathBuf>,
     tag: &str,
 ) -> String {
@@ -447,9 +448,6 @@ fn watch(
     }
 }
 
-/// Written into the results directory of a boot that hung.
-const HUNG: &str = "hung";
-
 /// The qemu monitor's socket, in the results directory.
 const MONITOR: &str = "monitor.sock";
 
@@ -509,119 +507,125 @@ struct Shard {
     hung: Option<u64>,
 }
 
-/// Boots `release` and runs `plan` in it, everything written to `out` (the guest's only
-/// writable host folder); returns what the guest reported. `tag` names the VM in the lines
-/// its guest prints. A guest that freezes is booted once more, its files kept in `out.hung`.
-fn boot(
-    opts: &VmTest,
-    release: &str,
-    plan: &Plan,
-    bins: &BTreeMap<String, PathBuf>,
-    out: &Path,
-    tag: &str,
-) -> Result<Shard> {
-    let mut wall = boot_once(opts, release, plan, bins, out, tag)?;
-    if let Some(w) = wall {
-        let kept = out.with_extension("hung");
-        let _ = std::fs::remove_dir_all(&kept);
-        std::fs::rename(out, &kept)
-            .with_context(|| format!("mv {} {}", out.display(), kept.display()))?;
-        eprintln!(
-            "    {tag}: the guest hung (killed after {w} s); its files are kept in {}; booting {release} once more",
-            kept.display()
-        );
-        wall = boot_once(opts, release, plan, bins, out, tag)?;
-    }
-    let read = |f: &str| read_in(out, f).trim().to_owned();
-    Ok(Shard {
-        suites: vm_report::read(out, &plan.keys().cloned().collect::<Vec<_>>()),
-        doctor: read_in(out, "doctor.txt"),
-        boot: read("boot-seconds"),
-        lsm: read("lsm"),
-        controllers: read("controllers"),
-        hung: wall,
-    })
+/// One VM: `plan` run on `release`, everything written to `out` (the guest's only writable
+/// host folder); `tag` names it in the lines its guest prints.
+struct Vm<'a> {
+    opts: &'a VmTest,
+    release: &'a str,
+    plan: &'a Plan,
+    bins: &'a BTreeMap<String, PathBuf>,
+    out: PathBuf,
+    tag: String,
 }
 
-/// One boot of `boot`; returns after how many seconds the VM was killed if the guest froze.
-fn boot_once(
-    opts: &VmTest,
-    release: &str,
-    plan: &Plan,
-    bins: &BTreeMap<String, PathBuf>,
-    out: &Path,
-    tag: &str,
-) -> Result<Option<u64>> {
-    std::fs::create_dir_all(out).with_context(|| format!("mkdir {}", out.display()))?;
-    let script = out.join("run.sh");
-    std::fs::write(&script, guest_script(opts, out, plan, bins, tag))
-        .with_context(|| format!("write {}", script.display()))?;
-    step(&format!(
-        "{tag}: booting {release} (qemu TCG, BPF-LSM on, pure cgroup v2): {}",
-        plan.keys().cloned().collect::<Vec<_>>().join(", ")
-    ));
-    let venv_bin = vm_setup::venv()?.join("bin");
-    let path = std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))?;
-    // Whole-VM limit: every suite at its limit plus boots; `timeout` signals vng's process
-    // group (qemu included).
-    let limit = opts.suite_timeout * plan.len() as u64 + 10;
-    let start = Instant::now();
-    // The kernel's console (`--verbose`: every message) goes to console.log, the guest
-    // script's stdout to ours; a qemu monitor socket lets `watch` press SysRq keys.
-    let console = std::fs::File::create(out.join("console.log")).context("create console.log")?;
-    let mut child = Command::new("timeout")
-        .args(["-k", "30", &format!("{limit}m"), "vng", "--verbose"])
-        .args(["--disable-kvm", "--disable-microvm", "-r"])
-        .arg(format!("/boot/vmlinuz-{release}"))
-        .args([
-            "--append",
-            "lsm=lockdown,capability,bpf sysrq_always_enabled=1",
-        ])
-        .args(["--memory", &opts.memory, "--cpus", "2"])
-        .arg(format!(
-            "--qemu-opts=-monitor unix:{},server,nowait -accel {TCG}",
-            out.join(MONITOR).display()
-        ))
-        .arg("--rwdir")
-        .arg(out)
-        .arg("--exec")
-        .arg(format!("sh {}", sh_path(&script)))
-        .env("PATH", path)
-        .current_dir(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(console)
-        .spawn()
-        .context("cannot start vng (timeout from coreutils)")?;
-    // The guest's lines reach our stdout through a pipe, whole: qemu opens its stdout anew
-    // (`/proc/self/fd/1`, truncating a file there), and VMs run side by side.
-    let relay = child.stdout.take().map(|pipe| {
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                println!("{line}");
-            }
+impl Vm<'_> {
+    /// Boots the VM and returns what the guest reported. A guest that freezes is booted once
+    /// more, its files kept in `out.hung`.
+    fn run(&self) -> Result<Shard> {
+        let (out, tag, release) = (&self.out, &self.tag, self.release);
+        let mut wall = self.boot_once()?;
+        if let Some(w) = wall {
+            let kept = out.with_extension("hung");
+            let _ = std::fs::remove_dir_all(&kept);
+            std::fs::rename(out, &kept)
+                .with_context(|| format!("mv {} {}", out.display(), kept.display()))?;
+            eprintln!(
+                "    {tag}: the guest hung (killed after {w} s); its files are kept in {}; booting {release} once more",
+                kept.display()
+            );
+            wall = self.boot_once()?;
+        }
+        let read = |f: &str| read_in(out, f).trim().to_owned();
+        Ok(Shard {
+            suites: vm_report::read(out, &self.plan.keys().cloned().collect::<Vec<_>>()),
+            doctor: read_in(out, "doctor.txt"),
+            boot: read("boot-seconds"),
+            lsm: read("lsm"),
+            controllers: read("controllers"),
+            hung: wall,
         })
-    });
-    let (status, hung) = watch(&mut child, out, start)?;
-    if let Some(relay) = relay {
-        let _ = relay.join();
     }
-    let wall = start.elapsed().as_secs();
-    if hung {
-        let _ = std::fs::write(out.join(HUNG), format!("{wall}\n"));
-        return Ok(Some(wall));
+
+    /// One boot; returns after how many seconds the VM was killed if the guest froze.
+    fn boot_once(&self) -> Result<Option<u64>> {
+        let Self {
+            opts,
+            release,
+            plan,
+            bins,
+            out,
+            tag,
+        } = self;
+        std::fs::create_dir_all(out).with_context(|| format!("mkdir {}", out.display()))?;
+        let script = out.join("run.sh");
+        std::fs::write(&script, guest_script(opts, out, plan, bins, tag))
+            .with_context(|| format!("write {}", script.display()))?;
+        step(&format!(
+            "{tag}: booting {release} (qemu TCG, BPF-LSM on, pure cgroup v2): {}",
+            plan.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        let venv_bin = vm_setup::venv()?.join("bin");
+        let path = std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))?;
+        // Whole-VM limit: every suite at its limit plus boots; `timeout` signals vng's process
+        // group (qemu included).
+        let limit = opts.suite_timeout * plan.len() as u64 + 10;
+        let start = Instant::now();
+        // The kernel's console (`--verbose`: every message) goes to console.log, the guest
+        // script's stdout to ours; a qemu monitor socket lets `watch` press SysRq keys.
+        let console =
+            std::fs::File::create(out.join("console.log")).context("create console.log")?;
+        let mut child = Command::new("timeout")
+            .args(["-k", "30", &format!("{limit}m"), "vng", "--verbose"])
+            .args(["--disable-kvm", "--disable-microvm", "-r"])
+            .arg(format!("/boot/vmlinuz-{release}"))
+            .args([
+                "--append",
+                "lsm=lockdown,capability,bpf sysrq_always_enabled=1",
+            ])
+            .args(["--memory", &opts.memory, "--cpus", "2"])
+            .arg(format!(
+                "--qemu-opts=-monitor unix:{},server,nowait -accel {TCG}",
+                out.join(MONITOR).display()
+            ))
+            .arg("--rwdir")
+            .arg(out)
+            .arg("--exec")
+            .arg(format!("sh {}", sh_path(&script)))
+            .env("PATH", path)
+            .current_dir(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(console)
+            .spawn()
+            .context("cannot start vng (timeout from coreutils)")?;
+        // The guest's lines reach our stdout through a pipe, whole: qemu opens its stdout anew
+        // (`/proc/self/fd/1`, truncating a file there), and VMs run side by side.
+        let relay = child.stdout.take().map(|pipe| {
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    println!("{line}");
+                }
+            })
+        });
+        let (status, hung) = watch(&mut child, out, start)?;
+        if let Some(relay) = relay {
+            let _ = relay.join();
+        }
+        if hung {
+            return Ok(Some(start.elapsed().as_secs()));
+        }
+        if !status.success() {
+            eprintln!(
+                "    {tag}: vng ended with {status}; the end of {}:\n{}",
+                out.join("console.log").display(),
+                tail(&read_in(out, "console.log"), 30)
+            );
+        }
+        Ok(None)
     }
-    if !status.success() {
-        eprintln!(
-            "    {tag}: vng ended with {status}; the end of {}:\n{}",
-            out.join("console.log").display(),
-            tail(&read_in(out, "console.log"), 30)
-        );
-    }
-    Ok(None)
 }
 
 /// Runs `plan` on `release`, split between VMs booted at once (`shards`), each in
@@ -648,10 +652,16 @@ fn run_kernel(
         let handles: Vec<_> = parts
             .iter()
             .enumerate()
-            .map(|(i, part)| {
-                let out = dir.join(format!("vm{}", i + 1));
-                let tag = format!("vm{}", i + 1);
-                scope.spawn(move || boot(opts, release, part, bins, &out, &tag))
+            .map(|(i, plan)| {
+                let vm = Vm {
+                    opts,
+                    release,
+                    plan,
+                    bins,
+                    out: dir.join(format!("vm{}", i + 1)),
+                    tag: format!("vm{}", i + 1),
+                };
+                scope.spawn(move || vm.run())
             })
             .collect();
         handles
@@ -777,7 +787,7 @@ mod tests {
         "policy_runtime",
     ];
 
-    fn keys(p: &BTreeMap<String, Vec<String>>) -> Vec<&str> {
+    fn keys(p: &Plan) -> Vec<&str> {
         p.keys().map(String::as_str).collect()
     }
 
@@ -813,14 +823,7 @@ mod tests {
     }
 
     fn expected(p: &Plan) -> u64 {
-        p.keys()
-            .map(|s| {
-                SUITE_SECONDS
-                    .iter()
-                    .find(|(n, _)| n == s)
-                    .map_or(60, |(_, t)| *t)
-            })
-            .sum()
+        p.keys().map(|s| seconds(s)).sum()
     }
 
     #[test]
