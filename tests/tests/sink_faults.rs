@@ -7,7 +7,9 @@ use std::{path::PathBuf, time::Duration};
 use palisade_tests::{
     Agent, OtlpReceiver, TestCgroup,
     load::{accounting, log_lines_and_delivered, sink_counts, sink_settled, sum},
-    otlp_attr, wait_for_explained,
+    otlp_attr,
+    policy::{Setup, wait_applied},
+    wait_for_explained,
 };
 
 /// A tmpfs of `kib` KiB mounted on a directory this test created; unmounted on drop.
@@ -32,6 +34,22 @@ impl SmallDisk {
 
     fn grow(&self, kib: u64) {
         mount_tmpfs(&self.path(), &format!("size={kib}k"), true);
+    }
+
+    /// Takes every free block (a file of zeros written until ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler"))
+            .unwrap_or_else(|e| panic!("filler: {e}"));
+        let block = [0u8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
     }
 }
 
@@ -118,6 +136,84 @@ fn a_full_disk_under_the_event_log_counts_every_lost_event_and_the_agent_keeps_s
         "{a:?}"
     );
     assert_eq!(final_lines, a["log_delivered"]);
+}
+
+/// A violation is recorded in the kernel as reported (for the next agent, `POLICY_REPORTED`)
+/// only once the event log has written its event. The log's disk is full here, so the first
+/// agent's violation events are all lost; after a SIGKILL, the next agent reports every one.
+#[test]
+fn violations_whose_events_the_log_could_not_write_are_reported_by_the_next_agent() {
+    palisade_tests::require_root();
+    let cg = TestCgroup::new("disk-full-pol");
+    let s = Setup::new(&format!(
+        "apiVersion: palisade.dev/v1\nkind: Policy\nmetadata:\n  name: full-log\nspec:\n  selector:\n    cgroup: \"{}\"\n  mode: enforce\n  syscalls:\n    action: log\n    deny: [getppid]\n",
+        cg.rel
+    ));
+    let disk = SmallDisk::new(64);
+    disk.fill();
+    let log = disk.path().join("events.jsonl");
+    let mut a = Agent::with_events_file(&s.config(""), &[], &log);
+    wait_applied(&a, "full-log", cg.id, &["syscalls"]);
+    let produced = 500u64;
+    cg.run_workload(&["getppid", &produced.to_string()]);
+    let counted = |m: &palisade_tests::Metrics| {
+        sum(
+            m,
+            "palisade_policy_violations_total",
+            &[("policy", "full-log"), ("container", &cg.rel)],
+        )
+    };
+    // the first agent counted every violation, published events for them, and its log tried
+    // to write each one and lost it
+    wait_for_explained(
+        Duration::from_secs(60),
+        "the first agent's violation events, lost by its log",
+        || {
+            let m = sink_settled(&a, "log");
+            let published = sum(&m, "palisade_events_total", &[("type", "policy_violation")]);
+            let dropped = sum(&m, "palisade_events_dropped_total", &[("sink", "log")]);
+            (counted(&m) == produced && published > 0 && dropped >= published).then_some(())
+        },
+        || format!("{:?}", sink_counts(&a.metrics(), "log")),
+    );
+    let written = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !written.contains("policy_violation"),
+        "the full disk took a violation: {written}"
+    );
+    a.kill9_keep();
+
+    let b = Agent::with_events(&s.config(""), &[]);
+    let reported = |agent: &Agent| {
+        agent
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "policy_violation" && e["container"]["cgroup_id"] == cg.id)
+            .map(|e| {
+                u64::from(e.get("process").is_some())
+                    + e["violation"]["suppressed"].as_u64().unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    let by_b = wait_for_explained(
+        Duration::from_secs(60),
+        "the next agent to report the violations the first one's log lost",
+        || {
+            let n = reported(&b);
+            (counted(&b.metrics()) == produced && n >= produced).then_some(n)
+        },
+        || {
+            format!(
+                "counter {}, reported {}",
+                counted(&b.metrics()),
+                reported(&b)
+            )
+        },
+    );
+    eprintln!(
+        "{produced} violations; the first agent's log lost its events; the next reported {by_b}"
+    );
+    assert_eq!(by_b, produced, "each violation reported once");
 }
 
 /// A free loopback port nothing listens on (bound, then released).

@@ -5,6 +5,8 @@
 //! line) where the target allows it.
 use std::io::Write;
 
+use super::Reported;
+
 /// Bytes batched before a write is forced (the log also writes whenever its queue is empty).
 pub const BATCH_BYTES: usize = 64 << 10;
 
@@ -14,6 +16,8 @@ pub struct Pending {
     buf: Vec<u8>,
     /// End offset (exclusive) of each line in `buf`.
     ends: Vec<usize>,
+    /// The lines (by index) of events that report kernel violations, and what they report.
+    reports: Vec<(usize, Reported)>,
 }
 
 /// What one write of the batch did.
@@ -28,10 +32,16 @@ pub struct Written {
     /// Bytes of complete lines written.
     pub bytes: u64,
     pub error: Option<std::io::Error>,
+    /// What the complete lines report (see [`Reported`]), in order.
+    pub reports: Vec<Reported>,
 }
 
 impl Pending {
-    pub fn push(&mut self, line: &[u8]) {
+    /// Queues `line`; `reports`: what its event reports, handed back once it is written.
+    pub fn push(&mut self, line: &[u8], reports: Option<Reported>) {
+        if let Some(r) = reports {
+            self.reports.push((self.ends.len(), r));
+        }
         self.buf.extend_from_slice(line);
         self.buf.push(b'\n');
         self.ends.push(self.buf.len());
@@ -80,6 +90,12 @@ impl Pending {
             partial_bytes: (done - complete_bytes) as u64,
             bytes: complete_bytes as u64,
             error,
+            reports: self
+                .reports
+                .drain(..)
+                .take_while(|(i, _)| *i < complete)
+                .map(|(_, r)| r)
+                .collect(),
         };
         self.buf.clear();
         self.ends.clear();
@@ -117,8 +133,19 @@ mod tests {
     fn every_line_is_written_or_lost_never_half() {
         for room in 0..40 {
             let mut p = Pending::default();
-            for l in ["aaaa", "bbbbbbb", "cc", "dddddddddd"] {
-                p.push(l.as_bytes());
+            let report = |total| Reported {
+                key: Default::default(),
+                total,
+                what: 0,
+            };
+            // the second and fourth lines report violations 1 and 2
+            for (l, r) in [
+                ("aaaa", None),
+                ("bbbbbbb", Some(report(1))),
+                ("cc", None),
+                ("dddddddddd", Some(report(2))),
+            ] {
+                p.push(l.as_bytes(), r);
             }
             let mut d = Disk {
                 data: Vec::new(),
@@ -138,6 +165,14 @@ mod tests {
             );
             assert!(text.is_empty() || text.ends_with('\n'));
             assert_eq!(w.error.is_some(), room < 27, "room {room}");
+            // handed back only once their line is whole in the target
+            let back: Vec<u64> = w.reports.iter().map(|r| r.total).collect();
+            let expect: &[u64] = match w.lines {
+                0 | 1 => &[],
+                2 | 3 => &[1],
+                _ => &[1, 2],
+            };
+            assert_eq!(back, expect, "room {room}");
         }
     }
 }

@@ -136,7 +136,24 @@ pub struct Event {
     /// for the container, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unenforced: Option<Unenforced>,
+    /// `policy_violation` from the kernel's count: the violations this event reports. Not
+    /// part of the JSON; the event log hands it back once the line is written (see
+    /// [`Hub::on_log_written`]).
+    #[serde(skip)]
+    pub reports: Option<Reported>,
 }
+
+/// Violations of one kernel key (cgroup, rule, outcome) up to its count `total`, of hook
+/// `what`: what a `policy_violation` event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    pub key: palisade_common::policy::ViolationKey,
+    pub total: u64,
+    pub what: u32,
+}
+
+/// Called with what the event log has written (see [`Hub::on_log_written`]).
+pub type OnLogWritten = Box<dyn Fn(&[Reported]) + Send + Sync>;
 
 impl Event {
     /// An event with only the common fields set.
@@ -153,6 +170,7 @@ impl Event {
             violation: None,
             from_container: None,
             unenforced: None,
+            reports: None,
         }
     }
 }
@@ -200,6 +218,8 @@ pub struct Hub {
     /// from the queue (received or skipped): the difference to `published_total` is its backlog.
     log: AtomicBool,
     log_taken: AtomicU64,
+    /// Told what the event log has written (set once, by the policy task).
+    log_written: std::sync::OnceLock<OnLogWritten>,
 }
 
 impl Hub {
@@ -215,6 +235,7 @@ impl Hub {
             capacity,
             log: AtomicBool::new(false),
             log_taken: AtomicU64::new(0),
+            log_written: std::sync::OnceLock::new(),
         }
     }
 
@@ -226,6 +247,33 @@ impl Hub {
             .store(self.published_total(), Ordering::Relaxed);
         self.log.store(true, Ordering::Relaxed);
         rx
+    }
+
+    /// Whether an event log reads the events (a producer that must know when its events are
+    /// written waits for [`Hub::on_log_written`]; without a log nothing will be).
+    pub fn logs(&self) -> bool {
+        self.log.load(Ordering::Relaxed)
+    }
+
+    /// The event log stopped reading (it could not open its target).
+    pub fn log_gone(&self) {
+        self.log.store(false, Ordering::Relaxed);
+    }
+
+    /// Sets what is told, right after each write, which [`Reported`] the event log has
+    /// written: the agent records a violation as reported for the next agent only once its
+    /// line is in the log, so a SIGKILL in between cannot lose it. The first call wins.
+    pub fn on_log_written(&self, f: OnLogWritten) {
+        let _ = self.log_written.set(f);
+    }
+
+    /// The event log wrote the lines of these events.
+    pub fn log_wrote(&self, r: &[Reported]) {
+        if !r.is_empty()
+            && let Some(f) = self.log_written.get()
+        {
+            f(r);
+        }
     }
 
     /// The event log took `n` events from the queue (received, or skipped as lagged).
@@ -368,6 +416,7 @@ pub(crate) mod tests {
             violation: None,
             from_container: None,
             unenforced: None,
+            reports: None,
         }
     }
 

@@ -133,10 +133,13 @@ struct Outcome {
     delivered: u64,
     lost: u64,
     error: Option<std::io::Error>,
+    /// What the delivered lines report (see [`super::Reported`]).
+    reports: Vec<super::Reported>,
 }
 
 impl Outcome {
-    fn add(&mut self, w: lines::Written) {
+    fn add(&mut self, mut w: lines::Written) {
+        self.reports.append(&mut w.reports);
         self.delivered += w.lines;
         self.lost += w.lost;
         if self.error.is_none() {
@@ -168,7 +171,12 @@ impl Out {
 
     /// Queues one line; writes the batch first when the line would pass the rotation size,
     /// and after it when the batch is large.
-    fn push(&mut self, pending: &mut Pending, line: &[u8]) -> Outcome {
+    fn push(
+        &mut self,
+        pending: &mut Pending,
+        line: &[u8],
+        reports: Option<super::Reported>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let n = line.len() as u64 + 1;
         if let Out::File {
@@ -182,7 +190,7 @@ impl Out {
                 out.error.get_or_insert(e);
             }
         }
-        pending.push(line);
+        pending.push(line, reports);
         if pending.bytes() >= lines::BATCH_BYTES {
             out.add(self.write(pending));
         }
@@ -266,6 +274,7 @@ pub async fn run(
         Ok(o) => o,
         Err(e) => {
             warn!(error = %e, "event log disabled");
+            hub.log_gone();
             return;
         }
     };
@@ -273,6 +282,8 @@ pub async fn run(
     let mut line: Vec<u8> = Vec::with_capacity(1024);
     let mut failing = false;
     let account = |o: Outcome, failing: &mut bool| {
+        // at once, before anything else: what these lines report is now recorded as reported
+        hub.log_wrote(&o.reports);
         if o.delivered > 0 {
             hub.count_delivered("log", o.delivered);
         }
@@ -326,7 +337,7 @@ pub async fn run(
         line.clear();
         match serde_json::to_writer(&mut line, &*ev) {
             Ok(()) => {
-                let o = out.push(&mut pending, &line);
+                let o = out.push(&mut pending, &line, ev.reports);
                 account(o, &mut failing);
             }
             Err(e) => {
@@ -361,7 +372,7 @@ mod tests {
         let mut out = Out::open(&target).unwrap();
         let mut p = Pending::default();
         for i in 0..7 {
-            let o = out.push(&mut p, format!("line-{i}-xxxxxxxx").as_bytes()); // 16 bytes + newline
+            let o = out.push(&mut p, format!("line-{i}-xxxxxxxx").as_bytes(), None); // 16 bytes + newline
             assert!(o.error.is_none() && o.lost == 0);
         }
         assert_eq!(out.write(&mut p).lines, 1);
@@ -390,7 +401,7 @@ mod tests {
         })
         .unwrap();
         let mut p = Pending::default();
-        let _ = out.push(&mut p, b"new");
+        let _ = out.push(&mut p, b"new", None);
         assert_eq!(out.write(&mut p).lines, 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
     }

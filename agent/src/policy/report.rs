@@ -8,25 +8,115 @@
 //! `suppressed`) for violations no event reported once the key has been quiet for a window.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
 
 use palisade_common::policy::{PolicyEvent, ViolationKey, mode, what};
 
 use super::{bpf::Kernel, engine::TargetInfo, tables::Ids, violation};
-use crate::events::{Clock, ContainerRef, Event, EventType, Hub, ProcessRef, Violation, rfc3339};
+use crate::events::{
+    Clock, ContainerRef, Event, EventType, Hub, ProcessRef, Reported, Violation, rfc3339,
+};
 
 /// (policy, rule, action, container)
 pub type CountKey = (String, String, String, String);
 
-/// `POLICY_REPORTED`: what `reported` holds, and each key's hook, kept in the kernel for the
-/// next agent.
-type Progress = aya::maps::HashMap<aya::maps::MapData, ViolationKey, [u64; 2]>;
+/// `POLICY_REPORTED`'s map: per key, the violations reported and the key's hook.
+type ProgressMap = aya::maps::HashMap<aya::maps::MapData, ViolationKey, [u64; 2]>;
+
+/// `POLICY_REPORTED`, kept in the kernel for the next agent: the violations of each key that
+/// an event reported. A key moves forward only once the event log has written the event's
+/// line (the log says so right after the write, through [`Hub::on_log_written`]; without a
+/// log, at once). A SIGKILL between the two then cannot lose a violation: the next agent
+/// reports it again in its summary.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<Recorded>>);
+
+#[derive(Default)]
+struct Recorded {
+    map: Option<ProgressMap>,
+    /// What the map holds for each key this agent reports; a key not here (its cgroup is
+    /// gone, or the object was unloaded) is not written again by a line written late.
+    held: HashMap<ViolationKey, u64>,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a loaded object's map (`None`: unloaded); returns what it holds when adopted.
+    fn replace(&self, map: Option<ProgressMap>, adopted: bool) -> Vec<(ViolationKey, [u64; 2])> {
+        let mut r = self.lock();
+        r.held.clear();
+        let held: Vec<_> = match (&map, adopted) {
+            (Some(m), true) => m.iter().flatten().collect(),
+            _ => Vec::new(),
+        };
+        r.held.extend(held.iter().map(|(k, [n, _])| (*k, *n)));
+        r.map = map;
+        held
+    }
+
+    /// `key` (of hook `what`) is reported by this agent from now on. A new key is written at
+    /// once with nothing reported, so a next agent knows its hook even if no event of it
+    /// reaches the log.
+    fn track(&self, key: ViolationKey, what: u32) {
+        let mut r = self.lock();
+        let Recorded { map, held } = &mut *r;
+        if held.contains_key(&key) {
+            return;
+        }
+        held.insert(key, 0);
+        if let Some(m) = map
+            && let Err(e) = m.insert(key, [0, u64::from(what)], 0)
+        {
+            tracing::debug!(error = %e, "cannot record a violation key for the next agent");
+        }
+    }
+
+    fn forget(&self, key: &ViolationKey) {
+        let mut r = self.lock();
+        r.held.remove(key);
+        if let Some(m) = &mut r.map {
+            let _ = m.remove(key);
+        }
+    }
+
+    /// Records these as reported (a key only moves forward; one map update per key).
+    pub fn commit(&self, done: &[Reported]) {
+        let mut r = self.lock();
+        let Recorded { map, held } = &mut *r;
+        let Some(map) = map else { return };
+        let mut changed: Vec<Reported> = Vec::new();
+        for d in done {
+            let Some(n) = held.get_mut(&d.key) else {
+                continue;
+            };
+            if d.total <= *n {
+                continue;
+            }
+            *n = d.total;
+            match changed.iter_mut().find(|c| c.key == d.key) {
+                Some(c) => *c = *d,
+                None => changed.push(*d),
+            }
+        }
+        for d in changed {
+            if let Err(e) = map.insert(d.key, [d.total, u64::from(d.what)], 0) {
+                tracing::debug!(error = %e, "cannot record reported violations for the next agent");
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Reporter {
-    /// See [`Progress`]; `None` until the object is loaded.
-    progress: Option<Progress>,
+    /// See [`Progress`].
+    progress: Progress,
     /// The hook (`what`) of each key's violations.
     hooks: HashMap<ViolationKey, u32>,
     /// `palisade_policy_violations_total`.
@@ -36,8 +126,13 @@ pub struct Reporter {
     reported: HashMap<ViolationKey, (u64, Instant)>,
     /// What each key is about, for summary events.
     last: HashMap<ViolationKey, Violation>,
-    /// Keys whose progress the kernel's copy lacks (written once per batch of records).
-    dirty: std::collections::HashSet<ViolationKey>,
+    /// Keys the kernel counts that no record or adopted progress told of yet, and since when:
+    /// their record was lost (left out while the log was behind, or taken from the ring by an
+    /// agent killed before it reported it). Once quiet, a summary reports them from 0.
+    unseen: HashMap<ViolationKey, Instant>,
+    /// Without an event log: what the events since the last flush report, recorded by
+    /// [`Reporter::flush`] (one map update per key and batch, not per event).
+    unlogged: Vec<Reported>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -91,49 +186,43 @@ fn names(ids: &Ids, k: Option<&Kernel>, rule: u32) -> (String, String, String) {
 }
 
 impl Reporter {
+    /// A reporter whose progress the event log of `hub` moves forward.
+    pub fn new(hub: &Hub) -> Self {
+        let r = Self::default();
+        let progress = r.progress.clone();
+        hub.on_log_written(Box::new(move |done| progress.commit(done)));
+        r
+    }
+
     /// Takes the loaded object's `POLICY_REPORTED`; with adopted state, starts from what the
     /// previous agent reported (its events are not sent again).
-    pub fn keep_progress(&mut self, progress: Option<Progress>, adopted: bool) {
-        if adopted && let Some(p) = &progress {
-            let now = Instant::now();
-            for (key, [n, what]) in p.iter().flatten() {
-                self.reported.insert(key, (n, now));
-                self.hooks.insert(key, what as u32);
-            }
-        }
-        self.progress = progress;
-    }
-
-    /// Violations of `key` up to `total` are reported (here and in the kernel's copy).
-    fn mark(&mut self, key: ViolationKey, total: u64, what: u32) {
-        self.reported.insert(key, (total, Instant::now()));
-        self.hooks.insert(key, what);
-        if let Some(p) = &mut self.progress
-            && let Err(e) = p.insert(key, [total, u64::from(what)], 0)
-        {
-            tracing::debug!(error = %e, "cannot record reported violations for the next agent");
+    pub fn keep_progress(&mut self, progress: Option<ProgressMap>, adopted: bool) {
+        let now = Instant::now();
+        for (key, [n, what]) in self.progress.replace(progress, adopted) {
+            self.reported.insert(key, (n, now));
+            self.hooks.insert(key, what as u32);
         }
     }
 
-    /// Violations of `key` up to `total` are reported here; the kernel's copy is written by
-    /// [`Reporter::flush`] at the end of the batch (one map update per key, not per event).
-    fn mark_later(&mut self, key: ViolationKey, total: u64, what: u32) {
+    /// Violations of `key` up to `total` are reported by the event about to be published: its
+    /// [`Reported`], recorded for the next agent once the log has the event (without a log, by
+    /// the next [`Reporter::flush`]).
+    fn mark(&mut self, key: ViolationKey, total: u64, what: u32, hub: &Hub) -> Reported {
         self.reported.insert(key, (total, Instant::now()));
         self.hooks.insert(key, what);
-        self.dirty.insert(key);
+        self.unseen.remove(&key);
+        self.progress.track(key, what);
+        let r = Reported { key, total, what };
+        if !hub.logs() {
+            self.unlogged.push(r);
+        }
+        r
     }
 
-    /// Writes the progress of the keys marked since the last flush to the kernel's copy.
+    /// Without an event log: records what the events since the last flush reported.
     pub fn flush(&mut self) {
-        for key in std::mem::take(&mut self.dirty) {
-            if let Some(p) = &mut self.progress
-                && let (Some((total, _)), Some(what)) =
-                    (self.reported.get(&key), self.hooks.get(&key))
-                && let Err(e) = p.insert(key, [*total, u64::from(*what)], 0)
-            {
-                tracing::debug!(error = %e, "cannot record reported violations for the next agent");
-            }
-        }
+        let done = std::mem::take(&mut self.unlogged);
+        self.progress.commit(&done);
     }
 
     /// One kernel record → one `policy_violation` event (call [`Reporter::flush`] after a
@@ -151,13 +240,14 @@ impl Reporter {
             rule: ev.rule,
             action: ev.action,
         };
-        let (prev, _) = self
-            .reported
-            .get(&key)
-            .copied()
-            .unwrap_or((0, Instant::now()));
+        let prev = match self.reported.get(&key) {
+            // a summary reported this one already (its record came late)
+            Some((n, _)) if *n >= ev.total => return,
+            Some((n, _)) => *n,
+            None => 0,
+        };
         let suppressed = ev.total.saturating_sub(prev).saturating_sub(1);
-        self.mark_later(key, prev.max(ev.total), ev.what);
+        let reports = self.mark(key, ev.total, ev.what, hub);
         let (policy, rule, m) = names(ids, k, ev.rule);
         let (exec, exec_detail) = violation::exec(ev).unzip();
         let exe = exec_detail
@@ -202,6 +292,7 @@ impl Reporter {
         hub.publish(Event {
             process,
             violation: Some(v),
+            reports: Some(reports),
             ..Event::new(
                 EventType::PolicyViolation,
                 rfc3339(Clock::now().wall(ev.ktime_ns)),
@@ -270,10 +361,18 @@ impl Reporter {
                     ))
                     .or_default() += delta;
             }
-            if let Some((reported, at)) = self.reported.get(&key).copied()
+            // (reported, since when, hook); a key no record told of is reported from 0 once
+            // it has been counted for a quiet window (its hook unknown: 0)
+            let known = match self.reported.get(&key).copied() {
+                Some((n, at)) => self.hooks.get(&key).map(|w| (n, at, *w)),
+                None if state.total > 0 => {
+                    Some((0, *self.unseen.entry(key).or_insert_with(Instant::now), 0))
+                }
+                None => None,
+            };
+            if let Some((reported, at, what)) = known
                 && state.total > reported
                 && (all || at.elapsed() >= std::time::Duration::from_secs(1))
-                && let Some(what) = self.hooks.get(&key).copied()
             {
                 // what the last event said; after a takeover, what the rule and hook say
                 let mut v = self.last.get(&key).cloned().unwrap_or_else(|| {
@@ -296,9 +395,10 @@ impl Reporter {
                     }
                 });
                 v.suppressed = state.total - reported;
-                self.mark(key, state.total, what);
+                let reports = self.mark(key, state.total, what, hub);
                 hub.publish(Event {
                     violation: Some(v),
+                    reports: Some(reports),
                     ..Event::new(
                         EventType::PolicyViolation,
                         rfc3339(SystemTime::now()),
@@ -307,13 +407,14 @@ impl Reporter {
                 });
             }
         }
+        self.flush();
         if all {
             self.swept.clear();
             self.reported.clear();
             self.last.clear();
             self.hooks.clear();
-            self.dirty.clear();
-            self.progress = None;
+            self.unseen.clear();
+            self.progress.replace(None, false);
         }
     }
 
@@ -327,13 +428,12 @@ impl Reporter {
             .collect();
         for key in dead {
             let _ = k.violations.remove(&key);
-            if let Some(p) = &mut self.progress {
-                let _ = p.remove(&key);
-            }
+            self.progress.forget(&key);
+            self.unlogged.retain(|r| r.key != key);
             self.swept.remove(&key);
-            self.dirty.remove(&key);
             self.hooks.remove(&key);
             self.reported.remove(&key);
+            self.unseen.remove(&key);
             self.last.remove(&key);
         }
     }

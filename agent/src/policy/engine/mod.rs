@@ -166,6 +166,7 @@ impl Engine {
         hub: Arc<Hub>,
         limits: Writer,
     ) -> Self {
+        let report = Reporter::new(&hub);
         Self {
             cfg,
             unified_root,
@@ -198,7 +199,7 @@ impl Engine {
             resources: HashMap::new(),
             notes_seen: HashSet::new(),
             limits,
-            report: Reporter::default(),
+            report,
             unenforced: Tracker::default(),
             reloads: 0,
             reload_errors: 0,
