@@ -209,9 +209,11 @@ impl Reporter {
     /// the next [`Reporter::flush`]).
     fn mark(&mut self, key: ViolationKey, total: u64, what: u32, hub: &Hub) -> Reported {
         self.reported.insert(key, (total, Instant::now()));
-        self.hooks.insert(key, what);
-        self.unseen.remove(&key);
-        self.progress.track(key, what);
+        if self.hooks.insert(key, what).is_none() {
+            // new to this agent (`hooks` and the progress know the same keys): no lock per event
+            self.unseen.remove(&key);
+            self.progress.track(key, what);
+        }
         let r = Reported { key, total, what };
         if !hub.logs() {
             self.unlogged.push(r);
