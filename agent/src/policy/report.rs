@@ -33,9 +33,32 @@ type ProgressMap = aya::maps::HashMap<aya::maps::MapData, ViolationKey, [u64; 2]
 #[derive(Clone, Default)]
 pub struct Progress(Arc<Mutex<Recorded>>);
 
+/// Where [`Progress`] keeps its counts: `POLICY_REPORTED` (a plain map in unit tests).
+trait Store: Send {
+    fn put(&mut self, key: ViolationKey, value: [u64; 2]);
+    fn take(&mut self, key: &ViolationKey);
+    fn all(&self) -> Vec<(ViolationKey, [u64; 2])>;
+}
+
+impl Store for ProgressMap {
+    fn put(&mut self, key: ViolationKey, value: [u64; 2]) {
+        if let Err(e) = self.insert(key, value, 0) {
+            tracing::debug!(error = %e, "cannot record reported violations for the next agent");
+        }
+    }
+
+    fn take(&mut self, key: &ViolationKey) {
+        let _ = self.remove(key);
+    }
+
+    fn all(&self) -> Vec<(ViolationKey, [u64; 2])> {
+        self.iter().flatten().collect()
+    }
+}
+
 #[derive(Default)]
 struct Recorded {
-    map: Option<ProgressMap>,
+    map: Option<Box<dyn Store>>,
     /// What the map holds for each key this agent reports; a key not here (its cgroup is
     /// gone, or the object was unloaded) is not written again by a line written late.
     held: HashMap<ViolationKey, u64>,
@@ -49,11 +72,11 @@ impl Progress {
     }
 
     /// Takes a loaded object's map (`None`: unloaded); returns what it holds when adopted.
-    fn replace(&self, map: Option<ProgressMap>, adopted: bool) -> Vec<(ViolationKey, [u64; 2])> {
+    fn replace(&self, map: Option<Box<dyn Store>>, adopted: bool) -> Vec<(ViolationKey, [u64; 2])> {
         let mut r = self.lock();
         r.held.clear();
         let held: Vec<_> = match (&map, adopted) {
-            (Some(m), true) => m.iter().flatten().collect(),
+            (Some(m), true) => m.all(),
             _ => Vec::new(),
         };
         r.held.extend(held.iter().map(|(k, [n, _])| (*k, *n)));
@@ -71,10 +94,8 @@ impl Progress {
             return;
         }
         held.insert(key, 0);
-        if let Some(m) = map
-            && let Err(e) = m.insert(key, [0, u64::from(what)], 0)
-        {
-            tracing::debug!(error = %e, "cannot record a violation key for the next agent");
+        if let Some(m) = map {
+            m.put(key, [0, u64::from(what)]);
         }
     }
 
@@ -82,7 +103,7 @@ impl Progress {
         let mut r = self.lock();
         r.held.remove(key);
         if let Some(m) = &mut r.map {
-            let _ = m.remove(key);
+            m.take(key);
         }
     }
 
@@ -106,9 +127,7 @@ impl Progress {
             }
         }
         for d in changed {
-            if let Err(e) = map.insert(d.key, [d.total, u64::from(d.what)], 0) {
-                tracing::debug!(error = %e, "cannot record reported violations for the next agent");
-            }
+            map.put(d.key, [d.total, u64::from(d.what)]);
         }
     }
 }
@@ -198,6 +217,7 @@ impl Reporter {
     /// previous agent reported (its events are not sent again).
     pub fn keep_progress(&mut self, progress: Option<ProgressMap>, adopted: bool) {
         let now = Instant::now();
+        let progress = progress.map(|m| Box::new(m) as Box<dyn Store>);
         for (key, [n, what]) in self.progress.replace(progress, adopted) {
             self.reported.insert(key, (n, now));
             self.hooks.insert(key, what as u32);
@@ -438,5 +458,121 @@ impl Reporter {
             self.unseen.remove(&key);
             self.last.remove(&key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A [`Store`] the test can read while the progress holds it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<BTreeMap<ViolationKey, [u64; 2]>>>);
+
+    impl Store for Shared {
+        fn put(&mut self, key: ViolationKey, value: [u64; 2]) {
+            self.0.lock().unwrap().insert(key, value);
+        }
+        fn take(&mut self, key: &ViolationKey) {
+            self.0.lock().unwrap().remove(key);
+        }
+        fn all(&self) -> Vec<(ViolationKey, [u64; 2])> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        }
+    }
+
+    impl Shared {
+        fn get(&self, key: ViolationKey) -> Option<[u64; 2]> {
+            self.0.lock().unwrap().get(&key).copied()
+        }
+    }
+
+    fn key(cgroup_id: u64) -> ViolationKey {
+        ViolationKey {
+            cgroup_id,
+            rule: 1,
+            action: 2,
+        }
+    }
+
+    fn reported(k: ViolationKey, total: u64) -> Reported {
+        Reported {
+            key: k,
+            total,
+            what: what::SYSCALL,
+        }
+    }
+
+    #[test]
+    fn progress_moves_forward_only_for_keys_it_reports() {
+        let store = Shared::default();
+        let p = Progress::default();
+        p.replace(Some(Box::new(store.clone())), false);
+        let (a, b) = (key(7), key(8));
+        p.track(a, what::SYSCALL);
+        // a new key is written at once, nothing reported yet, with its hook
+        assert_eq!(store.get(a), Some([0, u64::from(what::SYSCALL)]));
+        p.commit(&[reported(a, 3), reported(a, 5), reported(b, 9)]);
+        assert_eq!(store.get(a).map(|v| v[0]), Some(5), "the last of a batch");
+        assert_eq!(store.get(b), None, "a key this agent does not report");
+        p.commit(&[reported(a, 4)]);
+        assert_eq!(store.get(a).map(|v| v[0]), Some(5), "never backwards");
+        p.forget(&a);
+        p.commit(&[reported(a, 6)]);
+        assert_eq!(
+            store.get(a),
+            None,
+            "a line written late does not bring it back"
+        );
+    }
+
+    #[test]
+    fn adopted_progress_is_where_the_next_agent_starts() {
+        let store = Shared::default();
+        store.clone().put(key(7), [4, u64::from(what::EXEC)]);
+        let p = Progress::default();
+        let held = p.replace(Some(Box::new(store.clone())), true);
+        assert_eq!(held, vec![(key(7), [4, u64::from(what::EXEC)])]);
+        p.commit(&[reported(key(7), 4)]);
+        p.commit(&[reported(key(7), 6)]);
+        assert_eq!(store.get(key(7)).map(|v| v[0]), Some(6));
+        // a fresh load (not adopted) starts from nothing
+        assert!(p.replace(Some(Box::new(store)), false).is_empty());
+    }
+
+    #[test]
+    fn with_an_event_log_a_violation_is_recorded_once_its_line_is_written() {
+        let hub = Hub::new(64);
+        let _log = hub.subscribe_log();
+        let mut r = Reporter::new(&hub);
+        let store = Shared::default();
+        r.progress.replace(Some(Box::new(store.clone())), false);
+        let done = r.mark(key(7), 5, what::SYSCALL, &hub);
+        r.flush();
+        assert_eq!(
+            store.get(key(7)).map(|v| v[0]),
+            Some(0),
+            "published, not written: not reported for the next agent"
+        );
+        hub.log_wrote(&[done]);
+        assert_eq!(store.get(key(7)).map(|v| v[0]), Some(5));
+    }
+
+    #[test]
+    fn without_an_event_log_a_violation_is_recorded_at_the_flush() {
+        let hub = Hub::new(64);
+        let mut r = Reporter::new(&hub);
+        let store = Shared::default();
+        r.progress.replace(Some(Box::new(store.clone())), false);
+        r.mark(key(7), 5, what::SYSCALL, &hub);
+        r.flush();
+        assert_eq!(store.get(key(7)).map(|v| v[0]), Some(5));
     }
 }
