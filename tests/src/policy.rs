@@ -295,3 +295,17 @@ pub fn host_has_lsm() -> bool {
     );
     has
 }
+
+/// (events with a process, suppressed) of cgroup `cgroup_id`'s `policy_violation` events in
+/// `events`: their sum is the violations they report (each event one, plus its `suppressed`).
+pub fn violation_sums(events: &[serde_json::Value], cgroup_id: u64) -> (u64, u64) {
+    events
+        .iter()
+        .filter(|e| e["type"] == "policy_violation" && e["container"]["cgroup_id"] == cgroup_id)
+        .fold((0, 0), |(p, s), e| {
+            (
+                p + u64::from(e.get("process").is_some()),
+                s + e["violation"]["suppressed"].as_u64().unwrap_or(0),
+            )
+        })
+}

@@ -9,23 +9,10 @@ use palisade_tests::{
     bpf::{Attached, attached},
     load::{Subscriber, sum},
     net_workload_bin,
-    policy::{Setup, cli, wait_applied},
+    policy::{Setup, cli, violation_sums, wait_applied},
     start_server, unified_root, wait_for, wait_for_explained,
 };
 use serde_json::Value;
-
-/// (events with a process, suppressed) of cgroup `id`'s violations in `events`.
-fn violation_sums(events: &[Value], id: u64) -> (u64, u64) {
-    events
-        .iter()
-        .filter(|e| e["type"] == "policy_violation" && e["container"]["cgroup_id"] == id)
-        .fold((0, 0), |(p, s), e| {
-            (
-                p + u64::from(e.get("process").is_some()),
-                s + e["violation"]["suppressed"].as_u64().unwrap_or(0),
-            )
-        })
-}
 
 /// A child killed and reaped when dropped.
 struct Reaped(std::process::Child);

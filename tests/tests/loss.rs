@@ -10,7 +10,7 @@ use palisade_tests::{
     Agent, TestCgroup, TestNetns,
     load::{Subscriber, pause, sink_settled, sum},
     net_workload_bin,
-    policy::{Setup, wait_applied},
+    policy::{Setup, violation_sums, wait_applied},
     start_server, wait_for_explained,
 };
 use serde_json::Value;
@@ -205,17 +205,7 @@ fn wait_flood_reported(agent: &Agent, name: &str, cg: &TestCgroup, produced: u64
             &[("policy", name), ("action", "log"), ("container", &cg.rel)],
         )
     };
-    let events = |a: &Agent| -> (u64, u64) {
-        let mut with_process = 0;
-        let mut suppressed = 0;
-        for e in a.events() {
-            if e["type"] == "policy_violation" && e["container"]["cgroup_id"] == cg.id {
-                with_process += u64::from(e.get("process").is_some());
-                suppressed += e["violation"]["suppressed"].as_u64().unwrap_or(0);
-            }
-        }
-        (with_process, suppressed)
-    };
+    let events = |a: &Agent| violation_sums(&a.events(), cg.id);
     wait_for_explained(
         Duration::from_secs(60),
         "events adding up to the counter",

@@ -8,7 +8,7 @@ use palisade_tests::{
     Agent, OtlpReceiver, TestCgroup,
     load::{accounting, log_lines_and_delivered, sink_counts, sink_settled, sum},
     otlp_attr,
-    policy::{Setup, wait_applied},
+    policy::{Setup, violation_sums, wait_applied},
     wait_for_explained,
 };
 
@@ -185,15 +185,8 @@ fn violations_whose_events_the_log_could_not_write_are_reported_by_the_next_agen
 
     let b = Agent::with_events(&s.config(""), &[]);
     let reported = |agent: &Agent| {
-        agent
-            .events()
-            .iter()
-            .filter(|e| e["type"] == "policy_violation" && e["container"]["cgroup_id"] == cg.id)
-            .map(|e| {
-                u64::from(e.get("process").is_some())
-                    + e["violation"]["suppressed"].as_u64().unwrap_or(0)
-            })
-            .sum::<u64>()
+        let (events, suppressed) = violation_sums(&agent.events(), cg.id);
+        events + suppressed
     };
     let by_b = wait_for_explained(
         Duration::from_secs(60),

@@ -31,7 +31,7 @@ type ProgressMap = aya::maps::HashMap<aya::maps::MapData, ViolationKey, [u64; 2]
 /// log, at once). A SIGKILL between the two then cannot lose a violation: the next agent
 /// reports it again in its summary.
 #[derive(Clone, Default)]
-pub struct Progress(Arc<Mutex<Recorded>>);
+struct Progress(Arc<Mutex<Recorded>>);
 
 /// Where [`Progress`] keeps its counts: `POLICY_REPORTED` (a plain map in unit tests).
 trait Store: Send {
@@ -108,7 +108,7 @@ impl Progress {
     }
 
     /// Records these as reported (a key only moves forward; one map update per key).
-    pub fn commit(&self, done: &[Reported]) {
+    fn commit(&self, done: &[Reported]) {
         let mut r = self.lock();
         let Recorded { map, held } = &mut *r;
         let Some(map) = map else { return };
