@@ -24,10 +24,11 @@ pub mod loss {
     pub const SYSCALL_ERRNOS_FULL: u32 = 1;
     /// The `EVENTS` ring buffer had no room for an event.
     pub const RINGBUF_FULL: u32 = 2;
-    /// A syscall exit had no matching entry timestamp (the thread's slot was taken by another
-    /// thread, the syscall started before the agent attached, or seccomp refused it before the
+    /// A syscall exit had no matching entry (the thread's slot was taken by another thread,
+    /// the syscall started before the agent attached, or seccomp refused it before the
     /// `sys_enter` tracepoint). The call and its errno are still counted; only its latency is
-    /// missing from the histogram.
+    /// missing from the histogram. Calls the latency sample leaves out
+    /// (`syscalls.latency_sample`) are not counted here: their entry was seen.
     pub const SYSCALL_UNTIMED: u32 = 3;
     /// Number of slots in `LOSS_COUNTERS`.
     pub const COUNT: u32 = 4;

@@ -40,6 +40,7 @@ pub const PROG_SLOT_ATTACH: &str = "slot_attach";
 pub const GLOBAL_FILTER_ENABLED: &str = "FILTER_ENABLED";
 /// Global `u32`: `THREAD_SLOTS` size minus one (the size is a power of two).
 pub const GLOBAL_THREAD_SLOT_MASK: &str = "THREAD_SLOT_MASK";
+pub const GLOBAL_LATENCY_SAMPLE_MASK: &str = "LATENCY_SAMPLE_MASK";
 /// Global `u64`: byte offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 pub const GLOBAL_PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
 /// Global `u32`: syscall numbers that never return (`exit`, `exit_group`); counted at entry.

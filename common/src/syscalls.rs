@@ -75,13 +75,25 @@ pub struct ThreadSlot {
     pub tid: u32,
     /// Syscall number seen at entry.
     pub nr: u32,
-    /// `bpf_ktime_get_ns()` at entry; 0 when no syscall is in flight.
+    /// `bpf_ktime_get_ns()` at entry; [`ENTERED_UNTIMED`] for a call in flight that is not
+    /// timed (`syscalls.latency_sample`); 0 when no syscall is in flight.
     pub start_ns: u64,
     /// Cached cgroup v2 id of `tid`; 0 = unknown. Kept right by the `cgroup:cgroup_attach_task`
     /// (migration) and `sched:sched_process_fork` (tid reuse) tracepoints; only used while
     /// `CONFIG[CONFIG_CGROUP_CACHE]` is 1, which userspace sets once both are attached.
     pub cgroup_id: u64,
+    /// The thread's xorshift32 state that picks the calls timed (`syscalls.latency_sample`),
+    /// seeded from `bpf_get_prandom_u32` when the thread takes the slot; 0 = not seeded.
+    pub rng: u32,
+    pub _pad: u32,
 }
+
+/// [`ThreadSlot::start_ns`] of a call whose entry was seen but that the latency sample left
+/// untimed (`bpf_ktime_get_ns` counts from boot: it is never 1 once programs run).
+pub const ENTERED_UNTIMED: u64 = 1;
+
+/// `LATENCY_SAMPLE_MASK` that times no call (`metrics.syscall_latency: false`).
+pub const LATENCY_NEVER: u32 = u32::MAX;
 
 /// Index in the `CONFIG` array: 1 = the per-thread cgroup cache is safe to use.
 pub const CONFIG_CGROUP_CACHE: u32 = 0;

@@ -12,7 +12,7 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, map, raw_tracepoint},
@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use palisade_common::{
-    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ErrnoKey, SyscallKey, SyscallStats, ThreadSlot,
-    latency_bucket,
+    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ENTERED_UNTIMED, ErrnoKey, LATENCY_NEVER, SyscallKey,
+    SyscallStats, ThreadSlot, latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -35,6 +35,11 @@ static FILTER_ENABLED: Global<u32> = Global::new(0);
 /// `THREAD_SLOTS` size - 1 (size is a power of two; userspace sets both).
 #[unsafe(no_mangle)]
 static THREAD_SLOT_MASK: Global<u32> = Global::new(65535);
+/// Which calls are timed: 0 every call, [`LATENCY_NEVER`] none, else a call is timed when a
+/// random number ANDed with this mask is 0 (the mask is a power of two - 1: one call in
+/// mask + 1, chosen at random so that no loop of calls aliases with the sample).
+#[unsafe(no_mangle)]
+static LATENCY_SAMPLE_MASK: Global<u32> = Global::new(0);
 /// Offset of the syscall number in `struct pt_regs` (x86_64: `orig_ax`).
 #[unsafe(no_mangle)]
 static PT_REGS_NR_OFFSET: Global<u64> = Global::new(120);
@@ -135,7 +140,7 @@ fn enter(nr: u32) -> Result<i32, i32> {
         // SAFETY: helper without preconditions.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         if selected(cgroup_id) {
-            account(cgroup_id, nr, None);
+            account(cgroup_id, nr, UNTIMED);
         }
         return Ok(0);
     }
@@ -157,11 +162,42 @@ fn enter(nr: u32) -> Result<i32, i32> {
             // Taking the slot over from another thread: its cached cgroup is not ours.
             (*slot).tid = tid;
             (*slot).cgroup_id = 0;
+            (*slot).rng = 0;
         }
         (*slot).nr = nr;
-        (*slot).start_ns = bpf_ktime_get_ns();
+        (*slot).start_ns = if sampled(&mut (*slot).rng) {
+            bpf_ktime_get_ns()
+        } else {
+            ENTERED_UNTIMED
+        };
     }
     Ok(0)
+}
+
+/// Whether this call is timed (see [`LATENCY_SAMPLE_MASK`]), from the thread's generator
+/// `rng`. The clock reads are most of what timing a call costs (one at entry, one at exit);
+/// a xorshift step in the slot is cheaper than the `bpf_get_prandom_u32` helper, which only
+/// seeds it.
+#[inline(always)]
+fn sampled(rng: &mut u32) -> bool {
+    let mask = LATENCY_SAMPLE_MASK.load();
+    if mask == 0 {
+        return true;
+    }
+    if mask == LATENCY_NEVER {
+        return false;
+    }
+    let mut x = *rng;
+    if x == 0 {
+        // SAFETY: helper without preconditions.
+        x = unsafe { bpf_get_prandom_u32() } | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *rng = x;
+    // the high bits: xorshift's low bits are its weakest
+    (x >> 16) & mask == 0
 }
 
 #[inline(always)]
@@ -180,6 +216,7 @@ pub fn forget_slot(child: u32) {
                 (*slot).tid = 0;
                 (*slot).cgroup_id = 0;
                 (*slot).start_ns = 0;
+                (*slot).rng = 0;
             }
         }
     }
@@ -217,9 +254,9 @@ const NR_FROM_REGS: u32 = u32::MAX;
 #[inline(always)]
 fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut timed = None;
+    // the entry was seen (the call timed or left out of the latency sample)
+    let mut entered = false;
+    let mut latency = UNTIMED;
     let mut nr = u32::MAX;
     let mut cached_cgroup = 0;
     let slot = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load());
@@ -228,9 +265,13 @@ fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
         // SAFETY: see try_sys_enter.
         unsafe {
             if (*slot).tid == tid {
-                if (*slot).start_ns != 0 {
+                let start = (*slot).start_ns;
+                if start != 0 {
+                    entered = true;
                     nr = (*slot).nr;
-                    timed = Some(now.saturating_sub((*slot).start_ns));
+                    if start != ENTERED_UNTIMED {
+                        latency = bpf_ktime_get_ns().saturating_sub(start);
+                    }
                     (*slot).start_ns = 0;
                 }
                 if cache {
@@ -239,7 +280,7 @@ fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
             }
         }
     }
-    if timed.is_none() {
+    if !entered {
         match known_nr {
             NR_FROM_REGS => {
                 // No entry seen: read the syscall number from the saved registers (arch ABI
@@ -284,19 +325,23 @@ fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
     if !selected(cgroup_id) {
         return Ok(0);
     }
-    if timed.is_none() {
+    if !entered {
         loss::count(SYSCALL_UNTIMED);
     }
-    account(cgroup_id, nr, timed);
+    account(cgroup_id, nr, latency);
     if (-MAX_ERRNO..0).contains(&ret) {
         count_errno(cgroup_id, nr, (-ret) as u32);
     }
     Ok(0)
 }
 
-/// Counts one call of `nr` in `cgroup_id`, with its latency when known.
+/// `account`'s latency of a call that was not timed. (A plain integer, not an `Option`: `None`'s
+/// unset payload reached the verifier as an uninitialized register, "R3 !read_ok".)
+const UNTIMED: u64 = u64::MAX;
+
+/// Counts one call of `nr` in `cgroup_id`, with its latency unless [`UNTIMED`].
 #[inline(always)]
-fn account(cgroup_id: u64, nr: u32, latency_ns: Option<u64>) {
+fn account(cgroup_id: u64, nr: u32, latency_ns: u64) {
     let key = SyscallKey {
         cgroup_id,
         nr,
@@ -310,9 +355,9 @@ fn account(cgroup_id: u64, nr: u32, latency_ns: Option<u64>) {
     // this program runs on this CPU.
     unsafe {
         (*stats).calls += 1;
-        if let Some(ns) = latency_ns {
-            (*stats).time_ns += ns;
-            let b = latency_bucket(ns);
+        if latency_ns != UNTIMED {
+            (*stats).time_ns += latency_ns;
+            let b = latency_bucket(latency_ns);
             if let Some(slot) = (*stats).hist.get_mut(b) {
                 *slot += 1;
             }

@@ -17,8 +17,12 @@ fn syscalls(m: &Metrics, container: &str, syscall: &str) -> Option<f64> {
 
 #[test]
 fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
-    // getppid gets a latency histogram of its own; the rest stay in syscall="other"
-    let agent = Agent::start("metrics:\n  syscall_latency_detail: [getppid]\n", &[]);
+    // getppid gets a latency histogram of its own; the rest stay in syscall="other"; every
+    // call is timed (the default times one in 8)
+    let agent = Agent::start(
+        "syscalls:\n  latency_sample: 1\nmetrics:\n  syscall_latency_detail: [getppid]\n",
+        &[],
+    );
     let cg = TestCgroup::new("exact");
     cg.run_workload(&["getppid", "10000", "close-bad", "1000"]);
 
@@ -91,6 +95,50 @@ fn exact_counts_for_a_workload_in_a_fresh_cgroup() {
     promtool_check_metrics(&m.text);
 }
 
+/// The default configuration times one call in 8, picked at random per call: the counts stay
+/// exact, the latency histogram holds about an eighth of the calls, and the calls left out of
+/// the sample are not taken for calls whose entry was missed.
+#[test]
+fn by_default_latency_is_a_random_eighth_of_the_calls_and_counts_stay_exact() {
+    let agent = Agent::start("metrics:\n  syscall_latency_detail: [getppid]\n", &[]);
+    let untimed = |m: &Metrics| {
+        m.value(
+            "palisade_kernel_lost_total",
+            &[("reason", "syscall_untimed")],
+        )
+        .unwrap_or_else(|| panic!("no syscall_untimed loss counter:\n{}", m.text))
+    };
+    let before = untimed(&agent.metrics());
+    let cg = TestCgroup::new("sampled");
+    cg.run_workload(&["getppid", "40000"]);
+    let m = agent.metrics();
+    let name = cg.rel.as_str();
+    assert_eq!(syscalls(&m, name, "getppid"), Some(40_000.0), "{}", m.text);
+    let timed = m
+        .value(
+            "palisade_syscall_duration_seconds_count",
+            &[("container", name), ("syscall", "getppid")],
+        )
+        .unwrap_or(0.0);
+    // binomial(40,000, 1/8): mean 5,000, standard deviation 66; the bounds are 15 deviations
+    // away, far from both "every call" and "none"
+    assert!(
+        (4_000.0..=6_000.0).contains(&timed),
+        "{timed} of 40,000 getppid calls timed, expected about 5,000"
+    );
+    let inf = m.value(
+        "palisade_syscall_duration_seconds_bucket",
+        &[("container", name), ("syscall", "getppid"), ("le", "+Inf")],
+    );
+    assert_eq!(inf, Some(timed));
+    // the 35,000 calls left out of the sample had their entry seen: not "untimed" losses
+    let lost = untimed(&m) - before;
+    assert!(
+        lost < 1_000.0,
+        "{lost} calls counted as untimed while the workload ran"
+    );
+}
+
 /// `syscalls.hook: fentry`. Where the kernel attaches fentry to the syscall dispatcher
 /// (`palisade doctor`'s `syscall_fentry` row: Debian 6.1 and 6.12 in `cargo xtask vm-test`),
 /// the agent counts on fentry/fexit exactly as on raw tracepoints: calls, errors, latency
@@ -110,7 +158,7 @@ fn the_fentry_hook_counts_exactly_or_refuses_to_start() {
         .unwrap_or_else(|| panic!("doctor has no syscall_fentry row:\n{doctor}"))
         .to_owned();
     println!("{row}");
-    let config = "syscalls:\n  hook: fentry\nmetrics:\n  syscall_latency_detail: [getppid]\n";
+    let config = "syscalls:\n  hook: fentry\n  latency_sample: 1\nmetrics:\n  syscall_latency_detail: [getppid]\n";
     if !row.contains(" yes ") {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("fentry.yaml");

@@ -71,7 +71,7 @@ fn metrics_and_events_reach_an_otlp_receiver_under_the_node_name() {
     let cfg = config(
         dir.path(),
         &format!(
-            "metrics:\n  collect_interval: 1s\n  syscall_latency_detail: [getppid]\notlp:\n  endpoint: {}\n  protocol: http/json\n  events: [exec]\n  metrics: true\n  metrics_interval: 1s\n",
+            "syscalls:\n  latency_sample: 1\nmetrics:\n  collect_interval: 1s\n  syscall_latency_detail: [getppid]\notlp:\n  endpoint: {}\n  protocol: http/json\n  events: [exec]\n  metrics: true\n  metrics_interval: 1s\n",
             otlp.endpoint()
         ),
     );

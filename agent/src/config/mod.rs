@@ -203,6 +203,22 @@ impl<'de> Deserialize<'de> for PowerOfTwo {
     }
 }
 
+/// One in this many: a power of two between 1 and 1,024 (`syscalls.latency_sample`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleEvery(pub u32);
+
+impl<'de> Deserialize<'de> for SampleEvery {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if !v.is_power_of_two() || v > 1024 {
+            return Err(de::Error::custom(format!(
+                "must be a power of two between 1 and 1024: 1 times every call, 8 one in 8 (got {v})"
+            )));
+        }
+        Ok(Self(v))
+    }
+}
+
 /// Histogram bucket step: 1 ..= 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketStep(pub u32);

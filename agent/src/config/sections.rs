@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{BucketStep, Capacity, Invalid, Pattern, PowerOfTwo, duration};
+use super::{BucketStep, Capacity, Invalid, Pattern, PowerOfTwo, SampleEvery, duration};
 
 /// Network flows and TCP telemetry.
 #[derive(Debug, Clone, Deserialize)]
@@ -189,9 +189,27 @@ pub struct SyscallConfig {
     pub stats_max_entries: Capacity,
     /// Capacity of the (cgroup, syscall, errno) table (`entries x 8 bytes x CPUs`).
     pub errno_max_entries: Capacity,
-    /// Slots for in-flight syscall timestamps, indexed by thread id (a power of two; 16 bytes
+    /// Slots for in-flight syscall timestamps, indexed by thread id (a power of two; 32 bytes
     /// each). Threads whose ids collide modulo this size may lose a latency sample, never a count.
     pub thread_slots: PowerOfTwo,
+    /// Time one call in this many (a power of two, 1 to 1024; 1 = every call), chosen at
+    /// random per call: the latency histograms (`palisade_syscall_duration_seconds`) hold that
+    /// sample, while call and error counts stay exact. Timing a call costs two clock reads,
+    /// which were most of what syscall telemetry added to every syscall.
+    pub latency_sample: SampleEvery,
+}
+
+impl SyscallConfig {
+    /// The kernel's `LATENCY_SAMPLE_MASK`: 0 times every call, `LATENCY_NEVER` none (the
+    /// histograms are not exported: `metrics.syscall_latency: false`), else one call in
+    /// `latency_sample`.
+    pub fn latency_sample_mask(&self, latency_exported: bool) -> u32 {
+        if latency_exported {
+            self.latency_sample.0 - 1
+        } else {
+            palisade_common::LATENCY_NEVER
+        }
+    }
 }
 
 impl Default for SyscallConfig {
@@ -202,6 +220,7 @@ impl Default for SyscallConfig {
             stats_max_entries: Capacity(10_240),
             errno_max_entries: Capacity(4_096),
             thread_slots: PowerOfTwo(65_536),
+            latency_sample: SampleEvery(8),
         }
     }
 }

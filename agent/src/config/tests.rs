@@ -24,6 +24,7 @@ fn shipped_default_file_parses_to_the_defaults() {
     assert_eq!(c.syscalls.stats_max_entries, d.syscalls.stats_max_entries);
     assert_eq!(c.syscalls.errno_max_entries, d.syscalls.errno_max_entries);
     assert_eq!(c.syscalls.thread_slots, d.syscalls.thread_slots);
+    assert_eq!(c.syscalls.latency_sample, d.syscalls.latency_sample);
     assert_eq!(c.metrics.max_series, d.metrics.max_series);
     assert_eq!(c.metrics.latency_bucket_step, d.metrics.latency_bucket_step);
     assert_eq!(
@@ -87,6 +88,30 @@ fn unknown_key_reports_file_line_column() {
         "{msg}"
     );
     assert!(!msg.contains('\n'), "one line: {msg}");
+}
+
+#[test]
+fn latency_sample_is_a_power_of_two_up_to_1024_and_sets_the_kernel_mask() {
+    let d = parse("").unwrap();
+    assert_eq!(d.syscalls.latency_sample, SampleEvery(8));
+    // one call in 8: a random number ANDed with 7 is 0
+    assert_eq!(d.syscalls.latency_sample_mask(true), 7);
+    // histograms not exported: no call is timed
+    assert_eq!(
+        d.syscalls.latency_sample_mask(false),
+        palisade_common::LATENCY_NEVER
+    );
+    let every = parse("syscalls:\n  latency_sample: 1\n").unwrap();
+    assert_eq!(every.syscalls.latency_sample_mask(true), 0);
+    let most = parse("syscalls:\n  latency_sample: 1024\n").unwrap();
+    assert_eq!(most.syscalls.latency_sample_mask(true), 1023);
+    for bad in ["0", "3", "2048"] {
+        let e = parse(&format!("syscalls:\n  latency_sample: {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.yaml:2:"), "{e}");
+        assert!(e.contains("power of two between 1 and 1024"), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub struct LoadOptions<'a> {
     /// Count only cgroups in `CGROUP_FILTER`.
     pub filter_enabled: bool,
     pub thread_slots: u32,
+    /// `LATENCY_SAMPLE_MASK`: 0 times every call, `LATENCY_NEVER` none, else one call in
+    /// mask + 1, chosen at random.
+    pub latency_sample_mask: u32,
     pub stats_max_entries: u32,
     pub errno_max_entries: u32,
     /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least one page).
@@ -331,6 +334,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .btf(None)
         .override_global(names::GLOBAL_FILTER_ENABLED, &filter, true)
         .override_global(names::GLOBAL_THREAD_SLOT_MASK, &mask, true)
+        .override_global(
+            names::GLOBAL_LATENCY_SAMPLE_MASK,
+            &opts.latency_sample_mask,
+            true,
+        )
         .override_global(
             names::GLOBAL_PT_REGS_NR_OFFSET,
             &abi::PT_REGS_NR_OFFSET,

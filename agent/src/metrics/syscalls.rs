@@ -87,7 +87,7 @@ pub(crate) fn families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<F
     let mut duration = Family::new(
         out,
         "palisade_syscall_duration_seconds",
-        "Syscall latency from sys_enter to sys_exit per container (log2 buckets): syscall=\"other\" holds every syscall without a histogram of its own (metrics.syscall_latency_detail).",
+        "Syscall latency from sys_enter to sys_exit per container (log2 buckets), of a random sample of the calls (one in syscalls.latency_sample; exact counts are palisade_syscalls_total): syscall=\"other\" holds every syscall without a histogram of its own (metrics.syscall_latency_detail).",
         Kind::Histogram,
     );
     let step = cfg.latency_bucket_step.0;
