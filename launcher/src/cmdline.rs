@@ -157,7 +157,7 @@ pub fn compile_seccomp(profile: Option<Profile>) -> Result<Option<Compiled>, Sec
         .map_err(SeccompError::Compile)?;
     if !workload.unknown.is_empty() {
         eprintln!(
-            "palisade: warning: seccomp profile {}: {} syscall name(s) unknown to libseccomp {} skipped (their calls get the default action): {}",
+            "palisade: warning: seccomp profile {}: {} syscall name(s) unknown to libseccomp {} skipped on the ABIs it has no number for (x86_64 takes Palisade's own table; calls through the others get the default action): {}",
             p.source,
             workload.unknown.len(),
             libseccomp_version(),

@@ -38,7 +38,7 @@ use sha2::Sha256;
 use super::{CompileError, Compiled, Profile, compile};
 
 pub const DIR: &str = "/run/palisade/seccomp-cache";
-const MAGIC: &[u8] = b"palisade-seccomp-cache v2\n";
+const MAGIC: &[u8] = b"palisade-seccomp-cache v3\n";
 /// The per-host secret's file name in the cache directory.
 const SECRET: &str = ".key";
 const SECRET_LEN: usize = 32;
@@ -174,10 +174,14 @@ fn encode(secret: &[u8], key: &str, c: &Compiled) -> Option<Vec<u8>> {
         out.extend_from_slice(part);
     }
     out.extend_from_slice(&c.flags.to_le_bytes());
-    for i in &c.program {
-        out.extend_from_slice(&i.code.to_le_bytes());
-        out.extend_from_slice(&[i.jt, i.jf]);
-        out.extend_from_slice(&i.k.to_le_bytes());
+    // each program: its instruction count, then its instructions
+    for program in &c.programs {
+        out.extend_from_slice(&(program.len() as u64).to_le_bytes());
+        for i in program {
+            out.extend_from_slice(&i.code.to_le_bytes());
+            out.extend_from_slice(&[i.jt, i.jf]);
+            out.extend_from_slice(&i.k.to_le_bytes());
+        }
     }
     let t = tag(secret, &out)?.finalize().into_bytes();
     out.extend_from_slice(&t);
@@ -189,34 +193,43 @@ fn decode(secret: &[u8], key: &str, bytes: &[u8]) -> Option<Compiled> {
     // constant time; nothing of an entry is read before it checks out
     tag(secret, body)?.verify_slice(t).ok()?;
     let mut rest = body.strip_prefix(MAGIC)?;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let (a, b) = (rest.get(..n)?, rest.get(n..)?);
-        rest = b;
-        Some(a)
+    let rest = &mut rest;
+    let take = |rest: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let (a, b) = rest.split_at_checked(n)?;
+        *rest = b;
+        Some(a.to_vec())
     };
-    let mut field = || -> Option<Vec<u8>> {
-        let len = u64::from_le_bytes(take(8)?.try_into().ok()?) as usize;
-        Some(take(len)?.to_vec())
+    let field = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+        let len = u64::from_le_bytes(take(rest, 8)?.try_into().ok()?) as usize;
+        take(rest, len)
     };
-    if field()? != key.as_bytes() {
+    if field(rest)? != key.as_bytes() {
         return None;
     }
-    let unknown = String::from_utf8(field()?).ok()?;
-    let flags = libc::c_ulong::from_le_bytes(take(8)?.try_into().ok()?);
-    if rest.len() % 8 != 0 || rest.is_empty() {
+    let unknown = String::from_utf8(field(rest)?).ok()?;
+    let flags = libc::c_ulong::from_le_bytes(take(rest, 8)?.try_into().ok()?);
+    let mut programs = Vec::new();
+    while !rest.is_empty() {
+        let len = u64::from_le_bytes(take(rest, 8)?.try_into().ok()?) as usize;
+        if len == 0 {
+            return None;
+        }
+        let program = take(rest, len.checked_mul(8)?)?
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        programs.push(program);
+    }
+    if programs.is_empty() {
         return None;
     }
-    let program = rest
-        .chunks_exact(8)
-        .map(|c| libc::sock_filter {
-            code: u16::from_le_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
     Some(Compiled {
-        program,
+        programs,
         flags,
         unknown: unknown.split_whitespace().map(str::to_owned).collect(),
     })
@@ -251,11 +264,13 @@ mod tests {
 
     fn same(a: &Compiled, b: &Compiled) -> bool {
         a.flags == b.flags
-            && a.program.len() == b.program.len()
-            && a.program
-                .iter()
-                .zip(&b.program)
-                .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k))
+            && a.programs.len() == b.programs.len()
+            && a.programs.iter().zip(&b.programs).all(|(a, b)| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k))
+            })
     }
 
     /// The one entry (not the secret) in `dir`.
@@ -314,12 +329,12 @@ mod tests {
         // the same key, the program replaced by "allow everything", the old tag kept (and,
         // second, a tag made without the secret)
         let allow = Compiled {
-            program: vec![libc::sock_filter {
+            programs: vec![vec![libc::sock_filter {
                 code: 0x06,
                 jt: 0,
                 jf: 0,
                 k: 0x7fff_0000,
-            }],
+            }]],
             flags: 0,
             unknown: Vec::new(),
         };

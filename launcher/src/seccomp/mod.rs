@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(p.default_action, Action::Errno(1));
         assert_eq!(p.rules[0].names, ["wait4", "kill"]);
         assert!(p.arches.is_empty(), "native ABI only");
-        assert!(compile(&p).unwrap().program.len() < 20);
+        assert!(compile(&p).unwrap().instructions() < 20);
     }
 
     #[test]
