@@ -413,9 +413,9 @@ mod tests {
                 0 => d.nr,
                 4 => d.arch,
                 8 | 12 => 0x1000,
-                16..=63 if k % 4 == 0 => {
+                16..=63 if k.is_multiple_of(4) => {
                     let a = d.args[((k - 16) / 8) as usize];
-                    if (k - 16) % 8 == 0 {
+                    if (k - 16).is_multiple_of(8) {
                         a as u32
                     } else {
                         (a >> 32) as u32
