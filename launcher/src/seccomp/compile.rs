@@ -382,15 +382,20 @@ mod tests {
         assert_eq!(c.flags, 0);
     }
 
-    #[test]
-    fn docker_profile_compiles_and_lists_unknown_names() {
+    /// Docker's default profile as an amd64 host with the OCI default capabilities reads it.
+    fn docker_profile() -> Profile {
         let text = include_str!("../../../tests/data/docker-default-seccomp.json");
         let host = Host {
             caps: caps::oci_default(),
             goarch: "amd64",
             kernel: (6, 18),
         };
-        let p = parse(Field::root(json::parse(text).unwrap()), "docker", &host).unwrap();
+        parse(Field::root(json::parse(text).unwrap()), "docker", &host).unwrap()
+    }
+
+    #[test]
+    fn docker_profile_compiles_and_lists_unknown_names() {
+        let p = docker_profile();
         let c = compile(&p).unwrap();
         assert!(c.instructions() > 100);
         // whatever this libseccomp lacks is listed, never a name it knows
@@ -489,13 +494,7 @@ mod tests {
     #[test]
     fn the_stack_answers_every_call_as_one_program_for_all_architectures() {
         use std::collections::BTreeMap;
-        let text = include_str!("../../../tests/data/docker-default-seccomp.json");
-        let host = Host {
-            caps: caps::oci_default(),
-            goarch: "amd64",
-            kernel: (6, 18),
-        };
-        let p = parse(Field::root(json::parse(text).unwrap()), "docker", &host).unwrap();
+        let p = docker_profile();
         let c = compile(&p).unwrap();
         assert_eq!(c.programs.len(), 4, "x86_64, x86, x32 and the gate");
         let one = build(&p, &arches(&p), Rules::All, &mut Vec::new()).unwrap();
