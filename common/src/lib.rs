@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(size_of::<ErrnoKey>(), 16);
         assert_eq!(size_of::<SyscallStats>(), 16 + 8 * HIST_BUCKETS);
         assert_eq!(size_of::<SyscallStats>(), 256);
-        assert_eq!(size_of::<ThreadSlot>(), 24);
+        assert_eq!(size_of::<ThreadSlot>(), 32);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
         assert_eq!(size_of::<ProcessCounts>(), 64);
