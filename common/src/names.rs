@@ -40,6 +40,8 @@ pub const PROG_SLOT_ATTACH: &str = "slot_attach";
 pub const GLOBAL_FILTER_ENABLED: &str = "FILTER_ENABLED";
 /// Global `u32`: `THREAD_SLOTS` size minus one (the size is a power of two).
 pub const GLOBAL_THREAD_SLOT_MASK: &str = "THREAD_SLOT_MASK";
+/// Global `u32`: which syscalls are timed (0 every call, `LATENCY_NEVER` none, else one in
+/// mask + 1, picked at random; `syscalls.latency_sample`).
 pub const GLOBAL_LATENCY_SAMPLE_MASK: &str = "LATENCY_SAMPLE_MASK";
 /// Global `u64`: byte offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 pub const GLOBAL_PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";

@@ -192,21 +192,22 @@ fn decode(secret: &[u8], key: &str, bytes: &[u8]) -> Option<Compiled> {
     let (body, t) = bytes.split_at_checked(bytes.len().checked_sub(TAG_LEN)?)?;
     // constant time; nothing of an entry is read before it checks out
     tag(secret, body)?.verify_slice(t).ok()?;
-    let mut rest = body.strip_prefix(MAGIC)?;
-    let rest = &mut rest;
-    let take = |rest: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+    /// The next `n` bytes of `rest`.
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (a, b) = rest.split_at_checked(n)?;
         *rest = b;
-        Some(a.to_vec())
-    };
-    let field = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+        Some(a)
+    }
+    /// A length (u64), then that many bytes.
+    fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
         let len = u64::from_le_bytes(take(rest, 8)?.try_into().ok()?) as usize;
         take(rest, len)
-    };
+    }
+    let rest = &mut body.strip_prefix(MAGIC)?;
     if field(rest)? != key.as_bytes() {
         return None;
     }
-    let unknown = String::from_utf8(field(rest)?).ok()?;
+    let unknown = std::str::from_utf8(field(rest)?).ok()?;
     let flags = libc::c_ulong::from_le_bytes(take(rest, 8)?.try_into().ok()?);
     let mut programs = Vec::new();
     while !rest.is_empty() {

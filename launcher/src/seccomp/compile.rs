@@ -144,13 +144,13 @@ pub fn compile(p: &Profile) -> Result<Compiled, CompileError> {
     let arches = arches(p);
     let mut unknown = Vec::new();
     let mut programs = Vec::new();
-    if let [only] = arches.as_slice() {
-        programs.push(build(p, &[*only], Rules::All, &mut unknown)?);
+    if arches.len() == 1 {
+        programs.push(build(p, &arches, Program::Whole, &mut unknown)?);
     } else {
         for a in &arches {
-            programs.push(build(p, &[*a], Rules::All, &mut unknown)?);
+            programs.push(build(p, &[*a], Program::OneArch, &mut unknown)?);
         }
-        programs.push(build(p, &arches, Rules::Gate, &mut unknown)?);
+        programs.push(build(p, &arches, Program::Gate, &mut unknown)?);
     }
     unknown.sort();
     unknown.dedup();
@@ -181,37 +181,43 @@ fn arches(p: &Profile) -> Vec<ScmpArch> {
     out
 }
 
-/// What a program built by [`build`] holds.
+/// What a program built by [`build`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rules {
-    /// The profile's rules, for its architectures; any other architecture kills the process
-    /// when the program has all of them, else goes on to the next program.
-    All,
+enum Program {
+    /// The profile's rules for all its architectures; any other architecture kills the
+    /// process.
+    Whole,
+    /// The profile's rules for one architecture of a stack; any other goes on to the rest of
+    /// the stack (the gate kills on those no program has).
+    OneArch,
     /// No rule: the architectures go through, any other kills the process.
     Gate,
 }
 
-/// One program: the profile for `arches` (or the gate).
+/// The error of libseccomp failing at `step` of profile `p`.
+fn libseccomp(
+    p: &Profile,
+    step: CompileStep,
+) -> impl FnOnce(libseccomp::error::SeccompError) -> CompileError + '_ {
+    move |source| CompileError::Libseccomp {
+        profile: p.source.clone(),
+        step,
+        source,
+    }
+}
+
+/// One program for `arches`.
 fn build(
     p: &Profile,
     arches: &[ScmpArch],
-    what: Rules,
+    what: Program,
     unknown: &mut Vec<String>,
 ) -> Result<Vec<libc::sock_filter>, CompileError> {
-    let lib = |step: CompileStep| {
-        move |source| CompileError::Libseccomp {
-            profile: p.source.clone(),
-            step,
-            source,
-        }
-    };
+    let lib = |step| libseccomp(p, step);
     let (default, badarch) = match what {
-        Rules::Gate => (ScmpAction::Allow, ScmpAction::KillProcess),
-        Rules::All if arches.len() == self::arches(p).len() => {
-            (action(p.default_action), ScmpAction::KillProcess)
-        }
-        // the gate kills on the architectures no program has
-        Rules::All => (action(p.default_action), ScmpAction::Allow),
+        Program::Whole => (action(p.default_action), ScmpAction::KillProcess),
+        Program::OneArch => (action(p.default_action), ScmpAction::Allow),
+        Program::Gate => (ScmpAction::Allow, ScmpAction::KillProcess),
     };
     let mut ctx = ScmpFilterContext::new(default).map_err(lib(CompileStep::Init))?;
     ctx.set_act_badarch(badarch)
@@ -230,7 +236,7 @@ fn build(
             .map_err(lib(CompileStep::Arch(native)))?;
     }
     let native_only = arches == [native];
-    if what == Rules::All {
+    if what != Program::Gate {
         add_rules(p, &mut ctx, native_only, unknown)?;
     }
     let program = export(&ctx).map_err(|source| CompileError::Export {
@@ -254,13 +260,7 @@ fn add_rules(
     native_only: bool,
     unknown: &mut Vec<String>,
 ) -> Result<(), CompileError> {
-    let lib = |step: CompileStep| {
-        move |source| CompileError::Libseccomp {
-            profile: p.source.clone(),
-            step,
-            source,
-        }
-    };
+    let lib = |step| libseccomp(p, step);
     let mut rules = p.rules.clone();
     if p.default_action.runs() {
         for name in IO_URING {
@@ -497,7 +497,7 @@ mod tests {
         let p = docker_profile();
         let c = compile(&p).unwrap();
         assert_eq!(c.programs.len(), 4, "x86_64, x86, x32 and the gate");
-        let one = build(&p, &arches(&p), Rules::All, &mut Vec::new()).unwrap();
+        let one = build(&p, &arches(&p), Program::Whole, &mut Vec::new()).unwrap();
         let mut values = vec![0u64, 1, u64::MAX, 0xffff_ffff, 1 << 32];
         for c in p.rules.iter().flat_map(|r| &r.args) {
             for v in [c.value, c.value_two] {
