@@ -247,6 +247,7 @@ async fn serve_all(
     // The kernel's ordered output (events, snapshots) to the state owner; a full channel
     // leaves the ring buffer to fill, where the kernel counts what it cannot queue.
     let (kernel_out_tx, kernel_out) = mpsc::channel(config.events.kernel_queue);
+    let syscall_entry = loaded.syscall_entry;
     let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, kernel_out_tx)?;
 
     let info = Info {
@@ -270,6 +271,7 @@ async fn serve_all(
         tracefs: tracefs.clone(),
         mounts: mounts.clone(),
         hub: hub.clone(),
+        syscall_entry,
     });
     let otlp_cfg = config.otlp.clone();
     // The OTLP metric export reads what each collection publishes.

@@ -198,6 +198,7 @@ mod tests {
         assert_eq!(size_of::<SyscallVerdicts>(), 2 * MAX_SYSCALLS + 8);
         assert_eq!(size_of::<Resolved>(), 16);
         assert_eq!(size_of::<EnterSlot>(), 8);
+        assert_eq!(size_of::<ThreadResolved>(), 32);
         assert_eq!(size_of::<ExecConf>(), 8);
         assert_eq!(size_of::<ExecKey>(), 16);
         assert_eq!(size_of::<ExecRule>(), 8);

@@ -146,6 +146,9 @@ pub const MAP_POLICY_SYSCALLS: &str = "POLICY_SYSCALLS";
 pub const MAP_POLICY_ARGS: &str = "POLICY_ARGS";
 /// Array: `tid & mask` → [`crate::policy::EnterSlot`].
 pub const MAP_POLICY_ENTER: &str = "POLICY_ENTER";
+/// Program array: slot 0 is what the policy `sys_enter` program tail-calls after its check
+/// (the agent's syscall telemetry on raw tracepoints).
+pub const MAP_POLICY_NEXT: &str = "POLICY_NEXT";
 /// Array: slot → [`crate::policy::ExecConf`].
 pub const MAP_POLICY_EXEC_CONF: &str = "POLICY_EXEC_CONF";
 /// Hash: [`crate::policy::ExecKey`] → [`crate::policy::ExecRule`].
@@ -188,8 +191,9 @@ pub const MAP_POLICY_LEARN_FILES: &str = "POLICY_LEARN_FILES";
 pub const MAP_POLICY_LEARN_LOST: &str = "POLICY_LEARN_LOST";
 
 /// Every pinned map of the policy object.
-pub const POLICY_MAPS: [&str; 17] = [
+pub const POLICY_MAPS: [&str; 18] = [
     MAP_POLICY_CGROUPS,
+    MAP_POLICY_NEXT,
     MAP_POLICY_SYSCALLS,
     MAP_POLICY_ARGS,
     MAP_POLICY_ENTER,
@@ -209,7 +213,11 @@ pub const POLICY_MAPS: [&str; 17] = [
 ];
 
 /// Policy programs: raw tracepoints, exec tracepoint, cgroup_sock_addr and cgroup_skb.
-pub const PROG_POLICY_SYS_ENTER: &str = "policy_sys_enter";
+/// `sys_enter`: the syscall rules' check, then a tail call into [`MAP_POLICY_NEXT`].
+pub const PROG_POLICY_SYS_ENTER: &str = "policy_enter";
+/// The name of the `sys_enter` program before it tail-called the telemetry: its pinned link,
+/// left by an older agent, is replaced.
+pub const PROG_POLICY_SYS_ENTER_OLD: &str = "policy_sys_enter";
 pub const PROG_POLICY_SYS_EXIT: &str = "policy_sys_exit";
 /// Raw tracepoint on `sched_process_exec`: exec rules on the file executed (kernel BTF).
 pub const PROG_POLICY_EXEC: &str = "policy_exec";

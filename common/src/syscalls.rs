@@ -76,7 +76,8 @@ pub struct ThreadSlot {
     /// Syscall number seen at entry.
     pub nr: u32,
     /// `bpf_ktime_get_ns()` at entry; [`ENTERED_UNTIMED`] for a call in flight that is not
-    /// timed (`syscalls.latency_sample`); 0 when no syscall is in flight.
+    /// timed (`syscalls.latency_sample`); [`EXIT_COUNTED`] after `exit`/`exit_group`; 0 when no
+    /// syscall is in flight.
     pub start_ns: u64,
     /// Cached cgroup v2 id of `tid`; 0 = unknown. Kept right by the `cgroup:cgroup_attach_task`
     /// (migration) and `sched:sched_process_fork` (tid reuse) tracepoints; only used while
@@ -91,6 +92,12 @@ pub struct ThreadSlot {
 /// [`ThreadSlot::start_ns`] of a call whose entry was seen but that the latency sample left
 /// untimed (`bpf_ktime_get_ns` counts from boot: it is never 1 once programs run).
 pub const ENTERED_UNTIMED: u64 = 1;
+
+/// [`ThreadSlot::start_ns`] once the thread's `exit`/`exit_group` is counted (they never
+/// return): a second run of the entry program for the same call does not count it again. Two
+/// run for one call while the agent moves its `sys_enter` program between the tracepoint and
+/// the policy program's tail call.
+pub const EXIT_COUNTED: u64 = 2;
 
 /// `LATENCY_SAMPLE_MASK` that times no call (`metrics.syscall_latency: false`).
 pub const LATENCY_NEVER: u32 = u32::MAX;

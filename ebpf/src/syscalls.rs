@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use palisade_common::{
-    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ENTERED_UNTIMED, ErrnoKey, LATENCY_NEVER, SyscallKey,
-    SyscallStats, ThreadSlot, latency_bucket,
+    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ENTERED_UNTIMED, EXIT_COUNTED, ErrnoKey, LATENCY_NEVER,
+    SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -139,7 +139,7 @@ fn enter(nr: u32) -> Result<i32, i32> {
         // These never reach sys_exit: count them now, untimed and without errno.
         // SAFETY: helper without preconditions.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        if selected(cgroup_id) {
+        if selected(cgroup_id) && first_exit() {
             account(cgroup_id, nr, UNTIMED);
         }
         return Ok(0);
@@ -172,6 +172,32 @@ fn enter(nr: u32) -> Result<i32, i32> {
         };
     }
     Ok(0)
+}
+
+/// Whether this is the first run of the entry program for the current thread's
+/// `exit`/`exit_group` (marks its slot [`EXIT_COUNTED`]). Two programs run it for the same call
+/// while the agent hands its entry over to the policy program's tail call or back (see
+/// `policy::syscalls`); the call is counted once. The thread makes no call after it, and a new
+/// thread with its id gets the slot cleared (`forget_slot`).
+#[inline(always)]
+fn first_exit() -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(slot) = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load()) else {
+        return true;
+    };
+    // SAFETY: see try_sys_enter.
+    unsafe {
+        if (*slot).tid == tid && (*slot).start_ns == EXIT_COUNTED {
+            return false;
+        }
+        if (*slot).tid != tid {
+            (*slot).tid = tid;
+            (*slot).cgroup_id = 0;
+            (*slot).rng = 0;
+        }
+        (*slot).start_ns = EXIT_COUNTED;
+    }
+    true
 }
 
 /// Whether this call is timed (see [`LATENCY_SAMPLE_MASK`]), from the thread's generator
@@ -269,7 +295,8 @@ fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
                 if start != 0 {
                     entered = true;
                     nr = (*slot).nr;
-                    if start != ENTERED_UNTIMED {
+                    // neither ENTERED_UNTIMED nor EXIT_COUNTED (the clock is far past both)
+                    if start > EXIT_COUNTED {
                         latency = bpf_ktime_get_ns().saturating_sub(start);
                     }
                     (*slot).start_ns = 0;

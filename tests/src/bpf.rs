@@ -128,6 +128,36 @@ impl crate::Agent {
         (maps, progs)
     }
 
+    /// The programs this agent runs at the raw tracepoint `tp`, by program id: one per link
+    /// there that it holds open (its own links, and the pinned ones it attached or adopted),
+    /// read from the links' fdinfo.
+    pub fn raw_tracepoint_programs(&self, tp: &str) -> Vec<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut links = Vec::new();
+        for e in std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            if field("link_type:").as_deref() == Some("raw_tracepoint")
+                && field("tp_name:").as_deref() == Some(tp)
+                && let (Some(link), Some(prog)) = (field("link_id:"), field("prog_id:"))
+            {
+                links.push((link, prog.parse::<u32>().unwrap_or(0)));
+            }
+        }
+        links.sort();
+        links.dedup();
+        links.into_iter().map(|(_, prog)| prog).collect()
+    }
+
     /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
     /// errnos, process counters).
     pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {

@@ -414,3 +414,111 @@ fn incoming_connections_a_rule_denies_are_dropped() {
     let _ = denied.wait();
     let _ = allowed.wait();
 }
+
+/// `palisade_syscalls_total` and the latency histogram's count of `getppid` in `cg`.
+fn getppid_counts(agent: &Agent, cg: &TestCgroup) -> (Option<f64>, Option<f64>) {
+    let m = agent.metrics();
+    let labels = [("container", cg.rel.as_str()), ("syscall", "getppid")];
+    (
+        m.value("palisade_syscalls_total", &labels),
+        m.value("palisade_syscall_duration_seconds_count", &labels),
+    )
+}
+
+/// Whether the `syscalls` hook group is attached (`palisade policy status`).
+fn syscalls_hook(agent: &Agent) -> bool {
+    palisade_tests::policy::status(agent)["hooks"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|h| h == "syscalls"))
+}
+
+#[test]
+fn a_syscall_policy_adds_no_program_run_at_sys_enter_and_the_telemetry_stays_exact() {
+    let (on, off) = (
+        TestCgroup::new("pol-one-on"),
+        TestCgroup::new("pol-one-off"),
+    );
+    let deny = |cg: &TestCgroup| {
+        policy(
+            "one-entry",
+            cg,
+            "enforce",
+            "  syscalls:\n    action: kill\n    deny: [getpriority]\n",
+        )
+    };
+    let s = Setup::new(&deny(&on));
+    // every call timed: the histogram counts the calls whose entry the telemetry saw
+    let cfg = format!(
+        "syscalls:\n  latency_sample: 1\n{}",
+        s.config("").replace(
+            "metrics:\n",
+            "metrics:\n  syscall_latency_detail: [getppid]\n"
+        )
+    );
+    let agent = Agent::with_events(&cfg, &[]);
+    wait_applied(&agent, "one-entry", on.id, &["syscalls"]);
+    // the policy program is the only one of the agent's at sys_enter: it checks, then
+    // tail-calls the telemetry's entry program
+    let progs = agent.raw_tracepoint_programs("sys_enter");
+    assert_eq!(
+        progs.len(),
+        1,
+        "programs of the agent at sys_enter with a syscall policy: {progs:?}"
+    );
+    on.run_workload(&["getppid", "20000"]);
+    assert_eq!(
+        getppid_counts(&agent, &on),
+        (Some(20_000.0), Some(20_000.0)),
+        "every call counted once, and entered (timed) through the tail call"
+    );
+
+    // the policy gone: the telemetry's entry is attached by its own link again
+    let nowhere = deny(&on).replace(&on.rel, "/palisade-test-no-such-cgroup");
+    std::fs::write(s.policy_file(), nowhere).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the syscalls hook detached",
+        || (!syscalls_hook(&agent)).then_some(()),
+    );
+    let progs = agent.raw_tracepoint_programs("sys_enter");
+    assert_eq!(progs.len(), 1, "without a syscall policy: {progs:?}");
+    off.run_workload(&["getppid", "20000"]);
+    assert_eq!(
+        getppid_counts(&agent, &off),
+        (Some(20_000.0), Some(20_000.0))
+    );
+
+    // a SIGKILLed agent's entry stays in the tail call; the next agent swaps its own in
+    std::fs::write(s.policy_file(), deny(&on)).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the syscalls hook attached",
+        || syscalls_hook(&agent).then_some(()),
+    );
+    agent.kill9();
+    let status = on
+        .command(workload_bin())
+        .args(["getpriority", "1"])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "enforced with no agent running: {status}"
+    );
+    let agent = Agent::with_events(&cfg, &[]);
+    wait_applied(&agent, "one-entry", on.id, &["syscalls"]);
+    let progs = agent.raw_tracepoint_programs("sys_enter");
+    assert_eq!(progs.len(), 1, "after the restart: {progs:?}");
+    on.run_workload(&["getppid", "20000"]);
+    assert_eq!(
+        getppid_counts(&agent, &on),
+        (Some(20_000.0), Some(20_000.0)),
+        "the new agent's entry program runs, once per call"
+    );
+}

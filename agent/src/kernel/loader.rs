@@ -15,10 +15,11 @@ use aya::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, RawTracePoint, SockOps,
         TracePoint,
     },
+    sys::SyscallError,
 };
 use palisade_common::{CONFIG_CGROUP_CACHE, names};
 
-use super::{KernelError, PROGRAMS_OBJECT};
+use super::{KernelError, PROGRAMS_OBJECT, entry::SyscallEntry};
 use crate::{
     btf::{Btf, BtfError},
     tracefs::{Format, TracefsError},
@@ -118,6 +119,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// The pair that carries the syscall telemetry.
     pub syscall_hook: SyscallHook,
+    /// The entry program of the raw tracepoint pair (for the policy object's tail call);
+    /// `None` with fentry/fexit.
+    pub syscall_entry: Option<SyscallEntry>,
     /// Pairs tried before it and why each could not be used.
     pub syscall_hooks_refused: Vec<(SyscallHook, KernelError)>,
     /// Each optional hook group and why it is not attached (`None` when it is).
@@ -384,10 +388,12 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
 
     let mut syscall_hooks_refused = Vec::new();
     let mut syscall_hook = None;
+    let mut syscall_entry = None;
     for hook in opts.syscall_hooks {
         match attach_syscalls(&mut ebpf, *hook) {
-            Ok(()) => {
+            Ok(entry) => {
                 syscall_hook = Some(*hook);
+                syscall_entry = entry;
                 break;
             }
             Err(e) => syscall_hooks_refused.push((*hook, e)),
@@ -432,18 +438,22 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
     Ok(Loaded {
         ebpf,
         syscall_hook,
+        syscall_entry,
         syscall_hooks_refused,
         optional,
         task_offsets_unavailable: task.err(),
     })
 }
 
-/// Loads and attaches the syscall pair of `hook`. On error nothing of it stays attached (the
-/// next pair must not count the same calls twice).
-fn attach_syscalls(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<(), KernelError> {
+/// Loads and attaches the syscall pair of `hook`, with the entry of the raw tracepoint pair.
+/// On error nothing of it stays attached (the next pair must not count the same calls twice).
+fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    hook: SyscallHook,
+) -> Result<Option<SyscallEntry>, KernelError> {
     match hook {
         SyscallHook::RawTracepoint => {
-            let r = attach_raw_syscalls(ebpf);
+            let r = attach_raw_syscalls(ebpf).map(Some);
             if r.is_err() {
                 for prog in [names::PROG_SYS_ENTER, names::PROG_SYS_EXIT] {
                     if let Ok(p) = program::<RawTracePoint>(ebpf, prog) {
@@ -454,7 +464,7 @@ fn attach_syscalls(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<(), KernelError
             r
         }
         SyscallHook::Fentry => {
-            let r = attach_fentry_syscalls(ebpf);
+            let r = attach_fentry_syscalls(ebpf).map(|()| None);
             if r.is_err() {
                 if let Ok(p) = program::<FEntry>(ebpf, names::PROG_SYS_ENTER_FENTRY) {
                     let _ = p.unload();
@@ -468,20 +478,31 @@ fn attach_syscalls(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<(), KernelError
     }
 }
 
-fn attach_raw_syscalls(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    for (prog, tp) in [
-        (names::PROG_SYS_ENTER, "sys_enter"),
-        (names::PROG_SYS_EXIT, "sys_exit"),
-    ] {
-        let p: &mut RawTracePoint = program(ebpf, prog)?;
-        p.load().map_err(refused(prog))?;
-        p.attach(tp).map_err(|source| KernelError::Attach {
-            program: prog,
-            target: format!("raw tracepoint {tp}"),
-            source,
-        })?;
-    }
-    Ok(())
+/// `sys_exit` first (as for fentry/fexit below); `sys_enter` by a link the returned entry owns
+/// (the policy object may take it over, see `SyscallEntry`).
+fn attach_raw_syscalls(ebpf: &mut Ebpf) -> Result<SyscallEntry, KernelError> {
+    let attach_err = |program, tp: &str, source| KernelError::Attach {
+        program,
+        target: format!("raw tracepoint {tp}"),
+        source,
+    };
+    let prog = names::PROG_SYS_EXIT;
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
+    p.load().map_err(refused(prog))?;
+    p.attach("sys_exit")
+        .map_err(|e| attach_err(prog, "sys_exit", e))?;
+    let prog = names::PROG_SYS_ENTER;
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
+    p.load().map_err(refused(prog))?;
+    let syscall = |call| {
+        move |io_error| aya::programs::ProgramError::SyscallError(SyscallError { call, io_error })
+    };
+    let fd = p
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(syscall("dup")))
+        .map_err(refused(prog))?;
+    SyscallEntry::attach(fd)
+        .map_err(|e| attach_err(prog, "sys_enter", syscall("bpf_raw_tracepoint_open")(e)))
 }
 
 /// fexit first: an exit without its entry is counted untimed, an entry without its exit not

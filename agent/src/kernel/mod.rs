@@ -2,11 +2,13 @@
 //! loaded object (nobody else touches maps).
 mod actor;
 mod batch;
+mod entry;
 pub mod events;
 mod listeners;
 mod loader;
 
 pub use actor::{KernelHandle, KernelSnapshot, Output, spawn};
+pub use entry::SyscallEntry;
 pub use events::{CgroupChange, KernelEvent};
 /// The `/proc` parsers of the listener scan (for `crate::fuzzing`).
 pub(crate) use listeners::{listening, unified_path};

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, ProgramArray, RingBuf},
     programs::links::PinnedLink,
 };
 use palisade_common::{
@@ -26,7 +26,7 @@ use palisade_common::{
 };
 
 use super::hooks::Hook;
-use crate::kernel::{KernelError, describe_program_error, error_chain, take_map};
+use crate::kernel::{KernelError, SyscallEntry, describe_program_error, error_chain, take_map};
 
 /// Slots (distinct effective policies at once) the tables hold.
 pub const MAX_SLOTS: u32 = 256;
@@ -181,6 +181,12 @@ pub struct Kernel {
     pub(super) lsm_links: BTreeMap<&'static str, PinnedLink>,
     /// By `lsm_index` (see `names::MAP_POLICY_LSM`).
     pub(super) lsm: Array<MapData, u32>,
+    /// `POLICY_NEXT`: what the `sys_enter` program tail-calls after its check.
+    pub(super) next: ProgramArray<MapData>,
+    /// The syscall telemetry's entry (raw tracepoints only), while this object holds it.
+    pub(super) entry: Option<SyscallEntry>,
+    /// Whether `next` holds the telemetry's entry program (and its own link is detached).
+    pub(super) routed: bool,
     /// Whether the maps existed before this agent (state adopted from a previous one).
     pub adopted: bool,
     /// Whether the object was loaded with the kernel's struct offsets (the path walks of the
@@ -328,6 +334,9 @@ impl Kernel {
             _resolved: take_map(&mut ebpf, names::MAP_POLICY_RESOLVED)?,
             _xlat: xlat,
             lsm: take_map(&mut ebpf, names::MAP_POLICY_LSM)?,
+            next: take_map(&mut ebpf, names::MAP_POLICY_NEXT)?,
+            entry: None,
+            routed: false,
             lsm_links: BTreeMap::new(),
             config,
             ebpf,
@@ -374,12 +383,24 @@ impl Kernel {
         self.loss.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
-    /// Detaches everything and removes the pin directory (nothing left to enforce).
-    pub fn remove(mut self) -> Vec<PathBuf> {
+    /// Detaches everything and removes the pin directory (nothing left to enforce); gives the
+    /// syscall telemetry's entry back, attached by its own link again.
+    pub fn remove(mut self) -> (Vec<PathBuf>, Option<SyscallEntry>) {
         let _ = self.want_syscall_lsm(&[]);
         let _ = self.want(&[]);
         let dir = self.opts.pin_dir.clone();
+        let entry = self.entry.take();
         drop(self);
-        crate::policy::bpffs::remove_tree(&dir)
+        (crate::policy::bpffs::remove_tree(&dir), entry)
+    }
+}
+
+impl Drop for Kernel {
+    /// The agent is going: its telemetry program leaves the tail call (the pinned `sys_enter`
+    /// program goes on checking alone).
+    fn drop(&mut self) {
+        if self.routed {
+            let _ = self.next.clear_index(&0);
+        }
     }
 }

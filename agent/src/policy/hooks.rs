@@ -13,6 +13,7 @@ use palisade_common::{
 };
 
 use super::bpf::{AttachError, BpfError, Kernel, links_dir};
+use crate::kernel::SyscallEntry;
 
 /// Hook groups, attached only while some cgroup needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -219,6 +220,10 @@ impl Kernel {
                     Err(e) => failed.push((h, e)),
                 }
             } else if !want.contains(&h) && has {
+                if h == Hook::Syscalls && !self.unroute_entry() {
+                    // the telemetry would lose its entry: the program stays, checking nothing
+                    continue;
+                }
                 for l in self.links.remove(&h).unwrap_or_default() {
                     if let Err(e) = l.unpin() {
                         tracing::warn!(hook = h.as_str(), error = %e, "unpinning a link failed");
@@ -226,10 +231,76 @@ impl Kernel {
                 }
             }
         }
+        if self.links.contains_key(&Hook::Syscalls) {
+            self.route_entry();
+        }
+        if self.links.contains_key(&Hook::Syscalls) || !want.contains(&Hook::Syscalls) {
+            // an older agent's `sys_enter` program (it does not tail-call the telemetry): its
+            // successor is in place, or none is wanted
+            let pin = links_dir(&self.opts.pin_dir).join(names::PROG_POLICY_SYS_ENTER_OLD);
+            if let Ok(l) = PinnedLink::from_pin(&pin) {
+                tracing::info!(link = %pin.display(), "an older agent's sys_enter link removed");
+                let _ = l.unpin();
+            }
+        }
         // once the LSM program refuses `errno` exec rules, the exec programs leave them to it
         let on = self.links.contains_key(&Hook::ExecLsm);
         self.set_exec_lsm(on, &mut failed);
         failed
+    }
+
+    /// Gives this object the syscall telemetry's entry (`None`: the telemetry runs on fentry,
+    /// or not at all), routed through the `sys_enter` program while it is attached.
+    pub fn set_syscall_entry(&mut self, entry: Option<SyscallEntry>) {
+        self.entry = entry;
+        if self.links.contains_key(&Hook::Syscalls) {
+            self.route_entry();
+        }
+    }
+
+    /// With the `sys_enter` program attached: puts the telemetry's entry program in its tail
+    /// call, then detaches the entry's own link. In between both run; the program counts a
+    /// call once (`first_exit` in the telemetry). Without an entry, empties the slot (an
+    /// earlier agent's program, left by a crash).
+    fn route_entry(&mut self) {
+        if self.routed {
+            return;
+        }
+        let Some(e) = &mut self.entry else {
+            let _ = self.next.clear_index(&0);
+            return;
+        };
+        match self.next.set(0, e.program(), 0) {
+            Ok(()) => {
+                e.detach_direct();
+                self.routed = true;
+                tracing::debug!(
+                    "syscall telemetry runs as the policy sys_enter program's tail call"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the syscall telemetry stays a program of its own on sys_enter (one more program run per syscall)");
+            }
+        }
+    }
+
+    /// Before the `sys_enter` program goes: the telemetry's entry attached by its own link
+    /// again, then out of the tail call. `false` when it cannot be attached (the program then
+    /// stays, and keeps calling it).
+    fn unroute_entry(&mut self) -> bool {
+        if !self.routed {
+            let _ = self.next.clear_index(&0);
+            return true;
+        }
+        if let Some(e) = &mut self.entry
+            && let Err(error) = e.attach_direct()
+        {
+            tracing::warn!(%error, "the syscall telemetry cannot attach to sys_enter again; the policy sys_enter program stays attached to carry it");
+            return false;
+        }
+        let _ = self.next.clear_index(&0);
+        self.routed = false;
+        true
     }
 
     fn set_exec_lsm(&mut self, on: bool, failed: &mut Vec<(Hook, BpfError)>) {

@@ -64,6 +64,8 @@ pub struct Start {
     pub tracefs: Option<std::path::PathBuf>,
     pub mounts: palisade_cgroupfs::Mounts,
     pub hub: Arc<Hub>,
+    /// The syscall telemetry's entry on raw tracepoints (see `crate::kernel::SyscallEntry`).
+    pub syscall_entry: Option<crate::kernel::SyscallEntry>,
 }
 
 /// What the host gives the policy programs: tracepoint record offsets (tracefs), the offset
@@ -99,7 +101,8 @@ pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
     let exits = s.hub.subscribe();
     let engine = engine::Engine::new(s.cfg, s.set, s.unified_root, host, exec, s.hub, writer)
-        .with_lsm(lsm, btf);
+        .with_lsm(lsm, btf)
+        .with_syscall_entry(s.syscall_entry);
     task::spawn(engine, exits)
 }
 

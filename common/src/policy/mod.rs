@@ -187,6 +187,20 @@ pub struct EnterSlot {
     pub nr: u32,
 }
 
+/// Value of `POLICY_THREADS` (thread slot): the resolution of the cgroup a thread was last
+/// seen in, so that the syscall hooks skip the `POLICY_RESOLVED` lookup. Valid only for the
+/// same thread, cgroup and [`config::GENERATION`]; `tid` is written last (0 first), so a
+/// thread reading `tid` twice around the other fields never takes a colliding thread's half
+/// written entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadResolved {
+    pub cgroup_id: u64,
+    pub resolved: Resolved,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
 /// Value of `POLICY_RULES` (rule id → what it does and what it is called).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,10 @@
 //! the entry that applies to it (its own or its nearest ancestor's, cached per cgroup id),
 //! rule descriptions, violation counts with the event rate limiter, and the ring buffer the
 //! agent reads violations from.
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
+    Global,
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -13,8 +16,8 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     CgroupPolicy, ExecPaths, MAX_CGROUP_DEPTH, NetTuple, POLICY_EVENT_HEAD, PolicyEvent, Resolved,
-    RuleInfo, ViolationKey, ViolationState, abi_id, admit, config, lsm_call_bit, lsm_covered,
-    lsm_index,
+    RuleInfo, ThreadResolved, ViolationKey, ViolationState, abi_id, admit, config, lsm_call_bit,
+    lsm_covered, lsm_index,
 };
 use palisade_ebpf::{atomic_add, lru_entry};
 
@@ -25,6 +28,13 @@ static POLICY_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(40
 /// while syscall rules exist); a miss walks the ancestry once.
 #[map(name = "POLICY_RESOLVED")]
 static POLICY_RESOLVED: LruHashMap<u64, Resolved> = LruHashMap::with_max_entries(16384, 0);
+
+/// Thread id → its last resolution ([`policy_current_thread`]). Not pinned: a cache.
+#[map(name = "POLICY_THREADS")]
+static POLICY_THREADS: Array<ThreadResolved> = Array::with_max_entries(16384, 0);
+/// `POLICY_THREADS` size - 1.
+#[unsafe(no_mangle)]
+static POLICY_THREADS_MASK: Global<u32> = Global::new(16383);
 
 #[map(name = "POLICY_RULES")]
 static POLICY_RULES: Array<RuleInfo> = Array::with_max_entries(4096, 0);
@@ -83,12 +93,29 @@ fn entry_of(cgroup_id: u64) -> Option<CgroupPolicy> {
 /// its own level; 0 past it). The answer is cached until the agent changes the table.
 #[inline(always)]
 fn resolve(cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> Option<CgroupPolicy> {
-    let generation = POLICY_CONFIG.get(config::GENERATION).copied().unwrap_or(0) as u32;
+    applies(resolve_at(cgroup_id, generation(), ancestor))
+}
+
+/// The policy of a resolution, if one applies.
+#[inline(always)]
+fn applies(r: Resolved) -> Option<CgroupPolicy> {
+    (r.found == 1).then_some(r.policy)
+}
+
+/// The table's [`config::GENERATION`]: resolutions cached under another one are stale.
+#[inline(always)]
+pub fn generation() -> u32 {
+    POLICY_CONFIG.get(config::GENERATION).copied().unwrap_or(0) as u32
+}
+
+/// [`resolve`] under `generation`, as plain fields (no `Option`: see below).
+#[inline(always)]
+fn resolve_at(cgroup_id: u64, generation: u32, ancestor: impl Fn(i32) -> u64) -> Resolved {
     // SAFETY: read-only lookup, copied out.
     if let Some(r) = unsafe { POLICY_RESOLVED.get(cgroup_id) }.copied()
         && r.generation == generation
     {
-        return (r.found == 1).then_some(r.policy);
+        return r;
     }
     // plain fields, no Option: the verifier refuses to copy a `None`'s undefined payload
     let mut r = Resolved {
@@ -112,16 +139,59 @@ fn resolve(cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> Option<CgroupPolicy
         }
     }
     let _ = POLICY_RESOLVED.insert(cgroup_id, r, 0);
-    (r.found == 1).then_some(r.policy)
+    r
 }
 
 /// The policy that applies to the current task's cgroup `cgroup_id` (process context).
 #[inline(always)]
 pub fn policy_current(cgroup_id: u64) -> Option<CgroupPolicy> {
-    resolve(cgroup_id, |level| {
+    applies(policy_current_at(cgroup_id, generation()))
+}
+
+#[inline(always)]
+fn policy_current_at(cgroup_id: u64, generation: u32) -> Resolved {
+    resolve_at(cgroup_id, generation, |level| {
         // SAFETY: helper without preconditions (process context).
         unsafe { bpf_get_current_ancestor_cgroup_id(level) }
     })
+}
+
+/// [`policy_current`] for the syscall hooks, which run for every call on the host: the
+/// thread's last resolution (`POLICY_THREADS`, an array slot) when it is for the same cgroup
+/// and generation, else the `POLICY_RESOLVED` lookup, remembered in the slot.
+#[inline(always)]
+pub fn policy_current_thread(cgroup_id: u64) -> Option<CgroupPolicy> {
+    let generation = generation();
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let slot = POLICY_THREADS.get_ptr_mut(tid & POLICY_THREADS_MASK.load());
+    if let Some(e) = slot {
+        // SAFETY: array map value, read in place. A colliding thread may be writing it: `tid`
+        // is read before and after the rest, and it writes `tid` 0 first and its own last
+        // (see `ThreadResolved`), so a changed entry never matches.
+        unsafe {
+            if read_volatile(&raw const (*e).tid) == tid {
+                let c = read_volatile(&raw const (*e).cgroup_id);
+                let r = read_volatile(&raw const (*e).resolved);
+                if read_volatile(&raw const (*e).tid) == tid
+                    && c == cgroup_id
+                    && r.generation == generation
+                {
+                    return applies(r);
+                }
+            }
+        }
+    }
+    let r = policy_current_at(cgroup_id, generation);
+    if let Some(e) = slot {
+        // SAFETY: as above.
+        unsafe {
+            write_volatile(&raw mut (*e).tid, 0);
+            write_volatile(&raw mut (*e).cgroup_id, cgroup_id);
+            write_volatile(&raw mut (*e).resolved, r);
+            write_volatile(&raw mut (*e).tid, tid);
+        }
+    }
+    applies(r)
 }
 
 /// The policy that applies to the cgroup `cgroup_id` of the socket of `skb`.

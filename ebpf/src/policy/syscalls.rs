@@ -1,6 +1,13 @@
 //! Syscall rules: `sys_enter`/`sys_exit` raw tracepoints, attached only while some cgroup has
 //! syscall rules (they run for every syscall on the host).
 //!
+//! `sys_enter` is also the entry of the agent's syscall telemetry while it is attached: after
+//! its check it tail-calls the telemetry's `sys_enter` program, which the agent puts in
+//! `POLICY_NEXT` and detaches from the tracepoint. One program run per syscall instead of two
+//! (the run itself costs about as much as the check). The link is pinned, so the check goes on
+//! through an agent restart; the slot keeps the last agent's telemetry program until the next
+//! agent swaps its own in (one map update: no call is counted twice or missed).
+//!
 //! Per call: one helper (the cgroup id) and one cached resolution (an LRU hit for every cgroup
 //! seen before, policied or not). For a cgroup with a policy, one array lookup (the slot's
 //! verdicts) decides.
@@ -23,7 +30,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, ProgramArray},
     programs::RawTracePointContext,
 };
 use palisade_common::policy::{
@@ -32,7 +39,7 @@ use palisade_common::policy::{
     cgroup_flags, ipc_native, mode, socketcall_native, taken, what, xlat, xlat_index,
 };
 
-use crate::report::{Detail, Subject, lsm_refuses, policy_current, report, rule};
+use crate::report::{Detail, Subject, lsm_refuses, policy_current_thread, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]
@@ -66,6 +73,11 @@ static POLICY_ENTER: Array<EnterSlot> = Array::with_max_entries(16384, 0);
 /// Compat call → x86_64 call (`palisade_common::policy::xlat_index`), written by the agent.
 #[map(name = "POLICY_XLAT")]
 static POLICY_XLAT: Array<u32> = Array::with_max_entries(2048, 0);
+
+/// Slot 0: the program `sys_enter` tail-calls after its check (the agent's syscall telemetry,
+/// when it runs on raw tracepoints); empty otherwise. Pinned.
+#[map(name = "POLICY_NEXT")]
+static POLICY_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const SIGKILL: u32 = 9;
 
@@ -211,16 +223,18 @@ fn by_arguments(call: &Call, regs: u64, slot: u32, default_rule: u32) -> Option<
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn policy_sys_enter(ctx: RawTracePointContext) -> i32 {
-    match try_enter(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+pub fn policy_enter(ctx: RawTracePointContext) -> i32 {
+    let _ = try_enter(&ctx);
+    // SAFETY: the slot holds a raw tracepoint program (the kernel refuses any other type) that
+    // takes this same context; an empty slot returns here.
+    unsafe { POLICY_NEXT.tail_call(&ctx, 0) };
+    0
 }
 
 fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_current(cgroup_id) else {
+    let Some(p) = policy_current_thread(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SYSCALLS == 0 {
@@ -309,7 +323,7 @@ pub fn policy_sys_exit(ctx: RawTracePointContext) -> i32 {
 fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_current(cgroup_id) else {
+    let Some(p) = policy_current_thread(cgroup_id) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SECCOMP == 0 {

@@ -40,6 +40,7 @@ use super::{
 use crate::{
     config::PolicyConfig,
     events::{ContainerRef, Hub},
+    kernel::SyscallEntry,
 };
 
 /// A cgroup as policies see it.
@@ -122,6 +123,8 @@ pub struct Engine {
     lsm_btf: PathBuf,
     hub: Arc<Hub>,
     kernel: Option<Kernel>,
+    /// The syscall telemetry's entry while no kernel object holds it (see `Kernel::remove`).
+    syscall_entry: Option<SyscallEntry>,
     /// A ring buffer loaded but not yet handed to the task loop.
     new_ring: Option<RingBuf<MapData>>,
     /// Violation records read while the event log had no room for their events: left out,
@@ -178,6 +181,7 @@ impl Engine {
                 files: Err(LsmUnavailable::Inactive("not probed".into())),
             },
             lsm_btf: PathBuf::new(),
+            syscall_entry: None,
             hub,
             kernel: None,
             new_ring: None,
@@ -204,6 +208,13 @@ impl Engine {
             reloads: 0,
             reload_errors: 0,
         }
+    }
+
+    /// The syscall telemetry's entry program, which the policy object carries while its
+    /// `sys_enter` program is attached (`SyscallEntry`).
+    pub fn with_syscall_entry(mut self, entry: Option<SyscallEntry>) -> Self {
+        self.syscall_entry = entry;
+        self
     }
 
     /// The BPF-LSM tier this host offers (`LsmSupport::probe`), its programs typed by `btf`.
@@ -236,6 +247,7 @@ impl Engine {
             events_bytes: self.cfg.events_buffer_kib << 10,
         })?;
         let mut k = k;
+        k.set_syscall_entry(self.syscall_entry.take());
         self.report.keep_progress(k.reported.take(), k.adopted);
         if k.adopted {
             self.adopt(&k);
@@ -420,7 +432,8 @@ impl Engine {
             if let Some(k) = self.kernel.take() {
                 self.report
                     .sweep(&k, &self.ids, &self.targets, &self.hub, true);
-                let removed = k.remove();
+                let (removed, entry) = k.remove();
+                self.syscall_entry = entry;
                 info!(
                     removed = removed.len(),
                     "no policy left: enforcement detached and unpinned"
