@@ -447,9 +447,10 @@ fn a_syscall_policy_adds_no_program_run_at_sys_enter_and_the_telemetry_stays_exa
         )
     };
     let s = Setup::new(&deny(&on));
-    // every call timed: the histogram counts the calls whose entry the telemetry saw
+    // every call timed: the histogram counts the calls whose entry the telemetry saw; raw
+    // tracepoints on every kernel (auto picks fentry where it attaches)
     let cfg = format!(
-        "syscalls:\n  latency_sample: 1\n{}",
+        "syscalls:\n  hook: raw_tracepoint\n  latency_sample: 1\n{}",
         s.config("").replace(
             "metrics:\n",
             "metrics:\n  syscall_latency_detail: [getppid]\n"

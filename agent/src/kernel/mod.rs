@@ -1,5 +1,7 @@
 //! The kernel side: loading and attaching Palisade's eBPF programs, and the actor that owns the
-//! loaded object (nobody else touches maps).
+//! loaded object (nobody else touches maps). One piece leaves it at start-up: the syscall
+//! telemetry's `sys_enter` entry on raw tracepoints ([`SyscallEntry`]), which the policy engine
+//! owns from then on (its `sys_enter` program tail-calls it while syscall rules are in force).
 mod actor;
 mod batch;
 mod entry;

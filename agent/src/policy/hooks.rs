@@ -274,8 +274,8 @@ impl Kernel {
             Ok(()) => {
                 e.detach_direct();
                 self.routed = true;
-                tracing::debug!(
-                    "syscall telemetry runs as the policy sys_enter program's tail call"
+                tracing::info!(
+                    "syscall telemetry entered through the policy sys_enter program (one program per syscall)"
                 );
             }
             Err(error) => {

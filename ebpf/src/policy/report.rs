@@ -5,7 +5,6 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    Global,
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -31,10 +30,9 @@ static POLICY_RESOLVED: LruHashMap<u64, Resolved> = LruHashMap::with_max_entries
 
 /// Thread id → its last resolution ([`policy_current_thread`]). Not pinned: a cache.
 #[map(name = "POLICY_THREADS")]
-static POLICY_THREADS: Array<ThreadResolved> = Array::with_max_entries(16384, 0);
-/// `POLICY_THREADS` size - 1.
-#[unsafe(no_mangle)]
-static POLICY_THREADS_MASK: Global<u32> = Global::new(16383);
+static POLICY_THREADS: Array<ThreadResolved> = Array::with_max_entries(POLICY_THREADS_MASK + 1, 0);
+/// `POLICY_THREADS` size - 1 (a constant: no load on the hot path).
+const POLICY_THREADS_MASK: u32 = 16383;
 
 #[map(name = "POLICY_RULES")]
 static POLICY_RULES: Array<RuleInfo> = Array::with_max_entries(4096, 0);
@@ -163,7 +161,7 @@ fn policy_current_at(cgroup_id: u64, generation: u32) -> Resolved {
 pub fn policy_current_thread(cgroup_id: u64) -> Option<CgroupPolicy> {
     let generation = generation();
     let tid = bpf_get_current_pid_tgid() as u32;
-    let slot = POLICY_THREADS.get_ptr_mut(tid & POLICY_THREADS_MASK.load());
+    let slot = POLICY_THREADS.get_ptr_mut(tid & POLICY_THREADS_MASK);
     if let Some(e) = slot {
         // SAFETY: array map value, read in place. A colliding thread may be writing it: `tid`
         // is read before and after the rest, and it writes `tid` 0 first and its own last

@@ -133,7 +133,9 @@ fn arg(regs: u64, abi: u32, i: usize) -> u64 {
 /// same register. Inlined, the compiler spilled the number to the stack before the check and
 /// filled it twice, once for the check and once for the index; 6.1's verifier (Debian 12) does
 /// not carry a bound from one fill of a stack slot to another, and refused the program ("math
-/// between map_value pointer and register with unbounded min value is not allowed").
+/// between map_value pointer and register with unbounded min value is not allowed"). Masking
+/// the index as well did not help there ("R0 max value is outside of the allowed memory
+/// range").
 #[inline(never)]
 pub(crate) fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
     if nr >= MAX_SYSCALLS as u64 {
