@@ -158,12 +158,7 @@ fn enter(nr: u32) -> Result<i32, i32> {
     // Two threads whose ids collide modulo the slot count may race on it; `tid` is checked at
     // exit, so a collision at worst makes one call untimed (counted in SYSCALL_UNTIMED).
     unsafe {
-        if (*slot).tid != tid {
-            // Taking the slot over from another thread: its cached cgroup is not ours.
-            (*slot).tid = tid;
-            (*slot).cgroup_id = 0;
-            (*slot).rng = 0;
-        }
+        claim(slot, tid);
         (*slot).nr = nr;
         (*slot).start_ns = if sampled(&mut (*slot).rng) {
             bpf_ktime_get_ns()
@@ -172,6 +167,23 @@ fn enter(nr: u32) -> Result<i32, i32> {
         };
     }
     Ok(0)
+}
+
+/// Makes `slot` thread `tid`'s: taken over from another thread, what it cached (cgroup,
+/// generator) is not ours.
+///
+/// # Safety
+/// `slot` points at a `THREAD_SLOTS` value (see `try_sys_enter`).
+#[inline(always)]
+unsafe fn claim(slot: *mut ThreadSlot, tid: u32) {
+    // SAFETY: the caller's.
+    unsafe {
+        if (*slot).tid != tid {
+            (*slot).tid = tid;
+            (*slot).cgroup_id = 0;
+            (*slot).rng = 0;
+        }
+    }
 }
 
 /// Whether this is the first run of the entry program for the current thread's
@@ -190,11 +202,7 @@ fn first_exit() -> bool {
         if (*slot).tid == tid && (*slot).start_ns == EXIT_COUNTED {
             return false;
         }
-        if (*slot).tid != tid {
-            (*slot).tid = tid;
-            (*slot).cgroup_id = 0;
-            (*slot).rng = 0;
-        }
+        claim(slot, tid);
         (*slot).start_ns = EXIT_COUNTED;
     }
     true

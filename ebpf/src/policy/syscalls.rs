@@ -8,9 +8,9 @@
 //! through an agent restart; the slot keeps the last agent's telemetry program until the next
 //! agent swaps its own in (one map update: no call is counted twice or missed).
 //!
-//! Per call: one helper (the cgroup id) and one cached resolution (an LRU hit for every cgroup
-//! seen before, policied or not). For a cgroup with a policy, one array lookup (the slot's
-//! verdicts) decides.
+//! Per call: two helpers (the cgroup id, the thread id) and the thread's last resolution
+//! (`POLICY_THREADS`, an array slot; on a miss the `POLICY_RESOLVED` LRU lookup). For a cgroup
+//! with a policy, one array lookup (the slot's verdicts) decides.
 //! - Run-time path (`sys_enter`): a denied call is reported and, in enforce mode, the process
 //!   gets SIGKILL (`bpf_send_signal`). A tracepoint cannot make the call fail: the call itself
 //!   still runs, the process dies before it returns to userspace.
