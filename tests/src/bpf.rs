@@ -194,3 +194,129 @@ impl crate::Agent {
         ids
     }
 }
+
+/// `union bpf_attr` as BPF_OBJ_GET and BPF_OBJ_PIN read it.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+    // SAFETY: `attr` is the kernel's `bpf_attr` layout for `cmd`; its pointers are the
+    // caller's and outlive the call.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) }
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The id of the program (or other BPF object) an open descriptor refers to.
+fn object_id(fd: &std::os::fd::OwnedFd) -> u32 {
+    // the head of bpf_prog_info (type, id): enough for the id
+    let mut info = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    let r = bpf(15, &mut attr);
+    assert_eq!(
+        r,
+        0,
+        "BPF_OBJ_GET_INFO_BY_FD: {}",
+        std::io::Error::last_os_error()
+    );
+    info[1]
+}
+
+/// The id of the object pinned at `path`, if any.
+pub fn pinned_id(path: &Path) -> Option<u32> {
+    use std::os::fd::FromRawFd as _;
+    let p = c_path(path);
+    let mut attr = ObjAttr {
+        pathname: p.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(7, &mut attr);
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor from BPF_OBJ_GET, owned here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    Some(object_id(&fd))
+}
+
+/// Plants a device program that allows every device at `path` (replacing what is pinned
+/// there), as a stale or hostile pin would; returns its id.
+pub fn plant_allow_all_device_program(path: &Path) -> u32 {
+    use std::os::fd::FromRawFd as _;
+    // r0 = 1; exit
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x95];
+    let license = c"GPL";
+    #[repr(C)]
+    struct Load {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    let mut load = Load {
+        prog_type: 15, // BPF_PROG_TYPE_CGROUP_DEVICE
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: *b"test_allow_all\0\0",
+        prog_ifindex: 0,
+        expected_attach_type: 6, // BPF_CGROUP_DEVICE
+    };
+    let fd = bpf(5, &mut load);
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor from BPF_PROG_LOAD, owned here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let _ = std::fs::remove_file(path);
+    let p = c_path(path);
+    let mut pin = ObjAttr {
+        pathname: p.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    assert_eq!(
+        bpf(6, &mut pin),
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    object_id(&fd)
+}

@@ -1,6 +1,9 @@
 //! `palisade run --bundle`: OCI bundles as `runc spec` writes them, and bad input of every
 //! kind failing with one clear line before anything is created.
-use palisade_tests::launch::{Bundle, Rootfs, assert_clean, cgroup_dir, data_dir, run, unique};
+use palisade_tests::{
+    bpf::{attached, pinned_id, plant_allow_all_device_program},
+    launch::{Bundle, Rootfs, Running, assert_clean, cgroup_dir, data_dir, run, unique},
+};
 
 fn s(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
@@ -374,4 +377,96 @@ fn device_rules_deny_what_no_rule_allows() {
     );
     assert!(out.stdout.contains("Operation not permitted"), "{out}");
     assert_clean(&name, Some(&b.rootfs()));
+}
+
+/// Where the launcher pins device programs (`palisade_launcher::cgroup::devices::PIN_DIR`).
+const DEVICE_PIN_DIR: &str = "/sys/fs/bpf/palisade-devices";
+
+/// Removes a pin when the test ends, however it ends.
+struct PinGuard(Option<std::path::PathBuf>);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The device program attached to a workload's unified cgroup.
+fn device_programs(name: &str) -> Vec<u32> {
+    attached(&cgroup_dir(name, "unified"))
+        .into_iter()
+        .filter(|a| a.attach_type == "cgroup_device")
+        .map(|a| a.prog_id)
+        .collect()
+}
+
+#[test]
+fn a_pinned_device_filter_is_attached_only_when_it_is_the_program_of_the_rules() {
+    let disk = a_host_disk();
+    let (major, minor) = disk.split_once(':').unwrap_or_else(|| panic!("{disk}"));
+    // a rule set of this test alone (an allowed minor of its own), so its pin is its own
+    let rules = serde_json::json!([
+        {"allow": true, "type": "c", "major": 1, "minor": 5000 + std::process::id() % 100_000, "access": "r"}
+    ]);
+    let mut holder = Bundle::new(&["/bin/sh", "-c", "echo up; exec sleep 600"]);
+    holder.config["linux"]["resources"]["devices"] = rules.clone();
+    holder.write();
+    let a = unique("devpin-a");
+    let mut ra = Running::start(&["--bundle", &s(&holder.path), "--name", &a]);
+    assert_eq!(ra.line(), "up");
+    let pa = device_programs(&a);
+    assert_eq!(pa.len(), 1, "{pa:?}");
+    let b = unique("devpin-b");
+    let mut rb = Running::start(&["--bundle", &s(&holder.path), "--name", &b]);
+    assert_eq!(rb.line(), "up");
+    assert_eq!(
+        device_programs(&b),
+        pa,
+        "the second launch with the same rules loaded a program of its own instead of the pinned one"
+    );
+    let pin = std::fs::read_dir(DEVICE_PIN_DIR)
+        .unwrap_or_else(|e| panic!("{DEVICE_PIN_DIR}: {e}"))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| pinned_id(p) == Some(pa[0]))
+        .unwrap_or_else(|| panic!("no pin in {DEVICE_PIN_DIR} holds program {}", pa[0]));
+    let _guard = PinGuard(Some(pin.clone()));
+    // a stale or planted program under the rules' name
+    let planted = plant_allow_all_device_program(&pin);
+    let mut c = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        &format!(
+            "mknod /dev/xdisk b {major} {minor} 2>&1 && head -c0 /dev/xdisk 2>&1 && echo disk-opened; \
+             echo done"
+        ),
+    ]);
+    c.config["linux"]["resources"]["devices"] = rules;
+    for set in ["bounding", "effective", "permitted"] {
+        c.config["process"]["capabilities"][set] = serde_json::json!(["CAP_MKNOD", "CAP_KILL"]);
+    }
+    c.write();
+    let cn = unique("devpin-c");
+    let out = run(&["--bundle", &s(&c.path), "--name", &cn]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("done"), "{out}");
+    assert!(
+        !out.stdout.contains("disk-opened"),
+        "the host disk {disk} was opened: the planted allow-all program was attached\n{out}"
+    );
+    assert!(out.stdout.contains("Operation not permitted"), "{out}");
+    let now = pinned_id(&pin);
+    assert!(
+        now.is_some() && now != Some(planted),
+        "the planted pin was not replaced by the rules' program: {now:?} (planted {planted})"
+    );
+    for (r, name) in [(&mut ra, &a), (&mut rb, &b)] {
+        r.signal(libc::SIGTERM);
+        let out = r.wait();
+        assert!(out.code == 143 || out.code == 0, "{out}");
+        assert_clean(name, Some(&holder.rootfs()));
+    }
+    assert_clean(&cn, Some(&c.rootfs()));
 }

@@ -5,8 +5,15 @@
 //! matches is denied, as runc does (its cgroup v2 filter starts from "deny"): a bundle whose
 //! list lacks the leading "deny all" of `runc spec` still opens only the devices it lists and
 //! the default ones.
+//!
+//! A loaded program is pinned on bpffs under [`PIN_DIR`], named by a hash of its instructions,
+//! and the next launch with the same rules attaches the pinned one: loading (the verifier and
+//! the JIT) costs about 0.2 ms, as much as the rest of the cgroup set-up, and a pin is one path
+//! lookup away. A pin is attached only when the kernel's copy of its instructions is the
+//! program these rules make, instruction for instruction; a stale or planted one is replaced
+//! by a fresh load. Where `/sys/fs/bpf` is not bpffs, nothing is pinned and every launch loads.
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -14,6 +21,8 @@ use std::{
     },
     path::{Path, PathBuf},
 };
+
+use sha2::{Digest as _, Sha256};
 
 use super::super::plan::DeviceRule;
 
@@ -30,7 +39,7 @@ pub enum DeviceError {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Insn {
     code: u8,
     regs: u8,
@@ -146,8 +155,40 @@ struct ProgAttachAttr {
     attach_flags: u32,
 }
 
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_prog_info`, as far as the translated instructions (the kernel
+/// fills no more than the length it is given).
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+}
+
 const BPF_PROG_LOAD: i64 = 5;
+const BPF_OBJ_PIN: i64 = 6;
+const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_ATTACH: i64 = 8;
+const BPF_OBJ_GET_INFO_BY_FD: i64 = 15;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
@@ -188,19 +229,46 @@ fn load(prog: &[Insn], log: Option<&mut [u8]>) -> i64 {
     }
 }
 
-/// Loads the rules and attaches them to the cgroup directory `dir`. The program stays attached
+/// Attaches the rules' program to the cgroup directory `dir`: the pinned one when it is the
+/// same program, else a fresh load (pinned for the next launch). The program stays attached
 /// (and alive) as long as the cgroup exists.
 pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
     if rules.is_empty() {
         return Ok(());
     }
     let prog = program(rules);
-    // without a verifier log first (the log costs the verifier time on every launch); with
-    // one only to say why a load failed
-    let mut fd = load(&prog, None);
+    let pin = pin_path(&prog);
+    let (prog_fd, pinned) = match pinned(&pin, &prog) {
+        Pinned::Same(fd) => (fd, true),
+        Pinned::Missing => {
+            let fd = load_or_explain(&prog)?;
+            pin_new(&fd, &pin);
+            (fd, false)
+        }
+        Pinned::Different => {
+            let fd = load_or_explain(&prog)?;
+            // SAFETY: a valid NUL-terminated path; a failure leaves the old pin, unused.
+            if unsafe { libc::unlink(pin.as_ptr()) } == 0 {
+                pin_new(&fd, &pin);
+            }
+            (fd, false)
+        }
+        Pinned::Unverifiable => (load_or_explain(&prog)?, false),
+    };
+    match attach_fd(dir, &prog_fd) {
+        // a pinned program the kernel will not attach here: a fresh one, as without the pin
+        Err(DeviceError::Attach { .. }) if pinned => attach_fd(dir, &load_or_explain(&prog)?),
+        r => r,
+    }
+}
+
+/// Loads `prog`: without a verifier log first (the log costs the verifier time), with one
+/// only to say why a load failed.
+fn load_or_explain(prog: &[Insn]) -> Result<OwnedFd, DeviceError> {
+    let mut fd = load(prog, None);
     if fd < 0 {
         let mut log = vec![0u8; 4096];
-        fd = load(&prog, Some(&mut log));
+        fd = load(prog, Some(&mut log));
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             let msg = String::from_utf8_lossy(&log);
@@ -217,7 +285,135 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceError> {
         }
     }
     // SAFETY: a fresh descriptor returned by bpf(2), owned here.
-    let prog_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Where loaded device programs are pinned (see the module doc).
+pub const PIN_DIR: &str = "/sys/fs/bpf/palisade-devices";
+/// At most this many rule sets are pinned; a launch with another one loads its program.
+const PIN_LIMIT: usize = 64;
+
+/// `PIN_DIR/dev-HASH`: the first 16 bytes of the SHA-256 of the instructions, in hex.
+fn pin_path(prog: &[Insn]) -> CString {
+    let digest = Sha256::digest(insn_bytes(prog));
+    let mut path = format!("{PIN_DIR}/dev-");
+    for b in digest.iter().take(16) {
+        path.push_str(&format!("{b:02x}"));
+    }
+    // a path made of ASCII without NUL
+    CString::new(path).unwrap_or_default()
+}
+
+/// The instructions as the kernel reads them.
+fn insn_bytes(prog: &[Insn]) -> &[u8] {
+    // SAFETY: `Insn` is `repr(C)` and 8 bytes without padding (u8, u8, i16, i32); the slice
+    // covers exactly the instructions' memory, borrowed from `prog`.
+    unsafe { std::slice::from_raw_parts(prog.as_ptr().cast(), std::mem::size_of_val(prog)) }
+}
+
+fn bpf<T>(cmd: i64, attr: &mut T) -> i64 {
+    // SAFETY: `attr` is a `bpf_attr` prefix of the kernel's layout for `cmd`, valid for the
+    // call, with the size passed; any pointers in it are the caller's and outlive the call.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) }
+}
+
+enum Pinned {
+    /// The pin is this program.
+    Same(OwnedFd),
+    /// Nothing pinned under the name (or no bpffs).
+    Missing,
+    /// Something else is pinned under the name.
+    Different,
+    /// A program the kernel will not show the instructions of.
+    Unverifiable,
+}
+
+/// What is pinned at `path`, compared with `prog`.
+fn pinned(path: &CStr, prog: &[Insn]) -> Pinned {
+    let mut get = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut get);
+    if fd < 0 {
+        return Pinned::Missing;
+    }
+    // SAFETY: a fresh descriptor returned by bpf(2), owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // one more instruction than ours: a longer program does not compare equal by its prefix
+    let mut xlated = vec![Insn::default(); prog.len() + 1];
+    let mut info = ProgInfo {
+        xlated_prog_len: std::mem::size_of_val(xlated.as_slice()) as u32,
+        xlated_prog_insns: xlated.as_mut_ptr() as u64,
+        ..ProgInfo::default()
+    };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfo>() as u32,
+        info: &raw mut info as u64,
+    };
+    // a map or link pinned there answers with its own info, which leaves `xlated` zeroed
+    if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) != 0 || info.prog_type != BPF_PROG_TYPE_CGROUP_DEVICE
+    {
+        return Pinned::Different;
+    }
+    if info.xlated_prog_insns == 0 {
+        // the kernel withholds instructions from this caller (bpf_dump_raw_ok)
+        return Pinned::Unverifiable;
+    }
+    if info.xlated_prog_len as usize == std::mem::size_of_val(prog)
+        && insn_bytes(&xlated[..prog.len()]) == insn_bytes(prog)
+    {
+        Pinned::Same(fd)
+    } else {
+        Pinned::Different
+    }
+}
+
+/// Pins `fd` at `path`, creating [`PIN_DIR`] on bpffs first; quietly does nothing where
+/// `/sys/fs/bpf` is not bpffs, [`PIN_LIMIT`] rule sets are pinned, or another launch pinned
+/// the same program first.
+fn pin_new(fd: &OwnedFd, path: &CStr) {
+    let dir = Path::new(PIN_DIR);
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            if entries.count() >= PIN_LIMIT {
+                return;
+            }
+        }
+        Err(_) => {
+            let Some(parent) = dir
+                .parent()
+                .and_then(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            else {
+                return;
+            };
+            // SAFETY: `statfs` fills a zeroed local; the path is NUL-terminated.
+            let on_bpffs = unsafe {
+                let mut st: libc::statfs = std::mem::zeroed();
+                libc::statfs(parent.as_ptr(), &raw mut st) == 0 && st.f_type == BPF_FS_MAGIC
+            };
+            if !on_bpffs {
+                return;
+            }
+            use std::os::unix::fs::DirBuilderExt as _;
+            if std::fs::DirBuilder::new().mode(0o700).create(dir).is_err() && !dir.is_dir() {
+                return;
+            }
+        }
+    }
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // EEXIST: another launch won the race with the same program
+    let _ = bpf(BPF_OBJ_PIN, &mut attr);
+}
+
+/// Attaches the device program `prog_fd` to the cgroup directory `dir`.
+fn attach_fd(dir: &Path, prog_fd: &OwnedFd) -> Result<(), DeviceError> {
     let open_err = |source| DeviceError::Open {
         dir: dir.to_owned(),
         source,
