@@ -75,7 +75,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     plan.init_seccomp = Some(cmdline::init_seccomp()?);
     validate::check(&plan)?;
     let mounts = palisade_cgroupfs::Mounts::detect().map_err(cgroup::CgroupError::from)?;
-    let layout = cgroup::Layout::detect()?;
+    let layout = cgroup::Layout::of(&mounts)?;
     let v1_mounts = if layout.v2 {
         Vec::new()
     } else {
@@ -121,8 +121,13 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
         }
         Err(e) => {
             let e = AgentSays(&e);
+            let confined = if plan.seccomp.is_empty() {
+                "its limits"
+            } else {
+                "seccomp and its limits"
+            };
             eprintln!(
-                "palisade: warning: {e}; {} runs with seccomp and limits but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
+                "palisade: warning: {e}; {} runs with {confined} but without telemetry (start `palisade agent`, or pass --require-agent to refuse)",
                 plan.name
             );
             None

@@ -75,8 +75,8 @@ pub struct Layout {
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
 
 impl Layout {
-    pub fn detect() -> Result<Self, CgroupError> {
-        let mounts = Mounts::detect()?;
+    /// The layout of the host whose cgroup mounts are `mounts` (`Mounts::detect`).
+    pub fn of(mounts: &Mounts) -> Result<Self, CgroupError> {
         let unified = mounts.unified_root(None)?;
         let v2 = mounts.layout == HostLayout::V2;
         let mut v1 = Vec::new();

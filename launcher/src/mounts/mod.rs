@@ -207,9 +207,19 @@ fn do_mount<S: Sys>(
             )
             .map_err(what)?;
             let base = m.destination.trim_end_matches('/');
+            // the tmpfs is new and empty: each hierarchy's directory is made in it directly,
+            // without first looking for it
+            let tmpfs = sys.lookup(root, &m.destination).map_err(what)?;
             for (dir, opts) in v1 {
                 let path = format!("{base}/{dir}");
-                let sub = ensure(sys, root, &path, false)?;
+                if let Err(e) = sys.mkdir(&tmpfs, dir, 0o755)
+                    && e.raw_os_error() != Some(libc::EEXIST)
+                {
+                    return Err(at(MountOp::CreateMountPoint, path)(e));
+                }
+                let sub = sys
+                    .lookup(root, &path)
+                    .map_err(at(MountOp::Open, path.as_str()))?;
                 sys.mount(
                     Some(Loc::name("cgroup")),
                     Loc::Node(&sub),
