@@ -88,9 +88,11 @@ pub fn default_mounts() -> Vec<Mount> {
     ]
 }
 
-/// Without `--rootfs`: a /proc for the new pid namespace, and private tmpfs mounts on /tmp
-/// and /dev/shm (the host's would be read-only, and /dev/shm would be the host's shared
-/// memory). The host's tree itself is bound read-only by [`crate::mounts::setup`].
+/// Without `--rootfs`: a /proc for the new pid namespace, private tmpfs mounts on /tmp and
+/// /dev/shm (the host's would be read-only, and /dev/shm would be the host's shared memory),
+/// and /sys/fs/cgroup showing the workload's own cgroups (the host's shows every cgroup on the
+/// host, and the host's root where a workload reads its own limits). The host's tree itself is
+/// bound read-only by [`crate::mounts::setup`].
 pub fn host_mounts(dev_shm: bool) -> Vec<Mount> {
     let mut m = vec![
         mount("/proc", MountKind::Proc, "proc", MS_STD, ""),
@@ -111,6 +113,13 @@ pub fn host_mounts(dev_shm: bool) -> Vec<Mount> {
             "mode=1777,size=65536k",
         ));
     }
+    m.push(mount(
+        "/sys/fs/cgroup",
+        MountKind::Cgroup,
+        "cgroup",
+        MS_STD | libc::MS_RELATIME | libc::MS_RDONLY,
+        "",
+    ));
     m
 }
 

@@ -79,7 +79,7 @@ pub fn run(args: &RunArgs) -> Result<u8, LaunchError> {
     let v1_mounts = if layout.v2 {
         Vec::new()
     } else {
-        mounts::host_v1_mounts(&mounts)
+        mounts::host_v1_mounts(&mounts, &layout.v1)
     };
     if plan
         .mounts

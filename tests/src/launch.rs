@@ -435,3 +435,60 @@ pub fn assert_signals_forwarded(signals: &[(i32, &str)]) {
         assert_clean(&name, Some(&root.path));
     }
 }
+
+/// A cgroup directory named `name` made in every cgroup hierarchy of the host (v1 ones of
+/// any controller, and the unified one) next to this process's own cgroup there: where the
+/// launcher makes no cgroup of its own, its workload starts in this process's cgroup, so a
+/// marker there is what a workload would see of the host's tree. Removed on drop.
+pub struct CgroupMarkers {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl CgroupMarkers {
+    pub fn new(name: &str) -> Self {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_else(|e| panic!("/proc/self/cgroup: {e}"));
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_else(|e| panic!("mountinfo: {e}"));
+        let mut dirs = Vec::new();
+        for l in info.lines() {
+            let Some((left, right)) = l.split_once(" - ") else {
+                continue;
+            };
+            let (Some(mp), mut r) = (left.split_whitespace().nth(4), right.split_whitespace())
+            else {
+                continue;
+            };
+            let fstype = r.next().unwrap_or_default();
+            let opts: Vec<&str> = r.nth(1).unwrap_or_default().split(',').collect();
+            // this process's path in the hierarchy: "0::/path" (cgroup2) or "N:ctrl,...:/path"
+            let path = own.lines().find_map(|line| {
+                let mut f = line.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                let same = match fstype {
+                    "cgroup2" => ctrls.is_empty(),
+                    "cgroup" => !ctrls.is_empty() && ctrls.split(',').all(|c| opts.contains(&c)),
+                    _ => false,
+                };
+                same.then(|| path.trim_start_matches('/').to_owned())
+            });
+            let Some(path) = path else {
+                continue;
+            };
+            let dir = Path::new(mp).join(path).join(name);
+            if std::fs::create_dir(&dir).is_ok() {
+                dirs.push(dir);
+            }
+        }
+        assert!(!dirs.is_empty(), "no cgroup hierarchy took a marker");
+        Self { dirs }
+    }
+}
+
+impl Drop for CgroupMarkers {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

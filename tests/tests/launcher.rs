@@ -7,8 +7,8 @@ use std::time::Duration;
 use palisade_tests::{
     Agent, Metrics,
     launch::{
-        Rootfs, Running, assert_clean, assert_signals_forwarded, cgroup_dir, data_dir, ns_pid,
-        probe_bin, run, unique, wait_for_pids,
+        CgroupMarkers, Rootfs, Running, assert_clean, assert_signals_forwarded, cgroup_dir,
+        data_dir, ns_pid, probe_bin, run, unique, wait_for_pids,
     },
     wait_for, workload_bin,
 };
@@ -550,20 +550,28 @@ fn require_agent_without_an_agent_fails_before_anything_is_created() {
 fn replicas_run_isolated_and_the_first_failure_is_the_exit_status() {
     let name = unique("rep");
     // -1 fails at once; -2 fails only after -1's cgroup is gone (the launcher has seen it),
-    // so the order of the failures is fixed without timing
-    let gone = cgroup_dir(&format!("{name}-1"), "unified");
+    // so the order of the failures is fixed without timing. The replicas see their own
+    // cgroups only: the host's directory of them is shown to them read-only, as a volume.
+    let parent = cgroup_dir(&format!("{name}-1"), "unified")
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let at = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let volume = format!("{}:{}:ro", s(&parent), s(at.path()));
     let script = format!(
         "echo $(hostname) $$; case $(hostname) in \
            {name}-1) exit 3;; \
-           {name}-2) i=0; while [ -d {} ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 99; sleep 0.01; done; exit 5;; \
+           {name}-2) i=0; while [ -d {}/{name}-1 ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 99; sleep 0.01; done; exit 5;; \
          esac",
-        s(&gone)
+        s(at.path())
     );
     let out = run(&[
         "--name",
         &name,
         "--replicas",
         "3",
+        "--volume",
+        &volume,
         "--",
         "/bin/sh",
         "-c",
@@ -605,5 +613,49 @@ fn help_teaches_with_examples() {
             "{needle} missing\n{}",
             out.stdout
         );
+    }
+}
+
+/// What the workload finds of `marker` under /sys/fs/cgroup (`leak: PATH` lines) and the
+/// memory limit it reads there (`limit: N`).
+const CGROUP_VIEW: &str = "find /sys/fs/cgroup -maxdepth 4 -name \"$1\" 2>/dev/null | sed 's/^/leak: /'; \
+     (cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) | sed 's/^/limit: /'";
+
+#[test]
+fn the_workload_sees_its_own_cgroups_and_no_other() {
+    // On the host's tree and over a rootfs, /sys/fs/cgroup shows the workload's own cgroup in
+    // each hierarchy: not a sibling or parent of it (other workloads' names, stats and limits),
+    // and its own limits where tools such as a JVM read them.
+    let markers = CgroupMarkers::new(&unique("cgmark"));
+    let marker = markers.dirs[0]
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = Rootfs::busybox();
+    let rootfs = root.path.to_string_lossy().into_owned();
+    for tree in [None, Some(rootfs.as_str())] {
+        let name = unique("cgview");
+        let mut args = vec!["--name", &name, "--memory", "64M"];
+        if let Some(r) = tree {
+            args.extend(["--rootfs", r]);
+        }
+        args.extend(["--", "/bin/sh", "-c", CGROUP_VIEW, "sh", &marker]);
+        let out = run(&args);
+        assert_eq!(out.code, 0, "{out}");
+        let leaks: Vec<&str> = out
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("leak:"))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "{tree:?}: the workload sees cgroups outside its own (markers {:?}): {leaks:?}\n{out}",
+            markers.dirs
+        );
+        assert!(
+            out.lines().contains(&"limit: 67108864"),
+            "{tree:?}: the workload does not read its own memory limit\n{out}"
+        );
+        assert_clean(&name, tree.map(std::path::Path::new));
     }
 }

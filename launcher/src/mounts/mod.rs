@@ -481,11 +481,16 @@ fn host_tree<S: Sys, E: From<MountError>>(
     Ok(enter(sys, &tree, "the host's tree".to_owned())?)
 }
 
-/// The host's v1 hierarchies (directory name under /sys/fs/cgroup, mount options).
-pub fn host_v1_mounts(mounts: &palisade_cgroupfs::Mounts) -> V1Mounts {
+/// The host's v1 hierarchies in which the workload has cgroups of its own (mount points in
+/// `own`), as directory name under /sys/fs/cgroup and mount options. The others are not shown:
+/// in those the workload sits in the launcher's cgroup, and inside a cgroup namespace their
+/// mount would show that cgroup and everything below it (other workloads' names, stats and
+/// limits).
+pub fn host_v1_mounts(mounts: &palisade_cgroupfs::Mounts, own: &[std::path::PathBuf]) -> V1Mounts {
     mounts
         .v1
         .iter()
+        .filter(|(path, _)| own.contains(path))
         .filter_map(|(path, opts)| {
             let dir = path.file_name()?.to_string_lossy().into_owned();
             let opts = if opts.iter().all(|o| o.starts_with("name=")) {

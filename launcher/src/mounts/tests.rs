@@ -107,6 +107,7 @@ fn command_line_with_rootfs() {
 fn host() -> Fake {
     image().with(&[
         "/dev/shm/",
+        "/sys/fs/cgroup/",
         "/run/palisade/agent.sock",
         "/run/palisade/seccomp-cache/",
         "/sys/fs/bpf/palisade/",
@@ -138,11 +139,13 @@ const HOST_TREE: &str = "
     move_mount tree:/ on /
 ";
 
-/// /proc, then private tmpfs on /tmp and /dev/shm.
+/// /proc, then private tmpfs on /tmp and /dev/shm, and the workload's own cgroups over the
+/// host's /sys/fs/cgroup.
 const HOST_MOUNTS: &str = "
     mount proc on /proc type proc flags=nosuid,nodev,noexec
     mount tmpfs on /tmp type tmpfs flags=nosuid,nodev data=mode=1777
     mount shm on /dev/shm type tmpfs flags=nosuid,nodev,noexec data=mode=1777,size=65536k
+    mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
 ";
 
 /// runc's masked paths on the fresh procfs and the host's sysfs (powercap included), then the

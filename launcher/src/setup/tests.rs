@@ -155,21 +155,24 @@ fn the_init_builds_its_filesystem_while_the_launcher_places_it() {
         "{after:#?}"
     );
 
-    // the host's tree mounts no cgroup filesystem: the whole filesystem, pivot_root included,
-    // comes before the wait, the cgroup namespace last
+    // the host's tree too: its /sys/fs/cgroup is replaced by the workload's own cgroups, so
+    // the cgroup namespace and that mount come after the wait, the pivot_root last
     let mut plan = cmdline::from_args(&crate::testing::run_args(None)).unwrap();
-    let mut fake = image();
+    let mut fake = image().with(&["/sys/fs/cgroup/"]);
     container(&mut fake, &plan, "web", &Vec::new()).unwrap();
     let (before, after) = around_placement(&fake);
-    assert_eq!(
-        before.last().map(String::as_str),
-        Some("chdir /"),
-        "{before:#?}"
+    assert!(before.iter().all(|c| !c.contains("cgroup")), "{before:#?}");
+    assert_eq!(after[0], "unshare cgroup");
+    assert!(
+        after[1].starts_with("mount cgroup on /sys/fs/cgroup type cgroup2"),
+        "{after:#?}"
     );
-    assert_eq!(after, ["unshare cgroup"]);
+    assert_eq!(after.last().map(String::as_str), Some("chdir /"));
 
-    // no cgroup namespace: nothing after the wait
+    // no cgroup namespace and no cgroup mount: nothing after the wait
     plan.ns.cgroup = false;
+    plan.mounts
+        .retain(|m| m.kind != crate::plan::MountKind::Cgroup);
     let mut fake = image();
     container(&mut fake, &plan, "web", &Vec::new()).unwrap();
     let (_, after) = around_placement(&fake);
