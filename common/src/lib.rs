@@ -125,6 +125,8 @@ mod pod {
     unsafe impl aya::Pod for crate::net::ListenKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::CgroupPolicy {}
+    // SAFETY: repr(C), u32 fields only, no padding.
+    unsafe impl aya::Pod for crate::policy::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::policy::SyscallVerdicts {}
     // SAFETY: as above.

@@ -289,5 +289,7 @@ pub const GLOBAL_POLICY_EXEC_OFFSETS: &str = "POLICY_EXEC_OFFSETS";
 pub const GLOBAL_POLICY_ENTER_MASK: &str = "POLICY_ENTER_MASK";
 /// Offset of `thread_info.status` in `task_struct` (0: unknown, i386 calls cannot be told).
 pub const GLOBAL_POLICY_TASK_OFF_STATUS: &str = "POLICY_TASK_OFF_STATUS";
+/// Global [`crate::policy::TaskOffsets`]: the current thread's id and cgroup id by loads.
+pub const GLOBAL_POLICY_TASK_OFFSETS: &str = "POLICY_TASK_OFFSETS";
 /// Offset of `family` in `syscalls:sys_enter_socket` records.
 pub const GLOBAL_POLICY_SOCKET_OFF_FAMILY: &str = "POLICY_SOCKET_OFF_FAMILY";

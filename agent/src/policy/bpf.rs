@@ -143,6 +143,9 @@ pub struct Options {
     /// Offset of `thread_info.status` in `task_struct`, from BTF (`None`: i386 calls cannot be
     /// told from x86_64 ones).
     pub task_status_offset: Option<u32>,
+    /// The current thread's id and cgroup id in its task, from BTF (`None`: the syscall hooks
+    /// ask the helpers).
+    pub task_offsets: Option<palisade_common::policy::TaskOffsets>,
     /// `POLICY_XLAT`: compat call → x86_64 call.
     pub xlat: Vec<(u32, u32)>,
     /// The kernel BTF the LSM programs are typed by (`None`: no BPF-LSM on this host).
@@ -267,6 +270,9 @@ impl Kernel {
         let exec_offsets = opts.exec_offsets.unwrap_or(ExecOffsets::ZERO);
         let family = opts.socket_family_offset.unwrap_or(16);
         let status = opts.task_status_offset.unwrap_or(0);
+        let task = opts
+            .task_offsets
+            .unwrap_or(palisade_common::policy::TaskOffsets::ZERO);
         let mask: u32 = 16383;
         let mut loader = EbpfLoader::new();
         loader
@@ -276,6 +282,7 @@ impl Kernel {
             .override_global(names::GLOBAL_POLICY_EXEC_OFFSETS, &exec_offsets, true)
             .override_global(names::GLOBAL_POLICY_SOCKET_OFF_FAMILY, &family, true)
             .override_global(names::GLOBAL_POLICY_TASK_OFF_STATUS, &status, true)
+            .override_global(names::GLOBAL_POLICY_TASK_OFFSETS, &task, true)
             .override_global(names::GLOBAL_POLICY_ENTER_MASK, &mask, true)
             .map_max_entries(names::MAP_POLICY_EVENTS, opts.events_bytes);
         let paths: Vec<(&str, PathBuf)> = names::POLICY_MAPS

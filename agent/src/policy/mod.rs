@@ -79,15 +79,27 @@ pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
                 .ok()
         })
     };
-    let task_status_offset = crate::btf::Btf::from_file(btf).ok().and_then(|b| {
+    let btf = crate::btf::Btf::from_file(btf).ok();
+    let task_status_offset = btf.as_ref().and_then(|b| {
         let ti = b.member_offset("task_struct", "thread_info").ok()?;
         let st = b.member_offset("thread_info", "status").ok()?;
         Some(ti + st)
+    });
+    let task_offsets = btf.as_ref().and_then(|b| {
+        Some(palisade_common::policy::TaskOffsets {
+            pid: b.member_offset("task_struct", "pid").ok()?,
+            cgroups: b.member_offset("task_struct", "cgroups").ok()?,
+            dfl_cgrp: b.member_offset("css_set", "dfl_cgrp").ok()?,
+            kn: b.member_offset("cgroup", "kn").ok()?,
+            kn_id: b.member_offset("kernfs_node", "id").ok()?,
+            _pad: 0,
+        })
     });
     Host {
         exec_offset: offset("sched", "sched_process_exec", "filename"),
         socket_offset: offset("syscalls", "sys_enter_socket", "family"),
         task_status_offset,
+        task_offsets,
         xlat: tables::xlat(),
     }
 }

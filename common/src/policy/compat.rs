@@ -14,6 +14,38 @@ pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
 /// `thread_info.status` bit set while the task runs a 32-bit (i386) syscall (x86 `TS_COMPAT`).
 pub const TS_COMPAT: u32 = 0x0002;
 
+/// Byte offsets, from the kernel's BTF, through which the syscall hooks read the current
+/// thread's id and cgroup v2 id with plain loads from the task (`task->pid`,
+/// `task->cgroups->dfl_cgrp->kn->id`, what `bpf_get_current_pid_tgid` and
+/// `bpf_get_current_cgroup_id` return) and its ABI (`thread_info.status`): one helper call per
+/// syscall (the task) instead of three. `cgroups` 0: unknown, the helpers are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.pid`.
+    pub pid: u32,
+    /// `task_struct.cgroups` (`struct css_set *`).
+    pub cgroups: u32,
+    /// `css_set.dfl_cgrp` (`struct cgroup *`).
+    pub dfl_cgrp: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub kn: u32,
+    /// `kernfs_node.id` (u64).
+    pub kn_id: u32,
+    pub _pad: u32,
+}
+
+impl TaskOffsets {
+    pub const ZERO: Self = Self {
+        pid: 0,
+        cgroups: 0,
+        dfl_cgrp: 0,
+        kn: 0,
+        kn_id: 0,
+        _pad: 0,
+    };
+}
+
 /// `POLICY_XLAT` entries: i386 numbers at `nr`, x32 numbers (without the x32 bit) at
 /// `XLAT_X32_BASE + nr`.
 pub const XLAT_ENTRIES: u32 = 2048;

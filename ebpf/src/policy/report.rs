@@ -28,7 +28,7 @@ static POLICY_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(40
 #[map(name = "POLICY_RESOLVED")]
 static POLICY_RESOLVED: LruHashMap<u64, Resolved> = LruHashMap::with_max_entries(16384, 0);
 
-/// Thread id → its last resolution ([`policy_current_thread`]). Not pinned: a cache.
+/// Thread id → its last resolution ([`policy_current_thread_of`]). Not pinned: a cache.
 #[map(name = "POLICY_THREADS")]
 static POLICY_THREADS: Array<ThreadResolved> = Array::with_max_entries(POLICY_THREADS_MASK + 1, 0);
 /// `POLICY_THREADS` size - 1 (a constant: no load on the hot path).
@@ -158,9 +158,8 @@ fn policy_current_at(cgroup_id: u64, generation: u32) -> Resolved {
 /// thread's last resolution (`POLICY_THREADS`, an array slot) when it is for the same cgroup
 /// and generation, else the `POLICY_RESOLVED` lookup, remembered in the slot.
 #[inline(always)]
-pub fn policy_current_thread(cgroup_id: u64) -> Option<CgroupPolicy> {
+pub fn policy_current_thread_of(cgroup_id: u64, tid: u32) -> Option<CgroupPolicy> {
     let generation = generation();
-    let tid = bpf_get_current_pid_tgid() as u32;
     let slot = POLICY_THREADS.get_ptr_mut(tid & POLICY_THREADS_MASK);
     if let Some(e) = slot {
         // SAFETY: array map value, read in place. A colliding thread may be writing it: `tid`

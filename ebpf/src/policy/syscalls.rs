@@ -8,9 +8,10 @@
 //! through an agent restart; the slot keeps the last agent's telemetry program until the next
 //! agent swaps its own in (one map update: no call is counted twice or missed).
 //!
-//! Per call: two helpers (the cgroup id, the thread id) and the thread's last resolution
-//! (`POLICY_THREADS`, an array slot; on a miss the `POLICY_RESOLVED` LRU lookup). For a cgroup
-//! with a policy, one array lookup (the slot's verdicts) decides.
+//! Per call: one helper (the task; its thread id and cgroup id are loaded from it, see
+//! [`current`]) and the thread's last resolution (`POLICY_THREADS`, an array slot; on a miss
+//! the `POLICY_RESOLVED` LRU lookup). For a cgroup with a policy, one array lookup (the slot's
+//! verdicts) decides.
 //! - Run-time path (`sys_enter`): a denied call is reported and, in enforce mode, the process
 //!   gets SIGKILL (`bpf_send_signal`). A tracepoint cannot make the call fail: the call itself
 //!   still runs, the process dies before it returns to userspace.
@@ -22,6 +23,8 @@
 //! - Launched workloads (`SECCOMP` flag): their seccomp filter refuses `errno` rules before the
 //!   `sys_enter` tracepoint, so `sys_exit` sees a denied syscall number it never saw enter, with
 //!   the rule's errno as result: that is a seccomp denial, reported with `errno`.
+use core::ptr::read_volatile;
+
 use aya_ebpf::maps::HashMap;
 use aya_ebpf::{
     Global,
@@ -35,11 +38,11 @@ use aya_ebpf::{
 };
 use palisade_common::policy::{
     ArgKey, ArgRule, EnterSlot, I386_ARG_OFFSETS, MAX_SYSCALLS, SyscallVerdicts, TS_COMPAT,
-    VERDICT_CONDITIONAL, VERDICT_RULE, X32_SYSCALL_BIT, X86_64_ARG_OFFSETS, abi_id, action,
-    cgroup_flags, ipc_native, mode, socketcall_native, taken, what, xlat, xlat_index,
+    TaskOffsets, VERDICT_CONDITIONAL, VERDICT_RULE, X32_SYSCALL_BIT, X86_64_ARG_OFFSETS, abi_id,
+    action, cgroup_flags, ipc_native, mode, socketcall_native, taken, what, xlat, xlat_index,
 };
 
-use crate::report::{Detail, Subject, lsm_refuses, policy_current_thread, report, rule};
+use crate::report::{Detail, Subject, lsm_refuses, policy_current_thread_of, report, rule};
 
 /// Offset of the syscall number (`orig_ax`) in `struct pt_regs`.
 #[unsafe(no_mangle)]
@@ -51,6 +54,11 @@ static POLICY_ENTER_MASK: Global<u32> = Global::new(16383);
 /// x86_64 ones).
 #[unsafe(no_mangle)]
 static POLICY_TASK_OFF_STATUS: Global<u32> = Global::new(0);
+
+/// Where the current thread's id and cgroup id are in its task (see [`current`]); set by the
+/// agent from BTF.
+#[unsafe(no_mangle)]
+static POLICY_TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets::ZERO);
 
 #[map(name = "POLICY_SYSCALLS")]
 pub(crate) static POLICY_SYSCALLS: Array<SyscallVerdicts> = Array::with_max_entries(256, 0);
@@ -94,21 +102,57 @@ struct Call {
     indirect: bool,
 }
 
-/// Whether the current task is in an i386 syscall. A direct load through the BTF-typed task
-/// pointer (the verifier checks the field at the offset, a constant from read-only data): no
-/// helper call on every syscall of a policied cgroup.
+/// The current thread as the syscall hooks need it.
+struct Current {
+    /// The BTF-typed task (valid for the whole program run).
+    task: *const u8,
+    cgroup_id: u64,
+    tid: u32,
+}
+
+/// The current thread: its task from the one helper every call makes, and its id and cgroup
+/// id read from it by direct loads through the BTF-typed pointer (the verifier checks each
+/// field at its offset, a constant from read-only data), where the agent found the offsets;
+/// else from the helpers.
 #[inline(always)]
-fn in_i386_call() -> bool {
+fn current() -> Current {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let o = POLICY_TASK_OFFSETS.load();
+    if o.cgroups == 0 {
+        return Current {
+            task,
+            // SAFETY: helpers without preconditions.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            tid: bpf_get_current_pid_tgid() as u32,
+        };
+    }
+    // SAFETY: the offsets are those of the members named in `TaskOffsets`, from BTF: each load
+    // reads that member of the structure the previous one pointed at, the verifier types each
+    // pointer loaded and checks the next load against it (a fault reads as 0).
+    unsafe {
+        let cgroups = read_volatile(task.add(o.cgroups as usize).cast::<*const u8>());
+        let cgrp = read_volatile(cgroups.add(o.dfl_cgrp as usize).cast::<*const u8>());
+        let kn = read_volatile(cgrp.add(o.kn as usize).cast::<*const u8>());
+        Current {
+            task,
+            cgroup_id: read_volatile(kn.add(o.kn_id as usize).cast::<u64>()),
+            tid: read_volatile(task.add(o.pid as usize).cast::<i32>()) as u32,
+        }
+    }
+}
+
+/// Whether `task` (the current one) is in an i386 syscall: a direct load of
+/// `thread_info.status`, as in [`current`].
+#[inline(always)]
+fn in_i386_call(task: *const u8) -> bool {
     let off = POLICY_TASK_OFF_STATUS.load();
     if off == 0 {
         return false;
     }
-    // SAFETY: helper without preconditions; the pointer is the current task, valid for the
-    // whole program run.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     // SAFETY: `off` is the offset of `thread_info.status` (u32) in `task_struct`, from BTF;
     // the verifier checks the load against the kernel's BTF.
-    let status = unsafe { core::ptr::read_volatile(task.add(off as usize).cast::<u32>()) };
+    let status = unsafe { read_volatile(task.add(off as usize).cast::<u32>()) };
     status & TS_COMPAT != 0
 }
 
@@ -146,11 +190,11 @@ pub(crate) fn verdict(v: &SyscallVerdicts, nr: u64) -> u16 {
 
 /// Classifies the call `raw` (the number the task passed) under `slot`'s verdicts.
 #[inline(always)]
-fn classify(slot: u32, raw: u64, regs: u64) -> Option<Call> {
+fn classify(slot: u32, raw: u64, regs: u64, task: *const u8) -> Option<Call> {
     let v = POLICY_SYSCALLS.get(slot)?;
     let abi = if raw & X32_SYSCALL_BIT != 0 {
         abi_id::X32
-    } else if in_i386_call() {
+    } else if in_i386_call(task) {
         abi_id::I386
     } else {
         return Some(Call {
@@ -234,9 +278,9 @@ pub fn policy_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_current_thread(cgroup_id) else {
+    let cur = current();
+    let cgroup_id = cur.cgroup_id;
+    let Some(p) = policy_current_thread_of(cgroup_id, cur.tid) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SYSCALLS == 0 {
@@ -248,7 +292,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let regs: u64 = ctx.arg(0);
-    let call = classify(p.slot, raw as u64, regs).ok_or(0)?;
+    let call = classify(p.slot, raw as u64, regs, cur.task).ok_or(0)?;
     let v = call.verdict;
     if v == 0 {
         return Ok(0);
@@ -259,7 +303,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         if v & VERDICT_CONDITIONAL != 0 {
             // the filter let this call through (its arguments did not match): remember it, so
             // sys_exit does not take an error result for a refusal
-            let tid = bpf_get_current_pid_tgid() as u32;
+            let tid = cur.tid;
             if let Some(slot) = POLICY_ENTER.get_ptr_mut(tid & POLICY_ENTER_MASK.load()) {
                 // SAFETY: array map value; a colliding thread at worst hides one report.
                 unsafe {
@@ -290,7 +334,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         && lsm_refuses(u64::from(call.nr))
     {
         // refused (and reported once) by its BPF-LSM hooks (`lsm::refuse_call`)
-        let tid = bpf_get_current_pid_tgid() as u32;
+        let tid = cur.tid;
         let _ = POLICY_LSM_CALL.insert(tid, LSM_CALL_FRESH, 0);
         return Ok(0);
     }
@@ -323,9 +367,9 @@ pub fn policy_sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(p) = policy_current_thread(cgroup_id) else {
+    let cur = current();
+    let cgroup_id = cur.cgroup_id;
+    let Some(p) = policy_current_thread_of(cgroup_id, cur.tid) else {
         return Ok(0);
     };
     if p.flags & cgroup_flags::SECCOMP == 0 {
@@ -343,7 +387,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if raw < 0 {
         return Ok(0);
     }
-    let call = classify(p.slot, raw as u64, regs).ok_or(0)?;
+    let call = classify(p.slot, raw as u64, regs, cur.task).ok_or(0)?;
     let v = call.verdict;
     if v == 0 {
         return Ok(0);
@@ -354,7 +398,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     if v & VERDICT_CONDITIONAL != 0 {
-        let tid = bpf_get_current_pid_tgid() as u32;
+        let tid = cur.tid;
         if let Some(slot) = POLICY_ENTER.get_ptr_mut(tid & POLICY_ENTER_MASK.load()) {
             // SAFETY: array map value, see try_enter.
             let entered = unsafe {

@@ -89,6 +89,8 @@ pub struct Host {
     pub socket_offset: Option<u32>,
     /// `thread_info.status` in `task_struct` (BTF).
     pub task_status_offset: Option<u32>,
+    /// The current thread's id and cgroup id in its task (BTF).
+    pub task_offsets: Option<palisade_common::policy::TaskOffsets>,
     /// Compat call → x86_64 call.
     pub xlat: Vec<(u32, u32)>,
 }
@@ -240,6 +242,7 @@ impl Engine {
             exec_offsets: self.exec.file_offsets(),
             socket_family_offset: self.host.socket_offset,
             task_status_offset: self.host.task_status_offset,
+            task_offsets: self.host.task_offsets,
             xlat: self.host.xlat.clone(),
             lsm_btf: self.lsm.active().then(|| self.lsm_btf.clone()),
             burst: self.cfg.burst(),
