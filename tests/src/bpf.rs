@@ -52,24 +52,36 @@ pub fn attached(dir: &Path) -> Vec<Attached> {
     for (name, ty) in ATTACH_TYPES {
         let mut progs = vec![0u32; 256];
         let mut links = vec![0u32; 256];
-        let mut q = Query {
-            target_fd: f.as_raw_fd() as u32,
-            attach_type: *ty,
-            prog_ids: progs.as_mut_ptr() as u64,
-            prog_cnt: progs.len() as u32,
-            link_ids: links.as_mut_ptr() as u64,
-            ..Query::default()
+        let mut query = |with_links: bool| {
+            let mut q = Query {
+                target_fd: f.as_raw_fd() as u32,
+                attach_type: *ty,
+                prog_ids: progs.as_mut_ptr() as u64,
+                prog_cnt: progs.len() as u32,
+                link_ids: if with_links {
+                    links.as_mut_ptr() as u64
+                } else {
+                    0
+                },
+                ..Query::default()
+            };
+            // SAFETY: BPF_PROG_QUERY with an attr of the kernel's layout whose id buffers hold
+            // prog_cnt entries each and outlive the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_QUERY,
+                    &raw mut q,
+                    size_of::<Query>() as u32,
+                )
+            };
+            (r, q)
         };
-        // SAFETY: BPF_PROG_QUERY with an attr of the kernel's layout whose id buffers hold
-        // prog_cnt entries each and outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                &raw mut q,
-                size_of::<Query>() as u32,
-            )
-        };
+        let (mut r, mut q) = query(true);
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // kernels before 6.6 know no link ids and refuse an attr that sets them
+            (r, q) = query(false);
+        }
         if r != 0 {
             let e = std::io::Error::last_os_error();
             // an attach type this kernel does not know

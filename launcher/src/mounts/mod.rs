@@ -277,6 +277,36 @@ fn do_mount<S: Sys>(
                 }
             }
         }
+        MountKind::Cgroup => {
+            let cgroup2 = |sys: &mut S, at: &S::Node| {
+                sys.mount(
+                    Some(Loc::Path(&m.source)),
+                    Loc::Node(at),
+                    Some("cgroup2"),
+                    m.flags,
+                    data,
+                )
+            };
+            match cgroup2(sys, &target) {
+                Ok(()) => {}
+                // the host's tree on a pure v2 host: its /sys/fs/cgroup is the host's cgroup2,
+                // and the kernel refuses a filesystem over its own root (EBUSY). A tmpfs
+                // between them, hidden under the workload's own cgroup2.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    sys.mount(
+                        Some(Loc::name("tmpfs")),
+                        t(),
+                        Some("tmpfs"),
+                        m.flags & !libc::MS_RDONLY,
+                        Some("mode=755"),
+                    )
+                    .map_err(what)?;
+                    let between = sys.lookup(root, &m.destination).map_err(what)?;
+                    cgroup2(sys, &between).map_err(what)?;
+                }
+                Err(e) => return Err(what(e)),
+            }
+        }
         kind => {
             sys.mount(
                 Some(Loc::Path(&m.source)),

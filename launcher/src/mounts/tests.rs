@@ -189,6 +189,23 @@ fn command_line_without_rootfs() {
 }
 
 #[test]
+fn the_host_trees_cgroup2_is_covered_by_the_workloads_own() {
+    // pure v2: the host's /sys/fs/cgroup is the one cgroup2 superblock, and the kernel refuses
+    // to mount it over its own root (EBUSY): a tmpfs goes between
+    let plan = host_plan(&[]);
+    let mut fake = host().fail("mount cgroup on /sys/fs/cgroup type cgroup2", libc::EBUSY);
+    setup_on(&mut fake, &plan, PURE_V2);
+    crate::testing::assert_run(
+        fake.calls(),
+        "
+            mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime -> errno 16
+            mount tmpfs on /sys/fs/cgroup type tmpfs flags=nosuid,nodev,noexec,relatime data=mode=755
+            mount cgroup on /sys/fs/cgroup type cgroup2 flags=ro,nosuid,nodev,noexec,relatime
+        ",
+    );
+}
+
+#[test]
 fn volumes_on_the_read_only_host() {
     // --volume binds recursively; `:ro` is read-only with every submount of the host path
     let d = Dir::new();
