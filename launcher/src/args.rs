@@ -28,8 +28,9 @@ SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2), mount, UTS, IPC and cgroup namespaces; --ne
 default) gives a network namespace with only loopback. With --rootfs the workload pivot_roots
 into it with fresh /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and
 /sys/fs/cgroup (read-only); without, it sees the host's files read-only (every submount
-too) with a fresh /proc, private tmpfs on /tmp and /dev/shm, and /run/palisade, /sys/fs/bpf
-and the filter cache hidden. Writable host paths: --volume HOST:DEST[:ro|rw] only.
+too) with a fresh /proc, private tmpfs on /tmp and /dev/shm, its own /sys/fs/cgroup, and
+/run/palisade, /sys/fs/bpf and the filter cache hidden. /sys/fs/cgroup shows the workload's
+own cgroups only. Writable host paths: --volume HOST:DEST[:ro|rw] only.
 No descriptor beyond stdin, stdout and stderr reaches the workload.
 Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_privs;
 devices: null, zero, full, random, urandom, tty, ptmx, pts only.
@@ -78,7 +79,7 @@ pub struct RunArgs {
     pub hostname: Option<String>,
     /// Root filesystem to pivot_root into, with /proc, /dev, /sys mounted fresh. Without it
     /// the workload sees the host's files read-only (submounts too), with a fresh /proc, a
-    /// private /tmp, and /run/palisade and /sys/fs/bpf hidden.
+    /// private /tmp, its own /sys/fs/cgroup, and /run/palisade and /sys/fs/bpf hidden.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
     /// Bind the host path HOST at DEST (Docker's -v syntax; repeatable): read-write unless
