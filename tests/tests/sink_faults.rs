@@ -196,10 +196,18 @@ fn violations_whose_events_the_log_could_not_write_are_reported_by_the_next_agen
             (counted(&b.metrics()) == produced && n >= produced).then_some(n)
         },
         || {
+            let m = b.metrics();
+            let all: Vec<String> = m
+                .samples
+                .iter()
+                .filter(|s| s.name == "palisade_policy_violations_total")
+                .map(|s| format!("{:?} {}", s.labels, s.value))
+                .collect();
             format!(
-                "counter {}, reported {}",
-                counted(&b.metrics()),
-                reported(&b)
+                "counter {}, reported {}; the next agent's violation counters: {all:?}\nits log:\n{}",
+                counted(&m),
+                reported(&b),
+                b.log()
             )
         },
     );

@@ -349,9 +349,13 @@ impl Owner {
     }
 
     /// Gives the policy task every live cgroup (names may have changed since it last saw
-    /// them); skipped when no policy exists unless `always` (the first sync at start-up).
+    /// them); skipped when no policy exists unless `always` (the first sync at start-up), and
+    /// before that first one, which comes once the cgroup tree is walked. A sync of a partial
+    /// set (a collection that finished before the walk) made a restarted agent take the
+    /// previous agent's pinned violation counts of cgroups it had not seen yet for cgroups that
+    /// are gone, and drop them.
     pub(super) async fn policy_sync(&mut self, always: bool) {
-        if !always && !self.policy.active() {
+        if !always && (!self.policies_synced || !self.policy.active()) {
             return;
         }
         let mut live: Vec<_> = self.registry.live().map(super::apply::target).collect();
