@@ -235,12 +235,15 @@ async fn serve_all(
         warn!(reason = %why, "no kernel BTF offsets: exec events lack arguments and parent, exit events lack status");
     }
     let ncpu = aya::util::nr_cpus().unwrap_or(1);
+    let counts = loaded.counts;
     info!(
         stats_entries = sc.stats_max_entries.0,
-        kernel_memory_bytes = (sc.stats_max_entries.0 as u64 * 256
-            + sc.errno_max_entries.0 as u64 * 16)
-            * ncpu as u64
-            + sc.thread_slots.0 as u64 * 16,
+        count_positions_per_cpu = counts.positions,
+        kernel_memory_bytes = u64::from(counts.entries().unwrap_or(0))
+            * size_of::<palisade_common::CountSlot>() as u64
+            + (sc.stats_max_entries.0 as u64 * 256 + sc.errno_max_entries.0 as u64 * 16)
+                * ncpu as u64
+            + sc.thread_slots.0 as u64 * 32,
         "syscall maps sized"
     );
 
@@ -248,11 +251,12 @@ async fn serve_all(
     // leaves the ring buffer to fill, where the kernel counts what it cannot queue.
     let (kernel_out_tx, kernel_out) = mpsc::channel(config.events.kernel_queue);
     let syscall_entry = loaded.syscall_entry;
-    let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, kernel_out_tx)?;
+    let (kernel_handle, actor_task) = kernel::spawn(loaded.ebpf, counts, kernel_out_tx)?;
 
     let info = Info {
         features: report.features.clone(),
         map_capacity: vec![
+            (names::MAP_SYSCALL_COUNTS, u64::from(counts.positions)),
             (names::MAP_SYSCALL_STATS, u64::from(sc.stats_max_entries.0)),
             (names::MAP_SYSCALL_ERRNOS, u64::from(sc.errno_max_entries.0)),
         ],

@@ -98,6 +98,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::ErrnoKey {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::CountSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for crate::ThreadSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::CgroupEvent {}
@@ -164,6 +166,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn count_probes_visit_every_position_of_a_small_region() {
+        // A region no larger than COUNT_PROBES is searched whole: a key finds a free position
+        // while any is left.
+        for bits in 0..=5 {
+            let mask = (1u32 << bits) - 1;
+            for home in [0, 1, 7, 0xdead_beef] {
+                let mut seen = [false; 32];
+                for i in 0..=mask {
+                    seen[count_probe(home, i, mask) as usize] = true;
+                }
+                let n = seen.iter().filter(|s| **s).count() as u32;
+                assert_eq!(n, mask + 1, "mask {mask} home {home}");
+            }
+        }
+        // neighbouring cgroups and syscalls start apart
+        let mut taken = [false; 1024];
+        for cg in 0..64u64 {
+            for nr in 0..8u32 {
+                taken[(count_home(1000 + cg, nr) & 1023) as usize] = true;
+            }
+        }
+        let distinct = taken.iter().filter(|t| **t).count();
+        assert!(distinct > 300, "{distinct} distinct homes of 512 keys");
+    }
+
+    #[test]
     fn sizes() {
         // Sizes are part of the kernel/user contract; a change here must change both sides.
         assert_eq!(size_of::<SyscallKey>(), 16);
@@ -171,6 +199,7 @@ mod tests {
         assert_eq!(size_of::<SyscallStats>(), 16 + 8 * HIST_BUCKETS);
         assert_eq!(size_of::<SyscallStats>(), 256);
         assert_eq!(size_of::<ThreadSlot>(), 32);
+        assert_eq!(size_of::<CountSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);
         assert_eq!(size_of::<ProcessCounts>(), 64);

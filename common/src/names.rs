@@ -2,6 +2,12 @@
 
 /// Per-CPU hash: [`crate::SyscallKey`] → [`crate::SyscallStats`].
 pub const MAP_SYSCALL_STATS: &str = "SYSCALL_STATS";
+/// Array (mmap-able), one open-addressing region per possible CPU: [`crate::CountSlot`].
+pub const MAP_SYSCALL_COUNTS: &str = "SYSCALL_COUNTS";
+/// Global `u32`: positions per CPU region of `SYSCALL_COUNTS` - 1 (a power of two - 1).
+pub const GLOBAL_COUNT_SLOT_MASK: &str = "COUNT_SLOT_MASK";
+/// Global `u32`: log2 of the positions per CPU region of `SYSCALL_COUNTS`.
+pub const GLOBAL_COUNT_SLOT_BITS: &str = "COUNT_SLOT_BITS";
 /// Per-CPU hash: [`crate::ErrnoKey`] → `u64` count.
 pub const MAP_SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 /// Array: `tid & THREAD_SLOT_MASK` → [`crate::ThreadSlot`] (syscall entry timestamps).
@@ -94,6 +100,9 @@ pub const GLOBAL_HAVE_TASK_OFFSETS: &str = "HAVE_TASK_OFFSETS";
 pub const GLOBAL_TASK_OFF_MM: &str = "TASK_OFF_MM";
 /// See [`GLOBAL_TASK_OFF_MM`].
 pub const GLOBAL_TASK_OFF_REAL_PARENT: &str = "TASK_OFF_REAL_PARENT";
+/// See [`GLOBAL_TASK_OFF_MM`]. Also what the syscall programs read the thread id from (0: the
+/// helper).
+pub const GLOBAL_TASK_OFF_PID: &str = "TASK_OFF_PID";
 /// See [`GLOBAL_TASK_OFF_MM`].
 pub const GLOBAL_TASK_OFF_TGID: &str = "TASK_OFF_TGID";
 /// See [`GLOBAL_TASK_OFF_MM`].

@@ -53,6 +53,115 @@ impl SyscallStats {
     }
 }
 
+/// One position of `SYSCALL_COUNTS`, the exact call count of (cgroup, syscall) on one CPU.
+///
+/// `SYSCALL_COUNTS` is an mmap-able array cut into one region per possible CPU, each an
+/// open-addressing table of `COUNT_SLOT_MASK + 1` positions (a power of two) that only its CPU's
+/// programs write: a key lives at the first position of its probe sequence ([`count_home`],
+/// [`count_probe`]) that held it, within [`COUNT_PROBES`] positions. Finding a key is a few
+/// inlined array loads, where a per-CPU hash lookup hashes and walks a bucket list (most of what
+/// accounting a call cost). Every call is counted here; `SYSCALL_STATS` gets only the timed ones.
+///
+/// The kernel writes a new key's `nr` and `calls` before its `cgroup_id` (stores are ordered on
+/// x86_64, and volatile in the program), so a reader that sees the id sees the rest. The agent
+/// retires the keys of removed cgroups by writing [`COUNT_RETIRED`] as their id; the kernel
+/// reuses such positions for new keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountSlot {
+    /// cgroup v2 id; [`COUNT_EMPTY`] never used, [`COUNT_RETIRED`] free again.
+    pub cgroup_id: u64,
+    /// Syscall number.
+    pub nr: u32,
+    /// Always 0 (explicit padding).
+    pub _pad: u32,
+    /// Calls counted on this CPU since the key took the position.
+    pub calls: u64,
+}
+
+/// [`CountSlot::cgroup_id`] of a position no key has taken (no cgroup has id 0).
+pub const COUNT_EMPTY: u64 = 0;
+/// [`CountSlot::cgroup_id`] of a position whose cgroup is gone (no cgroup has this id).
+pub const COUNT_RETIRED: u64 = u64::MAX;
+/// Positions of a key's probe sequence the kernel tries before counting the call lost
+/// (`syscall_stats_map_full`). With triangular probing over a power-of-two table, the first
+/// `n` probes of a table of `n` positions visit every position once.
+pub const COUNT_PROBES: u32 = 32;
+
+/// A key's first position in its CPU's region (before the mask): the number spread by one
+/// multiplication, added to the id, and the sum mixed by another; the high half of the product.
+#[inline(always)]
+pub const fn count_home(cgroup_id: u64, nr: u32) -> u32 {
+    let x = cgroup_id.wrapping_add((nr as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (x.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 32) as u32
+}
+
+/// Probe `i` of the key whose home is `home`, in a region of `mask + 1` positions (triangular
+/// numbers: `home`, `+1`, `+3`, `+6`, ...).
+#[inline(always)]
+pub const fn count_probe(home: u32, i: u32, mask: u32) -> u32 {
+    home.wrapping_add(i.wrapping_mul(i + 1) / 2) & mask
+}
+
+/// Adds one call of (`cgroup_id`, `nr`) to the region of `SYSCALL_COUNTS` that starts at index
+/// `base` and has `mask + 1` positions, taking a free position for a new key (the first retired
+/// one of its probes, else the empty one that ends them); false when none of its
+/// [`COUNT_PROBES`] positions is free. `slot` gives a position's address (`None`: out of the
+/// map). The kernel's programs run this; the agent's tests run it on memory of their own.
+///
+/// A region's single writer is its CPU (tracepoint programs do not interleave on a CPU: they
+/// run with preemption off). The id is written last, so a reader that sees it sees the rest.
+#[inline(always)]
+pub fn count_call(
+    slot: impl Fn(u32) -> Option<*mut CountSlot>,
+    base: u32,
+    mask: u32,
+    cgroup_id: u64,
+    nr: u32,
+) -> bool {
+    use core::ptr::{read_volatile, write_volatile};
+    let home = count_home(cgroup_id, nr);
+    let mut free = u32::MAX;
+    let mut i = 0;
+    while i < COUNT_PROBES {
+        let at = base | count_probe(home, i, mask);
+        let Some(p) = slot(at) else {
+            return false;
+        };
+        // SAFETY: `slot` gives valid positions; see above for who writes them.
+        unsafe {
+            let id = read_volatile(&raw const (*p).cgroup_id);
+            if id == cgroup_id && (*p).nr == nr {
+                (*p).calls += 1;
+                return true;
+            }
+            if id == COUNT_EMPTY {
+                if free == u32::MAX {
+                    free = at;
+                }
+                break;
+            }
+            if id == COUNT_RETIRED && free == u32::MAX {
+                free = at;
+            }
+        }
+        i += 1;
+    }
+    if free == u32::MAX {
+        return false;
+    }
+    let Some(p) = slot(free) else {
+        return false;
+    };
+    // SAFETY: as above.
+    unsafe {
+        write_volatile(&raw mut (*p).nr, nr);
+        write_volatile(&raw mut (*p).calls, 1);
+        write_volatile(&raw mut (*p).cgroup_id, cgroup_id);
+    }
+    true
+}
+
 /// Key of `SYSCALL_ERRNOS`: a failed syscall of one cgroup with one errno.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,16 +12,16 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use palisade_common::{
-    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, ENTERED_UNTIMED, EXIT_COUNTED, ErrnoKey, LATENCY_NEVER,
-    SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
+    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, CountSlot, ENTERED_UNTIMED, EXIT_COUNTED, ErrnoKey,
+    LATENCY_NEVER, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -58,6 +58,10 @@ static NR_FORK: Global<u32> = Global::new(57);
 static NR_VFORK: Global<u32> = Global::new(58);
 #[unsafe(no_mangle)]
 static NR_CLONE3: Global<u32> = Global::new(435);
+/// Offset of `task_struct.pid` from the kernel's BTF; 0 where there is none (the thread id then
+/// comes from `bpf_get_current_pid_tgid`). See [`current_tid`].
+#[unsafe(no_mangle)]
+static TASK_OFF_PID: Global<u32> = Global::new(0);
 /// Hierarchy id of the unified hierarchy (shared with cgroups.rs).
 #[unsafe(no_mangle)]
 pub static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
@@ -65,6 +69,22 @@ pub static UNIFIED_HIERARCHY: Global<u32> = Global::new(0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
+/// Positions per CPU region of `SYSCALL_COUNTS` - 1, and their log2 (userspace sets both).
+#[unsafe(no_mangle)]
+static COUNT_SLOT_MASK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static COUNT_SLOT_BITS: Global<u32> = Global::new(0);
+
+/// `BPF_F_MMAPABLE`: the agent reads the counts in place.
+const MMAPABLE: u32 = 1 << 10;
+
+/// Exact call counts, one open-addressing region per CPU (see [`CountSlot`]). Userspace sizes it
+/// (possible CPUs × positions).
+#[map(name = "SYSCALL_COUNTS")]
+static SYSCALL_COUNTS: Array<CountSlot> = Array::with_max_entries(1, MMAPABLE);
+
+/// Latency of the timed calls (`time_ns`, `hist`; `calls` stays 0: the counts are in
+/// `SYSCALL_COUNTS`).
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
     PerCpuHashMap::with_max_entries(10240, 0);
@@ -117,6 +137,24 @@ pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
     }
 }
 
+/// The current thread's id. The task pointer costs no call where the kernel inlines
+/// `bpf_get_current_task_btf` (x86_64 since 6.14), and `task->pid` is one load the verifier
+/// checks against BTF; `bpf_get_current_pid_tgid` is a call through the helper table, paid
+/// twice per syscall (entry and exit).
+#[inline(always)]
+fn current_tid() -> u32 {
+    let off = TASK_OFF_PID.load();
+    if off == 0 {
+        return bpf_get_current_pid_tgid() as u32;
+    }
+    // SAFETY: `off` is the offset of `pid` (i32) in `task_struct`, from BTF; the verifier
+    // types the task pointer and checks the load against the kernel's BTF (a fault reads 0).
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(off as usize).cast::<i32>()) as u32
+    }
+}
+
 #[inline(always)]
 fn selected(cgroup_id: u64) -> bool {
     // SAFETY: read-only lookup; the value is not kept.
@@ -150,7 +188,7 @@ fn enter(nr: u32) -> Result<i32, i32> {
             return Ok(0);
         }
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let tid = current_tid();
     let slot = THREAD_SLOTS
         .get_ptr_mut(tid & THREAD_SLOT_MASK.load())
         .ok_or(0)?;
@@ -193,7 +231,7 @@ unsafe fn claim(slot: *mut ThreadSlot, tid: u32) {
 /// thread with its id gets the slot cleared (`forget_slot`).
 #[inline(always)]
 fn first_exit() -> bool {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let tid = current_tid();
     let Some(slot) = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load()) else {
         return true;
     };
@@ -287,7 +325,7 @@ const NR_FROM_REGS: u32 = u32::MAX;
 /// register, "R3 !read_ok", on 6.1.)
 #[inline(always)]
 fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let tid = current_tid();
     // the entry was seen (the call timed or left out of the latency sample)
     let mut entered = false;
     let mut latency = UNTIMED;
@@ -374,30 +412,53 @@ fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
 /// unset payload reached the verifier as an uninitialized register, "R3 !read_ok".)
 const UNTIMED: u64 = u64::MAX;
 
-/// Counts one call of `nr` in `cgroup_id`, with its latency unless [`UNTIMED`].
+/// Counts one call of `nr` in `cgroup_id`, with its latency unless [`UNTIMED`]. A call whose
+/// count or latency finds no room is one `syscall_stats_map_full` loss.
 #[inline(always)]
 fn account(cgroup_id: u64, nr: u32, latency_ns: u64) {
+    let counted = count_call(cgroup_id, nr);
+    let timed = latency_ns == UNTIMED || record_latency(cgroup_id, nr, latency_ns);
+    if !counted || !timed {
+        loss::count(SYSCALL_STATS_FULL);
+    }
+}
+
+/// Adds one call to (`cgroup_id`, `nr`) in this CPU's region of `SYSCALL_COUNTS` (see
+/// [`palisade_common::count_call`]); false when it has no room for a new key.
+#[inline(always)]
+fn count_call(cgroup_id: u64, nr: u32) -> bool {
+    // SAFETY: helper without preconditions.
+    let base = unsafe { bpf_get_smp_processor_id() } << COUNT_SLOT_BITS.load();
+    palisade_common::count_call(
+        |at| SYSCALL_COUNTS.get_ptr_mut(at),
+        base,
+        COUNT_SLOT_MASK.load(),
+        cgroup_id,
+        nr,
+    )
+}
+
+/// Adds a timed call's latency to its histogram in `SYSCALL_STATS`; false when the map is full.
+#[inline(always)]
+fn record_latency(cgroup_id: u64, nr: u32, latency_ns: u64) -> bool {
     let key = SyscallKey {
         cgroup_id,
         nr,
         _pad: 0,
     };
     let Some(stats) = per_cpu_entry(&SYSCALL_STATS, &key, SyscallStats::ZERO) else {
-        loss::count(SYSCALL_STATS_FULL);
-        return;
+        return false;
     };
     // SAFETY: `stats` is this CPU's copy of a per-CPU hash value; nothing else writes it while
     // this program runs on this CPU.
     unsafe {
-        (*stats).calls += 1;
-        if latency_ns != UNTIMED {
-            (*stats).time_ns += latency_ns;
-            let b = latency_bucket(latency_ns);
-            if let Some(slot) = (*stats).hist.get_mut(b) {
-                *slot += 1;
-            }
+        (*stats).time_ns += latency_ns;
+        let b = latency_bucket(latency_ns);
+        if let Some(slot) = (*stats).hist.get_mut(b) {
+            *slot += 1;
         }
     }
+    true
 }
 
 #[inline(always)]

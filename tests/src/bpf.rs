@@ -170,13 +170,29 @@ impl crate::Agent {
         links.into_iter().map(|(_, prog)| prog).collect()
     }
 
-    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscalls,
-    /// errnos, process counters).
+    /// Cgroup ids that have at least one key in the agent's per-cgroup kernel maps (syscall
+    /// counts and latencies, errnos, process counters).
     pub fn cgroup_ids_in_maps(&self) -> Vec<u64> {
-        use aya::maps::{Map, MapData, PerCpuHashMap};
-        use palisade_common::{ErrnoKey, SyscallKey, SyscallStats, names};
+        use aya::maps::{Array, Map, MapData, PerCpuHashMap};
+        use palisade_common::{
+            COUNT_EMPTY, COUNT_RETIRED, CountSlot, ErrnoKey, SyscallKey, SyscallStats, names,
+        };
         let mut ids = Vec::new();
         for (id, name) in self.bpf_objects().0 {
+            if name == names::MAP_SYSCALL_COUNTS {
+                // every position of every CPU region, through the syscall interface (not the
+                // agent's mapping)
+                let data = MapData::from_id(id).unwrap_or_else(|e| panic!("open map {id}: {e}"));
+                let m: Array<_, CountSlot> =
+                    Array::try_from(Map::Array(data)).unwrap_or_else(|e| panic!("map {id}: {e}"));
+                ids.extend(
+                    m.iter()
+                        .filter_map(Result::ok)
+                        .map(|s| s.cgroup_id)
+                        .filter(|id| *id != COUNT_EMPTY && *id != COUNT_RETIRED),
+                );
+                continue;
+            }
             if name != names::MAP_SYSCALL_STATS
                 && name != names::MAP_SYSCALL_ERRNOS
                 && name != names::MAP_PROCESS_COUNTS

@@ -56,7 +56,7 @@ const LOST_REASONS: &[&str] = &[
     "ringbuf_full",
     "syscall_untimed",
 ];
-const MAPS: &[&str] = &["SYSCALL_STATS", "SYSCALL_ERRNOS"];
+const MAPS: &[&str] = &["SYSCALL_COUNTS", "SYSCALL_STATS", "SYSCALL_ERRNOS"];
 const CGROUP_STATES: &[&str] = &["live", "removed"];
 const FEATURES: &[&str] = &[
     "btf",

@@ -310,6 +310,15 @@ fn full_kernel_maps_are_counted_not_fatal() {
         },
     );
     let m = agent.metrics();
+    // 16 positions per CPU region, each taken
+    assert_eq!(
+        m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_COUNTS")]),
+        Some(16.0)
+    );
+    assert_eq!(
+        m.value("palisade_bpf_map_capacity", &[("map", "SYSCALL_COUNTS")]),
+        Some(16.0)
+    );
     assert_eq!(
         m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_STATS")]),
         Some(16.0)
@@ -330,6 +339,56 @@ fn full_kernel_maps_are_counted_not_fatal() {
     cg.run_workload(&["getppid", "10"]);
     assert!(total(&agent.metrics()) > before);
     promtool_check_metrics(&m.text);
+}
+
+#[test]
+fn the_count_table_gives_the_positions_of_removed_cgroups_to_new_ones() {
+    // 16 cgroups, made before the agent starts (its first walk selects them: no race with
+    // events), used one after another and removed. Each leaves some 20 (syscall) keys: 16 of
+    // them need far more than the 64 positions of a CPU region, unless the positions of the
+    // removed ones are taken again.
+    let parent = TestCgroup::new("reuse");
+    let children: Vec<TestCgroup> = (0..16).map(|i| parent.child(&format!("r{i}"))).collect();
+    let glob = format!("{}/*", parent.rel);
+    let agent = Agent::start(
+        &format!("{NO_GRACE}syscalls:\n  stats_max_entries: 64\n"),
+        &["--cgroup", &glob],
+    );
+    let lost = |m: &Metrics| {
+        m.value(
+            "palisade_kernel_lost_total",
+            &[("reason", "syscall_stats_map_full")],
+        )
+        .unwrap_or(0.0)
+    };
+    for (i, c) in children.into_iter().enumerate() {
+        c.run_workload(&["getppid", "77"]);
+        let m = agent.metrics();
+        assert_eq!(
+            syscalls(&m, &c.rel, "getppid"),
+            Some(77.0),
+            "cgroup {i}: {}",
+            m.text
+        );
+        assert_eq!(lost(&m), 0.0, "cgroup {i}: calls lost to a full table");
+        let (rel, id) = (c.rel.clone(), c.remove());
+        wait_for(
+            Duration::from_secs(20),
+            "the removed cgroup's keys to go",
+            || {
+                let m = agent.metrics();
+                (syscalls(&m, &rel, "getppid").is_none()
+                    && !agent.cgroup_ids_in_maps().contains(&id))
+                .then_some(())
+            },
+        );
+    }
+    let m = agent.metrics();
+    assert_eq!(lost(&m), 0.0);
+    let fullest = m
+        .value("palisade_bpf_map_entries", &[("map", "SYSCALL_COUNTS")])
+        .unwrap_or(f64::MAX);
+    assert!(fullest < 64.0, "{fullest} keys left in a region of 64");
 }
 
 #[test]

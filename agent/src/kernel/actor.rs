@@ -8,7 +8,7 @@
 //! counts what it cannot queue as `ringbuf_full`). When the actor stops (on
 //! [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which detaches
 //! every program.
-use std::collections::HashSet;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::Pod;
 use aya::{
@@ -50,8 +50,10 @@ pub struct KernelSnapshot {
     pub flows_created: u64,
     /// Indexed by `palisade_common::loss`.
     pub losses: [u64; loss::COUNT as usize],
-    /// Entries in the stats and errno maps before reaping.
+    /// Entries in the stats map after reaping, keys in the fullest CPU region of the count
+    /// table after reaping, entries in the errno map before reaping.
     pub stats_entries: usize,
+    pub count_entries: usize,
     pub errno_entries: usize,
     /// Cgroups whose entries were deleted by this collection (their values are included above).
     pub reaped: Vec<u64>,
@@ -126,6 +128,9 @@ impl KernelHandle {
 struct Actor {
     /// Owns the programs and their links; dropped last.
     ebpf: Ebpf,
+    /// The exact counts, mapped (`SYSCALL_COUNTS`).
+    counts: super::counts::Counts,
+    /// The timed calls' latencies.
     stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     filter: HashMap<MapData, u64, u32>,
@@ -159,8 +164,15 @@ async fn hand_on(
 /// Starts the actor on the current tokio runtime; its output goes to `out`.
 pub fn spawn(
     mut ebpf: Ebpf,
+    layout: super::CountLayout,
     out: mpsc::Sender<Output>,
 ) -> Result<(KernelHandle, tokio::task::JoinHandle<()>), KernelError> {
+    let counts = match ebpf.take_map(names::MAP_SYSCALL_COUNTS) {
+        Some(aya::maps::Map::Array(data)) => {
+            super::counts::Counts::open(data, layout).map_err(KernelError::CountsMap)?
+        }
+        _ => return Err(KernelError::MissingMap(names::MAP_SYSCALL_COUNTS)),
+    };
     let stats = take_map(&mut ebpf, names::MAP_SYSCALL_STATS)?;
     let errnos = take_map(&mut ebpf, names::MAP_SYSCALL_ERRNOS)?;
     let filter = take_map(&mut ebpf, names::MAP_CGROUP_FILTER)?;
@@ -186,6 +198,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let actor = Actor {
         ebpf,
+        counts,
         stats,
         errnos,
         filter,
@@ -301,8 +314,21 @@ impl Actor {
         let reap: HashSet<u64> = reap.iter().copied().collect();
         let mut snap = KernelSnapshot::default();
 
-        snap.syscalls = read_summed(&self.stats, names::MAP_SYSCALL_STATS, SyscallStats::merge)?;
-        snap.stats_entries = snap.syscalls.len();
+        // The counts, then the latencies (a call timed in between has its latency in this
+        // snapshot and its count in the next).
+        let counts = self.counts.read(&reap);
+        let timed = read_summed(&self.stats, names::MAP_SYSCALL_STATS, SyscallStats::merge)?;
+        snap.stats_entries = timed
+            .iter()
+            .filter(|(k, _)| !reap.contains(&k.cgroup_id))
+            .count();
+        snap.count_entries = counts.fullest;
+        let dead_timed: Vec<SyscallKey> = timed
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| reap.contains(&k.cgroup_id))
+            .collect();
+        snap.syscalls = merge_counts(counts.calls, timed);
         snap.errnos = read_summed(&self.errnos, names::MAP_SYSCALL_ERRNOS, |a, b| *a += b)?;
         snap.errno_entries = snap.errnos.len();
         snap.processes = read_summed(
@@ -339,14 +365,9 @@ impl Actor {
         }
 
         // Delete after reading: removed cgroups get no new events, so these values are final.
+        self.counts.retire(&reap);
         let dead = |id: &u64| reap.contains(id);
-        remove_all(
-            &mut self.stats,
-            snap.syscalls
-                .iter()
-                .map(|(k, _)| *k)
-                .filter(|k| dead(&k.cgroup_id)),
-        );
+        remove_all(&mut self.stats, dead_timed.into_iter());
         remove_all(
             &mut self.errnos,
             snap.errnos
@@ -380,6 +401,38 @@ impl Actor {
         }
         out
     }
+}
+
+/// Each key's calls (`SYSCALL_COUNTS`) with its latencies (`SYSCALL_STATS`, timed calls only).
+/// A key with latencies and no count (the count table had no room for it) keeps `calls` 0:
+/// the loss is in `syscall_stats_map_full`.
+fn merge_counts(
+    calls: StdHashMap<(u64, u32), u64>,
+    timed: Vec<(SyscallKey, SyscallStats)>,
+) -> Vec<(SyscallKey, SyscallStats)> {
+    let mut out: StdHashMap<SyscallKey, SyscallStats> = calls
+        .into_iter()
+        .map(|((cgroup_id, nr), calls)| {
+            let key = SyscallKey {
+                cgroup_id,
+                nr,
+                _pad: 0,
+            };
+            let stats = SyscallStats {
+                calls,
+                ..SyscallStats::ZERO
+            };
+            (key, stats)
+        })
+        .collect();
+    for (key, t) in timed {
+        let s = out.entry(key).or_insert(SyscallStats::ZERO);
+        s.time_ns += t.time_ns;
+        for (a, b) in s.hist.iter_mut().zip(t.hist.iter()) {
+            *a += b;
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Every entry of a per-CPU hash, summed over CPUs with `add`.

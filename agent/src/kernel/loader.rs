@@ -129,6 +129,8 @@ pub struct Loaded {
     /// Why `task_struct`/`mm_struct` fields cannot be read (no BTF), if so: exec events then
     /// lack arguments and parent, exit events lack status and lifetime.
     pub task_offsets_unavailable: Option<BtfError>,
+    /// How `SYSCALL_COUNTS` is cut into CPU regions.
+    pub counts: super::CountLayout,
 }
 
 /// x86_64 ABI constants for the syscall programs.
@@ -305,6 +307,7 @@ fn task_offsets() -> Result<Globals, BtfError> {
             names::GLOBAL_TASK_OFF_REAL_PARENT,
             get("task_struct", "real_parent")?,
         ),
+        (names::GLOBAL_TASK_OFF_PID, get("task_struct", "pid")?),
         (names::GLOBAL_TASK_OFF_TGID, get("task_struct", "tgid")?),
         (
             names::GLOBAL_TASK_OFF_EXIT_CODE,
@@ -330,6 +333,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
     let task = task_offsets();
     let have_task: u32 = task.is_ok().into();
 
+    let counts = super::CountLayout::for_host(opts.stats_max_entries)?;
+    let (count_mask, count_bits) = (counts.mask(), counts.bits());
+    let count_entries = counts.entries().unwrap_or(1);
     let filter: u32 = opts.filter_enabled.into();
     let mask: u32 = opts.thread_slots - 1;
     let mut loader = EbpfLoader::new();
@@ -357,6 +363,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .override_global(names::GLOBAL_UNIFIED_HIERARCHY, &UNIFIED_HIERARCHY_ID, true)
         .override_global(names::GLOBAL_HAVE_TASK_OFFSETS, &have_task, true)
         .map_max_entries(names::MAP_THREAD_SLOTS, opts.thread_slots)
+        .override_global(names::GLOBAL_COUNT_SLOT_MASK, &count_mask, true)
+        .override_global(names::GLOBAL_COUNT_SLOT_BITS, &count_bits, true)
+        .map_max_entries(names::MAP_SYSCALL_COUNTS, count_entries)
         .map_max_entries(names::MAP_SYSCALL_STATS, opts.stats_max_entries)
         .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries)
         .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_bytes)
@@ -442,6 +451,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         syscall_hooks_refused,
         optional,
         task_offsets_unavailable: task.err(),
+        counts,
     })
 }
 

@@ -4,12 +4,14 @@
 //! owns from then on (its `sys_enter` program tail-calls it while syscall rules are in force).
 mod actor;
 mod batch;
+mod counts;
 mod entry;
 pub mod events;
 mod listeners;
 mod loader;
 
 pub use actor::{KernelHandle, KernelSnapshot, Output, spawn};
+pub use counts::CountLayout;
 pub use entry::SyscallEntry;
 pub use events::{CgroupChange, KernelEvent};
 /// The `/proc` parsers of the listener scan (for `crate::fuzzing`).
@@ -66,6 +68,17 @@ pub enum KernelError {
         hook: &'static str,
         cause: Box<KernelError>,
     },
+    #[error(
+        "syscalls.stats_max_entries {capacity} is too large for {regions} possible CPUs (the count table would pass 4 GiB)"
+    )]
+    CountsTooLarge { capacity: u32, regions: u32 },
+    #[error("cannot read the possible CPUs from {path}: {source}")]
+    Cpus {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot map the syscall count table: {0}")]
+    CountsMap(#[source] std::io::Error),
     #[error("no kernel BTF (fentry needs /sys/kernel/btf/vmlinux): {0}")]
     Btf(#[source] aya::BtfError),
     #[error("cannot open the cgroup {}: {source}", path.display())]

@@ -76,6 +76,7 @@ pub(crate) fn families(inp: &Inputs<'_>, o: Out, series_dropped: usize) -> Vec<F
     );
     for (map, cap) in &info.map_capacity {
         let n = match *map {
+            palisade_common::names::MAP_SYSCALL_COUNTS => model.count_entries,
             palisade_common::names::MAP_SYSCALL_STATS => model.stats_entries,
             palisade_common::names::MAP_SYSCALL_ERRNOS => model.errno_entries,
             _ => continue,
