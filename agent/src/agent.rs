@@ -243,7 +243,9 @@ async fn serve_all(
             * size_of::<palisade_common::CountSlot>() as u64
             + (sc.stats_max_entries.0 as u64 * 256 + sc.errno_max_entries.0 as u64 * 16)
                 * ncpu as u64
-            + sc.thread_slots.0 as u64 * 32,
+            + sc.thread_slots.0 as u64
+                * (size_of::<palisade_common::ThreadSlot>()
+                    + size_of::<palisade_common::CallSlot>()) as u64,
         "syscall maps sized"
     );
 

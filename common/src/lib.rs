@@ -102,6 +102,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::ThreadSlot {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::CallSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for crate::CgroupEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::ProcessCounts {}
@@ -198,7 +200,8 @@ mod tests {
         assert_eq!(size_of::<ErrnoKey>(), 16);
         assert_eq!(size_of::<SyscallStats>(), 16 + 8 * HIST_BUCKETS);
         assert_eq!(size_of::<SyscallStats>(), 256);
-        assert_eq!(size_of::<ThreadSlot>(), 32);
+        assert_eq!(size_of::<ThreadSlot>(), 24);
+        assert_eq!(size_of::<CallSlot>(), 32);
         assert_eq!(size_of::<CountSlot>(), 24);
         assert_eq!(size_of::<CgroupEvent>(), 24 + CGROUP_PATH_MAX);
         assert_eq!(loss::REASONS.len(), loss::COUNT as usize);

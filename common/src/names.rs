@@ -10,8 +10,10 @@ pub const GLOBAL_COUNT_SLOT_MASK: &str = "COUNT_SLOT_MASK";
 pub const GLOBAL_COUNT_SLOT_BITS: &str = "COUNT_SLOT_BITS";
 /// Per-CPU hash: [`crate::ErrnoKey`] → `u64` count.
 pub const MAP_SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
-/// Array: `tid & THREAD_SLOT_MASK` → [`crate::ThreadSlot`] (syscall entry timestamps).
+/// Array: `tid & THREAD_SLOT_MASK` → [`crate::ThreadSlot`] (cgroup cache, sampling state).
 pub const MAP_THREAD_SLOTS: &str = "THREAD_SLOTS";
+/// Array: `(regs >> CALL_SLOT_SHIFT) & THREAD_SLOT_MASK` → [`crate::CallSlot`] (syscalls in flight).
+pub const MAP_CALL_SLOTS: &str = "CALL_SLOTS";
 /// Hash: cgroup id (`u64`) → `u32` 1, the traced set when `FILTER_ENABLED` is 1.
 pub const MAP_CGROUP_FILTER: &str = "CGROUP_FILTER";
 /// Array of `u32` switches set by userspace at run time (see [`crate::CONFIG_CGROUP_CACHE`]).

@@ -174,39 +174,59 @@ pub struct ErrnoKey {
     pub errno: u32,
 }
 
-/// One entry of `THREAD_SLOTS`: the syscall a thread is in, when it entered, and the thread's
-/// cgroup v2 id (a cache, so the hot path skips `bpf_get_current_cgroup_id`).
+/// One entry of `THREAD_SLOTS`: what the syscall programs keep per thread — its cgroup v2 id
+/// (a cache, so the hot path skips `bpf_get_current_cgroup_id`) and the generator that picks
+/// the timed calls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSlot {
-    /// Thread id owning the slot (slots are indexed by `tid & mask`; a mismatch means another
-    /// thread took the slot and the call is counted untimed).
+    /// Thread id owning the slot (slots are indexed by `tid & mask`; another thread taking the
+    /// slot starts it afresh).
     pub tid: u32,
-    /// Syscall number seen at entry.
-    pub nr: u32,
-    /// `bpf_ktime_get_ns()` at entry; [`ENTERED_UNTIMED`] for a call in flight that is not
-    /// timed (`syscalls.latency_sample`); [`EXIT_COUNTED`] after `exit`/`exit_group`; 0 when no
-    /// syscall is in flight.
-    pub start_ns: u64,
+    /// The thread's xorshift32 state that picks the calls timed (`syscalls.latency_sample`),
+    /// seeded from `bpf_get_prandom_u32` when the thread takes the slot; 0 = not seeded.
+    pub rng: u32,
     /// Cached cgroup v2 id of `tid`; 0 = unknown. Kept right by the `cgroup:cgroup_attach_task`
     /// (migration) and `sched:sched_process_fork` (tid reuse) tracepoints; only used while
     /// `CONFIG[CONFIG_CGROUP_CACHE]` is 1, which userspace sets once both are attached.
     pub cgroup_id: u64,
-    /// The thread's xorshift32 state that picks the calls timed (`syscalls.latency_sample`),
-    /// seeded from `bpf_get_prandom_u32` when the thread takes the slot; 0 = not seeded.
-    pub rng: u32,
+    /// [`EXIT_COUNTED`] once the thread's `exit`/`exit_group` is counted, else 0.
+    pub exit: u32,
     pub _pad: u32,
 }
 
-/// [`ThreadSlot::start_ns`] of a call whose entry was seen but that the latency sample left
+/// One entry of `CALL_SLOTS`: the syscall a thread is in, indexed by its saved registers'
+/// address (`regs >> 14`, the thread's kernel stack: the tracepoints at entry and exit both
+/// pass it), so the exit finds it without asking which thread runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallSlot {
+    /// `struct pt_regs *` of the call (a live thread's own; another value: the slot is another
+    /// thread's, or stale).
+    pub regs: u64,
+    /// `bpf_ktime_get_ns()` at entry; [`ENTERED_UNTIMED`] for a call the latency sample left
+    /// out; 0 when no call is in flight.
+    pub start_ns: u64,
+    /// The thread's cgroup at entry: the call is counted there.
+    pub cgroup_id: u64,
+    /// Syscall number.
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// [`CallSlot::start_ns`] of a call whose entry was seen but that the latency sample left
 /// untimed (`bpf_ktime_get_ns` counts from boot: it is never 1 once programs run).
 pub const ENTERED_UNTIMED: u64 = 1;
 
-/// [`ThreadSlot::start_ns`] once the thread's `exit`/`exit_group` is counted (they never
-/// return): a second run of the entry program for the same call does not count it again. Two
-/// run for one call while the agent moves its `sys_enter` program between the tracepoint and
-/// the policy program's tail call.
-pub const EXIT_COUNTED: u64 = 2;
+/// [`ThreadSlot::exit`] once the thread's `exit`/`exit_group` is counted (they never return):
+/// a second run of the entry program for the same call does not count it again. Two run for
+/// one call while the agent moves its `sys_enter` program between the tracepoint and the
+/// policy program's tail call.
+pub const EXIT_COUNTED: u32 = 1;
+
+/// log2 of the kernel stack size below which `CALL_SLOTS` tells threads apart (x86_64's
+/// `THREAD_SIZE`, 16 KiB; a stack is aligned to its size).
+pub const CALL_SLOT_SHIFT: u32 = 14;
 
 /// `LATENCY_SAMPLE_MASK` that times no call (`metrics.syscall_latency: false`).
 pub const LATENCY_NEVER: u32 = u32::MAX;

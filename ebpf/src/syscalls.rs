@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use palisade_common::{
-    CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, CountSlot, ENTERED_UNTIMED, EXIT_COUNTED, ErrnoKey,
-    LATENCY_NEVER, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
+    CALL_SLOT_SHIFT, CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, CallSlot, CountSlot, ENTERED_UNTIMED,
+    EXIT_COUNTED, ErrnoKey, LATENCY_NEVER, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -95,6 +95,11 @@ static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> = PerCpuHashMap::with_max_en
 #[map(name = "THREAD_SLOTS")]
 static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(65536, 0);
 
+/// Calls in flight, by the address of their saved registers (see [`CallSlot`]); as many as
+/// `THREAD_SLOTS`.
+#[map(name = "CALL_SLOTS")]
+static CALL_SLOTS: Array<CallSlot> = Array::with_max_entries(65536, 0);
+
 #[map(name = "CGROUP_FILTER")]
 static CGROUP_FILTER: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 
@@ -119,8 +124,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 /// called for every 64-bit syscall with a valid number. `do_syscall_64` itself is `noinstr`.
 #[fentry(function = "x64_sys_call")]
 pub fn sys_enter_fentry(ctx: FEntryContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
     let nr: u64 = ctx.arg(1);
-    match enter(nr as u32) {
+    match enter(nr as u32, regs) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -128,19 +134,20 @@ pub fn sys_enter_fentry(ctx: FEntryContext) -> i32 {
 /// The same function's return: the arguments as at entry, then the return value.
 #[fexit(function = "x64_sys_call")]
 pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
     let nr: u64 = ctx.arg(1);
     let ret: i64 = ctx.arg(2);
     // A fork child starts in ret_from_fork and never returns through the dispatcher: every
     // return seen here is a call of its own, and the number is the argument.
-    match exit(ret, nr as u32, 0) {
+    match exit(ret, nr as u32, regs) {
         Ok(v) | Err(v) => v,
     }
 }
 
-/// The current thread's id. The task pointer costs no call where the kernel inlines
-/// `bpf_get_current_task_btf` (x86_64 since 6.14), and `task->pid` is one load the verifier
-/// checks against BTF; `bpf_get_current_pid_tgid` is a call through the helper table, paid
-/// twice per syscall (entry and exit).
+/// The current thread's id: `task->pid`, one load the verifier checks against BTF, where the
+/// kernel has BTF (measured a little cheaper than `bpf_get_current_pid_tgid`, whose value needs
+/// a shift and a combine); the helper without BTF. Only the entry asks: the exit finds its
+/// call by the registers' address.
 #[inline(always)]
 fn current_tid() -> u32 {
     let off = TASK_OFF_PID.load();
@@ -163,16 +170,45 @@ fn selected(cgroup_id: u64) -> bool {
 
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // sys_enter(struct pt_regs *regs, long id)
+    let regs: u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
     if nr < 0 {
         return Ok(0);
     }
-    enter(nr as u32)
+    enter(nr as u32, regs)
 }
 
-/// Syscall entry: stamps the thread's slot (or counts `exit`/`exit_group` now).
+/// The `CALL_SLOTS` slot of the call whose saved registers are at `regs`.
 #[inline(always)]
-fn enter(nr: u32) -> Result<i32, i32> {
+fn call_slot(regs: u64) -> Option<*mut CallSlot> {
+    CALL_SLOTS.get_ptr_mut(((regs >> CALL_SLOT_SHIFT) as u32) & THREAD_SLOT_MASK.load())
+}
+
+/// The cgroup of the thread of `slot` (its own, claimed): the cached id, else the helper's
+/// (cached when the cache is on).
+///
+/// # Safety
+/// `slot` points at a `THREAD_SLOTS` value (see `try_sys_enter`).
+#[inline(always)]
+unsafe fn thread_cgroup(slot: *mut ThreadSlot) -> u64 {
+    let cache = cache_enabled();
+    // SAFETY: the caller's.
+    unsafe {
+        if cache && (*slot).cgroup_id != 0 {
+            return (*slot).cgroup_id;
+        }
+        let id = bpf_get_current_cgroup_id();
+        if cache {
+            (*slot).cgroup_id = id;
+        }
+        id
+    }
+}
+
+/// Syscall entry: records the call in flight in its `CALL_SLOTS` slot, with the thread's
+/// cgroup and, for the calls the sample picks, the time (or counts `exit`/`exit_group` now).
+#[inline(always)]
+fn enter(nr: u32, regs: u64) -> Result<i32, i32> {
     if nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
         // These never reach sys_exit: count them now, untimed and without errno.
         // SAFETY: helper without preconditions.
@@ -182,23 +218,25 @@ fn enter(nr: u32) -> Result<i32, i32> {
         }
         return Ok(0);
     }
-    if FILTER_ENABLED.load() != 0 {
-        // SAFETY: helper without preconditions.
-        if !selected(unsafe { bpf_get_current_cgroup_id() }) {
-            return Ok(0);
-        }
-    }
     let tid = current_tid();
     let slot = THREAD_SLOTS
         .get_ptr_mut(tid & THREAD_SLOT_MASK.load())
         .ok_or(0)?;
-    // SAFETY: `slot` points into an array map value owned by this map for the program's lifetime.
-    // Two threads whose ids collide modulo the slot count may race on it; `tid` is checked at
-    // exit, so a collision at worst makes one call untimed (counted in SYSCALL_UNTIMED).
+    let call = call_slot(regs).ok_or(0)?;
+    // SAFETY: `slot` and `call` point into array map values owned by their maps for the
+    // program's lifetime. Two threads whose ids (or stacks) collide modulo the slot count may
+    // race on one; the exit checks `regs`, so a collision at worst makes one call untimed
+    // (counted in SYSCALL_UNTIMED).
     unsafe {
         claim(slot, tid);
-        (*slot).nr = nr;
-        (*slot).start_ns = if sampled(&mut (*slot).rng) {
+        let cgroup_id = thread_cgroup(slot);
+        if !selected(cgroup_id) {
+            return Ok(0);
+        }
+        (*call).regs = regs;
+        (*call).nr = nr;
+        (*call).cgroup_id = cgroup_id;
+        (*call).start_ns = if sampled(&mut (*slot).rng) {
             bpf_ktime_get_ns()
         } else {
             ENTERED_UNTIMED
@@ -220,6 +258,7 @@ unsafe fn claim(slot: *mut ThreadSlot, tid: u32) {
             (*slot).tid = tid;
             (*slot).cgroup_id = 0;
             (*slot).rng = 0;
+            (*slot).exit = 0;
         }
     }
 }
@@ -237,11 +276,11 @@ fn first_exit() -> bool {
     };
     // SAFETY: see try_sys_enter.
     unsafe {
-        if (*slot).tid == tid && (*slot).start_ns == EXIT_COUNTED {
+        if (*slot).tid == tid && (*slot).exit == EXIT_COUNTED {
             return false;
         }
         claim(slot, tid);
-        (*slot).start_ns = EXIT_COUNTED;
+        (*slot).exit = EXIT_COUNTED;
     }
     true
 }
@@ -287,7 +326,7 @@ pub fn forget_slot(child: u32) {
             if (*slot).tid == child {
                 (*slot).tid = 0;
                 (*slot).cgroup_id = 0;
-                (*slot).start_ns = 0;
+                (*slot).exit = 0;
                 (*slot).rng = 0;
             }
         }
@@ -318,90 +357,81 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
 /// `exit`'s `nr` when only the saved registers have the syscall number.
 const NR_FROM_REGS: u32 = u32::MAX;
 
-/// Syscall return: accounts the call timed by its slot, or untimed when the entry was missed.
-/// `known_nr` is the syscall number when the hook passes it (fexit), else [`NR_FROM_REGS`] and
-/// `regs` points at the saved registers (`sys_exit(struct pt_regs *regs, long ret)`). (Plain
+/// Syscall return: accounts the call its entry recorded (in the cgroup it entered from, timed
+/// when the sample picked it), or untimed when the entry was missed. `regs` is the address of
+/// the saved registers (both hooks pass it); `known_nr` is the syscall number when the hook
+/// passes it (fexit), else [`NR_FROM_REGS`] (`sys_exit(struct pt_regs *regs, long ret)`). (Plain
 /// integers, not an enum: an enum's unused payload reached the verifier as an uninitialized
 /// register, "R3 !read_ok", on 6.1.)
 #[inline(always)]
 fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
-    let tid = current_tid();
-    // the entry was seen (the call timed or left out of the latency sample)
-    let mut entered = false;
-    let mut latency = UNTIMED;
-    let mut nr = u32::MAX;
-    let mut cached_cgroup = 0;
-    let slot = THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load());
-    let cache = cache_enabled();
-    if let Some(slot) = slot {
-        // SAFETY: see try_sys_enter.
+    if let Some(call) = call_slot(regs) {
+        // SAFETY: see `enter`.
         unsafe {
-            if (*slot).tid == tid {
-                let start = (*slot).start_ns;
-                if start != 0 {
-                    entered = true;
-                    nr = (*slot).nr;
-                    // neither ENTERED_UNTIMED nor EXIT_COUNTED (the clock is far past both)
-                    if start > EXIT_COUNTED {
-                        latency = bpf_ktime_get_ns().saturating_sub(start);
-                    }
-                    (*slot).start_ns = 0;
+            let start = (*call).start_ns;
+            if start != 0 && (*call).regs == regs {
+                (*call).start_ns = 0;
+                let latency = if start > ENTERED_UNTIMED {
+                    bpf_ktime_get_ns().saturating_sub(start)
+                } else {
+                    UNTIMED
+                };
+                // selected at entry
+                let (cgroup_id, nr) = ((*call).cgroup_id, (*call).nr);
+                account(cgroup_id, nr, latency);
+                if (-MAX_ERRNO..0).contains(&ret) {
+                    count_errno(cgroup_id, nr, (-ret) as u32);
                 }
-                if cache {
-                    cached_cgroup = (*slot).cgroup_id;
-                }
+                return Ok(0);
             }
         }
     }
-    if !entered {
-        match known_nr {
-            NR_FROM_REGS => {
-                // No entry seen: read the syscall number from the saved registers (arch ABI
-                // layout).
-                // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
-                let raw: i64 = unsafe {
-                    bpf_probe_read_kernel((regs + PT_REGS_NR_OFFSET.load()) as *const i64)
-                }
-                .map_err(|_| 0)?;
-                if raw < 0 {
-                    return Ok(0);
-                }
-                nr = raw as u32;
-                // A new child's first return from the fork family is not a call of its own.
-                if ret == 0
-                    && (nr == NR_CLONE.load()
-                        || nr == NR_CLONE3.load()
-                        || nr == NR_FORK.load()
-                        || nr == NR_VFORK.load())
-                {
-                    return Ok(0);
-                }
+    exit_unseen(ret, known_nr, regs)
+}
+
+/// A return whose entry was not seen (the programs attached in between, or another thread's
+/// call took the slot): counted untimed, in the thread's cgroup now.
+#[inline(always)]
+fn exit_unseen(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
+    let nr = match known_nr {
+        NR_FROM_REGS => {
+            // Read the syscall number from the saved registers (arch ABI layout).
+            // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
+            let raw: i64 =
+                unsafe { bpf_probe_read_kernel((regs + PT_REGS_NR_OFFSET.load()) as *const i64) }
+                    .map_err(|_| 0)?;
+            if raw < 0 {
+                return Ok(0);
             }
-            n => nr = n,
+            let nr = raw as u32;
+            // A new child's first return from the fork family is not a call of its own.
+            if ret == 0
+                && (nr == NR_CLONE.load()
+                    || nr == NR_CLONE3.load()
+                    || nr == NR_FORK.load()
+                    || nr == NR_VFORK.load())
+            {
+                return Ok(0);
+            }
+            nr
         }
-    }
-    let cgroup_id = if cached_cgroup != 0 {
-        cached_cgroup
-    } else {
+        n => n,
+    };
+    let tid = current_tid();
+    let cgroup_id = match THREAD_SLOTS.get_ptr_mut(tid & THREAD_SLOT_MASK.load()) {
+        // SAFETY: see `enter`.
+        Some(slot) => unsafe {
+            claim(slot, tid);
+            thread_cgroup(slot)
+        },
         // SAFETY: helper without preconditions.
-        let id = unsafe { bpf_get_current_cgroup_id() };
-        if cache && let Some(slot) = slot {
-            // SAFETY: see try_sys_enter.
-            unsafe {
-                if (*slot).tid == tid {
-                    (*slot).cgroup_id = id;
-                }
-            }
-        }
-        id
+        None => unsafe { bpf_get_current_cgroup_id() },
     };
     if !selected(cgroup_id) {
         return Ok(0);
     }
-    if !entered {
-        loss::count(SYSCALL_UNTIMED);
-    }
-    account(cgroup_id, nr, latency);
+    loss::count(SYSCALL_UNTIMED);
+    account(cgroup_id, nr, UNTIMED);
     if (-MAX_ERRNO..0).contains(&ret) {
         count_errno(cgroup_id, nr, (-ret) as u32);
     }

@@ -183,9 +183,10 @@ pub struct SyscallConfig {
     /// Trace only cgroups whose container name or cgroup path matches one of these globs
     /// (e.g. `web-*`, `/system.slice/*.service`). Empty: trace every cgroup.
     pub cgroups: Vec<Pattern>,
-    /// Capacity of the (cgroup, syscall) table in the kernel. Kernel memory is
-    /// `entries x 256 bytes x CPUs`, preallocated. When full, new pairs are dropped and counted
-    /// in `palisade_kernel_lost_total{reason="syscall_stats_map_full"}`.
+    /// Capacity of the (cgroup, syscall) tables in the kernel: the counts (this rounded up to a
+    /// power of two, per CPU: `positions x 24 bytes x CPUs`) and the latencies of the timed
+    /// calls (`entries x 256 bytes x CPUs`), preallocated. A call that finds no room in either
+    /// is counted in `palisade_kernel_lost_total{reason="syscall_stats_map_full"}`.
     pub stats_max_entries: Capacity,
     /// Capacity of the (cgroup, syscall, errno) table (`entries x 8 bytes x CPUs`).
     pub errno_max_entries: Capacity,

@@ -363,6 +363,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .override_global(names::GLOBAL_UNIFIED_HIERARCHY, &UNIFIED_HIERARCHY_ID, true)
         .override_global(names::GLOBAL_HAVE_TASK_OFFSETS, &have_task, true)
         .map_max_entries(names::MAP_THREAD_SLOTS, opts.thread_slots)
+        .map_max_entries(names::MAP_CALL_SLOTS, opts.thread_slots)
         .override_global(names::GLOBAL_COUNT_SLOT_MASK, &count_mask, true)
         .override_global(names::GLOBAL_COUNT_SLOT_BITS, &count_bits, true)
         .map_max_entries(names::MAP_SYSCALL_COUNTS, count_entries)
