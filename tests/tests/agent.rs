@@ -285,6 +285,13 @@ fn a_fork_is_one_call_not_two() {
     assert_eq!(forks, 25.0, "{}", m.text);
     // 25 children + the workload itself each end with exit_group
     assert_eq!(syscalls(&m, &cg.rel, "exit_group"), Some(26.0));
+
+    // A child's first return (from fork, without an entry) on a kernel stack a dead child
+    // used (the kernel reuses them at once) must not be taken for that child's last call.
+    let cg = TestCgroup::new("fork-getppid");
+    cg.run_workload(&["fork-getppid", "25"]);
+    let m = agent.metrics();
+    assert_eq!(syscalls(&m, &cg.rel, "getppid"), Some(25.0), "{}", m.text);
 }
 
 #[test]

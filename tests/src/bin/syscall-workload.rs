@@ -5,6 +5,7 @@
 //! - `getpriority N`: N raw `getpriority(PRIO_PROCESS, 0)` calls (shells do not make it);
 //! - `close-bad N`: N `close(-1)` calls, each failing with EBADF;
 //! - `fork N`: N children, one after the other, each `_exit(0)`s at once and is reaped;
+//! - `fork-getppid N`: the same, each child making one `getppid` call before it exits;
 //! - `exec-true N`: N children, one after the other, each execs `/bin/true` and is reaped
 //!   (N execs and N exits in this cgroup, plus this process's own);
 //! - `move DIR`: moves this process into the cgroup directory DIR;
@@ -90,9 +91,11 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            "fork" => {
+            "fork" | "fork-getppid" => {
+                let child_calls = what == "fork-getppid";
                 for _ in 0..n {
-                    // SAFETY: the child only calls _exit, which is async-signal-safe.
+                    // SAFETY: the child only calls getppid and _exit, which are
+                    // async-signal-safe.
                     let pid = unsafe { libc::fork() };
                     match pid {
                         -1 => {
@@ -103,7 +106,12 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                         // SAFETY: terminating the child without running any Rust code.
-                        0 => unsafe { libc::_exit(0) },
+                        0 => unsafe {
+                            if child_calls {
+                                libc::getppid();
+                            }
+                            libc::_exit(0)
+                        },
                         pid => {
                             let mut status = 0;
                             // SAFETY: waiting for our own child with a valid status pointer.
