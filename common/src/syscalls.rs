@@ -195,15 +195,16 @@ pub struct ThreadSlot {
     pub _pad: u32,
 }
 
-/// One entry of `CALL_SLOTS`: the syscall a thread is in, indexed by its saved registers'
-/// address (`regs >> 14`, the thread's kernel stack: the tracepoints at entry and exit both
-/// pass it), so the exit finds it without asking which thread runs.
+/// One entry of `CALL_SLOTS`: the syscall a thread is in. On the raw tracepoints it is found by
+/// the saved registers' address (`regs >> 14`, the thread's kernel stack: the tracepoints at
+/// entry and exit both pass it), so the exit finds it without asking which thread runs; on
+/// fentry/fexit (where that address is a typed pointer no program may shift) by thread id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallSlot {
-    /// `struct pt_regs *` of the call (a live thread's own; another value: the slot is another
-    /// thread's, or stale).
-    pub regs: u64,
+    /// The call's key: `regs >> 14` or the thread id (another value: the slot is another
+    /// thread's).
+    pub key: u64,
     /// `bpf_ktime_get_ns()` at entry; [`ENTERED_UNTIMED`] for a call the latency sample left
     /// out; 0 when no call is in flight.
     pub start_ns: u64,

@@ -124,9 +124,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 /// called for every 64-bit syscall with a valid number. `do_syscall_64` itself is `noinstr`.
 #[fentry(function = "x64_sys_call")]
 pub fn sys_enter_fentry(ctx: FEntryContext) -> i32 {
-    let regs: u64 = ctx.arg(0);
     let nr: u64 = ctx.arg(1);
-    match enter(nr as u32, regs) {
+    // The registers' address is a typed pointer here, which the verifier lets no program
+    // shift: the call is found by the thread id instead.
+    match enter(nr as u32, u64::from(current_tid())) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -134,12 +135,11 @@ pub fn sys_enter_fentry(ctx: FEntryContext) -> i32 {
 /// The same function's return: the arguments as at entry, then the return value.
 #[fexit(function = "x64_sys_call")]
 pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
-    let regs: u64 = ctx.arg(0);
     let nr: u64 = ctx.arg(1);
     let ret: i64 = ctx.arg(2);
     // A fork child starts in ret_from_fork and never returns through the dispatcher: every
     // return seen here is a call of its own, and the number is the argument.
-    match exit(ret, nr as u32, regs) {
+    match exit(ret, nr as u32, 0, u64::from(current_tid())) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -175,13 +175,14 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if nr < 0 {
         return Ok(0);
     }
-    enter(nr as u32, regs)
+    enter(nr as u32, regs >> CALL_SLOT_SHIFT)
 }
 
-/// The `CALL_SLOTS` slot of the call whose saved registers are at `regs`.
+/// The `CALL_SLOTS` slot of the call of `key`: on the raw tracepoints the thread's kernel stack
+/// (`regs >> CALL_SLOT_SHIFT`: no call to find it), on fentry/fexit its thread id.
 #[inline(always)]
-fn call_slot(regs: u64) -> Option<*mut CallSlot> {
-    CALL_SLOTS.get_ptr_mut(((regs >> CALL_SLOT_SHIFT) as u32) & THREAD_SLOT_MASK.load())
+fn call_slot(key: u64) -> Option<*mut CallSlot> {
+    CALL_SLOTS.get_ptr_mut((key as u32) & THREAD_SLOT_MASK.load())
 }
 
 /// The cgroup of the thread of `slot` (its own, claimed): the cached id, else the helper's
@@ -208,7 +209,7 @@ unsafe fn thread_cgroup(slot: *mut ThreadSlot) -> u64 {
 /// Syscall entry: records the call in flight in its `CALL_SLOTS` slot, with the thread's
 /// cgroup and, for the calls the sample picks, the time (or counts `exit`/`exit_group` now).
 #[inline(always)]
-fn enter(nr: u32, regs: u64) -> Result<i32, i32> {
+fn enter(nr: u32, key: u64) -> Result<i32, i32> {
     if nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
         // These never reach sys_exit: count them now, untimed and without errno.
         // SAFETY: helper without preconditions.
@@ -222,7 +223,7 @@ fn enter(nr: u32, regs: u64) -> Result<i32, i32> {
     let slot = THREAD_SLOTS
         .get_ptr_mut(tid & THREAD_SLOT_MASK.load())
         .ok_or(0)?;
-    let call = call_slot(regs).ok_or(0)?;
+    let call = call_slot(key).ok_or(0)?;
     // SAFETY: `slot` and `call` point into array map values owned by their maps for the
     // program's lifetime. Two threads whose ids (or stacks) collide modulo the slot count may
     // race on one; the exit checks `regs`, so a collision at worst makes one call untimed
@@ -233,7 +234,7 @@ fn enter(nr: u32, regs: u64) -> Result<i32, i32> {
         if !selected(cgroup_id) {
             return Ok(0);
         }
-        (*call).regs = regs;
+        (*call).key = key;
         (*call).nr = nr;
         (*call).cgroup_id = cgroup_id;
         (*call).start_ns = if sampled(&mut (*slot).rng) {
@@ -351,7 +352,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // sys_exit(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
-    exit(ret, NR_FROM_REGS, regs)
+    exit(ret, NR_FROM_REGS, regs, regs >> CALL_SLOT_SHIFT)
 }
 
 /// `exit`'s `nr` when only the saved registers have the syscall number.
@@ -359,17 +360,18 @@ const NR_FROM_REGS: u32 = u32::MAX;
 
 /// Syscall return: accounts the call its entry recorded (in the cgroup it entered from, timed
 /// when the sample picked it), or untimed when the entry was missed. `regs` is the address of
-/// the saved registers (both hooks pass it); `known_nr` is the syscall number when the hook
-/// passes it (fexit), else [`NR_FROM_REGS`] (`sys_exit(struct pt_regs *regs, long ret)`). (Plain
+/// the saved registers (`sys_exit(struct pt_regs *regs, long ret)`; 0 on fexit) and `key` the
+/// call's (see [`call_slot`]); `known_nr` is the syscall number when the hook passes it
+/// (fexit), else [`NR_FROM_REGS`]. (Plain
 /// integers, not an enum: an enum's unused payload reached the verifier as an uninitialized
 /// register, "R3 !read_ok", on 6.1.)
 #[inline(always)]
-fn exit(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
-    if let Some(call) = call_slot(regs) {
+fn exit(ret: i64, known_nr: u32, regs: u64, key: u64) -> Result<i32, i32> {
+    if let Some(call) = call_slot(key) {
         // SAFETY: see `enter`.
         unsafe {
             let start = (*call).start_ns;
-            if start != 0 && (*call).regs == regs {
+            if start != 0 && (*call).key == key {
                 (*call).start_ns = 0;
                 let latency = if start > ENTERED_UNTIMED {
                     bpf_ktime_get_ns().saturating_sub(start)

@@ -190,8 +190,9 @@ pub struct SyscallConfig {
     pub stats_max_entries: Capacity,
     /// Capacity of the (cgroup, syscall, errno) table (`entries x 8 bytes x CPUs`).
     pub errno_max_entries: Capacity,
-    /// Slots for in-flight syscall timestamps, indexed by thread id (a power of two; 32 bytes
-    /// each). Threads whose ids collide modulo this size may lose a latency sample, never a count.
+    /// Slots per thread (cgroup cache, sampling state; indexed by thread id) and per syscall in
+    /// flight (indexed by kernel stack): a power of two, 24 + 32 bytes each. Threads that
+    /// collide modulo this size may lose a latency sample, never a count.
     pub thread_slots: PowerOfTwo,
     /// Time one call in this many (a power of two, 1 to 1024; 1 = every call), chosen at
     /// random per call: the latency histograms (`palisade_syscall_duration_seconds`) hold that
