@@ -357,6 +357,17 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     let page = String::from_utf8_lossy(&get(&addr, false)?.body).into_owned();
     let per = series_per_container(&page, &marker);
     let dropped = value(&page, "palisade_series_dropped ");
+    // Keys the kernel's tables had no room for are series missing too: the run says so.
+    let map_full: f64 = ["syscall_stats_map_full", "syscall_errno_map_full"]
+        .iter()
+        .map(|r| {
+            value(
+                &page,
+                &format!("palisade_kernel_lost_total{{reason=\"{r}\"}} "),
+            )
+        })
+        .filter(|v| v.is_finite())
+        .sum();
     let series = page.lines().filter(|l| !l.starts_with('#')).count();
     let series_b = page_b.lines().filter(|l| !l.starts_with('#')).count();
 
@@ -453,7 +464,7 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
         "\n{containers} containers, agents pid {pid} (default) and {pid_b} (resources.read_on_scrape: true, the behaviour before)"
     );
     println!(
-        "  series on /metrics {series} ({series_b}); per container min {} median {} max {}; dropped {dropped}",
+        "  series on /metrics {series} ({series_b}); per container min {} median {} max {}; dropped {dropped}; calls the kernel maps had no room for {map_full}",
         pct(0.0),
         pct(0.5),
         pct(1.0)
@@ -510,7 +521,7 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     let gzip = rows.get(&(0, true)).map_or(f64::NAN, |r| r.2 as f64);
     println!("  against the targets (measured / target, <= 1 is met):");
     println!(
-        "    series per container (max)  {:.2}   dropped {dropped}",
+        "    series per container (max)  {:.2}   dropped {dropped}, kernel map full {map_full}",
         max_series / 100.0
     );
     println!(
