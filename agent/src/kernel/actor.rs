@@ -410,29 +410,24 @@ fn merge_counts(
     calls: StdHashMap<(u64, u32), u64>,
     timed: Vec<(SyscallKey, SyscallStats)>,
 ) -> Vec<(SyscallKey, SyscallStats)> {
-    let mut out: StdHashMap<SyscallKey, SyscallStats> = calls
-        .into_iter()
-        .map(|((cgroup_id, nr), calls)| {
-            let key = SyscallKey {
-                cgroup_id,
-                nr,
-                _pad: 0,
-            };
-            let stats = SyscallStats {
-                calls,
-                ..SyscallStats::ZERO
-            };
-            (key, stats)
-        })
-        .collect();
-    for (key, t) in timed {
-        let s = out.entry(key).or_insert(SyscallStats::ZERO);
-        s.time_ns += t.time_ns;
-        for (a, b) in s.hist.iter_mut().zip(t.hist.iter()) {
-            *a += b;
-        }
+    // The timed keys are the fewer: look them up, and move each record once.
+    let mut timed: StdHashMap<SyscallKey, SyscallStats> = timed.into_iter().collect();
+    let mut out = Vec::with_capacity(calls.len() + timed.len());
+    for ((cgroup_id, nr), calls) in calls {
+        let key = SyscallKey {
+            cgroup_id,
+            nr,
+            _pad: 0,
+        };
+        let mut stats = timed.remove(&key).unwrap_or(SyscallStats::ZERO);
+        stats.calls = calls;
+        out.push((key, stats));
     }
-    out.into_iter().collect()
+    out.extend(timed.into_iter().map(|(key, mut stats)| {
+        stats.calls = 0;
+        (key, stats)
+    }));
+    out
 }
 
 /// Every entry of a per-CPU hash, summed over CPUs with `add`.
@@ -474,5 +469,44 @@ fn remove_all<K: Pod, V: Pod>(
         if let Err(e) = map.remove(&k) {
             warn!(error = %e, "reaping a kernel map entry failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cgroup_id: u64, nr: u32) -> SyscallKey {
+        SyscallKey {
+            cgroup_id,
+            nr,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn counts_and_latencies_are_merged_per_key() {
+        let calls = StdHashMap::from([((1, 39), 80), ((1, 0), 3)]);
+        let mut timed39 = SyscallStats::ZERO;
+        timed39.time_ns = 500;
+        timed39.hist[2] = 10;
+        let mut orphan = SyscallStats::ZERO;
+        orphan.hist[1] = 1;
+        // `calls` of the latency map is not a count (the kernel leaves it 0)
+        orphan.calls = 9;
+        let mut out = merge_counts(calls, vec![(key(1, 39), timed39), (key(2, 5), orphan)]);
+        out.sort_by_key(|(k, _)| *k);
+        let got: Vec<(SyscallKey, u64, u64, u64)> = out
+            .iter()
+            .map(|(k, s)| (*k, s.calls, s.time_ns, s.hist.iter().sum()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (key(1, 0), 3, 0, 0),
+                (key(1, 39), 80, 500, 10),
+                (key(2, 5), 0, 0, 1),
+            ]
+        );
     }
 }
