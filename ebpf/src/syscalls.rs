@@ -2,10 +2,12 @@
 //! dispatcher `x64_sys_call` where the kernel has it, aggregated per (cgroup, syscall). Both
 //! pairs share the maps and the bodies ([`enter`], [`exit`]); userspace attaches one pair.
 //!
-//! Hot path budget: at entry one array store (the thread's slot); at exit one array load, one
-//! per-CPU hash lookup and a few adds. Errors add one per-CPU hash lookup. No atomics, no ring
-//! buffer traffic. The thread's cgroup id is cached in its slot (the helper costs as much as the
-//! hash lookup); two classic tracepoints keep the cache right when a thread changes cgroup
+//! Hot path budget: at entry one helper call (the thread id), the thread's slot and the call's
+//! slot; at exit the call's slot, found without a helper call (see [`call_slot`]), and the
+//! count table (`SYSCALL_COUNTS`, a few array loads). The one call in `latency_sample` that is
+//! timed adds two clock reads and a per-CPU hash lookup (`SYSCALL_STATS`); errors add one
+//! (`SYSCALL_ERRNOS`). No atomics, no ring buffer traffic. The thread's cgroup id is cached in
+//! its slot; two classic tracepoints keep the cache right when a thread changes cgroup
 //! (`cgroup:cgroup_attach_task`, whose program lives in cgroups.rs and calls [`moved`]) or a
 //! thread id is reused (`sched:sched_process_fork`, whose program lives in process.rs and
 //! calls [`forget_slot`]).
@@ -145,9 +147,9 @@ pub fn sys_exit_fexit(ctx: FExitContext) -> i32 {
 }
 
 /// The current thread's id: `task->pid`, one load the verifier checks against BTF, where the
-/// kernel has BTF (measured a little cheaper than `bpf_get_current_pid_tgid`, whose value needs
-/// a shift and a combine); the helper without BTF. Only the entry asks: the exit finds its
-/// call by the registers' address.
+/// kernel has BTF; `bpf_get_current_pid_tgid` without. Either is one helper call (6.18's JIT
+/// does not inline `bpf_get_current_task_btf`), and the two measured within noise. On the raw
+/// tracepoints only the entry asks: the exit finds its call by the registers' address.
 #[inline(always)]
 fn current_tid() -> u32 {
     let off = TASK_OFF_PID.load();
@@ -226,7 +228,7 @@ fn enter(nr: u32, key: u64) -> Result<i32, i32> {
     let call = call_slot(key).ok_or(0)?;
     // SAFETY: `slot` and `call` point into array map values owned by their maps for the
     // program's lifetime. Two threads whose ids (or stacks) collide modulo the slot count may
-    // race on one; the exit checks `regs`, so a collision at worst makes one call untimed
+    // race on one; the exit checks the key, so a collision at worst makes one call untimed
     // (counted in SYSCALL_UNTIMED).
     unsafe {
         claim(slot, tid);
@@ -362,9 +364,8 @@ const NR_FROM_REGS: u32 = u32::MAX;
 /// when the sample picked it), or untimed when the entry was missed. `regs` is the address of
 /// the saved registers (`sys_exit(struct pt_regs *regs, long ret)`; 0 on fexit) and `key` the
 /// call's (see [`call_slot`]); `known_nr` is the syscall number when the hook passes it
-/// (fexit), else [`NR_FROM_REGS`]. (Plain
-/// integers, not an enum: an enum's unused payload reached the verifier as an uninitialized
-/// register, "R3 !read_ok", on 6.1.)
+/// (fexit), else [`NR_FROM_REGS`]. (Plain integers, not an enum: an enum's unused payload
+/// reached the verifier as an uninitialized register, "R3 !read_ok", on 6.1.)
 #[inline(always)]
 fn exit(ret: i64, known_nr: u32, regs: u64, key: u64) -> Result<i32, i32> {
     if let Some(call) = call_slot(key) {
