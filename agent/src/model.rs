@@ -111,14 +111,6 @@ mod tests {
 
     use super::*;
 
-    fn key(cgroup_id: u64, nr: u32) -> SyscallKey {
-        SyscallKey {
-            cgroup_id,
-            nr,
-            _pad: 0,
-        }
-    }
-
     fn stats(calls: u64) -> SyscallStats {
         SyscallStats {
             calls,
@@ -130,7 +122,10 @@ mod tests {
     fn apply_replaces_present_and_keeps_reaped() {
         let mut m = Model::default();
         let snap = KernelSnapshot {
-            syscalls: vec![(key(1, 110), stats(5)), (key(2, 3), stats(7))],
+            syscalls: vec![
+                (SyscallKey::new(1, 110), stats(5)),
+                (SyscallKey::new(2, 3), stats(7)),
+            ],
             errnos: vec![(
                 ErrnoKey {
                     cgroup_id: 2,
@@ -151,7 +146,7 @@ mod tests {
         assert_eq!(m.errno_entries, 0);
         // next pass: cgroup 2 was reaped, so it is absent; its final numbers stay
         let snap = KernelSnapshot {
-            syscalls: vec![(key(1, 110), stats(9))],
+            syscalls: vec![(SyscallKey::new(1, 110), stats(9))],
             ..Default::default()
         };
         m.apply(&snap);

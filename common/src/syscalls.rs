@@ -22,6 +22,18 @@ pub struct SyscallKey {
     pub _pad: u32,
 }
 
+impl SyscallKey {
+    /// The key of syscall `nr` in cgroup `cgroup_id`.
+    #[inline(always)]
+    pub const fn new(cgroup_id: u64, nr: u32) -> Self {
+        Self {
+            cgroup_id,
+            nr,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of `SYSCALL_STATS` (one copy per CPU; userspace sums them). 256 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

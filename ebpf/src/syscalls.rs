@@ -380,11 +380,7 @@ fn exit(ret: i64, known_nr: u32, regs: u64, key: u64) -> Result<i32, i32> {
                     UNTIMED
                 };
                 // selected at entry
-                let (cgroup_id, nr) = ((*call).cgroup_id, (*call).nr);
-                account(cgroup_id, nr, latency);
-                if (-MAX_ERRNO..0).contains(&ret) {
-                    count_errno(cgroup_id, nr, (-ret) as u32);
-                }
+                account_return((*call).cgroup_id, (*call).nr, latency, ret);
                 return Ok(0);
             }
         }
@@ -434,11 +430,17 @@ fn exit_unseen(ret: i64, known_nr: u32, regs: u64) -> Result<i32, i32> {
         return Ok(0);
     }
     loss::count(SYSCALL_UNTIMED);
-    account(cgroup_id, nr, UNTIMED);
+    account_return(cgroup_id, nr, UNTIMED, ret);
+    Ok(0)
+}
+
+/// Counts a call that returned `ret` ([`account`]), and its errno when it failed.
+#[inline(always)]
+fn account_return(cgroup_id: u64, nr: u32, latency_ns: u64, ret: i64) {
+    account(cgroup_id, nr, latency_ns);
     if (-MAX_ERRNO..0).contains(&ret) {
         count_errno(cgroup_id, nr, (-ret) as u32);
     }
-    Ok(0)
 }
 
 /// `account`'s latency of a call that was not timed. (A plain integer, not an `Option`: `None`'s
@@ -474,11 +476,7 @@ fn count_call(cgroup_id: u64, nr: u32) -> bool {
 /// Adds a timed call's latency to its histogram in `SYSCALL_STATS`; false when the map is full.
 #[inline(always)]
 fn record_latency(cgroup_id: u64, nr: u32, latency_ns: u64) -> bool {
-    let key = SyscallKey {
-        cgroup_id,
-        nr,
-        _pad: 0,
-    };
+    let key = SyscallKey::new(cgroup_id, nr);
     let Some(stats) = per_cpu_entry(&SYSCALL_STATS, &key, SyscallStats::ZERO) else {
         return false;
     };

@@ -414,11 +414,7 @@ fn merge_counts(
     let mut timed: StdHashMap<SyscallKey, SyscallStats> = timed.into_iter().collect();
     let mut out = Vec::with_capacity(calls.len() + timed.len());
     for ((cgroup_id, nr), calls) in calls {
-        let key = SyscallKey {
-            cgroup_id,
-            nr,
-            _pad: 0,
-        };
+        let key = SyscallKey::new(cgroup_id, nr);
         let mut stats = timed.remove(&key).unwrap_or(SyscallStats::ZERO);
         stats.calls = calls;
         out.push((key, stats));
@@ -476,14 +472,6 @@ fn remove_all<K: Pod, V: Pod>(
 mod tests {
     use super::*;
 
-    fn key(cgroup_id: u64, nr: u32) -> SyscallKey {
-        SyscallKey {
-            cgroup_id,
-            nr,
-            _pad: 0,
-        }
-    }
-
     #[test]
     fn counts_and_latencies_are_merged_per_key() {
         let calls = StdHashMap::from([((1, 39), 80), ((1, 0), 3)]);
@@ -494,7 +482,13 @@ mod tests {
         orphan.hist[1] = 1;
         // `calls` of the latency map is not a count (the kernel leaves it 0)
         orphan.calls = 9;
-        let mut out = merge_counts(calls, vec![(key(1, 39), timed39), (key(2, 5), orphan)]);
+        let mut out = merge_counts(
+            calls,
+            vec![
+                (SyscallKey::new(1, 39), timed39),
+                (SyscallKey::new(2, 5), orphan),
+            ],
+        );
         out.sort_by_key(|(k, _)| *k);
         let got: Vec<(SyscallKey, u64, u64, u64)> = out
             .iter()
@@ -503,9 +497,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (key(1, 0), 3, 0, 0),
-                (key(1, 39), 80, 500, 10),
-                (key(2, 5), 0, 0, 1),
+                (SyscallKey::new(1, 0), 3, 0, 0),
+                (SyscallKey::new(1, 39), 80, 500, 10),
+                (SyscallKey::new(2, 5), 0, 0, 1),
             ]
         );
     }
