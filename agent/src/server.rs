@@ -74,5 +74,6 @@ async fn metrics_handler(State(ctx): State<Context>, headers: HeaderMap) -> Resp
             }
         }
     }
-    ([(header::CONTENT_TYPE, TEXT_FORMAT), vary], page.text()).into_response()
+    let body = axum::body::Body::new(page.text());
+    ([(header::CONTENT_TYPE, TEXT_FORMAT), vary], body).into_response()
 }

@@ -238,7 +238,8 @@ impl ContainerKey {
 /// One render: the text page and/or the `prometheus::proto` families (as [`Out`] asked), and
 /// the number of per-container series the cardinality cap dropped.
 pub struct Rendered {
-    pub text: String,
+    /// The text page in chunks (see [`expo::Text`]).
+    pub text: Vec<bytes::Bytes>,
     pub families: Vec<MetricFamily>,
     pub dropped: usize,
 }
@@ -258,7 +259,7 @@ pub fn render(inp: &Inputs<'_>, own: &SelfMetrics, out: Out) -> Rendered {
     fams.extend(syscalls::families(inp, out, &mut budget));
     fams.extend(own::families(inp, out, budget.dropped));
     fams.extend(own.families(out));
-    let text = if out.text { fams.text() } else { String::new() };
+    let text = if out.text { fams.text() } else { Vec::new() };
     Rendered {
         text,
         families: if out.proto {
@@ -280,7 +281,8 @@ pub fn render_text(inp: &Inputs<'_>, own: &SelfMetrics) -> (String, usize) {
             proto: false,
         },
     );
-    (r.text, r.dropped)
+    let text = r.text.iter().map(|c| String::from_utf8_lossy(c)).collect();
+    (text, r.dropped)
 }
 
 #[cfg(test)]
@@ -496,12 +498,9 @@ mod tests {
         prometheus::TextEncoder::new()
             .encode(&r.families, &mut buf)
             .unwrap();
-        assert_eq!(r.text, String::from_utf8(buf).unwrap());
-        assert!(
-            r.text.contains(r#"container="/weird\\\"name\nx""#),
-            "{}",
-            r.text
-        );
+        let text: String = r.text.iter().map(|c| String::from_utf8_lossy(c)).collect();
+        assert_eq!(text, String::from_utf8(buf).unwrap());
+        assert!(text.contains(r#"container="/weird\\\"name\nx""#), "{text}");
     }
     #[test]
     fn same_name_cgroups_are_summed() {

@@ -1,44 +1,95 @@
 //! A rendered `/metrics` page: one per collection, shared by every scrape that waited for it.
 //! Its gzip form is made once, by the first of them that asks for it.
-use std::{io::Write as _, sync::OnceLock};
+//!
+//! The page is the families' text blocks as they were written ([`super::expo::Text`]), sent
+//! one after another under one exact `Content-Length`: never copied into one buffer.
+use std::{
+    collections::VecDeque,
+    io::Write as _,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use flate2::{Compression, write::GzEncoder};
+use http_body::{Body, Frame, SizeHint};
 
 #[derive(Debug)]
 pub struct Page {
-    text: Bytes,
+    chunks: Vec<Bytes>,
+    len: u64,
     gzip: OnceLock<Bytes>,
 }
 
 impl Page {
-    pub fn new(text: Bytes) -> Self {
+    pub fn new(mut chunks: Vec<Bytes>) -> Self {
+        chunks.retain(|c| !c.is_empty());
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
         Self {
-            text,
+            chunks,
+            len,
             gzip: OnceLock::new(),
         }
     }
 
-    /// The text exposition (cheap: reference counted).
-    pub fn text(&self) -> Bytes {
-        self.text.clone()
+    /// The text exposition as an HTTP body (cheap: the chunks are reference counted).
+    pub fn text(&self) -> Chunks {
+        Chunks {
+            chunks: self.chunks.iter().cloned().collect(),
+            left: self.len,
+        }
     }
 
     /// The gzip of the text, compressed by the first caller (blocking: milliseconds for a page of
     /// MiBs); callers at the same time wait for that one compression.
     pub fn gzip(&self) -> Bytes {
         self.gzip
-            .get_or_init(|| Bytes::from(gzip(&self.text)))
+            .get_or_init(|| Bytes::from(gzip(&self.chunks, self.len)))
             .clone()
+    }
+}
+
+/// A page's chunks as a body of known length (hyper sends it as `Content-Length`).
+#[derive(Debug)]
+pub struct Chunks {
+    chunks: VecDeque<Bytes>,
+    left: u64,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.left -= c.len() as u64;
+        }
+        Poll::Ready(next.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
     }
 }
 
 /// Level 1: a /metrics page is repetitive enough that the fastest level already shrinks it
 /// ~15x, and it is compressed once per scrape.
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::with_capacity(data.len() / 8), Compression::fast());
-    // writing into a Vec cannot fail
-    let _ = e.write_all(data);
+fn gzip(chunks: &[Bytes], len: u64) -> Vec<u8> {
+    let cap = usize::try_from(len / 8).unwrap_or(0);
+    let mut e = GzEncoder::new(Vec::with_capacity(cap), Compression::fast());
+    for c in chunks {
+        // writing into a Vec cannot fail
+        let _ = e.write_all(c);
+    }
     e.finish().unwrap_or_default()
 }
 
@@ -93,7 +144,14 @@ mod tests {
                 format!("palisade_syscalls_total{{container=\"c{i}\",syscall=\"read\"}} {i}\n")
             })
             .collect();
-        let page = Page::new(Bytes::from(text.clone()));
+        // in chunks, one of them empty
+        let chunks = text
+            .as_bytes()
+            .chunks(1000)
+            .map(Bytes::copy_from_slice)
+            .chain([Bytes::new()])
+            .collect();
+        let page = Page::new(chunks);
         let a = page.gzip();
         let b = page.gzip();
         assert_eq!(a.as_ptr(), b.as_ptr(), "one compression per page");

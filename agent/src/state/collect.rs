@@ -230,7 +230,7 @@ impl Owner {
 
     /// The `/metrics` page from the current numbers (an empty page unless `page`); the families
     /// also go to the OTLP metrics export when it runs.
-    fn render(&self, started: Instant, page: bool) -> bytes::Bytes {
+    fn render(&self, started: Instant, page: bool) -> Vec<bytes::Bytes> {
         let policy = self.policy.snapshot();
         let out = metrics::expo::Out {
             text: page,
@@ -258,7 +258,7 @@ impl Owner {
         if let Some(tx) = &self.published {
             tx.send_replace(Arc::new(rendered.families));
         }
-        bytes::Bytes::from(rendered.text)
+        rendered.text
     }
 
     /// The live cgroups whose name or id matches, the syscall counts of those and of the
