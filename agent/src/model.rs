@@ -28,6 +28,9 @@ pub struct CgroupStats {
     pub last_seen: Option<f64>,
 }
 
+/// Records gathered per cgroup id.
+type PerCgroup<T> = HashMap<u64, Vec<T>>;
+
 #[derive(Debug, Default)]
 pub struct Model {
     pub by_cgroup: HashMap<u64, CgroupStats>,
@@ -44,19 +47,21 @@ impl Model {
     /// Replaces the numbers of every cgroup present in `snap`. Cgroups absent from it keep their
     /// last numbers (they were reaped earlier and are waiting out their grace period).
     pub fn apply(&mut self, snap: &KernelSnapshot) {
-        let mut syscalls: HashMap<u64, BTreeMap<u32, SyscallStats>> = HashMap::new();
-        let mut errnos: HashMap<u64, BTreeMap<(u32, u32), u64>> = HashMap::new();
+        // Gathered per cgroup first and each map built from its sorted list: inserting the
+        // records (~270 bytes each) one by one moved them around the maps' nodes several times.
+        let mut syscalls: PerCgroup<(u32, SyscallStats)> = HashMap::new();
+        let mut errnos: PerCgroup<((u32, u32), u64)> = HashMap::new();
         for (key, stats) in &snap.syscalls {
             syscalls
                 .entry(key.cgroup_id)
                 .or_default()
-                .insert(key.nr, *stats);
+                .push((key.nr, *stats));
         }
         for (key, count) in &snap.errnos {
             errnos
                 .entry(key.cgroup_id)
                 .or_default()
-                .insert((key.nr, key.errno), *count);
+                .push(((key.nr, key.errno), *count));
         }
         // Replace the kernel-sourced parts of every cgroup present in this snapshot; keep the
         // userspace-sourced ones (OOM counts, resources).
@@ -73,8 +78,14 @@ impl Model {
             .collect();
         for id in present {
             let e = self.by_cgroup.entry(id).or_default();
-            e.syscalls = syscalls.remove(&id).unwrap_or_default();
-            e.errnos = errnos.remove(&id).unwrap_or_default();
+            e.syscalls = syscalls
+                .remove(&id)
+                .map(BTreeMap::from_iter)
+                .unwrap_or_default();
+            e.errnos = errnos
+                .remove(&id)
+                .map(BTreeMap::from_iter)
+                .unwrap_or_default();
             if let Some(p) = processes.remove(&id) {
                 e.processes = Some(p);
             }
