@@ -202,10 +202,12 @@ async fn serve_all(
         SyscallHookChoice::RawTracepoint => &[kernel::SyscallHook::RawTracepoint],
         SyscallHookChoice::Fentry => &[kernel::SyscallHook::Fentry],
     };
+    let latency_detail = crate::metrics::detailed_syscalls(&config.metrics.syscall_latency_detail);
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
         thread_slots: sc.thread_slots.0,
         latency_sample_mask: sc.latency_sample_mask(config.metrics.syscall_latency),
+        latency_detail: &latency_detail,
         stats_max_entries: sc.stats_max_entries.0,
         errno_max_entries: sc.errno_max_entries.0,
         ring_buffer_bytes: config.events.kernel_buffer_kib << 10,

@@ -165,15 +165,16 @@ fn run_in(root: &Path, containers: usize, scrapes: usize) -> Result<(), BenchErr
     for (id, rel) in &cgroups {
         registry.insert(*id, rel);
         let mut st = CgroupStats::default();
+        // the kernel keeps one latency histogram per container (LATENCY_OTHER) by default
+        let mut other = SyscallStats::ZERO;
         for (k, nr) in SYSCALLS.iter().enumerate() {
-            let mut s = SyscallStats::ZERO;
             for lat in [200u64, 900, 5_000, 80_000] {
-                s.calls += 10 + k as u64;
-                s.time_ns += lat;
-                s.hist[latency_bucket(lat)] += 10 + k as u64;
+                *st.syscalls.entry(*nr).or_default() += 10 + k as u64;
+                other.time_ns += lat;
+                other.hist[latency_bucket(lat)] += 10 + k as u64;
             }
-            st.syscalls.insert(*nr, s);
         }
+        st.latency.insert(palisade_common::LATENCY_OTHER, other);
         st.errnos.insert((0, 11), 3);
         model.by_cgroup.insert(*id, st);
     }

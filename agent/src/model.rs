@@ -11,8 +11,11 @@ use crate::{kernel::KernelSnapshot, resources::Resources};
 
 #[derive(Debug, Default, Clone)]
 pub struct CgroupStats {
-    /// Syscall number → totals.
-    pub syscalls: BTreeMap<u32, SyscallStats>,
+    /// Syscall number → completed calls.
+    pub syscalls: BTreeMap<u32, u64>,
+    /// Latency of the timed calls: per syscall for those with a histogram of their own,
+    /// under `LATENCY_OTHER` for the rest (`calls` unused).
+    pub latency: BTreeMap<u32, SyscallStats>,
     /// (syscall number, errno) → failed calls.
     pub errnos: BTreeMap<(u32, u32), u64>,
     /// Forks, execs and exits counted in the kernel.
@@ -49,10 +52,17 @@ impl Model {
     pub fn apply(&mut self, snap: &KernelSnapshot) {
         // Gathered per cgroup first and each map built from its sorted list: inserting the
         // records (~270 bytes each) one by one moved them around the maps' nodes several times.
-        let mut syscalls: PerCgroup<(u32, SyscallStats)> = HashMap::new();
+        let mut syscalls: PerCgroup<(u32, u64)> = HashMap::new();
+        let mut latency: PerCgroup<(u32, SyscallStats)> = HashMap::new();
         let mut errnos: PerCgroup<((u32, u32), u64)> = HashMap::new();
-        for (key, stats) in &snap.syscalls {
+        for (key, calls) in &snap.syscalls {
             syscalls
+                .entry(key.cgroup_id)
+                .or_default()
+                .push((key.nr, *calls));
+        }
+        for (key, stats) in &snap.latency {
+            latency
                 .entry(key.cgroup_id)
                 .or_default()
                 .push((key.nr, *stats));
@@ -70,6 +80,7 @@ impl Model {
         let mut tcp: HashMap<u64, TcpCounts> = snap.tcp.iter().copied().collect();
         let present: std::collections::HashSet<u64> = syscalls
             .keys()
+            .chain(latency.keys())
             .chain(errnos.keys())
             .chain(processes.keys())
             .chain(net.keys())
@@ -79,6 +90,10 @@ impl Model {
         for id in present {
             let e = self.by_cgroup.entry(id).or_default();
             e.syscalls = syscalls
+                .remove(&id)
+                .map(BTreeMap::from_iter)
+                .unwrap_or_default();
+            e.latency = latency
                 .remove(&id)
                 .map(BTreeMap::from_iter)
                 .unwrap_or_default();
@@ -118,13 +133,13 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
-    use palisade_common::{ErrnoKey, SyscallKey};
+    use palisade_common::{ErrnoKey, LATENCY_OTHER, SyscallKey};
 
     use super::*;
 
-    fn stats(calls: u64) -> SyscallStats {
+    fn timed(ns: u64) -> SyscallStats {
         SyscallStats {
-            calls,
+            time_ns: ns,
             ..SyscallStats::ZERO
         }
     }
@@ -133,10 +148,8 @@ mod tests {
     fn apply_replaces_present_and_keeps_reaped() {
         let mut m = Model::default();
         let snap = KernelSnapshot {
-            syscalls: vec![
-                (SyscallKey::new(1, 110), stats(5)),
-                (SyscallKey::new(2, 3), stats(7)),
-            ],
+            syscalls: vec![(SyscallKey::new(1, 110), 5), (SyscallKey::new(2, 3), 7)],
+            latency: vec![(SyscallKey::new(1, LATENCY_OTHER), timed(40))],
             errnos: vec![(
                 ErrnoKey {
                     cgroup_id: 2,
@@ -151,18 +164,21 @@ mod tests {
             ..Default::default()
         };
         m.apply(&snap);
-        assert_eq!(m.by_cgroup[&1].syscalls[&110].calls, 5);
+        assert_eq!(m.by_cgroup[&1].syscalls[&110], 5);
+        assert_eq!(m.by_cgroup[&1].latency[&LATENCY_OTHER].time_ns, 40);
         assert_eq!(m.by_cgroup[&2].errnos[&(3, 9)], 7);
         assert_eq!((m.stats_entries, m.count_entries), (1, 3));
         assert_eq!(m.errno_entries, 0);
         // next pass: cgroup 2 was reaped, so it is absent; its final numbers stay
         let snap = KernelSnapshot {
-            syscalls: vec![(SyscallKey::new(1, 110), stats(9))],
+            syscalls: vec![(SyscallKey::new(1, 110), 9)],
+            latency: vec![(SyscallKey::new(1, LATENCY_OTHER), timed(90))],
             ..Default::default()
         };
         m.apply(&snap);
-        assert_eq!(m.by_cgroup[&1].syscalls[&110].calls, 9);
-        assert_eq!(m.by_cgroup[&2].syscalls[&3].calls, 7);
+        assert_eq!(m.by_cgroup[&1].syscalls[&110], 9);
+        assert_eq!(m.by_cgroup[&1].latency[&LATENCY_OTHER].time_ns, 90);
+        assert_eq!(m.by_cgroup[&2].syscalls[&3], 7);
         m.forget(&[2]);
         assert!(!m.by_cgroup.contains_key(&2));
     }

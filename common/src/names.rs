@@ -2,6 +2,7 @@
 
 /// Per-CPU hash: [`crate::SyscallKey`] → [`crate::SyscallStats`].
 pub const MAP_SYSCALL_STATS: &str = "SYSCALL_STATS";
+pub const MAP_LATENCY_DETAIL: &str = "LATENCY_DETAIL";
 /// Array (mmap-able), one open-addressing region per possible CPU: [`crate::CountSlot`].
 pub const MAP_SYSCALL_COUNTS: &str = "SYSCALL_COUNTS";
 /// Global `u32`: positions per CPU region of `SYSCALL_COUNTS` - 1 (a power of two - 1).

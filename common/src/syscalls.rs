@@ -241,6 +241,13 @@ pub const EXIT_COUNTED: u32 = 1;
 /// `THREAD_SIZE`, 16 KiB; a stack is aligned to its size).
 pub const CALL_SLOT_SHIFT: u32 = 14;
 
+/// Syscall numbers below this have an entry in `LATENCY_DETAIL`.
+pub const LATENCY_DETAIL_ENTRIES: u32 = 512;
+/// `nr` of the latency key that holds a cgroup's timed calls of every syscall without a
+/// histogram of its own (`LATENCY_DETAIL` 0). Numbers from `LATENCY_DETAIL_ENTRIES` up (other
+/// ABIs) always keep their own key.
+pub const LATENCY_OTHER: u32 = u32::MAX;
+
 /// `LATENCY_SAMPLE_MASK` that times no call (`metrics.syscall_latency: false`).
 pub const LATENCY_NEVER: u32 = u32::MAX;
 

@@ -23,7 +23,8 @@ use aya_ebpf::{
 };
 use palisade_common::{
     CALL_SLOT_SHIFT, CONFIG_CGROUP_CACHE, CONFIG_ENTRIES, CallSlot, CountSlot, ENTERED_UNTIMED,
-    EXIT_COUNTED, ErrnoKey, LATENCY_NEVER, SyscallKey, SyscallStats, ThreadSlot, latency_bucket,
+    EXIT_COUNTED, ErrnoKey, LATENCY_DETAIL_ENTRIES, LATENCY_NEVER, LATENCY_OTHER, SyscallKey,
+    SyscallStats, ThreadSlot, latency_bucket,
     loss::{SYSCALL_ERRNOS_FULL, SYSCALL_STATS_FULL, SYSCALL_UNTIMED},
 };
 
@@ -90,6 +91,12 @@ static SYSCALL_COUNTS: Array<CountSlot> = Array::with_max_entries(1, MMAPABLE);
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
     PerCpuHashMap::with_max_entries(10240, 0);
+
+/// 1 for a syscall (below `LATENCY_DETAIL_ENTRIES`) with a latency histogram of its own
+/// (`metrics.syscall_latency_detail`); the others' timed calls share the cgroup's
+/// `LATENCY_OTHER` key, so the latency table holds about one entry per container.
+#[map(name = "LATENCY_DETAIL")]
+static LATENCY_DETAIL: Array<u32> = Array::with_max_entries(LATENCY_DETAIL_ENTRIES, 0);
 
 #[map(name = "SYSCALL_ERRNOS")]
 static SYSCALL_ERRNOS: PerCpuHashMap<ErrnoKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
@@ -473,10 +480,12 @@ fn count_call(cgroup_id: u64, nr: u32) -> bool {
     )
 }
 
-/// Adds a timed call's latency to its histogram in `SYSCALL_STATS`; false when the map is full.
+/// Adds a timed call's latency to its histogram in `SYSCALL_STATS` (its syscall's, or its
+/// cgroup's `LATENCY_OTHER` one, see `LATENCY_DETAIL`); false when the map is full.
 #[inline(always)]
 fn record_latency(cgroup_id: u64, nr: u32, latency_ns: u64) -> bool {
-    let key = SyscallKey::new(cgroup_id, nr);
+    let own = nr >= LATENCY_DETAIL_ENTRIES || LATENCY_DETAIL.get(nr).is_some_and(|d| *d != 0);
+    let key = SyscallKey::new(cgroup_id, if own { nr } else { LATENCY_OTHER });
     let Some(stats) = per_cpu_entry(&SYSCALL_STATS, &key, SyscallStats::ZERO) else {
         return false;
     };

@@ -296,9 +296,10 @@ fn a_fork_is_one_call_not_two() {
 
 #[test]
 fn full_kernel_maps_are_counted_not_fatal() {
-    // Tiny tables: the machine's own syscalls fill them at once.
+    // Tiny tables: the machine's own syscalls fill them at once (the latency table too: every
+    // syscall has a histogram of its own here, instead of one per container).
     let agent = Agent::start(
-        "syscalls:\n  stats_max_entries: 16\n  errno_max_entries: 2\n",
+        "syscalls:\n  stats_max_entries: 16\n  errno_max_entries: 2\nmetrics:\n  syscall_latency_detail: ['*']\n",
         &[],
     );
     let cg = TestCgroup::new("mapfull");
@@ -396,6 +397,58 @@ fn the_count_table_gives_the_positions_of_removed_cgroups_to_new_ones() {
         .value("palisade_bpf_map_entries", &[("map", "SYSCALL_COUNTS")])
         .unwrap_or(f64::MAX);
     assert!(fullest < 64.0, "{fullest} keys left in a region of 64");
+}
+
+#[test]
+fn latency_is_kept_per_container_unless_a_syscall_is_detailed() {
+    // 12 live cgroups, each ~24 syscalls (the workload's start-up and its getppid): ~300
+    // (cgroup, syscall) keys. The counts have room (257 rounds up to 512 positions per CPU); the
+    // latency table has 257 entries, which ~300 per-syscall histograms would overflow. With one
+    // histogram per container plus the detailed getppid, it holds 24.
+    let parent = TestCgroup::new("latkeys");
+    let children: Vec<TestCgroup> = (0..12).map(|i| parent.child(&format!("l{i}"))).collect();
+    let glob = format!("{}/*", parent.rel);
+    let agent = Agent::start(
+        "syscalls:\n  stats_max_entries: 257\n  latency_sample: 1\nmetrics:\n  syscall_latency_detail: [getppid]\n",
+        &["--cgroup", &glob],
+    );
+    for c in &children {
+        c.run_workload(&["getppid", "50"]);
+    }
+    let m = agent.metrics();
+    let keys = m
+        .text
+        .lines()
+        .filter(|l| l.starts_with("palisade_syscalls_total{") && l.contains(&parent.rel))
+        .count();
+    assert!(
+        keys > 257,
+        "only {keys} (cgroup, syscall) keys: the test needs more than 257"
+    );
+    assert_eq!(
+        m.value(
+            "palisade_kernel_lost_total",
+            &[("reason", "syscall_stats_map_full")]
+        ),
+        Some(0.0),
+        "calls lost to a full table"
+    );
+    let timed = m
+        .value("palisade_bpf_map_entries", &[("map", "SYSCALL_STATS")])
+        .unwrap_or(f64::MAX);
+    assert!(timed <= 24.0, "{timed} latency entries for 12 containers");
+    for c in &children {
+        let count = |syscall: &str| {
+            m.value(
+                "palisade_syscall_duration_seconds_count",
+                &[("container", c.rel.as_str()), ("syscall", syscall)],
+            )
+        };
+        assert_eq!(syscalls(&m, &c.rel, "getppid"), Some(50.0), "{}", c.rel);
+        assert_eq!(count("getppid"), Some(50.0), "{}: timed getppid", c.rel);
+        let other = count("other").unwrap_or(0.0);
+        assert!(other >= 20.0, "{}: {other} other calls timed", c.rel);
+    }
 }
 
 #[test]

@@ -185,7 +185,8 @@ pub struct SyscallConfig {
     pub cgroups: Vec<Pattern>,
     /// Capacity of the (cgroup, syscall) tables in the kernel: the counts (this rounded up to a
     /// power of two, per CPU: `positions x 24 bytes x CPUs`) and the latencies of the timed
-    /// calls (`entries x 256 bytes x CPUs`), preallocated. A call that finds no room in either
+    /// calls (`entries x 256 bytes x CPUs`; one entry per cgroup, plus one per cgroup and
+    /// syscall in `metrics.syscall_latency_detail`), preallocated. A call that finds no room in either
     /// is counted in `palisade_kernel_lost_total{reason="syscall_stats_map_full"}`.
     pub stats_max_entries: Capacity,
     /// Capacity of the (cgroup, syscall, errno) table (`entries x 8 bytes x CPUs`).

@@ -8,7 +8,7 @@
 //! counts what it cannot queue as `ringbuf_full`). When the actor stops (on
 //! [`Command::Shutdown`] or when every handle is dropped) the `Ebpf` is dropped, which detaches
 //! every program.
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashSet;
 
 use aya::Pod;
 use aya::{
@@ -37,7 +37,12 @@ const BATCH: usize = 256;
 /// Everything the kernel counted, summed over CPUs.
 #[derive(Debug, Default, Clone)]
 pub struct KernelSnapshot {
-    pub syscalls: Vec<(SyscallKey, SyscallStats)>,
+    /// Completed calls per (cgroup, syscall) (`SYSCALL_COUNTS`).
+    pub syscalls: Vec<(SyscallKey, u64)>,
+    /// Latencies of the timed calls per (cgroup, syscall), or per cgroup under
+    /// `LATENCY_OTHER` for syscalls without a histogram of their own (`SYSCALL_STATS`; `calls`
+    /// is 0).
+    pub latency: Vec<(SyscallKey, SyscallStats)>,
     pub errnos: Vec<(ErrnoKey, u64)>,
     /// Per-cgroup process counters.
     pub processes: Vec<(u64, ProcessCounts)>,
@@ -328,7 +333,12 @@ impl Actor {
             .map(|(k, _)| *k)
             .filter(|k| reap.contains(&k.cgroup_id))
             .collect();
-        snap.syscalls = merge_counts(counts.calls, timed);
+        snap.syscalls = counts
+            .calls
+            .into_iter()
+            .map(|((cgroup_id, nr), n)| (SyscallKey::new(cgroup_id, nr), n))
+            .collect();
+        snap.latency = timed;
         snap.errnos = read_summed(&self.errnos, names::MAP_SYSCALL_ERRNOS, |a, b| *a += b)?;
         snap.errno_entries = snap.errnos.len();
         snap.processes = read_summed(
@@ -403,29 +413,6 @@ impl Actor {
     }
 }
 
-/// Each key's calls (`SYSCALL_COUNTS`) with its latencies (`SYSCALL_STATS`, timed calls only).
-/// A key with latencies and no count (the count table had no room for it) keeps `calls` 0:
-/// the loss is in `syscall_stats_map_full`.
-fn merge_counts(
-    calls: StdHashMap<(u64, u32), u64>,
-    timed: Vec<(SyscallKey, SyscallStats)>,
-) -> Vec<(SyscallKey, SyscallStats)> {
-    // The timed keys are the fewer: look them up, and move each record once.
-    let mut timed: StdHashMap<SyscallKey, SyscallStats> = timed.into_iter().collect();
-    let mut out = Vec::with_capacity(calls.len() + timed.len());
-    for ((cgroup_id, nr), calls) in calls {
-        let key = SyscallKey::new(cgroup_id, nr);
-        let mut stats = timed.remove(&key).unwrap_or(SyscallStats::ZERO);
-        stats.calls = calls;
-        out.push((key, stats));
-    }
-    out.extend(timed.into_iter().map(|(key, mut stats)| {
-        stats.calls = 0;
-        (key, stats)
-    }));
-    out
-}
-
 /// Every entry of a per-CPU hash, summed over CPUs with `add`.
 fn read_summed<K: Pod, V: Pod + Default>(
     map: &PerCpuHashMap<MapData, K, V>,
@@ -465,42 +452,5 @@ fn remove_all<K: Pod, V: Pod>(
         if let Err(e) = map.remove(&k) {
             warn!(error = %e, "reaping a kernel map entry failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_and_latencies_are_merged_per_key() {
-        let calls = StdHashMap::from([((1, 39), 80), ((1, 0), 3)]);
-        let mut timed39 = SyscallStats::ZERO;
-        timed39.time_ns = 500;
-        timed39.hist[2] = 10;
-        let mut orphan = SyscallStats::ZERO;
-        orphan.hist[1] = 1;
-        // `calls` of the latency map is not a count (the kernel leaves it 0)
-        orphan.calls = 9;
-        let mut out = merge_counts(
-            calls,
-            vec![
-                (SyscallKey::new(1, 39), timed39),
-                (SyscallKey::new(2, 5), orphan),
-            ],
-        );
-        out.sort_by_key(|(k, _)| *k);
-        let got: Vec<(SyscallKey, u64, u64, u64)> = out
-            .iter()
-            .map(|(k, s)| (*k, s.calls, s.time_ns, s.hist.iter().sum()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (SyscallKey::new(1, 0), 3, 0, 0),
-                (SyscallKey::new(1, 39), 80, 500, 10),
-                (SyscallKey::new(2, 5), 0, 0, 1),
-            ]
-        );
     }
 }

@@ -17,7 +17,7 @@ use aya::{
     },
     sys::SyscallError,
 };
-use palisade_common::{CONFIG_CGROUP_CACHE, names};
+use palisade_common::{CONFIG_CGROUP_CACHE, LATENCY_DETAIL_ENTRIES, names};
 
 use super::{KernelError, PROGRAMS_OBJECT, entry::SyscallEntry};
 use crate::{
@@ -34,6 +34,9 @@ pub struct LoadOptions<'a> {
     /// `LATENCY_SAMPLE_MASK`: 0 times every call, `LATENCY_NEVER` none, else one call in
     /// mask + 1, chosen at random.
     pub latency_sample_mask: u32,
+    /// Syscalls with a latency histogram of their own (numbers below
+    /// `LATENCY_DETAIL_ENTRIES`); the rest share one per cgroup.
+    pub latency_detail: &'a [u32],
     pub stats_max_entries: u32,
     pub errno_max_entries: u32,
     /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least one page).
@@ -382,6 +385,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         loader.override_global(global, off, true);
     }
     let mut ebpf = loader.load(PROGRAMS_OBJECT).map_err(KernelError::Object)?;
+    set_latency_detail(&mut ebpf, opts.latency_detail)?;
 
     // Optional groups first: once the syscall programs run, every fork and migration must
     // already be seen by the cgroup cache keepers.
@@ -454,6 +458,23 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         task_offsets_unavailable: task.err(),
         counts,
     })
+}
+
+/// Marks the syscalls with a latency histogram of their own, before any program runs.
+fn set_latency_detail(ebpf: &mut Ebpf, detail: &[u32]) -> Result<(), KernelError> {
+    let map_err = |source| KernelError::Map {
+        map: names::MAP_LATENCY_DETAIL,
+        source,
+    };
+    let mut map: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(names::MAP_LATENCY_DETAIL)
+            .ok_or(KernelError::MissingMap(names::MAP_LATENCY_DETAIL))?,
+    )
+    .map_err(map_err)?;
+    for nr in detail.iter().filter(|nr| **nr < LATENCY_DETAIL_ENTRIES) {
+        map.set(*nr, 1, 0).map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// Loads and attaches the syscall pair of `hook`, with the entry of the raw tracepoint pair.

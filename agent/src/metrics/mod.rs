@@ -20,6 +20,7 @@ use prometheus::{
     core::Collector as _,
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
+pub(crate) use syscalls::detailed as detailed_syscalls;
 
 use crate::{
     config::MetricsConfig,
@@ -287,7 +288,7 @@ pub fn render_text(inp: &Inputs<'_>, own: &SelfMetrics) -> (String, usize) {
 
 #[cfg(test)]
 mod tests {
-    use palisade_common::{HIST_BUCKETS, SyscallStats, latency_bucket};
+    use palisade_common::{HIST_BUCKETS, LATENCY_OTHER, SyscallStats, latency_bucket};
 
     use super::*;
     use crate::{config::Config, model::CgroupStats};
@@ -315,11 +316,20 @@ mod tests {
     fn stats(latencies: &[u64]) -> SyscallStats {
         let mut s = SyscallStats::ZERO;
         for &ns in latencies {
-            s.calls += 1;
             s.time_ns += ns;
             s.hist[latency_bucket(ns)] += 1;
         }
         s
+    }
+
+    /// Calls of `nr`, each timed, under the latency key `key` (the kernel's: `nr` for a
+    /// syscall with a histogram of its own, `LATENCY_OTHER` for the rest).
+    fn add(c: &mut CgroupStats, nr: u32, key: u32, latencies: &[u64]) {
+        *c.syscalls.entry(nr).or_default() += latencies.len() as u64;
+        c.latency
+            .entry(key)
+            .or_insert(SyscallStats::ZERO)
+            .merge(&stats(latencies));
     }
 
     fn fixture() -> (Model, Registry) {
@@ -328,12 +338,12 @@ mod tests {
         registry.insert(11, "/palisade/web-0");
         let mut model = Model::default();
         let mut a = CgroupStats::default();
-        a.syscalls.insert(110, stats(&[100, 200, 300]));
-        a.syscalls.insert(3, stats(&[50, 60]));
+        add(&mut a, 110, 110, &[100, 200, 300]);
+        add(&mut a, 3, 3, &[50, 60]);
         a.errnos.insert((3, 9), 2);
         model.by_cgroup.insert(10, a);
         let mut b = CgroupStats::default();
-        b.syscalls.insert(0, stats(&[1000]));
+        add(&mut b, 0, 0, &[1000]);
         model.by_cgroup.insert(11, b);
         (model, registry)
     }
@@ -443,6 +453,45 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_is_told_the_numbers_of_the_detailed_syscalls() {
+        let p = |g: &str| crate::config::Pattern::new(g).unwrap();
+        assert_eq!(detailed_syscalls(&[p("read")]), vec![0]);
+        let getp = detailed_syscalls(&[p("getp*")]);
+        assert!(getp.contains(&110) && getp.contains(&39), "{getp:?}");
+        assert!(!getp.contains(&0), "{getp:?}");
+        assert!(detailed_syscalls(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_kernels_per_container_latency_is_the_other_histogram() {
+        // what the kernel keeps by default: one latency key per cgroup
+        let mut registry = Registry::new(100, Default::default());
+        registry.insert(20, "/palisade/api-0");
+        let mut c = CgroupStats::default();
+        add(&mut c, 0, LATENCY_OTHER, &[100, 200]);
+        add(&mut c, 1, LATENCY_OTHER, &[5_000]);
+        // detailed: its own key
+        add(&mut c, 39, 39, &[300, 400, 500]);
+        let mut model = Model::default();
+        model.by_cgroup.insert(20, c);
+        let mut cfg = Config::default().metrics;
+        cfg.syscall_latency_detail = vec![crate::config::Pattern::new("getpid").unwrap()];
+        let own = SelfMetrics::new().unwrap();
+        let (text, _) = render_text(&inputs(&model, &registry, &Info::default(), &cfg), &own);
+        let n = r#"container="api-0""#;
+        for want in [
+            format!("palisade_syscall_duration_seconds_count{{{n},syscall=\"other\"}} 3\n"),
+            format!("palisade_syscall_duration_seconds_count{{{n},syscall=\"getpid\"}} 3\n"),
+            format!("palisade_syscalls_total{{{n},syscall=\"read\"}} 2\n"),
+            format!("palisade_syscalls_total{{{n},syscall=\"write\"}} 1\n"),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        // the key is never a syscall of its own
+        assert!(!text.contains(&LATENCY_OTHER.to_string()), "{text}");
+    }
+
+    #[test]
     fn selected_syscalls_get_histograms_of_their_own() {
         let mut cfg = Config::default().metrics;
         cfg.syscall_latency_detail = vec![crate::config::Pattern::new("getp*").unwrap()];
@@ -473,7 +522,7 @@ mod tests {
         let (mut model, mut registry) = fixture();
         registry.insert(13, "/weird\\\"name\nx");
         let mut c = CgroupStats::default();
-        c.syscalls.insert(110, stats(&[100, 9_000_000]));
+        add(&mut c, 110, LATENCY_OTHER, &[100, 9_000_000]);
         c.resources = Some(crate::resources::Resources {
             cpu_usage_seconds: Some(0.25),
             memory_usage_bytes: Some(1 << 20),
@@ -507,7 +556,7 @@ mod tests {
         let (mut model, mut registry) = fixture();
         registry.insert(12, "/other.slice/nginx.service");
         let mut c = CgroupStats::default();
-        c.syscalls.insert(110, stats(&[100]));
+        add(&mut c, 110, LATENCY_OTHER, &[100]);
         model.by_cgroup.insert(12, c);
         let own = SelfMetrics::new().unwrap();
         let cfg = Config::default().metrics;

@@ -7,7 +7,7 @@
 //! every syscall it was ~500 series per container, five times cAdvisor's whole set.
 use std::collections::BTreeMap;
 
-use palisade_common::SyscallStats;
+use palisade_common::{LATENCY_OTHER, SyscallStats};
 
 use super::{
     Budget, ContainerKey, Inputs,
@@ -21,7 +21,8 @@ pub const OTHER: &str = "other";
 
 #[derive(Default)]
 struct Agg {
-    syscalls: BTreeMap<u32, SyscallStats>,
+    syscalls: BTreeMap<u32, u64>,
+    latency: BTreeMap<u32, SyscallStats>,
     errnos: BTreeMap<u32, BTreeMap<u32, u64>>,
 }
 
@@ -34,8 +35,11 @@ fn aggregate(inp: &Inputs<'_>) -> BTreeMap<ContainerKey, Agg> {
         let agg = out
             .entry(ContainerKey::of(inp.registry.get(*id)))
             .or_default();
-        for (nr, s) in &stats.syscalls {
-            agg.syscalls
+        for (nr, n) in &stats.syscalls {
+            *agg.syscalls.entry(*nr).or_default() += n;
+        }
+        for (nr, s) in &stats.latency {
+            agg.latency
                 .entry(*nr)
                 .or_insert(SyscallStats::ZERO)
                 .merge(s);
@@ -70,6 +74,18 @@ impl Detail<'_> {
     }
 }
 
+/// The syscall numbers below `LATENCY_DETAIL_ENTRIES` that `patterns` give a latency histogram
+/// of their own: the kernel keys their timed calls by syscall, the rest by cgroup alone.
+pub(crate) fn detailed(patterns: &[Pattern]) -> Vec<u32> {
+    let mut detail = Detail {
+        patterns,
+        known: BTreeMap::new(),
+    };
+    (0..palisade_common::LATENCY_DETAIL_ENTRIES)
+        .filter(|nr| detail.wants(*nr))
+        .collect()
+}
+
 pub(crate) fn families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<Family> {
     let cfg = inp.cfg;
     let mut calls = Family::new(
@@ -98,15 +114,22 @@ pub(crate) fn families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<F
     };
     for (key, agg) in aggregate(inp) {
         let set = key.label_set();
+        // The kernel keeps the timed calls of syscalls without a histogram of their own under
+        // LATENCY_OTHER; a syscall keyed by its number but not detailed here joins them.
         let mut other = SyscallStats::ZERO;
+        for (nr, stats) in &agg.latency {
+            if *nr == LATENCY_OTHER || !detail.wants(*nr) {
+                other.merge(stats);
+            }
+        }
         let mut others = 0usize;
-        for (nr, stats) in &agg.syscalls {
+        for (nr, n) in &agg.syscalls {
             let name = palisade_syscalls::label(*nr);
             if cfg.syscall_latency {
                 if !detail.wants(*nr) {
-                    other.merge(stats);
                     others += 1;
                 } else if budget.take(hist_series) {
+                    let stats = agg.latency.get(nr).unwrap_or(&SyscallStats::ZERO);
                     let extra = [("syscall", name.as_ref())];
                     duration.kernel_histogram(&set, &extra, &stats.hist, stats.time_ns, step);
                 }
@@ -115,7 +138,7 @@ pub(crate) fn families(inp: &Inputs<'_>, out: Out, budget: &mut Budget) -> Vec<F
             if !budget.take(1 + errnos.map_or(0, BTreeMap::len)) {
                 continue;
             }
-            calls.sample(&set, &[("syscall", name.as_ref())], stats.calls);
+            calls.sample(&set, &[("syscall", name.as_ref())], *n);
             for (errno, n) in errnos.into_iter().flatten() {
                 let e = palisade_syscalls::errno::label(*errno);
                 errors.sample(

@@ -289,7 +289,7 @@ impl Owner {
         let mut out = Counts::new();
         if let Some(c) = self.model.by_cgroup.get(&cgroup_id) {
             for (nr, s) in &c.syscalls {
-                out.entry(*nr).or_default().0 = s.calls;
+                out.entry(*nr).or_default().0 = *s;
             }
             for ((nr, errno), n) in &c.errnos {
                 if *errno == EPERM {
