@@ -209,6 +209,7 @@ async fn serve_all(
         latency_sample_mask: sc.latency_sample_mask(config.metrics.syscall_latency),
         latency_detail: &latency_detail,
         stats_max_entries: sc.stats_max_entries.0,
+        latency_max_entries: sc.latency_max_entries(),
         errno_max_entries: sc.errno_max_entries.0,
         ring_buffer_bytes: config.events.kernel_buffer_kib << 10,
         tracefs: tracefs.as_deref(),
@@ -241,9 +242,10 @@ async fn serve_all(
     info!(
         stats_entries = sc.stats_max_entries.0,
         count_positions_per_cpu = counts.positions,
+        latency_entries = sc.latency_max_entries(),
         kernel_memory_bytes = u64::from(counts.entries().unwrap_or(0))
             * size_of::<palisade_common::CountSlot>() as u64
-            + (sc.stats_max_entries.0 as u64 * 256 + sc.errno_max_entries.0 as u64 * 16)
+            + (u64::from(sc.latency_max_entries()) * 256 + sc.errno_max_entries.0 as u64 * 16)
                 * ncpu as u64
             + sc.thread_slots.0 as u64
                 * (size_of::<palisade_common::ThreadSlot>()
@@ -261,7 +263,10 @@ async fn serve_all(
         features: report.features.clone(),
         map_capacity: vec![
             (names::MAP_SYSCALL_COUNTS, u64::from(counts.positions)),
-            (names::MAP_SYSCALL_STATS, u64::from(sc.stats_max_entries.0)),
+            (
+                names::MAP_SYSCALL_STATS,
+                u64::from(sc.latency_max_entries()),
+            ),
             (names::MAP_SYSCALL_ERRNOS, u64::from(sc.errno_max_entries.0)),
         ],
         node: node.clone(),

@@ -327,13 +327,14 @@ fn full_kernel_maps_are_counted_not_fatal() {
         m.value("palisade_bpf_map_capacity", &[("map", "SYSCALL_COUNTS")]),
         Some(16.0)
     );
+    // the latency table is a quarter of stats_max_entries
     assert_eq!(
         m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_STATS")]),
-        Some(16.0)
+        Some(4.0)
     );
     assert_eq!(
         m.value("palisade_bpf_map_capacity", &[("map", "SYSCALL_STATS")]),
-        Some(16.0)
+        Some(4.0)
     );
     assert!(m.value("palisade_bpf_map_entries", &[("map", "SYSCALL_ERRNOS")]) <= Some(2.0));
     // the agent keeps serving, and what is in the tables keeps counting
@@ -403,8 +404,8 @@ fn the_count_table_gives_the_positions_of_removed_cgroups_to_new_ones() {
 fn latency_is_kept_per_container_unless_a_syscall_is_detailed() {
     // 12 live cgroups, each ~24 syscalls (the workload's start-up and its getppid): ~300
     // (cgroup, syscall) keys. The counts have room (257 rounds up to 512 positions per CPU); the
-    // latency table has 257 entries, which ~300 per-syscall histograms would overflow. With one
-    // histogram per container plus the detailed getppid, it holds 24.
+    // latency table has 64 entries (a quarter), which ~300 per-syscall histograms would
+    // overflow. With one histogram per container plus the detailed getppid, it holds 24.
     let parent = TestCgroup::new("latkeys");
     let children: Vec<TestCgroup> = (0..12).map(|i| parent.child(&format!("l{i}"))).collect();
     let glob = format!("{}/*", parent.rel);

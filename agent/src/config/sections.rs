@@ -183,11 +183,12 @@ pub struct SyscallConfig {
     /// Trace only cgroups whose container name or cgroup path matches one of these globs
     /// (e.g. `web-*`, `/system.slice/*.service`). Empty: trace every cgroup.
     pub cgroups: Vec<Pattern>,
-    /// Capacity of the (cgroup, syscall) tables in the kernel: the counts (this rounded up to a
-    /// power of two, per CPU: `positions x 24 bytes x CPUs`) and the latencies of the timed
-    /// calls (`entries x 256 bytes x CPUs`; one entry per cgroup, plus one per cgroup and
-    /// syscall in `metrics.syscall_latency_detail`), preallocated. A call that finds no room in either
-    /// is counted in `palisade_kernel_lost_total{reason="syscall_stats_map_full"}`.
+    /// Capacity of the (cgroup, syscall) tables in the kernel, preallocated: the counts (this
+    /// rounded up to a power of two, per CPU: `positions x 24 bytes x CPUs`) and, a quarter of
+    /// it, the latencies of the timed calls (`entries / 4 x 256 bytes x CPUs`: one entry per
+    /// cgroup, plus one per cgroup and syscall in `metrics.syscall_latency_detail`). A call that
+    /// finds no room in either is counted in
+    /// `palisade_kernel_lost_total{reason="syscall_stats_map_full"}`.
     pub stats_max_entries: Capacity,
     /// Capacity of the (cgroup, syscall, errno) table (`entries x 8 bytes x CPUs`).
     pub errno_max_entries: Capacity,
@@ -203,6 +204,12 @@ pub struct SyscallConfig {
 }
 
 impl SyscallConfig {
+    /// Entries of the latency table (`SYSCALL_STATS`): a quarter of `stats_max_entries`, since
+    /// it holds about one key per cgroup where the count table holds one per (cgroup, syscall).
+    pub fn latency_max_entries(&self) -> u32 {
+        (self.stats_max_entries.0 / 4).max(1)
+    }
+
     /// The kernel's `LATENCY_SAMPLE_MASK`: 0 times every call, `LATENCY_NEVER` none (the
     /// histograms are not exported: `metrics.syscall_latency: false`), else one call in
     /// `latency_sample`.
@@ -220,7 +227,7 @@ impl Default for SyscallConfig {
         Self {
             hook: SyscallHookChoice::Auto,
             cgroups: Vec::new(),
-            stats_max_entries: Capacity(10_240),
+            stats_max_entries: Capacity(20_480),
             errno_max_entries: Capacity(4_096),
             thread_slots: PowerOfTwo(65_536),
             latency_sample: SampleEvery(8),

@@ -38,6 +38,8 @@ pub struct LoadOptions<'a> {
     /// `LATENCY_DETAIL_ENTRIES`); the rest share one per cgroup.
     pub latency_detail: &'a [u32],
     pub stats_max_entries: u32,
+    /// Entries of `SYSCALL_STATS` (latencies: about one per cgroup).
+    pub latency_max_entries: u32,
     pub errno_max_entries: u32,
     /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
@@ -370,7 +372,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .override_global(names::GLOBAL_COUNT_SLOT_MASK, &count_mask, true)
         .override_global(names::GLOBAL_COUNT_SLOT_BITS, &count_bits, true)
         .map_max_entries(names::MAP_SYSCALL_COUNTS, count_entries)
-        .map_max_entries(names::MAP_SYSCALL_STATS, opts.stats_max_entries)
+        .map_max_entries(names::MAP_SYSCALL_STATS, opts.latency_max_entries)
         .map_max_entries(names::MAP_SYSCALL_ERRNOS, opts.errno_max_entries)
         .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_bytes)
         .map_max_entries(names::MAP_FLOWS, opts.flow_entries);
