@@ -57,6 +57,11 @@ pub enum Bench {
         /// Record the agent with `perf record -g` during the plain scrapes into this file.
         #[arg(long, value_name = "FILE")]
         perf: Option<PathBuf>,
+        /// Also run this agent binary (another build, e.g. main's) with the default config on
+        /// the same cgroups, its batches interleaved with this build's, and print this build's
+        /// numbers as ratios of it.
+        #[arg(long, value_name = "BIN")]
+        against: Option<PathBuf>,
     },
     /// Events per second the release agent delivers to its JSON log, every loss counted: a
     /// `log` rule on getppid (rate limiting off) in a generator's cgroup that makes an exact
@@ -167,9 +172,10 @@ pub fn run(which: Bench) -> Result<()> {
             containers,
             scrapes,
             perf,
+            against,
         } => {
             build(true)?;
-            crate::bench_scale::scale(containers, scrapes, perf.as_deref())
+            crate::bench_scale::scale(containers, scrapes, perf.as_deref(), against.as_deref())
         }
         Bench::Events {
             calls,

@@ -245,14 +245,16 @@ struct Agent {
     addr: String,
     /// CPU per second while nobody scrapes (background collections every `collect_interval`).
     idle_rate: f64,
+    /// Default config: measured in batches without a background collection ([`quiet_batch`]).
+    quiet: bool,
 }
 
-/// Starts the release agent with `config` (YAML), named `name` in the temporary directory.
-fn start(tmp: &Path, name: &str, config: &str) -> Result<(Child, String)> {
+/// Starts the agent `bin` with `config` (YAML), named `name` in the temporary directory.
+fn start(tmp: &Path, name: &str, config: &str, bin: &Path) -> Result<(Child, String)> {
     let cfg = tmp.join(format!("{name}.yaml"));
     std::fs::write(&cfg, config)?;
     let ready = tmp.join(format!("{name}.ready"));
-    let mut agent = Command::new(agent_bin(true))
+    let mut agent = Command::new(bin)
         .args(["agent", "--listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
         .arg("--control-socket")
@@ -340,29 +342,60 @@ fn batch(a: &Agent, scrapes: u32, gzip: bool, idle_rate: f64) -> Result<Row> {
 /// Default collection interval (`metrics.collect_interval`): background cgroupfs reads.
 const COLLECT_S: f64 = 10.0;
 
+/// The default config of the measured agents (background collections every [`COLLECT_S`]).
+const DEFAULT: &str = "metrics:\n  collect_interval: 10s\n";
+
 /// `cargo xtask bench scale`.
-pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()> {
+pub fn scale(
+    containers: usize,
+    scrapes: u32,
+    perf: Option<&Path>,
+    against: Option<&Path>,
+) -> Result<()> {
     step(&format!(
-        "scale: {containers} cgroups with a process each, release agent (default config) and one reading cgroupfs on every scrape (as before), {scrapes} scrapes per case, interleaved"
+        "scale: {containers} cgroups with a process each, release agent (default config) and one reading cgroupfs on every scrape (as before){}, {scrapes} scrapes per case, interleaved",
+        against.map_or(String::new(), |b| format!(
+            ", and {} (default config) as the baseline",
+            b.display()
+        ))
     ));
     let tmp = std::env::temp_dir().join(format!("palisade-bench-scale-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let (a, addr) = start(&tmp, "agent", "metrics:\n  collect_interval: 10s\n")?;
-    let pid = a.id();
-    let (b, addr_b) = match start(&tmp, "fresh", "resources:\n  read_on_scrape: true\n") {
-        Ok(x) => x,
-        Err(e) => {
-            let mut a = a;
-            let _ = a.kill();
-            let _ = a.wait();
-            return Err(e);
+    let this = agent_bin(true);
+    let mut wanted: Vec<(&'static str, &str, &Path)> = vec![
+        ("default", DEFAULT, this.as_path()),
+        (
+            "read_on_scrape",
+            "resources:\n  read_on_scrape: true\n",
+            this.as_path(),
+        ),
+    ];
+    if let Some(b) = against {
+        wanted.push(("baseline", DEFAULT, b));
+    }
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for (what, config, bin) in &wanted {
+        match start(&tmp, what, config, bin) {
+            Ok((c, a)) => {
+                children.push(c);
+                addrs.push(a);
+            }
+            Err(e) => {
+                for mut c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e);
+            }
         }
-    };
-    let pid_b = b.id();
-    let idle_rss = status_kib(pid, "VmRSS:");
+    }
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let (pid, pid_b) = (pids[0], pids[1]);
+    let idle_rss: Vec<f64> = pids.iter().map(|p| status_kib(*p, "VmRSS:")).collect();
     // the workloads start under the agents, so their syscalls are counted
     let t = Instant::now();
-    let f = fleet(containers, tmp.clone(), vec![a, b])?;
+    let f = fleet(containers, tmp.clone(), children)?;
     eprintln!(
         "    {containers} cgroups and processes in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -370,56 +403,61 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     // every cgroup known (the first walk), then one scrape to settle names
     let deadline = Instant::now() + Duration::from_secs(120);
     let marker = format!("palisade-bench-scale-{}/", std::process::id());
-    let mut page = String::new();
-    for ad in [&addr, &addr_b] {
-        page = loop {
+    for ad in &addrs {
+        loop {
             let r = get(ad, false)?;
             let page = String::from_utf8_lossy(&r.body).into_owned();
             if series_per_container(&page, &marker).len() >= containers {
-                break page;
+                break;
             }
             if Instant::now() > deadline {
                 bail!("the agent does not show {containers} bench containers");
             }
             std::thread::sleep(Duration::from_millis(500));
-        };
+        }
     }
-    let page_b = page;
-    let page = String::from_utf8_lossy(&get(&addr, false)?.body).into_owned();
-    let per = series_per_container(&page, &marker);
-    let dropped = value(&page, "palisade_series_dropped ");
-    // Keys the kernel's tables had no room for are series missing too: the run says so.
-    let map_full: f64 = ["syscall_stats_map_full", "syscall_errno_map_full"]
+    let pages: Vec<String> = addrs
         .iter()
-        .map(|r| {
-            value(
-                &page,
-                &format!("palisade_kernel_lost_total{{reason=\"{r}\"}} "),
-            )
-        })
-        .filter(|v| v.is_finite())
-        .sum();
-    let series = page.lines().filter(|l| !l.starts_with('#')).count();
-    let series_b = page_b.lines().filter(|l| !l.starts_with('#')).count();
+        .map(|a| get(a, false).map(|r| String::from_utf8_lossy(&r.body).into_owned()))
+        .collect::<Result<_>>()?;
+    let page = &pages[0];
+    let per = series_per_container(page, &marker);
+    let dropped = value(page, "palisade_series_dropped ");
+    // Keys the kernel's tables had no room for are series missing too: the run says so.
+    let lost_calls = |page: &str| -> f64 {
+        ["syscall_stats_map_full", "syscall_errno_map_full"]
+            .iter()
+            .map(|r| {
+                value(
+                    page,
+                    &format!("palisade_kernel_lost_total{{reason=\"{r}\"}} "),
+                )
+            })
+            .filter(|v| v.is_finite())
+            .sum()
+    };
+    let series_of = |page: &str| page.lines().filter(|l| !l.starts_with('#')).count();
+    let (series, series_b) = (series_of(page), series_of(&pages[1]));
+    let map_full = lost_calls(page);
 
-    // idle window (both agents at once): three background collections each
+    // idle window (every agent at once): three background collections each
     let idle = Duration::from_secs_f64(3.0 * COLLECT_S);
-    let (c0, c0b) = (cpu_seconds(pid)?, cpu_seconds(pid_b)?);
+    let c0: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<_>>()?;
     std::thread::sleep(idle);
-    let agents = [
-        Agent {
-            what: "default",
-            pid,
-            addr: addr.clone(),
-            idle_rate: (cpu_seconds(pid)? - c0) / idle.as_secs_f64(),
-        },
-        Agent {
-            what: "read_on_scrape",
-            pid: pid_b,
-            addr: addr_b,
-            idle_rate: (cpu_seconds(pid_b)? - c0b) / idle.as_secs_f64(),
-        },
-    ];
+    let mut agents = Vec::new();
+    for (i, (what, config, _)) in wanted.iter().enumerate() {
+        agents.push(Agent {
+            what,
+            pid: pids[i],
+            addr: addrs[i].clone(),
+            idle_rate: (cpu_seconds(pids[i])? - c0[i]) / idle.as_secs_f64(),
+            quiet: *config == DEFAULT,
+        });
+    }
+    let addr = addrs[0].clone();
     // the default agent under `perf record` for its first plain batch
     let mut recorder = match perf {
         Some(out) => {
@@ -446,15 +484,18 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     };
     // (agent, gzip) → CPU and wall per scrape summed over rounds, size, encoding
     let mut rows: BTreeMap<(usize, bool), Row> = BTreeMap::new();
-    let rounds = 2;
+    let rounds = 4;
     let per_round = scrapes.div_ceil(rounds).max(1);
     for round in 0..rounds {
         for gzip in [false, true] {
             // alternate which agent goes first
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut order: Vec<usize> = (0..agents.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
             for i in order {
                 let a = &agents[i];
-                let (cpu, wall, size, enc) = if i == 0 {
+                let (cpu, wall, size, enc) = if a.quiet {
                     quiet_batch(a, &marker, per_round, gzip)?
                 } else {
                     // every scrape of this one reads cgroupfs: background collections cannot
@@ -551,7 +592,7 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
     );
     println!(
         "  RSS before the containers {:.1} MiB, after scrapes {:.1} MiB ({:.1} anonymous, {:.1} file-backed, mostly the binary), peak {:.1} MiB",
-        idle_rss / 1024.0,
+        idle_rss[0] / 1024.0,
         rss / 1024.0,
         anon / 1024.0,
         file / 1024.0,
@@ -577,6 +618,27 @@ pub fn scale(containers: usize, scrapes: u32, perf: Option<&Path>) -> Result<()>
         collector * 1e3 / 50.0,
         agents[0].idle_rate * 100.0
     );
+    if let Some(base) = agents.get(2) {
+        let row = |i: usize, gzip: bool| rows.get(&(i, gzip)).map_or(f64::NAN, |r| r.0);
+        let base_rss = status_kib(base.pid, "VmRSS:");
+        println!(
+            "  against the baseline ({} containers, same cgroups, batches interleaved):",
+            containers
+        );
+        println!(
+            "    baseline: series {}, calls the kernel maps had no room for {}, RSS idle {:.1} MiB, after scrapes {:.1} MiB",
+            series_of(&pages[2]),
+            lost_calls(&pages[2]),
+            idle_rss[2] / 1024.0,
+            base_rss / 1024.0
+        );
+        println!(
+            "    this build / baseline: CPU per plain scrape {:.2}, per gzip scrape {:.2}; RSS after scrapes {:.2}",
+            row(0, false) / row(2, false),
+            row(0, true) / row(2, true),
+            rss / base_rss
+        );
+    }
     drop(f);
     Ok(())
 }
