@@ -2,6 +2,8 @@
 
 /// Per-CPU hash: [`crate::SyscallKey`] → [`crate::SyscallStats`].
 pub const MAP_SYSCALL_STATS: &str = "SYSCALL_STATS";
+/// Array of `u32` by syscall number: 1 for a syscall with a latency key of its own, 0 for one
+/// whose timed calls go to its cgroup's [`crate::LATENCY_OTHER`] key.
 pub const MAP_LATENCY_DETAIL: &str = "LATENCY_DETAIL";
 /// Array (mmap-able), one open-addressing region per possible CPU: [`crate::CountSlot`].
 pub const MAP_SYSCALL_COUNTS: &str = "SYSCALL_COUNTS";
