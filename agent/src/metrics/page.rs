@@ -138,6 +138,25 @@ mod tests {
     }
 
     #[test]
+    fn the_body_is_every_chunk_in_order_under_its_exact_length() {
+        let page = Page::new(vec![
+            Bytes::from("a 1\n"),
+            Bytes::new(),
+            Bytes::from("b 2\nc 3\n"),
+        ]);
+        let mut body = page.text();
+        assert_eq!(body.size_hint().exact(), Some(12));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+            got.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert_eq!(got, b"a 1\nb 2\nc 3\n");
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
+
+    #[test]
     fn gzip_is_made_once_and_decompresses_to_the_text() {
         let text: String = (0..2000)
             .map(|i| {
