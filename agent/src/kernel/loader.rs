@@ -440,16 +440,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         .iter()
         .any(|(h, why)| *h == Hook::CgroupCache && why.is_none());
     if cache_on {
-        let map_err = |source| KernelError::Map {
-            map: names::MAP_CONFIG,
-            source,
-        };
-        let mut config: Array<_, u32> = Array::try_from(
-            ebpf.map_mut(names::MAP_CONFIG)
-                .ok_or(KernelError::MissingMap(names::MAP_CONFIG))?,
-        )
-        .map_err(map_err)?;
-        config.set(CONFIG_CGROUP_CACHE, 1, 0).map_err(map_err)?;
+        set_ones(&mut ebpf, names::MAP_CONFIG, &[CONFIG_CGROUP_CACHE])?;
     }
     Ok(Loaded {
         ebpf,
@@ -464,17 +455,22 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
 
 /// Marks the syscalls with a latency histogram of their own, before any program runs.
 fn set_latency_detail(ebpf: &mut Ebpf, detail: &[u32]) -> Result<(), KernelError> {
-    let map_err = |source| KernelError::Map {
-        map: names::MAP_LATENCY_DETAIL,
-        source,
-    };
-    let mut map: Array<_, u32> = Array::try_from(
-        ebpf.map_mut(names::MAP_LATENCY_DETAIL)
-            .ok_or(KernelError::MissingMap(names::MAP_LATENCY_DETAIL))?,
-    )
-    .map_err(map_err)?;
-    for nr in detail.iter().filter(|nr| **nr < LATENCY_DETAIL_ENTRIES) {
-        map.set(*nr, 1, 0).map_err(map_err)?;
+    let detail: Vec<u32> = detail
+        .iter()
+        .copied()
+        .filter(|nr| *nr < LATENCY_DETAIL_ENTRIES)
+        .collect();
+    set_ones(ebpf, names::MAP_LATENCY_DETAIL, &detail)
+}
+
+/// Sets the entries at `indexes` of the `u32` array `name` to 1.
+fn set_ones(ebpf: &mut Ebpf, name: &'static str, indexes: &[u32]) -> Result<(), KernelError> {
+    let map_err = |source| KernelError::Map { map: name, source };
+    let mut map: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?)
+            .map_err(map_err)?;
+    for i in indexes {
+        map.set(*i, 1, 0).map_err(map_err)?;
     }
     Ok(())
 }
