@@ -32,7 +32,26 @@ pub struct CgroupStats {
 }
 
 /// Records gathered per cgroup id.
-type PerCgroup<T> = HashMap<u64, Vec<T>>;
+type PerCgroup<K, V> = HashMap<u64, Vec<(K, V)>>;
+
+/// `(cgroup id, key, value)` records gathered per cgroup, in snapshot order.
+fn per_cgroup<K, V>(records: impl Iterator<Item = (u64, K, V)>) -> PerCgroup<K, V> {
+    let mut out: PerCgroup<K, V> = HashMap::new();
+    for (id, k, v) in records {
+        out.entry(id).or_default().push((k, v));
+    }
+    out
+}
+
+/// Cgroup `id`'s records as a map built from its list at once (inserting the ~270-byte
+/// latency records one by one moved them around the map's nodes several times); empty when
+/// the snapshot has none.
+fn take_map<K: Ord, V>(lists: &mut PerCgroup<K, V>, id: u64) -> BTreeMap<K, V> {
+    lists
+        .remove(&id)
+        .map(BTreeMap::from_iter)
+        .unwrap_or_default()
+}
 
 #[derive(Debug, Default)]
 pub struct Model {
@@ -50,29 +69,14 @@ impl Model {
     /// Replaces the numbers of every cgroup present in `snap`. Cgroups absent from it keep their
     /// last numbers (they were reaped earlier and are waiting out their grace period).
     pub fn apply(&mut self, snap: &KernelSnapshot) {
-        // Gathered per cgroup first and each map built from its sorted list: inserting the
-        // records (~270 bytes each) one by one moved them around the maps' nodes several times.
-        let mut syscalls: PerCgroup<(u32, u64)> = HashMap::new();
-        let mut latency: PerCgroup<(u32, SyscallStats)> = HashMap::new();
-        let mut errnos: PerCgroup<((u32, u32), u64)> = HashMap::new();
-        for (key, calls) in &snap.syscalls {
-            syscalls
-                .entry(key.cgroup_id)
-                .or_default()
-                .push((key.nr, *calls));
-        }
-        for (key, stats) in &snap.latency {
-            latency
-                .entry(key.cgroup_id)
-                .or_default()
-                .push((key.nr, *stats));
-        }
-        for (key, count) in &snap.errnos {
-            errnos
-                .entry(key.cgroup_id)
-                .or_default()
-                .push(((key.nr, key.errno), *count));
-        }
+        // Gathered per cgroup first, each map then built from its list (see `take_map`).
+        let mut syscalls = per_cgroup(snap.syscalls.iter().map(|(k, n)| (k.cgroup_id, k.nr, *n)));
+        let mut latency = per_cgroup(snap.latency.iter().map(|(k, s)| (k.cgroup_id, k.nr, *s)));
+        let mut errnos = per_cgroup(
+            snap.errnos
+                .iter()
+                .map(|(k, n)| (k.cgroup_id, (k.nr, k.errno), *n)),
+        );
         // Replace the kernel-sourced parts of every cgroup present in this snapshot; keep the
         // userspace-sourced ones (OOM counts, resources).
         let mut processes: HashMap<u64, ProcessCounts> = snap.processes.iter().copied().collect();
@@ -89,18 +93,9 @@ impl Model {
             .collect();
         for id in present {
             let e = self.by_cgroup.entry(id).or_default();
-            e.syscalls = syscalls
-                .remove(&id)
-                .map(BTreeMap::from_iter)
-                .unwrap_or_default();
-            e.latency = latency
-                .remove(&id)
-                .map(BTreeMap::from_iter)
-                .unwrap_or_default();
-            e.errnos = errnos
-                .remove(&id)
-                .map(BTreeMap::from_iter)
-                .unwrap_or_default();
+            e.syscalls = take_map(&mut syscalls, id);
+            e.latency = take_map(&mut latency, id);
+            e.errnos = take_map(&mut errnos, id);
             if let Some(p) = processes.remove(&id) {
                 e.processes = Some(p);
             }
