@@ -210,10 +210,53 @@ pub fn table(r: &Rounds) -> String {
             r.ratio(mode, "agent_fentry", "agent"),
         );
     }
+    s.push_str("quartiles of the per-round ratios, median (q1-q3):\n");
+    for mode in ["getppid", "read"] {
+        let _ = writeln!(
+            s,
+            "{:<8} raw/raw0 {}  fe/fe0 {}  fe0/raw0 {}  fe/raw {}",
+            mode,
+            r.ratio_spread(mode, "agent", "floor"),
+            r.ratio_spread(mode, "agent_fentry", "floor_fentry"),
+            r.ratio_spread(mode, "floor_fentry", "floor"),
+            r.ratio_spread(mode, "agent_fentry", "agent"),
+        );
+    }
     s.push_str(
         "(+X: ns per call over no hooks, median over rounds; raw0/fentry0: the empty pairs (floors),\n\
           raw/fentry: the agent on that pair; ratios of added cost within each round, median over rounds.\n\
           fe/raw < 1: the agent is cheaper on fentry/fexit)\n",
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_the_spread_of_the_per_round_ratios() {
+        let mut tsv = String::from("rep\tcase\tmode\tns_per_call\n");
+        // rounds 1-3: floors +10, +20, +40; the agent +20, +20, +40 (ratios 2, 1, 1)
+        for (rep, floor, agent) in [(1, 110, 120), (2, 120, 120), (3, 140, 140)] {
+            for (case, v) in [
+                ("base", 100),
+                ("floor", floor),
+                ("agent", agent),
+                ("floor_fentry", floor),
+                ("agent_fentry", agent),
+            ] {
+                tsv.push_str(&format!("{rep}\t{case}\tgetppid\t{v}\n"));
+            }
+        }
+        let path = std::env::temp_dir().join(format!("vm-rounds-{}.tsv", std::process::id()));
+        std::fs::write(&path, tsv).unwrap();
+        let r = crate::bench_rounds::read_rounds(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let t = table(&r);
+        assert!(
+            t.contains("getppid  raw/raw0 1.00 (1.00-2.00)"),
+            "no spread line in:\n{t}"
+        );
+    }
 }
