@@ -50,6 +50,12 @@ impl Rounds {
 /// Reads the script's TSV (`rep case mode ns_per_call`).
 pub fn read_rounds(path: &std::path::Path) -> Result<Rounds> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(parse_rounds(&text))
+}
+
+/// The script's TSV (`rep case mode ns_per_call`, one header line); lines that are not a
+/// measurement are skipped.
+pub fn parse_rounds(text: &str) -> Rounds {
     let mut by: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
@@ -61,7 +67,7 @@ pub fn read_rounds(path: &std::path::Path) -> Result<Rounds> {
                 .insert((*rep).to_owned(), ns);
         }
     }
-    Ok(Rounds(by))
+    Rounds(by)
 }
 
 /// First and third quartiles (medians of the lower and upper halves; the middle value of an
@@ -106,10 +112,7 @@ mod tests {
                    1\tbase\tgetppid\t100\n1\tfloor\tgetppid\t120\n1\tagent\tgetppid\t140\n\
                    2\tbase\tgetppid\t200\n2\tfloor\tgetppid\t210\n2\tagent\tgetppid\t230\n\
                    3\tbase\tgetppid\t100\n3\tfloor\tgetppid\t140\n";
-        let path = std::env::temp_dir().join(format!("rounds-{}.tsv", std::process::id()));
-        std::fs::write(&path, tsv).unwrap();
-        let r = read_rounds(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let r = parse_rounds(tsv);
         // round 1: 40/20, round 2: 30/10; round 3 has no agent
         assert_eq!(r.ratios("getppid", "agent", "floor"), vec![2.0, 3.0]);
         assert_eq!(r.ratio("getppid", "agent", "floor"), 2.5);

@@ -175,6 +175,14 @@ fn doctor_line(doctor: &str) -> String {
         .join(" | ")
 }
 
+/// The table's ratios: (column, case, over).
+const RATIOS: [(&str, &str, &str); 4] = [
+    ("raw/raw0", "agent", "floor"),
+    ("fe/fe0", "agent_fentry", "floor_fentry"),
+    ("fe0/raw0", "floor_fentry", "floor"),
+    ("fe/raw", "agent_fentry", "agent"),
+];
+
 /// Medians of the added cost per case, and per-round ratios (median over rounds).
 pub fn table(r: &Rounds) -> String {
     let mut s = String::new();
@@ -195,6 +203,7 @@ pub fn table(r: &Rounds) -> String {
     for mode in ["getppid", "read"] {
         let med = |case: &str| median(&mut r.series(mode, case).into_values().collect::<Vec<_>>());
         let b = med("base");
+        let [raw, fe, fe0, fe_raw] = RATIOS.map(|(_, case, over)| r.ratio(mode, case, over));
         let _ = writeln!(
             s,
             "{:<8} {:>9.0} {:>+9.0} {:>+9.0} {:>+10.0} {:>+10.0}   {:>8.2} {:>8.2} {:>9.2} {:>9.2}",
@@ -204,23 +213,19 @@ pub fn table(r: &Rounds) -> String {
             med("agent") - b,
             med("floor_fentry") - b,
             med("agent_fentry") - b,
-            r.ratio(mode, "agent", "floor"),
-            r.ratio(mode, "agent_fentry", "floor_fentry"),
-            r.ratio(mode, "floor_fentry", "floor"),
-            r.ratio(mode, "agent_fentry", "agent"),
+            raw,
+            fe,
+            fe0,
+            fe_raw,
         );
     }
     s.push_str("quartiles of the per-round ratios, median (q1-q3):\n");
     for mode in ["getppid", "read"] {
-        let _ = writeln!(
-            s,
-            "{:<8} raw/raw0 {}  fe/fe0 {}  fe0/raw0 {}  fe/raw {}",
-            mode,
-            r.ratio_spread(mode, "agent", "floor"),
-            r.ratio_spread(mode, "agent_fentry", "floor_fentry"),
-            r.ratio_spread(mode, "floor_fentry", "floor"),
-            r.ratio_spread(mode, "agent_fentry", "agent"),
-        );
+        let spreads: Vec<String> = RATIOS
+            .iter()
+            .map(|(column, case, over)| format!("{column} {}", r.ratio_spread(mode, case, over)))
+            .collect();
+        let _ = writeln!(s, "{mode:<8} {}", spreads.join("  "));
     }
     s.push_str(
         "(+X: ns per call over no hooks, median over rounds; raw0/fentry0: the empty pairs (floors),\n\
@@ -249,11 +254,7 @@ mod tests {
                 tsv.push_str(&format!("{rep}\t{case}\tgetppid\t{v}\n"));
             }
         }
-        let path = std::env::temp_dir().join(format!("vm-rounds-{}.tsv", std::process::id()));
-        std::fs::write(&path, tsv).unwrap();
-        let r = crate::bench_rounds::read_rounds(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let t = table(&r);
+        let t = table(&crate::bench_rounds::parse_rounds(&tsv));
         assert!(
             t.contains("getppid  raw/raw0 1.00 (1.00-2.00)"),
             "no spread line in:\n{t}"
