@@ -206,7 +206,7 @@ impl Owner {
     /// Everything after the readings: the kernel filter and the policy task hear of new
     /// cgroups, the flow pass, then the answers; then the next collection starts.
     async fn finish(&mut self, c: Collection) {
-        self.flush_new().await;
+        let _ = self.flush_new().await;
         self.policy_sync(false).await;
         if c.flow_pass
             && let Some(flows) = &c.flows

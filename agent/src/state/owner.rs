@@ -159,7 +159,7 @@ impl Owner {
                 }),
                 _ = rescan_tick.tick() => self.start_walk(),
             }
-            self.flush_new().await;
+            let _ = self.flush_new().await;
         }
     }
 
@@ -305,22 +305,34 @@ impl Owner {
         if !added.is_empty() || !removed.is_empty() {
             debug!(added = added.len(), removed = removed.len(), "rescan");
         }
+        // the kernel filter and the policy task hear of the new cgroups first: policies
+        // apply once every cgroup is known (adopted pinned state stays in force until then)
+        let selected = self.flush_new().await;
         if !self.policies_synced {
-            // policies apply once every cgroup is known (adopted pinned state stays in force
-            // until then)
-            self.flush_new().await;
             self.policy_sync(true).await;
             self.policies_synced = true;
         }
-        for w in waiters {
-            let _ = w.send(Ok(self.registry.len()));
-        }
+        // A walk's answer means its cgroups are traced: the agent's ready file is written
+        // after the first, and a workload started then must be counted. The answer waits
+        // for the filter, from a task of its own so this loop never waits.
+        let known = self.registry.len();
+        tokio::spawn(async move {
+            let r = match selected {
+                Some(rx) => rx.await.map(|()| known).map_err(|_| StateError::Gone),
+                None => Ok(known),
+            };
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+        });
     }
 
-    /// Tells the kernel filter and the policy task about newly known cgroups.
-    pub(super) async fn flush_new(&mut self) {
+    /// Tells the kernel filter and the policy task about newly known cgroups; with a
+    /// `--cgroup` filter that selects some of them, returns what resolves once the kernel's
+    /// filter holds them.
+    pub(super) async fn flush_new(&mut self) -> Option<oneshot::Receiver<()>> {
         if self.new.is_empty() && self.new_overflow.is_empty() {
-            return;
+            return None;
         }
         let new = std::mem::take(&mut self.new);
         let overflow = std::mem::take(&mut self.new_overflow);
@@ -334,18 +346,20 @@ impl Owner {
         }
         let patterns = &self.config.syscalls.cgroups;
         if patterns.is_empty() {
-            return;
+            return None;
         }
         let ids: Vec<u64> = new
             .iter()
             .filter(|i| super::apply::selected(patterns, i))
             .map(|i| i.cgroup_id)
             .collect();
-        if !ids.is_empty()
-            && let Err(e) = self.kernel.select(ids)
-        {
-            warn!(error = %e, "cannot update the cgroup filter");
+        if ids.is_empty() {
+            return None;
         }
+        self.kernel
+            .select(ids)
+            .inspect_err(|e| warn!(error = %e, "cannot update the cgroup filter"))
+            .ok()
     }
 
     /// Gives the policy task every live cgroup (names may have changed since it last saw
