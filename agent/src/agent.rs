@@ -76,19 +76,26 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
     })
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves when either arrives.
+/// Installed before the ready file is written: a signal sent once it exists shuts down
+/// cleanly, where a handler installed at the future's first poll left a window in which
+/// SIGTERM killed the agent outright and an ignored SIGINT (a background job of `sh`) was
+/// lost.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            warn!("cannot install signal handlers; stop the agent with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
     }
 }
 
@@ -344,16 +351,12 @@ async fn serve_all(
 
     // Loading parsed the kernel's BTF and the programs' object: ~20 MB of heap, all free now.
     return_free_heap();
+    let shutdown = shutdown_signal();
     if let Some(path) = &ready_file {
         write_ready(path, listen_addr)?;
     }
     info!(listen = %listen_addr, control_socket = %control_path.display(), "serving /metrics");
-    let served = server::serve(
-        listener,
-        server::Context { state, policy },
-        shutdown_signal(),
-    )
-    .await;
+    let served = server::serve(listener, server::Context { state, policy }, shutdown).await;
 
     // Producers first (nothing is published after them), then the consumers take what is
     // queued: every event published is accounted for in the last line.
