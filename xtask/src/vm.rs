@@ -236,14 +236,15 @@ pub fn plan(suites: &[&str], filter: &[String]) -> Result<Plan> {
     Ok(out)
 }
 
-/// The test executables of palisade-tests by suite name, built on the host.
+/// The test executables of palisade-tests by suite name, built on the host. Built as the
+/// host's `cargo test` builds them (the workspace's default members): with `--package
+/// palisade-tests` alone cargo unifies the dependencies' features differently and compiled
+/// some thirty crates again (49 s of every CI run).
 fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
     step("building the test executables (cargo test --no-run)");
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
             "test",
-            "--package",
-            "palisade-tests",
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
@@ -257,12 +258,17 @@ fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
     Ok(executables(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// `[[test]]` executables in cargo's JSON messages, by target name.
+/// palisade-tests' `[[test]]` executables in cargo's JSON messages, by target name.
 pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
     json_lines
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .filter(|m| {
+            m["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("#palisade-tests@"))
+        })
         .filter(|m| {
             m["target"]["kind"]
                 .as_array()
@@ -885,8 +891,9 @@ mod tests {
 
     #[test]
     fn test_executables_from_cargo_json() {
-        let json = r#"{"reason":"compiler-artifact","profile":{"test":true},"target":{"name":"agent","kind":["test"]},"executable":"/w/target/debug/deps/agent-1"}
-{"reason":"compiler-artifact","profile":{"test":true},"target":{"name":"palisade_tests","kind":["lib"]},"executable":"/w/target/debug/deps/palisade_tests-2"}
+        let json = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#palisade-tests@0.1.0","profile":{"test":true},"target":{"name":"agent","kind":["test"]},"executable":"/w/target/debug/deps/agent-1"}
+{"reason":"compiler-artifact","package_id":"path+file:///w/tests#palisade-tests@0.1.0","profile":{"test":true},"target":{"name":"palisade_tests","kind":["lib"]},"executable":"/w/target/debug/deps/palisade_tests-2"}
+{"reason":"compiler-artifact","package_id":"path+file:///w/launcher#palisade-launcher@0.1.0","profile":{"test":true},"target":{"name":"public_parsers","kind":["test"]},"executable":"/w/target/debug/deps/public_parsers-3"}
 {"reason":"compiler-artifact","profile":{"test":false},"target":{"name":"libc","kind":["lib"]},"executable":null}
 {"reason":"build-finished","success":true}"#;
         let e = executables(json);
