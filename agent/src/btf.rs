@@ -5,7 +5,7 @@
 //! few kernel struct fields they read (`task_struct.exit_code`, `mm_struct.arg_start`, …) are
 //! located here at load time and passed in as globals. When BTF is missing, the programs are told
 //! so and skip those reads; the agent then falls back to /proc.
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -32,36 +32,64 @@ const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    type_id: u32,
-    bit_offset: u32,
-    bitfield: bool,
-}
-
-#[derive(Debug, Clone)]
-enum Type {
-    Composite {
-        members: Vec<Member>,
-    },
-    /// typedef/const/volatile/restrict/type tag: points at another type.
-    Alias(u32),
-    Other,
-}
-
-/// The parsed type table (type id → type; id 0 is `void`).
+/// The kernel's BTF blob, indexed without being unpacked: the byte offset of each type's
+/// record, and the ids of the named structs. Names and members are read from the blob when a
+/// lookup asks for them. (Unpacking every member of every type into owned strings made each
+/// parse of vmlinux's ~100,000 types cost a third of a debug agent's start-up.)
 #[derive(Debug)]
 pub struct Btf {
-    types: Vec<Type>,
-    structs: HashMap<String, u32>,
+    data: Vec<u8>,
+    /// The type section's byte range in `data`.
+    types: std::ops::Range<usize>,
+    /// The string section's byte range in `data`.
+    strings: std::ops::Range<usize>,
+    /// Type id `n` (from 1; 0 is `void`) starts at `records[n - 1]` in the type section.
+    records: Vec<u32>,
+    /// Ids of the named structs, in id order (the first of a name is the one looked up).
+    structs: Vec<u32>,
+}
+
+/// One type's record: its 12-byte header and where what follows it starts.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+    /// Offset of the data that follows the header, in the type section.
+    body: usize,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
-    b.get(off..off + 4)
+    off.checked_add(4)
+        .and_then(|end| b.get(off..end))
         .and_then(|s| s.try_into().ok())
         .map(u32::from_le_bytes)
         .ok_or(BtfError::Format("truncated"))
+}
+
+/// Bytes that follow a record's header, by kind.
+fn trailing(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        1 => 4,  // INT
+        3 => 12, // ARRAY
+        KIND_STRUCT | KIND_UNION => vlen * 12,
+        6 => vlen * 8,        // ENUM
+        13 => vlen * 8,       // FUNC_PROTO
+        14 => 4,              // VAR
+        15 => vlen * 12,      // DATASEC
+        17 => 4,              // DECL_TAG
+        19 => vlen * 12,      // ENUM64
+        2 | 7 | 12 | 16 => 0, // PTR, FWD, FUNC, FLOAT
+        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => 0,
+        _ => return Err(BtfError::Format("unknown type kind")),
+    })
+}
+
+fn section(data: &[u8], start: usize, len: usize) -> Option<std::ops::Range<usize>> {
+    let end = start.checked_add(len)?;
+    (end <= data.len()).then_some(start..end)
 }
 
 impl Btf {
@@ -74,112 +102,132 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::from_bytes(data)
     }
 
     /// Parses a little-endian BTF blob.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        Self::from_bytes(data.to_vec())
+    }
+
+    fn from_bytes(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
             return Err(BtfError::Format(
                 "bad magic (big-endian BTF is not supported)",
             ));
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types_bytes = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let types = hdr_len
+            .checked_add(type_off)
+            .and_then(|start| section(&data, start, type_len))
             .ok_or(BtfError::Format("type section out of range"))?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        let strings = hdr_len
+            .checked_add(str_off)
+            .and_then(|start| section(&data, start, str_len))
             .ok_or(BtfError::Format("string section out of range"))?;
-        let name = |off: u32| -> String {
-            let s = strings.get(off as usize..).unwrap_or_default();
-            let end = s.iter().position(|b| *b == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).into_owned()
+        let mut btf = Self {
+            data,
+            types,
+            strings,
+            records: Vec::new(),
+            structs: Vec::new(),
         };
-
-        let mut types = vec![Type::Other]; // id 0: void
-        let mut structs = HashMap::new();
+        let section = &btf.data[btf.types.clone()];
         let mut p = 0usize;
-        while p < types_bytes.len() {
-            let name_off = u32_at(types_bytes, p)?;
-            let info = u32_at(types_bytes, p + 4)?;
-            let size_or_type = u32_at(types_bytes, p + 8)?;
-            p += 12;
+        while p < section.len() {
+            let info = u32_at(section, p + 4)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let id = types.len() as u32;
-            let ty = match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = p + i * 12;
-                        let off = u32_at(types_bytes, m + 8)?;
-                        let (bit_offset, bitfield) = if kind_flag {
-                            (off & 0x00ff_ffff, off >> 24 != 0)
-                        } else {
-                            (off, false)
-                        };
-                        members.push(Member {
-                            name: name(u32_at(types_bytes, m)?),
-                            type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset,
-                            bitfield,
-                        });
-                    }
-                    p += vlen * 12;
-                    let n = name(name_off);
-                    if kind == KIND_STRUCT && !n.is_empty() {
-                        structs.entry(n.clone()).or_insert(id);
-                    }
-                    Type::Composite { members }
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias(size_or_type)
-                }
-                _ => {
-                    p += match kind {
-                        1 => 4,               // INT
-                        3 => 12,              // ARRAY
-                        6 => vlen * 8,        // ENUM
-                        13 => vlen * 8,       // FUNC_PROTO
-                        14 => 4,              // VAR
-                        15 => vlen * 12,      // DATASEC
-                        17 => 4,              // DECL_TAG
-                        19 => vlen * 12,      // ENUM64
-                        2 | 7 | 12 | 16 => 0, // PTR, FWD, FUNC, FLOAT
-                        _ => return Err(BtfError::Format("unknown type kind")),
-                    };
-                    Type::Other
-                }
-            };
-            types.push(ty);
+            let end = p + 12 + trailing(kind, vlen)?;
+            if end > section.len() {
+                return Err(BtfError::Format("truncated"));
+            }
+            let name_off = u32_at(section, p)?;
+            btf.records
+                .push(u32::try_from(p).map_err(|_| BtfError::Format("type section too large"))?);
+            if kind == KIND_STRUCT && name_off != 0 {
+                btf.structs.push(btf.records.len() as u32);
+            }
+            p = end;
         }
-        Ok(Self { types, structs })
+        Ok(btf)
     }
 
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    /// The string at `off` (empty when out of range).
+    fn name(&self, off: u32) -> &[u8] {
+        let s = self.data[self.strings.clone()]
+            .get(off as usize..)
+            .unwrap_or_default();
+        let end = s.iter().position(|b| *b == 0).unwrap_or(s.len());
+        &s[..end]
+    }
+
+    /// Type `id`'s record (none for `void` and unknown ids). Every record was bounds-checked
+    /// when the blob was indexed.
+    fn record(&self, id: u32) -> Option<Record> {
+        let at = *self.records.get((id as usize).checked_sub(1)?)? as usize;
+        let section = &self.data[self.types.clone()];
+        let info = u32_at(section, at + 4).ok()?;
+        Some(Record {
+            name_off: u32_at(section, at).ok()?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(section, at + 8).ok()?,
+            body: at + 12,
+        })
+    }
+
+    /// Follows typedef/const/volatile/restrict/type tag to a struct or union.
+    fn composite(&self, mut id: u32) -> Option<Record> {
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
-                Type::Alias(next) => id = *next,
-                t => return Some(t),
+            let r = self.record(id)?;
+            match r.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = r.size_or_type;
+                }
+                KIND_STRUCT | KIND_UNION => return Some(r),
+                _ => return None,
             }
         }
         None
     }
 
+    /// Member `i` of a struct or union: (name offset, type id, bit offset, bitfield).
+    fn member(&self, r: &Record, i: usize) -> Option<(u32, u32, u32, bool)> {
+        let section = &self.data[self.types.clone()];
+        let m = r.body + i * 12;
+        let off = u32_at(section, m + 8).ok()?;
+        let (bit_offset, bitfield) = if r.kind_flag {
+            (off & 0x00ff_ffff, off >> 24 != 0)
+        } else {
+            (off, false)
+        };
+        Some((
+            u32_at(section, m).ok()?,
+            u32_at(section, m + 4).ok()?,
+            bit_offset,
+            bitfield,
+        ))
+    }
+
     /// Byte offset of `member` in `struct ty`, looking through anonymous struct/union members.
     pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
+        let id = self
             .structs
-            .get(ty)
+            .iter()
+            .copied()
+            .find(|id| {
+                self.record(*id)
+                    .is_some_and(|r| self.name(r.name_off) == ty.as_bytes())
+            })
             .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
         let bits = self
-            .find(id, member, 0, 0)
+            .find(id, member.as_bytes(), 0, 0)
             .ok_or_else(|| BtfError::NoMember {
                 ty: ty.to_owned(),
                 member: member.to_owned(),
@@ -193,25 +241,24 @@ impl Btf {
         }
     }
 
-    fn find(&self, id: u32, member: &str, base: u32, depth: u32) -> Option<(u32, bool)> {
+    fn find(&self, id: u32, member: &[u8], base: u32, depth: u32) -> Option<(u32, bool)> {
         if depth > 8 {
             return None;
         }
-        let Some(Type::Composite { members, .. }) = self.resolve(id) else {
-            return None;
-        };
+        let r = self.composite(id)?;
+        let members = || (0..r.vlen).filter_map(|i| self.member(&r, i));
         // an offset past u32 is a malformed blob: not found (never a wrapped offset)
-        for m in members {
-            if m.name == member {
-                return Some((base.checked_add(m.bit_offset)?, m.bitfield));
+        for (name, _, bit_offset, bitfield) in members() {
+            if self.name(name) == member {
+                return Some((base.checked_add(bit_offset)?, bitfield));
             }
         }
         // anonymous members: search inside
-        for m in members.iter().filter(|m| m.name.is_empty()) {
-            let Some(at) = base.checked_add(m.bit_offset) else {
+        for (_, type_id, bit_offset, _) in members().filter(|m| self.name(m.0).is_empty()) {
+            let Some(at) = base.checked_add(bit_offset) else {
                 continue;
             };
-            if let Some(found) = self.find(m.type_id, member, at, depth + 1) {
+            if let Some(found) = self.find(type_id, member, at, depth + 1) {
                 return Some(found);
             }
         }
