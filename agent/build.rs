@@ -27,18 +27,44 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: ebpf.name.as_str(),
-            root_dir: root_dir.as_str(),
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )
-    .context("building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src and bpf-linker)")?;
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
-        let out = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-        for name in ["palisade", "palisade-probes", "palisade-policy"] {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let skip = std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true");
+    let shared = (!skip).then(|| shared_dir(&out)).flatten();
+    let build = || {
+        aya_build::build_ebpf(
+            [aya_build::Package {
+                name: ebpf.name.as_str(),
+                root_dir: root_dir.as_str(),
+                ..Default::default()
+            }],
+            Toolchain::default(),
+        )
+        .context("building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src and bpf-linker)")
+    };
+    match &shared {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            // one build script at a time between the build and the copies out of it
+            let lock = std::fs::File::create(dir.join(".lock"))
+                .with_context(|| format!("create {}/.lock", dir.display()))?;
+            lock.lock().context("lock the shared eBPF build")?;
+            // SAFETY: a build script's main thread, before it starts any other thread (aya-build
+            // reads OUT_DIR on this thread, and spawns its own only after); set back below.
+            unsafe { std::env::set_var("OUT_DIR", dir) };
+            let built = build();
+            // SAFETY: as above; aya-build's threads have been joined when it returns.
+            unsafe { std::env::set_var("OUT_DIR", &out) };
+            built?;
+            for name in OBJECTS {
+                let (from, to) = (dir.join(name), out.join(name));
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+            }
+        }
+        None => build()?,
+    }
+    if skip {
+        for name in OBJECTS {
             let p = out.join(name);
             if !p.exists() {
                 std::fs::write(&p, b"").with_context(|| format!("write {}", p.display()))?;
@@ -49,6 +75,21 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The eBPF objects aya-build leaves in its OUT_DIR.
+const OBJECTS: [&str; 3] = ["palisade", "palisade-probes", "palisade-policy"];
+
+/// One eBPF build for every profile of the agent: `<target dir>/palisade-ebpf`, found as the
+/// ancestor of OUT_DIR that holds cargo's `CACHEDIR.TAG`. aya-build builds into OUT_DIR, and
+/// `cargo clippy`, `cargo build` and `cargo test` each run this script with an OUT_DIR of their
+/// own (their features differ): three release builds of the same eBPF crate from scratch, 2
+/// minutes of every CI run on 2 cores. With one directory the second and third are cargo's
+/// freshness check. None (aya-build's own OUT_DIR) when no target dir is found.
+fn shared_dir(out: &Path) -> Option<PathBuf> {
+    out.ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .map(|t| t.join("palisade-ebpf"))
 }
 
 /// `PALISADE_GIT_COMMIT`: the commit this build comes from (12 hex digits), from
