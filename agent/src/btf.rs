@@ -62,6 +62,21 @@ struct Record {
     body: usize,
 }
 
+impl Record {
+    /// Decodes the header at `at` in the type section.
+    fn at(section: &[u8], at: usize) -> Result<Self, BtfError> {
+        let info = u32_at(section, at.saturating_add(4))?;
+        Ok(Self {
+            name_off: u32_at(section, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(section, at.saturating_add(8))?,
+            body: at.saturating_add(12),
+        })
+    }
+}
+
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
     off.checked_add(4)
         .and_then(|end| b.get(off..end))
@@ -140,17 +155,14 @@ impl Btf {
         let section = &btf.data[btf.types.clone()];
         let mut p = 0usize;
         while p < section.len() {
-            let info = u32_at(section, p + 4)?;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let end = p + 12 + trailing(kind, vlen)?;
+            let r = Record::at(section, p)?;
+            let end = r.body + trailing(r.kind, r.vlen)?;
             if end > section.len() {
                 return Err(BtfError::Format("truncated"));
             }
-            let name_off = u32_at(section, p)?;
             btf.records
                 .push(u32::try_from(p).map_err(|_| BtfError::Format("type section too large"))?);
-            if kind == KIND_STRUCT && name_off != 0 {
+            if r.kind == KIND_STRUCT && !btf.name(r.name_off).is_empty() {
                 btf.structs.push(btf.records.len() as u32);
             }
             p = end;
@@ -171,16 +183,7 @@ impl Btf {
     /// when the blob was indexed.
     fn record(&self, id: u32) -> Option<Record> {
         let at = *self.records.get((id as usize).checked_sub(1)?)? as usize;
-        let section = &self.data[self.types.clone()];
-        let info = u32_at(section, at + 4).ok()?;
-        Some(Record {
-            name_off: u32_at(section, at).ok()?,
-            kind: (info >> 24) & 0x1f,
-            vlen: (info & 0xffff) as usize,
-            kind_flag: info >> 31 == 1,
-            size_or_type: u32_at(section, at + 8).ok()?,
-            body: at + 12,
-        })
+        Record::at(&self.data[self.types.clone()], at).ok()
     }
 
     /// Follows typedef/const/volatile/restrict/type tag to a struct or union.
@@ -336,6 +339,14 @@ mod tests {
         put(n_d);
         put(3);
         put(128);
+        // 6: struct { int x @0 } whose name is the empty string at a non-zero offset (the NUL
+        // that ends "int"): nameless, as if its offset were 0
+        put(n_int + 3);
+        put((4 << 24) | 1);
+        put(4);
+        put(n_x);
+        put(1);
+        put(0);
         let mut out = Vec::new();
         out.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
         out.extend_from_slice(&24u32.to_le_bytes()); // hdr_len
@@ -361,6 +372,11 @@ mod tests {
         ));
         assert!(matches!(
             btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+        // nameless structs are not indexed, whatever their name offset
+        assert!(matches!(
+            btf.member_offset("", "x"),
             Err(BtfError::NoStruct(_))
         ));
         assert!(Btf::parse(b"nope").is_err());
