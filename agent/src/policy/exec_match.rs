@@ -110,7 +110,12 @@ fn fput_address(kallsyms: &Path) -> Result<u64, ScriptsError> {
 impl ExecMatch {
     /// What this host allows, from the BTF at `btf` and /proc/kallsyms.
     pub fn probe(btf: &Path) -> Self {
-        let (offsets, scripts) = match Btf::from_file(btf).and_then(|b| Ok((offsets(&b)?, b))) {
+        Self::with_btf(btf, Btf::from_file(btf))
+    }
+
+    /// [`ExecMatch::probe`] with the BTF at `path` already read (or why it could not be).
+    pub fn with_btf(path: &Path, btf: Result<Btf, BtfError>) -> Self {
+        let (offsets, scripts) = match btf.and_then(|b| Ok((offsets(&b)?, b))) {
             Err(e) => (Err(e), Ok(())),
             Ok((mut o, b)) => {
                 let scripts = file_task_work(&b)
@@ -124,7 +129,7 @@ impl ExecMatch {
             }
         };
         Self {
-            btf: btf.to_owned(),
+            btf: path.to_owned(),
             offsets,
             scripts,
             refused: None,

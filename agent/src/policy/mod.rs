@@ -69,9 +69,9 @@ pub struct Start {
 }
 
 /// What the host gives the policy programs: tracepoint record offsets (tracefs), the offset
-/// of `thread_info.status` (the kernel's BTF at `btf`, `policy.kernel_btf`), the compat syscall
-/// translation.
-pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
+/// of `thread_info.status` (the kernel's BTF, `policy.kernel_btf`, when it parsed), the compat
+/// syscall translation.
+fn host(tracefs: Option<&std::path::Path>, btf: Option<&crate::btf::Btf>) -> Host {
     let offset = |category: &str, name: &str, field: &str| {
         tracefs.and_then(|t| {
             crate::tracefs::Format::read(t, category, name)
@@ -79,13 +79,12 @@ pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
                 .ok()
         })
     };
-    let btf = crate::btf::Btf::from_file(btf).ok();
-    let task_status_offset = btf.as_ref().and_then(|b| {
+    let task_status_offset = btf.and_then(|b| {
         let ti = b.member_offset("task_struct", "thread_info").ok()?;
         let st = b.member_offset("thread_info", "status").ok()?;
         Some(ti + st)
     });
-    let task_offsets = btf.as_ref().and_then(|b| {
+    let task_offsets = btf.and_then(|b| {
         Some(palisade_common::policy::TaskOffsets {
             pid: b.member_offset("task_struct", "pid").ok()?,
             cgroups: b.member_offset("task_struct", "cgroups").ok()?,
@@ -106,8 +105,10 @@ pub fn host(tracefs: Option<&std::path::Path>, btf: &std::path::Path) -> Host {
 
 /// Starts the policy task.
 pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
-    let host = host(s.tracefs.as_deref(), &s.cfg.kernel_btf);
-    let exec = exec_match::ExecMatch::probe(&s.cfg.kernel_btf);
+    // one read and index of the kernel's BTF for both (5.5 MB and 126,000 types on 6.18)
+    let btf = crate::btf::Btf::from_file(&s.cfg.kernel_btf);
+    let host = host(s.tracefs.as_deref(), btf.as_ref().ok());
+    let exec = exec_match::ExecMatch::with_btf(&s.cfg.kernel_btf, btf);
     let lsm = lsm::LsmSupport::probe(&s.cfg.kernel_btf);
     let btf = s.cfg.kernel_btf.clone();
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
