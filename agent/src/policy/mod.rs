@@ -106,9 +106,9 @@ fn host(tracefs: Option<&std::path::Path>, btf: Option<&crate::btf::Btf>) -> Hos
 /// Starts the policy task.
 pub fn start(s: Start) -> (Handle, tokio::task::JoinHandle<()>) {
     // one read and index of the kernel's BTF for both (5.5 MB and 126,000 types on 6.18)
-    let btf = crate::btf::Btf::from_file(&s.cfg.kernel_btf);
-    let host = host(s.tracefs.as_deref(), btf.as_ref().ok());
-    let exec = exec_match::ExecMatch::with_btf(&s.cfg.kernel_btf, btf);
+    let parsed = crate::btf::Btf::from_file(&s.cfg.kernel_btf);
+    let host = host(s.tracefs.as_deref(), parsed.as_ref().ok());
+    let exec = exec_match::ExecMatch::with_btf(&s.cfg.kernel_btf, parsed);
     let lsm = lsm::LsmSupport::probe(&s.cfg.kernel_btf);
     let btf = s.cfg.kernel_btf.clone();
     let writer = resources::Writer::new(s.unified_root.clone(), &s.mounts);
