@@ -187,7 +187,7 @@ async fn serve_all(
         }
     };
 
-    let report = tokio::task::spawn_blocking(features::probe_all)
+    let mut report = tokio::task::spawn_blocking(features::probe_all)
         .await
         .map_err(AgentError::Probes)?;
     let summary: Vec<String> = report
@@ -210,6 +210,8 @@ async fn serve_all(
         SyscallHookChoice::Fentry => &[kernel::SyscallHook::Fentry],
     };
     let latency_detail = crate::metrics::detailed_syscalls(&config.metrics.syscall_latency_detail);
+    // aya's parse of the kernel's BTF (tens of MiB) lives only until the programs are loaded
+    let btf = report.btf.take();
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
         thread_slots: sc.thread_slots.0,
@@ -223,8 +225,10 @@ async fn serve_all(
         network_root: config.network.enabled.then_some(unified_root.as_path()),
         flow_entries: config.network.flow_entries.0,
         syscall_hooks,
+        btf: btf.as_deref(),
     };
     let loaded = tokio::task::block_in_place(|| kernel::load(&opts))?;
+    drop(btf);
     for (hook, why) in &loaded.syscall_hooks_refused {
         warn!(hook = hook.as_str(), reason = %why, "syscall hook refused; trying the next");
     }

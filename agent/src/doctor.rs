@@ -222,6 +222,7 @@ mod tests {
                     detail: "d".into(),
                 })
                 .collect(),
+            btf: None,
             layout: Some(palisade_cgroupfs::Layout::Hybrid),
             unified_root: Some("/sys/fs/cgroup/unified".into()),
             elapsed_ms: 3,

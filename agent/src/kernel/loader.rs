@@ -52,6 +52,9 @@ pub struct LoadOptions<'a> {
     /// The syscall hook pairs to try, in order; the first that loads and attaches carries the
     /// syscall telemetry.
     pub syscall_hooks: &'a [SyscallHook],
+    /// The kernel's BTF as aya parsed it (`features::Report::btf`), for the fentry pair; `None`
+    /// parses it when that pair is tried.
+    pub btf: Option<&'a aya::Btf>,
 }
 
 /// The kernel hook pair that carries the syscall telemetry. Both run the same program bodies
@@ -409,7 +412,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
     let mut syscall_hook = None;
     let mut syscall_entry = None;
     for hook in opts.syscall_hooks {
-        match attach_syscalls(&mut ebpf, *hook) {
+        match attach_syscalls(&mut ebpf, *hook, opts.btf) {
             Ok(entry) => {
                 syscall_hook = Some(*hook);
                 syscall_entry = entry;
@@ -483,6 +486,7 @@ fn set_ones(ebpf: &mut Ebpf, name: &'static str, indexes: &[u32]) -> Result<(), 
 fn attach_syscalls(
     ebpf: &mut Ebpf,
     hook: SyscallHook,
+    btf: Option<&aya::Btf>,
 ) -> Result<Option<SyscallEntry>, KernelError> {
     match hook {
         SyscallHook::RawTracepoint => {
@@ -497,7 +501,7 @@ fn attach_syscalls(
             r
         }
         SyscallHook::Fentry => {
-            let r = attach_fentry_syscalls(ebpf).map(|()| None);
+            let r = attach_fentry_syscalls(ebpf, btf).map(|()| None);
             if r.is_err() {
                 if let Ok(p) = program::<FEntry>(ebpf, names::PROG_SYS_ENTER_FENTRY) {
                     let _ = p.unload();
@@ -540,12 +544,19 @@ fn attach_raw_syscalls(ebpf: &mut Ebpf) -> Result<SyscallEntry, KernelError> {
 
 /// fexit first: an exit without its entry is counted untimed, an entry without its exit not
 /// at all.
-fn attach_fentry_syscalls(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    let btf = aya::Btf::from_sys_fs().map_err(KernelError::Btf)?;
+fn attach_fentry_syscalls(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), KernelError> {
+    let parsed;
+    let btf = match btf {
+        Some(btf) => btf,
+        None => {
+            parsed = aya::Btf::from_sys_fs().map_err(KernelError::Btf)?;
+            &parsed
+        }
+    };
     let target = || format!("fexit/fentry {}", names::FN_SYSCALL_DISPATCH);
     let prog = names::PROG_SYS_EXIT_FEXIT;
     let p: &mut FExit = program(ebpf, prog)?;
-    p.load(names::FN_SYSCALL_DISPATCH, &btf)
+    p.load(names::FN_SYSCALL_DISPATCH, btf)
         .map_err(refused(prog))?;
     p.attach().map_err(|source| KernelError::Attach {
         program: prog,
@@ -554,7 +565,7 @@ fn attach_fentry_syscalls(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     })?;
     let prog = names::PROG_SYS_ENTER_FENTRY;
     let p: &mut FEntry = program(ebpf, prog)?;
-    p.load(names::FN_SYSCALL_DISPATCH, &btf)
+    p.load(names::FN_SYSCALL_DISPATCH, btf)
         .map_err(refused(prog))?;
     p.attach().map_err(|source| KernelError::Attach {
         program: prog,
