@@ -265,9 +265,18 @@ fn a_violation_flood_waits_in_the_kernel_for_a_slow_event_log() {
     let s = flood_policy("paced", &cg);
     let agent = s.agent("  rate_limit: false\nevents:\n  queue: 64\n");
     wait_applied(&agent, "paced", cg.id, &["syscalls"]);
-    let produced = 20_000u64;
-    cg.run_workload(&["getppid", "20000"]);
-    let (delivered, suppressed) = wait_flood_reported(&agent, "paced", &cg, produced);
+    // Three floods, each once the last one's reports are in: the log is idle when each starts,
+    // so each gets at least the pacing's first batch (half the queue) whatever the scheduler
+    // does during the flood. One flood of 20,000 calls could end before the log writer ran
+    // (exactly 64 events in one CI run, 115-291 in six runs on an idle host).
+    let mut produced = 0u64;
+    let mut reported = (0, 0);
+    for _ in 0..3 {
+        cg.run_workload(&["getppid", "7000"]);
+        produced += 7_000;
+        reported = wait_flood_reported(&agent, "paced", &cg, produced);
+    }
+    let (delivered, suppressed) = reported;
     let m = agent.metrics();
     let lost = sum(&m, "palisade_policy_events_lost_total", &[]);
     eprintln!(
