@@ -210,7 +210,8 @@ async fn serve_all(
         SyscallHookChoice::Fentry => &[kernel::SyscallHook::Fentry],
     };
     let latency_detail = crate::metrics::detailed_syscalls(&config.metrics.syscall_latency_detail);
-    // aya's parse of the kernel's BTF (tens of MiB) lives only until the programs are loaded
+    // aya's parse of the kernel's BTF (every type of the kernel) lives only until the programs
+    // are loaded
     let btf = report.btf.take();
     let opts = LoadOptions {
         filter_enabled: !sc.cgroups.is_empty(),
