@@ -349,6 +349,7 @@ async fn serve_all(
             policy: policy.clone(),
             hub: hub.clone(),
             unified_root: unified_root.clone(),
+            learning: Default::default(),
         },
     )));
     tasks.push(policy_task);

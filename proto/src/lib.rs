@@ -16,7 +16,10 @@
 //!   says how many events it missed.
 //! - Policies: `{"op":"policy_status"}`, `{"op":"policy_mode","name":"web","mode":"audit"}`,
 //!   `{"op":"policy_reload"}`, `{"op":"policy_learn","container":"web","duration_ms":60000}`
-//!   (answers when the window is over, with a [`Learned`]) → `{"ok":true,"data":...}`.
+//!   (answers when the window is over, with a [`Learned`]) → `{"ok":true,"data":...}`;
+//!   `{"op":"policy_learn_end","container":"web"}` ends the open windows of that same pattern
+//!   now, as if their duration had passed (`palisade policy learn` sends it on Ctrl-C) →
+//!   `{"ok":true,"data":N}`, N the windows ended.
 //!
 //! Errors reply `{"ok":false,"error":"..."}`; the connection stays open for further requests.
 mod client;
@@ -67,6 +70,10 @@ pub enum Request {
         /// Glob over container names and ids.
         container: String,
         duration_ms: u64,
+    },
+    /// Ends the open `policy_learn` windows whose pattern is `container` (the same string).
+    PolicyLearnEnd {
+        container: String,
     },
 }
 
@@ -338,6 +345,13 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
             Request::Ping {}
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::PolicyLearnEnd {
+                container: "web-*".into()
+            })
+            .unwrap(),
+            r#"{"op":"policy_learn_end","container":"web-*"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"ping","x":1}"#).is_err());

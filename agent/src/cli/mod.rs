@@ -104,7 +104,8 @@ pub enum PolicyCommand {
         /// Container name or id (a glob).
         #[arg(long, value_name = "NAME")]
         container: String,
-        /// How long to watch.
+        /// How long to watch at most: Ctrl-C (or SIGTERM) ends the window sooner and writes
+        /// what it learned; a second one quits without.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
         #[arg(long, value_enum, default_value = "policy")]

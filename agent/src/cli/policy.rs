@@ -316,13 +316,56 @@ pub struct LearnArgs<'a> {
     pub name: Option<&'a str>,
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM ends the learning window now: a thread waits for either (both
+/// blocked in the process) and asks the agent to end the window (`policy_learn_end`). The
+/// answer then comes as when the duration has passed, and the policy is written. A second
+/// signal exits at once (128 + its number). True in the flag once a signal ended it.
+fn end_on_signal(socket: &Path, container: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_err() {
+        return ended;
+    }
+    let (socket, container, flag) = (socket.to_owned(), container.to_owned(), ended.clone());
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("palisade: {sig}: ending the learning window now (again to quit)");
+        let req = Request::PolicyLearnEnd {
+            container: container.clone(),
+        };
+        match call(&socket, &req, SHORT) {
+            Ok(r) if r.ok && r.data.as_ref().and_then(serde_json::Value::as_u64) == Some(0) => {
+                eprintln!(
+                    "palisade: the agent has no window open for `{container}` (yet): it ends at its duration"
+                );
+            }
+            Ok(r) if r.ok => {}
+            Ok(r) => eprintln!(
+                "palisade: the agent did not end the window: {}",
+                r.error.unwrap_or_default()
+            ),
+            Err(e) => eprintln!("palisade: cannot end the window: {e}"),
+        }
+        if let Ok(again) = set.wait() {
+            std::process::exit(128 + again as i32);
+        }
+    });
+    ended
+}
+
 pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
     let ms = u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX);
     eprintln!(
-        "palisade: learning what `{}` does for {}...",
+        "palisade: learning what `{}` does for {} (Ctrl-C ends it sooner)...",
         a.container,
         humantime::format_duration(a.duration)
     );
+    let started = std::time::Instant::now();
+    let ended = end_on_signal(a.socket, a.container);
     let r = call(
         a.socket,
         &Request::PolicyLearn {
@@ -335,6 +378,12 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
         r.data_as::<palisade_proto::Learned>()
             .map_err(CliError::Answer)?,
     );
+    // the window as it was: shorter when a signal ended it
+    let window = if ended.load(std::sync::atomic::Ordering::SeqCst) {
+        Duration::from_secs(started.elapsed().as_secs_f64().round() as u64)
+    } else {
+        a.duration
+    };
     let text = match a.format {
         LearnFormat::Policy => {
             use palisade_policy::files::FileTier;
@@ -358,7 +407,7 @@ pub fn learn(a: &LearnArgs<'_>) -> Result<(), CliError> {
                 &name,
                 a.container,
                 &l,
-                &humantime::format_duration(a.duration).to_string(),
+                &humantime::format_duration(window).to_string(),
                 palisade_policy::learn::FilesOut {
                     trees: &system_trees(),
                     reported_only: match &tier {

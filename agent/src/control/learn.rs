@@ -5,16 +5,20 @@
 use std::{
     collections::{BTreeSet, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
 use palisade_common::net::{AF_INET, FLOW_FIRST_EGRESS, FlowKey, IPPROTO_TCP};
 use palisade_policy::learn::Learned;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{
+    Notify,
+    broadcast::error::{RecvError, TryRecvError},
+};
 
 use crate::{
     config::{Pattern, PatternError},
-    events::EventType,
+    events::{Event, EventType},
     state::{LearnRequest, StateError},
 };
 
@@ -57,6 +61,105 @@ fn endpoint(s: &str) -> Option<(IpAddr, u16)> {
     Some((sa.ip(), sa.port()))
 }
 
+/// Records what event `ev` says about the containers `matches` selects: a new cgroup (watched
+/// for file writes too), a program executed, a peer.
+fn observe(
+    ev: &Event,
+    matches: &impl Fn(&str, &str) -> bool,
+    cgroups: &mut HashSet<u64>,
+    files: &mut Result<Option<super::learn_files::FileLearner>, String>,
+    l: &mut Learned,
+) {
+    if !matches(&ev.container.name, &ev.container.id) {
+        return;
+    }
+    if cgroups.insert(ev.container.cgroup_id)
+        && let Ok(Some(f)) = files
+    {
+        f.add(ev.container.cgroup_id);
+    }
+    match ev.kind {
+        EventType::Exec => {
+            if let Some(p) = &ev.process
+                && !p.exe.is_empty()
+            {
+                l.execs.insert(p.exe.clone());
+                // exec rules see the file executed: its path too, when the process is still
+                // there to ask
+                if let Some(real) = file_executed(p.pid) {
+                    l.execs.insert(real);
+                }
+            }
+        }
+        EventType::Flow => {
+            if let Some(f) = &ev.flow {
+                if f.direction == "outbound" {
+                    if let Some((a, port)) = endpoint(&f.remote) {
+                        l.egress.insert((a, port, f.protocol.clone()));
+                    }
+                } else if let Some((_, port)) = endpoint(&f.local) {
+                    l.ingress.insert((port, f.protocol.clone()));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The learning windows open now, by pattern: `policy_learn_end` ends those of its pattern.
+#[derive(Default)]
+pub struct Windows {
+    open: std::sync::Mutex<Vec<(u64, String, Arc<Notify>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// An open window; closed (forgotten) when dropped.
+pub struct Open<'a> {
+    windows: &'a Windows,
+    id: u64,
+    /// Notified by [`Windows::end`].
+    pub end: Arc<Notify>,
+}
+
+impl Windows {
+    fn open(&self, pattern: &str) -> Open<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let end = Arc::new(Notify::new());
+        self.lock().push((id, pattern.to_owned(), end.clone()));
+        Open {
+            windows: self,
+            id,
+            end,
+        }
+    }
+
+    /// Ends the open windows of `pattern` now; how many.
+    pub fn end(&self, pattern: &str) -> usize {
+        let open = self.lock();
+        let mut n = 0;
+        for (_, p, end) in open.iter() {
+            if p == pattern {
+                // stored if the window is not waiting at this moment: it ends at its next wait
+                end.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, String, Arc<Notify>)>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.windows.lock().retain(|(id, _, _)| *id != self.id);
+    }
+}
+
 /// Learns for `window`; `container` is a glob over container names and ids.
 pub async fn learn(
     ctx: &super::Context,
@@ -88,10 +191,16 @@ pub async fn learn(
     );
     let mut l = Learned::default();
     let mut drain = tokio::time::interval(Duration::from_millis(200));
-    let deadline = tokio::time::Instant::now() + window;
+    let started = tokio::time::Instant::now();
+    let deadline = started + window;
+    let open = ctx.learning.open(container);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
+            () = open.end.notified() => {
+                tracing::info!(container, "learning ended early");
+                break;
+            }
             r = &mut loading, if !loaded => {
                 loaded = true;
                 files = match r {
@@ -115,50 +224,28 @@ pub async fn learn(
                     f.drain();
                 }
             }
-            ev = rx.recv() => {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "learning missed events");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => break,
-                };
-                if !matches(&ev.container.name, &ev.container.id) {
-                    continue;
+            ev = rx.recv() => match ev {
+                Ok(ev) => observe(&ev, &matches, &mut cgroups, &mut files, &mut l),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "learning missed events");
                 }
-                if cgroups.insert(ev.container.cgroup_id)
-                    && let Ok(Some(f)) = &mut files
-                {
-                    f.add(ev.container.cgroup_id);
-                }
-                match ev.kind {
-                    EventType::Exec => {
-                        if let Some(p) = &ev.process && !p.exe.is_empty() {
-                            l.execs.insert(p.exe.clone());
-                            // exec rules see the file executed: its path too, when the
-                            // process is still there to ask
-                            if let Some(real) = file_executed(p.pid) {
-                                l.execs.insert(real);
-                            }
-                        }
-                    }
-                    EventType::Flow => {
-                        if let Some(f) = &ev.flow {
-                            if f.direction == "outbound" {
-                                if let Some((a, port)) = endpoint(&f.remote) {
-                                    l.egress.insert((a, port, f.protocol.clone()));
-                                }
-                            } else if let Some((_, port)) = endpoint(&f.local) {
-                                l.ingress.insert((port, f.protocol.clone()));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+                Err(RecvError::Closed) => break,
+            },
         }
     }
+    // the events already published when the window closed (an early end can come while some
+    // wait in the queue: the ones of a workload that just ended)
+    loop {
+        match rx.try_recv() {
+            Ok(ev) => observe(&ev, &matches, &mut cgroups, &mut files, &mut l),
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "learning missed events");
+            }
+            Err(_) => break,
+        }
+    }
+    // as the user reads it: whole seconds
+    let window = Duration::from_secs(started.elapsed().as_secs_f64().round() as u64);
     let end = ctx
         .state
         .learn(ask(cgroups.iter().copied().collect(), true))
@@ -261,5 +348,28 @@ fn to_wire(l: &Learned) -> palisade_proto::Learned {
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_end_reaches_the_open_windows_of_its_pattern_only() {
+        let w = Windows::default();
+        let web = w.open("web-*");
+        let web2 = w.open("web-*");
+        let db = w.open("db");
+        assert_eq!(w.end("web"), 0, "patterns match as strings, not as globs");
+        assert_eq!(w.end("web-*"), 2);
+        // stored for a window not waiting yet: it ends at its next wait
+        web.end.notified().await;
+        web2.end.notified().await;
+        drop(web);
+        drop(web2);
+        assert_eq!(w.end("web-*"), 0, "a closed window is forgotten");
+        assert_eq!(w.end("db"), 1);
+        db.end.notified().await;
     }
 }

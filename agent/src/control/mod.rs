@@ -21,7 +21,10 @@ use tracing::{debug, warn};
 /// How a subscription's filter is built (for `crate::fuzzing`).
 pub(crate) use self::filter::filter as subscription_filter;
 use self::filter::{Filter, filter};
-pub use self::socket::{ControlError, bind};
+pub use self::{
+    learn::Windows as LearnWindows,
+    socket::{ControlError, bind},
+};
 use crate::{events::Hub, policy, state::StateHandle};
 
 /// Longest request line (a registration carries its policy file's text).
@@ -37,6 +40,8 @@ pub struct Context {
     pub hub: Arc<Hub>,
     /// Where the unified hierarchy is mounted (to find a peer's cgroup).
     pub unified_root: PathBuf,
+    /// The `policy_learn` windows open now (`policy_learn_end` ends them).
+    pub learning: Arc<LearnWindows>,
 }
 
 /// Serves connections until the task is dropped.
@@ -223,6 +228,9 @@ async fn handle(req: Request, ctx: &Context) -> Reply {
             Ok(l) => Reply::data(serde_json::to_value(l).unwrap_or_default()),
             Err(e) => Reply::err(e.to_string()),
         },
+        Request::PolicyLearnEnd { container } => {
+            Reply::data(serde_json::Value::from(ctx.learning.end(&container)))
+        }
     }
 }
 
