@@ -109,35 +109,29 @@ fn observe(
 /// The learning windows open now, by pattern: `policy_learn_end` ends those of its pattern.
 #[derive(Default)]
 pub struct Windows {
-    open: std::sync::Mutex<Vec<(u64, String, Arc<Notify>)>>,
-    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<Vec<(String, Arc<Notify>)>>,
 }
 
-/// An open window; closed (forgotten) when dropped.
+/// An open window; closed (forgotten) when dropped. Its `end` is also what tells it from the
+/// other windows of its pattern.
 pub struct Open<'a> {
     windows: &'a Windows,
-    id: u64,
     /// Notified by [`Windows::end`].
     pub end: Arc<Notify>,
 }
 
 impl Windows {
     fn open(&self, pattern: &str) -> Open<'_> {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let end = Arc::new(Notify::new());
-        self.lock().push((id, pattern.to_owned(), end.clone()));
-        Open {
-            windows: self,
-            id,
-            end,
-        }
+        self.lock().push((pattern.to_owned(), end.clone()));
+        Open { windows: self, end }
     }
 
     /// Ends the open windows of `pattern` now; how many.
     pub fn end(&self, pattern: &str) -> usize {
         let open = self.lock();
         let mut n = 0;
-        for (_, p, end) in open.iter() {
+        for (p, end) in open.iter() {
             if p == pattern {
                 // stored if the window is not waiting at this moment: it ends at its next wait
                 end.notify_one();
@@ -147,7 +141,7 @@ impl Windows {
         n
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, String, Arc<Notify>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<Notify>)>> {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -156,7 +150,9 @@ impl Windows {
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.windows.lock().retain(|(id, _, _)| *id != self.id);
+        self.windows
+            .lock()
+            .retain(|(_, end)| !Arc::ptr_eq(end, &self.end));
     }
 }
 
