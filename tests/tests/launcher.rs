@@ -447,9 +447,77 @@ fn a_killed_launcher_leaves_empty_cgroups_that_the_next_run_removes() {
         cgroup_dir(&name, "unified").exists(),
         "the empty cgroup stays (documented)"
     );
+    // a cgroup made under it, holding a process that is not the workload's: the name is
+    // still in use, and nothing of it is removed or killed
+    let inner = cgroup_dir(&name, "unified").join("left/deeper");
+    std::fs::create_dir_all(&inner).unwrap_or_else(|e| panic!("mkdir {}: {e}", inner.display()));
+    let mut other = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn sleep: {e}"));
+    std::fs::write(inner.join("cgroup.procs"), other.id().to_string())
+        .unwrap_or_else(|e| panic!("move sleep into {}: {e}", inner.display()));
+    let out = run(&["--name", &name, "--", "/bin/true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("already running"), "{out}");
+    assert_eq!(
+        other.try_wait().ok().flatten(),
+        None,
+        "the other process was killed"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+    wait_for(
+        Duration::from_secs(30),
+        "the sleep to leave its cgroup",
+        || {
+            std::fs::read_to_string(inner.join("cgroup.procs"))
+                .ok()
+                .filter(|p| p.trim().is_empty())
+        },
+    );
+    // the empty tree, children first, goes before the next launch
     let out = run(&["--name", &name, "--", "/bin/true"]);
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stderr.contains("removed the empty cgroups"), "{out}");
+    assert_clean(&name, None);
+}
+
+#[test]
+fn cgroups_made_under_the_workloads_cgroup_go_with_it() {
+    let name = unique("nested");
+    let mut w = Running::start(&[
+        "--name",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    assert_eq!(w.line(), "ready");
+    // what a nested runtime or systemd leaves: cgroups of its own, two levels deep, in every
+    // hierarchy, one of them holding the workload's sleep
+    let pids = wait_for_pids(&name, 2);
+    for h in palisade_tests::launch::hierarchies() {
+        let top = h.join("palisade").join(&name);
+        if top.exists() {
+            let deeper = top.join("inner/deeper");
+            std::fs::create_dir_all(&deeper)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", deeper.display()));
+        }
+    }
+    let deeper = cgroup_dir(&name, "unified").join("inner/deeper");
+    let sleep = pids
+        .iter()
+        .copied()
+        .find(|p| ns_pid(*p) != Some(1))
+        .unwrap_or_else(|| panic!("no sleep among {pids:?}"));
+    std::fs::write(deeper.join("cgroup.procs"), sleep.to_string())
+        .unwrap_or_else(|e| panic!("move {sleep} into {}: {e}", deeper.display()));
+    w.signal(libc::SIGTERM);
+    let out = w.wait();
+    assert_eq!(out.code, 128 + libc::SIGTERM, "{out}");
+    assert!(!out.stderr.contains("cannot remove"), "{out}");
     assert_clean(&name, None);
 }
 

@@ -117,21 +117,39 @@ fn pids_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fails when a workload of this name runs; returns the stale (empty) directories a killed
-/// launcher left behind.
+/// The cgroups directly under `dir`: what a nested runtime or systemd made in a workload's
+/// cgroup (the workload's own view of cgroupfs is read-only, but a process with the host's
+/// can make them).
+fn children(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails when a workload of this name runs (a process anywhere in its cgroups, children
+/// included); returns the stale (empty) directories a killed launcher left behind.
 pub fn preflight(layout: &Layout, name: &str) -> Result<Vec<PathBuf>, CgroupError> {
     let mut stale = Vec::new();
     for dir in layout.dirs(name) {
         if !dir.exists() {
             continue;
         }
-        let pids = pids_in(&dir);
-        if !pids.is_empty() {
-            return Err(CgroupError::Busy {
-                name: name.to_owned(),
-                path: dir,
-                pids,
-            });
+        let mut todo = vec![dir.clone()];
+        while let Some(d) = todo.pop() {
+            let pids = pids_in(&d);
+            if !pids.is_empty() {
+                return Err(CgroupError::Busy {
+                    name: name.to_owned(),
+                    path: d,
+                    pids,
+                });
+            }
+            todo.extend(children(&d));
         }
         stale.push(dir);
     }
@@ -367,7 +385,8 @@ impl Cgroup {
         write(&self.dir.join("cgroup.procs"), &pid.to_string())
     }
 
-    /// Kills whatever is left and removes every directory. Idempotent.
+    /// Kills whatever is left and removes every directory, with any cgroups made under them.
+    /// Idempotent.
     pub fn remove(&mut self) -> Result<(), CgroupError> {
         let mut first_err = None;
         for dir in self.created.drain(..).rev() {
@@ -379,9 +398,11 @@ impl Cgroup {
     }
 }
 
-/// Removes a workload cgroup directory: its processes are gone or going (the pid namespace's
-/// init has exited); `cgroup.kill` or SIGKILL takes care of stragglers; dying tasks can hold
-/// the directory busy for a moment, so EBUSY is retried for up to 5 s.
+/// Removes a workload cgroup directory and any cgroups made under it: its processes are gone
+/// or going (the pid namespace's init has exited); `cgroup.kill` or SIGKILL takes care of
+/// stragglers; dying tasks can hold the directory busy for a moment, so EBUSY is retried for
+/// up to 5 s. Children are looked for only once `rmdir` fails, so the usual launch pays no
+/// directory read for them.
 fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
     let mut delay = Duration::from_micros(200);
     let mut waited = Duration::ZERO;
@@ -390,6 +411,9 @@ fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if waited < Duration::from_secs(5) && e.raw_os_error() == Some(libc::EBUSY) => {
+                for child in children(dir) {
+                    remove_dir(&child)?;
+                }
                 if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
                     for pid in pids_in(dir).iter().filter_map(|p| p.parse::<i32>().ok()) {
                         // SAFETY: kill with a pid from this workload's own cgroup.
