@@ -78,9 +78,13 @@ struct ScratchCgroup {
     dir: std::fs::File,
 }
 
+/// The prefix of a scratch cgroup's name; the probing process's pid follows.
+const SCRATCH_PREFIX: &str = "palisade-probe-";
+
 impl ScratchCgroup {
     fn create(root: &Path) -> std::io::Result<Self> {
-        let path = root.join(format!("palisade-probe-{}", std::process::id()));
+        remove_stale_scratch(root);
+        let path = root.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
         let context = |what: &str, e: std::io::Error| {
             std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
         };
@@ -92,6 +96,35 @@ impl ScratchCgroup {
                 let _ = std::fs::remove_dir(&path);
                 Err(e)
             }
+        }
+    }
+}
+
+/// Removes the scratch cgroups of probing processes that are gone: one killed while probing
+/// (SIGKILL runs no `Drop`) left its empty directory at the hierarchy's root. Kept: a live
+/// process's (a `palisade doctor` running now), and any made in the last minute (probing
+/// takes a second; the pid may be of another pid namespace, such as a containerized agent's).
+/// One that holds a process is not removable anyway.
+fn remove_stale_scratch(root: &Path) {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > FRESH));
+        if old && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir(e.path());
         }
     }
 }

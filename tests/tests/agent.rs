@@ -890,6 +890,54 @@ fn print_and_check_config() {
 }
 
 #[test]
+fn a_probe_cgroup_left_by_a_killed_probe_is_removed_by_the_next() {
+    palisade_tests::require_root();
+    let root = palisade_tests::unified_root();
+    // two pids that are gone, and one that lives
+    let gone = || {
+        let mut p = std::process::Command::new("true").spawn().unwrap();
+        let _ = p.wait();
+        p.id()
+    };
+    let mut live = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let made = |pid: u32, old: bool| {
+        // the name a probing process gives its scratch cgroup
+        let dir = root.join(format!("palisade-probe-{pid}"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        if old {
+            let two_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+            std::fs::File::open(&dir)
+                .and_then(|f| f.set_modified(two_minutes_ago))
+                .unwrap_or_else(|e| panic!("age {}: {e}", dir.display()));
+        }
+        dir
+    };
+    let stale = made(gone(), true);
+    let fresh = made(gone(), false);
+    let living = made(live.id(), true);
+    let out = std::process::Command::new(palisade_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let (fresh_left, living_left) = (fresh.exists(), living.exists());
+    let _ = live.kill();
+    let _ = live.wait();
+    let _ = std::fs::remove_dir(&fresh);
+    let _ = std::fs::remove_dir(&living);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stale.exists(), "{} left behind", stale.display());
+    assert!(fresh_left, "a scratch cgroup made a moment ago was removed");
+    assert!(living_left, "a live process's scratch cgroup was removed");
+}
+
+#[test]
 fn doctor_reports_what_the_kernel_allows() {
     palisade_tests::require_root();
     let out = std::process::Command::new(palisade_bin())
