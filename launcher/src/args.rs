@@ -36,7 +36,8 @@ Capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE (the OCI default set); no_new_
 devices: null, zero, full, random, urandom, tty, ptmx, pts only.
 
 Cgroups: /palisade/NAME in the unified hierarchy (the agent's `container` label) and, on
-hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit. If the
+hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit, with any
+cgroups made under them. If the
 launcher itself is SIGKILLed the workload dies with it and the empty cgroups stay until the
 next `palisade run` with the same name removes them.
 
