@@ -418,18 +418,24 @@ fn nothing_is_left_after_success_failure_or_kill_9() {
     }
 }
 
-#[test]
-fn a_killed_launcher_leaves_empty_cgroups_that_the_next_run_removes() {
-    let name = unique("stale");
+/// `palisade run --name NAME` of a shell that sleeps, once it has started.
+fn sleeper(name: &str) -> Running {
     let mut w = Running::start(&[
         "--name",
-        &name,
+        name,
         "--",
         "/bin/sh",
         "-c",
         "echo ready; exec sleep 1000",
     ]);
     assert_eq!(w.line(), "ready");
+    w
+}
+
+#[test]
+fn a_killed_launcher_leaves_empty_cgroups_that_the_next_run_removes() {
+    let name = unique("stale");
+    let mut w = sleeper(&name);
     let _ = w.child.kill(); // SIGKILL: no cleanup runs
     let _ = w.child.wait();
     // the init dies with the launcher (PR_SET_PDEATHSIG), and the pid namespace with it
@@ -486,15 +492,7 @@ fn a_killed_launcher_leaves_empty_cgroups_that_the_next_run_removes() {
 #[test]
 fn cgroups_made_under_the_workloads_cgroup_go_with_it() {
     let name = unique("nested");
-    let mut w = Running::start(&[
-        "--name",
-        &name,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ready; exec sleep 1000",
-    ]);
-    assert_eq!(w.line(), "ready");
+    let mut w = sleeper(&name);
     // what a nested runtime or systemd leaves: cgroups of its own, two levels deep, in every
     // hierarchy, one of them holding the workload's sleep
     let pids = wait_for_pids(&name, 2);
@@ -524,15 +522,7 @@ fn cgroups_made_under_the_workloads_cgroup_go_with_it() {
 #[test]
 fn a_running_workload_name_is_refused() {
     let name = unique("busy");
-    let mut w = Running::start(&[
-        "--name",
-        &name,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ready; exec sleep 1000",
-    ]);
-    assert_eq!(w.line(), "ready");
+    let mut w = sleeper(&name);
     let out = run(&["--name", &name, "--", "/bin/true"]);
     assert_eq!(out.code, 125, "{out}");
     assert!(out.stderr.contains("already running"), "{out}");
