@@ -37,9 +37,8 @@ devices: null, zero, full, random, urandom, tty, ptmx, pts only.
 
 Cgroups: /palisade/NAME in the unified hierarchy (the agent's `container` label) and, on
 hybrid hosts, in the v1 memory, cpu, cpuacct and pids hierarchies; removed on exit, with any
-cgroups made under them. If the
-launcher itself is SIGKILLed the workload dies with it and the empty cgroups stay until the
-next `palisade run` with the same name removes them.
+cgroups made under them. If the launcher itself is SIGKILLed the workload dies with it and the
+empty cgroups stay until the next `palisade run` with the same name removes them.
 
 Exit status: the workload's (128+N when killed by signal N, as shells show it); with
 --replicas, the first non-zero one once all have exited. 125: palisade run failed (bad
