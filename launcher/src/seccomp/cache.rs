@@ -236,8 +236,56 @@ fn decode(secret: &[u8], key: &str, bytes: &[u8]) -> Option<Compiled> {
     })
 }
 
+/// Entries kept at most. Each holds one profile's filters (a few hundred bytes; about 30 KB
+/// for Docker's profile over three ABIs) in a tmpfs, that is in memory, so a host that launches
+/// many generated profiles must not grow it without end: past this, a miss that writes a new
+/// entry removes the oldest written. A profile in use is at worst compiled once more.
+const MAX_ENTRIES: usize = 256;
+
+/// Whether `name` is an entry's (`file_name`): not the secret, not a temporary.
+fn is_entry(name: &str) -> bool {
+    name.len() == 20
+        && name
+            .strip_suffix(".bpf")
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Removes the oldest entries (by modification time) beyond `max`, never `keep`. Listed
+/// through `/proc/self/fd` (the directory as opened, not its path again), removed with
+/// `unlinkat` relative to it.
+fn evict(dir: &File, keep: &str, max: usize) {
+    let Ok(list) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, String)> = list
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let mtime = e.metadata().ok()?.modified().ok()?;
+            (is_entry(&name) && name != keep).then_some((mtime, name))
+        })
+        .collect();
+    // `keep` counts towards `max` too
+    let excess = (entries.len() + 1).saturating_sub(max);
+    if excess == 0 {
+        return;
+    }
+    entries.sort();
+    for (_, name) in entries.into_iter().take(excess) {
+        let Ok(c) = CString::new(name) else { continue };
+        // SAFETY: a directory descriptor and a NUL-terminated name; the result is not needed
+        // (another launcher may have removed it first).
+        unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+    }
+}
+
 /// `compile(p)`, through the cache in `dir`. Cache trouble only ever costs a compile.
 pub fn compile_cached(p: &Profile, dir: &Path) -> Result<Compiled, CompileError> {
+    compile_cached_max(p, dir, MAX_ENTRIES)
+}
+
+/// [`compile_cached`] with a cache of at most `max` entries.
+fn compile_cached_max(p: &Profile, dir: &Path, max: usize) -> Result<Compiled, CompileError> {
     let Some(dir) = open_dir(dir) else {
         return compile(p);
     };
@@ -250,8 +298,10 @@ pub fn compile_cached(p: &Profile, dir: &Path) -> Result<Compiled, CompileError>
         return Ok(c);
     }
     let c = compile(p)?;
-    if let Some(bytes) = encode(&secret, &key, &c) {
-        let _ = write_private(&dir, &name, &bytes, false);
+    if let Some(bytes) = encode(&secret, &key, &c)
+        && write_private(&dir, &name, &bytes, false).is_some()
+    {
+        evict(&dir, &name, max);
     }
     Ok(c)
 }
@@ -380,6 +430,46 @@ mod tests {
         assert!(read_private(&dirf, &name).is_none());
         // and in each case the launch still gets the right filter
         assert!(same(&compile_cached(&p, &dir).unwrap(), &fresh));
+    }
+
+    #[test]
+    fn past_its_size_the_cache_drops_the_oldest_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let profiles: Vec<Profile> = ["read", "write", "close", "openat"]
+            .iter()
+            .map(|n| crate::seccomp::init_profile(&[n]))
+            .collect();
+        let path = |p: &Profile| dir.join(file_name(&key(p)));
+        let entries = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(is_entry))
+                .count()
+        };
+        compile_cached_max(&profiles[0], &dir, 2).unwrap();
+        compile_cached_max(&profiles[1], &dir, 2).unwrap();
+        assert_eq!(entries(), 2);
+        // the first written is the oldest
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(path(&profiles[0]))
+            .and_then(|f| f.set_modified(past))
+            .unwrap();
+        compile_cached_max(&profiles[2], &dir, 2).unwrap();
+        assert_eq!(entries(), 2, "at most 2");
+        assert!(!path(&profiles[0]).exists(), "the oldest went");
+        assert!(path(&profiles[1]).exists() && path(&profiles[2]).exists());
+        assert!(dir.join(SECRET).exists(), "the secret is not an entry");
+        // a hit writes nothing and removes nothing
+        compile_cached_max(&profiles[1], &dir, 1).unwrap();
+        assert_eq!(entries(), 2);
+        // a miss at a smaller size keeps the one it wrote
+        compile_cached_max(&profiles[3], &dir, 1).unwrap();
+        assert_eq!(entries(), 1);
+        assert!(path(&profiles[3]).exists());
     }
 
     #[test]
