@@ -100,10 +100,21 @@ pub enum BenchError {
     Signal(#[from] nix::Error),
 }
 
+/// Where `palisade debug empty-hooks` attaches its empty programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyHooks {
+    /// The raw tracepoints `sys_enter` and `sys_exit`.
+    RawPair,
+    /// The raw tracepoint `sys_exit` alone.
+    RawExit,
+    /// fentry/fexit on the syscall dispatcher.
+    Fentry,
+}
+
 /// `palisade debug empty-hooks`: the probe object's empty raw tracepoint program attached to
-/// `sys_enter` and `sys_exit` (or, with `fentry`, its empty fentry/fexit pair on the syscall
-/// dispatcher) until SIGINT or SIGTERM.
-pub fn empty_hooks(ready: &Path, fentry: bool) -> Result<(), BenchError> {
+/// `sys_enter` and `sys_exit` (or `sys_exit` alone; or its empty fentry/fexit pair on the
+/// syscall dispatcher) until SIGINT or SIGTERM.
+pub fn empty_hooks(ready: &Path, hooks: EmptyHooks) -> Result<(), BenchError> {
     use nix::sys::signal::{SigSet, Signal};
     // block the signals first, so one that arrives early is waited for, not fatal
     let mut set = SigSet::empty();
@@ -111,7 +122,7 @@ pub fn empty_hooks(ready: &Path, fentry: bool) -> Result<(), BenchError> {
     set.add(Signal::SIGTERM);
     set.thread_block()?;
     let mut ebpf = aya::EbpfLoader::new().load(crate::kernel::PROBES_OBJECT)?;
-    if fentry {
+    if hooks == EmptyHooks::Fentry {
         let btf = aya::Btf::from_sys_fs()?;
         const EXIT: &str = "probe_fexit_syscall";
         let p: &mut aya::programs::FExit = ebpf
@@ -134,7 +145,9 @@ pub fn empty_hooks(ready: &Path, fentry: bool) -> Result<(), BenchError> {
             .ok_or(BenchError::NoProgram(PROGRAM))?
             .try_into()?;
         p.load()?;
-        p.attach("sys_enter")?;
+        if hooks == EmptyHooks::RawPair {
+            p.attach("sys_enter")?;
+        }
         p.attach("sys_exit")?;
     }
     std::fs::write(ready, "attached\n").map_err(|source| BenchError::Ready {

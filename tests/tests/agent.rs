@@ -890,6 +890,44 @@ fn print_and_check_config() {
 }
 
 #[test]
+fn the_benchmarks_empty_hooks_attach_where_they_say() {
+    palisade_tests::require_root();
+    for (hook, want) in [
+        ("raw_tracepoint", vec!["sys_enter", "sys_exit"]),
+        ("raw_tracepoint_exit", vec!["sys_exit"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let mut child = std::process::Command::new(palisade_bin())
+            .args(["debug", "empty-hooks", "--hook", hook, "--ready-file"])
+            .arg(&ready)
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(30), "the ready file", || {
+            std::fs::metadata(&ready).ok().filter(|m| m.len() > 0)
+        });
+        // the raw tracepoint links the process holds, by tracepoint
+        let mut attached: Vec<String> = std::fs::read_dir(format!("/proc/{}/fdinfo", child.id()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|info| info.contains("link_type:\traw_tracepoint"))
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("tp_name:"))
+                    .map(|t| t.trim().to_owned())
+            })
+            .collect();
+        attached.sort();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert_eq!(attached, want, "--hook {hook}");
+        assert!(status.success(), "--hook {hook}: {status}");
+    }
+}
+
+#[test]
 fn a_probe_cgroup_left_by_a_killed_probe_is_removed_by_the_next() {
     palisade_tests::require_root();
     let root = palisade_tests::unified_root();

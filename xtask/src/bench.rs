@@ -223,13 +223,18 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let raw = tmp.join("raw.tsv");
     step(&format!(
-        "syscall overhead: n={calls} reps={reps}; cases base, empty raw tracepoints (floor), bpftrace x3, palisade (default: counts, errors, one call in 8 timed) and palisade timing every call (syscalls.latency_sample: 1), all cgroups"
+        "syscall overhead: n={calls} reps={reps}; cases base, empty raw tracepoints (floor) and their sys_exit alone, bpftrace x3, palisade (default: counts, errors, one call in 8 timed) and palisade timing every call (syscalls.latency_sample: 1), all cgroups"
     ));
     let bin = agent_bin(true);
     // the floor: the probe object's empty program on sys_enter and sys_exit, loaded by the
     // agent binary itself; every case waits for its ready file, and every palisade run is
     // checked to have counted exactly the loop's calls (a late attach cannot look cheap)
     let floor = format!("{} debug empty-hooks --ready-file @READY@", bin.display());
+    // the empty sys_exit program alone: the pair less it is the entry's dispatch
+    let floor_exit = format!(
+        "{} debug empty-hooks --hook raw_tracepoint_exit --ready-file @READY@",
+        bin.display()
+    );
     let every = tmp.join("every-call.yaml");
     std::fs::write(&every, "syscalls:\n  latency_sample: 1\n")?;
     let agent_every = format!(
@@ -246,8 +251,9 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
             .env("FLOOR_CMD", floor)
             .env(
                 "CASES",
-                "base bt_noop bt_count bt_lat floor agent agent_every_call",
+                "base bt_noop bt_count bt_lat floor floor_exit agent agent_every_call",
             )
+            .env("CMD_floor_exit", floor_exit)
             .env("CMD_agent_every_call", agent_every)
             .arg("--")
             .arg(&bin)
@@ -268,10 +274,11 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
     println!("the empty raw-tracepoint pair (floor) and to bpftrace counting per cgroup+syscall,");
     println!("as the median of the per-repetition ratios:");
     println!(
-        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>7} {:>7} {:>7} {:>7}",
+        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>7} {:>7} {:>7} {:>7}",
         "mode",
         "base",
         "floor",
+        "exit",
         "bt_noop",
         "bt_count",
         "bt_lat",
@@ -288,10 +295,11 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
         let ratio = |over: &str| rounds.ratio(mode, "agent", over);
         let b = med("base");
         println!(
-            "{:<8} {:>8.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1}   {:>7.2} {:>7.2} {:>7.2} {:>7.2}",
+            "{:<8} {:>8.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1} {:>+9.1}   {:>7.2} {:>7.2} {:>7.2} {:>7.2}",
             mode,
             b,
             med("floor") - b,
+            med("floor_exit") - b,
             med("bt_noop") - b,
             med("bt_count") - b,
             med("bt_lat") - b,
@@ -306,14 +314,18 @@ fn syscalls(calls: u64, reps: u32) -> Result<()> {
     println!("\nthe same ratios with the quartiles of the per-repetition ratios, median (q1-q3):");
     for mode in ["getppid", "read"] {
         println!(
-            "{:<8} /floor {}   /count {}",
+            "{:<8} /floor {}   /count {}   exit/floor {}",
             mode,
             rounds.ratio_spread(mode, "agent", "floor"),
             rounds.ratio_spread(mode, "agent", "bt_count"),
+            rounds.ratio_spread(mode, "floor_exit", "floor"),
         );
     }
     println!("(targets: /floor <= 1.5, /count <= 0.8. Palisade also counts errors per errno and");
     println!(" times one call in 8 into a histogram, which bt_count does not; `every` is the");
-    println!(" agent timing every call, syscalls.latency_sample: 1, and /every palisade over it)");
+    println!(" agent timing every call, syscalls.latency_sample: 1, and /every palisade over it;");
+    println!(
+        " `exit` is the empty sys_exit program alone: the floor less it is the entry's dispatch)"
+    );
     Ok(())
 }

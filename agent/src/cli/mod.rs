@@ -166,7 +166,8 @@ pub enum DebugCommand {
     /// Attach an empty program pair where syscall telemetry hooks (the sys_enter and sys_exit
     /// raw tracepoints, or fentry/fexit on x64_sys_call), write FILE, and hold them until
     /// SIGINT/SIGTERM: the hook cost every syscall pays under any accounting on that pair (the
-    /// floors of `cargo xtask bench syscalls`).
+    /// floors of `cargo xtask bench syscalls`). `--hook raw_tracepoint_exit` attaches the
+    /// sys_exit program alone: the pair's cost less it is what the entry's dispatch costs.
     EmptyHooks {
         #[arg(long, value_name = "FILE")]
         ready_file: PathBuf,
@@ -192,6 +193,9 @@ pub enum EmptyHookPair {
     /// Raw tracepoints sys_enter and sys_exit.
     #[value(name = "raw_tracepoint")]
     RawTracepoint,
+    /// The raw tracepoint sys_exit alone.
+    #[value(name = "raw_tracepoint_exit")]
+    RawTracepointExit,
     /// fentry and fexit on x64_sys_call (needs kernel BTF).
     #[value(name = "fentry")]
     Fentry,

@@ -42,7 +42,12 @@ pub fn main() -> ExitCode {
             Err(e) => fail(EXIT_FAILURE, e),
         },
         Command::Debug(DebugCommand::EmptyHooks { ready_file, hook }) => {
-            match benchmark::empty_hooks(&ready_file, hook == super::EmptyHookPair::Fentry) {
+            let hooks = match hook {
+                super::EmptyHookPair::RawTracepoint => benchmark::EmptyHooks::RawPair,
+                super::EmptyHookPair::RawTracepointExit => benchmark::EmptyHooks::RawExit,
+                super::EmptyHookPair::Fentry => benchmark::EmptyHooks::Fentry,
+            };
+            match benchmark::empty_hooks(&ready_file, hooks) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, e),
             }
