@@ -117,9 +117,9 @@ fn pids_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The cgroups directly under `dir`: what a nested runtime or systemd made in a workload's
-/// cgroup (the workload's own view of cgroupfs is read-only, but a process with the host's
-/// can make them).
+/// The cgroups directly under `dir`, for removing them first: what a nested runtime or
+/// systemd made in a workload's cgroup (the workload's own view of cgroupfs is read-only, but
+/// a process with the host's can make them).
 fn children(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -139,8 +139,11 @@ pub fn preflight(layout: &Layout, name: &str) -> Result<Vec<PathBuf>, CgroupErro
         if !dir.exists() {
             continue;
         }
-        let mut todo = vec![dir.clone()];
-        while let Some(d) = todo.pop() {
+        // the directory itself (`/`) and every cgroup under it; a tree that vanished is
+        // still looked at where it was
+        let tree = palisade_cgroupfs::walk(&dir).unwrap_or_else(|_| vec![(0, "/".to_owned())]);
+        for (_, rel) in tree {
+            let d = palisade_cgroupfs::dir(&dir, &rel);
             let pids = pids_in(&d);
             if !pids.is_empty() {
                 return Err(CgroupError::Busy {
@@ -149,7 +152,6 @@ pub fn preflight(layout: &Layout, name: &str) -> Result<Vec<PathBuf>, CgroupErro
                     pids,
                 });
             }
-            todo.extend(children(&d));
         }
         stale.push(dir);
     }
